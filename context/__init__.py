@@ -1,0 +1,1 @@
+"""context: OpenNebula VM templates → resolved context → context.sh and ISOs → a running VM."""

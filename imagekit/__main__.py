@@ -1,0 +1,5 @@
+import sys
+
+from imagekit.cli import main
+
+sys.exit(main())

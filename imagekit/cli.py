@@ -1,0 +1,103 @@
+"""The ``imagekit`` command: global options, lazy subcommand dispatch, errors → exit codes.
+
+Each command group lives in its stage's package as a module exposing
+``register(parser: argparse.ArgumentParser) -> None``; ``register`` adds the group's options and
+sub-commands and sets ``func(args) -> int`` on each. Only the chosen group's module is imported,
+so ``imagekit context …`` never pays for rdflib or guestfs. This module is the composition root:
+it names the other packages by string and is the only place that turns errors into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from imagekit import __version__
+from imagekit.errors import ImagekitError
+from imagekit.log import setup_logging
+
+log = logging.getLogger(__name__)
+
+# name → (module, one-line help). Order is the order shown by --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "recipe": ("imagekit.commands.recipe", "validate, show and convert recipes (.appl, .tdl)"),
+    "build": ("imagekit.commands.build", "build disk images from a recipe"),
+    "cache": ("imagekit.commands.cache", "list or clean the build cache"),
+    "inspect": ("imagekit.commands.inspect", "report OS, partitions and packages of a disk image"),
+    "customize": ("imagekit.commands.customize", "install the context agent into an existing image"),
+    "market": ("marketplace.commands.market", "image metadata, signing and the registry"),
+    "context": ("context.commands.context", "parse and resolve VM templates, write context.sh and ISOs"),
+    "net": ("context.commands.net", "virtual networks and their leases"),
+    "boot-test": ("context.commands.boot_test", "boot an image with a context ISO and check the agent"),
+}
+
+
+def build_parser(chosen: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagekit",
+        description="Cloud VM images end to end: build, publish, contextualize.",
+    )
+    parser.add_argument("--version", action="version", version=f"imagekit {__version__}")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        metavar="DIR",
+        help="state directory (default: $IMAGEKIT_STATE or ~/.local/share/imagekit)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log every command run (-vv: more)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        group = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module).register(group)
+    return parser
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg == "--state":
+            skip_next = True
+        elif not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_chosen_command(args_list))
+    args = parser.parse_args(args_list)
+    setup_logging(args.verbose, quiet=args.quiet)
+    func = getattr(args, "func", None)
+    if func is None:
+        # A group without a sub-command: show what it offers.
+        parser.parse_args([*args_list, "--help"])
+        return 2
+    try:
+        return int(func(args))
+    except ImagekitError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The one recipe model both input formats become. Nothing downstream sees YAML or XML.
+
+Every object here is frozen and valid once constructed; the loaders (``appl.py``, ``tdl.py``)
+are the only code that builds them from files. Sizes are MiB integers; order matters where
+the recipe gave one (packages, files, commands).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+
+class SourceFormat(StrEnum):
+    APPL = "appl"
+    TDL = "tdl"
+
+
+class Firmware(StrEnum):
+    BIOS = "bios"
+    UEFI = "uefi"
+    HYBRID = "hybrid"
+
+    def boots_bios(self) -> bool:
+        return self in (Firmware.BIOS, Firmware.HYBRID)
+
+    def boots_uefi(self) -> bool:
+        return self in (Firmware.UEFI, Firmware.HYBRID)
+
+
+class OutputFormat(StrEnum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+    VMDK = "vmdk"
+    VDI = "vdi"
+    VHD = "vhd"
+
+    @property
+    def qemu_img_name(self) -> str:
+        """qemu-img's name for the format (VHD is ``vpc`` there)."""
+        return "vpc" if self is OutputFormat.VHD else self.value
+
+
+class ContextAgent(StrEnum):
+    """What applies the context inside the VM at boot."""
+
+    IMAGEKIT = "imagekit"  # our one-context compatible agent (CD labelled CONTEXT)
+    CLOUD_INIT = "cloud-init"
+    BOTH = "both"
+    NONE = "none"
+
+    def wants_imagekit(self) -> bool:
+        return self in (ContextAgent.IMAGEKIT, ContextAgent.BOTH)
+
+    def wants_cloud_init(self) -> bool:
+        return self in (ContextAgent.CLOUD_INIT, ContextAgent.BOTH)
+
+
+class ContentSource(StrEnum):
+    RAW = "raw"  # the content is the text itself
+    BASE64 = "base64"  # the content is base64 of the bytes
+    URL = "url"  # the content is a URL to fetch at build time
+    LOCAL = "local"  # the content is a path on the build host (absolute, resolved by the loader)
+
+
+@dataclass(frozen=True)
+class OperatingSystem:
+    name: str  # as the author wrote it, e.g. "Debian", "fedora", "RHEL-7"
+    version: str  # as written, e.g. "12", "bookworm", "16"
+    arch: str = "x86_64"
+    kernel_params: str = ""
+
+
+@dataclass(frozen=True)
+class Partition:
+    mount: str  # "/" or "/home"; "swap" for swap
+    size_mib: int
+    fstype: str = "ext4"
+    options: str = "defaults"
+
+
+@dataclass(frozen=True)
+class Disk:
+    size_mib: int = 10 * 1024
+    partitions: tuple[Partition, ...] = ()
+
+
+@dataclass(frozen=True)
+class Repository:
+    name: str
+    url: str = ""  # baseurl; exactly one of url / mirrorlist is set
+    mirrorlist: str = ""
+    signed: bool = True
+    persisted: bool = True
+    ssl_verify: bool = True
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    repository: str = ""  # TDL <repository>: restrict to this repository name
+
+
+@dataclass(frozen=True)
+class File:
+    path: str  # absolute destination path inside the image
+    source: ContentSource
+    content: str
+    mode: int | None = None
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    source: ContentSource  # RAW, BASE64 or URL
+    script: str
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    ssh_keys: tuple[str, ...] = ()
+    password: str = ""  # as written by the author; the builder stores only a hash
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    os: OperatingSystem
+    source_path: Path
+    source_format: SourceFormat
+    summary: str = ""
+    version: str = ""
+    release: str = ""
+    cpus: int = 1
+    memory_mib: int = 256
+    disk: Disk = field(default_factory=Disk)
+    firmware: Firmware = Firmware.BIOS
+    formats: tuple[OutputFormat, ...] = (OutputFormat.QCOW2,)
+    kernel_flavour: str = "cloud"  # Debian: linux-image-cloud-amd64; "generic" → linux-image-amd64
+    context_agent: ContextAgent = ContextAgent.IMAGEKIT
+    repositories: tuple[Repository, ...] = ()
+    packages: tuple[Package, ...] = ()
+    files: tuple[File, ...] = ()
+    pre_commands: tuple[Command, ...] = ()
+    post_commands: tuple[Command, ...] = ()
+    root_password: str = ""
+    users: tuple[User, ...] = ()
+    hostname: str = ""
+    variables: tuple[tuple[str, str], ...] = ()

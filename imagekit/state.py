@@ -1,0 +1,74 @@
+"""Persistent state: one directory holding an SQLite database (and whatever else a stage keeps).
+
+Each stage registers its schema with :func:`schema`; :meth:`State.db` applies every registered
+schema once. Writers that must not race (lease allocation, cache bookkeeping) use
+:meth:`State.transaction`, which takes SQLite's write lock up front (``BEGIN IMMEDIATE``), so
+concurrent processes serialise instead of failing half-way.
+
+    state = State.open(locations.state_dir())
+    with state.transaction() as db:
+        db.execute("INSERT INTO leases ...")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagekit.errors import DataError, InputError
+
+_SCHEMAS: dict[str, str] = {}
+
+
+def schema(name: str, ddl: str) -> None:
+    """Register DDL (idempotent ``CREATE … IF NOT EXISTS`` statements) under ``name``."""
+    _SCHEMAS[name] = ddl
+
+
+@dataclass(frozen=True)
+class State:
+    root: Path
+
+    @classmethod
+    def open(cls, root: Path) -> State:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create state directory: {exc.strerror}", where=str(root)) from None
+        return cls(root)
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "state.db"
+
+    def db(self) -> sqlite3.Connection:
+        """A new connection with every registered schema applied. Close it when done."""
+        try:
+            conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            for ddl in _SCHEMAS.values():
+                conn.executescript(ddl)
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"{self.db_path}: state database unusable: {exc}") from None
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding the database lock from its first statement."""
+        conn = self.db()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+        finally:
+            conn.close()

@@ -1,0 +1,1 @@
+"""marketplace: StratusLab-compatible signed image metadata, verification, and the registry."""

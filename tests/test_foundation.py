@@ -1,0 +1,85 @@
+"""The shared primitives: run(), the error tree, state, the CLI's error contract."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from imagekit.cli import main
+from imagekit.errors import CommandError, ImagekitError, InputError, VerificationError
+from imagekit.run import run
+from imagekit.state import State, schema
+
+
+def test_run_captures_output() -> None:
+    proc = run(["sh", "-c", "echo out; echo err >&2"])
+    assert proc.stdout == b"out\n"
+    assert proc.stderr == b"err\n"
+
+
+def test_run_failure_names_tool_status_and_stderr_tail() -> None:
+    with pytest.raises(CommandError) as info:
+        run(["sh", "-c", "echo first >&2; echo 'last words' >&2; exit 3"], step="unpack")
+    err = info.value
+    assert err.returncode == 3
+    assert str(err) == "unpack: sh exited with status 3: last words"
+    assert "first" in err.stderr_tail
+
+
+def test_run_missing_tool_is_127_with_hint() -> None:
+    with pytest.raises(CommandError) as info:
+        run(["/nonexistent/tool"])
+    assert info.value.returncode == 127
+    assert "not found" in str(info.value)
+    assert info.value.hint
+
+
+def test_run_environment_is_minimal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEKIT_LEAK", "x")
+    out = run(["env"]).stdout.decode()
+    assert "IMAGEKIT_LEAK" not in out
+    assert "LANG=C.UTF-8" in out
+
+
+def test_run_redacts_secrets_in_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="imagekit.run")
+    run(["echo", "s3cret"], redact=["s3cret"])
+    assert "s3cret" not in caplog.text
+    assert "***" in caplog.text
+
+
+def test_error_tree() -> None:
+    assert issubclass(InputError, ImagekitError)
+    assert str(InputError("bad key", where="f.tdl:3:4")) == "f.tdl:3:4: bad key"
+    assert str(VerificationError("expired", rule="certificate-validity")) == "certificate-validity: expired"
+
+
+def test_state_transactions_serialise_across_threads(tmp_path: Path) -> None:
+    schema("test_counter", "CREATE TABLE IF NOT EXISTS test_counter (n INTEGER NOT NULL);")
+    state = State.open(tmp_path / "st")
+    with state.transaction() as db:
+        db.execute("INSERT INTO test_counter VALUES (0)")
+
+    def bump() -> None:
+        for _ in range(20):
+            with state.transaction() as db:
+                (n,) = db.execute("SELECT n FROM test_counter").fetchone()
+                db.execute("UPDATE test_counter SET n = ?", (n + 1,))
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    conn = state.db()
+    assert conn.execute("SELECT n FROM test_counter").fetchone()[0] == 80
+    conn.close()
+
+
+def test_cli_without_command_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 0
+    assert "COMMAND" in capsys.readouterr().out

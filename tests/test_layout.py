@@ -1,0 +1,45 @@
+"""Architecture rules that code review would otherwise have to catch.
+
+- ``imagekit/`` imports neither ``context`` nor ``marketplace``; those two never import each
+  other (the CLI names them by string in ``imagekit/cli.py``).
+- No module grows past 650 lines, and there is no ``util.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("imagekit", "context", "marketplace")
+FORBIDDEN = {"imagekit": {"context", "marketplace"}, "context": {"marketplace"}, "marketplace": {"context"}}
+
+
+def _modules() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py"))
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(REPO)))
+def test_dependencies_point_one_way(path: Path) -> None:
+    package = path.relative_to(REPO).parts[0]
+    bad = _imported_roots(path) & FORBIDDEN[package]
+    assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(REPO)))
+def test_module_size_and_name(path: Path) -> None:
+    assert path.name != "util.py", "helpers live with the concept they serve"
+    lines = len(path.read_text().splitlines())
+    assert lines <= 650, f"{path.relative_to(REPO)} has {lines} lines: split it by concept"
