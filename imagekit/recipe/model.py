@@ -70,6 +70,32 @@ class OperatingSystem:
     version: str  # as written, e.g. "12", "bookworm", "16"
     arch: str = "x86_64"
     kernel_params: str = ""
+    pae: bool = True  # BoxGrinder os.pae (read by its code, not in its schema)
+    product_key: str = ""  # TDL <key> (Windows)
+    icicle_command: str = ""  # TDL <icicle><extra_command>
+
+
+@dataclass(frozen=True)
+class InstallExtra:
+    """A TDL ``<extras>`` entry: copied onto the installation ISO."""
+
+    kind: str  # "file" or "directory"
+    source: str
+    destination: str
+
+
+@dataclass(frozen=True)
+class Install:
+    """Where an installer-based tool (Oz) would install from; informational for imagekit.
+
+    For Debian recipes a ``url`` install names the mirror the author prefers.
+    """
+
+    kind: str  # "url" or "iso"
+    location: str
+    checksum_type: str = ""  # "", "md5sum", "sha1sum" or "sha256sum"
+    checksum_url: str = ""
+    extras: tuple[InstallExtra, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,7 @@ class Partition:
     size_mib: int
     fstype: str = "ext4"
     options: str = "defaults"
+    passphrase: str = ""  # BoxGrinder LUKS passphrase (read by its code, not in its schema)
 
 
 @dataclass(frozen=True)
@@ -100,11 +127,14 @@ class Repository:
 class Package:
     name: str
     repository: str = ""  # TDL <repository>: restrict to this repository name
+    file: str = ""  # TDL <file>: install from this package file
+    arguments: str = ""  # TDL <arguments>: extra package-manager arguments
 
 
 @dataclass(frozen=True)
 class File:
     path: str  # absolute destination path inside the image
+    # LOCAL content is an absolute host path, a file or a directory (copied recursively).
     source: ContentSource
     content: str
     mode: int | None = None
@@ -115,6 +145,7 @@ class Command:
     name: str
     source: ContentSource  # RAW, BASE64 or URL
     script: str
+    platform: str = ""  # "" for every image; BoxGrinder post.<platform> (ec2, vmware, …) otherwise
 
 
 @dataclass(frozen=True)
@@ -140,6 +171,7 @@ class Recipe:
     firmware: Firmware = Firmware.BIOS
     formats: tuple[OutputFormat, ...] = (OutputFormat.QCOW2,)
     kernel_flavour: str = "cloud"  # Debian: linux-image-cloud-amd64; "generic" → linux-image-amd64
+    # (the loaders accept only the names in KERNEL_FLAVOURS)
     context_agent: ContextAgent = ContextAgent.IMAGEKIT
     repositories: tuple[Repository, ...] = ()
     packages: tuple[Package, ...] = ()
@@ -149,4 +181,12 @@ class Recipe:
     root_password: str = ""
     users: tuple[User, ...] = ()
     hostname: str = ""
-    variables: tuple[tuple[str, str], ...] = ()
+    variables: tuple[tuple[str, str], ...] = ()  # the author's variables, already substituted
+    default_repos: bool = True  # BoxGrinder default_repos: false → only the recipe's repositories
+    install: Install | None = None  # TDL <install>
+    # Commands for one target platform only (BoxGrinder post.ec2, post.vmware, …), in order.
+    platform_commands: tuple[Command, ...] = ()
+
+
+KERNEL_FLAVOURS = ("cloud", "generic")
+ARCHES = ("i386", "x86_64", "ppc64", "ppc64le", "aarch64", "armv7l", "s390x")

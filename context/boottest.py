@@ -1,0 +1,237 @@
+"""Boot an image with a context ISO and check, from the serial console, that it was applied.
+
+    result = boot_test(BootTest(image=Path("debian.qcow2")), state=State.open(state_dir()))
+    print(result.seconds, result.report)
+
+The image boots under QEMU (``context.qemu``) with a copy-on-write overlay, one virtio NIC per
+lease (with the lease's MAC, so the agent matches it) and the context ISO on virtio-scsi. The
+test passes when imagekit's agent reports the context applied — hostname, the static IP on the
+NIC with the lease's MAC, the SSH keys, every init script exiting 0 — or, for cloud-init
+images and seeds, when cloud-init reports it finished. Without a template, the demo in
+``etc/boot-test/`` is used with its network created in a throw-away state.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from context.model import ResolvedContext
+from context.qemu import Accel, Nic, QemuVm, VmSpec, choose_accel, image_format, interrupt_safe
+from imagekit.agent import REPORT_PREFIX, AgentReport, find_report
+from imagekit.errors import InputError, VerificationError
+from imagekit.locations import etc_dir
+from imagekit.recipe.model import Firmware
+from imagekit.run import run
+from imagekit.state import State
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = "boot-test"
+DEMO_TEMPLATE = "vm.one"
+DEMO_MARKER = "IMAGEKIT-BOOT-TEST-MARKER"
+CLOUD_INIT_DONE = re.compile(r"Cloud-init v\. \S+ finished at")
+_AGENT_LINE = re.compile(re.escape(REPORT_PREFIX) + r"\{")
+_ETH_MAC = re.compile(r"ETH(\d+)_MAC\Z")
+
+
+class Flavor(StrEnum):
+    """Which context medium to attach (the names of ``context.iso.IsoFlavor``)."""
+
+    OPENNEBULA = "opennebula"
+    NOCLOUD = "nocloud"
+    CONFIGDRIVE = "configdrive"
+
+
+@dataclass(frozen=True)
+class BootTest:
+    image: Path
+    template: Path | None = None  # None: the demo context in etc/boot-test/
+    firmware: Firmware | None = None  # None: detected from the image's boot sector
+    flavor: Flavor = Flavor.OPENNEBULA
+    timeout: float = 300.0
+    memory_mib: int = 1024
+    cpus: int = 2
+    keep_log: Path | None = None  # copy the serial log here (kept even on failure)
+
+
+@dataclass(frozen=True)
+class BootResult:
+    image: Path
+    firmware: Firmware
+    accel: Accel
+    agent: str  # "imagekit" or "cloud-init"
+    seconds: float  # from QEMU start to the agent's line
+    report: AgentReport | None
+    checks: tuple[str, ...] = ()  # what was verified, in words
+    nics: tuple[str, ...] = field(default=())  # MACs attached
+
+
+def detect_firmware(image: Path, fmt: str, workdir: Path) -> Firmware:
+    """BIOS when the MBR carries boot code (syslinux, GRUB; hybrid images too), else UEFI."""
+    head = workdir / "head.bin"
+    run(["qemu-img", "dd", "-f", fmt, "-O", "raw", "bs=512", "count=1", f"if={image}", f"of={head}"])
+    sector = head.read_bytes()
+    head.unlink()
+    return Firmware.BIOS if any(sector[:440]) else Firmware.UEFI
+
+
+def _demo_context(state_root: Path, workdir: Path, etc: Path | None) -> ResolvedContext:
+    """Resolve etc/boot-test/vm.one against its own networks in a throw-away state."""
+    from context.leases import NetworkStore
+    from context.network import network_from_template
+    from context.render import prepare_context
+    from context.template import load_template
+
+    source = etc_dir(etc) / DEMO_DIR
+    if not (source / DEMO_TEMPLATE).is_file():
+        raise InputError(f"the demo context is missing: {source / DEMO_TEMPLATE}")
+    # FILES under /etc are refused (CONTEXT_RESTRICTED_DIRS) when etc/ is installed there.
+    demo = workdir / "demo"
+    shutil.copytree(source, demo)
+    state = State.open(state_root)
+    store = NetworkStore(state)
+    for net in sorted(demo.glob("*.net")):
+        store.create(network_from_template(load_template(net)))
+    return prepare_context(demo / DEMO_TEMPLATE, state=state, etc=etc)
+
+
+def _nics(ctx: ResolvedContext) -> tuple[Nic, ...]:
+    if ctx.leases:
+        return tuple(Nic(lease.mac.lower()) for lease in ctx.leases)
+    # A template with hand-written ETHn_MAC and no NIC=[NETWORK=…]: boot with those MACs.
+    found = sorted((int(m.group(1)), v) for k, v in ctx.variables.items() if (m := _ETH_MAC.match(k)) and v)
+    return tuple(Nic(mac.lower()) for _, mac in found)
+
+
+def expected_hostname(variables: dict[str, str]) -> str:
+    """What one-context sets: SET_HOSTNAME, else HOSTNAME, sanitised like its net-15 script."""
+    name = variables.get("SET_HOSTNAME") or variables.get("HOSTNAME") or ""
+    return re.sub(r"[^-a-zA-Z0-9.]", "-", name).strip("-")
+
+
+def verify_report(report: AgentReport, variables: dict[str, str], *, demo: bool = False) -> list[str]:
+    """Check the agent's report against the context; VerificationError names what is missing."""
+    checks: list[str] = []
+
+    def fail(rule: str, message: str) -> None:
+        extra = f" (agent errors: {'; '.join(report.errors)})" if report.errors else ""
+        raise VerificationError(message + extra, rule=rule)
+
+    if report.status == "no-context":
+        fail("boot-test.context", "the agent found no CONTEXT CD")
+    host = expected_hostname(variables)
+    if host:
+        if report.hostname != host:
+            fail("boot-test.hostname", f"expected hostname {host!r}, agent set {report.hostname!r}")
+        checks.append(f"hostname {host}")
+    by_mac = {nic.mac: nic for nic in report.nics}
+    for key, mac in sorted(variables.items()):
+        m = _ETH_MAC.match(key)
+        if not m or not mac:
+            continue
+        ip = variables.get(f"ETH{m.group(1)}_IP", "")
+        nic = by_mac.get(mac.lower())
+        if nic is None:
+            fail("boot-test.nic", f"no NIC with MAC {mac} was configured")
+        elif ip and nic.ip != ip:
+            fail("boot-test.nic", f"{nic.device} ({mac}): expected IP {ip}, has {nic.ip or 'none'}")
+        else:
+            checks.append(f"{nic.device} {mac} {nic.ip}")
+    keys = [k for k in variables.get("SSH_PUBLIC_KEY", "").splitlines() if k.strip() and not k.startswith("#")]
+    if keys:
+        if report.ssh_keys < len(keys):
+            fail("boot-test.ssh", f"expected {len(keys)} SSH key(s) installed, agent reports {report.ssh_keys}")
+        checks.append(f"{report.ssh_keys} SSH key(s) for {report.user}")
+    for name, status in report.init_script_status().items():
+        if status != "0":
+            fail("boot-test.init", f"init script {name} exited with {status}")
+        checks.append(f"init script {name} ran")
+    if demo and "init.sh" not in report.init_script_status():
+        fail("boot-test.init", "the demo's init.sh did not run")
+    if report.status != "ok":
+        fail("boot-test.agent", f"the agent reported {report.status}")
+    return checks
+
+
+def _build_medium(ctx: ResolvedContext, flavor: Flavor, path: Path, etc: Path | None) -> None:
+    from context.iso import IsoFlavor, build_iso
+    from context.settings import load_settings
+
+    data = build_iso(ctx, IsoFlavor(flavor.value), restricted_dirs=load_settings(etc).context_restricted_dirs)
+    path.write_bytes(data)
+
+
+def boot_test(test: BootTest, *, state: State, etc: Path | None = None) -> BootResult:
+    """Boot ``test.image`` with its context and verify the agent's report (see module doc)."""
+    fmt = image_format(test.image)
+    with tempfile.TemporaryDirectory(prefix="imagekit-boot-") as tmp, interrupt_safe():
+        workdir = Path(tmp)
+        firmware = test.firmware or detect_firmware(test.image, fmt, workdir)
+        if test.template is None:
+            ctx = _demo_context(workdir / "state", workdir, etc)
+        else:
+            from context.render import prepare_context
+
+            ctx = prepare_context(test.template, state=state, etc=etc)
+        iso = workdir / "context.iso"
+        _build_medium(ctx, test.flavor, iso, etc)
+        nics = _nics(ctx)
+        spec = VmSpec(
+            disk=test.image.resolve(),
+            disk_format=fmt,
+            firmware=firmware,
+            memory_mib=test.memory_mib,
+            cpus=test.cpus,
+            cdroms=(iso,),
+            nics=nics,
+        )
+        accel = choose_accel(state)
+        log.info("booting %s (%s, %s, %s) with %d NIC(s)", test.image, fmt, firmware.value, accel.value, len(nics))
+        vm = QemuVm(spec, workdir / "vm", accel=accel)
+        try:
+            with vm:
+                return _watch(vm, test, ctx, firmware, accel, nics)
+        finally:
+            if test.keep_log is not None:
+                shutil.copyfile(vm.serial_log, test.keep_log)
+
+
+def _watch(
+    vm: QemuVm, test: BootTest, ctx: ResolvedContext, firmware: Firmware, accel: Accel, nics: tuple[Nic, ...]
+) -> BootResult:
+    variables = dict(ctx.variables)
+    want_agent = test.flavor is Flavor.OPENNEBULA
+    pattern = re.compile(f"{_AGENT_LINE.pattern}|{CLOUD_INIT_DONE.pattern}")
+    deadline = vm.elapsed() + test.timeout
+    while True:
+        line = vm.wait_for_line(pattern, max(0.0, deadline - vm.elapsed()))
+        seconds = round(vm.elapsed(), 1)
+        if line is None:
+            tail = "\n".join(vm.console().splitlines()[-5:])
+            raise VerificationError(
+                f"no context agent line within {test.timeout:g} s; console ends with:\n{tail}",
+                rule="boot-test.timeout",
+            )
+        if CLOUD_INIT_DONE.search(line):
+            return BootResult(
+                test.image, firmware, vm.accel, "cloud-init", seconds, None, ("cloud-init finished",),
+                tuple(n.mac for n in nics),
+            )  # fmt: skip
+        report = find_report(line)
+        if report is None:
+            continue
+        if report.status == "no-context" and not want_agent:
+            continue  # a NoCloud/config-drive seed is cloud-init's: wait for it
+        demo = test.template is None
+        checks = verify_report(report, variables, demo=demo)
+        if demo:
+            if DEMO_MARKER not in vm.console():
+                raise VerificationError("the demo init script's marker is not on the console", rule="boot-test.init")
+            checks.append("init script marker on the console")
+        return BootResult(test.image, firmware, accel, "imagekit", seconds, report, tuple(checks), tuple(n.mac for n in nics))

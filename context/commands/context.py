@@ -1,0 +1,195 @@
+"""``imagekit context``: parse VM templates, resolve them into context.sh or a context ISO.
+
+imagekit context parse vm.one --json
+imagekit context render vm.one --user alice.user --image debian.image -o context.sh
+imagekit context iso vm.one -o context.iso --flavor nocloud
+imagekit context render vm.one --keep      # the VM keeps its leases …
+imagekit context release 7                 # … until it is deleted
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from context.model import ResolvedContext, Template, Vector
+from context.render import kept_vms, prepare_context, release_vm
+from context.template import load_template, serialise
+from imagekit.errors import InputError
+from imagekit.locations import state_dir
+from imagekit.output import print_json
+from imagekit.state import State
+
+FLAVORS = ("opennebula", "nocloud", "configdrive")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="context_command", metavar="COMMAND")
+
+    p = sub.add_parser("parse", help="parse a template; print it back normalised (or as JSON)")
+    p.add_argument("template", type=Path, metavar="TEMPLATE")
+    p.add_argument("--json", action="store_true", help="attributes as JSON, with line numbers")
+    p.set_defaults(func=cmd_parse)
+
+    p = sub.add_parser("render", help="resolve a VM template for a new VM and write context.sh")
+    _vm_arguments(p)
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here (default: stdout)")
+    p.add_argument("--json", action="store_true", help="print the resolved context as JSON instead")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("iso", help="resolve a VM template and build its context ISO")
+    _vm_arguments(p)
+    p.add_argument("-o", "--output", type=Path, metavar="OUT.iso", required=True)
+    p.add_argument(
+        "--flavor", choices=FLAVORS, default="opennebula", help="ISO layout (default: opennebula)"
+    )
+    p.set_defaults(func=cmd_iso)
+
+    p = sub.add_parser("release", help="delete a kept VM: free its leases and forget its context")
+    p.add_argument("vmid", type=int, metavar="VMID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("list", help="VMs kept with --keep (holding leases)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+
+def _vm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("template", type=Path, metavar="TEMPLATE")
+    p.add_argument("--vmid", type=int, metavar="N", help="VM id (default: the next free one)")
+    p.add_argument("--keep", action="store_true", help="keep the VM and its leases (free with `release`)")
+    p.add_argument("--user", type=Path, metavar="FILE", help="owner's user template (default: you)")
+    p.add_argument(
+        "--image",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="an image template (repeatable)",
+    )
+
+
+def _state(args: argparse.Namespace) -> State:
+    return State.open(state_dir(args.state))
+
+
+def _prepare(args: argparse.Namespace) -> ResolvedContext:
+    return prepare_context(
+        args.template,
+        state=_state(args),
+        vmid=args.vmid,
+        keep=args.keep,
+        user_path=args.user,
+        image_paths=args.image,
+    )
+
+
+def _context_where(template: Path) -> str:
+    tmpl = load_template(template)
+    attr = tmpl.first("CONTEXT")
+    return f"{template}:{attr.line}:{attr.column}" if attr is not None else str(template)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Temp file in the destination directory, fsync, rename: never a half-written output."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as exc:
+        raise InputError(f"cannot write: {exc.strerror}", where=str(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise InputError(f"cannot write: {exc.strerror}", where=str(path)) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def template_json(tmpl: Template) -> dict[str, Any]:
+    attributes: list[dict[str, Any]] = []
+    for a in tmpl:
+        value: str | dict[str, str] = a.value if isinstance(a.value, str) else a.value.as_dict()
+        kind = "vector" if isinstance(a.value, Vector) else "single"
+        attributes.append({"name": a.name, "type": kind, "value": value, "line": a.line, "column": a.column})
+    return {"source": tmpl.source, "attributes": attributes}
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    tmpl = load_template(args.template)
+    if args.json:
+        print_json(template_json(tmpl))
+    else:
+        sys.stdout.write(serialise(tmpl))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from context.contextsh import render_context_sh
+
+    ctx = _prepare(args)
+    if args.json:
+        print_json(ctx)
+        return 0
+    try:
+        text = render_context_sh(ctx.variables)
+    except InputError as err:
+        raise InputError(err.reason, where=err.where or _context_where(args.template)) from None
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        _write_atomic(args.output, text.encode("utf-8"))
+    return 0
+
+
+def cmd_iso(args: argparse.Namespace) -> int:
+    from context.iso import IsoFlavor, build_iso
+    from context.settings import load_settings
+
+    ctx = _prepare(args)
+    settings = load_settings()
+    try:
+        data = build_iso(
+            ctx,
+            IsoFlavor(args.flavor),
+            restricted_dirs=settings.context_restricted_dirs,
+            safe_dirs=settings.context_safe_dirs,
+        )
+    except InputError as err:
+        raise InputError(err.reason, where=err.where or _context_where(args.template)) from None
+    _write_atomic(args.output, data)
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    freed = release_vm(_state(args), args.vmid)
+    if args.json:
+        print_json({"vmid": args.vmid, "leases_released": freed})
+    else:
+        print(f"VM {args.vmid} released ({freed} lease{'s' if freed != 1 else ''} freed)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    vms = kept_vms(_state(args))
+    if args.json:
+        print_json([{"vmid": v, "name": n, "template": t} for v, n, t in vms])
+        return 0
+    print(f"{'ID':>4}  {'NAME':<20}  TEMPLATE")
+    for vmid, name, template in vms:
+        print(f"{vmid:>4}  {name:<20}  {template}")
+    return 0

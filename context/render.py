@@ -1,0 +1,213 @@
+"""From a VM template to the context a VM boots with: what ``onevm create`` does up to CONTEXT.
+
+:func:`prepare_context` allocates a VM id (monotonic, from the state database), leases an
+address for every ``NIC=[NETWORK=…]`` through :class:`~context.leases.NetworkStore`, builds
+the instantiated VM, resolves CONTEXT and collects FILES. The leases are released afterwards
+unless ``keep``: a kept VM holds them (and its resolved CONTEXT stays readable by other VMs'
+``$<vmid>.VAR``) until :func:`release_vm`, the equivalent of deleting the VM.
+
+    ctx = prepare_context(Path("vm.one"), state=State.open(state_dir()))
+    render_context_sh(ctx.variables)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from context.contextsh import check_key
+from context.leases import NetworkStore
+from context.model import Lease, ResolvedContext, Template, VirtualNetwork
+from context.resolve import resolve_context
+from context.settings import OnedSettings, load_settings
+from context.template import load_template
+from context.vm import User, instantiate, invoking_user, lease_requests, load_images, load_user
+from imagekit import state as state_schema
+from imagekit.errors import DataError, InputError
+from imagekit.state import State
+
+log = logging.getLogger(__name__)
+
+state_schema.schema(
+    "context.vms",
+    """
+    CREATE TABLE IF NOT EXISTS vms (
+        vmid     INTEGER PRIMARY KEY AUTOINCREMENT,
+        name     TEXT NOT NULL,
+        template TEXT NOT NULL,
+        kept     INTEGER NOT NULL DEFAULT 0,
+        created  REAL NOT NULL,
+        context  TEXT
+    );
+    """,
+)
+
+
+def _allocate_vmid(state: State, vmid: int | None, name: str, template: Path, keep: bool) -> int:
+    """Record the VM; AUTOINCREMENT never hands an id out twice, even after deletion."""
+    with state.transaction() as db:
+        if vmid is None:
+            # sqlite_sequence only exists after the first insert; start at 0 like oned's pool.
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'vms'").fetchone()
+            vmid = 0 if row is None else int(row["seq"]) + 1
+        try:
+            db.execute(
+                "INSERT INTO vms (vmid, name, template, kept, created) VALUES (?, ?, ?, ?, ?)",
+                (vmid, name, str(template), int(keep), time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise InputError(
+                f"VM {vmid} exists (kept or being created); pick another --vmid or "
+                f"`imagekit context release {vmid}`"
+            ) from None
+    return vmid
+
+
+def _forget(state: State, vmid: int) -> None:
+    with state.transaction() as db:
+        db.execute("DELETE FROM vms WHERE vmid = ?", (vmid,))
+
+
+def stored_context(state: State, vmid: int) -> dict[str, str] | None:
+    """The resolved CONTEXT of a kept VM (for ``$<vmid>.VAR``), or None."""
+    db = state.db()
+    try:
+        row = db.execute("SELECT context FROM vms WHERE vmid = ? AND kept = 1", (vmid,)).fetchone()
+    finally:
+        db.close()
+    if row is None or row["context"] is None:
+        return None
+    try:
+        loaded = json.loads(row["context"])
+    except json.JSONDecodeError as exc:
+        raise DataError(f"state database: context of VM {vmid} is corrupt: {exc}") from None
+    return {str(k): str(v) for k, v in loaded.items()}
+
+
+def kept_vms(state: State) -> list[tuple[int, str, str]]:
+    """(vmid, name, template) of the VMs holding leases, by id."""
+    db = state.db()
+    try:
+        rows = db.execute("SELECT vmid, name, template FROM vms WHERE kept = 1 ORDER BY vmid").fetchall()
+    finally:
+        db.close()
+    return [(int(r["vmid"]), r["name"], r["template"]) for r in rows]
+
+
+def release_vm(state: State, vmid: int, *, etc: Path | None = None) -> int:
+    """Delete VM ``vmid``: free its leases and forget its context. Returns the leases freed."""
+    db = state.db()
+    try:
+        known = db.execute("SELECT 1 FROM vms WHERE vmid = ?", (vmid,)).fetchone() is not None
+    finally:
+        db.close()
+    freed = NetworkStore(state, mac_prefix=load_settings(etc).mac_prefix).release_vm(vmid)
+    if not known and not freed:
+        raise InputError(f"no VM {vmid} holds leases or a context (see `imagekit context list`)")
+    _forget(state, vmid)
+    return freed
+
+
+def _collect_files(value: str, base: Path, where: str, settings: OnedSettings) -> tuple[Path, ...]:
+    """FILES: space-separated host paths, relative ones against the template's directory,
+    checked like oned's deploy does (exists; not under CONTEXT_RESTRICTED_DIRS unless in
+    CONTEXT_SAFE_DIRS, by realpath prefix)."""
+    files: list[Path] = []
+    for word in value.split():
+        path = Path(word)
+        path = path if path.is_absolute() else base / path
+        if not path.exists():
+            raise InputError(f"CONTEXT.FILES: no such file or directory: {word}", where=where)
+        real = os.path.realpath(path)
+        safe = any(_under(real, d) for d in settings.context_safe_dirs)
+        if not safe and any(_under(real, d) for d in settings.context_restricted_dirs):
+            raise InputError(
+                f"CONTEXT.FILES: {word} is in a restricted directory (CONTEXT_RESTRICTED_DIRS in "
+                f"{settings.source})",
+                where=where,
+            )
+        files.append(path)
+    return tuple(files)
+
+
+def _under(real: str, directory: Path) -> bool:
+    d = str(directory).rstrip("/") or "/"
+    return d == "/" or real == d or real.startswith(d + "/")
+
+
+def _lease_nics(
+    store: NetworkStore, tmpl: Template, vmid: int
+) -> tuple[dict[int, Lease], dict[int, VirtualNetwork]]:
+    requests = lease_requests(tmpl)
+    networks: dict[int, VirtualNetwork] = {}
+    for req in requests:
+        try:
+            networks[req.nic_index] = store.get(req.network)
+        except InputError as err:
+            raise InputError(f"NIC: {err.reason}", where=req.where) from None
+    try:
+        leased = store.lease_all(vmid, [(networks[r.nic_index], r.ip) for r in requests])
+    except InputError as err:
+        # lease_all is all-or-nothing; find which NIC asked for the address to point at it.
+        where = next((r.where for r in requests if r.ip and r.ip in err.reason), requests[0].where)
+        raise InputError(f"NIC: {err.reason}", where=where) from None
+    return {r.nic_index: lease for r, lease in zip(requests, leased, strict=True)}, networks
+
+
+def prepare_context(
+    template_path: Path,
+    *,
+    state: State,
+    vmid: int | None = None,
+    keep: bool = False,
+    etc: Path | None = None,
+    user: User | None = None,
+    user_path: Path | None = None,
+    image_paths: Sequence[Path] = (),
+) -> ResolvedContext:
+    """Instantiate the VM template and resolve its CONTEXT (see the module docstring).
+
+    ``user`` (or a user template at ``user_path``) is the owner, the invoking user by default;
+    ``image_paths`` are image templates that DISK=[IMAGE=…] and ``$IMAGE[…]`` refer to."""
+    tmpl = load_template(template_path)
+    settings = load_settings(etc)
+    owner = user or (load_user(user_path) if user_path is not None else invoking_user())
+    images = load_images(image_paths)
+    if vmid is not None and vmid < 0:
+        raise InputError(f"--vmid: expected a non-negative number, got {vmid}")
+    store = NetworkStore(state, mac_prefix=settings.mac_prefix)
+    vmid = _allocate_vmid(state, vmid, tmpl.single("NAME") or "", template_path, keep)
+    done = False
+    try:
+        leases, networks = _lease_nics(store, tmpl, vmid)
+        vm = instantiate(tmpl, vmid=vmid, user=owner, images=images, leases=leases, networks=networks)
+        variables = resolve_context(vm, other_context=lambda other: stored_context(state, other))
+        context_attr = tmpl.first("CONTEXT")
+        where = f"{tmpl.source}:{context_attr.line}:{context_attr.column}" if context_attr else tmpl.source
+        for key in variables:
+            try:
+                check_key(key)
+            except InputError as err:
+                raise InputError(err.reason, where=where) from None
+        files = _collect_files(variables.get("FILES", ""), template_path.parent, where, settings)
+        ordered = tuple(leases[i] for i in sorted(leases))
+        if keep:
+            with state.transaction() as db:
+                db.execute(
+                    "UPDATE vms SET name = ?, context = ? WHERE vmid = ?",
+                    (vm.name, json.dumps(variables), vmid),
+                )
+        done = True
+    finally:
+        if not (done and keep):
+            store.release_vm(vmid)
+            _forget(state, vmid)
+    log.debug(
+        "VM %d: %d context variables, %d files, %d leases", vmid, len(variables), len(files), len(ordered)
+    )
+    return ResolvedContext(vmid, variables, files, ordered)

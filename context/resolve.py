@@ -1,0 +1,341 @@
+"""CONTEXT variable substitution with oned's current (HEAD) semantics, plus 1.4's ``$<vmid>.VAR``.
+
+The scanner mirrors ``src/parsers/vm_var_parser.l`` and the grammar ``vm_var_syntax.y``:
+
+- ``$VAR``: ``UID UNAME GID GNAME NAME`` from the VM object, ``TEMPLATE`` = base64 of the VM's
+  XML, anything else the VM template's single attribute (``VMID`` is one), else the owner's.
+- ``$VAR[ATTR]`` / ``$VAR[ATTR, K="v"]`` / ``K=v`` (``v`` alphanumeric): the first vector ``VAR``
+  (whose ``K`` equals ``v`` exactly); ``$NETWORK[…]``, ``$IMAGE[…]`` and ``$USER[…]`` read
+  the network (NIC first, then the network), image and user templates instead.
+- ``$4.NAME`` (1.4): CONTEXT variable NAME of VM 4, as resolved when that VM was created.
+- Single pass, a missing value is ``""``, names are upper-cased (condition values are not),
+  the character after a variable is re-emitted, ``\\$`` is copied verbatim (backslash and all).
+
+One deliberate difference: a newline right after a variable is re-emitted like any other
+character (oned's scanner has no rule for it in that state and silently drops it).
+
+A malformed expression is an error naming the CONTEXT key, the text and its position (oned
+fails the VM creation; 1.4 silently dropped the whole CONTEXT).
+
+    variables = resolve_context(vm, other_context=lambda vmid: stored.get(vmid))
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from context.model import Template, Vector, VirtualNetwork
+from context.network import ranged_block
+from context.vm import VirtualMachine, image_xml64, network_xml64, user_xml64, vm_xml64
+from imagekit.errors import InputError
+
+OtherContext = Callable[[int], Mapping[str, str] | None]
+
+_NAME = re.compile(r"[A-Za-z0-9_]+")
+_ALNUM = re.compile(r"[A-Za-z0-9]+")
+_OBRACKET = re.compile(r"\[[ \t]*")
+_CBRACKET = re.compile(r"[ \t]*\]")
+_COMMA = re.compile(r"[ \t]*,[ \t]*")
+_EQUAL = re.compile(r"[ \t]*=[ \t]*")
+# After a variable these start a token of their own in oned's VAR state, so they are syntax
+# errors there rather than a character to re-emit (`$NAME, hi` does not parse).
+_STRAY = re.compile(r"[ \t]*([=,\]])")
+
+# NETWORK=YES: (context suffix, NIC attribute, alternative NIC attribute, then the network?)
+# in oned's order (NETWORK_CONTEXT then NETWORK6_CONTEXT of VirtualMachineContext.cc).
+NETWORK_CONTEXT: tuple[tuple[str, str, str, bool], ...] = (
+    ("IP", "IP", "", False),
+    ("MAC", "MAC", "", False),
+    ("MASK", "NETWORK_MASK", "", True),
+    ("NETWORK", "NETWORK_ADDRESS", "", True),
+    ("GATEWAY", "GATEWAY", "", True),
+    ("DNS", "DNS", "", True),
+    ("SEARCH_DOMAIN", "SEARCH_DOMAIN", "", True),
+    ("MTU", "GUEST_MTU", "", True),
+    ("METRIC", "METRIC", "", True),
+    ("METHOD", "METHOD", "", True),
+    ("VLAN_ID", "VLAN_ID", "", True),
+    ("VROUTER_IP", "VROUTER_IP", "", False),
+    ("VROUTER_MANAGEMENT", "VROUTER_MANAGEMENT", "", False),
+    ("EXTERNAL", "EXTERNAL", "", False),
+    ("IP6", "IP6_GLOBAL", "IP6", False),
+    ("IP6_ULA", "IP6_ULA", "", False),
+    ("IP6_GATEWAY", "GATEWAY6", "", True),
+    ("IP6_METRIC", "IP6_METRIC", "", True),
+    ("IP6_METHOD", "IP6_METHOD", "", True),
+    ("IP6_PREFIX_LENGTH", "PREFIX_LENGTH", "", True),
+    ("VROUTER_IP6", "VROUTER_IP6_GLOBAL", "VROUTER_IP6", False),
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One ``$…`` expression. ``vm`` is set for ``$<vmid>.NAME``; ``eoa`` is the character
+    consumed after it, re-emitted after the value."""
+
+    name: str
+    text: str
+    position: int  # 1-based, in the value
+    attr: str | None = None
+    key: str | None = None
+    value: str | None = None
+    vm: int | None = None
+    eoa: str = ""
+
+
+class ExpressionError(Exception):
+    def __init__(self, message: str, text: str, position: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.text = text
+        self.position = position
+
+
+class _Scanner:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def fail(self, message: str, start: int) -> ExpressionError:
+        end = self.text.find("$", self.pos + 1)
+        snippet = self.text[start : end if end != -1 and end - start < 60 else start + 60]
+        return ExpressionError(message, snippet, start + 1)
+
+    def match(self, rx: re.Pattern[str]) -> str | None:
+        m = rx.match(self.text, self.pos)
+        if m is None:
+            return None
+        self.pos = m.end()
+        return m.group()
+
+    def expect(self, rx: re.Pattern[str], what: str, start: int) -> str:
+        got = self.match(rx)
+        if got is None:
+            found = repr(self.text[self.pos]) if self.pos < len(self.text) else "the end of the value"
+            raise self.fail(f"expected {what}, got {found}", start)
+        return got
+
+    def end_of_variable(self, start: int, name: str) -> str:
+        """The EOA: ``""`` at the end or before another ``$``, else the next character."""
+        stray = _STRAY.match(self.text, self.pos)
+        if stray:
+            raise self.fail(f"unexpected {stray.group(1)!r} right after ${name}", start)
+        if self.pos >= len(self.text) or self.text[self.pos] == "$":
+            return ""
+        self.pos += 1
+        return self.text[self.pos - 1]
+
+    def reference(self) -> Reference:
+        start = self.pos
+        self.pos += 1  # the $
+        name = self.expect(_NAME, "a variable name after '$' (write \\$ for a literal dollar)", start)
+        if name.isdigit() and self.text.startswith(".", self.pos):
+            nxt = self.text[self.pos + 1 : self.pos + 2]
+            if nxt == "$":
+                raise self.fail(f"write ${name}.NAME, not ${name}.$NAME", start)
+            if nxt and _NAME.match(nxt):
+                self.pos += 1
+                var = self.expect(_NAME, "a context variable", start)
+                eoa = self.end_of_variable(start, f"{name}.{var}")
+                return Reference(var.upper(), self.text[start : self.pos], start + 1, vm=int(name), eoa=eoa)
+        if self.match(_OBRACKET) is None:
+            eoa = self.end_of_variable(start, name)
+            return Reference(name.upper(), self.text[start : self.pos], start + 1, eoa=eoa)
+        attr = self.expect(_NAME, f"an attribute name in ${name}[…]", start)
+        key = value = None
+        if self.match(_COMMA) is not None:
+            key = self.expect(_NAME, f'a condition like NETWORK="name" in ${name}[…]', start)
+            self.expect(_EQUAL, f"'=' after {key} in ${name}[…]", start)
+            if self.text.startswith('"', self.pos):
+                close = self.text.find('"', self.pos + 1)
+                if close == -1:
+                    raise self.fail(f"unterminated quoted value in ${name}[…]", start)
+                value = self.text[self.pos + 1 : close]
+                self.pos = close + 1
+            else:
+                value = self.match(_ALNUM)
+                if value is None:
+                    raise self.fail(
+                        f"expected a quoted or alphanumeric value for {key} in ${name}[…]", start
+                    )
+        if self.match(_CBRACKET) is None:
+            hint = " (quote values that are not alphanumeric)" if key is not None else ""
+            found = repr(self.text[self.pos]) if self.pos < len(self.text) else "the end of the value"
+            raise self.fail(f"expected ']' to close ${name}[…], got {found}{hint}", start)
+        eoa = self.end_of_variable(start, f"{name}[…]")
+        return Reference(
+            name.upper(),
+            self.text[start : self.pos],
+            start + 1,
+            attr=attr.upper(),
+            key=key.upper() if key is not None else None,
+            value=value,
+            eoa=eoa,
+        )
+
+
+def parse_value(text: str) -> list[str | Reference]:
+    """Literal text and references, in order; :class:`ExpressionError` if malformed."""
+    scanner = _Scanner(text)
+    out: list[str | Reference] = []
+    literal: list[str] = []
+    while scanner.pos < len(text):
+        ch = text[scanner.pos]
+        if ch == "\\":
+            # `\$` and `\x` are copied verbatim; a lone trailing backslash is dropped (flex echo).
+            literal.append(text[scanner.pos : scanner.pos + 2] if scanner.pos + 1 < len(text) else "")
+            scanner.pos += 2
+        elif ch == "$":
+            if literal:
+                out.append("".join(literal))
+                literal = []
+            out.append(scanner.reference())
+        else:
+            nxt = min(
+                (i for i in (text.find("$", scanner.pos), text.find("\\", scanner.pos)) if i != -1),
+                default=-1,
+            )
+            end = len(text) if nxt == -1 else nxt
+            literal.append(text[scanner.pos : end])
+            scanner.pos = end
+    if literal:
+        out.append("".join(literal))
+    return out
+
+
+def _first_single(tmpl: Template, name: str) -> str:
+    # oned's Template::get(name, string&): the first attribute of that name, if it is single.
+    attr = tmpl.first(name)
+    return attr.value if attr is not None and isinstance(attr.value, str) else ""
+
+
+def _vnet_attribute(vnet: VirtualNetwork, attr: str) -> str:
+    value = vnet.attribute(attr)
+    if value is not None:
+        return value
+    if attr in ("ID", "NETWORK_ID"):
+        return "" if vnet.id is None else str(vnet.id)
+    derived = {"NAME": vnet.name, "BRIDGE": vnet.bridge, "TYPE": vnet.type.value}
+    if vnet.network_address:
+        block = ranged_block(vnet)
+        # A 1.4 RANGED network has no NETWORK_MASK attribute; its block defines one.
+        derived["NETWORK_MASK"] = block.netmask
+        derived["NETWORK_ADDRESS"] = vnet.network_address
+    return derived.get(attr, "")
+
+
+def _selected(vectors: list[Vector], key: str | None, value: str | None) -> Vector | None:
+    for vector in vectors:
+        if key is None or vector.get(key) == value:
+            return vector
+    return None
+
+
+class Resolver:
+    def __init__(self, vm: VirtualMachine, other_context: OtherContext | None = None) -> None:
+        self.vm = vm
+        self.other_context = other_context
+
+    def single(self, name: str) -> str:
+        vm = self.vm
+        specials = {
+            "UID": str(vm.user.uid),
+            "UNAME": vm.user.uname,
+            "GID": str(vm.user.gid),
+            "GNAME": vm.user.gname,
+            "NAME": vm.name,
+        }
+        if name == "TEMPLATE":
+            return vm_xml64(vm)
+        if name in specials:
+            return specials[name]
+        return _first_single(vm.template, name) or _first_single(vm.user.template, name)
+
+    def network(self, attr: str, key: str | None, value: str | None) -> str:
+        if key not in ("NETWORK", "NETWORK_ID", "NIC_ID"):
+            return ""
+        nic = _selected(self.vm.template.vectors("NIC"), key, value)
+        net_id = nic.get("NETWORK_ID") if nic is not None else None
+        if nic is None or net_id is None or not net_id.isdigit() or int(net_id) not in self.vm.networks:
+            return ""
+        vnet = self.vm.networks[int(net_id)]
+        if attr == "TEMPLATE":
+            return network_xml64(vnet)
+        return nic.get(attr) or _vnet_attribute(vnet, attr)
+
+    def image(self, attr: str, key: str | None, value: str | None) -> str:
+        if key not in ("IMAGE", "IMAGE_ID"):
+            return ""
+        disk = _selected(self.vm.template.vectors("DISK"), key, value)
+        image_id = disk.get("IMAGE_ID") if disk is not None else None
+        image = self.vm.image(int(image_id)) if image_id is not None and image_id.isdigit() else None
+        if image is None:
+            return ""
+        return image_xml64(image) if attr == "TEMPLATE" else _first_single(image.template, attr)
+
+    def value(self, ref: Reference) -> str:
+        if ref.vm is not None:
+            other = self.other_context(ref.vm) if self.other_context is not None else None
+            return (other or {}).get(ref.name, "")
+        if ref.attr is None:
+            return self.single(ref.name)
+        if ref.name == "NETWORK":
+            return self.network(ref.attr, ref.key, ref.value)
+        if ref.name == "IMAGE":
+            return self.image(ref.attr, ref.key, ref.value)
+        if ref.name == "USER":
+            if ref.attr == "TEMPLATE":
+                return user_xml64(self.vm.user)
+            return _first_single(self.vm.user.template, ref.attr)
+        vector = _selected(self.vm.template.vectors(ref.name), ref.key, ref.value)
+        return (vector.get(ref.attr) or "") if vector is not None else ""
+
+    def substitute(self, text: str) -> str:
+        return "".join(p if isinstance(p, str) else self.value(p) + p.eoa for p in parse_value(text))
+
+    def network_context(self) -> dict[str, str]:
+        """The ETHn_* variables NETWORK=YES generates, for every NIC (n = its NIC_ID)."""
+        out: dict[str, str] = {}
+        for nic in self.vm.template.vectors("NIC"):
+            nic_id = nic.get("NIC_ID") or ""
+            for suffix, attr, alt, from_network in NETWORK_CONTEXT:
+                value = nic.get(attr) or (nic.get(alt) if alt else "") or ""
+                if not value and from_network:
+                    value = self.network(attr, "NIC_ID", nic_id)
+                out[f"ETH{nic_id}_{suffix}"] = value
+        return out
+
+
+def resolve_context(vm: VirtualMachine, *, other_context: OtherContext | None = None) -> dict[str, str]:
+    """The VM's CONTEXT with every value substituted, plus ETHn_* when ``NETWORK="YES"``
+    (generated values replace user-set ones, as oned merges them). No CONTEXT → ``{}``."""
+    tmpl = vm.template
+    contexts = tmpl.all("CONTEXT")
+    if not contexts:
+        return {}
+    first = contexts[0]
+    where = f"{tmpl.source}:{first.line}:{first.column}"
+    if len(contexts) > 1:
+        again = contexts[1]
+        raise InputError(
+            f"CONTEXT: only one CONTEXT attribute can be defined (another at line {again.line})", where=where
+        )
+    if not isinstance(first.value, Vector):
+        raise InputError(
+            "CONTEXT: expected a vector CONTEXT=[KEY=value, …], got a single value", where=where
+        )
+    resolver = Resolver(vm, other_context)
+    out: dict[str, str] = {}
+    for key, value in first.value.items:
+        try:
+            out[key] = resolver.substitute(value)
+        except ExpressionError as err:
+            raise InputError(
+                f"CONTEXT.{key}: {err.message} in {err.text!r} at character {err.position} of the value",
+                where=where,
+            ) from None
+    if out.get("NETWORK", "").upper() == "YES":
+        out.update(resolver.network_context())
+    return out

@@ -1,0 +1,91 @@
+"""Raw disk → the requested formats, each written atomically into the output directory.
+
+qcow2 is zstd-compressed (fast, and about a third of the raw allocation), vmdk is a
+monolithic sparse disk, vdi dynamic, and vhd is qemu-img's ``vpc`` with ``force_size`` so its
+virtual size is exactly the raw size (what Azure and Hyper-V expect).
+
+    staged = convert(raw, OutputFormat.QCOW2, out_dir / "x.qcow2")   # a hidden partial file
+    publish(staged)                                                  # the final name
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagekit.recipe.model import OutputFormat
+from imagekit.run import run
+
+OPTIONS: dict[OutputFormat, tuple[str, ...]] = {
+    OutputFormat.RAW: (),
+    OutputFormat.QCOW2: ("-c", "-o", "compression_type=zstd"),
+    OutputFormat.VMDK: ("-o", "subformat=monolithicSparse"),
+    OutputFormat.VDI: ("-o", "static=off"),
+    OutputFormat.VHD: ("-o", "subformat=dynamic,force_size=on"),
+}
+
+
+@dataclass(frozen=True)
+class Staged:
+    """An output written under a hidden name next to its final ``path``."""
+
+    partial: Path
+    path: Path
+    format: OutputFormat
+
+
+def partial_name(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.{os.getpid()}.part")
+
+
+def convert(raw: Path, fmt: OutputFormat, dest: Path) -> Staged:
+    partial = partial_name(dest)
+    if fmt is OutputFormat.RAW:
+        try:
+            os.link(raw, partial)  # same filesystem: no copy at all
+        except OSError:
+            run(["cp", "--sparse=always", raw, partial], step="write raw")
+    else:
+        run(
+            ["qemu-img", "convert", "-f", "raw", "-O", fmt.qemu_img_name, *OPTIONS[fmt], raw, partial],
+            step=f"convert to {fmt.value} (qemu-img)",
+        )
+    with open(partial, "rb+") as fh:
+        os.fsync(fh.fileno())
+    return Staged(partial, dest, fmt)
+
+
+def publish(staged: Staged) -> Path:
+    os.replace(staged.partial, staged.path)
+    return staged.path
+
+
+def discard(staged: Staged) -> None:
+    staged.partial.unlink(missing_ok=True)
+
+
+def write_atomic(dest: Path, data: bytes) -> Path:
+    """Write a small file (manifest, XML) through a partial file, fsync and rename."""
+    partial = partial_name(dest)
+    try:
+        with open(partial, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+    return dest
+
+
+def virtual_size(path: Path, fmt: OutputFormat) -> int:
+    import json
+
+    info = run(["qemu-img", "info", "--output=json", "-f", fmt.qemu_img_name, path], step="qemu-img info")
+    return int(json.loads(info.stdout)["virtual-size"])
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free

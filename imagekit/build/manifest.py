@@ -1,0 +1,181 @@
+"""What a build made, for people and machines: the JSON manifest, libvirt XML, OpenNebula template.
+
+The manifest lists each output with its size and MD5/SHA-1/SHA-256/SHA-512 (what marketplace
+metadata and OpenNebula's image checksums use), the packages installed in the image with
+their versions (read from the tree's dpkg database, like Oz's ICICLE), the normalised recipe
+and its hash, the cache outcome and the time each step took. The libvirt domain XML (as Oz
+writes next to its images) and the OpenNebula VM template boot the image as built: its
+firmware, CPUs and memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+from imagekit.recipe.model import Firmware, OutputFormat, Recipe
+from imagekit.run import run
+
+ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+
+@dataclass(frozen=True, order=True)
+class InstalledPackage:
+    name: str
+    version: str
+    arch: str
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    format: OutputFormat
+    path: Path
+    size: int  # bytes in the file (apparent)
+    allocated: int  # bytes on disk
+    virtual_size: int
+    checksums: dict[str, str]
+
+
+def checksums(path: Path) -> dict[str, str]:
+    hashes = [hashlib.new(name) for name in ALGORITHMS]
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 * 1024 * 1024):
+            for h in hashes:
+                h.update(chunk)
+    return {name: h.hexdigest() for name, h in zip(ALGORITHMS, hashes, strict=True)}
+
+
+def describe_output(fmt: OutputFormat, path: Path, virtual_size: int) -> OutputFile:
+    st = path.stat()
+    return OutputFile(fmt, path, st.st_size, st.st_blocks * 512, virtual_size, checksums(path))
+
+
+def installed_packages(root: Path) -> tuple[InstalledPackage, ...]:
+    out = run(
+        [
+            "dpkg-query",
+            f"--admindir={root / 'var/lib/dpkg'}",
+            "-W",
+            "-f",
+            "${Package}\t${Version}\t${Architecture}\n",
+        ],
+        step="list installed packages (dpkg-query)",
+    )
+    rows = (line.split("\t") for line in out.stdout.decode().splitlines() if line.strip())
+    return tuple(sorted(InstalledPackage(*row) for row in rows))
+
+
+def manifest(
+    recipe: Recipe,
+    *,
+    recipe_hash: str,
+    recipe_normalised: str,
+    firmware: Firmware,
+    disk_size: int,
+    outputs: list[OutputFile],
+    packages: tuple[InstalledPackage, ...],
+    cache: dict[str, object],
+    timings: dict[str, float],
+    extras: dict[str, str],
+    partitions: list[dict[str, object]],
+) -> dict[str, object]:
+    return {
+        "manifest_version": 1,
+        "name": recipe.name,
+        "version": recipe.version,
+        "release": recipe.release,
+        "os": {"name": recipe.os.name, "version": recipe.os.version, "arch": recipe.os.arch},
+        "firmware": firmware.value,
+        "disk_size": disk_size,
+        "partitions": partitions,
+        "outputs": [
+            {
+                "format": o.format.value,
+                "file": o.path.name,
+                "size": o.size,
+                "allocated": o.allocated,
+                "virtual_size": o.virtual_size,
+                "checksums": o.checksums,
+            }
+            for o in outputs
+        ],
+        "libvirt_xml": extras["libvirt"],
+        "opennebula_template": extras["opennebula"],
+        "packages": [{"name": p.name, "version": p.version, "arch": p.arch} for p in packages],
+        "recipe": {
+            "source": str(recipe.source_path),
+            "hash": recipe_hash,
+            "normalised": json.loads(recipe_normalised),
+        },
+        "cache": cache,
+        "timings": timings,
+    }
+
+
+def libvirt_xml(recipe: Recipe, image: Path, fmt: OutputFormat, firmware: Firmware) -> str:
+    """A domain that boots the image (copy-on-write users should point it at an overlay)."""
+    memory = max(recipe.memory_mib, 256)
+    loader = ""
+    if firmware is Firmware.UEFI:
+        loader = (
+            f"    <loader readonly='yes' type='pflash'>{OVMF_CODE}</loader>\n"
+            f"    <nvram template={quoteattr(OVMF_VARS)}/>\n"
+        )
+    return (
+        "<domain type='kvm'>\n"
+        f"  <name>{escape(recipe.name)}</name>\n"
+        f"  <memory unit='MiB'>{memory}</memory>\n"
+        f"  <vcpu>{recipe.cpus}</vcpu>\n"
+        "  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n"
+        f"{loader}    <boot dev='hd'/>\n  </os>\n"
+        "  <features><acpi/><apic/></features>\n"
+        "  <devices>\n"
+        "    <disk type='file' device='disk'>\n"
+        f"      <driver name='qemu' type={quoteattr(fmt.qemu_img_name)}/>\n"
+        f"      <source file={quoteattr(str(image))}/>\n"
+        "      <target dev='vda' bus='virtio'/>\n"
+        "    </disk>\n"
+        "    <interface type='network'>\n      <source network='default'/>\n      <model type='virtio'/>\n"
+        "    </interface>\n"
+        "    <serial type='pty'><target port='0'/></serial>\n"
+        "    <console type='pty'><target type='serial' port='0'/></console>\n"
+        "  </devices>\n"
+        "</domain>\n"
+    )
+
+
+def _one_value(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def opennebula_template(recipe: Recipe, image: Path, fmt: OutputFormat, firmware: Firmware) -> str:
+    """An OpenNebula VM template using the image, with contextualization switched on."""
+    memory = max(recipe.memory_mib, 256)
+    lines = [
+        f"NAME = {_one_value(recipe.name)}",
+        f"CPU = {recipe.cpus}",
+        f"VCPU = {recipe.cpus}",
+        f"MEMORY = {memory}",
+        "DISK = [",
+        f"  PATH = {_one_value(str(image))},",
+        f"  DRIVER = {_one_value(fmt.qemu_img_name)},",
+        '  DEV_PREFIX = "vd" ]',
+        'NIC = [ NETWORK = "default", MODEL = "virtio" ]',
+        'GRAPHICS = [ TYPE = "VNC", LISTEN = "0.0.0.0" ]',
+    ]
+    if firmware is Firmware.UEFI:
+        lines.append(f'OS = [ FIRMWARE = {_one_value(OVMF_CODE)}, ARCH = "x86_64" ]')
+    else:
+        lines.append('OS = [ ARCH = "x86_64" ]')
+    lines += [
+        "CONTEXT = [",
+        '  NETWORK = "YES",',
+        '  SSH_PUBLIC_KEY = "$USER[SSH_PUBLIC_KEY]",',
+        f"  SET_HOSTNAME = {_one_value(recipe.hostname or recipe.name)} ]",
+    ]
+    return "\n".join(lines) + "\n"

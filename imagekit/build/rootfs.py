@@ -1,0 +1,215 @@
+"""The package-install stage: a Debian root tree from ``mmdebstrap``, the part worth caching.
+
+Everything that decides what this stage produces is in :class:`PackageStage`, so its
+:meth:`~PackageStage.key` is the cache key: suite, architecture, apt sources, the package set
+(recipe packages, groups mapped to Debian, kernel, boot and agent packages), pre-commands and
+the mirror's snapshot identity. Files, users and post-commands come later (``customize.py``).
+
+    stage = plan_stage(recipe, agent_packages=AGENT_PACKAGES)
+    bootstrap(stage, root, work)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagekit.errors import InputError
+from imagekit.recipe.model import Recipe, Repository
+from imagekit.run import run
+
+from .sources import content_bytes, fetch
+
+# Bump when the stage's output changes for the same inputs (new hooks, other defaults).
+STAGE_VERSION = 1
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+
+ARCHES = {"x86_64": "amd64", "amd64": "amd64"}
+KERNELS = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
+# What every image needs to boot from our disk layout and be reachable: init, udev, an
+# initramfs (zstd-compressed), DHCP, SSH, and growpart + resize2fs for the first-boot grow.
+BOOT_PACKAGES = (
+    "systemd-sysv",
+    "udev",
+    "initramfs-tools",
+    "zstd",
+    "ifupdown",
+    "isc-dhcp-client",
+    "netbase",
+    "openssh-server",
+    "cloud-guest-utils",
+    "e2fsprogs",
+)
+CLOUD_INIT_PACKAGES = ("cloud-init", "cloud-guest-utils")
+# BoxGrinder/Fedora comps groups and their nearest Debian equivalent. Groups that name the
+# base system map to nothing: the boot set above already is Debian's minimal bootable system.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "core": (),
+    "base": ("ca-certificates", "less", "nano", "sudo", "iproute2", "iputils-ping", "procps", "curl"),
+    "standard": ("ca-certificates", "less", "nano", "sudo", "iproute2", "iputils-ping", "procps", "curl"),
+    "minimal": (),
+    "buildsys-build": ("build-essential",),
+    "development-tools": ("build-essential", "git", "gdb"),
+    "web-server": ("apache2",),
+    "mysql": ("mariadb-server",),
+    "postgresql": ("postgresql",),
+}
+
+
+@dataclass(frozen=True)
+class PackageStage:
+    suite: str
+    arch: str
+    sources: tuple[str, ...]  # one-line apt sources, the Debian mirror first
+    packages: tuple[str, ...]  # sorted, without duplicates
+    pre_commands: tuple[tuple[str, str], ...]  # (name, script) in recipe order
+
+    def key(self, snapshot: str) -> str:
+        """The content address of this stage's output for the mirror state ``snapshot``."""
+        material = {
+            "version": STAGE_VERSION,
+            "suite": self.suite,
+            "arch": self.arch,
+            "sources": list(self.sources),
+            "packages": list(self.packages),
+            "pre_commands": [list(c) for c in self.pre_commands],
+            "snapshot": snapshot,
+        }
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+    def summary(self) -> str:
+        return f"{self.suite}/{self.arch}, {len(self.packages)} packages"
+
+
+def plan_stage(
+    recipe: Recipe,
+    *,
+    agent_packages: tuple[str, ...] = (),
+    mirror: str = DEFAULT_MIRROR,
+    security_mirror: str = DEFAULT_SECURITY_MIRROR,
+) -> PackageStage:
+    from imagekit.recipe.buildable import debian_suite
+
+    suite = debian_suite(recipe)
+    arch = ARCHES.get(recipe.os.arch)
+    if arch is None:
+        raise InputError(f"os.arch: expected x86_64, got {recipe.os.arch!r} (only amd64 images are built)")
+    kernel = KERNELS.get(recipe.kernel_flavour)
+    if kernel is None:
+        raise InputError(f"kernel: expected one of {', '.join(KERNELS)}, got {recipe.kernel_flavour!r}")
+    packages = {kernel, *BOOT_PACKAGES}
+    for package in recipe.packages:
+        packages.update(expand_package(package.name))
+    if recipe.context_agent.wants_imagekit():
+        packages.update(agent_packages)
+    if recipe.context_agent.wants_cloud_init():
+        packages.update(CLOUD_INIT_PACKAGES)
+    sources = [
+        f"deb {mirror} {suite} main",
+        f"deb {mirror} {suite}-updates main",
+        f"deb {security_mirror} {suite}-security main",
+    ]
+    sources += [source_line(repo, suite) for repo in recipe.repositories]
+    pre = tuple(
+        (c.name, content_bytes(c.source, c.script, what=f"precommand {c.name!r}").decode("utf-8", "replace"))
+        for c in recipe.pre_commands
+    )
+    return PackageStage(suite, arch, tuple(sources), tuple(sorted(packages)), pre)
+
+
+def expand_package(name: str) -> tuple[str, ...]:
+    """A recipe package entry as Debian package names (``@group`` mapped, or an error)."""
+    name = name.strip()
+    if not name.startswith("@"):
+        return (name,)
+    group = name[1:].strip().lower()
+    if group not in GROUPS:
+        known = ", ".join(f"@{g}" for g in GROUPS)
+        raise InputError(f"packages: group {name!r} has no Debian equivalent (known groups: {known})")
+    return GROUPS[group]
+
+
+def source_line(repo: Repository, suite: str) -> str:
+    """``deb [trusted=yes] URL SUITE main`` for a bare URL; a URL followed by words is kept as is.
+
+    ``signed: false`` marks the repository trusted, since there is no key to check it with.
+    """
+    if repo.mirrorlist and not repo.url:
+        raise InputError(f"repositories.{repo.name}: mirrorlist is a yum feature; give a baseurl for apt")
+    words = repo.url.split()
+    if not words or words[0].split(":", 1)[0] not in ("http", "https", "ftp", "file"):
+        raise InputError(f"repositories.{repo.name}: expected an http(s), ftp or file URL, got {repo.url!r}")
+    rest = words[1:] or [suite, "main"]
+    options = "" if repo.signed else " [trusted=yes]"
+    return f"deb{options} {words[0]} {' '.join(rest)}"
+
+
+def source_file_name(repo: Repository) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in repo.name)
+    return f"imagekit-{safe}.list"
+
+
+def bootstrap(stage: PackageStage, root: Path, work: Path, *, recipe_repos: tuple[Repository, ...]) -> None:
+    """Run mmdebstrap into the empty directory ``root``; hook scripts go to ``work``.
+
+    mmdebstrap runs in a private mount namespace, so the /proc, /sys and /dev mounts it makes
+    inside the tree vanish with it, even when it is killed.
+    """
+    hooks: list[str] = []
+    # Recipe repositories go to their own list files so that non-persisted ones can be removed
+    # after the build; the setup hook writes them before apt's first update.
+    for repo, line in zip(recipe_repos, stage.sources[3:], strict=True):
+        listing = work / source_file_name(repo)
+        listing.write_text(line + "\n")
+        hooks.append(f"--setup-hook=copy-in {shlex.quote(str(listing))} /etc/apt/sources.list.d/")
+    for index, (name, script) in enumerate(stage.pre_commands, 1):
+        path = work / f"pre-{index:02d}.sh"
+        path.write_text(script)
+        fail = shlex.quote(f"imagekit: precommand {name!r} failed")
+        run_it = f'chroot "$1" /bin/sh -e < {shlex.quote(str(path))}'
+        hooks.append(f"--essential-hook={run_it} || {{ echo {fail} >&2; exit 1; }}")
+    argv = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=minbase",
+        f"--arch={stage.arch}",
+        "--format=directory",
+        "--skip=cleanup/apt/lists",
+        '--aptopt=Acquire::Retries "3"',
+        f"--include={','.join(stage.packages)}",
+        *hooks,
+        stage.suite,
+        str(root),
+        *stage.sources[:3],
+    ]
+    run(argv, step="install packages (mmdebstrap)", env={"DEBIAN_FRONTEND": "noninteractive"})
+
+
+def mirror_snapshot(stage: PackageStage, *, timeout: float = 15.0) -> str:
+    """Identity of the archive state: a hash over the ``InRelease`` files of the Debian sources.
+
+    A point release or a security update changes it, so the cached stage is rebuilt exactly
+    when apt would install something different. ``IMAGEKIT_SNAPSHOT`` pins it instead (for
+    offline rebuilds from the cache, or a snapshot.debian.org mirror whose state never moves).
+    """
+    pinned = os.environ.get("IMAGEKIT_SNAPSHOT")
+    if pinned:
+        return f"pinned:{pinned}"
+    digest = hashlib.sha256()
+    for line in stage.sources[:3]:
+        _, url, suite, *_ = line.split()
+        digest.update(fetch_release(f"{url.rstrip('/')}/dists/{suite}/InRelease", timeout=timeout))
+    return "inrelease:" + digest.hexdigest()[:32]
+
+
+def fetch_release(url: str, *, timeout: float) -> bytes:
+    return fetch(url, what="Debian mirror (to key the package cache)", timeout=timeout)

@@ -1,0 +1,151 @@
+"""The mutable state of one build: its temporary directory, and the guarantee it goes away.
+
+    with Workspace.create(parent) as ws:
+        ws.root        # the image's root tree
+        ws.path("disk.raw")
+
+On any exit (success, error, Ctrl-C, or SIGTERM turned into :class:`BuildInterrupted` by
+:func:`interruptible`) the workspace first stops the build's child processes, then removes
+the tree without crossing into other filesystems, so a mount left in it (there should be none:
+chroots run in private mount namespaces) can never take host files with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import stat
+import tempfile
+import time
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+
+class BuildInterrupted(KeyboardInterrupt):
+    """SIGTERM during a build; a KeyboardInterrupt so the same cleanup paths run."""
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGTERM into :class:`BuildInterrupted` for the duration (main thread only)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise BuildInterrupted(f"received {signal.Signals(signum).name}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    base: Path
+
+    @classmethod
+    @contextlib.contextmanager
+    def create(cls, parent: Path | None = None) -> Iterator[Workspace]:
+        if parent is not None:
+            parent.mkdir(parents=True, exist_ok=True)
+        base = Path(tempfile.mkdtemp(prefix="imagekit-build-", dir=parent))
+        ws = cls(base)
+        before = set(_children_of(os.getpid()))
+        try:
+            ws.root.mkdir()
+            yield ws
+        except BaseException:
+            # Only what this build started: other children of the process are not ours.
+            stop_children(exclude=before)
+            raise
+        finally:
+            remove_tree(base)
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    def path(self, name: str) -> Path:
+        return self.base / name
+
+
+def _children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            child = int(entry.name)
+            found.append(child)
+            found.extend(_children_of(child))
+    return found
+
+
+def stop_children(grace: float = 5.0, *, exclude: Collection[int] = ()) -> None:
+    """Terminate processes this build left running (an interrupted mmdebstrap and its dpkg)."""
+    pids = [p for p in _children_of(os.getpid()) if p not in exclude]
+    if not pids:
+        return
+    log.debug("stopping leftover processes %s", pids)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            pids = [p for p in pids if _alive(p)]
+            if not pids:
+                return
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def remove_tree(path: Path) -> None:
+    """``rm -rf path`` that never descends into a mount point (another st_dev)."""
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return
+    device = top.st_dev
+
+    def remove(p: str) -> None:
+        st = os.lstat(p)
+        if stat.S_ISDIR(st.st_mode):
+            if st.st_dev != device:
+                log.warning("not removing %s: another filesystem is mounted there", p)
+                return
+            os.chmod(p, 0o700)
+            with os.scandir(p) as entries:
+                names = [e.path for e in entries]
+            for child in names:
+                remove(child)
+            with contextlib.suppress(OSError):
+                os.rmdir(p)
+        else:
+            os.unlink(p)
+
+    remove(str(path))

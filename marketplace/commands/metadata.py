@@ -1,0 +1,245 @@
+"""``imagekit market metadata create|sign|verify|show``: entries on the command line.
+
+The ``market`` group (:mod:`marketplace.commands.market`) calls :func:`register_metadata`
+to add this sub-group::
+
+    imagekit market metadata create disk.qcow2 --location https://example.org/disk.qcow2 -o entry.xml
+    imagekit market metadata sign entry.xml --cert me.crt --key me.key -o signed.xml
+    imagekit market metadata verify signed.xml --trust ca.pem
+    imagekit market metadata show signed.xml --format turtle
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from imagekit.errors import InputError
+from imagekit.output import print_json
+from marketplace import describe
+from marketplace.certs import TrustStore
+from marketplace.metadata import (
+    Metadata,
+    format_time,
+    metadata_to_jsonld,
+    metadata_to_rdfxml,
+    metadata_to_turtle,
+    parse_metadata,
+)
+from marketplace.signing import SignatureAlgorithm, load_p12, load_signer, sign_entry
+from marketplace.store import write_atomic
+from marketplace.verify import verify_entry
+
+
+def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``metadata`` with its four commands to the ``market`` sub-parsers."""
+    group = sub.add_parser("metadata", help="create, sign, verify and show metadata entries")
+    commands = group.add_subparsers(dest="metadata_command", metavar="COMMAND")
+
+    create = commands.add_parser("create", help="an unsigned entry from an image or a build manifest")
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument("image", nargs="?", type=Path, help="disk image (raw, qcow2; .gz/.bz2/.xz inflated)")
+    source.add_argument("--manifest", type=Path, metavar="FILE", help="manifest written by imagekit build")
+    create.add_argument(
+        "--output-format", metavar="FMT", help="which output of the manifest (qcow2, raw, …)"
+    )
+    create.add_argument(
+        "--location", action="append", default=[], metavar="URL", help="download URL (repeatable)"
+    )
+    create.add_argument("--valid", type=int, default=describe.DEFAULT_VALID_DAYS, metavar="DAYS",
+                        help="endorsement validity in days (default %(default)s)")  # fmt: skip
+    create.add_argument("--tag", help="stable name (dcterms:alternative) that resolves to your latest entry")
+    create.add_argument("--title")
+    create.add_argument("--description")
+    create.add_argument("--kind", choices=("machine", "disk"), default="machine")
+    create.add_argument("--hypervisor", help="e.g. kvm")
+    create.add_argument("--compression", choices=("", "gz", "bz2", "xz"),
+                        help="compression of the published file (default: as detected)")  # fmt: skip
+    create.add_argument("--os", help="OS name (with --os-version and --os-arch: skips inspection)")
+    create.add_argument("--os-version")
+    create.add_argument("--os-arch")
+    create.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    create.set_defaults(func=_create)
+
+    sign = commands.add_parser("sign", help="endorse and sign an entry (XML-DSig)")
+    sign.add_argument("file", type=Path)
+    sign.add_argument("--cert", type=Path, metavar="PEM", help="certificate (then intermediates)")
+    sign.add_argument("--key", type=Path, metavar="PEM", help="private key (RSA or EC)")
+    sign.add_argument("--p12", type=Path, metavar="FILE", help="PKCS#12 bundle instead of --cert/--key")
+    sign.add_argument("--password-file", type=Path, metavar="F", help="password of --p12 or the key")
+    sign.add_argument("--email", metavar="ADDR", help="endorser e-mail (default: the certificate's)")
+    sign.add_argument("--algorithm", choices=[a.name for a in SignatureAlgorithm if not a.is_legacy],
+                      help="default: RSA_SHA256 or ECDSA_SHA256 by key type")  # fmt: skip
+    sign.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    sign.set_defaults(func=_sign)
+
+    verify = commands.add_parser("verify", help="check signature, endorser, certificate time and chain")
+    verify.add_argument("file", type=Path)
+    verify.add_argument("--trust", type=Path, action="append", default=[], metavar="PEM",
+                        help="trusted CA certificates (file or directory, repeatable)")  # fmt: skip
+    verify.add_argument(
+        "--at", metavar="ISO-TIME", help="check the certificate at this time, not at the endorsement"
+    )
+    verify.add_argument("--no-sha1", action="store_true", help="refuse legacy RSA-SHA1 signatures")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=_verify)
+
+    show = commands.add_parser("show", help="print an entry (unverified)")
+    show.add_argument("file", type=Path)
+    show.add_argument("--json", action="store_true")
+    show.add_argument("--format", choices=("text", "turtle", "jsonld", "rdfxml"), default="text")
+    show.set_defaults(func=_show)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", where=str(path)) from None
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise InputError(f"cannot write: {exc.strerror}", where=str(path)) from None
+
+
+def _create(args: argparse.Namespace) -> int:
+    os_flags = (args.os, args.os_version, args.os_arch)
+    if any(os_flags) and not all(os_flags):
+        raise InputError("--os, --os-version and --os-arch go together")
+    if args.manifest:
+        facts = describe.facts_from_manifest(args.manifest, output_format=args.output_format)
+    else:
+        facts = describe.facts_from_image(args.image, os_fields=os_flags if all(os_flags) else None)
+    if all(os_flags):
+        facts = dataclasses.replace(facts, os=args.os, os_version=args.os_version, os_arch=args.os_arch)
+    if args.compression is not None:
+        facts = dataclasses.replace(facts, compression=args.compression)
+    m = describe.new_metadata(
+        facts,
+        locations=args.location,
+        valid_days=args.valid,
+        tag=args.tag,
+        description=args.description,
+        title=args.title,
+        kind=args.kind,
+        hypervisor=args.hypervisor,
+    )
+    _write(args.output, metadata_to_rdfxml(m))
+    print(f"{args.output}: {m.identifier} (unsigned; sign it with `imagekit market metadata sign`)")
+    return 0
+
+
+def _password(args: argparse.Namespace) -> bytes | None:
+    if args.password_file is None:
+        return None
+    return _read(args.password_file).rstrip(b"\r\n")
+
+
+def _sign(args: argparse.Namespace) -> int:
+    if args.p12:
+        if args.cert or args.key:
+            raise InputError("use either --p12 or --cert and --key")
+        signer = load_p12(args.p12, _password(args))
+    elif args.cert and args.key:
+        signer = load_signer(args.cert, args.key, _password(args))
+    else:
+        raise InputError("sign needs --cert and --key, or --p12")
+    signed = sign_entry(
+        _read(args.file),
+        cert=signer.certificate,
+        key=signer.key,
+        algorithm=SignatureAlgorithm[args.algorithm] if args.algorithm else None,
+        email=args.email,
+        chain=signer.chain,
+        source=str(args.file),
+    )
+    _write(args.output, signed)
+    m = parse_metadata(signed, source=str(args.output))
+    identifier, email, created = m.key
+    print(f"{args.output}: {identifier} endorsed by {email} at {created}")
+    return 0
+
+
+def _parse_at(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"--at: expected an ISO 8601 time, got {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    trust = TrustStore.from_paths(args.trust) if args.trust else None
+    entry = verify_entry(
+        _read(args.file),
+        trust=trust,
+        at=_parse_at(args.at) if args.at else None,
+        allow_sha1=not args.no_sha1,
+        source=str(args.file),
+    )
+    m = entry.metadata
+    status = m.status(datetime.now(UTC))
+    if args.json:
+        print_json(
+            {
+                "identifier": m.identifier,
+                "email": entry.endorser_email,
+                "subject": entry.subject,
+                "issuer": entry.issuer,
+                "created": format_time(entry.created),
+                "algorithm": entry.algorithm.name,
+                "chain": [c.subject.rfc4514_string() for c in entry.chain],
+                "status": status,
+            }
+        )
+    else:
+        chained = f", chain to {entry.chain[-1].subject.rfc4514_string()}" if entry.chain else ""
+        print(f"{args.file}: OK: {m.identifier} endorsed by {entry.endorser_email} at "
+              f"{format_time(entry.created)} ({entry.algorithm.name}{chained}); entry {status}")  # fmt: skip
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    m = parse_metadata(_read(args.file), source=str(args.file))
+    if args.json:
+        print_json(m)
+    elif args.format == "turtle":
+        sys.stdout.write(metadata_to_turtle(m))
+    elif args.format == "jsonld":
+        sys.stdout.write(metadata_to_jsonld(m) + "\n")
+    elif args.format == "rdfxml":
+        sys.stdout.buffer.write(metadata_to_rdfxml(m))
+    else:
+        _print_text(m)
+    return 0
+
+
+def _print_text(m: Metadata) -> None:
+    rows: list[tuple[str, object]] = [("identifier", m.identifier), ("bytes", m.size)]
+    rows += [(f"checksum {a}", v) for a, v in m.checksums.items()]
+    if m.endorsement:
+        e = m.endorsement
+        rows += [("endorsed", format_time(e.created)), ("email", e.endorser.email),
+                 ("subject", e.endorser.subject), ("issuer", e.endorser.issuer)]  # fmt: skip
+    else:
+        rows.append(("endorsed", "no (unsigned)"))
+    for f in dataclasses.fields(m):
+        if f.name in {"identifier", "size", "checksums", "endorsement"}:
+            continue
+        value = getattr(m, f.name)
+        if value in (None, ()):
+            continue
+        if isinstance(value, datetime):
+            value = format_time(value)
+        elif isinstance(value, tuple):
+            value = ", ".join(map(str, value))
+        rows.append((f.name.replace("_", "-"), value))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")

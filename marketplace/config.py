@@ -1,0 +1,200 @@
+"""The registry's configuration: ``etc/marketplace.conf`` parsed once into :class:`MarketConfig`.
+
+The file is INI (like StratusLab's ``marketplace.cfg``); every key is optional and documented,
+with its default, in the shipped ``etc/marketplace.conf``. Relative paths are relative to the
+file's directory. A bad value is reported as ``FILE:LINE:COL: section.key: expected X, got Y``.
+
+    cfg = load_config(None, data_dir=Path("/srv/market"))
+    cfg.index_backend   # IndexBackend.SQLITE
+"""
+
+from __future__ import annotations
+
+import configparser
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from imagekit import locations
+from imagekit.errors import InputError
+
+CONFIG_NAME = "marketplace.conf"
+CONFIG_ENV = "IMAGEKIT_MARKET_CONFIG"
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+class IndexBackend(enum.StrEnum):
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+class PendingPolicy(enum.StrEnum):
+    """What happens to a validly signed upload from an endorser who is not whitelisted."""
+
+    QUEUE = "queue"
+    ACCEPT = "accept"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    data_dir: Path
+    source: Path | None = None
+    read_only: bool = False
+    base_url: str = ""
+    max_upload_bytes: int = 1_048_576
+    page_size: int = 50
+    max_page_size: int = 1000
+    index_backend: IndexBackend = IndexBackend.SQLITE
+    dsn: str = ""
+    pool_size: int = 8
+    pending: PendingPolicy = PendingPolicy.QUEUE
+    whitelist: frozenset[str] = field(default_factory=frozenset)
+    trust: tuple[Path, ...] = ()
+    allow_sha1: bool = True
+
+    @property
+    def metadata_dir(self) -> Path:
+        return self.data_dir / "metadata"
+
+
+_KEYS: dict[str, set[str]] = {
+    "registry": {"data_dir", "read_only", "base_url", "max_upload_bytes", "page_size", "max_page_size"},
+    "index": {"backend", "dsn", "pool_size"},
+    "uploads": {"pending", "whitelist", "trust", "allow_sha1"},
+}
+
+
+def default_config_path() -> Path:
+    return locations.etc_dir() / CONFIG_NAME
+
+
+def load_config(
+    path: Path | None = None, *, data_dir: Path | None = None, state: Path | None = None
+) -> MarketConfig:
+    """Read ``path`` (default ``etc/marketplace.conf``; a missing default file means defaults).
+
+    ``data_dir`` (the ``--data`` flag) overrides the file; without either the data lives in
+    ``<state dir>/market``.
+    """
+    explicit = path is not None
+    path = path if path is not None else default_config_path()
+    parser = configparser.ConfigParser(interpolation=None, empty_lines_in_values=False)
+    text = ""
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+            parser.read_string(text, source=str(path))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read configuration: {exc}", where=str(path)) from None
+        except configparser.Error as exc:
+            raise InputError(f"not an INI file: {exc.message.splitlines()[0]}", where=str(path)) from None
+    elif explicit:
+        raise InputError("configuration file not found", where=str(path))
+    reader = _Reader(parser, path, text)
+    reader.check_known()
+    base = path.parent
+    file_data = reader.string("registry", "data_dir", "")
+    if data_dir is None:
+        data_dir = (base / file_data) if file_data else locations.state_dir(state) / "market"
+    return MarketConfig(
+        data_dir=data_dir,
+        source=path if path.is_file() else None,
+        read_only=reader.boolean("registry", "read_only", False),
+        base_url=reader.string("registry", "base_url", "").rstrip("/"),
+        max_upload_bytes=reader.integer("registry", "max_upload_bytes", 1_048_576, minimum=1024),
+        page_size=reader.integer("registry", "page_size", 50, minimum=1),
+        max_page_size=reader.integer("registry", "max_page_size", 1000, minimum=1),
+        index_backend=reader.choice("index", "backend", IndexBackend, IndexBackend.SQLITE),
+        dsn=reader.string("index", "dsn", ""),
+        pool_size=reader.integer("index", "pool_size", 8, minimum=1),
+        pending=reader.choice("uploads", "pending", PendingPolicy, PendingPolicy.QUEUE),
+        whitelist=frozenset(reader.lines("uploads", "whitelist")),
+        trust=tuple(base / p for p in reader.lines("uploads", "trust")),
+        allow_sha1=reader.boolean("uploads", "allow_sha1", True),
+    )
+
+
+class _Reader:
+    """Typed access to the parsed file, with ``FILE:LINE:COL`` locations for errors."""
+
+    def __init__(self, parser: configparser.ConfigParser, path: Path, text: str) -> None:
+        self.parser = parser
+        self.path = path
+        self.lines_ = text.splitlines()
+
+    def where(self, section: str, key: str | None = None) -> str:
+        current = None
+        for number, line in enumerate(self.lines_, 1):
+            stripped = line.strip()
+            if stripped.startswith("[") and stripped.endswith("]"):
+                current = stripped[1:-1].strip()
+                if key is None and current == section:
+                    return f"{self.path}:{number}:1"
+            elif current == section and key is not None:
+                name = stripped.split("=", 1)[0].split(":", 1)[0].strip()
+                if name == key and not line[:1].isspace():
+                    return f"{self.path}:{number}:1"
+        return str(self.path)
+
+    def check_known(self) -> None:
+        for section in self.parser.sections():
+            if section not in _KEYS:
+                raise InputError(
+                    f"{section}: unknown section (expected one of {', '.join(sorted(_KEYS))})",
+                    where=self.where(section),
+                )
+            for key in self.parser[section]:
+                if key not in _KEYS[section]:
+                    raise InputError(f"{section}.{key}: unknown key", where=self.where(section, key))
+
+    def _raw(self, section: str, key: str) -> str | None:
+        if not self.parser.has_option(section, key):
+            return None
+        return self.parser.get(section, key).strip()
+
+    def _bad(self, section: str, key: str, expected: str, got: str) -> InputError:
+        return InputError(
+            f"{section}.{key}: expected {expected}, got {got!r}", where=self.where(section, key)
+        )
+
+    def string(self, section: str, key: str, default: str) -> str:
+        raw = self._raw(section, key)
+        return default if raw is None else raw
+
+    def lines(self, section: str, key: str) -> list[str]:
+        raw = self._raw(section, key)
+        return [] if raw is None else [line.strip() for line in raw.splitlines() if line.strip()]
+
+    def boolean(self, section: str, key: str, default: bool) -> bool:
+        raw = self._raw(section, key)
+        if raw is None or raw == "":
+            return default
+        lowered = raw.lower()
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0"):
+            return False
+        raise self._bad(section, key, "true or false", raw)
+
+    def integer(self, section: str, key: str, default: int, *, minimum: int) -> int:
+        raw = self._raw(section, key)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw.replace("_", ""))
+        except ValueError:
+            raise self._bad(section, key, "an integer", raw) from None
+        if value < minimum:
+            raise self._bad(section, key, f"an integer >= {minimum}", raw)
+        return value
+
+    def choice(self, section: str, key: str, kind: type[_E], default: _E) -> _E:
+        raw = self._raw(section, key)
+        if raw is None or raw == "":
+            return default
+        try:
+            return kind(raw.lower())
+        except ValueError:
+            raise self._bad(section, key, " or ".join(m.value for m in kind), raw) from None

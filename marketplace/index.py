@@ -1,0 +1,446 @@
+"""The query index: one row per stored entry, rebuilt from the files at any time.
+
+One interface, two back ends with the same SQL (``index_sqlite.py`` by default,
+``index_postgres.py`` when several server processes share one index). Every value reaches the
+database as a bound parameter; only column names from fixed tables are spliced into SQL.
+
+The StratusLab "latest" marker is materialised: ``latest = 1`` on the newest entry of each
+(identifier, endorser) timeline, moved when a newer one is added. Times are stored as the
+fixed-width ``yyyy-MM-ddTHH:mm:ssZ`` strings of the metadata, so string order is time order.
+
+    index = open_index(config)
+    page = index.search(Query(os="ubuntu", status=Status.VALID, limit=20), at="2025-01-01T00:00:00Z")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import astuple, dataclass, fields
+from typing import Any, Protocol
+
+from marketplace.auditlog import Head
+from marketplace.config import IndexBackend, MarketConfig
+
+
+class Status(enum.StrEnum):
+    VALID = "valid"
+    EXPIRED = "expired"
+    DEPRECATED = "deprecated"
+    ALL = "all"
+
+
+class LocationKind(enum.StrEnum):
+    """StratusLab's ``location`` filter: ``web`` = no location or http(s)/ftp URLs."""
+
+    ALL = "all"
+    WEB = "web"
+    PDISK = "pdisk"
+
+
+class SortKey(enum.StrEnum):
+    CREATED = "created"
+    IDENTIFIER = "identifier"
+    EMAIL = "email"
+    OS = "os"
+    OS_VERSION = "os_version"
+    OS_ARCH = "os_arch"
+    TITLE = "title"
+    VALID = "valid"
+
+
+def location_kind(locations: Sequence[str]) -> str:
+    if any(loc.startswith("pdisk:") for loc in locations):
+        return LocationKind.PDISK.value
+    return LocationKind.WEB.value
+
+
+def status_of(valid: str | None, deprecated: str | None, at: str) -> Status:
+    if deprecated is not None:
+        return Status.DEPRECATED
+    if valid is not None and valid <= at:
+        return Status.EXPIRED
+    return Status.VALID
+
+
+@dataclass(frozen=True)
+class Row:
+    """What the index knows of one entry; the signed bytes stay in the file store."""
+
+    identifier: str
+    email: str
+    created: str
+    subject: str
+    issuer: str
+    os: str | None
+    os_version: str | None
+    os_arch: str | None
+    kind: str | None
+    title: str | None
+    description: str | None
+    tag: str | None
+    valid: str | None
+    deprecated: str | None
+    locations: tuple[str, ...]
+    bytes: int | None
+    sha256: str
+    latest: bool = False
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.identifier}/{self.email}/{self.created}"
+
+    def status(self, at: str) -> Status:
+        return status_of(self.valid, self.deprecated, at)
+
+
+_COLUMNS = tuple(f.name for f in fields(Row))
+_SELECT = ", ".join(_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Query:
+    """Filters of ``GET /metadata``. With ``created`` set, the one entry is returned whatever its
+    status; otherwise only the latest entry of each timeline (unless ``history``)."""
+
+    identifier: str | None = None
+    email: str | None = None
+    created: str | None = None
+    status: Status = Status.VALID
+    location: LocationKind = LocationKind.ALL
+    os: str | None = None
+    os_version: str | None = None
+    os_arch: str | None = None
+    tag: str | None = None
+    text: str | None = None
+    since: str | None = None
+    history: bool = False
+    sort: SortKey = SortKey.CREATED
+    descending: bool = True
+    offset: int = 0
+    limit: int = 50
+
+
+@dataclass(frozen=True)
+class Page:
+    total: int
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class Endorser:
+    email: str
+    subject: str
+    issuer: str
+    entries: int
+    last_created: str
+
+
+class Index(Protocol):
+    def latest_created(self, identifier: str, email: str) -> str | None: ...
+    def add(self, row: Row, head: Head | None = None) -> None: ...
+    def get(self, identifier: str, email: str, created: str) -> Row | None: ...
+    def search(self, query: Query, *, at: str) -> Page: ...
+    def tagged(self, email: str, tag: str) -> Row | None: ...
+    def endorsers(self) -> list[Endorser]: ...
+    def endorser(self, email: str) -> Endorser | None: ...
+    def audit_head(self) -> Head | None: ...
+    def rebuild(self, rows: Iterable[Row], head: Head) -> int: ...
+    def close(self) -> None: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    identifier TEXT NOT NULL, email TEXT NOT NULL, created TEXT NOT NULL,
+    subject TEXT NOT NULL, issuer TEXT NOT NULL,
+    os TEXT, os_version TEXT, os_arch TEXT, kind TEXT, title TEXT, description TEXT, tag TEXT,
+    valid TEXT, deprecated TEXT, locations TEXT NOT NULL, location_kind TEXT NOT NULL,
+    bytes BIGINT, sha256 TEXT NOT NULL, latest SMALLINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (identifier, email, created)
+);
+CREATE INDEX IF NOT EXISTS entries_latest_created ON entries (latest, created);
+CREATE INDEX IF NOT EXISTS entries_email ON entries (email, created);
+CREATE INDEX IF NOT EXISTS entries_os ON entries (os, os_arch, os_version, created);
+CREATE INDEX IF NOT EXISTS entries_tag ON entries (email, tag, created);
+CREATE TABLE IF NOT EXISTS endorsers (
+    email TEXT NOT NULL, subject TEXT NOT NULL, issuer TEXT NOT NULL,
+    entries BIGINT NOT NULL, last_created TEXT NOT NULL,
+    PRIMARY KEY (email, subject, issuer)
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class SqlIndex:
+    """The SQL shared by both back ends; subclasses supply connections and the dialect."""
+
+    like = "LIKE"
+    placeholder = "?"
+
+    def __init__(self, connect: Callable[[], Any], pool_size: int) -> None:
+        self._connect = connect
+        self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    # Connections: at most pool_size, made on demand, reused LIFO (warm caches).
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[Any]:
+        self._slots.acquire()
+        try:
+            try:
+                conn = self._pool.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+                with self._lock:
+                    self._all.append(conn)
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            self._pool.put(conn)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._all.clear()
+
+    def _sql(self, text: str) -> str:
+        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
+
+    def _fetch(self, text: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._conn() as conn:
+            cur = conn.cursor()
+            cur.execute(self._sql(text), tuple(params))
+            rows = list(cur.fetchall())
+            conn.commit()
+            return rows
+
+    @staticmethod
+    def _row(values: Sequence[Any]) -> Row:
+        data = dict(zip(_COLUMNS, values, strict=True))
+        data["locations"] = tuple(data["locations"].split("\n")) if data["locations"] else ()
+        data["latest"] = bool(data["latest"])
+        return Row(**data)
+
+    @staticmethod
+    def _values(row: Row) -> tuple[Any, ...]:
+        values = list(astuple(row))
+        values[_COLUMNS.index("locations")] = "\n".join(row.locations)
+        values[_COLUMNS.index("latest")] = 1 if row.latest else 0
+        return (*values, location_kind(row.locations))
+
+    # Reads.
+
+    def latest_created(self, identifier: str, email: str) -> str | None:
+        found = self._fetch(
+            "SELECT created FROM entries WHERE identifier = ? AND email = ? AND latest = 1",
+            (identifier, email),
+        )
+        return str(found[0][0]) if found else None
+
+    def get(self, identifier: str, email: str, created: str) -> Row | None:
+        found = self._fetch(
+            f"SELECT {_SELECT} FROM entries WHERE identifier = ? AND email = ? AND created = ?",
+            (identifier, email, created),
+        )
+        return self._row(found[0]) if found else None
+
+    def tagged(self, email: str, tag: str) -> Row | None:
+        """The endorser's newest non-deprecated entry carrying ``tag`` (StratusLab skips
+        deprecated ones so a tag never resolves to a withdrawn image)."""
+        found = self._fetch(
+            f"SELECT {_SELECT} FROM entries WHERE email = ? AND tag = ? AND latest = 1 "
+            "AND deprecated IS NULL ORDER BY created DESC LIMIT 1",
+            (email, tag),
+        )
+        return self._row(found[0]) if found else None
+
+    def search(self, query: Query, *, at: str) -> Page:
+        where, params = self._where(query, at)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        direction = "DESC" if query.descending else "ASC"
+        order = f"{query.sort.value} {direction}, identifier, email, created DESC"
+        with self._conn() as conn:
+            cur = conn.cursor()
+            cur.execute(self._sql(f"SELECT count(*) FROM entries{clause}"), tuple(params))
+            total = int(cur.fetchone()[0])
+            rows: list[tuple[Any, ...]] = []
+            if total > query.offset:
+                cur.execute(
+                    self._sql(f"SELECT {_SELECT} FROM entries{clause} ORDER BY {order} LIMIT ? OFFSET ?"),
+                    (*params, query.limit, query.offset),
+                )
+                rows = list(cur.fetchall())
+            conn.commit()
+        return Page(total, tuple(self._row(r) for r in rows))
+
+    def _where(self, query: Query, at: str) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column in ("identifier", "email", "created", "os", "os_version", "os_arch", "tag"):
+            value = getattr(query, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.created is None:
+            if not query.history:
+                where.append("latest = 1")
+            if query.status is Status.VALID:
+                where.append("deprecated IS NULL AND (valid IS NULL OR valid > ?)")
+                params.append(at)
+            elif query.status is Status.EXPIRED:
+                where.append("deprecated IS NULL AND valid IS NOT NULL AND valid <= ?")
+                params.append(at)
+            elif query.status is Status.DEPRECATED:
+                where.append("deprecated IS NOT NULL")
+        if query.location is not LocationKind.ALL:
+            where.append("location_kind = ?")
+            params.append(query.location.value)
+        if query.since is not None:
+            where.append("created >= ?")
+            params.append(query.since)
+        for term in (query.text or "").split():
+            pattern = "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            searched = ("identifier", "email", "os", "os_version", "os_arch", "title", "description", "tag")
+            where.append("(" + " OR ".join(f"{c} {self.like} ? ESCAPE '\\'" for c in searched) + ")")
+            params.extend([pattern] * len(searched))
+        return where, params
+
+    def endorsers(self) -> list[Endorser]:
+        found = self._fetch(
+            "SELECT email, subject, issuer, entries, last_created FROM endorsers ORDER BY email, subject", ()
+        )
+        return [Endorser(str(a), str(b), str(c), int(d), str(e)) for a, b, c, d, e in found]
+
+    def endorser(self, email: str) -> Endorser | None:
+        matches = [e for e in self.endorsers_of(email)]
+        return matches[0] if matches else None
+
+    def endorsers_of(self, email: str) -> list[Endorser]:
+        found = self._fetch(
+            "SELECT email, subject, issuer, entries, last_created FROM endorsers WHERE email = ? "
+            "ORDER BY last_created DESC",
+            (email,),
+        )
+        return [Endorser(str(a), str(b), str(c), int(d), str(e)) for a, b, c, d, e in found]
+
+    def audit_head(self) -> Head | None:
+        found = self._fetch("SELECT name, value FROM meta WHERE name IN ('audit_seq', 'audit_hash')", ())
+        values = {str(k): str(v) for k, v in found}
+        if "audit_seq" not in values:
+            return None
+        return Head(int(values["audit_seq"]), values.get("audit_hash", ""))
+
+    # Writes. Callers hold the store's write lock; the transaction keeps the index consistent
+    # if the process dies half-way.
+
+    def add(self, row: Row, head: Head | None = None) -> None:
+        with self._conn() as conn:
+            cur = conn.cursor()
+            self._insert(cur, [row], head)
+            conn.commit()
+
+    def rebuild(self, rows: Iterable[Row], head: Head) -> int:
+        """Replace the whole index in one transaction: readers see the old or the new one."""
+        count = 0
+        with self._conn() as conn:
+            cur = conn.cursor()
+            for table in ("entries", "endorsers", "meta"):
+                cur.execute(f"DELETE FROM {table}")
+            batch: list[Row] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= 1000:
+                    self._bulk(cur, batch)
+                    count += len(batch)
+                    batch = []
+            self._bulk(cur, batch)
+            count += len(batch)
+            cur.execute(
+                self._sql(
+                    "INSERT INTO endorsers (email, subject, issuer, entries, last_created) "
+                    "SELECT email, subject, issuer, count(*), max(created) FROM entries "
+                    "GROUP BY email, subject, issuer"
+                )
+            )
+            self._set_head(cur, head)
+            conn.commit()
+        return count
+
+    def _bulk(self, cur: Any, rows: list[Row]) -> None:
+        if rows:
+            marks = ", ".join("?" * (len(_COLUMNS) + 1))
+            cur.executemany(
+                self._sql(f"INSERT INTO entries ({_SELECT}, location_kind) VALUES ({marks})"),
+                [self._values(r) for r in rows],
+            )
+
+    def _insert(self, cur: Any, rows: list[Row], head: Head | None) -> None:
+        for row in rows:
+            cur.execute(
+                self._sql("SELECT created FROM entries WHERE identifier = ? AND email = ? AND latest = 1"),
+                (row.identifier, row.email),
+            )
+            current = cur.fetchone()
+            if current is not None and str(current[0]) == row.created:
+                continue
+            newest = current is None or str(current[0]) < row.created
+            if newest and current is not None:
+                cur.execute(
+                    self._sql(
+                        "UPDATE entries SET latest = 0 WHERE identifier = ? AND email = ? AND latest = 1"
+                    ),
+                    (row.identifier, row.email),
+                )
+            marks = ", ".join("?" * (len(_COLUMNS) + 1))
+            values = self._values(Row(**{**row.__dict__, "latest": newest}))
+            cur.execute(
+                self._sql(
+                    f"INSERT INTO entries ({_SELECT}, location_kind) VALUES ({marks}) "
+                    "ON CONFLICT (identifier, email, created) DO NOTHING"
+                ),
+                values,
+            )
+            cur.execute(
+                self._sql(
+                    "INSERT INTO endorsers (email, subject, issuer, entries, last_created) "
+                    "VALUES (?, ?, ?, 1, ?) ON CONFLICT (email, subject, issuer) DO UPDATE SET "
+                    "entries = endorsers.entries + 1, "
+                    "last_created = CASE WHEN endorsers.last_created > excluded.last_created "
+                    "THEN endorsers.last_created ELSE excluded.last_created END"
+                ),
+                (row.email, row.subject, row.issuer, row.created),
+            )
+        if head is not None:
+            self._set_head(cur, head)
+
+    def _set_head(self, cur: Any, head: Head) -> None:
+        for name, value in (("audit_seq", str(head.seq)), ("audit_hash", head.hash)):
+            cur.execute(
+                self._sql(
+                    "INSERT INTO meta (name, value) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                ),
+                (name, value),
+            )
+
+
+def open_index(config: MarketConfig) -> Index:
+    if config.index_backend is IndexBackend.POSTGRES:
+        from marketplace.index_postgres import PostgresIndex
+
+        return PostgresIndex(config.dsn, pool_size=config.pool_size)
+    from marketplace.index_sqlite import SqliteIndex
+
+    return SqliteIndex(config.data_dir / "index.sqlite", pool_size=config.pool_size)

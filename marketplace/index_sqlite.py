@@ -1,0 +1,34 @@
+"""The default index: an SQLite file in the data directory (WAL, so readers never wait).
+
+Several worker processes of one server may share it; writers are serialised by the store's
+write lock anyway. The index is a cache of the files, so it is not fsynced on every commit
+(``synchronous=NORMAL``): after a crash, ``imagekit market reindex`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from imagekit.errors import DataError
+from marketplace.index import SCHEMA, SqlIndex
+
+
+class SqliteIndex(SqlIndex):
+    def __init__(self, path: Path, *, pool_size: int = 8) -> None:
+        self.path = path
+        super().__init__(self._open, pool_size)
+        with self._conn() as conn:
+            conn.executescript(SCHEMA)
+            conn.commit()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA cache_size=-32768")
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"{self.path}: index unusable: {exc}") from None
+        return conn

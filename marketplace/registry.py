@@ -1,0 +1,295 @@
+"""The registry's rules, independent of HTTP: who may upload, the timeline, pending uploads.
+
+An upload is accepted when (research §1.6, §2.3, §2.5):
+
+1. its XML-DSig signature, endorser fields and certificate hold (:func:`verify_entry`: the
+   signature is the credential, there are no accounts);
+2. its endorsement time is not before the newest stored entry of the same (identifier,
+   endorser) timeline (equal time with the same bytes: an idempotent re-upload), and not in
+   the future;
+3. its signer is whitelisted (subject DN in ``[uploads] whitelist`` *and* certificate chain to
+   ``[uploads] trust``), or the pending policy says ``accept``. Otherwise it waits in
+   ``pending/`` (policy ``queue``) until ``imagekit market pending accept``, or is refused
+   (policy ``reject``).
+
+Accepting writes the signed bytes (never replaced or removed), appends the audit log, then
+updates the index, all under the store's write lock. Administrators act on the data directory
+directly (``imagekit market pending|reindex|audit``): no admin credentials travel over HTTP.
+
+    registry = Registry.open(load_config(None))
+    result = registry.upload(Path("entry.xml").read_bytes())
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from imagekit.errors import DataError, ImagekitError, VerificationError
+from marketplace.auditlog import AuditLog, AuditReport, Head, audit
+from marketplace.certs import TrustStore
+from marketplace.config import MarketConfig, PendingPolicy
+from marketplace.index import Endorser, Index, Page, Query, Row, open_index
+from marketplace.metadata import Metadata, format_time, parse_metadata
+from marketplace.store import EntryKey, PutOutcome, Store, sha256_hex
+from marketplace.verify import VerifiedEntry, verify_entry
+
+log = logging.getLogger(__name__)
+
+# Endorsement times this far ahead of our clock are accepted (clock skew), no further: a
+# far-future entry would otherwise freeze its timeline for good.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class ReadOnlyError(ImagekitError):
+    """Uploads to a replica (``[registry] read_only = true``)."""
+
+
+class ConflictError(DataError):
+    """Another entry with the same (identifier, e-mail, created) but other bytes is stored."""
+
+
+class Outcome(enum.StrEnum):
+    ACCEPTED = "accepted"
+    EXISTING = "existing"
+    PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    outcome: Outcome
+    key: EntryKey
+    pending_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    pending_id: str
+    key: EntryKey
+    subject: str
+    issuer: str
+    title: str | None
+    deprecated: str | None
+
+
+def row_of(m: Metadata, sha256: str) -> Row:
+    if m.endorsement is None:
+        raise DataError(f"{m.identifier}: entry has no endorsement")
+    endorser = m.endorsement.endorser
+    return Row(
+        identifier=m.identifier,
+        email=endorser.email,
+        created=format_time(m.endorsement.created),
+        subject=endorser.subject,
+        issuer=endorser.issuer,
+        os=m.os,
+        os_version=m.os_version,
+        os_arch=m.os_arch,
+        kind=m.kind,
+        title=m.title,
+        description=m.description,
+        tag=m.tag,
+        valid=format_time(m.valid) if m.valid else None,
+        deprecated=m.deprecated,
+        locations=m.locations,
+        bytes=m.size,
+        sha256=sha256,
+    )
+
+
+class Registry:
+    def __init__(
+        self,
+        config: MarketConfig,
+        *,
+        index: Index | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = Store(config.data_dir)
+        self.log = AuditLog(config.data_dir / "audit.log")
+        self.index = index if index is not None else open_index(config)
+        self.trust = TrustStore.from_paths(list(config.trust)) if config.trust else None
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def close(self) -> None:
+        self.index.close()
+
+    def now(self) -> str:
+        return format_time(self._clock())
+
+    def now_minus(self, delta: timedelta) -> str:
+        return format_time(self._clock() - delta)
+
+    # Uploads.
+
+    def upload(self, data: bytes) -> UploadResult:
+        if self.config.read_only:
+            raise ReadOnlyError("read-only repository: this registry is a replica")
+        entry = self._verify(data)
+        key = EntryKey(*entry.metadata.key)
+        if self._whitelisted(data, entry) or self.config.pending is PendingPolicy.ACCEPT:
+            return self._commit(key, entry.metadata, data)
+        if self._stored(key, data):
+            return UploadResult(Outcome.EXISTING, key)
+        self._check_timeline(key)
+        if self.config.pending is PendingPolicy.REJECT:
+            raise VerificationError(
+                f"signer {entry.subject!r} is not on this registry's endorser whitelist", rule="whitelist"
+            )
+        pending_id = self.store.put_pending(data)
+        log.info("upload of %s waits for an administrator (pending %s)", key.relpath, pending_id[:12])
+        return UploadResult(Outcome.PENDING, key, pending_id)
+
+    def _verify(self, data: bytes, *, trust: TrustStore | None = None) -> VerifiedEntry:
+        if len(data) > self.config.max_upload_bytes:
+            raise VerificationError(
+                f"{len(data)} bytes exceeds the limit of {self.config.max_upload_bytes}", rule="size"
+            )
+        entry = verify_entry(
+            data, trust=trust, allow_sha1=self.config.allow_sha1, max_bytes=self.config.max_upload_bytes
+        )
+        if entry.created > self._clock() + CLOCK_SKEW:
+            raise VerificationError(
+                f"endorsement time {format_time(entry.created)} is in the future (now {self.now()})",
+                rule="timeline",
+            )
+        return entry
+
+    def _whitelisted(self, data: bytes, entry: VerifiedEntry) -> bool:
+        """Subject DN listed *and* the certificate chains to the trust store (both required,
+        like StratusLab's ``EndorserWhitelist``: a self-made certificate with a listed DN
+        must not pass)."""
+        if entry.subject not in self.config.whitelist or self.trust is None:
+            return False
+        try:
+            self.trust.verify_chain(entry.certificate, at=entry.created)
+        except VerificationError:
+            try:
+                # Intermediates shipped in KeyInfo are only seen by the full verification.
+                self._verify(data, trust=self.trust)
+            except VerificationError as err:
+                log.info("whitelisted DN %s failed the trust store: %s", entry.subject, err)
+                return False
+        return True
+
+    def _stored(self, key: EntryKey, data: bytes) -> bool:
+        """The very same entry again: idempotent, even when newer ones followed it."""
+        return self.store.exists(key) and self.store.read(key) == data
+
+    def _check_timeline(self, key: EntryKey) -> None:
+        latest = self.store.latest_created(key.identifier, key.email)
+        if latest is not None and key.created < latest:
+            raise VerificationError(
+                f"older than latest entry ({key.created} < {latest} for {key.identifier}/{key.email})",
+                rule="timeline",
+            )
+
+    def _commit(self, key: EntryKey, metadata: Metadata, data: bytes) -> UploadResult:
+        digest = sha256_hex(data)
+        with self.store.write_lock():
+            if not self._stored(key, data):
+                self._check_timeline(key)
+            try:
+                outcome = self.store.put(key, data)
+            except DataError as err:
+                raise ConflictError(str(err)) from None
+            if outcome is PutOutcome.SAME:
+                if self.index.get(key.identifier, key.email, key.created) is None:
+                    self.index.add(row_of(metadata, digest))
+                return UploadResult(Outcome.EXISTING, key)
+            record = self.log.append(key.relpath, digest, at=self.now())
+            self.index.add(row_of(metadata, digest), Head(record.seq, record.hash))
+        log.info("accepted %s", key.relpath)
+        return UploadResult(Outcome.ACCEPTED, key)
+
+    # Pending uploads (administrator).
+
+    def pending(self) -> list[PendingUpload]:
+        found = []
+        for pending_id in self.store.pending_ids():
+            m = parse_metadata(self.store.read_pending(pending_id), source=f"pending/{pending_id}.xml")
+            if m.endorsement is None:
+                continue
+            e = m.endorsement.endorser
+            found.append(
+                PendingUpload(pending_id, EntryKey(*m.key), e.subject, e.issuer, m.title, m.deprecated)
+            )
+        return found
+
+    def resolve_pending(self, prefix: str) -> str:
+        """A unique prefix (as ``pending list`` shows) → the full pending id."""
+        matches = [p for p in self.store.pending_ids() if p.startswith(prefix.lower())]
+        if len(matches) != 1:
+            what = "no" if not matches else "more than one"
+            raise DataError(f"{what} pending upload matches {prefix!r}")
+        return matches[0]
+
+    def accept_pending(self, pending_id: str) -> UploadResult:
+        """Verify again (the trust store or the clock may have changed) and commit."""
+        pending_id = self.resolve_pending(pending_id)
+        data = self.store.read_pending(pending_id)
+        entry = self._verify(data)
+        result = self._commit(EntryKey(*entry.metadata.key), entry.metadata, data)
+        self.store.drop_pending(pending_id, rejected=False)
+        return result
+
+    def reject_pending(self, pending_id: str) -> str:
+        pending_id = self.resolve_pending(pending_id)
+        self.store.drop_pending(pending_id, rejected=True)
+        return pending_id
+
+    # Maintenance.
+
+    def reindex(self) -> int:
+        """Rebuild the index from the files (signatures were checked when they were accepted)."""
+        with self.store.write_lock():
+            return self.index.rebuild(self._rows(), self.log.head())
+
+    def _rows(self) -> Iterator[Row]:
+        previous: Row | None = None
+        for key in self.store.keys():
+            data = self.store.read(key)
+            row = row_of(parse_metadata(data, source=str(self.store.path(key))), sha256_hex(data))
+            if (row.identifier, row.email, row.created) != (key.identifier, key.email, key.created):
+                raise DataError(f"{self.store.path(key)}: file name does not match its endorsement")
+            if previous is not None and (previous.identifier, previous.email) != (key.identifier, key.email):
+                yield Row(**{**previous.__dict__, "latest": True})
+            elif previous is not None:
+                yield previous
+            previous = row
+        if previous is not None:
+            yield Row(**{**previous.__dict__, "latest": True})
+
+    def audit(self) -> AuditReport:
+        return audit(self.log, self.store, index_head=self.index.audit_head())
+
+    # Reads.
+
+    def search(self, query: Query) -> Page:
+        return self.index.search(query, at=self.now())
+
+    def get(self, key: EntryKey) -> Row | None:
+        return self.index.get(key.identifier, key.email, key.created)
+
+    def signed_bytes(self, key: EntryKey) -> bytes:
+        return self.store.read(key)
+
+    def tagged(self, email: str, tag: str) -> Row | None:
+        return self.index.tagged(email, tag)
+
+    def endorsers(self) -> list[Endorser]:
+        return self.index.endorsers()
+
+    def endorsers_of(self, email: str) -> list[Endorser]:
+        finder = getattr(self.index, "endorsers_of", None)
+        if finder is not None:
+            return list(finder(email))
+        return [e for e in self.index.endorsers() if e.email == email]
+
+    @classmethod
+    def open(cls, config: MarketConfig) -> Registry:
+        return cls(config)

@@ -1,0 +1,230 @@
+"""The file store: signed entries as uploaded, the registry's source of truth.
+
+Layout under the data directory (StratusLab's, so its tools and ours can read each other's)::
+
+    metadata/<identifier>/<email>/<created>.xml   accepted entries, byte-exact, never removed
+    pending/<sha256>.xml                          valid uploads waiting for an administrator
+    rejected/<sha256>.xml                         pending uploads an administrator refused
+    audit.log                                     hash chain of accepted entries (auditlog.py)
+    .lock                                         flock serialising writers across processes
+
+Files are written to a temporary name in the destination directory, fsynced, and linked into
+place with ``link(2)``, which refuses to replace an existing file: an entry, once stored, is
+never overwritten, even by two processes racing on the same key.
+
+    store = Store(Path("/srv/market"))
+    with store.write_lock():
+        store.put(EntryKey("MMZu9WvwKIro-rtBQfDk4PsKO7_", "a@b.org", "2024-01-01T00:00:00Z"), data)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagekit.errors import DataError, InputError
+
+IDENTIFIER_RE = re.compile(r"[A-Za-z0-9_-]{27}")
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+")
+CREATED_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+PENDING_RE = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, order=True)
+class EntryKey:
+    """(identifier, endorser e-mail, endorsement time): one immutable entry."""
+
+    identifier: str
+    email: str
+    created: str
+
+    def __post_init__(self) -> None:
+        for value, pattern, what in (
+            (self.identifier, IDENTIFIER_RE, "a 27-character identifier"),
+            (self.email, EMAIL_RE, "an e-mail address"),
+            (self.created, CREATED_RE, "a yyyy-MM-ddTHH:mm:ssZ time"),
+        ):
+            if not pattern.fullmatch(value):
+                raise InputError(f"expected {what}, got {value!r}")
+
+    @property
+    def relpath(self) -> str:
+        """``id/email/created``: the tail of the entry's URL and of its file path."""
+        return f"{self.identifier}/{self.email}/{self.created}"
+
+    @classmethod
+    def from_relpath(cls, text: str) -> EntryKey:
+        parts = text.removesuffix(".xml").split("/")
+        if len(parts) != 3:
+            raise InputError(f"expected ID/EMAIL/CREATED, got {text!r}")
+        return cls(*parts)
+
+
+class PutOutcome(enum.StrEnum):
+    NEW = "new"
+    SAME = "same"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes, *, replace: bool = True) -> bool:
+    """Write ``data`` to ``path`` durably. Without ``replace`` an existing file wins (→ False)."""
+    directory = path.parent
+    created_dirs = _makedirs(directory)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+    for made in created_dirs:
+        _fsync_dir(made.parent)
+    return True
+
+
+def _makedirs(directory: Path) -> list[Path]:
+    missing: list[Path] = []
+    probe = directory
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Store:
+    root: Path
+
+    @property
+    def metadata_dir(self) -> Path:
+        return self.root / "metadata"
+
+    @property
+    def pending_dir(self) -> Path:
+        return self.root / "pending"
+
+    @property
+    def rejected_dir(self) -> Path:
+        return self.root / "rejected"
+
+    def path(self, key: EntryKey) -> Path:
+        return self.metadata_dir / key.identifier / key.email / f"{key.created}.xml"
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Exclusive across processes on this host: the timeline check, the file, the audit
+        log and the index change together or not at all."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def put(self, key: EntryKey, data: bytes) -> PutOutcome:
+        """Store an entry. The same bytes again are a no-op; other bytes under a stored key are
+        refused, because a stored entry is never altered."""
+        path = self.path(key)
+        if write_atomic(path, data, replace=False):
+            return PutOutcome.NEW
+        if path.read_bytes() == data:
+            return PutOutcome.SAME
+        raise DataError(f"entry {key.relpath} already exists with different content")
+
+    def read(self, key: EntryKey) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"entry {key.relpath} not found in the store") from None
+
+    def exists(self, key: EntryKey) -> bool:
+        return self.path(key).is_file()
+
+    def latest_created(self, identifier: str, email: str) -> str | None:
+        """The newest stored endorsement time of one timeline, read from the files."""
+        directory = self.metadata_dir / identifier / email
+        try:
+            names = [n[:-4] for n in os.listdir(directory) if n.endswith(".xml")]
+        except FileNotFoundError:
+            return None
+        times = [n for n in names if CREATED_RE.fullmatch(n)]
+        return max(times) if times else None
+
+    def keys(self) -> Iterator[EntryKey]:
+        """Every stored entry, sorted by identifier, e-mail, then time (so oldest first)."""
+        if not self.metadata_dir.is_dir():
+            return
+        for id_dir in sorted(self.metadata_dir.iterdir()):
+            if not id_dir.is_dir() or not IDENTIFIER_RE.fullmatch(id_dir.name):
+                continue
+            for email_dir in sorted(id_dir.iterdir()):
+                if not email_dir.is_dir() or not EMAIL_RE.fullmatch(email_dir.name):
+                    continue
+                for file in sorted(email_dir.glob("*.xml")):
+                    if CREATED_RE.fullmatch(file.stem):
+                        yield EntryKey(id_dir.name, email_dir.name, file.stem)
+
+    # Pending uploads are named by their content hash, so submitting one twice is harmless.
+
+    def put_pending(self, data: bytes) -> str:
+        pending_id = sha256_hex(data)
+        write_atomic(self.pending_dir / f"{pending_id}.xml", data, replace=False)
+        return pending_id
+
+    def read_pending(self, pending_id: str) -> bytes:
+        try:
+            return self._pending_path(pending_id).read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"no pending upload {pending_id!r}") from None
+
+    def pending_ids(self) -> list[str]:
+        if not self.pending_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.pending_dir.glob("*.xml") if PENDING_RE.fullmatch(p.stem))
+
+    def drop_pending(self, pending_id: str, *, rejected: bool) -> None:
+        """Accepted uploads now live in ``metadata/``; rejected ones are kept in ``rejected/``."""
+        path = self._pending_path(pending_id)
+        if rejected:
+            write_atomic(self.rejected_dir / path.name, path.read_bytes())
+        path.unlink()
+        _fsync_dir(self.pending_dir)
+
+    def _pending_path(self, pending_id: str) -> Path:
+        if not PENDING_RE.fullmatch(pending_id):
+            raise InputError(f"expected a pending upload id (64 hex digits), got {pending_id!r}")
+        return self.pending_dir / f"{pending_id}.xml"

@@ -1,0 +1,291 @@
+"""Verify a signed metadata entry: signature, shape, endorser, certificate time, chain.
+
+Every failure raises :class:`~imagekit.errors.VerificationError` whose ``rule`` says which check
+failed (the CLI prints ``error: RULE: reason``; the registry answers 400 with it):
+
+========================  ================================================================
+``size``                  input larger than ``max_bytes`` (default 1 MiB)
+``entity``                a DOCTYPE, entity declaration or entity reference
+``xml``                   not well-formed XML
+``signature``             no signature, or the cryptographic check fails (tampering)
+``algorithm``             a signature/digest/C14N/transform method outside the profile
+                          (SHA-1 only with ``allow_sha1``, the default, for legacy entries)
+``structure``             not exactly one ``rdf:Description`` and one ``Signature`` (last child
+                          of ``rdf:RDF``), a Reference other than ``URI=""``, or the signed
+                          digest does not cover the document that is interpreted (wrapping)
+``metadata``              the signed content is not a valid entry (``DataError`` message)
+``endorser-email``        ``slreq:email`` is not the certificate's e-mail (when it has one)
+``endorser-subject``      ``slreq:subject`` is not the certificate's subject DN
+``endorser-issuer``       the first ``slreq:issuer`` is not the certificate's issuer DN
+``certificate-validity``  the certificate is not valid at the endorsement's ``created`` (or ``at``)
+``chain``                 (with a trust store) no valid path to a trust anchor at that time
+========================  ================================================================
+
+The :class:`~marketplace.metadata.Metadata` returned is parsed from the canonical bytes whose
+digest the signature covers (comments dropped), never from the raw tree, so text hidden in
+comments or a second description cannot change what is interpreted.
+
+>>> entry = verify_entry(data, trust=TrustStore.from_paths([Path("ca.pem")]))
+>>> entry.metadata.identifier, entry.endorser_email, entry.created
+>>> verify_entry(old, at=datetime(2011, 2, 14, tzinfo=UTC))   # legacy anchors: expired certs
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import xmlsec
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from lxml import etree
+
+from imagekit.errors import DataError, VerificationError
+from marketplace import xmlsafe
+from marketplace.certs import TrustStore, certificate_emails, dn, same_dn, valid_at
+from marketplace.metadata import DSIG, RDF, Metadata, metadata_from_element, q
+from marketplace.signing import C14N, C14N_WITH_COMMENTS, ENVELOPED, DigestAlgorithm, SignatureAlgorithm
+
+__all__ = ["TrustStore", "VerifiedEntry", "verify_entry"]
+
+EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
+_C14N_METHODS = {
+    C14N: (False, False),
+    C14N_WITH_COMMENTS: (False, True),
+    EXC_C14N: (True, False),
+    EXC_C14N + "WithComments": (True, True),
+}
+_REFERENCE_TRANSFORMS = (
+    xmlsec.constants.TransformEnveloped,
+    xmlsec.constants.TransformInclC14N,
+    xmlsec.constants.TransformInclC14NWithComments,
+    xmlsec.constants.TransformExclC14N,
+    xmlsec.constants.TransformExclC14NWithComments,
+)
+
+
+@dataclass(frozen=True)
+class VerifiedEntry:
+    """An entry whose signature and rules held; ``signed_xml`` is the input, byte for byte."""
+
+    metadata: Metadata
+    signed_xml: bytes
+    certificate: x509.Certificate
+    endorser_email: str
+    subject: str
+    issuer: str
+    created: datetime
+    algorithm: SignatureAlgorithm
+    chain: tuple[x509.Certificate, ...] = ()  # signer … anchor, when a trust store was given
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.metadata.key
+
+
+def _fail(rule: str, message: str) -> VerificationError:
+    return VerificationError(message, rule=rule)
+
+
+def verify_entry(
+    data: bytes,
+    *,
+    trust: TrustStore | None = None,
+    at: datetime | None = None,
+    allow_sha1: bool = True,
+    max_bytes: int = xmlsafe.DEFAULT_MAX_BYTES,
+    source: str = "<bytes>",
+) -> VerifiedEntry:
+    """Check ``data`` against every rule in the module docstring and return what it says.
+
+    ``at`` pins the instant at which the certificate (and chain) must be valid; by default it
+    is the endorsement's ``created``. Expiry and deprecation of the *entry* are not failures
+    here: look at ``metadata.status(now)``.
+    """
+    try:
+        root = xmlsafe.parse(data, source=source, max_bytes=max_bytes)
+    except DataError as exc:
+        raise _fail("xml", str(exc)) from None
+    signature, signed_info = _check_structure(root)
+    algorithm, digest, c14n = _check_algorithms(signed_info, allow_sha1=allow_sha1)
+    certs = _certificates(signature)
+    _check_signature(signature, certs[0], algorithm)
+    canonical = _signed_content(root, signature, c14n)
+    claimed = signed_info.findtext(f"{q(DSIG, 'Reference')}/{q(DSIG, 'DigestValue')}") or ""
+    if not hmac.compare_digest(
+        _b64(claimed, "DigestValue"), hashlib.new(digest.hashlib_name, canonical).digest()
+    ):
+        raise _fail("structure", "the signed Reference does not cover the interpreted document")
+    try:
+        metadata = metadata_from_element(
+            xmlsafe.parse(canonical, source=source, max_bytes=max_bytes), source=source
+        )
+    except DataError as exc:
+        raise _fail("metadata", str(exc)) from None
+    if metadata.endorsement is None:
+        raise _fail("metadata", f"{source}: the signed entry has an empty slreq:endorsement")
+    cert = certs[0]
+    endorsement = metadata.endorsement
+    endorser = endorsement.endorser
+    emails = certificate_emails(cert)
+    if emails and endorser.email not in emails:
+        raise _fail(
+            "endorser-email", f"slreq:email {endorser.email} is not the certificate's {', '.join(emails)}"
+        )
+    if not same_dn(endorser.subject, cert.subject):
+        raise _fail(
+            "endorser-subject", f"slreq:subject {endorser.subject!r} != certificate {dn(cert.subject)!r}"
+        )
+    if not same_dn(endorser.issuer, cert.issuer):
+        raise _fail(
+            "endorser-issuer", f"slreq:issuer {endorser.issuer!r} != certificate {dn(cert.issuer)!r}"
+        )
+    when = (at or endorsement.created).astimezone(UTC)
+    if not valid_at(cert, when):
+        raise _fail(
+            "certificate-validity",
+            f"the certificate is valid {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, not at {when:%Y-%m-%dT%H:%M:%SZ}"
+            + ("" if at else " (the endorsement time)"),
+        )
+    chain = trust.verify_chain(cert, intermediates=certs[1:], at=when) if trust is not None else ()
+    return VerifiedEntry(
+        metadata=metadata,
+        signed_xml=data,
+        certificate=cert,
+        endorser_email=endorser.email,
+        subject=endorser.subject,
+        issuer=endorser.issuer,
+        created=endorsement.created,
+        algorithm=algorithm,
+        chain=chain,
+    )
+
+
+def _check_structure(root: etree._Element) -> tuple[etree._Element, etree._Element]:
+    if root.tag != q(RDF, "RDF"):
+        raise _fail("structure", f"expected an rdf:RDF root element, got {root.tag}")
+    signatures = list(root.iter(q(DSIG, "Signature")))
+    if not signatures:
+        raise _fail("signature", "no signature: the entry is unsigned")
+    if len(signatures) != 1:
+        raise _fail("structure", f"expected exactly one Signature, got {len(signatures)}")
+    signature = signatures[0]
+    elements = [c for c in root if isinstance(c.tag, str)]
+    if signature.getparent() is not root or elements[-1] is not signature:
+        raise _fail("structure", "the Signature must be the last child of rdf:RDF")
+    descriptions = [c for c in root.iter(q(RDF, "Description"))]
+    if len(descriptions) != 1 or descriptions[0].getparent() is not root:
+        raise _fail("structure", f"expected exactly one rdf:Description, got {len(descriptions)}")
+    if len(elements) != 2:
+        raise _fail("structure", "rdf:RDF must hold one rdf:Description and one Signature only")
+    signed_infos = signature.findall(q(DSIG, "SignedInfo"))
+    if len(signed_infos) != 1:
+        raise _fail("structure", "expected exactly one SignedInfo")
+    references = signed_infos[0].findall(q(DSIG, "Reference"))
+    if len(references) != 1:
+        raise _fail("structure", f"expected exactly one Reference, got {len(references)}")
+    if references[0].get("URI") != "":
+        raise _fail(
+            "structure", f'expected Reference URI="" (the whole document), got {references[0].get("URI")!r}'
+        )
+    return signature, signed_infos[0]
+
+
+def _check_algorithms(
+    signed_info: etree._Element, *, allow_sha1: bool
+) -> tuple[SignatureAlgorithm, DigestAlgorithm, tuple[bool, bool]]:
+    method = signed_info.find(q(DSIG, "SignatureMethod"))
+    c14n_method = signed_info.find(q(DSIG, "CanonicalizationMethod"))
+    reference = signed_info.find(q(DSIG, "Reference"))
+    assert reference is not None  # checked by _check_structure
+    digest_method = reference.find(q(DSIG, "DigestMethod"))
+    try:
+        algorithm = SignatureAlgorithm((method.get("Algorithm") if method is not None else None) or "")
+        digest = DigestAlgorithm(
+            (digest_method.get("Algorithm") if digest_method is not None else None) or ""
+        )
+    except ValueError as exc:
+        raise _fail("algorithm", f"unsupported method: {exc}") from None
+    if not allow_sha1 and (algorithm.is_legacy or digest is DigestAlgorithm.SHA1):
+        raise _fail("algorithm", "SHA-1 signatures are accepted for legacy entries only")
+    if c14n_method is None or c14n_method.get("Algorithm") not in _C14N_METHODS:
+        raise _fail("algorithm", "unsupported CanonicalizationMethod")
+    transforms = [
+        t.get("Algorithm") for t in reference.iterfind(f"{q(DSIG, 'Transforms')}/{q(DSIG, 'Transform')}")
+    ]
+    if not transforms or transforms[0] != ENVELOPED or len(transforms) > 2:
+        raise _fail(
+            "algorithm", f"expected the enveloped-signature transform (then one C14N), got {transforms}"
+        )
+    c14n = _C14N_METHODS.get((transforms[1] if len(transforms) == 2 else C14N) or "")
+    if c14n is None:
+        raise _fail("algorithm", f"unsupported Reference transform {transforms[1]}")
+    return algorithm, digest, c14n
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise _fail("structure", f"{what} is not base64") from None
+
+
+def _certificates(signature: etree._Element) -> list[x509.Certificate]:
+    path = f"{q(DSIG, 'KeyInfo')}/{q(DSIG, 'X509Data')}/{q(DSIG, 'X509Certificate')}"
+    texts = [el.text or "" for el in signature.iterfind(path)]
+    if not texts:
+        raise _fail("signature", "KeyInfo carries no X509Certificate")
+    try:
+        return [x509.load_der_x509_certificate(_b64(t, "X509Certificate")) for t in texts]
+    except ValueError as exc:
+        raise _fail("signature", f"bad X509Certificate: {exc}") from None
+
+
+def _check_signature(
+    signature: etree._Element, cert: x509.Certificate, algorithm: SignatureAlgorithm
+) -> None:
+    ctx = xmlsec.SignatureContext()
+    # The key comes from the certificate we then check, never from a key manager or KeyInfo
+    # lookup; only the transforms of our profile may run.
+    ctx.key = xmlsec.Key.from_memory(
+        cert.public_bytes(serialization.Encoding.PEM), xmlsec.constants.KeyDataFormatCertPem
+    )
+    for transform in _REFERENCE_TRANSFORMS:
+        ctx.enable_reference_transform(transform)
+    ctx.enable_signature_transform(algorithm.transform)
+    for transform in (
+        xmlsec.constants.TransformInclC14N,
+        xmlsec.constants.TransformInclC14NWithComments,
+        xmlsec.constants.TransformExclC14N,
+        xmlsec.constants.TransformExclC14NWithComments,
+    ):
+        ctx.enable_signature_transform(transform)
+    for digest in DigestAlgorithm:
+        ctx.enable_reference_transform(digest.transform)
+    try:
+        ctx.verify(signature)
+    except xmlsec.Error as exc:
+        raise _fail("signature", f"the signature does not match the content ({exc})") from None
+
+
+def _signed_content(root: etree._Element, signature: etree._Element, c14n: tuple[bool, bool]) -> bytes:
+    """The document minus the Signature, canonicalised as the Reference says. ``URI=""``
+    selects the document without comments (XML-DSig §4.3.3.3), whatever the C14N variant."""
+    exclusive, _with_comments = c14n
+    doc = copy.deepcopy(root.getroottree())
+    sig = doc.getroot()[list(root).index(signature)]
+    previous = sig.getprevious()
+    if previous is not None:
+        previous.tail = (previous.tail or "") + (sig.tail or "")
+    else:
+        parent = sig.getparent()
+        assert parent is not None
+        parent.text = (parent.text or "") + (sig.tail or "")
+    doc.getroot().remove(sig)
+    return etree.tostring(doc, method="c14n", exclusive=exclusive, with_comments=False)

@@ -1,0 +1,138 @@
+"""The file store (atomic, never overwritten) and the hash-chained audit log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imagekit.errors import DataError, InputError
+from marketplace.auditlog import AuditLog, Head, audit
+from marketplace.store import EntryKey, PutOutcome, Store, sha256_hex
+
+ID = "MMZu9WvwKIro-rtBQfDk4PsKO7_"
+
+
+def key(created: str = "2024-01-01T00:00:00Z", email: str = "a@example.org", identifier: str = ID) -> EntryKey:
+    return EntryKey(identifier, email, created)
+
+
+@pytest.mark.parametrize(
+    ("identifier", "email", "created"),
+    [
+        ("../../../../etc/passwd.....", "a@example.org", "2024-01-01T00:00:00Z"),
+        (ID, "../a@example.org", "2024-01-01T00:00:00Z"),
+        (ID, "a@example.org", "2024-01-01 00:00:00"),
+        (ID[:-1], "a@example.org", "2024-01-01T00:00:00Z"),
+    ],
+)
+def test_keys_refuse_anything_that_is_not_a_key(identifier: str, email: str, created: str) -> None:
+    with pytest.raises(InputError):
+        EntryKey(identifier, email, created)
+
+
+def test_put_is_byte_exact_idempotent_and_never_overwrites(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    data = b"<?xml version='1.0'?>\n<rdf:RDF/>\r\n  "
+    assert store.put(key(), data) is PutOutcome.NEW
+    assert store.path(key()) == tmp_path / "metadata" / ID / "a@example.org" / "2024-01-01T00:00:00Z.xml"
+    assert store.read(key()) == data
+    assert store.put(key(), data) is PutOutcome.SAME
+    with pytest.raises(DataError, match="already exists with different content"):
+        store.put(key(), data + b" ")
+    assert store.read(key()) == data
+    assert not [p for p in store.path(key()).parent.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_keys_and_latest_come_from_the_files(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for created in ("2024-03-01T00:00:00Z", "2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z"):
+        store.put(key(created), created.encode())
+    store.put(key(email="b@example.org"), b"b")
+    assert store.latest_created(ID, "a@example.org") == "2024-03-01T00:00:00Z"
+    assert store.latest_created(ID, "nobody@example.org") is None
+    assert [k.created for k in store.keys() if k.email == "a@example.org"] == [
+        "2024-01-01T00:00:00Z",
+        "2024-02-01T00:00:00Z",
+        "2024-03-01T00:00:00Z",
+    ]
+    assert EntryKey.from_relpath(key().relpath + ".xml") == key()
+
+
+def test_pending_uploads_are_named_by_content_and_rejections_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    first = store.put_pending(b"one")
+    assert store.put_pending(b"one") == first == sha256_hex(b"one")
+    second = store.put_pending(b"two")
+    assert store.pending_ids() == sorted([first, second])
+    store.drop_pending(first, rejected=True)
+    store.drop_pending(second, rejected=False)
+    assert store.pending_ids() == []
+    assert (tmp_path / "rejected" / f"{first}.xml").read_bytes() == b"one"
+    assert not (tmp_path / "rejected" / f"{second}.xml").exists()
+    with pytest.raises(InputError):
+        store.read_pending("../../etc/passwd")
+
+
+def _filled(tmp_path: Path, count: int = 3) -> tuple[Store, AuditLog, list[EntryKey]]:
+    store, log = Store(tmp_path), AuditLog(tmp_path / "audit.log")
+    keys = [key(f"2024-01-0{i + 1}T00:00:00Z") for i in range(count)]
+    for k in keys:
+        data = k.relpath.encode()
+        store.put(k, data)
+        log.append(k.relpath, sha256_hex(data), at="2024-06-01T00:00:00Z")
+    return store, log, keys
+
+
+def test_audit_passes_on_an_untouched_store(tmp_path: Path) -> None:
+    store, log, _ = _filled(tmp_path)
+    report = audit(log, store, index_head=log.head())
+    assert report.ok and report.entries == 3
+    assert log.head().seq == 3
+
+
+def test_audit_names_a_removed_entry(tmp_path: Path) -> None:
+    store, log, keys = _filled(tmp_path)
+    store.path(keys[1]).unlink()
+    assert audit(log, store).problems == (f"removed: {keys[1].relpath}",)
+
+
+def test_audit_names_an_altered_entry(tmp_path: Path) -> None:
+    store, log, keys = _filled(tmp_path)
+    store.path(keys[2]).write_bytes(b"<slterms:deprecated/> gone")
+    assert audit(log, store).problems == (f"altered: {keys[2].relpath}",)
+
+
+def test_audit_sees_a_log_line_and_its_file_removed_together(tmp_path: Path) -> None:
+    store, log, keys = _filled(tmp_path)
+    lines = log.path.read_text().splitlines(keepends=True)
+    log.path.write_text(lines[0] + lines[2])
+    store.path(keys[1]).unlink()
+    problems = audit(log, store).problems
+    assert len(problems) == 1 and "chain broken" in problems[0] and keys[2].relpath in problems[0]
+
+
+def test_audit_sees_an_edited_record_and_a_cut_tail(tmp_path: Path) -> None:
+    store, log, keys = _filled(tmp_path)
+    head = log.head()
+    lines = log.path.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["sha256"] = sha256_hex(b"forged")
+    store.path(keys[1]).write_bytes(b"forged")
+    log.path.write_text("\n".join([lines[0], json.dumps(record)]) + "\n")
+    store.path(keys[2]).unlink()
+    problems = audit(log, store, index_head=head).problems
+    assert any("was altered" in p for p in problems)
+    assert any("records were removed from its end" in p for p in problems)
+
+
+def test_audit_reports_files_that_bypassed_the_log(tmp_path: Path) -> None:
+    store, log, _ = _filled(tmp_path)
+    sneaky = key("2025-01-01T00:00:00Z")
+    store.put(sneaky, b"x")
+    assert audit(log, store).problems == (f"not in the audit log: {sneaky.relpath}",)
+
+
+def test_head_of_an_empty_log(tmp_path: Path) -> None:
+    assert AuditLog(tmp_path / "audit.log").head() == Head(0, "0" * 64)

@@ -1,0 +1,122 @@
+"""`make demo`: the whole pipeline on the shipped defaults, each step a real CLI call.
+
+recipe → image (+ manifest) → boot-test with a context ISO → signed marketplace metadata,
+registered in a local registry → contextualization of a VM template (context.sh + ISO).
+Outputs land in out/demo/; the state directory is out/demo/state so the demo never touches
+the user's own state.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "out" / "demo"
+IMAGEKIT = REPO / ".venv" / "bin" / "imagekit"
+
+
+def banner(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def imagekit(*args: str, stdout: Path | None = None) -> None:
+    argv = [str(IMAGEKIT), "--state", str(OUT / "state"), *args]
+    print("$ " + shlex.join(["imagekit", *argv[1:]]), flush=True)
+    if stdout is None:
+        subprocess.run(argv, check=True)
+    else:
+        with stdout.open("wb") as fh:
+            subprocess.run(argv, check=True, stdout=fh)
+
+
+def make_demo_signer(directory: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed endorser certificate for the demo's metadata."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "imagekit demo endorser"),
+            x509.NameAttribute(NameOID.EMAIL_ADDRESS, "demo@imagekit.invalid"),
+        ]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("demo@imagekit.invalid")]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "endorser.pem", directory / "endorser.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    try:
+        banner("1. Recipes: validate what ships in recipes/")
+        recipes = sorted(str(p) for p in (REPO / "recipes").rglob("*") if p.suffix in (".appl", ".tdl"))
+        imagekit("recipe", "validate", *recipes)
+
+        banner("2. Build the default recipe (Debian 12 cloud, TDL)")
+        imagekit("build", str(REPO / "recipes" / "debian-12-cloud.tdl"), "-o", str(OUT / "images"))
+        image = OUT / "images" / "debian-12-cloud.qcow2"
+        manifest = OUT / "images" / "debian-12-cloud.manifest.json"
+
+        banner("3. Boot it under QEMU with a context ISO; wait for the agent's report")
+        imagekit("boot-test", str(image), "--firmware", "uefi")
+
+        banner("4. Marketplace: describe, sign and verify the image's metadata")
+        cert, key = make_demo_signer(OUT)
+        imagekit(
+            "market", "metadata", "create", "--manifest", str(manifest),
+            "--location", "http://images.example.org/debian-12-cloud.qcow2",
+            "--valid", "30", "--tag", "demo", "-o", str(OUT / "metadata.xml"),
+        )  # fmt: skip
+        imagekit("market", "metadata", "sign", str(OUT / "metadata.xml"), "--cert", str(cert),
+                 "--key", str(key), "-o", str(OUT / "metadata.signed.xml"))  # fmt: skip
+        imagekit("market", "metadata", "verify", str(OUT / "metadata.signed.xml"))
+        imagekit("market", "metadata", "show", str(OUT / "metadata.signed.xml"))
+
+        banner("5. Contextualization: networks, a VM template, context.sh and ISO")
+        examples = REPO / "etc" / "examples"
+        for net in sorted(examples.glob("*.net")):
+            imagekit("net", "create", str(net))
+        imagekit("net", "list")
+        template = examples / "vm-demo.one"
+        imagekit("context", "render", str(template), "-o", str(OUT / "context.sh"))
+        print((OUT / "context.sh").read_text(), end="")
+        imagekit("context", "iso", str(template), "-o", str(OUT / "context.iso"))
+    except subprocess.CalledProcessError as exc:
+        print(f"\ndemo failed at: {shlex.join(exc.cmd)} (exit {exc.returncode})", file=sys.stderr)
+        return 1
+    banner(f"Done in {time.monotonic() - start:.0f} s. Outputs in {os.path.relpath(OUT)}/")
+    for path in sorted(OUT.rglob("*")):
+        if path.is_file() and "state" not in path.parts:
+            print(f"  {os.path.relpath(path)}  ({path.stat().st_size:,} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
