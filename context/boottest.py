@@ -143,10 +143,15 @@ def verify_report(report: AgentReport, variables: dict[str, str], *, demo: bool 
             fail("boot-test.nic", f"{nic.device} ({mac}): expected IP {ip}, has {nic.ip or 'none'}")
         else:
             checks.append(f"{nic.device} {mac} {nic.ip}")
-    keys = [k for k in variables.get("SSH_PUBLIC_KEY", "").splitlines() if k.strip() and not k.startswith("#")]
+    keys = [
+        k for k in variables.get("SSH_PUBLIC_KEY", "").splitlines() if k.strip() and not k.startswith("#")
+    ]
     if keys:
         if report.ssh_keys < len(keys):
-            fail("boot-test.ssh", f"expected {len(keys)} SSH key(s) installed, agent reports {report.ssh_keys}")
+            fail(
+                "boot-test.ssh",
+                f"expected {len(keys)} SSH key(s) installed, agent reports {report.ssh_keys}",
+            )
         checks.append(f"{report.ssh_keys} SSH key(s) for {report.user}")
     for name, status in report.init_script_status().items():
         if status != "0":
@@ -163,7 +168,9 @@ def _build_medium(ctx: ResolvedContext, flavor: Flavor, path: Path, etc: Path | 
     from context.iso import IsoFlavor, build_iso
     from context.settings import load_settings
 
-    data = build_iso(ctx, IsoFlavor(flavor.value), restricted_dirs=load_settings(etc).context_restricted_dirs)
+    data = build_iso(
+        ctx, IsoFlavor(flavor.value), restricted_dirs=load_settings(etc).context_restricted_dirs
+    )
     path.write_bytes(data)
 
 
@@ -192,7 +199,9 @@ def boot_test(test: BootTest, *, state: State, etc: Path | None = None) -> BootR
             nics=nics,
         )
         accel = choose_accel(state)
-        log.info("booting %s (%s, %s, %s) with %d NIC(s)", test.image, fmt, firmware.value, accel.value, len(nics))
+        log.info(
+            "booting %s (%s, %s, %s) with %d NIC(s)", test.image, fmt, firmware.value, accel.value, len(nics)
+        )
         vm = QemuVm(spec, workdir / "vm", accel=accel)
         try:
             with vm:
@@ -232,6 +241,17 @@ def _watch(
         checks = verify_report(report, variables, demo=demo)
         if demo:
             if DEMO_MARKER not in vm.console():
-                raise VerificationError("the demo init script's marker is not on the console", rule="boot-test.init")
+                raise VerificationError(
+                    "the demo init script's marker is not on the console", rule="boot-test.init"
+                )
             checks.append("init script marker on the console")
-        return BootResult(test.image, firmware, accel, "imagekit", seconds, report, tuple(checks), tuple(n.mac for n in nics))
+        return BootResult(
+            test.image,
+            firmware,
+            accel,
+            "imagekit",
+            seconds,
+            report,
+            tuple(checks),
+            tuple(n.mac for n in nics),
+        )

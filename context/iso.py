@@ -40,6 +40,7 @@ import pycdlib.pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
 from context.contextsh import render_context_sh
+from context.isolayout import Layout, LayoutCache, sectors
 from context.model import ResolvedContext
 from context.seed import configdrive_files, nocloud_files
 from imagekit.errors import InputError
@@ -132,11 +133,40 @@ def _iso9660_name(name: str, *, is_dir: bool, taken: set[str]) -> str:
         candidate = stem[: room - len(suffix)] + suffix
 
 
-def master(entries: Sequence[IsoEntry], label: str, *, epoch: float = PINNED_EPOCH) -> bytes:
-    """The ISO image holding ``entries`` (parents listed before their children)."""
+_layouts = LayoutCache()
+_layouts_lock = threading.Lock()
+
+
+def master(
+    entries: Sequence[IsoEntry], label: str, *, epoch: float = PINNED_EPOCH, reuse: bool = True
+) -> bytes:
+    """The ISO image holding ``entries`` (parents listed before their children).
+
+    With ``reuse``, an image of the same shape mastered earlier in this process is refilled
+    instead of laid out again (see :mod:`context.isolayout`); the bytes are the same."""
+    shape = (
+        label,
+        epoch,
+        tuple((e.path, e.mode, None if e.data is None else sectors(len(e.data))) for e in entries),
+    )
+    if reuse:
+        with _layouts_lock:
+            layout = _layouts.get(shape)
+        if layout is not None:
+            return layout.fill([e.data for e in entries if e.data is not None])
+    image, extents = _master(entries, label, epoch)
+    if reuse:
+        with _layouts_lock:
+            _layouts.put(shape, Layout.learn(image, extents))
+    return image
+
+
+def _master(entries: Sequence[IsoEntry], label: str, epoch: float) -> tuple[bytes, list[int | None]]:
+    """pycdlib's image, and the extent of each file in it (None for an empty file)."""
     iso = pycdlib.PyCdlib()
     iso_paths: dict[tuple[str, ...], str] = {(): ""}
     taken: dict[tuple[str, ...], set[str]] = {(): set()}
+    files: list[tuple[str, int]] = []
     with _pinned_clock(epoch):
         iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=label)
         for entry in entries:
@@ -165,11 +195,13 @@ def master(entries: Sequence[IsoEntry], label: str, *, epoch: float = PINNED_EPO
                         joliet_path=joliet_path,
                         file_mode=entry.mode,
                     )
+                    files.append((iso_path, len(entry.data)))
             except PyCdlibException as exc:
                 raise InputError(f"{shown}: cannot be stored on the ISO: {exc}") from None
         out = io.BytesIO()
         iso.write_fp(out)
-    return out.getvalue()
+    extents = [iso.get_record(iso_path=path).extent_location() if size else None for path, size in files]
+    return out.getvalue(), extents
 
 
 # --- what goes on each flavour ----------------------------------------------------------------

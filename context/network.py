@@ -12,8 +12,8 @@ back from the MAC.
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 
 from context.model import Attribute, NetworkType, Template, VirtualNetwork
@@ -31,11 +31,15 @@ _MAC_PREFIX = re.compile(r"[0-9a-f]{2}:[0-9a-f]{2}")
 
 def parse_ipv4(text: str) -> int:
     """``"10.0.0.1"`` → 167772161; ValueError for anything but dotted-quad IPv4."""
-    return int(ipaddress.IPv4Address(text))
+    try:
+        # inet_pton, unlike inet_aton, takes only the four-decimal form (no "10.1", no hex).
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except (OSError, TypeError, UnicodeEncodeError):
+        raise ValueError(f"not an IPv4 address: {text!r}") from None
 
 
 def format_ipv4(value: int) -> str:
-    return str(ipaddress.IPv4Address(value))
+    return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
 
 
 def check_mac_prefix(prefix: str) -> str:

@@ -87,7 +87,14 @@ def image_format(path: Path) -> str:
 def build_argv(spec: VmSpec, *, accel: Accel, serial_log: Path, ovmf_vars: Path | None = None) -> list[str]:
     """The QEMU command line for ``spec`` (pure: no files are touched)."""
     argv = [QEMU, "-name", "imagekit", "-machine", "q35", "-accel", accel.value]
-    argv += ["-cpu", "host" if accel is Accel.KVM else "max", "-smp", str(spec.cpus), "-m", str(spec.memory_mib)]
+    argv += [
+        "-cpu",
+        "host" if accel is Accel.KVM else "max",
+        "-smp",
+        str(spec.cpus),
+        "-m",
+        str(spec.memory_mib),
+    ]
     argv += ["-display", "none", "-monitor", "none", "-nodefaults", "-no-user-config"]
     argv += ["-serial", f"file:{serial_log}"]
     if spec.firmware is Firmware.UEFI and spec.kernel is None:
@@ -262,14 +269,18 @@ def probe_kvm(workdir: Path, *, timeout: float = PROBE_TIMEOUT) -> ProbeResult:
     kernel = _probe_kernel()
     if kernel is None:
         return ProbeResult(False, "no kernel in /boot to probe KVM with", host=host, qemu=qemu)
-    spec = VmSpec(disk=Path("/dev/null"), kernel=kernel, append="console=ttyS0 panic=-1", memory_mib=256, cpus=1)
+    spec = VmSpec(
+        disk=Path("/dev/null"), kernel=kernel, append="console=ttyS0 panic=-1", memory_mib=256, cpus=1
+    )
     vm = QemuVm(spec, workdir, accel=Accel.KVM)
     start = time.monotonic()
     try:
         vm.start()
         line = vm.wait_for_line(re.compile(re.escape(_PROBE_MARK.decode())), timeout)
     except CommandError:
-        return ProbeResult(False, f"QEMU failed under KVM: {vm.stderr_tail().strip()[-300:]}", host=host, qemu=qemu)
+        return ProbeResult(
+            False, f"QEMU failed under KVM: {vm.stderr_tail().strip()[-300:]}", host=host, qemu=qemu
+        )
     finally:
         vm.stop()
     seconds = round(time.monotonic() - start, 2)

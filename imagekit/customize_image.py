@@ -82,7 +82,8 @@ def _check(g: Any, path: Path, root: str, want_agent: bool) -> str:
             packages = sorted({_PROVIDERS.get(c, c) for c in missing})
             raise DataError(
                 f"{path}: {product} lacks {', '.join(missing)}, which the context agent runs; "
-                f"install {' '.join(packages)} in the image first (the agent needs {' '.join(AGENT_PACKAGES)})"
+                f"install {' '.join(packages)} in the image first "
+                f"(the agent needs {' '.join(AGENT_PACKAGES)})"
             )
     return product
 

@@ -88,7 +88,7 @@ def open_image(path: Path, *, readonly: bool = True) -> Iterator[tuple[Any, str]
     fmt = str(_qemu_img_info(path)["format"])
     os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
     os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
-    g = guestfs.GuestFS(python_return_dict=True)
+    g = guestfs.GuestFS(python_return_dict=True)  # type: ignore[attr-defined,unused-ignore]
     try:
         g.add_drive_opts(str(path), format=fmt, readonly=readonly)
         log.debug("launching the libguestfs appliance for %s", path)

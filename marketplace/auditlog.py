@@ -73,13 +73,22 @@ class AuditLog:
         return Head(int(record["seq"]), str(record["hash"]))
 
     def append(self, path: str, sha256: str, *, at: str) -> Record:
+        return self.append_many([(path, sha256)], at=at)[-1]
+
+    def append_many(self, items: list[tuple[str, str]], *, at: str) -> list[Record]:
+        """Append records for ``(path, sha256)`` pairs with one fsync."""
         head = self.head()
-        seq = head.seq + 1
-        record = Record(seq, path, sha256, at, head.hash, Record.digest(seq, path, sha256, at, head.hash))
-        line = json.dumps(record.__dict__, separators=(",", ":")) + "\n"
+        records = []
+        prev, seq = head.hash, head.seq
+        for path, sha256 in items:
+            seq += 1
+            record = Record(seq, path, sha256, at, prev, Record.digest(seq, path, sha256, at, prev))
+            records.append(record)
+            prev = record.hash
+        lines = "".join(json.dumps(r.__dict__, separators=(",", ":")) + "\n" for r in records)
         new = not self.path.exists()
         with open(self.path, "ab") as handle:
-            handle.write(line.encode())
+            handle.write(lines.encode())
             handle.flush()
             os.fsync(handle.fileno())
         if new:
@@ -88,7 +97,7 @@ class AuditLog:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        return record
+        return records
 
     def _last_line(self) -> bytes | None:
         try:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import lzma
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -56,6 +55,7 @@ class ImageFacts:
     os_version: str | None = None
     os_arch: str | None = None
     title: str | None = None
+    version: str | None = None
 
 
 def _compression(path: Path) -> str:
@@ -100,31 +100,13 @@ def checksum_file(path: Path) -> ImageFacts:
 
 
 def inspect_os(path: Path) -> tuple[str, str, str]:
-    """``(os, version, arch)`` from libguestfs inspection of a (uncompressed) disk image."""
-    import guestfs  # heavy; only when inspection is needed
+    """``(os, version, arch)`` from libguestfs inspection of an uncompressed disk image."""
+    from imagekit.inspect import inspect_image  # launches the appliance: only when needed
 
-    os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
-    os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
-    g = guestfs.GuestFS(python_return_dict=True)
-    try:
-        g.add_drive_opts(str(path), readonly=1)
-        g.launch()
-        roots = g.inspect_os()
-        if not roots:
-            raise DataError(
-                f"{path}: libguestfs found no operating system; pass --os, --os-version, --os-arch"
-            )
-        root = roots[0]
-        distro = g.inspect_get_distro(root)
-        name = g.inspect_get_product_name(root) if distro == "unknown" else distro
-        version = f"{g.inspect_get_major_version(root)}.{g.inspect_get_minor_version(root)}".removesuffix(
-            ".0"
-        )
-        return name, version, g.inspect_get_arch(root)
-    except RuntimeError as exc:
-        raise DataError(f"{path}: libguestfs inspection failed: {str(exc).splitlines()[0]}") from None
-    finally:
-        g.close()
+    info = inspect_image(path).os
+    if info is None:
+        raise DataError(f"{path}: libguestfs found no operating system; pass --os, --os-version, --os-arch")
+    return (info.distro if info.distro != "unknown" else info.product), info.version, info.arch
 
 
 def facts_from_image(path: Path, *, os_fields: tuple[str, str, str] | None = None) -> ImageFacts:
@@ -207,6 +189,7 @@ def facts_from_manifest(path: Path, *, output_format: str | None = None) -> Imag
         os_version=None if _get(os_info, "version") is None else str(_get(os_info, "version")),
         os_arch=_get(os_info, "arch"),
         title=_get(recipe, "name") or _get(doc, "name"),
+        version=None if _get(doc, "version") is None else str(_get(doc, "version")),
     )
 
 
@@ -242,6 +225,7 @@ def new_metadata(
         compression=facts.compression,
         locations=tuple(locations),
         hypervisor=hypervisor,
+        version=facts.version,
         os=facts.os,
         os_version=facts.os_version,
         os_arch=facts.os_arch,

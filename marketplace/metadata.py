@@ -26,7 +26,6 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path  # noqa: F401  (used in the module docstring example)
 
 import rdflib
 from lxml import etree
@@ -336,6 +335,14 @@ def _group(children: list[etree._Element]) -> dict[str, list[etree._Element]]:
     return found
 
 
+def _canonical(el: etree._Element, where: str) -> str:
+    try:
+        return etree.tostring(el, method="c14n", exclusive=True, with_comments=False).decode()
+    except etree.C14NError:
+        # libxml2 refuses relative namespace URIs, which RDF cannot use anyway.
+        raise DataError(f"{where}: cannot canonicalise (is a namespace URI relative?)") from None
+
+
 def _checksum(el: etree._Element, src: str) -> tuple[ChecksumAlgorithm, str]:
     found = _group(_resource(el, src))
     if set(found) - {q(SLREQ, "algorithm"), q(SLREQ, "value")}:
@@ -467,9 +474,7 @@ def _description(desc: etree._Element, src: str) -> Metadata:
             else:
                 values[term.field] = item
         else:
-            extensions.append(
-                etree.tostring(el, method="c14n", exclusive=True, with_comments=False).decode()
-            )
+            extensions.append(_canonical(el, where))
     if identifier_el is None:
         raise DataError(f"{src}:{desc.sourceline}: rdf:Description: expected dcterms:identifier, got none")
     if size_el is None:

@@ -5,16 +5,19 @@ An upload is accepted when (research §1.6, §2.3, §2.5):
 1. its XML-DSig signature, endorser fields and certificate hold (:func:`verify_entry`: the
    signature is the credential, there are no accounts);
 2. its endorsement time is not before the newest stored entry of the same (identifier,
-   endorser) timeline (equal time with the same bytes: an idempotent re-upload), and not in
-   the future;
+   endorser) timeline, and not in the future (the very same bytes again are an idempotent
+   re-upload, whatever followed them);
 3. its signer is whitelisted (subject DN in ``[uploads] whitelist`` *and* certificate chain to
    ``[uploads] trust``), or the pending policy says ``accept``. Otherwise it waits in
    ``pending/`` (policy ``queue``) until ``imagekit market pending accept``, or is refused
    (policy ``reject``).
 
 Accepting writes the signed bytes (never replaced or removed), appends the audit log, then
-updates the index, all under the store's write lock. Administrators act on the data directory
-directly (``imagekit market pending|reindex|audit``): no admin credentials travel over HTTP.
+updates the index, all under the store's write lock. Concurrent uploads in one process are
+committed in groups (one lock, one directory and log fsync per group): each file is staged
+and fsynced by its own request thread first, where the file system merges concurrent fsyncs.
+Administrators act on the data directory directly (``imagekit market pending|reindex|audit``):
+no admin credentials travel over HTTP.
 
     registry = Registry.open(load_config(None))
     result = registry.upload(Path("entry.xml").read_bytes())
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,7 +38,7 @@ from marketplace.certs import TrustStore
 from marketplace.config import MarketConfig, PendingPolicy
 from marketplace.index import Endorser, Index, Page, Query, Row, open_index
 from marketplace.metadata import Metadata, format_time, parse_metadata
-from marketplace.store import EntryKey, PutOutcome, Store, sha256_hex
+from marketplace.store import EntryKey, PutOutcome, Staged, Store, discard, sha256_hex
 from marketplace.verify import VerifiedEntry, verify_entry
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,14 @@ log = logging.getLogger(__name__)
 # Endorsement times this far ahead of our clock are accepted (clock skew), no further: a
 # far-future entry would otherwise freeze its timeline for good.
 CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass
+class _Job:
+    staged: Staged
+    row: Row
+    outcome: PutOutcome | None = None
+    error: ImagekitError | None = None
 
 
 class ReadOnlyError(ImagekitError):
@@ -114,6 +126,9 @@ class Registry:
         self.index = index if index is not None else open_index(config)
         self.trust = TrustStore.from_paths(list(config.trust)) if config.trust else None
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._queue: list[_Job] = []
+        self._queue_lock = threading.Lock()
+        self._leader = threading.Lock()
 
     def close(self) -> None:
         self.index.close()
@@ -189,22 +204,59 @@ class Registry:
             )
 
     def _commit(self, key: EntryKey, metadata: Metadata, data: bytes) -> UploadResult:
-        digest = sha256_hex(data)
-        with self.store.write_lock():
-            if not self._stored(key, data):
-                self._check_timeline(key)
-            try:
-                outcome = self.store.put(key, data)
-            except DataError as err:
-                raise ConflictError(str(err)) from None
-            if outcome is PutOutcome.SAME:
-                if self.index.get(key.identifier, key.email, key.created) is None:
-                    self.index.add(row_of(metadata, digest))
-                return UploadResult(Outcome.EXISTING, key)
-            record = self.log.append(key.relpath, digest, at=self.now())
-            self.index.add(row_of(metadata, digest), Head(record.seq, record.hash))
-        log.info("accepted %s", key.relpath)
-        return UploadResult(Outcome.ACCEPTED, key)
+        """Stage the file durably here, then publish it in the next group commit."""
+        staged = self.store.stage(key, data)
+        job = _Job(staged, row_of(metadata, sha256_hex(data)))
+        with self._queue_lock:
+            self._queue.append(job)
+        with self._leader:
+            # Whoever holds the leader lock commits everything queued so far, ours included
+            # unless an earlier leader already did.
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+            if batch:
+                self._commit_batch(batch)
+        if job.error is not None:
+            raise job.error
+        assert job.outcome is not None
+        if job.outcome is PutOutcome.NEW:
+            log.info("accepted %s", key.relpath)
+        return UploadResult(Outcome.ACCEPTED if job.outcome is PutOutcome.NEW else Outcome.EXISTING, key)
+
+    def _commit_batch(self, batch: list[_Job]) -> None:
+        published: list[_Job] = []
+        try:
+            with self.store.write_lock():
+                for job in batch:
+                    key = job.staged.key
+                    try:
+                        if not self._stored(key, job.staged.data):
+                            self._check_timeline(key)
+                        job.outcome = self.store.publish(job.staged)
+                    except VerificationError as err:
+                        job.error = err
+                    except DataError as err:
+                        job.error = ConflictError(str(err))
+                    finally:
+                        discard(job.staged)
+                    if job.outcome is PutOutcome.NEW:
+                        published.append(job)
+                    elif (
+                        job.outcome is PutOutcome.SAME
+                        and self.index.get(key.identifier, key.email, key.created) is None
+                    ):
+                        self.index.add(job.row)
+                if published:
+                    self.store.sync_dirs([j.staged for j in published])
+                    records = self.log.append_many(
+                        [(j.staged.key.relpath, j.row.sha256) for j in published], at=self.now()
+                    )
+                    self.index.add_many([j.row for j in published], Head(records[-1].seq, records[-1].hash))
+        except BaseException as err:
+            for job in batch:
+                if job.error is None and job.outcome is None:
+                    job.error = err if isinstance(err, ImagekitError) else DataError(f"commit failed: {err}")
+            raise
 
     # Pending uploads (administrator).
 
@@ -285,10 +337,7 @@ class Registry:
         return self.index.endorsers()
 
     def endorsers_of(self, email: str) -> list[Endorser]:
-        finder = getattr(self.index, "endorsers_of", None)
-        if finder is not None:
-            return list(finder(email))
-        return [e for e in self.index.endorsers() if e.email == email]
+        return self.index.endorsers_of(email)
 
     @classmethod
     def open(cls, config: MarketConfig) -> Registry:

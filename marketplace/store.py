@@ -125,6 +125,19 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @dataclass(frozen=True)
+class Staged:
+    key: EntryKey
+    tmp: Path
+    data: bytes
+    created_dirs: tuple[Path, ...]
+
+
+def discard(staged: Staged) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(staged.tmp)
+
+
+@dataclass(frozen=True)
 class Store:
     root: Path
 
@@ -164,6 +177,45 @@ class Store:
         if path.read_bytes() == data:
             return PutOutcome.SAME
         raise DataError(f"entry {key.relpath} already exists with different content")
+
+    # Group commit (the registry's batches): stage each file durably outside the lock, where
+    # concurrent fsyncs share journal commits, then publish a batch under the lock and sync
+    # the directories once.
+
+    def stage(self, key: EntryKey, data: bytes) -> Staged:
+        directory = self.path(key).parent
+        created = _makedirs(directory)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return Staged(key, Path(tmp), data, tuple(created))
+
+    def publish(self, staged: Staged) -> PutOutcome:
+        """Link a staged file into place (never replacing one); the caller syncs directories."""
+        path = self.path(staged.key)
+        try:
+            os.link(staged.tmp, path)
+        except FileExistsError:
+            if path.read_bytes() == staged.data:
+                return PutOutcome.SAME
+            raise DataError(f"entry {staged.key.relpath} already exists with different content") from None
+        finally:
+            discard(staged)
+        return PutOutcome.NEW
+
+    @staticmethod
+    def sync_dirs(staged: list[Staged]) -> None:
+        directories = {s.tmp.parent for s in staged}
+        for s in staged:
+            directories.update(made.parent for made in s.created_dirs)
+        for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
+            _fsync_dir(directory)
 
     def read(self, key: EntryKey) -> bytes:
         try:

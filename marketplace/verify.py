@@ -277,7 +277,7 @@ def _check_signature(
 def _signed_content(root: etree._Element, signature: etree._Element, c14n: tuple[bool, bool]) -> bytes:
     """The document minus the Signature, canonicalised as the Reference says. ``URI=""``
     selects the document without comments (XML-DSig §4.3.3.3), whatever the C14N variant."""
-    exclusive, _with_comments = c14n
+    exclusive, _ = c14n
     doc = copy.deepcopy(root.getroottree())
     sig = doc.getroot()[list(root).index(signature)]
     previous = sig.getprevious()
@@ -288,4 +288,9 @@ def _signed_content(root: etree._Element, signature: etree._Element, c14n: tuple
         assert parent is not None
         parent.text = (parent.text or "") + (sig.tail or "")
     doc.getroot().remove(sig)
-    return etree.tostring(doc, method="c14n", exclusive=exclusive, with_comments=False)
+    try:
+        return etree.tostring(doc, method="c14n", exclusive=exclusive, with_comments=False)
+    except etree.C14NError:
+        raise _fail(
+            "structure", "the document cannot be canonicalised (a relative namespace URI?)"
+        ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,44 @@ def anchors() -> Path:
     if not ANCHORS.is_dir():
         pytest.fail(f"anchors not found at {ANCHORS}: the checkout must sit beside shared/")
     return ANCHORS
+
+
+# --- images built once per session (builder, issue 4); boot tests use them -------------------
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    path: Path  # the qcow2 image
+    manifest: Path
+    firmware: str  # "bios", "uefi" or "hybrid"
+
+
+@pytest.fixture(scope="session")
+def build_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One state directory (and so one package cache) for every image built in the session."""
+    return tmp_path_factory.mktemp("imagekit-build-state")
+
+
+def _build_shipped(recipe_name: str, out: Path, state_dir: Path) -> BuiltImage:
+    from imagekit.build import BuildOptions, build_image
+    from imagekit.recipe import load_recipe
+    from imagekit.recipe.model import OutputFormat
+    from imagekit.state import State
+
+    recipe = load_recipe(REPO / "recipes" / recipe_name)
+    result = build_image(recipe, BuildOptions(output_dir=out), state=State.open(state_dir))
+    qcow2 = next(o.path for o in result.outputs if o.format is OutputFormat.QCOW2)
+    return BuiltImage(qcow2, result.manifest, result.firmware.value)
+
+
+@pytest.fixture(scope="session")
+def minimal_image(tmp_path_factory: pytest.TempPathFactory, build_state_dir: Path) -> BuiltImage:
+    """recipes/debian-12-minimal.appl built for BIOS (qcow2)."""
+    out = tmp_path_factory.mktemp("minimal-image")
+    return _build_shipped("debian-12-minimal.appl", out, build_state_dir)
+
+
+@pytest.fixture(scope="session")
+def cloud_image(tmp_path_factory: pytest.TempPathFactory, build_state_dir: Path) -> BuiltImage:
+    """recipes/debian-12-cloud.tdl built for hybrid BIOS+UEFI boot (qcow2 and raw)."""
+    return _build_shipped("debian-12-cloud.tdl", tmp_path_factory.mktemp("cloud-image"), build_state_dir)

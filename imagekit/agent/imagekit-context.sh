@@ -346,4 +346,11 @@ main() {
     if [ "${#ERRORS[@]}" -eq 0 ]; then report ok; else report error; fi
 }
 
+if [ "${1:-}" = --print-context ]; then
+    # Debugging aid (and the tests' view of the parser): KEY NUL VALUE NUL for each variable.
+    CD_DIR=$(cd "$(dirname "$2")" && pwd)
+    read_context "$CD_DIR/$(basename "$2")"
+    for k in "${!CTX[@]}"; do printf '%s\0%s\0' "$k" "${CTX[$k]}"; done
+    exit 0
+fi
 main "$@"

@@ -113,19 +113,20 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State) -> Build
         base = output_dir / safe_name(recipe.name)
         staged: list[formats.Staged] = []
         written: list[Path] = []
+        pending: dict[Path, manifest.PendingChecksums] = {}
         try:
             with step("convert", timings):
                 for fmt in fmts:
                     with step(fmt.value):
-                        staged.append(
-                            formats.convert(raw, fmt, base.with_name(f"{base.name}.{EXTENSIONS[fmt]}"))
-                        )
+                        done = formats.convert(raw, fmt, base.with_name(f"{base.name}.{EXTENSIONS[fmt]}"))
+                    staged.append(done)
+                    # Hash each output while the next one converts.
+                    pending[done.partial] = manifest.start_checksums(done.partial)
             with step("checksums", timings):
-                outputs = [manifest.describe_output(s.format, s.partial, layout.size_bytes) for s in staged]
-            outputs = [
-                manifest.OutputFile(o.format, s.path, o.size, o.allocated, o.virtual_size, o.checksums)
-                for o, s in zip(outputs, staged, strict=True)
-            ]
+                outputs = [
+                    manifest.describe_output(s, layout.size_bytes, pending[s.partial].result())
+                    for s in staged
+                ]
             primary = next((s for s in staged if s.format is OutputFormat.QCOW2), staged[0])
             libvirt_path = base.with_name(f"{base.name}.libvirt.xml")
             one_path = base.with_name(f"{base.name}.one")
@@ -171,6 +172,8 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State) -> Build
             )
             formats.write_atomic(manifest_path, (to_json(document) + "\n").encode())
         except BaseException:
+            for sums in pending.values():
+                sums.cancel()
             for s in staged:
                 formats.discard(s)
             for path in written:

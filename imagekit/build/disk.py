@@ -160,6 +160,8 @@ def plan_layout(
             raise InputError(
                 f"hardware.partitions.{mount}.type: expected ext2, ext3, ext4 or swap, got {part.fstype!r}"
             )
+        if getattr(part, "passphrase", ""):
+            raise InputError(f"hardware.partitions.{mount}.passphrase: encrypted partitions are not supported")
         if mount == BOOT_MOUNT:
             raise InputError(f"hardware.partitions: {BOOT_MOUNT} is the boot partition imagekit makes")
         if mount == "/":

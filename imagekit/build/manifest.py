@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from imagekit.recipe.model import Firmware, OutputFormat, Recipe
 from imagekit.run import run
+
+from .formats import Staged
 
 ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -42,17 +45,43 @@ class OutputFile:
 
 
 def checksums(path: Path) -> dict[str, str]:
-    hashes = [hashlib.new(name) for name in ALGORITHMS]
+    return start_checksums(path, _POOL).result()
+
+
+# hashlib releases the GIL while hashing, so one thread per algorithm runs them side by side
+# (and beside qemu-img): a 3 GiB sparse raw takes about half the time of one sequential pass.
+_POOL = ThreadPoolExecutor(max_workers=len(ALGORITHMS), thread_name_prefix="imagekit-hash")
+
+
+class PendingChecksums:
+    def __init__(self, futures: dict[str, Future[str]]) -> None:
+        self.futures = futures
+
+    def result(self) -> dict[str, str]:
+        return {name: future.result() for name, future in self.futures.items()}
+
+    def cancel(self) -> None:
+        for future in self.futures.values():
+            future.cancel()
+
+
+def start_checksums(path: Path, pool: ThreadPoolExecutor | None = None) -> PendingChecksums:
+    """Hash ``path`` with every algorithm in the background; ``.result()`` waits."""
+    return PendingChecksums({name: (pool or _POOL).submit(_digest, path, name) for name in ALGORITHMS})
+
+
+def _digest(path: Path, name: str) -> str:
+    h = hashlib.new(name)
     with open(path, "rb") as fh:
         while chunk := fh.read(4 * 1024 * 1024):
-            for h in hashes:
-                h.update(chunk)
-    return {name: h.hexdigest() for name, h in zip(ALGORITHMS, hashes, strict=True)}
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def describe_output(fmt: OutputFormat, path: Path, virtual_size: int) -> OutputFile:
-    st = path.stat()
-    return OutputFile(fmt, path, st.st_size, st.st_blocks * 512, virtual_size, checksums(path))
+def describe_output(staged: Staged, virtual_size: int, sums: dict[str, str]) -> OutputFile:
+    """The output as it will be once published (its final path, the partial file's sizes)."""
+    st = staged.partial.stat()
+    return OutputFile(staged.format, staged.path, st.st_size, st.st_blocks * 512, virtual_size, sums)
 
 
 def installed_packages(root: Path) -> tuple[InstalledPackage, ...]:

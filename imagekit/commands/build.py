@@ -34,7 +34,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=parse_formats,
         default=(),
         metavar="LIST",
-        help=f"comma-separated output formats ({', '.join(f.value for f in OutputFormat)}); default: the recipe's",
+        help=f"comma-separated formats ({', '.join(f.value for f in OutputFormat)}); default: the recipe's",
     )
     parser.add_argument(
         "--firmware",
@@ -86,9 +86,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     elif not args.quiet:
         cache = "not used" if not result.cache.used else ("hit" if result.cache.hit else "miss")
-        print(
-            f"built {result.name} ({result.firmware.value}) in {result.timings.get('total', 0):.1f} s, cache {cache}"
-        )
+        total = result.timings.get("total", 0.0)
+        print(f"built {result.name} ({result.firmware.value}) in {total:.1f} s, package cache {cache}")
         for output in result.outputs:
             print(f"  {output.path}  {output.size / 2**20:.0f} MiB  {output.format.value}")
         print(f"  {result.manifest}")

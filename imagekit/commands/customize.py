@@ -15,7 +15,9 @@ from imagekit.output import print_json
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, metavar="IMAGE", help="disk image to change")
-    parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="write a changed copy here instead")
+    parser.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write a changed copy here instead"
+    )
     parser.add_argument("--no-agent", action="store_true", help="do not install the context agent")
     parser.add_argument("--hostname", default="", metavar="NAME", help="write /etc/hostname")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")

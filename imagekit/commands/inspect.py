@@ -29,7 +29,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info)
         return 0
-    print(f"{info.path}: {info.format}, {_size(info.virtual_size)}, partition table {info.partition_table or 'none'}")
+    table = info.partition_table or "none"
+    print(f"{info.path}: {info.format}, {_size(info.virtual_size)}, partition table {table}")
     for p in info.partitions:
         label = f" label={p.label}" if p.label else ""
         print(f"  {p.device:<12} {_size(p.size):>9}  {p.filesystem or '?'}{label}")

@@ -1,8 +1,8 @@
 """``imagekit recipe validate|show|convert``: check, print and translate recipes.
 
-    imagekit recipe validate recipes/*.appl recipes/*.tdl    # exit 1 if any is invalid
-    imagekit recipe show recipes/debian-12-cloud.tdl --json  # the normalised recipe
-    imagekit recipe convert web.appl --to tdl -o web.tdl     # round-trips through load_recipe
+imagekit recipe validate recipes/*.appl recipes/*.tdl    # exit 1 if any is invalid
+imagekit recipe show recipes/debian-12-cloud.tdl --json  # the normalised recipe
+imagekit recipe convert web.appl --to tdl -o web.tdl     # round-trips through load_recipe
 """
 
 from __future__ import annotations
@@ -47,23 +47,27 @@ def register(parser: argparse.ArgumentParser) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
-        try:
-            load_recipe(path)
-        except RecipeErrors as err:
+        if _load(path) is None:
             status = 1
-            for one in err.errors:
-                print(f"error: {one}", file=sys.stderr)
-        except InputError as err:
-            status = 1
-            print(f"error: {err}", file=sys.stderr)
-        else:
-            if not args.quiet:
-                print(f"{path}: valid")
+        elif not args.quiet:
+            print(f"{path}: valid")
     return status
 
 
+def _load(path: Path) -> Recipe | None:
+    """The recipe, or None after printing each of its errors as one ``error:`` line."""
+    try:
+        return load_recipe(path)
+    except InputError as err:
+        for one in err.errors if isinstance(err, RecipeErrors) else [err]:
+            print(f"error: {one}", file=sys.stderr)
+        return None
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.file)
+    recipe = _load(args.file)
+    if recipe is None:
+        return 1
     sys.stdout.write(recipe_json(recipe) if args.json else describe(recipe))
     return 0
 
@@ -106,7 +110,9 @@ def describe(recipe: Recipe) -> str:
 def cmd_convert(args: argparse.Namespace) -> int:
     from imagekit.recipe.convert import to_appl, to_tdl
 
-    recipe = load_recipe(args.file)
+    recipe = _load(args.file)
+    if recipe is None:
+        return 1
     text, lost = (to_appl if args.to == "appl" else to_tdl)(recipe, plain=args.plain)
     for item in lost:
         log.warning("%s: not expressible in .%s: %s", args.file, args.to, item)

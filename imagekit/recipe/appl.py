@@ -22,16 +22,19 @@ from urllib.parse import urlparse
 import yaml
 
 from imagekit.errors import InputError
-from imagekit.recipe.errors import Problems
+from imagekit.recipe.errors import Problems, shown
 from imagekit.recipe.model import (
     ARCHES,
+    HOSTNAME,
     KERNEL_FLAVOURS,
+    SSH_KEY,
     Command,
     ContentSource,
     ContextAgent,
     Disk,
     File,
     Firmware,
+    Install,
     OperatingSystem,
     OutputFormat,
     Package,
@@ -56,10 +59,11 @@ PARTITION_KEYS = ("size", "type", "options", "passphrase")
 REPO_KEYS = ("name", "baseurl", "mirrorlist", "ephemeral")
 EXT_KEYS = (
     "arch", "firmware", "formats", "kernel", "kernel_params", "context_agent", "hostname",
-    "users", "pre", "files",
+    "users", "pre", "files", "install",
 )  # fmt: skip
 USER_KEYS = ("name", "password", "groups", "ssh_keys")
 EXT_FILE_KEYS = ("path", "raw", "base64", "url", "local")
+INSTALL_KEYS = ("url", "iso", "md5sum", "sha1sum", "sha256sum")
 
 APPLIANCE_NAME = re.compile(r"^[^/]+$")
 PACKAGE_NAME = re.compile(r"^[\*\w\-+.@#\s]+$")
@@ -105,6 +109,7 @@ class _Fragment:
     users: list[tuple[str, str, list[str], list[str]]] = field(default_factory=list)
     pre: list[str] = field(default_factory=list)
     ext_files: list[tuple[str, ContentSource, str]] = field(default_factory=list)
+    install: dict[str, str] = field(default_factory=dict)
 
 
 def load_appl(path: Path, *, env: Mapping[str, str] | None = None) -> Recipe:
@@ -325,6 +330,8 @@ def _read_extension(r: NodeReader, node: yaml.Node, f: _Fragment) -> None:
             f.formats = [v for v in picked_formats if v is not None]
             if not seq:
                 r.error(value, path, "expected at least one output format, got none")
+        elif key == "install":
+            _read_install(r, value, f)
         elif key == "pre":
             items = [r.string(c, f"{path}[{i}]") for i, c in enumerate(r.sequence(value, path))]
             f.pre = [c for c in items if c is not None]
@@ -334,6 +341,23 @@ def _read_extension(r: NodeReader, node: yaml.Node, f: _Fragment) -> None:
         else:
             for i, item in enumerate(r.sequence(value, path)):
                 _read_ext_file(r, item, f"{path}[{i}]", f)
+
+
+def _read_install(r: NodeReader, node: yaml.Node, f: _Fragment) -> None:
+    """TDL's ``<install>`` (without ISO extras): ``{url: U}`` or ``{iso: U, sha256sum: U}``."""
+    keys = r.mapping(node, "imagekit.install", INSTALL_KEYS)
+    if keys is None:
+        return
+    kinds = [k for k in ("url", "iso") if k in keys]
+    sums = [k for k in INSTALL_KEYS[2:] if k in keys]
+    if len(kinds) != 1 or len(sums) > 1 or (sums and kinds != ["iso"]):
+        got = ", ".join(keys) or "nothing"
+        r.error(node, "imagekit.install", f"expected url, or iso with at most one checksum, got {got}")
+        return
+    for key, (_, value) in keys.items():
+        text = r.string(value, f"imagekit.install.{key}")
+        if text is not None:
+            f.install[key] = text
 
 
 def _read_user(r: NodeReader, node: yaml.Node, path: str, f: _Fragment) -> None:
@@ -391,6 +415,7 @@ class _Merged:
     post: dict[str, list[str]] = field(default_factory=dict)
     users: dict[str, tuple[str, str, list[str], list[str]]] = field(default_factory=dict)
     formats: list[str] | None = None
+    install: dict[str, str] = field(default_factory=dict)
     cpus: int = 0
     memory: int = 0
     pae: bool = True
@@ -409,6 +434,7 @@ def _merge(fragments: list[_Fragment]) -> _Merged:
         m.pae = m.pae and frag.pae is not False
         m.default_repos = m.default_repos and frag.default_repos is not False
         m.formats = frag.formats if frag.formats is not None else m.formats
+        m.install = frag.install or m.install
         for mount, part in frag.partitions.items():
             m.partitions[mount] = _merge_partition(m.partitions.get(mount), part)
         for platform, commands in frag.post.items():
@@ -439,6 +465,16 @@ def _build(fragments: list[_Fragment], problems: Problems, env: Mapping[str, str
     for file in recipe.files:
         if not file.path.startswith("/"):
             problems.add(child.shown, "files", f"expected an absolute destination, got {file.path!r}")
+    if recipe.hostname and not HOSTNAME.match(recipe.hostname):
+        problems.add(child.shown, "imagekit.hostname", f"expected a host name, got {recipe.hostname!r}")
+    for user in recipe.users:
+        for key in user.ssh_keys:
+            if not SSH_KEY.match(key):
+                problems.add(
+                    child.shown,
+                    f"imagekit.users.{user.name}.ssh_keys",
+                    f"expected a public key line, got {shown(key)}",
+                )
     return recipe
 
 
@@ -517,8 +553,17 @@ def _recipe(fragments: list[_Fragment], m: _Merged, x: Callable[[str], str]) -> 
         hostname=x(m.ext.get("hostname", "")),
         variables=tuple(sorted((k, x(v)) for k, v in m.variables.items())),
         default_repos=m.default_repos,
+        install=_install(m.install, x),
         platform_commands=tuple(c for cmds in commands.values() for c in cmds),
     )
+
+
+def _install(spec: dict[str, str], x: Callable[[str], str]) -> Install | None:
+    if not spec:
+        return None
+    kind = "url" if "url" in spec else "iso"
+    checksum = next((k for k in spec if k not in ("url", "iso")), "")
+    return Install(kind, x(spec[kind]), checksum, x(spec.get(checksum, "")))
 
 
 def _appl_file(dest_dir: str, source: str, base: Path) -> File:

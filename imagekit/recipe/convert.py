@@ -110,8 +110,6 @@ def to_appl(recipe: Recipe, *, plain: bool = False) -> tuple[str, list[str]]:
         doc["post"] = post
     if recipe.variables:
         doc["variables"] = dict(recipe.variables)
-    if recipe.install is not None:
-        lost.append(f"os install ({recipe.install.kind} {recipe.install.location})")
     if recipe.os.product_key or recipe.os.icicle_command:
         lost.append("os key / icicle extra_command")
     lost += [f"command {c.name}: its name" for c in recipe.post_commands if c.name.split("-")[0] != "base"]
@@ -124,6 +122,12 @@ def to_appl(recipe: Recipe, *, plain: bool = False) -> tuple[str, list[str]]:
     }
     if recipe.os.kernel_params:
         ext["kernel_params"] = recipe.os.kernel_params
+    if recipe.install is not None:
+        ext["install"] = {recipe.install.kind: recipe.install.location}
+        if recipe.install.checksum_type:
+            ext["install"][recipe.install.checksum_type] = recipe.install.checksum_url
+        if recipe.install.extras:
+            lost.append("os install extras (ISO extras)")
     if recipe.hostname:
         ext["hostname"] = recipe.hostname
     if recipe.users:

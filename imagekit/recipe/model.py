@@ -7,6 +7,7 @@ the recipe gave one (packages, files, commands).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -109,6 +110,9 @@ class Partition:
 
 @dataclass(frozen=True)
 class Disk:
+    """What the recipe asks for. The loaders always give at least a "/" partition, and
+    ``size_mib`` is the sum of the partitions (a TDL ``<disk><size>`` becomes one "/")."""
+
     size_mib: int = 10 * 1024
     partitions: tuple[Partition, ...] = ()
 
@@ -189,4 +193,9 @@ class Recipe:
 
 
 KERNEL_FLAVOURS = ("cloud", "generic")
+# What the loaders accept for a hostname (RFC 1123) and an authorized_keys line.
+HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+SSH_KEY = re.compile(r"^(ssh-(rsa|dss|ed25519)|ecdsa-sha2-[a-z0-9]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+( .*)?$")
 ARCHES = ("i386", "x86_64", "ppc64", "ppc64le", "aarch64", "armv7l", "s390x")

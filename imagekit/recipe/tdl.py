@@ -218,7 +218,7 @@ def _validate(reader: TdlReader, root: etree._Element) -> None:
     if schema.validate(strip_extensions(root)):
         return
     for entry in schema.error_log:
-        path = ".".join(re.sub(r"\[\d+\]", "", p) for p in entry.path.split("/")[2:])
+        path = ".".join(re.sub(r"\[\d+\]", "", p) for p in (entry.path or "").split("/")[2:])
         where = f"{reader.file}:{entry.line}:{max(entry.column, 1)}"
         reader.problems.add(where, path or "template", f"expected what tdl.rng allows, got: {entry.message}")
 
@@ -255,7 +255,9 @@ def _read(r: TdlReader, root: etree._Element, path: Path) -> Recipe | None:
     total = sum(p.size_mib for p in parts)
     if ext.partitions and size_given and total != size_mib:
         r.error(
-            root if disk is None else disk, "disk.size", f"expected the sum of ik:partitions ({total} MiB), got {size_mib} MiB"
+            root if disk is None else disk,
+            "disk.size",
+            f"expected the sum of ik:partitions ({total} MiB), got {size_mib} MiB",
         )
     return Recipe(
         name=r.text(top.get("name"), "name"),
@@ -403,6 +405,8 @@ def _read_files(r: TdlReader, elem: etree._Element | None) -> tuple[File, ...]:
     for i, file in enumerate(r.items(elem, "files", "file")):
         path = f"files.file[{i}]"
         name = r.attr(file, "name", path)
+        if name and not name.startswith("/"):
+            r.error(file, f"{path}@name", f"expected an absolute path, got {shown(name)}")
         kind = _content_type(r, file, path)
         content = file.text or ""
         if file.get(f"{{{NS}}}source") == "local":

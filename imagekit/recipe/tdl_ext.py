@@ -30,7 +30,9 @@ from lxml import etree
 
 from imagekit.recipe.errors import shown, unknown_key
 from imagekit.recipe.model import (
+    HOSTNAME,
     KERNEL_FLAVOURS,
+    SSH_KEY,
     Command,
     ContentSource,
     ContextAgent,
@@ -166,6 +168,8 @@ def read_extensions(r: TdlReader, root: etree._Element) -> TdlExtensions:
                 Command(c.get("name", ""), ContentSource.RAW, (c.text or "").strip(), c.get("platform", ""))
                 for c in _ext_children(r, elem, path, "command")
             )
+        elif name == "hostname" and not HOSTNAME.match(text):
+            r.error(elem, path, f"expected a host name, got {shown(text)}")
         else:  # hostname, version, release
             values[name] = text
     fields: dict[str, Any] = {
@@ -185,6 +189,8 @@ def _user(r: TdlReader, elem: etree._Element, path: str) -> User:
         tag = etree.QName(child).localname
         if etree.QName(child).namespace == NS and tag == "ssh-key":
             keys.append((child.text or "").strip())
+            if not SSH_KEY.match(keys[-1]):
+                r.error(child, f"{path}.ssh-key", f"expected a public key line, got {shown(keys[-1])}")
         elif etree.QName(child).namespace == NS and tag == "group":
             groups.append((child.text or "").strip())
         else:

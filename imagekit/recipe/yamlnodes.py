@@ -81,7 +81,10 @@ class NodeReader:
 
     def compose(self, text: str) -> yaml.Node | None:
         try:
-            return yaml.compose(repair(text), Loader=yaml.SafeLoader)
+            node: yaml.Node | None = yaml.compose(repair(text), Loader=yaml.SafeLoader)
+            if node is None:
+                self.problems.add(f"{self.file}:1:1", "", "expected a mapping, got an empty document")
+            return node
         except yaml.MarkedYAMLError as err:
             mark = err.problem_mark or err.context_mark
             where = f"{self.file}:{mark.line + 1}:{mark.column + 1}" if mark else self.file

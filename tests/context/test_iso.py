@@ -18,9 +18,12 @@ from cloudinit.net.network_state import parse_net_config_data
 from cloudinit.sources import DataSourceConfigDrive, DataSourceNoCloud
 from cloudinit.sources import DataSourceOpenNebula as ds
 from cloudinit.sources.helpers import openstack
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from context.contextsh import parse_context_sh
-from context.iso import IsoFlavor, build_iso, write_iso_atomically
+from context.iso import DIR_MODE, FILE_MODE, IsoEntry, IsoFlavor, build_iso, master, write_iso_atomically
+from context.isolayout import sectors
 from context.model import Lease, ResolvedContext
 from imagekit.errors import InputError
 
@@ -344,3 +347,30 @@ def test_write_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     write_iso_atomically(b"new", dest)
     assert dest.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.iso"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=4),
+    fill=st.binary(min_size=1, max_size=7),
+    label=st.sampled_from(["CONTEXT", "cidata"]),
+)
+def test_layout_reuse_gives_pycdlib_bytes(sizes: list[int], fill: bytes, label: str) -> None:
+    """A refilled layout is byte for byte what pycdlib writes for the new contents."""
+    entries = [IsoEntry(("d",), None, DIR_MODE)]
+    entries += [
+        IsoEntry(("d", f"f{n}.txt"), (fill * size)[:size], FILE_MODE) for n, size in enumerate(sizes)
+    ]
+    entries.append(IsoEntry(("context.sh",), fill * 3, FILE_MODE))
+    first = master(entries, label)  # learns (or reuses) the layout of this shape
+    # Same shape (same sector counts), different contents and lengths.
+    again = [
+        IsoEntry(
+            e.path, None if e.data is None else bytes(reversed(e.data))[: max(0, len(e.data) - 1)], e.mode
+        )
+        if e.data is None or sectors(len(e.data)) == sectors(max(0, len(e.data) - 1))
+        else e
+        for e in entries
+    ]
+    assert master(again, label) == master(again, label, reuse=False)
+    assert first == master(entries, label, reuse=False)

@@ -126,15 +126,20 @@ def test_leases_persist_across_stores(tmp_path: Path) -> None:
     assert [(lease.ip, lease.mac) for lease in leases] == [("10.9.0.1", "02:00:0a:09:00:01")]
 
 
-def _lease_until_full(root: str, worker: int, queue: multiprocessing.Queue[list[str]]) -> None:
-    store = NetworkStore(State.open(Path(root)))
-    got: list[str] = []
-    while True:
-        try:
-            got.append(store.lease("pool", vmid=worker).ip)
-        except InputError:
-            break
-    queue.put(got)
+def _lease_until_full(root: str, worker: int, queue: multiprocessing.Queue[list[str] | str]) -> None:
+    try:
+        store = NetworkStore(State.open(Path(root)))
+        got: list[str] = []
+        while True:
+            try:
+                got.append(store.lease("pool", vmid=worker).ip)
+            except InputError as err:
+                if "no free address" not in str(err):
+                    raise
+                break
+        queue.put(got)
+    except Exception as exc:  # report it: a dead worker would only show up as a queue timeout
+        queue.put(f"worker {worker}: {type(exc).__name__}: {exc}")
 
 
 def test_concurrent_processes_never_share_an_address(tmp_path: Path) -> None:
@@ -144,15 +149,16 @@ def test_concurrent_processes_never_share_an_address(tmp_path: Path) -> None:
         VirtualNetwork("pool", NetworkType.RANGED, network_address="172.16.0.0", network_size=size)
     )
     ctx = multiprocessing.get_context("spawn")
-    queue: multiprocessing.Queue[list[str]] = ctx.Queue()
+    queue: multiprocessing.Queue[list[str] | str] = ctx.Queue()
     procs = [ctx.Process(target=_lease_until_full, args=(str(root), w, queue)) for w in range(4)]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=120) for _ in procs]
+    results = [queue.get(timeout=300) for _ in procs]
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    everything = [ip for r in results for ip in r]
+    assert [r for r in results if isinstance(r, str)] == []
+    everything = [ip for r in results if not isinstance(r, str) for ip in r]
     assert len(everything) == size
     assert len(set(everything)) == size
     stored = NetworkStore(State.open(root)).leases("pool")

@@ -48,7 +48,9 @@ class Party:
 
 
 def _key(kind: str) -> PrivateKey:
-    return rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
+    return (
+        rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
+    )
 
 
 def issue(
@@ -83,7 +85,9 @@ def issue(
             x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True
         )
     if email:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False
+        )
     cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
     return Party(cert, key)
 
@@ -118,7 +122,10 @@ def make_pki() -> Pki:
         ec=issue(name("Bob"), root, email="bob@example.org"),
         no_email=issue(name("Dave"), root),
         expired=issue(
-            name("Eve"), root, email="eve@example.org", not_before=NOW - timedelta(days=60),
+            name("Eve"),
+            root,
+            email="eve@example.org",
+            not_before=NOW - timedelta(days=60),
             not_after=NOW - timedelta(days=1),
         ),  # fmt: skip
         future=issue(name("Frank"), root, email="frank@example.org", not_before=NOW + timedelta(days=1)),
@@ -142,7 +149,11 @@ def write(party: Party, directory: Path, stem: str, *, chain: tuple[Party, ...] 
 
 def write_p12(party: Party, path: Path, password: bytes, *, chain: tuple[Party, ...] = ()) -> Path:
     data = pkcs12.serialize_key_and_certificates(
-        b"endorser", party.key, party.cert, [p.cert for p in chain], serialization.BestAvailableEncryption(password)
+        b"endorser",
+        party.key,
+        party.cert,
+        [p.cert for p in chain],
+        serialization.BestAvailableEncryption(password),
     )
     path.write_bytes(data)
     return path

@@ -41,7 +41,9 @@ def test_round_trip_and_base64url_equivalence(digest: bytes) -> None:
     assert identifier_to_sha1(identifier) == digest.hex()
 
 
-@pytest.mark.parametrize("bad", ["", "MMZu9WvwKIro-rtBQfDk4PsKO7", "QMZu9WvwKIro-rtBQfDk4PsKO7_", "MMZu9WvwKIro+rtBQfDk4PsKO7_"])
+@pytest.mark.parametrize(
+    "bad", ["", "MMZu9WvwKIro-rtBQfDk4PsKO7", "QMZu9WvwKIro-rtBQfDk4PsKO7_", "MMZu9WvwKIro+rtBQfDk4PsKO7_"]
+)
 def test_rejects_malformed_identifiers(bad: str) -> None:
     assert not is_identifier(bad)
     with pytest.raises(DataError, match="identifier"):

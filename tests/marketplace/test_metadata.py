@@ -67,7 +67,11 @@ def test_minimal_unsigned_anchor(anchors: Path) -> None:
 def test_full_anchor_has_every_term(anchors: Path) -> None:
     m = parse_metadata((anchors / FULL).read_bytes(), source=FULL)
     assert m.valid == t("2011-07-23T10:59:42Z")
-    assert (m.publisher, m.title, m.description) == ("StratusLab", "linux-with-my-apps", "A 32-bit ttylinux...")
+    assert (m.publisher, m.title, m.description) == (
+        "StratusLab",
+        "linux-with-my-apps",
+        "A 32-bit ttylinux...",
+    )
     assert m.locations == ("http://example.org/...",)
     assert (m.serial_number, m.version, m.hypervisor) == (0, "1.0", "kvm")
     assert (m.inbound_ports, m.outbound_ports, m.icmp) == ((443,), (25,), (8,))
@@ -75,7 +79,10 @@ def test_full_anchor_has_every_term(anchors: Path) -> None:
     assert m.deprecated == "security issue with app" and m.is_deprecated
     assert m.status(t("2011-03-01T00:00:00Z")) is Status.DEPRECATED
     assert len(m.extensions) == 3
-    assert m.extensions[0] == '<ex:other-info xmlns:ex="http://example.org/">additional metadata</ex:other-info>'
+    assert (
+        m.extensions[0]
+        == '<ex:other-info xmlns:ex="http://example.org/">additional metadata</ex:other-info>'
+    )
     assert "NMZu9WvwKIro-rtBQfDk4PsKO7_" in m.extensions[2]
 
 
@@ -124,7 +131,11 @@ def test_graph_matches_the_original_and_survives_turtle_and_jsonld(anchors: Path
     graph = metadata_to_graph(m)
     assert isomorphic(graph, original)
     subject = rdflib.URIRef(f"{XML_BASE}#{m.identifier}")
-    assert (subject, rdflib.URIRef("http://purl.org/dc/terms/identifier"), rdflib.Literal(m.identifier)) in graph
+    assert (
+        subject,
+        rdflib.URIRef("http://purl.org/dc/terms/identifier"),
+        rdflib.Literal(m.identifier),
+    ) in graph
     assert isomorphic(rdflib.Graph().parse(data=metadata_to_turtle(m), format="turtle"), graph)
     assert isomorphic(rdflib.Graph().parse(data=metadata_to_jsonld(m), format="json-ld"), graph)
 
@@ -166,11 +177,13 @@ def test_constructing_an_inconsistent_entry_fails() -> None:
 BAD = [
     (r"<slreq:bytes>100", "<slreq:bytes>-1", r"slreq:bytes: expected a non-negative integer, got '-1'"),
     (r'rdf:about="#MMZu', 'rdf:about="#XMZu', r"rdf:about: expected '#MMZu9WvwKIro-rtBQfDk4PsKO7_'"),
-    (r"c319bbd5", "d319bbd5", r"dcterms:identifier: expected NMZu9WvwKIro-rtBQfDk4PsKO7_ \(from the SHA-1\)"),
+    (r"c319bbd5", "d319bbd5",
+     r"dcterms:identifier: expected NMZu9WvwKIro-rtBQfDk4PsKO7_ \(from the SHA-1\)"),
     (r' xml:base="http://mp.stratuslab.eu/"', "", r"expected xml:base='http://mp.stratuslab.eu/', got None"),
     (r'xml:base="http://mp.stratuslab.eu/"', 'xml:base="http://evil/"', r"expected xml:base"),
     (r"<dcterms:type>machine</dcterms:type>", "", r"expected one dcterms:type, got none"),
-    (r"<dcterms:type>machine</dcterms:type>", "<dcterms:type>machine</dcterms:type><dcterms:type>disk</dcterms:type>",
+    (r"<dcterms:type>machine</dcterms:type>",
+     "<dcterms:type>machine</dcterms:type><dcterms:type>disk</dcterms:type>",
      r"dcterms:type: expected at most one"),
     (r"<dcterms:type>", "<slterms:os>a</slterms:os><slterms:os>b</slterms:os><dcterms:type>",
      r"slterms:os: expected at most one"),
@@ -178,20 +191,29 @@ BAD = [
      r"dcterms:valid: expected a time yyyy-MM-ddTHH:mm:ssZ, got '2011-07-23'"),
     (r"<dcterms:type>", "<slterms:inbound-port>65536</slterms:inbound-port><dcterms:type>",
      r"slterms:inbound-port: expected a port number 0-65535"),
-    (r"<dcterms:type>", "<slterms:icmp>256</slterms:icmp><dcterms:type>", r"slterms:icmp: expected an ICMP type"),
+    (r"<dcterms:type>", "<slterms:icmp>256</slterms:icmp><dcterms:type>",
+     r"slterms:icmp: expected an ICMP type"),
     (r"<dcterms:type>", "<slterms:location>not a uri</slterms:location><dcterms:type>",
      r"slterms:location: expected a URI"),
     (r"2011-01-24T09:59:42Z", "2011-01-24 09:59:42", r"dcterms:created: expected yyyy-MM-ddTHH:mm:ssZ"),
-    (r"<slreq:email>jane.tester@example.org", "<slreq:email>jane", r"slreq:email: expected an e-mail address"),
-    (r"<slreq:algorithm>SHA-1", "<slreq:algorithm>CRC32", r"slreq:algorithm: expected one of MD5, SHA-1"),
+    (r"<slreq:email>jane.tester@example.org", "<slreq:email>jane",
+     r"slreq:email: expected an e-mail address"),
+    (r"<slreq:algorithm>SHA-1", "<slreq:algorithm>CRC32",
+     r"slreq:algorithm: expected one of MD5, SHA-1"),
     (r"<slreq:value>c319", "<slreq:value>zz", r"slreq:value: expected hexadecimal digits"),
-    (r"</slreq:checksum>", "</slreq:checksum><slreq:checksum rdf:parseType=\"Resource\"><slreq:algorithm>SHA-1"
-     "</slreq:algorithm><slreq:value>00</slreq:value></slreq:checksum>", r"expected one SHA-1 checksum, got a second"),
-    (r"<slreq:bytes>100</slreq:bytes>", "<slreq:bytes>1<x/>00</slreq:bytes>", r"slreq:bytes: expected text"),
-    (r"<dcterms:identifier>", "stray<dcterms:identifier>", r"rdf:Description: expected elements, got text 'stray'"),
-    (r"</rdf:RDF>", "<rdf:Description rdf:about=\"#x\"/></rdf:RDF>", r"expected one rdf:Description, got 2"),
+    (r"</slreq:checksum>",
+     "</slreq:checksum><slreq:checksum rdf:parseType=\"Resource\"><slreq:algorithm>SHA-1"
+     "</slreq:algorithm><slreq:value>00</slreq:value></slreq:checksum>",
+     r"expected one SHA-1 checksum, got a second"),
+    (r"<slreq:bytes>100</slreq:bytes>", "<slreq:bytes>1<x/>00</slreq:bytes>",
+     r"slreq:bytes: expected text"),
+    (r"<dcterms:identifier>", "stray<dcterms:identifier>",
+     r"rdf:Description: expected elements, got text 'stray'"),
+    (r"</rdf:RDF>", "<rdf:Description rdf:about=\"#x\"/></rdf:RDF>",
+     r"expected one rdf:Description, got 2"),
     (r"</rdf:RDF>", "<other/></rdf:RDF>", r"rdf:RDF: expected rdf:Description, got other"),
-    (r'<slreq:endorsement rdf:parseType="Resource">', "<slreq:endorsement>", r'expected rdf:parseType="Resource"'),
+    (r'<slreq:endorsement rdf:parseType="Resource">', "<slreq:endorsement>",
+     r'expected rdf:parseType="Resource"'),
     (r"<slreq:issuer>.*?</slreq:issuer>", "", r"expected at least one slreq:issuer, got 0"),
 ]  # fmt: skip
 
@@ -244,7 +266,9 @@ _times = st.datetimes(datetime(1990, 1, 1), datetime(2100, 1, 1), timezones=st.j
     valid=st.none() | _times,
     created=_times,
     ports=st.lists(st.integers(0, 65535), max_size=3),
-    locations=st.lists(st.from_regex(r"https://[a-z]{1,8}\.example/[a-z0-9/._-]{0,12}", fullmatch=True), max_size=3),
+    locations=st.lists(
+        st.from_regex(r"https://[a-z]{1,8}\.example/[a-z0-9/._-]{0,12}", fullmatch=True), max_size=3
+    ),
     email=st.from_regex(r"[a-z0-9._+-]{1,10}@[a-z0-9.-]{1,10}", fullmatch=True),
 )
 def test_random_entries_round_trip(
@@ -263,3 +287,16 @@ def test_random_entries_round_trip(
         locations=tuple(locations),
     )
     assert parse_metadata(metadata_to_rdfxml(m)) == m
+
+
+_MINIMAL_BYTES = (Path(__file__).resolve().parents[3] / "shared" / "anchors" / MINIMAL).read_bytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, len(_MINIMAL_BYTES) - 1), st.binary(min_size=1, max_size=3))
+def test_mutated_input_fails_cleanly(position: int, junk: bytes) -> None:
+    data = _MINIMAL_BYTES[:position] + junk + _MINIMAL_BYTES[position + 1 :]
+    try:
+        parse_metadata(data)
+    except (DataError, VerificationError):
+        pass

@@ -65,7 +65,9 @@ def test_deprecation_is_a_newer_signed_entry(open_registry: Registry) -> None:
     m = image_metadata("deprecate", tag="stable")
     open_registry.upload(signed(m, ALICE, created=ago(days=1)))
     assert open_registry.tagged("alice@example.org", "stable") is not None
-    open_registry.upload(signed(dataclasses.replace(m, deprecated="CVE-2024-1"), ALICE, created=ago(hours=1)))
+    open_registry.upload(
+        signed(dataclasses.replace(m, deprecated="CVE-2024-1"), ALICE, created=ago(hours=1))
+    )
     assert open_registry.search(Query(identifier=m.identifier)).total == 0
     deprecated = open_registry.search(Query(identifier=m.identifier, status=Status.DEPRECATED))
     assert [r.deprecated for r in deprecated.rows] == ["CVE-2024-1"]
@@ -109,7 +111,10 @@ def test_read_only_replica_refuses_uploads(tmp_path: Path) -> None:
 
 def test_whitelisted_and_chained_signers_publish_at_once(tmp_path: Path) -> None:
     registry = registry_for(tmp_path, whitelist=frozenset({ALICE.subject}))
-    assert registry.upload(signed(image_metadata("wl"), ALICE, created=ago(hours=1))).outcome is Outcome.ACCEPTED
+    assert (
+        registry.upload(signed(image_metadata("wl"), ALICE, created=ago(hours=1))).outcome
+        is Outcome.ACCEPTED
+    )
     # Same DN, but a self-made certificate: it waits like any stranger.
     forged = registry.upload(signed(image_metadata("forged"), MALLORY, created=ago(hours=1)))
     assert MALLORY.subject == ALICE.subject and forged.outcome is Outcome.PENDING
@@ -162,10 +167,15 @@ def test_legacy_stratuslab_entries_go_through_the_same_rules(open_registry: Regi
     data = (anchors / "marketplace" / "stratuslab-ca-signed-4checksums.xml").read_bytes()
     result = open_registry.upload(data)
     assert result.outcome is Outcome.ACCEPTED and open_registry.signed_bytes(result.key) == data
-    assert open_registry.search(Query(identifier="BEE8-MMAw-Lk_IgsEExAy3d9R8h", status=Status.EXPIRED)).total == 1
+    assert (
+        open_registry.search(Query(identifier="BEE8-MMAw-Lk_IgsEExAy3d9R8h", status=Status.EXPIRED)).total
+        == 1
+    )
     # Endorsed 2011-01-24 with a certificate valid only from 2011-02-13: refused, rule named.
     with pytest.raises(VerificationError) as err:
-        open_registry.upload((anchors / "marketplace" / "stratuslab-full-selfsigned-signed.xml").read_bytes())
+        open_registry.upload(
+            (anchors / "marketplace" / "stratuslab-full-selfsigned-signed.xml").read_bytes()
+        )
     assert err.value.rule == "certificate-validity"
 
 
@@ -174,7 +184,9 @@ def test_reindex_rebuilds_the_same_answers_and_audit_finds_removals(open_registr
     open_registry.upload(signed(m, ALICE, created=ago(days=2)))
     open_registry.upload(signed(dataclasses.replace(m, deprecated="old"), ALICE, created=ago(days=1)))
     for i in range(3):
-        open_registry.upload(signed(image_metadata(f"other{i}", os="alpine"), ALICE, created=ago(hours=i + 1)))
+        open_registry.upload(
+            signed(image_metadata(f"other{i}", os="alpine"), ALICE, created=ago(hours=i + 1))
+        )
     before = open_registry.search(Query(status=Status.ALL, limit=100))
     open_registry.index.rebuild([], open_registry.log.head())
     assert open_registry.search(Query(status=Status.ALL)).total == 0
@@ -186,3 +198,50 @@ def test_reindex_rebuilds_the_same_answers_and_audit_finds_removals(open_registr
     open_registry.store.path(key).unlink()  # an attacker hides the deprecation
     report = open_registry.audit()
     assert report.problems == (f"removed: {key.relpath}",)
+
+
+def test_shipped_config_gives_the_documented_defaults(tmp_path: Path) -> None:
+    from marketplace.config import IndexBackend, default_config_path, load_config
+
+    config = load_config(default_config_path(), state=tmp_path / "state")
+    assert config.data_dir == tmp_path / "state" / "market"
+    assert (config.index_backend, config.pending, config.read_only) == (
+        IndexBackend.SQLITE,
+        PendingPolicy.QUEUE,
+        False,
+    )
+    assert (config.page_size, config.max_upload_bytes, config.whitelist, config.trust) == (
+        50,
+        1_048_576,
+        frozenset(),
+        (),
+    )
+
+
+def test_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
+    from imagekit.errors import InputError
+    from marketplace.config import load_config
+
+    path = tmp_path / "marketplace.conf"
+    path.write_text("[registry]\nread_only = perhaps\n")
+    with pytest.raises(
+        InputError, match=r"marketplace.conf:2:1: registry.read_only: expected true or false, got 'perhaps'"
+    ):
+        load_config(path)
+    path.write_text("[index]\n\nbackend = mysql\n")
+    with pytest.raises(InputError, match=r":3:1: index.backend: expected sqlite or postgres, got 'mysql'"):
+        load_config(path)
+    path.write_text("[uploads]\nwhitelists = x\n")
+    with pytest.raises(InputError, match="uploads.whitelists: unknown key"):
+        load_config(path)
+    with pytest.raises(InputError, match="not found"):
+        load_config(tmp_path / "missing.conf")
+    path.write_text(
+        "[uploads]\nwhitelist =\n    CN=A,C=EU\n    CN=B,C=EU\ntrust = ca.pem\n[registry]\ndata_dir = d\n"
+    )
+    config = load_config(path)
+    assert config.whitelist == {"CN=A,C=EU", "CN=B,C=EU"} and config.trust == (tmp_path / "ca.pem",)
+    assert (
+        config.data_dir == tmp_path / "d"
+        and load_config(path, data_dir=tmp_path / "x").data_dir == tmp_path / "x"
+    )

@@ -66,7 +66,9 @@ def test_ecdsa_signature(pki: Pki, unsigned: bytes) -> None:
     entry = verify_entry(signed, trust=TrustStore((pki.root.cert,)))
     assert entry.algorithm is SignatureAlgorithm.ECDSA_SHA256
     assert entry.endorser_email == "bob@example.org"
-    signed384 = sign_entry(unsigned, cert=pki.ec.cert, key=pki.ec.key, algorithm=SignatureAlgorithm.ECDSA_SHA384)
+    signed384 = sign_entry(
+        unsigned, cert=pki.ec.cert, key=pki.ec.key, algorithm=SignatureAlgorithm.ECDSA_SHA384
+    )
     assert verify_entry(signed384).algorithm is SignatureAlgorithm.ECDSA_SHA384
 
 

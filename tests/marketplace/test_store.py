@@ -14,7 +14,9 @@ from marketplace.store import EntryKey, PutOutcome, Store, sha256_hex
 ID = "MMZu9WvwKIro-rtBQfDk4PsKO7_"
 
 
-def key(created: str = "2024-01-01T00:00:00Z", email: str = "a@example.org", identifier: str = ID) -> EntryKey:
+def key(
+    created: str = "2024-01-01T00:00:00Z", email: str = "a@example.org", identifier: str = ID
+) -> EntryKey:
     return EntryKey(identifier, email, created)
 
 

@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from imagekit.errors import InputError, VerificationError
+from imagekit.errors import DataError, InputError, VerificationError
 from marketplace.certs import TrustStore
-from marketplace.metadata import Endorsement, Endorser, parse_metadata
+from marketplace.metadata import Endorsement, Endorser, parse_metadata, split_metadata_list
 from marketplace.signing import sign_entry, sign_metadata
 from marketplace.verify import verify_entry
 
@@ -24,6 +26,7 @@ MINIMAL = "marketplace/stratuslab-minimal-unsigned.xml"
 # The self-signed anchor was endorsed (2011-01-24) before its certificate's notBefore
 # (2011-02-13T23:20:10Z): it verifies only with a pinned time inside the certificate's life.
 FULL_AT = datetime(2011, 2, 14, tzinfo=UTC)
+_UNSIGNED = (Path(__file__).resolve().parents[3] / "shared" / "anchors" / MINIMAL).read_bytes()
 
 
 @functools.cache
@@ -67,24 +70,42 @@ def test_legacy_anchors_verify_with_pinned_time(anchors: Path) -> None:
     )
     assert full.algorithm.is_legacy and full.created == datetime(2011, 1, 24, 9, 59, 42, tzinfo=UTC)
     ca = verify_entry((anchors / CA).read_bytes())  # created lies inside the certificate's life
-    assert ca.metadata.identifier == "BEE8-MMAw-Lk_IgsEExAy3d9R8h" and ca.endorser_email == "jim.tester@example.org"
-    assert verify_entry((anchors / CA).read_bytes(), at=datetime(2012, 6, 1, tzinfo=UTC)).created == ca.created
+    assert (
+        ca.metadata.identifier == "BEE8-MMAw-Lk_IgsEExAy3d9R8h"
+        and ca.endorser_email == "jim.tester@example.org"
+    )
+    assert (
+        verify_entry((anchors / CA).read_bytes(), at=datetime(2012, 6, 1, tzinfo=UTC)).created == ca.created
+    )
     # A self-signed anchor is its own trust store.
-    assert len(verify_entry((anchors / FULL).read_bytes(), at=FULL_AT, trust=TrustStore((full.certificate,))).chain) == 1
+    assert (
+        len(
+            verify_entry(
+                (anchors / FULL).read_bytes(), at=FULL_AT, trust=TrustStore((full.certificate,))
+            ).chain
+        )
+        == 1
+    )
 
 
 def test_legacy_anchor_time_rules(anchors: Path) -> None:
     full = (anchors / FULL).read_bytes()
     assert rule_of(full) == "certificate-validity"  # at the endorsement time
     assert rule_of(full, at=datetime.now(UTC)) == "certificate-validity"
-    assert rule_of((anchors / CA).read_bytes(), at=datetime(2013, 2, 1, tzinfo=UTC)) == "certificate-validity"
+    assert (
+        rule_of((anchors / CA).read_bytes(), at=datetime(2013, 2, 1, tzinfo=UTC)) == "certificate-validity"
+    )
     assert rule_of(full, at=FULL_AT, allow_sha1=False) == "algorithm"
 
 
 @pytest.mark.parametrize("anchor", [FULL, CA])
 @pytest.mark.parametrize(
     ("old", "new"),
-    [(b"<slreq:bytes>1", b"<slreq:bytes>2"), (b"<slterms:os>ttylinux", b"<slterms:os>ttylinuy"), (b"@example.org<", b"@example.orh<")],
+    [
+        (b"<slreq:bytes>1", b"<slreq:bytes>2"),
+        (b"<slterms:os>ttylinux", b"<slterms:os>ttylinuy"),
+        (b"@example.org<", b"@example.orh<"),
+    ],
 )
 def test_one_byte_change_fails_legacy(anchors: Path, anchor: str, old: bytes, new: bytes) -> None:
     data = (anchors / anchor).read_bytes()
@@ -153,7 +174,8 @@ def test_wrapped_original_inside_an_extension_is_rejected(signed: bytes) -> None
     end = signed.index(b"</rdf:Description>") + len(b"</rdf:Description>")
     original = signed[start:end]
     evil = original.replace(b">debian<", b">evil<").replace(
-        b"</rdf:Description>", b"<ex:wrap xmlns:ex='http://example.org/'>" + original + b"</ex:wrap></rdf:Description>"
+        b"</rdf:Description>",
+        b"<ex:wrap xmlns:ex='http://example.org/'>" + original + b"</ex:wrap></rdf:Description>",
     )
     assert rule_of(signed[:start] + evil + signed[end:]) == "structure"
 
@@ -165,10 +187,19 @@ def test_reference_must_be_the_whole_document(signed: bytes) -> None:
 
 
 def test_only_profile_transforms_and_methods(signed: bytes) -> None:
-    xpath = b'<Transform Algorithm="http://www.w3.org/TR/1999/REC-xpath-19991116"><XPath>1</XPath></Transform>'
+    xpath = (
+        b'<Transform Algorithm="http://www.w3.org/TR/1999/REC-xpath-19991116"><XPath>1</XPath></Transform>'
+    )
     assert rule_of(signed.replace(b"</Transforms>", xpath + b"</Transforms>")) == "algorithm"
     hmac = b"http://www.w3.org/2000/09/xmldsig#hmac-sha1"
-    assert rule_of(re.sub(rb'SignatureMethod Algorithm="[^"]+"', b'SignatureMethod Algorithm="' + hmac + b'"', signed)) == "algorithm"
+    assert (
+        rule_of(
+            re.sub(
+                rb'SignatureMethod Algorithm="[^"]+"', b'SignatureMethod Algorithm="' + hmac + b'"', signed
+            )
+        )
+        == "algorithm"
+    )
 
 
 def test_comments_do_not_change_what_is_interpreted(signed: bytes) -> None:
@@ -190,11 +221,16 @@ def test_digest_must_cover_the_interpreted_document(signed: bytes) -> None:
 
 def _sign_with(pki: Pki, unsigned: bytes, **changes: object) -> bytes:
     cert = pki.ec.cert
-    good = Endorsement(NOW, Endorser("bob@example.org", "CN=Bob,O=imagekit PKI,C=EU", ("CN=Test Root CA,O=imagekit PKI,C=EU",)))
+    good = Endorsement(
+        NOW,
+        Endorser("bob@example.org", "CN=Bob,O=imagekit PKI,C=EU", ("CN=Test Root CA,O=imagekit PKI,C=EU",)),
+    )
     endorser = dataclasses.replace(good.endorser, **{k: v for k, v in changes.items() if k != "created"})  # type: ignore[arg-type]
     created = changes.get("created", NOW)
     assert isinstance(created, datetime)
-    return sign_metadata(parse_metadata(unsigned), cert=cert, key=pki.ec.key, endorsement=Endorsement(created, endorser))
+    return sign_metadata(
+        parse_metadata(unsigned), cert=cert, key=pki.ec.key, endorsement=Endorsement(created, endorser)
+    )
 
 
 def test_endorser_fields_must_match_the_certificate(pki: Pki, unsigned: bytes) -> None:
@@ -210,11 +246,18 @@ def test_certificate_must_be_valid_at_the_endorsement_time(pki: Pki, unsigned: b
     assert rule_of(_sign_with(pki, unsigned, created=NOW - timedelta(days=60))) == "certificate-validity"
     assert rule_of(_sign_with(pki, unsigned, created=NOW + timedelta(days=400))) == "certificate-validity"
     # An expired certificate still vouches for what it signed while it was valid ...
-    old = sign_metadata(parse_metadata(unsigned), cert=pki.expired.cert, key=pki.expired.key, created=NOW - timedelta(days=10))
+    old = sign_metadata(
+        parse_metadata(unsigned),
+        cert=pki.expired.cert,
+        key=pki.expired.key,
+        created=NOW - timedelta(days=10),
+    )
     assert verify_entry(old, trust=TrustStore((pki.root.cert,))).endorser_email == "eve@example.org"
     # ... but not when the caller pins "now".
     assert rule_of(old, at=NOW) == "certificate-validity"
-    future = sign_metadata(parse_metadata(unsigned), cert=pki.future.cert, key=pki.future.key, created=NOW + timedelta(days=2))
+    future = sign_metadata(
+        parse_metadata(unsigned), cert=pki.future.cert, key=pki.future.key, created=NOW + timedelta(days=2)
+    )
     assert rule_of(future, at=NOW) == "certificate-validity"
 
 
@@ -235,12 +278,17 @@ def test_chain_rules(pki: Pki, unsigned: bytes, tmp_path: Path) -> None:
     # The rogue CA shipping itself in KeyInfo does not make it trusted.
     rogue_chain = sign_entry(unsigned, cert=pki.rogue.cert, key=pki.rogue.key, chain=[pki.rogue_ca.cert])
     assert rule_of(rogue_chain, trust=root_store) == "chain"
-    not_ca = sign_entry(unsigned, cert=pki.under_not_ca.cert, key=pki.under_not_ca.key, chain=[pki.not_ca.cert])
+    not_ca = sign_entry(
+        unsigned, cert=pki.under_not_ca.cert, key=pki.under_not_ca.key, chain=[pki.not_ca.cert]
+    )
     assert rule_of(not_ca, trust=root_store) == "chain"
     # The chain is judged at the endorsement time too: the CA was not yet valid ten days ago.
     young = TrustStore((pki.young_ca.cert,))
     early = sign_metadata(
-        parse_metadata(unsigned), cert=pki.under_young.cert, key=pki.under_young.key, created=NOW - timedelta(days=10)
+        parse_metadata(unsigned),
+        cert=pki.under_young.cert,
+        key=pki.under_young.key,
+        created=NOW - timedelta(days=10),
     )
     assert rule_of(early, trust=young) == "chain"
     assert verify_entry(early, trust=young, at=NOW).endorser_email == "peggy@example.org"
@@ -285,3 +333,29 @@ def test_size_limit(signed: bytes) -> None:
     assert rule_of(padded) == "size"
     assert rule_of(signed, max_bytes=len(signed) - 1) == "size"
     assert verify_entry(signed, max_bytes=len(signed)).metadata.os == "debian"
+
+
+def test_entries_of_a_list_answer_still_verify(pki: Pki, signed: bytes, unsigned: bytes) -> None:
+    other = sign_entry(unsigned, cert=pki.rsa.cert, key=pki.rsa.key)
+    body = b"".join(e.split(b"?>", 1)[1] for e in (signed, other))
+    entries = split_metadata_list(
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<metadata>' + body + b"</metadata>"
+    )
+    assert [verify_entry(e).endorser_email for e in entries] == ["bob@example.org", "alice@example.org"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_mutated_signed_entry_never_verifies_silently(data: st.DataObject) -> None:
+    signed = sign_entry(_UNSIGNED, cert=shared_pki().ec.cert, key=shared_pki().ec.key, created=NOW)
+    start, end = signed.index(b"<rdf:Description"), signed.index(b"<SignatureValue>")
+    pos = data.draw(st.integers(start, end))
+    byte = data.draw(st.integers(0, 255).filter(lambda b: b != signed[pos]))
+    mutated = signed[:pos] + bytes([byte]) + signed[pos + 1 :]
+    try:
+        entry = verify_entry(mutated)
+    except (VerificationError, DataError):
+        return
+    # Only changes outside the signed content (e.g. inside a comment-free whitespace-insensitive
+    # spot of SignedInfo that C14N normalises) may pass, and then they change nothing interpreted.
+    assert entry.metadata == verify_entry(signed).metadata

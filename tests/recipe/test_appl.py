@@ -141,15 +141,21 @@ def test_inheritance_cycle_is_an_error(tmp_path: Path) -> None:
     write(tmp_path, "a.appl", "name: a\nappliances: [b]\n")
     write(tmp_path, "b.appl", "name: b\nappliances: [a]\n")
     [message] = errors_of(tmp_path / "a.appl")
-    assert "b.appl:2:14: appliances[0]: expected no inheritance cycle, got a.appl → b.appl → a.appl" in message
+    assert (
+        "b.appl:2:14: appliances[0]: expected no inheritance cycle, got a.appl → b.appl → a.appl" in message
+    )
 
 
 def test_missing_parent_and_errors_in_a_parent_name_that_file(tmp_path: Path) -> None:
     write(tmp_path, "bad.appl", "name: bad\nhardware:\n  memory: 100\n")
     child = write(tmp_path, "child.appl", "name: child\nappliances: [bad, nowhere]\n")
     messages = errors_of(child)
-    assert any(m.endswith("bad.appl:3:11: hardware.memory: expected a multiple of 64, got 100") for m in messages)
-    assert any(":2:19: appliances[1]: expected an appliance file" in m and "nowhere.appl" in m for m in messages)
+    assert any(
+        m.endswith("bad.appl:3:11: hardware.memory: expected a multiple of 64, got 100") for m in messages
+    )
+    assert any(
+        ":2:19: appliances[1]: expected an appliance file" in m and "nowhere.appl" in m for m in messages
+    )
 
 
 # --- variables -------------------------------------------------------------------------------
@@ -243,7 +249,12 @@ def test_users_and_builder_fields(tmp_path: Path) -> None:
     assert recipe.os.kernel_params == "console=ttyS0"
     assert [c.script for c in recipe.pre_commands] == ["echo pre"]
     [user] = recipe.users
-    assert (user.name, user.password, user.groups, user.ssh_keys) == ("alice", "pw", ("sudo",), ("ssh-ed25519 AAAA alice",))
+    assert (user.name, user.password, user.groups, user.ssh_keys) == (
+        "alice",
+        "pw",
+        ("sudo",),
+        ("ssh-ed25519 AAAA alice",),
+    )
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -251,7 +262,11 @@ def test_users_and_builder_fields(tmp_path: Path) -> None:
 CASES = [
     ("name: [x\n", "2:1: expected valid YAML"),
     ("name: n\nhardwear: {}\n", "2:1: hardwear: expected one of", "(did you mean 'hardware'?)"),
-    ("name: n\nhardware: {memroy: 64}\n", "2:12: hardware.memroy: expected one of cpus, memory, partitions", "did you mean 'memory'"),
+    (
+        "name: n\nhardware: {memroy: 64}\n",
+        "2:12: hardware.memroy: expected one of cpus, memory, partitions",
+        "did you mean 'memory'",
+    ),
     ("name: n\nhardware: {memory: 100}\n", "2:20: hardware.memory: expected a multiple of 64, got 100"),
     ("name: n\nhardware: {cpus: 17}\n", "hardware.cpus: expected an integer from 1 to 16, got 17"),
     ("name: n\nhardware: {cpus: two}\n", "hardware.cpus: expected an integer, got a string 'two'"),
@@ -263,20 +278,38 @@ CASES = [
     ("name: n\nrepos: [{name: r, baseurl: 'gopher://a'}]\n", "repos[0].baseurl: expected text matching"),
     ("name: n\nrepos: [{name: 'bad name', baseurl: 'http://a'}]\n", "repos[0].name: expected text matching"),
     ("name: n\npackages: ['bad/pkg']\n", "packages[0]: expected text matching"),
-    ("name: n\nhardware: {partitions: {'/': {size: 1, type: xfs}}}\n", "type: expected one of ext3, ext4, got 'xfs'"),
-    ("name: n\nhardware: {partitions: {'/': {size: 0}}}\n", "size: expected a number of at least 0.01, got 0"),
+    (
+        "name: n\nhardware: {partitions: {'/': {size: 1, type: xfs}}}\n",
+        "type: expected one of ext3, ext4, got 'xfs'",
+    ),
+    (
+        "name: n\nhardware: {partitions: {'/': {size: 0}}}\n",
+        "size: expected a number of at least 0.01, got 0",
+    ),
     ("name: n\nhardware: {partitions: {'home': {size: 1}}}\n", "expected an absolute mount point"),
     ("name: n\nappliances: ['a/b']\n", "appliances[0]: expected text matching"),
     ("name: n\ndefault_repos: maybe\n", "default_repos: expected true or false, got a string 'maybe'"),
     ("name: n\npackages: {a: 1}\n", "packages.a: expected one of excludes, includes, got unknown key 'a'"),
     ("name: n\npost: [a]\n", "post: expected a mapping, got a list"),
-    ("name: n\nimagekit: {firmware: efi}\n", "imagekit.firmware: expected one of bios, uefi, hybrid, got 'efi'"),
+    (
+        "name: n\nimagekit: {firmware: efi}\n",
+        "imagekit.firmware: expected one of bios, uefi, hybrid, got 'efi'",
+    ),
     ("name: n\nimagekit: {formats: [iso]}\n", "imagekit.formats[0]: expected one of raw, qcow2"),
     ("name: n\nimagekit: {formats: []}\n", "expected at least one output format"),
     ("name: n\nimagekit: {users: [{name: Bad User}]}\n", "imagekit.users[0].name: expected text matching"),
     ("name: n\nimagekit: {files: [{path: /a}]}\n", "imagekit.files[0]: expected a path and exactly one of"),
     ("name: n\nfiles: {'opt': [x]}\n", "files: expected an absolute destination, got 'opt/x'"),
     ("name: n\nname: m\n", "2:1: name: expected each key once"),
+    ("name: n\nimagekit: {hostname: web_1}\n", "imagekit.hostname: expected a host name, got 'web_1'"),
+    (
+        "name: n\nimagekit: {users: [{name: a, ssh_keys: [nope]}]}\n",
+        "imagekit.users.a.ssh_keys: expected a public key",
+    ),
+    (
+        "name: n\nimagekit: {install: {url: a, iso: b}}\n",
+        "imagekit.install: expected url, or iso with at most",
+    ),
     ("- a\n", "1:1: expected a mapping, got a list"),
 ]
 
@@ -313,3 +346,12 @@ def test_unreadable_and_unknown_suffix(tmp_path: Path) -> None:
     assert "expected a readable UTF-8 file" in errors_of(tmp_path / "binary.appl")[0]
     with pytest.raises(InputError, match="expected a recipe file ending in one of"):
         load_recipe(tmp_path / "recipe.json")
+
+
+def test_yaml_suffix_and_inheritance_keep_the_suffix(tmp_path: Path) -> None:
+    write(tmp_path, "base.yml", "name: base\nos: {name: debian, version: bookworm}\n")
+    child = write(tmp_path, "child.yml", "name: child\nappliances: [base]\n")
+    assert load(child).os.version == "bookworm"
+    (tmp_path / "t.xml").write_text((tmp_path / "child.yml").read_text())
+    with pytest.raises(InputError, match="expected well-formed XML"):
+        load_recipe(tmp_path / "t.xml")

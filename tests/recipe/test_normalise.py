@@ -14,6 +14,7 @@ import pytest
 
 from imagekit.recipe import load_recipe
 from imagekit.recipe.normalise import recipe_dict, recipe_hash, recipe_json
+
 from .conftest import ANCHORS, APPL_ANCHORS, REPO, SHIPPED, TDL_ANCHORS, anchor_id
 
 GOLDEN = Path(__file__).with_name("golden")
@@ -22,7 +23,12 @@ GOLDEN = Path(__file__).with_name("golden")
 def test_all_anchor_files_are_found() -> None:
     assert len(APPL_ANCHORS) == 22, "the issue promises 22 BoxGrinder files"
     assert len(TDL_ANCHORS) == 11, "and 11 Oz TDL files"
-    assert {p.name for p in SHIPPED} >= {"debian-12-minimal.appl", "debian-12-cloud.tdl", "base.appl", "webserver.appl"}
+    assert {p.name for p in SHIPPED} >= {
+        "debian-12-minimal.appl",
+        "debian-12-cloud.tdl",
+        "base.appl",
+        "webserver.appl",
+    }
 
 
 @pytest.mark.parametrize("path", [*APPL_ANCHORS, *TDL_ANCHORS, *SHIPPED], ids=anchor_id)

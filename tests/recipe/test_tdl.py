@@ -74,9 +74,13 @@ def test_extension_namespace(tmp_path: Path) -> None:
   <ik:kernel>generic</ik:kernel>
   <ik:context-agent>cloud-init</ik:context-agent>
   <ik:hostname>h</ik:hostname>
-  <ik:users><ik:user name='bob' password='pw'><ik:ssh-key>ssh-rsa AAAA bob</ik:ssh-key><ik:group>adm</ik:group></ik:user></ik:users>
+  <ik:users><ik:user name='bob' password='pw'>
+    <ik:ssh-key>ssh-rsa AAAA bob</ik:ssh-key><ik:group>adm</ik:group>
+  </ik:user></ik:users>
   <ik:cpus>2</ik:cpus><ik:memory>1024</ik:memory>
-  <ik:partitions><ik:partition mount='/' size='2G'/><ik:partition mount='/srv' size='1024MiB' type='ext3'/></ik:partitions>
+  <ik:partitions>
+    <ik:partition mount='/' size='2G'/><ik:partition mount='/srv' size='1024MiB' type='ext3'/>
+  </ik:partitions>
   <ik:variables><ik:variable name='A'>1</ik:variable></ik:variables>
   <ik:platform-commands><ik:command name='ec2-1' platform='ec2'>echo</ik:command></ik:platform-commands>
 """
@@ -85,10 +89,17 @@ def test_extension_namespace(tmp_path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.firmware is Firmware.UEFI
     assert recipe.formats == (OutputFormat.RAW, OutputFormat.VDI)
-    assert (recipe.kernel_flavour, recipe.context_agent, recipe.hostname) == ("generic", ContextAgent.CLOUD_INIT, "h")
+    assert (recipe.kernel_flavour, recipe.context_agent, recipe.hostname) == (
+        "generic",
+        ContextAgent.CLOUD_INIT,
+        "h",
+    )
     assert recipe.users[0].ssh_keys == ("ssh-rsa AAAA bob",) and recipe.users[0].groups == ("adm",)
     assert (recipe.cpus, recipe.memory_mib, recipe.disk.size_mib) == (2, 1024, 3072)
-    assert [(p.mount, p.size_mib, p.fstype) for p in recipe.disk.partitions] == [("/", 2048, "ext4"), ("/srv", 1024, "ext3")]
+    assert [(p.mount, p.size_mib, p.fstype) for p in recipe.disk.partitions] == [
+        ("/", 2048, "ext4"),
+        ("/srv", 1024, "ext3"),
+    ]
     assert recipe.files[0].source is ContentSource.LOCAL and recipe.files[0].content == "/srv/x"
     assert recipe.repositories[0].mirrorlist == "http://m/list" and not recipe.repositories[0].url
     assert recipe.platform_commands[0].platform == "ec2"
@@ -122,26 +133,69 @@ CASES = [
     (HEAD + "</template>", "os: expected <os> (required), got nothing"),
     ("<template>" + OS + "</template>", "name: expected <name> (required)"),
     (HEAD + OS.replace("x86_64", "x86"), "os.arch: expected one of i386, x86_64"),
-    (HEAD + OS.replace("<install type='url'>", "<install type='cd'>"), "os.install@type: expected url or iso, got 'cd'"),
-    (HEAD + OS.replace("</url></install>", "</url><extras><file source='a' destination='b'/></extras></install>"),
-     "os.install.extras: expected extras only with install type iso"),
-    (HEAD + OS + "<repositories><repository name='r'><url>http://localhost/r</url></repository></repositories>",
-     "expected a URL the guest can reach, got localhost"),
-    (HEAD + OS + "<repositories><repository name='r'><url>http://a/</url><signed>maybe</signed></repository></repositories>",
-     "repositories.repository[0].signed: expected true, false, yes or no, got 'maybe'"),
-    (HEAD + OS + "<commands><command name='a' position='1'>x</command><command name='b'>y</command></commands>",
-     "commands: expected a position on every command or on none, got a mix"),
-    (HEAD + OS + "<commands><command name='a' position='1'>x</command><command name='b' position='3'>y</command></commands>",
-     "commands: expected positions 1..2 without gaps or repeats, got [1, 3]"),
-    (HEAD + OS + "<precommands><command name='a'>  </command></precommands>",
-     "precommands.command[0]: expected a non-empty command, got nothing"),
-    (HEAD + OS + "<files><file name='/a' type='base64'>!!!</file></files>", "files.file[0]: expected base64 content"),
-    (HEAD + OS + "<disk><size>10M</size></disk>", "disk.size: expected a whole number with an optional unit"),
-    (HEAD.replace("<template>", "<template version='2.0'>") + OS, "template@version: expected a TDL version of at most 1.0"),
+    (
+        HEAD + OS.replace("<install type='url'>", "<install type='cd'>"),
+        "os.install@type: expected url or iso, got 'cd'",
+    ),
+    (
+        HEAD
+        + OS.replace(
+            "</url></install>", "</url><extras><file source='a' destination='b'/></extras></install>"
+        ),
+        "os.install.extras: expected extras only with install type iso",
+    ),
+    (
+        HEAD
+        + OS
+        + "<repositories><repository name='r'><url>http://localhost/r</url></repository></repositories>",
+        "expected a URL the guest can reach, got localhost",
+    ),
+    (
+        HEAD
+        + OS
+        + "<repositories><repository name='r'><url>http://a/</url><signed>maybe</signed></repository></repositories>",
+        "repositories.repository[0].signed: expected true, false, yes or no, got 'maybe'",
+    ),
+    (
+        HEAD
+        + OS
+        + "<commands><command name='a' position='1'>x</command><command name='b'>y</command></commands>",
+        "commands: expected a position on every command or on none, got a mix",
+    ),
+    (
+        HEAD
+        + OS
+        + "<commands><command name='a' position='1'>x</command>"
+        + "<command name='b' position='3'>y</command></commands>",
+        "commands: expected positions 1..2 without gaps or repeats, got [1, 3]",
+    ),
+    (
+        HEAD + OS + "<precommands><command name='a'>  </command></precommands>",
+        "precommands.command[0]: expected a non-empty command, got nothing",
+    ),
+    (
+        HEAD + OS + "<files><file name='/a' type='base64'>!!!</file></files>",
+        "files.file[0]: expected base64 content",
+    ),
+    (
+        HEAD + OS + "<disk><size>10M</size></disk>",
+        "disk.size: expected a whole number with an optional unit",
+    ),
+    (
+        HEAD.replace("<template>", "<template version='2.0'>") + OS,
+        "template@version: expected a TDL version of at most 1.0",
+    ),
     (HEAD.replace("<template>", "<template version='0.9'>") + OS, "expected what tdl.rng allows"),
     (HEAD.replace("<name>t</name>", "<name x='1'>t</name>") + OS, "expected what tdl.rng allows"),
-    (HEAD + OS + "<packages><package/></packages>", "packages.package[0]@name: expected an attribute (required)"),
+    (
+        HEAD + OS + "<packages><package/></packages>",
+        "packages.package[0]@name: expected an attribute (required)",
+    ),
     ("<recipe/>", "expected a <template> document, got <recipe>"),
+    (
+        HEAD + OS + "<files><file name='etc/x'>y</file></files>",
+        "files.file[0]@name: expected an absolute path",
+    ),
 ]
 
 
@@ -160,8 +214,10 @@ EXT_CASES = [
     ("<ik:firmware>efi</ik:firmware>", "ik:firmware: expected one of bios, uefi, hybrid, got 'efi'"),
     ("<ik:formats>qcow2 iso</ik:formats>", "ik:formats: expected formats from"),
     ("<ik:firmwear>uefi</ik:firmwear>", "(did you mean 'firmware'?)"),
+    ("<ik:hostname>-bad-</ik:hostname>", "ik:hostname: expected a host name, got '-bad-'"),
+    ("<ik:users><ik:user name='u'><ik:ssh-key>x</ik:ssh-key></ik:user></ik:users>", "a public key"),
     ("<ik:cpus>99</ik:cpus>", "ik:cpus: expected a whole number from 1 to 16, got '99'"),
-    ("<ik:users><ik:user><ik:key>k</ik:key></ik:user></ik:users>", "ik:users.user[0]@name: expected a user name"),
+    ("<ik:users><ik:user><ik:key>k</ik:key></ik:user></ik:users>", "ik:users.user[0]@name: expected a user"),
     ("<ik:partitions><ik:partition mount='/' size='1G'/></ik:partitions><disk><size>2</size></disk>",
      "disk.size: expected the sum of ik:partitions (1024 MiB), got 2048 MiB"),
 ]  # fmt: skip
@@ -185,9 +241,16 @@ def test_all_errors_of_a_file_in_one_run(tmp_path: Path) -> None:
 def test_recipe_fields_from_anchors() -> None:
     examples = ANCHORS / "oz" / "examples"
     freebsd: Recipe = load_recipe(examples / "freebsd10.tdl")
-    assert (freebsd.root_password, freebsd.disk.size_mib, freebsd.install and freebsd.install.kind) == ("blabla", 1024, "iso")
+    assert (freebsd.root_password, freebsd.disk.size_mib, freebsd.install and freebsd.install.kind) == (
+        "blabla",
+        1024,
+        "iso",
+    )
     assert load_recipe(examples / "win2k.tdl").os.product_key == "MY_KEY_HERE"
     pkg = load_recipe(examples / "test-11-description-packages-repositories.tdl").packages[0]
     assert (pkg.repository, pkg.file, pkg.arguments) == ("myrepo", "myfilename", "args")
     file = load_recipe(examples / "f18file.tdl").files[0]
-    assert (file.source, file.content) == (ContentSource.URL, "https://www.kernel.org/pub/linux/kernel/README")
+    assert (file.source, file.content) == (
+        ContentSource.URL,
+        "https://www.kernel.org/pub/linux/kernel/README",
+    )

@@ -1,0 +1,173 @@
+"""boot-test: verifying an agent report against the context, and real boots of built images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from context.boottest import _nics, detect_firmware, expected_hostname, verify_report
+from context.model import Lease, ResolvedContext
+from imagekit.agent import AgentReport, NicReport
+from imagekit.cli import main
+from imagekit.errors import VerificationError
+from imagekit.recipe.model import Firmware
+
+REPO = Path(__file__).resolve().parents[2]
+MAC = "02:00:c0:a8:7a:01"
+VARS = {
+    "SET_HOSTNAME": "boot test_0",
+    "ETH0_MAC": MAC,
+    "ETH0_IP": "192.168.122.1",
+    "SSH_PUBLIC_KEY": "ssh-ed25519 AAAA k",
+}
+
+
+def _report(**kw: Any) -> AgentReport:
+    base: dict[str, Any] = {
+        "status": "ok",
+        "hostname": "boot-test-0",
+        "nics": (NicReport("ETH0", "enp0s1", MAC, "192.168.122.1", 24),),
+        "user": "root",
+        "ssh_keys": 1,
+        "init_scripts": ("init.sh:0",),
+    }
+    return AgentReport(**{**base, **kw})
+
+
+def test_a_complete_report_passes() -> None:
+    checks = verify_report(_report(), VARS, demo=True)
+    assert checks == [
+        "hostname boot-test-0",
+        f"enp0s1 {MAC} 192.168.122.1",
+        "1 SSH key(s) for root",
+        "init script init.sh ran",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("report", "rule"),
+    [
+        (_report(status="no-context"), "boot-test.context"),
+        (_report(hostname="debian"), "boot-test.hostname"),
+        (_report(nics=()), "boot-test.nic"),
+        (_report(nics=(NicReport("ETH0", "enp0s1", MAC, "10.0.2.15"),)), "boot-test.nic"),
+        (_report(ssh_keys=0), "boot-test.ssh"),
+        (_report(init_scripts=("init.sh:1",)), "boot-test.init"),
+        (_report(init_scripts=()), "boot-test.init"),
+        (_report(status="error", errors=("dns: x",)), "boot-test.agent"),
+    ],
+)
+def test_what_is_missing_fails(report: AgentReport, rule: str) -> None:
+    with pytest.raises(VerificationError) as info:
+        verify_report(report, VARS, demo=True)
+    assert info.value.rule == rule
+
+
+def test_expected_hostname_follows_one_context() -> None:
+    assert expected_hostname({"SET_HOSTNAME": "-my host!-", "HOSTNAME": "x"}) == "my-host"
+    assert expected_hostname({"HOSTNAME": "h.example.org"}) == "h.example.org"
+    assert expected_hostname({}) == ""
+
+
+def test_nics_come_from_leases_else_from_eth_macs() -> None:
+    lease = Lease(0, "n", "10.0.0.1", "02:00:0A:00:00:01")
+    assert [n.mac for n in _nics(ResolvedContext(0, {}, (), (lease,)))] == ["02:00:0a:00:00:01"]
+    hand = {"ETH10_MAC": "02:00:00:00:00:0a", "ETH2_MAC": "02:00:00:00:00:02", "ETH3_MAC": ""}
+    assert [n.mac for n in _nics(ResolvedContext(0, hand))] == ["02:00:00:00:00:02", "02:00:00:00:00:0a"]
+
+
+def test_detect_firmware_from_the_boot_sector(tmp_path: Path) -> None:
+    img = tmp_path / "a.img"
+    img.write_bytes(b"\0" * 1024 * 1024)
+    assert detect_firmware(img, "raw", tmp_path) is Firmware.UEFI
+    with img.open("r+b") as f:
+        f.write(b"\xfa\x31\xc0")  # syslinux's mbr.bin starts like this
+    assert detect_firmware(img, "raw", tmp_path) is Firmware.BIOS
+
+
+def test_missing_image_is_an_input_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["boot-test", str(tmp_path / "none.qcow2")]) == 1
+    assert "no such image file" in capsys.readouterr().err
+
+
+# --- real boots (TCG): the shipped recipes' images, built once per session by tests/build ---
+
+
+@pytest.mark.slow
+def test_boot_test_bios_default_context(minimal_image: Any, tmp_path: Path) -> None:
+    """The CLI as a user runs it: the demo context (hostname, NIC, SSH key, init script)."""
+    log = tmp_path / "serial.log"
+    proc = subprocess.run(
+        [
+            REPO / ".venv/bin/imagekit",
+            "--state",
+            tmp_path / "state",
+            "boot-test",
+            minimal_image.path,
+            "--firmware",
+            "bios",
+            "--json",
+            "--serial-log",
+            log,
+        ],
+        capture_output=True,
+        timeout=900,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "IMAGEKIT_ACCEL": "tcg"},
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["agent"] == "imagekit" and result["firmware"] == "bios"
+    report = result["report"]
+    assert report["status"] == "ok" and report["hostname"] == "boot-test-0"
+    assert report["nics"][0]["mac"] == "02:00:c0:a8:7a:01" and report["nics"][0]["ip"] == "192.168.122.1"
+    assert report["ssh_keys"] == 1 and report["init_scripts"] == ["init.sh:0"]
+    assert "IMAGEKIT-BOOT-TEST-MARKER boot-test-0 192.168.122.1" in log.read_text(errors="replace")
+    print(f"BIOS boot-to-context-applied: {result['seconds']} s")
+
+
+@pytest.mark.slow
+def test_boot_test_uefi_with_a_template(
+    cloud_image: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user template: a FIXED network lease, START_SCRIPT, a password and a second key."""
+    monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
+    state = tmp_path / "state"
+    (tmp_path / "lan.net").write_text(
+        'NAME = "lan"\nTYPE = "FIXED"\nGATEWAY = "10.1.0.254"\nDNS = "10.1.0.253"\n'
+        'NETWORK_MASK = "255.255.0.0"\nLEASES = [ IP = "10.1.2.3", MAC = "02:00:0a:01:02:03" ]\n'
+    )
+    (tmp_path / "vm.one").write_text(
+        'NAME = "web"\nNIC = [ NETWORK = "lan" ]\nCONTEXT = [ NETWORK = "YES", HOSTNAME = "web-$VMID",\n'
+        '  USERNAME = "ops", PASSWORD = "s3cret",\n'
+        '  SSH_PUBLIC_KEY = "ssh-ed25519 AAAAone a\nssh-ed25519 AAAAtwo b",\n'
+        '  START_SCRIPT = "echo IMAGEKIT-START-SCRIPT-RAN > /dev/ttyS0" ]\n'
+    )
+    assert main(["--state", str(state), "net", "create", str(tmp_path / "lan.net")]) == 0
+    capsys.readouterr()
+    log = tmp_path / "serial.log"
+    code = main(
+        [
+            "--state",
+            str(state),
+            "boot-test",
+            str(cloud_image.path),
+            "--context",
+            str(tmp_path / "vm.one"),
+            "--firmware",
+            "uefi",
+            "--serial-log",
+            str(log),
+        ]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    assert "context applied by imagekit" in out.out and "(uefi, tcg)" in out.out
+    assert "ok  hostname web-0" in out.out and "02:00:0a:01:02:03 10.1.2.3" in out.out
+    assert "ok  2 SSH key(s) for ops" in out.out
+    console = log.read_text(errors="replace")
+    assert "IMAGEKIT-START-SCRIPT-RAN" in console
+    assert '"password":true' in console and '"start_script":0' in console

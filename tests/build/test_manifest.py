@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from lxml import etree
+
+from imagekit.build import formats, manifest
+from imagekit.recipe.model import Firmware, OperatingSystem, OutputFormat, Recipe, SourceFormat
+
+RECIPE = Recipe(
+    name="web<1>", os=OperatingSystem("Debian", "12"), source_path=Path("w.appl"),
+    source_format=SourceFormat.APPL, cpus=2, memory_mib=1024, hostname="web",
+)  # fmt: skip
+
+
+def test_checksums_match_hashlib(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"imagekit" * 1_000_000)
+    sums = manifest.checksums(f)
+    for name in ("md5", "sha1", "sha256", "sha512"):
+        assert sums[name] == hashlib.new(name, f.read_bytes()).hexdigest()
+
+
+def test_describe_output_uses_the_final_path(tmp_path: Path) -> None:
+    dest = tmp_path / "x.raw"
+    partial = formats.partial_name(dest)
+    partial.write_bytes(b"abc")
+    out = manifest.describe_output(formats.Staged(partial, dest, OutputFormat.RAW), 3, {"md5": "m"})
+    assert out.path == dest and out.size == 3 and out.checksums == {"md5": "m"}
+
+
+def test_libvirt_xml_is_valid_and_escaped(tmp_path: Path) -> None:
+    xml = manifest.libvirt_xml(RECIPE, tmp_path / "a b.qcow2", OutputFormat.QCOW2, Firmware.UEFI)
+    dom = etree.fromstring(xml.encode())
+    assert dom.findtext("name") == "web<1>"
+    assert dom.find("devices/disk/driver").get("type") == "qcow2"  # type: ignore[union-attr]
+    assert dom.find("devices/disk/source").get("file") == str(tmp_path / "a b.qcow2")  # type: ignore[union-attr]
+    assert dom.findtext("os/loader") == manifest.OVMF_CODE
+    assert dom.findtext("vcpu") == "2" and dom.findtext("memory") == "1024"
+    bios = etree.fromstring(
+        manifest.libvirt_xml(RECIPE, tmp_path / "a", OutputFormat.VHD, Firmware.BIOS).encode()
+    )
+    assert bios.find("os/loader") is None
+    assert bios.find("devices/disk/driver").get("type") == "vpc"  # type: ignore[union-attr]
+
+
+def test_opennebula_template() -> None:
+    text = manifest.opennebula_template(RECIPE, Path('/img/"x".qcow2'), OutputFormat.QCOW2, Firmware.BIOS)
+    assert 'NAME = "web<1>"' in text and "MEMORY = 1024" in text
+    assert 'PATH = "/img/\\"x\\".qcow2"' in text
+    assert 'SET_HOSTNAME = "web"' in text and 'DRIVER = "qcow2"' in text
+
+
+def test_manifest_document_is_json() -> None:
+    out = manifest.OutputFile(OutputFormat.QCOW2, Path("/o/x.qcow2"), 10, 8, 100, {"sha256": "s"})
+    doc = manifest.manifest(
+        RECIPE, recipe_hash="h", recipe_normalised='{"name": "web<1>"}', firmware=Firmware.BIOS, disk_size=100,
+        outputs=[out], packages=(manifest.InstalledPackage("bash", "5.2", "amd64"),), cache={"hit": True},
+        timings={"total": 1.0}, extras={"libvirt": "x.libvirt.xml", "opennebula": "x.one"}, partitions=[],
+    )  # fmt: skip
+    again = json.loads(json.dumps(doc))
+    assert again["outputs"][0] == {
+        "format": "qcow2", "file": "x.qcow2", "size": 10, "allocated": 8, "virtual_size": 100,
+        "checksums": {"sha256": "s"},
+    }  # fmt: skip
+    assert again["recipe"]["normalised"] == {"name": "web<1>"} and again["packages"][0]["name"] == "bash"
+
+
+def test_installed_packages_reads_the_trees_dpkg_database(tmp_path: Path) -> None:
+    status = tmp_path / "var/lib/dpkg/status"
+    status.parent.mkdir(parents=True)
+    status.write_text(
+        "Package: zlib1g\nStatus: install ok installed\nVersion: 1:1.2.13\nArchitecture: amd64\n\n"
+        "Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2\nArchitecture: amd64\n\n"
+    )
+    (tmp_path / "var/lib/dpkg/info").mkdir()
+    (tmp_path / "var/lib/dpkg/updates").mkdir()
+    got = manifest.installed_packages(tmp_path)
+    assert [(p.name, p.version) for p in got] == [("bash", "5.2.15-2"), ("zlib1g", "1:1.2.13")]

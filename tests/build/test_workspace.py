@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagekit.build import space
+from imagekit.build.workspace import BuildInterrupted, Workspace, interruptible, remove_tree
+from imagekit.errors import InputError
+from imagekit.recipe.model import OutputFormat
+
+
+def test_workspace_removed_on_success_and_failure(tmp_path: Path) -> None:
+    with Workspace.create(tmp_path) as ws:
+        (ws.root / "f").write_text("x")
+    assert not ws.base.exists()
+    with pytest.raises(RuntimeError), Workspace.create(tmp_path) as ws2:
+        os.chmod(ws2.root, 0o500)  # read-only dirs do not stop the clean-up
+        raise RuntimeError("boom")
+    assert not ws2.base.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_interrupts_and_stops_child_processes(tmp_path: Path) -> None:
+    with pytest.raises(BuildInterrupted), interruptible(), Workspace.create(tmp_path) as ws:
+        child = subprocess.Popen(["sleep", "60"])
+        os.kill(os.getpid(), signal.SIGTERM)
+    # The workspace reaps it (so Popen cannot see the status): it must simply be gone.
+    assert not Path(f"/proc/{child.pid}").exists()
+    assert not ws.base.exists()
+    assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_remove_tree_does_not_cross_devices(tmp_path: Path) -> None:
+    # /proc is another filesystem; a bind would be needed to put it inside the tree, so check
+    # the device rule directly on a tree whose top is on another device than /proc.
+    (tmp_path / "a/b").mkdir(parents=True)
+    (tmp_path / "a/b/f").write_text("x")
+    remove_tree(tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    remove_tree(tmp_path / "missing")
+
+
+def test_space_check(tmp_path: Path) -> None:
+    work, out = space.estimate(3072, (OutputFormat.QCOW2, OutputFormat.RAW))
+    assert work > out > 0
+    plenty = lambda p: space.Usage(10**12, 0, 10**12)  # noqa: E731
+    space.check_free_space({tmp_path: work, tmp_path / "out": out}, usage=plenty)
+    little = lambda p: space.Usage(10**12, 10**12 - 100 * 2**20, 100 * 2**20)  # noqa: E731
+    with pytest.raises(InputError, match=r"needs about \d+ MiB, 100 MiB free"):
+        space.check_free_space({tmp_path: work, tmp_path / "out": out}, usage=little)
