@@ -133,6 +133,9 @@ def _iso9660_name(name: str, *, is_dir: bool, taken: set[str]) -> str:
         candidate = stem[: room - len(suffix)] + suffix
 
 
+# Layouts are kept for small images only: a context ISO is tens of KB, and a cache of big
+# FILES payloads would just hold memory.
+REUSE_MAX_BYTES = 1 << 20
 _layouts = LayoutCache()
 _layouts_lock = threading.Lock()
 
@@ -155,7 +158,7 @@ def master(
         if layout is not None:
             return layout.fill([e.data for e in entries if e.data is not None])
     image, extents = _master(entries, label, epoch)
-    if reuse:
+    if reuse and len(image) <= REUSE_MAX_BYTES:
         with _layouts_lock:
             _layouts.put(shape, Layout.learn(image, extents))
     return image

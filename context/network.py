@@ -152,6 +152,12 @@ def network_from_template(t: Template, *, default_size: int = DEFAULT_NETWORK_SI
     name, _ = _required_single(t, "NAME")
     if not name.strip():
         raise InputError("NAME: expected a network name, got ''", where=_where(t, t.first("NAME")))
+    if (ar := t.first("AR")) is not None and t.first("TYPE") is None:
+        raise InputError(
+            "AR: address ranges (OpenNebula 4.8+) are not supported; use the 1.4 model, "
+            "TYPE=RANGED (NETWORK_ADDRESS, NETWORK_SIZE) or TYPE=FIXED (LEASES=[IP=…])",
+            where=_where(t, ar),
+        )
     type_text, type_attr = _required_single(t, "TYPE")
     try:
         kind = NetworkType(type_text.upper())

@@ -21,6 +21,9 @@ from pathlib import Path
 from imagekit.errors import DataError, InputError
 
 _SCHEMAS: dict[str, str] = {}
+# (database path, schema name) pairs already applied by this process: DDL runs once per
+# process, not on every connection (it costs more than the statements most callers run).
+_APPLIED: set[tuple[str, str]] = set()
 
 
 def schema(name: str, ddl: str) -> None:
@@ -50,9 +53,15 @@ class State:
             conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL keeps the database consistent across crashes; only the last
+            # commits may be lost on power failure, and each commit skips an fsync.
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            for ddl in _SCHEMAS.values():
-                conn.executescript(ddl)
+            for name, ddl in _SCHEMAS.items():
+                key = (str(self.db_path), name)
+                if key not in _APPLIED:
+                    conn.executescript(ddl)
+                    _APPLIED.add(key)
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.db_path}: state database unusable: {exc}") from None
         return conn

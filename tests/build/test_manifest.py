@@ -56,7 +56,8 @@ def test_opennebula_template() -> None:
 def test_manifest_document_is_json() -> None:
     out = manifest.OutputFile(OutputFormat.QCOW2, Path("/o/x.qcow2"), 10, 8, 100, {"sha256": "s"})
     doc = manifest.manifest(
-        RECIPE, recipe_hash="h", recipe_normalised='{"name": "web<1>"}', firmware=Firmware.BIOS, disk_size=100,
+        RECIPE, recipe_hash="h", recipe_normalised='{"name": "web<1>"}', firmware=Firmware.BIOS,
+        disk_size=100,
         outputs=[out], packages=(manifest.InstalledPackage("bash", "5.2", "amd64"),), cache={"hit": True},
         timings={"total": 1.0}, extras={"libvirt": "x.libvirt.xml", "opennebula": "x.one"}, partitions=[],
     )  # fmt: skip

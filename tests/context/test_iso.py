@@ -22,7 +22,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from context.contextsh import parse_context_sh
-from context.iso import DIR_MODE, FILE_MODE, IsoEntry, IsoFlavor, build_iso, master, write_iso_atomically
+from context.iso import (
+    DIR_MODE,
+    FILE_MODE,
+    IsoEntry,
+    IsoFlavor,
+    build_iso,
+    master,
+    opennebula_entries,
+    write_iso_atomically,
+)
 from context.isolayout import sectors
 from context.model import Lease, ResolvedContext
 from imagekit.errors import InputError
@@ -148,11 +157,13 @@ def test_cloud_init_reads_opennebula_iso(tmp_path: Path) -> None:
 
 
 def test_same_input_same_bytes(payload: tuple[Path, ...], monkeypatch: pytest.MonkeyPatch) -> None:
-    first = build_iso(_ctx(payload), IsoFlavor.OPENNEBULA)
+    entries = opennebula_entries(_ctx(payload))
+    first = master(entries, "CONTEXT", reuse=False)  # laid out by pycdlib, not refilled
     time.sleep(1.1)  # a clock tick that an unpinned timestamp would show
     monkeypatch.setenv("TZ", "Asia/Kolkata")
     time.tzset()
     try:
+        assert master(entries, "CONTEXT", reuse=False) == first
         assert build_iso(_ctx(payload), IsoFlavor.OPENNEBULA) == first
     finally:
         monkeypatch.undo()

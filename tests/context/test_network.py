@@ -94,6 +94,10 @@ def test_default_size() -> None:
         ("NAME=n\nTYPE=FIXED\nLEASES=[IP=1.2.3.4, MAC=zz]\n", r"LEASES\[0\]\.MAC: expected a MAC"),
         ("NAME=n\nTYPE=FIXED\nLEASES=1.2.3.4\n", r"LEASES\[0\]: expected \[IP=…, MAC=…\]"),
         ("NAME=[X=1]\nTYPE=FIXED\n", r"^net:1:1: NAME: expected a single value, got a vector$"),
+        (
+            "NAME=n\nAR=[TYPE=IP4, IP=10.0.0.1, SIZE=5]\n",
+            r"^net:2:1: AR: address ranges .* are not supported",
+        ),
     ],
 )
 def test_bad_networks(text: str, message: str) -> None:
