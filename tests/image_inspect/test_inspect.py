@@ -119,6 +119,6 @@ def test_customize_installs_the_agent_into_a_copy(
         g.mount_ro(dict(g.inspect_get_mountpoints(root))["/"], "/")
         for f in AGENT_FILES:
             assert g.read_file(str(f.path)) == f.content
-            assert g.stat(str(f.path))["mode"] & 0o777 == f.mode
+            assert g.statns(str(f.path))["st_mode"] & 0o777 == f.mode
         assert g.readlink(str(ENABLE_LINK)) == str(UNIT_PATH)
         assert g.cat("/etc/hostname") == "custom-1\n"
