@@ -48,38 +48,40 @@ state_schema.schema(
 )
 
 
-def _allocate_vmid(state: State, vmid: int | None, name: str, template: Path, keep: bool) -> int:
+def _allocate_vmid(db: sqlite3.Connection, vmid: int | None, name: str, template: Path, keep: bool) -> int:
     """Record the VM; AUTOINCREMENT never hands an id out twice, even after deletion."""
-    with state.transaction() as db:
-        if vmid is None:
-            # sqlite_sequence only exists after the first insert; start at 0 like oned's pool.
-            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'vms'").fetchone()
-            vmid = 0 if row is None else int(row["seq"]) + 1
-        try:
-            db.execute(
-                "INSERT INTO vms (vmid, name, template, kept, created) VALUES (?, ?, ?, ?, ?)",
-                (vmid, name, str(template), int(keep), time.time()),
-            )
-        except sqlite3.IntegrityError:
-            raise InputError(
-                f"VM {vmid} exists (kept or being created); pick another --vmid or "
-                f"`imagekit context release {vmid}`"
-            ) from None
+    if vmid is None:
+        # sqlite_sequence only exists after the first insert; start at 0 like oned's pool.
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'vms'").fetchone()
+        vmid = 0 if row is None else int(row["seq"]) + 1
+    try:
+        db.execute(
+            "INSERT INTO vms (vmid, name, template, kept, created) VALUES (?, ?, ?, ?, ?)",
+            (vmid, name, str(template), int(keep), time.time()),
+        )
+    except sqlite3.IntegrityError:
+        raise InputError(
+            f"VM {vmid} exists (kept or being created); pick another --vmid or "
+            f"`imagekit context release {vmid}`"
+        ) from None
     return vmid
 
 
-def _forget(state: State, vmid: int) -> None:
-    with state.transaction() as db:
-        db.execute("DELETE FROM vms WHERE vmid = ?", (vmid,))
+def _forget(db: sqlite3.Connection, vmid: int) -> None:
+    db.execute("DELETE FROM vms WHERE vmid = ?", (vmid,))
 
 
 def stored_context(state: State, vmid: int) -> dict[str, str] | None:
     """The resolved CONTEXT of a kept VM (for ``$<vmid>.VAR``), or None."""
     db = state.db()
     try:
-        row = db.execute("SELECT context FROM vms WHERE vmid = ? AND kept = 1", (vmid,)).fetchone()
+        return _stored_context(db, vmid)
     finally:
         db.close()
+
+
+def _stored_context(db: sqlite3.Connection, vmid: int) -> dict[str, str] | None:
+    row = db.execute("SELECT context FROM vms WHERE vmid = ? AND kept = 1", (vmid,)).fetchone()
     if row is None or row["context"] is None:
         return None
     try:
@@ -109,7 +111,8 @@ def release_vm(state: State, vmid: int, *, etc: Path | None = None) -> int:
     freed = NetworkStore(state, mac_prefix=load_settings(etc).mac_prefix).release_vm(vmid)
     if not known and not freed:
         raise InputError(f"no VM {vmid} holds leases or a context (see `imagekit context list`)")
-    _forget(state, vmid)
+    with state.transaction() as db:
+        _forget(db, vmid)
     return freed
 
 
@@ -141,17 +144,19 @@ def _under(real: str, directory: Path) -> bool:
 
 
 def _lease_nics(
-    store: NetworkStore, tmpl: Template, vmid: int
+    store: NetworkStore, db: sqlite3.Connection, tmpl: Template, vmid: int
 ) -> tuple[dict[int, Lease], dict[int, VirtualNetwork]]:
+    # NetworkStore.lease_all's steps on the caller's connection: prepare_context runs in one
+    # transaction (a connection per step cost more than the rest of the call together).
     requests = lease_requests(tmpl)
     networks: dict[int, VirtualNetwork] = {}
     for req in requests:
         try:
-            networks[req.nic_index] = store.get(req.network)
+            networks[req.nic_index] = store._get(db, req.network)
         except InputError as err:
             raise InputError(f"NIC: {err.reason}", where=req.where) from None
     try:
-        leased = store.lease_all(vmid, [(networks[r.nic_index], r.ip) for r in requests])
+        leased = [store._lease(db, networks[r.nic_index], vmid, r.ip) for r in requests]
     except InputError as err:
         # lease_all is all-or-nothing; find which NIC asked for the address to point at it.
         where = next((r.where for r in requests if r.ip and r.ip in err.reason), requests[0].where)
@@ -181,32 +186,41 @@ def prepare_context(
     if vmid is not None and vmid < 0:
         raise InputError(f"--vmid: expected a non-negative number, got {vmid}")
     store = NetworkStore(state, mac_prefix=settings.mac_prefix)
-    vmid = _allocate_vmid(state, vmid, tmpl.single("NAME") or "", template_path, keep)
-    done = False
-    try:
-        leases, networks = _lease_nics(store, tmpl, vmid)
-        vm = instantiate(tmpl, vmid=vmid, user=owner, images=images, leases=leases, networks=networks)
-        variables = resolve_context(vm, other_context=lambda other: stored_context(state, other))
-        context_attr = tmpl.first("CONTEXT")
-        where = f"{tmpl.source}:{context_attr.line}:{context_attr.column}" if context_attr else tmpl.source
-        for key in variables:
-            try:
-                check_key(key)
-            except InputError as err:
-                raise InputError(err.reason, where=where) from None
-        files = _collect_files(variables.get("FILES", ""), template_path.parent, where, settings)
-        ordered = tuple(leases[i] for i in sorted(leases))
-        if keep:
-            with state.transaction() as db:
-                db.execute(
-                    "UPDATE vms SET name = ?, context = ? WHERE vmid = ?",
-                    (vm.name, json.dumps(variables), vmid),
-                )
-        done = True
-    finally:
-        if not (done and keep):
-            store.release_vm(vmid)
-            _forget(state, vmid)
+    failure: Exception | None = None
+    # One transaction (a connection each for the id, the leases, every $<vmid>.VAR and the
+    # clean-up cost more than everything else). A VM not kept, or failing, still uses up its
+    # id: its row is deleted (sqlite_sequence keeps the id) and its leases roll back.
+    with state.transaction() as db:
+        vmid = _allocate_vmid(db, vmid, tmpl.single("NAME") or "", template_path, keep)
+        db.execute("SAVEPOINT vm")
+        try:
+            leases, networks = _lease_nics(store, db, tmpl, vmid)
+            vm = instantiate(tmpl, vmid=vmid, user=owner, images=images, leases=leases, networks=networks)
+            variables = resolve_context(vm, other_context=lambda other: _stored_context(db, other))
+            context_attr = tmpl.first("CONTEXT")
+            where = (
+                f"{tmpl.source}:{context_attr.line}:{context_attr.column}" if context_attr else tmpl.source
+            )
+            for key in variables:
+                try:
+                    check_key(key)
+                except InputError as err:
+                    raise InputError(err.reason, where=where) from None
+            files = _collect_files(variables.get("FILES", ""), template_path.parent, where, settings)
+            ordered = tuple(leases[i] for i in sorted(leases))
+        except Exception as exc:
+            failure = exc
+        if failure is None and keep:
+            db.execute("RELEASE vm")
+            db.execute(
+                "UPDATE vms SET name = ?, context = ? WHERE vmid = ?", (vm.name, json.dumps(variables), vmid)
+            )
+        else:
+            db.execute("ROLLBACK TO vm")
+            db.execute("RELEASE vm")
+            _forget(db, vmid)
+    if failure is not None:
+        raise failure
     log.debug(
         "VM %d: %d context variables, %d files, %d leases", vmid, len(variables), len(files), len(ordered)
     )

@@ -211,19 +211,15 @@ def _first_single(tmpl: Template, name: str) -> str:
     return attr.value if attr is not None and isinstance(attr.value, str) else ""
 
 
-def _vnet_attribute(vnet: VirtualNetwork, attr: str) -> str:
-    value = vnet.attribute(attr)
-    if value is not None:
-        return value
-    if attr in ("ID", "NETWORK_ID"):
-        return "" if vnet.id is None else str(vnet.id)
+def _vnet_derived(vnet: VirtualNetwork) -> dict[str, str]:
+    """What a network defines without having it as an attribute."""
     derived = {"NAME": vnet.name, "BRIDGE": vnet.bridge, "TYPE": vnet.type.value}
     if vnet.network_address:
         block = ranged_block(vnet)
         # A 1.4 RANGED network has no NETWORK_MASK attribute; its block defines one.
         derived["NETWORK_MASK"] = block.netmask
         derived["NETWORK_ADDRESS"] = vnet.network_address
-    return derived.get(attr, "")
+    return derived
 
 
 def _selected(vectors: list[Vector], key: str | None, value: str | None) -> Vector | None:
@@ -234,36 +230,66 @@ def _selected(vectors: list[Vector], key: str | None, value: str | None) -> Vect
 
 
 class Resolver:
+    """Values of references in one VM. The VM does not change while its CONTEXT is resolved,
+    so NIC selections and network attributes are looked up once per resolver."""
+
     def __init__(self, vm: VirtualMachine, other_context: OtherContext | None = None) -> None:
         self.vm = vm
         self.other_context = other_context
+        self._nic_networks: dict[tuple[str, str | None], tuple[Vector, VirtualNetwork] | None] = {}
+        self._vnet_derived: dict[int, dict[str, str]] = {}
 
     def single(self, name: str) -> str:
         vm = self.vm
-        specials = {
-            "UID": str(vm.user.uid),
-            "UNAME": vm.user.uname,
-            "GID": str(vm.user.gid),
-            "GNAME": vm.user.gname,
-            "NAME": vm.name,
-        }
         if name == "TEMPLATE":
             return vm_xml64(vm)
-        if name in specials:
-            return specials[name]
+        if name == "NAME":
+            return vm.name
+        if name == "UID":
+            return str(vm.user.uid)
+        if name == "UNAME":
+            return vm.user.uname
+        if name == "GID":
+            return str(vm.user.gid)
+        if name == "GNAME":
+            return vm.user.gname
         return _first_single(vm.template, name) or _first_single(vm.user.template, name)
+
+    def _nic_network(self, key: str, value: str | None) -> tuple[Vector, VirtualNetwork] | None:
+        """The first NIC whose ``key`` is ``value``, with its network if the VM has it."""
+        cache_key = (key, value)
+        if cache_key in self._nic_networks:
+            return self._nic_networks[cache_key]
+        nic = _selected(self.vm.template.vectors("NIC"), key, value)
+        net_id = nic.get("NETWORK_ID") if nic is not None else None
+        found = None
+        if nic is not None and net_id is not None and net_id.isdigit() and int(net_id) in self.vm.networks:
+            found = (nic, self.vm.networks[int(net_id)])
+        self._nic_networks[cache_key] = found
+        return found
+
+    def _vnet_attribute(self, vnet: VirtualNetwork, attr: str) -> str:
+        value = vnet.attribute(attr)
+        if value is not None:
+            return value
+        if attr in ("ID", "NETWORK_ID"):
+            return "" if vnet.id is None else str(vnet.id)
+        # Computed when first needed (a RANGED network's block), then kept.
+        derived = self._vnet_derived.get(id(vnet))
+        if derived is None:
+            derived = self._vnet_derived[id(vnet)] = _vnet_derived(vnet)
+        return derived.get(attr, "")
 
     def network(self, attr: str, key: str | None, value: str | None) -> str:
         if key not in ("NETWORK", "NETWORK_ID", "NIC_ID"):
             return ""
-        nic = _selected(self.vm.template.vectors("NIC"), key, value)
-        net_id = nic.get("NETWORK_ID") if nic is not None else None
-        if nic is None or net_id is None or not net_id.isdigit() or int(net_id) not in self.vm.networks:
+        found = self._nic_network(key, value)
+        if found is None:
             return ""
-        vnet = self.vm.networks[int(net_id)]
+        nic, vnet = found
         if attr == "TEMPLATE":
             return network_xml64(vnet)
-        return nic.get(attr) or _vnet_attribute(vnet, attr)
+        return nic.get(attr) or self._vnet_attribute(vnet, attr)
 
     def image(self, attr: str, key: str | None, value: str | None) -> str:
         if key not in ("IMAGE", "IMAGE_ID"):
@@ -293,15 +319,21 @@ class Resolver:
         return (vector.get(ref.attr) or "") if vector is not None else ""
 
     def substitute(self, text: str) -> str:
+        if "$" not in text and "\\" not in text:
+            return text  # nothing to substitute, nothing to unescape: parse_value gives [text]
         return "".join(p if isinstance(p, str) else self.value(p) + p.eoa for p in parse_value(text))
 
     def network_context(self) -> dict[str, str]:
         """The ETHn_* variables NETWORK=YES generates, for every NIC (n = its NIC_ID)."""
         out: dict[str, str] = {}
         for nic in self.vm.template.vectors("NIC"):
-            nic_id = nic.get("NIC_ID") or ""
+            # Vector.get semantics (upper-case keys, the first of a repeated key) as one dict.
+            values: dict[str, str] = {}
+            for k, v in reversed(nic.items):
+                values[k] = v
+            nic_id = values.get("NIC_ID") or ""
             for suffix, attr, alt, from_network in NETWORK_CONTEXT:
-                value = nic.get(attr) or (nic.get(alt) if alt else "") or ""
+                value = values.get(attr) or (values.get(alt) if alt else "") or ""
                 if not value and from_network:
                     value = self.network(attr, "NIC_ID", nic_id)
                 out[f"ETH{nic_id}_{suffix}"] = value

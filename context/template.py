@@ -1,7 +1,7 @@
 """OpenNebula's template language, parsed and written back the way oned does.
 
-The lexer mirrors oned's flex scanner (``src/parsers/template_parser.l``): rules are tried at
-each position and the longest match wins (ties go to the rule listed first), with two lexer
+The lexer mirrors oned's flex scanner (``src/parsers/template_parser.l``): at each position
+the longest match of its rules wins (ties go to the rule listed first), with two lexer
 states, ``INITIAL`` (names, ``=``, ``,``, ``]``, comments) and ``VALUE`` (right after ``=``:
 a quoted or unquoted value, or ``[``). The grammar is ``template_syntax.y``: single and vector
 attributes, ``NAME =`` + newline for an empty single, ``K=`` inside a vector is an error.
@@ -18,7 +18,7 @@ A ``#`` comment on the last line needs no trailing newline here (oned requires o
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 
@@ -27,16 +27,26 @@ from imagekit.errors import DataError, InputError
 
 CDATA_END = "]]>"
 
-# INITIAL-state rules, in oned's order (the order breaks ties between equally long matches).
-_COMMENT = re.compile(r"[ \t]*#[^\n]*(?:\n|\Z)")
-_BLANKS = re.compile(r"[ \t\n]+")
-_NAME = re.compile(r"[A-Za-z0-9_]+")
-_EQUAL = re.compile(r"[ \t]*=[ \t]*")
-_EQUAL_EMPTY = re.compile(r"[ \t]*=[ \t]*\n")
-_COMMA = re.compile(r"[ \t\n]*,[ \t\n]*")
-_CBRACKET = re.compile(r"[ \t\n]*\][ \t\n]*")
-# VALUE-state rules.
-_OBRACKET = re.compile(r"[ \t]*\[[ \t\n]*")
+# INITIAL state as one pattern. oned's rules, in its order: comment and blanks (skipped), NAME,
+# EQUAL, EQUAL_EMPTY, COMMA, CBRACKET; flex takes the longest match, ties to the earlier rule.
+# A regex alternation takes the first alternative that matches instead, so they are ordered
+# for that to be flex's pick: a name character starts only NAME. At a blank, `[ \t\n]+` is
+# shorter than any other rule matching there, and at most one other can match (each needs its
+# own character after the blanks), so blanks come last; `= \n` (EQUAL_EMPTY) is one character
+# longer than `= ` (EQUAL), so it comes before it. Each alternative has one group, at the
+# significant character the token points at. (tests/context/test_template.py checks this
+# against a rule-by-rule transcription.)
+_INITIAL = re.compile(
+    r"([A-Za-z0-9_]+)"
+    r"|[ \t]*(#)[^\n]*(?:\n|\Z)"
+    r"|[ \t]*(=)[ \t]*\n"
+    r"|[ \t]*(=)[ \t]*"
+    r"|[ \t\n]*(,)[ \t\n]*"
+    r"|[ \t\n]*(\])[ \t\n]*"
+    r"|([ \t\n])[ \t\n]*"
+)
+# VALUE-state rules (right after EQUAL): `[`, or the longer of a quoted and an unquoted value.
+_OBRACKET = re.compile(r"[ \t]*(\[)[ \t\n]*")
 _UNQUOTED = re.compile(r"[^=# \t\n,\[\]]+")
 _UNQUOTED_FULL = re.compile(r"[^=# \t\n,\[\]\"]+")
 
@@ -52,131 +62,96 @@ class Tok(Enum):
     EOF = "the end of the file"
 
 
-@dataclass(frozen=True)
-class Token:
-    kind: Tok
-    text: str
-    line: int
-    column: int
+# By group number of _INITIAL; None for what is skipped.
+_INITIAL_KINDS = (None, Tok.NAME, None, Tok.EQUAL_EMPTY, Tok.EQUAL, Tok.COMMA, Tok.CBRACKET, None)
+
+# (kind, text, offset of its significant character); kind None stands for the lexer error.
+Token = tuple[Tok | None, str, int]
 
 
-class _Lexer:
-    def __init__(self, text: str, source: str) -> None:
-        self.text = text
-        self.source = source
-        self.pos = 0
-        self.in_value = False
-        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    # Computed only for attribute names and errors, so counting is cheaper than an index.
+    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
 
-    def where(self, pos: int) -> str:
-        line, col = self.line_col(pos)
-        return f"{self.source}:{line}:{col}"
 
-    def line_col(self, pos: int) -> tuple[int, int]:
-        lo, hi = 0, len(self._line_starts) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self._line_starts[mid] <= pos:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo + 1, pos - self._line_starts[lo] + 1
+def _quoted_end(text: str, start: int) -> int:
+    """End (exclusive) of flex's longest match of ``"([^"]|\\")*"`` at ``start``, or -1.
 
-    def _token(self, kind: Tok, text: str, start: int, end: int) -> Token:
-        # Point at the significant character, not at the blanks a rule swallowed before it.
-        sig = start
-        while sig < end and self.text[sig] in " \t\n":
-            sig += 1
-        line, col = self.line_col(min(sig, len(self.text)))
-        self.pos = end
-        return Token(kind, text, line, col)
+    Every quote inside must follow a backslash, so the match ends at the first quote that
+    does not; when all of them do, it runs to the last quote of the input."""
+    last = -1
+    i = text.find('"', start + 1)
+    while i != -1:
+        last = i
+        if text[i - 1] != "\\":
+            return i + 1
+        i = text.find('"', i + 1)
+    return last + 1 if last != -1 else -1
 
-    def next(self) -> Token:
-        return self._next_value() if self.in_value else self._next_initial()
 
-    def _next_initial(self) -> Token:
-        text = self.text
-        while True:
-            if self.pos >= len(text):
-                line, col = self.line_col(self.pos)
-                return Token(Tok.EOF, "", line, col)
-            m = _NAME.match(text, self.pos)
-            if m:
-                # No other INITIAL rule can start with a name character: skip the contest.
-                start, self.pos = self.pos, m.end()
-                return self._token(Tok.NAME, m.group(), start, self.pos)
-            best: tuple[int, Tok | None] = (0, None)
-            skip = 0
-            for rx, kind in (
-                (_COMMENT, None),
-                (_BLANKS, None),
-                (_NAME, Tok.NAME),
-                (_EQUAL, Tok.EQUAL),
-                (_EQUAL_EMPTY, Tok.EQUAL_EMPTY),
-                (_COMMA, Tok.COMMA),
-                (_CBRACKET, Tok.CBRACKET),
-            ):
-                m = rx.match(text, self.pos)
-                if m and len(m.group()) > best[0]:
-                    best = (len(m.group()), kind)
-                    skip = 1 if kind is None else 0
-            length, kind = best
-            if length == 0:
-                if text[self.pos] == "\r":
-                    self.pos += 1
-                    continue
-                raise InputError(f"unexpected character {text[self.pos]!r}", where=self.where(self.pos))
-            if skip:
-                self.pos += length
+def _tokens(text: str, source: str) -> tuple[list[Token], InputError | None]:
+    """All tokens up to EOF, or up to the first character the scanner rejects: then the list
+    ends with a ``None`` token and the error, raised only when the parser gets there (oned's
+    parser pulls tokens one at a time, so an earlier syntax error is reported first)."""
+    tokens: list[Token] = []
+    append = tokens.append
+    match = _INITIAL.match
+    kinds = _INITIAL_KINDS
+    end = len(text)
+    cdata = CDATA_END in text
+    pos = 0
+
+    def error(message: str, at: int) -> tuple[list[Token], InputError]:
+        line, col = _line_col(text, at)
+        append((None, "", at))
+        return tokens, InputError(message, where=f"{source}:{line}:{col}")
+
+    while pos < end:
+        m = match(text, pos)
+        if m is None:
+            if text[pos] == "\r":
+                pos += 1
                 continue
-            assert kind is not None
-            start, end = self.pos, self.pos + length
-            if kind is Tok.EQUAL:
-                self.in_value = True
-            return self._token(kind, text[start:end], start, end)
-
-    def _quoted_end(self, start: int) -> int:
-        """End (exclusive) of flex's longest match of ``"([^"]|\\")*"`` at ``start``, or -1.
-
-        Every quote inside must follow a backslash, so the match ends at the first quote that
-        does not; when all of them do, it runs to the last quote of the input."""
-        last = -1
-        i = self.text.find('"', start + 1)
-        while i != -1:
-            last = i
-            if self.text[i - 1] != "\\":
-                return i + 1
-            i = self.text.find('"', i + 1)
-        return last + 1 if last != -1 else -1
-
-    def _next_value(self) -> Token:
-        self.in_value = False
-        text, pos = self.text, self.pos
-        eol = text.find("\n", pos)
-        if CDATA_END in text[pos : len(text) if eol == -1 else eol]:
-            raise InputError(f"{CDATA_END!r} is not allowed in a value", where=self.where(pos))
+            return error(f"unexpected character {text[pos]!r}", pos)
+        group = m.lastindex
+        assert group is not None
+        kind = kinds[group]
+        if kind is None:
+            pos = m.end()
+            continue
+        append((kind, m.group(), m.start(group)))
+        pos = m.end()
+        if kind is not Tok.EQUAL:
+            continue
+        # VALUE state: exactly one token.
+        if cdata:
+            eol = text.find("\n", pos)
+            if text.find(CDATA_END, pos, end if eol == -1 else eol) != -1:
+                return error(f"{CDATA_END!r} is not allowed in a value", pos)
         m = _OBRACKET.match(text, pos)
         if m:
-            return self._token(Tok.OBRACKET, m.group(), pos, m.end())
-        quoted_end = self._quoted_end(pos) if text.startswith('"', pos) else -1
+            append((Tok.OBRACKET, m.group(), m.start(1)))
+            pos = m.end()
+            continue
+        quoted_end = _quoted_end(text, pos) if text.startswith('"', pos) else -1
         m = _UNQUOTED.match(text, pos)
         unquoted_end = m.end() if m else -1
         if quoted_end == -1 and unquoted_end == -1:
-            got = "the end of the file" if pos >= len(text) else repr(text[pos])
-            raise InputError(f"expected a value after '=', got {got}", where=self.where(pos))
+            got = "the end of the file" if pos >= end else repr(text[pos])
+            return error(f"expected a value after '=', got {got}", pos)
         if quoted_end >= unquoted_end:
-            raw = text[pos + 1 : quoted_end - 1]
-            tok = self._token(Tok.STRING, _unescape(raw), pos, quoted_end)
+            # Only \" is an escape (template_syntax.y unescape()); every other backslash stays.
+            value = text[pos + 1 : quoted_end - 1].replace('\\"', '"')
+            value_end = quoted_end
         else:
-            tok = self._token(Tok.STRING, text[pos:unquoted_end], pos, unquoted_end)
-        if CDATA_END in tok.text:
-            raise InputError(f"{CDATA_END!r} is not allowed in a value", where=self.where(pos))
-        return tok
-
-
-def _unescape(raw: str) -> str:
-    # Only \" is an escape (template_syntax.y unescape()); every other backslash stays.
-    return raw.replace('\\"', '"')
+            value = text[pos:unquoted_end]
+            value_end = unquoted_end
+        if cdata and CDATA_END in value:
+            return error(f"{CDATA_END!r} is not allowed in a value", pos)
+        append((Tok.STRING, value, pos))
+        pos = value_end
+    append((Tok.EOF, "", pos))
+    return tokens, None
 
 
 def attribute_name(name: str) -> str:
@@ -189,66 +164,85 @@ def attribute_name(name: str) -> str:
 
 
 class _Parser:
+    """template_syntax.y over the token list; ``i`` indexes the one-token lookahead. A token
+    is read only after the one before it was checked, so reads never pass EOF or the error."""
+
     def __init__(self, text: str, source: str) -> None:
-        self.lex = _Lexer(text, source)
+        self.text = text
         self.source = source
-        self.tok = self.lex.next()
+        self.tokens, self.error = _tokens(text, source)
 
-    def _advance(self) -> Token:
-        tok = self.tok
-        self.tok = self.lex.next()
-        return tok
+    def _where(self, pos: int) -> str:
+        line, col = _line_col(self.text, pos)
+        return f"{self.source}:{line}:{col}"
 
-    def _fail(self, expected: str, tok: Token) -> InputError:
-        got = tok.kind.value if tok.kind in (Tok.EOF, Tok.EQUAL_EMPTY) else repr(tok.text.strip())
-        return InputError(f"expected {expected}, got {got}", where=f"{self.source}:{tok.line}:{tok.column}")
-
-    def _at(self, kind: Tok) -> bool:
-        # A method, not an inline comparison: mypy would keep self.tok narrowed across _advance().
-        return self.tok.kind is kind
-
-    def _expect(self, kind: Tok, expected: str) -> Token:
-        if self.tok.kind is not kind:
-            raise self._fail(expected, self.tok)
-        return self._advance()
+    def _fail(self, expected: str, i: int) -> InputError:
+        kind, text, pos = self.tokens[i]
+        if kind is None:
+            # The scanner stopped here: its error comes first, as when oned's parser pulls it.
+            assert self.error is not None
+            return self.error
+        got = kind.value if kind in (Tok.EOF, Tok.EQUAL_EMPTY) else repr(text.strip())
+        return InputError(f"expected {expected}, got {got}", where=self._where(pos))
 
     def parse(self) -> Template:
         attributes: list[Attribute] = []
-        while not self._at(Tok.EOF):
-            attributes.append(self._attribute())
+        tokens = self.tokens
+        i = 0
+        while tokens[i][0] is not Tok.EOF:
+            i = self._attribute(i, attributes)
         return Template(tuple(attributes), source=self.source)
 
-    def _attribute(self) -> Attribute:
-        name_tok = self._expect(Tok.NAME, "an attribute name")
-        name = attribute_name(name_tok.text)
-        at = (name_tok.line, name_tok.column)
-        if self._at(Tok.EQUAL_EMPTY):
-            self._advance()
-            return Attribute(name, "", *at)
-        self._expect(Tok.EQUAL, f"'=' after {name_tok.text}")
-        if self._at(Tok.STRING):
-            return Attribute(name, self._advance().text, *at)
-        self._expect(Tok.OBRACKET, f"a value for {name}")
+    def _attribute(self, i: int, out: list[Attribute]) -> int:
+        """Parse the attribute at token ``i`` into ``out``; the index after it."""
+        tokens = self.tokens
+        kind, name_text, pos = tokens[i]
+        if kind is not Tok.NAME:
+            raise self._fail("an attribute name", i)
+        name = attribute_name(name_text)
+        line, col = _line_col(self.text, pos)
+        kind = tokens[i + 1][0]
+        if kind is Tok.EQUAL_EMPTY:
+            out.append(Attribute(name, "", line, col))
+            return i + 2
+        if kind is not Tok.EQUAL:
+            raise self._fail(f"'=' after {name_text}", i + 1)
+        kind, value, _ = tokens[i + 2]
+        if kind is Tok.STRING:
+            out.append(Attribute(name, value, line, col))
+            return i + 3
+        if kind is not Tok.OBRACKET:
+            raise self._fail(f"a value for {name}", i + 2)
+        i += 3
+        if tokens[i][0] is Tok.CBRACKET:
+            out.append(Attribute(name, Vector(), line, col))
+            return i + 1
         items: dict[str, str] = {}
-        if self._at(Tok.CBRACKET):
-            self._advance()
-            return Attribute(name, Vector(), *at)
         while True:
-            key_tok = self._expect(Tok.NAME, f"a key inside {name}=[…]")
-            key = key_tok.text.upper()
-            if self._at(Tok.EQUAL_EMPTY):
+            kind, key_text, key_pos = tokens[i]
+            if kind is not Tok.NAME:
+                raise self._fail(f"a key inside {name}=[…]", i)
+            key = key_text.upper()
+            kind = tokens[i + 1][0]
+            if kind is Tok.EQUAL_EMPTY:
                 raise InputError(
                     f'{name}.{key}: expected a value (write {key}="" for an empty one)',
-                    where=f"{self.source}:{key_tok.line}:{key_tok.column}",
+                    where=self._where(key_pos),
                 )
-            self._expect(Tok.EQUAL, f"'=' after {name}.{key}")
-            value = self._expect(Tok.STRING, f"a value for {name}.{key}").text
+            if kind is not Tok.EQUAL:
+                raise self._fail(f"'=' after {name}.{key}", i + 1)
+            kind, value, _ = tokens[i + 2]
+            if kind is not Tok.STRING:
+                raise self._fail(f"a value for {name}.{key}", i + 2)
             # oned builds the vector with std::map::insert: a repeated key keeps its first value.
             items.setdefault(key, value)
-            if self._at(Tok.CBRACKET):
-                self._advance()
-                return Attribute(name, Vector(tuple(items.items())), *at)
-            self._expect(Tok.COMMA, f"',' or ']' inside {name}=[…]")
+            kind = tokens[i + 3][0]
+            if kind is Tok.CBRACKET:
+                out.append(Attribute(name, Vector(tuple(items.items())), line, col))
+                return i + 4
+            if kind is not Tok.COMMA:
+                raise self._fail(f"',' or ']' inside {name}=[…]", i + 3)
+            i += 4
 
 
 def parse_template(text: str, source: str = "<string>") -> Template:

@@ -162,9 +162,11 @@ CREATE TABLE IF NOT EXISTS entries (
     bytes BIGINT, sha256 TEXT NOT NULL, latest SMALLINT NOT NULL DEFAULT 0,
     PRIMARY KEY (identifier, email, created)
 );
-CREATE INDEX IF NOT EXISTS entries_latest_created ON entries (latest, created);
+DROP INDEX IF EXISTS entries_latest_created;
+CREATE INDEX IF NOT EXISTS entries_created ON entries (created);
 CREATE INDEX IF NOT EXISTS entries_email ON entries (email, created);
-CREATE INDEX IF NOT EXISTS entries_os ON entries (os, os_arch, os_version, created);
+DROP INDEX IF EXISTS entries_os;
+CREATE INDEX IF NOT EXISTS entries_os_status ON entries (os, os_version, os_arch, latest, valid, deprecated);
 CREATE INDEX IF NOT EXISTS entries_tag ON entries (email, tag, created);
 CREATE TABLE IF NOT EXISTS endorsers (
     email TEXT NOT NULL, subject TEXT NOT NULL, issuer TEXT NOT NULL,
@@ -375,6 +377,9 @@ class SqlIndex:
                 )
             )
             self._set_head(cur, head)
+            conn.commit()
+            # Fresh statistics, so the planner keeps choosing the key for identifier lookups.
+            cur.execute("ANALYZE")
             conn.commit()
         return count
 

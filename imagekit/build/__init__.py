@@ -80,6 +80,8 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State) -> Build
     timings = StepTimings()
     firmware = options.firmware or recipe.firmware
     fmts = tuple(dict.fromkeys(options.formats or recipe.formats))
+    # Raw first: it is a hard link, and its (long) checksums then run beside the conversions.
+    convert_order = sorted(fmts, key=lambda f: f is not OutputFormat.RAW)
     agent_packages: tuple[str, ...] = ()
     if recipe.context_agent.wants_imagekit():
         from imagekit.agent import AGENT_PACKAGES
@@ -110,19 +112,21 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State) -> Build
         raw = ws.path("disk.raw")
         with step("assemble disk", timings):
             assemble_disk(recipe, layout, ws, raw)
+        ws.drop_root()  # its removal overlaps the conversions
         base = output_dir / safe_name(recipe.name)
         staged: list[formats.Staged] = []
         written: list[Path] = []
         pending: dict[Path, manifest.PendingChecksums] = {}
         try:
             with step("convert", timings):
-                for fmt in fmts:
+                for fmt in convert_order:
                     with step(fmt.value):
                         done = formats.convert(raw, fmt, base.with_name(f"{base.name}.{EXTENSIONS[fmt]}"))
                     staged.append(done)
                     # Hash each output while the next one converts.
                     pending[done.partial] = manifest.start_checksums(done.partial)
             with step("checksums", timings):
+                staged.sort(key=lambda s: fmts.index(s.format))  # the order asked for
                 outputs = [
                     manifest.describe_output(s, layout.size_bytes, pending[s.partial].result())
                     for s in staged

@@ -6,8 +6,9 @@ that come the settings: hostname, fstab, root password and users (passwords are 
 agent and the first-boot units. Last, :func:`clean` makes the tree a template: no apt lists,
 an empty machine-id, no SSH host keys.
 
-Commands run chrooted in a private mount namespace (``unshare --mount``) with /proc, /sys and
-/dev mounted there only: the mounts vanish with the process, whatever happens to the build.
+Commands run chrooted in private mount and PID namespaces (:data:`~.rootfs.NAMESPACES`) with
+/proc, /sys and /dev mounted there only: mounts and processes vanish with the command, whatever
+happens to the build.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import shlex
 import shutil
 from pathlib import Path, PurePosixPath
 
-from imagekit.errors import InputError
+from imagekit.errors import CommandError, InputError
 from imagekit.recipe.model import Recipe, User
 from imagekit.run import run
 
 from .disk import DiskLayout
 from .firstboot import install_first_boot, write
-from .rootfs import source_file_name
+from .rootfs import NAMESPACES, source_file_name
 from .sources import content_bytes
 
 _CHROOT_SETUP = (
@@ -35,12 +36,18 @@ _POLICY_RC = "#!/bin/sh\n# imagekit: no services start while building\nexit 101\
 
 def in_chroot(root: Path, script: str, *, step: str) -> None:
     """Run the shell ``script`` (fed on stdin, ``sh -e``) inside ``root``."""
-    run(
-        ["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-c", _CHROOT_SETUP, "sh", root],
-        input=script.encode(),
-        env={"DEBIAN_FRONTEND": "noninteractive", "HOME": "/root"},
-        step=step,
-    )
+    try:
+        run(
+            [*NAMESPACES, "sh", "-c", _CHROOT_SETUP, "sh", root],
+            input=script.encode(),
+            env={"DEBIAN_FRONTEND": "noninteractive", "HOME": "/root"},
+            step=step,
+        )
+    except CommandError as err:
+        if err.returncode == 127 and "unshare" in err.stderr_tail:
+            raise
+        # Name what failed (the script in the chroot), not the namespace wrapper around it.
+        raise CommandError(["chroot", root, "/bin/sh"], err.returncode, err.stderr_tail, step=step) from None
 
 
 def customize(recipe: Recipe, root: Path, layout: DiskLayout, *, install_agent: bool) -> None:

@@ -161,7 +161,9 @@ def plan_layout(
                 f"hardware.partitions.{mount}.type: expected ext2, ext3, ext4 or swap, got {part.fstype!r}"
             )
         if getattr(part, "passphrase", ""):
-            raise InputError(f"hardware.partitions.{mount}.passphrase: encrypted partitions are not supported")
+            raise InputError(
+                f"hardware.partitions.{mount}.passphrase: encrypted partitions are not supported"
+            )
         if mount == BOOT_MOUNT:
             raise InputError(f"hardware.partitions: {BOOT_MOUNT} is the boot partition imagekit makes")
         if mount == "/":

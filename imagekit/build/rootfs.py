@@ -29,6 +29,10 @@ STAGE_VERSION = 1
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
+# Private mount and PID namespaces for everything that runs in the image's tree: mounts made
+# there are invisible to the host and go away with the namespace, and when the wrapper is killed
+# (--kill-child) the namespace's init dies and the kernel kills every process left in it.
+NAMESPACES = ("unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child")
 ARCHES = {"x86_64": "amd64", "amd64": "amd64"}
 KERNELS = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
 # What every image needs to boot from our disk layout and be reachable: init, udev, an
@@ -157,8 +161,8 @@ def source_file_name(repo: Repository) -> str:
 def bootstrap(stage: PackageStage, root: Path, work: Path, *, recipe_repos: tuple[Repository, ...]) -> None:
     """Run mmdebstrap into the empty directory ``root``; hook scripts go to ``work``.
 
-    mmdebstrap runs in a private mount namespace, so the /proc, /sys and /dev mounts it makes
-    inside the tree vanish with it, even when it is killed.
+    mmdebstrap runs in private mount and PID namespaces, so the /proc, /sys and /dev mounts it
+    makes inside the tree and every process it starts vanish with it, even when it is killed.
     """
     hooks: list[str] = []
     # Recipe repositories go to their own list files so that non-persisted ones can be removed
@@ -174,10 +178,7 @@ def bootstrap(stage: PackageStage, root: Path, work: Path, *, recipe_repos: tupl
         run_it = f'chroot "$1" /bin/sh -e < {shlex.quote(str(path))}'
         hooks.append(f"--essential-hook={run_it} || {{ echo {fail} >&2; exit 1; }}")
     argv = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
+        *NAMESPACES,
         "mmdebstrap",
         "--mode=root",
         "--variant=minbase",

@@ -16,13 +16,15 @@ import contextlib
 import logging
 import os
 import signal
-import stat
 import tempfile
+import threading
 import time
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+
+from imagekit.run import run
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ def interruptible() -> Iterator[None]:
 @dataclass(frozen=True)
 class Workspace:
     base: Path
+    _background: list[threading.Thread] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     @contextlib.contextmanager
@@ -69,6 +72,8 @@ class Workspace:
             stop_children(exclude=before)
             raise
         finally:
+            for thread in ws._background:
+                thread.join()
             remove_tree(base)
 
     @property
@@ -77,6 +82,14 @@ class Workspace:
 
     def path(self, name: str) -> Path:
         return self.base / name
+
+    def drop_root(self) -> None:
+        """Remove the root tree in the background (it is in the disk image now); joined on exit."""
+        trash = self.path("root.removing")
+        os.rename(self.root, trash)
+        thread = threading.Thread(target=remove_tree, args=(trash,), name="imagekit-drop-root", daemon=True)
+        thread.start()
+        self._background.append(thread)
 
 
 def _children_of(pid: int) -> list[int]:
@@ -125,27 +138,10 @@ def _alive(pid: int) -> bool:
 
 
 def remove_tree(path: Path) -> None:
-    """``rm -rf path`` that never descends into a mount point (another st_dev)."""
-    try:
-        top = os.lstat(path)
-    except FileNotFoundError:
+    """``rm -rf`` that never descends into a mount point (``--one-file-system``)."""
+    if not path.exists() and not path.is_symlink():
         return
-    device = top.st_dev
-
-    def remove(p: str) -> None:
-        st = os.lstat(p)
-        if stat.S_ISDIR(st.st_mode):
-            if st.st_dev != device:
-                log.warning("not removing %s: another filesystem is mounted there", p)
-                return
-            os.chmod(p, 0o700)
-            with os.scandir(p) as entries:
-                names = [e.path for e in entries]
-            for child in names:
-                remove(child)
-            with contextlib.suppress(OSError):
-                os.rmdir(p)
-        else:
-            os.unlink(p)
-
-    remove(str(path))
+    # rm in C is several times faster than a Python walk over a 20,000-file root tree.
+    proc = run(["rm", "-rf", "--one-file-system", "--", path], check=False)
+    if proc.returncode != 0:
+        log.warning("could not remove all of %s: %s", path, proc.stderr.decode(errors="replace").strip())

@@ -6,8 +6,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +155,7 @@ def test_cloud_manifest_outputs_and_checksums(cloud_image: BuiltImage, cloud: Op
     ("change", "error", "message"),
     [
         ({"post_commands": (Command("boom", ContentSource.RAW, "echo oops >&2; exit 3"),)}, CommandError,
-         "command 'boom': sh exited with status 3: oops"),
+         "command 'boom': chroot exited with status 3: oops"),
         ({"files": (File("/etc/x", ContentSource.URL, "http://127.0.0.1:9/x"),)}, InputError,
          "file /etc/x: cannot fetch http://127.0.0.1:9/x"),
     ],
@@ -203,3 +206,38 @@ def test_missing_tool_is_named(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="check build tools: unshare not found") as caught:
         require_tools(Firmware.BIOS, (OutputFormat.QCOW2,), path=str(tmp_path))
     assert caught.value.hint and "make setup" in caught.value.hint
+
+
+def test_sigterm_during_a_build_cleans_up(
+    minimal_image: BuiltImage, build_state_dir: Path, tmp_path: Path
+) -> None:
+    text = (REPO / "recipes" / "debian-12-minimal.appl").read_text()
+    recipe = tmp_path / "slow.appl"
+    recipe.write_text(text + "post:\n  base:\n    - sleep 317\n")
+    out, work = tmp_path / "out", tmp_path / "tmp"
+    work.mkdir()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "imagekit"), "--state", str(build_state_dir), "build",
+         str(recipe), "-o", str(out)],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(work)},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("customize"):
+            break
+    time.sleep(2)  # inside the post-command's chroot by now
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "interrupted" in rest
+    assert list(work.iterdir()) == []
+    assert not out.exists() or list(out.iterdir()) == []
+    sleepers = [p for p in Path("/proc").glob("[0-9]*") if b"sleep\x00317" in _cmdline(p)]
+    assert sleepers == []
+
+
+def _cmdline(proc_dir: Path) -> bytes:
+    try:
+        return (proc_dir / "cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -280,3 +280,26 @@ def test_load_images_assigns_free_ids(tmp_path: Path) -> None:
     assert [(i.name, i.id) for i in images] == [("a", 1), ("b", 0)]
     with pytest.raises(InputError, match="image name 'a' is also used"):
         load_images([base / "a.image", base / "c.image"])
+
+
+def test_lookups_kept_per_vm_do_not_mix_nics_or_networks() -> None:
+    # Two NICs on the same network and one on another: every selection stays its own NIC's.
+    tmpl = parse_template(
+        'NIC = [ NETWORK = "Private LAN" ]\nNIC = [ NETWORK = "Private LAN", GATEWAY = "10.0.0.9" ]\n'
+        'NIC = [ NETWORK = "public net" ]\n'
+        'CONTEXT = [ NETWORK = "YES", A = "$NETWORK[GATEWAY, NIC_ID=0] $NETWORK[GATEWAY, NIC_ID=1]",'
+        ' B = "$NETWORK[IP, NIC_ID=1] $NETWORK[IP, NETWORK_ID=0] $NETWORK[NETWORK_MASK, NIC_ID=2]",'
+        ' C = "$NETWORK[NAME, NIC_ID=2] $NETWORK[ID, NIC_ID=2] $NETWORK[NAME, NIC_ID=7]" ]',
+        "vm.one",
+    )
+    leases = {
+        0: Lease(0, "Private LAN", "10.0.0.1", "02:00:0a:00:00:01", 5),
+        1: Lease(0, "Private LAN", "10.0.0.2", "02:00:0a:00:00:02", 5),
+        2: Lease(1, "public net", "130.10.0.1", "02:00:82:0a:00:01", 5),
+    }
+    vm = instantiate(tmpl, vmid=5, user=ALICE, leases=leases, networks={0: PRIVATE, 1: PRIVATE, 2: PUBLIC})
+    got = resolve_context(vm)
+    assert (got["A"], got["B"], got["C"]) == ("10.0.0.254 10.0.0.9", "10.0.0.2 10.0.0.1 ", "public net 1 ")
+    assert [got[f"ETH{n}_GATEWAY"] for n in range(3)] == ["10.0.0.254", "10.0.0.9", ""]
+    assert [got[f"ETH{n}_MASK"] for n in range(3)] == ["255.255.255.0", "255.255.255.0", ""]
+    assert [got[f"ETH{n}_DNS"] for n in range(3)] == ["10.0.0.253", "10.0.0.253", "8.8.8.8"]

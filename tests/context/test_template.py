@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -236,3 +238,214 @@ def test_repo_oned_conf_is_the_documented_default() -> None:
         (Path("/etc"),),
         (),
     )
+
+
+# --- Differential check against a literal transcription of the flex scanner ----------------
+# The lexer in context/template.py folds each state into one pattern. The oracle below tries
+# every rule at each position, keeps the longest match (ties to the rule listed first, as
+# flex does), computes positions eagerly and pulls tokens one at a time; both must agree on
+# every input: the same Template (positions included) or the same error at the same place.
+
+_O_RULES: tuple[tuple[re.Pattern[str], str | None], ...] = (
+    (re.compile(r"[ \t]*#[^\n]*(?:\n|\Z)"), None),
+    (re.compile(r"[ \t\n]+"), None),
+    (re.compile(r"[A-Za-z0-9_]+"), "NAME"),
+    (re.compile(r"[ \t]*=[ \t]*"), "EQUAL"),
+    (re.compile(r"[ \t]*=[ \t]*\n"), "EQUAL_EMPTY"),
+    (re.compile(r"[ \t\n]*,[ \t\n]*"), "COMMA"),
+    (re.compile(r"[ \t\n]*\][ \t\n]*"), "CBRACKET"),
+)
+_O_OBRACKET = re.compile(r"[ \t]*\[[ \t\n]*")
+_O_UNQUOTED = re.compile(r"[^=# \t\n,\[\]]+")
+_O_GOT = {"EOF": "the end of the file", "EQUAL_EMPTY": "'=' at the end of the line"}
+
+
+@dataclass(frozen=True)
+class _OToken:
+    kind: str
+    text: str
+    line: int
+    column: int
+
+
+class _OracleLexer:
+    def __init__(self, text: str, source: str) -> None:
+        self.text, self.source, self.pos, self.in_value = text, source, 0, False
+
+    def line_col(self, pos: int) -> tuple[int, int]:
+        before = self.text[:pos]
+        return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+
+    def error(self, message: str, pos: int) -> InputError:
+        line, col = self.line_col(pos)
+        return InputError(message, where=f"{self.source}:{line}:{col}")
+
+    def token(self, kind: str, text: str, start: int, end: int) -> _OToken:
+        sig = start
+        while sig < end and self.text[sig] in " \t\n":
+            sig += 1
+        self.pos = end
+        return _OToken(kind, text, *self.line_col(sig))
+
+    def next(self) -> _OToken:
+        if self.in_value:
+            self.in_value = False
+            return self.value()
+        text = self.text
+        while True:
+            if self.pos >= len(text):
+                return _OToken("EOF", "", *self.line_col(self.pos))
+            length, kind = 0, None
+            for rx, rule in _O_RULES:
+                m = rx.match(text, self.pos)
+                if m and len(m.group()) > length:
+                    length, kind = len(m.group()), rule
+            if length == 0:
+                if text[self.pos] != "\r":
+                    raise self.error(f"unexpected character {text[self.pos]!r}", self.pos)
+                self.pos += 1
+            elif kind is None:
+                self.pos += length
+            else:
+                self.in_value = kind == "EQUAL"
+                return self.token(kind, text[self.pos : self.pos + length], self.pos, self.pos + length)
+
+    def value(self) -> _OToken:
+        text, pos = self.text, self.pos
+        eol = text.find("\n", pos)
+        if "]]>" in text[pos : len(text) if eol == -1 else eol]:
+            raise self.error("']]>' is not allowed in a value", pos)
+        m = _O_OBRACKET.match(text, pos)
+        if m:
+            return self.token("OBRACKET", m.group(), pos, m.end())
+        quoted_end = -1
+        if text.startswith('"', pos):
+            # flex's longest match of "([^"]|\\")*": up to the last quote it can reach.
+            i = pos + 1
+            while (i := text.find('"', i)) != -1:
+                quoted_end = i + 1
+                if text[i - 1] != "\\":
+                    break
+                i += 1
+        m = _O_UNQUOTED.match(text, pos)
+        unquoted_end = m.end() if m else -1
+        if quoted_end == -1 and unquoted_end == -1:
+            got = "the end of the file" if pos >= len(text) else repr(text[pos])
+            raise self.error(f"expected a value after '=', got {got}", pos)
+        if quoted_end >= unquoted_end:
+            tok = self.token("STRING", text[pos + 1 : quoted_end - 1].replace('\\"', '"'), pos, quoted_end)
+        else:
+            tok = self.token("STRING", text[pos:unquoted_end], pos, unquoted_end)
+        if "]]>" in tok.text:
+            raise self.error("']]>' is not allowed in a value", pos)
+        return tok
+
+
+def _oracle_parse(text: str, source: str = "<string>") -> Template:
+    lex = _OracleLexer(text, source)
+    tok = lex.next()
+
+    def advance() -> _OToken:
+        nonlocal tok
+        current, tok = tok, lex.next()
+        return current
+
+    def expect(kind: str, expected: str) -> _OToken:
+        if tok.kind != kind:
+            got = _O_GOT.get(tok.kind) or repr(tok.text.strip())
+            raise InputError(f"expected {expected}, got {got}", where=f"{source}:{tok.line}:{tok.column}")
+        return advance()
+
+    attributes: list[Attribute] = []
+    while tok.kind != "EOF":
+        name_tok = expect("NAME", "an attribute name")
+        name, at = attribute_name(name_tok.text), (name_tok.line, name_tok.column)
+        if tok.kind == "EQUAL_EMPTY":
+            advance()
+            attributes.append(Attribute(name, "", *at))
+            continue
+        expect("EQUAL", f"'=' after {name_tok.text}")
+        if tok.kind == "STRING":
+            attributes.append(Attribute(name, advance().text, *at))
+            continue
+        expect("OBRACKET", f"a value for {name}")
+        items: dict[str, str] = {}
+        if tok.kind != "CBRACKET":
+            while True:
+                key_tok = expect("NAME", f"a key inside {name}=[…]")
+                key = key_tok.text.upper()
+                if tok.kind == "EQUAL_EMPTY":
+                    raise InputError(
+                        f'{name}.{key}: expected a value (write {key}="" for an empty one)',
+                        where=f"{source}:{key_tok.line}:{key_tok.column}",
+                    )
+                expect("EQUAL", f"'=' after {name}.{key}")
+                items.setdefault(key, expect("STRING", f"a value for {name}.{key}").text)
+                if tok.kind == "CBRACKET":
+                    break
+                expect("COMMA", f"',' or ']' inside {name}=[…]")
+        advance()
+        attributes.append(Attribute(name, Vector(tuple(items.items())), *at))
+    return Template(tuple(attributes), source=source)
+
+
+def _agree(text: str) -> None:
+    try:
+        expected = _oracle_parse(text, "t.one")
+    except InputError as err:
+        with pytest.raises(InputError) as got:
+            parse_template(text, "t.one")
+        assert str(got.value) == str(err)
+        return
+    assert parse_template(text, "t.one") == expected
+
+
+_FRAGMENTS = st.sampled_from(
+    ["A", "nic", "k_1", "9", " ", "\t", "\n", "\r", "=", " = ", "=\n", "= \t\n", "[", "]", ",", " , ",
+     '"', '"x y"', '"a\\"b"', '\\', "\\\"", "#", "# c\n", "]]>", "-", "é", "x=y", " ]\n", ",\n"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_FRAGMENTS, max_size=24).map("".join))
+def test_lexer_agrees_with_flex_transcription_on_fragments(text: str) -> None:
+    _agree(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list('Ab1_=[],"#\\ \t\n\r-é>')), max_size=40))
+def test_lexer_agrees_with_flex_transcription_on_text(text: str) -> None:
+    _agree(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(_names, st.one_of(_values, _vectors)), max_size=6), st.data())
+def test_lexer_agrees_on_mutated_templates(
+    attrs: list[tuple[str, str | Vector]], data: st.DataObject
+) -> None:
+    text = serialise(Template(tuple(Attribute(attribute_name(n), v) for n, v in attrs)))
+    _agree(text)
+    if text:
+        # One edit somewhere: most turn a valid template into an error at some position.
+        at = data.draw(st.integers(0, len(text)))
+        cut = data.draw(st.integers(0, 3))
+        _agree(text[:at] + data.draw(_FRAGMENTS) + text[at + cut :])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A = 1 \r\nB = [ x = 1 \n , y = 2 \n ] \n",
+        "A = [\n\n]\nB =\n",
+        'A = "a\\"b\\" c" D = "x"',
+        'A = "unterminated\\"',
+        "A = x # ]]>\n",
+        "  # comment\n\t# other\n A\t=\t1\t#c",
+        "A = [ B = 1 ] ,",
+        "A = [ B = 1 ] = ",
+        "= 1 -",
+        "A = 1 -",
+    ],
+)
+def test_lexer_agrees_on_corner_cases(text: str) -> None:
+    _agree(text)

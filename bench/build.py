@@ -1,0 +1,136 @@
+"""Image builder benchmark, one run on the shipped Debian 12 cloud recipe.
+
+Prints JSON lines, measured one after the other on this machine:
+
+- ``mmdebstrap_floor``: mmdebstrap alone with exactly the package set imagekit installs (the
+  recipe's packages, kernel, boot and agent packages) into a directory: the floor.
+- ``cold``: ``build_image`` with an empty cache (all of the recipe's formats).
+- ``warm_post_only``: again after changing only a post-command (package stage from the cache).
+- ``warm_post_only_qcow2``: the same with ``--format qcow2`` (no raw output to checksum).
+- ``sizes``: the qcow2 and the raw image's allocation.
+- ``boot``: QEMU start → the agent's "context applied" line, via ``context.boottest`` (TCG).
+
+    .venv/bin/python bench/build.py [--no-boot]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run as a script, bench/ comes first on sys.path and bench/context.py would shadow the
+# context package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from imagekit.agent import AGENT_PACKAGES  # noqa: E402
+from imagekit.build import BuildOptions, BuildResult, build_image, rootfs  # noqa: E402
+from imagekit.build.workspace import remove_tree  # noqa: E402
+from imagekit.recipe import load_recipe  # noqa: E402
+from imagekit.recipe.model import Command, ContentSource, OutputFormat, Recipe  # noqa: E402
+from imagekit.run import run  # noqa: E402
+from imagekit.state import State  # noqa: E402
+
+REPO = _HERE.parent
+RECIPE = REPO / "recipes" / "debian-12-cloud.tdl"
+MIB = 1024 * 1024
+
+
+def emit(**fields: object) -> None:
+    # The load average says how much else the machine was doing (the figures scale with it).
+    print(json.dumps({"bench": "build", **fields, "load_avg_1m": round(os.getloadavg()[0], 1)}), flush=True)
+
+
+def floor(stage: rootfs.PackageStage, work: Path) -> float:
+    target = work / "floor"
+    start = time.monotonic()
+    run(
+        ["unshare", "--mount", "--propagation", "private", "mmdebstrap", "--mode=root", "--variant=minbase",
+         f"--include={','.join(stage.packages)}", stage.suite, target, *stage.sources[:3]],
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+    )  # fmt: skip
+    seconds = time.monotonic() - start
+    remove_tree(target)
+    return seconds
+
+
+def timed_build(recipe: Recipe, options: BuildOptions, state: State) -> tuple[float, BuildResult]:
+    start = time.monotonic()
+    result = build_image(recipe, options, state=state)
+    return time.monotonic() - start, result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-boot", action="store_true", help="skip the boot measurement")
+    args = parser.parse_args()
+    recipe = load_recipe(RECIPE)
+    with tempfile.TemporaryDirectory(prefix="imagekit-bench-build-") as tmp:
+        work = Path(tmp)
+        state = State.open(work / "state")
+        stage = rootfs.plan_stage(recipe, agent_packages=AGENT_PACKAGES)
+        floor_s = floor(stage, work)
+        emit(what="mmdebstrap_floor", seconds=round(floor_s, 1), packages=len(stage.packages))
+
+        cold_s, cold = timed_build(recipe, BuildOptions(output_dir=work / "cold"), state)
+        emit(
+            what="cold", seconds=round(cold_s, 1), ratio_to_floor=round(cold_s / floor_s, 2),
+            target_ratio=1.2, formats=[o.format.value for o in cold.outputs], cache_hit=cold.cache.hit,
+            steps=cold.timings,
+        )  # fmt: skip
+
+        post = (
+            *recipe.post_commands,
+            Command("bench", ContentSource.RAW, f"echo {time.time()} > /etc/bench"),
+        )
+        changed = dataclasses.replace(recipe, post_commands=post)
+        warm_s, warm = timed_build(changed, BuildOptions(output_dir=work / "warm"), state)
+        emit(
+            what="warm_post_only", seconds=round(warm_s, 1), target_seconds=10, cache_hit=warm.cache.hit,
+            formats=[o.format.value for o in warm.outputs], steps=warm.timings,
+        )  # fmt: skip
+        options = BuildOptions(output_dir=work / "warm-qcow2", formats=(OutputFormat.QCOW2,))
+        warm_q_s, warm_q = timed_build(changed, options, state)
+        emit(
+            what="warm_post_only_qcow2", seconds=round(warm_q_s, 1), target_seconds=10,
+            cache_hit=warm_q.cache.hit, steps=warm_q.timings,
+        )  # fmt: skip
+
+        qcow2 = cold.output(OutputFormat.QCOW2)
+        sizes = {
+            "qcow2_mib": round(qcow2.stat().st_size / MIB, 1),
+            "target_qcow2_mib": 200,
+            "disk_mib": round(next(o.virtual_size for o in cold.outputs) / MIB),
+        }
+        if OutputFormat.RAW in {o.format for o in cold.outputs}:
+            sizes["raw_allocated_mib"] = round(cold.output(OutputFormat.RAW).stat().st_blocks * 512 / MIB, 1)
+        emit(what="sizes", **sizes)
+        shutil.rmtree(work / "warm", ignore_errors=True)
+
+        if not args.no_boot:
+            boot(qcow2, state)
+    return 0
+
+
+def boot(image: Path, state: State) -> None:
+    try:
+        from context.boottest import BootTest, boot_test
+    except ImportError:
+        emit(what="boot", skipped="context.boottest not available")
+        return
+    result = boot_test(BootTest(image=image), state=state)
+    emit(
+        what="boot_to_context_applied", seconds=round(result.seconds, 1), target_seconds=25,
+        accel=result.accel.value, firmware=result.firmware.value, agent=result.agent,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
