@@ -162,11 +162,10 @@ CREATE TABLE IF NOT EXISTS entries (
     bytes BIGINT, sha256 TEXT NOT NULL, latest SMALLINT NOT NULL DEFAULT 0,
     PRIMARY KEY (identifier, email, created)
 );
-DROP INDEX IF EXISTS entries_latest_created;
 CREATE INDEX IF NOT EXISTS entries_created ON entries (created);
 CREATE INDEX IF NOT EXISTS entries_email ON entries (email, created);
-DROP INDEX IF EXISTS entries_os;
-CREATE INDEX IF NOT EXISTS entries_os_status ON entries (os, os_version, os_arch, latest, valid, deprecated);
+CREATE INDEX IF NOT EXISTS entries_os_latest
+    ON entries (os, os_version, os_arch, latest, created, valid, deprecated);
 CREATE INDEX IF NOT EXISTS entries_tag ON entries (email, tag, created);
 CREATE TABLE IF NOT EXISTS endorsers (
     email TEXT NOT NULL, subject TEXT NOT NULL, issuer TEXT NOT NULL,

@@ -35,6 +35,17 @@ def imagekit(*args: str, stdout: Path | None = None) -> None:
             subprocess.run(argv, check=True, stdout=fh)
 
 
+def network_exists(template: Path) -> bool:
+    """The demo keeps its state between runs: create each network only once."""
+    name = next(
+        line.split("=", 1)[1].strip().strip('"')
+        for line in template.read_text().splitlines()
+        if line.strip().upper().startswith("NAME")
+    )
+    argv = [str(IMAGEKIT), "--state", str(OUT / "state"), "net", "show", name]
+    return subprocess.run(argv, capture_output=True).returncode == 0
+
+
 def make_demo_signer(directory: Path) -> tuple[Path, Path]:
     """A throwaway self-signed endorser certificate for the demo's metadata."""
     from cryptography import x509
@@ -102,12 +113,17 @@ def main() -> int:
         banner("5. Contextualization: networks, a VM template, context.sh and ISO")
         examples = REPO / "etc" / "examples"
         for net in sorted(examples.glob("*.net")):
-            imagekit("net", "create", str(net))
+            if not network_exists(net):
+                imagekit("net", "create", str(net))
         imagekit("net", "list")
-        template = examples / "vm-demo.one"
-        imagekit("context", "render", str(template), "-o", str(OUT / "context.sh"))
+        vm = [
+            str(examples / "vm-demo.one"),
+            "--user", str(examples / "alice.user"),
+            "--image", str(examples / "debian.image"),
+        ]  # fmt: skip
+        imagekit("context", "render", *vm, "-o", str(OUT / "context.sh"))
         print((OUT / "context.sh").read_text(), end="")
-        imagekit("context", "iso", str(template), "-o", str(OUT / "context.iso"))
+        imagekit("context", "iso", *vm, "-o", str(OUT / "context.iso"))
     except subprocess.CalledProcessError as exc:
         print(f"\ndemo failed at: {shlex.join(exc.cmd)} (exit {exc.returncode})", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagekit.errors import DataError, InputError
+from imagekit.errors import InputError
 from imagekit.run import run
 from imagekit.state import State, schema
 
@@ -157,9 +157,3 @@ class StageCache:
     def _forget(self, key: str) -> None:
         with self.state.transaction() as db:
             db.execute("DELETE FROM build_cache WHERE key = ?", (key,))
-
-
-def check_key(key: str) -> str:
-    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-        raise DataError(f"bad cache key {key!r}")
-    return key

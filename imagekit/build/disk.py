@@ -160,7 +160,7 @@ def plan_layout(
             raise InputError(
                 f"hardware.partitions.{mount}.type: expected ext2, ext3, ext4 or swap, got {part.fstype!r}"
             )
-        if getattr(part, "passphrase", ""):
+        if part.passphrase:
             raise InputError(
                 f"hardware.partitions.{mount}.passphrase: encrypted partitions are not supported"
             )

@@ -11,7 +11,6 @@ virtual size is exactly the raw size (what Azure and Hyper-V expect).
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,14 +79,3 @@ def write_atomic(dest: Path, data: bytes) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return dest
-
-
-def virtual_size(path: Path, fmt: OutputFormat) -> int:
-    import json
-
-    info = run(["qemu-img", "info", "--output=json", "-f", fmt.qemu_img_name, path], step="qemu-img info")
-    return int(json.loads(info.stdout)["virtual-size"])
-
-
-def free_bytes(path: Path) -> int:
-    return shutil.disk_usage(path).free

@@ -55,6 +55,7 @@ def test_disk_grows_when_partitions_need_more() -> None:
         ((Partition("/data", 10, fstype="btrfs"),), "expected ext2, ext3, ext4 or swap"),
         ((Partition("/boot/efi", 10),), "boot partition"),
         ((Partition("/a", 1), Partition("/b", 1), Partition("/c", 1)), "4 partitions"),
+        ((Partition("/", 10, passphrase="x"),), "encrypted partitions are not supported"),
     ],
 )
 def test_bad_partitions(parts: tuple[Partition, ...], message: str) -> None:
