@@ -56,12 +56,12 @@ def _build_shipped(recipe_name: str, out: Path, state_dir: Path) -> BuiltImage:
 
 @pytest.fixture(scope="session")
 def minimal_image(tmp_path_factory: pytest.TempPathFactory, build_state_dir: Path) -> BuiltImage:
-    """recipes/debian-12-minimal.appl built for BIOS (qcow2)."""
+    """recipes/debian-12-minimal.appl built for BIOS (qcow2 and raw)."""
     out = tmp_path_factory.mktemp("minimal-image")
     return _build_shipped("debian-12-minimal.appl", out, build_state_dir)
 
 
 @pytest.fixture(scope="session")
 def cloud_image(tmp_path_factory: pytest.TempPathFactory, build_state_dir: Path) -> BuiltImage:
-    """recipes/debian-12-cloud.tdl built for hybrid BIOS+UEFI boot (qcow2 and raw)."""
+    """recipes/debian-12-cloud.tdl built for hybrid BIOS+UEFI boot (qcow2)."""
     return _build_shipped("debian-12-cloud.tdl", tmp_path_factory.mktemp("cloud-image"), build_state_dir)

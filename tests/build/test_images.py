@@ -90,6 +90,16 @@ def test_minimal_is_mbr_with_syslinux(minimal: Opened, tmp_path: Path) -> None:
     assert f"root=UUID={minimal.part('/')['uuid']}" in cfg and "console=ttyS0" in cfg
 
 
+def test_minimal_raw_output_is_the_disk(minimal_image: BuiltImage, minimal: Opened) -> None:
+    outputs = {o["format"]: o for o in minimal.manifest["outputs"]}  # type: ignore[attr-defined]
+    assert set(outputs) == {"qcow2", "raw"}
+    raw = minimal_image.path.with_suffix(".raw")
+    assert outputs["raw"]["file"] == raw.name
+    assert outputs["raw"]["size"] == raw.stat().st_size == minimal.manifest["disk_size"]
+    assert outputs["raw"]["checksums"]["sha1"] == hashlib.sha1(raw.read_bytes()).hexdigest()
+    assert set(outputs["raw"]["checksums"]) == {"md5", "sha1", "sha256", "sha512"}
+
+
 def test_minimal_tree_contents(minimal: Opened) -> None:
     assert minimal.ext("cat /etc/hostname") == b"debian-minimal\n"
     fstab = minimal.ext("cat /etc/fstab").decode()
@@ -133,15 +143,15 @@ def test_cloud_manifest_outputs_and_checksums(cloud_image: BuiltImage, cloud: Op
     assert doc["recipe"]["hash"] == recipe_hash(recipe)  # type: ignore[index]
     assert doc["firmware"] == cloud_image.firmware == "hybrid"
     outputs = {o["format"]: o for o in doc["outputs"]}  # type: ignore[attr-defined]
-    assert set(outputs) == {"qcow2", "raw"}
+    assert set(outputs) == {"qcow2"}
     qcow2 = cloud_image.path
     assert outputs["qcow2"]["file"] == qcow2.name
     assert outputs["qcow2"]["checksums"]["sha256"] == hashlib.sha256(qcow2.read_bytes()).hexdigest()
     assert outputs["qcow2"]["checksums"]["md5"] == hashlib.md5(qcow2.read_bytes()).hexdigest()
-    assert set(outputs["raw"]["checksums"]) == {"md5", "sha1", "sha256", "sha512"}
+    assert set(outputs["qcow2"]["checksums"]) == {"md5", "sha1", "sha256", "sha512"}
     info = json.loads(run(["qemu-img", "info", "--output=json", qcow2]).stdout)
     assert info["format-specific"]["data"]["compression-type"] == "zstd"
-    assert info["virtual-size"] == doc["disk_size"] == outputs["raw"]["size"]
+    assert info["virtual-size"] == doc["disk_size"]
     names = {p["name"]: p["version"] for p in doc["packages"]}  # type: ignore[attr-defined]
     assert "linux-image-cloud-amd64" in names and "openssh-server" in names and "ca-certificates" in names
     for step in ("install packages", "customize", "assemble disk", "convert", "checksums", "total"):
