@@ -6,7 +6,7 @@ leaks in, and every timestamp pinned to :data:`PINNED_EPOCH`, so the same contex
 same bytes.
 
     data = build_iso(ctx, IsoFlavor.OPENNEBULA, restricted_dirs=settings.context_restricted_dirs)
-    write_iso_atomically(data, Path("vm-7.iso"))
+    write_atomically(Path("vm-7.iso"), data)
 
 - ``opennebula``: volume ``CONTEXT``; ``context.sh`` plus the FILES (basenames, directories
   recursively). A name collision is an error (oned's ``cp -R`` silently overwrites), and a
@@ -23,7 +23,6 @@ import io
 import os
 import re
 import stat
-import tempfile
 import threading
 import time as _time
 from collections.abc import Iterator, Mapping, Sequence
@@ -324,32 +323,3 @@ def build_iso(
     else:
         entries = seed_entries(configdrive_files(ctx))
     return master(entries, LABELS[flavor])
-
-
-def write_iso_atomically(data: bytes, dest: Path) -> None:
-    """Write ``data`` to ``dest`` via a temp file in the same directory, fsync, rename: a
-    reader (or a crash) sees the old file or the whole new one, never half of it."""
-    dest = Path(dest)
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise InputError(f"{dest}: cannot write: {exc.strerror}") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise InputError(f"{dest}: cannot write: {exc.strerror}") from None
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)

@@ -10,16 +10,14 @@ imagekit context release 7                 # … until it is deleted
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from context.model import ResolvedContext, Template, Vector
 from context.render import kept_vms, prepare_context, release_vm
 from context.template import load_template, serialise
+from imagekit.atomic import write_atomically
 from imagekit.errors import InputError
 from imagekit.locations import state_dir
 from imagekit.output import print_json
@@ -96,30 +94,6 @@ def _context_where(template: Path) -> str:
     return f"{template}:{attr.line}:{attr.column}" if attr is not None else str(template)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the destination directory, fsync, rename: never a half-written output."""
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    except OSError as exc:
-        raise InputError(f"cannot write: {exc.strerror}", where=str(path)) from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise InputError(f"cannot write: {exc.strerror}", where=str(path)) from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def template_json(tmpl: Template) -> dict[str, Any]:
     attributes: list[dict[str, Any]] = []
     for a in tmpl:
@@ -152,7 +126,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        _write_atomic(args.output, text.encode("utf-8"))
+        write_atomically(args.output, text.encode("utf-8"))
     return 0
 
 
@@ -171,7 +145,7 @@ def cmd_iso(args: argparse.Namespace) -> int:
         )
     except InputError as err:
         raise InputError(err.reason, where=err.where or _context_where(args.template)) from None
-    _write_atomic(args.output, data)
+    write_atomically(args.output, data)
     return 0
 
 

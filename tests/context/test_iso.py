@@ -30,10 +30,10 @@ from context.iso import (
     build_iso,
     master,
     opennebula_entries,
-    write_iso_atomically,
 )
 from context.isolayout import sectors
 from context.model import Lease, ResolvedContext
+from imagekit.atomic import write_atomically
 from imagekit.errors import InputError
 
 MAC0, MAC1 = "02:00:0a:00:00:05", "02:00:c0:a8:01:0a"
@@ -121,7 +121,7 @@ def test_opennebula_iso(tmp_path: Path, payload: tuple[Path, ...]) -> None:
     assert (out / "init.sh").read_text() == "#!/bin/sh\necho init\n"
 
     iso_path = tmp_path / "context.iso"
-    write_iso_atomically(data, iso_path)
+    write_atomically(iso_path, data)
     info = _tool(["isoinfo", "-d", "-i", str(iso_path)])
     assert "Volume id: CONTEXT" in info
     assert "Joliet with UCS level 3 found" in info
@@ -244,7 +244,7 @@ def test_init_scripts_modes(tmp_path: Path) -> None:
 def test_nocloud_iso(tmp_path: Path) -> None:
     data = build_iso(_ctx(), IsoFlavor.NOCLOUD)
     iso_path = tmp_path / "seed.iso"
-    write_iso_atomically(data, iso_path)
+    write_atomically(iso_path, data)
     blkid = _tool(["blkid", "-p", "-o", "export", str(iso_path)]).splitlines()
     assert "LABEL=cidata" in blkid and "TYPE=iso9660" in blkid
     seed = tmp_path / "cloud" / "seed"  # where cloudinit.helpers.Paths looks for seeds
@@ -310,7 +310,7 @@ def test_leases_without_eth_variables(tmp_path: Path) -> None:
 def test_configdrive_iso(tmp_path: Path) -> None:
     data = build_iso(_ctx(USER_DATA="#cloud-config\nruncmd: [true]\n"), IsoFlavor.CONFIGDRIVE)
     iso_path = tmp_path / "cd.iso"
-    write_iso_atomically(data, iso_path)
+    write_atomically(iso_path, data)
     blkid = _tool(["blkid", "-p", "-o", "export", str(iso_path)]).splitlines()
     assert "LABEL=config-2" in blkid and "TYPE=iso9660" in blkid
     _extract(data, tmp_path / "cd")
@@ -349,13 +349,13 @@ def test_write_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(InputError, match=r"out.iso: cannot write: No space left on device"):
-        write_iso_atomically(b"x" * 10000, dest)
+        write_atomically(dest, b"x" * 10000)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     with pytest.raises(InputError, match="cannot write"):
-        write_iso_atomically(b"x", tmp_path / "no" / "such" / "dir.iso")
+        write_atomically(tmp_path / "no" / "such" / "dir.iso", b"x")
     dest.write_bytes(b"old")
-    write_iso_atomically(b"new", dest)
+    write_atomically(dest, b"new")
     assert dest.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.iso"]
 
