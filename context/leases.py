@@ -128,7 +128,7 @@ class NetworkStore:
         """A network by id (an int or an all-digit string, as onevnet reads it) or by name."""
         db = self.state.db()
         try:
-            return self._get(db, ref)
+            return self.get_in(db, ref)
         finally:
             db.close()
 
@@ -142,7 +142,7 @@ class NetworkStore:
     def delete(self, ref: NetworkRef) -> VirtualNetwork:
         """Remove a network; refused while any of its addresses is leased (as oned does)."""
         with self.state.transaction() as db:
-            vnet = self._get(db, ref)
+            vnet = self.get_in(db, ref)
             held = [
                 int(r["vmid"])
                 for r in db.execute(
@@ -167,7 +167,7 @@ class NetworkStore:
     def lease_all(self, vmid: int, requests: Sequence[LeaseRequest]) -> builtins.list[Lease]:
         """Lease one address per (network, ip-or-None) for ``vmid``: all of them or none."""
         with self.state.transaction() as db:
-            return [self._lease(db, self._get(db, network), vmid, ip) for network, ip in requests]
+            return [self.lease_in(db, self.get_in(db, network), vmid, ip) for network, ip in requests]
 
     def leases(self, network: NetworkRef | None = None) -> builtins.list[Lease]:
         """Leases of one network (or of all), by network id then numeric IP."""
@@ -180,7 +180,7 @@ class NetworkStore:
             if network is None:
                 rows = db.execute(sql + " ORDER BY l.network_id, l.ip").fetchall()
             else:
-                vnet = self._get(db, network)
+                vnet = self.get_in(db, network)
                 rows = db.execute(sql + " WHERE l.network_id = ? ORDER BY l.ip", (vnet.id,)).fetchall()
         finally:
             db.close()
@@ -188,7 +188,7 @@ class NetworkStore:
 
     def release(self, network: NetworkRef, ip: str) -> None:
         with self.state.transaction() as db:
-            vnet = self._get(db, network)
+            vnet = self.get_in(db, network)
             db.execute("DELETE FROM vnet_leases WHERE network_id = ? AND ip = ?", (vnet.id, _ip(ip, vnet)))
 
     def release_vm(self, vmid: int) -> int:
@@ -196,9 +196,10 @@ class NetworkStore:
         with self.state.transaction() as db:
             return db.execute("DELETE FROM vnet_leases WHERE vmid = ?", (vmid,)).rowcount
 
-    # --- internals ------------------------------------------------------------------------
+    # --- steps on the caller's transaction (prepare_context runs a whole VM in one) ------
 
-    def _get(self, db: sqlite3.Connection, ref: NetworkRef) -> VirtualNetwork:
+    def get_in(self, db: sqlite3.Connection, ref: NetworkRef) -> VirtualNetwork:
+        """The network ``ref`` (id, name or VirtualNetwork), read on ``db``."""
         if isinstance(ref, VirtualNetwork):
             ref = ref.id if ref.id is not None else ref.name
         if isinstance(ref, int) or ref.isdigit():
@@ -209,7 +210,8 @@ class NetworkStore:
             raise InputError(f"no virtual network {ref!r} (see `imagekit net list`)")
         return _decode(row)
 
-    def _lease(self, db: sqlite3.Connection, vnet: VirtualNetwork, vmid: int, ip: str | None) -> Lease:
+    def lease_in(self, db: sqlite3.Connection, vnet: VirtualNetwork, vmid: int, ip: str | None) -> Lease:
+        """One lease for ``vmid`` inside the caller's write transaction ``db``."""
         assert vnet.id is not None
         if ip is not None:
             value, mac = self._requested(db, vnet, _ip(ip, vnet))

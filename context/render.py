@@ -146,17 +146,17 @@ def _under(real: str, directory: Path) -> bool:
 def _lease_nics(
     store: NetworkStore, db: sqlite3.Connection, tmpl: Template, vmid: int
 ) -> tuple[dict[int, Lease], dict[int, VirtualNetwork]]:
-    # NetworkStore.lease_all's steps on the caller's connection: prepare_context runs in one
-    # transaction (a connection per step cost more than the rest of the call together).
+    # lease_all's steps on our connection: prepare_context runs in one transaction (a
+    # connection per step cost more than the rest of the call together).
     requests = lease_requests(tmpl)
     networks: dict[int, VirtualNetwork] = {}
     for req in requests:
         try:
-            networks[req.nic_index] = store._get(db, req.network)
+            networks[req.nic_index] = store.get_in(db, req.network)
         except InputError as err:
             raise InputError(f"NIC: {err.reason}", where=req.where) from None
     try:
-        leased = [store._lease(db, networks[r.nic_index], vmid, r.ip) for r in requests]
+        leased = [store.lease_in(db, networks[r.nic_index], vmid, r.ip) for r in requests]
     except InputError as err:
         # lease_all is all-or-nothing; find which NIC asked for the address to point at it.
         where = next((r.where for r in requests if r.ip and r.ip in err.reason), requests[0].where)
