@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 
 from imagekit.errors import CommandError, DataError, InputError
+from imagekit.inspect import qemu_img_info
 from imagekit.recipe.model import Firmware
 from imagekit.run import minimal_env, run
 from imagekit.state import State
@@ -73,15 +74,10 @@ class VmSpec:
 
 def image_format(path: Path) -> str:
     """The format qemu-img sees (``raw``, ``qcow2``, ``vmdk``…); DataError if unreadable."""
-    if not path.is_file():
-        raise InputError("no such image file", where=str(path))
-    proc = run(["qemu-img", "info", "--output=json", path], check=False, timeout=60)
-    if proc.returncode != 0:
-        raise DataError(f"{path}: not a disk image qemu-img can read: {proc.stderr.decode().strip()}")
-    try:
-        return str(json.loads(proc.stdout)["format"])
-    except (ValueError, KeyError) as exc:
-        raise DataError(f"{path}: unexpected qemu-img info output: {exc}") from None
+    info = qemu_img_info(path)
+    if "format" not in info:
+        raise DataError(f"{path}: qemu-img info names no format")
+    return str(info["format"])
 
 
 def build_argv(spec: VmSpec, *, accel: Accel, serial_log: Path, ovmf_vars: Path | None = None) -> list[str]:

@@ -67,7 +67,8 @@ class ImageInfo:
     packages: tuple[PackageInfo, ...] = ()
 
 
-def _qemu_img_info(path: Path) -> dict[str, Any]:
+def qemu_img_info(path: Path) -> dict[str, Any]:
+    """``qemu-img info`` of a disk image; InputError if missing, DataError if unreadable."""
     if not path.is_file():
         raise InputError("no such image file", where=str(path))
     proc = run(["qemu-img", "info", "--output=json", path], check=False, timeout=60)
@@ -85,7 +86,7 @@ def open_image(path: Path, *, readonly: bool = True) -> Iterator[tuple[Any, str]
     """A launched libguestfs handle with ``path`` as its only drive, and the image's format."""
     import guestfs  # Debian's python3-guestfs; imported late so other commands never pay for it
 
-    fmt = str(_qemu_img_info(path)["format"])
+    fmt = str(qemu_img_info(path)["format"])
     os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
     os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
     g = guestfs.GuestFS(python_return_dict=True)  # type: ignore[attr-defined,unused-ignore]
@@ -175,7 +176,7 @@ def _packages(g: Any, root: str) -> tuple[PackageInfo, ...]:
 
 def inspect_image(path: Path) -> ImageInfo:
     """Partitions, operating system and installed packages of the image at ``path``."""
-    virtual_size = int(_qemu_img_info(path).get("virtual-size", 0))
+    virtual_size = int(qemu_img_info(path).get("virtual-size", 0))
     with open_image(path) as (g, fmt):
         table, partitions = _partitions(g)
         roots = g.inspect_os()
