@@ -10,6 +10,10 @@
    an id lookup (``GET /metadata/{id}``), endorser listings (``/endorsers`` and one endorser's
    entries), and a filtered search page (HTML). Peak RSS of the server's process tree.
 
+To iterate on read latency without re-uploading: ``--data DIR`` keeps the server's directory
+(data, config, log) in DIR, and a later ``--data DIR --skip-upload`` serves it again and
+measures only the reads (``--kinds`` picks which).
+
 Every result is one JSON line on stdout. The HTTP client is a minimal asyncio one, so that the
 load generator (sharing the machine's cores with the server) costs as little as possible.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -226,6 +231,24 @@ class Server:
                 continue
         return total
 
+    def tree_cpu(self) -> float:
+        """CPU seconds (user + system) used so far by the server's processes: unlike latency,
+        this does not depend on what else the machine is doing."""
+        pids = [self.proc.pid]
+        ticks = 0
+        while pids:
+            pid = pids.pop()
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as children:
+                        pids.extend(int(c) for c in children.read().split())
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def sample(self) -> None:
         while not self.stop:
             self.peak_rss = max(self.peak_rss, self.tree_rss())
@@ -254,6 +277,8 @@ def start_server(data: Path, config: Path, workers: int) -> Server:
         if time.monotonic() > deadline or proc.poll() is not None:
             raise SystemExit(f"server did not start: {(data.parent / 'server.log').read_text()[-2000:]}")
         time.sleep(0.2)
+    if workers > 1:
+        time.sleep(3)  # /healthz answered from the first worker up: let the others listen too
     threading.Thread(target=server.sample, daemon=True).start()
     return server
 
@@ -311,26 +336,38 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=4000, help="requests per measured kind")
     parser.add_argument("--upload-concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (default: 2 cores)")
+    parser.add_argument("--data", type=Path, help="keep the server's directory here (default: a temp dir)")
+    parser.add_argument("--skip-upload", action="store_true", help="reuse the entries already in --data")
+    parser.add_argument("--kinds", help="comma-separated latency kinds to measure (default: all)")
     args = parser.parse_args()
+    if args.skip_upload and args.data is None:
+        parser.error("--skip-upload needs --data DIR from an earlier run")
 
     pki, entries, seconds, cached = generate(args.entries)
     emit(metric="generate", entries=len(entries), seconds=round(seconds, 1), cached=cached)
 
-    with tempfile.TemporaryDirectory(prefix="imagekit-bench-market-") as tmp:
-        root = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.data is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="imagekit-bench-market-")))
+        else:
+            root = args.data.resolve()
+            if not args.skip_upload and (root / "data").exists():
+                raise SystemExit(f"{root / 'data'} exists: remove it, or pass --skip-upload to reuse it")
+            root.mkdir(parents=True, exist_ok=True)
         subjects = "\n".join(f"    CN=Endorser {i:02d},O=bench" for i in range(ENDORSERS))
         config = root / "marketplace.conf"
         config.write_text(f"[uploads]\npending = queue\nwhitelist =\n{subjects}\ntrust = {pki / 'ca.pem'}\n")
         server = start_server(root / "data", config, args.workers)
         try:
-            start = time.monotonic()
-            failures = asyncio.run(upload_all(server.port, entries, args.upload_concurrency))
-            elapsed = time.monotonic() - start
-            emit(
-                metric="upload", entries=len(entries), failed=len(failures), seconds=round(elapsed, 1),
-                uploads_per_s=round(len(entries) / elapsed, 1), concurrency=args.upload_concurrency,
-                workers=args.workers, target_per_s=200,
-            )  # fmt: skip
+            if not args.skip_upload:
+                start = time.monotonic()
+                failures = asyncio.run(upload_all(server.port, entries, args.upload_concurrency))
+                elapsed = time.monotonic() - start
+                emit(
+                    metric="upload", entries=len(entries), failed=len(failures), seconds=round(elapsed, 1),
+                    uploads_per_s=round(len(entries) / elapsed, 1), concurrency=args.upload_concurrency,
+                    workers=args.workers, target_per_s=200,
+                )  # fmt: skip
             from marketplace.metadata import parse_metadata
 
             # Lookups of images that are current (the common case: a site checking an image
@@ -351,15 +388,21 @@ def main() -> int:
                     100,
                 ),
             }  # fmt: skip
+            wanted = set(args.kinds.split(",")) if args.kinds else set(kinds)
             for kind, (paths, target) in kinds.items():
+                if kind not in wanted:
+                    continue
                 asyncio.run(latency(server.port, paths, args.clients, min(200, args.requests)))  # warm up
+                cpu = server.tree_cpu()
                 timings, errors, wall = asyncio.run(latency(server.port, paths, args.clients, args.requests))
+                cpu = server.tree_cpu() - cpu
                 emit(
                     metric="latency", kind=kind, entries=len(entries), clients=args.clients,
                     requests=len(timings), errors=errors,
                     p50_ms=round(statistics.median(timings) * 1000, 2),
                     p99_ms=round(percentile(timings, 0.99) * 1000, 2),
                     rps=round(len(timings) / wall, 1),
+                    server_cpu_ms=round(cpu * 1000 / len(timings), 2),
                     target_p99_ms=target,
                 )  # fmt: skip
             emit(metric="server_peak_rss", mib=round(server.peak_rss / 2**20, 1), workers=args.workers)

@@ -230,10 +230,15 @@ class SqlIndex:
 
     @staticmethod
     def _row(values: Sequence[Any]) -> Row:
-        data = dict(zip(_COLUMNS, values, strict=True))
-        data["locations"] = tuple(data["locations"].split("\n")) if data["locations"] else ()
-        data["latest"] = bool(data["latest"])
-        return Row(**data)
+        # Positional, in _COLUMNS order: a page converts tens of rows per request.
+        *head, locations, size, sha256, latest = values
+        tail: tuple[Any, ...] = (
+            tuple(locations.split("\n")) if locations else (),
+            size,
+            sha256,
+            bool(latest),
+        )
+        return Row(*head, *tail)
 
     @staticmethod
     def _values(row: Row) -> tuple[Any, ...]:
@@ -275,17 +280,20 @@ class SqlIndex:
         order = f"{query.sort.value} {direction}, identifier, email, created DESC"
         with self._conn() as conn:
             cur = conn.cursor()
-            cur.execute(self._sql(f"SELECT count(*) FROM entries{clause}"), tuple(params))
-            total = int(cur.fetchone()[0])
-            rows: list[tuple[Any, ...]] = []
-            if total > query.offset:
-                cur.execute(
-                    self._sql(f"SELECT {_SELECT} FROM entries{clause} ORDER BY {order} LIMIT ? OFFSET ?"),
-                    (*params, query.limit, query.offset),
-                )
-                rows = list(cur.fetchall())
+            cur.execute(
+                self._sql(f"SELECT {_SELECT} FROM entries{clause} ORDER BY {order} LIMIT ? OFFSET ?"),
+                (*params, query.limit, query.offset),
+            )
+            rows = cur.fetchall()
+            # A short page that is not past the end is the last one: its rows give the total,
+            # and the count (a scan of every match) is only needed for full or empty pages.
+            if 0 < len(rows) < query.limit or (not rows and query.offset == 0):
+                total = query.offset + len(rows)
+            else:
+                cur.execute(self._sql(f"SELECT count(*) FROM entries{clause}"), tuple(params))
+                total = int(cur.fetchone()[0])
             conn.commit()
-        return Page(total, tuple(self._row(r) for r in rows))
+        return Page(total, tuple(map(self._row, rows)))
 
     def _where(self, query: Query, at: str) -> tuple[list[str], list[Any]]:
         where: list[str] = []

@@ -47,7 +47,7 @@ class BuildOptions:
     formats: tuple[OutputFormat, ...] = ()  # empty: the recipe's
     firmware: Firmware | None = None  # None: the recipe's
     use_cache: bool = True
-    work_dir: Path | None = None  # parent of the workspace; None: $TMPDIR
+    work_dir: Path | None = None  # parent of the workspace; None: see space.choose_work_parent
     mirror: str = rootfs.DEFAULT_MIRROR
 
 
@@ -97,8 +97,9 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State) -> Build
         raise InputError(
             f"cannot create the output directory: {exc.strerror}", where=str(output_dir)
         ) from None
-    work_parent = options.work_dir or Path(os.environ.get("TMPDIR") or "/tmp")
     work_mib, output_mib = space.estimate(layout.size_bytes // disk.MIB, fmts)
+    work_parent = space.choose_work_parent(options.work_dir, work_mib)
+    log.debug("working in %s", work_parent)
     space.check_free_space({work_parent: work_mib, output_dir: output_mib})
     stage_cache = cache.StageCache.open(state) if options.use_cache else None
 

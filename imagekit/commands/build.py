@@ -43,6 +43,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="bios, uefi or hybrid; default: the recipe's",
     )
     parser.add_argument("--no-cache", action="store_true", help="neither use nor fill the package cache")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        metavar="DIR",
+        help="where to build (default: $TMPDIR, else /dev/shm when it has room, else /tmp)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=cmd_build)
 
@@ -65,7 +71,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     state = State.open(locations.state_dir(args.state))
     options = BuildOptions(
-        output_dir=args.output, formats=args.format, firmware=args.firmware, use_cache=not args.no_cache
+        output_dir=args.output,
+        formats=args.format,
+        firmware=args.firmware,
+        use_cache=not args.no_cache,
+        work_dir=args.workdir,
     )
     result = build_image(recipe, options, state=state)
     if args.json:

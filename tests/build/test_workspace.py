@@ -52,3 +52,17 @@ def test_space_check(tmp_path: Path) -> None:
     little = lambda p: space.Usage(10**12, 10**12 - 100 * 2**20, 100 * 2**20)  # noqa: E731
     with pytest.raises(InputError, match=r"needs about \d+ MiB, 100 MiB free"):
         space.check_free_space({tmp_path: work, tmp_path / "out": out}, usage=little)
+
+
+def test_work_parent_explicit_then_tmpdir_then_ram_then_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TMPDIR", raising=False)
+    assert space.choose_work_parent(tmp_path / "mine", 100) == tmp_path / "mine"
+    # tmp_path is not a tmpfs mount point: no RAM workspace there.
+    assert space.choose_work_parent(None, 100, ram=tmp_path) == Path("/tmp")
+    monkeypatch.setattr(space, "_tmpfs_with_room", lambda path, need: need < 1000)
+    assert space.choose_work_parent(None, 100, ram=tmp_path) == tmp_path
+    assert space.choose_work_parent(None, 5000, ram=tmp_path) == Path("/tmp")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "t"))
+    assert space.choose_work_parent(None, 100, ram=tmp_path) == tmp_path / "t"

@@ -179,3 +179,19 @@ def test_benchmark_runs_small() -> None:
     assert set(kinds) == {"static", "id_lookup", "endorsers", "endorser_entries", "search_page"}
     assert all(k["errors"] == 0 and k["requests"] == 100 for k in kinds.values())
     assert next(x for x in lines if x["metric"] == "server_peak_rss")["mib"] > 0
+
+
+def test_serve_with_workers_refuses_a_busy_port(tmp_path: Path) -> None:
+    """The workers share their port (SO_REUSEPORT), but not with a server already on it."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = [str(IMAGEKIT), "market", "serve", "--port", str(port), "--data", str(tmp_path / "data")]
+        done = subprocess.run([*argv, "--workers", "2"], capture_output=True, timeout=60)
+    assert done.returncode == 1
+    assert (
+        done.stderr.decode().strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )

@@ -114,6 +114,12 @@ def check_sort_and_paging(index: Index) -> None:
     )
     assert page.total == 7 and [f"{r.identifier[0]}:{r.email[0]}" for r in page.rows] == everything[2:4]
     assert ids(index, status=Status.ALL, offset=100) == []
+    # The total is right whether it is counted (full or empty page) or taken from a short page.
+    for offset in range(9):
+        for limit in (1, 3, 7, 50):
+            found = index.search(Query(status=Status.ALL, offset=offset, limit=limit), at=AT)
+            assert found.total == len(everything) and len(found.rows) == len(everything[offset:][:limit])
+    assert index.search(Query(os="none"), at=AT).total == 0
     by_os = [r.os or "" for r in index.search(Query(sort=SortKey.OS, descending=False), at=AT).rows]
     assert by_os == sorted(by_os)
 
