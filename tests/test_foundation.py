@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from imagekit.cli import main
 from imagekit.errors import CommandError, ImagekitError, InputError, VerificationError
+from imagekit.log import StepTimings, setup_logging, step
 from imagekit.run import run
 from imagekit.state import State, schema
 
@@ -83,3 +87,35 @@ def test_cli_without_command_shows_help(capsys: pytest.CaptureFixture[str]) -> N
         main([])
     assert info.value.code == 0
     assert "COMMAND" in capsys.readouterr().out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_step_on_a_terminal_is_a_live_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    setup_logging(0)
+    try:
+        timings = StepTimings()
+        with step("outer", timings), step("inner", timings):
+            time.sleep(0.7)  # long enough for the clock to be redrawn once
+    finally:
+        setup_logging(0)  # back to a plain handler on the real stderr
+    out = terminal.getvalue()
+    assert "\r\x1b[K  inner… 0 s" in out
+    assert "outer…\n" in out  # the parent's line is frozen when the nested step starts
+    lines = [line.rsplit("\r\x1b[K", 1)[-1] for line in out.rstrip("\n").split("\n")]
+    assert lines[-2].startswith("  inner: ") and lines[-1].startswith("outer: ")
+    assert set(timings.seconds) == {"inner", "outer"}
+
+
+def test_step_without_a_terminal_prints_plain_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    setup_logging(0)
+    with step("work"):
+        pass
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines()[0] == "work…" and err.splitlines()[1].startswith("work: ")
