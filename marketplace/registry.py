@@ -220,7 +220,7 @@ class Registry:
             raise job.error
         assert job.outcome is not None
         if job.outcome is PutOutcome.NEW:
-            log.info("accepted %s", key.relpath)
+            log.debug("accepted %s", key.relpath)
         return UploadResult(Outcome.ACCEPTED if job.outcome is PutOutcome.NEW else Outcome.EXISTING, key)
 
     def _commit_batch(self, batch: list[_Job]) -> None:

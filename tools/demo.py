@@ -8,12 +8,17 @@ the user's own state.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +38,32 @@ def imagekit(*args: str, stdout: Path | None = None) -> None:
     else:
         with stdout.open("wb") as fh:
             subprocess.run(argv, check=True, stdout=fh)
+
+
+@contextlib.contextmanager
+def registry(data: Path) -> Iterator[str]:
+    """A local registry (`imagekit market serve`) for the demo's lifetime."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    argv = [str(IMAGEKIT), "market", "serve", "--data", str(data), "--port", str(port)]
+    print("$ " + shlex.join(["imagekit", *argv[1:]]) + " &", flush=True)
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{endpoint}/healthz", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the registry did not start") from None
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def network_exists(template: Path) -> bool:
@@ -110,7 +141,21 @@ def main() -> int:
         imagekit("market", "metadata", "verify", str(OUT / "metadata.signed.xml"))
         imagekit("market", "metadata", "show", str(OUT / "metadata.signed.xml"))
 
-        banner("5. Contextualization: networks, a VM template, context.sh and ISO")
+        banner("5. Registry: upload, the site's policy (pending until accepted), list")
+        with registry(OUT / "market") as endpoint:
+            os.environ["IMAGEKIT_MARKET"] = endpoint
+            imagekit("market", "upload", str(OUT / "metadata.signed.xml"))
+            data = ["--data", str(OUT / "market")]
+            pending = subprocess.run(
+                [str(IMAGEKIT), "market", "pending", "list", *data, "--json"],
+                check=True, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            for entry in json.loads(pending):
+                imagekit("market", "pending", "accept", entry["pending_id"][:12], *data)
+            imagekit("market", "list")
+            imagekit("market", "endorsers")
+
+        banner("6. Contextualization: networks, a VM template, context.sh and ISO")
         examples = REPO / "etc" / "examples"
         for net in sorted(examples.glob("*.net")):
             if not network_exists(net):

@@ -242,8 +242,11 @@ def _upload(args: argparse.Namespace) -> int:
             reply = client.upload(_read(path))
             replies.append({"file": str(path), **dataclasses.asdict(reply)})
             if not args.json:
-                where = reply.location if reply.pending is None else f"pending {reply.pending[:12]}"
-                print(f"{path}: {reply.outcome}: {where}")
+                if reply.pending is None:
+                    print(f"{path}: {reply.outcome}: {reply.location}")
+                else:
+                    short = reply.pending[:12]
+                    print(f"{path}: pending {short}: waits for `imagekit market pending accept {short}`")
     if args.json:
         print_json(replies)
     return 0
