@@ -30,8 +30,13 @@ touch /var/lib/imagekit/root-grown
 GROWROOT_UNIT = """[Unit]
 Description=Grow the root partition and filesystem to the disk (imagekit, first boot)
 ConditionPathExists=!/var/lib/imagekit/root-grown
-After=local-fs.target
-Before=cloud-init.service
+# No default dependencies: they order a unit after sysinit.target, while cloud-init.service
+# runs before sysinit.target; "Before=cloud-init.service" would then be a cycle, and systemd
+# breaks it by dropping cloud-init's main stage.
+DefaultDependencies=no
+After=local-fs.target systemd-remount-fs.service
+Before=sysinit.target cloud-init.service shutdown.target
+Conflicts=shutdown.target
 
 [Service]
 Type=oneshot

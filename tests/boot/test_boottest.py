@@ -125,7 +125,9 @@ def test_boot_test_bios_default_context(minimal_image: Any, tmp_path: Path) -> N
     assert report["status"] == "ok" and report["hostname"] == "boot-test-0"
     assert report["nics"][0]["mac"] == "02:00:c0:a8:7a:01" and report["nics"][0]["ip"] == "192.168.122.1"
     assert report["ssh_keys"] == 1 and report["init_scripts"] == ["init.sh:0"]
-    assert "IMAGEKIT-BOOT-TEST-MARKER boot-test-0 192.168.122.1" in log.read_text(errors="replace")
+    console = log.read_text(errors="replace")
+    assert "IMAGEKIT-BOOT-TEST-MARKER boot-test-0 192.168.122.1" in console
+    assert "ordering cycle" not in console.lower()  # systemd would silently drop a unit
     print(f"BIOS boot-to-context-applied: {result['seconds']} s")
 
 
@@ -171,3 +173,45 @@ def test_boot_test_uefi_with_a_template(
     console = log.read_text(errors="replace")
     assert "IMAGEKIT-START-SCRIPT-RAN" in console
     assert '"password":true' in console and '"start_script":0' in console
+
+
+@pytest.fixture(scope="session")
+def cloud_init_image(tmp_path_factory: pytest.TempPathFactory, build_state_dir: Path) -> Path:
+    """The shipped cloud recipe asking for cloud-init instead of imagekit's agent."""
+    import dataclasses
+
+    from imagekit.build import BuildOptions, build_image
+    from imagekit.recipe import load_recipe
+    from imagekit.recipe.model import ContextAgent, OutputFormat
+    from imagekit.state import State
+
+    recipe = load_recipe(REPO / "recipes" / "debian-12-cloud.tdl")
+    recipe = dataclasses.replace(recipe, name="debian-12-cloud-init", context_agent=ContextAgent.CLOUD_INIT)
+    out = tmp_path_factory.mktemp("cloud-init-image")
+    result = build_image(recipe, BuildOptions(output_dir=out), state=State.open(build_state_dir))
+    return result.output(OutputFormat.QCOW2)
+
+
+@pytest.mark.slow
+def test_boot_test_cloud_init_with_a_nocloud_seed(
+    cloud_init_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recipe may ask for cloud-init: it reads the same resolved context from a NoCloud seed."""
+    from context.boottest import BootTest, Flavor, boot_test
+    from imagekit.state import State
+
+    monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
+    log = tmp_path / "serial.log"
+    result = boot_test(
+        BootTest(image=cloud_init_image, flavor=Flavor.NOCLOUD, firmware=Firmware.BIOS, keep_log=log),
+        state=State.open(tmp_path / "state"),
+    )
+    assert result.agent == "cloud-init"
+    console = " ".join(log.read_text(errors="replace").split())
+    assert "Datasource DataSourceNoCloud" in console
+    # cloud-init's own network table: the static address of the lease on the NIC with its MAC.
+    assert "| eth0 | True | 192.168.122.1 | 255.255.255.0 | global | 02:00:c0:a8:7a:01 |" in console
+    assert "imagekit-boot-test |" in console  # the context's SSH key, installed
+    assert "root@boot-test-0" in console  # host keys generated under the context's hostname
+    assert "IMAGEKIT-CONTEXT" not in console  # the imagekit agent was not installed
+    assert "ordering cycle" not in console.lower()  # a cycle once dropped cloud-init's main stage
