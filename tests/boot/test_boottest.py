@@ -173,6 +173,7 @@ def test_boot_test_uefi_with_a_template(
     console = log.read_text(errors="replace")
     assert "IMAGEKIT-START-SCRIPT-RAN" in console
     assert '"password":true' in console and '"start_script":0' in console
+    assert "ordering cycle" not in console.lower()
 
 
 @pytest.fixture(scope="session")
