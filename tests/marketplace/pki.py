@@ -7,6 +7,7 @@ own endorser. Validity is relative to "now", so nothing expires in CI.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -157,3 +158,9 @@ def write_p12(party: Party, path: Path, password: bytes, *, chain: tuple[Party, 
     )
     path.write_bytes(data)
     return path
+
+
+@functools.cache
+def shared_pki() -> Pki:
+    """One PKI per test session: generating RSA keys is the slow part of these tests."""
+    return make_pki()

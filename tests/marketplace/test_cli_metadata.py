@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import json
@@ -18,23 +17,13 @@ from imagekit.cli import main
 from marketplace.identifier import sha1_to_identifier
 from marketplace.metadata import ChecksumAlgorithm, parse_metadata
 
-from .pki import Pki, make_pki, write, write_p12
+from .pki import Pki, write, write_p12
 
 FULL = "marketplace/stratuslab-full-selfsigned-signed.xml"
 CA = "marketplace/stratuslab-ca-signed-4checksums.xml"
 REPO = Path(__file__).resolve().parents[2]
 IMAGEKIT = REPO / ".venv" / "bin" / "imagekit"
 OS_FLAGS = ["--os", "debian", "--os-version", "12", "--os-arch", "x86_64"]
-
-
-@functools.cache
-def shared_pki() -> Pki:
-    return make_pki()
-
-
-@pytest.fixture
-def pki() -> Pki:
-    return shared_pki()
 
 
 @pytest.fixture

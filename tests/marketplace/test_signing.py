@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,25 +14,10 @@ from marketplace.metadata import DSIG, parse_metadata
 from marketplace.signing import SignatureAlgorithm, load_p12, load_signer, sign_entry
 from marketplace.verify import verify_entry
 
-from .pki import NOW, Pki, make_pki, write, write_p12
+from .pki import NOW, Pki, write, write_p12
 
 MINIMAL = "marketplace/stratuslab-minimal-unsigned.xml"
 FULL = "marketplace/stratuslab-full-selfsigned-signed.xml"
-
-
-@functools.cache
-def shared_pki() -> Pki:
-    return make_pki()
-
-
-@pytest.fixture
-def pki() -> Pki:
-    return shared_pki()
-
-
-@pytest.fixture
-def unsigned(anchors: Path) -> bytes:
-    return (anchors / MINIMAL).read_bytes()
 
 
 def test_rsa_signature_fills_the_endorsement_and_verifies(pki: Pki, unsigned: bytes) -> None:

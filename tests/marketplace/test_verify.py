@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ from marketplace.metadata import Endorsement, Endorser, parse_metadata, split_me
 from marketplace.signing import sign_entry, sign_metadata
 from marketplace.verify import verify_entry
 
-from .pki import NOW, Pki, make_pki, write
+from .pki import NOW, Pki, shared_pki, write
 
 FULL = "marketplace/stratuslab-full-selfsigned-signed.xml"
 CA = "marketplace/stratuslab-ca-signed-4checksums.xml"
@@ -27,16 +26,6 @@ MINIMAL = "marketplace/stratuslab-minimal-unsigned.xml"
 # (2011-02-13T23:20:10Z): it verifies only with a pinned time inside the certificate's life.
 FULL_AT = datetime(2011, 2, 14, tzinfo=UTC)
 _UNSIGNED = (Path(__file__).resolve().parents[3] / "shared" / "anchors" / MINIMAL).read_bytes()
-
-
-@functools.cache
-def shared_pki() -> Pki:
-    return make_pki()
-
-
-@pytest.fixture
-def pki() -> Pki:
-    return shared_pki()
 
 
 @pytest.fixture
