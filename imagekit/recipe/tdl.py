@@ -57,7 +57,10 @@ _UNITS: dict[str, int] = {"b": 1, "g": 2**30, "t": 2**40} | {
 
 @cache
 def relaxng() -> etree.RelaxNG:
-    return etree.RelaxNG(etree.parse(str(SCHEMA)))
+    # From bytes, not by path: libxml2 loads a path through its global external-entity loader,
+    # which python-xmlsec and lxml's no_network parsers swap; in a process that has both
+    # (the test suite) a path load can then fail with no detail.
+    return etree.RelaxNG(etree.fromstring(SCHEMA.read_bytes()))
 
 
 def disk_size_mib(text: str) -> int:

@@ -104,17 +104,17 @@ def test_extension_namespace(tmp_path: Path) -> None:
     assert recipe.repositories[0].mirrorlist == "http://m/list" and not recipe.repositories[0].url
     assert recipe.platform_commands[0].platform == "ec2"
     # The same document, stripped as documented, is valid against the unmodified upstream schema.
-    upstream = etree.RelaxNG(etree.parse(str(ANCHORS / "oz" / "tdl.rng")))
-    document = etree.parse(str(path)).getroot()
+    upstream = etree.RelaxNG(etree.fromstring((ANCHORS / "oz" / "tdl.rng").read_bytes()))
+    document = etree.fromstring(path.read_bytes())
     assert not upstream.validate(document)
     assert upstream.validate(strip_extensions(document)), upstream.error_log
-    debian = etree.RelaxNG(etree.parse(str(ANCHORS / "oz" / "tdl-debian-0.17.0.rng")))
+    debian = etree.RelaxNG(etree.fromstring((ANCHORS / "oz" / "tdl-debian-0.17.0.rng").read_bytes()))
     assert debian.validate(strip_extensions(document))
 
 
 def test_shipped_cloud_recipe_strips_to_plain_oz() -> None:
-    document = etree.parse(str(REPO / "recipes" / "debian-12-cloud.tdl")).getroot()
-    upstream = etree.RelaxNG(etree.parse(str(ANCHORS / "oz" / "tdl.rng")))
+    document = etree.fromstring((REPO / "recipes" / "debian-12-cloud.tdl").read_bytes())
+    upstream = etree.RelaxNG(etree.fromstring((ANCHORS / "oz" / "tdl.rng").read_bytes()))
     assert upstream.validate(strip_extensions(document)), upstream.error_log
 
 
