@@ -81,12 +81,8 @@ def write_atomic(path: Path, data: bytes, *, replace: bool = True) -> bool:
     """Write ``data`` to ``path`` durably. Without ``replace`` an existing file wins (→ False)."""
     directory = path.parent
     created_dirs = _makedirs(directory)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    tmp = _durable_temp(directory, data)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         if replace:
             os.replace(tmp, path)
         else:
@@ -104,6 +100,20 @@ def write_atomic(path: Path, data: bytes, *, replace: bool = True) -> bool:
     for made in created_dirs:
         _fsync_dir(made.parent)
     return True
+
+
+def _durable_temp(directory: Path, data: bytes) -> str:
+    """``data`` in a fsynced temporary file in ``directory`` (removed again on failure)."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
 
 
 def _makedirs(directory: Path) -> list[Path]:
@@ -185,16 +195,7 @@ class Store:
     def stage(self, key: EntryKey, data: bytes) -> Staged:
         directory = self.path(key).parent
         created = _makedirs(directory)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return Staged(key, Path(tmp), data, tuple(created))
+        return Staged(key, Path(_durable_temp(directory, data)), data, tuple(created))
 
     def publish(self, staged: Staged) -> PutOutcome:
         """Link a staged file into place (never replacing one); the caller syncs directories."""
