@@ -195,7 +195,15 @@ def prepare_context(
         db.execute("SAVEPOINT vm")
         try:
             leases, networks = _lease_nics(store, db, tmpl, vmid)
-            vm = instantiate(tmpl, vmid=vmid, user=owner, images=images, leases=leases, networks=networks)
+            vm = instantiate(
+                tmpl,
+                vmid=vmid,
+                user=owner,
+                images=images,
+                leases=leases,
+                networks=networks,
+                device_prefixes=(settings.default_device_prefix, settings.default_cdrom_device_prefix),
+            )
             variables = resolve_context(vm, other_context=lambda other: _stored_context(db, other))
             context_attr = tmpl.first("CONTEXT")
             where = (

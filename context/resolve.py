@@ -3,13 +3,18 @@
 The scanner mirrors ``src/parsers/vm_var_parser.l`` and the grammar ``vm_var_syntax.y``:
 
 - ``$VAR``: ``UID UNAME GID GNAME NAME`` from the VM object, ``TEMPLATE`` = base64 of the VM's
-  XML, anything else the VM template's single attribute (``VMID`` is one), else the owner's.
+  XML, anything else the first *single* attribute of the VM's template (``VMID`` is one; the
+  owner's user template is only read by ``$USER[…]``).
 - ``$VAR[ATTR]`` / ``$VAR[ATTR, K="v"]`` / ``K=v`` (``v`` alphanumeric): the first vector ``VAR``
-  (whose ``K`` equals ``v`` exactly); ``$NETWORK[…]``, ``$IMAGE[…]`` and ``$USER[…]`` read
-  the network (NIC first, then the network), image and user templates instead.
+  whose ``K`` equals ``v`` exactly (a missing ``K`` counts as ``""``); ``$NETWORK[…]``,
+  ``$IMAGE[…]`` and ``$USER[…]`` read the network (never the NIC), image and user templates.
 - ``$4.NAME`` (1.4): CONTEXT variable NAME of VM 4, as resolved when that VM was created.
 - Single pass, a missing value is ``""``, names are upper-cased (condition values are not),
   the character after a variable is re-emitted, ``\\$`` is copied verbatim (backslash and all).
+
+oned substitutes the whole CONTEXT as one string, ``KEY=value`` pairs in key order joined by a
+separator, so a lone backslash is dropped (flex's echo) only at the end of the value of the
+last key; everywhere else it is followed by something and kept.
 
 One deliberate difference: a newline right after a variable is re-emitted like any other
 character (oned's scanner has no rule for it in that state and silently drops it).
@@ -40,8 +45,10 @@ _CBRACKET = re.compile(r"[ \t]*\]")
 _COMMA = re.compile(r"[ \t]*,[ \t]*")
 _EQUAL = re.compile(r"[ \t]*=[ \t]*")
 # After a variable these start a token of their own in oned's VAR state, so they are syntax
-# errors there rather than a character to re-emit (`$NAME, hi` does not parse).
+# errors there rather than a character to re-emit (`$NAME, hi` does not parse). After the `]`
+# of `$X[…]` a name character or `[` is one too (VARIABLE / OBRACKET where EOA must follow).
 _STRAY = re.compile(r"[ \t]*([=,\]])")
+_STRAY_AFTER_BRACKET = re.compile(r"[ \t]*([=,\]])|([A-Za-z0-9_\[])")
 
 # NETWORK=YES: (context suffix, NIC attribute, alternative NIC attribute, then the network?)
 # in oned's order (NETWORK_CONTEXT then NETWORK6_CONTEXT of VirtualMachineContext.cc).
@@ -57,6 +64,7 @@ NETWORK_CONTEXT: tuple[tuple[str, str, str, bool], ...] = (
     ("METRIC", "METRIC", "", True),
     ("METHOD", "METHOD", "", True),
     ("VLAN_ID", "VLAN_ID", "", True),
+    ("ROUTES", "ROUTES", "", True),
     ("VROUTER_IP", "VROUTER_IP", "", False),
     ("VROUTER_MANAGEMENT", "VROUTER_MANAGEMENT", "", False),
     ("EXTERNAL", "EXTERNAL", "", False),
@@ -117,11 +125,11 @@ class _Scanner:
             raise self.fail(f"expected {what}, got {found}", start)
         return got
 
-    def end_of_variable(self, start: int, name: str) -> str:
+    def end_of_variable(self, start: int, name: str, stray_rx: re.Pattern[str] = _STRAY) -> str:
         """The EOA: ``""`` at the end or before another ``$``, else the next character."""
-        stray = _STRAY.match(self.text, self.pos)
+        stray = stray_rx.match(self.text, self.pos)
         if stray:
-            raise self.fail(f"unexpected {stray.group(1)!r} right after ${name}", start)
+            raise self.fail(f"unexpected {stray.group(stray.lastindex or 1)!r} right after ${name}", start)
         if self.pos >= len(self.text) or self.text[self.pos] == "$":
             return ""
         self.pos += 1
@@ -164,7 +172,7 @@ class _Scanner:
             hint = " (quote values that are not alphanumeric)" if key is not None else ""
             found = repr(self.text[self.pos]) if self.pos < len(self.text) else "the end of the value"
             raise self.fail(f"expected ']' to close ${name}[…], got {found}{hint}", start)
-        eoa = self.end_of_variable(start, f"{name}[…]")
+        eoa = self.end_of_variable(start, f"{name}[…]", _STRAY_AFTER_BRACKET)
         return Reference(
             name.upper(),
             self.text[start : self.pos],
@@ -176,16 +184,21 @@ class _Scanner:
         )
 
 
-def parse_value(text: str) -> list[str | Reference]:
-    """Literal text and references, in order; :class:`ExpressionError` if malformed."""
+def parse_value(text: str, *, at_end: bool = True) -> list[str | Reference]:
+    """Literal text and references, in order; :class:`ExpressionError` if malformed.
+    ``at_end``: the value ends oned's joined CONTEXT string (see the module docstring)."""
     scanner = _Scanner(text)
     out: list[str | Reference] = []
     literal: list[str] = []
     while scanner.pos < len(text):
         ch = text[scanner.pos]
         if ch == "\\":
-            # `\$` and `\x` are copied verbatim; a lone trailing backslash is dropped (flex echo).
-            literal.append(text[scanner.pos : scanner.pos + 2] if scanner.pos + 1 < len(text) else "")
+            # `\$` and `\x` are copied verbatim; a lone backslash ending the joined CONTEXT is
+            # dropped (flex echo), elsewhere the separator follows it and it is kept.
+            if scanner.pos + 1 < len(text):
+                literal.append(text[scanner.pos : scanner.pos + 2])
+            elif not at_end:
+                literal.append("\\")
             scanner.pos += 2
         elif ch == "$":
             if literal:
@@ -206,9 +219,10 @@ def parse_value(text: str) -> list[str | Reference]:
 
 
 def _first_single(tmpl: Template, name: str) -> str:
-    # oned's Template::get(name, string&): the first attribute of that name, if it is single.
-    attr = tmpl.first(name)
-    return attr.value if attr is not None and isinstance(attr.value, str) else ""
+    # oned's Template::get(name, string&): the first *single* attribute of that name, skipping
+    # vectors of the same name (Template::__get<SingleAttribute>).
+    value = tmpl.single(name)
+    return value if value is not None else ""
 
 
 def _vnet_derived(vnet: VirtualNetwork) -> dict[str, str]:
@@ -223,8 +237,10 @@ def _vnet_derived(vnet: VirtualNetwork) -> dict[str, str]:
 
 
 def _selected(vectors: list[Vector], key: str | None, value: str | None) -> Vector | None:
+    # oned compares vector_value(key), which is "" when the key is missing: K="" selects the
+    # first vector without K.
     for vector in vectors:
-        if key is None or vector.get(key) == value:
+        if key is None or (vector.get(key) or "") == value:
             return vector
     return None
 
@@ -253,7 +269,8 @@ class Resolver:
             return str(vm.user.gid)
         if name == "GNAME":
             return vm.user.gname
-        return _first_single(vm.template, name) or _first_single(vm.user.template, name)
+        # oned reads the VM's template, then the VM's user template: both are this template.
+        return _first_single(vm.template, name)
 
     def _nic_network(self, key: str, value: str | None) -> tuple[Vector, VirtualNetwork] | None:
         """The first NIC whose ``key`` is ``value``, with its network if the VM has it."""
@@ -289,7 +306,7 @@ class Resolver:
         nic, vnet = found
         if attr == "TEMPLATE":
             return network_xml64(vnet)
-        return nic.get(attr) or self._vnet_attribute(vnet, attr)
+        return self._vnet_attribute(vnet, attr)  # the network's, never the NIC's own
 
     def image(self, attr: str, key: str | None, value: str | None) -> str:
         if key not in ("IMAGE", "IMAGE_ID"):
@@ -318,10 +335,11 @@ class Resolver:
         vector = _selected(self.vm.template.vectors(ref.name), ref.key, ref.value)
         return (vector.get(ref.attr) or "") if vector is not None else ""
 
-    def substitute(self, text: str) -> str:
+    def substitute(self, text: str, *, at_end: bool = True) -> str:
         if "$" not in text and "\\" not in text:
             return text  # nothing to substitute, nothing to unescape: parse_value gives [text]
-        return "".join(p if isinstance(p, str) else self.value(p) + p.eoa for p in parse_value(text))
+        pieces = parse_value(text, at_end=at_end)
+        return "".join(p if isinstance(p, str) else self.value(p) + p.eoa for p in pieces)
 
     def network_context(self) -> dict[str, str]:
         """The ETHn_* variables NETWORK=YES generates, for every NIC (n = its NIC_ID)."""
@@ -360,9 +378,11 @@ def resolve_context(vm: VirtualMachine, *, other_context: OtherContext | None = 
         )
     resolver = Resolver(vm, other_context)
     out: dict[str, str] = {}
+    # The value oned's joined string ends with: the greatest key's (FILES_DS is taken out first).
+    last = max((k for k in first.value.keys() if k != "FILES_DS"), default=None)
     for key, value in first.value.items:
         try:
-            out[key] = resolver.substitute(value)
+            out[key] = resolver.substitute(value, at_end=key == last)
         except ExpressionError as err:
             raise InputError(
                 f"CONTEXT.{key}: {err.message} in {err.text!r} at character {err.position} of the value",

@@ -20,6 +20,7 @@ from imagekit.locations import etc_dir
 
 CONFIG_NAME = "oned.conf"
 _MAC_PREFIX = re.compile(r"[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}")
+_DEV_PREFIX = re.compile(r"[a-z]+")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class OnedSettings:
     context_restricted_dirs: tuple[Path, ...] = (Path("/etc"),)
     context_safe_dirs: tuple[Path, ...] = ()
     source: str = "<defaults>"
+    # DISK / context CD targets (<prefix>a, <prefix>b…) when a disk names none.
+    default_device_prefix: str = "hd"
+    default_cdrom_device_prefix: str = "hd"
 
 
 def _where(tmpl: Template, attr: Attribute) -> str:
@@ -74,7 +78,14 @@ def settings_from_template(tmpl: Template) -> OnedSettings:
             raise InputError(
                 f"context directories must be absolute, got {str(directory)!r}", where=tmpl.source
             )
-    return OnedSettings(mac_prefix, network_size, restricted, safe, tmpl.source)
+    prefixes = [defaults.default_device_prefix, defaults.default_cdrom_device_prefix]
+    for i, name in enumerate(("DEFAULT_DEVICE_PREFIX", "DEFAULT_CDROM_DEVICE_PREFIX")):
+        if (found := _single(tmpl, name)) is not None:
+            value, where = found
+            if not _DEV_PREFIX.fullmatch(value):
+                raise InputError(f"{name}: expected a device prefix like hd, got {value!r}", where=where)
+            prefixes[i] = value
+    return OnedSettings(mac_prefix, network_size, restricted, safe, tmpl.source, prefixes[0], prefixes[1])
 
 
 def load_settings(etc: Path | None = None) -> OnedSettings:

@@ -156,11 +156,12 @@ def _tokens(text: str, source: str) -> tuple[list[Token], InputError | None]:
 
 def attribute_name(name: str) -> str:
     """A top-level name as oned stores it: upper-cased; ``ONE_`` prefixed when it does not
-    start with a letter or ``_``, or starts with ``XML`` (not a valid XML element name)."""
-    name = name.upper()
+    start with a letter or ``_``, or starts with ``XML`` as written (oned's Attribute
+    constructor tests the name before upper-casing it: ``xmlfoo`` becomes ``XMLFOO``)."""
+    upper = name.upper()
     if name and (not (name[0].isalpha() or name[0] == "_") or name.startswith("XML")):
-        name = "ONE_" + name
-    return name
+        return "ONE_" + upper
+    return upper
 
 
 class _Parser:
@@ -245,9 +246,27 @@ class _Parser:
             i += 4
 
 
+# Template::trim's blanks (std::string::find_last_not_of(" \f\n\r\t\v")).
+_TRAILING_BLANKS = " \f\n\r\t\v"
+
+
+def _trim_name(template: Template) -> Template:
+    """oned trims the trailing blanks of ``NAME`` after every parse (Template::trim_name):
+    the first single ``NAME``, unless it is empty."""
+    for index, attr in enumerate(template.attributes):
+        if attr.name == "NAME" and isinstance(attr.value, str):
+            trimmed = attr.value.rstrip(_TRAILING_BLANKS)
+            if trimmed == attr.value:
+                return template
+            attributes = list(template.attributes)
+            attributes[index] = replace(attr, value=trimmed)
+            return replace(template, attributes=tuple(attributes))
+    return template
+
+
 def parse_template(text: str, source: str = "<string>") -> Template:
     """Parse template text; errors are :class:`InputError` at ``source:LINE:COL``."""
-    return _Parser(text, source).parse()
+    return _trim_name(_Parser(text, source).parse())
 
 
 def load_template(path: Path) -> Template:

@@ -18,8 +18,10 @@ import base64
 import grp
 import os
 import pwd
+import re
+import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from context.model import Attribute, Lease, Template, Vector, VirtualNetwork
@@ -214,6 +216,96 @@ def _expand_disks(tmpl: Template, images: Sequence[Image]) -> dict[int, Vector]:
     return disks
 
 
+# istringstream >> float / long: leading blanks skipped, nothing may follow the number.
+_FLOAT = re.compile(r"[ \t\n\v\f\r]*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
+_LONG_MAX = 2**63 - 1
+
+
+def _float32(text: str) -> float:
+    """``text`` read into a C float (0.0 when it is not one or overflows)."""
+    if not _FLOAT.fullmatch(text):
+        return 0.0
+    try:
+        return float(struct.unpack("f", struct.pack("f", float(text)))[0])
+    except OverflowError:
+        return 0.0
+
+
+def _as_number(name: str, value: str, where: str) -> str:
+    """CPU and MEMORY re-stored as oned's VirtualMachine::insert stores them: read into a
+    float (CPU) or a long (MEMORY) and written back by an ostream (``0.50`` → ``0.5``,
+    ``0512`` → ``512``, six significant digits for CPU). Both must be positive."""
+    if name == "CPU":
+        what = "a positive float or integer value"
+        number = _float32(value)
+        if number > 0:
+            return f"{number:g}"
+    else:
+        what = "a positive integer value"
+        if _INTEGER.fullmatch(value) and 0 < int(value) <= _LONG_MAX:
+            return str(int(value))
+    raise InputError(f"{name}: expected {what}, got {value!r}", where=where)
+
+
+def _context_disk(
+    tmpl: Template, disks: Mapping[int, Vector], images: Sequence[Image], prefixes: tuple[str, str]
+) -> tuple[str, str] | None:
+    """(DISK_ID, TARGET) oned gives the context CD (VirtualMachineDisks::get_images): the disk
+    after the last DISK, and its TARGET unless CONTEXT names one: the first free ``<prefix>a…z``
+    (CONTEXT's DEV_PREFIX, else DEFAULT_CDROM_DEVICE_PREFIX) once the first OS disk and the
+    CDROM disks without a TARGET have theirs. None without a CONTEXT vector."""
+    context = tmpl.vectors("CONTEXT")
+    if not context:
+        return None
+    device_prefix, cdrom_prefix = prefixes
+    by_id = {img.id: img for img in images}
+    used: set[str] = set()
+    os_disk: list[str] = []
+    cdroms: list[str] = []
+    for index, attr in enumerate(tmpl.all("DISK")):
+        disk = disks.get(index, attr.value if isinstance(attr.value, Vector) else Vector())
+        image_id = disk.get("IMAGE_ID")
+        image = by_id.get(int(image_id)) if image_id and image_id.isdigit() else None
+        image_tmpl = image.template if image is not None else Template()
+        target = disk.get("TARGET") or image_tmpl.single("TARGET")
+        if target:
+            if target in used:
+                raise InputError(f"DISK: two disks have the same target {target}", where=_where(tmpl, attr))
+            used.add(target)
+            continue
+        if image is None:
+            continue  # volatile disks are DATABLOCKs: their targets come after the context's
+        kind = (image_tmpl.single("TYPE") or "OS").upper()
+        default = cdrom_prefix if kind == "CDROM" else device_prefix
+        prefix = disk.get("DEV_PREFIX") or image_tmpl.single("DEV_PREFIX") or default
+        if kind == "OS" and not os_disk:
+            os_disk.append(prefix)
+        elif kind == "CDROM":
+            cdroms.append(prefix)
+
+    def assign(prefix: str) -> str:
+        for letter in "abcdefghijklmnopqrstuvwxyz":
+            target = prefix + letter
+            if target not in used:
+                break
+        used.add(target)  # oned's loop stops at `z` even when it is taken
+        return target
+
+    for prefix in os_disk:
+        assign(prefix)
+    target = context[0].get("TARGET") or ""
+    if target:
+        if target in used:
+            raise InputError(f"CONTEXT: two disks have the same target {target}", where=_where(tmpl, None))
+        used.add(target)
+    for prefix in cdroms:
+        assign(prefix)
+    if not target:
+        target = assign(context[0].get("DEV_PREFIX") or cdrom_prefix)
+    return str(len(tmpl.all("DISK"))), target
+
+
 def instantiate(
     tmpl: Template,
     *,
@@ -222,19 +314,28 @@ def instantiate(
     images: Sequence[Image] = (),
     leases: Mapping[int, Lease] | None = None,
     networks: Mapping[int, VirtualNetwork] | None = None,
+    device_prefixes: tuple[str, str] = ("hd", "hd"),
 ) -> VirtualMachine:
     """The VM as oned holds it after allocation. ``leases`` and ``networks`` are keyed by the
-    index of the NIC among the template's NICs (as :func:`lease_requests` numbers them)."""
+    index of the NIC among the template's NICs (as :func:`lease_requests` numbers them).
+    ``device_prefixes``: oned.conf's DEFAULT_DEVICE_PREFIX and DEFAULT_CDROM_DEVICE_PREFIX."""
     leases = leases or {}
     networks = networks or {}
     disks = _expand_disks(tmpl, images)
+    context_disk = _context_disk(tmpl, disks, images, device_prefixes)
     name = tmpl.single("NAME") or f"one-{vmid}"
     attributes: list[Attribute] = []
     nic_index = disk_index = 0
     for attr in tmpl.attributes:
         if attr.name == "VMID":
             continue  # set by the core, not by the template
-        if attr.name == "NIC" and isinstance(attr.value, Vector):
+        if attr.name in ("CPU", "MEMORY") and isinstance(attr.value, str):
+            attr = replace(attr, value=_as_number(attr.name, attr.value, _where(tmpl, attr)))
+        elif attr.name == "CONTEXT" and isinstance(attr.value, Vector) and context_disk is not None:
+            disk_id, target = context_disk
+            attr = replace(attr, value=_with(attr.value, [("DISK_ID", disk_id), ("TARGET", target)]))
+            context_disk = None  # only the first CONTEXT is the VM's
+        elif attr.name == "NIC" and isinstance(attr.value, Vector):
             updates = [("NIC_ID", str(nic_index))]
             lease = leases.get(nic_index)
             if lease is not None:

@@ -122,7 +122,14 @@ def test_other_vm_context_1_4_form(tmp_path: Path, state: State, etc: Path) -> N
     assert stored_context(state, db.vmid) == dict(db.variables)
     web = 'NAME = web\nCONTEXT = [ DB = "$0.ETH0_IP:5432", WHO = "$0.host", GONE = "$7.HOST" ]\n'
     ctx = prepare_context(write_vm(tmp_path, web, "web.one"), state=state, etc=etc)
-    assert ctx.variables == {"DB": "10.1.0.1:5432", "WHO": "vm-0", "GONE": ""}
+    # DISK_ID and TARGET: the context CD, as oned adds them (the VM has no DISK).
+    assert ctx.variables == {
+        "DB": "10.1.0.1:5432",
+        "WHO": "vm-0",
+        "GONE": "",
+        "DISK_ID": "0",
+        "TARGET": "hda",
+    }
 
 
 def test_nic_errors_point_at_the_nic(tmp_path: Path, state: State, etc: Path) -> None:

@@ -77,7 +77,7 @@ def resolve(value: str, other: Mapping[int, Mapping[str, str]] | None = None, *,
         ("10.0.0.$VMID", "10.0.0.42"),
         ("$MEMORY MB", "512 MB"),
         ("$UID $UNAME $GID $GNAME", "1001 alice 100 users"),
-        ("$SSH_PUBLIC_KEY", "ssh-ed25519 AAA a@b"),  # falls back to the user template
+        ("$SSH_PUBLIC_KEY", ""),  # the owner's template is $USER[…]'s only
         ("$UNAME_foo", ""),
         ("$5 off", " off"),
         ("$MISSING.", "."),
@@ -94,7 +94,7 @@ def resolve(value: str, other: Mapping[int, Mapping[str, str]] | None = None, *,
         ("$GRAPHICS[PORT]", "5900"),
         ('$NETWORK[DNS, NETWORK="public net"]', "8.8.8.8"),
         ("$NETWORK[DNS, NETWORK_ID=0]", "10.0.0.253"),
-        ("$NETWORK[GATEWAY, NIC_ID=1]", "130.10.0.9"),  # the NIC first, then the network
+        ("$NETWORK[GATEWAY, NIC_ID=1]", ""),  # the network's, not the NIC's GATEWAY
         ("$NETWORK[GATEWAY, NIC_ID=0]", "10.0.0.254"),
         ("$NETWORK[NETWORK_MASK, NIC_ID=0]", "255.255.255.0"),
         ("$NETWORK[DNS]", ""),  # only NETWORK / NETWORK_ID / NIC_ID select
@@ -238,7 +238,7 @@ def test_network_yes_generates_eth_variables() -> None:
     assert got["ETH2_IP"] == ""
     assert got["ETH2_GATEWAY"] == ""
     per_nic = sorted(k for k in got if k.startswith("ETH0_"))
-    assert len(per_nic) == 21  # every listed key is written, even empty
+    assert len(per_nic) == 22  # every listed key is written, even empty
     assert got["HOSTNAME"] == "web"
     assert "ETH0_IP" not in resolve_context(make_vm('NETWORK = "NO"'))
 
@@ -261,7 +261,7 @@ def test_instantiate_sets_vmid_nic_ids_and_default_name() -> None:
     assert vm.name == "one-7"
     assert vm.template.single("VMID") == "7"
     assert vm.template.vectors("NIC")[0].as_dict() == {"MODEL": "e1000", "NIC_ID": "0"}
-    assert resolve_context(vm) == {"N": "one-7"}
+    assert resolve_context(vm) == {"N": "one-7", "DISK_ID": "0", "TARGET": "hda"}
 
 
 def test_disk_images_resolved_or_refused() -> None:
@@ -299,7 +299,8 @@ def test_lookups_kept_per_vm_do_not_mix_nics_or_networks() -> None:
     }
     vm = instantiate(tmpl, vmid=5, user=ALICE, leases=leases, networks={0: PRIVATE, 1: PRIVATE, 2: PUBLIC})
     got = resolve_context(vm)
-    assert (got["A"], got["B"], got["C"]) == ("10.0.0.254 10.0.0.9", "10.0.0.2 10.0.0.1 ", "public net 1 ")
+    # $NETWORK reads the network (never the NIC's IP or GATEWAY); ETHn_* read the NIC first.
+    assert (got["A"], got["B"], got["C"]) == ("10.0.0.254 10.0.0.254", "  ", "public net 1 ")
     assert [got[f"ETH{n}_GATEWAY"] for n in range(3)] == ["10.0.0.254", "10.0.0.9", ""]
     assert [got[f"ETH{n}_MASK"] for n in range(3)] == ["255.255.255.0", "255.255.255.0", ""]
     assert [got[f"ETH{n}_DNS"] for n in range(3)] == ["10.0.0.253", "10.0.0.253", "8.8.8.8"]

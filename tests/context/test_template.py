@@ -83,7 +83,7 @@ def test_fixed_network_anchor(anchors: Path) -> None:
         ('A = "one\ntwo"', [("A", "one\ntwo")]),
         (r'A = "say \"hi\" \n \\ \t"', [("A", 'say "hi" \\n \\\\ \\t')]),
         ("A = x\\y", [("A", "x\\y")]),
-        ("xml_thing = 1\n1st = 2\n_x = 3", [("ONE_XML_THING", "1"), ("ONE_1ST", "2"), ("_X", "3")]),
+        ("XML_thing = 1\n1st = 2\n_x = 3", [("ONE_XML_THING", "1"), ("ONE_1ST", "2"), ("_X", "3")]),
         ("A = 1\nA = 2", [("A", "1"), ("A", "2")]),
         ("# c\n  # indented\nA = 1 # trailing\nB = 2 # last line without newline", [("A", "1"), ("B", "2")]),
         ('A = "x # not a comment"', [("A", "x # not a comment")]),
@@ -175,7 +175,7 @@ def test_serialise_values_ending_in_backslash() -> None:
 
 
 def test_attribute_name() -> None:
-    assert attribute_name("xmlfoo") == "ONE_XMLFOO"
+    assert attribute_name("XMLfoo") == "ONE_XMLFOO"
     assert attribute_name("9") == "ONE_9"
     assert attribute_name("context") == "CONTEXT"
 
