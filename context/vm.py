@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import grp
+import math
 import os
 import pwd
 import re
@@ -227,9 +228,10 @@ def _float32(text: str) -> float:
     if not _FLOAT.fullmatch(text):
         return 0.0
     try:
-        return float(struct.unpack("f", struct.pack("f", float(text)))[0])
+        number = float(struct.unpack("f", struct.pack("f", float(text)))[0])
     except OverflowError:
         return 0.0
+    return number if math.isfinite(number) else 0.0  # out of a float's range: failbit
 
 
 def _as_number(name: str, value: str, where: str) -> str:
