@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,10 +36,25 @@ TRICKY = {
 }
 
 
-def _bash_values(path: Path, keys: list[str]) -> dict[str, str]:
-    """Source ``path`` with bash and print each key's value NUL-terminated."""
+# The shells that source context.sh: one-context and cloud-init 22.x use bash; cloud-init's
+# OpenNebula datasource is also run with `sh -e` (dash on Debian/Ubuntu), which must read the
+# same values. Both get the script on stdin with -e, as cloud-init's parse_shell_config does.
+SHELLS = [
+    pytest.param("bash", id="bash"),
+    pytest.param(
+        "dash",
+        id="dash",
+        marks=pytest.mark.skipif(shutil.which("dash") is None, reason="dash not installed"),
+    ),
+]
+
+
+def _shell_values(shell: str, path: Path, keys: list[str]) -> dict[str, str]:
+    """Source ``path`` with ``shell -e`` and print each key's value NUL-terminated."""
     script = ". ./context.sh\n" + "".join(f'printf "%s\\0" "${key}"\n' for key in keys)
-    out = subprocess.run(["bash", "-c", script], cwd=path.parent, capture_output=True, check=True)
+    out = subprocess.run(
+        [shell, "-e"], input=script.encode(), cwd=path.parent, capture_output=True, check=True
+    )
     values = out.stdout.split(b"\0")[:-1]
     return {k: v.decode() for k, v in zip(keys, values, strict=True)}
 
@@ -121,10 +137,11 @@ def test_nul_refused() -> None:
         render_context_sh({"A": "x\0y"})
 
 
-def test_tricky_values_through_bash(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shell", SHELLS)
+def test_tricky_values_through_the_shells(tmp_path: Path, shell: str) -> None:
     path = tmp_path / "context.sh"
     path.write_text(render_context_sh(TRICKY), encoding="utf-8")
-    assert _bash_values(path, list(TRICKY)) == TRICKY
+    assert _shell_values(shell, path, list(TRICKY)) == TRICKY
     assert not (tmp_path / "pwned").exists()
 
 
@@ -178,12 +195,15 @@ _keys = st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True).filter(
 )
 
 
+@pytest.mark.parametrize("shell", SHELLS)
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.dictionaries(_keys, _values, max_size=6))
-def test_property_bash_round_trip(tmp_path: Path, values: dict[str, str]) -> None:
+def test_property_shell_round_trip(tmp_path: Path, shell: str, values: dict[str, str]) -> None:
+    """Whatever the values, ``bash -e`` and ``dash -e`` (``sh`` on Debian, what cloud-init's
+    OpenNebula datasource may source context.sh with) read them back byte for byte."""
     path = tmp_path / "context.sh"
     path.write_text(render_context_sh(values), encoding="utf-8")
-    assert _bash_values(path, list(values)) == values
+    assert _shell_values(shell, path, list(values)) == values
     assert parse_context_sh(path.read_bytes().decode()) == values
 
 
