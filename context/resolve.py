@@ -225,15 +225,18 @@ def _first_single(tmpl: Template, name: str) -> str:
     return value if value is not None else ""
 
 
-def _vnet_derived(vnet: VirtualNetwork) -> dict[str, str]:
-    """What a network defines without having it as an attribute."""
-    derived = {"NAME": vnet.name, "BRIDGE": vnet.bridge, "TYPE": vnet.type.value}
+def _vnet_values(vnet: VirtualNetwork) -> dict[str, str]:
+    """Every value ``$NETWORK[ATTR, …]`` can read from a network: its attributes (the first of
+    a repeated one), else its id, else what it defines without having it as an attribute."""
+    values = {"NAME": vnet.name, "BRIDGE": vnet.bridge, "TYPE": vnet.type.value}
     if vnet.network_address:
-        block = ranged_block(vnet)
         # A 1.4 RANGED network has no NETWORK_MASK attribute; its block defines one.
-        derived["NETWORK_MASK"] = block.netmask
-        derived["NETWORK_ADDRESS"] = vnet.network_address
-    return derived
+        values["NETWORK_MASK"] = ranged_block(vnet).netmask
+        values["NETWORK_ADDRESS"] = vnet.network_address
+    values["ID"] = values["NETWORK_ID"] = "" if vnet.id is None else str(vnet.id)
+    for key, value in reversed(vnet.attributes):
+        values[key] = value
+    return values
 
 
 def _selected(vectors: list[Vector], key: str | None, value: str | None) -> Vector | None:
@@ -253,7 +256,7 @@ class Resolver:
         self.vm = vm
         self.other_context = other_context
         self._nic_networks: dict[tuple[str, str | None], tuple[Vector, VirtualNetwork] | None] = {}
-        self._vnet_derived: dict[int, dict[str, str]] = {}
+        self._vnet_values: dict[int, dict[str, str]] = {}
 
     def single(self, name: str) -> str:
         vm = self.vm
@@ -286,16 +289,10 @@ class Resolver:
         return found
 
     def _vnet_attribute(self, vnet: VirtualNetwork, attr: str) -> str:
-        value = vnet.attribute(attr)
-        if value is not None:
-            return value
-        if attr in ("ID", "NETWORK_ID"):
-            return "" if vnet.id is None else str(vnet.id)
-        # Computed when first needed (a RANGED network's block), then kept.
-        derived = self._vnet_derived.get(id(vnet))
-        if derived is None:
-            derived = self._vnet_derived[id(vnet)] = _vnet_derived(vnet)
-        return derived.get(attr, "")
+        values = self._vnet_values.get(id(vnet))
+        if values is None:  # once per network and resolver: NETWORK=YES asks for ~15 values
+            values = self._vnet_values[id(vnet)] = _vnet_values(vnet)
+        return values.get(attr, "")
 
     def network(self, attr: str, key: str | None, value: str | None) -> str:
         if key not in ("NETWORK", "NETWORK_ID", "NIC_ID"):

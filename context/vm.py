@@ -22,7 +22,7 @@ import pwd
 import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from context.model import Attribute, Lease, Template, Vector, VirtualNetwork
@@ -257,55 +257,58 @@ def _context_disk(
     after the last DISK, and its TARGET unless CONTEXT names one: the first free ``<prefix>a…z``
     (CONTEXT's DEV_PREFIX, else DEFAULT_CDROM_DEVICE_PREFIX) once the first OS disk and the
     CDROM disks without a TARGET have theirs. None without a CONTEXT vector."""
-    context = tmpl.vectors("CONTEXT")
-    if not context:
+    context: Vector | None = None
+    disk_attrs: list[Attribute] = []
+    for attr in tmpl.attributes:  # one pass: this runs for every VM
+        if attr.name == "DISK":
+            disk_attrs.append(attr)
+        elif attr.name == "CONTEXT" and context is None and isinstance(attr.value, Vector):
+            context = attr.value
+    if context is None:
         return None
     device_prefix, cdrom_prefix = prefixes
     by_id = {img.id: img for img in images}
     used: set[str] = set()
-    os_disk: list[str] = []
+    queue: list[str] = []  # prefixes of the disks assigned before the context CD, in order
     cdroms: list[str] = []
-    for index, attr in enumerate(tmpl.all("DISK")):
-        disk = disks.get(index, attr.value if isinstance(attr.value, Vector) else Vector())
-        image_id = disk.get("IMAGE_ID")
+    for index, attr in enumerate(disk_attrs):
+        disk = disks.get(index) or (attr.value if isinstance(attr.value, Vector) else Vector())
+        image_id = disk.get("IMAGE_ID") if by_id else None
         image = by_id.get(int(image_id)) if image_id and image_id.isdigit() else None
-        image_tmpl = image.template if image is not None else Template()
-        target = disk.get("TARGET") or image_tmpl.single("TARGET")
+        target = disk.get("TARGET") or (image.template.single("TARGET") if image is not None else None)
         if target:
             if target in used:
                 raise InputError(f"DISK: two disks have the same target {target}", where=_where(tmpl, attr))
             used.add(target)
-            continue
-        if image is None:
-            continue  # volatile disks are DATABLOCKs: their targets come after the context's
-        kind = (image_tmpl.single("TYPE") or "OS").upper()
-        default = cdrom_prefix if kind == "CDROM" else device_prefix
-        prefix = disk.get("DEV_PREFIX") or image_tmpl.single("DEV_PREFIX") or default
-        if kind == "OS" and not os_disk:
-            os_disk.append(prefix)
-        elif kind == "CDROM":
-            cdroms.append(prefix)
-
-    def assign(prefix: str) -> str:
-        for letter in "abcdefghijklmnopqrstuvwxyz":
-            target = prefix + letter
-            if target not in used:
-                break
-        used.add(target)  # oned's loop stops at `z` even when it is taken
-        return target
-
-    for prefix in os_disk:
-        assign(prefix)
-    target = context[0].get("TARGET") or ""
+        elif image is not None:  # else volatile: a DATABLOCK, its target comes after the context's
+            kind = (image.template.single("TYPE") or "OS").upper()
+            default = cdrom_prefix if kind == "CDROM" else device_prefix
+            prefix = disk.get("DEV_PREFIX") or image.template.single("DEV_PREFIX") or default
+            if kind == "OS" and not queue:
+                queue.append(prefix)
+            elif kind == "CDROM":
+                cdroms.append(prefix)
+    target = context.get("TARGET") or ""
+    for prefix in queue:  # the first OS disk, before the context's TARGET is checked
+        _assign_target(prefix, used)
     if target:
         if target in used:
             raise InputError(f"CONTEXT: two disks have the same target {target}", where=_where(tmpl, None))
         used.add(target)
     for prefix in cdroms:
-        assign(prefix)
-    if not target:
-        target = assign(context[0].get("DEV_PREFIX") or cdrom_prefix)
-    return str(len(tmpl.all("DISK"))), target
+        _assign_target(prefix, used)
+    return str(len(disk_attrs)), target or _assign_target(context.get("DEV_PREFIX") or cdrom_prefix, used)
+
+
+def _assign_target(prefix: str, used: set[str]) -> str:
+    """oned's assign_disk_targets for one disk: the first ``prefix+'a'…`` not used (``z``
+    when all are: its loop stops there)."""
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        target = prefix + letter
+        if target not in used:
+            break
+    used.add(target)
+    return target
 
 
 def instantiate(
@@ -332,10 +335,12 @@ def instantiate(
         if attr.name == "VMID":
             continue  # set by the core, not by the template
         if attr.name in ("CPU", "MEMORY") and isinstance(attr.value, str):
-            attr = replace(attr, value=_as_number(attr.name, attr.value, _where(tmpl, attr)))
+            number = _as_number(attr.name, attr.value, _where(tmpl, attr))
+            attr = Attribute(attr.name, number, attr.line, attr.column)
         elif attr.name == "CONTEXT" and isinstance(attr.value, Vector) and context_disk is not None:
             disk_id, target = context_disk
-            attr = replace(attr, value=_with(attr.value, [("DISK_ID", disk_id), ("TARGET", target)]))
+            context = _with(attr.value, [("DISK_ID", disk_id), ("TARGET", target)])
+            attr = Attribute(attr.name, context, attr.line, attr.column)
             context_disk = None  # only the first CONTEXT is the VM's
         elif attr.name == "NIC" and isinstance(attr.value, Vector):
             updates = [("NIC_ID", str(nic_index))]
