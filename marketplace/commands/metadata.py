@@ -20,7 +20,7 @@ from pathlib import Path
 from imagekit.errors import InputError
 from imagekit.output import print_json
 from marketplace import describe
-from marketplace.certs import TrustStore
+from marketplace.certs import LEGACY_SHA1_BEFORE, TrustStore
 from marketplace.metadata import (
     Metadata,
     format_time,
@@ -84,6 +84,9 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "--at", metavar="ISO-TIME", help="check the certificate at this time, not at the endorsement"
     )
     verify.add_argument("--no-sha1", action="store_true", help="refuse legacy RSA-SHA1 signatures")
+    verify.add_argument("--legacy-before", metavar="ISO-TIME",
+                        help="SHA-1 certificates chain only for entries endorsed before this "
+                             "(default 2016-01-01)")  # fmt: skip
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_verify)
 
@@ -181,6 +184,7 @@ def _verify(args: argparse.Namespace) -> int:
         trust=trust,
         at=_parse_at(args.at) if args.at else None,
         allow_sha1=not args.no_sha1,
+        legacy_before=_parse_at(args.legacy_before) if args.legacy_before else LEGACY_SHA1_BEFORE,
         source=str(args.file),
     )
     m = entry.metadata
@@ -195,13 +199,16 @@ def _verify(args: argparse.Namespace) -> int:
                 "created": format_time(entry.created),
                 "algorithm": entry.algorithm.name,
                 "chain": [c.subject.rfc4514_string() for c in entry.chain],
+                "legacy": list(entry.legacy),
                 "status": status,
             }
         )
     else:
         chained = f", chain to {entry.chain[-1].subject.rfc4514_string()}" if entry.chain else ""
+        legacy = f"; legacy algorithm accepted: {', '.join(entry.legacy)}" if entry.legacy else ""
         print(f"{args.file}: OK: {m.identifier} endorsed by {entry.endorser_email} at "
-              f"{format_time(entry.created)} ({entry.algorithm.name}{chained}); entry {status}")  # fmt: skip
+              f"{format_time(entry.created)} ({entry.algorithm.name}{chained}); entry {status}"
+              f"{legacy}")  # fmt: skip
     return 0
 
 
