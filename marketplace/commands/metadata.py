@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,9 +30,11 @@ from marketplace.metadata import (
     metadata_to_turtle,
     parse_metadata,
 )
-from marketplace.signing import SignatureAlgorithm, load_p12, load_signer, sign_entry
+from marketplace.signing import Profile, SignatureAlgorithm, load_p12, load_signer, sign_entry
 from marketplace.store import write_atomic
 from marketplace.verify import verify_entry
+
+log = logging.getLogger(__name__)
 
 
 def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -73,6 +76,9 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     sign.add_argument("--email", metavar="ADDR", help="endorser e-mail (default: the certificate's)")
     sign.add_argument("--algorithm", choices=[a.name for a in SignatureAlgorithm if not a.is_legacy],
                       help="default: RSA_SHA256 or ECDSA_SHA256 by key type")  # fmt: skip
+    sign.add_argument("--profile", choices=[p.value for p in Profile], default=Profile.IMAGEKIT.value,
+                      help="stratuslab-legacy: RSA-SHA1 and the signer certificate only, for sites "
+                           "still verifying with StratusLab's tools (weak: SHA-1)")  # fmt: skip
     sign.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     sign.set_defaults(func=_sign)
 
@@ -153,6 +159,13 @@ def _sign(args: argparse.Namespace) -> int:
         signer = load_signer(args.cert, args.key, _password(args))
     else:
         raise InputError("sign needs --cert and --key, or --p12")
+    profile = Profile(args.profile)
+    if profile is Profile.STRATUSLAB_LEGACY:
+        log.warning(
+            "signing with RSA-SHA1 for StratusLab's verifier: SHA-1 is broken for collisions and "
+            "imagekit accepts it only as legacy; intermediates are left out of KeyInfo%s",
+            f" ({len(signer.chain)} dropped)" if signer.chain else "",
+        )
     signed = sign_entry(
         _read(args.file),
         cert=signer.certificate,
@@ -161,6 +174,7 @@ def _sign(args: argparse.Namespace) -> int:
         email=args.email,
         chain=signer.chain,
         source=str(args.file),
+        profile=profile,
     )
     _write(args.output, signed)
     m = parse_metadata(signed, source=str(args.output))
