@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from imagekit.cli import main
@@ -29,6 +27,7 @@ from marketplace.signing import load_signer, sign_metadata
 from marketplace.verify import verify_entry
 
 from .entries import image_metadata
+from .pki import Party, issue
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 EMAIL = "jane@example.org"
@@ -48,21 +47,9 @@ def grid_name(cn: str) -> x509.Name:
 
 
 @pytest.fixture(scope="module")
-def grid_endorser() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def grid_endorser() -> Party:
     """A self-signed certificate whose subject carries ``emailAddress`` (grid style)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = grid_name("Jane Tester")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - timedelta(days=10))
-        .not_valid_after(NOW + timedelta(days=10))
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
+    return issue(grid_name("Jane Tester"), None)
 
 
 # --- point 14: emailAddress in DNs ------------------------------------------------------------
@@ -103,11 +90,11 @@ def test_other_names_do_not_match(text: str) -> None:
 
 
 def test_signing_writes_javas_form_and_both_forms_verify(
-    grid_endorser: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    grid_endorser: Party,
 ) -> None:
     """What imagekit writes is what StratusLab's ``String.equals`` check accepts; what
     Python tools wrote (text e-mail) verifies too, because names are compared parsed."""
-    cert, key = grid_endorser
+    cert, key = grid_endorser.cert, grid_endorser.key
     signed = sign_metadata(image_metadata("grid"), cert=cert, key=key)
     endorser = parse_metadata(signed).endorsement
     assert endorser is not None

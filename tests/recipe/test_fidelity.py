@@ -8,35 +8,18 @@ from __future__ import annotations
 
 import base64
 import logging
-import textwrap
 from pathlib import Path
 
 import pytest
 from lxml import etree
 
-from imagekit.errors import InputError
-from imagekit.recipe import RecipeErrors, load_recipe
+from imagekit.recipe import load_recipe
 from imagekit.recipe.model import Recipe, decode_base64
 from imagekit.recipe.tdl import relaxng
 
+from .test_appl import errors_of, load, write
+
 OS_DEBIAN = "os: {name: debian, version: '12'}\n"
-
-
-def write(directory: Path, name: str, text: str) -> Path:
-    path = directory / name
-    path.write_text(textwrap.dedent(text).lstrip())
-    return path
-
-
-def load(path: Path, env: dict[str, str] | None = None) -> Recipe:
-    return load_recipe(path, env=env or {})
-
-
-def errors_of(path: Path) -> list[str]:
-    with pytest.raises(InputError) as caught:
-        load(path)
-    err = caught.value
-    return [str(e) for e in err.errors] if isinstance(err, RecipeErrors) else [str(err)]
 
 
 def partitions(recipe: Recipe) -> dict[str, tuple[int, str, str]]:
