@@ -445,13 +445,13 @@ def _merge(fragments: list[_Fragment]) -> _Merged:
         m.default_repos = m.default_repos and frag.default_repos is not False
         m.formats = frag.formats if frag.formats is not None else m.formats
         m.install = frag.install or m.install
-        for mount, part in frag.partitions.items():
+        # Every BoxGrinder config starts with "/" of 1 GB and no type, which each file's
+        # partitions then update: a file that does not type "/" resets it to ext4.
+        for mount, part in ({"/": _Part(1.0, None, None, None)} | frag.partitions).items():
             m.partitions[mount] = _merge_partition(m.partitions.get(mount), part)
         for platform, commands in frag.post.items():
             m.post.setdefault(platform, []).extend(commands)
         m.users.update((u[0], u) for u in frag.users)
-    if not m.partitions:
-        m.partitions["/"] = _Part(1.0, DEFAULT_FS, None, None)
     if "/boot" not in m.partitions and _is_el5(m.os):
         # BoxGrinder's workaround for https://bugzilla.redhat.com/show_bug.cgi?id=466275,
         # decided on os.name/os.version as written, before variable substitution.

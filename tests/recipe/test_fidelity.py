@@ -104,6 +104,21 @@ def test_a_child_partition_without_type_resets_to_ext4(tmp_path: Path) -> None:
     }
 
 
+def test_every_file_carries_a_default_root_that_resets_its_type(tmp_path: Path) -> None:
+    """appliance-config.rb:42 starts every config with ``{"/" => {'size' => 1}}`` and
+    appliance-definition-helper.rb:113-116 only adds the file's partitions to it, so a file
+    naming only /home still has a 1 GB root, and a child that says nothing about "/" resets
+    the parent's root type to ext4 (appliance-config-helper.rb:146)."""
+    only_home = write(tmp_path, "home.appl", 'name: home\nhardware: {partitions: {"/home": {size: 2}}}\n')
+    assert partitions(load(only_home)) == {
+        "/": (1024, "ext4", "defaults"),
+        "/home": (2048, "ext4", "defaults"),
+    }
+    write(tmp_path, "base.appl", 'name: base\nhardware: {partitions: {"/": {size: 3, type: ext3}}}\n')
+    child = write(tmp_path, "child.appl", "name: child\nappliances: [base]\n")
+    assert partitions(load(child)) == {"/": (3072, "ext4", "defaults")}
+
+
 @pytest.mark.parametrize(
     ("os_line", "boot"),
     [
