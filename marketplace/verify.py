@@ -62,7 +62,7 @@ from marketplace.certs import (
     same_dn,
     valid_at,
 )
-from marketplace.metadata import DSIG, RDF, Metadata, metadata_from_element, q
+from marketplace.metadata import DSIG, RDF, SLREQ, Metadata, metadata_from_element, q
 from marketplace.signing import C14N, C14N_WITH_COMMENTS, ENVELOPED, DigestAlgorithm, SignatureAlgorithm
 
 __all__ = ["LEGACY_SHA1_BEFORE", "TrustStore", "VerifiedEntry", "verify_entry"]
@@ -143,9 +143,10 @@ def verify_entry(
             xmlsafe.parse(canonical, source=source, max_bytes=max_bytes), source=source
         )
     except DataError as exc:
-        raise _fail("metadata", str(exc)) from None
+        raise _fail("metadata", _with_input_lines(root, source, exc)) from None
     if metadata.endorsement is None:
-        raise _fail("metadata", f"{source}: the signed entry has an empty slreq:endorsement")
+        line = next(root.iter(q(SLREQ, "endorsement")), root).sourceline
+        raise _fail("metadata", f"{source}:{line}: slreq:endorsement: expected it filled in a signed entry")
     cert = certs[0]
     endorsement = metadata.endorsement
     endorser = endorsement.endorser
@@ -187,6 +188,16 @@ def verify_entry(
         chain=chain,
         legacy=_legacy(algorithm, digest, chain),
     )
+
+
+def _with_input_lines(root: etree._Element, source: str, exc: DataError) -> str:
+    """The canonical form's lines are not the input's (no XML declaration, the root's start tag
+    on one line): the same check on the input tree names the line the user sees."""
+    try:
+        metadata_from_element(root, source=source)
+    except DataError as on_input:
+        return str(on_input)
+    return str(exc)
 
 
 def _legacy(

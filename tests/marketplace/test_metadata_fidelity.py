@@ -7,6 +7,7 @@ summarised in ``shared/research/marketplace.md`` §1.2/§1.6.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -15,9 +16,14 @@ from pathlib import Path
 import pytest
 
 from imagekit.cli import main
-from imagekit.errors import DataError
+from imagekit.errors import DataError, VerificationError
 from marketplace.identifier import sha1_to_identifier
 from marketplace.metadata import ChecksumAlgorithm, parse_metadata
+from marketplace.signing import sign_metadata
+from marketplace.verify import verify_entry
+
+from .entries import image_metadata
+from .pki import Pki
 
 SHA1 = "c319bbd5afc0a22ba3eaed0507c39383ec28eeff"
 ID = "MMZu9WvwKIro-rtBQfDk4PsKO7_"
@@ -181,3 +187,16 @@ def test_show_turtle_on_odd_input_is_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"{path}:{EXTRA_LINE}: ex:dummy:" in err
+
+
+def test_verify_names_the_line_of_the_input_not_of_its_canonical_form(pki: Pki) -> None:
+    """The signed content is interpreted from its canonical form, which has no XML
+    declaration; the error still names the line of the signed file."""
+    odd = '<ex:dummy xmlns:ex="http://example.org/" ex:badrdf="BAD">dummy value</ex:dummy>'
+    m = dataclasses.replace(image_metadata("odd"), extensions=(odd,))
+    signed = sign_metadata(m, cert=pki.ec.cert, key=pki.ec.key)
+    line = next(i for i, text in enumerate(signed.decode().splitlines(), 1) if "ex:dummy" in text)
+    with pytest.raises(VerificationError) as caught:
+        verify_entry(signed, source="signed.xml")
+    assert caught.value.rule == "metadata"
+    assert f"signed.xml:{line}: ex:dummy: property attributes" in str(caught.value)
