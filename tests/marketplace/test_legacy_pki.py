@@ -18,9 +18,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from imagekit.cli import main
-from imagekit.errors import VerificationError
+from imagekit.errors import InputError, VerificationError
 from imagekit.run import run
-from marketplace.certs import TrustStore, load_certificates, same_dn
+from marketplace.certs import LEGACY_SHA1_BEFORE, TrustStore, load_certificates, same_dn
+from marketplace.config import default_config_path, load_config
 from marketplace.dn import java_rfc2253, parse_dn
 from marketplace.metadata import Endorsement, Endorser, parse_metadata
 from marketplace.signing import load_signer, sign_metadata
@@ -237,3 +238,15 @@ def test_cli_verify_prints_the_legacy_algorithm(
     assert '"legacy": [' in capsys.readouterr().out
     assert main(["market", "metadata", *argv[:-2]]) != 0
     assert "accepted only for legacy entries" in capsys.readouterr().err
+
+
+def test_the_cut_off_is_configurable(tmp_path: Path) -> None:
+    """``[uploads] legacy_sha1_before`` (shipped default 2016-01-01) feeds the registry's
+    verification; a bad value names file, line and key."""
+    assert load_config(default_config_path(), state=tmp_path).legacy_sha1_before == LEGACY_SHA1_BEFORE
+    conf = tmp_path / "market.conf"
+    conf.write_text("[uploads]\nlegacy_sha1_before = 2012-06-01\n")
+    assert load_config(conf).legacy_sha1_before == datetime(2012, 6, 1, tzinfo=UTC)
+    conf.write_text("[uploads]\n\nlegacy_sha1_before = soon\n")
+    with pytest.raises(InputError, match=r"market\.conf:3:1: uploads\.legacy_sha1_before: expected an ISO"):
+        load_config(conf)
