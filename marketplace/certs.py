@@ -1,8 +1,15 @@
 """X.509 helpers shared by signing and verification: loading, names, e-mails, the trust store.
 
-Distinguished names are compared in the form :meth:`cryptography.x509.Name.rfc4514_string`
-renders them, which equals what StratusLab's Java signer wrote into ``slreq:subject`` and
-``slreq:issuer`` (RFC 2253, most specific RDN first) in every published sample.
+Distinguished names are *written* as Java's ``X500Principal.getName()`` renders them (RFC 2253,
+most specific RDN first), because StratusLab's verifier compares ``slreq:subject`` and
+``slreq:issuer`` with that string: attributes without an RFC 2253 keyword, such as the
+``emailAddress`` of grid certificates, become ``1.2.840.113549.1.9.1=#16…`` (the DER value in
+hex). They are *compared* as parsed names (:func:`same_dn`), so that rendering, OpenSSL's and
+``cryptography``'s text form all match the certificate.
+
+Chains are built and checked here, link by link. A link signed with SHA-1, which
+``cryptography``'s verifier refuses, is checked with the issuer's public key directly, and only
+when the caller allows it (legacy entries, see :mod:`marketplace.verify`).
 
 >>> trust = TrustStore.from_paths([Path("/etc/imagekit/market-ca.pem")])
 >>> chain = trust.verify_chain(cert, intermediates=(), at=created)   # VerificationError("chain")
@@ -13,31 +20,46 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from imagekit.errors import InputError, VerificationError
+from marketplace.dn import java_rfc2253, parse_dn
 
 MAX_CHAIN = 8
+# CA/Browser Forum baseline requirements: no SHA-1 certificates issued from 2016-01-01.
+LEGACY_SHA1_BEFORE = datetime(2016, 1, 1, tzinfo=UTC)
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 def dn(name: x509.Name) -> str:
-    """The RFC 4514 string StratusLab stores as ``slreq:subject`` / ``slreq:issuer``."""
-    return name.rfc4514_string()
+    """The string StratusLab stores as ``slreq:subject`` / ``slreq:issuer`` (Java's form)."""
+    return java_rfc2253(name)
 
 
 def same_dn(text: str, name: x509.Name) -> bool:
-    """Exact match, or equal once spaces after separators are ignored (Java and OpenSSL
-    renderings differ there, never in the values)."""
-    if text == dn(name):
-        return True
-    squeeze = re.compile(r"\s*([,+=])\s*")
-    return squeeze.sub(r"\1", text.strip()) == squeeze.sub(r"\1", dn(name))
+    """``text`` names ``name``: the same RDNs in the same order with the same values, whether
+    written as Java, OpenSSL or ``cryptography`` render them (keywords or OIDs, ``#hex`` or
+    text values, spaces after separators)."""
+    parsed = parse_dn(text)
+    if parsed is None:
+        return False
+    return parsed == [
+        frozenset((a.oid.dotted_string, str(a.value)) for a in rdn) for rdn in reversed(name.rdns)
+    ]
+
+
+def is_sha1_signed(cert: x509.Certificate) -> bool:
+    try:
+        return isinstance(cert.signature_hash_algorithm, hashes.SHA1)
+    except UnsupportedAlgorithm:
+        return False
 
 
 def certificate_emails(cert: x509.Certificate) -> tuple[str, ...]:
@@ -97,16 +119,28 @@ class TrustStore:
         return cls(tuple(certs))
 
     def verify_chain(
-        self, cert: x509.Certificate, *, intermediates: Iterable[x509.Certificate] = (), at: datetime
+        self,
+        cert: x509.Certificate,
+        *,
+        intermediates: Iterable[x509.Certificate] = (),
+        at: datetime,
+        allow_sha1: bool = False,
     ) -> tuple[x509.Certificate, ...]:
         """The path ``cert, …, anchor``, each certificate valid at ``at`` and signed by the next,
-        every issuer a CA (basicConstraints, keyCertSign, path length); else rule ``chain``."""
+        every issuer a CA (basicConstraints, keyCertSign, path length); else rule ``chain``.
+        Links signed with SHA-1 count only with ``allow_sha1`` (see :func:`is_sha1_signed`)."""
         pool = [*self.anchors, *intermediates]
-        path = self._build([cert], pool, at)
+        refused: list[x509.Certificate] = []
+        path = self._build([cert], pool, at, allow_sha1, refused)
         if path is None:
+            why = (
+                f" ({dn(refused[0].subject)!r} is signed with SHA-1, accepted only for legacy entries)"
+                if refused
+                else ""
+            )
             raise VerificationError(
                 f"no valid chain from {dn(cert.subject)!r} (issuer {dn(cert.issuer)!r}) "
-                f"to the trust store at {at:%Y-%m-%dT%H:%M:%SZ}",
+                f"to the trust store at {at:%Y-%m-%dT%H:%M:%SZ}{why}",
                 rule="chain",
             )
         return path
@@ -115,7 +149,12 @@ class TrustStore:
         return any(cert == anchor for anchor in self.anchors)
 
     def _build(
-        self, path: list[x509.Certificate], pool: list[x509.Certificate], at: datetime
+        self,
+        path: list[x509.Certificate],
+        pool: list[x509.Certificate],
+        at: datetime,
+        allow_sha1: bool,
+        refused: list[x509.Certificate],
     ) -> tuple[x509.Certificate, ...] | None:
         last = path[-1]
         if self._is_anchor(last):
@@ -127,14 +166,41 @@ class TrustStore:
                 continue
             if not _can_issue(issuer, cas_below=len(path) - 1):
                 continue
-            try:
-                last.verify_directly_issued_by(issuer)
-            except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+            if is_sha1_signed(last) and not allow_sha1:
+                refused.append(last)
                 continue
-            found = self._build([*path, issuer], pool, at)
+            if not _signed_by(last, issuer):
+                continue
+            found = self._build([*path, issuer], pool, at, allow_sha1, refused)
             if found is not None:
                 return found
         return None
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """``cert``'s signature checks with ``issuer``'s key. ``cryptography``'s own check refuses
+    SHA-1, so such a certificate is checked with the public-key primitive and the hash and
+    padding its signature algorithm names; the caller has already decided SHA-1 is allowed."""
+    try:
+        if not is_sha1_signed(cert):
+            cert.verify_directly_issued_by(issuer)
+            return True
+        key = issuer.public_key()
+        algorithm = hashes.SHA1()
+        if isinstance(key, rsa.RSAPublicKey):
+            pad = cert.signature_algorithm_parameters
+            if not isinstance(pad, padding.PSS | padding.PKCS1v15):
+                pad = padding.PKCS1v15()
+            key.verify(cert.signature, cert.tbs_certificate_bytes, pad, algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
+        elif isinstance(key, dsa.DSAPublicKey):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, algorithm)
+        else:
+            return False
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def _can_issue(issuer: x509.Certificate, *, cas_below: int) -> bool:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import configparser
 import enum
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 from imagekit import locations
 from imagekit.errors import InputError
+from marketplace.certs import LEGACY_SHA1_BEFORE
 
 CONFIG_NAME = "marketplace.conf"
 CONFIG_ENV = "IMAGEKIT_MARKET_CONFIG"
@@ -53,6 +55,7 @@ class MarketConfig:
     whitelist: frozenset[str] = field(default_factory=frozenset)
     trust: tuple[Path, ...] = ()
     allow_sha1: bool = True
+    legacy_sha1_before: datetime = LEGACY_SHA1_BEFORE  # SHA-1 certificates chain for older entries
 
     @property
     def metadata_dir(self) -> Path:
@@ -62,7 +65,7 @@ class MarketConfig:
 _KEYS: dict[str, set[str]] = {
     "registry": {"data_dir", "read_only", "base_url", "max_upload_bytes", "page_size", "max_page_size"},
     "index": {"backend", "dsn", "pool_size"},
-    "uploads": {"pending", "whitelist", "trust", "allow_sha1"},
+    "uploads": {"pending", "whitelist", "trust", "allow_sha1", "legacy_sha1_before"},
 }
 
 
@@ -113,6 +116,7 @@ def load_config(
         whitelist=frozenset(reader.lines("uploads", "whitelist")),
         trust=tuple(base / p for p in reader.lines("uploads", "trust")),
         allow_sha1=reader.boolean("uploads", "allow_sha1", True),
+        legacy_sha1_before=reader.time("uploads", "legacy_sha1_before", LEGACY_SHA1_BEFORE),
     )
 
 
@@ -189,6 +193,17 @@ class _Reader:
         if value < minimum:
             raise self._bad(section, key, f"an integer >= {minimum}", raw)
         return value
+
+    def time(self, section: str, key: str, default: datetime) -> datetime:
+        """An ISO 8601 date or time; without a zone it is UTC."""
+        raw = self._raw(section, key)
+        if raw is None or raw == "":
+            return default
+        try:
+            moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise self._bad(section, key, "an ISO 8601 date or time", raw) from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
     def choice(self, section: str, key: str, kind: type[_E], default: _E) -> _E:
         raw = self._raw(section, key)

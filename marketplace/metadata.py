@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +35,9 @@ from lxml import etree
 from imagekit.errors import DataError
 from marketplace import xmlsafe
 from marketplace.identifier import identifier_to_sha1, is_identifier, sha1_to_identifier
+from marketplace.rdfcheck import check_property
+
+log = logging.getLogger(__name__)
 
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 DCTERMS = "http://purl.org/dc/terms/"
@@ -69,6 +74,10 @@ class ChecksumAlgorithm(enum.StrEnum):
     @property
     def hashlib_name(self) -> str:
         return self.value.replace("-", "").lower()
+
+    @property
+    def hex_digits(self) -> int:
+        return hashlib.new(self.hashlib_name).digest_size * 2
 
 
 class Status(enum.StrEnum):
@@ -247,6 +256,8 @@ def _check_identity(
     sha1 = checksums.get(ChecksumAlgorithm.SHA1)
     if sha1 is None:
         raise DataError(f"{src}:{line}: slreq:checksum: expected exactly one SHA-1 checksum, got none")
+    if len(sha1) != ChecksumAlgorithm.SHA1.hex_digits:
+        raise DataError(f"{src}:{line}: slreq:checksum: expected a 160-bit SHA-1, got {sha1!r}")
     if identifier_to_sha1(identifier) != sha1.lower():
         raise DataError(
             f"{src}:{line}: dcterms:identifier: expected {sha1_to_identifier(sha1)} (from the SHA-1), "
@@ -301,7 +312,7 @@ def _value(term: _Term, el: etree._Element, src: str) -> object:
         except ValueError:
             raise DataError(f"{where}: expected {term.kind.value}, got {text!r}") from None
     if term.kind is _Kind.URI:
-        if _URI.fullmatch(text) is None:
+        if text and _URI.fullmatch(text) is None:
             raise DataError(f"{where}: expected {term.kind.value}, got {text!r}")
         return text
     limit = {_Kind.COUNT: None, _Kind.PORT: 65535, _Kind.ICMP: 255}[term.kind]
@@ -363,6 +374,11 @@ def _checksum(el: etree._Element, src: str) -> tuple[ChecksumAlgorithm, str]:
         raise DataError(
             f"{src}:{val_el.sourceline}: slreq:value: expected hexadecimal digits, got {value!r}"
         )
+    digits = algorithm.hex_digits
+    if len(value) != digits and int(value, 16) < 16**digits:
+        # StratusLab compares checksums as numbers (BigInteger): a value with a leading zero
+        # too many (its own test data) or Java's toString(16) without the leading zeros.
+        value = f"{int(value, 16):0{digits}x}"
     return algorithm, value.lower()
 
 
@@ -467,8 +483,10 @@ def _description(desc: etree._Element, src: str) -> Metadata:
             term = _BY_ELEMENT[tag]
             item = _value(term, el, src)
             if term.many:
-                values.setdefault(term.field, [])
-                values[term.field].append(item)  # type: ignore[attr-defined]
+                if item != "":  # xs:anyURI may be empty: an empty location is no download hint
+                    values.setdefault(term.field, []).append(item)  # type: ignore[attr-defined]
+            elif term.field in values and term.field in ("title", "description"):
+                log.warning("%s: a second %s is ignored (the first one counts)", where, _name(el))
             elif term.field in values:
                 raise DataError(f"{where}: expected at most one, got a second")
             else:
@@ -492,6 +510,8 @@ def _description(desc: etree._Element, src: str) -> Metadata:
     if about != "#" + identifier:
         raise DataError(f"{src}:{desc.sourceline}: rdf:about: expected '#{identifier}', got {about!r}")
     size = _value(_Term("size", q(SLREQ, "bytes"), _Kind.COUNT), size_el, src)
+    for el in _children(desc, src):  # after the terms' own checks, whose messages say more
+        check_property(el, src)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return Metadata(
         identifier=identifier,
@@ -611,7 +631,10 @@ def metadata_to_graph(m: Metadata) -> rdflib.Graph:
     graph = rdflib.Graph()
     for prefix, ns in NSMAP.items():
         graph.bind(prefix, ns)
-    graph.parse(data=metadata_to_rdfxml(m), format="xml", publicID=XML_BASE)
+    try:
+        graph.parse(data=metadata_to_rdfxml(m), format="xml", publicID=XML_BASE)
+    except Exception as exc:  # rdflib raises many kinds; parsed entries never get here
+        raise DataError(f"<{m.identifier}>:0: cannot be read as RDF: {exc}") from None
     return graph
 
 

@@ -165,7 +165,11 @@ class Registry:
                 f"{len(data)} bytes exceeds the limit of {self.config.max_upload_bytes}", rule="size"
             )
         entry = verify_entry(
-            data, trust=trust, allow_sha1=self.config.allow_sha1, max_bytes=self.config.max_upload_bytes
+            data,
+            trust=trust,
+            allow_sha1=self.config.allow_sha1,
+            legacy_before=self.config.legacy_sha1_before,
+            max_bytes=self.config.max_upload_bytes,
         )
         if entry.created > self._clock() + CLOCK_SKEW:
             raise VerificationError(

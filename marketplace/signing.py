@@ -4,7 +4,11 @@ The profile is StratusLab's (research §1.5): one ``Signature`` appended as the 
 ``rdf:RDF``, one ``Reference URI=""`` with the enveloped-signature transform, inclusive C14N
 1.0 with comments for ``SignedInfo``, ``KeyInfo/X509Data/X509Certificate`` holding the signer
 certificate (followed by any intermediates). New entries use SHA-256 digests and RSA-SHA256 or
-ECDSA-SHA256 by key type; RSA-SHA1 exists only so legacy entries verify.
+ECDSA-SHA256 by key type, which StratusLab's own Java verifier cannot check (it accepts only
+RSA-SHA1/DSA-SHA1). For sites that still run StratusLab's tools, :attr:`Profile.STRATUSLAB_LEGACY`
+signs as they did: RSA-SHA1 with a SHA-1 digest and the signer's certificate alone in KeyInfo
+(StratusLab reads the endorser from the first certificate, its key selector the key from the
+last one, so intermediates would break it).
 
 Signing fills the endorsement: ``created`` = now (UTC, whole seconds), ``email`` from the
 certificate's rfc822Name (or ``email=``, which must match it when the certificate has one),
@@ -104,6 +108,13 @@ class DigestAlgorithm(enum.StrEnum):
         }[self]
 
 
+class Profile(enum.StrEnum):
+    """How an entry is signed: imagekit's algorithms, or StratusLab's for its old tools."""
+
+    IMAGEKIT = "imagekit"
+    STRATUSLAB_LEGACY = "stratuslab-legacy"
+
+
 def default_algorithm(key: PrivateKey) -> SignatureAlgorithm:
     return (
         SignatureAlgorithm.ECDSA_SHA256
@@ -194,6 +205,7 @@ def sign_entry(
     created: datetime | None = None,
     chain: Sequence[x509.Certificate] = (),
     source: str = "<bytes>",
+    profile: Profile = Profile.IMAGEKIT,
 ) -> bytes:
     """Parse ``unsigned_xml`` (an old signature is dropped), endorse and sign it."""
     return sign_metadata(
@@ -204,6 +216,7 @@ def sign_entry(
         email=email,
         created=created,
         chain=chain,
+        profile=profile,
     )
 
 
@@ -217,14 +230,20 @@ def sign_metadata(
     created: datetime | None = None,
     chain: Sequence[x509.Certificate] = (),
     endorsement: Endorsement | None = None,
+    profile: Profile = Profile.IMAGEKIT,
 ) -> bytes:
     """Signed RDF/XML of ``m`` with a fresh endorsement (its old one is ignored).
 
     ``endorsement`` replaces the one derived from ``cert`` without any check: it exists so that
     tests can produce correctly signed entries that break the endorser rules.
     """
+    digest = DigestAlgorithm.SHA256
+    if profile is Profile.STRATUSLAB_LEGACY:
+        if not isinstance(key, rsa.RSAPrivateKey) or algorithm not in (None, SignatureAlgorithm.RSA_SHA1):
+            raise InputError("the stratuslab-legacy profile signs with RSA-SHA1: it needs an RSA key")
+        algorithm, digest, chain = SignatureAlgorithm.RSA_SHA1, DigestAlgorithm.SHA1, ()
     algorithm = algorithm or default_algorithm(key)
-    if algorithm.is_legacy:
+    if algorithm.is_legacy and profile is not Profile.STRATUSLAB_LEGACY:
         raise InputError(
             "RSA-SHA1 is accepted for verifying legacy entries only; sign with RSA-SHA256 or ECDSA"
         )
@@ -236,7 +255,7 @@ def sign_metadata(
     root[-1].tail = "\n"
     root.append(signature)
     signature.tail = "\n"
-    ref = xtemplate.add_reference(signature, DigestAlgorithm.SHA256.transform, uri="")
+    ref = xtemplate.add_reference(signature, digest.transform, uri="")
     xtemplate.add_transform(ref, xmlsec.constants.TransformEnveloped)
     x509_data = xtemplate.add_x509_data(xtemplate.ensure_key_info(signature))
     key_pem = key.private_bytes(

@@ -21,6 +21,12 @@ failed (the CLI prints ``error: RULE: reason``; the registry answers 400 with it
 ``chain``                 (with a trust store) no valid path to a trust anchor at that time
 ========================  ================================================================
 
+Legacy algorithms: StratusLab signed with RSA-SHA1 and its grid CAs issued SHA-1 certificates,
+which ``cryptography`` refuses to verify. A chain link signed with SHA-1 is checked with the
+issuer's key directly, and only for entries endorsed before ``legacy_before`` (default
+:data:`LEGACY_SHA1_BEFORE`); whatever legacy algorithm was accepted is listed in
+:attr:`VerifiedEntry.legacy`.
+
 The :class:`~marketplace.metadata.Metadata` returned is parsed from the canonical bytes whose
 digest the signature covers (comments dropped), never from the raw tree, so text hidden in
 comments or a second description cannot change what is interpreted.
@@ -47,11 +53,19 @@ from lxml import etree
 
 from imagekit.errors import DataError, VerificationError
 from marketplace import xmlsafe
-from marketplace.certs import TrustStore, certificate_emails, dn, same_dn, valid_at
-from marketplace.metadata import DSIG, RDF, Metadata, metadata_from_element, q
+from marketplace.certs import (
+    LEGACY_SHA1_BEFORE,
+    TrustStore,
+    certificate_emails,
+    dn,
+    is_sha1_signed,
+    same_dn,
+    valid_at,
+)
+from marketplace.metadata import DSIG, RDF, SLREQ, Metadata, metadata_from_element, q
 from marketplace.signing import C14N, C14N_WITH_COMMENTS, ENVELOPED, DigestAlgorithm, SignatureAlgorithm
 
-__all__ = ["TrustStore", "VerifiedEntry", "verify_entry"]
+__all__ = ["LEGACY_SHA1_BEFORE", "TrustStore", "VerifiedEntry", "verify_entry"]
 
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
 _C14N_METHODS = {
@@ -82,6 +96,7 @@ class VerifiedEntry:
     created: datetime
     algorithm: SignatureAlgorithm
     chain: tuple[x509.Certificate, ...] = ()  # signer … anchor, when a trust store was given
+    legacy: tuple[str, ...] = ()  # the legacy (SHA-1) algorithms accepted, one line each
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -98,6 +113,7 @@ def verify_entry(
     trust: TrustStore | None = None,
     at: datetime | None = None,
     allow_sha1: bool = True,
+    legacy_before: datetime = LEGACY_SHA1_BEFORE,
     max_bytes: int = xmlsafe.DEFAULT_MAX_BYTES,
     source: str = "<bytes>",
 ) -> VerifiedEntry:
@@ -105,7 +121,8 @@ def verify_entry(
 
     ``at`` pins the instant at which the certificate (and chain) must be valid; by default it
     is the endorsement's ``created``. Expiry and deprecation of the *entry* are not failures
-    here: look at ``metadata.status(now)``.
+    here: look at ``metadata.status(now)``. SHA-1 certificates chain only when the
+    endorsement is older than ``legacy_before``.
     """
     try:
         root = xmlsafe.parse(data, source=source, max_bytes=max_bytes)
@@ -126,9 +143,10 @@ def verify_entry(
             xmlsafe.parse(canonical, source=source, max_bytes=max_bytes), source=source
         )
     except DataError as exc:
-        raise _fail("metadata", str(exc)) from None
+        raise _fail("metadata", _with_input_lines(root, source, exc)) from None
     if metadata.endorsement is None:
-        raise _fail("metadata", f"{source}: the signed entry has an empty slreq:endorsement")
+        line = next(root.iter(q(SLREQ, "endorsement")), root).sourceline
+        raise _fail("metadata", f"{source}:{line}: slreq:endorsement: expected it filled in a signed entry")
     cert = certs[0]
     endorsement = metadata.endorsement
     endorser = endorsement.endorser
@@ -153,7 +171,11 @@ def verify_entry(
             f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, not at {when:%Y-%m-%dT%H:%M:%SZ}"
             + ("" if at else " (the endorsement time)"),
         )
-    chain = trust.verify_chain(cert, intermediates=certs[1:], at=when) if trust is not None else ()
+    chain: tuple[x509.Certificate, ...] = ()
+    if trust is not None:
+        chain = trust.verify_chain(
+            cert, intermediates=certs[1:], at=when, allow_sha1=endorsement.created < legacy_before
+        )
     return VerifiedEntry(
         metadata=metadata,
         signed_xml=data,
@@ -164,7 +186,28 @@ def verify_entry(
         created=endorsement.created,
         algorithm=algorithm,
         chain=chain,
+        legacy=_legacy(algorithm, digest, chain),
     )
+
+
+def _with_input_lines(root: etree._Element, source: str, exc: DataError) -> str:
+    """The canonical form's lines are not the input's (no XML declaration, the root's start tag
+    on one line): the same check on the input tree names the line the user sees."""
+    try:
+        metadata_from_element(root, source=source)
+    except DataError as on_input:
+        return str(on_input)
+    return str(exc)
+
+
+def _legacy(
+    algorithm: SignatureAlgorithm, digest: DigestAlgorithm, chain: tuple[x509.Certificate, ...]
+) -> tuple[str, ...]:
+    found = [f"signature {algorithm.name}"] if algorithm.is_legacy else []
+    found += ["digest SHA1"] if digest is DigestAlgorithm.SHA1 else []
+    # The anchor's own signature is never checked: trust in it is configured, not derived.
+    found += [f"SHA-1 certificate {dn(c.subject)!r}" for c in chain[:-1] if is_sha1_signed(c)]
+    return tuple(found)
 
 
 def _check_structure(root: etree._Element) -> tuple[etree._Element, etree._Element]:

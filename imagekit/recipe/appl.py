@@ -72,6 +72,8 @@ REPO_URL = re.compile(r"(^((http|https|ftp):)(//([^/?#]*))?([^?#]*)(\?([^#]*))?(
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
 FS_TYPES = ("ext3", "ext4")
 DEFAULT_FS = "ext4"
+EL5_NAMES = ("rhel", "centos", "sl")
+BOXGRINDER_ROOT_PASSWORD = "boxgrinder"
 
 
 @dataclass
@@ -97,7 +99,7 @@ class _Fragment:
     cpus: int | None = None
     memory: int | None = None
     partitions: dict[str, _Part] = field(default_factory=dict)
-    parents: list[tuple[str, yaml.Node]] = field(default_factory=list)
+    parents: list[tuple[int, str, yaml.Node]] = field(default_factory=list)  # appliances[i]
     packages: list[str] = field(default_factory=list)
     default_repos: bool | None = None
     repos: list[tuple[str, str, str, bool]] = field(default_factory=list)  # name, baseurl, mirror, eph.
@@ -146,7 +148,7 @@ def _collect(
     if root is None:
         return
     _read_fragment(reader, root, fragment)
-    for index, (name, node) in enumerate(fragment.parents):
+    for index, name, node in fragment.parents:
         parent = path.parent / f"{name}{path.suffix}"
         parent_shown = os.path.join(os.path.dirname(shown), parent.name)
         where = f"appliances[{index}]"
@@ -172,7 +174,8 @@ def _read_fragment(r: NodeReader, root: yaml.Node, f: _Fragment) -> None:
         elif key == "summary":
             f.summary = r.string(node, key) or ""
         elif key in ("version", "release"):
-            setattr(f, key, r.integer(node, key, 0))
+            # Schema 0.9.6 says only ``type: int``: BoxGrinder took -1 as it took 1.
+            setattr(f, key, r.integer(node, key))
         elif key == "os":
             _read_os(r, node, f)
         elif key == "hardware":
@@ -181,7 +184,7 @@ def _read_fragment(r: NodeReader, root: yaml.Node, f: _Fragment) -> None:
             for i, item in enumerate(r.sequence(node, key)):
                 name = r.string(item, f"{key}[{i}]", pattern=APPLIANCE_NAME)
                 if name is not None:
-                    f.parents.append((name, item))
+                    f.parents.append((i, name, item))
         elif key == "packages":
             _read_packages(r, node, f)
         elif key == "default_repos":
@@ -399,11 +402,18 @@ def _read_ext_file(r: NodeReader, node: yaml.Node, path: str, f: _Fragment) -> N
 
 
 def _merge_partition(old: _Part | None, new: _Part) -> _Part:
+    """BoxGrinder's merge_partitions: a later file without ``type`` resets the type to the
+    default (it does not inherit it); a changed ``type`` drops the earlier ``options``."""
+    kind = new.type or DEFAULT_FS
     if old is None:
-        return new
-    kind = new.type or old.type
-    options = new.options if new.options is not None or kind != old.type else old.options
-    return _Part(max(old.size, new.size), kind, options, new.passphrase or old.passphrase)
+        return _Part(new.size, kind, new.options, new.passphrase)
+    options = old.options if new.type is None or new.type == old.type else None
+    return _Part(
+        max(old.size, new.size),
+        kind,
+        new.options if new.options is not None else options,
+        new.passphrase or old.passphrase,
+    )
 
 
 @dataclass
@@ -435,14 +445,22 @@ def _merge(fragments: list[_Fragment]) -> _Merged:
         m.default_repos = m.default_repos and frag.default_repos is not False
         m.formats = frag.formats if frag.formats is not None else m.formats
         m.install = frag.install or m.install
-        for mount, part in frag.partitions.items():
+        # Every BoxGrinder config starts with "/" of 1 GB and no type, which each file's
+        # partitions then update: a file that does not type "/" resets it to ext4.
+        for mount, part in ({"/": _Part(1.0, None, None, None)} | frag.partitions).items():
             m.partitions[mount] = _merge_partition(m.partitions.get(mount), part)
         for platform, commands in frag.post.items():
             m.post.setdefault(platform, []).extend(commands)
         m.users.update((u[0], u) for u in frag.users)
-    if not m.partitions:
-        m.partitions["/"] = _Part(1.0, None, None, None)
+    if "/boot" not in m.partitions and _is_el5(m.os):
+        # BoxGrinder's workaround for https://bugzilla.redhat.com/show_bug.cgi?id=466275,
+        # decided on os.name/os.version as written, before variable substitution.
+        m.partitions["/boot"] = _Part(0.1, "ext3", None, None)
     return m
+
+
+def _is_el5(os_spec: Mapping[str, str]) -> bool:
+    return os_spec.get("name") in EL5_NAMES and os_spec.get("version") == "5"
 
 
 def _build(fragments: list[_Fragment], problems: Problems, env: Mapping[str, str]) -> Recipe | None:
@@ -450,18 +468,27 @@ def _build(fragments: list[_Fragment], problems: Problems, env: Mapping[str, str
     child = fragments[-1]
     m = _merge(fragments)
     arch = m.ext.get("arch", "x86_64")
-    defined = Variables(m.variables, {}, {})
+    arches = {"ARCH": arch, "BASE_ARCH": base_arch(arch)}
     try:
+        # BoxGrinder substitutes os.* like every other value (variables, then the
+        # environment) and #OS_NAME#/#OS_VERSION# are those substituted strings.
+        os_names = Variables(m.variables, arches, env)
         builtins = {
-            "OS_NAME": defined.expand(m.os.get("name", "")),
-            "OS_VERSION": defined.expand(m.os.get("version", "")),
-            "ARCH": arch,
-            "BASE_ARCH": base_arch(arch),
+            "OS_NAME": os_names.expand(m.os.get("name", "")),
+            "OS_VERSION": os_names.expand(m.os.get("version", "")),
+            **arches,
         }
         recipe = _recipe(fragments, m, Variables(m.variables, builtins, env).expand)
     except InputError as err:
         problems.add(child.shown, "variables", err.message)
         return None
+    if "password" not in m.os and not m.users:
+        log.warning(
+            "%s: no os.password: BoxGrinder set root's password to %r, imagekit leaves root "
+            "without a password (log in with imagekit.users or the context's SSH key)",
+            child.shown,
+            BOXGRINDER_ROOT_PASSWORD,
+        )
     for file in recipe.files:
         if not file.path.startswith("/"):
             problems.add(child.shown, "files", f"expected an absolute destination, got {file.path!r}")

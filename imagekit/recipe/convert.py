@@ -10,14 +10,13 @@ them out, giving a file the original tool (BoxGrinder, Oz) accepts, and lists th
 
 from __future__ import annotations
 
-import base64
 import binascii
 from typing import Any
 
 import yaml
 from lxml import etree
 
-from imagekit.recipe.model import Command, ContentSource, Disk, Partition, Recipe
+from imagekit.recipe.model import Command, ContentSource, Disk, Partition, Recipe, decode_base64
 from imagekit.recipe.tdl_ext import NS
 
 IK = f"{{{NS}}}"
@@ -41,7 +40,7 @@ def _script(cmd: Command, lost: list[str]) -> str | None:
         return cmd.script
     if cmd.source is ContentSource.BASE64:
         try:
-            return base64.b64decode(cmd.script, validate=True).decode()
+            return decode_base64(cmd.script).decode()
         except (binascii.Error, UnicodeDecodeError):
             lost.append(f"command {cmd.name}: base64 content that is not UTF-8 text")
             return None

@@ -7,6 +7,7 @@ the recipe gave one (packages, files, commands).
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -56,6 +57,12 @@ class ContextAgent(StrEnum):
 
     def wants_cloud_init(self) -> bool:
         return self in (ContextAgent.CLOUD_INIT, ContextAgent.BOTH)
+
+
+def decode_base64(text: str) -> bytes:
+    """The bytes of base64 ``text``; white space (line wrapping) is ignored, padding must be
+    right and no other character outside the alphabet is allowed (``binascii.Error``)."""
+    return base64.b64decode("".join(text.split()), validate=True)
 
 
 class ContentSource(StrEnum):

@@ -11,6 +11,7 @@ they are removed before RelaxNG validation, so the rest must be exactly what ups
 
 from __future__ import annotations
 
+import binascii
 import copy
 import re
 from functools import cache
@@ -35,6 +36,7 @@ from imagekit.recipe.model import (
     Recipe,
     Repository,
     SourceFormat,
+    decode_base64,
 )
 from imagekit.recipe.tdl_ext import read_extensions
 
@@ -46,7 +48,6 @@ TEMPLATE_CHILDREN = (
 )  # fmt: skip
 OS_CHILDREN = ("name", "version", "arch", "kernelparam", "install", "rootpw", "key", "icicle")
 _BOOL = {"true": True, "yes": True, "false": False, "no": False}
-_BASE64 = re.compile(r"^[a-zA-Z0-9+/]+={0,2}$")
 _SIZE = re.compile(r"^([0-9]*)([a-z]*)$")
 _UNITS: dict[str, int] = {"b": 1, "g": 2**30, "t": 2**40} | {
     f"{p}{suffix}": base ** (i * step)
@@ -403,6 +404,25 @@ def _content_type(r: TdlReader, elem: etree._Element, path: str) -> ContentSourc
     return ContentSource(kind)
 
 
+def _check_base64(r: TdlReader, elem: etree._Element, path: str) -> None:
+    """Oz validates against tdl.rng first, whose base64 pattern ``[a-zA-Z0-9+/]+={0,2}`` has
+    no room for white space (so a line-wrapped body fails there, before its decoder runs),
+    then decodes with ``base64.decodebytes``, which refuses bad padding."""
+    raw = elem.text or ""
+    if raw.strip() and any(c.isspace() for c in raw):
+        r.error(
+            elem,
+            path,
+            "expected base64 on one line without surrounding white space, as Oz's tdl.rng "
+            f"pattern requires (write it with base64 -w 0), got {shown(raw)}",
+        )
+        return
+    try:
+        decode_base64(raw)
+    except (binascii.Error, ValueError) as exc:
+        r.error(elem, path, f"expected base64 content ({exc}), got {shown(raw)}")
+
+
 def _read_files(r: TdlReader, elem: etree._Element | None) -> tuple[File, ...]:
     files = []
     for i, file in enumerate(r.items(elem, "files", "file")):
@@ -418,8 +438,7 @@ def _read_files(r: TdlReader, elem: etree._Element | None) -> tuple[File, ...]:
             content = content.strip()
         elif kind is ContentSource.BASE64:
             content = content.strip()
-            if content and not _BASE64.match(content):
-                r.error(file, path, f"expected base64 content, got {shown(content)}")
+            _check_base64(r, file, path)
         files.append(File(path=name, source=kind, content=content))
     return tuple(files)
 
@@ -432,8 +451,8 @@ def _read_commands(r: TdlReader, elem: etree._Element | None, what: str) -> tupl
         script = (command.text or "").strip()
         if not script:
             r.error(command, path, "expected a non-empty command, got nothing")
-        elif kind is ContentSource.BASE64 and not _BASE64.match(script):
-            r.error(command, path, f"expected base64 content, got {shown(script)}")
+        elif kind is ContentSource.BASE64:
+            _check_base64(r, command, path)
         position = command.get("position")
         if position is not None and not position.isdigit():
             r.error(command, f"{path}@position", f"expected a number, got {shown(position)}")

@@ -1,7 +1,8 @@
 """BoxGrinder ``#NAME#`` substitution.
 
-Lookup order: the appliance's variables, then the built-ins (``#OS_NAME#``, ``#OS_VERSION#``,
-``#ARCH#``, ``#BASE_ARCH#``), then the environment; an unknown name is left as written.
+Lookup order: the built-ins (``#OS_NAME#``, ``#OS_VERSION#``, ``#ARCH#``, ``#BASE_ARCH#``),
+which win over appliance variables of the same name as in BoxGrinder, then the appliance's
+variables, then the environment; an unknown name is left as written.
 Values may reference other variables; a cycle or nesting deeper than 20 is an error.
 
     vars = Variables({"PORT": "80", "URL": "http://x:#PORT#/"}, builtins={}, env={})
@@ -42,10 +43,10 @@ class Variables:
             if name in _stack:
                 chain = " → ".join((*_stack[_stack.index(name) :], name))
                 raise InputError(f"expected variables without a cycle, got {chain}")
-            if name in self.defined:
-                return self.expand(self.defined[name], (*_stack, name))
             if name in self.builtins:
                 return self.builtins[name]
+            if name in self.defined:
+                return self.expand(self.defined[name], (*_stack, name))
             if name in self.env:
                 return self.env[name]
             return match.group(0)

@@ -152,7 +152,9 @@ class NodeReader:
             return None
         return value
 
-    def integer(self, node: yaml.Node, path: str, lo: int, hi: int | None = None) -> int | None:
+    def integer(
+        self, node: yaml.Node, path: str, lo: int | None = None, hi: int | None = None
+    ) -> int | None:
         if not is_scalar(node) or node.tag != INT:
             self.expected(node, path, "an integer")
             return None
@@ -165,7 +167,7 @@ class NodeReader:
             except ValueError:  # e.g. sexagesimal 1:30
                 self.expected(node, path, "a plain integer")
                 return None
-        if value < lo or (hi is not None and value > hi):
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
             bound = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
             self.error(node, path, f"expected an integer {bound}, got {value}")
             return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 from imagekit.errors import InputError
 from imagekit.output import print_json
 from marketplace import describe
-from marketplace.certs import TrustStore
+from marketplace.certs import LEGACY_SHA1_BEFORE, TrustStore
 from marketplace.metadata import (
     Metadata,
     format_time,
@@ -29,9 +30,11 @@ from marketplace.metadata import (
     metadata_to_turtle,
     parse_metadata,
 )
-from marketplace.signing import SignatureAlgorithm, load_p12, load_signer, sign_entry
+from marketplace.signing import Profile, SignatureAlgorithm, load_p12, load_signer, sign_entry
 from marketplace.store import write_atomic
 from marketplace.verify import verify_entry
+
+log = logging.getLogger(__name__)
 
 
 def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -73,6 +76,9 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     sign.add_argument("--email", metavar="ADDR", help="endorser e-mail (default: the certificate's)")
     sign.add_argument("--algorithm", choices=[a.name for a in SignatureAlgorithm if not a.is_legacy],
                       help="default: RSA_SHA256 or ECDSA_SHA256 by key type")  # fmt: skip
+    sign.add_argument("--profile", choices=[p.value for p in Profile], default=Profile.IMAGEKIT.value,
+                      help="stratuslab-legacy: RSA-SHA1 and the signer certificate only, for sites "
+                           "still verifying with StratusLab's tools (weak: SHA-1)")  # fmt: skip
     sign.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
     sign.set_defaults(func=_sign)
 
@@ -84,6 +90,9 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "--at", metavar="ISO-TIME", help="check the certificate at this time, not at the endorsement"
     )
     verify.add_argument("--no-sha1", action="store_true", help="refuse legacy RSA-SHA1 signatures")
+    verify.add_argument("--legacy-before", metavar="ISO-TIME",
+                        help="SHA-1 certificates chain only for entries endorsed before this "
+                             "(default 2016-01-01)")  # fmt: skip
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_verify)
 
@@ -150,6 +159,13 @@ def _sign(args: argparse.Namespace) -> int:
         signer = load_signer(args.cert, args.key, _password(args))
     else:
         raise InputError("sign needs --cert and --key, or --p12")
+    profile = Profile(args.profile)
+    if profile is Profile.STRATUSLAB_LEGACY:
+        log.warning(
+            "signing with RSA-SHA1 for StratusLab's verifier: SHA-1 is broken for collisions and "
+            "imagekit accepts it only as legacy; intermediates are left out of KeyInfo%s",
+            f" ({len(signer.chain)} dropped)" if signer.chain else "",
+        )
     signed = sign_entry(
         _read(args.file),
         cert=signer.certificate,
@@ -158,6 +174,7 @@ def _sign(args: argparse.Namespace) -> int:
         email=args.email,
         chain=signer.chain,
         source=str(args.file),
+        profile=profile,
     )
     _write(args.output, signed)
     m = parse_metadata(signed, source=str(args.output))
@@ -181,6 +198,7 @@ def _verify(args: argparse.Namespace) -> int:
         trust=trust,
         at=_parse_at(args.at) if args.at else None,
         allow_sha1=not args.no_sha1,
+        legacy_before=_parse_at(args.legacy_before) if args.legacy_before else LEGACY_SHA1_BEFORE,
         source=str(args.file),
     )
     m = entry.metadata
@@ -195,13 +213,16 @@ def _verify(args: argparse.Namespace) -> int:
                 "created": format_time(entry.created),
                 "algorithm": entry.algorithm.name,
                 "chain": [c.subject.rfc4514_string() for c in entry.chain],
+                "legacy": list(entry.legacy),
                 "status": status,
             }
         )
     else:
         chained = f", chain to {entry.chain[-1].subject.rfc4514_string()}" if entry.chain else ""
+        legacy = f"; legacy algorithm accepted: {', '.join(entry.legacy)}" if entry.legacy else ""
         print(f"{args.file}: OK: {m.identifier} endorsed by {entry.endorser_email} at "
-              f"{format_time(entry.created)} ({entry.algorithm.name}{chained}); entry {status}")  # fmt: skip
+              f"{format_time(entry.created)} ({entry.algorithm.name}{chained}); entry {status}"
+              f"{legacy}")  # fmt: skip
     return 0
 
 
