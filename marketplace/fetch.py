@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import ssl
 import time
@@ -34,6 +35,7 @@ from marketplace.inflate import ALGORITHMS, CHUNK, MAGIC_BYTES, Inflater, Parall
 from marketplace.metadata import ChecksumAlgorithm, Metadata
 from marketplace.policy import Compression, Scheme, SitePolicy
 
+log = logging.getLogger(__name__)
 MAX_REDIRECTS = 5
 STRONG = (ChecksumAlgorithm.SHA256, ChecksumAlgorithm.SHA512)
 Progress = Callable[[int, int | None], None]
@@ -235,6 +237,7 @@ def fetch_image(
             except VerificationError as err:
                 pipeline.discard()
                 reasons.append(f"{url}: {err.reason if err.rule == 'download' else err}")
+            log.info("%s; trying the next location", reasons[-1])
     if not reasons:
         reasons.append("the entry lists no location")
     raise DownloadFailed(metadata.identifier, tuple(reasons), kept_part=kept and part.exists())
