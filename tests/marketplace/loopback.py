@@ -8,6 +8,7 @@ tests can assert that a resumed transfer continued from the offset instead of st
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -105,9 +106,13 @@ def _handler(state: Loopback) -> type[BaseHTTPRequestHandler]:
 
 
 @contextlib.contextmanager
-def loopback() -> Iterator[Loopback]:
+def loopback(tls: ssl.SSLContext | None = None) -> Iterator[Loopback]:
+    """The server; with ``tls`` (a server context) it speaks HTTPS."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(Loopback("")))
-    state = Loopback(f"http://127.0.0.1:{server.server_address[1]}")
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    scheme = "https" if tls is not None else "http"
+    state = Loopback(f"{scheme}://127.0.0.1:{server.server_address[1]}")
     server.RequestHandlerClass = _handler(state)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import bz2
 import dataclasses
 import gzip
+import ipaddress
 import lzma
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any
 
 import pytest
 import zstandard
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from imagekit.state import State
 from marketplace.fetch import DownloadFailed
@@ -321,3 +325,62 @@ def test_cache_verify_removes_a_corrupted_image(site: Site) -> None:
     checked = verify_cache(site.state)
     assert checked[0].problem is not None and "SHA-1" in checked[0].problem
     assert site.nothing_cached()
+
+
+def _tls_server_context(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    """A site CA and a server certificate for 127.0.0.1 it issued; returns (server ctx, CA file)."""
+    from .pki import issue, name
+
+    ca = issue(name("Site TLS CA"), None, ca=True)
+    server = issue(name("127.0.0.1"), ca)
+    # issue() makes no IP SAN; TLS host checks need one, so re-sign with it.
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(server.cert.subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(server.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(server.cert.not_valid_before_utc)
+        .not_valid_after(server.cert.not_valid_after_utc)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    cert_file, key_file, ca_file = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(server.key_pem())
+    ca_file.write_bytes(ca.pem())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context, ca_file
+
+
+def test_tls_is_verified_and_a_ca_bundle_adds_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("marketplace.fetch.time.sleep", lambda seconds: None)
+    context, ca_file = _tls_server_context(tmp_path)
+    content = image_bytes(20_000)
+    state = State.open(tmp_path / "state")
+    with loopback() as registry, loopback(context) as images:
+        m = describe(content, locations=(f"{images.url}/img",))
+        images.files["/img"] = content
+        registry.files[f"/metadata/{m.identifier}"] = listing(endorse(m, ALICE, created=ago(days=1)))
+        https_only = SitePolicy(retries=0)
+        with pytest.raises(DownloadFailed, match="CERTIFICATE_VERIFY_FAILED"):
+            obtain_image(m.identifier, policy=https_only, endpoint=registry.url, state=state)
+        assert images.requests("/img") == []  # the handshake failed: nothing was asked
+        trusted = dataclasses.replace(https_only, ca_bundle=ca_file)
+        image = obtain_image(m.identifier, policy=trusted, endpoint=registry.url, state=state)
+    assert image.path.read_bytes() == content
+
+
+def test_file_scheme_only_when_allowed(site: Site, tmp_path: Path) -> None:
+    content = image_bytes(20_000)
+    local = tmp_path / "mirror.img"
+    local.write_bytes(content)
+    m = describe(content, locations=(local.as_uri(),))
+    site.server.files[f"/metadata/{m.identifier}"] = listing(endorse(m, ALICE, created=ago(days=1)))
+    with pytest.raises(DownloadFailed, match=r"scheme file: is not allowed"):
+        site.obtain(m.identifier)
+    site.policy = dataclasses.replace(site.policy, schemes=frozenset({Scheme.FILE}))
+    assert site.obtain(m.identifier).path.read_bytes() == content
