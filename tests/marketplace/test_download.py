@@ -7,6 +7,7 @@ cache path, and a ``.part`` file only where resuming makes sense.
 from __future__ import annotations
 
 import bz2
+import concurrent.futures
 import dataclasses
 import gzip
 import ipaddress
@@ -384,3 +385,14 @@ def test_file_scheme_only_when_allowed(site: Site, tmp_path: Path) -> None:
         site.obtain(m.identifier)
     site.policy = dataclasses.replace(site.policy, schemes=frozenset({Scheme.FILE}))
     assert site.obtain(m.identifier).path.read_bytes() == content
+
+
+def test_concurrent_requests_for_one_image_download_it_once(site: Site) -> None:
+    """The cloud core may start two VMs of one image at once; one waits for the other's download."""
+    content = image_bytes(SIZE)
+    m = site.publish(content)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        images = list(pool.map(site.obtain, [m.identifier, m.identifier]))
+    assert [i.path for i in images] == [images[0].path] * 2 and images[0].path.read_bytes() == content
+    assert sorted(i.fetched is None for i in images) == [False, True]
+    assert len(site.server.requests("/img")) == 1
