@@ -124,6 +124,22 @@ def test_refusal_lists_every_entry_with_all_reasons(
     assert len(err.strip().splitlines()) == 1
 
     code, out, _ = run(
+        capsys,
+        "market",
+        "policy",
+        "check",
+        m.identifier,
+        "--policy",
+        str(policy),
+        "--endpoint",
+        registry,
+        "--json",
+    )
+    body = json.loads(out)
+    assert code == 1 and not body["allowed"] and body["chosen"] is None
+    assert sorted(len(e["reasons"]) for e in body["entries"]) == [1, 2]
+
+    code, out, _ = run(
         capsys, "market", "download", m.identifier, "--policy", str(policy), "--endpoint", registry, "--json"
     )
     assert code == 1 and out == ""
