@@ -43,6 +43,15 @@ def dn(name: x509.Name) -> str:
     return java_rfc2253(name)
 
 
+_SEPARATOR_SPACES = re.compile(r"\s*([,+=])\s*")
+
+
+def normal_dn(text: str) -> str:
+    """A DN string with the spaces around separators dropped (Java and OpenSSL renderings
+    differ there, never in the values)."""
+    return _SEPARATOR_SPACES.sub(r"\1", text.strip())
+
+
 def same_dn(text: str, name: x509.Name) -> bool:
     """``text`` names ``name``: the same RDNs in the same order with the same values, whether
     written as Java, OpenSSL or ``cryptography`` render them (keywords or OIDs, ``#hex`` or
