@@ -301,8 +301,8 @@ def test_pinned_entry_is_the_only_choice() -> None:
 
 
 def test_subject_rules_compare_parsed_names_so_java_and_openssl_renderings_match() -> None:
-    """StratusLab's Java writes ``emailAddress`` as ``1.2.840.113549.1.9.1=#16…`` (RFC 4514 §2.4,
-    StratusLab/metadata ``X500PrincipalUtils``); OpenSSL writes it as text: one endorser either way."""
+    """Java (StratusLab's tools) writes ``emailAddress`` in RFC 4514 §2.4's hex form
+    ``1.2.840.113549.1.9.1=#16…``, OpenSSL as text: one endorser either way (see test_legacy_pki)."""
     from marketplace.policy import EndorserRule
 
     java = "1.2.840.113549.1.9.1=#160e" + b"alice@grid.org".hex() + ",CN=Alice,O=Grid"
