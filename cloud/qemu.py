@@ -191,12 +191,28 @@ class QemuVm:
                     # Keep the rest for the next call.
                     self._pending = b"\n".join([*lines[i + 1 :], self._pending])
                     return line
-            if not self.running():
-                code = self._proc.returncode if self._proc else -1
-                raise CommandError([QEMU], code, self.stderr_tail(), step="boot")
+            self._check_running()
             if time.monotonic() >= deadline:
                 return None
             time.sleep(poll)
+
+    def wait_for_text(
+        self, pattern: re.Pattern[str], timeout: float, *, poll: float = 0.2
+    ) -> re.Match[str] | None:
+        """The first match of ``pattern`` in the whole console, unfinished last line included (a
+        login prompt waits for input without a newline), within ``timeout`` seconds, or None."""
+        deadline = time.monotonic() + timeout
+        while (match := pattern.search(self.console())) is None:
+            self._check_running()
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(poll)
+        return match
+
+    def _check_running(self) -> None:
+        if not self.running():
+            code = self._proc.returncode if self._proc else -1
+            raise CommandError([QEMU], code, self.stderr_tail(), step="boot")
 
     def stop(self) -> None:
         """Kill QEMU (its whole process group) and wait for it; idempotent."""

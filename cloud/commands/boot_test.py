@@ -59,8 +59,9 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
+    applied_by = "imagekit and cloud-init" if result.agent == "both" else result.agent
     print(
-        f"{result.image}: context applied by {result.agent} {result.seconds:.1f} s after QEMU started "
+        f"{result.image}: context applied by {applied_by} {result.seconds:.1f} s after QEMU started "
         f"({result.firmware.value}, {result.accel.value})"
     )
     for check in result.checks:
