@@ -229,7 +229,7 @@ def _watch(
         seconds = round(vm.elapsed(), 1)
         if line is None:
             tail = "\n".join(vm.console().splitlines()[-5:])
-            waited = "cloud-init's last line" if report else "no context agent line"
+            waited = "cloud-init did not finish" if report else "no context agent line"
             raise VerificationError(
                 f"{waited} within {test.timeout:g} s; console ends with:\n{tail}", rule="boot-test.timeout"
             )
