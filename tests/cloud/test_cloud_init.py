@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cloudinit.config.cc_ssh_authkey_fingerprints import _gen_fingerprint
 
+from cloud.boottest import BootResult, BootTest, _watch
 from cloud.cloud_init import (
     CloudInitExpectation,
     cloud_init_hostname,
@@ -20,7 +22,7 @@ from cloud.cloud_init import (
     key_fingerprint,
     verify_cloud_init,
 )
-from cloud.qemu import QemuVm, VmSpec
+from cloud.qemu import Accel, QemuVm, VmSpec
 from context.model import ResolvedContext
 from imagekit.diskimage import Firmware
 from imagekit.errors import VerificationError
@@ -122,3 +124,76 @@ def test_wait_for_text_sees_an_unfinished_last_line(tmp_path: Path) -> None:
     finally:
         vm._proc.kill()
         vm._proc.wait()
+
+
+# --- boot-test's watch loop over a scripted console: which verdicts it waits for -------------
+
+
+class ScriptedVm:
+    """Stands in for QemuVm: the console is fixed, lines are handed out in order."""
+
+    accel = Accel.TCG
+
+    def __init__(self, console: str) -> None:
+        self.text = console
+        self.lines = console.splitlines()
+
+    def elapsed(self) -> float:
+        return 1.0
+
+    def console(self) -> str:
+        return self.text
+
+    def wait_for_line(self, pattern: re.Pattern[str], timeout: float) -> str | None:
+        while self.lines:
+            line = self.lines.pop(0)
+            if pattern.search(line):
+                return line
+        return None
+
+    def wait_for_text(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str] | None:
+        return pattern.search(self.text)
+
+
+AGENT_LINE = (
+    'IMAGEKIT-CONTEXT {"status":"ok","hostname":"boot-test-0","nics":[{"name":"ETH0","device":"eth0",'
+    f'"mac":"02:00:c0:a8:7a:01","ip":"{IP}"}}],"user":"root","ssh_keys":1,"cloud_init":%s}}\n'
+)
+CTX = ResolvedContext(
+    0, {"SET_HOSTNAME": "boot-test-0", "ETH0_MAC": "02:00:c0:a8:7a:01", "ETH0_IP": IP, "SSH_PUBLIC_KEY": KEY}
+)
+
+
+def _watch_console(console: str) -> BootResult:
+    test = BootTest(image=Path("vm.qcow2"), template=Path("vm.one"))  # a template: not the demo
+    return _watch(cast(QemuVm, ScriptedVm(console)), test, CTX, Firmware.BIOS, Accel.TCG, ())
+
+
+def test_the_agent_alone_is_its_only_verdict() -> None:
+    result = _watch_console(AGENT_LINE % "false")
+    assert result.agent == "imagekit" and not any("cloud-init" in c for c in result.checks)
+
+
+def test_with_both_agents_cloud_init_is_checked_too() -> None:
+    result = _watch_console(AGENT_LINE % "true" + CONSOLE)
+    assert result.agent == "both"
+    assert result.checks[0] == "hostname boot-test-0" and list(result.checks[-4:]) == verify_cloud_init(
+        CONSOLE, DEMO
+    )
+
+
+@pytest.mark.parametrize(
+    ("console", "rule"),
+    [
+        (
+            AGENT_LINE % "true" + CONSOLE.replace("DataSourceOpenNebula [seed", "DataSourceNone [seed"),
+            "boot-test.datasource",
+        ),
+        (AGENT_LINE % "true" + CONSOLE.replace("finished at", "is at"), "boot-test.timeout"),
+        (CONSOLE.replace("DataSourceOpenNebula [seed", "DataSourceNone [seed"), "boot-test.datasource"),
+    ],
+)
+def test_a_cloud_init_that_read_no_context_fails_the_boot(console: str, rule: str) -> None:
+    with pytest.raises(VerificationError) as info:
+        _watch_console(console)
+    assert info.value.rule == rule
