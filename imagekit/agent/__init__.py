@@ -101,6 +101,7 @@ class AgentReport:
     files: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
     uptime: str = ""
+    cloud_init: bool = False  # cloud-init is installed and enabled too (context_agent: both)
 
     def init_script_status(self) -> dict[str, str]:
         """``{"init.sh": "0"}``: each init script and its exit status (or ``missing``)."""
@@ -146,6 +147,7 @@ def parse_report(payload: str) -> AgentReport:
             files=tuple(str(s) for s in data.get("files", [])),
             errors=tuple(str(s) for s in data.get("errors", [])),
             uptime=str(data.get("uptime", "")),
+            cloud_init=bool(data.get("cloud_init", False)),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"malformed agent report {payload[:200]!r}: {exc}") from None

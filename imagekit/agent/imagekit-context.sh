@@ -37,6 +37,12 @@ SSH_KEYS=0
 PASSWORD_SET=false
 START_RC=""
 CTX_USER=""
+# Whether cloud-init will also read the context (images built with `context_agent: both`):
+# boot-test then waits for cloud-init's verdict too.
+CLOUD_INIT=false
+if [ -x "$ROOT/usr/bin/cloud-init" ] && [ ! -e "$ROOT/etc/cloud/cloud-init.disabled" ]; then
+    CLOUD_INIT=true
+fi
 
 log() { printf 'imagekit-context: %s\n' "$*" >&2; }
 err() { ERRORS+=("$*"); log "error: $*"; }
@@ -67,7 +73,7 @@ report() {  # report STATUS
     line+=",\"user\":$(json_str "$CTX_USER"),\"ssh_keys\":$SSH_KEYS,\"password\":$PASSWORD_SET"
     line+=",\"start_script\":${START_RC:-null},\"init_scripts\":$(json_list "${INIT_RESULTS[@]}")"
     line+=",\"files\":$(json_list "${CD_FILES[@]}"),\"errors\":$(json_list "${ERRORS[@]}")"
-    line+=",\"uptime\":$(json_str "$(cut -d' ' -f1 /proc/uptime 2>/dev/null)")}"
+    line+=",\"cloud_init\":$CLOUD_INIT,\"uptime\":$(json_str "$(cut -d' ' -f1 /proc/uptime 2>/dev/null)")}"
     mkdir -p "$RUN_DIR"
     printf '%s\n' "${line#IMAGEKIT-CONTEXT }" > "$RUN_DIR/result.json"
     printf '%s\n' "$line"

@@ -49,7 +49,10 @@ BOOT_PACKAGES = (
     "cloud-guest-utils",
     "e2fsprogs",
 )
-CLOUD_INIT_PACKAGES = ("cloud-init", "cloud-guest-utils")
+# cloud-init's OpenNebula datasource sources context.sh as `nobody` through `sudo -u nobody
+# bash -e`; Debian's cloud-init only Recommends sudo, and without it the datasource fails
+# ("Error processing context.sh") and cloud-init falls back to DataSourceNone.
+CLOUD_INIT_PACKAGES = ("cloud-init", "cloud-guest-utils", "sudo")
 # BoxGrinder/Fedora comps groups and their nearest Debian equivalent. Groups that name the
 # base system map to nothing: the boot set above already is Debian's minimal bootable system.
 GROUPS: dict[str, tuple[str, ...]] = {

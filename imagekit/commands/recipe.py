@@ -15,6 +15,7 @@ from pathlib import Path
 from imagekit.atomic import write_atomically
 from imagekit.errors import InputError
 from imagekit.recipe import load_recipe
+from imagekit.recipe.advice import recipe_warnings
 from imagekit.recipe.errors import RecipeErrors
 from imagekit.recipe.model import Recipe
 from imagekit.recipe.normalise import recipe_hash, recipe_json
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="recipe_command", metavar="SUBCOMMAND")
-    validate = sub.add_parser("validate", help="check recipes; one line per error")
+    validate = sub.add_parser("validate", help="check recipes; one line per error or warning")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
     validate.set_defaults(func=cmd_validate)
     show = sub.add_parser("show", help="print the recipe as imagekit understands it")
@@ -46,9 +47,13 @@ def register(parser: argparse.ArgumentParser) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
-        if _load(path) is None:
+        recipe = _load(path)
+        if recipe is None:
             status = 1
-        elif not args.quiet:
+            continue
+        for warning in recipe_warnings(recipe):
+            print(f"warning: {path}: {warning}", file=sys.stderr)
+        if not args.quiet:
             print(f"{path}: valid")
     return status
 

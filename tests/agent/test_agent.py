@@ -264,3 +264,25 @@ def test_agent_files_parse_as_json_line(tmp_path: Path) -> None:
     data = json.loads(line.split(" ", 1)[1])
     assert data["hostname"] == "we-ird-name-tab"
     assert data["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("installed", "disabled", "expected"), [(False, False, False), (True, False, True), (True, True, False)]
+)
+def test_agent_reports_whether_cloud_init_also_reads_the_context(
+    tmp_path: Path, installed: bool, disabled: bool, expected: bool
+) -> None:
+    """With ``context_agent: both`` boot-test must also wait for cloud-init's verdict (issue 8.6)."""
+    env = _fake_host(tmp_path)
+    root = Path(env["IMAGEKIT_CONTEXT_ROOT"])
+    if installed:
+        (root / "usr/bin").mkdir(parents=True)
+        _stub(root / "usr/bin", "cloud-init")
+    if disabled:
+        (root / "etc/cloud").mkdir(parents=True)
+        (root / "etc/cloud/cloud-init.disabled").write_text("")
+    (tmp_path / "cd").mkdir()
+    (tmp_path / "cd/context.sh").write_text(render_context_sh({"SET_HOSTNAME": "h"}))
+    env["IMAGEKIT_CONTEXT_DIR"] = str(tmp_path / "cd")
+    report = parse_report(_run_agent(env).stdout.decode().split(" ", 1)[1])
+    assert report.status == "ok" and report.cloud_init is expected

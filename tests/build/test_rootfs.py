@@ -83,6 +83,24 @@ def test_package_set_has_kernel_boot_and_agent_packages() -> None:
     assert "cloud-init" in cloud.packages
 
 
+@pytest.mark.parametrize("agent", [ContextAgent.CLOUD_INIT, ContextAgent.BOTH])
+def test_cloud_init_gets_what_its_opennebula_datasource_runs(agent: ContextAgent) -> None:
+    """cloud-init reads a CONTEXT CD by running context.sh through ``sudo -u nobody bash -e``.
+
+    canonical/cloud-init (22.4.2, Debian 12's, and HEAD 0167c1b alike)
+    cloudinit/sources/DataSourceOpenNebula.py: DEFAULT_PARSEUSER = "nobody" (:28) is the
+    parseuser unless configured (:51-53); switch_user_cmd returns ["sudo", "-u", user] (:303-304)
+    and parse_shell_config prefixes it to ["bash", "-e"] whenever asuser is set (:314, :369-370);
+    a failure is "Error processing context.sh" (:446-449), and cloud-init falls back to
+    DataSourceNone. Debian's cloud-init only Recommends sudo, and the minbase images get no
+    Recommends, so the builder must name it (BASE itself brings no sudo).
+    """
+    plain = rootfs.plan_stage(dataclasses.replace(BASE, context_agent=ContextAgent.NONE))
+    assert "sudo" not in plain.packages
+    stage = rootfs.plan_stage(dataclasses.replace(BASE, context_agent=agent))
+    assert {"cloud-init", "sudo"} <= set(stage.packages)
+
+
 def test_groups_map_to_debian_or_fail_by_name() -> None:
     assert rootfs.expand_package("@core") == ()
     assert "sudo" in rootfs.expand_package("@base")

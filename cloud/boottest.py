@@ -3,12 +3,14 @@
     result = boot_test(BootTest(image=Path("debian.qcow2")), state=State.open(state_dir()))
     print(result.seconds, result.report)
 
-The image boots under QEMU (``context.qemu``) with a copy-on-write overlay, one virtio NIC per
+The image boots under QEMU (``cloud.qemu``) with a copy-on-write overlay, one virtio NIC per
 lease (with the lease's MAC, so the agent matches it) and the context ISO on virtio-scsi. The
 test passes when imagekit's agent reports the context applied — hostname, the static IP on the
-NIC with the lease's MAC, the SSH keys, every init script exiting 0 — or, for cloud-init
-images and seeds, when cloud-init reports it finished. Without a template, the demo in
-``etc/boot-test/`` is used with its network created in a throw-away state.
+NIC with the lease's MAC, the SSH keys, every init script exiting 0 — and, for images where
+cloud-init reads the context (alone or beside the agent), when cloud-init finished with the
+datasource of the medium (never DataSourceNone) and applied the hostname, the NIC addresses and
+the keys (``cloud.cloud_init``). Without a template, the demo in ``etc/boot-test/`` is used
+with its network created in a throw-away state.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from cloud.cloud_init import LOGIN_PROMPT, expect_cloud_init, shown_hostnames, verify_cloud_init
+from cloud.qemu import Accel, Nic, QemuVm, VmSpec, choose_accel, interrupt_safe
 from context.model import ResolvedContext
-from context.qemu import Accel, Nic, QemuVm, VmSpec, choose_accel, image_format, interrupt_safe
 from imagekit.agent import REPORT_PREFIX, AgentReport, find_report
+from imagekit.diskimage import Firmware, image_format
 from imagekit.errors import InputError, VerificationError
 from imagekit.locations import etc_dir
-from imagekit.recipe.model import Firmware
 from imagekit.run import run
 from imagekit.state import State
 
@@ -65,7 +68,7 @@ class BootResult:
     image: Path
     firmware: Firmware
     accel: Accel
-    agent: str  # "imagekit" or "cloud-init"
+    agent: str  # "imagekit", "cloud-init" or "both" (as the recipe's context_agent)
     seconds: float  # from QEMU start to the agent's line
     report: AgentReport | None
     checks: tuple[str, ...] = ()  # what was verified, in words
@@ -214,44 +217,54 @@ def boot_test(test: BootTest, *, state: State, etc: Path | None = None) -> BootR
 def _watch(
     vm: QemuVm, test: BootTest, ctx: ResolvedContext, firmware: Firmware, accel: Accel, nics: tuple[Nic, ...]
 ) -> BootResult:
-    variables = dict(ctx.variables)
-    want_agent = test.flavor is Flavor.OPENNEBULA
+    """Wait for the agents' verdicts: imagekit's report line, cloud-init's last line, or both
+    when the agent says cloud-init reads the context too (its line comes first: the agent runs
+    before network-pre.target, cloud-init's final stage after network-online.target)."""
     pattern = re.compile(f"{_AGENT_LINE.pattern}|{CLOUD_INIT_DONE.pattern}")
     deadline = vm.elapsed() + test.timeout
+    report: AgentReport | None = None
+    checks: list[str] = []
     while True:
         line = vm.wait_for_line(pattern, max(0.0, deadline - vm.elapsed()))
         seconds = round(vm.elapsed(), 1)
         if line is None:
             tail = "\n".join(vm.console().splitlines()[-5:])
+            waited = "cloud-init did not finish" if report else "no context agent line"
             raise VerificationError(
-                f"no context agent line within {test.timeout:g} s; console ends with:\n{tail}",
-                rule="boot-test.timeout",
+                f"{waited} within {test.timeout:g} s; console ends with:\n{tail}", rule="boot-test.timeout"
             )
         if CLOUD_INIT_DONE.search(line):
-            return BootResult(
-                test.image, firmware, vm.accel, "cloud-init", seconds, None, ("cloud-init finished",),
-                tuple(n.mac for n in nics),
-            )  # fmt: skip
-        report = find_report(line)
-        if report is None:
-            continue
-        if report.status == "no-context" and not want_agent:
+            checks += _cloud_init_checks(vm, ctx, test.flavor, deadline)
+            agent = "both" if report else "cloud-init"
+            break
+        found = find_report(line)
+        if found is None or (found.status == "no-context" and test.flavor is not Flavor.OPENNEBULA):
             continue  # a NoCloud/config-drive seed is cloud-init's: wait for it
-        demo = test.template is None
-        checks = verify_report(report, variables, demo=demo)
-        if demo:
-            if DEMO_MARKER not in vm.console():
-                raise VerificationError(
-                    "the demo init script's marker is not on the console", rule="boot-test.init"
-                )
-            checks.append("init script marker on the console")
-        return BootResult(
-            test.image,
-            firmware,
-            accel,
-            "imagekit",
-            seconds,
-            report,
-            tuple(checks),
-            tuple(n.mac for n in nics),
-        )
+        report = found
+        checks = _agent_checks(vm, report, ctx, demo=test.template is None)
+        if not report.cloud_init:
+            agent = "imagekit"
+            break
+    return BootResult(
+        test.image, firmware, accel, agent, seconds, report, tuple(checks), tuple(n.mac for n in nics)
+    )
+
+
+def _agent_checks(vm: QemuVm, report: AgentReport, ctx: ResolvedContext, *, demo: bool) -> list[str]:
+    checks = verify_report(report, dict(ctx.variables), demo=demo)
+    if demo:
+        if DEMO_MARKER not in vm.console():
+            raise VerificationError(
+                "the demo init script's marker is not on the console", rule="boot-test.init"
+            )
+        checks.append("init script marker on the console")
+    return checks
+
+
+def _cloud_init_checks(vm: QemuVm, ctx: ResolvedContext, flavor: Flavor, deadline: float) -> list[str]:
+    want = expect_cloud_init(ctx, flavor.value)
+    if want.hostname and not shown_hostnames(vm.console()):
+        # No host key fingerprints (an image configured without them): a serial getty may
+        # still print its prompt after cloud-init's last line.
+        vm.wait_for_text(LOGIN_PROMPT, max(0.0, deadline - vm.elapsed()))
+    return verify_cloud_init(vm.console(), want)

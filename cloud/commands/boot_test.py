@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from context.boottest import BootTest, Flavor, boot_test
+from cloud.boottest import BootTest, Flavor, boot_test
+from imagekit.diskimage import Firmware
 from imagekit.locations import state_dir
 from imagekit.output import print_json
-from imagekit.recipe.model import Firmware
 from imagekit.state import State
 
 
@@ -59,8 +59,9 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
+    applied_by = "imagekit and cloud-init" if result.agent == "both" else result.agent
     print(
-        f"{result.image}: context applied by {result.agent} {result.seconds:.1f} s after QEMU started "
+        f"{result.image}: context applied by {applied_by} {result.seconds:.1f} s after QEMU started "
         f"({result.firmware.value}, {result.accel.value})"
     )
     for check in result.checks:

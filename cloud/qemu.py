@@ -28,9 +28,8 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
-from imagekit.errors import CommandError, DataError, InputError
-from imagekit.inspect import qemu_img_info
-from imagekit.recipe.model import Firmware
+from imagekit.diskimage import Firmware
+from imagekit.errors import CommandError, InputError
 from imagekit.run import minimal_env, run
 from imagekit.state import State
 
@@ -70,14 +69,6 @@ class VmSpec:
     snapshot: bool = True  # never write to the image under test
     kernel: Path | None = None  # direct kernel boot (the probe)
     append: str = ""
-
-
-def image_format(path: Path) -> str:
-    """The format qemu-img sees (``raw``, ``qcow2``, ``vmdk``…); DataError if unreadable."""
-    info = qemu_img_info(path)
-    if "format" not in info:
-        raise DataError(f"{path}: qemu-img info names no format")
-    return str(info["format"])
 
 
 def build_argv(spec: VmSpec, *, accel: Accel, serial_log: Path, ovmf_vars: Path | None = None) -> list[str]:
@@ -200,12 +191,28 @@ class QemuVm:
                     # Keep the rest for the next call.
                     self._pending = b"\n".join([*lines[i + 1 :], self._pending])
                     return line
-            if not self.running():
-                code = self._proc.returncode if self._proc else -1
-                raise CommandError([QEMU], code, self.stderr_tail(), step="boot")
+            self._check_running()
             if time.monotonic() >= deadline:
                 return None
             time.sleep(poll)
+
+    def wait_for_text(
+        self, pattern: re.Pattern[str], timeout: float, *, poll: float = 0.2
+    ) -> re.Match[str] | None:
+        """The first match of ``pattern`` in the whole console, unfinished last line included (a
+        login prompt waits for input without a newline), within ``timeout`` seconds, or None."""
+        deadline = time.monotonic() + timeout
+        while (match := pattern.search(self.console())) is None:
+            self._check_running()
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(poll)
+        return match
+
+    def _check_running(self) -> None:
+        if not self.running():
+            code = self._proc.returncode if self._proc else -1
+            raise CommandError([QEMU], code, self.stderr_tail(), step="boot")
 
     def stop(self) -> None:
         """Kill QEMU (its whole process group) and wait for it; idempotent."""

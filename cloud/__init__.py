@@ -1,0 +1,1 @@
+"""cloud: VM templates → deployed VMs on a cloud core (embedded QEMU, libvirt, OpenNebula)."""
