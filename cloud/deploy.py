@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud import embedded, hooks, images, lifecycle
+from cloud import embedded, hooks, images, lifecycle, opennebula
 from cloud.model import DiskKind, VmState, VmTemplate, nic_device, parse_vm_template
 from cloud.qemu import OVMF_VARS, Drive, Nic, VmSpec, build_argv, choose_accel
 from cloud.store import VmRecord, VmStore
@@ -44,6 +44,8 @@ class CreateRequest:
     etc: Path | None = None
     endpoint: str | None = None  # marketplace registry for SOURCE=marketplace:…
     ssh_port: int | None = None  # a user-mode uplink NIC forwarding 127.0.0.1:PORT to the guest's 22
+    core: str = CORE  # "qemu" (embedded) or "opennebula" (then ``one_endpoint``)
+    one_endpoint: str = ""
     owner: str = field(default_factory=lambda: invoking_user().uname)
 
 
@@ -62,6 +64,8 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
             template_dir=request.template.parent,
             endpoint=request.endpoint,
         )
+    if request.core == opennebula.CORE:
+        return _deploy_to_opennebula(request, vm, bases, state=state)
     with step("context"):
         ctx = prepare_context(
             request.template, state=state, keep=True, etc=request.etc, image_paths=request.image_templates
@@ -101,6 +105,33 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
     except BaseException as exc:
         lifecycle.fail(state, record.vmid, current, exc)
         raise
+
+
+def _deploy_to_opennebula(
+    request: CreateRequest, vm: VmTemplate, bases: Sequence[images.BaseImage], *, state: State
+) -> VmRecord:
+    """Register the verified images and allocate the VM on oned (``cloud/opennebula.py``)."""
+    from context.render import reserve_vmid
+
+    if not request.one_endpoint:
+        raise InputError("the OpenNebula core needs --one-endpoint URL (oned's XML-RPC, …:2633/RPC2)")
+    core = opennebula.OneCore(request.one_endpoint, opennebula.session())
+    vmid = reserve_vmid(state, vm.name or "", request.template)
+    name = vm.name or f"one-{vmid}"
+    with step("opennebula"):
+        one_id, image_ids = core.deploy(vm, bases, name=name, hold=request.hold)
+    store = VmStore(state)
+    info = {"one_id": one_id, "endpoint": request.one_endpoint, "one_images": image_ids}
+    store.insert(
+        vmid,
+        name=name,
+        owner=request.owner,
+        core=opennebula.CORE,
+        template=str(request.template),
+        directory=state.root / "vms" / str(vmid),
+        info=info,
+    )
+    return store.transition(vmid, core.state(one_id), reason=f"OpenNebula VM {one_id}")
 
 
 def _hook_vm(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: State) -> Any:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from cloud import embedded, hooks, images
+from cloud import embedded, hooks, images, opennebula
 from cloud.model import VmState
 from cloud.store import VmRecord, VmStore
 from imagekit.errors import CommandError, InputError
@@ -96,8 +96,34 @@ def fail(state: State, vmid: int, step: str, error: BaseException) -> VmRecord:
     return record
 
 
+def _remote(state: State, vmid: int, verb: str) -> VmRecord | None:
+    """The verb on a VM another cloud runs (the OpenNebula core), or None for our own."""
+    store = VmStore(state)
+    record = store.get(vmid)
+    if record.core != opennebula.CORE:
+        return None
+    if record.state is VmState.DONE:
+        raise InputError(f"VM {vmid} is done")
+    core = opennebula.OneCore(record.info["endpoint"], opennebula.session())
+    one_id = int(record.info["one_id"])
+    core.action(verb, one_id)
+    return store.transition(vmid, core.state(one_id), reason=f"one.vm.action {opennebula.ACTIONS[verb]}")
+
+
+def _refresh_remote(state: State, record: VmRecord) -> VmRecord:
+    core = opennebula.OneCore(record.info["endpoint"], opennebula.session())
+    try:
+        now = core.state(int(record.info["one_id"]))
+    except CommandError as err:
+        log.warning("VM %d: OpenNebula unreachable (%s); showing the last known state", record.vmid, err)
+        return record
+    return record if now is record.state else VmStore(state).transition(record.vmid, now)
+
+
 def reconcile(state: State, record: VmRecord) -> VmRecord:
     """The record corrected by what the host shows (see the module docstring)."""
+    if record.core == opennebula.CORE:
+        return _refresh_remote(state, record) if record.state is not VmState.DONE else record
     if not record.state.has_process or embedded.alive(record.pid, record.pid_start):
         return record
     try:
@@ -134,6 +160,8 @@ def _gone_within(record: VmRecord, timeout: float) -> bool:
 
 def shutdown(state: State, vmid: int, *, timeout: float = 120.0) -> VmRecord:
     """ACPI power button over QMP; after ``timeout`` seconds, the hard way. Ends at ``done``."""
+    if (remote := _remote(state, vmid, "shutdown")) is not None:
+        return remote
     store = VmStore(state)
     record = store.transition(vmid, VmState.SHUTDOWN, allowed=(VmState.RUNNING,))
     hooks.fire(hooks.HookEvent.SHUTDOWN, _event_hooks(record), vmid, record.directory)
@@ -151,15 +179,21 @@ def shutdown(state: State, vmid: int, *, timeout: float = 120.0) -> VmRecord:
 
 def cancel(state: State, vmid: int) -> VmRecord:
     """Hard power-off (onevm cancel)."""
+    if (remote := _remote(state, vmid, "cancel")) is not None:
+        return remote
     return finish(state, vmid, reason="cancelled", allowed=_LIVE)
 
 
 def delete(state: State, vmid: int) -> VmRecord:
     """Whatever state it is in (but done), the VM ends now (onevm delete)."""
+    if (remote := _remote(state, vmid, "delete")) is not None:
+        return remote
     return finish(state, vmid, reason="deleted", allowed=_WITH_FILES)
 
 
 def suspend(state: State, vmid: int) -> VmRecord:
+    if (remote := _remote(state, vmid, "suspend")) is not None:
+        return remote
     store = VmStore(state)
     record = store.transition(vmid, VmState.SUSPENDED, allowed=(VmState.RUNNING,))
     embedded.qmp(Path(record.info["qmp"]), "stop")
@@ -168,6 +202,8 @@ def suspend(state: State, vmid: int) -> VmRecord:
 
 def resume(state: State, vmid: int) -> VmRecord:
     """A suspended VM continues; a stopped one boots from its saved memory state."""
+    if (remote := _remote(state, vmid, "resume")) is not None:
+        return remote
     store = VmStore(state)
     current = store.get(vmid)
     if current.state is VmState.STOPPED:
@@ -179,6 +215,8 @@ def resume(state: State, vmid: int) -> VmRecord:
 
 def stop(state: State, vmid: int) -> VmRecord:
     """Save the VM's memory to its directory and end its QEMU (onevm stop)."""
+    if (remote := _remote(state, vmid, "stop")) is not None:
+        return remote
     store = VmStore(state)
     record = store.transition(
         vmid, VmState.STOPPED, allowed=(VmState.RUNNING, VmState.SUSPENDED), reason="saving"
@@ -195,11 +233,15 @@ def stop(state: State, vmid: int) -> VmRecord:
 
 
 def hold(state: State, vmid: int) -> VmRecord:
+    if (remote := _remote(state, vmid, "hold")) is not None:
+        return remote
     return VmStore(state).transition(vmid, VmState.HOLD, allowed=(VmState.PENDING, VmState.PROLOG))
 
 
 def release(state: State, vmid: int) -> VmRecord:
     """A held VM boots now (there is one host: release is also the deploy)."""
+    if (remote := _remote(state, vmid, "release")) is not None:
+        return remote
     return boot(state, vmid, allowed=(VmState.HOLD,))
 
 
