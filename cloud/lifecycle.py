@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SAVED_STATE = "memory.state"
 POLL = 0.5
+REPRESS = 10.0  # seconds between ACPI power button presses during `vm shutdown`
 _LIVE = (VmState.BOOT, VmState.RUNNING, VmState.SUSPENDED, VmState.SHUTDOWN, VmState.UNKNOWN)
 _WITH_FILES = (VmState.PENDING, VmState.PROLOG, VmState.HOLD, VmState.STOPPED, *_LIVE)
 
@@ -149,11 +150,21 @@ def show(state: State, vmid: int) -> VmRecord:
     return reconcile(state, VmStore(state).get(vmid))
 
 
-def _gone_within(record: VmRecord, timeout: float) -> bool:
+def _gone_within(record: VmRecord, timeout: float, *, press: Path | None = None) -> bool:
+    """Whether the VM's QEMU ends within ``timeout``; ``press``: its QMP socket, to press the
+    power button again every few seconds (a press while the guest boots is lost)."""
     deadline = time.monotonic() + timeout
+    next_press = time.monotonic()
     while embedded.alive(record.pid, record.pid_start):
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             return False
+        if press is not None and now >= next_press:
+            next_press = now + REPRESS
+            try:
+                embedded.qmp(press, "system_powerdown")
+            except CommandError as err:
+                log.debug("VM %d: power button not pressed: %s", record.vmid, err)
         time.sleep(POLL)
     return True
 
@@ -165,11 +176,7 @@ def shutdown(state: State, vmid: int, *, timeout: float = 120.0) -> VmRecord:
     store = VmStore(state)
     record = store.transition(vmid, VmState.SHUTDOWN, allowed=(VmState.RUNNING,))
     hooks.fire(hooks.HookEvent.SHUTDOWN, _event_hooks(record), vmid, record.directory)
-    try:
-        embedded.qmp(Path(record.info["qmp"]), "system_powerdown")
-    except CommandError as err:
-        log.warning("VM %d: ACPI shutdown not delivered (%s); stopping it hard", vmid, err)
-    if _gone_within(record, timeout):
+    if _gone_within(record, timeout, press=Path(record.info["qmp"])):
         reason = "shut down"
     else:
         log.warning("VM %d did not power off within %g s: stopping it hard", vmid, timeout)
