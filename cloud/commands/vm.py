@@ -1,6 +1,7 @@
 """``imagekit vm``: VMs from templates on the embedded QEMU core, with onevm's verbs and states.
 
 imagekit vm create web.one [--hold] [--image debian.image] [--ssh-port 2222] [--json]
+imagekit vm create web.one --core opennebula --one-endpoint http://frontend:2633/RPC2
 imagekit vm list [--json]                 # ID USER NAME STAT MEM IP TIME, reconciled with reality
 imagekit vm show 3 [--json]               # with the history of its states
 imagekit vm shutdown 3 [--timeout 120]    # ACPI, then hard; ends at done
@@ -49,6 +50,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--ssh-port", type=int, metavar="PORT", help="user-mode uplink: 127.0.0.1:PORT → :22"
     )
     create.add_argument("--endpoint", metavar="URL", help="marketplace registry for SOURCE=marketplace:…")
+    create.add_argument(
+        "--core", choices=["qemu", "opennebula"], default="qemu", help="where it runs (default: qemu)"
+    )
+    create.add_argument(
+        "--one-endpoint", default="", metavar="URL", help="oned's XML-RPC for --core opennebula"
+    )
     create.add_argument("--json", action="store_true", help="machine-readable output")
     create.set_defaults(func=cmd_create)
     listing = sub.add_parser("list", help="list VMs (their state checked against the host)")
@@ -106,6 +113,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         image_templates=tuple(args.image),
         endpoint=args.endpoint,
         ssh_port=args.ssh_port,
+        core=args.core,
+        one_endpoint=args.one_endpoint,
     )
     record = create_vm(request, state=_state(args))
     if args.json:

@@ -178,3 +178,19 @@ def test_hold_release_and_a_refusal(oned: tuple[FakeOned, str], auth: None, tmp_
 )  # fmt: skip
 def test_states_map_onto_onevm(state: int, lcm: int, expected: VmState) -> None:
     assert opennebula.map_state(state, lcm) is expected
+
+
+def test_the_cli_reaches_the_opennebula_core(
+    oned: tuple[FakeOned, str], auth: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from imagekit.cli import main
+
+    fake, endpoint = oned
+    args = ["--state", str(tmp_path / "state"), "vm", "create", str(_template(tmp_path))]
+    assert main([*args, "--core", "opennebula", "--one-endpoint", endpoint, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["core"], shown["state"], shown["reason"]) == ("opennebula", "pending", "OpenNebula VM 40")
+    assert main([*args, "--core", "opennebula"]) == 1
+    assert "needs --one-endpoint URL" in capsys.readouterr().err
