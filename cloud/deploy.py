@@ -44,7 +44,7 @@ class CreateRequest:
     etc: Path | None = None
     endpoint: str | None = None  # marketplace registry for SOURCE=marketplace:…
     ssh_port: int | None = None  # a user-mode uplink NIC forwarding 127.0.0.1:PORT to the guest's 22
-    core: str = CORE  # "qemu" (embedded) or "opennebula" (then ``one_endpoint``)
+    core: str = CORE  # "qemu" (embedded), "libvirt", or "opennebula" (then ``one_endpoint``)
     one_endpoint: str = ""
     owner: str = field(default_factory=lambda: invoking_user().uname)
 
@@ -76,7 +76,7 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
         ctx.vmid,
         name=vm.name or f"one-{ctx.vmid}",
         owner=request.owner,
-        core=CORE,
+        core=request.core,
         template=str(request.template),
         directory=directory,
         info={"etc": str(request.etc) if request.etc else "", "leases": [lease.ip for lease in ctx.leases]},
@@ -191,10 +191,17 @@ def prolog(
         extra_args=tuple(a for raw in vm.raw if raw.type in ("kvm", "qemu") for a in shlex.split(raw.data)),
         name=f"one-{ctx.vmid}",
     )
-    argv = build_argv(
-        spec, accel=choose_accel(state), serial_log=directory / "serial.log", ovmf_vars=ovmf_vars
-    )
+    serial, accel = directory / "serial.log", choose_accel(state)
+    argv = build_argv(spec, accel=accel, serial_log=serial, ovmf_vars=ovmf_vars)
+    core: dict[str, Any] = {}
+    if request.core == "libvirt":
+        from cloud import libvirt
+
+        domain = f"imagekit-{embedded.runtime_dir(state).name.rsplit('-', 1)[1]}-{ctx.vmid}"
+        xml = libvirt.domain_xml(spec, name=domain, accel=accel, serial_log=serial, ovmf_vars=ovmf_vars)
+        core = {"domain": domain, "domain_xml": xml, "uri": libvirt.URI}
     return {
+        **core,
         "argv": argv,
         "qmp": str(spec.qmp),
         "firmware": firmware.value,

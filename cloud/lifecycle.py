@@ -17,7 +17,8 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from cloud import embedded, hooks, images, opennebula
+from cloud import hooks, images, opennebula
+from cloud.cores import SAVED_STATE, core_for
 from cloud.model import VmState
 from cloud.store import VmRecord, VmStore
 from imagekit.errors import CommandError, InputError
@@ -26,7 +27,6 @@ from imagekit.state import State
 
 log = logging.getLogger(__name__)
 
-SAVED_STATE = "memory.state"
 POLL = 0.5
 REPRESS = 10.0  # seconds between ACPI power button presses during `vm shutdown`
 _LIVE = (VmState.BOOT, VmState.RUNNING, VmState.SUSPENDED, VmState.SHUTDOWN, VmState.UNKNOWN)
@@ -42,9 +42,7 @@ def boot(state: State, vmid: int, *, allowed: Collection[VmState], incoming: boo
     store = VmStore(state)
     record = store.transition(vmid, VmState.BOOT, allowed=allowed)
     saved = record.directory / SAVED_STATE
-    pid, start = embedded.launch(
-        list(record.info["argv"]), record.directory / "qemu.pid", incoming=saved if incoming else None
-    )
+    pid, start = core_for(record).start(record, incoming=incoming)
     record = store.transition(vmid, VmState.RUNNING, allowed=(VmState.BOOT,), pid=pid, pid_start=start)
     saved.unlink(missing_ok=True)
     hooks.fire(hooks.HookEvent.RUNNING, _event_hooks(record), vmid, record.directory)
@@ -78,7 +76,7 @@ def finish(state: State, vmid: int, *, reason: str, allowed: Collection[VmState]
     store = VmStore(state)
     before = store.get(vmid)
     record = store.transition(vmid, VmState.DONE, allowed=allowed, reason=reason, pid=None, pid_start=None)
-    embedded.kill(before.pid, before.pid_start)
+    core_for(before).kill(before)
     _clean_up(state, record)
     hooks.fire(hooks.HookEvent.DONE, _event_hooks(record), vmid, record.directory)
     return record
@@ -90,7 +88,7 @@ def fail(state: State, vmid: int, step: str, error: BaseException) -> VmRecord:
     before = store.get(vmid)
     reason = str(error) or type(error).__name__
     record = store.transition(vmid, VmState.FAILED, reason=reason, step=step, pid=None, pid_start=None)
-    embedded.kill(before.pid, before.pid_start)
+    core_for(before).kill(before)
     _clean_up(state, record)
     hooks.fire(hooks.HookEvent.FAILED, _event_hooks(record), vmid, record.directory)
     log.info("VM %d failed at %s: %s", vmid, step, reason)
@@ -125,7 +123,7 @@ def reconcile(state: State, record: VmRecord) -> VmRecord:
     """The record corrected by what the host shows (see the module docstring)."""
     if record.core == opennebula.CORE:
         return _refresh_remote(state, record) if record.state is not VmState.DONE else record
-    if not record.state.has_process or embedded.alive(record.pid, record.pid_start):
+    if not record.state.has_process or core_for(record).alive(record):
         return record
     try:
         if record.state is VmState.SHUTDOWN:
@@ -150,19 +148,20 @@ def show(state: State, vmid: int) -> VmRecord:
     return reconcile(state, VmStore(state).get(vmid))
 
 
-def _gone_within(record: VmRecord, timeout: float, *, press: Path | None = None) -> bool:
-    """Whether the VM's QEMU ends within ``timeout``; ``press``: its QMP socket, to press the
-    power button again every few seconds (a press while the guest boots is lost)."""
+def _gone_within(record: VmRecord, timeout: float, *, press: bool = False) -> bool:
+    """Whether the VM's QEMU ends within ``timeout``; ``press``: press the power button again
+    every few seconds (a press while the guest boots is lost)."""
+    core = core_for(record)
     deadline = time.monotonic() + timeout
     next_press = time.monotonic()
-    while embedded.alive(record.pid, record.pid_start):
+    while core.alive(record):
         now = time.monotonic()
         if now > deadline:
             return False
-        if press is not None and now >= next_press:
+        if press and now >= next_press:
             next_press = now + REPRESS
             try:
-                embedded.qmp(press, "system_powerdown")
+                core.powerdown(record)
             except CommandError as err:
                 log.debug("VM %d: power button not pressed: %s", record.vmid, err)
         time.sleep(POLL)
@@ -176,7 +175,7 @@ def shutdown(state: State, vmid: int, *, timeout: float = 120.0) -> VmRecord:
     store = VmStore(state)
     record = store.transition(vmid, VmState.SHUTDOWN, allowed=(VmState.RUNNING,))
     hooks.fire(hooks.HookEvent.SHUTDOWN, _event_hooks(record), vmid, record.directory)
-    if _gone_within(record, timeout, press=Path(record.info["qmp"])):
+    if _gone_within(record, timeout, press=True):
         reason = "shut down"
     else:
         log.warning("VM %d did not power off within %g s: stopping it hard", vmid, timeout)
@@ -203,7 +202,7 @@ def suspend(state: State, vmid: int) -> VmRecord:
         return remote
     store = VmStore(state)
     record = store.transition(vmid, VmState.SUSPENDED, allowed=(VmState.RUNNING,))
-    embedded.qmp(Path(record.info["qmp"]), "stop")
+    core_for(record).pause(record)
     return record
 
 
@@ -216,7 +215,7 @@ def resume(state: State, vmid: int) -> VmRecord:
     if current.state is VmState.STOPPED:
         return boot(state, vmid, allowed=(VmState.STOPPED,), incoming=True)
     record = store.transition(vmid, VmState.RUNNING, allowed=(VmState.SUSPENDED, VmState.STOPPED))
-    embedded.qmp(Path(record.info["qmp"]), "cont")
+    core_for(record).cont(record)
     return record
 
 
@@ -229,7 +228,7 @@ def stop(state: State, vmid: int) -> VmRecord:
         vmid, VmState.STOPPED, allowed=(VmState.RUNNING, VmState.SUSPENDED), reason="saving"
     )
     try:
-        embedded.save_state(Path(record.info["qmp"]), record.directory / SAVED_STATE)
+        core_for(record).save(record, record.directory / SAVED_STATE)
         _gone_within(record, 60.0)
     except CommandError:
         store.transition(vmid, VmState.UNKNOWN, reason="saving the state failed")

@@ -51,7 +51,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     create.add_argument("--endpoint", metavar="URL", help="marketplace registry for SOURCE=marketplace:…")
     create.add_argument(
-        "--core", choices=["qemu", "opennebula"], default="qemu", help="where it runs (default: qemu)"
+        "--core",
+        choices=["qemu", "libvirt", "opennebula"],
+        default="qemu",
+        help="where it runs (default: qemu)",
     )
     create.add_argument(
         "--one-endpoint", default="", metavar="URL", help="oned's XML-RPC for --core opennebula"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from cloud import embedded, lifecycle
+from cloud.cores import SAVED_STATE
 from cloud.deploy import CreateRequest, create_vm
 from cloud.model import VmState
 from cloud.store import VmRecord, VmStore
@@ -59,13 +60,13 @@ def test_suspend_stop_resume_and_a_hard_shutdown(lab: Any) -> None:
 
     stopped = lifecycle.stop(state, vm.vmid)
     assert stopped.state is VmState.STOPPED and stopped.pid is None
-    assert (vm.directory / lifecycle.SAVED_STATE).stat().st_size > 0
+    assert (vm.directory / SAVED_STATE).stat().st_size > 0
     assert not embedded.alive(vm.pid, vm.pid_start)
     assert NetworkStore(state).leases()[0].vmid == vm.vmid  # a stopped VM keeps its lease
 
     again = lifecycle.resume(state, vm.vmid)
     assert again.state is VmState.RUNNING and again.pid != vm.pid and _status(again) == "running"
-    assert not (vm.directory / lifecycle.SAVED_STATE).exists()
+    assert not (vm.directory / SAVED_STATE).exists()
 
     # SeaBIOS ignores the ACPI power button: after the timeout it goes hard.
     done = lifecycle.shutdown(state, vm.vmid, timeout=1)
