@@ -255,3 +255,32 @@ def test_cli_create_held_list_and_show(lab: dict[str, Any], capsys: pytest.Captu
     bad = _template(lab, 'GRAPHICS = [ TYPE = "sdl" ]\n')
     assert main([*state, "vm", "create", str(bad)]) == 1
     assert f"{bad}:6:1: GRAPHICS.TYPE: this core offers vnc only" in capsys.readouterr().err
+
+
+def test_failing_and_slow_hooks_are_logged_and_change_nothing(
+    lab: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """oned.conf VM_HOOK (opennebula-1.4.md §2): run in the background, time-limited, logged."""
+    monkeypatch.setattr(hooks, "HOOK_TIMEOUT", 1.0)
+    failing = lab["dir"] / "failing.sh"
+    failing.write_text('#!/bin/sh\necho "out-$1"\nexit 3\n')
+    failing.chmod(0o755)
+    (lab["etc"] / "oned.conf").write_text(
+        f'VM_HOOK = [ name = "fails", on = "create", command = "{failing}", arguments = "$VMID" ]\n'
+        'VM_HOOK = [ name = "slow", on = "create", command = "/bin/sleep", arguments = "30" ]\n'
+    )
+    record = create_vm(CreateRequest(_template(lab), hold=True, etc=lab["etc"]), state=lab["state"])
+    hooks.wait_for_hooks()
+    assert record.state is VmState.HOLD
+    logged = (record.directory / hooks.HOOK_LOG).read_text()
+    assert f" CREATE fails exit=3\n  out-{record.vmid}\n" in logged
+    assert " CREATE slow exit=error\n" in logged and "timed out after 1 s" in logged
+
+
+def test_hook_configuration_errors_are_located(tmp_path: Path) -> None:
+    conf = parse_template('VM_HOOK = [ on = "boot", command = "/bin/true" ]\n', "oned.conf")
+    with pytest.raises(InputError, match="oned.conf:1:1: VM_HOOK.ON: expected one of CREATE, RUNNING"):
+        hooks.hooks_from_template(conf)
+    conf = parse_template('VM_HOOK = [ on = "done", command = "notify" ]\n', "oned.conf")
+    with pytest.raises(InputError, match="VM_HOOK.COMMAND: expected an absolute path"):
+        hooks.hooks_from_template(conf)

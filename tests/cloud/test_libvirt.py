@@ -19,12 +19,9 @@ from cloud.libvirt import URI, LibvirtCore, domain_xml
 from cloud.model import VmState
 from cloud.qemu import Accel, Drive, Nic, VmSpec
 from context.leases import NetworkStore
-from context.network import network_from_template
-from context.template import parse_template
 from imagekit.diskimage import Firmware
-from imagekit.state import State
 
-NET = 'NAME = "lan"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.9.0.0"\nNETWORK_SIZE = "C"\n'
+from .blank import BlankLab
 
 
 def _validate(xml: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -89,19 +86,10 @@ def libvirtd() -> Iterator[None]:
 
 
 @pytest.mark.vm
-def test_verbs_on_a_libvirt_domain(libvirtd: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
+def test_verbs_on_a_libvirt_domain(libvirtd: None, blank_lab: BlankLab, tmp_path: Path) -> None:
     from cloud import lifecycle
 
-    state = State.open(tmp_path / "state")
-    NetworkStore(state).create(network_from_template(parse_template(NET, "lan.net")))
-    base = tmp_path / "blank.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"], check=True)
-    template = tmp_path / "vm.one"
-    template.write_text(
-        f'NAME = "lv"\nMEMORY = 64\nDISK = [ SOURCE = "{base}" ]\nNIC = [ NETWORK = "lan" ]\n'
-        'CONTEXT = [ NETWORK = "YES" ]\n'
-    )
+    state, template = blank_lab.state, blank_lab.template
     vm = create_vm(CreateRequest(template, core="libvirt"), state=state)
     core = LibvirtCore()
     dom: Any = core.conn.lookupByName(vm.info["domain"])

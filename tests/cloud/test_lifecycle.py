@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +19,19 @@ from cloud.deploy import CreateRequest, create_vm
 from cloud.model import VmState
 from cloud.store import VmRecord, VmStore
 from context.leases import NetworkStore
-from context.network import network_from_template
-from context.template import parse_template
 from imagekit.errors import InputError
 from imagekit.state import State
 
+from .blank import BlankLab
+
 pytestmark = pytest.mark.vm
 REPO = Path(__file__).resolve().parents[2]
-NET = 'NAME = "lan"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.9.0.0"\nNETWORK_SIZE = "C"\n'
 
 
 @pytest.fixture
-def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
-    state = State.open(tmp_path / "state")
-    NetworkStore(state).create(network_from_template(parse_template(NET, "lan.net")))
-    base = tmp_path / "blank.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"], check=True)
-    template = tmp_path / "vm.one"
-    template.write_text(
-        f'NAME = "blank"\nMEMORY = 64\nDISK = [ SOURCE = "{base}" ]\nNIC = [ NETWORK = "lan" ]\n'
-        'CONTEXT = [ NETWORK = "YES" ]\n'
-    )
-    yield state, template
-    for record in lifecycle.list_vms(state):  # never leave a QEMU behind
+def lab(blank_lab: BlankLab) -> Iterator[tuple[State, Path]]:
+    yield blank_lab.state, blank_lab.template
+    for record in lifecycle.list_vms(blank_lab.state):  # never leave a QEMU behind
         embedded.kill(record.pid, record.pid_start)
 
 
