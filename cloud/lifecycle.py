@@ -71,12 +71,18 @@ def _clean_up(state: State, record: VmRecord) -> None:
         Path(qmp).unlink(missing_ok=True)
 
 
+def _kill(record: VmRecord) -> None:
+    """End the VM's process if its state says it may have one (a held or stopped VM needs no core)."""
+    if record.state.has_process or record.state is VmState.UNKNOWN:
+        core_for(record).kill(record)
+
+
 def finish(state: State, vmid: int, *, reason: str, allowed: Collection[VmState] = _WITH_FILES) -> VmRecord:
     """The VM reaches ``done``: claim it, kill what is left, release and remove (module doc)."""
     store = VmStore(state)
     before = store.get(vmid)
     record = store.transition(vmid, VmState.DONE, allowed=allowed, reason=reason, pid=None, pid_start=None)
-    core_for(before).kill(before)
+    _kill(before)
     _clean_up(state, record)
     hooks.fire(hooks.HookEvent.DONE, _event_hooks(record), vmid, record.directory)
     return record
@@ -88,7 +94,7 @@ def fail(state: State, vmid: int, step: str, error: BaseException) -> VmRecord:
     before = store.get(vmid)
     reason = str(error) or type(error).__name__
     record = store.transition(vmid, VmState.FAILED, reason=reason, step=step, pid=None, pid_start=None)
-    core_for(before).kill(before)
+    _kill(before)
     _clean_up(state, record)
     hooks.fire(hooks.HookEvent.FAILED, _event_hooks(record), vmid, record.directory)
     log.info("VM %d failed at %s: %s", vmid, step, reason)

@@ -108,3 +108,19 @@ def test_verbs_on_a_libvirt_domain(libvirtd: None, blank_lab: BlankLab, tmp_path
         assert NetworkStore(state).leases() == []
     finally:
         core.kill(vm)
+
+
+def test_a_held_domain_is_deleted_without_asking_libvirt(
+    blank_lab: BlankLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing runs for a held VM, so libvirtd need not be there to delete it."""
+    from cloud import lifecycle
+
+    held = create_vm(CreateRequest(blank_lab.template, hold=True, core="libvirt"), state=blank_lab.state)
+    assert held.info["uri"] == URI and held.info["domain"].endswith(f"-{held.vmid}")
+
+    def no_core(record: object) -> None:
+        raise AssertionError("the core was asked")
+
+    monkeypatch.setattr(lifecycle, "core_for", no_core)
+    assert lifecycle.delete(blank_lab.state, held.vmid).state is VmState.DONE
