@@ -284,3 +284,11 @@ def test_hook_configuration_errors_are_located(tmp_path: Path) -> None:
     conf = parse_template('VM_HOOK = [ on = "done", command = "notify" ]\n', "oned.conf")
     with pytest.raises(InputError, match="VM_HOOK.COMMAND: expected an absolute path"):
         hooks.hooks_from_template(conf)
+
+
+def test_an_ssh_uplink_forwards_a_loopback_port(lab: dict[str, Any]) -> None:
+    record = create_vm(CreateRequest(_template(lab), hold=True, ssh_port=2299), state=lab["state"])
+    argv = record.info["argv"]
+    uplink = [argv[i + 1] for i, a in enumerate(argv) if a == "-nic"]
+    mac = f"52:54:00:00:00:{record.vmid:02x}"
+    assert uplink == [f"user,model=virtio-net-pci,mac={mac},hostfwd=tcp:127.0.0.1:2299-:22"]
