@@ -292,3 +292,20 @@ def test_an_ssh_uplink_forwards_a_loopback_port(lab: dict[str, Any]) -> None:
     uplink = [argv[i + 1] for i, a in enumerate(argv) if a == "-nic"]
     mac = f"52:54:00:00:00:{record.vmid:02x}"
     assert uplink == [f"user,model=virtio-net-pci,mac={mac},hostfwd=tcp:127.0.0.1:2299-:22"]
+
+
+def test_cli_log_and_wait(lab: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from imagekit.cli import main
+
+    state = ["--state", str(lab["state"].root)]
+    record = create_vm(CreateRequest(_template(lab), hold=True), state=lab["state"])
+    (record.directory / "serial.log").write_bytes(b"SeaBIOS\nlogin: \n")
+    assert main([*state, "vm", "log", str(record.vmid), "--follow"]) == 0  # held: no process to follow
+    assert capsys.readouterr().out == "SeaBIOS\nlogin: \n"
+    assert main([*state, "vm", "wait", str(record.vmid), "--state", "hold"]) == 0
+    assert capsys.readouterr().out == f"VM {record.vmid}: hold\n"
+    assert main([*state, "vm", "wait", str(record.vmid), "--state", "running", "--timeout", "0"]) == 1
+    assert f"VM {record.vmid} is hold, not running, after 0 s" in capsys.readouterr().err
+    lifecycle.delete(lab["state"], record.vmid)
+    assert main([*state, "vm", "wait", str(record.vmid), "--state", "running"]) == 1
+    assert f"VM {record.vmid} ended done (deleted), not running" in capsys.readouterr().err
