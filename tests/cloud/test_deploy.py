@@ -309,3 +309,14 @@ def test_cli_log_and_wait(lab: dict[str, Any], capsys: pytest.CaptureFixture[str
     lifecycle.delete(lab["state"], record.vmid)
     assert main([*state, "vm", "wait", str(record.vmid), "--state", "running"]) == 1
     assert f"VM {record.vmid} ended done (deleted), not running" in capsys.readouterr().err
+
+
+def test_a_disk_with_save_is_kept_at_done(lab: dict[str, Any]) -> None:
+    """DISK SAVE=yes (opennebula-1.4.md §1): the VM's disk outlives it, flattened."""
+    template = _template(lab, disk=f'DISK = [ SOURCE = "{lab["base"]}", SAVE = "yes" ]')
+    record = create_vm(CreateRequest(template, hold=True), state=lab["state"])
+    lifecycle.delete(lab["state"], record.vmid)
+    saved = lab["state"].root / "saved" / f"vm{record.vmid}-disk0.qcow2"
+    info = json.loads(subprocess.check_output(["qemu-img", "info", "--output=json", saved]))
+    assert info["format"] == "qcow2" and "backing-filename" not in info
+    assert not (record.directory / "disk0.qcow2").exists()
