@@ -10,8 +10,8 @@ holds and files, and the record goes to ``failed`` naming the step.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shlex
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -188,7 +188,7 @@ def prolog(
         drives=drives,
         qmp=embedded.runtime_dir(state) / f"{ctx.vmid}.qmp",
         vnc_display=(vm.graphics.port or 5900 + 100 + ctx.vmid) - 5900 if vm.graphics else None,
-        extra_args=tuple(a for raw in vm.raw if raw.type in ("kvm", "qemu") for a in shlex.split(raw.data)),
+        extra_args=tuple(a for raw in vm.raw for a in raw.qemu_args()),
         name=f"one-{ctx.vmid}",
     )
     serial, accel = directory / "serial.log", choose_accel(state)
@@ -198,7 +198,14 @@ def prolog(
         from cloud import libvirt
 
         domain = f"imagekit-{embedded.runtime_dir(state).name.rsplit('-', 1)[1]}-{ctx.vmid}"
-        xml = libvirt.domain_xml(spec, name=domain, accel=accel, serial_log=serial, ovmf_vars=ovmf_vars)
+        # A kvm RAW goes into the domain as it is (its <qemu:commandline> included), not as args.
+        plain = dataclasses.replace(
+            spec, extra_args=tuple(a for r in vm.raw if r.type == "qemu" for a in r.qemu_args())
+        )
+        raw_xml = tuple(r.data for r in vm.raw if r.type == "kvm")
+        xml = libvirt.domain_xml(
+            plain, name=domain, accel=accel, serial_log=serial, ovmf_vars=ovmf_vars, raw_xml=raw_xml
+        )
         core = {"domain": domain, "domain_xml": xml, "uri": libvirt.URI}
     return {
         **core,

@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from cloud.model import QEMU_XMLNS
 from cloud.qemu import OVMF_CODE, QEMU, Accel, VmSpec
 from cloud.store import VmRecord
 from imagekit.diskimage import Firmware
@@ -31,8 +32,17 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     return element
 
 
-def domain_xml(spec: VmSpec, *, name: str, accel: Accel, serial_log: Path, ovmf_vars: Path | None) -> str:
-    """The transient domain for ``spec`` (validates against libvirt's domain.rng)."""
+def domain_xml(
+    spec: VmSpec,
+    *,
+    name: str,
+    accel: Accel,
+    serial_log: Path,
+    ovmf_vars: Path | None,
+    raw_xml: tuple[str, ...] = (),
+) -> str:
+    """The transient domain for ``spec`` (validates against libvirt's domain.rng). ``raw_xml``:
+    RAW=[TYPE=kvm] data, written before ``</domain>`` verbatim as oned's LibVirtDriverKVM does."""
     dom = ET.Element("domain", type="kvm" if accel is Accel.KVM else "qemu")
     _sub(dom, "name", name)
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
@@ -76,13 +86,17 @@ def domain_xml(spec: VmSpec, *, name: str, accel: Accel, serial_log: Path, ovmf_
     _sub(devices, "memballoon", model="none")
     label = _sub(dom, "seclabel", type="static", model="dac", relabel="no")
     _sub(label, "label", f"+{os.getuid()}:+{os.getgid()}")
+    if spec.extra_args or raw_xml:
+        dom.set("xmlns:qemu", QEMU_XMLNS)
     if spec.extra_args:
-        dom.set("xmlns:qemu", "http://libvirt.org/schemas/domain/qemu/1.0")
         line = _sub(dom, "qemu:commandline")
         for arg in spec.extra_args:
             _sub(line, "qemu:arg", value=arg)
     ET.indent(dom)
-    return ET.tostring(dom, encoding="unicode") + "\n"
+    text = ET.tostring(dom, encoding="unicode")
+    if raw_xml:
+        text = text.removesuffix("</domain>") + "".join(f"  {data}\n" for data in raw_xml) + "</domain>"
+    return text + "\n"
 
 
 def _disks(devices: ET.Element, spec: VmSpec) -> None:

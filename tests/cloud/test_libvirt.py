@@ -44,13 +44,15 @@ def test_domain_xml_passes_virt_xml_validate(tmp_path: Path) -> None:
         extra_args=("-rtc", "base=utc"),
         name="one-7",
     )
+    raw = "<clock offset='utc'/>"
     xml = domain_xml(spec, name="imagekit-t-7", accel=Accel.TCG, serial_log=tmp_path / "s.log",
-                     ovmf_vars=tmp_path / "vars.fd")  # fmt: skip
+                     ovmf_vars=tmp_path / "vars.fd", raw_xml=(raw,))  # fmt: skip
     result = _validate(xml, tmp_path)
     assert result.returncode == 0, result.stderr + xml
     assert '<source address="239.255.1.2" port="30000" />' in xml
     assert '<graphics type="vnc" port="5907" listen="127.0.0.1" />' in xml
     assert '<qemu:arg value="base=utc" />' in xml
+    assert xml.endswith(f"  {raw}\n</domain>\n")  # RAW TYPE=kvm, verbatim before </domain>
     broken = _validate(xml.replace('type="mcast"', 'type="multicast"'), tmp_path)
     assert broken.returncode != 0  # the validator does reject what libvirt would
 
