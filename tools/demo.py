@@ -195,6 +195,48 @@ def run_vms(manifest: Path) -> None:
     imagekit("vm", "list")
 
 
+@contextlib.contextmanager
+def file_server(directory: Path) -> Iterator[str]:
+    """A plain HTTP server for ``directory``: the demo's stand-in for an image mirror."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def site_download(images: Path) -> None:
+    """5b. The site side: judge the demo image's endorsements, then a verified download.
+
+    The entry's location (images.example.org) is not reachable here, so the site policy lists
+    a local mirror serving out/demo/images; plain http is allowed because the entry carries
+    SHA-256/SHA-512 checksums that the signature covers.
+    """
+    banner("5b. Site: policy check, then a verified download of the demo image into the cache")
+    with file_server(images) as mirror:
+        policy = OUT / "policy.cfg"
+        policy.write_text(
+            "[endorsers]\nwhitelistendorsers =\n    demo@imagekit.invalid\n"
+            f"[download]\nschemes = https http\nmirrors =\n    {mirror}\nretries = 0\ntimeout = 10\n"
+        )
+        print(policy.read_text(), end="")
+        imagekit("market", "policy", "check", "demo", "--policy", str(policy))
+        imagekit("market", "download", "demo", "--policy", str(policy), "-o", str(OUT / "downloaded.qcow2"))
+        imagekit("market", "download", "demo", "--policy", str(policy))  # cached: policy re-checked only
+        imagekit("market", "cache", "list")
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -236,6 +278,7 @@ def main() -> int:
                 imagekit("market", "pending", "accept", entry["pending_id"][:12], *data)
             imagekit("market", "list")
             imagekit("market", "endorsers")
+            site_download(image.parent)
 
         banner("6. Contextualization: networks, a VM template, context.sh and ISO")
         examples = REPO / "etc" / "examples"
