@@ -43,6 +43,7 @@ class CreateRequest:
     image_templates: tuple[Path, ...] = ()
     etc: Path | None = None
     endpoint: str | None = None  # marketplace registry for SOURCE=marketplace:…
+    policy: Path | None = None  # the site policy file for them (default: etc/policy.cfg)
     ssh_port: int | None = None  # a user-mode uplink NIC forwarding 127.0.0.1:PORT to the guest's 22
     core: str = CORE  # "qemu" (embedded), "libvirt", or "opennebula" (then ``one_endpoint``)
     one_endpoint: str = ""
@@ -63,6 +64,7 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
             state=state,
             template_dir=request.template.parent,
             endpoint=request.endpoint,
+            policy=request.policy,
         )
     if request.core == opennebula.CORE:
         return _deploy_to_opennebula(request, vm, bases, state=state)

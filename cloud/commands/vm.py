@@ -50,6 +50,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--ssh-port", type=int, metavar="PORT", help="user-mode uplink: 127.0.0.1:PORT → :22"
     )
     create.add_argument("--endpoint", metavar="URL", help="marketplace registry for SOURCE=marketplace:…")
+    create.add_argument("--policy", type=Path, metavar="FILE", help="site policy (default: etc/policy.cfg)")
     create.add_argument(
         "--core",
         choices=["qemu", "libvirt", "opennebula"],
@@ -115,6 +116,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         hold=args.hold,
         image_templates=tuple(args.image),
         endpoint=args.endpoint,
+        policy=args.policy,
         ssh_port=args.ssh_port,
         core=args.core,
         one_endpoint=args.one_endpoint,

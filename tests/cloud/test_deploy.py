@@ -180,29 +180,37 @@ def test_an_image_template_names_the_file(lab: dict[str, Any]) -> None:
         )
 
 
-def test_a_marketplace_image_is_held_while_the_vm_exists(
-    lab: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """obtain_image is the site stage's (a stand-in here: test_e2e uses the real registry)."""
-    from marketplace import site
+def test_a_marketplace_image_is_verified_cached_and_held(lab: dict[str, Any], tmp_path: Path) -> None:
+    """SOURCE=marketplace:ID through the site stage's real obtain_image: a signed entry on a
+    loopback registry, the policy judged, the image downloaded verified into the state's cache,
+    held while the VM exists; a policy that refuses the endorser refuses the VM, reserving nothing."""
+    from marketplace.imagecache import image_path
 
-    seen: list[tuple[str, str | None]] = []
+    from ..marketplace.entries import ago, make_ca, make_endorser
+    from ..marketplace.images import describe, endorse, listing
+    from ..marketplace.loopback import loopback
 
-    class Cached:
-        identifier = "ABCDEFGHIJKLMNOPQRSTUVWXYZa"
-        path = lab["base"]
-        format = "qcow2"
-        endorser = "alice@example.org"
-
-    def fake_obtain(reference: str, *, endpoint: str | None = None, **kwargs: object) -> Cached:
-        seen.append((reference, endpoint))
-        return Cached()
-
-    monkeypatch.setattr(site, "obtain_image", fake_obtain)
-    template = _template(lab, disk='DISK = [ SOURCE = "marketplace:debian-12" ]')
-    request = CreateRequest(template, hold=True, endpoint="http://127.0.0.1:9")
-    record = create_vm(request, state=lab["state"])
-    assert seen == [("marketplace:debian-12", "http://127.0.0.1:9")]
+    alice = make_endorser(make_ca("cloud test CA"), "alice@example.org", "Alice")
+    content = lab["base"].read_bytes()
+    policy = tmp_path / "policy.cfg"
+    policy.write_text("[download]\nschemes = https http\nretries = 0\ntimeout = 10\n")
+    refusing = tmp_path / "refusing.cfg"
+    refusing.write_text("[endorsers]\nblacklistendorsers = alice@example.org\n[download]\nschemes = http\n")
+    with loopback() as server:
+        server.files["/base.qcow2"] = content
+        m = describe(content, locations=(f"{server.url}/base.qcow2",), format="qcow2")
+        server.files[f"/metadata/{m.identifier}"] = listing(endorse(m, alice, created=ago(days=1)))
+        template = _template(lab, disk=f'DISK = [ SOURCE = "marketplace:{m.identifier}" ]')
+        with pytest.raises(VerificationError, match="policy"):
+            create_vm(CreateRequest(template, endpoint=server.url, policy=refusing), state=lab["state"])
+        assert VmStore(lab["state"]).list() == [] and _leases(lab) == []
+        request = CreateRequest(template, hold=True, endpoint=server.url, policy=policy)
+        record = create_vm(request, state=lab["state"])
+    cached = image_path(lab["state"], m.identifier)
+    assert cached.read_bytes() == content
+    overlay = record.directory / "disk0.qcow2"
+    info = json.loads(subprocess.check_output(["qemu-img", "info", "--output=json", overlay]))
+    assert info["backing-filename"] == str(cached)
 
     def holders() -> list[str]:
         db = lab["state"].db()
