@@ -94,8 +94,9 @@ def _publish(state: Path, work: Path, manifest: Path, endpoint: str) -> None:
 
     cert, key = make_endorser(make_ca("e2e CA"), "e2e@imagekit.invalid", "e2e").write(work, "endorser")
     location = f"http://images.example.org/{manifest.name.removesuffix('.manifest.json')}.qcow2"
-    _imagekit(state, "market", "metadata", "create", "--manifest", str(manifest), "--location", location,
-              "--valid", "30", "--tag", "e2e", "-o", str(work / "md.xml"))  # fmt: skip
+    describe = ["--manifest", str(manifest), "--output-format", "qcow2", "--location", location]
+    _imagekit(state, "market", "metadata", "create", *describe, "--valid", "30", "--tag", "e2e",
+              "-o", str(work / "md.xml"))  # fmt: skip
     _imagekit(state, "market", "metadata", "sign", str(work / "md.xml"), "--cert", str(cert), "--key",
               str(key), "-o", str(work / "signed.xml"))  # fmt: skip
     _imagekit(state, "market", "upload", str(work / "signed.xml"), env={"IMAGEKIT_MARKET": endpoint})
