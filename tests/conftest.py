@@ -23,7 +23,9 @@ def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def anchors() -> Path:
     """The original systems' files in ../shared/anchors; the test is skipped, saying why, without them."""
     if not ANCHORS.is_dir():
-        pytest.skip(f"reads the original systems' files in {ANCHORS}, which this checkout does not sit beside")
+        pytest.skip(
+            f"reads the original systems' files in {ANCHORS}, which this checkout does not sit beside"
+        )
     return ANCHORS
 
 
