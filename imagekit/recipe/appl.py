@@ -73,7 +73,6 @@ USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
 FS_TYPES = ("ext3", "ext4")
 DEFAULT_FS = "ext4"
 EL5_NAMES = ("rhel", "centos", "sl")
-BOXGRINDER_ROOT_PASSWORD = "boxgrinder"
 
 
 @dataclass
@@ -482,13 +481,6 @@ def _build(fragments: list[_Fragment], problems: Problems, env: Mapping[str, str
     except InputError as err:
         problems.add(child.shown, "variables", err.message)
         return None
-    if "password" not in m.os and not m.users:
-        log.warning(
-            "%s: no os.password: BoxGrinder set root's password to %r, imagekit leaves root "
-            "without a password (log in with imagekit.users or the context's SSH key)",
-            child.shown,
-            BOXGRINDER_ROOT_PASSWORD,
-        )
     for file in recipe.files:
         if not file.path.startswith("/"):
             problems.add(child.shown, "files", f"expected an absolute destination, got {file.path!r}")

@@ -12,7 +12,7 @@ from imagekit.recipe.advice import recipe_warnings
 from imagekit.recipe.model import ContextAgent
 
 APPL = """name: web
-os: {{name: debian, version: 12}}
+os: {{name: debian, version: 12, password: secret}}
 hardware: {{partitions: {{"/": {{size: 2}}}}}}
 imagekit:
   context_agent: {agent}
@@ -58,3 +58,12 @@ def test_validate_warns_and_stays_valid(
     out = capsys.readouterr()
     assert out.err.splitlines() == [f"warning: {cloud_init}: {recipe_warnings(load_recipe(cloud_init))[0]}"]
     assert f"{cloud_init}: valid" in out.out and f"{both}: valid" in out.out
+
+
+def test_an_appl_without_a_root_password_is_warned_about(tmp_path: Path) -> None:
+    """BoxGrinder's default root password was ``boxgrinder``; imagekit sets none (issue 11 point 13)."""
+    from imagekit.recipe.advice import NO_ROOT_PASSWORD
+
+    path = tmp_path / "bare.appl"
+    path.write_text("name: bare\nos: {name: debian, version: 12}\n")
+    assert recipe_warnings(load_recipe(path)) == (NO_ROOT_PASSWORD,)
