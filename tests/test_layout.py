@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("imagekit", "context", "marketplace")
-FORBIDDEN = {"imagekit": {"context", "marketplace"}, "context": {"marketplace"}, "marketplace": {"context"}}
+PACKAGES = ("imagekit", "context", "marketplace", "cloud")
+FORBIDDEN = {
+    "imagekit": {"context", "marketplace", "cloud"},
+    "context": {"marketplace", "cloud"},
+    "marketplace": {"context", "cloud"},
+    "cloud": set(),
+}
 
 
 def _modules() -> list[Path]:
