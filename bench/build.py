@@ -7,7 +7,7 @@ Prints JSON lines, measured one after the other on this machine:
 - ``cold``: ``build_image`` with an empty cache (all of the recipe's formats).
 - ``warm_post_only``: again after changing only a post-command (package stage from the cache).
 - ``sizes``: the qcow2 and the raw image's allocation.
-- ``boot``: QEMU start → the agent's "context applied" line, via ``context.boottest`` (TCG).
+- ``boot``: QEMU start → the agent's "context applied" line, via ``cloud.boottest`` (TCG).
 
     .venv/bin/python bench/build.py [--no-boot]
 """
@@ -125,9 +125,9 @@ def main() -> int:
 
 def boot(image: Path, state: State) -> None:
     try:
-        from context.boottest import BootTest, boot_test
+        from cloud.boottest import BootTest, boot_test
     except ImportError:
-        emit(what="boot", skipped="context.boottest not available")
+        emit(what="boot", skipped="cloud.boottest not available")
         return
     result = boot_test(BootTest(image=image), state=state)
     emit(

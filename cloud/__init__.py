@@ -1,1 +1,1 @@
-"""The cloud layer: users, instance types and the public front doors (EC2 Query, OCCI)."""
+"""cloud: VM templates → deployed VMs on a cloud core (embedded QEMU, libvirt, OpenNebula)."""

@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "market": ("marketplace.commands.market", "image metadata, signing and the registry"),
     "context": ("context.commands.context", "parse and resolve VM templates, write context.sh and ISOs"),
     "net": ("context.commands.net", "virtual networks and their leases"),
-    "boot-test": ("context.commands.boot_test", "boot an image with a context ISO and check the agent"),
+    "boot-test": ("cloud.commands.boot_test", "boot an image with a context ISO and check the agent"),
     "user": ("cloud.commands.user", "cloud users and their EC2 credentials"),
     "cloud": ("cloud.commands.cloud", "serve the public cloud front doors (EC2 Query)"),
 }

@@ -12,7 +12,6 @@ opens but cannot run guests. A launch takes 10–30 s under TCG.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -20,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagekit.errors import DataError, InputError
-from imagekit.run import run
+from imagekit.diskimage import qemu_img_info
+from imagekit.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +64,6 @@ class ImageInfo:
     partitions: tuple[Partition, ...]
     os: OsInfo | None
     packages: tuple[PackageInfo, ...] = ()
-
-
-def qemu_img_info(path: Path) -> dict[str, Any]:
-    """``qemu-img info`` of a disk image; InputError if missing, DataError if unreadable."""
-    if not path.is_file():
-        raise InputError("no such image file", where=str(path))
-    proc = run(["qemu-img", "info", "--output=json", path], check=False, timeout=60)
-    if proc.returncode != 0:
-        raise DataError(f"{path}: not a disk image qemu-img can read: {proc.stderr.decode().strip()}")
-    try:
-        data: dict[str, Any] = json.loads(proc.stdout)
-    except ValueError as exc:
-        raise DataError(f"{path}: unexpected qemu-img info output: {exc}") from None
-    return data
 
 
 @contextlib.contextmanager

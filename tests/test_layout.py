@@ -2,6 +2,7 @@
 
 - ``imagekit/`` imports neither ``context`` nor ``marketplace``; those two never import each
   other (the CLI names them by string in ``imagekit/cli.py``).
+- ``cloud/`` may import all three; nothing imports ``cloud``.
 - No module grows past 650 lines, and there is no ``util.py``.
 """
 

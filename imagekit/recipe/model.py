@@ -12,22 +12,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from imagekit.diskimage import Firmware
+
+__all__ = ["Firmware"]  # re-exported: recipes name their firmware
+
 
 class SourceFormat(StrEnum):
     APPL = "appl"
     TDL = "tdl"
-
-
-class Firmware(StrEnum):
-    BIOS = "bios"
-    UEFI = "uefi"
-    HYBRID = "hybrid"
-
-    def boots_bios(self) -> bool:
-        return self in (Firmware.BIOS, Firmware.HYBRID)
-
-    def boots_uefi(self) -> bool:
-        return self in (Firmware.UEFI, Firmware.HYBRID)
 
 
 class OutputFormat(StrEnum):

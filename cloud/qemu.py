@@ -28,9 +28,8 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
-from imagekit.errors import CommandError, DataError, InputError
-from imagekit.inspect import qemu_img_info
-from imagekit.recipe.model import Firmware
+from imagekit.diskimage import Firmware
+from imagekit.errors import CommandError, InputError
 from imagekit.run import minimal_env, run
 from imagekit.state import State
 
@@ -70,14 +69,6 @@ class VmSpec:
     snapshot: bool = True  # never write to the image under test
     kernel: Path | None = None  # direct kernel boot (the probe)
     append: str = ""
-
-
-def image_format(path: Path) -> str:
-    """The format qemu-img sees (``raw``, ``qcow2``, ``vmdk``…); DataError if unreadable."""
-    info = qemu_img_info(path)
-    if "format" not in info:
-        raise DataError(f"{path}: qemu-img info names no format")
-    return str(info["format"])
 
 
 def build_argv(spec: VmSpec, *, accel: Accel, serial_log: Path, ovmf_vars: Path | None = None) -> list[str]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from context.boottest import BootTest, Flavor, boot_test
+from cloud.boottest import BootTest, Flavor, boot_test
+from imagekit.diskimage import Firmware
 from imagekit.locations import state_dir
 from imagekit.output import print_json
-from imagekit.recipe.model import Firmware
 from imagekit.state import State
 
 

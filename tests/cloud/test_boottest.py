@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from context.boottest import _nics, detect_firmware, expected_hostname, verify_report
+from cloud.boottest import _nics, detect_firmware, expected_hostname, verify_report
 from context.model import Lease, ResolvedContext
 from imagekit.agent import AgentReport, NicReport
 from imagekit.cli import main
+from imagekit.diskimage import Firmware
 from imagekit.errors import VerificationError
-from imagekit.recipe.model import Firmware
 
 REPO = Path(__file__).resolve().parents[2]
 MAC = "02:00:c0:a8:7a:01"
@@ -198,7 +198,7 @@ def test_boot_test_cloud_init_with_a_nocloud_seed(
     cloud_init_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A recipe may ask for cloud-init: it reads the same resolved context from a NoCloud seed."""
-    from context.boottest import BootTest, Flavor, boot_test
+    from cloud.boottest import BootTest, Flavor, boot_test
     from imagekit.state import State
 
     monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from context import qemu
-from context.qemu import Accel, Nic, QemuVm, VmSpec, build_argv, choose_accel, kvm_probe
+from cloud import qemu
+from cloud.qemu import Accel, Nic, QemuVm, VmSpec, build_argv, choose_accel, kvm_probe
+from imagekit.diskimage import Firmware, image_format
 from imagekit.errors import InputError
-from imagekit.recipe.model import Firmware
 from imagekit.state import State
 
 
@@ -56,9 +56,9 @@ def test_uefi_argv_uses_ovmf_and_a_vars_copy(tmp_path: Path) -> None:
 def test_image_format(tmp_path: Path) -> None:
     raw = tmp_path / "a.img"
     raw.write_bytes(b"\0" * 65536)
-    assert qemu.image_format(raw) == "raw"
+    assert image_format(raw) == "raw"
     with pytest.raises(InputError, match="no such image"):
-        qemu.image_format(tmp_path / "missing.img")
+        image_format(tmp_path / "missing.img")
 
 
 def test_probe_result_is_cached_per_host_and_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,7 @@
     result = boot_test(BootTest(image=Path("debian.qcow2")), state=State.open(state_dir()))
     print(result.seconds, result.report)
 
-The image boots under QEMU (``context.qemu``) with a copy-on-write overlay, one virtio NIC per
+The image boots under QEMU (``cloud.qemu``) with a copy-on-write overlay, one virtio NIC per
 lease (with the lease's MAC, so the agent matches it) and the context ISO on virtio-scsi. The
 test passes when imagekit's agent reports the context applied — hostname, the static IP on the
 NIC with the lease's MAC, the SSH keys, every init script exiting 0 — or, for cloud-init
@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from cloud.qemu import Accel, Nic, QemuVm, VmSpec, choose_accel, interrupt_safe
 from context.model import ResolvedContext
-from context.qemu import Accel, Nic, QemuVm, VmSpec, choose_accel, image_format, interrupt_safe
 from imagekit.agent import REPORT_PREFIX, AgentReport, find_report
+from imagekit.diskimage import Firmware, image_format
 from imagekit.errors import InputError, VerificationError
 from imagekit.locations import etc_dir
-from imagekit.recipe.model import Firmware
 from imagekit.run import run
 from imagekit.state import State
 
