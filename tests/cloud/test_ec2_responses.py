@@ -7,14 +7,18 @@ States: OpenNebula/one ``src/cloud/ec2/lib/EC2QueryServer.rb`` ``EC2_STATES``/``
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 from xml.etree import ElementTree as ET
 
+import botocore.session
 import pytest
+from botocore.parsers import create_parser
 
 from cloud.ec2.errors import Ec2Error
 from cloud.ec2.ids import image_id, instance_id, parse_image_id, parse_instance_id
 from cloud.ec2.responses import Node, error_xml, namespace, response_xml
 from cloud.ec2.states import InstanceState, ec2_state
+from cloud.ec2.views import InstanceView, reservation, state_change
 
 
 def test_codes_are_ec2s() -> None:
@@ -104,3 +108,43 @@ def test_error_envelope() -> None:
     assert root.findtext("Errors/Error/Code") == "AuthFailure"
     assert root.findtext("Errors/Error/Message") == "no <way>"
     assert root.findtext("RequestID") == "rid"
+
+
+def _parsed_by_boto3(operation: str, xml: bytes) -> Any:
+    """The response as boto3 reads it: botocore's EC2 parser with the ec2 service model."""
+    model = botocore.session.get_session().get_service_model("ec2").operation_model(operation)
+    return create_parser("ec2").parse({"body": xml, "headers": {}, "status_code": 200}, model.output_shape)
+
+
+LAUNCHED = datetime(2026, 11, 30, 20, 0, tzinfo=UTC)
+
+
+def test_instances_as_boto3_reads_them() -> None:
+    views = [
+        InstanceView(1, 7, "running", "m1.small", LAUNCHED, private_ip="10.0.0.5", key_name="laptop"),
+        InstanceView(0x2A, 7, "prolog", "m1.large", LAUNCHED, launch_index=1),
+    ]
+    body: dict[str, Node] = {"reservationSet": [reservation("r-00000001", "alice", views)]}
+    parsed = _parsed_by_boto3("DescribeInstances", response_xml("DescribeInstances", None, "rid", body))
+    [res] = parsed["Reservations"]
+    assert res["OwnerId"] == "alice"
+    first, second = res["Instances"]
+    assert first["InstanceId"] == "i-00000001" and first["ImageId"] == "ami-00000007"
+    assert first["State"] == {"Code": 16, "Name": "running"}
+    assert first["Monitoring"] == {"State": "disabled"} and first["LaunchTime"] == LAUNCHED
+    assert first["PrivateIpAddress"] == "10.0.0.5" and first["KeyName"] == "laptop"
+    assert first["Placement"]["AvailabilityZone"] == "default" and first["InstanceType"] == "m1.small"
+    assert second["InstanceId"] == "i-0000002a" and second["State"] == {"Code": 0, "Name": "pending"}
+    assert second["AmiLaunchIndex"] == 1 and "KeyName" not in second
+
+
+def test_state_changes_as_boto3_reads_them() -> None:
+    body: dict[str, Node] = {"instancesSet": [state_change(3, "running", "shutdown")]}
+    parsed = _parsed_by_boto3("TerminateInstances", response_xml("TerminateInstances", None, "rid", body))
+    assert parsed["TerminatingInstances"] == [
+        {
+            "InstanceId": "i-00000003",
+            "CurrentState": {"Code": 32, "Name": "shutting-down"},
+            "PreviousState": {"Code": 16, "Name": "running"},
+        }
+    ]
