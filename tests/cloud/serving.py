@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
-import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -16,7 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -38,38 +34,33 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Until the server accepts TCP connections on ``port`` (30 s at most), or fail with its log."""
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server not listening (exit status {proc.poll()}): {log.read_text()[-2000:]}")
+
+
 @contextlib.contextmanager
 def ec2_server(state: Path, tls: Tls | None = None) -> Iterator[str]:
-    """The service's URL while it runs; it is ready when it answers (401 to an unsigned GET)."""
+    """``imagekit cloud serve ec2`` on a free loopback port; yields its URL, stops it after."""
     port = _port()
     argv = [str(IMAGEKIT), "--state", str(state), "cloud", "serve", "ec2", "--port", str(port)]
     if tls is not None:
         argv += ["--certfile", str(tls.cert), "--keyfile", str(tls.key)]
-    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
     log = state.parent / f"ec2-{port}.log"
     state.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=tls.ca) if tls else True
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}: {log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(url, timeout=1, verify=verify)
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+    with open(log, "wb") as out, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT) as proc:
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _wait_listening(proc, port, log)
+            yield f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
+        finally:
+            proc.terminate()  # uvicorn shuts down on SIGTERM; the with-block waits for it
 
 
 def _name(cn: str) -> x509.Name:
