@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from urllib.parse import urlencode, urlsplit
 from xml.etree import ElementTree as ET
 
 import boto3
+import botocore.auth
 import httpx
 import pytest
 from botocore.auth import SigV4Auth
@@ -138,6 +140,21 @@ def test_a_wrong_secret_is_an_auth_failure_and_the_service_stays_up(
         client(url, accounts["alice"], v2=v2, secret="not-the-secret").describe_regions()
     assert _code(err) == ("AuthFailure", 401)
     assert client(url, accounts["alice"], v2=v2).describe_regions()["Regions"]
+
+
+def test_a_replayed_sigv2_request_is_refused(
+    url: str, accounts: dict[str, CreatedUser], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_gmtime, twenty_minutes_ago = time.gmtime, time.time() - 20 * 60
+
+    def signing_clock(seconds: float | None = None) -> time.struct_time:
+        # botocore's SigV2 stamps Timestamp with time.gmtime(); everything else keeps the real one.
+        return real_gmtime(twenty_minutes_ago if seconds is None else seconds)
+
+    monkeypatch.setattr(botocore.auth.time, "gmtime", signing_clock)
+    with pytest.raises(ClientError) as err:
+        client(url, accounts["alice"], v2=True).describe_regions()
+    assert _code(err) == ("RequestExpired", 400)
 
 
 def _signed(url: str, account: CreatedUser, params: dict[str, str]) -> httpx.Response:
