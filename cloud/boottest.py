@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from cloud.qemu import Accel, Nic, QemuVm, VmSpec, choose_accel, interrupt_safe
+from cloud.qemu import Accel, Nic, QemuVm, VmSpec, choose_accel
 from context.model import ResolvedContext
 from imagekit.agent import REPORT_PREFIX, AgentReport, find_report
 from imagekit.diskimage import Firmware, image_format
 from imagekit.errors import InputError, VerificationError
+from imagekit.interrupt import interruptible
 from imagekit.locations import etc_dir
 from imagekit.run import run
 from imagekit.state import State
@@ -176,8 +177,11 @@ def _build_medium(ctx: ResolvedContext, flavor: Flavor, path: Path, etc: Path | 
 
 def boot_test(test: BootTest, *, state: State, etc: Path | None = None) -> BootResult:
     """Boot ``test.image`` with its context and verify the agent's report (see module doc)."""
+    if test.keep_log is not None and not test.keep_log.parent.is_dir():
+        # Checked first: finding out after a five-minute boot would lose the log it was for.
+        raise InputError("--serial-log: no such directory", where=str(test.keep_log.parent))
     fmt = image_format(test.image)
-    with tempfile.TemporaryDirectory(prefix="imagekit-boot-") as tmp, interrupt_safe():
+    with tempfile.TemporaryDirectory(prefix="imagekit-boot-") as tmp, interruptible():
         workdir = Path(tmp)
         firmware = test.firmware or detect_firmware(test.image, fmt, workdir)
         if test.template is None:

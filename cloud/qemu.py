@@ -18,16 +18,18 @@ import logging
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
+from imagekit.atomic import write_atomically
 from imagekit.diskimage import Firmware
 from imagekit.errors import CommandError, InputError
 from imagekit.run import minimal_env, run
@@ -51,8 +53,23 @@ class Accel(StrEnum):
 
 @dataclass(frozen=True)
 class Nic:
+    """A guest NIC: on a virtual L2 segment (``segment`` = multicast ``GROUP:PORT``) or, without
+    one, on QEMU's user-mode network (slirp), which ``forwards`` host ports into."""
+
     mac: str
     model: str = "virtio-net-pci"
+    segment: str = ""
+    forwards: tuple[tuple[int, int], ...] = ()  # (host port on 127.0.0.1, guest port)
+
+
+@dataclass(frozen=True)
+class Drive:
+    """An extra disk or CD (the template's DISKs after the first)."""
+
+    path: Path
+    format: str = "raw"
+    cdrom: bool = False
+    readonly: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,13 +84,24 @@ class VmSpec:
     cdroms: tuple[Path, ...] = ()
     nics: tuple[Nic, ...] = ()
     snapshot: bool = True  # never write to the image under test
-    kernel: Path | None = None  # direct kernel boot (the probe)
+    kernel: Path | None = None  # direct kernel boot (the probe, OS=[KERNEL=…])
+    initrd: Path | None = None
     append: str = ""
+    drives: tuple[Drive, ...] = ()
+    qmp: Path | None = None  # a QMP socket for powerdown, pause/continue and status
+    vnc_display: int | None = None  # GRAPHICS=[TYPE=vnc]: on 127.0.0.1 only
+    extra_args: tuple[str, ...] = ()  # RAW=[TYPE=qemu|kvm, DATA=…], split with shlex
+    name: str = "imagekit"
+
+
+def qemu_path(path: Path) -> str:
+    """``path`` for a QEMU option list, where ``,`` separates options and ``,,`` is a comma."""
+    return str(path).replace(",", ",,")
 
 
 def build_argv(spec: VmSpec, *, accel: Accel, serial_log: Path, ovmf_vars: Path | None = None) -> list[str]:
     """The QEMU command line for ``spec`` (pure: no files are touched)."""
-    argv = [QEMU, "-name", "imagekit", "-machine", "q35", "-accel", accel.value]
+    argv = [QEMU, "-name", spec.name, "-machine", "q35", "-accel", accel.value]
     argv += [
         "-cpu",
         "host" if accel is Accel.KVM else "max",
@@ -82,31 +110,63 @@ def build_argv(spec: VmSpec, *, accel: Accel, serial_log: Path, ovmf_vars: Path 
         "-m",
         str(spec.memory_mib),
     ]
-    argv += ["-display", "none", "-monitor", "none", "-nodefaults", "-no-user-config"]
-    argv += ["-serial", f"file:{serial_log}"]
+    argv += ["-monitor", "none", "-nodefaults", "-no-user-config"]
+    if spec.vnc_display is None:
+        argv += ["-display", "none"]
+    else:
+        argv += ["-display", "none", "-vnc", f"127.0.0.1:{spec.vnc_display}", "-vga", "std"]
+    argv += ["-serial", f"file:{qemu_path(serial_log)}"]
+    if spec.qmp is not None:
+        argv += ["-qmp", f"unix:{qemu_path(spec.qmp)},server=on,wait=off"]
     if spec.firmware is Firmware.UEFI and spec.kernel is None:
         if ovmf_vars is None:
             raise InputError("UEFI boot needs a copy of the OVMF variable store")
-        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"]
-        argv += ["-drive", f"if=pflash,format=raw,unit=1,file={ovmf_vars}"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_path(OVMF_CODE)}"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=1,file={qemu_path(ovmf_vars)}"]
     if spec.kernel is not None:
-        argv += ["-kernel", str(spec.kernel), "-append", spec.append, "-no-reboot"]
-    else:
+        argv += ["-kernel", str(spec.kernel), "-append", spec.append]
+        if spec.initrd is not None:
+            argv += ["-initrd", str(spec.initrd)]
+        if spec.disk == Path("/dev/null"):
+            argv += ["-no-reboot"]  # the probe: a kernel without a disk panics and QEMU exits
+    if spec.disk != Path("/dev/null"):
         fmt = spec.disk_format or "raw"
-        drive = f"file={spec.disk},format={fmt},if=virtio,cache=unsafe"
+        drive = f"file={qemu_path(spec.disk)},format={fmt},if=virtio,cache=unsafe"
         if spec.snapshot:
             drive += ",snapshot=on"
         argv += ["-drive", drive]
-    if spec.cdroms:
+    for i, extra in enumerate(d for d in spec.drives if not d.cdrom):
+        ro = ",readonly=on" if extra.readonly else ""
+        argv += [
+            "-drive",
+            f"file={qemu_path(extra.path)},format={extra.format},if=virtio,id=disk{i + 1}{ro}",
+        ]
+    cdroms = [*spec.cdroms, *(d.path for d in spec.drives if d.cdrom)]
+    if cdroms:
         # virtio-scsi: Debian's cloud kernel has no AHCI driver, so q35's IDE CD would be invisible.
         argv += ["-device", "virtio-scsi-pci,id=scsi0"]
-        for i, iso in enumerate(spec.cdroms):
-            argv += ["-drive", f"file={iso},format=raw,if=none,id=cd{i},media=cdrom,readonly=on"]
+        for i, iso in enumerate(cdroms):
+            argv += ["-drive", f"file={qemu_path(iso)},format=raw,if=none,id=cd{i},media=cdrom,readonly=on"]
             argv += ["-device", f"scsi-cd,drive=cd{i},bus=scsi0.0"]
-    if not spec.nics:
-        argv += ["-nic", "none"]
-    for nic in spec.nics:
-        argv += ["-nic", f"user,model={nic.model},mac={nic.mac}"]
+    argv += _nic_args(spec.nics)
+    return [*argv, *spec.extra_args]
+
+
+def _nic_args(nics: tuple[Nic, ...]) -> list[str]:
+    if not nics:
+        return ["-nic", "none"]
+    argv: list[str] = []
+    for i, nic in enumerate(nics):
+        if nic.segment:
+            # Every QEMU on the segment joins one multicast group on loopback: one L2 broadcast
+            # domain without root, bridges or a switch process (Debian's QEMU has no VDE).
+            argv += ["-netdev", f"socket,id=net{i},mcast={nic.segment},localaddr=127.0.0.1"]
+            argv += ["-device", f"{nic.model},netdev=net{i},mac={nic.mac}"]
+            continue
+        user = f"user,model={nic.model},mac={nic.mac}"
+        for host, guest in nic.forwards:
+            user += f",hostfwd=tcp:127.0.0.1:{host}-:{guest}"
+        argv += ["-nic", user]
     return argv
 
 
@@ -139,7 +199,7 @@ class QemuVm:
             self._vars = self.workdir / "OVMF_VARS.fd"
             shutil.copyfile(OVMF_VARS, self._vars)
         argv = build_argv(self.spec, accel=self.accel, serial_log=self.serial_log, ovmf_vars=self._vars)
-        log.debug("+ %s", " ".join(argv))
+        log.info("+ %s", shlex.join(argv))
         try:
             # A long-lived child: run() waits for completion, so this one Popen is deliberate.
             with self._stderr.open("wb") as err:
@@ -292,15 +352,14 @@ def kvm_probe(state: State, *, refresh: bool = False) -> ProbeResult:
                 return cached
         except (ValueError, TypeError):
             log.debug("ignoring unreadable %s", cache)
-    workdir = state.root / "kvm-probe"
+    # A directory of its own: two processes probing at once must not remove each other's files.
+    workdir = Path(tempfile.mkdtemp(prefix="kvm-probe-", dir=state.root))
     try:
         result = probe_kvm(workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     log.info("KVM probe: %s (%s)", "usable" if result.usable else "not usable, using TCG", result.reason)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.__dict__))
-    os.replace(tmp, cache)
+    write_atomically(cache, json.dumps(result.__dict__))
     return result
 
 
@@ -313,17 +372,3 @@ def choose_accel(state: State) -> Accel:
         except ValueError:
             raise InputError(f"{ACCEL_ENV}: expected kvm or tcg, got {forced!r}") from None
     return Accel.KVM if kvm_usable(state) else Accel.TCG
-
-
-@contextlib.contextmanager
-def interrupt_safe() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while booting, so ``with QemuVm`` cleans up."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

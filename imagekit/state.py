@@ -62,19 +62,24 @@ class State:
             # commits may be lost on power failure, and each commit skips an fsync.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            for name, ddl in _SCHEMAS.items():
-                key = (str(self.db_path), name)
-                if key not in _APPLIED:
-                    conn.executescript(ddl)
-                    _APPLIED.add(key)
+            self._apply_schemas(conn)
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.db_path}: state database unusable: {exc}") from None
         return conn
+
+    def _apply_schemas(self, conn: sqlite3.Connection) -> None:
+        for name, ddl in _SCHEMAS.items():
+            key = (str(self.db_path), name)
+            if key not in _APPLIED:
+                conn.executescript(ddl)
+                _APPLIED.add(key)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction holding the database lock from its first statement."""
         conn = self._kept_connection()
+        # A module imported after this connection was opened may have registered a schema since.
+        self._apply_schemas(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn

@@ -80,19 +80,12 @@ def load_config(
     """
     explicit = path is not None
     path = path if path is not None else default_config_path()
-    parser = configparser.ConfigParser(interpolation=None, empty_lines_in_values=False)
-    text = ""
     if path.is_file():
-        try:
-            text = path.read_text(encoding="utf-8")
-            parser.read_string(text, source=str(path))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read configuration: {exc}", where=str(path)) from None
-        except configparser.Error as exc:
-            raise InputError(f"not an INI file: {exc.message.splitlines()[0]}", where=str(path)) from None
+        reader = read_ini(path, _KEYS)
     elif explicit:
         raise InputError("configuration file not found", where=str(path))
-    reader = _Reader(parser, path, text)
+    else:
+        reader = IniReader(_new_parser(), path, "")
     reader.check_known()
     base = path.parent
     file_data = reader.string("registry", "data_dir", "")
@@ -116,13 +109,38 @@ def load_config(
     )
 
 
-class _Reader:
-    """Typed access to the parsed file, with ``FILE:LINE:COL`` locations for errors."""
+def _new_parser() -> configparser.ConfigParser:
+    return configparser.ConfigParser(interpolation=None, empty_lines_in_values=False)
 
-    def __init__(self, parser: configparser.ConfigParser, path: Path, text: str) -> None:
+
+def read_ini(path: Path, known: dict[str, set[str]]) -> IniReader:
+    """Parse the INI file at ``path``; unreadable or malformed files are an :class:`InputError`."""
+    parser = _new_parser()
+    try:
+        text = path.read_text(encoding="utf-8")
+        parser.read_string(text, source=str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read configuration: {exc}", where=str(path)) from None
+    except configparser.Error as exc:
+        raise InputError(f"not an INI file: {exc.message.splitlines()[0]}", where=str(path)) from None
+    return IniReader(parser, path, text, known)
+
+
+class IniReader:
+    """Typed access to a parsed INI file, with ``FILE:LINE:COL`` locations for errors.
+    ``known`` lists each section's keys (default: this file's); anything else is an error."""
+
+    def __init__(
+        self,
+        parser: configparser.ConfigParser,
+        path: Path,
+        text: str,
+        known: dict[str, set[str]] | None = None,
+    ) -> None:
         self.parser = parser
         self.path = path
         self.lines_ = text.splitlines()
+        self.known = _KEYS if known is None else known
 
     def where(self, section: str, key: str | None = None) -> str:
         current = None
@@ -140,13 +158,13 @@ class _Reader:
 
     def check_known(self) -> None:
         for section in self.parser.sections():
-            if section not in _KEYS:
+            if section not in self.known:
                 raise InputError(
-                    f"{section}: unknown section (expected one of {', '.join(sorted(_KEYS))})",
+                    f"{section}: unknown section (expected one of {', '.join(sorted(self.known))})",
                     where=self.where(section),
                 )
             for key in self.parser[section]:
-                if key not in _KEYS[section]:
+                if key not in self.known[section]:
                     raise InputError(f"{section}.{key}: unknown key", where=self.where(section, key))
 
     def _raw(self, section: str, key: str) -> str | None:

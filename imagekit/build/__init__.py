@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagekit.errors import CommandError, InputError
+from imagekit.interrupt import interruptible
 from imagekit.log import StepTimings, step
 from imagekit.output import to_json
 from imagekit.recipe.model import Firmware, OutputFormat, Recipe
 from imagekit.state import State
 
 from . import bootloader, cache, customize, disk, formats, manifest, rootfs, space
-from .workspace import Workspace, interruptible
+from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 

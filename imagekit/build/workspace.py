@@ -4,9 +4,9 @@
         ws.root        # the image's root tree
         ws.path("disk.raw")
 
-On any exit (success, error, Ctrl-C, or SIGTERM turned into :class:`BuildInterrupted` by
-:func:`interruptible`) the workspace first stops the build's child processes, then removes
-the tree without crossing into other filesystems, so a mount left in it (there should be none:
+On any exit (success, error, Ctrl-C, or SIGTERM turned into ``Interrupted`` by
+``imagekit.interrupt.interruptible``) the workspace first stops the build's child processes, then
+removes the tree without crossing into other filesystems, so a mount left in it (there should be none:
 chroots run in private mount namespaces) can never take host files with it.
 """
 
@@ -22,33 +22,10 @@ import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 from imagekit.run import run
 
 log = logging.getLogger(__name__)
-
-
-class BuildInterrupted(KeyboardInterrupt):
-    """SIGTERM during a build; a KeyboardInterrupt so the same cleanup paths run."""
-
-
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """Turn SIGTERM into :class:`BuildInterrupted` for the duration (main thread only)."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise BuildInterrupted(f"received {signal.Signals(signum).name}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@
     imagekit market deprecate ID --reason "CVE-…" --cert me.pem --key me.key
     imagekit market endorsers
     imagekit market reindex | audit | pending list|accept ID|reject ID   (on the data dir)
+    imagekit market policy check | download | cache …   (the site side: marketplace/commands/site.py)
 
 Client commands talk HTTP to ``--endpoint`` (else ``$IMAGEKIT_MARKET``, else the local
 server). Administrative commands (reindex, audit, pending) act on the data directory
@@ -27,7 +28,7 @@ from imagekit.errors import InputError
 from imagekit.output import print_json
 from marketplace.certs import certificate_emails
 from marketplace.client import MarketClient, RegistryError, endpoint, path_of
-from marketplace.commands import metadata
+from marketplace.commands import metadata, site
 from marketplace.config import load_config
 from marketplace.metadata import format_time, parse_metadata, parse_time
 from marketplace.registry import Registry
@@ -37,6 +38,7 @@ from marketplace.signing import load_p12, load_signer, sign_metadata
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="market_command", metavar="COMMAND")
     metadata.register_metadata(sub)
+    site.register_site(sub)
 
     serve = sub.add_parser("serve", help="run the registry server (uvicorn)")
     _local_options(serve)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from imagekit.build import space
-from imagekit.build.workspace import BuildInterrupted, Workspace, interruptible, remove_tree
+from imagekit.build.workspace import Workspace, remove_tree
 from imagekit.errors import InputError
+from imagekit.interrupt import Interrupted, interruptible
 from imagekit.recipe.model import OutputFormat
 
 
@@ -25,7 +26,7 @@ def test_workspace_removed_on_success_and_failure(tmp_path: Path) -> None:
 
 
 def test_sigterm_interrupts_and_stops_child_processes(tmp_path: Path) -> None:
-    with pytest.raises(BuildInterrupted), interruptible(), Workspace.create(tmp_path) as ws:
+    with pytest.raises(Interrupted), interruptible(), Workspace.create(tmp_path) as ws:
         child = subprocess.Popen(["sleep", "60"])
         os.kill(os.getpid(), signal.SIGTERM)
     # The workspace reaps it (so Popen cannot see the status): it must simply be gone.

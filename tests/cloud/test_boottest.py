@@ -94,6 +94,17 @@ def test_missing_image_is_an_input_error(capsys: pytest.CaptureFixture[str], tmp
     assert "no such image file" in capsys.readouterr().err
 
 
+def test_serial_log_in_a_missing_directory_fails_before_booting(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\0" * 1024 * 1024)
+    args = ["--state", str(tmp_path / "state"), "boot-test", str(image)]
+    assert main([*args, "--serial-log", str(tmp_path / "missing" / "serial.log")]) == 1
+    assert f"{tmp_path / 'missing'}: --serial-log: no such directory" in capsys.readouterr().err
+    assert not (tmp_path / "state" / "kvm-probe.json").exists()  # nothing was booted or probed
+
+
 # --- real boots (TCG): the shipped recipes' images, built once per session by tests/build ---
 
 

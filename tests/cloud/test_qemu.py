@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import re
+import threading
 from pathlib import Path
 
 import pytest
 
 from cloud import qemu
-from cloud.qemu import Accel, Nic, QemuVm, VmSpec, build_argv, choose_accel, kvm_probe
+from cloud.qemu import Accel, Drive, Nic, QemuVm, VmSpec, build_argv, choose_accel, kvm_probe
 from imagekit.diskimage import Firmware, image_format
-from imagekit.errors import InputError
+from imagekit.errors import CommandError, InputError
 from imagekit.state import State
 
 
@@ -92,14 +94,123 @@ def test_accel_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         choose_accel(state)
 
 
-def test_failed_start_is_a_command_error(tmp_path: Path) -> None:
-    bad = tmp_path / "not-an-image"
+def test_failed_start_is_a_command_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The command line is logged quoted (shlex.join), so a path with a space can be pasted back."""
+    bad = tmp_path / "with space" / "not-an-image"
+    bad.parent.mkdir()
     bad.write_text("x")
     vm = QemuVm(VmSpec(disk=bad, disk_format="qcow2"), tmp_path / "vm", accel=Accel.TCG)
-    with pytest.raises(Exception) as info, vm:
+    with caplog.at_level(logging.INFO, logger="cloud.qemu"), pytest.raises(CommandError) as info, vm:
         vm.wait_for_line(re.compile("never"), timeout=60)
     assert "qemu-system-x86_64" in str(info.value)
     assert not vm.running()
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("+ ")]
+    assert logged and f"'file={bad},format=qcow2,if=virtio,cache=unsafe,snapshot=on'" in logged[0]
+
+
+def test_commas_in_paths_are_doubled(tmp_path: Path) -> None:
+    """QEMU splits option lists at ``,``; a literal comma is ``,,`` (qemu-options: -drive file=)."""
+    odd = tmp_path / "a,b"
+    spec = VmSpec(
+        disk=odd / "d.qcow2",
+        disk_format="qcow2",
+        snapshot=False,
+        cdroms=(odd / "ctx.iso",),
+        qmp=odd / "qmp.sock",
+        drives=(Drive(odd / "swap.raw"),),
+    )
+    argv = build_argv(spec, accel=Accel.TCG, serial_log=odd / "serial.log")
+    esc = str(odd).replace(",", ",,")
+    assert _opt(argv, "-serial") == [f"file:{esc}/serial.log"]
+    assert _opt(argv, "-qmp") == [f"unix:{esc}/qmp.sock,server=on,wait=off"]
+    drives = _opt(argv, "-drive")
+    assert f"file={esc}/d.qcow2,format=qcow2,if=virtio,cache=unsafe" in drives
+    assert f"file={esc}/swap.raw,format=raw,if=virtio,id=disk1" in drives
+    assert f"file={esc}/ctx.iso,format=raw,if=none,id=cd0,media=cdrom,readonly=on" in drives
+
+
+def test_segment_nics_join_one_multicast_group() -> None:
+    spec = VmSpec(
+        disk=Path("d.raw"),
+        nics=(
+            Nic("02:00:0a:00:00:01", segment="239.255.1.2:30000"),
+            Nic("02:00:0a:00:00:02", forwards=((2222, 22),)),
+        ),
+    )
+    argv = build_argv(spec, accel=Accel.TCG, serial_log=Path("s"))
+    assert _opt(argv, "-netdev") == ["socket,id=net0,mcast=239.255.1.2:30000,localaddr=127.0.0.1"]
+    assert "virtio-net-pci,netdev=net0,mac=02:00:0a:00:00:01" in _opt(argv, "-device")
+    assert _opt(argv, "-nic") == [
+        "user,model=virtio-net-pci,mac=02:00:0a:00:00:02,hostfwd=tcp:127.0.0.1:2222-:22"
+    ]
+
+
+def test_concurrent_probes_use_their_own_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes probing at once: neither may remove the other's files (both finish)."""
+    state = State.open(tmp_path / "state")
+    both_started = threading.Barrier(2, timeout=30)
+    seen: list[Path] = []
+
+    def fake_probe(workdir: Path, *, timeout: float = 0) -> qemu.ProbeResult:
+        marker = workdir / "serial.log"
+        workdir.mkdir(parents=True, exist_ok=True)
+        marker.write_text("x")
+        seen.append(workdir)
+        both_started.wait()
+        ok = marker.is_file()
+        both_started.wait()  # nobody removes its directory before both have looked
+        return qemu.ProbeResult(ok, "fake", 1.0, platform.release(), qemu._qemu_version())
+
+    monkeypatch.setattr(qemu, "probe_kvm", fake_probe)
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(kvm_probe(state, refresh=True).usable))]
+    threads.append(threading.Thread(target=lambda: results.append(kvm_probe(state, refresh=True).usable)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True, True]
+    assert seen[0] != seen[1] and all(p.parent == state.root for p in seen)
+    assert not any(p.exists() for p in seen)
+    assert sorted(p.name for p in state.root.iterdir() if "probe" in p.name) == [qemu.PROBE_FILE]
+
+
+def _fake_qemu(tmp_path: Path, console: str) -> Path:
+    """A stand-in for qemu-system-x86_64 that writes ``console`` to its -serial file and waits."""
+    script = tmp_path / "fake-qemu"
+    script.write_text(
+        "#!/bin/sh\n[ \"$1\" = --version ] && echo 'QEMU emulator version 0 (fake)' && exit 0\n"
+        'while [ $# -gt 0 ]; do [ "$1" = -serial ] && out=${2#file:}; shift; done\n'
+        f"printf '%s\\n' '{console}' > \"$out\"\nexec sleep 60\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize(
+    ("console", "usable", "reason"),
+    [
+        ("Linux version 6.1.0 (debian)", True, "kernel booted under KVM"),
+        ("SeaBIOS (version 1.16)", False, "no kernel output under KVM within 1 s"),
+    ],
+)
+def test_kvm_probe_decides_by_the_kernel_banner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, console: str, usable: bool, reason: str
+) -> None:
+    """Each branch of the probe, with a QEMU stand-in: the banner decides, not /dev/kvm."""
+    monkeypatch.setattr(qemu, "QEMU", str(_fake_qemu(tmp_path, console)))
+    monkeypatch.setattr(qemu, "_probe_kernel", lambda: tmp_path / "vmlinuz")
+    monkeypatch.setattr("os.access", lambda path, mode: True)
+    result = qemu.probe_kvm(tmp_path / "work", timeout=1)
+    assert (result.usable, result.reason) == (usable, reason)
+
+
+def test_kvm_probe_without_the_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.access", lambda path, mode: False)
+    result = qemu.probe_kvm(tmp_path, timeout=1)
+    assert not result.usable and result.reason == "/dev/kvm is missing or not accessible"
 
 
 def _host_kernel() -> Path:
@@ -127,16 +238,3 @@ def test_tcg_kernel_boot_and_kill(tmp_path: Path) -> None:
     assert not vm.running()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-
-
-@pytest.mark.slow
-def test_kvm_probe_decides_by_booting(tmp_path: Path) -> None:
-    """On this kind of host /dev/kvm opens but cannot boot: the probe must say so (or succeed
-    for real, in which case it took a kernel boot to find out)."""
-    _host_kernel()
-    result = qemu.probe_kvm(tmp_path, timeout=20)
-    assert result.reason
-    if result.usable:
-        assert result.reason == "kernel booted under KVM"
-    else:
-        assert not any(tmp_path.glob("OVMF*"))

@@ -1,0 +1,194 @@
+"""``imagekit vm``: VMs from templates on the embedded QEMU core, with onevm's verbs and states.
+
+imagekit vm create web.one [--hold] [--image debian.image] [--ssh-port 2222] [--json]
+imagekit vm list [--json]                 # ID USER NAME STAT MEM IP TIME, reconciled with reality
+imagekit vm show 3 [--json]               # with the history of its states
+imagekit vm shutdown 3 [--timeout 120]    # ACPI, then hard; ends at done
+imagekit vm cancel|delete|suspend|resume|stop|hold|release 3
+imagekit vm log 3 [--follow]              # the serial console
+imagekit vm wait 3 --state running [--timeout 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cloud import lifecycle
+from cloud.model import VmState
+from cloud.store import VmRecord, VmStore
+from imagekit.locations import state_dir
+from imagekit.output import print_json
+from imagekit.state import State
+
+Verb = Callable[[State, int], VmRecord]
+_VERBS: dict[str, tuple[Verb, str]] = {
+    "cancel": (lifecycle.cancel, "power a VM off hard (its disks are discarded)"),
+    "delete": (lifecycle.delete, "end a VM in any state and free what it holds"),
+    "suspend": (lifecycle.suspend, "pause a running VM (it keeps its memory and process)"),
+    "resume": (lifecycle.resume, "continue a suspended VM, or boot a stopped one from its saved state"),
+    "stop": (lifecycle.stop, "save a VM's memory to its directory and end its process"),
+    "hold": (lifecycle.hold, "keep a pending VM from booting"),
+    "release": (lifecycle.release, "boot a held VM"),
+}
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="vm_command", metavar="SUBCOMMAND")
+    create = sub.add_parser("create", help="deploy a VM from an OpenNebula VM template")
+    create.add_argument("template", type=Path, metavar="TEMPLATE")
+    create.add_argument("--hold", action="store_true", help="prepare it, but boot only on `vm release`")
+    create.add_argument(
+        "--image", type=Path, action="append", default=[], metavar="FILE", help="image template (repeatable)"
+    )
+    create.add_argument(
+        "--ssh-port", type=int, metavar="PORT", help="user-mode uplink: 127.0.0.1:PORT → :22"
+    )
+    create.add_argument("--endpoint", metavar="URL", help="marketplace registry for SOURCE=marketplace:…")
+    create.add_argument("--json", action="store_true", help="machine-readable output")
+    create.set_defaults(func=cmd_create)
+    listing = sub.add_parser("list", help="list VMs (their state checked against the host)")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="a VM with its history")
+    show.add_argument("vmid", type=int, metavar="ID")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=cmd_show)
+    shutdown = sub.add_parser("shutdown", help="ACPI power-off, hard after --timeout; ends at done")
+    shutdown.add_argument("vmid", type=int, metavar="ID")
+    shutdown.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="default: 120")
+    shutdown.set_defaults(func=cmd_shutdown)
+    for name, (verb, help_text) in _VERBS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("vmid", type=int, metavar="ID")
+        p.set_defaults(func=_verb_command(verb))
+    log = sub.add_parser("log", help="the VM's serial console")
+    log.add_argument("vmid", type=int, metavar="ID")
+    log.add_argument("--follow", "-f", action="store_true", help="keep printing until the VM ends")
+    log.set_defaults(func=cmd_log)
+    wait = sub.add_parser("wait", help="wait until a VM reaches a state")
+    wait.add_argument("vmid", type=int, metavar="ID")
+    wait.add_argument("--state", required=True, choices=[s.value for s in VmState], dest="wanted")
+    wait.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="default: 600")
+    wait.set_defaults(func=cmd_wait)
+
+
+def _state(args: argparse.Namespace) -> State:
+    return State.open(state_dir(args.state))
+
+
+def _summary(record: VmRecord) -> dict[str, Any]:
+    return {
+        "id": record.vmid,
+        "name": record.name,
+        "owner": record.owner,
+        "state": record.state.value,
+        "core": record.core,
+        "step": record.step,
+        "reason": record.reason,
+        "pid": record.pid,
+        "ips": list(record.info.get("leases", [])),
+        "directory": str(record.directory),
+        "created": record.created,
+    }
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from cloud.deploy import CreateRequest, create_vm
+
+    request = CreateRequest(
+        template=args.template,
+        hold=args.hold,
+        image_templates=tuple(args.image),
+        endpoint=args.endpoint,
+        ssh_port=args.ssh_port,
+    )
+    record = create_vm(request, state=_state(args))
+    if args.json:
+        print_json(_summary(record))
+    else:
+        print(f"ID: {record.vmid} ({record.name}, {record.state.value})")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    records = lifecycle.list_vms(_state(args))
+    if args.json:
+        print_json([_summary(r) for r in records])
+        return 0
+    rows = [("ID", "USER", "NAME", "STAT", "IP", "TIME")]
+    now = time.time()
+    for r in records:
+        ips = ",".join(r.info.get("leases", [])) or "-"
+        rows.append((str(r.vmid), r.owner, r.name, r.state.short, ips, _age(now - r.created)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    state = _state(args)
+    record = lifecycle.show(state, args.vmid)
+    history = VmStore(state).history(args.vmid)
+    if args.json:
+        print_json({**_summary(record), "history": [{"state": h.state.value, "at": h.at} for h in history]})
+        return 0
+    for key, value in _summary(record).items():
+        if value not in ("", None, []):
+            print(f"{key.upper():10} {value}")
+    print("HISTORY")
+    for h in history:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.at))
+        print(f"  {stamp}  {h.state.value}{f'  ({h.reason})' if h.reason else ''}")
+    return 0
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    record = lifecycle.shutdown(_state(args), args.vmid, timeout=args.timeout)
+    print(f"VM {record.vmid}: {record.state.value} ({record.reason})")
+    return 0
+
+
+def _verb_command(verb: Verb) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        record = verb(_state(args), args.vmid)
+        print(f"VM {record.vmid}: {record.state.value}")
+        return 0
+
+    return command
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    state = _state(args)
+    record = VmStore(state).get(args.vmid)
+    path = record.directory / "serial.log"
+    offset = 0
+    while True:
+        try:
+            with path.open("rb") as console:
+                console.seek(offset)
+                chunk = console.read()
+        except FileNotFoundError:
+            chunk = b""
+        offset += len(chunk)
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+        if not args.follow or not lifecycle.show(state, args.vmid).state.has_process:
+            return 0
+        time.sleep(lifecycle.POLL)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    record = lifecycle.wait(_state(args), args.vmid, VmState(args.wanted), timeout=args.timeout)
+    print(f"VM {record.vmid}: {record.state.value}")
+    return 0

@@ -1,0 +1,256 @@
+"""``vm create``: from a VM template to a running VM, undoing every reservation if a step fails.
+
+    parse → images (resolved, verified) → VM id + leases + CONTEXT (context.render) →
+    prolog (overlays, swap/fs disks, context ISO, the QEMU command line) → hold, or boot
+
+Steps up to the context reserve nothing that outlives a failure (``prepare_context`` rolls its
+own transaction back). From then on the VM has a record; a failure releases its leases, image
+holds and files, and the record goes to ``failed`` naming the step.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloud import embedded, hooks, images, lifecycle
+from cloud.model import DiskKind, VmState, VmTemplate, nic_device, parse_vm_template
+from cloud.qemu import OVMF_VARS, Drive, Nic, VmSpec, build_argv, choose_accel
+from cloud.store import VmRecord, VmStore
+from context.model import ResolvedContext
+from context.template import load_template
+from context.vm import invoking_user, lease_requests, load_images
+from imagekit.diskimage import Firmware
+from imagekit.errors import InputError
+from imagekit.log import step
+from imagekit.run import run
+from imagekit.state import State
+
+log = logging.getLogger(__name__)
+
+CORE = "qemu"
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    template: Path
+    hold: bool = False
+    image_templates: tuple[Path, ...] = ()
+    etc: Path | None = None
+    endpoint: str | None = None  # marketplace registry for SOURCE=marketplace:…
+    ssh_port: int | None = None  # a user-mode uplink NIC forwarding 127.0.0.1:PORT to the guest's 22
+    owner: str = field(default_factory=lambda: invoking_user().uname)
+
+
+def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
+    """Deploy the VM ``request.template`` describes (see the module docstring)."""
+    from context.render import prepare_context
+
+    with step("parse"):
+        vm = parse_vm_template(load_template(request.template))
+        image_set = load_images(request.image_templates)
+    with step("images"):
+        bases = images.resolve_images(
+            vm,
+            images=image_set,
+            state=state,
+            template_dir=request.template.parent,
+            endpoint=request.endpoint,
+        )
+    with step("context"):
+        ctx = prepare_context(
+            request.template, state=state, keep=True, etc=request.etc, image_paths=request.image_templates
+        )
+    store = VmStore(state)
+    directory = state.root / "vms" / str(ctx.vmid)
+    record = store.insert(
+        ctx.vmid,
+        name=vm.name or f"one-{ctx.vmid}",
+        owner=request.owner,
+        core=CORE,
+        template=str(request.template),
+        directory=directory,
+        info={"etc": str(request.etc) if request.etc else "", "leases": [lease.ip for lease in ctx.leases]},
+    )
+    current = "hooks"
+    try:
+        event_hooks = hooks.resolve_hooks(hooks.load_hooks(request.etc), _hook_vm(vm, ctx, request, state))
+        current = "prolog"
+        held = [b.marketplace_id for b in bases if b.marketplace_id]
+        record = store.transition(
+            record.vmid,
+            VmState.PROLOG,
+            allowed=(VmState.PENDING,),
+            info={"images": held, "hooks": event_hooks},
+        )
+        images.hold(state, bases, record.vmid)
+        with step("prolog"):
+            directory.mkdir(parents=True, exist_ok=True)
+            info = prolog(vm, bases, ctx, request, state=state, directory=directory)
+        record = store.transition(record.vmid, VmState.PROLOG, allowed=(VmState.PROLOG,), info=info)
+        hooks.fire(hooks.HookEvent.CREATE, event_hooks, record.vmid, directory)
+        if request.hold:
+            return store.transition(record.vmid, VmState.HOLD, allowed=(VmState.PROLOG,))
+        current = "boot"
+        return lifecycle.boot(state, record.vmid, allowed=(VmState.PROLOG,))
+    except BaseException as exc:
+        lifecycle.fail(state, record.vmid, current, exc)
+        raise
+
+
+def _hook_vm(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: State) -> Any:
+    """The VM as the resolver sees it (NICs with their leases), for the hooks' arguments."""
+    from context.leases import NetworkStore
+    from context.vm import User, instantiate
+
+    requests = sorted(lease_requests(vm.template), key=lambda r: r.nic_index)
+    leases = {r.nic_index: lease for r, lease in zip(requests, ctx.leases, strict=True)}
+    networks = {i: NetworkStore(state).get(lease.network_id) for i, lease in leases.items()}
+    me = invoking_user()
+    owner = User(me.uid, request.owner, me.gid, me.gname) if request.owner != me.uname else me
+    return instantiate(
+        vm.template,
+        vmid=ctx.vmid,
+        user=owner,
+        images=load_images(request.image_templates),
+        leases=leases,
+        networks=networks,
+    )
+
+
+def prolog(
+    vm: VmTemplate,
+    bases: Sequence[images.BaseImage],
+    ctx: ResolvedContext,
+    request: CreateRequest,
+    *,
+    state: State,
+    directory: Path,
+) -> dict[str, Any]:
+    """Create the VM's files and its QEMU command line; returns what the record keeps."""
+    disks, drives = _disks(vm, bases, directory)
+    cdroms: tuple[Path, ...] = ()
+    if ctx.variables:
+        cdroms = (_context_iso(ctx, request, directory),)
+    firmware = _firmware(bases, directory)
+    ovmf_vars = None
+    if firmware is Firmware.UEFI:
+        ovmf_vars = directory / "OVMF_VARS.fd"
+        shutil.copyfile(OVMF_VARS, ovmf_vars)
+    spec = VmSpec(
+        disk=disks[0] if disks else Path("/dev/null"),
+        disk_format="qcow2",
+        firmware=firmware,
+        memory_mib=vm.memory_mib,
+        cpus=vm.vcpu,
+        cdroms=cdroms,
+        nics=_nics(vm, ctx, request, state),
+        snapshot=False,
+        kernel=Path(vm.os.kernel) if vm.os.kernel else None,
+        initrd=Path(vm.os.initrd) if vm.os.initrd else None,
+        append=" ".join(p for p in (f"root={vm.os.root}" if vm.os.root else "", vm.os.kernel_cmd) if p),
+        drives=drives,
+        qmp=embedded.runtime_dir(state) / f"{ctx.vmid}.qmp",
+        vnc_display=(vm.graphics.port or 5900 + 100 + ctx.vmid) - 5900 if vm.graphics else None,
+        extra_args=tuple(a for raw in vm.raw if raw.type in ("kvm", "qemu") for a in shlex.split(raw.data)),
+        name=f"one-{ctx.vmid}",
+    )
+    argv = build_argv(
+        spec, accel=choose_accel(state), serial_log=directory / "serial.log", ovmf_vars=ovmf_vars
+    )
+    return {
+        "argv": argv,
+        "qmp": str(spec.qmp),
+        "firmware": firmware.value,
+        "disks": [str(d) for d in disks],
+        "save": [str(disks[i]) for i, b in enumerate(bases[: len(disks)]) if b.disk.save],
+        "nics": [{"mac": n.mac, "segment": n.segment} for n in spec.nics],
+        "raw_ignored": [raw.type for raw in vm.raw if raw.type not in ("kvm", "qemu")],
+        "requirements": vm.requirements,
+        "rank": vm.rank,
+    }
+
+
+def _disks(
+    vm: VmTemplate, bases: Sequence[images.BaseImage], directory: Path
+) -> tuple[list[Path], tuple[Drive, ...]]:
+    """qcow2 overlays over the bases (first one boots), CDs as they are, swap/fs made empty."""
+    overlays: list[Path] = []
+    drives: list[Drive] = []
+    by_disk = {b.disk.index: b for b in bases}
+    for disk in vm.disks:
+        path = directory / f"disk{disk.index}.{'qcow2' if disk.kind is DiskKind.DISK else 'raw'}"
+        base = by_disk.get(disk.index)
+        if disk.kind is DiskKind.CDROM and base is not None:
+            drives.append(Drive(base.path, "raw", cdrom=True, readonly=True))
+        elif disk.kind is DiskKind.DISK and base is not None:
+            run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base.format, "-b", base.path, path],
+                step="prolog",
+            )
+            if overlays:
+                drives.append(Drive(path, "qcow2", readonly=disk.readonly))
+            else:
+                overlays.append(path)
+        else:
+            run(["qemu-img", "create", "-q", "-f", "raw", path, f"{disk.size_mib}M"], step="prolog")
+            if disk.kind is DiskKind.SWAP:
+                run(["mkswap", path], step="prolog")
+            else:
+                fs = disk.format or "ext4"
+                run([f"mkfs.{fs}", *(["-q", "-F"] if fs.startswith("ext") else []), path], step="prolog")
+            drives.append(Drive(path, "raw", readonly=disk.readonly))
+    return overlays, tuple(drives)
+
+
+def _context_iso(ctx: ResolvedContext, request: CreateRequest, directory: Path) -> Path:
+    from context.iso import IsoFlavor, build_iso
+    from context.settings import load_settings
+    from imagekit.atomic import write_atomically
+
+    settings = load_settings(request.etc)
+    iso = directory / "context.iso"
+    data = build_iso(
+        ctx,
+        IsoFlavor.OPENNEBULA,
+        restricted_dirs=settings.context_restricted_dirs,
+        safe_dirs=settings.context_safe_dirs,
+    )
+    write_atomically(iso, data)
+    return iso
+
+
+def _firmware(bases: Sequence[images.BaseImage], directory: Path) -> Firmware:
+    boot = next((b for b in bases if b.disk.kind is DiskKind.DISK), None)
+    if boot is None:
+        return Firmware.BIOS
+    firmware = boot.firmware
+    if firmware is None:
+        from cloud.boottest import detect_firmware
+
+        firmware = detect_firmware(boot.path, boot.format, directory)
+    return Firmware.UEFI if firmware is Firmware.UEFI else Firmware.BIOS
+
+
+def _nics(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: State) -> tuple[Nic, ...]:
+    requests = sorted(lease_requests(vm.template), key=lambda r: r.nic_index)
+    leased = {r.nic_index: lease for r, lease in zip(requests, ctx.leases, strict=True)}
+    nics: list[Nic] = []
+    for spec in vm.nics:
+        lease = leased.get(spec.index)
+        if lease is not None:
+            seg = embedded.segment(state, lease.network_id)
+            nics.append(Nic(lease.mac.lower(), nic_device(spec.model), segment=seg))
+        elif spec.mac:
+            nics.append(Nic(spec.mac, nic_device(spec.model)))  # no network: user-mode
+        else:
+            raise InputError(f"NIC[{spec.index}]: give NETWORK, NETWORK_ID or MAC", where=spec.where)
+    if request.ssh_port is not None:
+        mac = f"52:54:00:{(ctx.vmid >> 16) & 0xFF:02x}:{(ctx.vmid >> 8) & 0xFF:02x}:{ctx.vmid & 0xFF:02x}"
+        nics.append(Nic(mac, forwards=((request.ssh_port, 22),)))
+    return tuple(nics)

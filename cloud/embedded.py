@@ -1,0 +1,164 @@
+"""The embedded core: each VM one daemonized QEMU, controlled over its QMP socket. No daemon of ours.
+
+QEMU starts with ``-daemonize``, so ``run()`` returns once the VM is set up (or with QEMU's
+own error) and the VM outlives the CLI. What a later command knows of it is in the VM pool:
+the pid and the process's start time (``/proc/PID/stat`` field 22), so a reused pid is never
+mistaken for the VM. Control goes through QMP (``-qmp unix:…``): ``system_powerdown`` (ACPI),
+``stop``/``cont``, ``query-status``, ``migrate`` to a file for ``vm stop``, and ``quit``.
+
+VMs on one virtual network share one L2 segment: every QEMU joins the network's multicast group
+on loopback (``-netdev socket,mcast=…``), chosen per state directory and network, so two state
+directories (two test runs) never share a segment. Debian 12's QEMU has no VDE backend
+(``qemu-system-x86_64 -netdev help``), and a bridge or tap would need root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from imagekit.errors import CommandError, DataError
+from imagekit.run import run
+from imagekit.state import State
+
+QMP_TIMEOUT = 15.0
+
+
+def runtime_dir(state: State) -> Path:
+    """A short directory for the QMP sockets (a socket path must fit in 108 bytes)."""
+    tag = hashlib.sha1(str(state.root.resolve()).encode()).hexdigest()[:10]
+    path = Path(tempfile.gettempdir()) / f"imagekit-{os.getuid()}-{tag}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def segment(state: State, network_id: int) -> str:
+    """The multicast ``GROUP:PORT`` of a virtual network's L2 segment (administratively scoped)."""
+    h = hashlib.sha1(f"{state.root.resolve()}\0{network_id}".encode()).digest()
+    return f"239.255.{h[0]}.{h[1] or 1}:{20000 + int.from_bytes(h[2:4], 'big') % 40000}"
+
+
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def alive(pid: int | None, start: int | None) -> bool:
+    """Whether ``pid`` is still the process that started at ``start`` (and not a zombie)."""
+    if pid is None or start is None or process_start(pid) != start:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return False
+
+
+def launch(argv: list[str], pidfile: Path, *, incoming: Path | None = None) -> tuple[int, int]:
+    """Start QEMU detached; returns (pid, start time). CommandError carries QEMU's own message."""
+    pidfile.unlink(missing_ok=True)
+    extra = ["-daemonize", "-pidfile", str(pidfile)]
+    if incoming is not None:
+        extra += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
+    run([*argv, *extra], timeout=120, step="boot")
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{pidfile}: QEMU wrote no pid ({exc})") from None
+    start = process_start(pid)
+    if start is None:
+        raise CommandError(argv[:1], 1, "QEMU exited right after starting", step="boot")
+    return pid, start
+
+
+def kill(pid: int | None, start: int | None) -> None:
+    """SIGKILL the VM's QEMU if it is still that process."""
+    if pid is not None and alive(pid, start):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class Qmp:
+    """One QMP conversation: greeting, ``qmp_capabilities``, then commands (events are skipped)."""
+
+    def __init__(self, path: Path, *, timeout: float = QMP_TIMEOUT) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(path))
+        except OSError as exc:
+            self.sock.close()
+            raise CommandError(
+                ["qmp", str(path)], 1, f"cannot connect: {exc.strerror}", step="qmp"
+            ) from None
+        self.reader = self.sock.makefile("rb")
+        self._read()  # the greeting
+        self.command("qmp_capabilities")
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            line = self.reader.readline()
+        except OSError as exc:
+            raise CommandError(["qmp", str(self.path)], 1, f"read failed: {exc}", step="qmp") from None
+        if not line:
+            raise CommandError(["qmp", str(self.path)], 1, "QEMU closed the QMP socket", step="qmp")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    def command(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
+        request: dict[str, Any] = {"execute": name}
+        if arguments:
+            request["arguments"] = arguments
+        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        while True:
+            reply = self._read()
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                desc = reply["error"].get("desc", "")
+                raise CommandError(["qmp", name], 1, desc, step="qmp")
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def __enter__(self) -> Qmp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def qmp(path: Path, name: str, arguments: dict[str, Any] | None = None) -> Any:
+    with Qmp(path) as conn:
+        return conn.command(name, arguments)
+
+
+def save_state(path: Path, target: Path, *, timeout: float = 600.0) -> None:
+    """Migrate the VM's state into ``target`` (``vm stop``), then end QEMU."""
+    with Qmp(path) as conn:
+        conn.command("migrate", {"uri": f"exec:cat > {shlex.quote(str(target))}"})
+        deadline = time.monotonic() + timeout
+        while True:
+            status = conn.command("query-migrate").get("status", "")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                raise CommandError(["qmp", "migrate"], 1, f"saving the VM state: {status or 'timed out'}")
+            time.sleep(0.2)
+        conn.command("quit")

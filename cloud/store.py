@@ -1,0 +1,218 @@
+"""The VM pool: every VM the cloud core knows, its state and the history of its transitions.
+
+One SQLite table per concept in the state database (``imagekit.state``). A transition is a
+compare-and-set inside ``BEGIN IMMEDIATE``: it names the states it may start from, so of two
+processes acting on one VM at once exactly one wins and the other gets a one-line error.
+
+    store = VmStore(state)
+    vm = store.transition(7, VmState.SHUTDOWN, allowed=(VmState.RUNNING,))
+    [h.state for h in store.history(7)]
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloud.model import VmState
+from imagekit import state as state_schema
+from imagekit.errors import DataError, InputError
+from imagekit.state import State
+
+state_schema.schema(
+    "cloud.vms",
+    """
+    CREATE TABLE IF NOT EXISTS cloud_vms (
+        vmid      INTEGER PRIMARY KEY,
+        name      TEXT NOT NULL,
+        owner     TEXT NOT NULL,
+        core      TEXT NOT NULL,
+        state     TEXT NOT NULL,
+        template  TEXT NOT NULL,
+        directory TEXT NOT NULL,
+        pid       INTEGER,
+        pid_start INTEGER,
+        step      TEXT NOT NULL DEFAULT '',
+        reason    TEXT NOT NULL DEFAULT '',
+        info      TEXT NOT NULL DEFAULT '{}',
+        created   REAL NOT NULL,
+        updated   REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS cloud_vm_history (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        vmid   INTEGER NOT NULL REFERENCES cloud_vms(vmid) ON DELETE CASCADE,
+        state  TEXT NOT NULL,
+        at     REAL NOT NULL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX IF NOT EXISTS cloud_vm_history_vmid ON cloud_vm_history (vmid);
+    """,
+)
+
+
+@dataclass(frozen=True)
+class Transition:
+    state: VmState
+    at: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    vmid: int
+    name: str
+    owner: str
+    core: str
+    state: VmState
+    template: str
+    directory: Path
+    pid: int | None = None
+    pid_start: int | None = None
+    step: str = ""  # the pipeline step a failed VM stopped at
+    reason: str = ""
+    info: Mapping[str, Any] = field(default_factory=dict)
+    created: float = 0.0
+    updated: float = 0.0
+
+
+_UNSET: Any = object()
+
+
+def _record(row: sqlite3.Row) -> VmRecord:
+    try:
+        info = json.loads(row["info"])
+    except json.JSONDecodeError as exc:
+        raise DataError(f"state database: VM {row['vmid']} has corrupt info: {exc}") from None
+    return VmRecord(
+        vmid=int(row["vmid"]),
+        name=row["name"],
+        owner=row["owner"],
+        core=row["core"],
+        state=VmState(row["state"]),
+        template=row["template"],
+        directory=Path(row["directory"]),
+        pid=row["pid"],
+        pid_start=row["pid_start"],
+        step=row["step"],
+        reason=row["reason"],
+        info=info,
+        created=row["created"],
+        updated=row["updated"],
+    )
+
+
+class VmStore:
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def insert(
+        self,
+        vmid: int,
+        *,
+        name: str,
+        owner: str,
+        core: str,
+        template: str,
+        directory: Path,
+        info: Mapping[str, Any] | None = None,
+    ) -> VmRecord:
+        now = time.time()
+        with self.state.transaction() as db:
+            try:
+                db.execute(
+                    "INSERT INTO cloud_vms (vmid, name, owner, core, state, template, directory, info,"
+                    " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (vmid, name, owner, core, VmState.PENDING.value, template, str(directory),
+                     json.dumps(dict(info or {})), now, now),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:
+                raise InputError(f"VM {vmid} already exists") from None
+            db.execute(
+                "INSERT INTO cloud_vm_history (vmid, state, at) VALUES (?, ?, ?)",
+                (vmid, VmState.PENDING.value, now),
+            )
+            return self._get(db, vmid)
+
+    def get(self, vmid: int) -> VmRecord:
+        db = self.state.db()
+        try:
+            return self._get(db, vmid)
+        finally:
+            db.close()
+
+    def _get(self, db: sqlite3.Connection, vmid: int) -> VmRecord:
+        row = db.execute("SELECT * FROM cloud_vms WHERE vmid = ?", (vmid,)).fetchone()
+        if row is None:
+            raise InputError(f"no VM {vmid} (see `imagekit vm list`)")
+        return _record(row)
+
+    def list(self, *, owner: str | None = None) -> builtins.list[VmRecord]:
+        db = self.state.db()
+        try:
+            if owner is None:
+                rows = db.execute("SELECT * FROM cloud_vms ORDER BY vmid").fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT * FROM cloud_vms WHERE owner = ? ORDER BY vmid", (owner,)
+                ).fetchall()
+        finally:
+            db.close()
+        return [_record(r) for r in rows]
+
+    def history(self, vmid: int) -> builtins.list[Transition]:
+        db = self.state.db()
+        try:
+            rows = db.execute(
+                "SELECT state, at, reason FROM cloud_vm_history WHERE vmid = ? ORDER BY seq", (vmid,)
+            ).fetchall()
+        finally:
+            db.close()
+        return [Transition(VmState(r["state"]), r["at"], r["reason"]) for r in rows]
+
+    def transition(
+        self,
+        vmid: int,
+        to: VmState,
+        *,
+        allowed: Collection[VmState] | None = None,
+        reason: str = "",
+        pid: int | None = _UNSET,
+        pid_start: int | None = _UNSET,
+        step: str | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> VmRecord:
+        """Move VM ``vmid`` to ``to`` if it is in one of ``allowed`` (any state when None);
+        ``info`` is merged into the record's. InputError names the state it is in otherwise."""
+        now = time.time()
+        with self.state.transaction() as db:
+            current = self._get(db, vmid)
+            if allowed is not None and current.state not in allowed:
+                wanted = " or ".join(s.value for s in allowed)
+                raise InputError(f"VM {vmid} is {current.state.value}, not {wanted}")
+            merged = {**current.info, **(info or {})}
+            db.execute(
+                "UPDATE cloud_vms SET state = ?, reason = ?, pid = ?, pid_start = ?, step = ?, info = ?,"
+                " updated = ? WHERE vmid = ?",
+                (
+                    to.value,
+                    reason,
+                    current.pid if pid is _UNSET else pid,
+                    current.pid_start if pid_start is _UNSET else pid_start,
+                    current.step if step is None else step,
+                    json.dumps(merged),
+                    now,
+                    vmid,
+                ),
+            )
+            if to is not current.state:
+                db.execute(
+                    "INSERT INTO cloud_vm_history (vmid, state, at, reason) VALUES (?, ?, ?, ?)",
+                    (vmid, to.value, now, reason),
+                )
+            return self._get(db, vmid)
