@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cloud.ec2.auth import DEFAULT_SKEW, QueryRequest, verify
+from cloud.ec2.core import CoreBackend
 from cloud.ec2.errors import Ec2Error, invalid_parameter
 from cloud.ec2.keypairs import KeyPairStore
 from cloud.ec2.responses import error_xml, response_xml
@@ -134,7 +135,8 @@ def serve(
 
     scheme = "https" if certfile else "http"
     endpoint = f"{scheme}://{host}:{port}/"
-    app = create_app(State.open(state_root), Region(region, endpoint))
+    state = State.open(state_root)
+    app = create_app(state, Region(region, endpoint), compute=CoreBackend(state))
     uvicorn.run(
         app,
         host=host,

@@ -3,9 +3,12 @@
     service = Ec2Service(KeyPairStore(state), Region("default", "http://host:4567/"))
     body = service.handle(user, "DescribeRegions", params)   # a response body (responses.py)
 
-Regions, availability zones and key pairs are served here. Instance and image actions belong
-to the cloud core: they go to a :class:`ComputeBackend`, and without one (the core is not wired
-yet) they answer ``UnsupportedOperation``, never a made-up result.
+Regions, availability zones and key pairs are served here. ``DescribeInstances`` and
+``TerminateInstances`` parse and answer here, over the cloud core behind a
+:class:`ComputeBackend` (``core.py``): a user sees and terminates only their own VMs, an
+administrator everyone's, and another user's instance id is ``InvalidInstanceID.NotFound``
+as if it did not exist. Actions that need an EC2 image catalogue (``RunInstances``, the image
+actions) answer ``UnsupportedOperation``: there is none yet, and nothing is made up.
 """
 
 from __future__ import annotations
@@ -17,36 +20,43 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
+from cloud.ec2.ids import image_id, instance_id, parse_instance_id
 from cloud.ec2.keypairs import KeyPairStore
 from cloud.ec2.responses import Node
+from cloud.ec2.states import ec2_state
+from cloud.ec2.views import InstanceView, reservation, state_change
 from cloud.users import User
 
 Params = Mapping[str, str]
 Body = Mapping[str, Node]
 
-# EC2 actions whose work is the cloud core's (issue 10, point 3).
-CORE_ACTIONS = frozenset(
+# EC2 actions of issue 10 not served yet: they need an image catalogue the core lacks.
+NOT_YET = frozenset(
     {
         "UploadImage",
         "RegisterImage",
         "DescribeImages",
         "DeregisterImage",
         "RunInstances",
-        "DescribeInstances",
-        "TerminateInstances",
         "StartInstances",
         "StopInstances",
         "RebootInstances",
         "GetConsoleOutput",
     }
 )
+_FILTERS = frozenset({"instance-state-name", "image-id", "instance-id"})
 
 
 class ComputeBackend(Protocol):
-    """What the cloud core provides to the EC2 front door: one call per core action, taking the
-    authenticated user and the request parameters, returning the response body."""
+    """The cloud core as the EC2 front door uses it."""
 
-    def call(self, user: User, action: str, params: Params) -> Body: ...
+    def instances(self, user: User) -> list[InstanceView]:
+        """The VMs ``user`` may see: their own, or every one for an administrator."""
+        ...
+
+    def terminate(self, user: User, vmid: int) -> tuple[str, str]:
+        """End the VM; its core state before and after."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -87,12 +97,10 @@ class Ec2Service:
         handler = _ACTIONS.get(action)
         if handler is not None:
             return handler(self, user, params)
-        if action in CORE_ACTIONS:
-            if self.compute is None:
-                raise Ec2Error(
-                    "UnsupportedOperation", f"{action} needs the cloud core, which this server does not have"
-                )
-            return self.compute.call(user, action, params)
+        if action in NOT_YET:
+            raise Ec2Error(
+                "UnsupportedOperation", f"{action} is not available: there is no EC2 image catalogue yet"
+            )
         raise Ec2Error("InvalidAction", f"The action {action} is not valid for this web service.")
 
     def describe_regions(self, user: User, params: Params) -> Body:
@@ -158,6 +166,61 @@ class Ec2Service:
         self.keypairs.delete(user, required(params, "KeyName"))
         return {"return": True}
 
+    def _core(self) -> ComputeBackend:
+        if self.compute is None:
+            raise Ec2Error("UnsupportedOperation", "this server has no cloud core")
+        return self.compute
+
+    def _visible(self, user: User, params: Params) -> list[InstanceView]:
+        """The user's instances, narrowed to ``InstanceId.N`` (each must be one of them)."""
+        views = self._core().instances(user)
+        wanted = [parse_instance_id(text) for text in indexed(params, "InstanceId")]
+        if not wanted:
+            return views
+        by_id = {v.vmid: v for v in views}
+        for vmid in wanted:
+            if vmid not in by_id:
+                raise Ec2Error(
+                    "InvalidInstanceID.NotFound", f"The instance ID '{instance_id(vmid)}' does not exist"
+                )
+        return [by_id[vmid] for vmid in dict.fromkeys(wanted)]
+
+    def describe_instances(self, user: User, params: Params) -> Body:
+        views = [v for v in self._visible(user, params) if _matches(v, _filters(params))]
+        return {
+            "reservationSet": [reservation(f"r-{v.vmid:08x}", v.owner, [v]) for v in views],
+        }
+
+    def terminate_instances(self, user: User, params: Params) -> Body:
+        if not indexed(params, "InstanceId"):
+            raise missing_parameter("InstanceId.1")
+        changes = []
+        for view in self._visible(user, params):
+            previous, current = self._core().terminate(user, view.vmid)
+            changes.append(state_change(view.vmid, previous, current))
+        return {"instancesSet": changes}
+
+
+def _filters(params: Params) -> dict[str, set[str]]:
+    """``Filter.N.Name`` / ``Filter.N.Value.M`` as name → accepted values."""
+    out: dict[str, set[str]] = {}
+    n = 1
+    while (name := params.get(f"Filter.{n}.Name")) is not None:
+        if name not in _FILTERS:
+            raise invalid_parameter(f"The filter '{name}' is invalid")
+        out.setdefault(name, set()).update(indexed(params, f"Filter.{n}.Value"))
+        n += 1
+    return out
+
+
+def _matches(view: InstanceView, filters: Mapping[str, set[str]]) -> bool:
+    facts = {
+        "instance-state-name": ec2_state(view.core_state).label,
+        "image-id": image_id(view.image) if view.image is not None else "",
+        "instance-id": instance_id(view.vmid),
+    }
+    return all(facts[name] in values for name, values in filters.items())
+
 
 _ACTIONS: dict[str, Callable[[Ec2Service, User, Params], Body]] = {
     "DescribeRegions": Ec2Service.describe_regions,
@@ -165,4 +228,6 @@ _ACTIONS: dict[str, Callable[[Ec2Service, User, Params], Body]] = {
     "ImportKeyPair": Ec2Service.import_key_pair,
     "DescribeKeyPairs": Ec2Service.describe_key_pairs,
     "DeleteKeyPair": Ec2Service.delete_key_pair,
+    "DescribeInstances": Ec2Service.describe_instances,
+    "TerminateInstances": Ec2Service.terminate_instances,
 }

@@ -20,9 +20,10 @@ from cloud.ec2.states import ec2_state
 @dataclass(frozen=True)
 class InstanceView:
     vmid: int
-    image: int
+    owner: str
+    image: int | None  # None: not from an EC2 image (a VM made by `vm create`)
     core_state: str
-    instance_type: str
+    instance_type: str | None
     launched: datetime
     zone: str = "default"
     private_ip: str | None = None
@@ -38,7 +39,7 @@ def _state(core_state: str) -> dict[str, Node]:
 def instance_item(view: InstanceView) -> dict[str, Node]:
     return {
         "instanceId": instance_id(view.vmid),
-        "imageId": image_id(view.image),
+        "imageId": image_id(view.image) if view.image is not None else None,
         "instanceState": _state(view.core_state),
         "privateDnsName": view.private_ip or "",
         "dnsName": view.private_ip or "",
@@ -54,6 +55,7 @@ def instance_item(view: InstanceView) -> dict[str, Node]:
 
 
 def reservation(reservation_id: str, owner: str, views: Sequence[InstanceView]) -> dict[str, Node]:
+    """One reservation (a RunInstances call's instances; ``r-%08x`` of the first VM's id)."""
     return {
         "reservationId": reservation_id,
         "ownerId": owner,

@@ -121,8 +121,8 @@ LAUNCHED = datetime(2026, 11, 30, 20, 0, tzinfo=UTC)
 
 def test_instances_as_boto3_reads_them() -> None:
     views = [
-        InstanceView(1, 7, "running", "m1.small", LAUNCHED, private_ip="10.0.0.5", key_name="laptop"),
-        InstanceView(0x2A, 7, "prolog", "m1.large", LAUNCHED, launch_index=1),
+        InstanceView(1, "alice", 7, "running", "m1.small", LAUNCHED, private_ip="10.0.0.5", key_name="k"),
+        InstanceView(0x2A, "alice", 7, "prolog", "m1.large", LAUNCHED, launch_index=1),
     ]
     body: dict[str, Node] = {"reservationSet": [reservation("r-00000001", "alice", views)]}
     parsed = _parsed_by_boto3("DescribeInstances", response_xml("DescribeInstances", None, "rid", body))
@@ -132,7 +132,7 @@ def test_instances_as_boto3_reads_them() -> None:
     assert first["InstanceId"] == "i-00000001" and first["ImageId"] == "ami-00000007"
     assert first["State"] == {"Code": 16, "Name": "running"}
     assert first["Monitoring"] == {"State": "disabled"} and first["LaunchTime"] == LAUNCHED
-    assert first["PrivateIpAddress"] == "10.0.0.5" and first["KeyName"] == "laptop"
+    assert first["PrivateIpAddress"] == "10.0.0.5" and first["KeyName"] == "k"
     assert first["Placement"]["AvailabilityZone"] == "default" and first["InstanceType"] == "m1.small"
     assert second["InstanceId"] == "i-0000002a" and second["State"] == {"Code": 0, "Name": "pending"}
     assert second["AmiLaunchIndex"] == 1 and "KeyName" not in second

@@ -171,15 +171,15 @@ def _error(response: httpx.Response) -> tuple[int, str, str]:
     return response.status_code, root.findtext("Errors/Error/Code") or "", root.findtext("RequestID") or ""
 
 
-def test_unknown_actions_and_core_actions(url: str, accounts: dict[str, CreatedUser]) -> None:
+def test_unknown_and_unavailable_actions(url: str, accounts: dict[str, CreatedUser]) -> None:
     status, code, request_id = _error(
         _signed(url, accounts["alice"], {"Action": "Frobnicate", "Version": "x"})
     )
     assert (status, code) == (400, "InvalidAction") and request_id
     assert _error(_signed(url, accounts["alice"], {"Version": "2016-11-15"}))[:2] == (400, "MissingAction")
-    # Instance actions need the cloud core, which is not wired: an honest EC2 error, not a fake.
+    # No EC2 image catalogue yet: an honest EC2 error, not a made-up instance.
     with pytest.raises(ClientError) as err:
-        client(url, accounts["alice"]).describe_instances()
+        client(url, accounts["alice"]).run_instances(ImageId="ami-00000001", MinCount=1, MaxCount=1)
     assert _code(err) == ("UnsupportedOperation", 400)
 
 
