@@ -2,6 +2,7 @@
 
 imagekit cloud serve ec2 [--host 127.0.0.1] [--port 4567] [--region default]
 imagekit cloud serve ec2 --certfile server.pem --keyfile server.key     # HTTPS directly
+imagekit cloud serve ec2 --hold        # RunInstances records VMs held (release with `vm release`)
 
 Clients sign with the access key and secret ``imagekit user create`` printed (SigV4 or SigV2).
 """
@@ -26,6 +27,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     ec2.add_argument("--region", default="default", help="the region name this server is (default: default)")
     ec2.add_argument("--certfile", type=Path, metavar="PEM", help="serve HTTPS with this certificate chain")
     ec2.add_argument("--keyfile", type=Path, metavar="PEM", help="the certificate's private key")
+    ec2.add_argument(
+        "--hold", action="store_true", help="RunInstances records VMs held, not booted (onevm hold)"
+    )
     ec2.set_defaults(func=cmd_serve_ec2)
 
 
@@ -46,5 +50,6 @@ def cmd_serve_ec2(args: argparse.Namespace) -> int:
         region=args.region,
         certfile=args.certfile,
         keyfile=args.keyfile,
+        hold=args.hold,
     )
     return 0

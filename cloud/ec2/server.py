@@ -28,7 +28,6 @@ from starlette.routing import Route
 from cloud.ec2.auth import DEFAULT_SKEW, QueryRequest, verify
 from cloud.ec2.core import CoreBackend
 from cloud.ec2.errors import Ec2Error, invalid_parameter
-from cloud.ec2.keypairs import KeyPairStore
 from cloud.ec2.responses import error_xml, response_xml
 from cloud.ec2.service import ComputeBackend, Ec2Service, Region
 from cloud.users import UserStore
@@ -76,7 +75,7 @@ class Ec2App:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.users = UserStore(state)
-        self.service = Ec2Service(KeyPairStore(state), region, compute)
+        self.service = Ec2Service(state, region, compute)
         self.skew = skew
         self.clock = clock
 
@@ -130,13 +129,14 @@ def serve(
     region: str,
     certfile: Path | None = None,
     keyfile: Path | None = None,
+    hold: bool = False,
 ) -> None:
     import uvicorn
 
     scheme = "https" if certfile else "http"
     endpoint = f"{scheme}://{host}:{port}/"
     state = State.open(state_root)
-    app = create_app(state, Region(region, endpoint), compute=CoreBackend(state))
+    app = create_app(state, Region(region, endpoint), compute=CoreBackend(state, hold=hold))
     uvicorn.run(
         app,
         host=host,

@@ -20,31 +20,34 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
-from cloud.ec2.ids import image_id, instance_id, parse_instance_id
-from cloud.ec2.keypairs import KeyPairStore
+from cloud.ec2.ids import image_id, instance_id, parse_image_id, parse_instance_id
+from cloud.ec2.images import Ec2Image, ImageStore
+from cloud.ec2.keypairs import KeyPair, KeyPairStore
 from cloud.ec2.responses import Node
 from cloud.ec2.states import ec2_state
 from cloud.ec2.views import InstanceView, reservation, state_change
 from cloud.users import User
+from imagekit.state import State
 
 Params = Mapping[str, str]
 Body = Mapping[str, Node]
 
-# EC2 actions of issue 10 not served yet: they need an image catalogue the core lacks.
+# EC2 actions of issue 10 not served yet.
 NOT_YET = frozenset(
-    {
-        "UploadImage",
-        "RegisterImage",
-        "DescribeImages",
-        "DeregisterImage",
-        "RunInstances",
-        "StartInstances",
-        "StopInstances",
-        "RebootInstances",
-        "GetConsoleOutput",
-    }
+    {"UploadImage", "StartInstances", "StopInstances", "RebootInstances", "GetConsoleOutput"}
 )
+MAX_COUNT = 20
 _FILTERS = frozenset({"instance-state-name", "image-id", "instance-id"})
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    image: Ec2Image
+    instance_type: str
+    count: int
+    user_data: str | None = None  # base64, as the client sent it (econe's EC2_USER_DATA)
+    key: KeyPair | None = None
+    client_token: str | None = None
 
 
 class ComputeBackend(Protocol):
@@ -56,6 +59,10 @@ class ComputeBackend(Protocol):
 
     def terminate(self, user: User, vmid: int) -> tuple[str, str]:
         """End the VM; its core state before and after."""
+        ...
+
+    def run(self, user: User, request: RunRequest) -> list[InstanceView]:
+        """Deploy ``request.count`` VMs of the image and type (all or none)."""
         ...
 
 
@@ -86,10 +93,9 @@ def required(params: Params, name: str) -> str:
 
 
 class Ec2Service:
-    def __init__(
-        self, keypairs: KeyPairStore, region: Region, compute: ComputeBackend | None = None
-    ) -> None:
-        self.keypairs = keypairs
+    def __init__(self, state: State, region: Region, compute: ComputeBackend | None = None) -> None:
+        self.keypairs = KeyPairStore(state)
+        self.images = ImageStore(state)
         self.region = region
         self.compute = compute
 
@@ -186,10 +192,59 @@ class Ec2Service:
         return [by_id[vmid] for vmid in dict.fromkeys(wanted)]
 
     def describe_instances(self, user: User, params: Params) -> Body:
-        views = [v for v in self._visible(user, params) if _matches(v, _filters(params))]
+        groups: dict[str, list[InstanceView]] = {}
+        for view in self._visible(user, params):
+            if _matches(view, _filters(params)):
+                groups.setdefault(view.reservation or f"r-{view.vmid:08x}", []).append(view)
+        return {"reservationSet": [reservation(r, views[0].owner, views) for r, views in groups.items()]}
+
+    def run_instances(self, user: User, params: Params) -> Body:
+        [image] = self.images.visible(user, [parse_image_id(required(params, "ImageId"))])
+        counts = [_number(params, name) for name in ("MinCount", "MaxCount")]
+        if not 1 <= counts[0] <= counts[1] <= MAX_COUNT:
+            raise invalid_parameter(
+                f"MinCount and MaxCount must satisfy 1 <= MinCount <= MaxCount <= {MAX_COUNT}"
+            )
+        key_name = params.get("KeyName")
+        request = RunRequest(
+            image=image,
+            instance_type=params.get("InstanceType") or "m1.small",
+            count=counts[1],
+            user_data=params.get("UserData") or None,
+            key=self.keypairs.get(user, key_name) if key_name else None,
+            client_token=params.get("ClientToken") or None,
+        )
+        views = self._core().run(user, request)
+        return reservation(views[0].reservation or f"r-{views[0].vmid:08x}", user.name, views)
+
+    def register_image(self, user: User, params: Params) -> Body:
+        location = required(params, "ImageLocation")
+        image = self.images.register(user, params.get("Name") or location, location)
+        return {"imageId": image_id(image.id)}
+
+    def describe_images(self, user: User, params: Params) -> Body:
+        wanted = [parse_image_id(text) for text in indexed(params, "ImageId")]
         return {
-            "reservationSet": [reservation(f"r-{v.vmid:08x}", v.owner, [v]) for v in views],
+            "imagesSet": [
+                {
+                    "imageId": image_id(i.id),
+                    "imageLocation": i.location,
+                    "imageState": "available",
+                    "imageOwnerId": i.owner,
+                    "isPublic": False,
+                    "architecture": "x86_64",
+                    "imageType": "machine",
+                    "name": i.name,
+                    "creationDate": i.created.replace("+00:00", ".000Z"),
+                    "rootDeviceType": "instance-store",
+                }
+                for i in self.images.visible(user, wanted)
+            ]
         }
+
+    def deregister_image(self, user: User, params: Params) -> Body:
+        self.images.deregister(user, parse_image_id(required(params, "ImageId")))
+        return {"return": True}
 
     def terminate_instances(self, user: User, params: Params) -> Body:
         if not indexed(params, "InstanceId"):
@@ -199,6 +254,13 @@ class Ec2Service:
             previous, current = self._core().terminate(user, view.vmid)
             changes.append(state_change(view.vmid, previous, current))
         return {"instancesSet": changes}
+
+
+def _number(params: Params, name: str) -> int:
+    text = required(params, name)
+    if not text.isdigit():
+        raise invalid_parameter(f"{name} must be a number, not {text[:20]!r}")
+    return int(text)
 
 
 def _filters(params: Params) -> dict[str, set[str]]:
@@ -230,4 +292,8 @@ _ACTIONS: dict[str, Callable[[Ec2Service, User, Params], Body]] = {
     "DeleteKeyPair": Ec2Service.delete_key_pair,
     "DescribeInstances": Ec2Service.describe_instances,
     "TerminateInstances": Ec2Service.terminate_instances,
+    "RunInstances": Ec2Service.run_instances,
+    "RegisterImage": Ec2Service.register_image,
+    "DescribeImages": Ec2Service.describe_images,
+    "DeregisterImage": Ec2Service.deregister_image,
 }

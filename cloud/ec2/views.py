@@ -29,6 +29,7 @@ class InstanceView:
     private_ip: str | None = None
     key_name: str | None = None
     launch_index: int = 0
+    reservation: str | None = None  # None: the VM's own (r-%08x of its id)
 
 
 def _state(core_state: str) -> dict[str, Node]:

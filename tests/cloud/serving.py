@@ -47,10 +47,10 @@ def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None
 
 
 @contextlib.contextmanager
-def ec2_server(state: Path, tls: Tls | None = None) -> Iterator[str]:
+def ec2_server(state: Path, tls: Tls | None = None, *options: str) -> Iterator[str]:
     """``imagekit cloud serve ec2`` on a free loopback port; yields its URL, stops it after."""
     port = _port()
-    argv = [str(IMAGEKIT), "--state", str(state), "cloud", "serve", "ec2", "--port", str(port)]
+    argv = [str(IMAGEKIT), "--state", str(state), "cloud", "serve", "ec2", "--port", str(port), *options]
     if tls is not None:
         argv += ["--certfile", str(tls.cert), "--keyfile", str(tls.key)]
     log = state.parent / f"ec2-{port}.log"

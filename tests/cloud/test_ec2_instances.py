@@ -8,15 +8,20 @@ termination follow OpenNebula/one ``src/cloud/ec2/lib/EC2QueryServer.rb`` (``ONE
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloud.deploy import CreateRequest, create_vm
+from cloud.store import VmStore
 from cloud.users import CreatedUser, UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
@@ -28,6 +33,7 @@ from tests.cloud.serving import ec2_server
 pytestmark = pytest.mark.timeout(180)
 
 NET = 'NAME = "lan"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.9.0.0"\nNETWORK_SIZE = "C"\n'
+PUBLIC = 'NAME = "Public EC2"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.8.0.0"\nNETWORK_SIZE = "C"\n'
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +43,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     state = State.open(root / "state")
     users = UserStore(state)
     accounts = {name: users.create(name, "pw", admin=name == "root") for name in ("alice", "bob", "root")}
-    NetworkStore(state).create(network_from_template(parse_template(NET, "lan.net")))
+    for net in (NET, PUBLIC):
+        NetworkStore(state).create(network_from_template(parse_template(net, "x.net")))
     base = root / "base.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"])
     template = root / "vm.one"
@@ -48,8 +55,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         mp.setenv("IMAGEKIT_ACCEL", "tcg")
         for owner in ("alice", "alice", "bob"):
             create_vm(CreateRequest(template, hold=True, owner=owner), state=state)
-    with ec2_server(state.root) as url:
-        yield {"url": url, "accounts": accounts}
+    with ec2_server(state.root, None, "--hold") as url:
+        yield {"url": url, "accounts": accounts, "state": state, "base": base}
 
 
 def ec2(cloud: dict[str, Any], name: str) -> Any:
@@ -121,3 +128,69 @@ def test_terminate_a_held_instance(cloud: dict[str, Any]) -> None:
     assert vm["State"] == {"Code": 48, "Name": "terminated"}
     again = alice.terminate_instances(InstanceIds=["i-00000001"])["TerminatingInstances"]
     assert again[0]["CurrentState"]["Name"] == "terminated"  # idempotent, as EC2
+
+
+def _vm_count(state: State) -> int:
+    return len(VmStore(state).list())
+
+
+def test_register_run_and_describe(cloud: dict[str, Any], tmp_path: Path) -> None:
+    alice, bob, state = ec2(cloud, "alice"), ec2(cloud, "bob"), cloud["state"]
+    ami = alice.register_image(Name="base", ImageLocation=str(cloud["base"]))["ImageId"]
+    assert ami == "ami-00000001"
+    [image] = alice.describe_images()["Images"]
+    assert (image["ImageId"], image["Name"], image["State"]) == (ami, "base", "available")
+    assert bob.describe_images()["Images"] == []
+    with pytest.raises(ClientError) as err:
+        bob.run_instances(ImageId=ami, MinCount=1, MaxCount=1)
+    assert _code(err) == "InvalidAMIID.NotFound"
+
+    public = _public_key()
+    alice.import_key_pair(KeyName="k", PublicKeyMaterial=public)
+    first = alice.run_instances(
+        ImageId=ami, MinCount=2, MaxCount=2, InstanceType="m1.small", UserData="#!/bin/sh\necho hi\n",
+        KeyName="k", ClientToken="token-1",
+    )  # fmt: skip
+    assert len(first["Instances"]) == 2 and first["OwnerId"] == "alice"
+    for n, vm in enumerate(first["Instances"]):
+        facts = (vm["ImageId"], vm["InstanceType"], vm["KeyName"], vm["AmiLaunchIndex"])
+        assert facts == (ami, "m1.small", "k", n)
+        assert vm["State"] == {"Code": 0, "Name": "pending"}  # served with --hold
+    again = alice.run_instances(ImageId=ami, MinCount=2, MaxCount=2, KeyName="k", ClientToken="token-1")
+    assert [i["InstanceId"] for i in again["Instances"]] == [i["InstanceId"] for i in first["Instances"]]
+
+    vmid = int(first["Instances"][0]["InstanceId"][2:], 16)
+    template = parse_template(Path(VmStore(state).get(vmid).template).read_text())
+    assert template.single("CPU") == "0.2" and template.single("MEMORY") == "256"
+    context = template.vectors("CONTEXT")[0]
+    assert base64.b64decode(context.get("EC2_USER_DATA") or "") == b"#!/bin/sh\necho hi\n"
+    assert context.get("SSH_PUBLIC_KEY") == public.decode().strip() and context.get("EC2_KEYNAME") == "k"
+    reservation = [
+        r for r in alice.describe_instances()["Reservations"] if r["ReservationId"] == first["ReservationId"]
+    ]
+    assert len(reservation) == 1 and len(reservation[0]["Instances"]) == 2
+
+
+def test_a_failed_run_leaves_no_vm(cloud: dict[str, Any], tmp_path: Path) -> None:
+    alice, state = ec2(cloud, "alice"), cloud["state"]
+    doomed = tmp_path / "doomed.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", doomed, "16M"])
+    ami = alice.register_image(Name="doomed", ImageLocation=str(doomed))["ImageId"]
+    before = _vm_count(state)
+    with pytest.raises(ClientError) as err:
+        alice.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="m9.huge")
+    assert _code(err) == "InvalidParameterValue"
+    doomed.unlink()
+    with pytest.raises(ClientError) as err:
+        alice.run_instances(ImageId=ami, MinCount=2, MaxCount=2)
+    assert _code(err) == "InvalidParameterValue"
+    assert _vm_count(state) == before
+    alice.deregister_image(ImageId=ami)
+    with pytest.raises(ClientError) as err:
+        alice.describe_images(ImageIds=[ami])
+    assert _code(err) == "InvalidAMIID.NotFound"
+
+
+def _public_key() -> bytes:
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)

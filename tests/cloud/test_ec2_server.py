@@ -177,9 +177,9 @@ def test_unknown_and_unavailable_actions(url: str, accounts: dict[str, CreatedUs
     )
     assert (status, code) == (400, "InvalidAction") and request_id
     assert _error(_signed(url, accounts["alice"], {"Version": "2016-11-15"}))[:2] == (400, "MissingAction")
-    # No EC2 image catalogue yet: an honest EC2 error, not a made-up instance.
+    # Not implemented yet: an honest EC2 error, not a made-up result.
     with pytest.raises(ClientError) as err:
-        client(url, accounts["alice"]).run_instances(ImageId="ami-00000001", MinCount=1, MaxCount=1)
+        client(url, accounts["alice"]).start_instances(InstanceIds=["i-00000001"])
     assert _code(err) == ("UnsupportedOperation", 400)
 
 

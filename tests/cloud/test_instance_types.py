@@ -55,12 +55,12 @@ def test_shipped_types_render_with_their_capacity(name: str, cpu: str, memory: s
 def test_request_values_cannot_inject_attributes(evil: str) -> None:
     ec2 = TYPES.render(
         "m1.small",
-        TypeRequest(name=evil, image=ImageRef(evil), user_data=evil, public_key=evil, key_name=evil),
+        TypeRequest(name=evil, image=ImageRef(evil, evil), user_data=evil, public_key=evil, key_name=evil),
     )
     assert [a.name for a in ec2] == [
         "CPU", "VCPU", "MEMORY", "NAME", "DISK", "NIC", "CONTEXT",
     ]  # fmt: skip
-    assert ec2.single("NAME") == evil and ec2.vectors("DISK")[0].get("IMAGE_ID") == evil
+    assert ec2.single("NAME") == evil and ec2.vectors("DISK") == [Vector((("SOURCE", evil),))]
     context = ec2.vectors("CONTEXT")[0]
     assert context.keys() == ["EC2_USER_DATA", "EC2_PUBLIC_KEY", "SSH_PUBLIC_KEY", "EC2_KEYNAME", "TARGET"]
     assert context.get("EC2_USER_DATA") == evil and context.get("TARGET") == "hdc"
