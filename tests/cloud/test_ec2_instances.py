@@ -164,6 +164,10 @@ def test_register_run_and_describe(cloud: dict[str, Any], tmp_path: Path) -> Non
     assert template.single("CPU") == "0.2" and template.single("MEMORY") == "256"
     context = template.vectors("CONTEXT")[0]
     assert base64.b64decode(context.get("EC2_USER_DATA") or "") == b"#!/bin/sh\necho hi\n"
+    assert (
+        context.get("USER_DATA") == context.get("EC2_USER_DATA")
+        and context.get("USERDATA_ENCODING") == "base64"
+    )
     assert context.get("SSH_PUBLIC_KEY") == public.decode().strip() and context.get("EC2_KEYNAME") == "k"
     reservation = [
         r for r in alice.describe_instances()["Reservations"] if r["ReservationId"] == first["ReservationId"]

@@ -62,7 +62,8 @@ def test_request_values_cannot_inject_attributes(evil: str) -> None:
     ]  # fmt: skip
     assert ec2.single("NAME") == evil and ec2.vectors("DISK") == [Vector((("SOURCE", evil),))]
     context = ec2.vectors("CONTEXT")[0]
-    assert context.keys() == ["EC2_USER_DATA", "EC2_PUBLIC_KEY", "SSH_PUBLIC_KEY", "EC2_KEYNAME", "TARGET"]
+    user_data = ["EC2_USER_DATA", "USER_DATA", "USERDATA_ENCODING"]
+    assert context.keys() == [*user_data, "EC2_PUBLIC_KEY", "SSH_PUBLIC_KEY", "EC2_KEYNAME", "TARGET"]
     assert context.get("EC2_USER_DATA") == evil and context.get("TARGET") == "hdc"
 
     occi = TYPES.render(
@@ -141,4 +142,10 @@ def test_merge_type_into_a_user_template() -> None:
     assert merged.vectors("GRAPHICS") == [Vector((("TYPE", "vnc"),))]
     context = merged.vectors("CONTEXT")
     assert len(context) == 1
-    assert context[0].as_dict() == {"EC2_USER_DATA": "from-type", "TARGET": "hdc", "HOSTNAME": "web"}
+    assert context[0].as_dict() == {
+        "EC2_USER_DATA": "from-type",
+        "USER_DATA": "from-type",
+        "USERDATA_ENCODING": "base64",
+        "TARGET": "hdc",
+        "HOSTNAME": "web",
+    }
