@@ -16,7 +16,8 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TypeAlias
-from xml.etree import ElementTree as ET
+
+from lxml import etree as ET
 
 API_VERSION = "2016-11-15"
 _VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -37,24 +38,31 @@ def _text(value: str | int | bool | datetime) -> str:
     return str(value)
 
 
-def _fill(element: ET.Element, value: Node) -> None:
-    if isinstance(value, Mapping):
+def _fill(element: ET._Element, value: Node) -> None:
+    if isinstance(value, str):
+        element.text = value
+    elif isinstance(value, Mapping):
+        sub = ET.SubElement
         for key, child in value.items():
             if child is not None:
-                _fill(ET.SubElement(element, key), child)
+                _fill(sub(element, key), child)
     elif isinstance(value, list | tuple):
         for child in value:
             _fill(ET.SubElement(element, "item"), child)
     elif value is not None:
-        assert isinstance(value, str | int | bool | datetime)
+        assert isinstance(value, int | bool | datetime)
         element.text = _text(value)
 
 
 def response_xml(action: str, version: str | None, request_id: str, body: Mapping[str, Node]) -> bytes:
-    root = ET.Element(f"{action}Response", xmlns=namespace(version))
+    tag = f"{action}Response"
+    root = ET.Element(tag)
     ET.SubElement(root, "requestId").text = request_id
     _fill(root, body)
-    return _serialised(root)
+    # Built without namespaces (qualifying every tag costs a third of the time) and declared as
+    # the default namespace on the root: ``namespace`` only ever returns a checked URI.
+    declared = f'<{tag} xmlns="{namespace(version)}">'.encode()
+    return _serialised(root).replace(f"<{tag}>".encode(), declared, 1)
 
 
 def error_xml(code: str, message: str, request_id: str) -> bytes:
@@ -67,6 +75,5 @@ def error_xml(code: str, message: str, request_id: str) -> bytes:
     return _serialised(root)
 
 
-def _serialised(root: ET.Element) -> bytes:
-    out: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    return out
+def _serialised(root: ET._Element) -> bytes:
+    return ET.tostring(root, encoding="UTF-8", xml_declaration=True)

@@ -193,8 +193,9 @@ class Ec2Service:
 
     def describe_instances(self, user: User, params: Params) -> Body:
         groups: dict[str, list[InstanceView]] = {}
+        filters = _filters(params)
         for view in self._visible(user, params):
-            if _matches(view, _filters(params)):
+            if _matches(view, filters):
                 groups.setdefault(view.reservation or f"r-{view.vmid:08x}", []).append(view)
         return {"reservationSet": [reservation(r, views[0].owner, views) for r, views in groups.items()]}
 
