@@ -25,6 +25,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from context.model import Attribute, Template, Vector
 from context.template import CDATA_END, load_template, parse_template, serialise
+from imagekit.atomic import write_atomically
 from imagekit.errors import InputError
 from imagekit.locations import etc_dir
 
@@ -157,6 +158,20 @@ def load_instance_types(etc: Path | None = None) -> InstanceTypes:
             raise InputError(f"instance type {name!r} is defined twice", where=where)
         table[name] = file
     return InstanceTypes(table, base / TEMPLATES_DIR)
+
+
+def typed_template(template_path: Path, type_name: str, etc: Path | None = None) -> Path:
+    """``vm create TEMPLATE --type NAME``: the type merged into the template, written beside it
+    as ``<stem>.<type>.one`` (so paths relative to the template still resolve), and its path.
+
+    Rendered without an image, a type gives its capacity (and an OCCI type its NAME); the user's
+    DISKs, NICs and CONTEXT stay theirs."""
+    user = load_template(template_path)
+    name = user.single("NAME") or template_path.stem
+    rendered = load_instance_types(etc).render(type_name, TypeRequest(name=name))
+    merged_path = template_path.with_name(f"{template_path.stem}.{type_name}.one")
+    write_atomically(merged_path, merge(rendered, user))
+    return merged_path
 
 
 def merge(instance_type: Template, user: Template) -> str:

@@ -24,10 +24,18 @@ from cloud.instance_types import (
     load_instance_types,
     merge,
     one_value,
+    typed_template,
 )
+from cloud.model import VmState
+from cloud.store import VmStore
+from context.leases import NetworkStore
 from context.model import Vector
+from context.network import network_from_template
 from context.template import parse_template
+from imagekit.cli import main
 from imagekit.errors import InputError
+from imagekit.run import run
+from imagekit.state import State
 
 REPO = Path(__file__).resolve().parents[2]
 TYPES = load_instance_types(REPO / "etc")
@@ -149,3 +157,37 @@ def test_merge_type_into_a_user_template() -> None:
         "TARGET": "hdc",
         "HOSTNAME": "web",
     }
+
+
+def test_typed_template_keeps_the_users_disks_and_nics(tmp_path: Path) -> None:
+    user = tmp_path / "web.one"
+    user.write_text(
+        'NAME = "web"\nCPU = 8\nDISK = [ SOURCE = "disk.qcow2" ]\nNIC = [ NETWORK = "lan" ]\n'
+        'CONTEXT = [ HOSTNAME = "web" ]\n'
+    )
+    merged_path = typed_template(user, "m1.small", REPO / "etc")
+    assert merged_path == tmp_path / "web.m1.small.one"  # beside it: relative paths still resolve
+    merged = parse_template(merged_path.read_text())
+    assert [a.name for a in merged] == ["CPU", "VCPU", "MEMORY", "NAME", "DISK", "NIC", "CONTEXT"]
+    assert (merged.single("CPU"), merged.single("MEMORY"), merged.single("NAME")) == ("0.2", "256", "web")
+    assert merged.vectors("DISK") == [Vector((("SOURCE", "disk.qcow2"),))]
+    assert merged.vectors("NIC") == [Vector((("NETWORK", "lan"),))]
+    occi = parse_template(typed_template(user, "large", REPO / "etc").read_text())
+    assert (occi.single("CPU"), occi.single("MEMORY"), occi.single("NAME")) == ("8", "8192", "web")
+
+
+def test_vm_create_with_a_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _isolated_state: Path
+) -> None:
+    monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
+    state = State.open(_isolated_state)
+    lan = 'NAME = "lan"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.7.0.0"\nNETWORK_SIZE = "C"\n'
+    NetworkStore(state).create(network_from_template(parse_template(lan, "lan.net")))
+    run(["qemu-img", "create", "-q", "-f", "qcow2", tmp_path / "disk.qcow2", "16M"])
+    user = tmp_path / "web.one"
+    user.write_text('NAME = "web"\nDISK = [ SOURCE = "disk.qcow2" ]\nNIC = [ NETWORK = "lan" ]\n')
+    assert main(["vm", "create", str(user), "--type", "m1.large", "--hold"]) == 0
+    [record] = VmStore(state).list()
+    assert record.state is VmState.HOLD and record.template == str(tmp_path / "web.m1.large.one")
+    deployed = parse_template(Path(record.template).read_text())
+    assert (deployed.single("CPU"), deployed.single("VCPU"), deployed.single("MEMORY")) == ("2", "2", "7680")
