@@ -187,7 +187,7 @@ class UserStore:
         return CreatedUser(User(cur.lastrowid, name, access_key, admin, created), secret_key)
 
     def _row(self, column: str, value: str | int) -> sqlite3.Row | None:
-        with self.state.transaction() as db:
+        with self.state.read() as db:
             row: sqlite3.Row | None = db.execute(
                 f"SELECT * FROM cloud_users WHERE {column} = ?", (value,)
             ).fetchone()
@@ -201,7 +201,7 @@ class UserStore:
         return _user(row)
 
     def list(self) -> list[User]:
-        with self.state.transaction() as db:
+        with self.state.read() as db:
             return [_user(r) for r in db.execute("SELECT * FROM cloud_users ORDER BY id")]
 
     def delete(self, ref: str | int) -> None:

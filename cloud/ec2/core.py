@@ -88,7 +88,7 @@ class CoreBackend:
         self.etc = etc
 
     def _facts(self, where: str = "", args: tuple[object, ...] = ()) -> dict[int, sqlite3.Row]:
-        with self.state.transaction() as db:
+        with self.state.read() as db:
             rows = db.execute(f"SELECT * FROM ec2_instances {where}", args).fetchall()
         return {row["vmid"]: row for row in rows}
 

@@ -77,7 +77,7 @@ class ImageStore:
 
     def visible(self, user: User, ids: Sequence[int] = ()) -> list[Ec2Image]:
         """The user's images (an administrator's: all); only ``ids`` when given, each must be one."""
-        with self.state.transaction() as db:
+        with self.state.read() as db:
             rows = db.execute(
                 "SELECT * FROM ec2_images WHERE ? OR owner = ? ORDER BY id", (user.admin, user.name)
             ).fetchall()

@@ -114,7 +114,7 @@ class KeyPairStore:
 
     def describe(self, user: User, names: Sequence[str] = ()) -> list[KeyPair]:
         """The user's key pairs (only ``names`` when given: each must exist)."""
-        with self.state.transaction() as db:
+        with self.state.read() as db:
             rows = db.execute("SELECT * FROM ec2_keypairs WHERE user_id = ? ORDER BY name", (user.id,))
             found = [_key_pair(r) for r in rows]
         if not names:
