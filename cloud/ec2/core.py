@@ -54,6 +54,8 @@ schema(
 log = logging.getLogger(__name__)
 
 _ENDED = (VmState.DONE, VmState.FAILED)
+SERIAL_LOG = "serial.log"  # in the VM's directory (cloud/deploy.py)
+CONSOLE_BYTES = 64 * 1024
 
 
 def _view(record: VmRecord, zone: str, facts: sqlite3.Row | None) -> InstanceView:
@@ -149,6 +151,17 @@ class CoreBackend:
                     for index, record in enumerate(made)
                 ],
             )
+
+    def console(self, user: User, vmid: int) -> bytes:
+        """The end of the VM's serial log (EC2 keeps the last 64 KiB); empty before it boots."""
+        path = lifecycle.show(self.state, vmid).directory / SERIAL_LOG
+        try:
+            with open(path, "rb") as log_file:
+                size = log_file.seek(0, 2)
+                log_file.seek(max(0, size - CONSOLE_BYTES))
+                return log_file.read()
+        except FileNotFoundError:
+            return b""
 
     def terminate(self, user: User, vmid: int) -> tuple[str, str]:
         record = lifecycle.show(self.state, vmid)

@@ -17,6 +17,7 @@ import base64
 import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
@@ -33,9 +34,7 @@ Params = Mapping[str, str]
 Body = Mapping[str, Node]
 
 # EC2 actions of issue 10 not served yet.
-NOT_YET = frozenset(
-    {"UploadImage", "StartInstances", "StopInstances", "RebootInstances", "GetConsoleOutput"}
-)
+NOT_YET = frozenset({"UploadImage", "StartInstances", "StopInstances", "RebootInstances"})
 MAX_COUNT = 20
 _FILTERS = frozenset({"instance-state-name", "image-id", "instance-id"})
 
@@ -63,6 +62,10 @@ class ComputeBackend(Protocol):
 
     def run(self, user: User, request: RunRequest) -> list[InstanceView]:
         """Deploy ``request.count`` VMs of the image and type (all or none)."""
+        ...
+
+    def console(self, user: User, vmid: int) -> bytes:
+        """The latest serial console output of the VM."""
         ...
 
 
@@ -199,6 +202,14 @@ class Ec2Service:
                 groups.setdefault(view.reservation or f"r-{view.vmid:08x}", []).append(view)
         return {"reservationSet": [reservation(r, views[0].owner, views) for r, views in groups.items()]}
 
+    def get_console_output(self, user: User, params: Params) -> Body:
+        [view] = self._visible(user, {"InstanceId.1": required(params, "InstanceId")})
+        return {
+            "instanceId": instance_id(view.vmid),
+            "timestamp": datetime.now(UTC),
+            "output": base64.b64encode(self._core().console(user, view.vmid)).decode(),
+        }
+
     def run_instances(self, user: User, params: Params) -> Body:
         [image] = self.images.visible(user, [parse_image_id(required(params, "ImageId"))])
         counts = [_number(params, name) for name in ("MinCount", "MaxCount")]
@@ -294,6 +305,7 @@ _ACTIONS: dict[str, Callable[[Ec2Service, User, Params], Body]] = {
     "DescribeInstances": Ec2Service.describe_instances,
     "TerminateInstances": Ec2Service.terminate_instances,
     "RunInstances": Ec2Service.run_instances,
+    "GetConsoleOutput": Ec2Service.get_console_output,
     "RegisterImage": Ec2Service.register_image,
     "DescribeImages": Ec2Service.describe_images,
     "DeregisterImage": Ec2Service.deregister_image,

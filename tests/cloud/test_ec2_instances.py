@@ -116,6 +116,20 @@ def test_another_users_instance_does_not_exist_for_them(cloud: dict[str, Any]) -
     assert vm["State"]["Name"] == "pending"
 
 
+def test_console_output(cloud: dict[str, Any]) -> None:
+    alice = ec2(cloud, "alice")
+    assert alice.get_console_output(InstanceId="i-00000000").get("Output", "") == ""  # not booted
+    # What QEMU writes to the VM's serial log (cloud/deploy.py) once it runs:
+    log = VmStore(cloud["state"]).get(0).directory / "serial.log"
+    log.write_bytes(b"x" * 70_000 + b"\nimagekit-agent: context applied \xe2\x9c\x93\n")
+    output = alice.get_console_output(InstanceId="i-00000000")  # boto3 decodes EC2's base64
+    assert output["InstanceId"] == "i-00000000"
+    assert output["Output"].endswith("context applied \u2713\n") and len(output["Output"]) < 65_536
+    with pytest.raises(ClientError) as err:
+        ec2(cloud, "bob").get_console_output(InstanceId="i-00000000")
+    assert _code(err) == "InvalidInstanceID.NotFound"
+
+
 def test_terminate_a_held_instance(cloud: dict[str, Any]) -> None:
     alice = ec2(cloud, "alice")
     [change] = alice.terminate_instances(InstanceIds=["i-00000001"])["TerminatingInstances"]
