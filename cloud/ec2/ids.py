@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import TypeVar
 
 from cloud.ec2.errors import Ec2Error
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 _ID = re.compile(r"(ami|i)-([0-9a-f]{8,16})")
 
@@ -30,3 +35,12 @@ def parse_image_id(text: str) -> int:
 
 def parse_instance_id(text: str) -> int:
     return _parse(text, "i", "InvalidInstanceID.Malformed")
+
+
+def select(found: Mapping[K, V], wanted: Sequence[K], code: str, describe: Callable[[K], str]) -> list[V]:
+    """The ``wanted`` entries of ``found`` (each once, in request order), or ``code`` naming the
+    first missing one: another user's resource is reported exactly like one that does not exist."""
+    for key in wanted:
+        if key not in found:
+            raise Ec2Error(code, f"The {describe(key)} does not exist")
+    return [found[key] for key in dict.fromkeys(wanted)]

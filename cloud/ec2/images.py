@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cloud.ec2.errors import Ec2Error, invalid_parameter
-from cloud.ec2.ids import image_id
+from cloud.ec2.errors import invalid_parameter
+from cloud.ec2.ids import image_id, select
 from cloud.users import User
 from imagekit.state import State, schema
 
@@ -85,12 +85,7 @@ class ImageStore:
         if not ids:
             return images
         by_id = {i.id: i for i in images}
-        for number in ids:
-            if number not in by_id:
-                raise Ec2Error(
-                    "InvalidAMIID.NotFound", f"The image id '[{image_id(number)}]' does not exist"
-                )
-        return [by_id[n] for n in dict.fromkeys(ids)]
+        return select(by_id, ids, "InvalidAMIID.NotFound", lambda n: f"image id '[{image_id(n)}]'")
 
     def deregister(self, user: User, number: int) -> None:
         self.visible(user, [number])

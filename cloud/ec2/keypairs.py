@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cloud.ec2.errors import Ec2Error, invalid_parameter
+from cloud.ec2.ids import select
 from cloud.users import User
 from imagekit.state import State, schema
 
@@ -120,10 +121,7 @@ class KeyPairStore:
         if not names:
             return found
         by_name = {k.name: k for k in found}
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{missing[0]}' does not exist")
-        return [by_name[n] for n in dict.fromkeys(names)]
+        return select(by_name, names, "InvalidKeyPair.NotFound", lambda name: f"key pair '{name}'")
 
     def get(self, user: User, name: str) -> KeyPair:
         return self.describe(user, [name])[0]

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
-from cloud.ec2.ids import image_id, instance_id, parse_image_id, parse_instance_id
+from cloud.ec2.ids import image_id, instance_id, parse_image_id, parse_instance_id, select
 from cloud.ec2.images import Ec2Image, ImageStore
 from cloud.ec2.keypairs import KeyPair, KeyPairStore
 from cloud.ec2.responses import Node
@@ -187,12 +187,9 @@ class Ec2Service:
         if not wanted:
             return views
         by_id = {v.vmid: v for v in views}
-        for vmid in wanted:
-            if vmid not in by_id:
-                raise Ec2Error(
-                    "InvalidInstanceID.NotFound", f"The instance ID '{instance_id(vmid)}' does not exist"
-                )
-        return [by_id[vmid] for vmid in dict.fromkeys(wanted)]
+        return select(
+            by_id, wanted, "InvalidInstanceID.NotFound", lambda n: f"instance ID '{instance_id(n)}'"
+        )
 
     def describe_instances(self, user: User, params: Params) -> Body:
         groups: dict[str, list[InstanceView]] = {}
