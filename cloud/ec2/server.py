@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -116,9 +117,20 @@ class Ec2App:
         return Response(xml, media_type=XML)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (another path, another method) in the EC2 envelope too."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    code = {404: "InvalidAction", 405: "UnsupportedOperation"}.get(status, "InvalidRequest")
+    message = f"{request.method} {request.url.path} is not part of the EC2 Query API (POST or GET /)"
+    return Response(error_xml(code, message, str(uuid.uuid4())), status, media_type=XML)
+
+
 def create_app(state: State, region: Region, **options: Any) -> Starlette:
     app = Ec2App(state, region, **options)
-    return Starlette(routes=[Route("/", app.endpoint, methods=["GET", "POST"])])
+    return Starlette(
+        routes=[Route("/", app.endpoint, methods=["GET", "POST"])],
+        exception_handlers={HTTPException: _http_error},
+    )
 
 
 def serve(

@@ -198,6 +198,8 @@ def test_bad_requests_get_the_error_envelope(url: str, accounts: dict[str, Creat
         url, content=b"\xff\xfe=\x00", headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
     assert _error(garbage)[:2] == (400, "InvalidParameterValue")
+    assert _error(httpx.put(url, content=b"x"))[:2] == (405, "UnsupportedOperation")
+    assert _error(httpx.get(url + "admin"))[:2] == (404, "InvalidAction")
     assert client(url, accounts["bob"]).describe_regions()["Regions"]
 
 
