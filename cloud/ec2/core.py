@@ -163,6 +163,32 @@ class CoreBackend:
         except FileNotFoundError:
             return b""
 
+    def start(self, user: User, vmid: int) -> tuple[str, str]:
+        """econe's start: a held VM is released (boots), a stopped or suspended one resumes."""
+        previous = lifecycle.show(self.state, vmid).state
+        try:
+            if previous is VmState.RUNNING:
+                return previous.value, previous.value
+            if previous is VmState.HOLD:
+                return previous.value, lifecycle.release(self.state, vmid).state.value
+            if previous in (VmState.STOPPED, VmState.SUSPENDED):
+                return previous.value, lifecycle.resume(self.state, vmid).state.value
+        except InputError as err:
+            raise Ec2Error("IncorrectInstanceState", err.reason) from None
+        raise Ec2Error("IncorrectInstanceState", f"VM {vmid} is {previous.value}: it cannot be started")
+
+    def stop(self, user: User, vmid: int) -> tuple[str, str]:
+        """econe's stop: the VM's memory is saved and its process ends (``vm stop``)."""
+        previous = lifecycle.show(self.state, vmid).state
+        try:
+            if previous is VmState.STOPPED:
+                return previous.value, previous.value
+            if previous in (VmState.RUNNING, VmState.SUSPENDED):
+                return previous.value, lifecycle.stop(self.state, vmid).state.value
+        except InputError as err:
+            raise Ec2Error("IncorrectInstanceState", err.reason) from None
+        raise Ec2Error("IncorrectInstanceState", f"VM {vmid} is {previous.value}: it cannot be stopped")
+
     def terminate(self, user: User, vmid: int) -> tuple[str, str]:
         record = lifecycle.show(self.state, vmid)
         previous = record.state

@@ -68,6 +68,14 @@ class ComputeBackend(Protocol):
         """The latest serial console output of the VM."""
         ...
 
+    def start(self, user: User, vmid: int) -> tuple[str, str]:
+        """Boot a held VM or resume a stopped one; its core state before and after."""
+        ...
+
+    def stop(self, user: User, vmid: int) -> tuple[str, str]:
+        """Save a running VM's memory and end its process; its core state before and after."""
+        ...
+
 
 @dataclass(frozen=True)
 class Region:
@@ -255,14 +263,25 @@ class Ec2Service:
         self.images.deregister(user, parse_image_id(required(params, "ImageId")))
         return {"return": True}
 
-    def terminate_instances(self, user: User, params: Params) -> Body:
+    def _change_states(
+        self, user: User, params: Params, verb: Callable[[ComputeBackend, User, int], tuple[str, str]]
+    ) -> Body:
         if not indexed(params, "InstanceId"):
             raise missing_parameter("InstanceId.1")
         changes = []
         for view in self._visible(user, params):
-            previous, current = self._core().terminate(user, view.vmid)
+            previous, current = verb(self._core(), user, view.vmid)
             changes.append(state_change(view.vmid, previous, current))
         return {"instancesSet": changes}
+
+    def terminate_instances(self, user: User, params: Params) -> Body:
+        return self._change_states(user, params, lambda core, u, vmid: core.terminate(u, vmid))
+
+    def start_instances(self, user: User, params: Params) -> Body:
+        return self._change_states(user, params, lambda core, u, vmid: core.start(u, vmid))
+
+    def stop_instances(self, user: User, params: Params) -> Body:
+        return self._change_states(user, params, lambda core, u, vmid: core.stop(u, vmid))
 
 
 def _number(params: Params, name: str) -> int:
@@ -303,6 +322,8 @@ _ACTIONS: dict[str, Callable[[Ec2Service, User, Params], Body]] = {
     "TerminateInstances": Ec2Service.terminate_instances,
     "RunInstances": Ec2Service.run_instances,
     "GetConsoleOutput": Ec2Service.get_console_output,
+    "StartInstances": Ec2Service.start_instances,
+    "StopInstances": Ec2Service.stop_instances,
     "RegisterImage": Ec2Service.register_image,
     "DescribeImages": Ec2Service.describe_images,
     "DeregisterImage": Ec2Service.deregister_image,
