@@ -1,6 +1,6 @@
-"""The cloud core behind the EC2 front door: the VM pool as EC2 instances, and their end.
+"""The cloud core behind the EC2 front door: the VM pool as EC2 instances, and their verbs.
 
-    service = Ec2Service(keypairs, region, compute=CoreBackend(state))
+    service = Ec2Service(state, region, compute=CoreBackend(state))
 
 A user sees the VMs they own (the pool's ``owner`` is the cloud user's name); an administrator
 sees every VM. ``run`` renders the instance type for the image (``instance_types.py``), writes
@@ -9,6 +9,8 @@ the template under ``STATE/ec2/templates/`` and deploys it with ``vm create`` (h
 ``ec2_instances``. If one VM of a request fails, those already made are deleted: no partial
 reservation stays. Terminating follows econe: a running VM is shut down (ACPI, then hard, in
 the background: the answer is ``shutting-down`` at once, as EC2's), any other is ended now.
+Start is ``vm release`` for a held VM and ``vm resume`` for a stopped one, stop is ``vm stop``,
+and the console is the tail of the serial log QEMU writes in the VM's directory.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """EC2 actions: ``Action`` → handler, over stores and an abstract compute backend.
 
-    service = Ec2Service(KeyPairStore(state), Region("default", "http://host:4567/"))
+    service = Ec2Service(state, Region("default", "http://host:4567/"), CoreBackend(state))
     body = service.handle(user, "DescribeRegions", params)   # a response body (responses.py)
 
-Regions, availability zones and key pairs are served here. ``DescribeInstances`` and
-``TerminateInstances`` parse and answer here, over the cloud core behind a
-:class:`ComputeBackend` (``core.py``): a user sees and terminates only their own VMs, an
-administrator everyone's, and another user's instance id is ``InvalidInstanceID.NotFound``
-as if it did not exist. Actions that need an EC2 image catalogue (``RunInstances``, the image
-actions) answer ``UnsupportedOperation``: there is none yet, and nothing is made up.
+Every handler parses its parameters and answers here: regions and zones, key pairs
+(``keypairs.py``), the image catalogue (``images.py``), and the instance actions over the cloud
+core behind a :class:`ComputeBackend` (``core.py``). A user sees and acts only on their own
+instances and images, an administrator on everyone's, and another user's id is reported
+exactly as one that does not exist. Actions of the issue not built yet (``NOT_YET``) answer
+``UnsupportedOperation``; nothing is made up.
 """
 
 from __future__ import annotations
