@@ -79,3 +79,6 @@ def test_start_stop_start(held: dict[str, Any]) -> None:
     with pytest.raises(ClientError) as err:
         ec2.stop_instances(InstanceIds=["i-00000001"])  # held: nothing to stop
     assert err.value.response["Error"]["Code"] == "IncorrectInstanceState"
+    # A running VM is shut down in the background (ACPI first); EC2 answers at once.
+    [ending] = ec2.terminate_instances(InstanceIds=["i-00000000"])["TerminatingInstances"]
+    assert _states(ending) == ("running", "shutting-down") and ending["CurrentState"]["Code"] == 32
