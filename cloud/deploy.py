@@ -10,15 +10,15 @@ holds and files, and the record goes to ``failed`` naming the step.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shlex
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud import embedded, hooks, images, lifecycle
+from cloud import embedded, hooks, images, lifecycle, opennebula
 from cloud.model import DiskKind, VmState, VmTemplate, nic_device, parse_vm_template
 from cloud.qemu import OVMF_VARS, Drive, Nic, VmSpec, build_argv, choose_accel
 from cloud.store import VmRecord, VmStore
@@ -43,7 +43,10 @@ class CreateRequest:
     image_templates: tuple[Path, ...] = ()
     etc: Path | None = None
     endpoint: str | None = None  # marketplace registry for SOURCE=marketplace:…
+    policy: Path | None = None  # the site policy file for them (default: etc/policy.cfg)
     ssh_port: int | None = None  # a user-mode uplink NIC forwarding 127.0.0.1:PORT to the guest's 22
+    core: str = CORE  # "qemu" (embedded), "libvirt", or "opennebula" (then ``one_endpoint``)
+    one_endpoint: str = ""
     owner: str = field(default_factory=lambda: invoking_user().uname)
 
 
@@ -61,7 +64,10 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
             state=state,
             template_dir=request.template.parent,
             endpoint=request.endpoint,
+            policy=request.policy,
         )
+    if request.core == opennebula.CORE:
+        return _deploy_to_opennebula(request, vm, bases, state=state)
     with step("context"):
         ctx = prepare_context(
             request.template, state=state, keep=True, etc=request.etc, image_paths=request.image_templates
@@ -72,7 +78,7 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
         ctx.vmid,
         name=vm.name or f"one-{ctx.vmid}",
         owner=request.owner,
-        core=CORE,
+        core=request.core,
         template=str(request.template),
         directory=directory,
         info={"etc": str(request.etc) if request.etc else "", "leases": [lease.ip for lease in ctx.leases]},
@@ -101,6 +107,33 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
     except BaseException as exc:
         lifecycle.fail(state, record.vmid, current, exc)
         raise
+
+
+def _deploy_to_opennebula(
+    request: CreateRequest, vm: VmTemplate, bases: Sequence[images.BaseImage], *, state: State
+) -> VmRecord:
+    """Register the verified images and allocate the VM on oned (``cloud/opennebula.py``)."""
+    from context.render import reserve_vmid
+
+    if not request.one_endpoint:
+        raise InputError("the OpenNebula core needs --one-endpoint URL (oned's XML-RPC, …:2633/RPC2)")
+    core = opennebula.OneCore(request.one_endpoint, opennebula.session())
+    vmid = reserve_vmid(state, vm.name or "", request.template)
+    name = vm.name or f"one-{vmid}"
+    with step("opennebula"):
+        one_id, image_ids = core.deploy(vm, bases, name=name, hold=request.hold)
+    store = VmStore(state)
+    info = {"one_id": one_id, "endpoint": request.one_endpoint, "one_images": image_ids}
+    store.insert(
+        vmid,
+        name=name,
+        owner=request.owner,
+        core=opennebula.CORE,
+        template=str(request.template),
+        directory=state.root / "vms" / str(vmid),
+        info=info,
+    )
+    return store.transition(vmid, core.state(one_id), reason=f"OpenNebula VM {one_id}")
 
 
 def _hook_vm(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: State) -> Any:
@@ -157,13 +190,27 @@ def prolog(
         drives=drives,
         qmp=embedded.runtime_dir(state) / f"{ctx.vmid}.qmp",
         vnc_display=(vm.graphics.port or 5900 + 100 + ctx.vmid) - 5900 if vm.graphics else None,
-        extra_args=tuple(a for raw in vm.raw if raw.type in ("kvm", "qemu") for a in shlex.split(raw.data)),
+        extra_args=tuple(a for raw in vm.raw for a in raw.qemu_args()),
         name=f"one-{ctx.vmid}",
     )
-    argv = build_argv(
-        spec, accel=choose_accel(state), serial_log=directory / "serial.log", ovmf_vars=ovmf_vars
-    )
+    serial, accel = directory / "serial.log", choose_accel(state)
+    argv = build_argv(spec, accel=accel, serial_log=serial, ovmf_vars=ovmf_vars)
+    core: dict[str, Any] = {}
+    if request.core == "libvirt":
+        from cloud import libvirt
+
+        domain = f"imagekit-{embedded.runtime_dir(state).name.rsplit('-', 1)[1]}-{ctx.vmid}"
+        # A kvm RAW goes into the domain as it is (its <qemu:commandline> included), not as args.
+        plain = dataclasses.replace(
+            spec, extra_args=tuple(a for r in vm.raw if r.type == "qemu" for a in r.qemu_args())
+        )
+        raw_xml = tuple(r.data for r in vm.raw if r.type == "kvm")
+        xml = libvirt.domain_xml(
+            plain, name=domain, accel=accel, serial_log=serial, ovmf_vars=ovmf_vars, raw_xml=raw_xml
+        )
+        core = {"domain": domain, "domain_xml": xml, "uri": libvirt.URI}
     return {
+        **core,
         "argv": argv,
         "qmp": str(spec.qmp),
         "firmware": firmware.value,

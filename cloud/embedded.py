@@ -85,11 +85,15 @@ def launch(argv: list[str], pidfile: Path, *, incoming: Path | None = None) -> t
     return pid, start
 
 
-def kill(pid: int | None, start: int | None) -> None:
-    """SIGKILL the VM's QEMU if it is still that process."""
-    if pid is not None and alive(pid, start):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def kill(pid: int | None, start: int | None, *, timeout: float = 30.0) -> None:
+    """SIGKILL the VM's QEMU if it is still that process, and wait until it is gone."""
+    if pid is None or not alive(pid, start):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while alive(pid, start) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class Qmp:

@@ -51,23 +51,32 @@ def resolve_images(
     state: State,
     template_dir: Path,
     endpoint: str | None = None,
+    policy: Path | None = None,
 ) -> tuple[BaseImage, ...]:
-    """One verified base image per DISK of type disk or cdrom, in template order."""
+    """One verified base image per DISK of type disk or cdrom, in template order. ``policy``:
+    the site policy file for marketplace images (default: the site stage's ``etc/policy.cfg``)."""
+    site = _Site(endpoint, policy)
     return tuple(
-        _resolve(disk, images, state, template_dir, endpoint)
+        _resolve(disk, images, state, template_dir, site)
         for disk in vm.disks
         if disk.kind in (DiskKind.DISK, DiskKind.CDROM)
     )
 
 
+@dataclass(frozen=True)
+class _Site:
+    endpoint: str | None
+    policy: Path | None
+
+
 def _resolve(
-    disk: DiskSpec, images: Sequence[Image], state: State, template_dir: Path, endpoint: str | None
+    disk: DiskSpec, images: Sequence[Image], state: State, template_dir: Path, site: _Site
 ) -> BaseImage:
     if disk.image is not None or disk.image_id is not None:
         return _from_repository(disk, images)
     source = disk.source or ""
     if source.startswith(MARKETPLACE_PREFIX) or source.startswith(("http://", "https://")):
-        return _from_marketplace(disk, source, state, endpoint)
+        return _from_marketplace(disk, source, state, site)
     path = Path(source).expanduser()
     path = path if path.is_absolute() else template_dir / path
     if path.name.endswith(MANIFEST_SUFFIX):
@@ -130,10 +139,12 @@ def _from_build(disk: DiskSpec, manifest_path: Path) -> BaseImage:
     return BaseImage(disk, base.path, base.format, base.origin, firmware)
 
 
-def _from_marketplace(disk: DiskSpec, reference: str, state: State, endpoint: str | None) -> BaseImage:
-    from marketplace.site import obtain_image  # the site stage: loaded only for such disks
+def _from_marketplace(disk: DiskSpec, reference: str, state: State, site: _Site) -> BaseImage:
+    from marketplace.policy import load_policy  # the site stage: loaded only for such disks
+    from marketplace.site import obtain_image
 
-    cached = obtain_image(reference, endpoint=endpoint, state=state)
+    policy = load_policy(site.policy) if site.policy is not None else None
+    cached = obtain_image(reference, policy=policy, endpoint=site.endpoint, state=state)
     log.info("DISK[%d]: %s is %s, endorsed by %s", disk.index, reference, cached.identifier, cached.endorser)
     fmt = image_format(cached.path)
     return BaseImage(

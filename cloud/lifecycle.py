@@ -17,7 +17,8 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from cloud import embedded, hooks, images
+from cloud import hooks, images, opennebula
+from cloud.cores import SAVED_STATE, core_for
 from cloud.model import VmState
 from cloud.store import VmRecord, VmStore
 from imagekit.errors import CommandError, InputError
@@ -26,8 +27,8 @@ from imagekit.state import State
 
 log = logging.getLogger(__name__)
 
-SAVED_STATE = "memory.state"
 POLL = 0.5
+REPRESS = 10.0  # seconds between ACPI power button presses during `vm shutdown`
 _LIVE = (VmState.BOOT, VmState.RUNNING, VmState.SUSPENDED, VmState.SHUTDOWN, VmState.UNKNOWN)
 _WITH_FILES = (VmState.PENDING, VmState.PROLOG, VmState.HOLD, VmState.STOPPED, *_LIVE)
 
@@ -41,9 +42,7 @@ def boot(state: State, vmid: int, *, allowed: Collection[VmState], incoming: boo
     store = VmStore(state)
     record = store.transition(vmid, VmState.BOOT, allowed=allowed)
     saved = record.directory / SAVED_STATE
-    pid, start = embedded.launch(
-        list(record.info["argv"]), record.directory / "qemu.pid", incoming=saved if incoming else None
-    )
+    pid, start = core_for(record).start(record, incoming=incoming)
     record = store.transition(vmid, VmState.RUNNING, allowed=(VmState.BOOT,), pid=pid, pid_start=start)
     saved.unlink(missing_ok=True)
     hooks.fire(hooks.HookEvent.RUNNING, _event_hooks(record), vmid, record.directory)
@@ -72,12 +71,18 @@ def _clean_up(state: State, record: VmRecord) -> None:
         Path(qmp).unlink(missing_ok=True)
 
 
+def _kill(record: VmRecord) -> None:
+    """End the VM's process if its state says it may have one (a held or stopped VM needs no core)."""
+    if record.state.has_process or record.state is VmState.UNKNOWN:
+        core_for(record).kill(record)
+
+
 def finish(state: State, vmid: int, *, reason: str, allowed: Collection[VmState] = _WITH_FILES) -> VmRecord:
     """The VM reaches ``done``: claim it, kill what is left, release and remove (module doc)."""
     store = VmStore(state)
     before = store.get(vmid)
     record = store.transition(vmid, VmState.DONE, allowed=allowed, reason=reason, pid=None, pid_start=None)
-    embedded.kill(before.pid, before.pid_start)
+    _kill(before)
     _clean_up(state, record)
     hooks.fire(hooks.HookEvent.DONE, _event_hooks(record), vmid, record.directory)
     return record
@@ -89,16 +94,42 @@ def fail(state: State, vmid: int, step: str, error: BaseException) -> VmRecord:
     before = store.get(vmid)
     reason = str(error) or type(error).__name__
     record = store.transition(vmid, VmState.FAILED, reason=reason, step=step, pid=None, pid_start=None)
-    embedded.kill(before.pid, before.pid_start)
+    _kill(before)
     _clean_up(state, record)
     hooks.fire(hooks.HookEvent.FAILED, _event_hooks(record), vmid, record.directory)
     log.info("VM %d failed at %s: %s", vmid, step, reason)
     return record
 
 
+def _remote(state: State, vmid: int, verb: str) -> VmRecord | None:
+    """The verb on a VM another cloud runs (the OpenNebula core), or None for our own."""
+    store = VmStore(state)
+    record = store.get(vmid)
+    if record.core != opennebula.CORE:
+        return None
+    if record.state is VmState.DONE:
+        raise InputError(f"VM {vmid} is done")
+    core = opennebula.OneCore(record.info["endpoint"], opennebula.session())
+    one_id = int(record.info["one_id"])
+    core.action(verb, one_id)
+    return store.transition(vmid, core.state(one_id), reason=f"one.vm.action {opennebula.ACTIONS[verb]}")
+
+
+def _refresh_remote(state: State, record: VmRecord) -> VmRecord:
+    core = opennebula.OneCore(record.info["endpoint"], opennebula.session())
+    try:
+        now = core.state(int(record.info["one_id"]))
+    except CommandError as err:
+        log.warning("VM %d: OpenNebula unreachable (%s); showing the last known state", record.vmid, err)
+        return record
+    return record if now is record.state else VmStore(state).transition(record.vmid, now)
+
+
 def reconcile(state: State, record: VmRecord) -> VmRecord:
     """The record corrected by what the host shows (see the module docstring)."""
-    if not record.state.has_process or embedded.alive(record.pid, record.pid_start):
+    if record.core == opennebula.CORE:
+        return _refresh_remote(state, record) if record.state is not VmState.DONE else record
+    if not record.state.has_process or core_for(record).alive(record):
         return record
     try:
         if record.state is VmState.SHUTDOWN:
@@ -123,25 +154,34 @@ def show(state: State, vmid: int) -> VmRecord:
     return reconcile(state, VmStore(state).get(vmid))
 
 
-def _gone_within(record: VmRecord, timeout: float) -> bool:
+def _gone_within(record: VmRecord, timeout: float, *, press: bool = False) -> bool:
+    """Whether the VM's QEMU ends within ``timeout``; ``press``: press the power button again
+    every few seconds (a press while the guest boots is lost)."""
+    core = core_for(record)
     deadline = time.monotonic() + timeout
-    while embedded.alive(record.pid, record.pid_start):
-        if time.monotonic() > deadline:
+    next_press = time.monotonic()
+    while core.alive(record):
+        now = time.monotonic()
+        if now > deadline:
             return False
+        if press and now >= next_press:
+            next_press = now + REPRESS
+            try:
+                core.powerdown(record)
+            except CommandError as err:
+                log.debug("VM %d: power button not pressed: %s", record.vmid, err)
         time.sleep(POLL)
     return True
 
 
 def shutdown(state: State, vmid: int, *, timeout: float = 120.0) -> VmRecord:
     """ACPI power button over QMP; after ``timeout`` seconds, the hard way. Ends at ``done``."""
+    if (remote := _remote(state, vmid, "shutdown")) is not None:
+        return remote
     store = VmStore(state)
     record = store.transition(vmid, VmState.SHUTDOWN, allowed=(VmState.RUNNING,))
     hooks.fire(hooks.HookEvent.SHUTDOWN, _event_hooks(record), vmid, record.directory)
-    try:
-        embedded.qmp(Path(record.info["qmp"]), "system_powerdown")
-    except CommandError as err:
-        log.warning("VM %d: ACPI shutdown not delivered (%s); stopping it hard", vmid, err)
-    if _gone_within(record, timeout):
+    if _gone_within(record, timeout, press=True):
         reason = "shut down"
     else:
         log.warning("VM %d did not power off within %g s: stopping it hard", vmid, timeout)
@@ -151,40 +191,50 @@ def shutdown(state: State, vmid: int, *, timeout: float = 120.0) -> VmRecord:
 
 def cancel(state: State, vmid: int) -> VmRecord:
     """Hard power-off (onevm cancel)."""
+    if (remote := _remote(state, vmid, "cancel")) is not None:
+        return remote
     return finish(state, vmid, reason="cancelled", allowed=_LIVE)
 
 
 def delete(state: State, vmid: int) -> VmRecord:
     """Whatever state it is in (but done), the VM ends now (onevm delete)."""
+    if (remote := _remote(state, vmid, "delete")) is not None:
+        return remote
     return finish(state, vmid, reason="deleted", allowed=_WITH_FILES)
 
 
 def suspend(state: State, vmid: int) -> VmRecord:
+    if (remote := _remote(state, vmid, "suspend")) is not None:
+        return remote
     store = VmStore(state)
     record = store.transition(vmid, VmState.SUSPENDED, allowed=(VmState.RUNNING,))
-    embedded.qmp(Path(record.info["qmp"]), "stop")
+    core_for(record).pause(record)
     return record
 
 
 def resume(state: State, vmid: int) -> VmRecord:
     """A suspended VM continues; a stopped one boots from its saved memory state."""
+    if (remote := _remote(state, vmid, "resume")) is not None:
+        return remote
     store = VmStore(state)
     current = store.get(vmid)
     if current.state is VmState.STOPPED:
         return boot(state, vmid, allowed=(VmState.STOPPED,), incoming=True)
     record = store.transition(vmid, VmState.RUNNING, allowed=(VmState.SUSPENDED, VmState.STOPPED))
-    embedded.qmp(Path(record.info["qmp"]), "cont")
+    core_for(record).cont(record)
     return record
 
 
 def stop(state: State, vmid: int) -> VmRecord:
     """Save the VM's memory to its directory and end its QEMU (onevm stop)."""
+    if (remote := _remote(state, vmid, "stop")) is not None:
+        return remote
     store = VmStore(state)
     record = store.transition(
         vmid, VmState.STOPPED, allowed=(VmState.RUNNING, VmState.SUSPENDED), reason="saving"
     )
     try:
-        embedded.save_state(Path(record.info["qmp"]), record.directory / SAVED_STATE)
+        core_for(record).save(record, record.directory / SAVED_STATE)
         _gone_within(record, 60.0)
     except CommandError:
         store.transition(vmid, VmState.UNKNOWN, reason="saving the state failed")
@@ -195,11 +245,15 @@ def stop(state: State, vmid: int) -> VmRecord:
 
 
 def hold(state: State, vmid: int) -> VmRecord:
+    if (remote := _remote(state, vmid, "hold")) is not None:
+        return remote
     return VmStore(state).transition(vmid, VmState.HOLD, allowed=(VmState.PENDING, VmState.PROLOG))
 
 
 def release(state: State, vmid: int) -> VmRecord:
     """A held VM boots now (there is one host: release is also the deploy)."""
+    if (remote := _remote(state, vmid, "release")) is not None:
+        return remote
     return boot(state, vmid, allowed=(VmState.HOLD,))
 
 

@@ -12,6 +12,8 @@ path (``DISK[1].SIZE``). CONTEXT is not interpreted here: ``context.render`` res
 from __future__ import annotations
 
 import re
+import shlex
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -111,10 +113,29 @@ class GraphicsSpec:
     port: int | None = None
 
 
+QEMU_XMLNS = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+
 @dataclass(frozen=True)
 class RawSpec:
+    """``RAW=[TYPE, DATA]``. As oned's KVM driver does, ``TYPE=kvm`` DATA is libvirt domain XML
+    written into the domain verbatim; ``TYPE=qemu`` (imagekit's) is QEMU arguments."""
+
     type: str
     data: str
+
+    def qemu_args(self) -> tuple[str, ...]:
+        """The QEMU arguments in it: all of a qemu RAW, a kvm RAW's ``<qemu:commandline>``."""
+        if self.type == "qemu":
+            return tuple(shlex.split(self.data))
+        if self.type == "kvm":
+            root = ET.fromstring(_wrapped(self.data))
+            return tuple(a.get("value", "") for a in root.iter(f"{{{QEMU_XMLNS}}}arg"))
+        return ()
+
+
+def _wrapped(data: str) -> str:
+    return f'<raw xmlns:qemu="{QEMU_XMLNS}">{data}</raw>'
 
 
 @dataclass(frozen=True)
@@ -358,4 +379,12 @@ def _raw(check: _Checker, index: int, attr: Attribute) -> RawSpec:
     kind = (v.get("TYPE") or "").lower()
     if not kind:
         raise check.fail(attr, f"RAW[{index}].TYPE", "name the driver the data is for (kvm, qemu, libvirt…)")
-    return RawSpec(kind, v.get("DATA") or "")
+    data = v.get("DATA") or ""
+    try:
+        if kind == "kvm":
+            ET.fromstring(_wrapped(data))
+        elif kind == "qemu":
+            shlex.split(data)
+    except (ET.ParseError, ValueError) as exc:
+        raise check.fail(attr, f"RAW[{index}].DATA", f"not valid {kind} data: {exc}") from None
+    return RawSpec(kind, data)

@@ -225,3 +225,12 @@ def prepare_context(
         "VM %d: %d context variables, %d files, %d leases", vmid, len(variables), len(files), len(ordered)
     )
     return ResolvedContext(vmid, variables, files, ordered)
+
+
+def reserve_vmid(state: State, name: str, template: Path) -> int:
+    """A fresh VM id from the same sequence as :func:`prepare_context`'s, for a VM whose CONTEXT
+    another cloud resolves (the OpenNebula core): the id is used up, nothing is kept."""
+    with state.transaction() as db:
+        vmid = _allocate_vmid(db, None, name, template, False)
+        _forget(db, vmid)
+    return vmid

@@ -35,6 +35,7 @@ class _LiveLine:
         self.lock = threading.RLock()
         self.stack: list[tuple[str, float]] = []
         self.thread: threading.Thread | None = None
+        self.detail = ""  # what the innermost step reports about itself (a progress bar)
 
     def push(self, label: str) -> None:
         with self.lock:
@@ -50,6 +51,7 @@ class _LiveLine:
         with self.lock:
             self.clear()
             self.stack.pop()
+            self.detail = ""
 
     def clear(self) -> None:
         with self.lock:
@@ -61,7 +63,8 @@ class _LiveLine:
         with self.lock:
             if self.stack:
                 label, start = self.stack[-1]
-                self.stream.write(f"\r\033[K{label}… {time.monotonic() - start:.0f} s")
+                detail = f" {self.detail}" if self.detail else ""
+                self.stream.write(f"\r\033[K{label}… {time.monotonic() - start:.0f} s{detail}")
                 self.stream.flush()
 
     def _tick(self) -> None:
@@ -106,6 +109,18 @@ def setup_logging(verbosity: int = 0, *, quiet: bool = False) -> None:
         # Command lines are logged by imagekit.run at debug level: shown with -v.
         logging.getLogger("imagekit.run").setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
     progress.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def live_detail(text: str) -> bool:
+    """Show ``text`` (a progress bar) after the running step's live line; False when there is
+    no live line (not a terminal, ``-v``, ``-q``), so the caller logs plain lines instead."""
+    live = _live if progress.isEnabledFor(logging.INFO) else None
+    if live is None or not live.stack:
+        return False
+    with live.lock:
+        live.detail = text
+        live.draw()
+    return True
 
 
 @dataclass

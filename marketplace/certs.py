@@ -31,13 +31,18 @@ def dn(name: x509.Name) -> str:
     return name.rfc4514_string()
 
 
+_SEPARATOR_SPACES = re.compile(r"\s*([,+=])\s*")
+
+
+def normal_dn(text: str) -> str:
+    """A DN string with the spaces around separators dropped (Java and OpenSSL renderings
+    differ there, never in the values)."""
+    return _SEPARATOR_SPACES.sub(r"\1", text.strip())
+
+
 def same_dn(text: str, name: x509.Name) -> bool:
-    """Exact match, or equal once spaces after separators are ignored (Java and OpenSSL
-    renderings differ there, never in the values)."""
-    if text == dn(name):
-        return True
-    squeeze = re.compile(r"\s*([,+=])\s*")
-    return squeeze.sub(r"\1", text.strip()) == squeeze.sub(r"\1", dn(name))
+    """Exact match, or equal once spaces around separators are ignored."""
+    return text == dn(name) or normal_dn(text) == normal_dn(dn(name))
 
 
 def certificate_emails(cert: x509.Certificate) -> tuple[str, ...]:

@@ -15,7 +15,9 @@ no switch to turn it off); redirects are followed by hand so each hop's scheme i
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
 import ssl
 import time
@@ -28,11 +30,12 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from imagekit.atomic import fsync_directory
-from imagekit.errors import VerificationError
+from imagekit.errors import InputError, VerificationError
 from marketplace.inflate import ALGORITHMS, CHUNK, MAGIC_BYTES, Inflater, ParallelHasher, magic_compression
 from marketplace.metadata import ChecksumAlgorithm, Metadata
 from marketplace.policy import Compression, Scheme, SitePolicy
 
+log = logging.getLogger(__name__)
 MAX_REDIRECTS = 5
 STRONG = (ChecksumAlgorithm.SHA256, ChecksumAlgorithm.SHA512)
 Progress = Callable[[int, int | None], None]
@@ -72,6 +75,8 @@ class _Pipeline:
     inflater: Inflater | None = None
     hasher: ParallelHasher | None = None
     head: bytes = b""
+    validator: str | None = None  # ETag or Last-Modified of the transfer in .part
+    _pending: bytearray = field(default_factory=bytearray)
     _part_out: IO[bytes] | None = None
     _image_out: IO[bytes] | None = None
     resumed_at: list[int] = field(default_factory=list)
@@ -79,7 +84,7 @@ class _Pipeline:
     def open(self, *, keep: bool) -> None:
         """Start over, or (``keep``) replay the existing ``.part`` through the verifier first."""
         self.close()
-        self.served, self.head, self.inflater = 0, b"", None
+        self.served, self.head, self.inflater, self._pending = 0, b"", None, bytearray()
         self.inflated.unlink(missing_ok=True)
         existing = self.part.stat().st_size if keep and self.part.exists() else 0
         self._part_out = open(self.part, "ab" if existing else "wb")  # noqa: SIM115 (closed by close())
@@ -90,10 +95,19 @@ class _Pipeline:
             self.served = existing
 
     def feed(self, data: bytes) -> None:
+        """Network reads are small: they are written at once (all of them count for resuming)
+        but verified in chunks, so the hash threads get big buffers."""
         assert self._part_out is not None
         self._part_out.write(data)
-        self._verify(data)
         self.served += len(data)
+        self._pending += data
+        if len(self._pending) >= CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            data, self._pending = bytes(self._pending), bytearray()
+            self._verify(data)
 
     def _verify(self, data: bytes) -> None:
         if self.inflater is None:
@@ -120,6 +134,7 @@ class _Pipeline:
             self._image_out.write(data)
 
     def finish(self, dest: Path, url: str) -> Fetched:
+        self._flush()
         if self.inflater is None:  # fewer bytes than a magic number
             self._start(Compression.NONE)
         assert self.inflater is not None and self.hasher is not None
@@ -221,18 +236,31 @@ def fetch_image(
                 kept = True
             except VerificationError as err:
                 pipeline.discard()
-                reasons.append(f"{url}: {err}")
+                reasons.append(f"{url}: {err.reason if err.rule == 'download' else err}")
+            log.info("%s; trying the next location", reasons[-1])
     if not reasons:
         reasons.append("the entry lists no location")
     raise DownloadFailed(metadata.identifier, tuple(reasons), kept_part=kept and part.exists())
 
 
+@functools.cache
+def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """The system's CAs plus ``ca_bundle``; certificate and host name always checked.
+    Built once per process: loading a CA store costs more than a small download."""
+    context = ssl.create_default_context()
+    if ca_bundle is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_bundle))
+        except (OSError, ssl.SSLError) as exc:
+            raise InputError(f"cannot load the CA bundle: {exc}", where=str(ca_bundle)) from None
+    return context
+
+
 def _client(policy: SitePolicy) -> httpx.Client:
-    verify: ssl.SSLContext | bool = True
-    if policy.ca_bundle is not None:
-        verify = ssl.create_default_context(cafile=str(policy.ca_bundle))
     timeout = httpx.Timeout(policy.timeout)
-    return httpx.Client(verify=verify, timeout=timeout, follow_redirects=False, trust_env=True)
+    return httpx.Client(
+        verify=tls_context(policy.ca_bundle), timeout=timeout, follow_redirects=False, trust_env=True
+    )
 
 
 def _copy_file(url: str, pipeline: _Pipeline) -> None:
@@ -266,10 +294,11 @@ def _transfer(
 ) -> None:
     validator = _load_validator(pipeline.part, url)
     pipeline.open(keep=validator is not None)
+    pipeline.validator = validator
     failures = 0
     while True:
         try:
-            validator = _one_request(client, url, pipeline, validator, policy, progress)
+            _one_request(client, url, pipeline, policy, progress)
             return
         except (httpx.TransportError, _ServerError) as exc:
             failures += 1
@@ -299,11 +328,11 @@ def _one_request(
     client: httpx.Client,
     url: str,
     pipeline: _Pipeline,
-    validator: str | None,
     policy: SitePolicy,
     progress: Progress | None,
-) -> str | None:
+) -> None:
     offset = pipeline.served
+    validator = pipeline.validator
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -323,13 +352,12 @@ def _one_request(
         else:
             raise VerificationError(f"HTTP {response.status_code} {response.reason_phrase}", rule="download")
         total = _expected_total(response)
-        validator = response.headers.get("etag") or response.headers.get("last-modified")
-        _sidecar(pipeline.part).write_text(json.dumps({"url": url, "validator": validator}))
-        for data in response.iter_raw(CHUNK):
+        pipeline.validator = response.headers.get("etag") or response.headers.get("last-modified")
+        _sidecar(pipeline.part).write_text(json.dumps({"url": url, "validator": pipeline.validator}))
+        for data in response.iter_raw():
             pipeline.feed(data)
             if progress is not None:
                 progress(pipeline.served, total)
-    return validator
 
 
 def _range_start(response: httpx.Response) -> int | None:

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from imagekit import locations
 from imagekit.errors import DataError, InputError, VerificationError
-from marketplace.certs import TrustStore
+from marketplace.certs import TrustStore, normal_dn
 from marketplace.config import IniReader, read_ini
 from marketplace.metadata import ChecksumAlgorithm, Metadata, format_time, parse_metadata
 from marketplace.verify import verify_entry
@@ -52,7 +52,6 @@ _KEYS: dict[str, set[str]] = {
 }
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_SQUEEZE = re.compile(r"\s*([,+=])\s*")
 
 
 class Scheme(enum.StrEnum):
@@ -69,11 +68,6 @@ class Compression(enum.StrEnum):
     BZIP2 = "bzip2"
     XZ = "xz"
     ZSTD = "zstd"
-
-
-def normal_dn(text: str) -> str:
-    """A DN with the spaces around separators dropped (Java and OpenSSL renderings differ there)."""
-    return _SQUEEZE.sub(r"\1", text.strip())
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,12 @@ is judged instead, and the report says so.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -201,6 +204,18 @@ def check_policy(
     return PolicyReport(reference, base, evaluation, source, answers.unreachable is not None)
 
 
+@contextlib.contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """One download of an image at a time, across threads and processes (``flock``)."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @dataclass(frozen=True)
 class CachedImage:
     identifier: str
@@ -229,22 +244,25 @@ def obtain_image(
         raise refusal(report)
     metadata = chosen.metadata
     assert metadata is not None and metadata.email is not None
-    cached = lookup(state, metadata.identifier)
     fetched = None
-    if cached is not None:
-        touch(state, metadata.identifier)
-    else:
-        dest = image_path(state, metadata.identifier)
-        fetched = fetch_image(metadata, dest, work_dir=partial_dir(state), policy=policy, progress=progress)
-        add_image(
-            state,
-            metadata.identifier,
-            size=fetched.size,
-            format=metadata.format or "raw",
-            endorser=metadata.email,
-            entry=chosen.label,
-            checksums={a: metadata.checksums.get(a, d) for a, d in fetched.digests.items()},
-        )
+    with _exclusive(partial_dir(state) / f"{metadata.identifier}.lock"):
+        # Two VMs of one image may ask at once: the second waits here, then finds it cached.
+        if lookup(state, metadata.identifier) is not None:
+            touch(state, metadata.identifier)
+        else:
+            dest = image_path(state, metadata.identifier)
+            fetched = fetch_image(
+                metadata, dest, work_dir=partial_dir(state), policy=policy, progress=progress
+            )
+            add_image(
+                state,
+                metadata.identifier,
+                size=fetched.size,
+                format=metadata.format or "raw",
+                endorser=metadata.email,
+                entry=chosen.label,
+                checksums={a: metadata.checksums.get(a, d) for a, d in fetched.digests.items()},
+            )
     return CachedImage(
         identifier=metadata.identifier,
         path=image_path(state, metadata.identifier),

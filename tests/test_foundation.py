@@ -12,7 +12,7 @@ import pytest
 
 from imagekit.cli import main
 from imagekit.errors import CommandError, ImagekitError, InputError, VerificationError
-from imagekit.log import StepTimings, setup_logging, step
+from imagekit.log import StepTimings, live_detail, setup_logging, step
 from imagekit.run import run
 from imagekit.state import State, schema
 
@@ -110,6 +110,24 @@ def test_step_on_a_terminal_is_a_live_line(monkeypatch: pytest.MonkeyPatch) -> N
     lines = [line.rsplit("\r\x1b[K", 1)[-1] for line in out.rstrip("\n").split("\n")]
     assert lines[-2].startswith("  inner: ") and lines[-1].startswith("outer: ")
     assert set(timings.seconds) == {"inner", "outer"}
+
+
+def test_live_detail_shows_after_the_running_step_on_a_terminal_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    terminal, captured = _Terminal(), sys.stderr
+    monkeypatch.setattr(sys, "stderr", terminal)
+    setup_logging(0)
+    try:
+        with step("download"):
+            assert live_detail("[####] 4/20 MiB")
+    finally:
+        setup_logging(0)
+    assert "\r\x1b[Kdownload… 0 s [####] 4/20 MiB" in terminal.getvalue()
+    monkeypatch.setattr(sys, "stderr", captured)
+    setup_logging(0)
+    with step("download"):
+        assert not live_detail("[####] 4/20 MiB")  # not a terminal: the caller logs lines
 
 
 def test_step_without_a_terminal_prints_plain_lines(capsys: pytest.CaptureFixture[str]) -> None:

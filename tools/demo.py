@@ -1,7 +1,8 @@
 """`make demo`: the whole pipeline on the shipped defaults, each step a real CLI call.
 
 recipe → image (+ manifest) → boot-test with a context ISO → signed marketplace metadata,
-registered in a local registry → contextualization of a VM template (context.sh + ISO).
+registered in a local registry → contextualization of a VM template (context.sh + ISO) → two
+VMs from the built image on one virtual network (``imagekit vm``), ending with ``vm list``.
 Outputs land in out/demo/; the state directory is out/demo/state so the demo never touches
 the user's own state.
 """
@@ -113,6 +114,129 @@ def make_demo_signer(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+DEMO_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l1GKJl demo"
+CLOUD_NET = """NAME = "demo-lan"
+TYPE = "RANGED"
+NETWORK_ADDRESS = "10.66.0.0"
+NETWORK_SIZE = "C"
+NETWORK_MASK = "255.255.255.0"
+GATEWAY = "10.66.0.254"
+"""
+PEER_SCRIPT = """#!/bin/bash
+# INIT_SCRIPT: says on the console whether PEER_IP answers on TCP port 22 (sshd).
+. ./context.sh
+[ -n "$PEER_IP" ] || exit 0
+(
+  for _ in $(seq 1 400); do
+    if timeout 3 bash -c "exec 3<>/dev/tcp/$PEER_IP/22" 2>/dev/null; then
+      echo "IMAGEKIT-DEMO-PEER-REACHED $IP -> $PEER_IP" > /dev/ttyS0; exit 0
+    fi
+    sleep 2
+  done
+) > /dev/null 2>&1 &
+"""
+
+
+def vm_template(name: str, manifest: Path, peer: str = "") -> str:
+    peer_line = f',\n  PEER_IP = "{peer}"' if peer else ""
+    return f"""NAME = "{name}"
+MEMORY = 512
+DISK = [ SOURCE = "{manifest}" ]
+NIC = [ NETWORK = "demo-lan" ]
+CONTEXT = [
+  NETWORK = "YES",
+  SET_HOSTNAME = "$NAME",
+  IP = "$NIC[IP, NETWORK=\\"demo-lan\\"]",
+  GATEWAY = "$NETWORK[GATEWAY, NETWORK=\\"demo-lan\\"]",
+  SSH_PUBLIC_KEY = "{DEMO_KEY}",
+  FILES = "peer.sh",
+  INIT_SCRIPTS = "peer.sh"{peer_line} ]
+"""
+
+
+def imagekit_json(*args: str) -> object:
+    argv = [str(IMAGEKIT), "--state", str(OUT / "state"), *args]
+    print("$ " + shlex.join(["imagekit", *argv[1:]]), flush=True)
+    return json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
+
+
+def run_vms(manifest: Path) -> None:
+    """The cloud core: two VMs from the built image on one network; the first reaches the second."""
+    banner("7. Run VMs: two on one virtual network (embedded QEMU core, TCG)")
+    cloud = OUT / "cloud"
+    cloud.mkdir(exist_ok=True)
+    (cloud / "demo-lan.net").write_text(CLOUD_NET)
+    (cloud / "peer.sh").write_text(PEER_SCRIPT)
+    if not network_exists(cloud / "demo-lan.net"):
+        imagekit("net", "create", str(cloud / "demo-lan.net"))
+    step = time.monotonic()
+    (cloud / "vm-b.one").write_text(vm_template("vm-b", manifest))
+    b = imagekit_json("vm", "create", str(cloud / "vm-b.one"), "--json")
+    assert isinstance(b, dict)
+    (cloud / "vm-a.one").write_text(vm_template("vm-a", manifest, peer=b["ips"][0]))
+    a = imagekit_json("vm", "create", str(cloud / "vm-a.one"), "--json")
+    assert isinstance(a, dict)
+    print(f"   both created and started in {time.monotonic() - step:.1f} s", flush=True)
+    imagekit("vm", "list")
+    console = Path(a["directory"]) / "serial.log"
+    print(f"   waiting for vm-a to reach vm-b ({b['ips'][0]}) — TCG boots take minutes…", flush=True)
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        text = console.read_text(errors="replace") if console.exists() else ""
+        found = next((line for line in text.splitlines() if "IMAGEKIT-DEMO-PEER-REACHED" in line), "")
+        if found:
+            print(f"   {found.strip()}  ({time.monotonic() - step:.0f} s after create)", flush=True)
+            break
+        time.sleep(5)
+    else:
+        print("   vm-a did not report reaching vm-b in 30 min; see `imagekit vm log`", flush=True)
+    for vm in (a, b):
+        imagekit("vm", "shutdown", str(vm["id"]), "--timeout", "60")
+    imagekit("vm", "list")
+
+
+@contextlib.contextmanager
+def file_server(directory: Path) -> Iterator[str]:
+    """A plain HTTP server for ``directory``: the demo's stand-in for an image mirror."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def site_download(images: Path) -> None:
+    """5b. The site side: judge the demo image's endorsements, then a verified download.
+
+    The entry's location (images.example.org) is not reachable here, so the site policy lists
+    a local mirror serving out/demo/images; plain http is allowed because the entry carries
+    SHA-256/SHA-512 checksums that the signature covers.
+    """
+    banner("5b. Site: policy check, then a verified download of the demo image into the cache")
+    with file_server(images) as mirror:
+        policy = OUT / "policy.cfg"
+        policy.write_text(
+            "[endorsers]\nwhitelistendorsers =\n    demo@imagekit.invalid\n"
+            f"[download]\nschemes = https http\nmirrors =\n    {mirror}\nretries = 0\ntimeout = 10\n"
+        )
+        print(policy.read_text(), end="")
+        imagekit("market", "policy", "check", "demo", "--policy", str(policy))
+        imagekit("market", "download", "demo", "--policy", str(policy), "-o", str(OUT / "downloaded.qcow2"))
+        imagekit("market", "download", "demo", "--policy", str(policy))  # cached: policy re-checked only
+        imagekit("market", "cache", "list")
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -154,6 +278,7 @@ def main() -> int:
                 imagekit("market", "pending", "accept", entry["pending_id"][:12], *data)
             imagekit("market", "list")
             imagekit("market", "endorsers")
+            site_download(image.parent)
 
         banner("6. Contextualization: networks, a VM template, context.sh and ISO")
         examples = REPO / "etc" / "examples"
@@ -169,6 +294,8 @@ def main() -> int:
         imagekit("context", "render", *vm, "-o", str(OUT / "context.sh"))
         print((OUT / "context.sh").read_text(), end="")
         imagekit("context", "iso", *vm, "-o", str(OUT / "context.iso"))
+
+        run_vms(manifest)
     except subprocess.CalledProcessError as exc:
         print(f"\ndemo failed at: {shlex.join(exc.cmd)} (exit {exc.returncode})", file=sys.stderr)
         return 1

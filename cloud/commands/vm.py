@@ -1,6 +1,7 @@
 """``imagekit vm``: VMs from templates on the embedded QEMU core, with onevm's verbs and states.
 
 imagekit vm create web.one [--hold] [--image debian.image] [--ssh-port 2222] [--type m1.small] [--json]
+imagekit vm create web.one --core opennebula --one-endpoint http://frontend:2633/RPC2
 imagekit vm list [--json]                 # ID USER NAME STAT MEM IP TIME, reconciled with reality
 imagekit vm show 3 [--json]               # with the history of its states
 imagekit vm shutdown 3 [--timeout 120]    # ACPI, then hard; ends at done
@@ -53,6 +54,16 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--type",
         metavar="NAME",
         help="merge an instance type (etc/instance-types.conf) into the template; writes STEM.NAME.one",
+    )
+    create.add_argument("--policy", type=Path, metavar="FILE", help="site policy (default: etc/policy.cfg)")
+    create.add_argument(
+        "--core",
+        choices=["qemu", "libvirt", "opennebula"],
+        default="qemu",
+        help="where it runs (default: qemu)",
+    )
+    create.add_argument(
+        "--one-endpoint", default="", metavar="URL", help="oned's XML-RPC for --core opennebula"
     )
     create.add_argument("--json", action="store_true", help="machine-readable output")
     create.set_defaults(func=cmd_create)
@@ -115,7 +126,10 @@ def cmd_create(args: argparse.Namespace) -> int:
         hold=args.hold,
         image_templates=tuple(args.image),
         endpoint=args.endpoint,
+        policy=args.policy,
         ssh_port=args.ssh_port,
+        core=args.core,
+        one_endpoint=args.one_endpoint,
     )
     record = create_vm(request, state=_state(args))
     if args.json:

@@ -8,7 +8,6 @@ imagekit market cache list | verify | gc [--older-than 30d] [--max-size 50G] [--
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from datetime import timedelta
@@ -17,8 +16,8 @@ from typing import Any
 
 from imagekit import locations
 from imagekit.errors import InputError
+from imagekit.log import live_detail, step
 from imagekit.log import progress as progress_log
-from imagekit.log import step
 from imagekit.output import print_json
 from imagekit.state import State
 from marketplace.imagecache import collect_garbage, list_images, verify_cache
@@ -118,36 +117,26 @@ def _policy_check(args: argparse.Namespace) -> int:
 
 
 class _ProgressLine:
-    """Bytes, rate and ETA: one redrawn line on a terminal, a plain line per 10 % otherwise."""
+    """Bytes, rate and ETA: a bar on the running step's live line on a terminal
+    (:func:`imagekit.log.live_detail`), else a plain progress line per 10 %."""
 
     def __init__(self, label: str) -> None:
         self.label = label
         self.start = time.monotonic()
-        self.tty = sys.stderr.isatty() and progress_log.isEnabledFor(logging.INFO)
         self.shown = -1
-        self.drawn = 0.0
 
     def __call__(self, done: int, total: int | None) -> None:
-        elapsed = max(time.monotonic() - self.start, 1e-6)
-        rate = done / elapsed
-        tenth = done * 10 // total if total else done >> 30
+        rate = done / max(time.monotonic() - self.start, 1e-6)
         eta = f", ETA {(total - done) / rate:.0f} s" if total and rate else ""
         size = f"{done / 2**20:.0f}/{total / 2**20:.0f} MiB" if total else f"{done / 2**20:.0f} MiB"
-        text = f"{self.label}: {size} at {rate / 2**20:.0f} MiB/s{eta}"
-        if self.tty:
-            if time.monotonic() - self.drawn > 0.2 or done == total:
-                width = 20
-                bar = "#" * (width * done // total) if total else ""
-                sys.stderr.write(f"\r\033[K[{bar:{width}}] {text}")
-                sys.stderr.flush()
-                self.drawn = time.monotonic()
-        elif tenth != self.shown:
+        text = f"{size} at {rate / 2**20:.0f} MiB/s{eta}"
+        bar = f"[{'#' * (20 * done // total):20}] " if total else ""
+        if live_detail(bar + text):
+            return
+        tenth = done * 10 // total if total else done >> 30
+        if tenth != self.shown:
             self.shown = tenth
-            progress_log.info("%s", text)
-
-    def done(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
+            progress_log.info("%s: %s", self.label, text)
 
 
 def _image_json(image: CachedImage) -> dict[str, Any]:
@@ -174,12 +163,9 @@ def _download(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     line = _ProgressLine(args.reference)
     with step(f"download {args.reference}"):
-        try:
-            image = obtain_image(
-                args.reference, policy=policy, endpoint=args.endpoint, state=_state(args), progress=line
-            )
-        finally:
-            line.done()
+        image = obtain_image(
+            args.reference, policy=policy, endpoint=args.endpoint, state=_state(args), progress=line
+        )
         if args.output is not None:
             export_image(image, args.output)
     if args.json:

@@ -109,6 +109,7 @@ def test_serial_log_in_a_missing_directory_fails_before_booting(
 
 
 @pytest.mark.slow
+@pytest.mark.vm
 def test_boot_test_bios_default_context(minimal_image: Any, tmp_path: Path) -> None:
     """The CLI as a user runs it: the demo context (hostname, NIC, SSH key, init script)."""
     log = tmp_path / "serial.log"
@@ -143,6 +144,7 @@ def test_boot_test_bios_default_context(minimal_image: Any, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.vm
 def test_boot_test_uefi_with_a_template(
     cloud_image: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -205,6 +207,7 @@ def cloud_init_image(tmp_path_factory: pytest.TempPathFactory, build_state_dir: 
 
 
 @pytest.mark.slow
+@pytest.mark.vm
 def test_boot_test_cloud_init_with_a_nocloud_seed(
     cloud_init_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -180,29 +180,37 @@ def test_an_image_template_names_the_file(lab: dict[str, Any]) -> None:
         )
 
 
-def test_a_marketplace_image_is_held_while_the_vm_exists(
-    lab: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """obtain_image is the site stage's (a stand-in here: test_e2e uses the real registry)."""
-    from marketplace import site
+def test_a_marketplace_image_is_verified_cached_and_held(lab: dict[str, Any], tmp_path: Path) -> None:
+    """SOURCE=marketplace:ID through the site stage's real obtain_image: a signed entry on a
+    loopback registry, the policy judged, the image downloaded verified into the state's cache,
+    held while the VM exists; a policy that refuses the endorser refuses the VM, reserving nothing."""
+    from marketplace.imagecache import image_path
 
-    seen: list[tuple[str, str | None]] = []
+    from ..marketplace.entries import ago, make_ca, make_endorser
+    from ..marketplace.images import describe, endorse, listing
+    from ..marketplace.loopback import loopback
 
-    class Cached:
-        identifier = "ABCDEFGHIJKLMNOPQRSTUVWXYZa"
-        path = lab["base"]
-        format = "qcow2"
-        endorser = "alice@example.org"
-
-    def fake_obtain(reference: str, *, endpoint: str | None = None, **kwargs: object) -> Cached:
-        seen.append((reference, endpoint))
-        return Cached()
-
-    monkeypatch.setattr(site, "obtain_image", fake_obtain)
-    template = _template(lab, disk='DISK = [ SOURCE = "marketplace:debian-12" ]')
-    request = CreateRequest(template, hold=True, endpoint="http://127.0.0.1:9")
-    record = create_vm(request, state=lab["state"])
-    assert seen == [("marketplace:debian-12", "http://127.0.0.1:9")]
+    alice = make_endorser(make_ca("cloud test CA"), "alice@example.org", "Alice")
+    content = lab["base"].read_bytes()
+    policy = tmp_path / "policy.cfg"
+    policy.write_text("[download]\nschemes = https http\nretries = 0\ntimeout = 10\n")
+    refusing = tmp_path / "refusing.cfg"
+    refusing.write_text("[endorsers]\nblacklistendorsers = alice@example.org\n[download]\nschemes = http\n")
+    with loopback() as server:
+        server.files["/base.qcow2"] = content
+        m = describe(content, locations=(f"{server.url}/base.qcow2",), format="qcow2")
+        server.files[f"/metadata/{m.identifier}"] = listing(endorse(m, alice, created=ago(days=1)))
+        template = _template(lab, disk=f'DISK = [ SOURCE = "marketplace:{m.identifier}" ]')
+        with pytest.raises(VerificationError, match="policy"):
+            create_vm(CreateRequest(template, endpoint=server.url, policy=refusing), state=lab["state"])
+        assert VmStore(lab["state"]).list() == [] and _leases(lab) == []
+        request = CreateRequest(template, hold=True, endpoint=server.url, policy=policy)
+        record = create_vm(request, state=lab["state"])
+    cached = image_path(lab["state"], m.identifier)
+    assert cached.read_bytes() == content
+    overlay = record.directory / "disk0.qcow2"
+    info = json.loads(subprocess.check_output(["qemu-img", "info", "--output=json", overlay]))
+    assert info["backing-filename"] == str(cached)
 
     def holders() -> list[str]:
         db = lab["state"].db()
@@ -255,3 +263,68 @@ def test_cli_create_held_list_and_show(lab: dict[str, Any], capsys: pytest.Captu
     bad = _template(lab, 'GRAPHICS = [ TYPE = "sdl" ]\n')
     assert main([*state, "vm", "create", str(bad)]) == 1
     assert f"{bad}:6:1: GRAPHICS.TYPE: this core offers vnc only" in capsys.readouterr().err
+
+
+def test_failing_and_slow_hooks_are_logged_and_change_nothing(
+    lab: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """oned.conf VM_HOOK (opennebula-1.4.md §2): run in the background, time-limited, logged."""
+    monkeypatch.setattr(hooks, "HOOK_TIMEOUT", 1.0)
+    failing = lab["dir"] / "failing.sh"
+    failing.write_text('#!/bin/sh\necho "out-$1"\nexit 3\n')
+    failing.chmod(0o755)
+    (lab["etc"] / "oned.conf").write_text(
+        f'VM_HOOK = [ name = "fails", on = "create", command = "{failing}", arguments = "$VMID" ]\n'
+        'VM_HOOK = [ name = "slow", on = "create", command = "/bin/sleep", arguments = "30" ]\n'
+    )
+    record = create_vm(CreateRequest(_template(lab), hold=True, etc=lab["etc"]), state=lab["state"])
+    hooks.wait_for_hooks()
+    assert record.state is VmState.HOLD
+    logged = (record.directory / hooks.HOOK_LOG).read_text()
+    assert f" CREATE fails exit=3\n  out-{record.vmid}\n" in logged
+    assert " CREATE slow exit=error\n" in logged and "timed out after 1 s" in logged
+
+
+def test_hook_configuration_errors_are_located(tmp_path: Path) -> None:
+    conf = parse_template('VM_HOOK = [ on = "boot", command = "/bin/true" ]\n', "oned.conf")
+    with pytest.raises(InputError, match="oned.conf:1:1: VM_HOOK.ON: expected one of CREATE, RUNNING"):
+        hooks.hooks_from_template(conf)
+    conf = parse_template('VM_HOOK = [ on = "done", command = "notify" ]\n', "oned.conf")
+    with pytest.raises(InputError, match="VM_HOOK.COMMAND: expected an absolute path"):
+        hooks.hooks_from_template(conf)
+
+
+def test_an_ssh_uplink_forwards_a_loopback_port(lab: dict[str, Any]) -> None:
+    record = create_vm(CreateRequest(_template(lab), hold=True, ssh_port=2299), state=lab["state"])
+    argv = record.info["argv"]
+    uplink = [argv[i + 1] for i, a in enumerate(argv) if a == "-nic"]
+    mac = f"52:54:00:00:00:{record.vmid:02x}"
+    assert uplink == [f"user,model=virtio-net-pci,mac={mac},hostfwd=tcp:127.0.0.1:2299-:22"]
+
+
+def test_cli_log_and_wait(lab: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from imagekit.cli import main
+
+    state = ["--state", str(lab["state"].root)]
+    record = create_vm(CreateRequest(_template(lab), hold=True), state=lab["state"])
+    (record.directory / "serial.log").write_bytes(b"SeaBIOS\nlogin: \n")
+    assert main([*state, "vm", "log", str(record.vmid), "--follow"]) == 0  # held: no process to follow
+    assert capsys.readouterr().out == "SeaBIOS\nlogin: \n"
+    assert main([*state, "vm", "wait", str(record.vmid), "--state", "hold"]) == 0
+    assert capsys.readouterr().out == f"VM {record.vmid}: hold\n"
+    assert main([*state, "vm", "wait", str(record.vmid), "--state", "running", "--timeout", "0"]) == 1
+    assert f"VM {record.vmid} is hold, not running, after 0 s" in capsys.readouterr().err
+    lifecycle.delete(lab["state"], record.vmid)
+    assert main([*state, "vm", "wait", str(record.vmid), "--state", "running"]) == 1
+    assert f"VM {record.vmid} ended done (deleted), not running" in capsys.readouterr().err
+
+
+def test_a_disk_with_save_is_kept_at_done(lab: dict[str, Any]) -> None:
+    """DISK SAVE=yes (opennebula-1.4.md §1): the VM's disk outlives it, flattened."""
+    template = _template(lab, disk=f'DISK = [ SOURCE = "{lab["base"]}", SAVE = "yes" ]')
+    record = create_vm(CreateRequest(template, hold=True), state=lab["state"])
+    lifecycle.delete(lab["state"], record.vmid)
+    saved = lab["state"].root / "saved" / f"vm{record.vmid}-disk0.qcow2"
+    info = json.loads(subprocess.check_output(["qemu-img", "info", "--output=json", saved]))
+    assert info["format"] == "qcow2" and "backing-filename" not in info
+    assert not (record.directory / "disk0.qcow2").exists()

@@ -66,6 +66,8 @@ def test_a_full_template() -> None:
         ('OS = [ ARCH = "ppc64" ]\n', "OS.ARCH: this core runs x86_64 guests only"),
         ('OS = [ INITRD = "/boot/initrd" ]\n', "OS.INITRD: only used for direct kernel boot"),
         ('RAW = [ DATA = "x" ]\n', "RAW[0].TYPE: name the driver"),
+        ('RAW = [ TYPE = "kvm", DATA = "<features>" ]\n', "t.one:1:1: RAW[0].DATA: not valid kvm data"),
+        ('RAW = [ TYPE = "qemu", DATA = "-name \'x" ]\n', "RAW[0].DATA: not valid qemu data"),
         ('NIC = "lan"\n', "NIC[0]: expected a vector NIC=[…], got a single value"),
     ],
 )
@@ -123,3 +125,16 @@ def test_concurrent_processes_one_transition_wins(tmp_path: Path) -> None:
     outcomes = sorted(results.get(timeout=10) for _ in procs)
     assert outcomes == ["VM 4 is shutdown, not running"] * 3 + ["won"]
     assert [h.state for h in store.history(4)] == ["pending", "running", "shutdown"]
+
+
+def test_raw_data_for_qemu() -> None:
+    """RAW TYPE=kvm DATA is libvirt XML that oned writes into the domain verbatim
+    (OpenNebula/one src/vmm/LibVirtDriverKVM.cc, "Raw KVM attributes"); its qemu:commandline
+    is what the embedded core can honour. TYPE=qemu is imagekit's: plain QEMU arguments."""
+    text = (
+        'RAW = [ TYPE = "kvm",\n'
+        "  DATA = \"<qemu:commandline><qemu:arg value='-no-hpet'/></qemu:commandline>\" ]\n"
+        'RAW = [ TYPE = "qemu", DATA = "-rtc base=utc" ]\nRAW = [ TYPE = "xen", DATA = "x" ]\n'
+    )
+    raws = parse_vm_template(parse_template(text, "t.one")).raw
+    assert [r.qemu_args() for r in raws] == [("-no-hpet",), ("-rtc", "base=utc"), ()]

@@ -222,7 +222,7 @@ def _host_kernel() -> Path:
     return kernel
 
 
-@pytest.mark.slow
+@pytest.mark.vm
 def test_tcg_kernel_boot_and_kill(tmp_path: Path) -> None:
     """A real QEMU: the kernel's banner arrives on the serial file; stop() kills the process."""
     spec = VmSpec(

@@ -1,0 +1,97 @@
+"""Decompression by magic bytes with the bomb guard, and the parallel hashes."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import lzma
+import os
+from collections.abc import Callable
+
+import pytest
+import zstandard
+
+from imagekit.errors import VerificationError
+from marketplace.inflate import CHUNK, Inflater, ParallelHasher, magic_compression
+from marketplace.metadata import ChecksumAlgorithm
+from marketplace.policy import Compression
+
+PACKERS: dict[Compression, Callable[[bytes], bytes]] = {
+    Compression.NONE: lambda b: b,
+    Compression.GZIP: gzip.compress,
+    Compression.BZIP2: bz2.compress,
+    Compression.XZ: lzma.compress,
+    Compression.ZSTD: lambda b: zstandard.ZstdCompressor().compress(b),
+}
+
+
+def inflate(data: bytes, size: int, *, piece: int = 4096) -> bytes:
+    out: list[bytes] = []
+    inflater = Inflater(magic_compression(data[:6]), size, out.append)
+    for i in range(0, len(data), piece):
+        inflater.feed(data[i : i + piece])
+    inflater.finish()
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("compression", list(Compression))
+def test_each_compression_is_recognised_by_its_first_bytes(compression: Compression) -> None:
+    content = os.urandom(3000) + b"\0" * 300_000
+    packed = PACKERS[compression](content)
+    assert magic_compression(packed[:6]) is compression
+    assert inflate(packed, len(content)) == content
+
+
+def test_concatenated_gzip_members_are_one_stream() -> None:
+    """pigz/gzip append members; `gzip -d` reads them as one file."""
+    assert inflate(gzip.compress(b"a" * 5000) + gzip.compress(b"b" * 7), 5007) == b"a" * 5000 + b"b" * 7
+
+
+@pytest.mark.parametrize(
+    "compression", [Compression.GZIP, Compression.BZIP2, Compression.XZ, Compression.ZSTD]
+)
+def test_bomb_stops_at_the_declared_size_plus_one(compression: Compression) -> None:
+    bomb = PACKERS[compression](b"\0" * (16 * CHUNK))  # 16 MiB of zeros, a few KiB packed
+    seen: list[int] = []
+    inflater = Inflater(compression, 1000, lambda b: seen.append(len(b)))
+    with pytest.raises(VerificationError, match=r"size: the image is larger than slreq:bytes \(1000\)"):
+        inflater.feed(bomb)
+    assert sum(seen) <= 1000
+    # Output stopped early: far less than the 16 MiB inside was produced.
+    assert inflater.produced <= 1000 + CHUNK
+
+
+def test_gzip_bomb_output_is_exactly_size_plus_one() -> None:
+    inflater = Inflater(Compression.GZIP, 1000, lambda b: None)
+    with pytest.raises(VerificationError):
+        inflater.feed(gzip.compress(b"\0" * (8 * CHUNK)))
+    assert inflater.produced == 1001
+
+
+def test_trailing_garbage_and_truncation_are_refused() -> None:
+    packed = gzip.compress(b"x" * 10_000)
+    with pytest.raises(
+        VerificationError, match="compression: unexpected bytes after the end of the gzip stream"
+    ):
+        inflate(packed + b"garbage", 10_000)
+    with pytest.raises(VerificationError, match="compression: the xz stream is truncated"):
+        inflate(lzma.compress(b"x" * 10_000)[:-20], 10_000)
+
+
+def test_parallel_hasher_matches_hashlib() -> None:
+    data = [os.urandom(CHUNK) for _ in range(5)] + [b"tail"]
+    hasher = ParallelHasher()
+    for piece in data:
+        hasher.update(piece)
+    whole = b"".join(data)
+    digests = hasher.hexdigests()
+    assert digests == {
+        a: hashlib.new(a.hashlib_name, whole).hexdigest()
+        for a in (
+            ChecksumAlgorithm.MD5,
+            ChecksumAlgorithm.SHA1,
+            ChecksumAlgorithm.SHA256,
+            ChecksumAlgorithm.SHA512,
+        )
+    }
