@@ -179,7 +179,7 @@ def test_unknown_and_unavailable_actions(url: str, accounts: dict[str, CreatedUs
     assert _error(_signed(url, accounts["alice"], {"Version": "2016-11-15"}))[:2] == (400, "MissingAction")
     # Not implemented yet: an honest EC2 error, not a made-up result.
     with pytest.raises(ClientError) as err:
-        client(url, accounts["alice"]).start_instances(InstanceIds=["i-00000001"])
+        client(url, accounts["alice"]).reboot_instances(InstanceIds=["i-00000001"])
     assert _code(err) == ("UnsupportedOperation", 400)
 
 

@@ -18,6 +18,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from cloud import lifecycle
+from cloud.cores import SAVED_STATE
 from cloud.deploy import CreateRequest, create_vm
 from cloud.model import VmState
 from cloud.store import VmStore
@@ -73,7 +74,7 @@ def test_start_stop_start(held: dict[str, Any]) -> None:
     assert lifecycle.show(state, 0).state is VmState.RUNNING  # QEMU is alive
     [stopped] = ec2.stop_instances(InstanceIds=["i-00000000"])["StoppingInstances"]
     assert _states(stopped) == ("running", "stopped") and stopped["CurrentState"]["Code"] == 80
-    assert (VmStore(state).get(0).directory / lifecycle.SAVED_STATE).is_file()
+    assert (VmStore(state).get(0).directory / SAVED_STATE).is_file()
     [again] = ec2.start_instances(InstanceIds=["i-00000000"])["StartingInstances"]
     assert _states(again) == ("stopped", "running")
     with pytest.raises(ClientError) as err:
