@@ -12,11 +12,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import boto3
+from botocore.config import Config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from cloud.users import CreatedUser
 
 IMAGEKIT = Path(sys.executable).parent / "imagekit"
 
@@ -61,6 +66,21 @@ def ec2_server(state: Path, tls: Tls | None = None, *options: str) -> Iterator[s
             yield f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
         finally:
             proc.terminate()  # uvicorn shuts down on SIGTERM; the with-block waits for it
+
+
+def ec2_client(url: str, account: CreatedUser, *, secret: str | None = None, **config: Any) -> Any:
+    """A boto3 EC2 client for ``account`` (one attempt per call); ``config`` goes to botocore's
+    ``Config`` (``signature_version="v2"``, timeouts…); ``verify`` to the client."""
+    verify = config.pop("verify", None)
+    return boto3.client(
+        "ec2",
+        endpoint_url=url,
+        region_name="default",
+        aws_access_key_id=account.user.access_key,
+        aws_secret_access_key=secret or account.secret_key,
+        config=Config(retries={"max_attempts": 1}, **config),
+        verify=verify,
+    )
 
 
 def _name(cn: str) -> x509.Name:

@@ -13,22 +13,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloud.deploy import CreateRequest, create_vm
 from cloud.store import VmStore
-from cloud.users import CreatedUser, UserStore
+from cloud.users import UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
 from context.template import parse_template
 from imagekit.run import run
 from imagekit.state import State
-from tests.cloud.serving import ec2_server
+from tests.cloud.serving import ec2_client, ec2_server
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -60,15 +58,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def ec2(cloud: dict[str, Any], name: str) -> Any:
-    account: CreatedUser = cloud["accounts"][name]
-    return boto3.client(
-        "ec2",
-        endpoint_url=cloud["url"],
-        region_name="default",
-        aws_access_key_id=account.user.access_key,
-        aws_secret_access_key=account.secret_key,
-        config=Config(retries={"max_attempts": 1}),
-    )
+    return ec2_client(cloud["url"], cloud["accounts"][name])
 
 
 def _instances(response: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from cloud.store import VmStore
 from cloud.users import CreatedUser, UserStore
 from imagekit.state import State
-from tests.cloud.serving import ec2_server
+from tests.cloud.serving import ec2_client, ec2_server
 
 pytestmark = pytest.mark.timeout(300)
 CLIENTS, CALLS, INSTANCES = 32, 2, 200
@@ -38,14 +35,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Crea
 
 
 def _describe_all(url: str, account: CreatedUser) -> list[int]:
-    client: Any = boto3.client(
-        "ec2",
-        endpoint_url=url,
-        region_name="default",
-        aws_access_key_id=account.user.access_key,
-        aws_secret_access_key=account.secret_key,
-        config=Config(retries={"max_attempts": 1}, max_pool_connections=1),
-    )
+    client = ec2_client(url, account, max_pool_connections=1)
     counts = []
     for _ in range(CALLS):
         reservations = client.describe_instances()["Reservations"]

@@ -17,13 +17,11 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 from xml.etree import ElementTree as ET
 
-import boto3
 import botocore.auth
 import httpx
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, SSLError
 from cryptography.hazmat.primitives import serialization
@@ -32,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cloud.users import CreatedUser, UserStore
 from imagekit.run import run
 from imagekit.state import State
-from tests.cloud.serving import ec2_server, make_tls
+from tests.cloud.serving import ec2_client, ec2_server, make_tls
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,20 +53,7 @@ def url(state: Path, accounts: dict[str, CreatedUser]) -> Iterator[str]:
 
 
 def client(url: str, account: CreatedUser, *, v2: bool = False, secret: str | None = None, **kw: Any) -> Any:
-    config = (
-        Config(signature_version="v2", retries={"max_attempts": 1})
-        if v2
-        else Config(retries={"max_attempts": 1})
-    )
-    return boto3.client(
-        "ec2",
-        endpoint_url=url,
-        region_name="default",
-        aws_access_key_id=account.user.access_key,
-        aws_secret_access_key=secret or account.secret_key,
-        config=config,
-        **kw,
-    )
+    return ec2_client(url, account, secret=secret, **({"signature_version": "v2"} if v2 else {}), **kw)
 
 
 def _code(err: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:

@@ -12,9 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from cloud import lifecycle
@@ -28,7 +26,7 @@ from context.network import network_from_template
 from context.template import parse_template
 from imagekit.run import run
 from imagekit.state import State
-from tests.cloud.serving import ec2_server
+from tests.cloud.serving import ec2_client, ec2_server
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(300)]
 
@@ -48,14 +46,7 @@ def held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, 
     vms = [create_vm(CreateRequest(template, hold=True, owner="alice"), state=state) for _ in range(2)]
     try:
         with ec2_server(state.root) as url:
-            client = boto3.client(
-                "ec2",
-                endpoint_url=url,
-                region_name="default",
-                aws_access_key_id=alice.user.access_key,
-                aws_secret_access_key=alice.secret_key,
-                config=Config(retries={"max_attempts": 1}, read_timeout=240),
-            )
+            client = ec2_client(url, alice, read_timeout=240)
             yield {"ec2": client, "state": state, "vms": vms}
     finally:
         for vm in vms:
