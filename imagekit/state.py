@@ -89,6 +89,19 @@ class State:
         else:
             conn.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read-only snapshot on the kept connection. Unlike :meth:`transaction` it takes no
+        write lock, so (in WAL mode) readers wait neither for each other nor for the writer: a
+        server answering many lookups at once must not serialise them on the write lock."""
+        conn = self._kept_connection()
+        self._apply_schemas(conn)
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("ROLLBACK")
+
     def _kept_connection(self) -> sqlite3.Connection:
         # Transactions reuse one connection per process, thread and database: opening one costs
         # more than a lease allocation, and closing the last one checkpoints the WAL with an

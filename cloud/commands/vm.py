@@ -1,6 +1,6 @@
 """``imagekit vm``: VMs from templates on the embedded QEMU core, with onevm's verbs and states.
 
-imagekit vm create web.one [--hold] [--image debian.image] [--ssh-port 2222] [--json]
+imagekit vm create web.one [--hold] [--image debian.image] [--ssh-port 2222] [--type m1.small] [--json]
 imagekit vm create web.one --core opennebula --one-endpoint http://frontend:2633/RPC2
 imagekit vm list [--json]                 # ID USER NAME STAT MEM IP TIME, reconciled with reality
 imagekit vm show 3 [--json]               # with the history of its states
@@ -50,6 +50,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--ssh-port", type=int, metavar="PORT", help="user-mode uplink: 127.0.0.1:PORT → :22"
     )
     create.add_argument("--endpoint", metavar="URL", help="marketplace registry for SOURCE=marketplace:…")
+    create.add_argument(
+        "--type",
+        metavar="NAME",
+        help="merge an instance type (etc/instance-types.conf) into the template; writes STEM.NAME.one",
+    )
     create.add_argument("--policy", type=Path, metavar="FILE", help="site policy (default: etc/policy.cfg)")
     create.add_argument(
         "--core",
@@ -111,8 +116,13 @@ def _summary(record: VmRecord) -> dict[str, Any]:
 def cmd_create(args: argparse.Namespace) -> int:
     from cloud.deploy import CreateRequest, create_vm
 
+    template = args.template
+    if args.type:
+        from cloud.instance_types import typed_template
+
+        template = typed_template(args.template, args.type)
     request = CreateRequest(
-        template=args.template,
+        template=template,
         hold=args.hold,
         image_templates=tuple(args.image),
         endpoint=args.endpoint,

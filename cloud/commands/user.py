@@ -1,0 +1,130 @@
+"""``imagekit user``: cloud users and their EC2 credentials, the way ``oneuser`` manages them.
+
+imagekit user create alice --password-file pw.txt [--admin]   # prints the EC2 keys once
+imagekit user list [--json]
+imagekit user show alice [--json]
+imagekit user passwd alice --password-file new.txt
+imagekit user delete alice
+
+Without ``--password-file`` the password is asked for on the terminal (twice); ``-`` reads it from
+standard input. A password file holds the password on its first line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from cloud.users import User, UserStore
+from imagekit.errors import InputError
+from imagekit.locations import state_dir
+from imagekit.output import print_json
+from imagekit.state import State
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="user_command", metavar="SUBCOMMAND")
+
+    create = sub.add_parser("create", help="create a user; prints the EC2 access key and secret once")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--password-file", type=Path, metavar="FILE", help="read the password from FILE")
+    create.add_argument("--admin", action="store_true", help="may see and act on every user's resources")
+    create.add_argument("--json", action="store_true", help="machine-readable output")
+    create.set_defaults(func=cmd_create)
+
+    listing = sub.add_parser("list", help="list users")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", help="show a user (never the secrets)")
+    show.add_argument("user", metavar="ID|NAME")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=cmd_show)
+
+    passwd = sub.add_parser("passwd", help="change a user's password")
+    passwd.add_argument("user", metavar="ID|NAME")
+    passwd.add_argument("--password-file", type=Path, metavar="FILE", help="read the password from FILE")
+    passwd.set_defaults(func=cmd_passwd)
+
+    delete = sub.add_parser("delete", help="delete a user and their key pairs")
+    delete.add_argument("user", metavar="ID|NAME")
+    delete.set_defaults(func=cmd_delete)
+
+
+def _store(args: argparse.Namespace) -> UserStore:
+    return UserStore(State.open(state_dir(args.state)))
+
+
+def read_password(path: Path | None) -> str:
+    if path is not None:
+        try:
+            text = sys.stdin.read() if str(path) == "-" else path.read_text()
+        except OSError as exc:
+            raise InputError(f"cannot read: {exc.strerror}", where=str(path)) from None
+        except UnicodeDecodeError:
+            raise InputError("not UTF-8 text", where=str(path)) from None
+        lines = text.splitlines()
+        return lines[0] if lines else ""
+    if not sys.stdin.isatty():
+        raise InputError("no password given", hint="use --password-file FILE (or - for standard input)")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise InputError("the passwords differ")
+    return first
+
+
+def _record(user: User) -> dict[str, object]:
+    return {
+        "id": user.id,
+        "name": user.name,
+        "admin": user.admin,
+        "access_key": user.access_key,
+        "created": user.created,
+    }
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    created = _store(args).create(args.name, read_password(args.password_file), admin=args.admin)
+    if args.json:
+        print_json({**_record(created.user), "secret_key": created.secret_key})
+        return 0
+    print(f"ID: {created.user.id}")
+    print(f"EC2_ACCESS_KEY={created.user.access_key}")
+    print(f"EC2_SECRET_KEY={created.secret_key}")
+    print("The secret key is shown only now; keep it.", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    users = _store(args).list()
+    if args.json:
+        print_json([_record(u) for u in users])
+        return 0
+    rows = [["ID", "NAME", "ADMIN", "ACCESS KEY", "CREATED"]]
+    rows += [[str(u.id), u.name, "yes" if u.admin else "no", u.access_key, u.created] for u in users]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    record = _record(_store(args).get(args.user))
+    if args.json:
+        print_json(record)
+        return 0
+    for key, value in record.items():
+        print(f"{key.upper():<11}: {value}")
+    return 0
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    _store(args).set_password(args.user, read_password(args.password_file))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    _store(args).delete(args.user)
+    return 0

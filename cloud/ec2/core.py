@@ -1,0 +1,205 @@
+"""The cloud core behind the EC2 front door: the VM pool as EC2 instances, and their verbs.
+
+    service = Ec2Service(state, region, compute=CoreBackend(state))
+
+A user sees the VMs they own (the pool's ``owner`` is the cloud user's name); an administrator
+sees every VM. ``run`` renders the instance type for the image (``instance_types.py``), writes
+the template under ``STATE/ec2/templates/`` and deploys it with ``vm create`` (held, with
+``hold``); what EC2 needs to show later (image, type, key, reservation, ClientToken) is kept in
+``ec2_instances``. If one VM of a request fails, those already made are deleted: no partial
+reservation stays. Terminating follows econe: a running VM is shut down (ACPI, then hard, in
+the background: the answer is ``shutting-down`` at once, as EC2's), any other is ended now.
+Start is ``vm release`` for a held VM and ``vm resume`` for a stopped one, stop is ``vm stop``,
+and the console is the tail of the serial log QEMU writes in the VM's directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cloud import lifecycle
+from cloud.deploy import CreateRequest, create_vm
+from cloud.ec2.errors import Ec2Error
+from cloud.ec2.service import RunRequest
+from cloud.ec2.views import InstanceView
+from cloud.instance_types import ImageRef, TypeRequest, load_instance_types
+from cloud.model import VmState
+from cloud.store import VmRecord
+from cloud.users import User
+from context.template import serialise
+from imagekit.atomic import write_atomically
+from imagekit.errors import ImagekitError, InputError
+from imagekit.state import State, schema
+
+schema(
+    "cloud.ec2.instances",
+    """
+    CREATE TABLE IF NOT EXISTS ec2_instances (
+        vmid          INTEGER PRIMARY KEY,
+        owner         TEXT NOT NULL,
+        image         INTEGER NOT NULL,
+        instance_type TEXT NOT NULL,
+        key_name      TEXT,
+        reservation   TEXT NOT NULL,
+        launch_index  INTEGER NOT NULL,
+        client_token  TEXT
+    );
+    CREATE INDEX IF NOT EXISTS ec2_instances_token ON ec2_instances (owner, client_token);
+    """,
+)
+
+log = logging.getLogger(__name__)
+
+_ENDED = (VmState.DONE, VmState.FAILED)
+SERIAL_LOG = "serial.log"  # in the VM's directory (cloud/deploy.py)
+CONSOLE_BYTES = 64 * 1024
+
+
+def _view(record: VmRecord, zone: str, facts: sqlite3.Row | None) -> InstanceView:
+    leases = record.info.get("leases") or []
+    return InstanceView(
+        vmid=record.vmid,
+        owner=record.owner,
+        image=facts["image"] if facts else None,
+        core_state=record.state.value,
+        instance_type=facts["instance_type"] if facts else None,
+        launched=datetime.fromtimestamp(record.created, UTC),
+        zone=zone,
+        private_ip=str(leases[0]) if leases else None,
+        key_name=facts["key_name"] if facts else None,
+        launch_index=facts["launch_index"] if facts else 0,
+        reservation=facts["reservation"] if facts else None,
+    )
+
+
+def _shut_down(state: State, vmid: int) -> None:
+    try:
+        lifecycle.shutdown(state, vmid)
+    except ImagekitError as err:
+        log.warning("VM %d: shutdown for TerminateInstances failed: %s", vmid, err)
+
+
+class CoreBackend:
+    def __init__(self, state: State, zone: str = "default", *, hold: bool = False, etc: Path | None = None):
+        self.state = state
+        self.zone = zone
+        self.hold = hold
+        self.etc = etc
+
+    def _facts(self, where: str = "", args: tuple[object, ...] = ()) -> dict[int, sqlite3.Row]:
+        with self.state.read() as db:
+            rows = db.execute(f"SELECT * FROM ec2_instances {where}", args).fetchall()
+        return {row["vmid"]: row for row in rows}
+
+    def instances(self, user: User) -> list[InstanceView]:
+        records = lifecycle.list_vms(self.state, owner=None if user.admin else user.name)
+        facts = self._facts()
+        return [_view(r, self.zone, facts.get(r.vmid)) for r in records]
+
+    def run(self, user: User, request: RunRequest) -> list[InstanceView]:
+        if request.client_token:
+            done = self._facts("WHERE owner = ? AND client_token = ?", (user.name, request.client_token))
+            if done:
+                return [v for v in self.instances(user) if v.vmid in done]
+        templates = self.state.root / "ec2" / "templates"
+        templates.mkdir(parents=True, exist_ok=True)
+        types = load_instance_types(self.etc)
+        type_request = TypeRequest(
+            name=f"ec2-{user.name}",
+            image=ImageRef(request.image.id, request.image.location),
+            user=user.name,
+            user_data=request.user_data,
+            public_key=request.key.public_key if request.key else None,
+            key_name=request.key.name if request.key else None,
+        )
+        text = serialise(types.render(request.instance_type, type_request))
+        made: list[VmRecord] = []
+        try:
+            for _ in range(request.count):
+                path = templates / f"{uuid.uuid4()}.one"
+                write_atomically(path, text)
+                create = CreateRequest(path, hold=self.hold, etc=self.etc, owner=user.name)
+                made.append(create_vm(create, state=self.state))
+        except BaseException:
+            for record in made:
+                lifecycle.delete(self.state, record.vmid)
+            raise
+        self._record(user, request, made)
+        wanted = {r.vmid for r in made}
+        return [v for v in self.instances(user) if v.vmid in wanted]
+
+    def _record(self, user: User, request: RunRequest, made: list[VmRecord]) -> None:
+        reservation = f"r-{made[0].vmid:08x}"
+        with self.state.transaction() as db:
+            db.executemany(
+                "INSERT INTO ec2_instances (vmid, owner, image, instance_type, key_name, reservation,"
+                " launch_index, client_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        record.vmid,
+                        user.name,
+                        request.image.id,
+                        request.instance_type,
+                        request.key.name if request.key else None,
+                        reservation,
+                        index,
+                        request.client_token,
+                    )
+                    for index, record in enumerate(made)
+                ],
+            )
+
+    def console(self, user: User, vmid: int) -> bytes:
+        """The end of the VM's serial log (EC2 keeps the last 64 KiB); empty before it boots."""
+        path = lifecycle.show(self.state, vmid).directory / SERIAL_LOG
+        try:
+            with open(path, "rb") as log_file:
+                size = log_file.seek(0, 2)
+                log_file.seek(max(0, size - CONSOLE_BYTES))
+                return log_file.read()
+        except FileNotFoundError:
+            return b""
+
+    def start(self, user: User, vmid: int) -> tuple[str, str]:
+        """econe's start: a held VM is released (boots), a stopped or suspended one resumes."""
+        previous = lifecycle.show(self.state, vmid).state
+        try:
+            if previous is VmState.RUNNING:
+                return previous.value, previous.value
+            if previous is VmState.HOLD:
+                return previous.value, lifecycle.release(self.state, vmid).state.value
+            if previous in (VmState.STOPPED, VmState.SUSPENDED):
+                return previous.value, lifecycle.resume(self.state, vmid).state.value
+        except InputError as err:
+            raise Ec2Error("IncorrectInstanceState", err.reason) from None
+        raise Ec2Error("IncorrectInstanceState", f"VM {vmid} is {previous.value}: it cannot be started")
+
+    def stop(self, user: User, vmid: int) -> tuple[str, str]:
+        """econe's stop: the VM's memory is saved and its process ends (``vm stop``)."""
+        previous = lifecycle.show(self.state, vmid).state
+        try:
+            if previous is VmState.STOPPED:
+                return previous.value, previous.value
+            if previous in (VmState.RUNNING, VmState.SUSPENDED):
+                return previous.value, lifecycle.stop(self.state, vmid).state.value
+        except InputError as err:
+            raise Ec2Error("IncorrectInstanceState", err.reason) from None
+        raise Ec2Error("IncorrectInstanceState", f"VM {vmid} is {previous.value}: it cannot be stopped")
+
+    def terminate(self, user: User, vmid: int) -> tuple[str, str]:
+        record = lifecycle.show(self.state, vmid)
+        previous = record.state
+        try:
+            if previous in _ENDED:
+                return previous.value, previous.value
+            if previous is VmState.RUNNING:
+                threading.Thread(target=_shut_down, args=(self.state, vmid), daemon=True).start()
+                return previous.value, VmState.SHUTDOWN.value
+            return previous.value, lifecycle.delete(self.state, vmid).state.value
+        except InputError as err:  # another request moved the VM first
+            raise Ec2Error("IncorrectInstanceState", err.reason) from None

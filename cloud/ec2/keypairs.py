@@ -1,0 +1,132 @@
+"""Key pairs: public keys imported per user (``ImportKeyPair``), named, fingerprinted as EC2 does.
+
+Only public keys are kept (there is no ``CreateKeyPair``: the private key would have to leave
+the server). A user's key pairs go when the user is deleted. Fingerprints are EC2's for
+imported keys: RSA, the MD5 of the key blob as ``ssh-keygen -E md5 -l`` prints it (RFC 4716
+section 4); ED25519 and ECDSA, the base64 SHA-256 of the blob.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cloud.ec2.errors import Ec2Error, invalid_parameter
+from cloud.ec2.ids import select
+from cloud.users import User
+from imagekit.state import State, schema
+
+schema(
+    "cloud.ec2.keypairs",
+    """
+    CREATE TABLE IF NOT EXISTS ec2_keypairs (
+        id          INTEGER PRIMARY KEY,
+        user_id     INTEGER NOT NULL REFERENCES cloud_users(id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        public_key  TEXT NOT NULL,
+        key_type    TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        created     TEXT NOT NULL,
+        UNIQUE (user_id, name)
+    );
+    """,
+)
+
+_KEY_TYPES = {
+    "ssh-rsa": "rsa",
+    "ssh-ed25519": "ed25519",
+    "ecdsa-sha2-nistp256": "ecdsa",
+    "ecdsa-sha2-nistp384": "ecdsa",
+    "ecdsa-sha2-nistp521": "ecdsa",
+}
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    id: int
+    name: str
+    public_key: str
+    key_type: str
+    fingerprint: str
+    created: str
+
+    @property
+    def key_pair_id(self) -> str:
+        return f"key-{self.id:017x}"
+
+
+def parse_public_key(material: bytes) -> tuple[str, str, str]:
+    """``(public key line, key type, fingerprint)`` of an OpenSSH public key line."""
+    try:
+        fields = material.decode("ascii").split()
+        blob = base64.b64decode(fields[1], validate=True)
+    except (UnicodeDecodeError, IndexError, binascii.Error):
+        raise invalid_parameter("PublicKeyMaterial is not an OpenSSH public key") from None
+    algorithm = fields[0]
+    if algorithm not in _KEY_TYPES:
+        raise invalid_parameter(f"Unsupported key type {algorithm[:30]!r}")
+    # The blob starts with its own algorithm name: a key labelled with another type is refused.
+    length = int.from_bytes(blob[:4], "big")
+    if blob[4 : 4 + length] != algorithm.encode():
+        raise invalid_parameter("PublicKeyMaterial is not an OpenSSH public key")
+    if algorithm == "ssh-rsa":
+        digest = hashlib.md5(blob, usedforsecurity=False).hexdigest()
+        fingerprint = ":".join(digest[i : i + 2] for i in range(0, 32, 2))
+    else:
+        fingerprint = base64.b64encode(hashlib.sha256(blob).digest()).decode()
+    return " ".join(fields[:3]), _KEY_TYPES[algorithm], fingerprint
+
+
+def _check_name(name: str) -> str:
+    if not name or len(name) > 255 or not name.isascii() or not name.isprintable():
+        raise invalid_parameter("KeyName must be 1-255 printable ASCII characters")
+    return name
+
+
+def _key_pair(row: sqlite3.Row) -> KeyPair:
+    return KeyPair(
+        row["id"], row["name"], row["public_key"], row["key_type"], row["fingerprint"], row["created"]
+    )
+
+
+class KeyPairStore:
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def import_key(self, user: User, name: str, material: bytes) -> KeyPair:
+        line, key_type, fingerprint = parse_public_key(material)
+        created = datetime.now(UTC).replace(microsecond=0).isoformat()
+        with self.state.transaction() as db:
+            try:
+                cur = db.execute(
+                    "INSERT INTO ec2_keypairs (user_id, name, public_key, key_type, fingerprint, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (user.id, _check_name(name), line, key_type, fingerprint, created),
+                )
+            except sqlite3.IntegrityError:
+                raise Ec2Error("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists.") from None
+            assert cur.lastrowid is not None
+        return KeyPair(cur.lastrowid, name, line, key_type, fingerprint, created)
+
+    def describe(self, user: User, names: Sequence[str] = ()) -> list[KeyPair]:
+        """The user's key pairs (only ``names`` when given: each must exist)."""
+        with self.state.read() as db:
+            rows = db.execute("SELECT * FROM ec2_keypairs WHERE user_id = ? ORDER BY name", (user.id,))
+            found = [_key_pair(r) for r in rows]
+        if not names:
+            return found
+        by_name = {k.name: k for k in found}
+        return select(by_name, names, "InvalidKeyPair.NotFound", lambda name: f"key pair '{name}'")
+
+    def get(self, user: User, name: str) -> KeyPair:
+        return self.describe(user, [name])[0]
+
+    def delete(self, user: User, name: str) -> None:
+        """Deleting a key pair that does not exist succeeds, as in EC2."""
+        with self.state.transaction() as db:
+            db.execute("DELETE FROM ec2_keypairs WHERE user_id = ? AND name = ?", (user.id, name))

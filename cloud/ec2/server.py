@@ -1,0 +1,161 @@
+"""The EC2 Query service over HTTP: a thin Starlette layer run by uvicorn.
+
+    app = create_app(State.open(state_dir()), Region("default", "http://127.0.0.1:4567/"))
+
+``POST /`` (form-encoded, as boto3 and the AWS CLI send) and ``GET /?Action=…``: the body is
+read up to a limit, the signature checked (``auth.py``) against the user's secret, the action
+run (``service.py``) in a worker thread (SQLite is synchronous), and the answer written in the
+EC2 namespace of the request's ``Version``. Every failure, a bug included, is an EC2 XML error
+envelope with its HTTP status; nothing is ever answered in plain text.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cloud.ec2.auth import DEFAULT_SKEW, QueryRequest, verify
+from cloud.ec2.core import CoreBackend
+from cloud.ec2.errors import Ec2Error, invalid_parameter
+from cloud.ec2.responses import error_xml, response_xml
+from cloud.ec2.service import ComputeBackend, Ec2Service, Region
+from cloud.users import UserStore
+from imagekit.errors import InputError
+from imagekit.state import State
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 20  # Query API bodies are parameters only; uploads are not served here.
+XML = "text/xml;charset=UTF-8"
+
+
+def _params(query: str, body: bytes, content_type: str) -> tuple[tuple[str, str], ...]:
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        try:
+            pairs += parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+        except UnicodeDecodeError:
+            raise invalid_parameter("The request body is not UTF-8") from None
+    return tuple(pairs)
+
+
+async def _body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise Ec2Error("RequestEntityTooLarge", f"The request body exceeds {MAX_BODY} bytes", status=413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise Ec2Error("RequestEntityTooLarge", f"The request body exceeds {MAX_BODY} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Ec2App:
+    def __init__(
+        self,
+        state: State,
+        region: Region,
+        *,
+        compute: ComputeBackend | None = None,
+        skew: timedelta = DEFAULT_SKEW,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.users = UserStore(state)
+        self.service = Ec2Service(state, region, compute)
+        self.skew = skew
+        self.clock = clock
+
+    def _run(self, query: QueryRequest, request_id: str) -> bytes:
+        user = verify(query, self.users.credentials, now=self.clock(), skew=self.skew)
+        action = query.param("Action")
+        if not action:
+            raise Ec2Error("MissingAction", "The request must contain the parameter Action")
+        params = dict(query.params)
+        body = self.service.handle(user, action, params)
+        return response_xml(action, params.get("Version"), request_id, body)
+
+    async def endpoint(self, request: Request) -> Response:
+        request_id = str(uuid.uuid4())
+        try:
+            body = await _body(request)
+            query = QueryRequest(
+                method=request.method,
+                path=request.url.path,
+                query=request.url.query,
+                headers=tuple(
+                    (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers.raw
+                ),
+                body=body,
+                params=_params(request.url.query, body, request.headers.get("content-type", "")),
+            )
+            xml = await run_in_threadpool(self._run, query, request_id)
+        except Ec2Error as err:
+            log.info("%s %s: %s", request_id, err.code, err.reason)
+            return Response(error_xml(err.code, err.reason, request_id), err.status, media_type=XML)
+        except InputError as err:
+            log.info("%s: %s", request_id, err)
+            return Response(error_xml("InvalidParameterValue", str(err), request_id), 400, media_type=XML)
+        except Exception:  # a bug or bad state (DataError): logged, answered, the service stays up
+            log.exception("%s: internal error", request_id)
+            message = "An internal error has occurred"
+            return Response(error_xml("InternalError", message, request_id), 500, media_type=XML)
+        return Response(xml, media_type=XML)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (another path, another method) in the EC2 envelope too."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    code = {404: "InvalidAction", 405: "UnsupportedOperation"}.get(status, "InvalidRequest")
+    message = f"{request.method} {request.url.path} is not part of the EC2 Query API (POST or GET /)"
+    return Response(error_xml(code, message, str(uuid.uuid4())), status, media_type=XML)
+
+
+def create_app(state: State, region: Region, **options: Any) -> Starlette:
+    app = Ec2App(state, region, **options)
+    return Starlette(
+        routes=[Route("/", app.endpoint, methods=["GET", "POST"])],
+        exception_handlers={HTTPException: _http_error},
+    )
+
+
+def serve(
+    state_root: Path,
+    *,
+    host: str,
+    port: int,
+    region: str,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+    hold: bool = False,
+) -> None:
+    import uvicorn
+
+    scheme = "https" if certfile else "http"
+    endpoint = f"{scheme}://{host}:{port}/"
+    state = State.open(state_root)
+    app = create_app(state, Region(region, endpoint), compute=CoreBackend(state, hold=hold))
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        log_level="warning",
+        server_header=False,
+        proxy_headers=False,
+    )

@@ -1,0 +1,193 @@
+"""Instance types: the shipped table, sandboxed rendering, escaping for oned's scanner, merge.
+
+Capacities are OpenNebula 1.4's: econe ``src/cloud/ec2/etc/templates/m1.small.erb`` (CPU 0.2,
+MEMORY 256; the only type 1.4 shipped, ``src/cloud/ec2/etc/econe.conf`` ``VM_TYPE``) and OCCI
+``src/cloud/occi/etc/templates/small.erb:8-9`` (CPU 1, MEMORY 1024), ``medium.erb`` (4, 4096),
+``large.erb`` (8, 8192). The quoted-value rule is oned's ``src/parsers/template_parser.l``
+(``"([^"]|\\")*"``, only ``\\"`` unescaped by ``template_syntax.y``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cloud.instance_types import (
+    DiskRequest,
+    ImageRef,
+    InstanceTypes,
+    NicRequest,
+    TypeRequest,
+    load_instance_types,
+    merge,
+    one_value,
+    typed_template,
+)
+from cloud.model import VmState
+from cloud.store import VmStore
+from context.leases import NetworkStore
+from context.model import Vector
+from context.network import network_from_template
+from context.template import parse_template
+from imagekit.cli import main
+from imagekit.errors import InputError
+from imagekit.run import run
+from imagekit.state import State
+
+REPO = Path(__file__).resolve().parents[2]
+TYPES = load_instance_types(REPO / "etc")
+EVIL = ['we"b', "back\\slash\\x", "a]b, CPU = 99", 'x"\nCPU = 99\nEVIL = [ A = "1', "tab\there ] ["]
+
+
+@pytest.mark.parametrize(
+    ("name", "cpu", "memory"),
+    [
+        ("m1.small", "0.2", "256"),
+        ("m1.large", "2", "7680"),
+        ("m1.xlarge", "4", "15360"),
+        ("small", "1", "1024"),
+        ("medium", "4", "4096"),
+        ("large", "8", "8192"),
+    ],
+)
+def test_shipped_types_render_with_their_capacity(name: str, cpu: str, memory: str) -> None:
+    request = TypeRequest(name="vm", image=ImageRef(3), disks=(DiskRequest("disk", "sda1", image_id=3),))
+    rendered = TYPES.render(name, request)
+    assert (rendered.single("CPU"), rendered.single("MEMORY")) == (cpu, memory)
+
+
+@pytest.mark.parametrize("evil", EVIL)
+def test_request_values_cannot_inject_attributes(evil: str) -> None:
+    ec2 = TYPES.render(
+        "m1.small",
+        TypeRequest(name=evil, image=ImageRef(evil, evil), user_data=evil, public_key=evil, key_name=evil),
+    )
+    assert [a.name for a in ec2] == [
+        "CPU", "VCPU", "MEMORY", "NAME", "DISK", "NIC", "CONTEXT",
+    ]  # fmt: skip
+    assert ec2.single("NAME") == evil and ec2.vectors("DISK") == [Vector((("SOURCE", evil),))]
+    context = ec2.vectors("CONTEXT")[0]
+    user_data = ["EC2_USER_DATA", "USER_DATA", "USERDATA_ENCODING"]
+    assert context.keys() == [*user_data, "EC2_PUBLIC_KEY", "SSH_PUBLIC_KEY", "EC2_KEYNAME", "TARGET"]
+    assert context.get("EC2_USER_DATA") == evil and context.get("TARGET") == "hdc"
+
+    occi = TYPES.render(
+        "small",
+        TypeRequest(
+            name=evil,
+            disks=(DiskRequest("fs", evil, size=10, format=evil),),
+            nics=(NicRequest(evil, ip=evil),),
+        ),
+    )
+    assert [a.name for a in occi] == ["CPU", "MEMORY", "NAME", "DISK", "NIC"]
+    assert occi.vectors("NIC") == [Vector((("NETWORK", evil), ("IP", evil)))]
+    assert occi.vectors("DISK")[0].as_dict() == {"TYPE": "fs", "SIZE": "10", "FORMAT": evil, "TARGET": evil}
+
+
+@given(st.text(max_size=40))
+def test_one_value_reads_back_unchanged_or_is_refused(text: str) -> None:
+    try:
+        written = one_value(text)
+    except InputError:
+        assert text.endswith("\\") or "]]>" in text
+        return
+    parsed = parse_template(f"A = {written}\nB = [ K = {written}, L = {written} ]\nC = 1\n")
+    assert [a.name for a in parsed] == ["A", "B", "C"]
+    assert parsed.single("A") == text and parsed.vectors("B")[0].items == (("K", text), ("L", text))
+
+
+def _types(tmp_path: Path, body: str) -> InstanceTypes:
+    (tmp_path / "instance-types").mkdir()
+    (tmp_path / "instance-types" / "t.j2").write_text(body)
+    (tmp_path / "instance-types.conf").write_text('VM_TYPE = [ NAME = "t", TEMPLATE = "t.j2" ]\n')
+    return load_instance_types(tmp_path)
+
+
+def test_a_value_printed_without_the_filter_is_refused(tmp_path: Path) -> None:
+    types = _types(tmp_path, "NAME = {{ name }}\n")
+    assert types.render("t", TypeRequest(name="plain-name.1")).single("NAME") == "plain-name.1"
+    with pytest.raises(InputError, match="without the `one` filter"):
+        types.render("t", TypeRequest(name="x\nCPU = 99"))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("NAME = {{ nonexistent | one }}\n", "'nonexistent' is undefined"),
+        ("NAME = {{ name.__class__.__mro__ | one }}\n", "unsafe|__class__"),
+        ("NAME = {% if %}\n", "t.j2:1"),
+    ],
+)
+def test_strict_and_sandboxed(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        _types(tmp_path, body).render("t", TypeRequest(name="vm"))
+
+
+def test_table_errors_name_file_line_column(tmp_path: Path) -> None:
+    (tmp_path / "instance-types").mkdir()
+    (tmp_path / "instance-types.conf").write_text(
+        '# types\nVM_TYPE = [ NAME = "x", TEMPLATE = "../oned.conf" ]\n'
+    )
+    with pytest.raises(InputError, match=r"instance-types.conf:2:1: TEMPLATE '../oned.conf' is not a file"):
+        load_instance_types(tmp_path)
+    with pytest.raises(InputError, match="unknown instance type 'm9.huge'") as info:
+        TYPES.render("m9.huge", TypeRequest(name="vm"))
+    assert info.value.hint and "m1.small" in info.value.hint
+
+
+def test_merge_type_into_a_user_template() -> None:
+    user = parse_template(
+        'NAME = "mine"\nCPU = 8\nNIC = [ NETWORK = "private" ]\nGRAPHICS = [ TYPE = "vnc" ]\n'
+        'CONTEXT = [ HOSTNAME = "web", EC2_USER_DATA = "from-user" ]\n'
+    )
+    typed = TYPES.render("m1.small", TypeRequest(name="mine", image=ImageRef(4), user_data="from-type"))
+    merged = parse_template(merge(typed, user))
+    assert merged.single("CPU") == "0.2" and merged.single("NAME") == "mine"
+    assert merged.vectors("NIC") == [Vector((("NETWORK", "Public EC2"),))]
+    assert merged.vectors("GRAPHICS") == [Vector((("TYPE", "vnc"),))]
+    context = merged.vectors("CONTEXT")
+    assert len(context) == 1
+    assert context[0].as_dict() == {
+        "EC2_USER_DATA": "from-type",
+        "USER_DATA": "from-type",
+        "USERDATA_ENCODING": "base64",
+        "TARGET": "hdc",
+        "HOSTNAME": "web",
+    }
+
+
+def test_typed_template_keeps_the_users_disks_and_nics(tmp_path: Path) -> None:
+    user = tmp_path / "web.one"
+    user.write_text(
+        'NAME = "web"\nCPU = 8\nDISK = [ SOURCE = "disk.qcow2" ]\nNIC = [ NETWORK = "lan" ]\n'
+        'CONTEXT = [ HOSTNAME = "web" ]\n'
+    )
+    merged_path = typed_template(user, "m1.small", REPO / "etc")
+    assert merged_path == tmp_path / "web.m1.small.one"  # beside it: relative paths still resolve
+    merged = parse_template(merged_path.read_text())
+    assert [a.name for a in merged] == ["CPU", "VCPU", "MEMORY", "NAME", "DISK", "NIC", "CONTEXT"]
+    assert (merged.single("CPU"), merged.single("MEMORY"), merged.single("NAME")) == ("0.2", "256", "web")
+    assert merged.vectors("DISK") == [Vector((("SOURCE", "disk.qcow2"),))]
+    assert merged.vectors("NIC") == [Vector((("NETWORK", "lan"),))]
+    occi = parse_template(typed_template(user, "large", REPO / "etc").read_text())
+    assert (occi.single("CPU"), occi.single("MEMORY"), occi.single("NAME")) == ("8", "8192", "web")
+
+
+def test_vm_create_with_a_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _isolated_state: Path
+) -> None:
+    monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
+    state = State.open(_isolated_state)
+    lan = 'NAME = "lan"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.7.0.0"\nNETWORK_SIZE = "C"\n'
+    NetworkStore(state).create(network_from_template(parse_template(lan, "lan.net")))
+    run(["qemu-img", "create", "-q", "-f", "qcow2", tmp_path / "disk.qcow2", "16M"])
+    user = tmp_path / "web.one"
+    user.write_text('NAME = "web"\nDISK = [ SOURCE = "disk.qcow2" ]\nNIC = [ NETWORK = "lan" ]\n')
+    assert main(["vm", "create", str(user), "--type", "m1.large", "--hold"]) == 0
+    [record] = VmStore(state).list()
+    assert record.state is VmState.HOLD and record.template == str(tmp_path / "web.m1.large.one")
+    deployed = parse_template(Path(record.template).read_text())
+    assert (deployed.single("CPU"), deployed.single("VCPU"), deployed.single("MEMORY")) == ("2", "2", "7680")

@@ -1,0 +1,98 @@
+"""Cloud users: scrypt password hashes, EC2 secrets sealed under the state directory's key."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cloud.users import KEY_FILE, UserStore, check_password, hash_password
+from imagekit.cli import main
+from imagekit.errors import DataError, InputError
+from imagekit.state import State
+
+
+@pytest.fixture
+def users(_isolated_state: Path) -> UserStore:
+    return UserStore(State.open(_isolated_state))
+
+
+def test_password_hash_is_salted_scrypt_and_verifies() -> None:
+    first, second = hash_password("pw"), hash_password("pw")
+    assert first.startswith("scrypt$16384$8$1$") and first != second
+    assert check_password("pw", first) and check_password("pw", second)
+    assert not check_password("pW", first)
+
+
+def test_create_returns_keys_once_and_stores_the_secret_sealed(users: UserStore) -> None:
+    created = users.create("alice", "pw")
+    assert created.user.access_key.startswith("AKIK") and len(created.user.access_key) == 20
+    assert users.credentials(created.user.access_key) == (created.user, created.secret_key)
+    assert users.credentials("AKIKNOSUCHKEY") is None
+    db = sqlite3.connect(users.state.db_path)
+    stored = db.execute("SELECT password, secret FROM cloud_users").fetchone()
+    assert created.secret_key.encode() not in stored[1] and "pw" not in stored[0].split("$")
+    key = users.state.root / KEY_FILE
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+
+
+def test_a_sealed_secret_is_bound_to_its_access_key(users: UserStore) -> None:
+    alice, bob = users.create("alice", "a"), users.create("bob", "b")
+    db = sqlite3.connect(users.state.db_path)
+    with db:
+        db.execute(
+            "UPDATE cloud_users SET secret = (SELECT secret FROM cloud_users WHERE name = 'alice')"
+            " WHERE name = 'bob'"
+        )
+    assert users.credentials(alice.user.access_key) is not None
+    with pytest.raises(DataError, match="does not decrypt"):
+        users.credentials(bob.user.access_key)
+
+
+def test_a_key_file_readable_by_others_is_refused(users: UserStore) -> None:
+    users.create("alice", "a")
+    (users.state.root / KEY_FILE).chmod(0o644)
+    with pytest.raises(DataError, match="readable by others"):
+        UserStore(users.state).credentials(users.get("alice").access_key)
+
+
+def test_names_passwords_and_duplicates(users: UserStore) -> None:
+    users.create("alice", "a", admin=True)
+    with pytest.raises(InputError, match="already exists"):
+        users.create("alice", "b")
+    for bad in ("", "a b", "-x", "x:y"):
+        with pytest.raises(InputError, match="invalid user name"):
+            users.create(bad, "pw")
+    with pytest.raises(InputError, match="empty"):
+        users.create("carol", "")
+    assert users.authenticate("alice", "a") == users.get("alice")
+    assert users.get("alice").admin
+    assert users.authenticate("alice", "b") is None and users.authenticate("nobody", "a") is None
+
+
+def test_cli_create_list_show_passwd_delete(
+    users: UserStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("first\n")
+    assert main(["user", "create", "alice", "--password-file", str(pw), "--admin"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    access = out[1].removeprefix("EC2_ACCESS_KEY=")
+    secret = out[2].removeprefix("EC2_SECRET_KEY=")
+    assert users.credentials(access) == (users.get("alice"), secret)
+
+    assert main(["user", "show", "alice", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["admin"] is True and shown["access_key"] == access and secret not in json.dumps(shown)
+    assert main(["user", "list"]) == 0
+    assert "alice" in capsys.readouterr().out
+
+    pw.write_text("second\n")
+    assert main(["user", "passwd", "alice", "--password-file", str(pw)]) == 0
+    assert users.authenticate("alice", "second") and not users.authenticate("alice", "first")
+
+    assert main(["user", "delete", "alice"]) == 0
+    assert main(["user", "show", "alice"]) == 1
+    assert "no user 'alice'" in capsys.readouterr().err
