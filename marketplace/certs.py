@@ -31,13 +31,18 @@ def dn(name: x509.Name) -> str:
     return name.rfc4514_string()
 
 
+_AROUND_SEPARATORS = re.compile(r"\s*([,+=])\s*")
+
+
+def squeezed_dn(text: str) -> str:
+    """``text`` without spaces around separators: Java and OpenSSL renderings of one DN differ
+    there, never in the values."""
+    return _AROUND_SEPARATORS.sub(r"\1", text.strip())
+
+
 def same_dn(text: str, name: x509.Name) -> bool:
-    """Exact match, or equal once spaces after separators are ignored (Java and OpenSSL
-    renderings differ there, never in the values)."""
-    if text == dn(name):
-        return True
-    squeeze = re.compile(r"\s*([,+=])\s*")
-    return squeeze.sub(r"\1", text.strip()) == squeeze.sub(r"\1", dn(name))
+    """Exact match, or equal once spaces around separators are ignored."""
+    return text == dn(name) or squeezed_dn(text) == squeezed_dn(dn(name))
 
 
 def certificate_emails(cert: x509.Certificate) -> tuple[str, ...]:

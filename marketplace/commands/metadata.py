@@ -20,7 +20,9 @@ from pathlib import Path
 from imagekit.errors import InputError
 from imagekit.output import print_json
 from marketplace import describe
+from marketplace.binding import Claim, check_mapped
 from marketplace.certs import TrustStore
+from marketplace.config import load_config
 from marketplace.metadata import (
     Metadata,
     format_time,
@@ -84,6 +86,8 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "--at", metavar="ISO-TIME", help="check the certificate at this time, not at the endorsement"
     )
     verify.add_argument("--no-sha1", action="store_true", help="refuse legacy RSA-SHA1 signatures")
+    verify.add_argument("--config", type=Path, metavar="FILE",
+                        help="marketplace.conf with [uploads] email_bindings for --trust")  # fmt: skip
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_verify)
 
@@ -183,6 +187,8 @@ def _verify(args: argparse.Namespace) -> int:
         allow_sha1=not args.no_sha1,
         source=str(args.file),
     )
+    if trust is not None:
+        check_mapped(Claim.of(entry), mapped=load_config(args.config).email_bindings)
     m = entry.metadata
     status = m.status(datetime.now(UTC))
     if args.json:
