@@ -20,10 +20,16 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 # Per-test timeout for the marked tiers; everything else gets pyproject's short default.
 LONG_TIMEOUTS = {"slow": 1800, "vm": 1800, "browser": 300, "postgres": 300}
+# Session fixtures that build an image: a test using one is `slow` whether or not it says so.
+BUILDING_FIXTURES = frozenset({"minimal_image", "cloud_image", "build_state_dir"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects, so `make check` never builds an image
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        builds = BUILDING_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if builds and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
         longest = max(
             (LONG_TIMEOUTS[m.name] for m in item.iter_markers() if m.name in LONG_TIMEOUTS), default=0
         )

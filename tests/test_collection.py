@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from .conftest import REPO
+import pytest
+
+from .conftest import LONG_TIMEOUTS, REPO, pytest_collection_modifyitems
 
 
 def test_every_test_file_is_collected() -> None:
@@ -21,3 +23,31 @@ def test_every_test_file_is_collected() -> None:
     on_disk = {str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py")}
     assert on_disk - collected == set()
     assert "tests/build/test_images.py" in collected
+
+
+class _Item:
+    """The part of a pytest item the tier hook looks at."""
+
+    def __init__(self, fixtures: list[str], marks: list[str]) -> None:
+        self.fixturenames = fixtures
+        self.marks: list[pytest.MarkDecorator] = [getattr(pytest.mark, name) for name in marks]
+
+    def iter_markers(self) -> list[pytest.Mark]:
+        return [m.mark for m in self.marks]
+
+    def get_closest_marker(self, name: str) -> pytest.Mark | None:
+        return next((m for m in self.iter_markers() if m.name == name), None)
+
+    def add_marker(self, marker: pytest.MarkDecorator) -> None:
+        self.marks.append(marker)
+
+
+def test_tiers_and_timeouts() -> None:
+    builds = _Item(["tmp_path", "minimal_image"], [])
+    browser = _Item(["page"], ["browser"])
+    fast = _Item(["tmp_path"], [])
+    pytest_collection_modifyitems([builds, browser, fast])  # type: ignore[list-item]
+    assert builds.get_closest_marker("slow") is not None
+    assert [m.args for m in builds.iter_markers() if m.name == "timeout"] == [(LONG_TIMEOUTS["slow"],)]
+    assert [m.args for m in browser.iter_markers() if m.name == "timeout"] == [(LONG_TIMEOUTS["browser"],)]
+    assert [m.name for m in fast.iter_markers()] == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -90,8 +89,20 @@ def test_cli_without_command_shows_help(capsys: pytest.CaptureFixture[str]) -> N
 
 
 class _Terminal(io.StringIO):
+    """A terminal that says when the running step's line was drawn a second time (the ticker)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redrawn = threading.Event()
+
     def isatty(self) -> bool:
         return True
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self.getvalue().count("\r\x1b[K  inner… ") >= 2:
+            self.redrawn.set()
+        return written
 
 
 def test_step_on_a_terminal_is_a_live_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +112,7 @@ def test_step_on_a_terminal_is_a_live_line(monkeypatch: pytest.MonkeyPatch) -> N
     try:
         timings = StepTimings()
         with step("outer", timings), step("inner", timings):
-            time.sleep(0.7)  # long enough for the clock to be redrawn once
+            assert terminal.redrawn.wait(timeout=30), "the live line was never redrawn"
     finally:
         setup_logging(0)  # back to a plain handler on the real stderr
     out = terminal.getvalue()
