@@ -17,6 +17,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from imagekit.atomic import write_atomically
 from imagekit.errors import InputError
 from imagekit.output import print_json
 from marketplace import describe
@@ -32,7 +33,6 @@ from marketplace.metadata import (
     parse_metadata,
 )
 from marketplace.signing import SignatureAlgorithm, load_p12, load_signer, sign_entry
-from marketplace.store import write_atomic
 from marketplace.verify import verify_entry
 
 
@@ -105,13 +105,6 @@ def _read(path: Path) -> bytes:
         raise InputError(f"cannot read: {exc.strerror}", where=str(path)) from None
 
 
-def _write(path: Path, data: bytes) -> None:
-    try:
-        write_atomic(path, data)
-    except OSError as exc:
-        raise InputError(f"cannot write: {exc.strerror}", where=str(path)) from None
-
-
 def _create(args: argparse.Namespace) -> int:
     os_flags = (args.os, args.os_version, args.os_arch)
     if any(os_flags) and not all(os_flags):
@@ -134,7 +127,7 @@ def _create(args: argparse.Namespace) -> int:
         kind=args.kind,
         hypervisor=args.hypervisor,
     )
-    _write(args.output, metadata_to_rdfxml(m))
+    write_atomically(args.output, metadata_to_rdfxml(m))
     print(f"{args.output}: {m.identifier} (unsigned; sign it with `imagekit market metadata sign`)")
     return 0
 
@@ -163,7 +156,7 @@ def _sign(args: argparse.Namespace) -> int:
         chain=signer.chain,
         source=str(args.file),
     )
-    _write(args.output, signed)
+    write_atomically(args.output, signed)
     m = parse_metadata(signed, source=str(args.output))
     identifier, email, created = m.key
     print(f"{args.output}: {identifier} endorsed by {email} at {created}")
