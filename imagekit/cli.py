@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +18,6 @@ from pathlib import Path
 from imagekit import __version__
 from imagekit.errors import ImagekitError
 from imagekit.log import setup_logging
-
-log = logging.getLogger(__name__)
 
 # name → (module, one-line help). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,16 +46,28 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
         help="state directory (default: $IMAGEKIT_STATE or ~/.local/share/imagekit)",
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log every command run (-vv: more)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log every command run (-vv: also the libraries' debug output, each line with its logger)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.set_defaults(func=lambda args: _usage(parser))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         group = sub.add_parser(name, help=help_text, description=help_text)
+        # A group without a sub-command shows what it offers; each sub-command sets its own func.
+        group.set_defaults(func=lambda args, group=group: _usage(group))
         if name == chosen:
             importlib.import_module(module).register(group)
     return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 0
 
 
 def _chosen_command(argv: Sequence[str]) -> str | None:
@@ -78,13 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(_chosen_command(args_list))
     args = parser.parse_args(args_list)
     setup_logging(args.verbose, quiet=args.quiet)
-    func = getattr(args, "func", None)
-    if func is None:
-        # A group without a sub-command: show what it offers.
-        parser.parse_args([*args_list, "--help"])
-        return 2
     try:
-        return int(func(args))
+        return int(args.func(args))
     except ImagekitError as err:
         if args.debug:
             raise
@@ -97,7 +101,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 141
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -82,10 +83,27 @@ def test_state_transactions_serialise_across_threads(tmp_path: Path) -> None:
 
 
 def test_cli_without_command_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main([])
-    assert info.value.code == 0
+    assert main([]) == 0
     assert "COMMAND" in capsys.readouterr().out
+    assert main(["market"]) == 0  # a group without its sub-command: the group's help
+    out = capsys.readouterr().out
+    assert out.startswith("usage: imagekit market") and "deprecate" in out
+
+
+def test_vv_adds_the_libraries_debug_output(capsys: pytest.CaptureFixture[str]) -> None:
+    """-v shows imagekit's debug lines (every command run); -vv also the libraries', named."""
+    shown = {}
+    try:
+        for verbosity in (0, 1, 2):
+            setup_logging(verbosity)
+            logging.getLogger("imagekit.run").debug("$ true")
+            logging.getLogger("httpx").debug("HTTP Request: GET /")
+            shown[verbosity] = capsys.readouterr().err.splitlines()
+    finally:
+        setup_logging(0)
+    assert shown[0] == []
+    assert shown[1] == ["$ true"]
+    assert shown[2] == ["imagekit.run: $ true", "httpx: HTTP Request: GET /"]
 
 
 class _Terminal(io.StringIO):
