@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,7 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     setup_logging(args.verbose, quiet=args.quiet)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        _flush_stdout()  # a full disk or closed pipe on stdout fails here, not at exit
+        return status
     except ImagekitError as err:
         if args.debug:
             raise
@@ -100,4 +103,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        _drop_stdout()
         return 141
+    except OSError as err:
+        # A path given by the user that the command did not check itself (missing, a
+        # directory, unreadable, a full disk): one line naming it (--debug: the traceback).
+        if args.debug:
+            raise
+        try:
+            sys.stdout.flush()
+        except OSError:
+            _drop_stdout()
+        where = f"{err.filename}: " if err.filename is not None else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, "standard output") from None
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for a closed pipe or a full disk
+    would fail again, with a traceback, when the interpreter exits."""
+    with open(os.devnull, "wb") as devnull:
+        try:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        except (OSError, ValueError):  # no real file descriptor (captured by a test)
+            pass

@@ -62,14 +62,17 @@ class State:
             # commits may be lost on power failure, and each commit skips an fsync.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            for name, ddl in _SCHEMAS.items():
-                key = (str(self.db_path), name)
-                if key not in _APPLIED:
-                    conn.executescript(ddl)
-                    _APPLIED.add(key)
+            self._apply_schemas(conn)
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.db_path}: state database unusable: {exc}") from None
         return conn
+
+    def _apply_schemas(self, conn: sqlite3.Connection) -> None:
+        for name, ddl in _SCHEMAS.items():
+            key = (str(self.db_path), name)
+            if key not in _APPLIED:
+                conn.executescript(ddl)
+                _APPLIED.add(key)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -97,5 +100,9 @@ class State:
             conn = kept[key] = self.db()
             while len(kept) > _KEPT_PER_THREAD:
                 kept.popitem(last=False)[1].close()
+        else:
+            # A module imported since (context.render's VM table, say) registered its schema
+            # after this connection was made.
+            self._apply_schemas(conn)
         kept.move_to_end(key)
         return conn
