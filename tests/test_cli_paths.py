@@ -153,7 +153,7 @@ def _assert_one_line_errors(results: list[dict[str, object]]) -> None:
         lines = str(r["stderr"]).splitlines()
         ok = r["status"] == 1 and len(lines) == 1 and lines[0].startswith("error: ")
         if not ok or "Traceback" in str(r["stderr"]):
-            bad.append(f"{' '.join(map(str, r['argv']))} → {r['status']}: {r['stderr']!r}")
+            bad.append(f"{r['argv']} → {r['status']}: {r['stderr']!r}")
     assert bad == [], "\n".join(bad)
 
 
