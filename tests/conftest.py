@@ -24,9 +24,15 @@ LONG_TIMEOUTS = {"slow": 1800, "vm": 1800, "browser": 300, "postgres": 300}
 BUILDING_FIXTURES = frozenset({"minimal_image", "cloud_image", "build_state_dir"})
 
 
+# Files this session collected, before -m or -k deselected any (tests/test_collection.py).
+COLLECTED_FILES: set[str] = set()
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects, so `make check` never builds an image
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        if item.path.is_relative_to(REPO):
+            COLLECTED_FILES.add(str(item.path.relative_to(REPO)))
         builds = BUILDING_FIXTURES & set(getattr(item, "fixturenames", ()))
         if builds and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
