@@ -197,6 +197,8 @@ class Registry:
         return True
 
     def _check_binding(self, claim: Claim, claimed_in_batch: dict[str, CertIdentity] | None = None) -> None:
+        if claim.proven:
+            return  # the certificate carries the e-mail: no index query on the upload path
         first_uses = [CertIdentity.of(s, i) for s, i in self.index.first_uses(claim.email)]
         if not first_uses and claimed_in_batch and claim.email in claimed_in_batch:
             first_uses = [claimed_in_batch[claim.email]]
