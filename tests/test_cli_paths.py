@@ -182,13 +182,11 @@ def _prepare(kind: str, case: Case, base: Path) -> Path:
     raise AssertionError(kind)
 
 
-IN_PROCESS = [(kind, case) for kind in ("missing", "directory", "under-a-file") for case in CASES]
-
-
-def test_missing_directory_and_not_a_directory(tmp_path: Path, _isolated_state: Path) -> None:
+@pytest.mark.parametrize("kind", ["missing", "directory", "under-a-file"])
+def test_missing_directory_and_not_a_directory(kind: str, tmp_path: Path, _isolated_state: Path) -> None:
     world = _world(tmp_path, _isolated_state)
     results = []
-    for n, (kind, case) in enumerate(IN_PROCESS):
+    for n, case in enumerate(CASES):
         if case.role == "dir" and kind in ("missing", "directory"):
             continue  # created on demand, as documented; an existing one is what it wants
         results.append(_run(_argv(case, _prepare(kind, case, tmp_path / f"case-{n}"), world)))
