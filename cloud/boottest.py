@@ -20,11 +20,11 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 from cloud.cloud_init import LOGIN_PROMPT, expect_cloud_init, shown_hostnames, verify_cloud_init
 from cloud.qemu import Accel, Nic, QemuVm, VmSpec, choose_accel
+from context.flavor import IsoFlavor
 from context.model import ResolvedContext
 from imagekit.agent import REPORT_PREFIX, AgentReport, find_report
 from imagekit.diskimage import Firmware, image_format
@@ -44,20 +44,12 @@ _AGENT_LINE = re.compile(re.escape(REPORT_PREFIX) + r"\{")
 _ETH_MAC = re.compile(r"ETH(\d+)_MAC\Z")
 
 
-class Flavor(StrEnum):
-    """Which context medium to attach (the names of ``context.iso.IsoFlavor``)."""
-
-    OPENNEBULA = "opennebula"
-    NOCLOUD = "nocloud"
-    CONFIGDRIVE = "configdrive"
-
-
 @dataclass(frozen=True)
 class BootTest:
     image: Path
     template: Path | None = None  # None: the demo context in etc/boot-test/
     firmware: Firmware | None = None  # None: detected from the image's boot sector
-    flavor: Flavor = Flavor.OPENNEBULA
+    flavor: IsoFlavor = IsoFlavor.OPENNEBULA
     timeout: float = 300.0
     memory_mib: int = 1024
     cpus: int = 2
@@ -168,13 +160,11 @@ def verify_report(report: AgentReport, variables: dict[str, str], *, demo: bool 
     return checks
 
 
-def _build_medium(ctx: ResolvedContext, flavor: Flavor, path: Path, etc: Path | None) -> None:
-    from context.iso import IsoFlavor, build_iso
+def _build_medium(ctx: ResolvedContext, flavor: IsoFlavor, path: Path, etc: Path | None) -> None:
+    from context.iso import build_iso
     from context.settings import load_settings
 
-    data = build_iso(
-        ctx, IsoFlavor(flavor.value), restricted_dirs=load_settings(etc).context_restricted_dirs
-    )
+    data = build_iso(ctx, flavor, restricted_dirs=load_settings(etc).context_restricted_dirs)
     path.write_bytes(data)
 
 
@@ -242,7 +232,7 @@ def _watch(
             agent = "both" if report else "cloud-init"
             break
         found = find_report(line)
-        if found is None or (found.status == "no-context" and test.flavor is not Flavor.OPENNEBULA):
+        if found is None or (found.status == "no-context" and test.flavor is not IsoFlavor.OPENNEBULA):
             continue  # a NoCloud/config-drive seed is cloud-init's: wait for it
         report = found
         checks = _agent_checks(vm, report, ctx, demo=test.template is None)
@@ -265,8 +255,8 @@ def _agent_checks(vm: QemuVm, report: AgentReport, ctx: ResolvedContext, *, demo
     return checks
 
 
-def _cloud_init_checks(vm: QemuVm, ctx: ResolvedContext, flavor: Flavor, deadline: float) -> list[str]:
-    want = expect_cloud_init(ctx, flavor.value)
+def _cloud_init_checks(vm: QemuVm, ctx: ResolvedContext, flavor: IsoFlavor, deadline: float) -> list[str]:
+    want = expect_cloud_init(ctx, flavor)
     if want.hostname and not shown_hostnames(vm.console()):
         # No host key fingerprints (an image configured without them): a serial getty may
         # still print its prompt after cloud-init's last line.

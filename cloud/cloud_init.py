@@ -1,6 +1,6 @@
 """cloud-init's verdict, read from the serial console: the datasource it used and what it applied.
 
-    want = expect_cloud_init(ctx, "opennebula")
+    want = expect_cloud_init(ctx, IsoFlavor.OPENNEBULA)
     checks = verify_cloud_init(vm.console(), want)   # VerificationError names what is missing
 
 cloud-init reports on the console everything boot-test needs (as 22.4.2, Debian 12's, prints it):
@@ -28,6 +28,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from context.flavor import IsoFlavor
 from context.model import ResolvedContext
 from context.seed import HOSTNAME_KEYS, hostname, ssh_keys
 from imagekit.errors import VerificationError
@@ -38,11 +39,11 @@ LOGIN_PROMPT = re.compile(r"(?:^|\n)([A-Za-z0-9][-A-Za-z0-9.]*) login: ")
 # cc_ssh makes new host keys on an instance's first boot, after set_hostname: the comment is
 # the hostname cloud-init set (a serial getty may never start on a loaded TCG host).
 HOST_KEY_COMMENT = re.compile(r"\d+ SHA256:\S+ root@(\S+) \(\w+\)")
-#: The datasource that must read each context medium (``context.iso.IsoFlavor`` names).
+#: The datasource that must read each context medium.
 DATASOURCES = {
-    "opennebula": "DataSourceOpenNebula",
-    "nocloud": "DataSourceNoCloud",
-    "configdrive": "DataSourceConfigDrive",
+    IsoFlavor.OPENNEBULA: "DataSourceOpenNebula",
+    IsoFlavor.NOCLOUD: "DataSourceNoCloud",
+    IsoFlavor.CONFIGDRIVE: "DataSourceConfigDrive",
 }
 _ETH_MAC = re.compile(r"ETH(\d+)_MAC\Z")
 _KEY_TYPE = re.compile(r"(ssh-|ecdsa-|sk-)\S+\Z")
@@ -56,10 +57,10 @@ class CloudInitExpectation:
     ssh_keys: tuple[str, ...] = ()  # authorized_keys lines
 
 
-def expect_cloud_init(ctx: ResolvedContext, flavor: str) -> CloudInitExpectation:
+def expect_cloud_init(ctx: ResolvedContext, flavor: IsoFlavor) -> CloudInitExpectation:
     """What cloud-init must report for ``ctx`` delivered on a ``flavor`` medium."""
     variables = ctx.variables
-    if flavor == "opennebula":
+    if flavor is IsoFlavor.OPENNEBULA:
         # The datasource takes the first of these keys present in context.sh, even when empty.
         name = next((variables[k] for k in HOSTNAME_KEYS if k in variables), "")
     else:

@@ -27,7 +27,6 @@ import threading
 import time as _time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -39,6 +38,7 @@ import pycdlib.pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
 from context.contextsh import render_context_sh
+from context.flavor import IsoFlavor as IsoFlavor  # re-exported: build_iso's argument
 from context.isolayout import Layout, LayoutCache, sectors
 from context.model import ResolvedContext
 from context.seed import configdrive_files, nocloud_files
@@ -52,15 +52,6 @@ JOLIET_MAX = 64
 MAX_FILE_SIZE = (4 << 30) - 1  # one ISO 9660 extent; multi-extent files are not worth it here
 _NOT_D_CHARS = re.compile(r"[^A-Z0-9_]")
 _JOLIET_FORBIDDEN = set("*/:;?\\")
-
-
-class IsoFlavor(StrEnum):
-    OPENNEBULA = "opennebula"
-    NOCLOUD = "nocloud"
-    CONFIGDRIVE = "configdrive"
-
-
-LABELS = {IsoFlavor.OPENNEBULA: "CONTEXT", IsoFlavor.NOCLOUD: "cidata", IsoFlavor.CONFIGDRIVE: "config-2"}
 
 
 @dataclass(frozen=True)
@@ -322,4 +313,4 @@ def build_iso(
         entries = seed_entries(nocloud_files(ctx))
     else:
         entries = seed_entries(configdrive_files(ctx))
-    return master(entries, LABELS[flavor])
+    return master(entries, flavor.volume_label)

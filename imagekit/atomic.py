@@ -1,14 +1,17 @@
 """Atomic file output: a reader, or a crash, sees the old file or the whole new one.
 
 Every output imagekit writes (images, manifests, ISOs, context.sh, converted recipes, signed
-entries) goes through a temporary name in the destination directory, is fsynced and renamed.
+entries) goes through a temporary name in the destination directory, is fsynced and renamed
+(or, with ``replace=False``, hard-linked: an existing file is never altered, which is how the
+marketplace store keeps signed entries immutable).
 
     write_atomically(Path("vm-7.iso"), iso_bytes)
+    if not write_atomically(entry_path, signed, replace=False, parents=True):
+        ...  # someone stored this entry first
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -16,35 +19,78 @@ from pathlib import Path
 from imagekit.errors import InputError
 
 
-def write_atomically(dest: Path, data: bytes | str, *, mode: int = 0o644) -> None:
-    """Write ``data`` (text is UTF-8) to ``dest``; on any failure nothing is left behind."""
+def write_atomically(
+    dest: Path, data: bytes | str, *, mode: int = 0o644, replace: bool = True, parents: bool = False
+) -> bool:
+    """Write ``data`` (text is UTF-8) to ``dest``; on any failure nothing is left behind.
+
+    ``replace=False``: an existing ``dest`` wins and the result is False. ``parents``: create
+    missing directories, durably. An ``OSError`` becomes one ``InputError`` naming ``dest``.
+    """
     dest = Path(dest)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        created = make_parents(dest.parent) if parents else []
+        tmp = durable_temp(dest.parent, payload, mode=mode)
+        try:
+            if replace:
+                os.replace(tmp, dest)
+            else:
+                try:
+                    os.link(tmp, dest)
+                except FileExistsError:
+                    return False
+                finally:
+                    tmp.unlink()
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     except OSError as exc:
-        raise InputError(f"cannot write: {exc.strerror}", where=str(dest)) from None
-    tmp = Path(tmp_name)
+        raise InputError(f"cannot write: {exc.strerror or exc}", where=str(dest)) from None
+    fsync_directory(dest.parent)
+    for made in created:
+        fsync_directory(made.parent)
+    return True
+
+
+def durable_temp(directory: Path, data: bytes, *, mode: int = 0o644) -> Path:
+    """``data`` in a fsynced temporary file in ``directory``, ready to be renamed or linked
+    into place (removed again on failure). Raises ``OSError``."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(payload)
+            out.write(data)
             out.flush()
+            os.fchmod(out.fileno(), mode)
             os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException as exc:
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise InputError(f"cannot write: {exc.strerror}", where=str(dest)) from None
         raise
-    fsync_directory(dest.parent)
+    return tmp
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (best effort: some filesystems refuse)."""
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
+def make_parents(directory: Path) -> list[Path]:
+    """Create ``directory`` and its missing parents; return those created (deepest first), whose
+    parents must be fsynced for the new entries to be durable."""
+    missing: list[Path] = []
+    probe = directory
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def fsync_directory(directory: Path, *, strict: bool = False) -> None:
+    """Make a rename or link in ``directory`` durable. Some filesystems refuse a directory
+    fsync: that is ignored unless ``strict`` (the marketplace store, whose entries must last)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except OSError:
+        if strict:
+            raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +19,6 @@ from pathlib import Path
 from imagekit import __version__
 from imagekit.errors import ImagekitError
 from imagekit.log import setup_logging
-
-log = logging.getLogger(__name__)
 
 # name → (module, one-line help). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,16 +50,28 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
         help="state directory (default: $IMAGEKIT_STATE or ~/.local/share/imagekit)",
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log every command run (-vv: more)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log every command run (-vv: also the libraries' debug output, each line with its logger)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.set_defaults(func=lambda args: _usage(parser))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         group = sub.add_parser(name, help=help_text, description=help_text)
+        # A group without a sub-command shows what it offers; each sub-command sets its own func.
+        group.set_defaults(func=lambda args, group=group: _usage(group))
         if name == chosen:
             importlib.import_module(module).register(group)
     return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 0
 
 
 def _chosen_command(argv: Sequence[str]) -> str | None:
@@ -81,13 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(_chosen_command(args_list))
     args = parser.parse_args(args_list)
     setup_logging(args.verbose, quiet=args.quiet)
-    func = getattr(args, "func", None)
-    if func is None:
-        # A group without a sub-command: show what it offers.
-        parser.parse_args([*args_list, "--help"])
-        return 2
     try:
-        return int(func(args))
+        status = int(args.func(args))
+        _flush_stdout()  # a full disk or closed pipe on stdout fails here, not at exit
+        return status
     except ImagekitError as err:
         if args.debug:
             raise
@@ -99,8 +106,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        _drop_stdout()
         return 141
+    except OSError as err:
+        # A path given by the user that the command did not check itself (missing, a
+        # directory, unreadable, a full disk): one line naming it (--debug: the traceback).
+        if args.debug:
+            raise
+        try:
+            sys.stdout.flush()
+        except OSError:
+            _drop_stdout()
+        where = f"{err.filename}: " if err.filename is not None else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, "standard output") from None
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for a closed pipe or a full disk
+    would fail again, with a traceback, when the interpreter exits."""
+    with open(os.devnull, "wb") as devnull:
+        try:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        except (OSError, ValueError):  # no real file descriptor (captured by a test)
+            pass

@@ -92,22 +92,21 @@ _live: _LiveLine | None = None
 
 
 def setup_logging(verbosity: int = 0, *, quiet: bool = False) -> None:
-    """0: progress and warnings; 1 (-v): also every command run; 2 (-vv): everything."""
+    """0: progress and warnings; 1 (-v): also every command run and imagekit's debug output;
+    2 (-vv): also the libraries' debug output (httpx, uvicorn, …), every line with its logger."""
     global _live
     level = logging.DEBUG if verbosity >= 1 else logging.INFO
     handler = _Handler(sys.stderr)
     # A live line only makes sense on a terminal and when few other lines interleave with it.
     _live = _LiveLine(sys.stderr) if sys.stderr.isatty() and verbosity == 0 and not quiet else None
     handler.live = _live
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s" if verbosity >= 2 else "%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
+    # Command lines are logged by imagekit.run at debug level: shown from -v on.
     for name in ("imagekit", "context", "marketplace"):
         logging.getLogger(name).setLevel(level)
-    if verbosity < 2:
-        # Command lines are logged by imagekit.run at debug level: shown with -v.
-        logging.getLogger("imagekit.run").setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
     progress.setLevel(logging.WARNING if quiet else logging.INFO)
 
 

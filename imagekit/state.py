@@ -78,8 +78,6 @@ class State:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction holding the database lock from its first statement."""
         conn = self._kept_connection()
-        # A module imported after this connection was opened may have registered a schema since.
-        self._apply_schemas(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -95,7 +93,6 @@ class State:
         write lock, so (in WAL mode) readers wait neither for each other nor for the writer: a
         server answering many lookups at once must not serialise them on the write lock."""
         conn = self._kept_connection()
-        self._apply_schemas(conn)
         conn.execute("BEGIN")
         try:
             yield conn
@@ -115,5 +112,9 @@ class State:
             conn = kept[key] = self.db()
             while len(kept) > _KEPT_PER_THREAD:
                 kept.popitem(last=False)[1].close()
+        else:
+            # A module imported since (context.render's VM table, say) registered its schema
+            # after this connection was made.
+            self._apply_schemas(conn)
         kept.move_to_end(key)
         return conn

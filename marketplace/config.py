@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from imagekit import locations
 from imagekit.errors import InputError
+from marketplace.binding import CertIdentity, EmailBinding
 from marketplace.certs import LEGACY_SHA1_BEFORE
 
 CONFIG_NAME = "marketplace.conf"
@@ -56,6 +57,7 @@ class MarketConfig:
     trust: tuple[Path, ...] = ()
     allow_sha1: bool = True
     legacy_sha1_before: datetime = LEGACY_SHA1_BEFORE  # SHA-1 certificates chain for older entries
+    email_bindings: tuple[EmailBinding, ...] = ()
 
     @property
     def metadata_dir(self) -> Path:
@@ -65,7 +67,7 @@ class MarketConfig:
 _KEYS: dict[str, set[str]] = {
     "registry": {"data_dir", "read_only", "base_url", "max_upload_bytes", "page_size", "max_page_size"},
     "index": {"backend", "dsn", "pool_size"},
-    "uploads": {"pending", "whitelist", "trust", "allow_sha1", "legacy_sha1_before"},
+    "uploads": {"pending", "whitelist", "trust", "allow_sha1", "legacy_sha1_before", "email_bindings"},
 }
 
 
@@ -110,6 +112,7 @@ def load_config(
         trust=tuple(base / p for p in reader.lines("uploads", "trust")),
         allow_sha1=reader.boolean("uploads", "allow_sha1", True),
         legacy_sha1_before=reader.time("uploads", "legacy_sha1_before", LEGACY_SHA1_BEFORE),
+        email_bindings=reader.bindings("uploads", "email_bindings"),
     )
 
 
@@ -188,6 +191,16 @@ class IniReader:
     def lines(self, section: str, key: str) -> list[str]:
         raw = self._raw(section, key)
         return [] if raw is None else [line.strip() for line in raw.splitlines() if line.strip()]
+
+    def bindings(self, section: str, key: str) -> tuple[EmailBinding, ...]:
+        """``EMAIL | SUBJECT | ISSUER`` per line (DNs hold commas, never a bar)."""
+        found = []
+        for line in self.lines(section, key):
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) != 3 or "@" not in parts[0] or not all(parts):
+                raise self._bad(section, key, "EMAIL | SUBJECT DN | ISSUER DN on each line", line)
+            found.append(EmailBinding(parts[0], CertIdentity.of(parts[1], parts[2])))
+        return tuple(found)
 
     def boolean(self, section: str, key: str, default: bool) -> bool:
         raw = self._raw(section, key)

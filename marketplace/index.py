@@ -148,6 +148,7 @@ class Index(Protocol):
     def tagged(self, email: str, tag: str) -> Row | None: ...
     def endorsers(self) -> list[Endorser]: ...
     def endorsers_of(self, email: str) -> list[Endorser]: ...
+    def first_uses(self, email: str) -> list[tuple[str, str]]: ...
     def audit_head(self) -> Head | None: ...
     def rebuild(self, rows: Iterable[Row], head: Head) -> int: ...
     def close(self) -> None: ...
@@ -340,6 +341,15 @@ class SqlIndex:
             (email,),
         )
         return [Endorser(str(a), str(b), str(c), int(d), str(e)) for a, b, c, d, e in found]
+
+    def first_uses(self, email: str) -> list[tuple[str, str]]:
+        """(subject, issuer) of every certificate that endorsed as ``email``, earliest first."""
+        found = self._fetch(
+            "SELECT subject, issuer FROM entries WHERE email = ? GROUP BY subject, issuer "
+            "ORDER BY MIN(created), subject, issuer",
+            (email,),
+        )
+        return [(str(subject), str(issuer)) for subject, issuer in found]
 
     def audit_head(self) -> Head | None:
         found = self._fetch("SELECT name, value FROM meta WHERE name IN ('audit_seq', 'audit_hash')", ())

@@ -7,7 +7,9 @@ An upload is accepted when (research §1.6, §2.3, §2.5):
 2. its endorsement time is not before the newest stored entry of the same (identifier,
    endorser) timeline, and not in the future (the very same bytes again are an idempotent
    re-upload, whatever followed them);
-3. its signer is whitelisted (subject DN in ``[uploads] whitelist`` *and* certificate chain to
+3. its certificate carries its ``slreq:email``, or the e-mail is bound to the certificate's
+   subject and issuer (first use, or ``[uploads] email_bindings``; :mod:`marketplace.binding`);
+4. its signer is whitelisted (subject DN in ``[uploads] whitelist`` *and* certificate chain to
    ``[uploads] trust``), or the pending policy says ``accept``. Otherwise it waits in
    ``pending/`` (policy ``queue``) until ``imagekit market pending accept``, or is refused
    (policy ``reject``).
@@ -34,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 
 from imagekit.errors import DataError, ImagekitError, VerificationError
 from marketplace.auditlog import AuditLog, AuditReport, Head, audit
+from marketplace.binding import CertIdentity, Claim, check_binding
 from marketplace.certs import TrustStore
 from marketplace.config import MarketConfig, PendingPolicy
 from marketplace.index import Endorser, Index, Page, Query, Row, open_index
@@ -52,6 +55,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 class _Job:
     staged: Staged
     row: Row
+    claim: Claim
     outcome: PutOutcome | None = None
     error: ImagekitError | None = None
 
@@ -146,8 +150,9 @@ class Registry:
             raise ReadOnlyError("read-only repository: this registry is a replica")
         entry = self._verify(data)
         key = EntryKey(*entry.metadata.key)
+        self._check_binding(Claim.of(entry))
         if self._whitelisted(data, entry) or self.config.pending is PendingPolicy.ACCEPT:
-            return self._commit(key, entry.metadata, data)
+            return self._commit(key, entry, data)
         if self._stored(key, data):
             return UploadResult(Outcome.EXISTING, key)
         self._check_timeline(key)
@@ -195,6 +200,14 @@ class Registry:
                 return False
         return True
 
+    def _check_binding(self, claim: Claim, claimed_in_batch: dict[str, CertIdentity] | None = None) -> None:
+        if claim.proven:
+            return  # the certificate carries the e-mail: no index query on the upload path
+        first_uses = [CertIdentity.of(s, i) for s, i in self.index.first_uses(claim.email)]
+        if not first_uses and claimed_in_batch and claim.email in claimed_in_batch:
+            first_uses = [claimed_in_batch[claim.email]]
+        check_binding(claim, first_uses=first_uses, mapped=self.config.email_bindings)
+
     def _stored(self, key: EntryKey, data: bytes) -> bool:
         """The very same entry again: idempotent, even when newer ones followed it."""
         return self.store.exists(key) and self.store.read(key) == data
@@ -207,10 +220,12 @@ class Registry:
                 rule="timeline",
             )
 
-    def _commit(self, key: EntryKey, metadata: Metadata, data: bytes) -> UploadResult:
+    def _stage(self, key: EntryKey, entry: VerifiedEntry, data: bytes) -> _Job:
+        return _Job(self.store.stage(key, data), row_of(entry.metadata, sha256_hex(data)), Claim.of(entry))
+
+    def _commit(self, key: EntryKey, entry: VerifiedEntry, data: bytes) -> UploadResult:
         """Stage the file durably here, then publish it in the next group commit."""
-        staged = self.store.stage(key, data)
-        job = _Job(staged, row_of(metadata, sha256_hex(data)))
+        job = self._stage(key, entry, data)
         with self._queue_lock:
             self._queue.append(job)
         with self._leader:
@@ -229,6 +244,8 @@ class Registry:
 
     def _commit_batch(self, batch: list[_Job]) -> None:
         published: list[_Job] = []
+        # First uses of an e-mail in this batch: the index learns them only at its end.
+        claimed: dict[str, CertIdentity] = {}
         try:
             with self.store.write_lock():
                 for job in batch:
@@ -236,7 +253,9 @@ class Registry:
                     try:
                         if not self._stored(key, job.staged.data):
                             self._check_timeline(key)
+                            self._check_binding(job.claim, claimed)
                         job.outcome = self.store.publish(job.staged)
+                        claimed.setdefault(job.claim.email, job.claim.identity)
                     except VerificationError as err:
                         job.error = err
                     except DataError as err:
@@ -289,7 +308,7 @@ class Registry:
         pending_id = self.resolve_pending(pending_id)
         data = self.store.read_pending(pending_id)
         entry = self._verify(data)
-        result = self._commit(EntryKey(*entry.metadata.key), entry.metadata, data)
+        result = self._commit(EntryKey(*entry.metadata.key), entry, data)
         self.store.drop_pending(pending_id, rejected=False)
         return result
 

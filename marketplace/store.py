@@ -25,11 +25,11 @@ import fcntl
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagekit.atomic import durable_temp, fsync_directory, make_parents, write_atomically
 from imagekit.errors import DataError, InputError
 
 IDENTIFIER_RE = re.compile(r"[A-Za-z0-9_-]{27}")
@@ -75,63 +75,6 @@ class PutOutcome(enum.StrEnum):
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def write_atomic(path: Path, data: bytes, *, replace: bool = True) -> bool:
-    """Write ``data`` to ``path`` durably. Without ``replace`` an existing file wins (→ False)."""
-    directory = path.parent
-    created_dirs = _makedirs(directory)
-    tmp = _durable_temp(directory, data)
-    try:
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(tmp)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-    for made in created_dirs:
-        _fsync_dir(made.parent)
-    return True
-
-
-def _durable_temp(directory: Path, data: bytes) -> str:
-    """``data`` in a fsynced temporary file in ``directory`` (removed again on failure)."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _makedirs(directory: Path) -> list[Path]:
-    missing: list[Path] = []
-    probe = directory
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    return missing
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -182,7 +125,7 @@ class Store:
         """Store an entry. The same bytes again are a no-op; other bytes under a stored key are
         refused, because a stored entry is never altered."""
         path = self.path(key)
-        if write_atomic(path, data, replace=False):
+        if write_atomically(path, data, replace=False, parents=True):
             return PutOutcome.NEW
         if path.read_bytes() == data:
             return PutOutcome.SAME
@@ -194,8 +137,8 @@ class Store:
 
     def stage(self, key: EntryKey, data: bytes) -> Staged:
         directory = self.path(key).parent
-        created = _makedirs(directory)
-        return Staged(key, Path(_durable_temp(directory, data)), data, tuple(created))
+        created = make_parents(directory)
+        return Staged(key, durable_temp(directory, data), data, tuple(created))
 
     def publish(self, staged: Staged) -> PutOutcome:
         """Link a staged file into place (never replacing one); the caller syncs directories."""
@@ -216,7 +159,7 @@ class Store:
         for s in staged:
             directories.update(made.parent for made in s.created_dirs)
         for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
-            _fsync_dir(directory)
+            fsync_directory(directory, strict=True)
 
     def read(self, key: EntryKey) -> bytes:
         try:
@@ -255,7 +198,7 @@ class Store:
 
     def put_pending(self, data: bytes) -> str:
         pending_id = sha256_hex(data)
-        write_atomic(self.pending_dir / f"{pending_id}.xml", data, replace=False)
+        write_atomically(self.pending_dir / f"{pending_id}.xml", data, replace=False, parents=True)
         return pending_id
 
     def read_pending(self, pending_id: str) -> bytes:
@@ -273,9 +216,9 @@ class Store:
         """Accepted uploads now live in ``metadata/``; rejected ones are kept in ``rejected/``."""
         path = self._pending_path(pending_id)
         if rejected:
-            write_atomic(self.rejected_dir / path.name, path.read_bytes())
+            write_atomically(self.rejected_dir / path.name, path.read_bytes(), parents=True)
         path.unlink()
-        _fsync_dir(self.pending_dir)
+        fsync_directory(self.pending_dir, strict=True)
 
     def _pending_path(self, pending_id: str) -> Path:
         if not PENDING_RE.fullmatch(pending_id):

@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-ANCHORS = REPO.parent / "shared" / "anchors"
+# IMAGEKIT_ANCHORS=/nonexistent runs the suite as a clone that does not sit beside shared/ would.
+ANCHORS = Path(os.environ.get("IMAGEKIT_ANCHORS") or REPO.parent / "shared" / "anchors")
+ANCHORS_SKIP_REASON = (
+    f"reads the original systems' files in {ANCHORS}, which this checkout does not sit beside"
+)
+# The project's own inputs (recipes, metadata, templates): the features are tested without shared/.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+# Per-test timeout for the marked tiers; everything else gets pyproject's short default.
+LONG_TIMEOUTS = {"slow": 1800, "vm": 1800, "browser": 300, "postgres": 300}
+# Session fixtures that build an image: a test using one is `slow` whether or not it says so.
+BUILDING_FIXTURES = frozenset({"minimal_image", "cloud_image", "build_state_dir"})
+
+
+# Files this session collected, before -m or -k deselected any (tests/test_collection.py).
+COLLECTED_FILES: set[str] = set()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects, so `make check` never builds an image
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(REPO):
+            COLLECTED_FILES.add(str(item.path.relative_to(REPO)))
+        builds = BUILDING_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if builds and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+        longest = max(
+            (LONG_TIMEOUTS[m.name] for m in item.iter_markers() if m.name in LONG_TIMEOUTS), default=0
+        )
+        if longest and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(longest))
 
 
 @pytest.fixture(autouse=True)
@@ -23,9 +55,7 @@ def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def anchors() -> Path:
     """The original systems' files in ../shared/anchors; the test is skipped, saying why, without them."""
     if not ANCHORS.is_dir():
-        pytest.skip(
-            f"reads the original systems' files in {ANCHORS}, which this checkout does not sit beside"
-        )
+        pytest.skip(ANCHORS_SKIP_REASON)
     return ANCHORS
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +60,17 @@ def test_error_tree() -> None:
     assert str(VerificationError("expired", rule="certificate-validity")) == "certificate-validity: expired"
 
 
+def test_a_schema_registered_later_reaches_the_kept_connection(tmp_path: Path) -> None:
+    """A long-running process imports a module (context.render, say) after its first
+    transaction: the module's tables must exist in the next one."""
+    state = State.open(tmp_path / "st")
+    with state.transaction() as db:
+        db.execute("SELECT 1")
+    schema("test_late", "CREATE TABLE IF NOT EXISTS test_late (n INTEGER);")
+    with state.transaction() as db:
+        db.execute("INSERT INTO test_late VALUES (1)")
+
+
 def test_state_transactions_serialise_across_threads(tmp_path: Path) -> None:
     schema("test_counter", "CREATE TABLE IF NOT EXISTS test_counter (n INTEGER NOT NULL);")
     state = State.open(tmp_path / "st")
@@ -83,15 +94,44 @@ def test_state_transactions_serialise_across_threads(tmp_path: Path) -> None:
 
 
 def test_cli_without_command_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        main([])
-    assert info.value.code == 0
+    assert main([]) == 0
     assert "COMMAND" in capsys.readouterr().out
+    assert main(["market"]) == 0  # a group without its sub-command: the group's help
+    out = capsys.readouterr().out
+    assert out.startswith("usage: imagekit market") and "deprecate" in out
+
+
+def test_vv_adds_the_libraries_debug_output(capsys: pytest.CaptureFixture[str]) -> None:
+    """-v shows imagekit's debug lines (every command run); -vv also the libraries', named."""
+    shown = {}
+    try:
+        for verbosity in (0, 1, 2):
+            setup_logging(verbosity)
+            logging.getLogger("imagekit.run").debug("$ true")
+            logging.getLogger("httpx").debug("HTTP Request: GET /")
+            shown[verbosity] = capsys.readouterr().err.splitlines()
+    finally:
+        setup_logging(0)
+    assert shown[0] == []
+    assert shown[1] == ["$ true"]
+    assert shown[2] == ["imagekit.run: $ true", "httpx: HTTP Request: GET /"]
 
 
 class _Terminal(io.StringIO):
+    """A terminal that says when the running step's line was drawn a second time (the ticker)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redrawn = threading.Event()
+
     def isatty(self) -> bool:
         return True
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self.getvalue().count("\r\x1b[K  inner… ") >= 2:
+            self.redrawn.set()
+        return written
 
 
 def test_step_on_a_terminal_is_a_live_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +141,7 @@ def test_step_on_a_terminal_is_a_live_line(monkeypatch: pytest.MonkeyPatch) -> N
     try:
         timings = StepTimings()
         with step("outer", timings), step("inner", timings):
-            time.sleep(0.7)  # long enough for the clock to be redrawn once
+            assert terminal.redrawn.wait(timeout=30), "the live line was never redrawn"
     finally:
         setup_logging(0)  # back to a plain handler on the real stderr
     out = terminal.getvalue()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cloud.boottest import BootTest, Flavor, boot_test
+from cloud.boottest import BootTest, boot_test
+from context.flavor import IsoFlavor
 from imagekit.diskimage import Firmware
 from imagekit.locations import state_dir
 from imagekit.output import print_json
@@ -32,8 +33,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--flavor",
-        choices=[f.value for f in Flavor],
-        default=Flavor.OPENNEBULA.value,
+        choices=[f.value for f in IsoFlavor],
+        default=IsoFlavor.OPENNEBULA.value,
         help="context medium: OpenNebula CONTEXT CD (default) or a cloud-init seed",
     )
     parser.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS", help="default: 300")
@@ -50,7 +51,7 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
         image=args.image,
         template=args.context,
         firmware=Firmware(args.firmware) if args.firmware else None,
-        flavor=Flavor(args.flavor),
+        flavor=IsoFlavor(args.flavor),
         timeout=args.timeout,
         memory_mib=args.memory,
         keep_log=args.serial_log,

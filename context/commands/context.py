@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from context.flavor import IsoFlavor
 from context.model import ResolvedContext, Template, Vector
 from context.render import kept_vms, prepare_context, release_vm
 from context.template import load_template, serialise
@@ -22,8 +23,6 @@ from imagekit.errors import InputError
 from imagekit.locations import state_dir
 from imagekit.output import print_json
 from imagekit.state import State
-
-FLAVORS = ("opennebula", "nocloud", "configdrive")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +43,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     _vm_arguments(p)
     p.add_argument("-o", "--output", type=Path, metavar="OUT.iso", required=True)
     p.add_argument(
-        "--flavor", choices=FLAVORS, default="opennebula", help="ISO layout (default: opennebula)"
+        "--flavor",
+        choices=[f.value for f in IsoFlavor],
+        default=IsoFlavor.OPENNEBULA.value,
+        help="ISO layout (default: opennebula)",
     )
     p.set_defaults(func=cmd_iso)
 
@@ -131,7 +133,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_iso(args: argparse.Namespace) -> int:
-    from context.iso import IsoFlavor, build_iso
+    from context.iso import build_iso
     from context.settings import load_settings
 
     ctx = _prepare(args)

@@ -14,12 +14,12 @@ The agent prints one line on the serial console; :func:`parse_report` reads it b
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
+from imagekit.atomic import write_atomically
 from imagekit.errors import DataError, InputError
 
 #: Debian packages the agent needs beyond a minbase system with systemd (bash, coreutils,
@@ -64,10 +64,7 @@ def install_agent(root: Path) -> None:
     for f in AGENT_FILES:
         dest = root / f.path.relative_to("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.write_bytes(f.content)
-        tmp.chmod(f.mode)
-        os.replace(tmp, dest)
+        write_atomically(dest, f.content, mode=f.mode)
     link = root / ENABLE_LINK.relative_to("/")
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() or link.exists():

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagekit.atomic import write_atomically
 from imagekit.recipe.model import OutputFormat
 from imagekit.run import run
 
@@ -68,14 +69,7 @@ def discard(staged: Staged) -> None:
 
 
 def write_atomic(dest: Path, data: bytes) -> Path:
-    """Write a small file (manifest, XML) through a partial file, fsync and rename."""
-    partial = partial_name(dest)
-    try:
-        with open(partial, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(partial, dest)
-    finally:
-        partial.unlink(missing_ok=True)
+    """A small file (manifest, XML) through :func:`imagekit.atomic.write_atomically`; kept
+    only until ``build/__init__.py`` calls that directly."""
+    write_atomically(dest, data)
     return dest

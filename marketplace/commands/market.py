@@ -79,7 +79,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     get.add_argument("id", metavar="ID", help="identifier, or ID/EMAIL/CREATED for one entry")
     get.add_argument("--endorser", metavar="EMAIL")
     get.add_argument("--created", metavar="TIME")
-    get.add_argument("--status", choices=("valid", "expired", "deprecated", "all"), default="valid")
+    get.add_argument("--status", choices=("valid", "expired", "deprecated", "all"),
+                     help="only this status (default: every current entry, with its status)")  # fmt: skip
     _endpoint_option(get)
     form = get.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true")
@@ -265,9 +266,15 @@ _COLUMNS = (
 
 
 def _print_rows(entries: list[dict[str, Any]]) -> None:
+    """A header and one line per entry; an empty cell is ``-``, the last one included, so a
+    row never ends in blanks that run into what follows."""
+    header = [name.upper().ljust(width) for name, width in _COLUMNS]
+    print("  ".join([*header, "OS_ARCH".ljust(7), "TITLE"]))
     for e in entries:
         cells = [str(e.get(name) or "-").ljust(width) for name, width in _COLUMNS]
-        print("  ".join([*cells, str(e.get("os_arch") or "-").ljust(7), str(e.get("title") or "")]).rstrip())
+        print("  ".join([*cells, str(e.get("os_arch") or "-").ljust(7), str(e.get("title") or "-")]))
+    # The summary goes to stderr: flush the rows first, or a pipe shows it before them.
+    sys.stdout.flush()
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -305,13 +312,22 @@ def _get(args: argparse.Namespace) -> int:
     else:
         raise InputError(f"expected ID or ID/EMAIL/CREATED, got {args.id!r}")
     path = "/metadata/" + path_of(*[p for p in (identifier, email, created) if p])
-    params = {"status": args.status}
-    with _client(args) as client:
-        if args.xml:
-            sys.stdout.buffer.write(client.xml(path, params))
-            sys.stdout.flush()
-            return 0
-        body = client.json(path, params)
+    # By default every current entry, whatever its status: an image whose latest entry is
+    # deprecated or expired is shown as such, not answered with 404.
+    params = {"status": args.status or "all"}
+    try:
+        with _client(args) as client:
+            if args.xml:
+                sys.stdout.buffer.write(client.xml(path, params))
+                sys.stdout.flush()
+                return 0
+            body = client.json(path, params)
+    except RegistryError as err:
+        if err.status == 404 and args.status not in (None, "all"):
+            raise RegistryError(
+                f"{args.id}: no {args.status} entry", status=404, hint="--status all shows every entry"
+            ) from None
+        raise
     if args.json:
         print_json(body)
     elif "entries" in body:

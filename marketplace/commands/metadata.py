@@ -18,10 +18,13 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from imagekit.atomic import write_atomically
 from imagekit.errors import InputError
 from imagekit.output import print_json
 from marketplace import describe
+from marketplace.binding import Claim, check_mapped
 from marketplace.certs import LEGACY_SHA1_BEFORE, TrustStore
+from marketplace.config import load_config
 from marketplace.metadata import (
     Metadata,
     format_time,
@@ -31,7 +34,6 @@ from marketplace.metadata import (
     parse_metadata,
 )
 from marketplace.signing import Profile, SignatureAlgorithm, load_p12, load_signer, sign_entry
-from marketplace.store import write_atomic
 from marketplace.verify import verify_entry
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     verify.add_argument("--legacy-before", metavar="ISO-TIME",
                         help="SHA-1 certificates chain only for entries endorsed before this "
                              "(default 2016-01-01)")  # fmt: skip
+    verify.add_argument("--config", type=Path, metavar="FILE",
+                        help="marketplace.conf with [uploads] email_bindings for --trust")  # fmt: skip
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_verify)
 
@@ -108,13 +112,6 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", where=str(path)) from None
-
-
-def _write(path: Path, data: bytes) -> None:
-    try:
-        write_atomic(path, data)
-    except OSError as exc:
-        raise InputError(f"cannot write: {exc.strerror}", where=str(path)) from None
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -139,7 +136,7 @@ def _create(args: argparse.Namespace) -> int:
         kind=args.kind,
         hypervisor=args.hypervisor,
     )
-    _write(args.output, metadata_to_rdfxml(m))
+    write_atomically(args.output, metadata_to_rdfxml(m))
     print(f"{args.output}: {m.identifier} (unsigned; sign it with `imagekit market metadata sign`)")
     return 0
 
@@ -176,7 +173,7 @@ def _sign(args: argparse.Namespace) -> int:
         source=str(args.file),
         profile=profile,
     )
-    _write(args.output, signed)
+    write_atomically(args.output, signed)
     m = parse_metadata(signed, source=str(args.output))
     identifier, email, created = m.key
     print(f"{args.output}: {identifier} endorsed by {email} at {created}")
@@ -201,6 +198,8 @@ def _verify(args: argparse.Namespace) -> int:
         legacy_before=_parse_at(args.legacy_before) if args.legacy_before else LEGACY_SHA1_BEFORE,
         source=str(args.file),
     )
+    if trust is not None:
+        check_mapped(Claim.of(entry), mapped=load_config(args.config).email_bindings)
     m = entry.metadata
     status = m.status(datetime.now(UTC))
     if args.json:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from imagekit.recipe.model import OutputFormat
 
 def test_parse_formats() -> None:
     assert parse_formats("qcow2, VHD,raw") == (OutputFormat.QCOW2, OutputFormat.VHD, OutputFormat.RAW)
-    with pytest.raises(Exception, match="expected formats among"):
+    with pytest.raises(argparse.ArgumentTypeError, match="expected formats among"):
         parse_formats("qcow2,iso")
 
 

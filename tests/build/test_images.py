@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ from imagekit.recipe.model import Command, ContentSource, File
 from imagekit.recipe.normalise import recipe_hash
 from imagekit.run import run
 from imagekit.state import State
+
+from ..waiting import wait_until
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -235,15 +236,18 @@ def test_sigterm_during_a_build_cleans_up(
     for line in proc.stderr:
         if line.startswith("customize"):
             break
-    time.sleep(2)  # inside the post-command's chroot by now
+    wait_until(lambda: _sleepers() != [], timeout=300, what="the post-command's sleep", process=proc)
     proc.send_signal(signal.SIGTERM)
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 130, rest
     assert "interrupted" in rest
     assert list(work.iterdir()) == []
     assert not out.exists() or list(out.iterdir()) == []
-    sleepers = [p for p in Path("/proc").glob("[0-9]*") if b"sleep\x00317" in _cmdline(p)]
-    assert sleepers == []
+    assert _sleepers() == []
+
+
+def _sleepers() -> list[Path]:
+    return [p for p in Path("/proc").glob("[0-9]*") if b"sleep\x00317" in _cmdline(p)]
 
 
 def _cmdline(proc_dir: Path) -> bytes:

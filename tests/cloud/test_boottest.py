@@ -219,12 +219,13 @@ def both_agents_image(tmp_path_factory: pytest.TempPathFactory, build_state_dir:
 
 def _boot_demo(image: Path, flavor: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
     """boot-test with the demo context (etc/boot-test) on a ``flavor`` medium: result, console."""
-    from cloud.boottest import BootTest, Flavor, boot_test
+    from cloud.boottest import BootTest, boot_test
+    from context.flavor import IsoFlavor
     from imagekit.state import State
 
     monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
     log = tmp_path / "serial.log"
-    test = BootTest(image=image, flavor=Flavor(flavor), firmware=Firmware.BIOS, keep_log=log, timeout=900)
+    test = BootTest(image=image, flavor=IsoFlavor(flavor), firmware=Firmware.BIOS, keep_log=log, timeout=900)
     result = boot_test(test, state=State.open(tmp_path / "state"))
     return result, " ".join(log.read_text(errors="replace").split())
 

@@ -23,6 +23,7 @@ from cloud.cloud_init import (
     verify_cloud_init,
 )
 from cloud.qemu import Accel, QemuVm, VmSpec
+from context.flavor import IsoFlavor
 from context.model import ResolvedContext
 from imagekit.diskimage import Firmware
 from imagekit.errors import VerificationError
@@ -104,10 +105,13 @@ def test_expected_hostname_follows_the_datasource() -> None:
     empty one too); cloudinit/sources/__init__.py:758-777 (``get_hostname``) turns an IPv4
     address into ``ip-a-b-c-d`` and keeps the first label of a dotted name."""
     ctx = ResolvedContext(3, {"HOSTNAME": "", "PUBLIC_IP": "10.0.0.9", "ETH0_IP": "10.1.1.1"})
-    assert expect_cloud_init(ctx, "opennebula").hostname == ""
-    assert expect_cloud_init(ctx, "nocloud").hostname == "ip-10-0-0-9"  # context.seed skips empty ones
+    assert expect_cloud_init(ctx, IsoFlavor.OPENNEBULA).hostname == ""
+    # context.seed skips empty hostname keys
+    assert (
+        expect_cloud_init(ctx, IsoFlavor.NOCLOUD).hostname == "ip-10-0-0-9"
+    )  # context.seed skips empty ones
     named = ResolvedContext(3, {"SET_HOSTNAME": "web.example.org", "ETH0_MAC": "02:00:0A:00:00:01"})
-    want = expect_cloud_init(named, "configdrive")
+    want = expect_cloud_init(named, IsoFlavor.CONFIGDRIVE)
     assert (want.datasource, want.hostname, want.nics) == ("DataSourceConfigDrive", "web", ())
     assert cloud_init_hostname("192.168.122.1") == "ip-192-168-122-1"
 

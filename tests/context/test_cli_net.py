@@ -14,16 +14,19 @@ from context.leases import NetworkStore
 from imagekit.cli import main
 from imagekit.state import State
 
+from ..conftest import FIXTURES
 
-def _anchor(anchors: Path, name: str) -> str:
-    return str(anchors / "context" / name)
+
+def _net(name: str) -> str:
+    """The project's own network templates (tests/fixtures/context), written after oned 1.4's examples."""
+    return str(FIXTURES / "context" / name)
 
 
 def test_create_list_show_delete(
-    anchors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], _isolated_state: Path
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], _isolated_state: Path
 ) -> None:
-    assert main(["net", "create", _anchor(anchors, "one-1.4_private.net")]) == 0
-    assert main(["net", "create", _anchor(anchors, "one-1.4_public.net")]) == 0
+    assert main(["net", "create", _net("private.net")]) == 0
+    assert main(["net", "create", _net("public.net")]) == 0
     assert capsys.readouterr().out == "ID: 0\nID: 1\n"
 
     store = NetworkStore(State.open(_isolated_state))
@@ -99,13 +102,13 @@ def test_bad_templates(tmp_path: Path, capsys: pytest.CaptureFixture[str], text:
     assert len(captured.err.strip().splitlines()) == 1
 
 
-def test_duplicate_name_points_at_name(anchors: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = _anchor(anchors, "one-1.4_private.net")
+def test_duplicate_name_points_at_name(capsys: pytest.CaptureFixture[str]) -> None:
+    path = _net("private.net")
     assert main(["net", "create", path]) == 0
     assert main(["net", "create", path]) == 1
     assert (
         capsys.readouterr().err
-        == f"error: {path}:1:1: NAME: a network named 'Private LAN' already exists (id 0)\n"
+        == f"error: {path}:2:1: NAME: a network named 'Private LAN' already exists (id 0)\n"
     )
 
 
@@ -114,11 +117,11 @@ def test_unknown_network(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err == "error: no virtual network 'nope' (see `imagekit net list`)\n"
 
 
-def test_real_process(anchors: Path, tmp_path: Path) -> None:
+def test_real_process(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "imagekit"
     env = {**os.environ, "IMAGEKIT_STATE": str(tmp_path / "state")}
     created = subprocess.run(
-        [str(exe), "net", "create", _anchor(anchors, "one-1.4_public.net")],
+        [str(exe), "net", "create", _net("public.net")],
         env=env,
         capture_output=True,
         text=True,

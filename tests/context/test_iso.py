@@ -159,7 +159,9 @@ def test_cloud_init_reads_opennebula_iso(tmp_path: Path) -> None:
 def test_same_input_same_bytes(payload: tuple[Path, ...], monkeypatch: pytest.MonkeyPatch) -> None:
     entries = opennebula_entries(_ctx(payload))
     first = master(entries, "CONTEXT", reuse=False)  # laid out by pycdlib, not refilled
-    time.sleep(1.1)  # a clock tick that an unpinned timestamp would show
+    # A clock a year and a second on, which any unpinned timestamp would show.
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 366 * 86400 + 1)
     monkeypatch.setenv("TZ", "Asia/Kolkata")
     time.tzset()
     try:

@@ -15,12 +15,34 @@ from context.settings import OnedSettings, load_settings
 from context.template import attribute_name, load_template, parse_template, serialise, without_positions
 from imagekit.errors import DataError, InputError
 
+from ..conftest import FIXTURES
+
 TEMPLATE_SUFFIXES = (".template", ".one", ".net")
 
 
 def _roundtrip(tmpl: Template) -> None:
     again = parse_template(serialise(tmpl))
     assert without_positions(again) == without_positions(tmpl)
+
+
+def test_own_templates_parse_and_round_trip() -> None:
+    files = sorted((FIXTURES / "context").iterdir())
+    assert [p.name for p in files] == ["private.net", "public.net", "vm.template"]
+    for path in files:
+        _roundtrip(load_template(path))
+    tmpl = load_template(FIXTURES / "context" / "vm.template")
+    assert (tmpl.single("NAME"), tmpl.single("CPU")) == ("fixture-vm", "0.5")
+    assert [d.get("TARGET") for d in tmpl.vectors("DISK")] == ["sda1", "sda2"]
+    assert [n.as_dict() for n in tmpl.vectors("NIC")] == [
+        {"MAC": "00:ff:72:17:20:27"},
+        {"NETWORK": "Private LAN"},
+    ]
+    (ctx,) = tmpl.vectors("CONTEXT")
+    assert ctx.keys() == ["HOSTNAME", "IP_PRIVATE", "MOTD", "TARGET"]
+    assert ctx.get("ip_private") == '$NIC[IP, NETWORK="Private LAN"]'
+    assert ctx.get("MOTD") == 'say "hello"'
+    context_attr = tmpl.first("CONTEXT")
+    assert context_attr is not None and (context_attr.line, context_attr.column) == (13, 1)
 
 
 def test_every_template_anchor_parses_and_round_trips(anchors: Path) -> None:

@@ -82,6 +82,7 @@ def inspected(minimal_image: Any) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.vm  # libguestfs boots its appliance under QEMU
 def test_inspect_reports_os_partitions_and_packages(inspected: dict[str, Any]) -> None:
     o = inspected["os"]
     assert (o["type"], o["distro"], o["arch"], o["package_format"]) == ("linux", "debian", "x86_64", "deb")
@@ -98,6 +99,7 @@ def test_inspect_reports_os_partitions_and_packages(inspected: dict[str, Any]) -
 
 
 @pytest.mark.slow
+@pytest.mark.vm  # libguestfs boots its appliance under QEMU
 def test_customize_installs_the_agent_into_a_copy(
     minimal_image: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from ..conftest import FIXTURES
 from .pki import Pki, shared_pki
 
 MINIMAL = "marketplace/stratuslab-minimal-unsigned.xml"
+UNSIGNED_FIXTURE = FIXTURES / "marketplace" / "minimal-unsigned.xml"
 
 
 @pytest.fixture
@@ -17,6 +17,6 @@ def pki() -> Pki:
 
 
 @pytest.fixture
-def unsigned(anchors: Path) -> bytes:
-    """The unsigned StratusLab anchor, ready to be signed."""
-    return (anchors / MINIMAL).read_bytes()
+def unsigned() -> bytes:
+    """The project's own minimal unsigned entry, ready to be signed."""
+    return UNSIGNED_FIXTURE.read_bytes()

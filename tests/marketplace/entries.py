@@ -75,13 +75,14 @@ def make_ca(cn: str = "imagekit test CA") -> Identity:
     return Identity(cert, key, "")
 
 
-def make_endorser(ca: Identity | None, email: str, cn: str | None = None) -> Identity:
-    """An endorser certificate issued by ``ca`` (self-signed when ``ca`` is None)."""
+def make_endorser(ca: Identity | None, email: str, cn: str | None = None, *, san: bool = True) -> Identity:
+    """An endorser certificate issued by ``ca`` (self-signed when ``ca`` is None); with
+    ``san=False`` the certificate carries no e-mail and ``email`` is only what it will claim."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = _name(cn or email.split("@")[0])
     issuer_name = ca.cert.subject if ca else subject
     signing_key = ca.key if ca else key
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer_name)
@@ -89,10 +90,12 @@ def make_endorser(ca: Identity | None, email: str, cn: str | None = None) -> Ide
         .serial_number(x509.random_serial_number())
         .not_valid_before(NOW - timedelta(days=365))
         .not_valid_after(NOW + timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
-        .sign(signing_key, hashes.SHA256())
     )
-    return Identity(cert, key, email)
+    if san:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False
+        )
+    return Identity(builder.sign(signing_key, hashes.SHA256()), key, email)
 
 
 def image_metadata(seed: str, **terms: Any) -> Metadata:

@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+from ..waiting import wait_until
 
 IMAGEKIT = Path(sys.executable).parent / "imagekit"
 
@@ -21,6 +22,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @contextlib.contextmanager
@@ -47,18 +55,7 @@ def running_server(data: Path, config: Path | None = None, *, workers: int = 1) 
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        wait_until(lambda: _healthy(url), timeout=30, what=f"server start ({log})", process=proc)
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -194,3 +194,60 @@ def test_serve_with_workers_refuses_a_busy_port(tmp_path: Path) -> None:
     assert done.returncode == 1
     last = done.stderr.decode().strip().splitlines()[-1]
     assert last == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_get_shows_deprecated_and_expired_entries_with_their_status(
+    server: tuple[str, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 8.8: `get ID` of an image whose latest entry is deprecated answered
+    `404: no metadata matching query found`."""
+    url, _, _ = server
+    m = image_metadata("withdrawn", title=None)
+    expired = image_metadata("old", valid=ago(days=1))
+    for n, data in enumerate(
+        [
+            signed(m, ALICE, created=ago(hours=3)),
+            signed(dataclasses.replace(m, deprecated="CVE-2025-2"), ALICE, created=ago(hours=2)),
+            signed(expired, ALICE, created=ago(days=2)),
+        ]
+    ):
+        (tmp_path / f"{n}.xml").write_bytes(data)
+        assert run(capsys, "market", "upload", str(tmp_path / f"{n}.xml"), "--endpoint", url)[0] == 0
+
+    code, out, _ = run(capsys, "market", "get", m.identifier, "--endpoint", url)
+    header, row = out.splitlines()
+    assert code == 0 and header.split()[:4] == ["IDENTIFIER", "EMAIL", "CREATED", "STATUS"]
+    assert row.split()[0] == m.identifier and row.split()[3] == "deprecated"
+    code, out, _ = run(capsys, "market", "get", expired.identifier, "--endpoint", url)
+    assert code == 0 and out.splitlines()[1].split()[3] == "expired"
+
+    code, out, err = run(capsys, "market", "get", m.identifier, "--status", "valid", "--endpoint", url)
+    assert code == 1 and out == ""
+    assert err.splitlines()[0] == f"error: {m.identifier}: no valid entry"
+    code, out, _ = run(capsys, "market", "get", m.identifier, "--status", "deprecated", "--endpoint", url)
+    assert code == 0 and "CVE-2025-2" not in out and "deprecated" in out
+
+
+def test_list_rows_end_in_a_cell_and_come_before_the_count(
+    server: tuple[str, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 8.8: with an empty last column the last row ran into the "N of M entries" line.
+    Both streams into one pipe, buffered as a user's shell would have them."""
+    url, _, _ = server
+    untitled = image_metadata("untitled", title=None)
+    (tmp_path / "untitled.xml").write_bytes(signed(untitled, ALICE, created=ago(minutes=5)))
+    assert run(capsys, "market", "upload", str(tmp_path / "untitled.xml"), "--endpoint", url)[0] == 0
+    env = {"PATH": "/usr/bin", "IMAGEKIT_MARKET": url}
+    done = subprocess.run(
+        [str(IMAGEKIT), "market", "list", "--status", "all"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("IDENTIFIER") and lines[-1].endswith(" entries")
+    shown = int(lines[-1].split()[0])
+    rows = lines[1:-1]
+    assert len(rows) == shown > 0
+    assert all(not row.endswith(" ") for row in rows), rows
+    [row] = [r for r in rows if r.startswith(untitled.identifier)]
+    assert row.endswith("x86_64   -")

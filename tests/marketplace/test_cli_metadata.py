@@ -195,6 +195,7 @@ def test_real_subprocess(anchors: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.vm  # libguestfs boots its appliance under QEMU
 def test_create_inspects_the_os(tmp_path: Path) -> None:
     """A tiny ext4 image with an os-release and a real binary, inspected by libguestfs (in a
     real ``imagekit`` process, whose import path holds no test packages)."""

@@ -140,12 +140,26 @@ def check_tags_endorsers_and_rebuild(index: Index) -> None:
     assert index.audit_head() == Head(1, "e" * 64)
 
 
+def check_first_uses_of_an_email(index: Index) -> None:
+    """The endorser-binding rule's question: which certificates used an e-mail, first use first."""
+    fill(index)
+    later = row(IDS[6], "bob@example.org", "2025-01-10T00:00:00Z", subject="CN=mallory,C=EU")
+    index.add(later)
+    assert index.first_uses("bob@example.org") == [
+        ("CN=mallory,C=EU", "CN=CA,C=EU"),
+        ("CN=bob,C=EU", "CN=CA,C=EU"),
+    ]
+    assert index.first_uses("alice@example.org") == [("CN=alice,C=EU", "CN=CA,C=EU")]
+    assert index.first_uses("nobody@example.org") == []
+
+
 CONTRACT: list[Callable[[Index], None]] = [
     check_timeline_and_latest,
     check_status_location_and_filters,
     check_text_search_is_literal,
     check_sort_and_paging,
     check_tags_endorsers_and_rebuild,
+    check_first_uses_of_an_email,
 ]
 
 

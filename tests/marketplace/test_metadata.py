@@ -35,6 +35,8 @@ from marketplace.metadata import (
     split_metadata_list,
 )
 
+from .conftest import UNSIGNED_FIXTURE
+
 FULL = "marketplace/stratuslab-full-selfsigned-signed.xml"
 CA = "marketplace/stratuslab-ca-signed-4checksums.xml"
 MINIMAL = "marketplace/stratuslab-minimal-unsigned.xml"
@@ -289,7 +291,7 @@ def test_random_entries_round_trip(
     assert parse_metadata(metadata_to_rdfxml(m)) == m
 
 
-_MINIMAL_BYTES = (Path(__file__).resolve().parents[3] / "shared" / "anchors" / MINIMAL).read_bytes()
+_MINIMAL_BYTES = UNSIGNED_FIXTURE.read_bytes()
 
 
 @settings(max_examples=200, deadline=None)

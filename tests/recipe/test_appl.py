@@ -41,6 +41,7 @@ def test_repair_quotes_at_groups_and_strips_tabs() -> None:
     assert repair('  - "@quoted"') == '  - "@quoted"'
 
 
+@pytest.mark.usefixtures("anchors")
 def test_real_files_pyyaml_rejects_still_load() -> None:
     examples = ANCHORS / "boxgrinder" / "examples"
     assert [p.name for p in load(examples / "0.8.x.appl").packages][:1] == ["@base"]

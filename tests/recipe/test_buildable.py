@@ -48,6 +48,7 @@ def test_other_systems_fail_in_one_line(name: str, version: str) -> None:
     assert "Debian 12 (bookworm)" in message and "Debian's archive" in message
 
 
+@pytest.mark.usefixtures("anchors")
 def test_anchor_recipes_load_but_do_not_build() -> None:
     for path in [
         ANCHORS / "oz" / "examples" / "win2k.tdl",

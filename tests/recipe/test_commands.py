@@ -12,14 +12,21 @@ from imagekit.cli import main
 from imagekit.recipe import load_recipe
 from imagekit.recipe.normalise import recipe_json
 
-from .conftest import ANCHORS, REPO
+from .conftest import OWN, REPO
 
 CLOUD = REPO / "recipes" / "debian-12-cloud.tdl"
 WEB = REPO / "recipes" / "webserver" / "webserver.appl"
 
 
 def test_validate_all_valid(capsys: pytest.CaptureFixture[str]) -> None:
-    files = [str(CLOUD), str(WEB), *map(str, sorted((ANCHORS / "oz" / "examples").glob("*.tdl")))]
+    files = [str(CLOUD), str(WEB), *map(str, OWN)]
+    assert main(["recipe", "validate", *files]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": valid") == len(files)
+
+
+def test_validate_all_valid_oz_examples(capsys: pytest.CaptureFixture[str], anchors: Path) -> None:
+    files = [str(CLOUD), str(WEB), *map(str, sorted((anchors / "oz" / "examples").glob("*.tdl")))]
     assert main(["recipe", "validate", *files]) == 0
     out = capsys.readouterr().out
     assert out.count(": valid") == len(files)

@@ -15,7 +15,8 @@ from imagekit.recipe.convert import to_appl, to_tdl
 from imagekit.recipe.model import Command, ContentSource, Package, Recipe, Repository, SourceFormat
 from imagekit.recipe.tdl import relaxng
 
-from .conftest import APPL_ANCHORS, SHIPPED, TDL_ANCHORS, anchor_id
+from ..conftest import FIXTURES
+from .conftest import APPL_ANCHORS, OWN, SHIPPED, TDL_ANCHORS, anchor_id, anchor_params
 
 
 def _same_origin(recipe: Recipe, like: Recipe) -> Recipe:
@@ -57,7 +58,7 @@ def _round_trip(recipe: Recipe, tmp_path: Path, to: str) -> Recipe:
     return load_recipe(out, env={})
 
 
-@pytest.mark.parametrize("path", [*APPL_ANCHORS, *SHIPPED], ids=anchor_id)
+@pytest.mark.parametrize("path", [*SHIPPED, *OWN, *anchor_params(APPL_ANCHORS)], ids=anchor_id)
 def test_to_tdl_and_back(path: Path, tmp_path: Path) -> None:
     recipe = load_recipe(path, env={})
     if not recipe.os.name:
@@ -70,7 +71,7 @@ def test_to_tdl_and_back(path: Path, tmp_path: Path) -> None:
     assert _same_origin(back, recipe) == recipe
 
 
-@pytest.mark.parametrize("path", [*TDL_ANCHORS, *SHIPPED], ids=anchor_id)
+@pytest.mark.parametrize("path", [*SHIPPED, *OWN, *anchor_params(TDL_ANCHORS)], ids=anchor_id)
 def test_to_appl_and_back(path: Path, tmp_path: Path) -> None:
     recipe = load_recipe(path, env={})
     back = _round_trip(recipe, tmp_path, "appl")
@@ -100,13 +101,17 @@ def test_plain_output_is_valid_for_the_original_tools_and_lists_what_it_lost() -
 
 def test_lost_fields_are_reported() -> None:
     recipe = dataclasses.replace(
-        load_recipe(TDL_ANCHORS[0]),
+        load_recipe(FIXTURES / "recipes" / "commands.tdl"),
         repositories=(Repository(name="r", url="http://r/", signed=True),),
         post_commands=(Command(name="u", source=ContentSource.URL, script="http://x/s.sh"),),
     )
     _, lost = to_appl(recipe)
     assert any("signed" in item for item in lost)
     assert any("URL command" in item for item in lost)
+
+
+@pytest.mark.usefixtures("anchors")
+def test_lost_iso_extras_are_reported() -> None:
     extras = load_recipe(TDL_ANCHORS[3])
     assert extras.install is not None and extras.install.extras
     assert "os install extras (ISO extras)" in to_appl(extras)[1]

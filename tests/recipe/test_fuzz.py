@@ -10,13 +10,15 @@ from hypothesis import strategies as st
 from imagekit.errors import InputError
 from imagekit.recipe import load_recipe
 
-from .conftest import APPL_ANCHORS, TDL_ANCHORS
+from .conftest import APPL_ANCHORS, OWN, SHIPPED, TDL_ANCHORS
 
 SETTINGS = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-APPL_TEXTS = [p.read_text() for p in APPL_ANCHORS if not p.name.startswith("_")]
-TDL_TEXTS = [p.read_text() for p in TDL_ANCHORS]
+# Seeds: the project's own recipes, plus the original systems' files when shared/ is beside us.
+_SEEDS = [*SHIPPED, *OWN, *APPL_ANCHORS, *TDL_ANCHORS]
+APPL_TEXTS = [p.read_text() for p in _SEEDS if p.suffix == ".appl" and not p.name.startswith("_")]
+TDL_TEXTS = [p.read_text() for p in _SEEDS if p.suffix == ".tdl"]
 
 
 def _mutate(text: str, cut: int, insert: str) -> str:

@@ -15,11 +15,12 @@ import pytest
 from imagekit.recipe import load_recipe
 from imagekit.recipe.normalise import recipe_dict, recipe_hash, recipe_json
 
-from .conftest import ANCHORS, APPL_ANCHORS, REPO, SHIPPED, TDL_ANCHORS, anchor_id
+from .conftest import APPL_ANCHORS, OWN, REPO, SHIPPED, TDL_ANCHORS, anchor_id, anchor_params
 
 GOLDEN = Path(__file__).with_name("golden")
 
 
+@pytest.mark.usefixtures("anchors")
 def test_all_anchor_files_are_found() -> None:
     assert len(APPL_ANCHORS) == 22, "the issue promises 22 BoxGrinder files"
     assert len(TDL_ANCHORS) == 11, "and 11 Oz TDL files"
@@ -31,8 +32,21 @@ def test_all_anchor_files_are_found() -> None:
     }
 
 
-@pytest.mark.parametrize("path", [*APPL_ANCHORS, *TDL_ANCHORS, *SHIPPED], ids=anchor_id)
+def test_own_fixtures_cover_inheritance_variables_and_commands() -> None:
+    assert {p.name for p in OWN} == {"grandparent.appl", "parent.appl", "child.appl", "commands.tdl"}
+
+
+@pytest.mark.parametrize("path", [*SHIPPED, *OWN], ids=anchor_id)
 def test_golden(path: Path) -> None:
+    _compare_with_golden(path)
+
+
+@pytest.mark.parametrize("path", anchor_params([*APPL_ANCHORS, *TDL_ANCHORS]), ids=anchor_id)
+def test_golden_anchor(path: Path) -> None:
+    _compare_with_golden(path)
+
+
+def _compare_with_golden(path: Path) -> None:
     text = recipe_json(load_recipe(path, env={}))
     golden = GOLDEN / (anchor_id(path) + ".json")
     if os.environ.get("UPDATE_GOLDEN"):
@@ -68,5 +82,5 @@ def test_hash_changes_with_content(tmp_path: Path) -> None:
     assert len(before) == 64
 
 
-def test_anchors_dir_is_beside_the_checkout() -> None:
-    assert ANCHORS.is_dir()
+def test_anchors_dir_holds_both_recipe_formats(anchors: Path) -> None:
+    assert {p.name for p in anchors.iterdir()} >= {"boxgrinder", "oz"}

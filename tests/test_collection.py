@@ -1,0 +1,65 @@
+"""Every test file is collected: pytest's default norecursedirs once dropped all of tests/build/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import COLLECTED_FILES, LONG_TIMEOUTS, REPO, pytest_collection_modifyitems
+
+
+def test_every_test_file_is_collected(pytestconfig: pytest.Config) -> None:
+    on_disk = {str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py")}
+    collected = COLLECTED_FILES if _whole_suite(pytestconfig) else _collect_in_a_subprocess()
+    assert on_disk - collected == set()
+    assert "tests/build/test_images.py" in collected
+
+
+def _whole_suite(config: pytest.Config) -> bool:
+    """This session started from pyproject's testpaths: what it collected is the answer."""
+    return config.args_source is pytest.Config.ArgsSource.TESTPATHS
+
+
+def _collect_in_a_subprocess() -> set[str]:
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    return {line.split("::")[0] for line in listed.stdout.splitlines() if "::" in line}
+
+
+class _Item:
+    """The part of a pytest item the tier hook looks at."""
+
+    path = Path("/elsewhere/test_x.py")
+
+    def __init__(self, fixtures: list[str], marks: list[str]) -> None:
+        self.fixturenames = fixtures
+        self.marks: list[pytest.MarkDecorator] = [getattr(pytest.mark, name) for name in marks]
+
+    def iter_markers(self) -> list[pytest.Mark]:
+        return [m.mark for m in self.marks]
+
+    def get_closest_marker(self, name: str) -> pytest.Mark | None:
+        return next((m for m in self.iter_markers() if m.name == name), None)
+
+    def add_marker(self, marker: pytest.MarkDecorator) -> None:
+        self.marks.append(marker)
+
+
+def test_tiers_and_timeouts() -> None:
+    builds = _Item(["tmp_path", "minimal_image"], [])
+    browser = _Item(["page"], ["browser"])
+    fast = _Item(["tmp_path"], [])
+    pytest_collection_modifyitems([builds, browser, fast])  # type: ignore[list-item]
+    assert builds.get_closest_marker("slow") is not None
+    assert [m.args for m in builds.iter_markers() if m.name == "timeout"] == [(LONG_TIMEOUTS["slow"],)]
+    assert [m.args for m in browser.iter_markers() if m.name == "timeout"] == [(LONG_TIMEOUTS["browser"],)]
+    assert [m.name for m in fast.iter_markers()] == []
