@@ -7,7 +7,7 @@
   QEMU start → the login prompt (getty's issue line) of the same image without a context CD,
   same firmware (TCG).
 
-    .venv/bin/python bench/deploy.py [--vms 20] [--image out/debian-12-minimal.qcow2]
+    .venv/bin/python bench/deploy.py [--vms 20] [--image out/debian-12-minimal.qcow2] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -101,28 +101,38 @@ def virsh_create(work: Path, xml: str, vms: int) -> None:
             os.kill(pid, 15)
 
 
-def boot(image: Path, work: Path) -> None:
-    """Boot-to-context-applied (agent) against boot-to-login without a context CD."""
+def boot(image: Path, work: Path, repeat: int) -> None:
+    """Boot-to-context-applied (agent) against boot-to-login without a context CD, interleaved
+    A B A B … ``repeat`` times; the medians are compared (one sample on 2 shared cores is noise)."""
     from cloud.boottest import BootTest, boot_test, detect_firmware
 
     fmt = image_format(image)
     firmware = detect_firmware(image, fmt, work)
     firmware = Firmware.BIOS if firmware is not Firmware.UEFI else Firmware.UEFI
     state = State.open(work / "boot-state")
-    with_agent = boot_test(BootTest(image=image, firmware=firmware, timeout=1800), state=state)
-    spec = VmSpec(disk=image.resolve(), disk_format=fmt, firmware=firmware, memory_mib=1024)
-    with QemuVm(spec, work / "plain", accel=Accel.TCG) as vm:
-        # The prompt itself ends without a newline; getty's issue line just before it has one.
-        line = vm.wait_for_line(re.compile(r"^Debian GNU/Linux .* ttyS0$"), timeout=1800)
-        plain = round(vm.elapsed(), 1) if line is not None else None
-    emit(what="boot", firmware=firmware.value, context_applied_s=with_agent.seconds, login_s=plain,
-         agent_overhead_pct=round((with_agent.seconds / plain - 1) * 100, 1) if plain else None)  # fmt: skip
+    applied: list[float] = []
+    login: list[float] = []
+    for _ in range(repeat):
+        applied.append(
+            boot_test(BootTest(image=image, firmware=firmware, timeout=1800), state=state).seconds
+        )
+        spec = VmSpec(disk=image.resolve(), disk_format=fmt, firmware=firmware, memory_mib=1024)
+        with QemuVm(spec, work / "plain", accel=Accel.TCG) as vm:
+            # The prompt itself ends without a newline; getty's issue line just before it has one.
+            if vm.wait_for_line(re.compile(r"^Debian GNU/Linux .* ttyS0$"), timeout=1800) is not None:
+                login.append(round(vm.elapsed(), 1))
+    with_agent = statistics.median(applied)
+    plain = statistics.median(login) if login else None
+    emit(what="boot", firmware=firmware.value, runs=repeat, context_applied_s=round(with_agent, 1),
+         login_s=plain, samples={"context_applied_s": applied, "login_s": login},
+         agent_overhead_pct=round((with_agent / plain - 1) * 100, 1) if plain else None)  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vms", type=int, default=20)
     parser.add_argument("--image", type=Path, help="a built image for the boot comparison")
+    parser.add_argument("--repeat", type=int, default=3, help="boot pairs, interleaved (default 3)")
     args = parser.parse_args()
     os.environ.setdefault("IMAGEKIT_ACCEL", "tcg")
     with tempfile.TemporaryDirectory(prefix="imagekit-bench-deploy-") as tmp:
@@ -135,7 +145,7 @@ def main() -> int:
         if args.image is None:
             emit(what="boot", skipped="no --image given")
         else:
-            boot(args.image, work)
+            boot(args.image, work, args.repeat)
     return 0
 
 
