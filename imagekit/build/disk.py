@@ -64,6 +64,8 @@ class PartitionPlan:
     label: str
     uuid: str  # filesystem UUID as fstab and the kernel command line name it
     options: str = "defaults"
+    part_uuid: str = ""  # GPT partition GUID (empty: sfdisk picks one)
+    hash_seed: str = ""  # ext4 directory-hash seed (empty: mke2fs picks one)
 
     @property
     def offset_bytes(self) -> int:
@@ -84,6 +86,7 @@ class DiskLayout:
     firmware: Firmware
     size_bytes: int
     partitions: tuple[PartitionPlan, ...]
+    disk_id: str = ""  # GPT disk GUID or MBR disk identifier (0x…); empty: sfdisk picks one
 
     @property
     def root(self) -> PartitionPlan:
@@ -95,6 +98,8 @@ class DiskLayout:
 
     def sfdisk_script(self) -> str:
         lines = [f"label: {self.table}", "unit: sectors"]
+        if self.disk_id:
+            lines.append(f"label-id: {self.disk_id}")
         if self.table == "gpt":
             lines.append("first-lba: 2048")
         for part in self.partitions:
@@ -104,6 +109,8 @@ class DiskLayout:
                     gpt_type = _HOME_GUID
                 fields = [f"start={part.start}", f"size={part.size}", f"type={gpt_type}"]
                 fields.append(f'name="{part.label}"')
+                if part.part_uuid:
+                    fields.append(f"uuid={part.part_uuid}")
                 if part.role is Role.BOOT and self.firmware.boots_bios():
                     fields.append('attrs="LegacyBIOSBootable"')
             else:
@@ -140,7 +147,9 @@ def plan_layout(
 ) -> DiskLayout:
     """Exact partitions for ``disk``. The disk grows if the partitions need more than its size.
 
-    ``seed`` makes the filesystem UUIDs reproducible (derived from it); otherwise random.
+    ``seed`` makes every identifier reproducible (derived from it): filesystem and partition
+    UUIDs, ext4 hash seeds, the disk's GUID or MBR identifier, the FAT serial. Without it,
+    they are random.
     """
     table = "gpt" if firmware.boots_uefi() else "dos"
     tail = GPT_TAIL_MIB if table == "gpt" else 0
@@ -173,6 +182,9 @@ def plan_layout(
         else:
             extras.append((mount, part))
 
+    def ids(name: str) -> dict[str, str]:
+        return {"part_uuid": new_uuid(f"{name}:partition"), "hash_seed": new_uuid(f"{name}:hash_seed")}
+
     plans: list[PartitionPlan] = []
     start_mib = 1
     vol = new_uuid("boot").replace("-", "")[:8].upper()
@@ -186,6 +198,7 @@ def plan_layout(
             boot_mib * MIB_SECTORS,
             "BOOT",
             f"{vol[:4]}-{vol[4:]}",
+            **ids("boot"),
         )
     )
     start_mib += boot_mib
@@ -203,6 +216,7 @@ def plan_layout(
                 label,
                 new_uuid(mount),
                 part.options or "defaults",
+                **ids(mount),
             )
         )
         start_mib += part.size_mib
@@ -224,9 +238,13 @@ def plan_layout(
             "root",
             new_uuid("/"),
             root_options or "defaults",
+            **ids("/"),
         )
     )
-    return DiskLayout(table, firmware, total_mib * MIB, tuple(plans))
+    disk_id = new_uuid("disk")
+    if table == "dos":
+        disk_id = "0x" + disk_id.replace("-", "")[:8]
+    return DiskLayout(table, firmware, total_mib * MIB, tuple(plans), disk_id)
 
 
 def assemble(
@@ -235,11 +253,13 @@ def assemble(
     *,
     trees: Mapping[str, Path],
     images: Mapping[str, Path],
+    env: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``layout`` into the new sparse file ``image``.
 
     ``trees`` maps the mount point of each ext partition to the directory that fills it;
     ``images`` maps the others (boot, swap) to ready filesystem images of the partition's size.
+    ``env`` carries ``SOURCE_DATE_EPOCH`` (mke2fs takes its own times from it).
     """
     with open(image, "wb") as fh:
         fh.truncate(layout.size_bytes)
@@ -252,12 +272,18 @@ def assemble(
         if part.mount in images:
             copy_into(images[part.mount], image, part.offset_bytes, part.size_bytes)
         elif part.fstype in EXT_TYPES:
-            make_ext(part, image, trees[part.mount])
+            make_ext(part, image, trees[part.mount], env=env)
         else:
             raise AssertionError(f"no content for partition {part.mount}")
 
 
-def make_ext(part: PartitionPlan, image: Path, tree: Path) -> None:
+def make_ext(part: PartitionPlan, image: Path, tree: Path, *, env: Mapping[str, str] | None = None) -> None:
+    """``mkfs.ext4 -d``: identical bytes for identical trees given the UUID, the hash seed and
+    (``E2FSPROGS_FAKE_TIME``) the creation time; file times come from the tree."""
+    extended = [f"offset={part.offset_bytes}"]
+    if part.hash_seed:
+        extended.append(f"hash_seed={part.hash_seed}")
+    epoch = (env or {}).get("SOURCE_DATE_EPOCH")
     run(
         [
             f"mkfs.{part.fstype}",
@@ -270,13 +296,11 @@ def make_ext(part: PartitionPlan, image: Path, tree: Path) -> None:
             "-d",
             tree,
             "-E",
-            f"offset={part.offset_bytes}",
+            ",".join(extended),
             image,
             f"{part.size_bytes // 1024}k",
         ],
-        env={"E2FSPROGS_FAKE_TIME": os.environ.get("SOURCE_DATE_EPOCH", "")}
-        if os.environ.get("SOURCE_DATE_EPOCH")
-        else None,
+        env={**(env or {}), "E2FSPROGS_FAKE_TIME": epoch} if epoch else None,
         step=f"make the {part.mount} filesystem (mkfs.{part.fstype} -d)",
     )
 

@@ -59,7 +59,9 @@ def test_manifest_document_is_json() -> None:
         RECIPE, recipe_hash="h", recipe_normalised='{"name": "web<1>"}', firmware=Firmware.BIOS,
         disk_size=100,
         outputs=[out], packages=(manifest.InstalledPackage("bash", "5.2", "amd64"),), cache={"hit": True},
-        timings={"total": 1.0}, extras={"libvirt": "x.libvirt.xml", "opennebula": "x.one"}, partitions=[],
+        timings={"total": 1.0}, partitions=[],
+        extras={"libvirt": "x.libvirt.xml", "opennebula": "x.one", "sbom": "x.spdx.json"},
+        inputs={"recipe_hash": "h"},
     )  # fmt: skip
     again = json.loads(json.dumps(doc))
     assert again["outputs"][0] == {
@@ -67,6 +69,7 @@ def test_manifest_document_is_json() -> None:
         "checksums": {"sha256": "s"},
     }  # fmt: skip
     assert again["recipe"]["normalised"] == {"name": "web<1>"} and again["packages"][0]["name"] == "bash"
+    assert again["sbom"] == "x.spdx.json" and again["inputs"] == {"recipe_hash": "h"}
 
 
 def test_installed_packages_reads_the_trees_dpkg_database(tmp_path: Path) -> None:
