@@ -27,7 +27,7 @@ from imagekit.errors import InputError
 from imagekit.output import print_json
 from marketplace.certs import certificate_emails
 from marketplace.client import MarketClient, RegistryError, endpoint, path_of
-from marketplace.commands import metadata
+from marketplace.commands import metadata, verify_build
 from marketplace.config import load_config
 from marketplace.metadata import format_time, parse_metadata, parse_time
 from marketplace.registry import Registry
@@ -37,6 +37,7 @@ from marketplace.signing import load_p12, load_signer, sign_metadata
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="market_command", metavar="COMMAND")
     metadata.register_metadata(sub)
+    verify_build.register(sub)
 
     serve = sub.add_parser("serve", help="run the registry server (uvicorn)")
     _local_options(serve)
