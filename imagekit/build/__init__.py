@@ -254,6 +254,8 @@ TOOLS = (
     "mmd",
     "openssl",
     "dpkg-query",
+    "debugfs",
+    "faketime",
 )
 
 

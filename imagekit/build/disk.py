@@ -17,10 +17,11 @@ import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from imagekit.errors import InputError
+from imagekit.errors import CommandError, InputError
 from imagekit.recipe.model import Disk, Firmware
 from imagekit.run import run
 
@@ -303,6 +304,55 @@ def make_ext(part: PartitionPlan, image: Path, tree: Path, *, env: Mapping[str, 
         env={**(env or {}), "E2FSPROGS_FAKE_TIME": epoch} if epoch else None,
         step=f"make the {part.mount} filesystem (mkfs.{part.fstype} -d)",
     )
+    if epoch:
+        pin_inode_times(part, image, tree, int(epoch))
+
+
+def pin_inode_times(part: PartitionPlan, image: Path, tree: Path, epoch: int) -> None:
+    """Set every inode's ctime to ``epoch`` and its atime to its mtime, with debugfs.
+
+    mke2fs 1.47.0 copies each file's ctime from the tree, and no system call can set a ctime:
+    it is when the build touched the file. The atime it copies is the one after mke2fs itself
+    read the directory or symlink (relatime). debugfs sets both in the image instead (about
+    2 s per 10,000 files).
+    """
+    commands = image.with_name(f".{image.name}.part{part.number}.debugfs")
+    with open(commands, "w", encoding="utf-8", errors="surrogateescape") as fh:
+        for dirpath, dirnames, filenames in os.walk(tree):
+            paths = [dirpath] if dirpath == os.fspath(tree) else []
+            for path in (*paths, *(os.path.join(dirpath, name) for name in (*dirnames, *filenames))):
+                inside = "/" if path == dirpath and paths else "/" + os.path.relpath(path, tree)
+                quoted = '"' + inside.replace('"', '""') + '"'
+                mtime = int(os.lstat(path).st_mtime)
+                fh.write(f"sif {quoted} ctime @{epoch}\nsif {quoted} atime @{mtime}\n")
+    # debugfs stamps the superblock's write time with the clock (E2FSPROGS_FAKE_TIME is for
+    # mke2fs only): libfaketime gives it the epoch.
+    clock = datetime.fromtimestamp(epoch, UTC).strftime("@%Y-%m-%d %H:%M:%S")
+    try:
+        out = run(
+            [
+                "faketime",
+                "-f",
+                clock,
+                "debugfs",
+                "-w",
+                "-f",
+                commands,
+                f"{image}?offset={part.offset_bytes}",
+            ],
+            env={"TZ": "UTC"},
+            step=f"pin the {part.mount} filesystem's change times (debugfs)",
+        )
+    finally:
+        commands.unlink(missing_ok=True)
+    # debugfs exits 0 whatever happens; its complaints are the stderr lines that are not echoes.
+    failures = [
+        line
+        for line in out.stderr.decode(errors="replace").splitlines()
+        if line and not line.startswith("debugfs")
+    ]
+    if failures:
+        raise CommandError(["debugfs", "-w", image], 1, "\n".join(failures[:5]), step="pin change times")
 
 
 def make_swap(part: PartitionPlan, path: Path) -> None:
