@@ -83,3 +83,24 @@ def test_installed_packages_reads_the_trees_dpkg_database(tmp_path: Path) -> Non
     (tmp_path / "var/lib/dpkg/updates").mkdir()
     got = manifest.installed_packages(tmp_path)
     assert [(p.name, p.version) for p in got] == [("bash", "5.2.15-2"), ("zlib1g", "1:1.2.13")]
+
+
+def test_partition_records_are_typed_and_in_bytes() -> None:
+    """The manifest's partitions come from PartitionRecord (issue 8, point 9), not a raw dict."""
+    from imagekit.build.disk import plan_layout
+    from imagekit.recipe.model import Disk
+
+    layout = plan_layout(Disk(size_mib=1024), Firmware.BIOS, seed="s")
+    records = [manifest.PartitionRecord.of(p) for p in layout.partitions]
+    assert records[1] == manifest.PartitionRecord(
+        2, "/", "ext4", 257 * 2**20, 767 * 2**20, layout.root.uuid, "root"
+    )
+    doc = manifest.manifest(
+        RECIPE, recipe_hash="h", recipe_normalised="{}", firmware=Firmware.BIOS, disk_size=1, outputs=[],
+        packages=(), cache={}, timings={}, partitions=records, inputs={},
+        extras={"libvirt": "l", "opennebula": "o", "sbom": "s"},
+    )  # fmt: skip
+    assert doc["partitions"][1] == {
+        "number": 2, "mount": "/", "fstype": "ext4", "start": 257 * 2**20, "size": 767 * 2**20,
+        "uuid": layout.root.uuid, "label": "root",
+    }  # fmt: skip
