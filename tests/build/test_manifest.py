@@ -100,7 +100,7 @@ def test_partition_records_are_typed_and_in_bytes() -> None:
         packages=(), cache={}, timings={}, partitions=records, inputs={},
         extras={"libvirt": "l", "opennebula": "o", "sbom": "s"},
     )  # fmt: skip
-    assert doc["partitions"][1] == {
+    assert doc["partitions"][1] == {  # type: ignore[index]
         "number": 2, "mount": "/", "fstype": "ext4", "start": 257 * 2**20, "size": 767 * 2**20,
         "uuid": layout.root.uuid, "label": "root",
     }  # fmt: skip

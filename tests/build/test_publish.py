@@ -59,7 +59,7 @@ def test_a_failure_while_publishing_leaves_nothing(tmp_path: Path, monkeypatch: 
     def broken(*args: object, **kwargs: object) -> dict[str, object]:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(publish.sbom, "sbom", broken)
+    monkeypatch.setattr("imagekit.build.sbom.sbom", broken)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(OSError, match="No space"):
