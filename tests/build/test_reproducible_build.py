@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.build import BuildOptions
+from imagekit.build import BuildOptions, build_image
 from imagekit.build.verify import RUN_KEYS, check_reproducible
 from imagekit.cli import main
 from imagekit.recipe import load_recipe
@@ -59,3 +59,18 @@ def test_two_cold_builds_and_a_warm_one_are_byte_identical(
     verdict = json.loads(capsys.readouterr().out)
     assert code == 0 and verdict["matches"] is True, verdict
     assert set(verdict["compared"]) == {"md5", "sha1", "sha256", "sha512"}
+
+
+def test_the_cloud_recipe_rebuilds_byte_identical(
+    cloud_image: BuiltImage, build_state_dir: Path, tmp_path: Path
+) -> None:
+    """The session's hybrid cloud image against a cold rebuild without the cache."""
+    session = json.loads(cloud_image.manifest.read_text())
+    again = build_image(
+        load_recipe(REPO / "recipes" / "debian-12-cloud.tdl"),
+        BuildOptions(output_dir=tmp_path, use_cache=False, expect_archive=session["inputs"]["archive"]),
+        state=State.open(build_state_dir),
+    )
+    assert {o.format.value: o.checksums for o in again.outputs} == {
+        o["format"]: o["checksums"] for o in session["outputs"]
+    }
