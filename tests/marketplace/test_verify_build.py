@@ -20,7 +20,8 @@ from imagekit.recipe.model import OutputFormat
 from marketplace.metadata import parse_metadata
 from marketplace.verify import verify_entry
 
-from .entries import image_metadata, make_endorser, signed
+from .entries import image_metadata, make_ca, make_endorser, signed
+from .serving import running_server
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "debian-12-minimal.appl"
@@ -114,3 +115,24 @@ def test_verify_build_without_an_sbom_asks_for_inputs(
     entry.write_bytes(signed(image_metadata("img"), make_endorser(None, "ann@example.org")))
     assert main(["market", "verify-build", str(entry), str(RECIPE)]) == 1
     assert "names no SBOM" in capsys.readouterr().err
+
+
+def test_verify_build_fetches_the_entry_from_a_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = make_ca()
+    alice = make_endorser(ca, "alice@example.org", "Alice")
+    ca_path, _ = ca.write(tmp_path / "pki", "ca")
+    config = tmp_path / "marketplace.conf"
+    config.write_text(f"[uploads]\nwhitelist =\n    {alice.subject}\ntrust =\n    {ca_path}\n")
+    document = sbom("img", INPUTS, (), [], distro="bookworm")
+    (tmp_path / "img.spdx.json").write_text(json.dumps(document))
+    m = image_metadata("reg", related=(str(tmp_path / "img.spdx.json"),))
+    (tmp_path / "entry.xml").write_bytes(signed(m, alice))
+    fake = FakeRebuild(True)
+    monkeypatch.setattr("imagekit.build.verify.verify_build", fake)
+    with running_server(tmp_path / "data", config) as url:
+        assert main(["market", "upload", str(tmp_path / "entry.xml"), "--endpoint", url]) == 0
+        capsys.readouterr()
+        assert main(["market", "verify-build", m.identifier, str(RECIPE), "--endpoint", url]) == 0
+    assert "matches the signed" in capsys.readouterr().out and fake.calls[0]["inputs"] == INPUTS
