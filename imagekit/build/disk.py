@@ -327,7 +327,7 @@ def pin_inode_times(part: PartitionPlan, image: Path, tree: Path, epoch: int) ->
                 fh.write(f"sif {quoted} ctime @{epoch}\nsif {quoted} atime @{mtime}\n")
     # debugfs stamps the superblock's write time with the clock (E2FSPROGS_FAKE_TIME is for
     # mke2fs only): libfaketime gives it the epoch.
-    clock = datetime.fromtimestamp(epoch, UTC).strftime("@%Y-%m-%d %H:%M:%S")
+    clock = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")  # frozen (no "@")
     try:
         out = run(
             [

@@ -128,6 +128,10 @@ def test_ext4_is_identical_for_identical_trees_made_in_another_order(tmp_path: P
     where = f"{tmp_path / 'one.raw'}?offset={layout.root.offset_bytes}"
     stat = run(["debugfs", "-R", "stat /etc/f4", where]).stdout.decode()
     assert f"ctime: {EPOCH:#010x}:00000000" in stat
+    # debugfs stamps the superblock's write time (s_wtime, at byte 48) with a frozen fake clock.
+    with open(tmp_path / "one.raw", "rb") as fh:
+        fh.seek(layout.root.offset_bytes + 1024 + 48)
+        assert int.from_bytes(fh.read(4), "little") == EPOCH
 
 
 def test_clamp_times_never_follows_symlinks_and_sets_atime(tmp_path: Path) -> None:
