@@ -318,9 +318,12 @@ def pin_inode_times(part: PartitionPlan, image: Path, tree: Path, epoch: int) ->
     """
     commands = image.with_name(f".{image.name}.part{part.number}.debugfs")
     with open(commands, "w", encoding="utf-8", errors="surrogateescape") as fh:
+        # In name order: the order decides debugfs's writes, which the superblock counts
+        # (s_kbytes_written), and a tree restored from the cache lists in another order.
         for dirpath, dirnames, filenames in os.walk(tree):
+            dirnames.sort()
             paths = [dirpath] if dirpath == os.fspath(tree) else []
-            for path in (*paths, *(os.path.join(dirpath, name) for name in (*dirnames, *filenames))):
+            for path in (*paths, *(os.path.join(dirpath, name) for name in sorted((*dirnames, *filenames)))):
                 inside = "/" if path == dirpath and paths else "/" + os.path.relpath(path, tree)
                 quoted = '"' + inside.replace('"', '""') + '"'
                 mtime = int(os.lstat(path).st_mtime)

@@ -194,3 +194,24 @@ def test_qcow2_conversion_is_deterministic(tmp_path: Path) -> None:
         staged = formats.convert(raw, OutputFormat.QCOW2, tmp_path / f"{name}.qcow2")
         converted.append(formats.publish(staged).read_bytes())
     assert converted[0] == converted[1] == converted[2]
+
+
+def test_debugfs_commands_follow_name_order_not_directory_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """debugfs's writes, counted in the superblock, follow its commands' order; a tree restored
+    from the cache lists its directories in another order than a fresh one."""
+    scripts = []
+
+    def capture(argv: list[object], **kwargs: object) -> object:
+        scripts.append(Path(str(argv[argv.index("-f", argv.index("debugfs")) + 1])).read_text())
+        return type("Done", (), {"stderr": b""})()
+
+    monkeypatch.setattr(disk, "run", capture)
+    layout = disk.plan_layout(Disk(size_mib=64), Firmware.BIOS, boot_mib=34, seed="s")
+    for name, order in (("one", ["b", "a", "c"]), ("two", ["c", "a", "b"])):
+        tree = _tree(tmp_path / name, order)
+        disk.pin_inode_times(layout.root, tmp_path / "x.raw", tree, EPOCH)
+    assert scripts[0] == scripts[1]
+    paths = [line.split('"')[1] for line in scripts[0].splitlines() if "ctime" in line]
+    assert paths == ["/", "/bin", "/etc", "/bin/sh", "/etc/a", "/etc/b", "/etc/c"]
