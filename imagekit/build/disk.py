@@ -318,8 +318,8 @@ def pin_inode_times(part: PartitionPlan, image: Path, tree: Path, epoch: int) ->
     """
     commands = image.with_name(f".{image.name}.part{part.number}.debugfs")
     with open(commands, "w", encoding="utf-8", errors="surrogateescape") as fh:
-        # In name order: the order decides debugfs's writes, which the superblock counts
-        # (s_kbytes_written), and a tree restored from the cache lists in another order.
+        # In name order, whatever order the tree lists in (a tree restored from the cache
+        # lists in another than a fresh one).
         for dirpath, dirnames, filenames in os.walk(tree):
             dirnames.sort()
             paths = [dirpath] if dirpath == os.fspath(tree) else []
@@ -331,23 +331,17 @@ def pin_inode_times(part: PartitionPlan, image: Path, tree: Path, epoch: int) ->
     # debugfs stamps the superblock's write time with the clock (E2FSPROGS_FAKE_TIME is for
     # mke2fs only): libfaketime gives it the epoch.
     clock = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")  # frozen (no "@")
+    debugfs = ["faketime", "-f", clock, "debugfs", "-w"]
+    where = f"{image}?offset={part.offset_bytes}"
+    step = f"pin the {part.mount} filesystem's inode times (debugfs)"
     try:
-        out = run(
-            [
-                "faketime",
-                "-f",
-                clock,
-                "debugfs",
-                "-w",
-                "-f",
-                commands,
-                f"{image}?offset={part.offset_bytes}",
-            ],
-            env={"TZ": "UTC"},
-            step=f"pin the {part.mount} filesystem's change times (debugfs)",
-        )
+        out = run([*debugfs, "-f", commands, where], env={"TZ": "UTC"}, step=step)
     finally:
         commands.unlink(missing_ok=True)
+    # The superblock counts the kilobytes ever written (s_kbytes_written), which depends on how
+    # mke2fs's and debugfs's caches flushed; a second session, which writes nothing before
+    # its close, zeroes it in every superblock copy.
+    run([*debugfs, "-R", "ssv kbytes_written 0", where], env={"TZ": "UTC"}, step=step)
     # debugfs exits 0 whatever happens; its complaints are the stderr lines that are not echoes.
     failures = [
         line
