@@ -338,10 +338,9 @@ def pin_inode_times(part: PartitionPlan, image: Path, tree: Path, epoch: int) ->
         out = run([*debugfs, "-f", commands, where], env={"TZ": "UTC"}, step=step)
     finally:
         commands.unlink(missing_ok=True)
-    # The superblock counts the kilobytes ever written (s_kbytes_written), which depends on how
-    # mke2fs's and debugfs's caches flushed; a second session, which writes nothing before
-    # its close, zeroes it in every superblock copy.
-    run([*debugfs, "-R", "ssv kbytes_written 0", where], env={"TZ": "UTC"}, step=step)
+    # The superblocks count the kilobytes ever written (s_kbytes_written): how mke2fs's and
+    # debugfs's caches happened to flush, not what the filesystem holds.
+    zero_lifetime_writes(image, part.offset_bytes)
     # debugfs exits 0 whatever happens; its complaints are the stderr lines that are not echoes.
     failures = [
         line
@@ -395,3 +394,64 @@ def check_fits(part: PartitionPlan, tree: Path) -> None:
             f"disk: the {part.mount} partition holds {have} MiB but its files need about {need} MiB; "
             "give the disk or the partition more space"
         )
+
+
+_CRC32C = [0] * 256
+for _i in range(256):
+    _c = _i
+    for _ in range(8):
+        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
+    _CRC32C[_i] = _c
+
+
+def _ext4_checksum(data: bytes) -> int:
+    """ext4's metadata checksum: CRC32C seeded with ~0, without the final inversion."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+def _u32(sb: bytes, at: int) -> int:
+    return int.from_bytes(sb[at : at + 4], "little")
+
+
+def superblock_offsets(sb: bytes) -> list[int]:
+    """Byte offsets, within the filesystem, of the primary superblock and its backups."""
+    block_size = 1024 << _u32(sb, 0x18)
+    first, per_group = _u32(sb, 0x14), _u32(sb, 0x20)
+    blocks = _u32(sb, 0x04) | ((_u32(sb, 0x150) << 32) if _u32(sb, 0x60) & 0x80 else 0)
+    groups = -(-(blocks - first) // per_group)
+    if _u32(sb, 0x5C) & 0x200:  # sparse_super2: at most two backups, named
+        backups = {g for g in (_u32(sb, 0x24C), _u32(sb, 0x250)) if 0 < g < groups}
+    elif _u32(sb, 0x64) & 0x1:  # sparse_super: groups 1 and the powers of 3, 5 and 7
+        backups = {1} | {p for base in (3, 5, 7) for p in _powers(base, groups)}
+    else:
+        backups = set(range(1, groups))
+    return [1024] + [(g * per_group + first) * block_size for g in sorted(backups) if g < groups]
+
+
+def _powers(base: int, limit: int) -> list[int]:
+    found, value = [], base
+    while value < limit:
+        found.append(value)
+        value *= base
+    return found
+
+
+def zero_lifetime_writes(image: Path, offset: int) -> None:
+    """Set s_kbytes_written to 0 in every superblock copy, updating their checksums."""
+    with open(image, "r+b") as fh:
+        fh.seek(offset + 1024)
+        primary = fh.read(1024)
+        checksummed = bool(_u32(primary, 0x64) & 0x400)  # metadata_csum
+        for at in superblock_offsets(primary):
+            fh.seek(offset + at)
+            sb = bytearray(fh.read(1024))
+            if sb[0x38:0x3A] != b"\x53\xef":  # not a superblock (magic 0xEF53)
+                continue
+            sb[0x178:0x180] = bytes(8)
+            if checksummed:
+                sb[0x3FC:0x400] = _ext4_checksum(bytes(sb[:0x3FC])).to_bytes(4, "little")
+            fh.seek(offset + at)
+            fh.write(sb)
