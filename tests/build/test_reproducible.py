@@ -212,6 +212,7 @@ def test_debugfs_commands_follow_name_order_not_directory_order(
         return type("Done", (), {"stderr": b""})()
 
     monkeypatch.setattr(disk, "run", capture)
+    monkeypatch.setattr(disk, "zero_lifetime_writes", lambda image, offset: None)
     layout = disk.plan_layout(Disk(size_mib=64), Firmware.BIOS, boot_mib=34, seed="s")
     for name, order in (("one", ["b", "a", "c"]), ("two", ["c", "a", "b"])):
         tree = _tree(tmp_path / name, order)
@@ -219,3 +220,30 @@ def test_debugfs_commands_follow_name_order_not_directory_order(
     assert scripts[0] == scripts[1]
     paths = [line.split('"')[1] for line in scripts[0].splitlines() if "ctime" in line]
     assert paths == ["/", "/bin", "/etc", "/bin/sh", "/etc/a", "/etc/b", "/etc/c"]
+
+
+def test_lifetime_writes_are_zeroed_in_every_superblock_copy(tmp_path: Path) -> None:
+    """s_kbytes_written records how caches flushed; e2fsck must still accept every copy."""
+    image = tmp_path / "fs.ext4"
+    image.write_bytes(b"")
+    os.truncate(image, 300 * 2**20)  # three block groups: a backup superblock in group 1
+    run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", _tree(tmp_path / "tree", ["a"]), image])
+    with open(image, "rb") as fh:
+        fh.seek(1024)
+        copies = disk.superblock_offsets(fh.read(1024))
+    assert copies == [1024, 32768 * 4096]
+
+    def written() -> list[int]:
+        with open(image, "rb") as fh:
+            values = []
+            for at in copies:
+                fh.seek(at + 0x178)
+                values.append(int.from_bytes(fh.read(8), "little"))
+            return values
+
+    assert all(written())
+    disk.zero_lifetime_writes(image, 0)
+    assert written() == [0, 0]
+    run(["e2fsck", "-fn", image])
+    # dumpe2fs refuses a superblock whose checksum does not match.
+    run(["dumpe2fs", "-h", "-o", "superblock=32768", "-o", "blocksize=4096", image])
