@@ -84,7 +84,8 @@ def check_reproducible(recipe: Recipe, options: BuildOptions, *, state: State) -
         keys = compare_manifests(first.manifest, second.manifest)
         report = ""
         if differences or keys:
-            report = diffoscope(first, second, options.output_dir / f"{first.manifest.name}.diffoscope.txt")
+            name = first.manifest.name.removesuffix(".manifest.json")
+            report = diffoscope(first, second, options.output_dir / f"{name}.diffoscope.txt")
         return ReproducibilityReport(first, second.timings.get("total", 0.0), differences, keys, report)
     finally:
         shutil.rmtree(second_dir, ignore_errors=True)
