@@ -6,6 +6,9 @@ Prints JSON lines, measured one after the other on this machine:
   recipe's packages, kernel, boot and agent packages) into a directory: the floor.
 - ``cold``: ``build_image`` with an empty cache (all of the recipe's formats).
 - ``warm_post_only``: again after changing only a post-command (package stage from the cache).
+- ``reproducibility_check``: the second build of ``--check-reproducible`` (no cache, another
+  workspace, pinned to the cold build's archive state), against the cold one, and whether
+  their outputs are identical.
 - ``sizes``: the qcow2 and the raw image's allocation.
 - ``boot``: QEMU start → the agent's "context applied" line, via ``cloud.boottest`` (TCG).
 
@@ -106,6 +109,18 @@ def main() -> int:
             what="warm_post_only", seconds=round(warm_s, 1), target_seconds=10, cache_hit=warm.cache.hit,
             formats=[o.format.value for o in warm.outputs], steps=warm.timings,
         )  # fmt: skip
+
+        check_s, check = timed_build(
+            recipe,
+            BuildOptions(output_dir=work / "check", use_cache=False, expect_archive=cold.inputs.archive),
+            state,
+        )
+        emit(
+            what="reproducibility_check", seconds=round(check_s, 1),
+            ratio_to_cold=round(check_s / cold_s, 2), target_ratio=1.1,
+            identical=[o.checksums for o in check.outputs] == [o.checksums for o in cold.outputs],
+        )  # fmt: skip
+        shutil.rmtree(work / "check", ignore_errors=True)
 
         qcow2 = cold.output(OutputFormat.QCOW2)
         sizes = {

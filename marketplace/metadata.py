@@ -157,6 +157,7 @@ _TERMS = (
     _Term("is_replaced_by", q(DCTERMS, "isReplacedBy")),
     _Term("is_version_of", q(DCTERMS, "isVersionOf")),
     _Term("locations", q(SLTERMS, "location"), _Kind.URI, many=True),
+    _Term("related", q(DCTERMS, "relation"), _Kind.URI, many=True),
     _Term("serial_number", q(SLTERMS, "serial-number"), _Kind.COUNT),
     _Term("version", q(SLTERMS, "version")),
     _Term("hypervisor", q(SLTERMS, "hypervisor")),
@@ -195,6 +196,7 @@ class Metadata:
     is_replaced_by: str | None = None
     is_version_of: str | None = None
     locations: tuple[str, ...] = ()  # download URLs, tried in order
+    related: tuple[str, ...] = ()  # dcterms:relation: related documents, e.g. the image's SBOM
     serial_number: int | None = None
     version: str | None = None
     hypervisor: str | None = None

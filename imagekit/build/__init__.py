@@ -12,14 +12,19 @@ The pipeline, one module per step:
 3. :mod:`.disk` and :mod:`.bootloader` — partitions on a plain file (``sfdisk``), ext4 filled
    from the tree (``mkfs.ext4 -d``), a FAT boot partition through mtools with syslinux and/or
    systemd-boot.
-4. :mod:`.formats` — ``qemu-img convert`` to each requested format, published atomically.
-5. :mod:`.manifest` — checksums, package list, libvirt XML and OpenNebula template.
+4. :mod:`.publish` — ``qemu-img convert`` to each requested format (:mod:`.formats`), then
+   checksums, the manifest, the SBOM (:mod:`.sbom`), libvirt XML and OpenNebula template
+   (:mod:`.manifest`), published all or nothing.
+
+Every build is reproducible (:mod:`.reproducible`): the recipe, the archive state,
+``SOURCE_DATE_EPOCH`` and the imagekit version decide its bytes, and the manifest records them.
 
 Everything temporary lives in a :class:`~.workspace.Workspace`, removed on any exit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -27,19 +32,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagekit.errors import CommandError, InputError
+from imagekit.errors import CommandError, InputError, VerificationError
 from imagekit.interrupt import interruptible
 from imagekit.log import StepTimings, step
-from imagekit.output import to_json
 from imagekit.recipe.model import Firmware, OutputFormat, Recipe
 from imagekit.state import State
 
-from . import bootloader, cache, customize, disk, formats, manifest, rootfs, space
+from . import bootloader, cache, customize, disk, manifest, reproducible, rootfs, space
+from .publish import BuiltImage, publish_outputs
+from .reproducible import BuildInputs
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-EXTENSIONS = {fmt: fmt.value for fmt in OutputFormat}
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,13 @@ class BuildOptions:
     use_cache: bool = True
     work_dir: Path | None = None  # parent of the workspace; None: see space.choose_work_parent
     mirror: str = rootfs.DEFAULT_MIRROR
+    source_date_epoch: int | None = None  # None: $SOURCE_DATE_EPOCH, else the archive's date
+    expect_archive: str | None = None  # refuse to build unless the archive state is this one
 
 
 @dataclass(frozen=True)
 class CacheOutcome:
-    key: str | None
+    key: str
     hit: bool
     used: bool  # False with --no-cache
 
@@ -65,9 +71,11 @@ class BuildResult:
     firmware: Firmware
     outputs: tuple[manifest.OutputFile, ...]
     manifest: Path
+    sbom: Path
     libvirt_xml: Path
     opennebula_template: Path
     cache: CacheOutcome
+    inputs: BuildInputs
     timings: dict[str, float] = field(default_factory=dict)
 
     def output(self, fmt: OutputFormat) -> Path:
@@ -75,146 +83,120 @@ class BuildResult:
 
 
 def build_image(recipe: Recipe, options: BuildOptions, *, state: State) -> BuildResult:
-    from imagekit.recipe.normalise import recipe_hash, recipe_json
-
     started = time.monotonic()
     timings = StepTimings()
     firmware = options.firmware or recipe.firmware
     fmts = tuple(dict.fromkeys(options.formats or recipe.formats))
-    # Raw first: it is a hard link, and its (long) checksums then run beside the conversions.
-    convert_order = sorted(fmts, key=lambda f: f is not OutputFormat.RAW)
-    agent_packages: tuple[str, ...] = ()
-    if recipe.context_agent.wants_imagekit():
-        from imagekit.agent import AGENT_PACKAGES
-
-        agent_packages = AGENT_PACKAGES
-    stage = rootfs.plan_stage(recipe, agent_packages=agent_packages, mirror=options.mirror)
-    layout = disk.plan_layout(recipe.disk, firmware)
+    stage = rootfs.plan_stage(recipe, agent_packages=agent_packages(recipe), mirror=options.mirror)
     require_tools(firmware, fmts)
-    output_dir = options.output_dir
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(
-            f"cannot create the output directory: {exc.strerror}", where=str(output_dir)
-        ) from None
-    work_mib, output_mib = space.estimate(layout.size_bytes // disk.MIB, fmts)
-    work_parent = space.choose_work_parent(options.work_dir, work_mib)
-    log.debug("working in %s", work_parent)
-    space.check_free_space({work_parent: work_mib, output_dir: output_mib})
+    inputs = build_inputs(recipe, stage, firmware, options)
+    layout = disk.plan_layout(recipe.disk, firmware, seed=inputs.seed)
+    work_parent = prepare_space(layout, fmts, options)
     stage_cache = cache.StageCache.open(state) if options.use_cache else None
 
     with interruptible(), Workspace.create(work_parent) as ws:
         with step("install packages", timings):
-            outcome = package_stage(stage, recipe, ws, stage_cache)
+            outcome = package_stage(stage, recipe, ws, stage_cache, inputs)
         with step("customize", timings):
-            customize.customize(recipe, ws.root, layout, install_agent=recipe.context_agent.wants_imagekit())
+            install_agent = recipe.context_agent.wants_imagekit()
+            customize.customize(recipe, ws.root, layout, install_agent=install_agent, inputs=inputs)
             packages = manifest.installed_packages(ws.root)
             customize.clean(ws.root)
         raw = ws.path("disk.raw")
         with step("assemble disk", timings):
-            assemble_disk(recipe, layout, ws, raw)
+            assemble_disk(recipe, layout, ws, raw, inputs)
         ws.drop_root()  # its removal overlaps the conversions
-        base = output_dir / safe_name(recipe.name)
-        staged: list[formats.Staged] = []
-        written: list[Path] = []
-        pending: dict[Path, manifest.PendingChecksums] = {}
-        try:
-            with step("convert", timings):
-                for fmt in convert_order:
-                    with step(fmt.value):
-                        done = formats.convert(raw, fmt, base.with_name(f"{base.name}.{EXTENSIONS[fmt]}"))
-                    staged.append(done)
-                    # Hash each output while the next one converts.
-                    pending[done.partial] = manifest.start_checksums(done.partial)
-            with step("checksums", timings):
-                staged.sort(key=lambda s: fmts.index(s.format))  # the order asked for
-                outputs = [
-                    manifest.describe_output(s, layout.size_bytes, pending[s.partial].result())
-                    for s in staged
-                ]
-            primary = next((s for s in staged if s.format is OutputFormat.QCOW2), staged[0])
-            libvirt_path = base.with_name(f"{base.name}.libvirt.xml")
-            one_path = base.with_name(f"{base.name}.one")
-            for s in staged:
-                written.append(formats.publish(s))
-            formats.write_atomic(
-                libvirt_path,
-                manifest.libvirt_xml(recipe, primary.path.resolve(), primary.format, firmware).encode(),
-            )
-            written.append(libvirt_path)
-            formats.write_atomic(
-                one_path,
-                manifest.opennebula_template(
-                    recipe, primary.path.resolve(), primary.format, firmware
-                ).encode(),
-            )
-            written.append(one_path)
-            timings.seconds["total"] = round(time.monotonic() - started, 3)
-            manifest_path = base.with_name(f"{base.name}.manifest.json")
-            document = manifest.manifest(
-                recipe,
-                recipe_hash=recipe_hash(recipe),
-                recipe_normalised=recipe_json(recipe),
-                firmware=firmware,
-                disk_size=layout.size_bytes,
-                outputs=outputs,
-                packages=packages,
-                cache={"key": outcome.key, "hit": outcome.hit, "used": outcome.used},
-                timings=dict(timings.seconds),
-                extras={"libvirt": libvirt_path.name, "opennebula": one_path.name},
-                partitions=[
-                    {
-                        "number": p.number,
-                        "mount": p.mount,
-                        "fstype": p.fstype,
-                        "start": p.offset_bytes,
-                        "size": p.size_bytes,
-                        "uuid": p.uuid,
-                        "label": p.label,
-                    }
-                    for p in layout.partitions
-                ],
-            )
-            formats.write_atomic(manifest_path, (to_json(document) + "\n").encode())
-        except BaseException:
-            for sums in pending.values():
-                sums.cancel()
-            for s in staged:
-                formats.discard(s)
-            for path in written:
-                path.unlink(missing_ok=True)
-            raise
+        built = BuiltImage(
+            recipe, firmware, layout, packages, inputs, dataclasses.asdict(outcome), distro=stage.suite
+        )
+        base = options.output_dir / safe_name(recipe.name)
+        published = publish_outputs(raw, fmts, base, built, timings=timings, started=started)
     return BuildResult(
         recipe.name,
         firmware,
-        tuple(outputs),
-        manifest_path,
-        libvirt_path,
-        one_path,
+        published.outputs,
+        published.manifest,
+        published.sbom,
+        published.libvirt_xml,
+        published.opennebula_template,
         outcome,
+        inputs,
         dict(timings.seconds),
     )
 
 
+def agent_packages(recipe: Recipe) -> tuple[str, ...]:
+    if not recipe.context_agent.wants_imagekit():
+        return ()
+    from imagekit.agent import AGENT_PACKAGES
+
+    return AGENT_PACKAGES
+
+
+def build_inputs(
+    recipe: Recipe, stage: rootfs.PackageStage, firmware: Firmware, options: BuildOptions
+) -> BuildInputs:
+    """What decides the image's bytes; with ``expect_archive``, only that archive state will do."""
+    from imagekit.recipe.normalise import recipe_hash
+
+    archive = rootfs.archive_state(stage)
+    if options.expect_archive is not None and archive.identity != options.expect_archive:
+        raise VerificationError(
+            f"the Debian archive is no longer in the state recorded ({options.expect_archive}); "
+            f"it is now {archive.identity}",
+            rule="archive state",
+            hint="rebuild against a snapshot.debian.org mirror of that date (--mirror, IMAGEKIT_SNAPSHOT)",
+        )
+    inputs = BuildInputs.resolve(
+        recipe_hash(recipe),
+        archive,
+        firmware=firmware.value,
+        mirror=options.mirror,
+        option=options.source_date_epoch,
+    )
+    log.info("build inputs: %s", inputs.to_json())
+    return inputs
+
+
+def prepare_space(layout: disk.DiskLayout, fmts: tuple[OutputFormat, ...], options: BuildOptions) -> Path:
+    """Create the output directory, check both places have room, and return the work parent."""
+    try:
+        options.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"cannot create the output directory: {exc.strerror}", where=str(options.output_dir)
+        ) from None
+    work_mib, output_mib = space.estimate(layout.size_bytes // disk.MIB, fmts)
+    work_parent = space.choose_work_parent(options.work_dir, work_mib)
+    log.debug("working in %s", work_parent)
+    space.check_free_space({work_parent: work_mib, options.output_dir: output_mib})
+    return work_parent
+
+
 def package_stage(
-    stage: rootfs.PackageStage, recipe: Recipe, ws: Workspace, stage_cache: cache.StageCache | None
+    stage: rootfs.PackageStage,
+    recipe: Recipe,
+    ws: Workspace,
+    stage_cache: cache.StageCache | None,
+    inputs: BuildInputs,
 ) -> CacheOutcome:
     """Fill ``ws.root`` from the cache, or with mmdebstrap (and then cache it)."""
-    if stage_cache is None:
-        rootfs.bootstrap(stage, ws.root, ws.base, recipe_repos=recipe.repositories)
-        return CacheOutcome(None, hit=False, used=False)
-    key = stage.key(rootfs.mirror_snapshot(stage))
-    if stage_cache.restore(key, ws.root):
+    key = stage.key(inputs.archive, inputs.source_date_epoch)
+    if stage_cache is not None and stage_cache.restore(key, ws.root):
         log.info("package cache hit: %s", key[:16])
         return CacheOutcome(key, hit=True, used=True)
+    rootfs.bootstrap(stage, ws.root, ws.base, recipe_repos=recipe.repositories, env=inputs.env())
+    if stage_cache is None:
+        return CacheOutcome(key, hit=False, used=False)
     log.info("package cache miss: %s", key[:16])
-    rootfs.bootstrap(stage, ws.root, ws.base, recipe_repos=recipe.repositories)
     stage_cache.store(key, ws.root, summary=stage.summary())
     return CacheOutcome(key, hit=False, used=True)
 
 
-def assemble_disk(recipe: Recipe, layout: disk.DiskLayout, ws: Workspace, raw: Path) -> None:
+def assemble_disk(
+    recipe: Recipe, layout: disk.DiskLayout, ws: Workspace, raw: Path, inputs: BuildInputs
+) -> None:
+    reproducible.pin_tree(ws.root, inputs.source_date_epoch)
     trees: dict[str, Path] = {}
     images: dict[str, Path] = {}
     # Deepest mount points first, so /var/log leaves /var before /var leaves the root.
@@ -228,10 +210,17 @@ def assemble_disk(recipe: Recipe, layout: disk.DiskLayout, ws: Workspace, raw: P
     for part in layout.partitions:
         if part.mount in trees:
             disk.check_fits(part, trees[part.mount])
+            # Splitting made fresh directories: their times too come from the epoch.
+            reproducible.clamp_times(trees[part.mount], inputs.source_date_epoch)
     images[disk.BOOT_MOUNT] = bootloader.make_boot_partition(
-        layout, ws.root, ws.path("boot.fat"), ws.base, kernel_params=recipe.os.kernel_params
+        layout,
+        ws.root,
+        ws.path("boot.fat"),
+        ws.base,
+        kernel_params=recipe.os.kernel_params,
+        env=inputs.env(),
     )
-    disk.assemble(layout, raw, trees=trees, images=images)
+    disk.assemble(layout, raw, trees=trees, images=images, env=inputs.env())
     bootloader.install_boot_code(layout, raw)
 
 
@@ -266,6 +255,8 @@ TOOLS = (
     "mmd",
     "openssl",
     "dpkg-query",
+    "debugfs",
+    "faketime",
 )
 
 

@@ -13,6 +13,7 @@ LegacyBIOSBootable attribute). Everything goes through mtools on a separate file
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from imagekit.errors import InputError
@@ -64,9 +65,20 @@ def loader_entry(cmdline: str) -> str:
 
 
 def make_boot_partition(
-    layout: DiskLayout, root: Path, fat: Path, work: Path, *, kernel_params: str = ""
+    layout: DiskLayout,
+    root: Path,
+    fat: Path,
+    work: Path,
+    *,
+    kernel_params: str = "",
+    env: Mapping[str, str] | None = None,
 ) -> Path:
-    """Build the boot partition's FAT filesystem as the file ``fat`` and return it."""
+    """Build the boot partition's FAT filesystem as the file ``fat`` and return it.
+
+    With ``SOURCE_DATE_EPOCH`` in ``env``, the bytes depend on the layout and the files only:
+    mkfs.vfat's ``--invariant`` fixes its boot-sector times, mtools (and syslinux, which runs
+    mtools) stamp the directory entries with the epoch.
+    """
     part = layout.boot
     kernel, initrd = kernel_files(root)
     cmdline = command_line(layout, kernel_params)
@@ -74,24 +86,28 @@ def make_boot_partition(
     step = "make the boot partition (mkfs.vfat, mtools)"
     with open(fat, "wb") as fh:
         fh.truncate(part.size_bytes)
-    run(["mkfs.vfat", "-F", "32", "-n", part.label, "-i", volume_id, fat], step=step)
+    invariant = ["--invariant"] if env else []
+    run(["mkfs.vfat", *invariant, "-F", "32", "-n", part.label, "-i", volume_id, fat], env=env, step=step)
     if layout.firmware.boots_bios():
-        run(["syslinux", "--install", fat], step="install syslinux (BIOS boot)")
+        run(["syslinux", "--install", fat], env=env, step="install syslinux (BIOS boot)")
         (work / "syslinux.cfg").write_text(syslinux_cfg(cmdline))
     mcopy: list[str | os.PathLike[str]] = ["mcopy", "-i", fat, "-o"]
-    run([*mcopy, kernel, "::vmlinuz"], step=step)
-    run([*mcopy, initrd, "::initrd.img"], step=step)
+    run([*mcopy, kernel, "::vmlinuz"], env=env, step=step)
+    run([*mcopy, initrd, "::initrd.img"], env=env, step=step)
     if layout.firmware.boots_bios():
-        run([*mcopy, work / "syslinux.cfg", "::syslinux.cfg"], step=step)
+        run([*mcopy, work / "syslinux.cfg", "::syslinux.cfg"], env=env, step=step)
     if layout.firmware.boots_uefi():
         if not SYSTEMD_BOOT.is_file():
             raise InputError(f"UEFI boot needs {SYSTEMD_BOOT}", hint="install the systemd-boot-efi package")
         (work / "loader.conf").write_text(loader_conf())
         (work / "imagekit.conf").write_text(loader_entry(cmdline))
-        run(["mmd", "-i", fat, "::EFI", "::EFI/BOOT", "::loader", "::loader/entries"], step=step)
-        run([*mcopy, SYSTEMD_BOOT, "::EFI/BOOT/BOOTX64.EFI"], step=step)
-        run([*mcopy, work / "loader.conf", "::loader/loader.conf"], step=step)
-        run([*mcopy, work / "imagekit.conf", "::loader/entries/imagekit.conf"], step=step)
+        run(["mmd", "-i", fat, "::EFI", "::EFI/BOOT", "::loader", "::loader/entries"], env=env, step=step)
+        for source, dest in (
+            (SYSTEMD_BOOT, "::EFI/BOOT/BOOTX64.EFI"),
+            (work / "loader.conf", "::loader/loader.conf"),
+            (work / "imagekit.conf", "::loader/entries/imagekit.conf"),
+        ):
+            run([*mcopy, source, dest], env=env, step=step)
     return fat
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from imagekit.errors import CommandError, InputError
@@ -24,6 +25,7 @@ from imagekit.run import run
 
 from .disk import DiskLayout
 from .firstboot import install_first_boot, write
+from .reproducible import BuildInputs
 from .rootfs import NAMESPACES, source_file_name
 from .sources import content_bytes
 
@@ -34,13 +36,13 @@ _CHROOT_SETUP = (
 _POLICY_RC = "#!/bin/sh\n# imagekit: no services start while building\nexit 101\n"
 
 
-def in_chroot(root: Path, script: str, *, step: str) -> None:
+def in_chroot(root: Path, script: str, *, step: str, env: Mapping[str, str] | None = None) -> None:
     """Run the shell ``script`` (fed on stdin, ``sh -e``) inside ``root``."""
     try:
         run(
             [*NAMESPACES, "sh", "-c", _CHROOT_SETUP, "sh", root],
             input=script.encode(),
-            env={"DEBIAN_FRONTEND": "noninteractive", "HOME": "/root"},
+            env={"DEBIAN_FRONTEND": "noninteractive", "HOME": "/root", **(env or {})},
             step=step,
         )
     except CommandError as err:
@@ -50,8 +52,15 @@ def in_chroot(root: Path, script: str, *, step: str) -> None:
         raise CommandError(["chroot", root, "/bin/sh"], err.returncode, err.stderr_tail, step=step) from None
 
 
-def customize(recipe: Recipe, root: Path, layout: DiskLayout, *, install_agent: bool) -> None:
-    """Apply the recipe's settings, files and post-commands to ``root``."""
+def customize(
+    recipe: Recipe, root: Path, layout: DiskLayout, *, install_agent: bool, inputs: BuildInputs | None = None
+) -> None:
+    """Apply the recipe's settings, files and post-commands to ``root``.
+
+    With ``inputs``, commands see ``SOURCE_DATE_EPOCH`` (shadow's password-change dates come
+    from it) and password salts are derived from the inputs.
+    """
+    env = inputs.env() if inputs else None
     resolv = root / "etc/resolv.conf"
     policy = root / "usr/sbin/policy-rc.d"
     write(root, "/usr/sbin/policy-rc.d", _POLICY_RC, 0o755)
@@ -65,7 +74,7 @@ def customize(recipe: Recipe, root: Path, layout: DiskLayout, *, install_agent: 
         for part in layout.partitions:
             if part.mount != "/" and part.mount != "swap":
                 (root / part.mount.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        set_accounts(recipe, root)
+        set_accounts(recipe, root, inputs)
         write_files(recipe, root)
         if install_agent:
             from imagekit.agent import install_agent as install
@@ -74,7 +83,7 @@ def customize(recipe: Recipe, root: Path, layout: DiskLayout, *, install_agent: 
         install_first_boot(root, cloud_init=recipe.context_agent.wants_cloud_init())
         for command in recipe.post_commands:
             script = content_bytes(command.source, command.script, what=f"command {command.name!r}")
-            in_chroot(root, script.decode("utf-8", "replace"), step=f"command {command.name!r}")
+            in_chroot(root, script.decode("utf-8", "replace"), step=f"command {command.name!r}", env=env)
         for repo in recipe.repositories:
             if not repo.persisted:
                 (root / "etc/apt/sources.list.d" / source_file_name(repo)).unlink(missing_ok=True)
@@ -97,17 +106,27 @@ def set_hostname(root: Path, hostname: str) -> None:
     write(root, "/etc/hosts", hosts)
 
 
-def hash_password(password: str) -> str:
-    """SHA-512 crypt of ``password``, computed by openssl from stdin (not argv, not logged)."""
-    out = run(["openssl", "passwd", "-6", "-stdin"], input=password.encode() + b"\n", step="hash password")
+def hash_password(password: str, salt: str | None = None) -> str:
+    """SHA-512 crypt of ``password``, computed by openssl from stdin (not argv, not logged).
+
+    ``salt`` None: a random one. A reproducible build passes one derived from its inputs.
+    """
+    salted = ["-salt", salt] if salt else []
+    out = run(
+        ["openssl", "passwd", "-6", *salted, "-stdin"], input=password.encode() + b"\n", step="hash password"
+    )
     return out.stdout.decode().strip()
 
 
-def set_accounts(recipe: Recipe, root: Path) -> None:
+def set_accounts(recipe: Recipe, root: Path, inputs: BuildInputs | None = None) -> None:
     script: list[str] = []
     entries: list[str] = []
+
+    def hashed(name: str, password: str) -> str:
+        return hash_password(password, inputs.salt(name) if inputs else None)
+
     if recipe.root_password:
-        entries.append(f"root:{hash_password(recipe.root_password)}")
+        entries.append(f"root:{hashed('root', recipe.root_password)}")
     for user in recipe.users:
         for group in user.groups:
             script.append(f"getent group {shlex.quote(group)} >/dev/null || groupadd {shlex.quote(group)}")
@@ -118,12 +137,14 @@ def set_accounts(recipe: Recipe, root: Path) -> None:
                 f"useradd -m -s /bin/bash{groups} {shlex.quote(user.name)}"
             )
         if user.password:
-            entries.append(f"{user.name}:{hash_password(user.password)}")
+            entries.append(f"{user.name}:{hashed(user.name, user.password)}")
     if entries:
         # chpasswd -e reads the hashes from stdin, so they never appear on a command line.
         script.append("chpasswd -e <<'IMAGEKIT_EOF'\n" + "\n".join(entries) + "\nIMAGEKIT_EOF")
     if script:
-        in_chroot(root, "\n".join(script) + "\n", step="users and passwords")
+        in_chroot(
+            root, "\n".join(script) + "\n", step="users and passwords", env=inputs.env() if inputs else None
+        )
     for user in recipe.users:
         if user.ssh_keys:
             install_keys(root, user)

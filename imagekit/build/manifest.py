@@ -10,8 +10,10 @@ firmware, CPUs and memory.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from xml.sax.saxutils import escape, quoteattr
 from imagekit.recipe.model import Firmware, OutputFormat, Recipe
 from imagekit.run import run
 
+from .disk import PartitionPlan
 from .formats import Staged
 
 ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
@@ -32,6 +35,28 @@ class InstalledPackage:
     name: str
     version: str
     arch: str
+    source: str = ""  # the Debian source package it was built from
+    source_version: str = ""
+    license: str = ""  # as Debian's copyright file states it ("" when not machine-readable)
+
+
+@dataclass(frozen=True)
+class PartitionRecord:
+    """One partition as the manifest describes it (bytes, not sectors)."""
+
+    number: int
+    mount: str
+    fstype: str
+    start: int
+    size: int
+    uuid: str
+    label: str
+
+    @classmethod
+    def of(cls, plan: PartitionPlan) -> PartitionRecord:
+        return cls(
+            plan.number, plan.mount, plan.fstype, plan.offset_bytes, plan.size_bytes, plan.uuid, plan.label
+        )
 
 
 @dataclass(frozen=True)
@@ -85,18 +110,27 @@ def describe_output(staged: Staged, virtual_size: int, sums: dict[str, str]) -> 
 
 
 def installed_packages(root: Path) -> tuple[InstalledPackage, ...]:
+    """The tree's packages from its dpkg database, with source package and license."""
+    from .sbom import read_licenses
+
     out = run(
         [
             "dpkg-query",
             f"--admindir={root / 'var/lib/dpkg'}",
             "-W",
             "-f",
-            "${Package}\t${Version}\t${Architecture}\n",
+            "${Package}\t${Version}\t${Architecture}\t${source:Package}\t${source:Version}\n",
         ],
         step="list installed packages (dpkg-query)",
     )
-    rows = (line.split("\t") for line in out.stdout.decode().splitlines() if line.strip())
-    return tuple(sorted(InstalledPackage(*row) for row in rows))
+    rows = [line.split("\t") for line in out.stdout.decode().splitlines() if line.strip()]
+    licenses = read_licenses(root, [row[0] for row in rows])
+    return tuple(
+        sorted(
+            InstalledPackage(name, version, arch, source, source_version, licenses.get(name, ""))
+            for name, version, arch, source, source_version in rows
+        )
+    )
 
 
 def manifest(
@@ -111,8 +145,11 @@ def manifest(
     cache: dict[str, object],
     timings: dict[str, float],
     extras: dict[str, str],
-    partitions: list[dict[str, object]],
+    partitions: Sequence[PartitionRecord],
+    inputs: dict[str, object],
 ) -> dict[str, object]:
+    """The manifest document. ``cache`` and ``timings`` describe the run; everything else is
+    the same for every build of the same inputs."""
     return {
         "manifest_version": 1,
         "name": recipe.name,
@@ -121,7 +158,7 @@ def manifest(
         "os": {"name": recipe.os.name, "version": recipe.os.version, "arch": recipe.os.arch},
         "firmware": firmware.value,
         "disk_size": disk_size,
-        "partitions": partitions,
+        "partitions": [dataclasses.asdict(p) for p in partitions],
         "outputs": [
             {
                 "format": o.format.value,
@@ -135,6 +172,8 @@ def manifest(
         ],
         "libvirt_xml": extras["libvirt"],
         "opennebula_template": extras["opennebula"],
+        "sbom": extras["sbom"],
+        "inputs": inputs,
         "packages": [{"name": p.name, "version": p.version, "arch": p.arch} for p in packages],
         "recipe": {
             "source": str(recipe.source_path),

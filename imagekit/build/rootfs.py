@@ -15,7 +15,10 @@ import hashlib
 import json
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from imagekit.errors import InputError
@@ -25,7 +28,7 @@ from imagekit.run import run
 from .sources import content_bytes, fetch
 
 # Bump when the stage's output changes for the same inputs (new hooks, other defaults).
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
@@ -76,8 +79,11 @@ class PackageStage:
     packages: tuple[str, ...]  # sorted, without duplicates
     pre_commands: tuple[tuple[str, str], ...]  # (name, script) in recipe order
 
-    def key(self, snapshot: str) -> str:
-        """The content address of this stage's output for the mirror state ``snapshot``."""
+    def key(self, snapshot: str, source_date_epoch: int) -> str:
+        """The content address of this stage's output for the mirror state ``snapshot``.
+
+        ``SOURCE_DATE_EPOCH`` is part of it: the initramfs and package scripts' files carry it.
+        """
         material = {
             "version": STAGE_VERSION,
             "suite": self.suite,
@@ -86,6 +92,7 @@ class PackageStage:
             "packages": list(self.packages),
             "pre_commands": [list(c) for c in self.pre_commands],
             "snapshot": snapshot,
+            "source_date_epoch": source_date_epoch,
         }
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
@@ -161,7 +168,14 @@ def source_file_name(repo: Repository) -> str:
     return f"imagekit-{safe}.list"
 
 
-def bootstrap(stage: PackageStage, root: Path, work: Path, *, recipe_repos: tuple[Repository, ...]) -> None:
+def bootstrap(
+    stage: PackageStage,
+    root: Path,
+    work: Path,
+    *,
+    recipe_repos: tuple[Repository, ...],
+    env: Mapping[str, str] | None = None,
+) -> None:
     """Run mmdebstrap into the empty directory ``root``; hook scripts go to ``work``.
 
     mmdebstrap runs in private mount and PID namespaces, so the /proc, /sys and /dev mounts it
@@ -195,25 +209,66 @@ def bootstrap(stage: PackageStage, root: Path, work: Path, *, recipe_repos: tupl
         str(root),
         *stage.sources[:3],
     ]
-    run(argv, step="install packages (mmdebstrap)", env={"DEBIAN_FRONTEND": "noninteractive"})
+    # SOURCE_DATE_EPOCH (in ``env``) reaches dpkg and the package scripts through mmdebstrap:
+    # initramfs-tools clamps its cpio's times to it, mmdebstrap drops ldconfig's aux-cache.
+    run(
+        argv,
+        step="install packages (mmdebstrap)",
+        env={"DEBIAN_FRONTEND": "noninteractive", **(env or {})},
+    )
 
 
-def mirror_snapshot(stage: PackageStage, *, timeout: float = 15.0) -> str:
+@dataclass(frozen=True)
+class ArchiveState:
+    """What the Debian archive looked like: an identity for cache keys and build inputs, and
+    the newest ``InRelease`` date (the default ``SOURCE_DATE_EPOCH``; None when unknown)."""
+
+    identity: str
+    date: int | None
+
+
+def archive_state(stage: PackageStage, *, timeout: float = 15.0) -> ArchiveState:
     """Identity of the archive state: a hash over the ``InRelease`` files of the Debian sources.
 
     A point release or a security update changes it, so the cached stage is rebuilt exactly
     when apt would install something different. ``IMAGEKIT_SNAPSHOT`` pins it instead (for
-    offline rebuilds from the cache, or a snapshot.debian.org mirror whose state never moves).
+    offline rebuilds from the cache, or a snapshot.debian.org mirror whose state never moves);
+    a snapshot.debian.org timestamp there (``20250520T000000Z``) also gives the date.
     """
     pinned = os.environ.get("IMAGEKIT_SNAPSHOT")
     if pinned:
-        return f"pinned:{pinned}"
+        return ArchiveState(f"pinned:{pinned}", snapshot_date(pinned))
     digest = hashlib.sha256()
+    dates: list[int] = []
     for line in stage.sources[:3]:
         _, url, suite, *_ = line.split()
-        digest.update(fetch_release(f"{url.rstrip('/')}/dists/{suite}/InRelease", timeout=timeout))
-    return "inrelease:" + digest.hexdigest()[:32]
+        release = fetch_release(f"{url.rstrip('/')}/dists/{suite}/InRelease", timeout=timeout)
+        digest.update(release)
+        if (date := release_date(release)) is not None:
+            dates.append(date)
+    return ArchiveState("inrelease:" + digest.hexdigest()[:32], max(dates, default=None))
+
+
+def release_date(release: bytes) -> int | None:
+    """The ``Date:`` field of a (signed) Release file as a Unix time; None without one."""
+    for line in release.decode("utf-8", "replace").splitlines():
+        if line.startswith("Date:"):
+            try:
+                return int(parsedate_to_datetime(line[5:].strip()).timestamp())
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def snapshot_date(text: str) -> int | None:
+    """``20250520T000000Z`` or ``20250520`` (snapshot.debian.org's names) as a Unix time."""
+    for pattern in ("%Y%m%dT%H%M%SZ", "%Y%m%d"):
+        try:
+            return int(datetime.strptime(text, pattern).replace(tzinfo=UTC).timestamp())
+        except ValueError:
+            continue
+    return None
 
 
 def fetch_release(url: str, *, timeout: float) -> bytes:
-    return fetch(url, what="Debian mirror (to key the package cache)", timeout=timeout)
+    return fetch(url, what="Debian mirror (the archive state the build records)", timeout=timeout)

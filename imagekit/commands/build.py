@@ -2,6 +2,7 @@
 
 imagekit build recipes/debian-12-cloud.tdl -o out
 imagekit build recipes/debian-12-minimal.appl --format qcow2,raw --firmware hybrid --json
+imagekit build recipes/debian-12-minimal.appl --check-reproducible
 """
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagekit import locations
 from imagekit.errors import InputError
 from imagekit.output import print_json
-from imagekit.recipe.model import Firmware, OutputFormat
+from imagekit.recipe.model import Firmware, OutputFormat, Recipe
 from imagekit.state import State
+
+if TYPE_CHECKING:
+    from imagekit.build import BuildOptions
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +54,25 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where to build (default: $TMPDIR, else /dev/shm when it has room, else /tmp)",
     )
+    parser.add_argument(
+        "--source-date-epoch",
+        type=epoch,
+        metavar="SECONDS",
+        help="the build's time (default: $SOURCE_DATE_EPOCH, else the archive's newest InRelease Date)",
+    )
+    parser.add_argument(
+        "--check-reproducible",
+        action="store_true",
+        help="build a second time in a separate tree, without the package cache, and compare",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=cmd_build)
+
+
+def epoch(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected seconds since 1970, got {text!r}")
+    return int(text)
 
 
 def parse_formats(text: str) -> tuple[OutputFormat, ...]:
@@ -76,7 +98,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         firmware=args.firmware,
         use_cache=not args.no_cache,
         work_dir=args.workdir,
+        source_date_epoch=args.source_date_epoch,
     )
+    if args.check_reproducible:
+        return check(recipe, options, state, args)
     result = build_image(recipe, options, state=state)
     if args.json:
         print_json(
@@ -88,6 +113,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                     for o in result.outputs
                 ],
                 "manifest": result.manifest,
+                "sbom": result.sbom,
+                "inputs": result.inputs.to_json(),
                 "libvirt_xml": result.libvirt_xml,
                 "opennebula_template": result.opennebula_template,
                 "cache": result.cache,
@@ -102,3 +129,35 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(f"  {output.path}  {output.size / 2**20:.0f} MiB  {output.format.value}")
         print(f"  {result.manifest}")
     return 0
+
+
+def check(recipe: Recipe, options: BuildOptions, state: State, args: argparse.Namespace) -> int:
+    """``--check-reproducible``: exit 0 when both builds are identical, 1 when they differ."""
+    from imagekit.build.verify import check_reproducible
+
+    report = check_reproducible(recipe, options, state=state)
+    if args.json:
+        print_json(
+            {
+                "identical": report.identical,
+                "outputs": {o.format: o.checksums["sha256"] for o in report.first.outputs},
+                "differences": report.differences,
+                "manifest_keys": report.manifest_keys,
+                "diffoscope": report.diffoscope,
+                "seconds": {"first": report.first.timings.get("total"), "second": report.second_seconds},
+                "inputs": report.first.inputs.to_json(),
+            }
+        )
+    elif report.identical:
+        print(f"reproducible: two builds of {report.first.name} are identical")
+        for output in report.first.outputs:
+            print(f"  {output.checksums['sha256']}  {output.path}")
+    else:
+        print(f"NOT reproducible: the two builds of {report.first.name} differ")
+        for diff in report.differences:
+            where = f" (partitions: {', '.join(diff.partitions)})" if diff.partitions else ""
+            print(f"  {diff.format.value}: {diff.first[:16]}… vs {diff.second[:16]}…{where}")
+        if report.manifest_keys:
+            print(f"  manifest: {', '.join(report.manifest_keys)}")
+        print(f"  diffoscope: {report.diffoscope}")
+    return 0 if report.identical else 1

@@ -28,7 +28,7 @@ from imagekit.errors import InputError
 from imagekit.output import print_json
 from marketplace.certs import certificate_emails
 from marketplace.client import MarketClient, RegistryError, endpoint, path_of
-from marketplace.commands import metadata, site
+from marketplace.commands import metadata, site, verify_build
 from marketplace.config import load_config
 from marketplace.metadata import format_time, parse_metadata, parse_time
 from marketplace.registry import Registry
@@ -39,6 +39,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="market_command", metavar="COMMAND")
     metadata.register_metadata(sub)
     site.register_site(sub)
+    verify_build.register(sub)
 
     serve = sub.add_parser("serve", help="run the registry server (uvicorn)")
     _local_options(serve)

@@ -54,6 +54,12 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     create.add_argument(
         "--location", action="append", default=[], metavar="URL", help="download URL (repeatable)"
     )
+    create.add_argument(
+        "--sbom-location",
+        metavar="URL",
+        help="with --manifest: where the build's SBOM (NAME.spdx.json) is published; "
+        "added as a related location (dcterms:relation), which `market verify-build` reads",
+    )
     create.add_argument("--valid", type=int, default=describe.DEFAULT_VALID_DAYS, metavar="DAYS",
                         help="endorsement validity in days (default %(default)s)")  # fmt: skip
     create.add_argument("--tag", help="stable name (dcterms:alternative) that resolves to your latest entry")
@@ -118,6 +124,8 @@ def _create(args: argparse.Namespace) -> int:
     os_flags = (args.os, args.os_version, args.os_arch)
     if any(os_flags) and not all(os_flags):
         raise InputError("--os, --os-version and --os-arch go together")
+    if args.sbom_location and not args.manifest:
+        raise InputError("--sbom-location goes with --manifest (the SBOM of that build)")
     if args.manifest:
         facts = describe.facts_from_manifest(args.manifest, output_format=args.output_format)
     else:
@@ -129,6 +137,7 @@ def _create(args: argparse.Namespace) -> int:
     m = describe.new_metadata(
         facts,
         locations=args.location,
+        related=[args.sbom_location] if args.sbom_location else [],
         valid_days=args.valid,
         tag=args.tag,
         description=args.description,

@@ -42,3 +42,34 @@ def test_build_help_in_a_subprocess() -> None:
         [exe, "build", "x.appl", "--format", "iso"], capture_output=True, text=True, check=False
     )
     assert bad.returncode == 2 and "expected formats among" in bad.stderr
+
+
+@pytest.mark.parametrize("identical", [True, False])
+def test_check_reproducible_exit_status_and_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], identical: bool
+) -> None:
+    """``--check-reproducible`` exits 0 only when both builds are identical (the builds are faked)."""
+    from imagekit.build import verify
+    from imagekit.build.manifest import OutputFile
+
+    seen: list[object] = []
+
+    def fake(recipe: object, options: object, *, state: object) -> verify.ReproducibilityReport:
+        seen.append(options)
+        output = OutputFile(OutputFormat.RAW, tmp_path / "x.raw", 1, 1, 1, {"sha256": "a" * 64})
+        first = type("R", (), {"name": "x", "outputs": (output,), "timings": {"total": 1.0}})()
+        diffs = () if identical else (verify.Difference(OutputFormat.RAW, "a" * 64, "b" * 64, ("/",)),)
+        return verify.ReproducibilityReport(first, 2.0, diffs, (), "" if identical else "no diffoscope")
+
+    monkeypatch.setattr(verify, "check_reproducible", fake)
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "debian-12-minimal.appl"
+    code = main(
+        ["build", str(recipe), "-o", str(tmp_path), "--check-reproducible", "--source-date-epoch", "7"]
+    )
+    out = capsys.readouterr().out
+    assert code == (0 if identical else 1) and seen[0].source_date_epoch == 7  # type: ignore[attr-defined]
+    assert (
+        ("reproducible: two builds" in out)
+        if identical
+        else ("raw: aaaaaaaaaaaaaaaa… vs bbbb" in out and "/" in out)
+    )

@@ -59,7 +59,9 @@ def test_manifest_document_is_json() -> None:
         RECIPE, recipe_hash="h", recipe_normalised='{"name": "web<1>"}', firmware=Firmware.BIOS,
         disk_size=100,
         outputs=[out], packages=(manifest.InstalledPackage("bash", "5.2", "amd64"),), cache={"hit": True},
-        timings={"total": 1.0}, extras={"libvirt": "x.libvirt.xml", "opennebula": "x.one"}, partitions=[],
+        timings={"total": 1.0}, partitions=[],
+        extras={"libvirt": "x.libvirt.xml", "opennebula": "x.one", "sbom": "x.spdx.json"},
+        inputs={"recipe_hash": "h"},
     )  # fmt: skip
     again = json.loads(json.dumps(doc))
     assert again["outputs"][0] == {
@@ -67,6 +69,7 @@ def test_manifest_document_is_json() -> None:
         "checksums": {"sha256": "s"},
     }  # fmt: skip
     assert again["recipe"]["normalised"] == {"name": "web<1>"} and again["packages"][0]["name"] == "bash"
+    assert again["sbom"] == "x.spdx.json" and again["inputs"] == {"recipe_hash": "h"}
 
 
 def test_installed_packages_reads_the_trees_dpkg_database(tmp_path: Path) -> None:
@@ -80,3 +83,24 @@ def test_installed_packages_reads_the_trees_dpkg_database(tmp_path: Path) -> Non
     (tmp_path / "var/lib/dpkg/updates").mkdir()
     got = manifest.installed_packages(tmp_path)
     assert [(p.name, p.version) for p in got] == [("bash", "5.2.15-2"), ("zlib1g", "1:1.2.13")]
+
+
+def test_partition_records_are_typed_and_in_bytes() -> None:
+    """The manifest's partitions come from PartitionRecord (issue 8, point 9), not a raw dict."""
+    from imagekit.build.disk import plan_layout
+    from imagekit.recipe.model import Disk
+
+    layout = plan_layout(Disk(size_mib=1024), Firmware.BIOS, seed="s")
+    records = [manifest.PartitionRecord.of(p) for p in layout.partitions]
+    assert records[1] == manifest.PartitionRecord(
+        2, "/", "ext4", 257 * 2**20, 767 * 2**20, layout.root.uuid, "root"
+    )
+    doc = manifest.manifest(
+        RECIPE, recipe_hash="h", recipe_normalised="{}", firmware=Firmware.BIOS, disk_size=1, outputs=[],
+        packages=(), cache={}, timings={}, partitions=records, inputs={},
+        extras={"libvirt": "l", "opennebula": "o", "sbom": "s"},
+    )  # fmt: skip
+    assert doc["partitions"][1] == {  # type: ignore[index]
+        "number": 2, "mount": "/", "fstype": "ext4", "start": 257 * 2**20, "size": 767 * 2**20,
+        "uuid": layout.root.uuid, "label": "root",
+    }  # fmt: skip

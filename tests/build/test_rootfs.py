@@ -33,7 +33,7 @@ SNAPSHOT = "inrelease:abc"
 
 
 def key(recipe: Recipe) -> str:
-    return rootfs.plan_stage(recipe, agent_packages=("iproute2",)).key(SNAPSHOT)
+    return rootfs.plan_stage(recipe, agent_packages=("iproute2",)).key(SNAPSHOT, 1700000000)
 
 
 def test_post_commands_files_and_users_do_not_change_the_key() -> None:
@@ -62,9 +62,11 @@ def test_what_the_package_stage_installs_changes_the_key(change: dict[str, objec
     assert key(dataclasses.replace(BASE, **change)) != key(BASE)  # type: ignore[arg-type]
 
 
-def test_snapshot_changes_the_key() -> None:
+def test_snapshot_and_source_date_epoch_change_the_key() -> None:
+    """Package scripts stamp files with SOURCE_DATE_EPOCH, so a cached tree is only reused for it."""
     stage = rootfs.plan_stage(BASE)
-    assert stage.key("a") != stage.key("b")
+    assert stage.key("a", 1) != stage.key("b", 1)
+    assert stage.key("a", 1) != stage.key("a", 2)
 
 
 def test_package_set_has_kernel_boot_and_agent_packages() -> None:
@@ -125,8 +127,20 @@ def test_source_lines() -> None:
 
 
 def test_pinned_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("IMAGEKIT_SNAPSHOT", "20250520")
-    assert rootfs.mirror_snapshot(rootfs.plan_stage(BASE)) == "pinned:20250520"
+    monkeypatch.setenv("IMAGEKIT_SNAPSHOT", "20250520T000000Z")
+    state = rootfs.archive_state(rootfs.plan_stage(BASE))
+    assert state == rootfs.ArchiveState("pinned:20250520T000000Z", 1747699200)
+    monkeypatch.setenv("IMAGEKIT_SNAPSHOT", "my-mirror-v3")
+    assert rootfs.archive_state(rootfs.plan_stage(BASE)).date is None
+
+
+def test_release_date_is_the_inrelease_date_field() -> None:
+    signed = (
+        b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nOrigin: Debian\nSuite: stable\n"
+        b"Date: Sat, 17 May 2025 09:31:08 UTC\nValid-Until: Sat, 24 May 2025 09:31:08 UTC\n"
+    )
+    assert rootfs.release_date(signed) == 1747474268
+    assert rootfs.release_date(b"Origin: Debian\n") is None
 
 
 def _closed_port() -> int:
