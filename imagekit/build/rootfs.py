@@ -39,10 +39,12 @@ NAMESPACES = ("unshare", "--mount", "--propagation", "private", "--pid", "--fork
 ARCHES = {"x86_64": "amd64", "amd64": "amd64"}
 KERNELS = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
 # What every image needs to boot from our disk layout and be reachable: init, udev, an
-# initramfs (zstd-compressed), DHCP, SSH, and growpart + resize2fs for the first-boot grow.
+# initramfs (zstd-compressed), DHCP, SSH, and growpart + resize2fs for the first-boot grow;
+# dbus so that systemd-logind runs and powers off on the ACPI power button (`vm shutdown`).
 BOOT_PACKAGES = (
     "systemd-sysv",
     "udev",
+    "dbus",
     "initramfs-tools",
     "zstd",
     "ifupdown",

@@ -43,6 +43,7 @@ def _describe_all(url: str, account: CreatedUser) -> list[int]:
     return counts
 
 
+@pytest.mark.slow
 def test_32_concurrent_clients_describe_200_instances(loaded: tuple[str, CreatedUser]) -> None:
     url, alice = loaded
     with ThreadPoolExecutor(CLIENTS) as pool:
