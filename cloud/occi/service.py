@@ -216,8 +216,14 @@ class OcciService:
             raise bad_request(
                 f"unknown INSTANCE_TYPE {request.instance_type!r} (one of {', '.join(types.names)})"
             )
-        storages = {d.storage: self.storage(user, d.storage) for d in request.disks if d.storage is not None}
-        nics = tuple(NicRequest(self.network(user, n.network).name, n.network, n.ip) for n in request.nics)
+        storages = {
+            d.storage: self._referred_storage(user, d.storage)
+            for d in request.disks
+            if d.storage is not None
+        }
+        nics = tuple(
+            NicRequest(self._referred_network(user, n.network).name, n.network, n.ip) for n in request.nics
+        )
         disks = tuple(DiskRequest(d.kind, d.dev, d.storage, d.size, d.format) for d in request.disks)
         type_request = TypeRequest(name=request.name, user=user.name, disks=disks, nics=nics)
         text = serialise(types.render(request.instance_type, type_request))
@@ -246,6 +252,19 @@ class OcciService:
                 (record.vmid, user.name, request.instance_type, facts),
             )
         return self.compute(user, record.vmid)
+
+    def _referred_storage(self, user: User, number: int) -> Storage:
+        """A STORAGE a COMPUTE names: one the user cannot see is 400, as post_compute's."""
+        try:
+            return self.storage(user, number)
+        except OcciError:
+            raise bad_request(f"Invalid image ({number}) referred") from None
+
+    def _referred_network(self, user: User, number: int) -> VirtualNetwork:
+        try:
+            return self.network(user, number)
+        except OcciError:
+            raise bad_request(f"Invalid network ({number}) referred") from None
 
     def change_state(self, user: User, number: int, wanted: str) -> ComputeView:
         self.compute(user, number)

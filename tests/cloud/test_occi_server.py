@@ -136,11 +136,13 @@ def test_hello_occi_cloud(url: str, image: Path) -> None:
 
 
 def test_unknown_instance_type_and_references_are_400(url: str, image: Path) -> None:
-    """An unknown INSTANCE_TYPE is 400 (OCCIServer.rb post_compute); so is a DISK naming no STORAGE."""
+    """An unknown INSTANCE_TYPE is 400 ("Bad instance type"), so is a DISK naming no STORAGE
+    ("Invalid image (N) referred"): OpenNebula/one release-1.4 src/cloud/occi/lib/OCCIServer.rb
+    post_compute."""
     with client(url) as alice:
         storage = upload(alice, image).findtext("ID") or ""
         assert alice.post("/compute", content=compute_body(storage, "0", "huge")).status_code == 400
-        assert alice.post("/compute", content=compute_body("999", "0")).status_code == 404
+        assert alice.post("/compute", content=compute_body("999", "0")).status_code == 400
         missing = alice.post("/compute", content=b"<COMPUTE><NAME>x</NAME></COMPUTE>")
         assert missing.status_code == 400 and "INSTANCE_TYPE" in missing.text
 
@@ -162,7 +164,8 @@ def test_users_see_only_their_own(url: str, image: Path) -> None:
         assert (
             bob.put(f"/compute/{vmid}", content=b"<COMPUTE><STATE>done</STATE></COMPUTE>").status_code == 404
         )
-        assert bob.post("/compute", content=compute_body(storage, network)).status_code == 404
+        refused = bob.post("/compute", content=compute_body(storage, network))
+        assert refused.status_code == 400 and "Invalid image" in refused.text
         assert list(xml(bob.get("/compute"), 200)) == []
         assert f"{url}/compute/{vmid}" in [c.get("href") for c in xml(root.get("/compute"), 200)]
         assert xml(alice.get(f"/compute/{vmid}"), 200).findtext("STATE") == "HOLD"
@@ -242,3 +245,20 @@ def test_command_line_client(url: str, image: Path, tmp_path: Path) -> None:
     assert gone.returncode != 0 and "404" in gone.stderr and "Traceback" not in gone.stderr
     refused = _occi(url, "compute", "list", "--password", "wrong")
     assert refused.returncode != 0 and "401" in refused.stderr
+
+
+def test_fs_disk_and_medium_type(url: str, image: Path) -> None:
+    """FS gets occi-server.conf's FS_FORMAT (ext3) when none is given; INSTANCE_TYPE medium is 1.4's
+    (OpenNebula/one release-1.4 src/cloud/occi/etc/templates/medium.erb)."""
+    with client(url) as alice:
+        storage = upload(alice, image).findtext("ID")
+        body = (
+            "<COMPUTE><NAME>fs</NAME><INSTANCE_TYPE>medium</INSTANCE_TYPE><STORAGE>"
+            f'<DISK image="{storage}" dev="vda"/><FS size="32" dev="vdc"/></STORAGE></COMPUTE>'
+        )
+        vm = xml(alice.post("/compute", content=body), 201)
+        fs = [d.attrib for d in vm.iter("DISK") if d.get("type") == "fs"]
+        assert fs == [{"type": "fs", "size": "32", "format": "ext3", "dev": "vdc"}]
+        assert vm.findtext("INSTANCE_TYPE") == "medium" and list(vm.iter("NIC")) == []
+        assert alice.delete(f"/compute/{vm.findtext('ID')}").status_code == 204
+        assert xml(alice.get(f"/compute/{vm.findtext('ID')}"), 200).findtext("STATE") == "DONE"
