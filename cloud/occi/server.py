@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cloud.asgi import run_app
 from cloud.occi.service import OcciService
 from cloud.occi.xml import (
     MAX_XML,
@@ -239,16 +240,5 @@ def serve(
     keyfile: Path | None = None,
     hold: bool = False,
 ) -> None:
-    import uvicorn
-
     app = create_app(State.open(state_root), hold=hold)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        ssl_certfile=certfile,
-        ssl_keyfile=keyfile,
-        log_level="warning",
-        server_header=False,
-        proxy_headers=False,
-    )
+    run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)
