@@ -84,7 +84,6 @@ _VERBS = {
     "cancel": lifecycle.cancel,
     "done": lifecycle.delete,
 }
-_ENDED = (VmState.DONE, VmState.FAILED)
 
 
 def not_found(kind: str, number: int) -> OcciError:

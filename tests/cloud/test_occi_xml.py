@@ -17,6 +17,9 @@ from starlette.testclient import TestClient
 from cloud.occi.server import create_app
 from cloud.occi.xml import DiskRef, NicRef, OcciError, parse_compute, parse_state
 from cloud.users import UserStore
+from context.leases import NetworkStore
+from context.network import network_from_template
+from context.template import parse_template
 from imagekit.state import State
 
 
@@ -59,12 +62,30 @@ def test_bad_compute_requests_name_the_element(body: bytes, message: str) -> Non
     assert err.value.status == 400 and message in err.value.message
 
 
+def _basic(name: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
+
+
 @pytest.fixture
 def http(tmp_path: Path) -> TestClient:
     state = State.open(tmp_path / "state")
     UserStore(state).create("alice", "pw")
-    auth = "Basic " + base64.b64encode(b"alice:pw").decode()
-    return TestClient(create_app(state, max_upload=4096), headers={"Authorization": auth})
+    UserStore(state).create("root", "root-pw", admin=True)
+    NetworkStore(state).create(network_from_template(parse_template(SITE_NET, "site.net")))
+    return TestClient(create_app(state, max_upload=4096), headers=_basic("alice", "pw"))
+
+
+SITE_NET = 'NAME = "public"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.4.0.0"\nNETWORK_SIZE = "C"\n'
+
+
+def test_site_networks_are_shared_and_kept(http: TestClient) -> None:
+    """A network made outside OCCI (onevnet) is listed and usable by every user; only an
+    administrator deletes it (403 for a user)."""
+    assert '/network/0"' in http.get("/network").text
+    assert "<NAME>public</NAME>" in http.get("/network/0").text
+    assert http.delete("/network/0").status_code == 403
+    assert http.delete("/network/0", headers=_basic("root", "root-pw")).status_code == 204
+    assert http.get("/network/0").status_code == 404
 
 
 def test_storage_upload_needs_both_parts_and_a_bounded_size(http: TestClient) -> None:
