@@ -48,7 +48,7 @@ schema(
     "cloud.occi",
     """
     CREATE TABLE IF NOT EXISTS occi_storage (
-        id      INTEGER PRIMARY KEY,
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: COMPUTEs keep pointing at it
         owner   TEXT NOT NULL,
         name    TEXT NOT NULL,
         url     TEXT NOT NULL,
