@@ -41,7 +41,8 @@ from context.model import VirtualNetwork
 from context.network import network_from_template
 from context.template import parse_template, serialise
 from imagekit.atomic import write_atomically
-from imagekit.errors import InputError
+from imagekit.diskimage import qemu_img_info
+from imagekit.errors import DataError, InputError
 from imagekit.state import State, schema
 
 schema(
@@ -128,6 +129,7 @@ class OcciService:
         directory = self.root / "storage"
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{uuid.uuid4()}.img"
+        _check_standalone(upload)
         shutil.move(upload, path)
         size_mb = -(-path.stat().st_size // (1024 * 1024))
         with self.state.transaction() as db:
@@ -284,6 +286,20 @@ class OcciService:
             lifecycle.delete(self.state, number)
         except InputError as err:
             raise bad_request(err.reason) from None
+
+
+def _check_standalone(upload: Path) -> None:
+    """Refuse an image that reads another file: a qcow2 backing file or external data file
+    would let a VM read whatever path the uploader named on this host."""
+    try:
+        info = qemu_img_info(upload)
+    except DataError as err:
+        raise bad_request(f"the file is not a disk image: {err}") from None
+    data_file = info.get("format-specific", {}).get("data", {}).get("data-file")
+    if info.get("backing-filename") or info.get("full-backing-filename") or data_file:
+        raise bad_request(
+            "the image refers to another file (backing or data file): upload a standalone image"
+        )
 
 
 def _uses(view: ComputeView, storage: int) -> bool:

@@ -197,6 +197,18 @@ def test_bad_bodies_are_clean_errors(url: str, body: bytes, status: int) -> None
         assert alice.get("/network").status_code == 200
 
 
+def test_an_image_reading_another_file_is_refused(url: str, image: Path, tmp_path: Path) -> None:
+    """A qcow2 whose backing file is a host path would let the VM read it: refused with 400."""
+    overlay = tmp_path / "overlay.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "qcow2", str(overlay)])
+    with client(url) as alice, open(overlay, "rb") as data:
+        before = len(list(xml(alice.get("/storage"), 200)))
+        files = {"file": ("overlay.qcow2", data)}
+        response = alice.post("/storage", data={"occixml": "<DISK><NAME>o</NAME></DISK>"}, files=files)
+        assert response.status_code == 400 and "backing" in response.text
+        assert len(list(xml(alice.get("/storage"), 200))) == before
+
+
 def test_wrong_credentials_are_401(url: str) -> None:
     """HTTP Basic against the cloud users (OCCIServer.rb authenticate: 401)."""
     for name, password in (("alice", "wrong"), ("nobody", "x")):
