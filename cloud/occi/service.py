@@ -235,7 +235,8 @@ class OcciService:
             image = work / f"image-{number}.one"
             write_atomically(
                 image,
-                f"ID = {number}\nNAME = {one_value(storage.name)}\nPATH = {one_value(str(storage.path))}\n",
+                # NAME must be unique among the image templates: users may reuse names
+                f"ID = {number}\nNAME = storage-{number}\nPATH = {one_value(str(storage.path))}\n",
             )
             images.append(image)
         template = work / "compute.one"

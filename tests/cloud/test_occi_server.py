@@ -260,13 +260,15 @@ def test_command_line_client(url: str, image: Path, tmp_path: Path) -> None:
 
 
 def test_fs_disk_and_medium_type(url: str, image: Path) -> None:
-    """FS gets occi-server.conf's FS_FORMAT (ext3) when none is given; INSTANCE_TYPE medium is 1.4's
+    """Two STORAGEs of one name in one COMPUTE; FS gets occi-server.conf's FS_FORMAT (ext3) when
+    none is given; INSTANCE_TYPE medium is 1.4's
     (OpenNebula/one release-1.4 src/cloud/occi/etc/templates/medium.erb)."""
     with client(url) as alice:
-        storage = upload(alice, image).findtext("ID")
+        storage, twin = (upload(alice, image, "same").findtext("ID") for _ in range(2))
         body = (
             "<COMPUTE><NAME>fs</NAME><INSTANCE_TYPE>medium</INSTANCE_TYPE><STORAGE>"
-            f'<DISK image="{storage}" dev="vda"/><FS size="32" dev="vdc"/></STORAGE></COMPUTE>'
+            f'<DISK image="{storage}" dev="vda"/><DISK image="{twin}" dev="vdb"/>'
+            '<FS size="32" dev="vdc"/></STORAGE></COMPUTE>'
         )
         vm = xml(alice.post("/compute", content=body), 201)
         fs = [d.attrib for d in vm.iter("DISK") if d.get("type") == "fs"]
