@@ -33,7 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "boot-test": ("cloud.commands.boot_test", "boot an image with a context ISO and check the agent"),
     "vm": ("cloud.commands.vm", "run VMs from templates: create, list, shutdown, stop, resume…"),
     "user": ("cloud.commands.user", "cloud users and their EC2 credentials"),
-    "cloud": ("cloud.commands.cloud", "serve the public cloud front doors (EC2 Query)"),
+    "cloud": ("cloud.commands.cloud", "serve the public cloud front doors (EC2 Query, OCCI)"),
+    "occi": ("cloud.commands.occi", "an OCCI client: compute, network, storage (occi-* tools)"),
 }
 
 

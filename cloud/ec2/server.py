@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cloud.asgi import run_app
 from cloud.ec2.auth import DEFAULT_SKEW, QueryRequest, verify
 from cloud.ec2.core import CoreBackend
 from cloud.ec2.errors import Ec2Error, invalid_parameter
@@ -143,19 +144,8 @@ def serve(
     keyfile: Path | None = None,
     hold: bool = False,
 ) -> None:
-    import uvicorn
-
     scheme = "https" if certfile else "http"
     endpoint = f"{scheme}://{host}:{port}/"
     state = State.open(state_root)
     app = create_app(state, Region(region, endpoint), compute=CoreBackend(state, hold=hold))
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        ssl_certfile=certfile,
-        ssl_keyfile=keyfile,
-        log_level="warning",
-        server_header=False,
-        proxy_headers=False,
-    )
+    run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)

@@ -1,4 +1,4 @@
-"""Run ``imagekit cloud serve ec2`` in a subprocess for a test; test users and a test CA."""
+"""Run ``imagekit cloud serve ec2|occi`` in a subprocess for a test; test users and a test CA."""
 
 from __future__ import annotations
 
@@ -52,13 +52,13 @@ def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None
 
 
 @contextlib.contextmanager
-def ec2_server(state: Path, tls: Tls | None = None, *options: str) -> Iterator[str]:
-    """``imagekit cloud serve ec2`` on a free loopback port; yields its URL, stops it after."""
+def cloud_server(service: str, state: Path, tls: Tls | None = None, *options: str) -> Iterator[str]:
+    """``imagekit cloud serve SERVICE`` on a free loopback port; yields its URL, stops it after."""
     port = _port()
-    argv = [str(IMAGEKIT), "--state", str(state), "cloud", "serve", "ec2", "--port", str(port), *options]
+    argv = [str(IMAGEKIT), "--state", str(state), "cloud", "serve", service, "--port", str(port), *options]
     if tls is not None:
         argv += ["--certfile", str(tls.cert), "--keyfile", str(tls.key)]
-    log = state.parent / f"ec2-{port}.log"
+    log = state.parent / f"{service}-{port}.log"
     state.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT) as proc:
         try:
@@ -66,6 +66,10 @@ def ec2_server(state: Path, tls: Tls | None = None, *options: str) -> Iterator[s
             yield f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
         finally:
             proc.terminate()  # uvicorn shuts down on SIGTERM; the with-block waits for it
+
+
+def ec2_server(state: Path, tls: Tls | None = None, *options: str) -> contextlib.AbstractContextManager[str]:
+    return cloud_server("ec2", state, tls, *options)
 
 
 def ec2_client(url: str, account: CreatedUser, *, secret: str | None = None, **config: Any) -> Any:

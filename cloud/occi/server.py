@@ -1,0 +1,244 @@
+"""The OCCI service (OpenNebula 1.4's XML rendering) over HTTP: Starlette under uvicorn.
+
+    app = create_app(State.open(state_dir()), hold=True)
+
+Every request carries HTTP Basic credentials of a cloud user (``cloud/users.py``); the body
+is read up to a limit (XML documents: 64 KiB; a STORAGE upload: ``max_upload``), parsed with
+the hardened parser, and the resource handled (``service.py``) in a worker thread (SQLite is
+synchronous). Status codes are 1.4's: 200 shows, 201 creates, 202 changes a state, 204
+deletes, 400/401/403/404 refuse; errors are a one-line ``text/plain`` body. A bug is logged
+and answered 500; the service stays up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cloud.asgi import run_app
+from cloud.occi.service import OcciService
+from cloud.occi.xml import (
+    MAX_XML,
+    OcciError,
+    bad_request,
+    compute_xml,
+    network_xml,
+    parse_compute,
+    parse_network,
+    parse_state,
+    parse_storage,
+    pool,
+    storage_xml,
+)
+from cloud.users import User, UserStore
+from imagekit.errors import InputError
+from imagekit.state import State
+
+log = logging.getLogger(__name__)
+
+XML = "application/xml"
+DEFAULT_MAX_UPLOAD = 32 << 30  # 32 GiB: an image, not a document
+Handler = Callable[[Request, User], Awaitable[Response]]
+
+
+def _xml(body: bytes, status: int = 200) -> Response:
+    return Response(body, status, media_type=XML)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise OcciError(413, f"the request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise OcciError(413, f"the request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _credentials(request: Request) -> tuple[str, str]:
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        raise OcciError(401, "HTTP Basic credentials are required")
+    try:
+        name, sep, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise OcciError(401, "malformed HTTP Basic credentials") from None
+    if not sep:
+        raise OcciError(401, "malformed HTTP Basic credentials")
+    return name, password
+
+
+def _id(request: Request) -> int:
+    text = str(request.path_params["id"])
+    if not text.isdigit() or len(text) > 18:
+        raise OcciError(404, f"{request.url.path} not found")
+    return int(text)
+
+
+class OcciApp:
+    def __init__(self, state: State, *, hold: bool = False, max_upload: int = DEFAULT_MAX_UPLOAD, **kw: Any):
+        self.users = UserStore(state)
+        self.service = OcciService(state, hold=hold, **kw)
+        self.max_upload = max_upload
+        self.spool = state.root / "occi" / "uploads"
+
+    def base(self, request: Request) -> str:
+        return str(request.base_url).rstrip("/")
+
+    def endpoint(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            try:
+                name, password = _credentials(request)
+                user = await run_in_threadpool(self.users.authenticate, name, password)
+                if user is None:
+                    raise OcciError(401, "wrong user name or password")
+                return await handler(request, user)
+            except OcciError as err:
+                log.info("%s %s: %d %s", request.method, request.url.path, err.status, err.message)
+                headers = {"WWW-Authenticate": 'Basic realm="OCCI"'} if err.status == 401 else None
+                return Response(err.message + "\n", err.status, headers, media_type="text/plain")
+            except InputError as err:
+                return Response(f"{err}\n", 400, media_type="text/plain")
+            except Exception:  # a bug or bad state: logged, answered, the service stays up
+                log.exception("%s %s: internal error", request.method, request.url.path)
+                return Response("internal error\n", 500, media_type="text/plain")
+
+        return run
+
+    # --- COMPUTE -------------------------------------------------------------------------------
+
+    async def compute_pool(self, request: Request, user: User) -> Response:
+        views = await run_in_threadpool(self.service.computes, user)
+        return _xml(pool("COMPUTES", "COMPUTE", f"{self.base(request)}/compute", [v.id for v in views]))
+
+    async def compute_create(self, request: Request, user: User) -> Response:
+        compute = parse_compute(await _body(request, MAX_XML))
+        view = await run_in_threadpool(self.service.create_compute, user, compute)
+        return _xml(compute_xml(view, self.base(request)), 201)
+
+    async def compute_show(self, request: Request, user: User) -> Response:
+        view = await run_in_threadpool(self.service.compute, user, _id(request))
+        return _xml(compute_xml(view, self.base(request)))
+
+    async def compute_update(self, request: Request, user: User) -> Response:
+        number, wanted = _id(request), parse_state(await _body(request, MAX_XML))
+        view = await run_in_threadpool(self.service.change_state, user, number, wanted)
+        return _xml(compute_xml(view, self.base(request)), 202)
+
+    async def compute_delete(self, request: Request, user: User) -> Response:
+        await run_in_threadpool(self.service.delete_compute, user, _id(request))
+        return Response(status_code=204)
+
+    # --- NETWORK -------------------------------------------------------------------------------
+
+    async def network_pool(self, request: Request, user: User) -> Response:
+        nets = await run_in_threadpool(self.service.network_list, user)
+        return _xml(pool("NETWORK", "NIC", f"{self.base(request)}/network", [n.id or 0 for n in nets]))
+
+    async def network_create(self, request: Request, user: User) -> Response:
+        wanted = parse_network(await _body(request, MAX_XML))
+        vnet = await run_in_threadpool(self.service.create_network, user, wanted)
+        return _xml(network_xml(vnet.id or 0, vnet.name, vnet.network_address, vnet.network_size), 201)
+
+    async def network_show(self, request: Request, user: User) -> Response:
+        vnet = await run_in_threadpool(self.service.network, user, _id(request))
+        return _xml(network_xml(vnet.id or 0, vnet.name, vnet.network_address, vnet.network_size))
+
+    async def network_delete(self, request: Request, user: User) -> Response:
+        await run_in_threadpool(self.service.delete_network, user, _id(request))
+        return Response(status_code=204)
+
+    # --- STORAGE -------------------------------------------------------------------------------
+
+    async def storage_pool(self, request: Request, user: User) -> Response:
+        disks = await run_in_threadpool(self.service.storages, user)
+        return _xml(pool("STORAGE", "DISK", f"{self.base(request)}/storage", [d.id for d in disks]))
+
+    async def storage_create(self, request: Request, user: User) -> Response:
+        """multipart/form-data: ``occixml`` (``<DISK><NAME/><URL/></DISK>``) and ``file``."""
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit():
+            raise OcciError(411, "a STORAGE upload needs a Content-Length")
+        if int(declared) > self.max_upload:
+            raise OcciError(413, f"the upload exceeds {self.max_upload} bytes")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise bad_request("a STORAGE upload is multipart/form-data with occixml and file")
+        async with request.form(max_files=1, max_fields=1, max_part_size=MAX_XML) as form:
+            occixml, upload = form.get("occixml"), form.get("file")
+            if not isinstance(occixml, str) or not isinstance(upload, UploadFile):
+                raise bad_request("a STORAGE upload has an occixml field and a file part")
+            wanted = parse_storage(occixml.encode())
+            self.spool.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.spool, delete=False) as out:
+                await run_in_threadpool(shutil.copyfileobj, upload.file, out)
+        try:
+            disk = await run_in_threadpool(self.service.create_storage, user, wanted, Path(out.name))
+        finally:
+            Path(out.name).unlink(missing_ok=True)
+        return _xml(storage_xml(disk.id, disk.name, disk.size_mb, disk.url), 201)
+
+    async def storage_show(self, request: Request, user: User) -> Response:
+        disk = await run_in_threadpool(self.service.storage, user, _id(request))
+        return _xml(storage_xml(disk.id, disk.name, disk.size_mb, disk.url))
+
+    async def storage_delete(self, request: Request, user: User) -> Response:
+        await run_in_threadpool(self.service.delete_storage, user, _id(request))
+        return Response(status_code=204)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (another path, another method) as text too."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    return Response(f"{request.method} {request.url.path}: not served\n", status, media_type="text/plain")
+
+
+def create_app(state: State, **options: Any) -> Starlette:
+    app = OcciApp(state, **options)
+    e = app.endpoint
+    routes = [
+        Route("/compute", e(app.compute_pool), methods=["GET"]),
+        Route("/compute", e(app.compute_create), methods=["POST"]),
+        Route("/compute/{id}", e(app.compute_show), methods=["GET"]),
+        Route("/compute/{id}", e(app.compute_update), methods=["PUT"]),
+        Route("/compute/{id}", e(app.compute_delete), methods=["DELETE"]),
+        Route("/network", e(app.network_pool), methods=["GET"]),
+        Route("/network", e(app.network_create), methods=["POST"]),
+        Route("/network/{id}", e(app.network_show), methods=["GET"]),
+        Route("/network/{id}", e(app.network_delete), methods=["DELETE"]),
+        Route("/storage", e(app.storage_pool), methods=["GET"]),
+        Route("/storage", e(app.storage_create), methods=["POST"]),
+        Route("/storage/{id}", e(app.storage_show), methods=["GET"]),
+        Route("/storage/{id}", e(app.storage_delete), methods=["DELETE"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+
+def serve(
+    state_root: Path,
+    *,
+    host: str,
+    port: int,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+    hold: bool = False,
+) -> None:
+    app = create_app(State.open(state_root), hold=hold)
+    run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)

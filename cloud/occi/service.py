@@ -1,0 +1,324 @@
+"""OCCI resources over the cloud core: STORAGE images, NETWORKs, COMPUTEs, each with an owner.
+
+    service = OcciService(state, hold=True)
+    disk = service.create_storage(user, StorageRequest("ttylinux"), upload_path)
+    view = service.create_compute(user, parse_compute(body))
+
+STORAGE is an image file under ``STATE/occi/storage/`` that a COMPUTE's ``DISK image=ID``
+deploys from (written as an image template ``ID``/``PATH`` the core resolves as ``IMAGE_ID``).
+NETWORK is a RANGED virtual network in the core's network store (``context.leases``). COMPUTE
+renders its INSTANCE_TYPE (``cloud.instance_types``: small, medium, large) with the request's
+disks and NICs and deploys it with ``create_vm``. A user sees and acts on their own resources
+(networks the site made outside OCCI are shared: every user may list and use them), an
+administrator on all; another user's id is answered exactly as one that does not exist (404).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloud import lifecycle
+from cloud.deploy import CreateRequest, create_vm
+from cloud.instance_types import DiskRequest, NicRequest, TypeRequest, load_instance_types, one_value
+from cloud.model import VmState
+from cloud.occi.xml import (
+    ComputeRequest,
+    ComputeView,
+    DiskRef,
+    NetworkRequest,
+    OcciError,
+    StorageRequest,
+    bad_request,
+)
+from cloud.store import VmRecord
+from cloud.users import User
+from context.leases import NetworkStore
+from context.model import VirtualNetwork
+from context.network import network_from_template
+from context.template import parse_template, serialise
+from imagekit.atomic import write_atomically
+from imagekit.diskimage import qemu_img_info
+from imagekit.errors import DataError, InputError
+from imagekit.state import State, schema
+
+schema(
+    "cloud.occi",
+    """
+    CREATE TABLE IF NOT EXISTS occi_storage (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: COMPUTEs keep pointing at it
+        owner   TEXT NOT NULL,
+        name    TEXT NOT NULL,
+        url     TEXT NOT NULL,
+        path    TEXT NOT NULL,
+        size    INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS occi_networks (
+        id      INTEGER PRIMARY KEY,
+        owner   TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS occi_computes (
+        vmid          INTEGER PRIMARY KEY,
+        owner         TEXT NOT NULL,
+        instance_type TEXT NOT NULL,
+        request       TEXT NOT NULL
+    );
+    """,
+)
+
+# The core's states as 1.4's VM_STATE names (LCM states are all ACTIVE).
+_VM_STATE = {
+    VmState.PENDING: "PENDING",
+    VmState.HOLD: "HOLD",
+    VmState.STOPPED: "STOPPED",
+    VmState.SUSPENDED: "SUSPENDED",
+    VmState.DONE: "DONE",
+    VmState.FAILED: "FAILED",
+}
+_VERBS = {
+    "stopped": lifecycle.stop,
+    "suspended": lifecycle.suspend,
+    "resume": lifecycle.resume,
+    "cancel": lifecycle.cancel,
+    "done": lifecycle.delete,
+}
+
+
+def not_found(kind: str, number: int) -> OcciError:
+    return OcciError(404, f"{kind} {number} not found")
+
+
+@dataclass(frozen=True)
+class Storage:
+    id: int
+    owner: str
+    name: str
+    url: str
+    path: Path
+    size_mb: int
+
+
+class OcciService:
+    def __init__(self, state: State, *, hold: bool = False, etc: Path | None = None) -> None:
+        self.state = state
+        self.hold = hold
+        self.etc = etc
+        self.networks = NetworkStore(state)
+        self.root = state.root / "occi"
+
+    # --- STORAGE -------------------------------------------------------------------------------
+
+    def storages(self, user: User) -> list[Storage]:
+        with self.state.read() as db:
+            rows = db.execute(
+                "SELECT * FROM occi_storage WHERE ? OR owner = ? ORDER BY id", (user.admin, user.name)
+            ).fetchall()
+        return [Storage(r["id"], r["owner"], r["name"], r["url"], Path(r["path"]), r["size"]) for r in rows]
+
+    def storage(self, user: User, number: int) -> Storage:
+        found = next((s for s in self.storages(user) if s.id == number), None)
+        if found is None:
+            raise not_found("STORAGE", number)
+        return found
+
+    def create_storage(self, user: User, request: StorageRequest, upload: Path) -> Storage:
+        """Keep ``upload`` (moved) as the image of a new STORAGE."""
+        directory = self.root / "storage"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{uuid.uuid4()}.img"
+        _check_standalone(upload)
+        shutil.move(upload, path)
+        size_mb = -(-path.stat().st_size // (1024 * 1024))
+        with self.state.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO occi_storage (owner, name, url, path, size) VALUES (?, ?, ?, ?, ?)",
+                (user.name, request.name, request.url, str(path), size_mb),
+            )
+            assert cur.lastrowid is not None
+        return Storage(cur.lastrowid, user.name, request.name, request.url, path, size_mb)
+
+    def delete_storage(self, user: User, number: int) -> None:
+        storage = self.storage(user, number)
+        users = [
+            v.id for v in self._computes(None) if v.state not in ("DONE", "FAILED") and _uses(v, number)
+        ]
+        if users:
+            raise bad_request(f"STORAGE {number} is used by COMPUTE {', '.join(map(str, users))}")
+        with self.state.transaction() as db:
+            db.execute("DELETE FROM occi_storage WHERE id = ?", (number,))
+        storage.path.unlink(missing_ok=True)
+
+    # --- NETWORK -------------------------------------------------------------------------------
+
+    def _network_owners(self) -> dict[int, str]:
+        with self.state.read() as db:
+            return {r["id"]: r["owner"] for r in db.execute("SELECT id, owner FROM occi_networks")}
+
+    def network_list(self, user: User) -> list[VirtualNetwork]:
+        owners = self._network_owners()
+        return [
+            n for n in self.networks.list() if user.admin or owners.get(n.id or 0, user.name) == user.name
+        ]
+
+    def network(self, user: User, number: int) -> VirtualNetwork:
+        found = next((n for n in self.network_list(user) if n.id == number), None)
+        if found is None:
+            raise not_found("NETWORK", number)
+        return found
+
+    def create_network(self, user: User, request: NetworkRequest) -> VirtualNetwork:
+        """1.4's post_network: ``NAME, TYPE=RANGED, NETWORK_ADDRESS, NETWORK_SIZE``."""
+        text = (
+            f"NAME = {one_value(request.name)}\nTYPE = RANGED\n"
+            f"NETWORK_ADDRESS = {one_value(request.address)}\n"
+            f"NETWORK_SIZE = {one_value(request.size or 'C')}\n"
+        )
+        vnet = self.networks.create(network_from_template(parse_template(text, "OCCI NETWORK")))
+        with self.state.transaction() as db:
+            db.execute("INSERT INTO occi_networks (id, owner) VALUES (?, ?)", (vnet.id, user.name))
+        return vnet
+
+    def delete_network(self, user: User, number: int) -> None:
+        if number not in self._network_owners() and not user.admin:
+            self.network(user, number)
+            raise OcciError(403, f"NETWORK {number} belongs to the site: only an administrator deletes it")
+        self.networks.delete(self.network(user, number).id or 0)
+        with self.state.transaction() as db:
+            db.execute("DELETE FROM occi_networks WHERE id = ?", (number,))
+
+    # --- COMPUTE -------------------------------------------------------------------------------
+
+    def _computes(self, user: User | None) -> list[ComputeView]:
+        owner = None if user is None or user.admin else user.name
+        with self.state.read() as db:
+            facts = {r["vmid"]: r for r in db.execute("SELECT * FROM occi_computes")}
+        views = []
+        for record in lifecycle.list_vms(self.state, owner=owner):
+            row = facts.get(record.vmid)
+            if row is not None:
+                views.append(_view(record, row["instance_type"], json.loads(row["request"])))
+        return views
+
+    def computes(self, user: User) -> list[ComputeView]:
+        return self._computes(user)
+
+    def compute(self, user: User, number: int) -> ComputeView:
+        found = next((v for v in self._computes(user) if v.id == number), None)
+        if found is None:
+            raise not_found("COMPUTE", number)
+        return found
+
+    def create_compute(self, user: User, request: ComputeRequest) -> ComputeView:
+        types = load_instance_types(self.etc)
+        if request.instance_type not in types.names:
+            raise bad_request(
+                f"unknown INSTANCE_TYPE {request.instance_type!r} (one of {', '.join(types.names)})"
+            )
+        storages = {
+            d.storage: self._referred_storage(user, d.storage)
+            for d in request.disks
+            if d.storage is not None
+        }
+        nics = tuple(
+            NicRequest(self._referred_network(user, n.network).name, n.network, n.ip) for n in request.nics
+        )
+        disks = tuple(DiskRequest(d.kind, d.dev, d.storage, d.size, d.format) for d in request.disks)
+        type_request = TypeRequest(name=request.name, user=user.name, disks=disks, nics=nics)
+        text = serialise(types.render(request.instance_type, type_request))
+        work = self.root / "templates" / str(uuid.uuid4())
+        work.mkdir(parents=True)
+        images = []
+        for number, storage in storages.items():
+            image = work / f"image-{number}.one"
+            write_atomically(
+                image,
+                # NAME must be unique among the image templates: users may reuse names
+                f"ID = {number}\nNAME = storage-{number}\nPATH = {one_value(str(storage.path))}\n",
+            )
+            images.append(image)
+        template = work / "compute.one"
+        write_atomically(template, text)
+        create = CreateRequest(
+            template, hold=self.hold, image_templates=tuple(images), etc=self.etc, owner=user.name
+        )
+        record = create_vm(create, state=self.state)
+        facts = json.dumps(
+            {"disks": [vars(d) for d in request.disks], "nics": [vars(n) for n in request.nics]}
+        )
+        with self.state.transaction() as db:
+            db.execute(
+                "INSERT INTO occi_computes (vmid, owner, instance_type, request) VALUES (?, ?, ?, ?)",
+                (record.vmid, user.name, request.instance_type, facts),
+            )
+        return self.compute(user, record.vmid)
+
+    def _referred_storage(self, user: User, number: int) -> Storage:
+        """A STORAGE a COMPUTE names: one the user cannot see is 400, as post_compute's."""
+        try:
+            return self.storage(user, number)
+        except OcciError:
+            raise bad_request(f"Invalid image ({number}) referred") from None
+
+    def _referred_network(self, user: User, number: int) -> VirtualNetwork:
+        try:
+            return self.network(user, number)
+        except OcciError:
+            raise bad_request(f"Invalid network ({number}) referred") from None
+
+    def change_state(self, user: User, number: int, wanted: str) -> ComputeView:
+        self.compute(user, number)
+        verb = _VERBS.get(wanted)
+        if verb is None:
+            raise bad_request(f"STATE {wanted!r} is not one of {', '.join(_VERBS)}")
+        try:
+            verb(self.state, number)
+        except InputError as err:
+            raise bad_request(err.reason) from None
+        return self.compute(user, number)
+
+    def delete_compute(self, user: User, number: int) -> None:
+        """1.4's delete_compute: finalize, whatever the state (a VM already ended stays so)."""
+        if self.compute(user, number).state in ("DONE", "FAILED"):
+            return
+        try:
+            lifecycle.delete(self.state, number)
+        except InputError as err:
+            raise bad_request(err.reason) from None
+
+
+def _check_standalone(upload: Path) -> None:
+    """Refuse an image that reads another file: a qcow2 backing file or external data file
+    would let a VM read whatever path the uploader named on this host."""
+    try:
+        info = qemu_img_info(upload)
+    except DataError as err:
+        raise bad_request(f"the file is not a disk image: {err}") from None
+    data_file = info.get("format-specific", {}).get("data", {}).get("data-file")
+    if info.get("backing-filename") or info.get("full-backing-filename") or data_file:
+        raise bad_request(
+            "the image refers to another file (backing or data file): upload a standalone image"
+        )
+
+
+def _uses(view: ComputeView, storage: int) -> bool:
+    return any(d.storage == storage for d in view.disks)
+
+
+def _view(record: VmRecord, instance_type: str, facts: dict[str, list[dict[str, object]]]) -> ComputeView:
+    leases = record.info.get("leases") or []
+    disks = tuple(DiskRef(**d) for d in facts["disks"])  # type: ignore[arg-type]
+    nics = tuple(
+        (int(str(n["network"])), str(leases[i]) if i < len(leases) else str(n.get("ip") or ""))
+        for i, n in enumerate(facts["nics"])
+    )
+    return ComputeView(
+        id=record.vmid,
+        name=record.name,
+        state=_VM_STATE.get(record.state, "ACTIVE"),
+        instance_type=instance_type,
+        disks=disks,
+        nics=nics,
+    )
