@@ -5,8 +5,11 @@
 ``POST /`` (form-encoded, as boto3 and the AWS CLI send) and ``GET /?Action=…``: the body is
 read up to a limit, the signature checked (``auth.py``) against the user's secret, the action
 run (``service.py``) in a worker thread (SQLite is synchronous), and the answer written in the
-EC2 namespace of the request's ``Version``. Every failure, a bug included, is an EC2 XML error
-envelope with its HTTP status; nothing is ever answered in plain text.
+EC2 namespace of the request's ``Version``. A ``multipart/form-data`` POST is econe's
+``UploadImage``: signed (SigV2) over its fields, the ``file`` part streamed under
+``STATE/ec2/uploads/USER/`` and catalogued as the user's image. Every failure, a bug
+included, is an EC2 XML error envelope with its HTTP status; nothing is ever answered in
+plain text.
 """
 
 from __future__ import annotations
@@ -106,9 +109,13 @@ class Ec2App:
         uploads = self.uploads / user.name
         uploads.mkdir(parents=True, exist_ok=True)
         target = uploads / f"{uuid.uuid4()}.img"
-        with open(target, "xb") as out:
-            shutil.copyfileobj(upload.file, out, 1 << 20)
-        body = self.service.upload_image(user, target, Path(upload.filename or "").name)
+        try:
+            with open(target, "xb") as out:
+                shutil.copyfileobj(upload.file, out, 1 << 20)
+            body = self.service.upload_image(user, target, Path(upload.filename or "").name)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
         # econe answers an upload as a registration (EC2QueryServer#upload_image).
         return response_xml("RegisterImage", query.param("Version"), request_id, body)
 
