@@ -76,6 +76,13 @@ def _endpoint(args: argparse.Namespace) -> Endpoint:
     )
 
 
+def _ask(args: argparse.Namespace, operation: str, **request: Any) -> Any:
+    """boto3's ``operation`` (``"describe_images"``…) against the endpoint; refusals as InputError."""
+    endpoint = _endpoint(args)
+    with refusals(endpoint):
+        return getattr(ec2_client(endpoint), operation)(**request)
+
+
 def _table(
     args: argparse.Namespace, fmt: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
@@ -92,17 +99,13 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    endpoint = _endpoint(args)
-    with refusals(endpoint):
-        answer = ec2_client(endpoint).register_image(ImageLocation=args.location, Name=args.location)
+    answer = _ask(args, "register_image", ImageLocation=args.location, Name=args.location)
     print(f"Success: ImageId {answer['ImageId']}")
     return 0
 
 
 def cmd_describe_images(args: argparse.Namespace) -> int:
-    endpoint = _endpoint(args)
-    with refusals(endpoint):
-        images = ec2_client(endpoint).describe_images()["Images"]
+    images = _ask(args, "describe_images")["Images"]
     rows = [
         (
             i.get("OwnerId"),
@@ -127,15 +130,13 @@ def _user_data(args: argparse.Namespace) -> str | None:
 
 
 def cmd_run_instances(args: argparse.Namespace) -> int:
-    endpoint = _endpoint(args)
     request: dict[str, Any] = {"ImageId": args.image, "InstanceType": args.type}
     request.update(MinCount=args.count, MaxCount=args.count)
     if args.key:
         request["KeyName"] = args.key
     if (user_data := _user_data(args)) is not None:
         request["UserData"] = user_data  # boto3 base64-encodes it
-    with refusals(endpoint):
-        reservation = ec2_client(endpoint).run_instances(**request)
+    reservation = _ask(args, "run_instances", **request)
     rows = [
         (reservation.get("OwnerId"), i["ImageId"], i["InstanceId"], i["InstanceType"])
         for i in reservation["Instances"]
@@ -145,9 +146,7 @@ def cmd_run_instances(args: argparse.Namespace) -> int:
 
 
 def cmd_describe_instances(args: argparse.Namespace) -> int:
-    endpoint = _endpoint(args)
-    with refusals(endpoint):
-        reservations = ec2_client(endpoint).describe_instances()["Reservations"]
+    reservations = _ask(args, "describe_instances")["Reservations"]
     rows = [
         (
             r.get("OwnerId"),
@@ -165,11 +164,7 @@ def cmd_describe_instances(args: argparse.Namespace) -> int:
 
 
 def cmd_terminate_instances(args: argparse.Namespace) -> int:
-    endpoint = _endpoint(args)
-    with refusals(endpoint):
-        changes = ec2_client(endpoint).terminate_instances(InstanceIds=args.instances)[
-            "TerminatingInstances"
-        ]
+    changes = _ask(args, "terminate_instances", InstanceIds=args.instances)["TerminatingInstances"]
     for change in changes:
         print(f"Success: Terminating {change['InstanceId']} in {change['PreviousState']['Name']} state")
     return 0
