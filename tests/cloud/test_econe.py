@@ -114,6 +114,19 @@ def test_econe_errors_are_one_line(cloud: dict[str, Any]) -> None:
         [str(IMAGEKIT), "ec2", "describe-images"], env=env, capture_output=True, text=True, timeout=60
     )
     assert missing.returncode != 0 and "no EC2 credentials" in missing.stderr
+    # -K/-S/-U win over the environment (econe's options).
+    bob: CreatedUser = cloud["accounts"]["bob"]
+    options = ["-K", bob.user.access_key, "-S", bob.secret_key, "-U", cloud["url"]]
+    listed = subprocess.run(
+        [str(IMAGEKIT), "ec2", "describe-images", *options],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    wrong = econe(cloud, "alice", "describe-images", "-S", "not-the-secret", check=False)
+    assert wrong.returncode != 0 and "AuthFailure" in wrong.stderr
 
 
 def test_upload_is_signed(cloud: dict[str, Any]) -> None:
