@@ -9,7 +9,6 @@ with user data and a key pair → described ``running`` → the console shows th
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,8 +59,8 @@ def _state(ec2: Any, instance: str) -> str:
 
 
 def _console(ec2: Any, instance: str) -> str:
-    output = ec2.get_console_output(InstanceId=instance).get("Output") or ""
-    return base64.b64decode(output).decode("utf-8", "replace")
+    output: str = ec2.get_console_output(InstanceId=instance).get("Output") or ""
+    return output  # botocore has already decoded EC2's base64
 
 
 def test_upload_run_user_data_terminate(cloud: dict[str, Any], minimal_image: BuiltImage) -> None:
