@@ -46,8 +46,10 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     NetworkStore(state).create(network_from_template(parse_template(PUBLIC, "public.net")))
     image = root / "disk.img"
     image.write_bytes(b"\0" * 65536 + b"an image")
-    with ec2_server(state.root, None, "--hold") as url:
-        yield {"url": url, "accounts": accounts, "state": state, "image": image, "root": root}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMAGEKIT_ACCEL", "tcg")  # no KVM probe (seconds of QEMU) on the first run
+        with ec2_server(state.root, None, "--hold") as url:
+            yield {"url": url, "accounts": accounts, "state": state, "image": image, "root": root}
 
 
 def endpoint(cloud: dict[str, Any], name: str, secret: str | None = None) -> Endpoint:
