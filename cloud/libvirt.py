@@ -166,6 +166,9 @@ class LibvirtCore:
     def powerdown(self, record: VmRecord) -> None:
         self._call("shutdown", self._domain(record).shutdown)
 
+    def reset(self, record: VmRecord) -> None:
+        self._call("reset", self._domain(record).reset, 0)
+
     def pause(self, record: VmRecord) -> None:
         self._call("suspend", self._domain(record).suspend)
 

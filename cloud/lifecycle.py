@@ -244,6 +244,17 @@ def stop(state: State, vmid: int) -> VmRecord:
     return record
 
 
+def reboot(state: State, vmid: int) -> VmRecord:
+    """Reset a running VM (onevm reboot): the guest starts again, the VM stays ``running``."""
+    if (remote := _remote(state, vmid, "reboot")) is not None:
+        return remote
+    record = VmStore(state).get(vmid)
+    if record.state is not VmState.RUNNING:
+        raise InputError(f"VM {vmid} is {record.state.value}: only a running VM can be rebooted")
+    core_for(record).reset(record)
+    return record
+
+
 def hold(state: State, vmid: int) -> VmRecord:
     if (remote := _remote(state, vmid, "hold")) is not None:
         return remote

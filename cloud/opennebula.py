@@ -55,6 +55,7 @@ ACTIONS = {
     "stop": "stop",
     "hold": "hold",
     "release": "release",
+    "reboot": "reboot",
 }
 
 

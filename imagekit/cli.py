@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vm": ("cloud.commands.vm", "run VMs from templates: create, list, shutdown, stop, resume…"),
     "user": ("cloud.commands.user", "cloud users and their EC2 credentials"),
     "cloud": ("cloud.commands.cloud", "serve the public cloud front doors (EC2 Query, OCCI)"),
+    "ec2": ("cloud.commands.ec2", "econe's client verbs: upload, register, run-instances…"),
     "occi": ("cloud.commands.occi", "an OCCI client: compute, network, storage (occi-* tools)"),
 }
 

@@ -191,6 +191,13 @@ class CoreBackend:
             raise Ec2Error("IncorrectInstanceState", err.reason) from None
         raise Ec2Error("IncorrectInstanceState", f"VM {vmid} is {previous.value}: it cannot be stopped")
 
+    def reboot(self, user: User, vmid: int) -> None:
+        """econe's reboot: the running VM is reset (``onevm reboot``)."""
+        try:
+            lifecycle.reboot(self.state, vmid)
+        except InputError as err:
+            raise Ec2Error("IncorrectInstanceState", err.reason) from None
+
     def terminate(self, user: User, vmid: int) -> tuple[str, str]:
         record = lifecycle.show(self.state, vmid)
         previous = record.state

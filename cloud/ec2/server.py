@@ -5,13 +5,17 @@
 ``POST /`` (form-encoded, as boto3 and the AWS CLI send) and ``GET /?Action=…``: the body is
 read up to a limit, the signature checked (``auth.py``) against the user's secret, the action
 run (``service.py``) in a worker thread (SQLite is synchronous), and the answer written in the
-EC2 namespace of the request's ``Version``. Every failure, a bug included, is an EC2 XML error
-envelope with its HTTP status; nothing is ever answered in plain text.
+EC2 namespace of the request's ``Version``. A ``multipart/form-data`` POST is econe's
+``UploadImage``: signed (SigV2) over its fields, the ``file`` part streamed under
+``STATE/ec2/uploads/USER/`` and catalogued as the user's image. Every failure, a bug
+included, is an EC2 XML error envelope with its HTTP status; nothing is ever answered in
+plain text.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +25,7 @@ from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,7 +34,7 @@ from starlette.routing import Route
 from cloud.asgi import run_app
 from cloud.ec2.auth import DEFAULT_SKEW, QueryRequest, verify
 from cloud.ec2.core import CoreBackend
-from cloud.ec2.errors import Ec2Error, invalid_parameter
+from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
 from cloud.ec2.responses import error_xml, response_xml
 from cloud.ec2.service import ComputeBackend, Ec2Service, Region
 from cloud.users import UserStore
@@ -38,7 +43,8 @@ from imagekit.state import State
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 1 << 20  # Query API bodies are parameters only; uploads are not served here.
+MAX_BODY = 1 << 20  # Query API bodies are parameters only; UploadImage's multipart is apart.
+MULTIPART = "multipart/form-data"
 XML = "text/xml;charset=UTF-8"
 
 
@@ -66,6 +72,10 @@ async def _body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+def _headers(request: Request) -> tuple[tuple[str, str], ...]:
+    return tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers.raw)
+
+
 class Ec2App:
     def __init__(
         self,
@@ -77,6 +87,7 @@ class Ec2App:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.users = UserStore(state)
+        self.uploads = state.root / "ec2" / "uploads"
         self.service = Ec2Service(state, region, compute)
         self.skew = skew
         self.clock = clock
@@ -90,17 +101,52 @@ class Ec2App:
         body = self.service.handle(user, action, params)
         return response_xml(action, params.get("Version"), request_id, body)
 
+    def _store_upload(self, query: QueryRequest, upload: UploadFile, request_id: str) -> bytes:
+        """econe's UploadImage: signed (SigV2) over the form's fields, the file left out; the
+        image is copied under ``STATE/ec2/uploads/`` and catalogued as the user's."""
+        user = verify(query, self.users.credentials, now=self.clock(), skew=self.skew)
+        if query.param("Action") != "UploadImage":
+            raise invalid_parameter("Only UploadImage takes a multipart/form-data body")
+        uploads = self.uploads / user.name
+        uploads.mkdir(parents=True, exist_ok=True)
+        target = uploads / f"{uuid.uuid4()}.img"
+        try:
+            with open(target, "xb") as out:
+                shutil.copyfileobj(upload.file, out, 1 << 20)
+            body = self.service.upload_image(user, target, Path(upload.filename or "").name)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        # econe answers an upload as a registration (EC2QueryServer#upload_image).
+        return response_xml("RegisterImage", query.param("Version"), request_id, body)
+
+    async def _upload(self, request: Request, request_id: str) -> bytes:
+        async with request.form(max_files=1, max_fields=100) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise missing_parameter("file")
+            fields = tuple((k, v) for k, v in form.multi_items() if isinstance(v, str))
+            query = QueryRequest(
+                method=request.method,
+                path=request.url.path,
+                query=request.url.query,
+                headers=_headers(request),
+                body=b"",
+                params=tuple(parse_qsl(request.url.query, keep_blank_values=True)) + fields,
+            )
+            return await run_in_threadpool(self._store_upload, query, upload, request_id)
+
     async def endpoint(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
         try:
+            if request.headers.get("content-type", "").lower().startswith(MULTIPART):
+                return Response(await self._upload(request, request_id), media_type=XML)
             body = await _body(request)
             query = QueryRequest(
                 method=request.method,
                 path=request.url.path,
                 query=request.url.query,
-                headers=tuple(
-                    (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers.raw
-                ),
+                headers=_headers(request),
                 body=body,
                 params=_params(request.url.query, body, request.headers.get("content-type", "")),
             )

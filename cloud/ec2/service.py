@@ -7,8 +7,8 @@ Every handler parses its parameters and answers here: regions and zones, key pai
 (``keypairs.py``), the image catalogue (``images.py``), and the instance actions over the cloud
 core behind a :class:`ComputeBackend` (``core.py``). A user sees and acts only on their own
 instances and images, an administrator on everyone's, and another user's id is reported
-exactly as one that does not exist. Actions of the issue not built yet (``NOT_YET``) answer
-``UnsupportedOperation``; nothing is made up.
+exactly as one that does not exist. ``UploadImage`` (econe's own action) comes as a
+multipart body the server stores first (``server.py``), then ``upload_image`` catalogues it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol
 
 from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
@@ -33,8 +34,6 @@ from imagekit.state import State
 Params = Mapping[str, str]
 Body = Mapping[str, Node]
 
-# EC2 actions of issue 10 not served yet.
-NOT_YET = frozenset({"UploadImage", "StartInstances", "StopInstances", "RebootInstances"})
 MAX_COUNT = 20
 _FILTERS = frozenset({"instance-state-name", "image-id", "instance-id"})
 
@@ -76,6 +75,10 @@ class ComputeBackend(Protocol):
         """Save a running VM's memory and end its process; its core state before and after."""
         ...
 
+    def reboot(self, user: User, vmid: int) -> None:
+        """Reset a running VM; it stays running."""
+        ...
+
 
 @dataclass(frozen=True)
 class Region:
@@ -114,10 +117,8 @@ class Ec2Service:
         handler = _ACTIONS.get(action)
         if handler is not None:
             return handler(self, user, params)
-        if action in NOT_YET:
-            raise Ec2Error(
-                "UnsupportedOperation", f"{action} is not available: there is no EC2 image catalogue yet"
-            )
+        if action == "UploadImage":
+            raise invalid_parameter("UploadImage takes a multipart/form-data body with the image as 'file'")
         raise Ec2Error("InvalidAction", f"The action {action} is not valid for this web service.")
 
     def describe_regions(self, user: User, params: Params) -> Body:
@@ -234,8 +235,16 @@ class Ec2Service:
         views = self._core().run(user, request)
         return reservation(views[0].reservation or f"r-{views[0].vmid:08x}", user.name, views)
 
+    def upload_image(self, user: User, upload: Path, name: str) -> Body:
+        """econe's ``UploadImage``: the server stored the file at ``upload``; it is catalogued."""
+        image = self.images.register(user, name or upload.name, str(upload))
+        return {"imageId": image_id(image.id)}
+
     def register_image(self, user: User, params: Params) -> Body:
         location = required(params, "ImageLocation")
+        if location.startswith("ami-"):  # econe 1.4: register the id an upload returned
+            [image] = self.images.visible(user, [parse_image_id(location)])
+            return {"imageId": image_id(image.id)}
         image = self.images.register(user, params.get("Name") or location, location)
         return {"imageId": image_id(image.id)}
 
@@ -283,6 +292,14 @@ class Ec2Service:
     def stop_instances(self, user: User, params: Params) -> Body:
         return self._change_states(user, params, lambda core, u, vmid: core.stop(u, vmid))
 
+    def reboot_instances(self, user: User, params: Params) -> Body:
+        if not indexed(params, "InstanceId"):
+            raise missing_parameter("InstanceId.1")
+        views = self._visible(user, params)  # every id checked before any VM is reset
+        for view in views:
+            self._core().reboot(user, view.vmid)
+        return {"return": True}
+
 
 def _number(params: Params, name: str) -> int:
     text = required(params, name)
@@ -324,6 +341,7 @@ _ACTIONS: dict[str, Callable[[Ec2Service, User, Params], Body]] = {
     "GetConsoleOutput": Ec2Service.get_console_output,
     "StartInstances": Ec2Service.start_instances,
     "StopInstances": Ec2Service.stop_instances,
+    "RebootInstances": Ec2Service.reboot_instances,
     "RegisterImage": Ec2Service.register_image,
     "DescribeImages": Ec2Service.describe_images,
     "DeregisterImage": Ec2Service.deregister_image,

@@ -99,6 +99,8 @@ class AgentReport:
     errors: tuple[str, ...] = ()
     uptime: str = ""
     cloud_init: bool = False  # cloud-init is installed and enabled too (context_agent: both)
+    user_data: int | None = None  # the user-data script's exit status, when it ran this boot
+    user_data_ran_before: bool = False  # it had already run for this VM (it runs once)
 
     def init_script_status(self) -> dict[str, str]:
         """``{"init.sh": "0"}``: each init script and its exit status (or ``missing``)."""
@@ -145,6 +147,8 @@ def parse_report(payload: str) -> AgentReport:
             errors=tuple(str(s) for s in data.get("errors", [])),
             uptime=str(data.get("uptime", "")),
             cloud_init=bool(data.get("cloud_init", False)),
+            user_data=None if data.get("user_data") is None else int(data["user_data"]),
+            user_data_ran_before=bool(data.get("user_data_ran_before", False)),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"malformed agent report {payload[:200]!r}: {exc}") from None

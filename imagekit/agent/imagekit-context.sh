@@ -4,8 +4,9 @@
 # Finds the CD labelled CONTEXT, copies its files to $RUN_DIR/cd, reads context.sh by
 # sourcing it in a clean subshell (as one-context does, but its variables never reach this
 # script's own environment, so a context key such as PATH or IFS cannot break the agent),
-# applies hostname, NICs (matched by ETHn_MAC), DNS, user, SSH keys, password, START_SCRIPT
-# and INIT_SCRIPTS, then prints one line on the serial console:
+# applies hostname, NICs (matched by ETHn_MAC), DNS, user, SSH keys, password, START_SCRIPT,
+# INIT_SCRIPTS and user data that is a script (once per VM, as cloud-init), then prints one
+# line on the serial console:
 #   IMAGEKIT-CONTEXT {"status":"ok"|"error"|"no-context", ...}
 # The guest has no Python: bash, coreutils, util-linux, iproute2 and passwd only.
 
@@ -36,6 +37,9 @@ APPLIED_HOSTNAME=""
 SSH_KEYS=0
 PASSWORD_SET=false
 START_RC=""
+USER_DATA_RC=""
+USER_DATA_BEFORE=false
+STATE_DIR=$ROOT/var/lib/imagekit-context
 CTX_USER=""
 # Whether cloud-init will also read the context (images built with `context_agent: both`):
 # boot-test then waits for cloud-init's verdict too.
@@ -72,6 +76,7 @@ report() {  # report STATUS
     line+=",\"hostname\":$(json_str "$APPLIED_HOSTNAME"),\"nics\":[$nics]"
     line+=",\"user\":$(json_str "$CTX_USER"),\"ssh_keys\":$SSH_KEYS,\"password\":$PASSWORD_SET"
     line+=",\"start_script\":${START_RC:-null},\"init_scripts\":$(json_list "${INIT_RESULTS[@]}")"
+    line+=",\"user_data\":${USER_DATA_RC:-null},\"user_data_ran_before\":$USER_DATA_BEFORE"
     line+=",\"files\":$(json_list "${CD_FILES[@]}"),\"errors\":$(json_list "${ERRORS[@]}")"
     line+=",\"cloud_init\":$CLOUD_INIT,\"uptime\":$(json_str "$(cut -d' ' -f1 /proc/uptime 2>/dev/null)")}"
     mkdir -p "$RUN_DIR"
@@ -320,6 +325,47 @@ apply_init_scripts() {
     done
 }
 
+instance_key() {  # the VM's id (VMID), else a digest of its context: what "once" is per
+    local key
+    key=$(ctx VMID)
+    [ -n "$key" ] || key=$(sha256sum < "$CD_DIR/context.sh" | cut -c1-16)
+    printf '%s' "$key" | tr -c 'A-Za-z0-9._-' '_'
+}
+
+apply_user_data() {
+    # cloud-init's OpenNebula datasource: USER_DATA, else USERDATA, base64-decoded when
+    # USERDATA_ENCODING (or USER_DATA_ENCODING) is base64; econe's EC2_USER_DATA is base64 always.
+    local name encoding tmp marker rc
+    encoding=$(ctx USERDATA_ENCODING)
+    [ -n "$encoding" ] || encoding=$(ctx USER_DATA_ENCODING)
+    if [ -n "$(ctx USER_DATA)" ]; then name=USER_DATA
+    elif [ -n "$(ctx USERDATA)" ]; then name=USERDATA
+    elif [ -n "$(ctx EC2_USER_DATA)" ]; then name=EC2_USER_DATA; encoding=base64
+    else return 0
+    fi
+    tmp=$(mktemp "$RUN_DIR/user-data.XXXXXX")
+    if [ "$encoding" = base64 ]; then
+        ctx "$name" | base64 -d > "$tmp" 2>/dev/null || { err "user_data: bad base64 in $name"; return; }
+    else
+        ctx "$name" > "$tmp"
+    fi
+    # Only a script is ours to run (cloud-init's x-shellscript part); cloud-config is not.
+    [ "$(head -c 2 "$tmp")" = '#!' ] || return 0
+    marker="$STATE_DIR/user-data.$(instance_key)"
+    if [ -e "$marker" ]; then
+        USER_DATA_BEFORE=true
+        return 0
+    fi
+    # The marker is written before the script runs (cloud-init's semaphore too): a script that
+    # reboots the VM does not run again.
+    mkdir -p "$STATE_DIR" && printf 'running\n' > "$marker" || { err "user_data: cannot write $marker"; return; }
+    run_with_context "$tmp" >>"$RUN_DIR/user-data.log" 2>&1
+    rc=$?
+    USER_DATA_RC=$rc
+    printf '%s\n' "$rc" > "$marker"
+    [ "$rc" -eq 0 ] || err "user_data: exit status $rc"
+}
+
 # ---------------------------------------------------------------------------------------------
 
 main() {
@@ -349,6 +395,7 @@ main() {
     apply_user
     apply_start_script
     apply_init_scripts
+    apply_user_data
     if [ "${#ERRORS[@]}" -eq 0 ]; then report ok; else report error; fi
 }
 

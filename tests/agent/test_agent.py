@@ -23,6 +23,7 @@ from imagekit.agent import (
     ENABLE_LINK,
     SCRIPT_PATH,
     UNIT_PATH,
+    AgentReport,
     find_report,
     install_agent,
     parse_report,
@@ -286,3 +287,63 @@ def test_agent_reports_whether_cloud_init_also_reads_the_context(
     env["IMAGEKIT_CONTEXT_DIR"] = str(tmp_path / "cd")
     report = parse_report(_run_agent(env).stdout.decode().split(" ", 1)[1])
     assert report.status == "ok" and report.cloud_init is expected
+
+
+# --- user data ------------------------------------------------------------------------------
+
+
+def _run_with_context(tmp_path: Path, env: dict[str, str], values: dict[str, str]) -> AgentReport:
+    cd = tmp_path / "cd"
+    cd.mkdir(exist_ok=True)
+    (cd / "context.sh").write_text(render_context_sh(values))
+    env["IMAGEKIT_CONTEXT_DIR"] = str(cd)
+    return parse_report(_run_agent(env).stdout.decode().split(" ", 1)[1])
+
+
+def test_agent_runs_a_user_data_script_once_per_vm(tmp_path: Path) -> None:
+    """cloud-init's OpenNebula datasource reads USER_DATA (else USERDATA) and base64-decodes it
+    when USERDATA_ENCODING is base64 (canonical/cloud-init
+    cloudinit/sources/DataSourceOpenNebula.py, ``read_context_disk_dir``); a ``#!`` part runs
+    once per instance (cloud-init's per-instance semaphore). econe puts the client's base64
+    UserData in EC2_USER_DATA (OpenNebula/one src/cloud/ec2/lib/EC2QueryServer.rb, 2.0+)."""
+    env = _fake_host(tmp_path)
+    ran = tmp_path / "ran"
+    script = f'#!/bin/sh\necho "ran in $PWD as VM $VMID" >> {ran}\n'
+    encoded = base64.b64encode(script.encode()).decode()
+    context = {"VMID": "7", "USER_DATA": encoded, "USERDATA_ENCODING": "base64"}
+
+    first = _run_with_context(tmp_path, env, context)
+    assert (first.status, first.user_data, first.user_data_ran_before) == ("ok", 0, False)
+    assert ran.read_text() == f"ran in {tmp_path / 'run/cd'} as VM 7\n"
+    marker = Path(env["IMAGEKIT_CONTEXT_ROOT"]) / "var/lib/imagekit-context/user-data.7"
+    assert marker.read_text() == "0\n"
+
+    again = _run_with_context(tmp_path, env, context)  # the next boot of the same VM
+    assert (again.status, again.user_data, again.user_data_ran_before) == ("ok", None, True)
+    assert ran.read_text().count("ran in") == 1
+
+    other = _run_with_context(tmp_path, env, {**context, "VMID": "8"})  # another VM, same image
+    assert other.user_data == 0 and ran.read_text().count("ran in") == 2
+
+
+def test_agent_runs_econe_user_data_and_reports_failures(tmp_path: Path) -> None:
+    env = _fake_host(tmp_path)
+    script = base64.b64encode(b"#!/bin/bash\nexit 3\n").decode()
+    report = _run_with_context(tmp_path, env, {"VMID": "1", "EC2_USER_DATA": script})
+    assert (report.status, report.user_data) == ("error", 3)
+    assert report.errors == ("user_data: exit status 3",)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"USER_DATA": "#cloud-config\nruncmd: [touch /x]\n"},  # cloud-init's, not ours
+        {"USER_DATA": base64.b64encode(b"#!/bin/sh\ntrue\n").decode()},  # base64 without the encoding
+    ],
+    ids=["cloud-config", "undeclared-base64"],
+)
+def test_agent_leaves_user_data_that_is_not_a_script(tmp_path: Path, values: dict[str, str]) -> None:
+    env = _fake_host(tmp_path)
+    report = _run_with_context(tmp_path, env, {"VMID": "2", **values})
+    assert (report.status, report.user_data, report.user_data_ran_before) == ("ok", None, False)
+    assert not (Path(env["IMAGEKIT_CONTEXT_ROOT"]) / "var/lib/imagekit-context").exists()

@@ -3,7 +3,8 @@
 The VM boots from a blank disk (nothing to boot, so firmware waits: a live QEMU process is what
 ``running`` means to the core). econe's mapping, OpenNebula/one
 ``src/cloud/ec2/lib/EC2QueryServer.rb`` ``EC2_ACTIONS``: start → resume, stop → poweroff; here
-stop is ``vm stop`` (memory saved), start is ``vm release`` for a held VM, else ``vm resume``.
+stop is ``vm stop`` (memory saved), start is ``vm release`` for a held VM, else ``vm resume``;
+reboot → ``reboot`` (a reset of the running VM).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def test_start_stop_start(held: dict[str, Any]) -> None:
     [started] = ec2.start_instances(InstanceIds=["i-00000000"])["StartingInstances"]
     assert _states(started) == ("pending", "running") and started["CurrentState"]["Code"] == 16
     assert lifecycle.show(state, 0).state is VmState.RUNNING  # QEMU is alive
+    pid = VmStore(state).get(0).pid
+    ec2.reboot_instances(InstanceIds=["i-00000000"])  # QMP system_reset: the same QEMU goes on
+    assert lifecycle.show(state, 0).state is VmState.RUNNING and VmStore(state).get(0).pid == pid
     [stopped] = ec2.stop_instances(InstanceIds=["i-00000000"])["StoppingInstances"]
     assert _states(stopped) == ("running", "stopped") and stopped["CurrentState"]["Code"] == 80
     assert (VmStore(state).get(0).directory / SAVED_STATE).is_file()
