@@ -1,8 +1,10 @@
 """`make demo`: the whole pipeline on the shipped defaults, each step a real CLI call.
 
 recipe → image (+ manifest) → boot-test with a context ISO → signed marketplace metadata,
-registered in a local registry → contextualization of a VM template (context.sh + ISO) → two
-VMs from the built image on one virtual network (``imagekit vm``), ending with ``vm list``.
+registered in a local registry → the site's policy check and a verified download into the image
+cache → contextualization of a VM template (context.sh + ISO) → two VMs from ``marketplace:demo``
+on one virtual network (``imagekit vm``), shut down cleanly, ending with ``vm list``. Each step
+prints its time.
 Outputs land in out/demo/; the state directory is out/demo/state so the demo never touches
 the user's own state.
 """
@@ -27,7 +29,15 @@ OUT = REPO / "out" / "demo"
 IMAGEKIT = REPO / ".venv" / "bin" / "imagekit"
 
 
+_STEP_STARTED: list[float] = []
+
+
 def banner(text: str) -> None:
+    """Start a step; the previous one's time is printed first."""
+    now = time.monotonic()
+    if _STEP_STARTED:
+        print(f"   (step took {now - _STEP_STARTED[-1]:.1f} s)", flush=True)
+    _STEP_STARTED.append(now)
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
@@ -137,11 +147,11 @@ PEER_SCRIPT = """#!/bin/bash
 """
 
 
-def vm_template(name: str, manifest: Path, peer: str = "") -> str:
+def vm_template(name: str, peer: str = "") -> str:
     peer_line = f',\n  PEER_IP = "{peer}"' if peer else ""
     return f"""NAME = "{name}"
 MEMORY = 512
-DISK = [ SOURCE = "{manifest}" ]
+DISK = [ SOURCE = "marketplace:demo" ]
 NIC = [ NETWORK = "demo-lan" ]
 CONTEXT = [
   NETWORK = "YES",
@@ -160,9 +170,10 @@ def imagekit_json(*args: str) -> object:
     return json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
 
 
-def run_vms(manifest: Path) -> None:
-    """The cloud core: two VMs from the built image on one network; the first reaches the second."""
-    banner("7. Run VMs: two on one virtual network (embedded QEMU core, TCG)")
+def run_vms(policy: Path) -> None:
+    """The cloud core: two VMs from the verified, cached marketplace image (the policy is checked
+    again at each `vm create`) on one network; the first reaches the second."""
+    banner("7. Run VMs from marketplace:demo: two on one virtual network (embedded QEMU core, TCG)")
     cloud = OUT / "cloud"
     cloud.mkdir(exist_ok=True)
     (cloud / "demo-lan.net").write_text(CLOUD_NET)
@@ -170,11 +181,11 @@ def run_vms(manifest: Path) -> None:
     if not network_exists(cloud / "demo-lan.net"):
         imagekit("net", "create", str(cloud / "demo-lan.net"))
     step = time.monotonic()
-    (cloud / "vm-b.one").write_text(vm_template("vm-b", manifest))
-    b = imagekit_json("vm", "create", str(cloud / "vm-b.one"), "--json")
+    (cloud / "vm-b.one").write_text(vm_template("vm-b"))
+    b = imagekit_json("vm", "create", str(cloud / "vm-b.one"), "--policy", str(policy), "--json")
     assert isinstance(b, dict)
-    (cloud / "vm-a.one").write_text(vm_template("vm-a", manifest, peer=b["ips"][0]))
-    a = imagekit_json("vm", "create", str(cloud / "vm-a.one"), "--json")
+    (cloud / "vm-a.one").write_text(vm_template("vm-a", peer=b["ips"][0]))
+    a = imagekit_json("vm", "create", str(cloud / "vm-a.one"), "--policy", str(policy), "--json")
     assert isinstance(a, dict)
     print(f"   both created and started in {time.monotonic() - step:.1f} s", flush=True)
     imagekit("vm", "list")
@@ -191,7 +202,7 @@ def run_vms(manifest: Path) -> None:
     else:
         print("   vm-a did not report reaching vm-b in 30 min; see `imagekit vm log`", flush=True)
     for vm in (a, b):
-        imagekit("vm", "shutdown", str(vm["id"]), "--timeout", "60")
+        imagekit("vm", "shutdown", str(vm["id"]), "--timeout", "300")
     imagekit("vm", "list")
 
 
@@ -216,7 +227,7 @@ def file_server(directory: Path) -> Iterator[str]:
         server.server_close()
 
 
-def site_download(images: Path) -> None:
+def site_download(images: Path) -> Path:
     """5b. The site side: judge the demo image's endorsements, then a verified download.
 
     The entry's location (images.example.org) is not reachable here, so the site policy lists
@@ -235,6 +246,7 @@ def site_download(images: Path) -> None:
         imagekit("market", "download", "demo", "--policy", str(policy), "-o", str(OUT / "downloaded.qcow2"))
         imagekit("market", "download", "demo", "--policy", str(policy))  # cached: policy re-checked only
         imagekit("market", "cache", "list")
+    return policy
 
 
 def main() -> int:
@@ -278,24 +290,24 @@ def main() -> int:
                 imagekit("market", "pending", "accept", entry["pending_id"][:12], *data)
             imagekit("market", "list")
             imagekit("market", "endorsers")
-            site_download(image.parent)
+            policy = site_download(image.parent)
 
-        banner("6. Contextualization: networks, a VM template, context.sh and ISO")
-        examples = REPO / "etc" / "examples"
-        for net in sorted(examples.glob("*.net")):
-            if not network_exists(net):
-                imagekit("net", "create", str(net))
-        imagekit("net", "list")
-        vm = [
-            str(examples / "vm-demo.one"),
-            "--user", str(examples / "alice.user"),
-            "--image", str(examples / "debian.image"),
-        ]  # fmt: skip
-        imagekit("context", "render", *vm, "-o", str(OUT / "context.sh"))
-        print((OUT / "context.sh").read_text(), end="")
-        imagekit("context", "iso", *vm, "-o", str(OUT / "context.iso"))
+            banner("6. Contextualization: networks, a VM template, context.sh and ISO")
+            examples = REPO / "etc" / "examples"
+            for net in sorted(examples.glob("*.net")):
+                if not network_exists(net):
+                    imagekit("net", "create", str(net))
+            imagekit("net", "list")
+            vm = [
+                str(examples / "vm-demo.one"),
+                "--user", str(examples / "alice.user"),
+                "--image", str(examples / "debian.image"),
+            ]  # fmt: skip
+            imagekit("context", "render", *vm, "-o", str(OUT / "context.sh"))
+            print((OUT / "context.sh").read_text(), end="")
+            imagekit("context", "iso", *vm, "-o", str(OUT / "context.iso"))
 
-        run_vms(manifest)
+            run_vms(policy)
     except subprocess.CalledProcessError as exc:
         print(f"\ndemo failed at: {shlex.join(exc.cmd)} (exit {exc.returncode})", file=sys.stderr)
         return 1
