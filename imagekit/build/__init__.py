@@ -154,7 +154,13 @@ def build_inputs(
         mirror=options.mirror,
         option=options.source_date_epoch,
     )
-    log.info("build inputs: %s", inputs.to_json())
+    log.info(
+        "build inputs: recipe %s, archive %s, SOURCE_DATE_EPOCH=%d (from %s)",
+        inputs.recipe_hash[:16],
+        inputs.archive,
+        inputs.source_date_epoch,
+        inputs.epoch_origin.value,
+    )
     return inputs
 
 
