@@ -75,23 +75,22 @@ class SigV2HmacSha1(SigV2Auth):  # type: ignore[misc]
         return request
 
 
-NOW = datetime.now(UTC)
 DESCRIBE = {"Action": "DescribeRegions", "Version": "2016-11-15"}
 
 
 @pytest.mark.parametrize("region", ["us-east-1", "eu-west-1"])
 def test_sigv4_as_boto3_signs_it(region: str) -> None:
-    assert verify(as_received(v4(DESCRIBE, region=region)), lookup, now=NOW) == "alice"
+    assert verify(as_received(v4(DESCRIBE, region=region)), lookup, now=datetime.now(UTC)) == "alice"
 
 
 def test_sigv4_get_with_the_parameters_in_the_query() -> None:
     params = {**DESCRIBE, "RegionName.1": "a b/c~", "Filter.1.Name": "é"}
-    assert verify(as_received(v4(params, method="GET")), lookup, now=NOW) == "alice"
+    assert verify(as_received(v4(params, method="GET")), lookup, now=datetime.now(UTC)) == "alice"
 
 
-def _refused(request: QueryRequest, code: str = "AuthFailure", *, now: datetime = NOW) -> Ec2Error:
+def _refused(request: QueryRequest, code: str = "AuthFailure", *, now: datetime | None = None) -> Ec2Error:
     with pytest.raises(Ec2Error) as info:
-        verify(request, lookup, now=now)
+        verify(request, lookup, now=now or datetime.now(UTC))
     assert info.value.code == code
     assert info.value.status == (401 if code == "AuthFailure" else 400)
     return info.value
@@ -118,21 +117,21 @@ def test_sigv4_refusals() -> None:
         "Authorization", unknown.headers["Authorization"].replace(ACCESS, "AKIKBOB")
     )
     _refused(as_received(unknown))
-    # botocore signed at the real time, not at NOW (taken when the module was imported): count
-    # from the clock now, or a long session before this test makes the request look fresh.
+    # botocore signs at the real time: every check counts from the clock at that moment, never
+    # from a time taken at import (a long session before these tests made requests look stale).
     later = datetime.now(UTC)
     assert "RequestExpired" == _refused(good, "RequestExpired", now=later + timedelta(minutes=16)).code
     assert verify(good, lookup, now=later + timedelta(minutes=14)) == "alice"
 
 
 def test_sigv2_hmac_sha256_with_the_port() -> None:
-    assert verify(as_received(v2(DESCRIBE)), lookup, now=NOW) == "alice"
+    assert verify(as_received(v2(DESCRIBE)), lookup, now=datetime.now(UTC)) == "alice"
 
 
 def test_sigv2_signed_with_the_bare_host_as_the_1_4_tools_did() -> None:
     # Signed for "127.0.0.1", received with "Host: 127.0.0.1:4567".
     req = v2(DESCRIBE, url="http://127.0.0.1/")
-    assert verify(as_received(req, host="127.0.0.1:4567"), lookup, now=NOW) == "alice"
+    assert verify(as_received(req, host="127.0.0.1:4567"), lookup, now=datetime.now(UTC)) == "alice"
 
 
 def test_sigv2_hmac_sha1(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,7 +140,7 @@ def test_sigv2_hmac_sha1(monkeypatch: pytest.MonkeyPatch) -> None:
     SigV2HmacSha1(Credentials(ACCESS, SECRET)).add_auth(req)
     received = as_received(req)
     assert received.param("SignatureMethod") == "HmacSHA1"
-    assert verify(received, lookup, now=NOW) == "alice"
+    assert verify(received, lookup, now=datetime.now(UTC)) == "alice"
 
 
 def test_sigv2_refusals() -> None:
@@ -163,6 +162,6 @@ def test_signatures_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatc
         return constant_time(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", recording)
-    verify(as_received(v4(DESCRIBE)), lookup, now=NOW)
-    verify(as_received(v2(DESCRIBE)), lookup, now=NOW)
+    verify(as_received(v4(DESCRIBE)), lookup, now=datetime.now(UTC))
+    verify(as_received(v2(DESCRIBE)), lookup, now=datetime.now(UTC))
     assert len(compared) == 2
