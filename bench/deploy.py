@@ -122,7 +122,7 @@ def boot(image: Path, work: Path, repeat: int) -> None:
             if vm.wait_for_line(re.compile(r"^Debian GNU/Linux .* ttyS0$"), timeout=1800) is not None:
                 login.append(round(vm.elapsed(), 1))
     with_agent = statistics.median(applied)
-    plain = statistics.median(login) if login else None
+    plain = round(statistics.median(login), 1) if login else None
     emit(what="boot", firmware=firmware.value, runs=repeat, context_applied_s=round(with_agent, 1),
          login_s=plain, samples={"context_applied_s": applied, "login_s": login},
          agent_overhead_pct=round((with_agent / plain - 1) * 100, 1) if plain else None)  # fmt: skip
