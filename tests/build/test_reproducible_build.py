@@ -1,4 +1,4 @@
-"""Reproducible builds of the minimal recipe, end to end (issue 12, points 1, 2 and 4).
+"""Reproducible builds of every shipped recipe, end to end (issue 12, points 1, 2 and 4).
 
 Three builds, sharing the session's: ``minimal_image`` (cold: it fills the package cache), then
 ``check_reproducible``'s two — the first warm (from the cache), the second cold (no cache, in
@@ -74,3 +74,14 @@ def test_the_cloud_recipe_rebuilds_byte_identical(
     assert {o.format.value: o.checksums for o in again.outputs} == {
         o["format"]: o["checksums"] for o in session["outputs"]
     }
+
+
+def test_the_webserver_recipe_rebuilds_byte_identical(build_state_dir: Path, tmp_path: Path) -> None:
+    """The inheriting lighttpd appliance (files:, post:, variables) with ``--check-reproducible``:
+    a build from the session's package cache and a cold one without it give the same bytes."""
+    report = check_reproducible(
+        load_recipe(REPO / "recipes" / "webserver" / "webserver.appl"),
+        BuildOptions(output_dir=tmp_path / "out"),
+        state=State.open(build_state_dir),
+    )
+    assert report.identical, (report.differences, report.manifest_keys, report.diffoscope)
