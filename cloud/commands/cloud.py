@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from imagekit.errors import InputError
@@ -23,24 +24,24 @@ def register(parser: argparse.ArgumentParser) -> None:
     serve = sub.add_parser("serve", help="run a front door (uvicorn)")
     services = serve.add_subparsers(dest="service", metavar="SERVICE")
     ec2 = services.add_parser("ec2", help="the EC2 Query API (boto3, the AWS CLI, econe tools)")
-    ec2.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    ec2.add_argument("--port", type=int, default=4567, help="port (default 4567, econe's)")
+    _listener_options(ec2, 4567, "econe's", "RunInstances records VMs held, not booted (onevm hold)")
     ec2.add_argument("--region", default="default", help="the region name this server is (default: default)")
-    ec2.add_argument("--certfile", type=Path, metavar="PEM", help="serve HTTPS with this certificate chain")
-    ec2.add_argument("--keyfile", type=Path, metavar="PEM", help="the certificate's private key")
-    ec2.add_argument(
-        "--hold", action="store_true", help="RunInstances records VMs held, not booted (onevm hold)"
-    )
     ec2.set_defaults(func=cmd_serve_ec2)
     occi = services.add_parser(
         "occi", help="OpenNebula 1.4's OCCI (occi-compute, occi-network, occi-storage)"
     )
-    occi.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    occi.add_argument("--port", type=int, default=4568, help="port (default 4568; EC2 has 4567)")
-    occi.add_argument("--certfile", type=Path, metavar="PEM", help="serve HTTPS with this certificate chain")
-    occi.add_argument("--keyfile", type=Path, metavar="PEM", help="the certificate's private key")
-    occi.add_argument("--hold", action="store_true", help="POST /compute records VMs held, not booted")
+    _listener_options(occi, 4568, "EC2 has 4567", "POST /compute records VMs held, not booted")
     occi.set_defaults(func=cmd_serve_occi)
+
+
+def _listener_options(parser: argparse.ArgumentParser, port: int, why_port: str, hold: str) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=port, help=f"port (default {port}; {why_port})")
+    parser.add_argument(
+        "--certfile", type=Path, metavar="PEM", help="serve HTTPS with this certificate chain"
+    )
+    parser.add_argument("--keyfile", type=Path, metavar="PEM", help="the certificate's private key")
+    parser.add_argument("--hold", action="store_true", help=hold)
 
 
 def _check_tls(args: argparse.Namespace) -> str:
@@ -53,11 +54,9 @@ def _check_tls(args: argparse.Namespace) -> str:
     return "https" if args.certfile else "http"
 
 
-def cmd_serve_occi(args: argparse.Namespace) -> int:
-    from cloud.occi.server import serve
-
+def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **extra: object) -> int:
     scheme = _check_tls(args)
-    print(f"OCCI service on {scheme}://{args.host}:{args.port}/", file=sys.stderr)
+    print(f"{title} on {scheme}://{args.host}:{args.port}/", file=sys.stderr)
     serve(
         state_dir(args.state),
         host=args.host,
@@ -65,22 +64,18 @@ def cmd_serve_occi(args: argparse.Namespace) -> int:
         certfile=args.certfile,
         keyfile=args.keyfile,
         hold=args.hold,
+        **extra,
     )
     return 0
+
+
+def cmd_serve_occi(args: argparse.Namespace) -> int:
+    from cloud.occi.server import serve
+
+    return _serve(args, "OCCI service", serve)
 
 
 def cmd_serve_ec2(args: argparse.Namespace) -> int:
     from cloud.ec2.server import serve
 
-    scheme = _check_tls(args)
-    print(f"EC2 Query service on {scheme}://{args.host}:{args.port}/", file=sys.stderr)
-    serve(
-        state_dir(args.state),
-        host=args.host,
-        port=args.port,
-        region=args.region,
-        certfile=args.certfile,
-        keyfile=args.keyfile,
-        hold=args.hold,
-    )
-    return 0
+    return _serve(args, "EC2 Query service", serve, region=args.region)
