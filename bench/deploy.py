@@ -28,7 +28,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # benc
 from cloud import lifecycle  # noqa: E402
 from cloud.deploy import CreateRequest, create_vm  # noqa: E402
 from cloud.qemu import Accel, QemuVm, VmSpec  # noqa: E402
-from imagekit.diskimage import Firmware, image_format  # noqa: E402
+from imagekit.diskimage import Firmware, boot_firmware, image_format  # noqa: E402
 from imagekit.run import run  # noqa: E402
 from imagekit.state import State  # noqa: E402
 
@@ -104,10 +104,10 @@ def virsh_create(work: Path, xml: str, vms: int) -> None:
 def boot(image: Path, work: Path, repeat: int) -> None:
     """Boot-to-context-applied (agent) against boot-to-login without a context CD, interleaved
     A B A B … ``repeat`` times; the medians are compared (one sample on 2 shared cores is noise)."""
-    from cloud.boottest import BootTest, boot_test, detect_firmware
+    from cloud.boottest import BootTest, boot_test
 
     fmt = image_format(image)
-    firmware = detect_firmware(image, fmt, work)
+    firmware = boot_firmware(image, fmt)
     firmware = Firmware.BIOS if firmware is not Firmware.UEFI else Firmware.UEFI
     state = State.open(work / "boot-state")
     applied: list[float] = []

@@ -27,11 +27,10 @@ from cloud.qemu import Accel, Nic, QemuVm, VmSpec, choose_accel
 from context.flavor import IsoFlavor
 from context.model import ResolvedContext
 from imagekit.agent import REPORT_PREFIX, AgentReport, find_report
-from imagekit.diskimage import Firmware, image_format
+from imagekit.diskimage import Firmware, boot_firmware, image_format
 from imagekit.errors import InputError, VerificationError
 from imagekit.interrupt import interruptible
 from imagekit.locations import etc_dir
-from imagekit.run import run
 from imagekit.state import State
 
 log = logging.getLogger(__name__)
@@ -66,15 +65,6 @@ class BootResult:
     report: AgentReport | None
     checks: tuple[str, ...] = ()  # what was verified, in words
     nics: tuple[str, ...] = field(default=())  # MACs attached
-
-
-def detect_firmware(image: Path, fmt: str, workdir: Path) -> Firmware:
-    """BIOS when the MBR carries boot code (syslinux, GRUB; hybrid images too), else UEFI."""
-    head = workdir / "head.bin"
-    run(["qemu-img", "dd", "-f", fmt, "-O", "raw", "bs=512", "count=1", f"if={image}", f"of={head}"])
-    sector = head.read_bytes()
-    head.unlink()
-    return Firmware.BIOS if any(sector[:440]) else Firmware.UEFI
 
 
 def _demo_context(state_root: Path, workdir: Path, etc: Path | None) -> ResolvedContext:
@@ -176,7 +166,7 @@ def boot_test(test: BootTest, *, state: State, etc: Path | None = None) -> BootR
     fmt = image_format(test.image)
     with tempfile.TemporaryDirectory(prefix="imagekit-boot-") as tmp, interruptible():
         workdir = Path(tmp)
-        firmware = test.firmware or detect_firmware(test.image, fmt, workdir)
+        firmware = test.firmware or boot_firmware(test.image, fmt)
         if test.template is None:
             ctx = _demo_context(workdir / "state", workdir, etc)
         else:

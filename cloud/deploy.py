@@ -25,7 +25,7 @@ from cloud.store import VmRecord, VmStore
 from context.model import ResolvedContext
 from context.template import load_template
 from context.vm import invoking_user, lease_requests, load_images
-from imagekit.diskimage import Firmware
+from imagekit.diskimage import Firmware, boot_firmware
 from imagekit.errors import InputError
 from imagekit.log import step
 from imagekit.run import run
@@ -278,9 +278,7 @@ def _firmware(bases: Sequence[images.BaseImage], directory: Path) -> Firmware:
         return Firmware.BIOS
     firmware = boot.firmware
     if firmware is None:
-        from cloud.boottest import detect_firmware
-
-        firmware = detect_firmware(boot.path, boot.format, directory)
+        firmware = boot_firmware(boot.path, boot.format)
     return Firmware.UEFI if firmware is Firmware.UEFI else Firmware.BIOS
 
 

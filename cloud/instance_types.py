@@ -15,6 +15,7 @@ attributes. The rendered text is parsed with ``context.template`` like every oth
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,7 +128,10 @@ class InstanceTypes:
         return parse_template(text, f"{self.directory / file} (rendered for {request.name!r})")
 
 
+@functools.lru_cache(maxsize=8)
 def _environment(directory: Path) -> SandboxedEnvironment:
+    """One environment per directory: it keeps the compiled templates (compiling costs more than
+    rendering) and recompiles one whose file changed (Jinja's ``auto_reload``)."""
     env = SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(directory),
         undefined=jinja2.StrictUndefined,

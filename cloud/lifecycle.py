@@ -150,6 +150,19 @@ def list_vms(state: State, *, owner: str | None = None) -> list[VmRecord]:
     return [reconcile(state, r) for r in VmStore(state).list(owner=owner)]
 
 
+def pool_version(state: State) -> int | None:
+    """A number that stays the same exactly while :func:`list_vms` would answer the same, for
+    servers that reuse answers; None while an OpenNebula VM is in the pool (only asking that
+    cloud tells its state). VMs whose process may have died are reconciled first."""
+    store = VmStore(state)
+    version, outside = store.version(opennebula.CORE)
+    if any(record.core == opennebula.CORE for record in outside):
+        return None
+    if any(reconcile(state, record) is not record for record in outside):
+        version, _ = store.version(opennebula.CORE)  # a VM moved on: the version did too
+    return version
+
+
 def show(state: State, vmid: int) -> VmRecord:
     return reconcile(state, VmStore(state).get(vmid))
 

@@ -13,6 +13,7 @@ result is cached in the state directory per host kernel and QEMU version.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from types import TracebackType
 from imagekit.atomic import write_atomically
 from imagekit.diskimage import Firmware
 from imagekit.errors import CommandError, InputError
+from imagekit.locks import exclusive
 from imagekit.run import minimal_env, run
 from imagekit.state import State
 
@@ -315,7 +317,18 @@ class ProbeResult:
 
 
 def _qemu_version() -> str:
-    proc = run([QEMU, "--version"], check=False, timeout=30)
+    """QEMU's version line, asked again only when the binary on PATH changes (every VM made
+    consults the probe's cache, which is keyed on it)."""
+    found = shutil.which(QEMU)
+    if found is None:
+        return ""
+    identity = os.stat(found)
+    return _version_of(found, identity.st_ino, identity.st_mtime_ns, identity.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _version_of(binary: str, inode: int, mtime_ns: int, size: int) -> str:
+    proc = run([binary, "--version"], check=False, timeout=30)
     return proc.stdout.decode(errors="replace").splitlines()[0] if proc.returncode == 0 else ""
 
 
@@ -357,25 +370,35 @@ def kvm_usable(state: State, *, refresh: bool = False) -> bool:
     return kvm_probe(state, refresh=refresh).usable
 
 
+def _cached_probe(cache: Path) -> ProbeResult | None:
+    """The probe's result kept for this host kernel and QEMU, if there is one."""
+    try:
+        cached = ProbeResult(**json.loads(cache.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):
+        log.debug("ignoring unreadable %s", cache)
+        return None
+    return cached if cached.host == platform.release() and cached.qemu == _qemu_version() else None
+
+
 def kvm_probe(state: State, *, refresh: bool = False) -> ProbeResult:
     cache = state.root / PROBE_FILE
-    host = platform.release()
-    if not refresh and cache.is_file():
+    if not refresh and (cached := _cached_probe(cache)) is not None:
+        return cached
+    # One probe at a time: 32 VMs created at once must not boot 32 probes on two cores (each
+    # then misses its deadline and calls KVM unusable); the others wait and read its result.
+    with exclusive(state.root / f"{PROBE_FILE}.lock"):
+        if not refresh and (cached := _cached_probe(cache)) is not None:
+            return cached
+        # A directory of its own: a stale one from a killed probe is never reused.
+        workdir = Path(tempfile.mkdtemp(prefix="kvm-probe-", dir=state.root))
         try:
-            data = json.loads(cache.read_text())
-            cached = ProbeResult(**data)
-            if cached.host == host and cached.qemu == _qemu_version():
-                return cached
-        except (ValueError, TypeError):
-            log.debug("ignoring unreadable %s", cache)
-    # A directory of its own: two processes probing at once must not remove each other's files.
-    workdir = Path(tempfile.mkdtemp(prefix="kvm-probe-", dir=state.root))
-    try:
-        result = probe_kvm(workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    log.info("KVM probe: %s (%s)", "usable" if result.usable else "not usable, using TCG", result.reason)
-    write_atomically(cache, json.dumps(result.__dict__))
+            result = probe_kvm(workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        log.info("KVM probe: %s (%s)", "usable" if result.usable else "not usable, using TCG", result.reason)
+        write_atomically(cache, json.dumps(result.__dict__))
     return result
 
 

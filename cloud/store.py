@@ -52,6 +52,16 @@ state_schema.schema(
         reason TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX IF NOT EXISTS cloud_vm_history_vmid ON cloud_vm_history (vmid);
+    -- The pool's version: a counter every change to a VM row moves (triggers, so writers in
+    -- any process count), letting a server reuse an answer while the pool is unchanged.
+    CREATE TABLE IF NOT EXISTS cloud_pool_version (n INTEGER NOT NULL);
+    INSERT INTO cloud_pool_version SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM cloud_pool_version);
+    CREATE TRIGGER IF NOT EXISTS cloud_vms_inserted AFTER INSERT ON cloud_vms
+        BEGIN UPDATE cloud_pool_version SET n = n + 1; END;
+    CREATE TRIGGER IF NOT EXISTS cloud_vms_updated AFTER UPDATE ON cloud_vms
+        BEGIN UPDATE cloud_pool_version SET n = n + 1; END;
+    CREATE TRIGGER IF NOT EXISTS cloud_vms_deleted AFTER DELETE ON cloud_vms
+        BEGIN UPDATE cloud_pool_version SET n = n + 1; END;
     """,
 )
 
@@ -153,17 +163,28 @@ class VmStore:
         return _record(row)
 
     def list(self, *, owner: str | None = None) -> builtins.list[VmRecord]:
-        db = self.state.db()
-        try:
+        with self.state.read() as db:
             if owner is None:
                 rows = db.execute("SELECT * FROM cloud_vms ORDER BY vmid").fetchall()
             else:
                 rows = db.execute(
                     "SELECT * FROM cloud_vms WHERE owner = ? ORDER BY vmid", (owner,)
                 ).fetchall()
-        finally:
-            db.close()
         return [_record(r) for r in rows]
+
+    def version(self, remote_core: str) -> tuple[int, builtins.list[VmRecord]]:
+        """The pool's version (it changes whenever any VM's row does), read together with the
+        VMs whose truth lies outside the database: a process that may have died since, or a VM
+        of the ``remote_core`` that has not ended."""
+        live = [s.value for s in VmState if s.has_process]
+        marks = ", ".join("?" * len(live))
+        with self.state.read() as db:
+            version = int(db.execute("SELECT n FROM cloud_pool_version").fetchone()[0])
+            rows = db.execute(
+                f"SELECT * FROM cloud_vms WHERE state IN ({marks}) OR (core = ? AND state != ?)",
+                (*live, remote_core, VmState.DONE.value),
+            ).fetchall()
+        return version, [_record(r) for r in rows]
 
     def history(self, vmid: int) -> builtins.list[Transition]:
         db = self.state.db()

@@ -7,7 +7,9 @@ into the other's modules.
 
 from __future__ import annotations
 
+import functools
 import json
+import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -42,9 +44,43 @@ def qemu_img_info(path: Path) -> dict[str, Any]:
     return data
 
 
+def _identity(path: Path) -> tuple[int, int, int]:
+    """What changes when the file does: a replaced or rewritten image is asked about again."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        raise InputError("no such image file", where=str(path)) from None
+    return found.st_ino, found.st_mtime_ns, found.st_size
+
+
 def image_format(path: Path) -> str:
-    """The format qemu-img sees (``raw``, ``qcow2``, ``vmdk``…); DataError if unreadable."""
+    """The format qemu-img sees (``raw``, ``qcow2``, ``vmdk``…); DataError if unreadable.
+    Asked once per version of the file: every VM made from a base image needs it."""
+    return _format_of(path, *_identity(path))
+
+
+@functools.lru_cache(maxsize=256)
+def _format_of(path: Path, *identity: int) -> str:
     info = qemu_img_info(path)
     if "format" not in info:
         raise DataError(f"{path}: qemu-img info names no format")
     return str(info["format"])
+
+
+def boot_firmware(path: Path, fmt: str) -> Firmware:
+    """BIOS when the MBR carries boot code (syslinux, GRUB; hybrid images too), else UEFI.
+    Read once per version of the file, like :func:`image_format`."""
+    return _firmware_of(path, fmt, *_identity(path))
+
+
+@functools.lru_cache(maxsize=256)
+def _firmware_of(path: Path, fmt: str, *identity: int) -> Firmware:
+    if fmt == "raw":
+        with open(path, "rb") as image:
+            sector = image.read(512)
+    else:
+        with tempfile.TemporaryDirectory(prefix="imagekit-mbr-") as work:
+            head = Path(work) / "head.bin"
+            run(["qemu-img", "dd", "-f", fmt, "-O", "raw", "bs=512", "count=1", f"if={path}", f"of={head}"])
+            sector = head.read_bytes()
+    return Firmware.BIOS if any(sector[:440]) else Firmware.UEFI

@@ -17,12 +17,9 @@ is judged instead, and the report says so.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 from imagekit import locations
 from imagekit.atomic import write_atomically
 from imagekit.errors import InputError, VerificationError
+from imagekit.locks import exclusive
 from imagekit.state import State
 from marketplace.client import MarketClient, RegistryError, path_of
 from marketplace.client import endpoint as registry_endpoint
@@ -204,18 +202,6 @@ def check_policy(
     return PolicyReport(reference, base, evaluation, source, answers.unreachable is not None)
 
 
-@contextlib.contextmanager
-def _exclusive(lock_file: Path) -> Iterator[None]:
-    """One download of an image at a time, across threads and processes (``flock``)."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @dataclass(frozen=True)
 class CachedImage:
     identifier: str
@@ -245,7 +231,7 @@ def obtain_image(
     metadata = chosen.metadata
     assert metadata is not None and metadata.email is not None
     fetched = None
-    with _exclusive(partial_dir(state) / f"{metadata.identifier}.lock"):
+    with exclusive(partial_dir(state) / f"{metadata.identifier}.lock"):
         # Two VMs of one image may ask at once: the second waits here, then finds it cached.
         if lookup(state, metadata.identifier) is not None:
             touch(state, metadata.identifier)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import fcntl
 import hashlib
 import os
 import re
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from imagekit.atomic import durable_temp, fsync_directory, make_parents, write_atomically
 from imagekit.errors import DataError, InputError
+from imagekit.locks import exclusive
 
 IDENTIFIER_RE = re.compile(r"[A-Za-z0-9_-]{27}")
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+")
@@ -113,13 +113,8 @@ class Store:
     def write_lock(self) -> Iterator[None]:
         """Exclusive across processes on this host: the timeline check, the file, the audit
         log and the index change together or not at all."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        with exclusive(self.root / ".lock"):
+            yield
 
     def put(self, key: EntryKey, data: bytes) -> PutOutcome:
         """Store an entry. The same bytes again are a no-op; other bytes under a stored key are

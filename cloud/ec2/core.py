@@ -50,6 +50,11 @@ schema(
         client_token  TEXT
     );
     CREATE INDEX IF NOT EXISTS ec2_instances_token ON ec2_instances (owner, client_token);
+    -- What EC2 shows of a VM changes with these rows too (cloud/store.py's pool version).
+    CREATE TRIGGER IF NOT EXISTS ec2_instances_inserted AFTER INSERT ON ec2_instances
+        BEGIN UPDATE cloud_pool_version SET n = n + 1; END;
+    CREATE TRIGGER IF NOT EXISTS ec2_instances_deleted AFTER DELETE ON ec2_instances
+        BEGIN UPDATE cloud_pool_version SET n = n + 1; END;
     """,
 )
 
@@ -95,6 +100,9 @@ class CoreBackend:
         with self.state.read() as db:
             rows = db.execute(f"SELECT * FROM ec2_instances {where}", args).fetchall()
         return {row["vmid"]: row for row in rows}
+
+    def version(self) -> int | None:
+        return lifecycle.pool_version(self.state)
 
     def instances(self, user: User) -> list[InstanceView]:
         records = lifecycle.list_vms(self.state, owner=None if user.admin else user.name)

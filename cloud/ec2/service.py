@@ -35,6 +35,7 @@ Params = Mapping[str, str]
 Body = Mapping[str, Node]
 
 MAX_COUNT = 20
+_POOL_READS = frozenset({"DescribeInstances"})
 _FILTERS = frozenset({"instance-state-name", "image-id", "instance-id"})
 
 
@@ -53,6 +54,11 @@ class ComputeBackend(Protocol):
 
     def instances(self, user: User) -> list[InstanceView]:
         """The VMs ``user`` may see: their own, or every one for an administrator."""
+        ...
+
+    def version(self) -> int | None:
+        """A number that stays the same exactly while ``instances`` answers the same for every
+        user; None when there is no such number (answers are then never reused)."""
         ...
 
     def terminate(self, user: User, vmid: int) -> tuple[str, str]:
@@ -89,6 +95,11 @@ class Region:
     zones: tuple[str, ...] = ("default",)
 
 
+def reads_only(action: str) -> bool:
+    """Whether ``action`` only reads (quick: no VM is made, moved or waited for)."""
+    return action.startswith("Describe") or action == "GetConsoleOutput"
+
+
 def indexed(params: Params, prefix: str) -> list[str]:
     """``Prefix.1``, ``Prefix.2``… in numeric order (EC2's list parameters)."""
     found: list[tuple[int, str]] = []
@@ -112,6 +123,13 @@ class Ec2Service:
         self.images = ImageStore(state)
         self.region = region
         self.compute = compute
+
+    def answer_version(self, action: str) -> int | None:
+        """For an action whose answer depends only on the pool, the caller and the parameters,
+        the pool's version (the server reuses the answer while it holds); else None."""
+        if action in _POOL_READS and self.compute is not None:
+            return self.compute.version()
+        return None
 
     def handle(self, user: User, action: str, params: Params) -> Body:
         handler = _ACTIONS.get(action)

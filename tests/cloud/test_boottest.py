@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from cloud.boottest import _nics, detect_firmware, expected_hostname, verify_report
+from cloud.boottest import _nics, expected_hostname, verify_report
 from context.model import Lease, ResolvedContext
 from imagekit.agent import AgentReport, NicReport
 from imagekit.cli import main
-from imagekit.diskimage import Firmware
+from imagekit.diskimage import Firmware, boot_firmware
 from imagekit.errors import VerificationError
+from imagekit.run import run
 
 REPO = Path(__file__).resolve().parents[2]
 MAC = "02:00:c0:a8:7a:01"
@@ -83,10 +84,15 @@ def test_nics_come_from_leases_else_from_eth_macs() -> None:
 def test_detect_firmware_from_the_boot_sector(tmp_path: Path) -> None:
     img = tmp_path / "a.img"
     img.write_bytes(b"\0" * 1024 * 1024)
-    assert detect_firmware(img, "raw", tmp_path) is Firmware.UEFI
-    with img.open("r+b") as f:
-        f.write(b"\xfa\x31\xc0")  # syslinux's mbr.bin starts like this
-    assert detect_firmware(img, "raw", tmp_path) is Firmware.BIOS
+    assert boot_firmware(img, "raw") is Firmware.UEFI
+    # Another image in its place (a new upload) is read again, not answered from memory.
+    syslinux = tmp_path / "b.img"
+    syslinux.write_bytes(b"\xfa\x31\xc0" + b"\0" * (1024 * 1024 - 3))  # syslinux's mbr.bin starts so
+    syslinux.replace(img)
+    assert boot_firmware(img, "raw") is Firmware.BIOS
+    qcow2 = tmp_path / "a.qcow2"
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", img, qcow2])
+    assert boot_firmware(qcow2, "qcow2") is Firmware.BIOS
 
 
 def test_missing_image_is_an_input_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

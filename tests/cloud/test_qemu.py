@@ -9,6 +9,7 @@ import platform
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from cloud import qemu
 from cloud.qemu import Accel, Drive, Nic, QemuVm, VmSpec, build_argv, choose_accel, kvm_probe
 from imagekit.diskimage import Firmware, image_format
 from imagekit.errors import CommandError, InputError
+from imagekit.locks import exclusive
 from imagekit.state import State
 
 
@@ -145,36 +147,43 @@ def test_segment_nics_join_one_multicast_group() -> None:
     ]
 
 
-def test_concurrent_probes_use_their_own_directories(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two processes probing at once: neither may remove the other's files (both finish)."""
+def test_probes_asked_at_once_boot_one_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """VMs created at once (32 RunInstances) wait for one probe and read its result; its
+    directory is its own and goes with it."""
     state = State.open(tmp_path / "state")
-    both_started = threading.Barrier(2, timeout=30)
+    probing, release = threading.Event(), threading.Event()
+    asked = threading.Semaphore(0)
     seen: list[Path] = []
 
+    def counted_lock(path: Path) -> Any:
+        asked.release()  # this caller found no result and is about to wait for the lock
+        return exclusive(path)
+
     def fake_probe(workdir: Path, *, timeout: float = 0) -> qemu.ProbeResult:
-        marker = workdir / "serial.log"
-        workdir.mkdir(parents=True, exist_ok=True)
-        marker.write_text("x")
+        assert workdir.is_dir() and workdir.parent == state.root
         seen.append(workdir)
-        both_started.wait()
-        ok = marker.is_file()
-        both_started.wait()  # nobody removes its directory before both have looked
-        return qemu.ProbeResult(ok, "fake", 1.0, platform.release(), qemu._qemu_version())
+        probing.set()
+        assert release.wait(30)
+        return qemu.ProbeResult(True, "fake", 1.0, platform.release(), qemu._qemu_version())
 
     monkeypatch.setattr(qemu, "probe_kvm", fake_probe)
+    monkeypatch.setattr(qemu, "exclusive", counted_lock)
     results: list[bool] = []
-    threads = [threading.Thread(target=lambda: results.append(kvm_probe(state, refresh=True).usable))]
-    threads.append(threading.Thread(target=lambda: results.append(kvm_probe(state, refresh=True).usable)))
-    for t in threads:
-        t.start()
+    threads = [threading.Thread(target=lambda: results.append(kvm_probe(state).usable)) for _ in range(2)]
+    threads[0].start()
+    assert probing.wait(30)
+    threads[1].start()
+    # Both looked for a kept result before either wrote one: without the lock both would probe.
+    assert asked.acquire(timeout=30) and asked.acquire(timeout=30)
+    release.set()
     for t in threads:
         t.join()
-    assert results == [True, True]
-    assert seen[0] != seen[1] and all(p.parent == state.root for p in seen)
-    assert not any(p.exists() for p in seen)
-    assert sorted(p.name for p in state.root.iterdir() if "probe" in p.name) == [qemu.PROBE_FILE]
+    assert results == [True, True] and len(seen) == 1
+    assert not seen[0].exists()
+    assert sorted(p.name for p in state.root.iterdir() if "probe" in p.name) == [
+        qemu.PROBE_FILE,
+        f"{qemu.PROBE_FILE}.lock",
+    ]
 
 
 def _fake_qemu(tmp_path: Path, console: str) -> Path:
