@@ -197,6 +197,15 @@ async def multipart_events(
         raise BodyRefused("the multipart body ends before its closing boundary")
 
 
+def remove_partial_uploads(directory: Path) -> int:
+    """Remove the ``.tmp-*.part`` files under ``directory`` that a killed server left: called
+    when a service starts, before it takes a request. The number removed."""
+    partial = list(directory.rglob(".tmp-*.part")) if directory.is_dir() else []
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return len(partial)
+
+
 class FileSink:
     """A file written under a temporary name (``.tmp-XXXX.part``) in the directory it will be
     kept in; ``keep`` fsyncs and renames it, ``discard`` removes it. Never more than one

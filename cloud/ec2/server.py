@@ -46,6 +46,7 @@ from cloud.upload import (
     FileStart,
     bounded_stream,
     multipart_events,
+    remove_partial_uploads,
 )
 from cloud.users import User, UserStore
 from imagekit.errors import InputError
@@ -240,6 +241,8 @@ def serve(
     scheme = "https" if certfile else "http"
     endpoint = f"{scheme}://{host}:{port}/"
     state = State.open(state_root)
+    if removed := remove_partial_uploads(state.root / "ec2" / "uploads"):
+        log.warning("removed %d partial uploads a previous run left", removed)
     compute = CoreBackend(state, hold=hold)
     app = create_app(state, Region(region, endpoint), compute=compute, max_upload=max_upload)
     run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)

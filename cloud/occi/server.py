@@ -52,6 +52,7 @@ from cloud.upload import (
     FileStart,
     bounded_stream,
     multipart_events,
+    remove_partial_uploads,
 )
 from cloud.users import User, UserStore
 from imagekit.errors import InputError
@@ -254,5 +255,8 @@ def serve(
     hold: bool = False,
     max_upload: int = DEFAULT_MAX_UPLOAD,
 ) -> None:
-    app = create_app(State.open(state_root), hold=hold, max_upload=max_upload)
+    state = State.open(state_root)
+    if removed := remove_partial_uploads(state.root / "occi" / "uploads"):
+        log.warning("removed %d partial uploads a previous run left", removed)
+    app = create_app(state, hold=hold, max_upload=max_upload)
     run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)

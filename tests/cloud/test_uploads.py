@@ -2,12 +2,13 @@
 signature refused before a byte of the file is read, nothing left behind.
 
 econe's client sends the SigV2 fields, then ``Signature``, then the ``file`` part
-(OpenNebula/one ``src/cloud/ec2/lib/EC2QueryClient.rb:243-248``, ``upload_image``): the
-server can check the signature when the file begins. An upload over the limit is EC2's
+(OpenNebula/one ``src/cloud/ec2/lib/EC2QueryClient.rb:243-248`` at 096754b, ``upload_image``):
+the server can check the signature when the file begins. An upload over the limit is EC2's
 ``EntityTooLarge`` (HTTP 400: AWS's code for an upload over the size limit, documented in
 botocore ``data/s3/2006-03-01/service-2.json``; EC2 itself has no upload action). OCCI 1.4 had
-no limit (``src/cloud/occi/OCCIServer.rb`` ``post '/storage'``, commit 08e7b7b: Rack spooled any
-size; 400 only for a missing part), so its 413 is our choice, as for the XML bodies.
+no limit (``src/cloud/occi/OCCIServer.rb:316-336`` at 08e7b7b, ``post '/storage'``: Rack had
+spooled the whole body to ``file[:tempfile]``; 400 only for a missing ``occixml`` or ``file``),
+so its 413 is our choice, as for the XML bodies.
 
 Most tests drive the ASGI app in process with a body generator, so "refused before it was
 read" is a count of the bytes the app asked for, not a timing; the last ones go through
@@ -346,7 +347,16 @@ def _chunked(before: Fields, size: int) -> Iterator[bytes]:
     yield from form(before, zeros(size // (64 << 10), 64 << 10))
 
 
+def _left_by_a_killed_server(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    partial = directory / ".tmp-killed.part"
+    partial.write_bytes(b"half an image")
+    return partial
+
+
 def test_ec2_server_refuses_oversized_uploads_and_keeps_serving(ec2: Ec2, tmp_path: Path) -> None:
+    """Also: the partial upload a killed server left is removed when it starts again."""
+    partial = _left_by_a_killed_server(ec2.uploads / ".staging")
     with cloud_server("ec2", ec2.state.root, None, "--hold", "--max-upload", "1M") as url:
         declared = httpx.post(url, content=b"\0" * (2 * MiB), headers=MULTIPART, timeout=60)
         streamed = httpx.post(url, content=_chunked([], 2 * MiB), headers=MULTIPART, timeout=60)
@@ -359,7 +369,7 @@ def test_ec2_server_refuses_oversized_uploads_and_keeps_serving(ec2: Ec2, tmp_pa
         with pytest.raises(InputError, match="AuthFailure"):
             upload_image(Endpoint(url, alice.user.access_key, "wrong"), image)
         ami = upload_image(Endpoint(url, alice.user.access_key, alice.secret_key), image)
-    assert ami.startswith("ami-")
+    assert ami.startswith("ami-") and not partial.exists()
     [stored] = files(ec2.uploads)
     assert stored.parent == Path("alice") and (ec2.uploads / stored).read_bytes() == image.read_bytes()
 
@@ -367,6 +377,7 @@ def test_ec2_server_refuses_oversized_uploads_and_keeps_serving(ec2: Ec2, tmp_pa
 def test_occi_server_refuses_oversized_uploads_and_keeps_serving(ec2: Ec2) -> None:
     xml = [("occixml", "<DISK><NAME>d</NAME></DISK>")]
     auth = httpx.BasicAuth("alice", "alice-pw")
+    _left_by_a_killed_server(ec2.state.root / "occi" / "uploads")
     with cloud_server("occi", ec2.state.root, None, "--hold", "--max-upload", "1M") as url:
         storage = url + "storage"
         post = functools.partial(httpx.post, storage, headers=MULTIPART, auth=auth, timeout=60)
