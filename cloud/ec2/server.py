@@ -82,7 +82,7 @@ def _refusal(err: BodyRefused) -> Ec2Error:
     return invalid_parameter(str(err))
 
 
-def _signed(request: Request, params: list[tuple[str, str]]) -> bool:
+def _signature_known(request: Request, params: list[tuple[str, str]]) -> bool:
     """Whether the signature can be checked already: SigV4's header, or SigV2's ``Signature``."""
     return "authorization" in request.headers or any(k == "Signature" for k, _ in params)
 
@@ -157,7 +157,7 @@ class Ec2App:
                         if sink is not None or event.name != "file":
                             raise invalid_parameter("UploadImage takes one file part, named file")
                         filename, signed_fields = event.filename, len(params)
-                        if _signed(request, params):
+                        if _signature_known(request, params):
                             user = await self._verify_upload(request, params, started)
                         sink = await FileSink.open(self.uploads / (user.name if user else STAGING))
                     elif isinstance(event, bytes) and sink is not None:
@@ -195,9 +195,10 @@ class Ec2App:
             log.info("%s: %s", request_id, err)
             refusal = _refusal(err)
             return Response(error_xml(refusal.code, str(err), request_id), refusal.status, media_type=XML)
-        except ClientDisconnect:
+        except ClientDisconnect:  # nobody reads the answer; the upload is already removed
             log.info("%s: the client went away before the end of its request", request_id)
-            return Response(status_code=400)
+            message = "The request ended before its body did"
+            return Response(error_xml("IncompleteRequest", message, request_id), 400, media_type=XML)
         except Ec2Error as err:
             log.info("%s %s: %s", request_id, err.code, err.reason)
             return Response(error_xml(err.code, err.reason, request_id), err.status, media_type=XML)

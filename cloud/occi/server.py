@@ -116,7 +116,7 @@ class OcciApp:
                 return Response(f"{err}\n", status, media_type="text/plain")
             except ClientDisconnect:
                 log.info("%s %s: the client went away", request.method, request.url.path)
-                return Response(status_code=400)
+                return Response("the request ended before its body did\n", 400, media_type="text/plain")
             except OcciError as err:
                 log.info("%s %s: %d %s", request.method, request.url.path, err.status, err.message)
                 headers = {"WWW-Authenticate": 'Basic realm="OCCI"'} if err.status == 401 else None

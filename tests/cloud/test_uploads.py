@@ -70,8 +70,11 @@ class Answer:
         return ET.fromstring(self.body).findtext("Errors/Error/Code") or ""
 
 
-def drive(app: Any, headers: dict[str, str], body: Iterable[bytes], path: str = "/") -> Answer:
-    """POST ``body`` to ``path`` of ``app``, chunk by chunk as a chunked upload arrives."""
+def drive(
+    app: Any, headers: dict[str, str], body: Iterable[bytes], path: str = "/", *, hang_up: bool = False
+) -> Answer:
+    """POST ``body`` to ``path`` of ``app``, chunk by chunk as a chunked upload arrives; with
+    ``hang_up`` the client disconnects where the body would go on."""
     chunks = iter(body)
     read = 0
     answer: dict[str, Any] = {"body": b""}
@@ -80,7 +83,8 @@ def drive(app: Any, headers: dict[str, str], body: Iterable[bytes], path: str = 
         nonlocal read
         chunk = next(chunks, None)
         if chunk is None:
-            return {"type": "http.request", "body": b"", "more_body": False}
+            end = {"type": "http.disconnect"} if hang_up else {"type": "http.request", "body": b""}
+            return end
         read += len(chunk)
         return {"type": "http.request", "body": chunk, "more_body": True}
 
@@ -250,6 +254,16 @@ def test_a_streamed_upload_is_refused_when_it_crosses_the_limit(ec2: Ec2, signat
     assert (answer.status, answer.code()) == (400, "EntityTooLarge")
     assert 4 * MiB < answer.read <= 5 * MiB + len(head(before))
     assert files(ec2.uploads) == [] and files(ec2.spool) == []
+
+
+@pytest.mark.parametrize("signature", ["before", "after"])
+def test_a_client_that_hangs_up_mid_upload_leaves_nothing(ec2: Ec2, signature: str) -> None:
+    fields = signed(ec2.alice)
+    body = itertools.chain([head(fields if signature == "before" else [])], zeros(3))
+    answer = drive(ec2.app(), MULTIPART, body, hang_up=True)
+    assert (answer.status, answer.code()) == (400, "IncompleteRequest")
+    assert answer.read == len(head(fields if signature == "before" else [])) + 3 * MiB
+    assert files(ec2.uploads) == []
 
 
 @pytest.mark.parametrize(
