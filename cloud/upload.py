@@ -3,8 +3,10 @@
     async with aclosing(multipart_events(request, limit=max_upload)) as events:
         async for event in events:   # Field(name, value) | FileStart(name, filename) | bytes | FileEnd()
             ...
-    sink = await FileSink.open(directory)   # STATE/…/.tmp-XXXX.part until kept
-    await sink.write(chunk); path = await sink.keep(directory / "image.img")
+    sink = await FileSink.open(directory)   # directory/.tmp-XXXX.part until kept
+    await sink.write(chunk)
+    path = await sink.keep(directory / "image.img")   # or: await sink.finish(), moved by the caller
+    sink.discard()                                    # on failure: removed, wherever it got to
 
 ``limit`` bounds the whole request body: a declared ``Content-Length`` above it is refused
 before a byte is read, a chunked body as soon as the bytes read cross it. Each event is given
@@ -13,7 +15,8 @@ service knows the form fields that precede the file when the file begins (EC2's 
 fields: refused before any file byte is written) — ``request.form()`` would spool the whole
 body first. Fields are small (all of them together at most ``max_field_bytes``); file data is
 handed on chunk by chunk and written by ``FileSink`` in 1 MiB batches from a worker thread,
-under a temporary name in its destination directory, then fsynced and renamed. A refusal is a
+under a temporary name in its destination directory, then fsynced and renamed; a service
+removes what a killed run left (``remove_partial_uploads``) when it starts. A refusal is a
 ``BodyRefused``, which each service turns into its own error (EC2's envelope, OCCI's status).
 """
 
@@ -236,21 +239,30 @@ class FileSink:
         self._out.write(self._pending)
         self._pending.clear()
 
+    def _close(self) -> None:
+        self._flush()
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
+
+    async def finish(self) -> Path:
+        """The whole file, durable, still under its temporary name (for a caller that moves
+        it elsewhere itself)."""
+        await run_in_threadpool(self._close)
+        return self.path
+
     async def keep(self, dest: Path) -> Path:
         """The whole file, durable, at ``dest`` (its directory is made if missing)."""
 
-        def finish() -> Path:
-            self._flush()
-            self._out.flush()
-            os.fsync(self._out.fileno())
-            self._out.close()
+        def rename() -> Path:
+            self._close()
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path, dest)
             fsync_directory(dest.parent)
             self.path = dest
             return dest
 
-        return await run_in_threadpool(finish)
+        return await run_in_threadpool(rename)
 
     def discard(self) -> None:
         self._out.close()

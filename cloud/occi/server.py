@@ -7,8 +7,7 @@ is read up to a limit (XML documents: 64 KiB; a STORAGE upload: ``max_upload``),
 the hardened parser, and the resource handled (``service.py``) in a worker thread (SQLite is
 synchronous). Status codes are 1.4's: 200 shows, 201 creates, 202 changes a state, 204
 deletes, 400/401/403/404 refuse, and 413 a body over its limit (1.4 had none); errors are a
-one-line ``text/plain`` body. A bug is logged
-and answered 500; the service stays up.
+one-line ``text/plain`` body. A bug is logged and answered 500; the service stays up.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
@@ -202,8 +200,7 @@ class OcciApp:
             if occixml is None or sink is None:
                 raise bad_request("a STORAGE upload has an occixml field and a file part")
             wanted = parse_storage(occixml.encode())
-            upload = await sink.keep(self.spool / f"{uuid.uuid4()}.img")
-            disk = await run_in_threadpool(self.service.create_storage, user, wanted, upload)
+            disk = await run_in_threadpool(self.service.create_storage, user, wanted, await sink.finish())
         finally:
             if sink is not None:
                 sink.discard()  # moved into the pool when all went well; else removed here
