@@ -4,6 +4,7 @@ imagekit cloud serve ec2 [--host 127.0.0.1] [--port 4567] [--region default]
 imagekit cloud serve ec2 --certfile server.pem --keyfile server.key     # HTTPS directly
 imagekit cloud serve ec2 --hold        # RunInstances records VMs held (release with `vm release`)
 imagekit cloud serve occi [--host 127.0.0.1] [--port 4568] [--certfile PEM --keyfile PEM] [--hold]
+imagekit cloud serve ec2|occi --max-upload 8G     # a bigger image upload is refused (default 64G)
 
 EC2 clients sign with the access key and secret ``imagekit user create`` printed (SigV4 or SigV2).
 """
@@ -42,6 +43,25 @@ def _listener_options(parser: argparse.ArgumentParser, port: int, why_port: str,
     )
     parser.add_argument("--keyfile", type=Path, metavar="PEM", help="the certificate's private key")
     parser.add_argument("--hold", action="store_true", help=hold)
+    parser.add_argument(
+        "--max-upload",
+        type=parse_size,
+        metavar="SIZE",
+        help="refuse an image upload over SIZE bytes (suffix K, M, G, T: binary; default 64G)",
+    )
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``64G``, ``512M``, ``64GiB`` or plain bytes; the units are binary, as ``qemu-img``'s."""
+    raw = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = raw[-1:] if raw[-1:].isalpha() else ""
+    number = raw[: len(raw) - len(unit)]
+    if unit not in _UNITS or not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"expected a size such as 64G, 512M or 1048576, got {text!r}")
+    return int(number) * _UNITS[unit]
 
 
 def _check_tls(args: argparse.Namespace) -> str:
@@ -65,6 +85,7 @@ def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **e
         keyfile=args.keyfile,
         hold=args.hold,
         **extra,
+        **({"max_upload": args.max_upload} if args.max_upload else {}),
     )
     return 0
 

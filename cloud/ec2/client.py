@@ -7,7 +7,8 @@
 Credentials and URL come from the options, else ``EC2_ACCESS_KEY``, ``EC2_SECRET_KEY`` and
 ``EC2_URL`` (econe's ``EC2QueryClient``; the URL defaults to ``http://localhost:4567``).
 Requests are signed by botocore (SigV4 through boto3; ``UploadImage``, which no AWS SDK knows,
-with botocore's SigV2 signer over the form's fields, the file left out, as econe signed it) and
+with botocore's SigV2 signer over the form's fields, the file left out and sent after them, as
+econe signed and sent it) and
 every refusal becomes one ``InputError`` naming the server's code and message.
 """
 
@@ -17,7 +18,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from xml.etree import ElementTree as ET
 
 import httpx
@@ -79,20 +80,29 @@ def refusals(endpoint: Endpoint) -> Iterator[None]:
         raise InputError(str(err), where=endpoint.url) from None
 
 
-def upload_image(endpoint: Endpoint, image: Path) -> str:
-    """econe's ``UploadImage``: the file as the multipart field ``file``; the new image's id."""
+def upload_request(endpoint: Endpoint, image: Path, data: BinaryIO) -> httpx.Request:
+    """econe's ``UploadImage`` as a multipart POST: the SigV2-signed fields first, ``Signature``
+    among them, then the image (read from ``data`` as it is sent) as the field ``file``, the
+    order econe's client used (EC2QueryClient#upload_image). The server can then check the
+    signature before it stores a byte of the image."""
     from botocore.auth import SigV2Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    request = AWSRequest(
+    signed = AWSRequest(
         method="POST", url=endpoint.url, data={"Action": "UploadImage", "Version": API_VERSION}
     )
-    SigV2Auth(Credentials(endpoint.access_key, endpoint.secret_key)).add_auth(request)
+    SigV2Auth(Credentials(endpoint.access_key, endpoint.secret_key)).add_auth(signed)
+    # httpx writes every data field before the files.
+    files = {"file": (image.name, data, "application/octet-stream")}
+    return httpx.Request("POST", endpoint.url, data=dict(signed.data), files=files)
+
+
+def upload_image(endpoint: Endpoint, image: Path) -> str:
+    """econe's ``UploadImage`` (``upload_request``); the new image's id."""
     try:
-        with open(image, "rb") as data:
-            files = {"file": (image.name, data, "application/octet-stream")}
-            response = httpx.post(endpoint.url, data=request.data, files=files, timeout=UPLOAD_TIMEOUT)
+        with open(image, "rb") as data, httpx.Client(timeout=UPLOAD_TIMEOUT) as http:
+            response = http.send(upload_request(endpoint, image, data))
     except FileNotFoundError:
         raise InputError("no such file", where=str(image)) from None
     except httpx.HTTPError as err:

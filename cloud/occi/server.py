@@ -6,8 +6,8 @@ Every request carries HTTP Basic credentials of a cloud user (``cloud/users.py``
 is read up to a limit (XML documents: 64 KiB; a STORAGE upload: ``max_upload``), parsed with
 the hardened parser, and the resource handled (``service.py``) in a worker thread (SQLite is
 synchronous). Status codes are 1.4's: 200 shows, 201 creates, 202 changes a state, 204
-deletes, 400/401/403/404 refuse; errors are a one-line ``text/plain`` body. A bug is logged
-and answered 500; the service stays up.
+deletes, 400/401/403/404 refuse, and 413 a body over its limit (1.4 had none); errors are a
+one-line ``text/plain`` body. A bug is logged and answered 500; the service stays up.
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import shutil
-import tempfile
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -44,6 +42,16 @@ from cloud.occi.xml import (
     pool,
     storage_xml,
 )
+from cloud.upload import (
+    DEFAULT_MAX_UPLOAD,
+    BodyRefused,
+    Field,
+    FileSink,
+    FileStart,
+    bounded_stream,
+    multipart_events,
+    remove_partial_uploads,
+)
 from cloud.users import User, UserStore
 from imagekit.errors import InputError
 from imagekit.state import State
@@ -51,7 +59,6 @@ from imagekit.state import State
 log = logging.getLogger(__name__)
 
 XML = "application/xml"
-DEFAULT_MAX_UPLOAD = 32 << 30  # 32 GiB: an image, not a document
 Handler = Callable[[Request, User], Awaitable[Response]]
 
 
@@ -60,17 +67,7 @@ def _xml(body: bytes, status: int = 200) -> Response:
 
 
 async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise OcciError(413, f"the request body exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise OcciError(413, f"the request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return b"".join([chunk async for chunk in bounded_stream(request, limit)])
 
 
 def _credentials(request: Request) -> tuple[str, str]:
@@ -111,6 +108,13 @@ class OcciApp:
                 if user is None:
                     raise OcciError(401, "wrong user name or password")
                 return await handler(request, user)
+            except BodyRefused as err:
+                log.info("%s %s: %s", request.method, request.url.path, err)
+                status = 413 if err.too_large else 400
+                return Response(f"{err}\n", status, media_type="text/plain")
+            except ClientDisconnect:
+                log.info("%s %s: the client went away", request.method, request.url.path)
+                return Response("the request ended before its body did\n", 400, media_type="text/plain")
             except OcciError as err:
                 log.info("%s %s: %d %s", request.method, request.url.path, err.status, err.message)
                 headers = {"WWW-Authenticate": 'Basic realm="OCCI"'} if err.status == 401 else None
@@ -173,26 +177,33 @@ class OcciApp:
         return _xml(pool("STORAGE", "DISK", f"{self.base(request)}/storage", [d.id for d in disks]))
 
     async def storage_create(self, request: Request, user: User) -> Response:
-        """multipart/form-data: ``occixml`` (``<DISK><NAME/><URL/></DISK>``) and ``file``."""
-        declared = request.headers.get("content-length", "")
-        if not declared.isdigit():
-            raise OcciError(411, "a STORAGE upload needs a Content-Length")
-        if int(declared) > self.max_upload:
-            raise OcciError(413, f"the upload exceeds {self.max_upload} bytes")
+        """multipart/form-data: ``occixml`` (``<DISK><NAME/><URL/></DISK>``) and ``file``. The
+        file streams to the spool under a temporary name (the body at most ``max_upload``
+        bytes, refused as soon as it crosses that) and is moved into the STORAGE pool; a
+        refused or broken upload leaves nothing behind."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise bad_request("a STORAGE upload is multipart/form-data with occixml and file")
-        async with request.form(max_files=1, max_fields=1, max_part_size=MAX_XML) as form:
-            occixml, upload = form.get("occixml"), form.get("file")
-            if not isinstance(occixml, str) or not isinstance(upload, UploadFile):
+        occixml: str | None = None
+        sink: FileSink | None = None
+        try:
+            body = multipart_events(request, limit=self.max_upload, max_fields=1, max_field_bytes=MAX_XML)
+            async with aclosing(body) as events:
+                async for event in events:
+                    if isinstance(event, Field) and event.name == "occixml":
+                        occixml = event.value
+                    elif isinstance(event, FileStart):
+                        if sink is not None or event.name != "file":
+                            raise bad_request("a STORAGE upload has one file part, named file")
+                        sink = await FileSink.open(self.spool)
+                    elif isinstance(event, bytes) and sink is not None:
+                        await sink.write(event)
+            if occixml is None or sink is None:
                 raise bad_request("a STORAGE upload has an occixml field and a file part")
             wanted = parse_storage(occixml.encode())
-            self.spool.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.spool, delete=False) as out:
-                await run_in_threadpool(shutil.copyfileobj, upload.file, out)
-        try:
-            disk = await run_in_threadpool(self.service.create_storage, user, wanted, Path(out.name))
+            disk = await run_in_threadpool(self.service.create_storage, user, wanted, await sink.finish())
         finally:
-            Path(out.name).unlink(missing_ok=True)
+            if sink is not None:
+                sink.discard()  # moved into the pool when all went well; else removed here
         return _xml(storage_xml(disk.id, disk.name, disk.size_mb, disk.url), 201)
 
     async def storage_show(self, request: Request, user: User) -> Response:
@@ -239,6 +250,10 @@ def serve(
     certfile: Path | None = None,
     keyfile: Path | None = None,
     hold: bool = False,
+    max_upload: int = DEFAULT_MAX_UPLOAD,
 ) -> None:
-    app = create_app(State.open(state_root), hold=hold)
+    state = State.open(state_root)
+    if removed := remove_partial_uploads(state.root / "occi" / "uploads"):
+        log.warning("removed %d partial uploads a previous run left", removed)
+    app = create_app(state, hold=hold, max_upload=max_upload)
     run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)

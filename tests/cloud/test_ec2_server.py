@@ -177,7 +177,7 @@ def test_the_response_namespace_echoes_the_version(url: str, accounts: dict[str,
 def test_bad_requests_get_the_error_envelope(url: str, accounts: dict[str, CreatedUser]) -> None:
     assert _error(httpx.get(url + "?Action=DescribeRegions"))[:2] == (401, "AuthFailure")
     big = httpx.post(url, content=b"A=" + b"x" * (1 << 20), headers={"Content-Type": "text/plain"})
-    assert _error(big)[:2] == (413, "RequestEntityTooLarge")
+    assert _error(big)[:2] == (400, "EntityTooLarge")
     garbage = httpx.post(
         url, content=b"\xff\xfe=\x00", headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
