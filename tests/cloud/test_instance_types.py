@@ -9,6 +9,7 @@ MEMORY 256; the only type 1.4 shipped, ``src/cloud/ec2/etc/econe.conf`` ``VM_TYP
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,17 @@ def test_a_value_printed_without_the_filter_is_refused(tmp_path: Path) -> None:
     assert types.render("t", TypeRequest(name="plain-name.1")).single("NAME") == "plain-name.1"
     with pytest.raises(InputError, match="without the `one` filter"):
         types.render("t", TypeRequest(name="x\nCPU = 99"))
+
+
+def test_an_edited_type_is_rendered_anew(tmp_path: Path) -> None:
+    """Compiled templates are kept between requests, but never past an edit of their file."""
+    types = _types(tmp_path, "NAME = {{ name | one }}\nCPU = 1\n")
+    assert types.render("t", TypeRequest(name="vm")).single("CPU") == "1"
+    template = tmp_path / "instance-types" / "t.j2"
+    template.write_text("NAME = {{ name | one }}\nCPU = 2\n")
+    stamp = template.stat().st_mtime + 1  # Jinja notices an edit by its modification time
+    os.utime(template, (stamp, stamp))
+    assert types.render("t", TypeRequest(name="vm")).single("CPU") == "2"
 
 
 @pytest.mark.parametrize(
