@@ -18,6 +18,7 @@ from pathlib import Path
 
 from imagekit.errors import InputError
 from imagekit.locations import state_dir
+from imagekit.sizes import parse_size
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -45,23 +46,21 @@ def _listener_options(parser: argparse.ArgumentParser, port: int, why_port: str,
     parser.add_argument("--hold", action="store_true", help=hold)
     parser.add_argument(
         "--max-upload",
-        type=parse_size,
+        type=upload_limit,
         metavar="SIZE",
         help="refuse an image upload over SIZE bytes (suffix K, M, G, T: binary; default 64G)",
     )
 
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """``64G``, ``512M``, ``64GiB`` or plain bytes; the units are binary, as ``qemu-img``'s."""
-    raw = text.strip().lower().removesuffix("b").removesuffix("i")
-    unit = raw[-1:] if raw[-1:].isalpha() else ""
-    number = raw[: len(raw) - len(unit)]
-    if unit not in _UNITS or not number.isdigit() or int(number) == 0:
-        raise argparse.ArgumentTypeError(f"expected a size such as 64G, 512M or 1048576, got {text!r}")
-    return int(number) * _UNITS[unit]
+def upload_limit(text: str) -> int:
+    """``--max-upload``: a size (``imagekit/sizes.py``) of at least one byte."""
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size == 0:
+        raise argparse.ArgumentTypeError("the upload limit must be at least one byte")
+    return size
 
 
 def _check_tls(args: argparse.Namespace) -> str:

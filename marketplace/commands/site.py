@@ -19,12 +19,11 @@ from imagekit.errors import InputError
 from imagekit.log import live_detail, step
 from imagekit.log import progress as progress_log
 from imagekit.output import print_json
+from imagekit.sizes import parse_size
 from imagekit.state import State
 from marketplace.imagecache import collect_garbage, list_images, verify_cache
 from marketplace.policy import Candidate, load_policy, parse_duration
 from marketplace.site import CachedImage, PolicyReport, check_policy, export_image, obtain_image, refusal
-
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def register_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -214,12 +213,10 @@ def _cache_verify(args: argparse.Namespace) -> int:
 
 
 def _parse_size(text: str) -> int:
-    raw = text.strip().lower().removesuffix("b").removesuffix("i")
-    unit = raw[-1:] if raw[-1:] in _SIZE_UNITS else ""
-    number = raw[: len(raw) - len(unit)]
-    if not number.isdigit():
-        raise InputError(f"--max-size: expected a size such as 50G or 1048576, got {text!r}")
-    return int(number) * _SIZE_UNITS[unit]
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise InputError(f"--max-size: {exc}") from None
 
 
 def _parse_age(text: str) -> timedelta:

@@ -17,6 +17,7 @@ uvicorn (``imagekit cloud serve … --max-upload 1M``).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import functools
@@ -37,7 +38,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from starlette.testclient import TestClient
 
-from cloud.commands.cloud import parse_size
+from cloud.commands.cloud import upload_limit
 from cloud.ec2.client import Endpoint, upload_image, upload_request
 from cloud.ec2.responses import API_VERSION
 from cloud.ec2.server import create_app as ec2_app
@@ -344,13 +345,23 @@ def test_occi_checks_the_user_before_reading_the_upload(occi: Callable[..., Any]
     ],
 )
 def test_max_upload_sizes(text: str, size: int) -> None:
-    assert parse_size(text) == size
+    assert upload_limit(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "G", "1.5G", "12x", "0", "-1G"])
-def test_bad_max_upload_sizes(text: str) -> None:
-    with pytest.raises(Exception, match="expected a size"):
-        parse_size(text)
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "expected a size"),
+        ("G", "expected a size"),
+        ("1.5G", "expected a size"),
+        ("12x", "expected a size"),
+        ("-1G", "expected a size"),
+        ("0", "at least one byte"),
+    ],
+)
+def test_bad_max_upload_sizes(text: str, message: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        upload_limit(text)
 
 
 # --- through uvicorn ---------------------------------------------------------------------------
