@@ -7,7 +7,11 @@
 Two secrets per user, protected differently because they are used differently:
 
 - The **password** (HTTP Basic for OCCI, ``user passwd``) is only ever verified, so only a salted
-  scrypt hash is stored (``scrypt$N$r$p$salt$hash``, base64).
+  scrypt hash is stored (``scrypt-sha1$N$r$p$salt$hash``, base64). What is hashed is the
+  password's SHA-1 hex digest, the form oneuser 1.4 kept it in and 1.4's OCCI client sends in
+  place of the password (OpenNebula/one ``src/cloud/occi/lib/OCCIClient.rb``:
+  ``Digest::SHA1.hexdigest``): either the password or that digest is accepted. Hashes made
+  before (``scrypt$…``, of the password itself) still verify the password.
 - The **EC2 secret key** must be known to recompute the HMAC of a signed request, so it cannot be
   hashed. It is stored encrypted with AES-256-GCM under a key kept in the state directory
   (``ec2-secrets.key``, mode 0600, created on first use); the access key is the associated data,
@@ -54,6 +58,7 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}")
 # scrypt cost: 16 MiB and ~50 ms per check here; stored with the hash so it can be raised later.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _ACCESS_KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_SHA1_HEX = re.compile(r"[0-9a-fA-F]{40}")
 
 
 @dataclass(frozen=True)
@@ -73,31 +78,49 @@ class CreatedUser:
     secret_key: str
 
 
+def _sha1_hex(password: str) -> str:
+    return hashlib.sha1(password.encode(), usedforsecurity=False).hexdigest()
+
+
 def hash_password(password: str) -> str:
     salt = os.urandom(16)
     digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, maxmem=64 * 2**20
+        _sha1_hex(password).encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, maxmem=64 * 2**20
     )
     b64 = base64.b64encode
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+    return f"scrypt-sha1${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
 
 
 def check_password(password: str, stored: str) -> bool:
+    """Whether ``password`` (or, for a ``scrypt-sha1`` hash, its SHA-1 hex digest as a 1.4
+    client sends it) is the one ``stored`` was made from."""
     try:
         kind, n, r, p, salt, digest = stored.split("$")
         expected = base64.b64decode(digest, validate=True)
+        salt_bytes, cost = base64.b64decode(salt, validate=True), (int(n), int(r), int(p))
+    except ValueError:
+        raise DataError("stored password hash is malformed") from None
+    if kind == "scrypt":
+        candidates = [password]
+    elif kind == "scrypt-sha1":
+        candidates = [_sha1_hex(password)]
+        if _SHA1_HEX.fullmatch(password):
+            candidates.append(password.lower())
+    else:
+        raise DataError(f"stored password hash is of an unknown kind {kind!r}")
+    found = False
+    for candidate in candidates:
         got = hashlib.scrypt(
-            password.encode(),
-            salt=base64.b64decode(salt, validate=True),
-            n=int(n),
-            r=int(r),
-            p=int(p),
+            candidate.encode(),
+            salt=salt_bytes,
+            n=cost[0],
+            r=cost[1],
+            p=cost[2],
             maxmem=64 * 2**20,
             dklen=len(expected),
         )
-    except ValueError:
-        raise DataError("stored password hash is malformed") from None
-    return kind == "scrypt" and hmac.compare_digest(got, expected)
+        found |= hmac.compare_digest(got, expected)
+    return found
 
 
 def _check_name(name: str) -> str:

@@ -10,6 +10,7 @@ ADDRESS, SIZE), ``ImageOCCI.rb`` (``<DISK>`` ID, NAME, SIZE, URL) and the pools
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 import subprocess
@@ -207,6 +208,16 @@ def test_an_image_reading_another_file_is_refused(url: str, image: Path, tmp_pat
         response = alice.post("/storage", data={"occixml": "<DISK><NAME>o</NAME></DISK>"}, files=files)
         assert response.status_code == 400 and "backing" in response.text
         assert len(list(xml(alice.get("/storage"), 200))) == before
+
+
+def test_a_14_client_authenticates_with_the_passwords_sha1(url: str) -> None:
+    """1.4's occi-* tools send SHA1(password) as the Basic password (OpenNebula/one 04171ed
+    src/cloud/occi/lib/OCCIClient.rb:60); the digest of a wrong password is still refused."""
+    digest = hashlib.sha1(PASSWORDS["alice"].encode()).hexdigest()
+    with client(url, "alice", digest) as tool:
+        assert tool.get("/compute").status_code == 200
+    with client(url, "alice", hashlib.sha1(b"wrong").hexdigest()) as tool:
+        assert tool.get("/compute").status_code == 401
 
 
 def test_wrong_credentials_are_401(url: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -21,9 +23,25 @@ def users(_isolated_state: Path) -> UserStore:
 
 def test_password_hash_is_salted_scrypt_and_verifies() -> None:
     first, second = hash_password("pw"), hash_password("pw")
-    assert first.startswith("scrypt$16384$8$1$") and first != second
+    assert first.startswith("scrypt-sha1$16384$8$1$") and first != second
     assert check_password("pw", first) and check_password("pw", second)
     assert not check_password("pW", first)
+
+
+def test_the_sha1_digest_a_14_client_sends_is_accepted() -> None:
+    """OpenNebula 1.4's OCCI client sends ``Digest::SHA1.hexdigest(password)`` as the Basic
+    auth password (OpenNebula/one 04171ed src/cloud/occi/lib/OCCIClient.rb:60, Client#initialize)."""
+    stored = hash_password("s3cret")
+    digest = hashlib.sha1(b"s3cret").hexdigest()
+    assert check_password(digest, stored) and check_password(digest.upper(), stored)
+    assert not check_password(hashlib.sha1(b"other").hexdigest(), stored)
+    # A hash stored before the digest was (scrypt of the password itself) still verifies it.
+    salt = b"0123456789abcdef"
+    old = hashlib.scrypt(b"s3cret", salt=salt, n=2**14, r=8, p=1, maxmem=64 * 2**20)
+    legacy = f"scrypt$16384$8$1${base64.b64encode(salt).decode()}${base64.b64encode(old).decode()}"
+    assert check_password("s3cret", legacy) and not check_password(digest, legacy)
+    with pytest.raises(DataError, match="unknown kind"):
+        check_password("s3cret", legacy.replace("scrypt$", "bcrypt$", 1))
 
 
 def test_create_returns_keys_once_and_stores_the_secret_sealed(users: UserStore) -> None:
