@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
+from imagekit.errors import DataError
 from imagekit.recipe.model import Firmware, OutputFormat, Recipe
 from imagekit.run import run
 
@@ -218,7 +219,11 @@ def libvirt_xml(recipe: Recipe, image: Path, fmt: OutputFormat, firmware: Firmwa
 
 
 def _one_value(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A quoted value as oned's scanner reads it back: only ``\\"`` is an escape there (a
+    backslash is kept as it is), so a value ending in a backslash cannot be quoted."""
+    if value.endswith("\\"):
+        raise DataError(f"cannot write {value!r} in an OpenNebula template (it ends in a backslash)")
+    return '"' + value.replace('"', '\\"') + '"'
 
 
 def opennebula_template(recipe: Recipe, image: Path, fmt: OutputFormat, firmware: Firmware) -> str:

@@ -4,9 +4,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from lxml import etree
 
+from context.template import parse_template
 from imagekit.build import formats, manifest
+from imagekit.errors import DataError
 from imagekit.recipe.model import Firmware, OperatingSystem, OutputFormat, Recipe, SourceFormat
 
 RECIPE = Recipe(
@@ -51,6 +54,17 @@ def test_opennebula_template() -> None:
     assert 'NAME = "web<1>"' in text and "MEMORY = 1024" in text
     assert 'PATH = "/img/\\"x\\".qcow2"' in text
     assert 'SET_HOSTNAME = "web"' in text and 'DRIVER = "qcow2"' in text
+
+
+def test_opennebula_template_values_read_back_as_oned_reads_them() -> None:
+    """oned's scanner unescapes only ``\\"`` in a quoted value (OpenNebula/one
+    src/template/template_parser.l, template_syntax.y); a backslash stays as it is."""
+    path = Path('/img/a\\b "c".qcow2')
+    text = manifest.opennebula_template(RECIPE, path, OutputFormat.QCOW2, Firmware.BIOS)
+    [disk] = parse_template(text).vectors("DISK")
+    assert disk.get("PATH") == str(path)
+    with pytest.raises(DataError, match="ends in a backslash"):
+        manifest.opennebula_template(RECIPE, Path("/img/x\\"), OutputFormat.QCOW2, Firmware.BIOS)
 
 
 def test_manifest_document_is_json() -> None:
