@@ -59,9 +59,19 @@ class Ec2Driver(Protocol):
 
 
 class Boto3Driver:
-    def __init__(self, url: str, account: CreatedUser, **config: Any) -> None:
+    def __init__(self, url: str, account: CreatedUser, signature_version: str) -> None:
         self.endpoint = Endpoint(url, account.user.access_key, account.secret_key)
-        self.ec2 = ec2_client(url, account, read_timeout=600, **config)
+        self.ec2 = ec2_client(url, account, read_timeout=600, signature_version=signature_version)
+        self.signature_version = signature_version
+        self.ec2.meta.events.register("before-send.ec2", self._signed_as_asked)
+
+    def _signed_as_asked(self, request: Any, **_: Any) -> None:
+        """Every request carries the signature this driver stands for (v4: the Authorization
+        header; v2: a ``Signature`` form field), so a dropped option cannot pass unseen."""
+        v4 = "Authorization" in request.headers
+        assert v4 == (self.signature_version == "v4"), (
+            f"not signed {self.signature_version}: {request.body!r}"
+        )
 
     def upload(self, image: Path) -> str:
         return upload_image(self.endpoint, image)
@@ -152,8 +162,8 @@ class AwsCliDriver:
 
 
 DRIVERS: dict[str, Callable[[str, CreatedUser, Path], Ec2Driver]] = {
-    "boto3-sigv4": lambda url, account, home: Boto3Driver(url, account),
-    "boto3-sigv2": lambda url, account, home: Boto3Driver(url, account, signature_version="v2"),
+    "boto3-sigv4": lambda url, account, home: Boto3Driver(url, account, "v4"),
+    "boto3-sigv2": lambda url, account, home: Boto3Driver(url, account, "v2"),
     "aws-cli": AwsCliDriver,
 }
 
