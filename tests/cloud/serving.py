@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from botocore.config import Config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from cloud.users import CreatedUser
 
 IMAGEKIT = Path(sys.executable).parent / "imagekit"
+DEBIAN_AWS = Path("/usr/bin/aws")  # apt awscli (tools/apt-packages.txt), the CLI v2
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,50 @@ def ec2_client(url: str, account: CreatedUser, *, secret: str | None = None, **c
         config=Config(retries={"max_attempts": 1}, **config),
         verify=verify,
     )
+
+
+def aws_program() -> str:
+    """Debian's AWS CLI when installed, else the first ``aws`` on PATH. tools/setup installs it,
+    so a missing CLI fails the test, saying how to get it, instead of skipping it."""
+    if DEBIAN_AWS.exists():
+        return str(DEBIAN_AWS)
+    found = shutil.which("aws")
+    if found is None:
+        pytest.fail("the AWS CLI is not installed: run tools/setup (apt awscli)", pytrace=False)
+    return found
+
+
+@dataclass(frozen=True)
+class AwsCli:
+    """``aws --endpoint-url URL --output json ec2 …`` as ``account``: credentials in the
+    environment, no config file, one attempt per call, no pager."""
+
+    program: str
+    url: str
+    env: dict[str, str]
+
+    @classmethod
+    def for_account(cls, url: str, account: CreatedUser, home: Path) -> AwsCli:
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(home),
+            "AWS_ACCESS_KEY_ID": account.user.access_key,
+            "AWS_SECRET_ACCESS_KEY": account.secret_key,
+            "AWS_DEFAULT_REGION": "default",
+            "AWS_CONFIG_FILE": str(home / "none"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(home / "none"),
+            "AWS_MAX_ATTEMPTS": "1",
+            "AWS_PAGER": "",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        return cls(aws_program(), url, env)
+
+    def __call__(self, *args: str) -> Any:
+        """The command's JSON answer (None when it prints nothing); a failure fails the test."""
+        argv = [self.program, "--endpoint-url", self.url, "--output", "json", "ec2", *args]
+        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"aws ec2 {args[0]}: exit status {proc.returncode}\n{proc.stderr}"
+        return json.loads(proc.stdout) if proc.stdout.strip() else None
 
 
 def _name(cn: str) -> x509.Name:

@@ -1,17 +1,25 @@
-"""The whole econe scenario with a VM that really boots (issue 10, points 3-4), driven by boto3.
+"""The whole econe scenario with a VM that really boots (issue 10, points 3-4), by three clients.
 
-upload (econe's UploadImage, OpenNebula/one ``src/cloud/ec2/econe-upload``) → register → run
-with user data and a key pair → described ``running`` → the console shows the user data ran
-(imagekit's agent runs ``#!`` user data once, as canonical/cloud-init
-``cloudinit/config/cc_scripts_user.py`` does, from ``USER_DATA``/``USERDATA_ENCODING``:
-``cloudinit/sources/DataSourceOpenNebula.py``) → terminate → ``terminated``.
+upload (econe's UploadImage, OpenNebula/one ``src/cloud/ec2/econe-upload``) → register →
+described → a key pair imported → run with user data and the key → described ``running`` →
+the console shows the user data ran and the key was applied (imagekit's agent runs ``#!``
+user data once, as canonical/cloud-init ``cloudinit/config/cc_scripts_user.py`` does, from
+``USER_DATA``/``USERDATA_ENCODING``: ``cloudinit/sources/DataSourceOpenNebula.py``) →
+terminate → ``terminated``.
+
+The steps are written once (``test_the_scenario_boots``); each client is a small driver:
+boto3 signing SigV4 (its default), boto3 with ``signature_version="v2"``, and the AWS CLI
+(``aws ec2 …`` in a subprocess, uploading with ``imagekit ec2 upload`` as a shell user would).
+Both boto3 and the CLI answer with botocore's parsed shapes, so the drivers return those.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -27,14 +35,137 @@ from context.network import network_from_template
 from context.template import parse_template
 from imagekit.agent import find_report
 from imagekit.state import State
-from tests.cloud.serving import ec2_client, ec2_server
+from tests.cloud.serving import IMAGEKIT, AwsCli, ec2_client, ec2_server
 from tests.conftest import BuiltImage
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(3600)]
 BOOT_TIMEOUT = 1800.0  # a TCG boot on a shared, loaded machine
 PUBLIC = 'NAME = "Public EC2"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.5.0.0"\nNETWORK_SIZE = "C"\n'
-USER_DATA = "#!/bin/sh\necho EC2-USER-DATA-RAN > /dev/ttyS0\n"
+Instance = dict[str, Any]  # an instance as botocore parses it (RunInstances, DescribeInstances)
+
+
+class Ec2Driver(Protocol):
+    """One client's way to take each step; the answers in botocore's shapes."""
+
+    def upload(self, image: Path) -> str: ...
+    def register_image(self, location: str, name: str) -> str: ...
+    def images(self) -> list[dict[str, Any]]: ...
+    def import_key_pair(self, name: str, public_key: Path) -> None: ...
+    def run_instance(self, image: str, key_name: str, user_data: str) -> Instance: ...
+    def instance(self, instance_id: str) -> Instance: ...
+    def console(self, instance_id: str) -> str: ...
+    def terminate(self, instance_id: str) -> dict[str, Any]: ...
+
+
+class Boto3Driver:
+    def __init__(self, url: str, account: CreatedUser, signature_version: str) -> None:
+        self.endpoint = Endpoint(url, account.user.access_key, account.secret_key)
+        self.ec2 = ec2_client(url, account, read_timeout=600, signature_version=signature_version)
+        self.signature_version = signature_version
+        self.ec2.meta.events.register("before-send.ec2", self._signed_as_asked)
+
+    def _signed_as_asked(self, request: Any, **_: Any) -> None:
+        """Every request carries the signature this driver stands for (v4: the Authorization
+        header; v2: a ``Signature`` form field), so a dropped option cannot pass unseen."""
+        v4 = "Authorization" in request.headers
+        assert v4 == (self.signature_version == "v4"), (
+            f"not signed {self.signature_version}: {request.body!r}"
+        )
+
+    def upload(self, image: Path) -> str:
+        return upload_image(self.endpoint, image)
+
+    def register_image(self, location: str, name: str) -> str:
+        image: str = self.ec2.register_image(ImageLocation=location, Name=name)["ImageId"]
+        return image
+
+    def images(self) -> list[dict[str, Any]]:
+        images: list[dict[str, Any]] = self.ec2.describe_images()["Images"]
+        return images
+
+    def import_key_pair(self, name: str, public_key: Path) -> None:
+        self.ec2.import_key_pair(KeyName=name, PublicKeyMaterial=public_key.read_bytes())
+
+    def run_instance(self, image: str, key_name: str, user_data: str) -> Instance:
+        [instance] = self.ec2.run_instances(
+            ImageId=image,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="m1.small",
+            KeyName=key_name,
+            UserData=user_data,
+        )["Instances"]
+        return dict(instance)
+
+    def instance(self, instance_id: str) -> Instance:
+        [reservation] = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return dict(reservation["Instances"][0])
+
+    def console(self, instance_id: str) -> str:
+        output: str = self.ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
+        return output  # botocore has already decoded EC2's base64
+
+    def terminate(self, instance_id: str) -> dict[str, Any]:
+        [change] = self.ec2.terminate_instances(InstanceIds=[instance_id])["TerminatingInstances"]
+        return dict(change)
+
+
+class AwsCliDriver:
+    def __init__(self, url: str, account: CreatedUser, home: Path) -> None:
+        self.aws = AwsCli.for_account(url, account, home)
+        self.home = home
+        self.econe_env = {
+            **os.environ,
+            "EC2_ACCESS_KEY": account.user.access_key,
+            "EC2_SECRET_KEY": account.secret_key,
+            "EC2_URL": url,
+        }
+
+    def upload(self, image: Path) -> str:
+        """``imagekit ec2 upload`` (econe-upload): UploadImage is no AWS action, the CLI has none."""
+        argv = [str(IMAGEKIT), "--state", str(self.home / "client-state"), "ec2", "upload", str(image)]
+        proc = subprocess.run(argv, env=self.econe_env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0 and proc.stdout.startswith("Success: ImageId ami-"), proc.stderr
+        return proc.stdout.split()[-1]
+
+    def register_image(self, location: str, name: str) -> str:
+        image: str = self.aws("register-image", "--image-location", location, "--name", name)["ImageId"]
+        return image
+
+    def images(self) -> list[dict[str, Any]]:
+        images: list[dict[str, Any]] = self.aws("describe-images")["Images"]
+        return images
+
+    def import_key_pair(self, name: str, public_key: Path) -> None:
+        # A blob: the CLI v2 reads raw bytes from fileb:// (a plain argument must be base64).
+        self.aws("import-key-pair", "--key-name", name, "--public-key-material", f"fileb://{public_key}")
+
+    def run_instance(self, image: str, key_name: str, user_data: str) -> Instance:
+        [instance] = self.aws(
+            "run-instances", "--image-id", image, "--instance-type", "m1.small", "--count", "1",
+            "--key-name", key_name, "--user-data", user_data,
+        )["Instances"]  # fmt: skip
+        return dict(instance)
+
+    def instance(self, instance_id: str) -> Instance:
+        [reservation] = self.aws("describe-instances", "--instance-ids", instance_id)["Reservations"]
+        return dict(reservation["Instances"][0])
+
+    def console(self, instance_id: str) -> str:
+        output: str = self.aws("get-console-output", "--instance-id", instance_id).get("Output") or ""
+        return output  # the CLI prints botocore's decoded text, not EC2's base64
+
+    def terminate(self, instance_id: str) -> dict[str, Any]:
+        [change] = self.aws("terminate-instances", "--instance-ids", instance_id)["TerminatingInstances"]
+        return dict(change)
+
+
+DRIVERS: dict[str, Callable[[str, CreatedUser, Path], Ec2Driver]] = {
+    "boto3-sigv4": lambda url, account, home: Boto3Driver(url, account, "v4"),
+    "boto3-sigv2": lambda url, account, home: Boto3Driver(url, account, "v2"),
+    "aws-cli": AwsCliDriver,
+}
 
 
 @pytest.fixture
@@ -52,39 +183,41 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
                 lifecycle.delete(state, vm.vmid)
 
 
-def _state(ec2: Any, instance: str) -> str:
-    [reservation] = ec2.describe_instances(InstanceIds=[instance])["Reservations"]
-    name: str = reservation["Instances"][0]["State"]["Name"]
-    return name
-
-
-def _console(ec2: Any, instance: str) -> str:
-    output: str = ec2.get_console_output(InstanceId=instance).get("Output") or ""
-    return output  # botocore has already decoded EC2's base64
-
-
-def test_upload_run_user_data_terminate(cloud: dict[str, Any], minimal_image: BuiltImage) -> None:
-    alice: CreatedUser = cloud["alice"]
-    ec2 = ec2_client(cloud["url"], alice, read_timeout=600)
-    ami = upload_image(Endpoint(cloud["url"], alice.user.access_key, alice.secret_key), minimal_image.path)
-    assert ec2.register_image(ImageLocation=ami, Name="minimal")["ImageId"] == ami
+def _public_key(directory: Path) -> Path:
     key = ed25519.Ed25519PrivateKey.generate().public_key()
-    public = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    ec2.import_key_pair(KeyName="k", PublicKeyMaterial=public)
+    path = directory / "id_ed25519.pub"
+    path.write_bytes(key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    return path
 
-    [instance] = ec2.run_instances(
-        ImageId=ami, MinCount=1, MaxCount=1, InstanceType="m1.small", KeyName="k", UserData=USER_DATA
-    )["Instances"]
-    vm = instance["InstanceId"]
-    wait_until(lambda: _state(ec2, vm) == "running", timeout=120, what="running", interval=1)
+
+@pytest.mark.parametrize("client", list(DRIVERS))
+def test_the_scenario_boots(
+    client: str, cloud: dict[str, Any], minimal_image: BuiltImage, tmp_path: Path
+) -> None:
+    ec2 = DRIVERS[client](cloud["url"], cloud["alice"], tmp_path)
+    marker = f"EC2-USER-DATA-RAN-BY-{client.upper()}"  # this VM's own, not a leftover's
+    ami = ec2.upload(minimal_image.path)
+    assert ec2.register_image(ami, "minimal") == ami
+    [image] = [i for i in ec2.images() if i["ImageId"] == ami]
+    assert image["State"] == "available"
+    ec2.import_key_pair("k", _public_key(tmp_path))
+
+    launched = ec2.run_instance(ami, "k", f"#!/bin/sh\necho {marker} > /dev/ttyS0\n")
+    vm = launched["InstanceId"]
+    assert launched["ImageId"] == ami and launched["KeyName"] == "k"
     wait_until(
-        lambda: find_report(_console(ec2, vm)) is not None, timeout=BOOT_TIMEOUT, what="agent", interval=5
+        lambda: ec2.instance(vm)["State"]["Name"] == "running", timeout=300, what="running", interval=2
     )
-    console = _console(ec2, vm)
+    wait_until(
+        lambda: find_report(ec2.console(vm)) is not None, timeout=BOOT_TIMEOUT, what="agent", interval=10
+    )
+    console = ec2.console(vm)
     report = find_report(console)
     assert report is not None and report.user_data == 0, console[-3000:]
-    assert "EC2-USER-DATA-RAN" in console and report.ssh_keys >= 1
+    assert marker in console and report.ssh_keys >= 1, console[-3000:]
 
-    [change] = ec2.terminate_instances(InstanceIds=[vm])["TerminatingInstances"]
+    change = ec2.terminate(vm)
     assert change["PreviousState"]["Name"] == "running"
-    wait_until(lambda: _state(ec2, vm) == "terminated", timeout=300, what="terminated", interval=2)
+    wait_until(
+        lambda: ec2.instance(vm)["State"]["Name"] == "terminated", timeout=300, what="terminated", interval=2
+    )

@@ -11,9 +11,7 @@ boots here.
 from __future__ import annotations
 
 import base64
-import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +28,7 @@ from context.network import network_from_template
 from context.template import parse_template
 from imagekit.errors import InputError
 from imagekit.state import State
-from tests.cloud.serving import IMAGEKIT, ec2_client, ec2_server
+from tests.cloud.serving import IMAGEKIT, AwsCli, ec2_client, ec2_server
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -154,26 +152,9 @@ def test_reboot_needs_a_running_instance_of_ones_own(cloud: dict[str, Any]) -> N
     assert err.value.response["Error"]["Code"] == "InvalidInstanceID.NotFound"
 
 
-@pytest.mark.skipif(shutil.which("aws") is None, reason="the AWS CLI (apt awscli) is not installed")
 def test_the_aws_cli_drives_the_service(cloud: dict[str, Any], tmp_path: Path) -> None:
     """``aws --endpoint-url`` with credentials from the environment; the CLI signs SigV4."""
-    account: CreatedUser = cloud["accounts"]["alice"]
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "AWS_ACCESS_KEY_ID": account.user.access_key,
-        "AWS_SECRET_ACCESS_KEY": account.secret_key,
-        "AWS_DEFAULT_REGION": "default",
-        "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-    }
-
-    def aws(*args: str) -> Any:
-        argv = ["aws", "--endpoint-url", cloud["url"], "--output", "json", "ec2", *args]
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout) if proc.stdout.strip() else None
-
+    aws = AwsCli.for_account(cloud["url"], cloud["accounts"]["alice"], tmp_path)
     assert [r["RegionName"] for r in aws("describe-regions")["Regions"]] == ["default"]
     ami = upload_image(endpoint(cloud, "alice"), cloud["image"])
     launched = aws(
