@@ -12,12 +12,14 @@ EC2 clients sign with the access key and secret ``imagekit user create`` printed
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from imagekit.errors import InputError
 from imagekit.locations import state_dir
+from imagekit.log import progress
 from imagekit.sizes import parse_size
 
 
@@ -76,6 +78,10 @@ def _check_tls(args: argparse.Namespace) -> str:
 def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **extra: object) -> int:
     scheme = _check_tls(args)
     print(f"{title} on {scheme}://{args.host}:{args.port}/", file=sys.stderr)
+    if not args.verbose:
+        # The steps of every request's `vm create`, interleaved from many at once, say nothing
+        # to whoever reads a server's log; -v shows them.
+        progress.setLevel(logging.WARNING)
     serve(
         state_dir(args.state),
         host=args.host,

@@ -138,8 +138,10 @@ class CoreBackend:
                 lifecycle.delete(self.state, record.vmid)
             raise
         self._record(user, request, made)
-        wanted = {r.vmid for r in made}
-        return [v for v in self.instances(user) if v.vmid in wanted]
+        marks = ", ".join("?" * len(made))
+        facts = self._facts(f"WHERE vmid IN ({marks})", tuple(r.vmid for r in made))
+        # Only the new VMs: listing all of the user's would grow with the pool on every call.
+        return [_view(r, self.zone, facts.get(r.vmid)) for r in made]
 
     def _record(self, user: User, request: RunRequest, made: list[VmRecord]) -> None:
         reservation = f"r-{made[0].vmid:08x}"
