@@ -45,11 +45,18 @@ class Answers:
             return kept
         with self._lock:
             computing = self._computing.setdefault(key, threading.Lock())
-        with computing:
-            if (kept := self._get(key, version, request_id)) is not None:
-                return kept  # another request rendered it while this one waited
-            xml = render()
-            self._put(key, version, xml, request_id)
+        try:
+            with computing:
+                if (kept := self._get(key, version, request_id)) is not None:
+                    return kept  # another request rendered it while this one waited
+                xml = render()
+                self._put(key, version, xml, request_id)
+        finally:
+            # Only while a render runs: a key whose render failed (a bad InstanceId, say) must
+            # not stay behind, or every distinct bad request would grow the table.
+            with self._lock:
+                if self._computing.get(key) is computing:
+                    del self._computing[key]
         return xml
 
     def _get(self, key: AnswerKey, version: int, request_id: str) -> bytes | None:
@@ -69,5 +76,4 @@ class Answers:
             self._answers[key] = (version, head + b"<requestId>", b"</requestId>" + tail)
             self._answers.move_to_end(key)
             while len(self._answers) > self._kept:
-                dropped, _ = self._answers.popitem(last=False)
-                self._computing.pop(dropped, None)
+                self._answers.popitem(last=False)

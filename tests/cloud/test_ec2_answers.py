@@ -78,6 +78,19 @@ def test_requests_that_miss_together_render_once() -> None:
     assert renders == ["a"] and got == {"a": _rendered("a"), "b": _rendered("b")}
 
 
+def test_failed_renders_leave_nothing_behind() -> None:
+    """Each distinct bad request (a wrong InstanceId) fails its render: none may stay kept."""
+    answers = Answers()
+
+    def refuse() -> bytes:
+        raise ValueError("InvalidInstanceID.NotFound")
+
+    for n in range(100):
+        with pytest.raises(ValueError):
+            answers.answer(answer_key("alice", False, "A", {"InstanceId.1": f"i-{n:08x}"}), 1, "r", refuse)
+    assert not answers._computing and not answers._answers
+
+
 def test_the_least_recently_used_answer_goes_first() -> None:
     answers, calls = Answers(kept=2), []
 
