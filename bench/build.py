@@ -33,8 +33,8 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from imagekit.agent import AGENT_PACKAGES  # noqa: E402
-from imagekit.build import BuildOptions, BuildResult, build_image, disk, rootfs, space  # noqa: E402
-from imagekit.build.workspace import remove_tree  # noqa: E402
+from imagekit.builder import BuildOptions, BuildResult, build_image, disk, rootfs, space  # noqa: E402
+from imagekit.builder.workspace import remove_tree  # noqa: E402
 from imagekit.recipe import load_recipe  # noqa: E402
 from imagekit.recipe.model import Command, ContentSource, OutputFormat, Recipe  # noqa: E402
 from imagekit.run import run  # noqa: E402

@@ -76,7 +76,7 @@ def build_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _build_shipped(recipe_name: str, out: Path, state_dir: Path) -> BuiltImage:
-    from imagekit.build import BuildOptions, build_image
+    from imagekit.builder import BuildOptions, build_image
     from imagekit.recipe import load_recipe
     from imagekit.recipe.model import OutputFormat
     from imagekit.state import State

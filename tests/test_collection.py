@@ -1,4 +1,7 @@
-"""Every test file is collected: pytest's default norecursedirs once dropped all of tests/build/."""
+"""Every test file is collected.
+
+pytest's default norecursedirs once dropped all of tests/build/ (now tests/builder/).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ def test_every_test_file_is_collected(pytestconfig: pytest.Config) -> None:
     on_disk = {str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py")}
     collected = COLLECTED_FILES if _whole_suite(pytestconfig) else _collect_in_a_subprocess()
     assert on_disk - collected == set()
-    assert "tests/build/test_images.py" in collected
+    assert "tests/builder/test_images.py" in collected
 
 
 def _whole_suite(config: pytest.Config) -> bool:

@@ -49,3 +49,14 @@ def test_module_size_and_name(path: Path) -> None:
     assert path.name != "util.py", "helpers live with the concept they serve"
     lines = len(path.read_text().splitlines())
     assert lines <= 650, f"{path.relative_to(REPO)} has {lines} lines: split it by concept"
+
+
+# Folder names that pytest, setuptools, linters, editors and .gitignore templates take for
+# build output or caches: a source folder by one of these names gets skipped or deleted.
+OUTPUT_NAMES = {"build", "dist", "out", "target", "tmp", "cache", "venv", "env", "node_modules"}
+
+
+def test_no_source_folder_is_named_like_output() -> None:
+    tracked = {p.parent for p in REPO.glob("**/*.py") if ".venv" not in p.parts and ".git" not in p.parts}
+    folders = {part for d in tracked for part in d.relative_to(REPO).parts}
+    assert not folders & OUTPUT_NAMES, f"rename these folders: {sorted(folders & OUTPUT_NAMES)}"

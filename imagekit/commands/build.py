@@ -19,7 +19,7 @@ from imagekit.recipe.model import Firmware, OutputFormat, Recipe
 from imagekit.state import State
 
 if TYPE_CHECKING:
-    from imagekit.build import BuildOptions
+    from imagekit.builder import BuildOptions
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def parse_formats(text: str) -> tuple[OutputFormat, ...]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from imagekit.build import BuildOptions, build_image
+    from imagekit.builder import BuildOptions, build_image
     from imagekit.recipe import load_recipe
 
     if not args.recipe.is_file():
@@ -133,7 +133,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def check(recipe: Recipe, options: BuildOptions, state: State, args: argparse.Namespace) -> int:
     """``--check-reproducible``: exit 0 when both builds are identical, 1 when they differ."""
-    from imagekit.build.verify import check_reproducible
+    from imagekit.builder.verify import check_reproducible
 
     report = check_reproducible(recipe, options, state=state)
     if args.json:

@@ -28,7 +28,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from imagekit.build.cache import StageCache
+    from imagekit.builder.cache import StageCache
 
     cache = StageCache.open(State.open(locations.state_dir(args.state)))
     entries = cache.entries()
@@ -44,7 +44,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from imagekit.build.cache import StageCache
+    from imagekit.builder.cache import StageCache
 
     cache = StageCache.open(State.open(locations.state_dir(args.state)))
     removed = cache.gc(keep=args.keep, older_than_days=args.older_than)

@@ -4,7 +4,7 @@ ENTRY is a signed entry file, or an identifier (``ID`` or ``ID/EMAIL/CREATED``) 
 the registry. Its signature is checked, the build inputs come from the SBOM it names as a
 related location (``dcterms:relation``; ``--inputs`` gives a manifest or SBOM instead), and
 the rebuild's checksums must equal the signed ones: exit 0 only then. The rebuild itself is
-``imagekit.build.verify.verify_build``; this module only finds its arguments.
+``imagekit.builder.verify.verify_build``; this module only finds its arguments.
 
     imagekit market verify-build debian.xml recipes/debian-12-minimal.appl
 """
@@ -29,7 +29,7 @@ from marketplace.metadata import ChecksumAlgorithm, Metadata, format_time, parse
 from marketplace.verify import verify_entry
 
 if TYPE_CHECKING:
-    from imagekit.build.reproducible import BuildInputs
+    from imagekit.builder.reproducible import BuildInputs
 
 # slreq:algorithm names → the manifest's (hashlib's) names.
 _ALGORITHMS = {
@@ -57,8 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_verify_build(args: argparse.Namespace) -> int:
-    from imagekit.build import BuildOptions
-    from imagekit.build.verify import verify_build
+    from imagekit.builder import BuildOptions
+    from imagekit.builder.verify import verify_build
     from imagekit.recipe import load_recipe
 
     if not args.recipe.is_file():
@@ -123,8 +123,8 @@ def entry_bytes(entry: str, explicit_endpoint: str | None) -> tuple[bytes, str, 
 
 def build_inputs(entry: Metadata, explicit: Path | None, base: str | Path) -> BuildInputs:
     """The inputs from ``--inputs`` (manifest or SBOM), else from the entry's related SBOM."""
-    from imagekit.build.reproducible import BuildInputs
-    from imagekit.build.sbom import inputs_from_sbom
+    from imagekit.builder.reproducible import BuildInputs
+    from imagekit.builder.sbom import inputs_from_sbom
 
     if explicit is not None:
         try:

@@ -111,7 +111,7 @@ def test_serial_log_in_a_missing_directory_fails_before_booting(
     assert not (tmp_path / "state" / "kvm-probe.json").exists()  # nothing was booted or probed
 
 
-# --- real boots (TCG): the shipped recipes' images, built once per session by tests/build ---
+# --- real boots (TCG): the shipped recipes' images, built once per session by tests/builder ---
 
 
 @pytest.mark.slow
@@ -199,7 +199,7 @@ def _agent_image(tmp_path_factory: pytest.TempPathFactory, state_dir: Path, agen
     """The shipped cloud recipe with another ``context_agent``."""
     import dataclasses
 
-    from imagekit.build import BuildOptions, build_image
+    from imagekit.builder import BuildOptions, build_image
     from imagekit.recipe import load_recipe
     from imagekit.recipe.model import ContextAgent, OutputFormat
     from imagekit.state import State

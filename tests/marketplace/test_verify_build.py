@@ -1,7 +1,7 @@
 """``market metadata create --sbom-location`` and ``market verify-build`` (issue 12, points 2–3).
 
-The rebuild itself (``imagekit.build.verify.verify_build``) is replaced here by a fake that
-records its arguments; tests/build/test_reproducible_build.py runs it for real.
+The rebuild itself (``imagekit.builder.verify.verify_build``) is replaced here by a fake that
+records its arguments; tests/builder/test_reproducible_build.py runs it for real.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from imagekit.build.manifest import InstalledPackage, OutputFile
-from imagekit.build.reproducible import BuildInputs, EpochOrigin
-from imagekit.build.sbom import sbom
+from imagekit.builder.manifest import InstalledPackage, OutputFile
+from imagekit.builder.reproducible import BuildInputs, EpochOrigin
+from imagekit.builder.sbom import sbom
 from imagekit.cli import main
 from imagekit.recipe.model import OutputFormat
 from marketplace.metadata import parse_metadata
@@ -61,7 +61,7 @@ class FakeRebuild:
     def __call__(
         self, recipe: Any, inputs: BuildInputs, fmt: OutputFormat, expected: Any, options: Any, *, state: Any
     ) -> Any:
-        from imagekit.build.verify import RebuildVerdict
+        from imagekit.builder.verify import RebuildVerdict
 
         self.calls.append({"inputs": inputs, "format": fmt, "expected": dict(expected)})
         got = dict(expected) if self.matches else {name: "0" * len(v) for name, v in expected.items()}
@@ -86,7 +86,7 @@ def test_verify_build_rebuilds_with_the_entrys_inputs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], matches: bool
 ) -> None:
     fake = FakeRebuild(matches)
-    monkeypatch.setattr("imagekit.build.verify.verify_build", fake)
+    monkeypatch.setattr("imagekit.builder.verify.verify_build", fake)
     entry = entry_with_sbom(tmp_path)
     code = main(["market", "verify-build", str(entry), str(RECIPE), "--json"])
     assert code == (0 if matches else 1)
@@ -101,7 +101,7 @@ def test_verify_build_refuses_an_entry_whose_signature_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = FakeRebuild(True)
-    monkeypatch.setattr("imagekit.build.verify.verify_build", fake)
+    monkeypatch.setattr("imagekit.builder.verify.verify_build", fake)
     entry = entry_with_sbom(tmp_path)
     entry.write_bytes(entry.read_bytes().replace(b"image img", b"image evil"))
     assert main(["market", "verify-build", str(entry), str(RECIPE)]) != 0
@@ -130,7 +130,7 @@ def test_verify_build_fetches_the_entry_from_a_registry(
     m = image_metadata("reg", related=(str(tmp_path / "img.spdx.json"),))
     (tmp_path / "entry.xml").write_bytes(signed(m, alice))
     fake = FakeRebuild(True)
-    monkeypatch.setattr("imagekit.build.verify.verify_build", fake)
+    monkeypatch.setattr("imagekit.builder.verify.verify_build", fake)
     with running_server(tmp_path / "data", config) as url:
         assert main(["market", "upload", str(tmp_path / "entry.xml"), "--endpoint", url]) == 0
         capsys.readouterr()

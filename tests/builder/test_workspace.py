@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.build import space
-from imagekit.build.workspace import Workspace, remove_tree
+from imagekit.builder import space
+from imagekit.builder.workspace import Workspace, remove_tree
 from imagekit.errors import InputError
 from imagekit.interrupt import Interrupted, interruptible
 from imagekit.recipe.model import OutputFormat

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.build import rootfs
-from imagekit.build.sources import content_bytes
+from imagekit.builder import rootfs
+from imagekit.builder.sources import content_bytes
 from imagekit.errors import InputError
 from imagekit.recipe.model import (
     Command,

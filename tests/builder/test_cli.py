@@ -49,8 +49,8 @@ def test_check_reproducible_exit_status_and_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], identical: bool
 ) -> None:
     """``--check-reproducible`` exits 0 only when both builds are identical (the builds are faked)."""
-    from imagekit.build import verify
-    from imagekit.build.manifest import OutputFile
+    from imagekit.builder import verify
+    from imagekit.builder.manifest import OutputFile
 
     seen: list[object] = []
 

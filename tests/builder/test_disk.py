@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.build import disk
-from imagekit.build.disk import MIB, MIB_SECTORS, Role, plan_layout
+from imagekit.builder import disk
+from imagekit.builder.disk import MIB, MIB_SECTORS, Role, plan_layout
 from imagekit.errors import InputError
 from imagekit.recipe.model import Disk, Firmware, Partition
 from imagekit.run import run

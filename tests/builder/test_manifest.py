@@ -8,7 +8,7 @@ import pytest
 from lxml import etree
 
 from context.template import parse_template
-from imagekit.build import formats, manifest
+from imagekit.builder import formats, manifest
 from imagekit.errors import DataError
 from imagekit.recipe.model import Firmware, OperatingSystem, OutputFormat, Recipe, SourceFormat
 
@@ -101,7 +101,7 @@ def test_installed_packages_reads_the_trees_dpkg_database(tmp_path: Path) -> Non
 
 def test_partition_records_are_typed_and_in_bytes() -> None:
     """The manifest's partitions come from PartitionRecord (issue 8, point 9), not a raw dict."""
-    from imagekit.build.disk import plan_layout
+    from imagekit.builder.disk import plan_layout
     from imagekit.recipe.model import Disk
 
     layout = plan_layout(Disk(size_mib=1024), Firmware.BIOS, seed="s")

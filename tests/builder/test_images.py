@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from imagekit.build import BuildOptions, build_image
-from imagekit.build.bootloader import SYSLINUX_GPTMBR, SYSLINUX_MBR
+from imagekit.builder import BuildOptions, build_image
+from imagekit.builder.bootloader import SYSLINUX_GPTMBR, SYSLINUX_MBR
 from imagekit.errors import CommandError, InputError
 from imagekit.recipe import load_recipe
 from imagekit.recipe.model import Command, ContentSource, File
@@ -211,7 +211,7 @@ def test_cli_rebuild_after_post_change_hits_the_cache(
 
 
 def test_missing_tool_is_named(tmp_path: Path) -> None:
-    from imagekit.build import require_tools
+    from imagekit.builder import require_tools
     from imagekit.recipe.model import Firmware, OutputFormat
 
     with pytest.raises(CommandError, match="check build tools: unshare not found") as caught:

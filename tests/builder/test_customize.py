@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.build import customize, firstboot
+from imagekit.builder import customize, firstboot
 from imagekit.errors import InputError
 from imagekit.recipe.model import ContentSource, File, OperatingSystem, Recipe, SourceFormat, User
 

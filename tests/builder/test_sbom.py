@@ -1,5 +1,5 @@
 """The SPDX 2.3 SBOM (issue 12, point 3), validated with spdx-tools, and the reproducibility
-comparisons of ``imagekit.build.verify`` that need no build."""
+comparisons of ``imagekit.builder.verify`` that need no build."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.build import sbom, verify
-from imagekit.build.manifest import InstalledPackage, OutputFile
-from imagekit.build.reproducible import BuildInputs, EpochOrigin
+from imagekit.builder import sbom, verify
+from imagekit.builder.manifest import InstalledPackage, OutputFile
+from imagekit.builder.reproducible import BuildInputs, EpochOrigin
 from imagekit.errors import DataError
 from imagekit.recipe.model import OutputFormat
 

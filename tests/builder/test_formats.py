@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.build import formats
+from imagekit.builder import formats
 from imagekit.recipe.model import OutputFormat
 from imagekit.run import run
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.build import publish, rootfs
-from imagekit.build.disk import plan_layout
-from imagekit.build.manifest import InstalledPackage
-from imagekit.build.reproducible import BuildInputs
+from imagekit.builder import publish, rootfs
+from imagekit.builder.disk import plan_layout
+from imagekit.builder.manifest import InstalledPackage
+from imagekit.builder.reproducible import BuildInputs
 from imagekit.log import StepTimings
 from imagekit.recipe.model import Disk, Firmware, OperatingSystem, OutputFormat, Recipe, SourceFormat
 
@@ -59,7 +59,7 @@ def test_a_failure_while_publishing_leaves_nothing(tmp_path: Path, monkeypatch: 
     def broken(*args: object, **kwargs: object) -> dict[str, object]:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("imagekit.build.sbom.sbom", broken)
+    monkeypatch.setattr("imagekit.builder.sbom.sbom", broken)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(OSError, match="No space"):

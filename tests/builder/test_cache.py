@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from imagekit.build import cache as cache_module
-from imagekit.build.cache import StageCache
+from imagekit.builder import cache as cache_module
+from imagekit.builder.cache import StageCache
 from imagekit.cli import main
 from imagekit.errors import InputError
 from imagekit.state import State

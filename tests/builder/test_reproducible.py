@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.build import bootloader, customize, disk, formats, reproducible, rootfs
-from imagekit.build.reproducible import BuildInputs, EpochOrigin
+from imagekit.builder import bootloader, customize, disk, formats, reproducible, rootfs
+from imagekit.builder.reproducible import BuildInputs, EpochOrigin
 from imagekit.errors import InputError
 from imagekit.recipe.model import Disk, Firmware, OutputFormat
 from imagekit.run import run

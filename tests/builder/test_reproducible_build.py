@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.build import BuildOptions, build_image
-from imagekit.build.verify import RUN_KEYS, check_reproducible
+from imagekit.builder import BuildOptions, build_image
+from imagekit.builder.verify import RUN_KEYS, check_reproducible
 from imagekit.cli import main
 from imagekit.recipe import load_recipe
 from imagekit.state import State

@@ -1,6 +1,6 @@
 """Content-addressed cache of the package-install stage: one tarball per stage key.
 
-The key (:meth:`~imagekit.build.rootfs.PackageStage.key`) covers everything that decides the
+The key (:meth:`~imagekit.builder.rootfs.PackageStage.key`) covers everything that decides the
 tree mmdebstrap makes, so a hit is always safe to reuse; a rebuild that changes only files,
 users or post-commands hits. Tarballs live in ``STATE/cache/rootfs/KEY.tar`` (uncompressed:
 extracting is then about 2 s for a cloud image, against 5 s through zstd); the state database
