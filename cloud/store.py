@@ -21,49 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from cloud.model import VmState
-from imagekit import state as state_schema
 from imagekit.errors import DataError, InputError
 from imagekit.state import State
-
-state_schema.schema(
-    "cloud.vms",
-    """
-    CREATE TABLE IF NOT EXISTS cloud_vms (
-        vmid      INTEGER PRIMARY KEY,
-        name      TEXT NOT NULL,
-        owner     TEXT NOT NULL,
-        core      TEXT NOT NULL,
-        state     TEXT NOT NULL,
-        template  TEXT NOT NULL,
-        directory TEXT NOT NULL,
-        pid       INTEGER,
-        pid_start INTEGER,
-        step      TEXT NOT NULL DEFAULT '',
-        reason    TEXT NOT NULL DEFAULT '',
-        info      TEXT NOT NULL DEFAULT '{}',
-        created   REAL NOT NULL,
-        updated   REAL NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS cloud_vm_history (
-        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
-        vmid   INTEGER NOT NULL REFERENCES cloud_vms(vmid) ON DELETE CASCADE,
-        state  TEXT NOT NULL,
-        at     REAL NOT NULL,
-        reason TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX IF NOT EXISTS cloud_vm_history_vmid ON cloud_vm_history (vmid);
-    -- The pool's version: a counter every change to a VM row moves (triggers, so writers in
-    -- any process count), letting a server reuse an answer while the pool is unchanged.
-    CREATE TABLE IF NOT EXISTS cloud_pool_version (n INTEGER NOT NULL);
-    INSERT INTO cloud_pool_version SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM cloud_pool_version);
-    CREATE TRIGGER IF NOT EXISTS cloud_vms_inserted AFTER INSERT ON cloud_vms
-        BEGIN UPDATE cloud_pool_version SET n = n + 1; END;
-    CREATE TRIGGER IF NOT EXISTS cloud_vms_updated AFTER UPDATE ON cloud_vms
-        BEGIN UPDATE cloud_pool_version SET n = n + 1; END;
-    CREATE TRIGGER IF NOT EXISTS cloud_vms_deleted AFTER DELETE ON cloud_vms
-        BEGIN UPDATE cloud_pool_version SET n = n + 1; END;
-    """,
-)
 
 
 @dataclass(frozen=True)

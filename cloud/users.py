@@ -36,22 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from imagekit.errors import DataError, InputError
-from imagekit.state import State, schema
-
-schema(
-    "cloud.users",
-    """
-    CREATE TABLE IF NOT EXISTS cloud_users (
-        id         INTEGER PRIMARY KEY,
-        name       TEXT NOT NULL UNIQUE,
-        password   TEXT NOT NULL,
-        access_key TEXT NOT NULL UNIQUE,
-        secret     BLOB NOT NULL,
-        admin      INTEGER NOT NULL DEFAULT 0,
-        created    TEXT NOT NULL
-    );
-    """,
-)
+from imagekit.state import State
 
 KEY_FILE = "ec2-secrets.key"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}")

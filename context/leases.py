@@ -33,30 +33,7 @@ from context.network import (
     ranged_block,
 )
 from imagekit.errors import DataError, InputError
-from imagekit.state import State, schema
-
-schema(
-    "context.leases",
-    """
-    CREATE TABLE IF NOT EXISTS vnet_pool (
-        id   INTEGER PRIMARY KEY CHECK (id = 0),
-        next INTEGER NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS vnets (
-        id   INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        body TEXT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS vnet_leases (
-        network_id INTEGER NOT NULL REFERENCES vnets(id),
-        ip         INTEGER NOT NULL,
-        mac        TEXT NOT NULL,
-        vmid       INTEGER NOT NULL,
-        PRIMARY KEY (network_id, ip)
-    ) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS vnet_leases_vmid ON vnet_leases(vmid);
-    """,
-)
+from imagekit.state import State
 
 NetworkRef = VirtualNetwork | int | str
 LeaseRequest = tuple[NetworkRef, str | None]

@@ -27,25 +27,10 @@ from context.resolve import resolve_context
 from context.settings import OnedSettings, load_settings
 from context.template import load_template
 from context.vm import User, instantiate, invoking_user, lease_requests, load_images, load_user
-from imagekit import state as state_schema
 from imagekit.errors import DataError, InputError
 from imagekit.state import State
 
 log = logging.getLogger(__name__)
-
-state_schema.schema(
-    "context.vms",
-    """
-    CREATE TABLE IF NOT EXISTS vms (
-        vmid     INTEGER PRIMARY KEY AUTOINCREMENT,
-        name     TEXT NOT NULL,
-        template TEXT NOT NULL,
-        kept     INTEGER NOT NULL DEFAULT 0,
-        created  REAL NOT NULL,
-        context  TEXT
-    );
-    """,
-)
 
 
 def _allocate_vmid(db: sqlite3.Connection, vmid: int | None, name: str, template: Path, keep: bool) -> int:

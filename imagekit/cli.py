@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cache": ("imagekit.commands.cache", "list or clean the build cache"),
     "inspect": ("imagekit.commands.inspect", "report OS, partitions and packages of a disk image"),
     "customize": ("imagekit.commands.customize", "install the context agent into an existing image"),
+    "state": ("imagekit.commands.state", "the state directory's database: schema version and integrity"),
     "market": ("marketplace.commands.market", "image metadata, signing and the registry"),
     "context": ("context.commands.context", "parse and resolve VM templates, write context.sh and ISOs"),
     "net": ("context.commands.net", "virtual networks and their leases"),

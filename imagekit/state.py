@@ -1,9 +1,12 @@
 """Persistent state: one directory holding an SQLite database (and whatever else a stage keeps).
 
-Each stage registers its schema with :func:`schema`; :meth:`State.db` applies every registered
-schema once. Writers that must not race (lease allocation, cache bookkeeping) use
-:meth:`State.transaction`, which takes SQLite's write lock up front (``BEGIN IMMEDIATE``), so
-concurrent processes serialise instead of failing half-way.
+Every table, index and trigger of every stage is created by the numbered migrations in
+``imagekit/migrations/`` (``NNNN_what.sql``); the database's ``PRAGMA user_version`` says how many
+it has had. :meth:`State.db` brings an older database up to date once per process, in one
+transaction after a backup (``state.db.vN.bak``), and refuses one from a newer imagekit.
+Writers that must not race (lease allocation, cache bookkeeping) use :meth:`State.transaction`,
+which takes SQLite's write lock up front (``BEGIN IMMEDIATE``), so concurrent processes
+serialise instead of failing half-way.
 
     state = State.open(locations.state_dir())
     with state.transaction() as db:
@@ -13,6 +16,7 @@ concurrent processes serialise instead of failing half-way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
@@ -23,10 +27,11 @@ from pathlib import Path
 
 from imagekit.errors import DataError, InputError
 
-_SCHEMAS: dict[str, str] = {}
-# (database path, schema name) pairs already applied by this process: DDL runs once per
-# process, not on every connection (it costs more than the statements most callers run).
-_APPLIED: set[tuple[str, str]] = set()
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Databases this process has brought up to date: the check runs once per process, not on every
+# connection (it costs more than the statements most callers run).
+_MIGRATED: set[str] = set()
+_MIGRATED_LOCK = threading.Lock()
 _KEPT = threading.local()
 _KEPT_PER_THREAD = 4
 _WRITERS: dict[str, threading.RLock] = {}
@@ -38,9 +43,51 @@ def _writers(db_path: str) -> threading.RLock:
         return _WRITERS.setdefault(db_path, threading.RLock())
 
 
-def schema(name: str, ddl: str) -> None:
-    """Register DDL (idempotent ``CREATE … IF NOT EXISTS`` statements) under ``name``."""
-    _SCHEMAS[name] = ddl
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+@functools.cache
+def migrations() -> tuple[Migration, ...]:
+    """The numbered migrations, in order; numbers run from 1 without a gap."""
+    found = []
+    for path in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+        found.append(Migration(int(path.name[:4]), path.stem[5:], path.read_text()))
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise DataError(f"imagekit's migrations are not numbered 1..N: {[m.version for m in found]}")
+    return tuple(found)
+
+
+def schema_version() -> int:
+    """The version this imagekit writes: the number of its last migration."""
+    return len(migrations())
+
+
+def statements(sql: str) -> Iterator[str]:
+    """Split a script into whole statements (``CREATE TRIGGER … END;`` stays one)."""
+    pending = ""
+    for line in sql.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if "\n".join(ln for ln in pending.splitlines() if not ln.strip().startswith("--")).strip():
+        raise DataError(f"an unterminated SQL statement: {pending.strip()[:60]}")
+
+
+@dataclass(frozen=True)
+class StateCheck:
+    path: Path
+    version: int  # the database's
+    latest: int  # this imagekit's
+    integrity: str  # "ok", or what SQLite found
+
+    @property
+    def healthy(self) -> bool:
+        return self.integrity == "ok" and self.version <= self.latest
 
 
 @dataclass(frozen=True)
@@ -69,18 +116,69 @@ class State:
             # commits may be lost on power failure, and each commit skips an fsync.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            self._apply_schemas(conn)
+            with _MIGRATED_LOCK:
+                if str(self.db_path) not in _MIGRATED:
+                    self._migrate(conn)
+                    _MIGRATED.add(str(self.db_path))
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.db_path}: state database unusable: {exc}") from None
         return conn
 
-    def _apply_schemas(self, conn: sqlite3.Connection) -> None:
-        path = str(self.db_path)
-        for name, ddl in _SCHEMAS.items():
-            key = (path, name)
-            if key not in _APPLIED:
-                conn.executescript(ddl)
-                _APPLIED.add(key)
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Apply the migrations this database has not had, all in one transaction."""
+        latest = schema_version()
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found == latest:
+            return
+        self._refuse_newer(found, latest)
+        with _writers(str(self.db_path)):
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                # Taken before the write lock (a backup cannot read past its own connection's
+                # pending write); a process migrating meanwhile only makes this copy older.
+                self._backup(conn, self.root / f"state.db.v{found}.bak")
+            conn.execute("BEGIN IMMEDIATE")  # another process may have migrated: re-read under the lock
+            try:
+                found = conn.execute("PRAGMA user_version").fetchone()[0]
+                self._refuse_newer(found, latest)
+                for migration in migrations()[found:]:
+                    for statement in statements(migration.sql):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {migration.version}")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _refuse_newer(self, found: int, latest: int) -> None:
+        if found > latest:
+            raise DataError(
+                f"{self.db_path}: the state database has schema version {found}, this imagekit "
+                f"knows up to {latest}: use the newer imagekit that wrote it",
+            )
+
+    @staticmethod
+    def _backup(conn: sqlite3.Connection, target: Path) -> None:
+        partial = target.with_name(target.name + ".part")
+        copy = sqlite3.connect(partial)
+        try:
+            conn.backup(copy)
+        finally:
+            copy.close()
+        os.chmod(partial, 0o600)
+        partial.replace(target)
+
+    def check(self) -> StateCheck:
+        """The database's schema version and SQLite's ``integrity_check``, without upgrading it."""
+        try:
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
+            try:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"{self.db_path}: state database unusable: {exc}") from None
+        return StateCheck(self.db_path, version, schema_version(), "; ".join(problems))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -124,9 +222,5 @@ class State:
             conn = kept[key] = self.db()
             while len(kept) > _KEPT_PER_THREAD:
                 kept.popitem(last=False)[1].close()
-        else:
-            # A module imported since (context.render's VM table, say) registered its schema
-            # after this connection was made.
-            self._apply_schemas(conn)
         kept.move_to_end(key)
         return conn

@@ -18,31 +18,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from imagekit.state import State, schema
+from imagekit.state import State
 from marketplace.inflate import CHUNK, ParallelHasher
 from marketplace.metadata import ChecksumAlgorithm
-
-schema(
-    "site_images",
-    """
-    CREATE TABLE IF NOT EXISTS site_images (
-        identifier TEXT PRIMARY KEY,
-        bytes INTEGER NOT NULL,
-        format TEXT NOT NULL,
-        endorser TEXT NOT NULL,
-        entry TEXT NOT NULL,
-        checksums TEXT NOT NULL,
-        fetched_at REAL NOT NULL,
-        used_at REAL NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS site_image_holds (
-        identifier TEXT NOT NULL,
-        holder TEXT NOT NULL,
-        since REAL NOT NULL,
-        PRIMARY KEY (identifier, holder)
-    );
-    """,
-)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass, fields
 from typing import Any, Protocol
 
+from imagekit.errors import DataError
 from marketplace.auditlog import Head
 from marketplace.config import IndexBackend, MarketConfig
 
@@ -176,12 +177,18 @@ CREATE TABLE IF NOT EXISTS endorsers (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# The index's numbered schema migrations; ``meta.schema`` holds how many an index has had (an index
+# from before versions has none and gets the idempotent first one). The index is rebuildable from
+# the signed files, but a newer imagekit's index is still refused rather than misread.
+MIGRATIONS: tuple[str, ...] = (SCHEMA,)
+
 
 class SqlIndex:
     """The SQL shared by both back ends; subclasses supply connections and the dialect."""
 
     like = "LIKE"
     placeholder = "?"
+    has_table = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
 
     def __init__(self, connect: Callable[[], Any], pool_size: int) -> None:
         self._connect = connect
@@ -217,6 +224,33 @@ class SqlIndex:
                 with contextlib.suppress(Exception):
                     conn.close()
             self._all.clear()
+
+    def _migrate(self, conn: Any) -> None:
+        """Bring the index's schema up to date on ``conn``, in its open transaction (the caller
+        holds whatever lock keeps two processes from migrating at once, and commits)."""
+        cur = conn.cursor()
+        found = 0
+        cur.execute(self._sql(self.has_table), ("meta",))
+        if cur.fetchone()[0]:
+            cur.execute(self._sql("SELECT value FROM meta WHERE name = ?"), ("schema",))
+            row = cur.fetchone()
+            found = int(row[0]) if row else 0
+        if found > len(MIGRATIONS):
+            raise DataError(
+                f"the registry index has schema version {found}, this imagekit knows up to "
+                f"{len(MIGRATIONS)}: use the newer imagekit, or remove the index and run `market reindex`"
+            )
+        for script in MIGRATIONS[found:]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    cur.execute(statement)
+        cur.execute(
+            self._sql(
+                "INSERT INTO meta (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            ),
+            ("schema", str(len(MIGRATIONS))),
+        )
 
     def _sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
@@ -375,8 +409,9 @@ class SqlIndex:
         count = 0
         with self._conn() as conn:
             cur = conn.cursor()
-            for table in ("entries", "endorsers", "meta"):
-                cur.execute(f"DELETE FROM {table}")
+            cur.execute("DELETE FROM entries")
+            cur.execute("DELETE FROM endorsers")
+            cur.execute("DELETE FROM meta WHERE name <> 'schema'")
             batch: list[Row] = []
             for row in rows:
                 batch.append(row)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import psycopg
 
 from imagekit.errors import DataError
-from marketplace.index import SCHEMA, SqlIndex
+from marketplace.index import SqlIndex
 
 
 class PostgresIndex(SqlIndex):
     like = "ILIKE"
     placeholder = "%s"
+    has_table = "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
 
     def __init__(self, dsn: str, *, pool_size: int = 8) -> None:
         if not dsn:
@@ -25,9 +26,7 @@ class PostgresIndex(SqlIndex):
         with self._conn() as conn:
             # Two processes starting together must not both run CREATE TABLE at once.
             conn.execute("SELECT pg_advisory_xact_lock(7411013)")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            self._migrate(conn)
             conn.commit()
 
     def _open(self) -> psycopg.Connection[tuple[object, ...]]:

@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 
 from imagekit.errors import DataError
-from marketplace.index import SCHEMA, SqlIndex
+from marketplace.index import SqlIndex
 
 
 class SqliteIndex(SqlIndex):
@@ -19,7 +19,8 @@ class SqliteIndex(SqlIndex):
         self.path = path
         super().__init__(self._open, pool_size)
         with self._conn() as conn:
-            conn.executescript(SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")  # two worker processes starting together migrate once
+            self._migrate(conn)
             conn.commit()
 
     def _open(self) -> sqlite3.Connection:

@@ -14,7 +14,7 @@ from imagekit.cli import main
 from imagekit.errors import CommandError, ImagekitError, InputError, VerificationError
 from imagekit.log import StepTimings, live_detail, setup_logging, step
 from imagekit.run import run
-from imagekit.state import State, schema
+from imagekit.state import State
 
 
 def test_run_captures_output() -> None:
@@ -60,21 +60,10 @@ def test_error_tree() -> None:
     assert str(VerificationError("expired", rule="certificate-validity")) == "certificate-validity: expired"
 
 
-def test_a_schema_registered_later_reaches_the_kept_connection(tmp_path: Path) -> None:
-    """A long-running process imports a module (context.render, say) after its first
-    transaction: the module's tables must exist in the next one."""
-    state = State.open(tmp_path / "st")
-    with state.transaction() as db:
-        db.execute("SELECT 1")
-    schema("test_late", "CREATE TABLE IF NOT EXISTS test_late (n INTEGER);")
-    with state.transaction() as db:
-        db.execute("INSERT INTO test_late VALUES (1)")
-
-
 def test_state_transactions_serialise_across_threads(tmp_path: Path) -> None:
-    schema("test_counter", "CREATE TABLE IF NOT EXISTS test_counter (n INTEGER NOT NULL);")
     state = State.open(tmp_path / "st")
     with state.transaction() as db:
+        db.execute("CREATE TABLE test_counter (n INTEGER NOT NULL)")
         db.execute("INSERT INTO test_counter VALUES (0)")
 
     def bump() -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagekit.state import State, schema
-
-schema("tests.state_read", "CREATE TABLE IF NOT EXISTS read_probe (n INTEGER);")
+from imagekit.state import State
 
 
 def test_reads_proceed_while_another_connection_writes(tmp_path: Path) -> None:
     state = State.open(tmp_path)
     with state.transaction() as db:
+        db.execute("CREATE TABLE read_probe (n INTEGER)")
         db.execute("INSERT INTO read_probe VALUES (1)")
     writer = state.db()
     writer.execute("BEGIN IMMEDIATE")

@@ -34,29 +34,7 @@ from cloud.users import User
 from context.template import serialise
 from imagekit.atomic import write_atomically
 from imagekit.errors import ImagekitError, InputError
-from imagekit.state import State, schema
-
-schema(
-    "cloud.ec2.instances",
-    """
-    CREATE TABLE IF NOT EXISTS ec2_instances (
-        vmid          INTEGER PRIMARY KEY,
-        owner         TEXT NOT NULL,
-        image         INTEGER NOT NULL,
-        instance_type TEXT NOT NULL,
-        key_name      TEXT,
-        reservation   TEXT NOT NULL,
-        launch_index  INTEGER NOT NULL,
-        client_token  TEXT
-    );
-    CREATE INDEX IF NOT EXISTS ec2_instances_token ON ec2_instances (owner, client_token);
-    -- What EC2 shows of a VM changes with these rows too (cloud/store.py's pool version).
-    CREATE TRIGGER IF NOT EXISTS ec2_instances_inserted AFTER INSERT ON ec2_instances
-        BEGIN UPDATE cloud_pool_version SET n = n + 1; END;
-    CREATE TRIGGER IF NOT EXISTS ec2_instances_deleted AFTER DELETE ON ec2_instances
-        BEGIN UPDATE cloud_pool_version SET n = n + 1; END;
-    """,
-)
+from imagekit.state import State
 
 log = logging.getLogger(__name__)
 

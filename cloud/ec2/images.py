@@ -17,20 +17,7 @@ from pathlib import Path
 from cloud.ec2.errors import invalid_parameter
 from cloud.ec2.ids import image_id, select
 from cloud.users import User
-from imagekit.state import State, schema
-
-schema(
-    "cloud.ec2.images",
-    """
-    CREATE TABLE IF NOT EXISTS ec2_images (
-        id       INTEGER PRIMARY KEY,
-        owner    TEXT NOT NULL,
-        name     TEXT NOT NULL,
-        location TEXT NOT NULL,
-        created  TEXT NOT NULL
-    );
-    """,
-)
+from imagekit.state import State
 
 REMOTE_PREFIXES = ("marketplace:", "http://", "https://")
 

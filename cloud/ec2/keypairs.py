@@ -19,23 +19,7 @@ from datetime import UTC, datetime
 from cloud.ec2.errors import Ec2Error, invalid_parameter
 from cloud.ec2.ids import select
 from cloud.users import User
-from imagekit.state import State, schema
-
-schema(
-    "cloud.ec2.keypairs",
-    """
-    CREATE TABLE IF NOT EXISTS ec2_keypairs (
-        id          INTEGER PRIMARY KEY,
-        user_id     INTEGER NOT NULL REFERENCES cloud_users(id) ON DELETE CASCADE,
-        name        TEXT NOT NULL,
-        public_key  TEXT NOT NULL,
-        key_type    TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        created     TEXT NOT NULL,
-        UNIQUE (user_id, name)
-    );
-    """,
-)
+from imagekit.state import State
 
 _KEY_TYPES = {
     "ssh-rsa": "rsa",

@@ -43,31 +43,7 @@ from context.template import parse_template, serialise
 from imagekit.atomic import write_atomically
 from imagekit.diskimage import qemu_img_info
 from imagekit.errors import DataError, InputError
-from imagekit.state import State, schema
-
-schema(
-    "cloud.occi",
-    """
-    CREATE TABLE IF NOT EXISTS occi_storage (
-        id      INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: COMPUTEs keep pointing at it
-        owner   TEXT NOT NULL,
-        name    TEXT NOT NULL,
-        url     TEXT NOT NULL,
-        path    TEXT NOT NULL,
-        size    INTEGER NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS occi_networks (
-        id      INTEGER PRIMARY KEY,
-        owner   TEXT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS occi_computes (
-        vmid          INTEGER PRIMARY KEY,
-        owner         TEXT NOT NULL,
-        instance_type TEXT NOT NULL,
-        request       TEXT NOT NULL
-    );
-    """,
-)
+from imagekit.state import State
 
 # The core's states as 1.4's VM_STATE names (LCM states are all ACTIVE).
 _VM_STATE = {

@@ -22,23 +22,10 @@ from pathlib import Path
 
 from imagekit.errors import InputError
 from imagekit.run import run
-from imagekit.state import State, schema
+from imagekit.state import State
 
 log = logging.getLogger(__name__)
 
-schema(
-    "build_cache",
-    """
-    CREATE TABLE IF NOT EXISTS build_cache (
-        key TEXT PRIMARY KEY,
-        summary TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        created REAL NOT NULL,
-        last_used REAL NOT NULL,
-        hits INTEGER NOT NULL DEFAULT 0
-    );
-    """,
-)
 
 # xattrs carry file capabilities (ping's cap_net_raw); a Debian system has no ACLs, and
 # restoring them costs a syscall per file.

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from imagekit.errors import DataError
 from marketplace.auditlog import Head
-from marketplace.index import Index, LocationKind, Query, Row, SortKey, Status
+from marketplace.index import MIGRATIONS, Index, LocationKind, Query, Row, SortKey, Status
 from marketplace.index_sqlite import SqliteIndex
 
 AT = "2025-06-01T00:00:00Z"
@@ -182,3 +184,44 @@ def test_sqlite_index_survives_reopening(tmp_path: Path) -> None:
     second = SqliteIndex(tmp_path / "index.sqlite")
     assert second.search(Query(status=Status.ALL), at=AT).total == 7
     second.close()
+
+
+def _schema_row(path: Path) -> str | None:
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
+
+
+def test_an_index_from_before_schema_versions_is_upgraded_with_its_entries(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    first = SqliteIndex(path)
+    fill(first)
+    first.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM meta WHERE name = 'schema'")  # as imagekit wrote it before versions
+    conn.commit()
+    conn.close()
+    again = SqliteIndex(path)
+    assert again.search(Query(status=Status.ALL), at=AT).total == 7
+    again.close()
+    assert _schema_row(path) == str(len(MIGRATIONS))
+
+
+def test_an_index_from_a_newer_imagekit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    SqliteIndex(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (str(len(MIGRATIONS) + 1),))
+    conn.commit()
+    conn.close()
+    with pytest.raises(DataError, match="market reindex"):
+        SqliteIndex(path)
+
+
+def test_a_rebuild_keeps_the_schema_version(sqlite_index: Index, tmp_path: Path) -> None:
+    fill(sqlite_index)
+    sqlite_index.rebuild([], Head(0, ""))
+    assert _schema_row(tmp_path / "index.sqlite") == str(len(MIGRATIONS))
