@@ -30,6 +30,7 @@ from marketplace.certs import certificate_emails
 from marketplace.client import MarketClient, RegistryError, endpoint, path_of
 from marketplace.commands import metadata, site, verify_build
 from marketplace.config import load_config
+from marketplace.dn import display_dn
 from marketplace.metadata import format_time, parse_metadata, parse_time
 from marketplace.registry import Registry
 from marketplace.signing import load_p12, load_signer, sign_metadata
@@ -220,7 +221,7 @@ def _pending_list(args: argparse.Namespace) -> int:
         return 0
     for p in waiting:
         flag = f"  deprecates: {p.deprecated}" if p.deprecated is not None else ""
-        print(f"{p.pending_id[:12]}  {p.key.relpath}  {p.subject}{flag}")
+        print(f"{p.pending_id[:12]}  {p.key.relpath}  {display_dn(p.subject)}{flag}")
     return 0
 
 
@@ -405,5 +406,5 @@ def _endorsers(args: argparse.Namespace) -> int:
         print_json(body)
         return 0
     for e in body["endorsers"]:
-        print(f"{e['email']:30} {e['entries']:>6}  {e['last_created']}  {e['subject']}")
+        print(f"{e['email']:30} {e['entries']:>6}  {e['last_created']}  {display_dn(e['subject'])}")
     return 0

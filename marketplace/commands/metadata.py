@@ -25,6 +25,7 @@ from marketplace import describe
 from marketplace.binding import Claim, check_mapped
 from marketplace.certs import LEGACY_SHA1_BEFORE, TrustStore
 from marketplace.config import load_config
+from marketplace.dn import display_dn
 from marketplace.metadata import (
     Metadata,
     format_time,
@@ -268,8 +269,9 @@ def _print_text(m: Metadata) -> None:
     rows += [(f"checksum {a}", v) for a, v in m.checksums.items()]
     if m.endorsement:
         e = m.endorsement
-        rows += [("endorsed", format_time(e.created)), ("email", e.endorser.email),
-                 ("subject", e.endorser.subject), ("issuer", e.endorser.issuer)]  # fmt: skip
+        rows += [("endorsed", format_time(e.created)), ("email", e.endorser.email)]
+        # Names as people read them; the signed file and --json keep Java's form.
+        rows += [("subject", display_dn(e.endorser.subject)), ("issuer", display_dn(e.endorser.issuer))]
     else:
         rows.append(("endorsed", "no (unsigned)"))
     for f in dataclasses.fields(m):
