@@ -5,11 +5,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout's code, not an installed copy
+# Some options default to an environment variable (``--password`` to $OCCI_PASSWORD): the
+# reference shows the defaults, so nothing of the builder's environment may reach them.
+for name in [n for n in os.environ if n.startswith(("OCCI_", "EC2_", "AWS_", "ONE_", "IMAGEKIT_"))]:
+    del os.environ[name]
 
 project = "imagekit"
 author = "the imagekit authors"
