@@ -365,9 +365,10 @@ def _endorser_reasons(m: Metadata, policy: SitePolicy) -> list[str]:
     if policy.whitelist_subjects and not any(
         r.matches(e.subject, e.issuer) for r in policy.whitelist_subjects
     ):
-        reasons.append(f"subject {e.subject!r} (issuer {e.issuer!r}) is not whitelisted (whitelistsubjects)")
+        subject, issuer = display_dn(e.subject), display_dn(e.issuer)
+        reasons.append(f"subject {subject!r} (issuer {issuer!r}) is not whitelisted (whitelistsubjects)")
     if any(r.matches(e.subject, e.issuer) for r in policy.blacklist_subjects):
-        reasons.append(f"subject {e.subject!r} is blacklisted (blacklistsubjects)")
+        reasons.append(f"subject {display_dn(e.subject)!r} is blacklisted (blacklistsubjects)")
     return reasons
 
 

@@ -166,3 +166,18 @@ def test_policy_verdict_names_the_endorser_readably() -> None:
     result = evaluate([endorse(describe(b"verdict"), JANE, created=ago(days=1))], SitePolicy(), now=NOW)
     assert result.chosen is not None
     assert f"endorser jane@example.org ({JANE_READ})" in result.why and HEX_EMAIL not in result.why
+
+
+def test_policy_reasons_name_subjects_readably() -> None:
+    from marketplace.policy import EndorserRule, SitePolicy, evaluate
+
+    from .images import describe, endorse
+
+    entries = [endorse(describe(b"reasons"), JANE, created=ago(days=1))]
+    other = SitePolicy(whitelist_subjects=(EndorserRule("CN=Someone Else"),))
+    [refused] = evaluate(entries, other, now=NOW).candidates
+    assert f"subject {JANE_READ!r}" in refused.reasons[0] and HEX_EMAIL not in refused.reasons[0]
+    # A rule written in the display form matches the stored form: names are compared parsed.
+    blocking = SitePolicy(blacklist_subjects=(EndorserRule(JANE_READ),))
+    [blocked] = evaluate(entries, blocking, now=NOW).candidates
+    assert blocked.reasons == (f"subject {JANE_READ!r} is blacklisted (blacklistsubjects)",)
