@@ -4,7 +4,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test check lint typecheck unit fast bench clean
+.PHONY: setup demo test check lint typecheck docs unit fast bench clean
 FAST := not slow and not vm and not browser and not postgres
 
 setup:
@@ -20,13 +20,18 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# The documentation (docs/): Sphinx, every warning an error; -E re-reads every page, so the CLI
+# reference is rendered from the parser as it is now.
+docs: setup
+	$(BIN)/sphinx-build -W --keep-going -E -q -b html docs docs/_html
+
 unit: setup
 	$(BIN)/pytest
 
 fast: setup
 	$(BIN)/pytest -m "$(FAST)"
 
-test: lint typecheck unit
+test: lint typecheck docs unit
 
 check: lint typecheck fast
 
@@ -34,4 +39,4 @@ bench: setup
 	@for b in bench/*.py; do $(BIN)/python $$b; done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache docs/_html

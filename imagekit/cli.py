@@ -40,7 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(chosen: str | None) -> argparse.ArgumentParser:
+def build_parser(chosen: str | None, *, every_group: bool = False) -> argparse.ArgumentParser:
+    """The parser with ``chosen``'s group registered (all of them with ``every_group``)."""
     parser = argparse.ArgumentParser(
         prog="imagekit",
         description="Cloud VM images end to end: build, publish, contextualize.",
@@ -67,9 +68,14 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
         group = sub.add_parser(name, help=help_text, description=help_text)
         # A group without a sub-command shows what it offers; each sub-command sets its own func.
         group.set_defaults(func=lambda args, group=group: _usage(group))
-        if name == chosen:
+        if every_group or name == chosen:
             importlib.import_module(module).register(group)
     return parser
+
+
+def reference_parser() -> argparse.ArgumentParser:
+    """Every group registered: what the CLI reference (sphinx-argparse) and its tests walk."""
+    return build_parser(None, every_group=True)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -5,7 +5,9 @@ StratusLab's Java code wrote ``slreq:subject``/``slreq:issuer`` with
 text, every other attribute as ``OID=#`` followed by the DER encoding of its value in
 lower-case hex (RFC 4514 §2.4) — so a grid certificate's ``emailAddress`` reads
 ``1.2.840.113549.1.9.1=#16…``. OpenSSL and ``cryptography`` write the same names as text.
-:func:`parse_dn` reads all of these into comparable values.
+:func:`parse_dn` reads all of these into comparable values, and :func:`display_dn` writes
+them as people read them (``emailAddress=jane@example.org``, not ``…=#16…``): the stored
+form stays in signed files and ``--json``, the display form is for text and HTML.
 
 >>> java_rfc2253(cert.subject)
 'CN=Jane,O=Grid,1.2.840.113549.1.9.1=#16106a616e65406578616d706c652e6f7267'
@@ -36,6 +38,11 @@ _KEYWORD_OIDS = {v: k for k, v in RFC2253_KEYWORDS.items()} | {
 _STRING_CODECS = {
     0x0C: "utf-8", 0x12: "ascii", 0x13: "ascii", 0x14: "latin-1", 0x16: "ascii",
     0x1A: "ascii", 0x1C: "utf-32-be", 0x1E: "utf-16-be",
+}  # fmt: skip
+# Names people know for the attributes RFC 2253 has no keyword for (OpenSSL's short names).
+_DISPLAY_NAMES = RFC2253_KEYWORDS | {
+    EMAIL_ADDRESS: "emailAddress", "2.5.4.5": "serialNumber", "2.5.4.4": "SN", "2.5.4.42": "GN",
+    "2.5.4.12": "title",
 }  # fmt: skip
 _OID = re.compile(r"(?:OID\.)?([0-2](?:\.[0-9]+)+)", re.IGNORECASE)
 
@@ -93,6 +100,21 @@ def java_rfc2253(name: x509.Name) -> str:
                 avas.append(f"{oid}=#{der[value_start:value_end].hex()}")
         rdns.append("+".join(avas))
     return ",".join(reversed(rdns))
+
+
+def display_dn(text: str) -> str:
+    """A stored DN (any RFC 4514/2253 rendering) as people read it: the same RDNs in the same
+    order, each attribute by its usual name, each value decoded and escaped as RFC 2253 does
+    (``O=Grid,CN=Jane,emailAddress=jane@example.org``). Text that is not a DN, or holds a
+    value that is not a string, is returned as it is."""
+    parsed = parse_dn(text)
+    if parsed is None:
+        return text
+    rdns = []
+    for rdn in parsed:
+        avas = sorted(f"{_DISPLAY_NAMES.get(oid, oid)}={_escape(value)}" for oid, value in rdn)
+        rdns.append("+".join(avas))
+    return ",".join(rdns)
 
 
 def _escape(value: str) -> str:

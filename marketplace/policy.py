@@ -30,7 +30,7 @@ from imagekit import locations
 from imagekit.errors import DataError, InputError, VerificationError
 from marketplace.certs import TrustStore, normal_dn
 from marketplace.config import IniReader, read_ini
-from marketplace.dn import parse_dn
+from marketplace.dn import display_dn, parse_dn
 from marketplace.metadata import ChecksumAlgorithm, Metadata, format_time, parse_metadata
 from marketplace.verify import verify_entry
 
@@ -268,7 +268,7 @@ def evaluate(
     endorser = chosen.metadata.endorsement.endorser
     why = (
         f"newest of {len(accepted)} accepted endorsement(s) out of {len(judged)}; "
-        f"endorser {endorser.email} ({endorser.subject})"
+        f"endorser {endorser.email} ({display_dn(endorser.subject)})"
         + (", chains to the trust store" if policy.trust and chosen.signed else "")
         + ("" if chosen.signed else ", unsigned (require_signatures = no)")
         + (f", valid until {format_time(chosen.metadata.valid)}" if chosen.metadata.valid else "")
@@ -365,9 +365,10 @@ def _endorser_reasons(m: Metadata, policy: SitePolicy) -> list[str]:
     if policy.whitelist_subjects and not any(
         r.matches(e.subject, e.issuer) for r in policy.whitelist_subjects
     ):
-        reasons.append(f"subject {e.subject!r} (issuer {e.issuer!r}) is not whitelisted (whitelistsubjects)")
+        subject, issuer = display_dn(e.subject), display_dn(e.issuer)
+        reasons.append(f"subject {subject!r} (issuer {issuer!r}) is not whitelisted (whitelistsubjects)")
     if any(r.matches(e.subject, e.issuer) for r in policy.blacklist_subjects):
-        reasons.append(f"subject {e.subject!r} is blacklisted (blacklistsubjects)")
+        reasons.append(f"subject {display_dn(e.subject)!r} is blacklisted (blacklistsubjects)")
     return reasons
 
 

@@ -48,14 +48,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         return command
 
     verb("upload", "upload an image file (econe's UploadImage)", cmd_upload).add_argument(
-        "image", type=Path, metavar="IMAGE-PATH"
+        "image", type=Path, metavar="IMAGE-PATH", help="the image file"
     )
     verb(
         "register", "register an uploaded image id, a path on the server or marketplace:ID", cmd_register
-    ).add_argument("location", metavar="IMAGE")
+    ).add_argument("location", metavar="IMAGE", help="ami-… of an upload, a server path or marketplace:ID")
     verb("describe-images", "list your images", cmd_describe_images)
     run = verb("run-instances", "start instances of an image", cmd_run_instances)
-    run.add_argument("image", metavar="IMAGE-ID")
+    run.add_argument("image", metavar="IMAGE-ID", help="a registered image (ami-…)")
     run.add_argument(
         "-t", "--type", default="m1.small", metavar="TYPE", help="instance type (default m1.small)"
     )
@@ -66,7 +66,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     data.add_argument("-f", "--user-data-file", type=Path, metavar="FILE", help="user data from FILE")
     verb("describe-instances", "list your instances", cmd_describe_instances)
     verb("terminate-instances", "terminate instances", cmd_terminate_instances).add_argument(
-        "instances", nargs="+", metavar="INSTANCE-ID"
+        "instances", nargs="+", metavar="INSTANCE-ID", help="instances (i-…)"
     )
 
 

@@ -34,13 +34,15 @@ def register(parser: argparse.ArgumentParser) -> None:
             dest="occi_verb", metavar="VERB"
         )
         create = verbs.add_parser("create", help=f"create a {kind} from an OCCI XML file")
-        create.add_argument("file", type=Path, metavar="XML")
+        create.add_argument("file", type=Path, metavar="XML", help=f"the {kind} in OCCI 1.4 XML")
         verbs.add_parser("list", help=f"list the {kind} pool")
         for verb in ("show", "delete"):
-            verbs.add_parser(verb, help=f"{verb} one {kind}").add_argument("id", metavar="ID")
+            verbs.add_parser(verb, help=f"{verb} one {kind}").add_argument(
+                "id", metavar="ID", help=f"the {kind} id"
+            )
         if kind == "compute":
             update = verbs.add_parser("update", help="change a compute's STATE (ID and STATE in the XML)")
-            update.add_argument("file", type=Path, metavar="XML")
+            update.add_argument("file", type=Path, metavar="XML", help="<COMPUTE> with ID and STATE")
         for sub in verbs.choices.values():
             _connection_options(sub)
             sub.set_defaults(func=cmd_occi)

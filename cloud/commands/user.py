@@ -28,7 +28,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="user_command", metavar="SUBCOMMAND")
 
     create = sub.add_parser("create", help="create a user; prints the EC2 access key and secret once")
-    create.add_argument("name", metavar="NAME")
+    create.add_argument("name", metavar="NAME", help="the new user's name")
     create.add_argument("--password-file", type=Path, metavar="FILE", help="read the password from FILE")
     create.add_argument("--admin", action="store_true", help="may see and act on every user's resources")
     create.add_argument("--json", action="store_true", help="machine-readable output")
@@ -39,17 +39,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     listing.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", help="show a user (never the secrets)")
-    show.add_argument("user", metavar="ID|NAME")
+    show.add_argument("user", metavar="ID|NAME", help="the user")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
 
     passwd = sub.add_parser("passwd", help="change a user's password")
-    passwd.add_argument("user", metavar="ID|NAME")
+    passwd.add_argument("user", metavar="ID|NAME", help="the user")
     passwd.add_argument("--password-file", type=Path, metavar="FILE", help="read the password from FILE")
     passwd.set_defaults(func=cmd_passwd)
 
     delete = sub.add_parser("delete", help="delete a user and their key pairs")
-    delete.add_argument("user", metavar="ID|NAME")
+    delete.add_argument("user", metavar="ID|NAME", help="the user")
     delete.set_defaults(func=cmd_delete)
 
 

@@ -41,7 +41,7 @@ _VERBS: dict[str, tuple[Verb, str]] = {
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="vm_command", metavar="SUBCOMMAND")
     create = sub.add_parser("create", help="deploy a VM from an OpenNebula VM template")
-    create.add_argument("template", type=Path, metavar="TEMPLATE")
+    create.add_argument("template", type=Path, metavar="TEMPLATE", help="an OpenNebula VM template")
     create.add_argument("--hold", action="store_true", help="prepare it, but boot only on `vm release`")
     create.add_argument(
         "--image", type=Path, action="append", default=[], metavar="FILE", help="image template (repeatable)"
@@ -71,24 +71,30 @@ def register(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="a VM with its history")
-    show.add_argument("vmid", type=int, metavar="ID")
+    show.add_argument("vmid", type=int, metavar="ID", help="the VM")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
     shutdown = sub.add_parser("shutdown", help="ACPI power-off, hard after --timeout; ends at done")
-    shutdown.add_argument("vmid", type=int, metavar="ID")
+    shutdown.add_argument("vmid", type=int, metavar="ID", help="the VM")
     shutdown.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="default: 120")
     shutdown.set_defaults(func=cmd_shutdown)
     for name, (verb, help_text) in _VERBS.items():
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("vmid", type=int, metavar="ID")
+        p.add_argument("vmid", type=int, metavar="ID", help="the VM")
         p.set_defaults(func=_verb_command(verb))
     log = sub.add_parser("log", help="the VM's serial console")
-    log.add_argument("vmid", type=int, metavar="ID")
+    log.add_argument("vmid", type=int, metavar="ID", help="the VM")
     log.add_argument("--follow", "-f", action="store_true", help="keep printing until the VM ends")
     log.set_defaults(func=cmd_log)
     wait = sub.add_parser("wait", help="wait until a VM reaches a state")
-    wait.add_argument("vmid", type=int, metavar="ID")
-    wait.add_argument("--state", required=True, choices=[s.value for s in VmState], dest="wanted")
+    wait.add_argument("vmid", type=int, metavar="ID", help="the VM")
+    wait.add_argument(
+        "--state",
+        required=True,
+        choices=[s.value for s in VmState],
+        dest="wanted",
+        help="the state to wait for",
+    )
     wait.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="default: 600")
     wait.set_defaults(func=cmd_wait)
 

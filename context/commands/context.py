@@ -29,7 +29,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="context_command", metavar="COMMAND")
 
     p = sub.add_parser("parse", help="parse a template; print it back normalised (or as JSON)")
-    p.add_argument("template", type=Path, metavar="TEMPLATE")
+    p.add_argument("template", type=Path, metavar="TEMPLATE", help="an OpenNebula template")
     p.add_argument("--json", action="store_true", help="attributes as JSON, with line numbers")
     p.set_defaults(func=cmd_parse)
 
@@ -41,7 +41,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("iso", help="resolve a VM template and build its context ISO")
     _vm_arguments(p)
-    p.add_argument("-o", "--output", type=Path, metavar="OUT.iso", required=True)
+    p.add_argument("-o", "--output", type=Path, metavar="OUT.iso", required=True, help="write the ISO here")
     p.add_argument(
         "--flavor",
         choices=[f.value for f in IsoFlavor],
@@ -51,17 +51,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_iso)
 
     p = sub.add_parser("release", help="delete a kept VM: free its leases and forget its context")
-    p.add_argument("vmid", type=int, metavar="VMID")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("vmid", type=int, metavar="VMID", help="a VM kept with --keep")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_release)
 
     p = sub.add_parser("list", help="VMs kept with --keep (holding leases)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 
 
 def _vm_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("template", type=Path, metavar="TEMPLATE")
+    p.add_argument("template", type=Path, metavar="TEMPLATE", help="an OpenNebula VM template")
     p.add_argument("--vmid", type=int, metavar="N", help="VM id (default: the next free one)")
     p.add_argument("--keep", action="store_true", help="keep the VM and its leases (free with `release`)")
     p.add_argument("--user", type=Path, metavar="FILE", help="owner's user template (default: you)")

@@ -27,7 +27,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="net_command", metavar="SUBCOMMAND")
 
     create = sub.add_parser("create", help="create a network from a template (.net file)")
-    create.add_argument("file", type=Path, metavar="FILE")
+    create.add_argument("file", type=Path, metavar="FILE", help="a network template (RANGED or FIXED)")
     create.set_defaults(func=cmd_create)
 
     listing = sub.add_parser("list", help="list networks with the number of leases in use")
@@ -35,12 +35,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     listing.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", help="show a network and its leases")
-    show.add_argument("network", metavar="ID|NAME")
+    show.add_argument("network", metavar="ID|NAME", help="the network")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
 
     delete = sub.add_parser("delete", help="delete a network (refused while leases are in use)")
-    delete.add_argument("network", metavar="ID|NAME")
+    delete.add_argument("network", metavar="ID|NAME", help="the network")
     delete.set_defaults(func=cmd_delete)
 
 

@@ -6,7 +6,7 @@ Each file is checked on its own against the schema (plus the keys BoxGrinder's c
 its validator-hook rules), all errors of all files collected; then ``appliances:`` parents are
 merged in, parents first, with BoxGrinder's rules (see ``_merge``); then variables are
 substituted into every string. The top-level ``imagekit:`` key carries what BoxGrinder could
-not express (README, "Recipes").
+not express (docs/author/recipes.md).
 """
 
 from __future__ import annotations

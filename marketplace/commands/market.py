@@ -30,6 +30,7 @@ from marketplace.certs import certificate_emails
 from marketplace.client import MarketClient, RegistryError, endpoint, path_of
 from marketplace.commands import metadata, site, verify_build
 from marketplace.config import load_config
+from marketplace.dn import display_dn
 from marketplace.metadata import format_time, parse_metadata, parse_time
 from marketplace.registry import Registry
 from marketplace.signing import load_p12, load_signer, sign_metadata
@@ -52,56 +53,65 @@ def register(parser: argparse.ArgumentParser) -> None:
     serve.set_defaults(func=_serve)
 
     upload = sub.add_parser("upload", help="upload signed entries to the registry")
-    upload.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    upload.add_argument("files", nargs="+", type=Path, metavar="FILE", help="signed entries")
     _endpoint_option(upload)
-    upload.add_argument("--json", action="store_true")
+    upload.add_argument("--json", action="store_true", help="machine-readable output")
     upload.set_defaults(func=_upload)
 
     listing = sub.add_parser("list", help="list current entries (filters as in GET /metadata)")
     _endpoint_option(listing)
-    listing.add_argument("--status", choices=("valid", "expired", "deprecated", "all"), default="valid")
-    listing.add_argument("--location", choices=("all", "web", "pdisk"), default="all")
-    listing.add_argument("--os")
-    listing.add_argument("--os-version")
-    listing.add_argument("--arch", "--os-arch", dest="os_arch")
-    listing.add_argument("--endorser", metavar="EMAIL")
-    listing.add_argument("--tag")
+    listing.add_argument(
+        "--status", choices=("valid", "expired", "deprecated", "all"), default="valid", help="default valid"
+    )
+    listing.add_argument(
+        "--location",
+        choices=("all", "web", "pdisk"),
+        default="all",
+        help="entries with this kind of location",
+    )
+    listing.add_argument("--os", help="only this OS")
+    listing.add_argument("--os-version", help="only this OS version")
+    listing.add_argument("--arch", "--os-arch", dest="os_arch", help="only this architecture")
+    listing.add_argument("--endorser", metavar="EMAIL", help="only this endorser's entries")
+    listing.add_argument("--tag", help="only entries with this tag")
     listing.add_argument("--search", metavar="TEXT", help="words that must all appear")
     listing.add_argument(
-        "--sort", choices=("created", "identifier", "email", "os", "os_version", "os_arch", "title", "valid")
+        "--sort",
+        choices=("created", "identifier", "email", "os", "os_version", "os_arch", "title", "valid"),
+        help="sort key (default created)",
     )
     listing.add_argument("--asc", action="store_true", help="ascending order (default: descending)")
-    listing.add_argument("--limit", type=int, default=50)
-    listing.add_argument("--offset", type=int, default=0)
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many entries (default 50)")
+    listing.add_argument("--offset", type=int, default=0, help="skip this many first (default 0)")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_list)
 
     get = sub.add_parser("get", help="show an image's current entries, or one entry")
     get.add_argument("id", metavar="ID", help="identifier, or ID/EMAIL/CREATED for one entry")
-    get.add_argument("--endorser", metavar="EMAIL")
-    get.add_argument("--created", metavar="TIME")
+    get.add_argument("--endorser", metavar="EMAIL", help="only this endorser's entry")
+    get.add_argument("--created", metavar="TIME", help="with --endorser: the entry endorsed at TIME")
     get.add_argument("--status", choices=("valid", "expired", "deprecated", "all"),
                      help="only this status (default: every current entry, with its status)")  # fmt: skip
     _endpoint_option(get)
     form = get.add_mutually_exclusive_group()
-    form.add_argument("--json", action="store_true")
+    form.add_argument("--json", action="store_true", help="machine-readable output")
     form.add_argument("--xml", action="store_true", help="the signed XML (a <metadata> list for several)")
     get.set_defaults(func=_get)
 
     deprecate = sub.add_parser("deprecate", help="sign and upload a newer entry marking an image deprecated")
-    deprecate.add_argument("id", metavar="ID")
-    deprecate.add_argument("--reason", required=True)
-    deprecate.add_argument("--cert", type=Path, metavar="PEM")
-    deprecate.add_argument("--key", type=Path, metavar="PEM")
+    deprecate.add_argument("id", metavar="ID", help="the image identifier")
+    deprecate.add_argument("--reason", required=True, help="why (slterms:deprecated)")
+    deprecate.add_argument("--cert", type=Path, metavar="PEM", help="the endorser's certificate")
+    deprecate.add_argument("--key", type=Path, metavar="PEM", help="its private key")
     deprecate.add_argument("--p12", type=Path, metavar="FILE", help="PKCS#12 bundle instead of --cert/--key")
-    deprecate.add_argument("--password-file", type=Path, metavar="F")
+    deprecate.add_argument("--password-file", type=Path, metavar="F", help="the key's or bundle's password")
     deprecate.add_argument("--email", metavar="ADDR", help="endorser e-mail (default: the certificate's)")
     _endpoint_option(deprecate)
     deprecate.set_defaults(func=_deprecate)
 
     endorsers = sub.add_parser("endorsers", help="list the registry's endorsers")
     _endpoint_option(endorsers)
-    endorsers.add_argument("--json", action="store_true")
+    endorsers.add_argument("--json", action="store_true", help="machine-readable output")
     endorsers.set_defaults(func=_endorsers)
 
     reindex = sub.add_parser("reindex", help="rebuild the index from the stored files")
@@ -110,14 +120,14 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     audit = sub.add_parser("audit", help="check the audit log against the stored files")
     _local_options(audit)
-    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
     audit.set_defaults(func=_audit)
 
     pending = sub.add_parser("pending", help="uploads waiting for an administrator")
     pending_sub = pending.add_subparsers(dest="pending_command", metavar="ACTION")
     plist = pending_sub.add_parser("list", help="show waiting uploads")
     _local_options(plist)
-    plist.add_argument("--json", action="store_true")
+    plist.add_argument("--json", action="store_true", help="machine-readable output")
     plist.set_defaults(func=_pending_list)
     for action, help_text in (
         ("accept", "verify again and publish"),
@@ -211,7 +221,7 @@ def _pending_list(args: argparse.Namespace) -> int:
         return 0
     for p in waiting:
         flag = f"  deprecates: {p.deprecated}" if p.deprecated is not None else ""
-        print(f"{p.pending_id[:12]}  {p.key.relpath}  {p.subject}{flag}")
+        print(f"{p.pending_id[:12]}  {p.key.relpath}  {display_dn(p.subject)}{flag}")
     return 0
 
 
@@ -396,5 +406,5 @@ def _endorsers(args: argparse.Namespace) -> int:
         print_json(body)
         return 0
     for e in body["endorsers"]:
-        print(f"{e['email']:30} {e['entries']:>6}  {e['last_created']}  {e['subject']}")
+        print(f"{e['email']:30} {e['entries']:>6}  {e['last_created']}  {display_dn(e['subject'])}")
     return 0

@@ -25,6 +25,7 @@ from marketplace import describe
 from marketplace.binding import Claim, check_mapped
 from marketplace.certs import LEGACY_SHA1_BEFORE, TrustStore
 from marketplace.config import load_config
+from marketplace.dn import display_dn
 from marketplace.metadata import (
     Metadata,
     format_time,
@@ -63,20 +64,27 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     create.add_argument("--valid", type=int, default=describe.DEFAULT_VALID_DAYS, metavar="DAYS",
                         help="endorsement validity in days (default %(default)s)")  # fmt: skip
     create.add_argument("--tag", help="stable name (dcterms:alternative) that resolves to your latest entry")
-    create.add_argument("--title")
-    create.add_argument("--description")
-    create.add_argument("--kind", choices=("machine", "disk"), default="machine")
+    create.add_argument("--title", help="dcterms:title of the entry")
+    create.add_argument("--description", help="dcterms:description of the entry")
+    create.add_argument(
+        "--kind",
+        choices=("machine", "disk"),
+        default="machine",
+        help="a bootable machine image or a data disk (default machine)",
+    )
     create.add_argument("--hypervisor", help="e.g. kvm")
     create.add_argument("--compression", choices=("", "gz", "bz2", "xz"),
                         help="compression of the published file (default: as detected)")  # fmt: skip
     create.add_argument("--os", help="OS name (with --os-version and --os-arch: skips inspection)")
-    create.add_argument("--os-version")
-    create.add_argument("--os-arch")
-    create.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    create.add_argument("--os-version", help="the OS version (default: from inspection)")
+    create.add_argument("--os-arch", help="the OS architecture (default: from inspection)")
+    create.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="FILE", help="write the entry here"
+    )
     create.set_defaults(func=_create)
 
     sign = commands.add_parser("sign", help="endorse and sign an entry (XML-DSig)")
-    sign.add_argument("file", type=Path)
+    sign.add_argument("file", type=Path, help="the unsigned entry (RDF/XML)")
     sign.add_argument("--cert", type=Path, metavar="PEM", help="certificate (then intermediates)")
     sign.add_argument("--key", type=Path, metavar="PEM", help="private key (RSA or EC)")
     sign.add_argument("--p12", type=Path, metavar="FILE", help="PKCS#12 bundle instead of --cert/--key")
@@ -87,11 +95,13 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     sign.add_argument("--profile", choices=[p.value for p in Profile], default=Profile.IMAGEKIT.value,
                       help="stratuslab-legacy: RSA-SHA1 and the signer certificate only, for sites "
                            "still verifying with StratusLab's tools (weak: SHA-1)")  # fmt: skip
-    sign.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    sign.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="FILE", help="write the signed entry here"
+    )
     sign.set_defaults(func=_sign)
 
     verify = commands.add_parser("verify", help="check signature, endorser, certificate time and chain")
-    verify.add_argument("file", type=Path)
+    verify.add_argument("file", type=Path, help="a signed entry")
     verify.add_argument("--trust", type=Path, action="append", default=[], metavar="PEM",
                         help="trusted CA certificates (file or directory, repeatable)")  # fmt: skip
     verify.add_argument(
@@ -103,13 +113,18 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                              "(default 2016-01-01)")  # fmt: skip
     verify.add_argument("--config", type=Path, metavar="FILE",
                         help="marketplace.conf with [uploads] email_bindings for --trust")  # fmt: skip
-    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(func=_verify)
 
     show = commands.add_parser("show", help="print an entry (unverified)")
-    show.add_argument("file", type=Path)
-    show.add_argument("--json", action="store_true")
-    show.add_argument("--format", choices=("text", "turtle", "jsonld", "rdfxml"), default="text")
+    show.add_argument("file", type=Path, help="an entry, signed or not (not verified)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.add_argument(
+        "--format",
+        choices=("text", "turtle", "jsonld", "rdfxml"),
+        default="text",
+        help="how to print it (default text)",
+    )
     show.set_defaults(func=_show)
 
 
@@ -254,8 +269,9 @@ def _print_text(m: Metadata) -> None:
     rows += [(f"checksum {a}", v) for a, v in m.checksums.items()]
     if m.endorsement:
         e = m.endorsement
-        rows += [("endorsed", format_time(e.created)), ("email", e.endorser.email),
-                 ("subject", e.endorser.subject), ("issuer", e.endorser.issuer)]  # fmt: skip
+        rows += [("endorsed", format_time(e.created)), ("email", e.endorser.email)]
+        # Names as people read them; the signed file and --json keep Java's form.
+        rows += [("subject", display_dn(e.endorser.subject)), ("issuer", display_dn(e.endorser.issuer))]
     else:
         rows.append(("endorsed", "no (unsigned)"))
     for f in dataclasses.fields(m):

@@ -19,6 +19,7 @@ from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from marketplace.dn import display_dn
 from marketplace.index import Query, Row, status_of
 
 _env = jinja2.Environment(
@@ -97,6 +98,7 @@ def entry_rows(rows: Iterable[Row], at: str, show_endorser: bool = True) -> Mark
     return Markup("".join(out))
 
 
+_env.filters["dn"] = display_dn  # certificate names as people read them
 _env.globals["url_with"] = url_with
 _env.globals["sort_link"] = sort_link
 _env.globals["entry_rows"] = entry_rows

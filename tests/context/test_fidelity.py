@@ -3,7 +3,7 @@
 Each test names the original's code it was derived from, in OpenNebula/one at commit
 05d147c524ae30d046db542ec28591365ace030f unless said otherwise. Where imagekit keeps a
 deliberate difference (point 9), the test pins imagekit's behaviour and the docstring states
-oned's; the README's "Compatibility notes" list the same.
+oned's; docs/compat/opennebula-1.4.md lists the same.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``imagekit market policy check | download | cache`` against the real registry (uvicorn) and an
-image mirror on loopback: the README's commands, end to end."""
+image mirror on loopback: the commands of docs/admin/site-policy.md, end to end."""
 
 from __future__ import annotations
 

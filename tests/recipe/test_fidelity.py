@@ -151,7 +151,7 @@ def test_el5_keeps_its_own_boot_partition(tmp_path: Path) -> None:
 
 def test_no_root_password_warns_that_boxgrinder_set_one(tmp_path: Path) -> None:
     """appliance-config-helper.rb:180 sets root's password to 'boxgrinder' when no file gives
-    one; imagekit keeps root without a password (README, compatibility notes) and says so."""
+    one; imagekit keeps root without a password (docs/compat/boxgrinder.md) and says so."""
     from imagekit.recipe.advice import NO_ROOT_PASSWORD, recipe_warnings
 
     bare = load(write(tmp_path, "bare.appl", f"name: bare\n{OS_DEBIAN}"))
