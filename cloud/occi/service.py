@@ -15,6 +15,7 @@ administrator on all; another user's id is answered exactly as one that does not
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import uuid
@@ -32,6 +33,7 @@ from cloud.occi.xml import (
     NetworkRequest,
     OcciError,
     StorageRequest,
+    assign_devices,
     bad_request,
 )
 from cloud.store import VmRecord
@@ -39,6 +41,7 @@ from cloud.users import User
 from context.leases import NetworkStore
 from context.model import VirtualNetwork
 from context.network import network_from_template
+from context.settings import load_settings
 from context.template import parse_template, serialise
 from imagekit.atomic import write_atomically
 from imagekit.diskimage import qemu_img_info
@@ -217,6 +220,8 @@ class OcciService:
             raise bad_request(
                 f"unknown INSTANCE_TYPE {request.instance_type!r} (one of {', '.join(types.names)})"
             )
+        prefix = load_settings(self.etc).default_device_prefix
+        request = dataclasses.replace(request, disks=assign_devices(request.disks, prefix))
         storages = {
             d.storage: self._referred_storage(user, d.storage)
             for d in request.disks
