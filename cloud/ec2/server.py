@@ -41,6 +41,7 @@ from cloud.ec2.core import CoreBackend
 from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
 from cloud.ec2.responses import error_xml, response_xml
 from cloud.ec2.service import ComputeBackend, Ec2Service, Region, reads_only
+from cloud.quotas import QuotaExceeded
 from cloud.upload import (
     DEFAULT_MAX_UPLOAD,
     BodyRefused,
@@ -62,6 +63,7 @@ MULTIPART = "multipart/form-data"
 STAGING = ".staging"  # uploads whose signature follows the file; no user name starts with "."
 XML = "text/xml;charset=UTF-8"
 READ_THREADS = 4
+VM_LIMITS = frozenset({"vms", "cpu", "memory_mib"})  # EC2's InstanceLimitExceeded; the rest are images
 
 
 def _params(query: str, body: bytes, content_type: str) -> tuple[tuple[str, str], ...]:
@@ -182,6 +184,7 @@ class Ec2App:
                         filename, signed_fields = event.filename, len(params)
                         if _signature_known(request, params):
                             user = await self._verify_upload(request, params, started)
+                            await run_in_threadpool(self.service.quotas.check_storage, user.name)
                         sink = await FileSink.open(self.uploads / (user.name if user else STAGING))
                     elif isinstance(event, bytes) and sink is not None:
                         await sink.write(event)
@@ -223,6 +226,10 @@ class Ec2App:
             log.info("%s: the client went away before the end of its request", request_id)
             message = "The request ended before its body did"
             return Response(error_xml("IncompleteRequest", message, request_id), 400, media_type=XML)
+        except QuotaExceeded as err:
+            log.info("%s %s", request_id, err)
+            code = "InstanceLimitExceeded" if err.resource in VM_LIMITS else "ResourceLimitExceeded"
+            return Response(error_xml(code, str(err), request_id), 400, media_type=XML)
         except Ec2Error as err:
             log.info("%s %s: %s", request_id, err.code, err.reason)
             return Response(error_xml(err.code, err.reason, request_id), err.status, media_type=XML)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from cloud.ec2.responses import Node
 from cloud.ec2.states import ec2_state
 from cloud.ec2.tags import Tag, TagStore, parse_tags, resource_type, tag_deletions
 from cloud.ec2.views import InstanceView, reservation, state_change
+from cloud.quotas import Quotas
 from cloud.users import User
 from imagekit.state import State
 
@@ -130,6 +132,7 @@ class Ec2Service:
         self.keypairs = KeyPairStore(state)
         self.images = ImageStore(state)
         self.tags = TagStore(state)
+        self.quotas = Quotas(state)
         self.region = region
         self.compute = compute
 
@@ -271,9 +274,14 @@ class Ec2Service:
         tags = self.tags.of(instance_id(v.vmid) for v in views)
         return reservation(views[0].reservation or f"r-{views[0].vmid:08x}", user.name, views, tags)
 
+    def _admit_image(self, user: User, size: int) -> Callable[[sqlite3.Connection, int], None]:
+        """The image quota's check, in the transaction that catalogues the image."""
+        return lambda db, number: self.quotas.admit_image(db, user.name, image_id(number), size)
+
     def upload_image(self, user: User, upload: Path, name: str) -> Body:
         """econe's ``UploadImage``: the server stored the file at ``upload``; it is catalogued."""
-        image = self.images.register(user, name or upload.name, str(upload))
+        admit = self._admit_image(user, upload.stat().st_size)
+        image = self.images.register(user, name or upload.name, str(upload), admit=admit)
         return {"imageId": image_id(image.id)}
 
     def register_image(self, user: User, params: Params) -> Body:
@@ -281,7 +289,9 @@ class Ec2Service:
         if location.startswith("ami-"):  # econe 1.4: register the id an upload returned
             [image] = self.images.visible(user, [parse_image_id(location)])
             return {"imageId": image_id(image.id)}
-        image = self.images.register(user, params.get("Name") or location, location)
+        # Nothing is stored for a location: it counts as an image, not as bytes.
+        admit = self._admit_image(user, 0)
+        image = self.images.register(user, params.get("Name") or location, location, admit=admit)
         return {"imageId": image_id(image.id)}
 
     def describe_images(self, user: User, params: Params) -> Body:
@@ -308,6 +318,7 @@ class Ec2Service:
         number = parse_image_id(required(params, "ImageId"))
         self.images.deregister(user, number)
         self.tags.forget(image_id(number))  # image ids are handed out again
+        self.quotas.release_image(image_id(number))
         return {"return": True}
 
     def _own_resources(self, user: User, params: Params) -> list[str]:

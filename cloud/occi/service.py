@@ -36,6 +36,7 @@ from cloud.occi.xml import (
     assign_devices,
     bad_request,
 )
+from cloud.quotas import Quotas
 from cloud.store import VmRecord
 from cloud.users import User
 from context.leases import NetworkStore
@@ -110,6 +111,7 @@ class OcciService:
         self.hold = hold
         self.etc = etc
         self.networks = NetworkStore(state)
+        self.quotas = Quotas(state, etc)
         self.root = state.root / "occi"
 
     # --- STORAGE -------------------------------------------------------------------------------
@@ -134,13 +136,19 @@ class OcciService:
         path = directory / f"{uuid.uuid4()}.img"
         _check_standalone(upload)
         shutil.move(upload, path)
-        size_mb = -(-path.stat().st_size // (1024 * 1024))
-        with self.state.transaction() as db:
-            cur = db.execute(
-                "INSERT INTO occi_storage (owner, name, url, path, size) VALUES (?, ?, ?, ?, ?)",
-                (user.name, request.name, request.url, str(path), size_mb),
-            )
-            assert cur.lastrowid is not None
+        size = path.stat().st_size
+        size_mb = -(-size // (1024 * 1024))
+        try:
+            with self.state.transaction() as db:
+                cur = db.execute(
+                    "INSERT INTO occi_storage (owner, name, url, path, size) VALUES (?, ?, ?, ?, ?)",
+                    (user.name, request.name, request.url, str(path), size_mb),
+                )
+                assert cur.lastrowid is not None
+                self.quotas.admit_image(db, user.name, _storage_resource(cur.lastrowid), size)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         return Storage(cur.lastrowid, user.name, request.name, request.url, path, size_mb)
 
     def delete_storage(self, user: User, number: int) -> None:
@@ -152,6 +160,7 @@ class OcciService:
             raise bad_request(f"STORAGE {number} is used by COMPUTE {', '.join(map(str, users))}")
         with self.state.transaction() as db:
             db.execute("DELETE FROM occi_storage WHERE id = ?", (number,))
+        self.quotas.release_image(_storage_resource(number))
         storage.path.unlink(missing_ok=True)
 
     # --- NETWORK -------------------------------------------------------------------------------
@@ -306,6 +315,11 @@ def _check_standalone(upload: Path) -> None:
         raise bad_request(
             "the image refers to another file (backing or data file): upload a standalone image"
         )
+
+
+def _storage_resource(number: int) -> str:
+    """A STORAGE's name in the quota ledger (``cloud/quotas.py``)."""
+    return f"occi-storage-{number}"
 
 
 def _uses(view: ComputeView, storage: int) -> bool:
