@@ -219,6 +219,7 @@ def prolog(
         drives=drives,
         qmp=embedded.runtime_dir(state) / f"{ctx.vmid}.qmp",
         vnc_display=(vm.graphics.port or 5900 + 100 + ctx.vmid) - 5900 if vm.graphics else None,
+        vnc_password=vm.graphics.passwd if vm.graphics else None,
         extra_args=tuple(a for raw in vm.raw for a in raw.qemu_args()),
         name=f"one-{ctx.vmid}",
     )
@@ -242,6 +243,7 @@ def prolog(
         **core,
         "argv": argv,
         "qmp": str(spec.qmp),
+        "vnc_password": spec.vnc_password,  # the embedded core sets it after every start
         "firmware": firmware.value,
         "disks": [str(d) for d in disks],
         "save": [str(disks[i]) for i, b in enumerate(bases[: len(disks)]) if b.disk.save],
