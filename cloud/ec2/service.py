@@ -296,6 +296,7 @@ class Ec2Service:
 
     def describe_images(self, user: User, params: Params) -> Body:
         wanted = [parse_image_id(text) for text in indexed(params, "ImageId")]
+        tags = self.tags.of()
         return {
             "imagesSet": [
                 {
@@ -309,6 +310,8 @@ class Ec2Service:
                     "name": i.name,
                     "creationDate": i.created.replace("+00:00", ".000Z"),
                     "rootDeviceType": "instance-store",
+                    "tagSet": [{"key": t.key, "value": t.value} for t in tags.get(image_id(i.id), [])]
+                    or None,
                 }
                 for i in self.images.visible(user, wanted)
             ]

@@ -115,6 +115,7 @@ def test_create_describe_and_delete_tags(cloud: dict[str, Any]) -> None:
     [shown] = alice.describe_instances(InstanceIds=[vm])["Reservations"][0]["Instances"]
     assert _tags(shown) == {"Name": "db-1", "env": "test"}  # the reused answer moved with the tags
 
+    assert _tags(alice.describe_images(ImageIds=["ami-00000001"])["Images"][0]) == {"env": "test"}
     images = alice.describe_tags(Filters=[{"Name": "resource-type", "Values": ["image"]}])["Tags"]
     assert [(t["ResourceId"], t["Key"]) for t in images] == [("ami-00000001", "env")]
     named = alice.describe_tags(
