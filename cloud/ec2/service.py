@@ -57,6 +57,7 @@ class RunRequest:
     key: KeyPair | None = None
     client_token: str | None = None
     tags: tuple[Tag, ...] = ()  # TagSpecification's for the instances
+    min_count: int | None = None  # fewer than count may do (a quota reached); None: all or none
 
 
 class ComputeBackend(Protocol):
@@ -263,6 +264,7 @@ class Ec2Service:
             image=image,
             instance_type=params.get("InstanceType") or "m1.small",
             count=counts[1],
+            min_count=counts[0],
             user_data=params.get("UserData") or None,
             key=self.keypairs.get(user, key_name) if key_name else None,
             client_token=params.get("ClientToken") or None,

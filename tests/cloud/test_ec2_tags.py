@@ -181,6 +181,16 @@ def test_tags_outside_ec2s_limits_are_refused(cloud: dict[str, Any], tag: dict[s
     assert _code(err) in ("InvalidParameterValue", "MissingParameter")
 
 
+def test_a_resource_has_at_most_50_tags(cloud: dict[str, Any]) -> None:
+    alice = ec2(cloud, "alice")
+    vm = _run(cloud, "alice", {f"k{n}": "v" for n in range(50)})
+    with pytest.raises(ClientError) as err:
+        alice.create_tags(Resources=[vm], Tags=[{"Key": "one-more", "Value": "v"}])
+    assert _code(err) == "TagLimitExceeded"
+    alice.create_tags(Resources=[vm], Tags=[{"Key": "k0", "Value": "new"}])  # a new value: still 50
+    assert len(alice.describe_tags(Filters=[{"Name": "resource-id", "Values": [vm]}])["Tags"]) == 50
+
+
 def test_a_deregistered_images_tags_do_not_pass_to_the_next_image(
     cloud: dict[str, Any], tmp_path: Path
 ) -> None:

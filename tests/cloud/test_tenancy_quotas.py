@@ -237,6 +237,17 @@ def test_cpu_and_memory_are_counted_and_a_reservation_is_all_or_none(ec2: dict[s
     assert _code(err) == "InstanceLimitExceeded"
 
 
+def test_run_instances_launches_as_many_as_fit_between_min_and_max(ec2: dict[str, Any]) -> None:
+    state, carol = ec2["state"], ec2_client(ec2["url"], ec2["accounts"]["carol"])
+    Quotas(state).set("carol", QuotaChange(vms=3))
+    with pytest.raises(ClientError) as err:
+        carol.run_instances(ImageId="ami-00000003", MinCount=4, MaxCount=6)
+    assert _code(err) == "InstanceLimitExceeded" and _live(state, "carol") == []
+    made = carol.run_instances(ImageId="ami-00000003", MinCount=2, MaxCount=6)["Instances"]
+    assert [i["AmiLaunchIndex"] for i in made] == [0, 1, 2]
+    assert len(_live(state, "carol")) == 3
+
+
 @pytest.fixture
 def ec2_http(tmp_path: Path) -> dict[str, Any]:
     state = State.open(tmp_path / "state")
