@@ -136,6 +136,11 @@ def test_the_embedded_core_sets_the_password_after_start(
     assert not any("s3cr" in arg for arg in fake_launch["argv"])
     lifecycle.delete(state, held.vmid)
 
+    plain = _template(blank_lab, 'GRAPHICS = [ TYPE = "vnc" ]\n')  # no PASSWD: no QMP conversation
+    other = lifecycle.release(state, create_vm(CreateRequest(plain, hold=True), state=state).vmid)
+    assert fake_launch["qmp"][1].commands == [] and not any("password=on" in a for a in other.info["argv"])
+    lifecycle.delete(state, other.vmid)
+
 
 def test_a_vm_whose_password_cannot_be_set_does_not_run(
     blank_lab: BlankLab, fake_launch: dict[str, Any]
@@ -147,17 +152,6 @@ def test_a_vm_whose_password_cannot_be_set_does_not_run(
         lifecycle.release(state, held.vmid)
     assert "Could not set password" in str(err.value)
     assert fake_launch["killed"] == [os.getpid()]  # the stand-in's pid: its QEMU would be killed
-
-
-def test_no_passwd_no_qmp_password(blank_lab: BlankLab, fake_launch: dict[str, Any]) -> None:
-    state = blank_lab.state
-    held = create_vm(
-        CreateRequest(_template(blank_lab, 'GRAPHICS = [ TYPE = "vnc" ]\n'), hold=True), state=state
-    )
-    assert not any("password=on" in arg for arg in held.info["argv"])
-    lifecycle.release(state, held.vmid)
-    assert fake_launch["qmp"][0].commands == []  # no QMP conversation at all
-    lifecycle.delete(state, held.vmid)
 
 
 # --- a real QEMU, logged into over VNC ---------------------------------------------------------
