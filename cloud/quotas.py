@@ -159,6 +159,22 @@ def load_default_limits(etc: Path | None = None) -> Limits:
     return Limits(**values)  # type: ignore[arg-type]
 
 
+@dataclass
+class UploadAllowance:
+    """The bytes an upload may still write (None: no limit); ``take`` refuses past them."""
+
+    owner: str
+    room: int | None
+    taken: int = 0
+
+    def take(self, size: int) -> None:
+        self.taken += size
+        if self.room is not None and self.taken > self.room:
+            raise QuotaExceeded(
+                "storage_bytes", f"quota exceeded: {self.owner} has {self.room} bytes of storage left"
+            )
+
+
 class Quotas:
     def __init__(self, state: State, etc: Path | None = None) -> None:
         self.state = state
@@ -231,10 +247,15 @@ class Quotas:
         in its info): raises QuotaExceeded when one more such VM does not fit."""
         return lambda db: self._check(db, owner, Usage(vms=1, cpu=cpu, memory_mib=memory_mib))
 
-    def check_storage(self, owner: str, size: int = 1) -> None:
-        """Refuse an upload early when the owner has no image or byte left."""
+    def upload_allowance(self, owner: str) -> UploadAllowance:
+        """What an upload of ``owner`` may write: refused at once when no image or byte is left,
+        and as soon as it passes the bytes left (the binding check is ``admit_image``'s)."""
         with self.state.read() as db:
-            self._check(db, owner, Usage(images=1, storage_bytes=size))
+            self._check(db, owner, Usage(images=1, storage_bytes=1))
+            limits = self._limits(db, owner)
+            used = self._usage(db, owner).storage_bytes
+        room = None if limits is None or limits.storage_bytes is None else limits.storage_bytes - used
+        return UploadAllowance(owner, room)
 
     def admit_image(self, db: sqlite3.Connection, owner: str, resource: str, size: int) -> None:
         """Within the transaction inserting the image row: check one more image of ``size``

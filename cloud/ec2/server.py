@@ -41,7 +41,7 @@ from cloud.ec2.core import CoreBackend
 from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
 from cloud.ec2.responses import error_xml, response_xml
 from cloud.ec2.service import ComputeBackend, Ec2Service, Region, reads_only
-from cloud.quotas import QuotaExceeded
+from cloud.quotas import QuotaExceeded, UploadAllowance
 from cloud.upload import (
     DEFAULT_MAX_UPLOAD,
     BodyRefused,
@@ -172,6 +172,7 @@ class Ec2App:
         params = parse_qsl(request.url.query, keep_blank_values=True)
         user: User | None = None
         sink: FileSink | None = None
+        allowance: UploadAllowance | None = None  # known when the signature comes first
         filename, signed_fields = "", 0
         try:
             async with aclosing(multipart_events(request, limit=self.max_upload)) as events:
@@ -184,9 +185,12 @@ class Ec2App:
                         filename, signed_fields = event.filename, len(params)
                         if _signature_known(request, params):
                             user = await self._verify_upload(request, params, started)
-                            await run_in_threadpool(self.service.quotas.check_storage, user.name)
+                            quota = self.service.quotas.upload_allowance
+                            allowance = await run_in_threadpool(quota, user.name)
                         sink = await FileSink.open(self.uploads / (user.name if user else STAGING))
                     elif isinstance(event, bytes) and sink is not None:
+                        if allowance is not None:
+                            allowance.take(len(event))
                         await sink.write(event)
             if sink is None:
                 raise missing_parameter("file")

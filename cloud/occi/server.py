@@ -189,7 +189,7 @@ class OcciApp:
             raise bad_request("a STORAGE upload is multipart/form-data with occixml and file")
         occixml: str | None = None
         sink: FileSink | None = None
-        await run_in_threadpool(self.service.quotas.check_storage, user.name)  # no byte if full
+        allowance = await run_in_threadpool(self.service.quotas.upload_allowance, user.name)
         try:
             body = multipart_events(request, limit=self.max_upload, max_fields=1, max_field_bytes=MAX_XML)
             async with aclosing(body) as events:
@@ -201,6 +201,7 @@ class OcciApp:
                             raise bad_request("a STORAGE upload has one file part, named file")
                         sink = await FileSink.open(self.spool)
                     elif isinstance(event, bytes) and sink is not None:
+                        allowance.take(len(event))  # the owner's storage quota, as it streams
                         await sink.write(event)
             if occixml is None or sink is None:
                 raise bad_request("a STORAGE upload has an occixml field and a file part")

@@ -40,6 +40,7 @@ from imagekit.errors import InputError
 from imagekit.locations import etc_dir
 from imagekit.state import State
 from tests.cloud.serving import ec2_client, ec2_server
+from tests.cloud.test_uploads import MULTIPART, drive, form, signed, zeros
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -293,6 +294,25 @@ def test_ec2_images_and_stored_bytes_are_limited(ec2_http: dict[str, Any], tmp_p
     full = _upload(ec2_http, small)
     assert full.findtext("Errors/Error/Code") == "ResourceLimitExceeded"
     assert _files(ec2_http["uploads"]) == kept
+
+
+def test_an_upload_is_cut_off_where_it_passes_the_storage_left(tmp_path: Path) -> None:
+    """The bytes left are known once the signature is (sent before the file, as econe's and
+    our clients do): the upload stops there instead of filling the disk first."""
+    state = State.open(tmp_path / "state")
+    alice = UserStore(state).create("alice", "alice-pw")
+    Quotas(state).set("alice", QuotaChange(storage_bytes=2 << 20))
+    app = ec2_app(state, Region("default", "http://testserver/"))
+    ec2_answer = drive(app, MULTIPART, form(signed(alice), zeros(64)))
+    assert ec2_answer.status == 400 and ec2_answer.code() == "ResourceLimitExceeded"
+    assert ec2_answer.read < 4 << 20  # of 64 MiB sent
+    headers = {**MULTIPART, "authorization": "Basic " + base64.b64encode(b"alice:alice-pw").decode()}
+    xml = [("occixml", "<DISK><NAME>d</NAME></DISK>")]
+    occi_answer = drive(occi_app(state, hold=True), headers, form(xml, zeros(64)), "/storage")
+    assert occi_answer.status == 403 and occi_answer.read < 4 << 20
+    assert _files(state.root / "ec2") == [] and _files(state.root / "occi") == []
+    made = drive(occi_app(state, hold=True), headers, form(xml, zeros(2)), "/storage")  # what fits
+    assert made.status == 201
 
 
 # --- OCCI --------------------------------------------------------------------------------------
