@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,11 +235,11 @@ class Ec2Service:
 
     def describe_instances(self, user: User, params: Params) -> Body:
         groups: dict[str, list[InstanceView]] = {}
-        filters = _filters(params)
-        for view in self._visible(user, params):
-            if _matches(view, filters):
-                groups.setdefault(view.reservation or f"r-{view.vmid:08x}", []).append(view)
+        filters = _filters(params, tags=True)
         tags = self.tags.of()
+        for view in self._visible(user, params):
+            if _matches(view, filters, tags.get(instance_id(view.vmid), [])):
+                groups.setdefault(view.reservation or f"r-{view.vmid:08x}", []).append(view)
         return {
             "reservationSet": [reservation(r, views[0].owner, views, tags) for r, views in groups.items()]
         }
@@ -414,12 +414,13 @@ def _number(params: Params, name: str) -> int:
     return int(text)
 
 
-def _filters(params: Params, known: frozenset[str] = _FILTERS) -> dict[str, set[str]]:
-    """``Filter.N.Name`` / ``Filter.N.Value.M`` as name → accepted values."""
+def _filters(params: Params, known: frozenset[str] = _FILTERS, *, tags: bool = False) -> dict[str, set[str]]:
+    """``Filter.N.Name`` / ``Filter.N.Value.M`` as name → accepted values (``tags``: the tag
+    filters too)."""
     out: dict[str, set[str]] = {}
     n = 1
     while (name := params.get(f"Filter.{n}.Name")) is not None:
-        if name not in known:
+        if name not in known and not (tags and _is_tag_filter(name)):
             raise invalid_parameter(f"The filter '{name}' is invalid")
         out.setdefault(name, set()).update(indexed(params, f"Filter.{n}.Value"))
         n += 1
@@ -438,13 +439,21 @@ def _tag_specifications(params: Params) -> list[Tag]:
     return tags
 
 
-def _matches(view: InstanceView, filters: Mapping[str, set[str]]) -> bool:
+def _is_tag_filter(name: str) -> bool:
+    """DescribeInstances' tag filters: ``tag:KEY`` (its value), ``tag-key``, ``tag-value``."""
+    return name in ("tag-key", "tag-value") or (name.startswith("tag:") and len(name) > 4)
+
+
+def _matches(view: InstanceView, filters: Mapping[str, set[str]], tags: Sequence[Tag]) -> bool:
     facts = {
-        "instance-state-name": ec2_state(view.core_state).label,
-        "image-id": image_id(view.image) if view.image is not None else "",
-        "instance-id": instance_id(view.vmid),
+        "instance-state-name": {ec2_state(view.core_state).label},
+        "image-id": {image_id(view.image) if view.image is not None else ""},
+        "instance-id": {instance_id(view.vmid)},
+        "tag-key": {t.key for t in tags},
+        "tag-value": {t.value for t in tags},
     }
-    return all(facts[name] in values for name, values in filters.items())
+    facts |= {f"tag:{t.key}": {t.value} for t in tags}
+    return all(facts.get(name, set()) & values for name, values in filters.items())
 
 
 _ACTIONS: dict[str, Callable[[Ec2Service, User, Params], Body]] = {

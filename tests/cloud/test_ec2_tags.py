@@ -118,6 +118,13 @@ def test_create_describe_and_delete_tags(cloud: dict[str, Any]) -> None:
     assert _tags(alice.describe_images(ImageIds=["ami-00000001"])["Images"][0]) == {"env": "test"}
     images = alice.describe_tags(Filters=[{"Name": "resource-type", "Values": ["image"]}])["Tags"]
     assert [(t["ResourceId"], t["Key"]) for t in images] == [("ami-00000001", "env")]
+    by_tag = alice.describe_instances(Filters=[{"Name": "tag:Name", "Values": ["db-1", "other"]}])
+    assert [i["InstanceId"] for r in by_tag["Reservations"] for i in r["Instances"]] == [vm]
+    keyed = alice.describe_instances(
+        Filters=[{"Name": "tag-key", "Values": ["env"]}, {"Name": "tag-value", "Values": ["test"]}]
+    )
+    assert [i["InstanceId"] for r in keyed["Reservations"] for i in r["Instances"]] == [vm]
+    assert alice.describe_instances(Filters=[{"Name": "tag:Name", "Values": ["db"]}])["Reservations"] == []
     named = alice.describe_tags(
         Filters=[{"Name": "key", "Values": ["Name"]}, {"Name": "value", "Values": ["db-1"]}]
     )
