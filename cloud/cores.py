@@ -31,7 +31,17 @@ class EmbeddedCore:
     def start(self, record: VmRecord, *, incoming: bool) -> tuple[int | None, int | None]:
         saved = record.directory / SAVED_STATE
         argv = list(record.info["argv"])
-        return embedded.launch(argv, record.directory / "qemu.pid", incoming=saved if incoming else None)
+        pid, start = embedded.launch(
+            argv, record.directory / "qemu.pid", incoming=saved if incoming else None
+        )
+        password = record.info.get("vnc_password")
+        if password:  # GRAPHICS PASSWD; a VM whose password cannot be set does not run
+            try:
+                embedded.set_vnc_password(Path(record.info["qmp"]), password)
+            except BaseException:
+                embedded.kill(pid, start)
+                raise
+        return pid, start
 
     def alive(self, record: VmRecord) -> bool:
         return embedded.alive(record.pid, record.pid_start)

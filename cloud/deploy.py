@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud import embedded, hooks, images, lifecycle, opennebula
+from cloud import embedded, hooks, images, lifecycle, opennebula, quotas
 from cloud.model import DiskKind, VmState, VmTemplate, nic_device, parse_vm_template
 from cloud.qemu import OVMF_VARS, Drive, Nic, VmSpec, build_argv, choose_accel
 from cloud.store import VmRecord, VmStore
@@ -57,6 +57,8 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
     with step("parse"):
         vm = parse_vm_template(load_template(request.template))
         image_set = load_images(request.image_templates)
+    quota = quotas.Quotas(state, request.etc)
+    quota.check_vm(request.owner, cpu=vm.cpu, memory_mib=vm.memory_mib)  # before any download
     with step("images"):
         bases = images.resolve_images(
             vm,
@@ -67,6 +69,7 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
             policy=request.policy,
         )
     if request.core == opennebula.CORE:
+        # Checked early only: a refusal after oned made the VM would leave it running there.
         return _deploy_to_opennebula(request, vm, bases, state=state)
     with step("context"):
         ctx = prepare_context(
@@ -74,15 +77,7 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
         )
     store = VmStore(state)
     directory = state.root / "vms" / str(ctx.vmid)
-    record = store.insert(
-        ctx.vmid,
-        name=vm.name or f"one-{ctx.vmid}",
-        owner=request.owner,
-        core=request.core,
-        template=str(request.template),
-        directory=directory,
-        info={"etc": str(request.etc) if request.etc else "", "leases": [lease.ip for lease in ctx.leases]},
-    )
+    record = _insert(store, vm, ctx, request, directory, quota)
     current = "hooks"
     try:
         event_hooks = hooks.resolve_hooks(hooks.load_hooks(request.etc), _hook_vm(vm, ctx, request, state))
@@ -109,6 +104,39 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
         raise
 
 
+def _insert(
+    store: VmStore,
+    vm: VmTemplate,
+    ctx: ResolvedContext,
+    request: CreateRequest,
+    directory: Path,
+    quota: quotas.Quotas,
+) -> VmRecord:
+    """The VM's row, admitted by the owner's quota in the same transaction (so parallel
+    requests cannot overshoot it); a refused VM gives its leases and context back."""
+    from context.render import release_vm
+
+    try:
+        return store.insert(
+            ctx.vmid,
+            name=vm.name or f"one-{ctx.vmid}",
+            owner=request.owner,
+            core=request.core,
+            template=str(request.template),
+            directory=directory,
+            info={
+                "etc": str(request.etc) if request.etc else "",
+                "leases": [lease.ip for lease in ctx.leases],
+                "cpu": vm.cpu,  # what the quota counts
+                "memory_mib": vm.memory_mib,
+            },
+            admit=quota.admit_vm(request.owner, cpu=vm.cpu, memory_mib=vm.memory_mib),
+        )
+    except quotas.QuotaExceeded:
+        release_vm(store.state, ctx.vmid, etc=request.etc)
+        raise
+
+
 def _deploy_to_opennebula(
     request: CreateRequest, vm: VmTemplate, bases: Sequence[images.BaseImage], *, state: State
 ) -> VmRecord:
@@ -124,6 +152,7 @@ def _deploy_to_opennebula(
         one_id, image_ids = core.deploy(vm, bases, name=name, hold=request.hold)
     store = VmStore(state)
     info = {"one_id": one_id, "endpoint": request.one_endpoint, "one_images": image_ids}
+    info |= {"cpu": vm.cpu, "memory_mib": vm.memory_mib}
     store.insert(
         vmid,
         name=name,
@@ -190,6 +219,7 @@ def prolog(
         drives=drives,
         qmp=embedded.runtime_dir(state) / f"{ctx.vmid}.qmp",
         vnc_display=(vm.graphics.port or 5900 + 100 + ctx.vmid) - 5900 if vm.graphics else None,
+        vnc_password=vm.graphics.passwd if vm.graphics else None,
         extra_args=tuple(a for raw in vm.raw for a in raw.qemu_args()),
         name=f"one-{ctx.vmid}",
     )
@@ -213,6 +243,7 @@ def prolog(
         **core,
         "argv": argv,
         "qmp": str(spec.qmp),
+        "vnc_password": spec.vnc_password,  # the embedded core sets it after every start
         "firmware": firmware.value,
         "disks": [str(d) for d in disks],
         "save": [str(disks[i]) for i, b in enumerate(bases[: len(disks)]) if b.disk.save],

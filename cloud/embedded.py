@@ -4,7 +4,8 @@ QEMU starts with ``-daemonize``, so ``run()`` returns once the VM is set up (or 
 own error) and the VM outlives the CLI. What a later command knows of it is in the VM pool:
 the pid and the process's start time (``/proc/PID/stat`` field 22), so a reused pid is never
 mistaken for the VM. Control goes through QMP (``-qmp unix:…``): ``system_powerdown`` (ACPI),
-``stop``/``cont``, ``query-status``, ``migrate`` to a file for ``vm stop``, and ``quit``.
+``stop``/``cont``, ``query-status``, ``migrate`` to a file for ``vm stop``, ``quit``, and
+``set_password`` for a VNC password after every start.
 
 VMs on one virtual network share one L2 segment: every QEMU joins the network's multicast group
 on loopback (``-netdev socket,mcast=…``), chosen per state directory and network, so two state
@@ -151,6 +152,12 @@ class Qmp:
 def qmp(path: Path, name: str, arguments: dict[str, Any] | None = None) -> Any:
     with Qmp(path) as conn:
         return conn.command(name, arguments)
+
+
+def set_vnc_password(path: Path, password: str) -> None:
+    """GRAPHICS PASSWD: QEMU started its VNC server with ``password=on`` (nobody gets in until a
+    password is set); the password goes over QMP, never on the command line."""
+    qmp(path, "set_password", {"protocol": "vnc", "password": password})
 
 
 def save_state(path: Path, target: Path, *, timeout: float = 600.0) -> None:

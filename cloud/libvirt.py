@@ -82,7 +82,11 @@ def domain_xml(
     _sub(serial, "source", path=str(serial_log))
     _sub(serial, "target", port="0")
     if spec.vnc_display is not None:
-        _sub(devices, "graphics", type="vnc", port=str(5900 + spec.vnc_display), listen="127.0.0.1")
+        graphics = _sub(
+            devices, "graphics", type="vnc", port=str(5900 + spec.vnc_display), listen="127.0.0.1"
+        )
+        if spec.vnc_password:
+            graphics.set("passwd", spec.vnc_password)
     _sub(devices, "memballoon", model="none")
     label = _sub(dom, "seclabel", type="static", model="dac", relabel="no")
     _sub(label, "label", f"+{os.getuid()}:+{os.getgid()}")

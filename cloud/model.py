@@ -111,8 +111,10 @@ class GraphicsSpec:
     type: str
     listen: str = "127.0.0.1"
     port: int | None = None
+    passwd: str | None = None  # the VNC password (set over QMP after start, never in argv)
 
 
+VNC_PASSWORD_MAX = 8
 QEMU_XMLNS = "http://libvirt.org/schemas/domain/qemu/1.0"
 
 
@@ -371,7 +373,16 @@ def _graphics(check: _Checker, attr: Attribute | None) -> GraphicsSpec | None:
         raise check.fail(attr, "GRAPHICS.LISTEN", f"VNC listens on loopback only, got {listen!r}")
     port_text = v.get("PORT")
     port = check.number(attr, "GRAPHICS.PORT", port_text, minimum=5900) if port_text else None
-    return GraphicsSpec("vnc", "127.0.0.1", port)
+    passwd = v.get("PASSWD") or None
+    # VNC authentication (RFB's DES challenge) uses 8 characters: a longer password would be cut
+    # without a word, so it is refused instead.
+    if passwd is not None and not (
+        len(passwd) <= VNC_PASSWORD_MAX and passwd.isascii() and passwd.isprintable()
+    ):
+        raise check.fail(
+            attr, "GRAPHICS.PASSWD", f"a VNC password is 1-{VNC_PASSWORD_MAX} printable ASCII characters"
+        )
+    return GraphicsSpec("vnc", "127.0.0.1", port, passwd)
 
 
 def _raw(check: _Checker, index: int, attr: Attribute) -> RawSpec:

@@ -92,6 +92,9 @@ class VmSpec:
     drives: tuple[Drive, ...] = ()
     qmp: Path | None = None  # a QMP socket for powerdown, pause/continue and status
     vnc_display: int | None = None  # GRAPHICS=[TYPE=vnc]: on 127.0.0.1 only
+    # GRAPHICS PASSWD: QEMU's VNC asks for a password (set over QMP after start: an argv is
+    # readable by every local user in /proc); libvirt's domain carries it as passwd=.
+    vnc_password: str | None = None
     extra_args: tuple[str, ...] = ()  # RAW=[TYPE=qemu|kvm, DATA=…], split with shlex
     name: str = "imagekit"
 
@@ -116,7 +119,8 @@ def build_argv(spec: VmSpec, *, accel: Accel, serial_log: Path, ovmf_vars: Path 
     if spec.vnc_display is None:
         argv += ["-display", "none"]
     else:
-        argv += ["-display", "none", "-vnc", f"127.0.0.1:{spec.vnc_display}", "-vga", "std"]
+        vnc = f"127.0.0.1:{spec.vnc_display}" + (",password=on" if spec.vnc_password else "")
+        argv += ["-display", "none", "-vnc", vnc, "-vga", "std"]
     argv += ["-serial", f"file:{qemu_path(serial_log)}"]
     if spec.qmp is not None:
         argv += ["-qmp", f"unix:{qemu_path(spec.qmp)},server=on,wait=off"]

@@ -15,7 +15,7 @@ import builtins
 import json
 import sqlite3
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,9 +90,14 @@ class VmStore:
         template: str,
         directory: Path,
         info: Mapping[str, Any] | None = None,
+        admit: Callable[[sqlite3.Connection], None] | None = None,
     ) -> VmRecord:
+        """A new VM row (``pending``); ``admit`` (a quota check: ``cloud/quotas.py``) runs first in
+        the same transaction, so what it counted still holds when the row is written."""
         now = time.time()
         with self.state.transaction() as db:
+            if admit is not None:
+                admit(db)
             try:
                 db.execute(
                     "INSERT INTO cloud_vms (vmid, name, owner, core, state, template, directory, info,"

@@ -5,6 +5,9 @@ imagekit user list [--json]
 imagekit user show alice [--json]
 imagekit user passwd alice --password-file new.txt
 imagekit user delete alice
+imagekit user quota set alice --vms 4 --cpu 2 --memory 4G --images 10 --storage 20G
+imagekit user quota show alice [--json]      # limits (own or the site default) and usage
+imagekit user quota reset alice              # back to the site default (etc/quotas.conf)
 
 Without ``--password-file`` the password is asked for on the terminal (twice); ``-`` reads it from
 standard input. A password file holds the password on its first line.
@@ -17,6 +20,7 @@ import getpass
 import sys
 from pathlib import Path
 
+from cloud.quotas import QuotaChange, Quotas, parse_limit
 from cloud.users import User, UserStore
 from imagekit.errors import InputError
 from imagekit.locations import state_dir
@@ -51,6 +55,34 @@ def register(parser: argparse.ArgumentParser) -> None:
     delete = sub.add_parser("delete", help="delete a user and their key pairs")
     delete.add_argument("user", metavar="ID|NAME", help="the user")
     delete.set_defaults(func=cmd_delete)
+
+    _register_quota(sub.add_parser("quota", help="a user's quota: VMs, CPU, MEMORY, images, storage"))
+
+
+_QUOTA_OPTIONS = {
+    "vms": ("N", "live VMs"),
+    "cpu": ("X", "CPU (the sum of the VMs' CPU, as in their templates)"),
+    "memory_mib": ("SIZE", "MEMORY of the VMs (4G, 512M; MiB without a unit)"),
+    "images": ("N", "images (EC2 images and OCCI STORAGEs)"),
+    "storage_bytes": ("SIZE", "bytes of uploaded images (20G)"),
+}
+
+
+def _register_quota(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="quota_command", metavar="SUBCOMMAND")
+    set_ = sub.add_parser("set", help="set limits ('unlimited' lifts one); others stay as they are")
+    set_.add_argument("user", metavar="NAME", help="the user")
+    for name, (metavar, what) in _QUOTA_OPTIONS.items():
+        option = "--" + {"memory_mib": "memory", "storage_bytes": "storage"}.get(name, name)
+        set_.add_argument(option, dest=name, metavar=metavar, help=f"at most this many {what}")
+    set_.set_defaults(func=cmd_quota_set)
+    show = sub.add_parser("show", help="limits in force and what the user uses")
+    show.add_argument("user", metavar="NAME", help="the user")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=cmd_quota_show)
+    reset = sub.add_parser("reset", help="back to the site default (DEFAULT_QUOTA in etc/quotas.conf)")
+    reset.add_argument("user", metavar="NAME", help="the user")
+    reset.set_defaults(func=cmd_quota_reset)
 
 
 def _store(args: argparse.Namespace) -> UserStore:
@@ -127,4 +159,41 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     _store(args).delete(args.user)
+    return 0
+
+
+def _quotas(args: argparse.Namespace) -> Quotas:
+    return Quotas(State.open(state_dir(args.state)))
+
+
+def cmd_quota_set(args: argparse.Namespace) -> int:
+    given = {name: getattr(args, name) for name in _QUOTA_OPTIONS if getattr(args, name) is not None}
+    if not given:
+        raise InputError("name a limit to set", hint="--vms, --cpu, --memory, --images or --storage")
+    limits = {name: parse_limit(name, text) for name, text in given.items()}
+    _quotas(args).set(args.user, QuotaChange(**limits))  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_quota_reset(args: argparse.Namespace) -> int:
+    _quotas(args).set(args.user, QuotaChange(), reset=True)
+    return 0
+
+
+def cmd_quota_show(args: argparse.Namespace) -> int:
+    quotas = _quotas(args)
+    user = UserStore(quotas.state).get(args.user)
+    limits, usage = quotas.limits(user.name), quotas.usage(user.name)
+    rows = {
+        name: {"limit": getattr(limits, name) if limits else None, "used": getattr(usage, name)}
+        for name in _QUOTA_OPTIONS
+    }
+    if args.json:
+        print_json({"user": user.name, "quota": limits is not None, **rows})
+        return 0
+    if limits is None:
+        print(f"{user.name} is an administrator: no quota")
+    for name, row in rows.items():
+        limit = "unlimited" if row["limit"] is None else row["limit"]
+        print(f"{name.upper():<14}: {row['used']} of {limit}")
     return 0

@@ -7,10 +7,12 @@ sees every VM. ``run`` renders the instance type for the image (``instance_types
 the template under ``STATE/ec2/templates/`` and deploys it with ``vm create`` (held, with
 ``hold``); what EC2 needs to show later (image, type, key, reservation, ClientToken) is kept in
 ``ec2_instances``. If one VM of a request fails, those already made are deleted: no partial
-reservation stays. Terminating follows econe: a running VM is shut down (ACPI, then hard, in
-the background: the answer is ``shutting-down`` at once, as EC2's), any other is ended now.
-Start is ``vm release`` for a held VM and ``vm resume`` for a stopped one, stop is ``vm stop``,
-and the console is the tail of the serial log QEMU writes in the VM's directory.
+reservation stays, unless the owner's quota stopped it after ``MinCount`` VMs (EC2 launches as
+many as fit between MinCount and MaxCount). Terminating follows econe: a running VM is shut
+down (ACPI, then hard, in the background: the answer is ``shutting-down`` at once, as
+EC2's), any other is ended now. Start is ``vm release`` for a held VM and ``vm resume`` for a
+stopped one, stop is ``vm stop``, and the console is the tail of the serial log QEMU writes in
+the VM's directory.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from cloud.ec2.service import RunRequest
 from cloud.ec2.views import InstanceView
 from cloud.instance_types import ImageRef, TypeRequest, load_instance_types
 from cloud.model import VmState
+from cloud.quotas import QuotaExceeded
 from cloud.store import VmRecord
 from cloud.users import User
 from context.template import serialise
@@ -110,7 +113,13 @@ class CoreBackend:
                 path = templates / f"{uuid.uuid4()}.one"
                 write_atomically(path, text)
                 create = CreateRequest(path, hold=self.hold, etc=self.etc, owner=user.name)
-                made.append(create_vm(create, state=self.state))
+                try:
+                    made.append(create_vm(create, state=self.state))
+                except QuotaExceeded:
+                    # EC2 launches as many as fit between MinCount and MaxCount.
+                    if request.min_count is None or len(made) < request.min_count:
+                        raise
+                    break
         except BaseException:
             for record in made:
                 lifecycle.delete(self.state, record.vmid)

@@ -9,7 +9,7 @@ checks that a local location exists; the core verifies everything again when it 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +50,15 @@ class ImageStore:
     def __init__(self, state: State) -> None:
         self.state = state
 
-    def register(self, user: User, name: str, location: str) -> Ec2Image:
+    def register(
+        self,
+        user: User,
+        name: str,
+        location: str,
+        *,
+        admit: Callable[[sqlite3.Connection, int], None] | None = None,
+    ) -> Ec2Image:
+        """A new image of ``user``; ``admit(db, id)`` (the quota's) runs in the same transaction."""
         created = datetime.now(UTC).replace(microsecond=0).isoformat()
         with self.state.transaction() as db:
             # ids start at 1: ami-00000001 is the first image, as in econe.
@@ -60,6 +68,8 @@ class ImageStore:
                 (user.name, name, check_location(location), created),
             )
             assert cur.lastrowid is not None
+            if admit is not None:
+                admit(db, cur.lastrowid)
         return Ec2Image(cur.lastrowid, user.name, name, location, created)
 
     def visible(self, user: User, ids: Sequence[int] = ()) -> list[Ec2Image]:

@@ -41,6 +41,7 @@ from cloud.ec2.core import CoreBackend
 from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
 from cloud.ec2.responses import error_xml, response_xml
 from cloud.ec2.service import ComputeBackend, Ec2Service, Region, reads_only
+from cloud.quotas import QuotaExceeded, UploadAllowance
 from cloud.upload import (
     DEFAULT_MAX_UPLOAD,
     BodyRefused,
@@ -62,6 +63,7 @@ MULTIPART = "multipart/form-data"
 STAGING = ".staging"  # uploads whose signature follows the file; no user name starts with "."
 XML = "text/xml;charset=UTF-8"
 READ_THREADS = 4
+VM_LIMITS = frozenset({"vms", "cpu", "memory_mib"})  # EC2's InstanceLimitExceeded; the rest are images
 
 
 def _params(query: str, body: bytes, content_type: str) -> tuple[tuple[str, str], ...]:
@@ -170,6 +172,7 @@ class Ec2App:
         params = parse_qsl(request.url.query, keep_blank_values=True)
         user: User | None = None
         sink: FileSink | None = None
+        allowance: UploadAllowance | None = None  # known when the signature comes first
         filename, signed_fields = "", 0
         try:
             async with aclosing(multipart_events(request, limit=self.max_upload)) as events:
@@ -182,8 +185,12 @@ class Ec2App:
                         filename, signed_fields = event.filename, len(params)
                         if _signature_known(request, params):
                             user = await self._verify_upload(request, params, started)
+                            quota = self.service.quotas.upload_allowance
+                            allowance = await run_in_threadpool(quota, user.name)
                         sink = await FileSink.open(self.uploads / (user.name if user else STAGING))
                     elif isinstance(event, bytes) and sink is not None:
+                        if allowance is not None:
+                            allowance.take(len(event))
                         await sink.write(event)
             if sink is None:
                 raise missing_parameter("file")
@@ -223,6 +230,10 @@ class Ec2App:
             log.info("%s: the client went away before the end of its request", request_id)
             message = "The request ended before its body did"
             return Response(error_xml("IncompleteRequest", message, request_id), 400, media_type=XML)
+        except QuotaExceeded as err:
+            log.info("%s %s", request_id, err)
+            code = "InstanceLimitExceeded" if err.resource in VM_LIMITS else "ResourceLimitExceeded"
+            return Response(error_xml(code, str(err), request_id), 400, media_type=XML)
         except Ec2Error as err:
             log.info("%s %s: %s", request_id, err.code, err.reason)
             return Response(error_xml(err.code, err.reason, request_id), err.status, media_type=XML)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,9 @@ from cloud.ec2.images import Ec2Image, ImageStore
 from cloud.ec2.keypairs import KeyPair, KeyPairStore
 from cloud.ec2.responses import Node
 from cloud.ec2.states import ec2_state
+from cloud.ec2.tags import Tag, TagStore, parse_tags, resource_type, tag_deletions
 from cloud.ec2.views import InstanceView, reservation, state_change
+from cloud.quotas import Quotas
 from cloud.users import User
 from imagekit.state import State
 
@@ -37,6 +40,12 @@ Body = Mapping[str, Node]
 MAX_COUNT = 20
 _POOL_READS = frozenset({"DescribeInstances"})
 _FILTERS = frozenset({"instance-state-name", "image-id", "instance-id"})
+_TAG_FILTERS = frozenset({"key", "value", "resource-id", "resource-type"})
+# DescribeAddresses' filters (EC2 API reference); there are no addresses to filter yet.
+_ADDRESS_FILTERS = frozenset(
+    {"allocation-id", "association-id", "domain", "instance-id", "network-border-group",
+     "network-interface-id", "network-interface-owner-id", "private-ip-address", "public-ip"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,8 @@ class RunRequest:
     user_data: str | None = None  # base64, as the client sent it (econe's EC2_USER_DATA)
     key: KeyPair | None = None
     client_token: str | None = None
+    tags: tuple[Tag, ...] = ()  # TagSpecification's for the instances
+    min_count: int | None = None  # fewer than count may do (a quota reached); None: all or none
 
 
 class ComputeBackend(Protocol):
@@ -121,6 +132,8 @@ class Ec2Service:
     def __init__(self, state: State, region: Region, compute: ComputeBackend | None = None) -> None:
         self.keypairs = KeyPairStore(state)
         self.images = ImageStore(state)
+        self.tags = TagStore(state)
+        self.quotas = Quotas(state)
         self.region = region
         self.compute = compute
 
@@ -183,7 +196,9 @@ class Ec2Service:
         return {"keyFingerprint": key.fingerprint, "keyName": key.name, "keyPairId": key.key_pair_id}
 
     def describe_key_pairs(self, user: User, params: Params) -> Body:
-        keys = self.keypairs.describe(user, indexed(params, "KeyName"))
+        # A bare KeyName (libcloud's get_key_pair, EC2's older clients) is KeyName.1.
+        bare = [params["KeyName"]] if params.get("KeyName") else []
+        keys = self.keypairs.describe(user, indexed(params, "KeyName") or bare)
         return {
             "keySet": [
                 {
@@ -220,11 +235,14 @@ class Ec2Service:
 
     def describe_instances(self, user: User, params: Params) -> Body:
         groups: dict[str, list[InstanceView]] = {}
-        filters = _filters(params)
+        filters = _filters(params, tags=True)
+        tags = self.tags.of()
         for view in self._visible(user, params):
-            if _matches(view, filters):
+            if _matches(view, filters, tags.get(instance_id(view.vmid), [])):
                 groups.setdefault(view.reservation or f"r-{view.vmid:08x}", []).append(view)
-        return {"reservationSet": [reservation(r, views[0].owner, views) for r, views in groups.items()]}
+        return {
+            "reservationSet": [reservation(r, views[0].owner, views, tags) for r, views in groups.items()]
+        }
 
     def get_console_output(self, user: User, params: Params) -> Body:
         [view] = self._visible(user, {"InstanceId.1": required(params, "InstanceId")})
@@ -246,16 +264,26 @@ class Ec2Service:
             image=image,
             instance_type=params.get("InstanceType") or "m1.small",
             count=counts[1],
+            min_count=counts[0],
             user_data=params.get("UserData") or None,
             key=self.keypairs.get(user, key_name) if key_name else None,
             client_token=params.get("ClientToken") or None,
+            tags=tuple(_tag_specifications(params)),
         )
         views = self._core().run(user, request)
-        return reservation(views[0].reservation or f"r-{views[0].vmid:08x}", user.name, views)
+        if request.tags:
+            self.tags.put([instance_id(v.vmid) for v in views], request.tags)
+        tags = self.tags.of(instance_id(v.vmid) for v in views)
+        return reservation(views[0].reservation or f"r-{views[0].vmid:08x}", user.name, views, tags)
+
+    def _admit_image(self, user: User, size: int) -> Callable[[sqlite3.Connection, int], None]:
+        """The image quota's check, in the transaction that catalogues the image."""
+        return lambda db, number: self.quotas.admit_image(db, user.name, image_id(number), size)
 
     def upload_image(self, user: User, upload: Path, name: str) -> Body:
         """econe's ``UploadImage``: the server stored the file at ``upload``; it is catalogued."""
-        image = self.images.register(user, name or upload.name, str(upload))
+        admit = self._admit_image(user, upload.stat().st_size)
+        image = self.images.register(user, name or upload.name, str(upload), admit=admit)
         return {"imageId": image_id(image.id)}
 
     def register_image(self, user: User, params: Params) -> Body:
@@ -263,11 +291,14 @@ class Ec2Service:
         if location.startswith("ami-"):  # econe 1.4: register the id an upload returned
             [image] = self.images.visible(user, [parse_image_id(location)])
             return {"imageId": image_id(image.id)}
-        image = self.images.register(user, params.get("Name") or location, location)
+        # Nothing is stored for a location: it counts as an image, not as bytes.
+        admit = self._admit_image(user, 0)
+        image = self.images.register(user, params.get("Name") or location, location, admit=admit)
         return {"imageId": image_id(image.id)}
 
     def describe_images(self, user: User, params: Params) -> Body:
         wanted = [parse_image_id(text) for text in indexed(params, "ImageId")]
+        tags = self.tags.of()
         return {
             "imagesSet": [
                 {
@@ -281,14 +312,71 @@ class Ec2Service:
                     "name": i.name,
                     "creationDate": i.created.replace("+00:00", ".000Z"),
                     "rootDeviceType": "instance-store",
+                    "tagSet": [{"key": t.key, "value": t.value} for t in tags.get(image_id(i.id), [])]
+                    or None,
                 }
                 for i in self.images.visible(user, wanted)
             ]
         }
 
     def deregister_image(self, user: User, params: Params) -> Body:
-        self.images.deregister(user, parse_image_id(required(params, "ImageId")))
+        number = parse_image_id(required(params, "ImageId"))
+        self.images.deregister(user, number)
+        self.tags.forget(image_id(number))  # image ids are handed out again
+        self.quotas.release_image(image_id(number))
         return {"return": True}
+
+    def _own_resources(self, user: User, params: Params) -> list[str]:
+        """``ResourceId.N``, each an instance or image the user may see (else NotFound)."""
+        resources = indexed(params, "ResourceId")
+        if not resources:
+            raise missing_parameter("ResourceId.1")
+        for resource in resources:
+            kind = resource_type(resource)
+            if kind == "instance":
+                self._visible(user, {"InstanceId.1": resource})
+            elif kind == "image":
+                self.images.visible(user, [parse_image_id(resource)])
+            else:
+                raise Ec2Error("InvalidID", f"The ID '{resource[:64]}' is not valid")
+        return resources
+
+    def create_tags(self, user: User, params: Params) -> Body:
+        resources, tags = self._own_resources(user, params), parse_tags(params, "Tag")
+        if not tags:
+            raise missing_parameter("Tag.1.Key")
+        self.tags.put(resources, tags)
+        return {"return": True}
+
+    def delete_tags(self, user: User, params: Params) -> Body:
+        resources, deletions = self._own_resources(user, params), tag_deletions(params)
+        self.tags.delete(resources, deletions)
+        return {"return": True}
+
+    def describe_tags(self, user: User, params: Params) -> Body:
+        filters = _filters(params, _TAG_FILTERS)
+        visible = {instance_id(v.vmid) for v in self._core().instances(user)} if self.compute else set()
+        visible |= {image_id(i.id) for i in self.images.visible(user)}
+        items: list[Node] = []
+        for resource, tags in self.tags.of(visible).items():
+            for tag in tags:
+                facts = {"key": tag.key, "value": tag.value, "resource-id": resource}
+                facts["resource-type"] = resource_type(resource)
+                if all(facts[name] in values for name, values in filters.items()):
+                    item = {"resourceId": resource, "resourceType": facts["resource-type"]}
+                    items.append({**item, "key": tag.key, "value": tag.value})
+        return {"tagSet": items}
+
+    def describe_addresses(self, user: User, params: Params) -> Body:
+        """No elastic addresses are ever allocated here: an empty set (libcloud's ``list_nodes``
+        asks after DescribeInstances), and any address asked for by name does not exist."""
+        _filters(params, _ADDRESS_FILTERS)
+        for address in indexed(params, "PublicIp"):
+            raise Ec2Error("InvalidAddress.NotFound", f"Address '{address[:64]}' not found.")
+        for allocation in indexed(params, "AllocationId"):
+            message = f"The allocation ID '{allocation[:64]}' does not exist"
+            raise Ec2Error("InvalidAllocationID.NotFound", message)
+        return {"addressesSet": []}
 
     def _change_states(
         self, user: User, params: Params, verb: Callable[[ComputeBackend, User, int], tuple[str, str]]
@@ -326,25 +414,46 @@ def _number(params: Params, name: str) -> int:
     return int(text)
 
 
-def _filters(params: Params) -> dict[str, set[str]]:
-    """``Filter.N.Name`` / ``Filter.N.Value.M`` as name → accepted values."""
+def _filters(params: Params, known: frozenset[str] = _FILTERS, *, tags: bool = False) -> dict[str, set[str]]:
+    """``Filter.N.Name`` / ``Filter.N.Value.M`` as name → accepted values (``tags``: the tag
+    filters too)."""
     out: dict[str, set[str]] = {}
     n = 1
     while (name := params.get(f"Filter.{n}.Name")) is not None:
-        if name not in _FILTERS:
+        if name not in known and not (tags and _is_tag_filter(name)):
             raise invalid_parameter(f"The filter '{name}' is invalid")
         out.setdefault(name, set()).update(indexed(params, f"Filter.{n}.Value"))
         n += 1
     return out
 
 
-def _matches(view: InstanceView, filters: Mapping[str, set[str]]) -> bool:
+def _tag_specifications(params: Params) -> list[Tag]:
+    """RunInstances' ``TagSpecification.N``: tags for the instances (the only resource here)."""
+    tags: list[Tag] = []
+    n = 1
+    while (kind := params.get(f"TagSpecification.{n}.ResourceType")) is not None:
+        if kind != "instance":
+            raise invalid_parameter(f"TagSpecification: resource type {kind[:30]!r} is not supported")
+        tags += parse_tags(params, f"TagSpecification.{n}.Tag")
+        n += 1
+    return tags
+
+
+def _is_tag_filter(name: str) -> bool:
+    """DescribeInstances' tag filters: ``tag:KEY`` (its value), ``tag-key``, ``tag-value``."""
+    return name in ("tag-key", "tag-value") or (name.startswith("tag:") and len(name) > 4)
+
+
+def _matches(view: InstanceView, filters: Mapping[str, set[str]], tags: Sequence[Tag]) -> bool:
     facts = {
-        "instance-state-name": ec2_state(view.core_state).label,
-        "image-id": image_id(view.image) if view.image is not None else "",
-        "instance-id": instance_id(view.vmid),
+        "instance-state-name": {ec2_state(view.core_state).label},
+        "image-id": {image_id(view.image) if view.image is not None else ""},
+        "instance-id": {instance_id(view.vmid)},
+        "tag-key": {t.key for t in tags},
+        "tag-value": {t.value for t in tags},
     }
-    return all(facts[name] in values for name, values in filters.items())
+    facts |= {f"tag:{t.key}": {t.value} for t in tags}
+    return all(facts.get(name, set()) & values for name, values in filters.items())
 
 
 _ACTIONS: dict[str, Callable[[Ec2Service, User, Params], Body]] = {
@@ -363,4 +472,8 @@ _ACTIONS: dict[str, Callable[[Ec2Service, User, Params], Body]] = {
     "RegisterImage": Ec2Service.register_image,
     "DescribeImages": Ec2Service.describe_images,
     "DeregisterImage": Ec2Service.deregister_image,
+    "CreateTags": Ec2Service.create_tags,
+    "DeleteTags": Ec2Service.delete_tags,
+    "DescribeTags": Ec2Service.describe_tags,
+    "DescribeAddresses": Ec2Service.describe_addresses,
 }

@@ -8,13 +8,14 @@ and ``shutdownState``, which boto3 drops).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from cloud.ec2.ids import image_id, instance_id
 from cloud.ec2.responses import Node
 from cloud.ec2.states import ec2_state
+from cloud.ec2.tags import Tag
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def _state(core_state: str) -> dict[str, Node]:
     return {"code": state.code, "name": state.label}
 
 
-def instance_item(view: InstanceView) -> dict[str, Node]:
+def instance_item(view: InstanceView, tags: Sequence[Tag] = ()) -> dict[str, Node]:
     return {
         "instanceId": instance_id(view.vmid),
         "imageId": image_id(view.image) if view.image is not None else None,
@@ -52,16 +53,25 @@ def instance_item(view: InstanceView) -> dict[str, Node]:
         "monitoring": {"state": "disabled"},
         "privateIpAddress": view.private_ip,
         "ipAddress": view.private_ip,
+        # EC2 leaves tagSet out of an untagged instance; clients take the Name tag as its name.
+        "tagSet": [{"key": t.key, "value": t.value} for t in tags] or None,
     }
 
 
-def reservation(reservation_id: str, owner: str, views: Sequence[InstanceView]) -> dict[str, Node]:
-    """One reservation (a RunInstances call's instances; ``r-%08x`` of the first VM's id)."""
+def reservation(
+    reservation_id: str,
+    owner: str,
+    views: Sequence[InstanceView],
+    tags: Mapping[str, Sequence[Tag]] | None = None,
+) -> dict[str, Node]:
+    """One reservation (a RunInstances call's instances; ``r-%08x`` of the first VM's id), with
+    the instances' ``tags`` by instance id."""
+    tags = tags or {}
     return {
         "reservationId": reservation_id,
         "ownerId": owner,
         "groupSet": [],
-        "instancesSet": [instance_item(v) for v in views],
+        "instancesSet": [instance_item(v, tags.get(instance_id(v.vmid), ())) for v in views],
     }
 
 

@@ -42,6 +42,7 @@ from cloud.occi.xml import (
     pool,
     storage_xml,
 )
+from cloud.quotas import QuotaExceeded
 from cloud.upload import (
     DEFAULT_MAX_UPLOAD,
     BodyRefused,
@@ -119,6 +120,9 @@ class OcciApp:
                 log.info("%s %s: %d %s", request.method, request.url.path, err.status, err.message)
                 headers = {"WWW-Authenticate": 'Basic realm="OCCI"'} if err.status == 401 else None
                 return Response(err.message + "\n", err.status, headers, media_type="text/plain")
+            except QuotaExceeded as err:  # the user may not have more: 403, as oned's quota refusals
+                log.info("%s %s: %s", request.method, request.url.path, err)
+                return Response(f"{err}\n", 403, media_type="text/plain")
             except InputError as err:
                 return Response(f"{err}\n", 400, media_type="text/plain")
             except Exception:  # a bug or bad state: logged, answered, the service stays up
@@ -185,6 +189,7 @@ class OcciApp:
             raise bad_request("a STORAGE upload is multipart/form-data with occixml and file")
         occixml: str | None = None
         sink: FileSink | None = None
+        allowance = await run_in_threadpool(self.service.quotas.upload_allowance, user.name)
         try:
             body = multipart_events(request, limit=self.max_upload, max_fields=1, max_field_bytes=MAX_XML)
             async with aclosing(body) as events:
@@ -196,6 +201,7 @@ class OcciApp:
                             raise bad_request("a STORAGE upload has one file part, named file")
                         sink = await FileSink.open(self.spool)
                     elif isinstance(event, bytes) and sink is not None:
+                        allowance.take(len(event))  # the owner's storage quota, as it streams
                         await sink.write(event)
             if occixml is None or sink is None:
                 raise bad_request("a STORAGE upload has an occixml field and a file part")

@@ -15,6 +15,7 @@ administrator on all; another user's id is answered exactly as one that does not
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import uuid
@@ -32,13 +33,16 @@ from cloud.occi.xml import (
     NetworkRequest,
     OcciError,
     StorageRequest,
+    assign_devices,
     bad_request,
 )
+from cloud.quotas import Quotas
 from cloud.store import VmRecord
 from cloud.users import User
 from context.leases import NetworkStore
 from context.model import VirtualNetwork
 from context.network import network_from_template
+from context.settings import load_settings
 from context.template import parse_template, serialise
 from imagekit.atomic import write_atomically
 from imagekit.diskimage import qemu_img_info
@@ -83,6 +87,7 @@ class OcciService:
         self.hold = hold
         self.etc = etc
         self.networks = NetworkStore(state)
+        self.quotas = Quotas(state, etc)
         self.root = state.root / "occi"
 
     # --- STORAGE -------------------------------------------------------------------------------
@@ -107,13 +112,19 @@ class OcciService:
         path = directory / f"{uuid.uuid4()}.img"
         _check_standalone(upload)
         shutil.move(upload, path)
-        size_mb = -(-path.stat().st_size // (1024 * 1024))
-        with self.state.transaction() as db:
-            cur = db.execute(
-                "INSERT INTO occi_storage (owner, name, url, path, size) VALUES (?, ?, ?, ?, ?)",
-                (user.name, request.name, request.url, str(path), size_mb),
-            )
-            assert cur.lastrowid is not None
+        size = path.stat().st_size
+        size_mb = -(-size // (1024 * 1024))
+        try:
+            with self.state.transaction() as db:
+                cur = db.execute(
+                    "INSERT INTO occi_storage (owner, name, url, path, size) VALUES (?, ?, ?, ?, ?)",
+                    (user.name, request.name, request.url, str(path), size_mb),
+                )
+                assert cur.lastrowid is not None
+                self.quotas.admit_image(db, user.name, _storage_resource(cur.lastrowid), size)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         return Storage(cur.lastrowid, user.name, request.name, request.url, path, size_mb)
 
     def delete_storage(self, user: User, number: int) -> None:
@@ -125,6 +136,7 @@ class OcciService:
             raise bad_request(f"STORAGE {number} is used by COMPUTE {', '.join(map(str, users))}")
         with self.state.transaction() as db:
             db.execute("DELETE FROM occi_storage WHERE id = ?", (number,))
+        self.quotas.release_image(_storage_resource(number))
         storage.path.unlink(missing_ok=True)
 
     # --- NETWORK -------------------------------------------------------------------------------
@@ -193,6 +205,8 @@ class OcciService:
             raise bad_request(
                 f"unknown INSTANCE_TYPE {request.instance_type!r} (one of {', '.join(types.names)})"
             )
+        prefix = load_settings(self.etc).default_device_prefix
+        request = dataclasses.replace(request, disks=assign_devices(request.disks, prefix))
         storages = {
             d.storage: self._referred_storage(user, d.storage)
             for d in request.disks
@@ -277,6 +291,11 @@ def _check_standalone(upload: Path) -> None:
         raise bad_request(
             "the image refers to another file (backing or data file): upload a standalone image"
         )
+
+
+def _storage_resource(number: int) -> str:
+    """A STORAGE's name in the quota ledger (``cloud/quotas.py``)."""
+    return f"occi-storage-{number}"
 
 
 def _uses(view: ComputeView, storage: int) -> bool:

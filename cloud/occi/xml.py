@@ -103,10 +103,25 @@ def _number(element: Any, attribute: str) -> int:
 
 
 def _dev(element: Any) -> str:
-    dev = (element.get("dev") or "").strip()
-    if not dev:
-        raise bad_request(f"{element.tag}/@dev is missing")
-    return dev
+    """The ``dev`` asked for; empty when left out (``assign_devices`` gives it one)."""
+    return (element.get("dev") or "").strip()
+
+
+def assign_devices(disks: tuple[DiskRef, ...], prefix: str) -> tuple[DiskRef, ...]:
+    """Disks without ``dev`` get the first free ``PREFIX`` + ``a…z`` in request order, as oned
+    assigns a DISK without TARGET (1.4's clients often leave ``dev`` out); the devices the
+    request names are never given twice."""
+    used = {d.dev for d in disks if d.dev}
+    free = (prefix + letter for letter in "abcdefghijklmnopqrstuvwxyz" if prefix + letter not in used)
+    out = []
+    for disk in disks:
+        if not disk.dev:
+            dev = next(free, None)
+            if dev is None:
+                raise bad_request(f"no free device {prefix}a…{prefix}z is left for a disk without dev")
+            disk = DiskRef(disk.kind, dev, disk.storage, disk.size, disk.format)
+        out.append(disk)
+    return tuple(out)
 
 
 def _disk(element: Any) -> DiskRef:

@@ -48,7 +48,6 @@ def _compute(inner: str) -> bytes:
     ("body", "message"),
     [
         (_compute('<STORAGE><DISK dev="sda"/></STORAGE>'), "DISK/@image"),
-        (_compute('<STORAGE><DISK image="1"/></STORAGE>'), "DISK/@dev"),
         (_compute('<STORAGE><SWAP size="x" dev="a"/></STORAGE>'), "SWAP/@size"),
         (_compute("<STORAGE><CDROM/></STORAGE>"), "STORAGE/CDROM"),
         (_compute("<NETWORK><NIC/></NETWORK>"), "NIC/@network"),
