@@ -52,6 +52,7 @@ from cloud.upload import (
     multipart_events,
     remove_partial_uploads,
 )
+from cloud.upload_slots import UploadsBusy, UploadSlots
 from cloud.users import User, UserStore
 from imagekit.errors import InputError
 from imagekit.state import State
@@ -91,10 +92,19 @@ def _id(request: Request) -> int:
 
 
 class OcciApp:
-    def __init__(self, state: State, *, hold: bool = False, max_upload: int = DEFAULT_MAX_UPLOAD, **kw: Any):
+    def __init__(
+        self,
+        state: State,
+        *,
+        hold: bool = False,
+        max_upload: int = DEFAULT_MAX_UPLOAD,
+        slots: UploadSlots | None = None,
+        **kw: Any,
+    ):
         self.users = UserStore(state)
         self.service = OcciService(state, hold=hold, **kw)
         self.max_upload = max_upload
+        self.slots = slots or UploadSlots()
         self.spool = state.root / "occi" / "uploads"
 
     def base(self, request: Request) -> str:
@@ -180,9 +190,18 @@ class OcciApp:
         """multipart/form-data: ``occixml`` (``<DISK><NAME/><URL/></DISK>``) and ``file``. The
         file streams to the spool under a temporary name (the body at most ``max_upload``
         bytes, refused as soon as it crosses that) and is moved into the STORAGE pool; a
-        refused or broken upload leaves nothing behind."""
+        refused or broken upload leaves nothing behind. The user was authenticated before a
+        byte of the body was read, and holds one of the upload slots while it streams."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise bad_request("a STORAGE upload is multipart/form-data with occixml and file")
+        try:
+            with self.slots.take(user.id):
+                return await self._store(request, user)
+        except UploadsBusy as err:
+            # 429 when the user's own uploads fill their share, 503 when the server's are full.
+            raise OcciError(429 if err.per_user else 503, str(err)) from None
+
+    async def _store(self, request: Request, user: User) -> Response:
         occixml: str | None = None
         sink: FileSink | None = None
         try:
@@ -251,9 +270,10 @@ def serve(
     keyfile: Path | None = None,
     hold: bool = False,
     max_upload: int = DEFAULT_MAX_UPLOAD,
+    slots: UploadSlots | None = None,
 ) -> None:
     state = State.open(state_root)
     if removed := remove_partial_uploads(state.root / "occi" / "uploads"):
         log.warning("removed %d partial uploads a previous run left", removed)
-    app = create_app(state, hold=hold, max_upload=max_upload)
+    app = create_app(state, hold=hold, max_upload=max_upload, slots=slots)
     run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)
