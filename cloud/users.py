@@ -59,6 +59,12 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}")
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _ACCESS_KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _SHA1_HEX = re.compile(r"[0-9a-fA-F]{40}")
+# Checked against when a login names no user: a hash of the current kind and cost that no
+# password matches (its digest is not scrypt's output for any input anyone knows).
+_UNKNOWN_USER_HASH = (
+    f"scrypt-sha1${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${base64.b64encode(bytes(16)).decode()}"
+    f"${base64.b64encode(bytes(64)).decode()}"
+)
 
 
 @dataclass(frozen=True)
@@ -239,9 +245,11 @@ class UserStore:
             db.execute("UPDATE cloud_users SET password = ? WHERE id = ?", (hashed, user.id))
 
     def authenticate(self, name: str, password: str) -> User | None:
-        """The user when ``password`` is theirs (HTTP Basic), else None."""
+        """The user when ``password`` is theirs (HTTP Basic), else None. An unknown name costs
+        the same scrypt work as a wrong password, so names cannot be told apart by timing."""
         row = self._row("name", name)
         if row is None:
+            check_password(password, _UNKNOWN_USER_HASH)
             return None
         return _user(row) if check_password(password, row["password"]) else None
 

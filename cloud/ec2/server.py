@@ -45,6 +45,7 @@ from cloud.ec2.core import CoreBackend
 from cloud.ec2.errors import Ec2Error, auth_failure, invalid_parameter, missing_parameter
 from cloud.ec2.responses import error_xml, response_xml
 from cloud.ec2.service import ComputeBackend, Ec2Service, Region, reads_only
+from cloud.refusals import public_message
 from cloud.upload import (
     DEFAULT_MAX_UPLOAD,
     BodyRefused,
@@ -57,7 +58,7 @@ from cloud.upload import (
 )
 from cloud.upload_slots import UploadsBusy, UploadSlots
 from cloud.users import User, UserStore
-from imagekit.errors import InputError
+from imagekit.errors import DataError, InputError, VerificationError
 from imagekit.state import State
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,13 @@ async def _body(request: Request) -> bytes:
     return b"".join([chunk async for chunk in bounded_stream(request, MAX_BODY)])
 
 
-def _refusal(err: BodyRefused) -> Ec2Error:
-    """S3's code for an upload over the size limit (EC2 has no upload action of its own):
-    ``EntityTooLarge``, HTTP 400, as AWS documents it (botocore ``data/s3/2006-03-01``)."""
-    if err.too_large:
+def _refusal(err: InputError | DataError | VerificationError) -> Ec2Error:
+    """The EC2 error of a refusal: its own, or S3's code for an upload over the size limit (EC2
+    has no upload action of its own: ``EntityTooLarge``, HTTP 400, as AWS documents it in
+    botocore ``data/s3/2006-03-01``), else ``InvalidParameterValue`` (HTTP 400)."""
+    if isinstance(err, Ec2Error):
+        return err
+    if isinstance(err, BodyRefused) and err.too_large:
         return Ec2Error("EntityTooLarge", str(err), status=400)
     return invalid_parameter(str(err))
 
@@ -265,20 +269,17 @@ class Ec2App:
             )
             limiter = self._read_threads() if reads_only(query.param("Action") or "") else None
             xml = await anyio.to_thread.run_sync(self._run, query, request_id, limiter=limiter)
-        except BodyRefused as err:
-            log.info("%s: %s", request_id, err)
-            refusal = _refusal(err)
-            return Response(error_xml(refusal.code, str(err), request_id), refusal.status, media_type=XML)
         except ClientDisconnect:  # nobody reads the answer; the upload is already removed
             log.info("%s: the client went away before the end of its request", request_id)
             message = "The request ended before its body did"
             return Response(error_xml("IncompleteRequest", message, request_id), 400, media_type=XML)
-        except Ec2Error as err:
-            log.info("%s %s: %s", request_id, err.code, err.reason)
-            return Response(error_xml(err.code, err.reason, request_id), err.status, media_type=XML)
-        except InputError as err:
-            log.info("%s: %s", request_id, err)
-            return Response(error_xml("InvalidParameterValue", str(err), request_id), 400, media_type=XML)
+        except (InputError, DataError, VerificationError) as err:
+            # Refusals, whatever raised them (a policy, an image the user gave, a template the
+            # request made): 4xx, and the message without this host's paths.
+            refusal = _refusal(err)
+            log.info("%s %s: %s", request_id, refusal.code, err)
+            message = public_message(refusal.reason)
+            return Response(error_xml(refusal.code, message, request_id), refusal.status, media_type=XML)
         except Exception:  # a bug or bad state (DataError): logged, answered, the service stays up
             log.exception("%s: internal error", request_id)
             message = "An internal error has occurred"

@@ -42,6 +42,7 @@ from cloud.occi.xml import (
     pool,
     storage_xml,
 )
+from cloud.refusals import public_message
 from cloud.upload import (
     DEFAULT_MAX_UPLOAD,
     BodyRefused,
@@ -54,7 +55,7 @@ from cloud.upload import (
 )
 from cloud.upload_slots import UploadsBusy, UploadSlots
 from cloud.users import User, UserStore
-from imagekit.errors import InputError
+from imagekit.errors import DataError, InputError, VerificationError
 from imagekit.state import State
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,16 @@ def _credentials(request: Request) -> tuple[str, str]:
     if not sep:
         raise OcciError(401, "malformed HTTP Basic credentials")
     return name, password
+
+
+def _refusal(err: OcciError | InputError | DataError | VerificationError) -> tuple[int, str]:
+    """The status and message of a refused request: its own, 413 for a body over its limit,
+    else 400."""
+    if isinstance(err, OcciError):
+        return err.status, err.message
+    if isinstance(err, BodyRefused) and err.too_large:
+        return 413, str(err)
+    return 400, str(err)
 
 
 def _id(request: Request) -> int:
@@ -118,19 +129,15 @@ class OcciApp:
                 if user is None:
                     raise OcciError(401, "wrong user name or password")
                 return await handler(request, user)
-            except BodyRefused as err:
-                log.info("%s %s: %s", request.method, request.url.path, err)
-                status = 413 if err.too_large else 400
-                return Response(f"{err}\n", status, media_type="text/plain")
             except ClientDisconnect:
                 log.info("%s %s: the client went away", request.method, request.url.path)
                 return Response("the request ended before its body did\n", 400, media_type="text/plain")
-            except OcciError as err:
-                log.info("%s %s: %d %s", request.method, request.url.path, err.status, err.message)
-                headers = {"WWW-Authenticate": 'Basic realm="OCCI"'} if err.status == 401 else None
-                return Response(err.message + "\n", err.status, headers, media_type="text/plain")
-            except InputError as err:
-                return Response(f"{err}\n", 400, media_type="text/plain")
+            except (OcciError, InputError, DataError, VerificationError) as err:
+                # Refusals, whatever raised them: 4xx, the message without this host's paths.
+                status, message = _refusal(err)
+                log.info("%s %s: %d %s", request.method, request.url.path, status, err)
+                headers = {"WWW-Authenticate": 'Basic realm="OCCI"'} if status == 401 else None
+                return Response(public_message(message) + "\n", status, headers, media_type="text/plain")
             except Exception:  # a bug or bad state: logged, answered, the service stays up
                 log.exception("%s %s: internal error", request.method, request.url.path)
                 return Response("internal error\n", 500, media_type="text/plain")

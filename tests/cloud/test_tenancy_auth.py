@@ -13,22 +13,40 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import os
+import re
+import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
+from xml.etree import ElementTree as ET
 
 import pytest
-from botocore.auth import SigV4Auth
+from botocore.auth import SigV2Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from starlette.testclient import TestClient
 
+from cloud import embedded
 from cloud.commands import cloud as cloud_command
+from cloud.deploy import CreateRequest, create_vm
 from cloud.ec2.client import Endpoint, upload_request
+from cloud.ec2.core import CoreBackend
 from cloud.ec2.responses import API_VERSION
+from cloud.ec2.server import create_app as ec2_app
+from cloud.ec2.service import Region
 from cloud.occi.server import create_app as occi_app
+from cloud.refusals import public_message
 from cloud.upload_slots import UploadSlots
 from cloud.users import CreatedUser, UserStore
+from context.leases import NetworkStore
+from context.network import network_from_template
+from context.template import parse_template
+from imagekit.errors import InputError
+from imagekit.state import State
+from marketplace.site import PolicyRefused
+from tests.cloud.blank import BlankLab
 from tests.cloud.test_uploads import MULTIPART, Ec2, drive, ec2, files, form, head, signed, zeros
 
 __all__ = ["ec2"]  # the fixture, shared with test_uploads
@@ -263,3 +281,180 @@ def test_our_client_signs_the_files_hash(ec2: Ec2, tmp_path: Path) -> None:
     assert body.index(b'name="ImageSha256"\r\n\r\n' + digest) < body.index(b'name="file"')
     with open(image, "rb") as data, TestClient(ec2.app()) as http:  # hashes required (default)
         assert http.send(upload_request(endpoint, image, data)).status_code == 200
+
+
+# --- 10. smaller doors: refusals, logins, private state -------------------------------------------
+
+CORRUPT_QCOW2 = b"QFI\xfb\x00\x00\x00\x03" + b"\xff" * 504  # qemu-img: "Unsupported cluster size"
+PUBLIC = 'NAME = "Public EC2"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.7.0.0"\nNETWORK_SIZE = "C"\n'
+ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/[^\s'\"<>]")
+
+
+def _ec2_query(ec2: Ec2, app: Any, params: dict[str, str]) -> Any:
+    request = AWSRequest(method="POST", url="http://testserver/", data={**params, "Version": API_VERSION})
+    SigV2Auth(Credentials(ec2.alice.user.access_key, ec2.alice.secret_key)).add_auth(request)
+    with TestClient(app) as http:
+        return http.post("/", data=dict(request.data))
+
+
+def _assert_refused_privately(status: int, message: str, ec2: Ec2) -> None:
+    assert 400 <= status < 500, message
+    assert str(ec2.state.root.parent) not in message and not ABSOLUTE_PATH.search(message), message
+
+
+def test_refusals_are_4xx_and_name_no_server_path(ec2: Ec2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old code: a policy refusal and an image qemu-img cannot read were EC2 500s; OCCI named
+    the spool path (``/…/state/occi/uploads/.tmp-….part``) of a refused upload, and
+    RegisterImage echoed a server path back."""
+    monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
+    NetworkStore(ec2.state).create(network_from_template(parse_template(PUBLIC, "public.net")))
+
+    def refused_by_policy(reference: str, **_: Any) -> Any:
+        where = ec2.state.root / "images" / "cache.json"
+        raise PolicyRefused(reference, (f"{where}: the endorser is not trusted", "expired"))
+
+    monkeypatch.setattr("marketplace.site.obtain_image", refused_by_policy)
+    app = ec2_app(
+        ec2.state, Region("default", "http://testserver/"), compute=CoreBackend(ec2.state, hold=True)
+    )
+    upload = form(signed(ec2.alice, sha256=hashlib.sha256(CORRUPT_QCOW2).hexdigest()), [CORRUPT_QCOW2])
+    assert drive(app, MULTIPART, upload).status == 200  # ami-00000001: stored, not yet read
+    assert (
+        _ec2_query(ec2, app, {"Action": "RegisterImage", "ImageLocation": "marketplace:abc"}).status_code
+        == 200
+    )
+    run = {"Action": "RunInstances", "MinCount": "1", "MaxCount": "1"}
+    for params in (
+        {**run, "ImageId": "ami-00000001"},  # DataError: not an image qemu-img can read
+        {**run, "ImageId": "ami-00000002"},  # PolicyRefused
+        {"Action": "RegisterImage", "ImageLocation": str(ec2.state.root / "ec2-secrets.key.missing")},
+        {**run, "ImageId": "ami-00000001", "InstanceType": "no-such-type"},
+    ):
+        answer = _ec2_query(ec2, app, params)
+        message = ET.fromstring(answer.content).findtext("Errors/Error/Message") or ""
+        _assert_refused_privately(answer.status_code, message, ec2)
+
+    occi = occi_app(ec2.state, hold=True)
+    alice = {**MULTIPART, **_basic("alice", "alice-pw")}
+    xml = [("occixml", "<DISK><NAME>d</NAME></DISK>")]
+    for body, path in (
+        (form(xml, [CORRUPT_QCOW2]), "/storage"),
+        (form([("occixml", "<DISK><NAME>d</NAME>")], [b"\0"]), "/storage"),
+        ([b"<COMPUTE><NAME>x</NAME><INSTANCE_TYPE>nope</INSTANCE_TYPE></COMPUTE>"], "/compute"),
+    ):
+        answer = drive(occi, alice, body, path)
+        _assert_refused_privately(answer.status, answer.body.decode(), ec2)
+
+
+def test_the_path_filter_keeps_urls_and_numbers() -> None:
+    assert public_message("cannot reach http://127.0.0.1:8081/a/b: refused") == (
+        "cannot reach http://127.0.0.1:8081/a/b: refused"
+    )
+    assert (
+        public_message("10.0.0.0/24, 1 / 2, '/srv//x/disk.img': bad")
+        == "10.0.0.0/24, 1 / 2, 'disk.img': bad"
+    )
+
+
+def _scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = hashlib.scrypt
+
+    def counting(*args: Any, **kwargs: Any) -> bytes:
+        calls.append(kwargs.get("n", 0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", counting)
+    return calls
+
+
+def test_a_login_costs_the_same_for_unknown_users(ec2: Ec2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted, not timed: the same scrypt calls at the same cost for a wrong password and for
+    a name nobody has, directly and through OCCI's HTTP Basic (old code: none for an unknown
+    name, so user names could be probed by the answer's time)."""
+    users, calls = UserStore(ec2.state), _scrypt_calls(monkeypatch)
+
+    def cost(name: str, password: str) -> list[int]:
+        calls.clear()
+        assert users.authenticate(name, password) is None
+        return list(calls)
+
+    sha1_hex = hashlib.sha1(b"guess", usedforsecurity=False).hexdigest()  # 1.4's clients send this
+    for password in ("guess", sha1_hex, "x" * 1000):
+        assert cost("alice", password) == cost("nobody", password) == cost("x" * 128, password) != []
+    occi = occi_app(ec2.state, hold=True)
+    costs = []
+    for who in (_basic("alice", "guess"), _basic("nobody", "guess")):
+        calls.clear()
+        assert drive(occi, who, [b""], "/compute").status == 401
+        costs.append(list(calls))
+    assert costs[0] == costs[1] != []
+
+
+def test_state_and_runtime_directories_are_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made 0700; refused when another user owns them or others may write in them (old code
+    took any: a runtime directory someone made first in /tmp held our QMP sockets)."""
+    state = State.open(tmp_path / "new" / "state")
+    assert stat.S_IMODE(state.root.stat().st_mode) == 0o700
+    for mode in (0o777, 0o770, 0o722, 0o702):
+        shared = tmp_path / f"shared-{mode:o}"
+        shared.mkdir()
+        shared.chmod(mode)
+        with pytest.raises(InputError, match="writable"):
+            State.open(shared)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir(mode=0o700)
+    os.chown(foreign, 65534, 65534) if os.geteuid() == 0 else None
+    theirs = foreign if os.geteuid() == 0 else Path("/")
+    with pytest.raises(InputError, match="owned by uid"):
+        State.open(theirs)
+    plain = tmp_path / "a-file"
+    plain.write_text("")
+    with pytest.raises(InputError):
+        State.open(plain)
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    runtime = embedded.runtime_dir(state)
+    assert stat.S_IMODE(runtime.stat().st_mode) == 0o700
+    runtime.chmod(0o777)  # as if someone else had made it first, open to all
+    with pytest.raises(InputError, match="writable"):
+        embedded.runtime_dir(state)
+    if os.geteuid() == 0:
+        runtime.chmod(0o700)
+        os.chown(runtime, 65534, 65534)
+        with pytest.raises(InputError, match="owned by uid"):
+            embedded.runtime_dir(state)
+
+
+def test_the_state_database_contexts_overlays_and_uploads_are_0600(
+    blank_lab: BlankLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = os.umask(0o022)  # a umask that would make files 0644
+    try:
+        state = blank_lab.state
+        assert stat.S_IMODE(os.stat(state.db_path).st_mode) == 0o600
+        record = create_vm(CreateRequest(blank_lab.template, hold=True), state=state)
+        directory = Path(record.directory)
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        made = sorted(p.name for p in directory.iterdir() if p.suffix in (".qcow2", ".iso"))
+        assert made == ["context.iso", "disk0.qcow2"]
+        for name in made:
+            assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
+        legacy = State.open(tmp_path / "legacy")
+        legacy.db_path.touch(mode=0o644)
+        legacy.db_path.chmod(0o644)
+        with legacy.read():
+            pass
+        assert stat.S_IMODE(legacy.db_path.stat().st_mode) == 0o600
+        alice = UserStore(state).create("alice", "pw")
+        ec2 = Ec2(state, alice, state.root / "ec2" / "uploads", tmp_path)
+        data = b"\1" * 4096
+        answer = drive(
+            ec2.app(), MULTIPART, form(signed(alice, sha256=hashlib.sha256(data).hexdigest()), [data])
+        )
+        assert answer.status == 200
+        [stored] = files(ec2.uploads)
+        assert stat.S_IMODE((ec2.uploads / stored).stat().st_mode) == 0o600
+        assert stat.S_IMODE((ec2.uploads / stored).parent.stat().st_mode) == 0o700
+    finally:
+        os.umask(old)
