@@ -50,6 +50,13 @@ schema(
         admin      INTEGER NOT NULL DEFAULT 0,
         created    TEXT NOT NULL
     );
+    -- Deleted users: their ids and names are never given to another account (resources,
+    -- logs and VMs that name them keep meaning them).
+    CREATE TABLE IF NOT EXISTS cloud_retired_users (
+        id      INTEGER PRIMARY KEY,
+        name    TEXT NOT NULL UNIQUE,
+        deleted TEXT NOT NULL
+    );
     """,
 )
 
@@ -204,10 +211,18 @@ class UserStore:
         sealed = self.box.seal(secret_key, access_key)
         created = datetime.now(UTC).replace(microsecond=0).isoformat()
         with self.state.transaction() as db:
+            if db.execute("SELECT 1 FROM cloud_retired_users WHERE name = ?", (name,)).fetchone():
+                raise InputError(
+                    f"user name {name!r} belonged to a deleted user: names are never reused",
+                    hint="choose another name",
+                )
             try:
+                # Past every id ever given, the deleted users' too (SQLite alone would hand the
+                # highest id out again once its row is gone).
                 cur = db.execute(
-                    "INSERT INTO cloud_users (name, password, access_key, secret, admin, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO cloud_users (id, name, password, access_key, secret, admin, created)"
+                    " VALUES ((SELECT 1 + MAX(COALESCE((SELECT MAX(id) FROM cloud_users), 0),"
+                    " COALESCE((SELECT MAX(id) FROM cloud_retired_users), 0))), ?, ?, ?, ?, ?, ?)",
                     (name, hashed, access_key, sealed, int(admin), created),
                 )
             except sqlite3.IntegrityError:
@@ -234,8 +249,15 @@ class UserStore:
             return [_user(r) for r in db.execute("SELECT * FROM cloud_users ORDER BY id")]
 
     def delete(self, ref: str | int) -> None:
+        """Remove the account (its key pairs go with it) and retire its id and name for good.
+        ``cloud.accounts.delete_user`` first checks, or ends, what the user owns."""
         user = self.get(ref)
+        deleted = datetime.now(UTC).replace(microsecond=0).isoformat()
         with self.state.transaction() as db:
+            db.execute(
+                "INSERT INTO cloud_retired_users (id, name, deleted) VALUES (?, ?, ?)",
+                (user.id, user.name, deleted),
+            )
             db.execute("DELETE FROM cloud_users WHERE id = ?", (user.id,))
 
     def set_password(self, ref: str | int, password: str) -> None:

@@ -4,7 +4,7 @@ imagekit user create alice --password-file pw.txt [--admin]   # prints the EC2 k
 imagekit user list [--json]
 imagekit user show alice [--json]
 imagekit user passwd alice --password-file new.txt
-imagekit user delete alice
+imagekit user delete alice [--cascade]   # refused while alice owns anything live, unless --cascade
 
 Without ``--password-file`` the password is asked for on the terminal (twice); ``-`` reads it from
 standard input. A password file holds the password on its first line.
@@ -48,8 +48,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     passwd.add_argument("--password-file", type=Path, metavar="FILE", help="read the password from FILE")
     passwd.set_defaults(func=cmd_passwd)
 
-    delete = sub.add_parser("delete", help="delete a user and their key pairs")
+    delete = sub.add_parser(
+        "delete",
+        help="delete a user (refused while they own live resources); ids and names are never reused",
+    )
     delete.add_argument("user", metavar="ID|NAME")
+    delete.add_argument(
+        "--cascade",
+        action="store_true",
+        help="end the user's VMs and remove their images, STORAGE, networks and key pairs first",
+    )
     delete.set_defaults(func=cmd_delete)
 
 
@@ -126,5 +134,9 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    _store(args).delete(args.user)
+    from cloud.accounts import delete_user
+
+    removed = delete_user(State.open(state_dir(args.state)), args.user, cascade=args.cascade)
+    if removed:
+        print(f"ended and removed: {removed.describe()}", file=sys.stderr)
     return 0

@@ -28,7 +28,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from starlette.testclient import TestClient
 
-from cloud import embedded
+from cloud import embedded, lifecycle
+from cloud.accounts import delete_user, holdings
 from cloud.commands import cloud as cloud_command
 from cloud.deploy import CreateRequest, create_vm
 from cloud.ec2.client import Endpoint, upload_request
@@ -36,6 +37,7 @@ from cloud.ec2.core import CoreBackend
 from cloud.ec2.responses import API_VERSION
 from cloud.ec2.server import create_app as ec2_app
 from cloud.ec2.service import Region
+from cloud.model import VmState
 from cloud.occi.server import create_app as occi_app
 from cloud.refusals import public_message
 from cloud.upload_slots import UploadSlots
@@ -43,6 +45,7 @@ from cloud.users import CreatedUser, UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
 from context.template import parse_template
+from imagekit.cli import main
 from imagekit.errors import InputError
 from imagekit.state import State
 from marketplace.site import PolicyRefused
@@ -458,3 +461,81 @@ def test_the_state_database_contexts_overlays_and_uploads_are_0600(
         assert stat.S_IMODE((ec2.uploads / stored).parent.stat().st_mode) == 0o700
     finally:
         os.umask(old)
+
+
+# --- 8. identities are never reused ---------------------------------------------------------------
+
+
+def _alice_owns_something_of_every_kind(ec2: Ec2, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Through both doors: an EC2 key pair, upload and held instance; an OCCI STORAGE,
+    NETWORK and held COMPUTE."""
+    monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
+    NetworkStore(ec2.state).create(network_from_template(parse_template(PUBLIC, "public.net")))
+    app = ec2_app(
+        ec2.state, Region("default", "http://testserver/"), compute=CoreBackend(ec2.state, hold=True)
+    )
+    key = base64.b64encode(
+        b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm0bWz1w8d6pZ7xQ3hYk2f2lQ4uC1m9M6z0x0nq2m0a a@b"
+    )
+    imported = {"Action": "ImportKeyPair", "KeyName": "k", "PublicKeyMaterial": key.decode()}
+    assert _ec2_query(ec2, app, imported).status_code == 200
+    disk = b"\0" * 65536
+    upload = form(signed(ec2.alice, sha256=hashlib.sha256(disk).hexdigest()), [disk])
+    assert drive(app, MULTIPART, upload).status == 200
+    run = {"Action": "RunInstances", "ImageId": "ami-00000001", "MinCount": "1", "MaxCount": "1"}
+    assert _ec2_query(ec2, app, {**run, "KeyName": "k"}).status_code == 200, "RunInstances"
+    occi = occi_app(ec2.state, hold=True)
+    alice = _basic("alice", "alice-pw")
+    storage = form([("occixml", "<DISK><NAME>d</NAME></DISK>")], [disk])
+    assert drive(occi, {**MULTIPART, **alice}, storage, "/storage").status == 201
+    net = b"<NIC><NAME>alices</NAME><ADDRESS>10.5.0.0</ADDRESS><SIZE>C</SIZE></NIC>"
+    assert drive(occi, alice, [net], "/network").status == 201
+    compute = (
+        b"<COMPUTE><NAME>c</NAME><INSTANCE_TYPE>small</INSTANCE_TYPE>"
+        b"<STORAGE><DISK image='1' dev='sda'/></STORAGE><NETWORK><NIC network='1'/></NETWORK></COMPUTE>"
+    )
+    answer = drive(occi, alice, [compute], "/compute")
+    assert answer.status == 201, answer.body
+    return {"ec2": app, "occi": occi}
+
+
+def test_a_user_who_owns_live_resources_is_not_deleted(ec2: Ec2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Old code deleted the account and left its VMs running, its files stored and its rows
+    owned by a name the next ``user create alice`` would have been given."""
+    _alice_owns_something_of_every_kind(ec2, monkeypatch)
+    before = holdings(ec2.state, ec2.alice.user)
+    assert (len(before.vms), len(before.images), len(before.storages), len(before.networks)) == (2, 1, 1, 1)
+    assert before.key_pairs == ("k",)
+    with pytest.raises(InputError, match="still owns 2 VMs") as err:
+        delete_user(ec2.state, "alice")
+    assert "--cascade" in (err.value.hint or "")
+    assert main(["user", "delete", str(ec2.alice.user.id)]) == 1
+    assert UserStore(ec2.state).get("alice") == ec2.alice.user
+    assert holdings(ec2.state, ec2.alice.user) == before
+
+
+def test_cascade_ends_and_removes_everything_and_the_identity_is_retired(
+    ec2: Ec2, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doors = _alice_owns_something_of_every_kind(ec2, monkeypatch)
+    bob = _bob(ec2)
+    assert bob.user.id == ec2.alice.user.id + 1
+    assert main(["user", "delete", "alice", "--cascade"]) == 0
+    users = UserStore(ec2.state)
+    with pytest.raises(InputError, match="no user"):
+        users.get("alice")
+    states = {r.vmid: r.state for r in lifecycle.list_vms(ec2.state, owner="alice")}
+    assert set(states.values()) == {VmState.DONE}
+    with ec2.state.read() as db:
+        for table in ("ec2_images", "occi_storage", "occi_networks", "ec2_keypairs"):
+            assert list(db.execute(f"SELECT * FROM {table}")) == [], table  # noqa: S608
+    assert [n.name for n in NetworkStore(ec2.state).list()] == ["Public EC2"]
+    assert files(ec2.uploads) == [] and files(ec2.state.root / "occi" / "storage") == []
+    # alice's keys open nothing any more; her name and id go to nobody.
+    assert _ec2_query(ec2, doors["ec2"], {"Action": "CreateKeyPair", "KeyName": "k"}).status_code == 401
+    with pytest.raises(InputError, match="never reused"):
+        users.create("alice", "pw")
+    users.delete("bob")  # the highest id, retired: SQLite alone would give it out again
+    carol = users.create("carol", "pw")
+    assert carol.user.id == bob.user.id + 1
+    assert drive(doors["occi"], _basic("alice", "pw"), [b""], "/compute").status == 401
