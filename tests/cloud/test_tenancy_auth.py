@@ -11,6 +11,7 @@ a file that comes first costs no 1.4 client anything.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import os
@@ -145,6 +146,52 @@ def test_ec2_uploads_at_once_are_bounded_per_user_and_in_total(ec2: Ec2) -> None
     bad = drive(app, MULTIPART, form(signed(bob), [data]))  # wrong hash: refused, slot given back
     assert bad.status == 400
     assert slots.total == 2 and not slots._held
+
+
+async def _post(app: Any, chunks: list[bytes], gate: asyncio.Event | None = None) -> tuple[int, bytes]:
+    """POST ``chunks`` as a multipart upload; with ``gate``, the last chunk waits for it."""
+    answer: dict[str, Any] = {"body": b""}
+    pending = list(chunks)
+
+    async def receive() -> dict[str, Any]:
+        if len(pending) == 1 and gate is not None:
+            await gate.wait()
+        chunk = pending.pop(0) if pending else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] += message.get("body", b"")
+
+    headers = [(k.encode(), v.encode()) for k, v in {"host": "testserver", **MULTIPART}.items()]
+    scope = {"type": "http", "method": "POST", "path": "/", "query_string": b"", "headers": headers}
+    await app({**scope, "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "http"}, receive, send)
+    return answer["status"], answer["body"]
+
+
+def test_two_uploads_at_once_from_one_user(ec2: Ec2) -> None:
+    """The real thing, on one event loop: while alice's first upload streams, her second is
+    refused when its file begins; once the first ends, the slot is free again."""
+    app = ec2.app(slots=UploadSlots(total=4, per_user=1))
+    data = b"\3" * 4096
+    fields = signed(ec2.alice, sha256=hashlib.sha256(data).hexdigest())
+    body = list(form(fields, [data]))
+
+    async def both() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+        gate = asyncio.Event()
+        first = asyncio.create_task(_post(app, body, gate))
+        while not files(ec2.uploads):  # the first is writing its file, slot held (test timeout bounds it)
+            await asyncio.sleep(0.01)
+        second = await _post(app, body)
+        gate.set()
+        return await first, second
+
+    (first_status, _), (second_status, second_body) = asyncio.run(both())
+    assert (first_status, second_status) == (200, 503) and b"RequestLimitExceeded" in second_body
+    assert asyncio.run(_post(app, body))[0] == 200
+    assert len(files(ec2.uploads)) == 2
 
 
 def _basic(name: str, password: str) -> dict[str, str]:
