@@ -506,6 +506,11 @@ def test_the_state_database_contexts_overlays_and_uploads_are_0600(
         [stored] = files(ec2.uploads)
         assert stat.S_IMODE((ec2.uploads / stored).stat().st_mode) == 0o600
         assert stat.S_IMODE((ec2.uploads / stored).parent.stat().st_mode) == 0o700
+        storage = form([("occixml", "<DISK><NAME>d</NAME></DISK>")], [data])
+        occi = occi_app(state, hold=True)
+        assert drive(occi, {**MULTIPART, **_basic("alice", "pw")}, storage, "/storage").status == 201
+        [kept] = files(state.root / "occi" / "storage")
+        assert stat.S_IMODE((state.root / "occi" / "storage" / kept).stat().st_mode) == 0o600
     finally:
         os.umask(old)
 
