@@ -27,6 +27,7 @@ from context.template import load_template
 from context.vm import invoking_user, lease_requests, load_images
 from imagekit.diskimage import Firmware, boot_firmware
 from imagekit.errors import InputError
+from imagekit.locations import private_directory
 from imagekit.log import step
 from imagekit.run import run
 from imagekit.state import State
@@ -91,7 +92,7 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
         )
         images.hold(state, bases, record.vmid)
         with step("prolog"):
-            directory.mkdir(parents=True, exist_ok=True)
+            private_directory(directory)  # 0700: the overlays, the context ISO, the serial log
             info = prolog(vm, bases, ctx, request, state=state, directory=directory)
         record = store.transition(record.vmid, VmState.PROLOG, allowed=(VmState.PROLOG,), info=info)
         hooks.fire(hooks.HookEvent.CREATE, event_hooks, record.vmid, directory)
@@ -271,12 +272,14 @@ def _disks(
                 ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base.format, "-b", base.path, path],
                 step="prolog",
             )
+            path.chmod(0o600)  # qemu-img makes it with the umask's mode; it is the VM's disk
             if overlays:
                 drives.append(Drive(path, "qcow2", readonly=disk.readonly))
             else:
                 overlays.append(path)
         else:
             run(["qemu-img", "create", "-q", "-f", "raw", path, f"{disk.size_mib}M"], step="prolog")
+            path.chmod(0o600)
             if disk.kind is DiskKind.SWAP:
                 run(["mkswap", path], step="prolog")
             else:
@@ -299,7 +302,7 @@ def _context_iso(ctx: ResolvedContext, request: CreateRequest, directory: Path) 
         restricted_dirs=settings.context_restricted_dirs,
         safe_dirs=settings.context_safe_dirs,
     )
-    write_atomically(iso, data)
+    write_atomically(iso, data, mode=0o600)  # the context: keys, passwords, user data
     return iso
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from imagekit.errors import CommandError, DataError
+from imagekit.locations import private_directory
 from imagekit.run import run
 from imagekit.state import State
 
@@ -37,9 +38,8 @@ QMP_TIMEOUT = 15.0
 def runtime_dir(state: State) -> Path:
     """A short directory for the QMP sockets (a socket path must fit in 108 bytes)."""
     tag = hashlib.sha1(str(state.root.resolve()).encode()).hexdigest()[:10]
-    path = Path(tempfile.gettempdir()) / f"imagekit-{os.getuid()}-{tag}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
+    # In the shared temporary directory anyone may make it first: refused unless ours, 0700.
+    return private_directory(Path(tempfile.gettempdir()) / f"imagekit-{os.getuid()}-{tag}")
 
 
 def segment(state: State, network_id: int) -> str:

@@ -22,6 +22,7 @@ removes what a killed run left (``remove_partial_uploads``) when it starts. A re
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import AsyncGenerator
@@ -219,11 +220,12 @@ class FileSink:
         self.size = 0
         self._out = out
         self._pending = bytearray()
+        self._sha256 = hashlib.sha256()  # updated in the worker thread, batch by batch
 
     @classmethod
     async def open(cls, directory: Path) -> FileSink:
         def create() -> FileSink:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
             return cls(Path(name), os.fdopen(fd, "wb"))
 
@@ -237,7 +239,13 @@ class FileSink:
 
     def _flush(self) -> None:
         self._out.write(self._pending)
+        self._sha256.update(self._pending)
         self._pending.clear()
+
+    async def sha256(self) -> str:
+        """The SHA-256 (hex) of every byte written so far, as it will be kept."""
+        await run_in_threadpool(self._flush)
+        return self._sha256.hexdigest()
 
     def _close(self) -> None:
         self._flush()

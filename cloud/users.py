@@ -44,6 +44,12 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}")
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _ACCESS_KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _SHA1_HEX = re.compile(r"[0-9a-fA-F]{40}")
+# Checked against when a login names no user: a hash of the current kind and cost that no
+# password matches (its digest is not scrypt's output for any input anyone knows).
+_UNKNOWN_USER_HASH = (
+    f"scrypt-sha1${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${base64.b64encode(bytes(16)).decode()}"
+    f"${base64.b64encode(bytes(64)).decode()}"
+)
 
 
 @dataclass(frozen=True)
@@ -183,10 +189,18 @@ class UserStore:
         sealed = self.box.seal(secret_key, access_key)
         created = datetime.now(UTC).replace(microsecond=0).isoformat()
         with self.state.transaction() as db:
+            if db.execute("SELECT 1 FROM cloud_retired_users WHERE name = ?", (name,)).fetchone():
+                raise InputError(
+                    f"user name {name!r} belonged to a deleted user: names are never reused",
+                    hint="choose another name",
+                )
             try:
+                # Past every id ever given, the deleted users' too (SQLite alone would hand the
+                # highest id out again once its row is gone).
                 cur = db.execute(
-                    "INSERT INTO cloud_users (name, password, access_key, secret, admin, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO cloud_users (id, name, password, access_key, secret, admin, created)"
+                    " VALUES ((SELECT 1 + MAX(COALESCE((SELECT MAX(id) FROM cloud_users), 0),"
+                    " COALESCE((SELECT MAX(id) FROM cloud_retired_users), 0))), ?, ?, ?, ?, ?, ?)",
                     (name, hashed, access_key, sealed, int(admin), created),
                 )
             except sqlite3.IntegrityError:
@@ -213,8 +227,15 @@ class UserStore:
             return [_user(r) for r in db.execute("SELECT * FROM cloud_users ORDER BY id")]
 
     def delete(self, ref: str | int) -> None:
+        """Remove the account (its key pairs go with it) and retire its id and name for good.
+        ``cloud.accounts.delete_user`` first checks, or ends, what the user owns."""
         user = self.get(ref)
+        deleted = datetime.now(UTC).replace(microsecond=0).isoformat()
         with self.state.transaction() as db:
+            db.execute(
+                "INSERT INTO cloud_retired_users (id, name, deleted) VALUES (?, ?, ?)",
+                (user.id, user.name, deleted),
+            )
             db.execute("DELETE FROM cloud_users WHERE id = ?", (user.id,))
 
     def set_password(self, ref: str | int, password: str) -> None:
@@ -224,9 +245,11 @@ class UserStore:
             db.execute("UPDATE cloud_users SET password = ? WHERE id = ?", (hashed, user.id))
 
     def authenticate(self, name: str, password: str) -> User | None:
-        """The user when ``password`` is theirs (HTTP Basic), else None."""
+        """The user when ``password`` is theirs (HTTP Basic), else None. An unknown name costs
+        the same scrypt work as a wrong password, so names cannot be told apart by timing."""
         row = self._row("name", name)
         if row is None:
+            check_password(password, _UNKNOWN_USER_HASH)
             return None
         return _user(row) if check_password(password, row["password"]) else None
 

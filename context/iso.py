@@ -6,7 +6,7 @@ leaks in, and every timestamp pinned to :data:`PINNED_EPOCH`, so the same contex
 same bytes.
 
     data = build_iso(ctx, IsoFlavor.OPENNEBULA, restricted_dirs=settings.context_restricted_dirs)
-    write_atomically(Path("vm-7.iso"), data)
+    write_atomically(Path("vm-7.iso"), data, mode=0o600)   # it holds keys and passwords
 
 - ``opennebula``: volume ``CONTEXT``; ``context.sh`` plus the FILES (basenames, directories
   recursively). A name collision is an error (oned's ``cp -R`` silently overwrites), and a

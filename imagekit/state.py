@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagekit.errors import DataError, InputError
+from imagekit.errors import DataError
+from imagekit.locations import private_directory
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Databases this process has brought up to date: the check runs once per process, not on every
@@ -96,18 +97,27 @@ class State:
 
     @classmethod
     def open(cls, root: Path) -> State:
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot create state directory: {exc.strerror}", where=str(root)) from None
-        return cls(root)
+        """The state directory ``root``: made 0700 if missing, refused if another user owns it
+        or others may write in it (``locations.private_directory``)."""
+        return cls(private_directory(root))
 
     @property
     def db_path(self) -> Path:
         return self.root / "state.db"
 
     def db(self) -> sqlite3.Connection:
-        """A new connection with every registered schema applied. Close it when done."""
+        """A new connection to the database, brought up to date (migrations). Close it when done."""
+        try:
+            # Made 0600 before SQLite makes it with the umask's mode: it holds every user's
+            # sealed secrets and password hashes (its -wal and -shm files take its mode).
+            fd = os.open(self.db_path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+            try:
+                if os.fstat(fd).st_mode & 0o077:  # made by an older imagekit, or by hand
+                    os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise DataError(f"{self.db_path}: cannot create the state database: {exc.strerror}") from None
         try:
             conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
             conn.row_factory = sqlite3.Row

@@ -53,6 +53,8 @@ class MarketConfig:
     dsn: str = ""
     pool_size: int = 8
     pending: PendingPolicy = PendingPolicy.QUEUE
+    max_pending: int = 1000  # uploads waiting for an administrator, all endorsers together
+    max_pending_per_endorser: int = 20  # …of one endorser e-mail
     whitelist: frozenset[str] = field(default_factory=frozenset)
     trust: tuple[Path, ...] = ()
     allow_sha1: bool = True
@@ -67,7 +69,16 @@ class MarketConfig:
 _KEYS: dict[str, set[str]] = {
     "registry": {"data_dir", "read_only", "base_url", "max_upload_bytes", "page_size", "max_page_size"},
     "index": {"backend", "dsn", "pool_size"},
-    "uploads": {"pending", "whitelist", "trust", "allow_sha1", "legacy_sha1_before", "email_bindings"},
+    "uploads": {
+        "pending",
+        "max_pending",
+        "max_pending_per_endorser",
+        "whitelist",
+        "trust",
+        "allow_sha1",
+        "legacy_sha1_before",
+        "email_bindings",
+    },
 }
 
 
@@ -108,6 +119,8 @@ def load_config(
         dsn=reader.string("index", "dsn", ""),
         pool_size=reader.integer("index", "pool_size", 8, minimum=1),
         pending=reader.choice("uploads", "pending", PendingPolicy, PendingPolicy.QUEUE),
+        max_pending=reader.integer("uploads", "max_pending", 1000, minimum=1),
+        max_pending_per_endorser=reader.integer("uploads", "max_pending_per_endorser", 20, minimum=1),
         whitelist=frozenset(reader.lines("uploads", "whitelist")),
         trust=tuple(base / p for p in reader.lines("uploads", "trust")),
         allow_sha1=reader.boolean("uploads", "allow_sha1", True),

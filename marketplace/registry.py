@@ -12,7 +12,9 @@ An upload is accepted when (research §1.6, §2.3, §2.5):
 4. its signer is whitelisted (subject DN in ``[uploads] whitelist`` *and* certificate chain to
    ``[uploads] trust``), or the pending policy says ``accept``. Otherwise it waits in
    ``pending/`` (policy ``queue``) until ``imagekit market pending accept``, or is refused
-   (policy ``reject``).
+   (policy ``reject``). A waiting upload's id is derived from its certificate and signed
+   content (variants of one entry are one upload), and at most ``max_pending`` wait, at most
+   ``max_pending_per_endorser`` of one e-mail (``PendingQuotaError`` beyond).
 
 Accepting writes the signed bytes (never replaced or removed), appends the audit log, then
 updates the index, all under the store's write lock. Concurrent uploads in one process are
@@ -28,11 +30,14 @@ no admin credentials travel over HTTP.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+from cryptography.hazmat.primitives import serialization
 
 from imagekit.errors import DataError, ImagekitError, VerificationError
 from marketplace.auditlog import AuditLog, AuditReport, Head, audit
@@ -64,6 +69,10 @@ class ReadOnlyError(ImagekitError):
     """Uploads to a replica (``[registry] read_only = true``)."""
 
 
+class PendingQuotaError(ImagekitError):
+    """The pending queue (all endorsers, or this one) is full: the server answers 429."""
+
+
 class ConflictError(DataError):
     """Another entry with the same (identifier, e-mail, created) but other bytes is stored."""
 
@@ -89,6 +98,17 @@ class PendingUpload:
     issuer: str
     title: str | None
     deprecated: str | None
+
+
+def pending_id_of(entry: VerifiedEntry) -> str:
+    """A waiting upload's id: the SHA-256 of the signer's certificate and the canonical bytes
+    its signature covers, so what the signature leaves out (comments, whitespace, the XML
+    declaration, the signature value itself) cannot make one entry many pending uploads, while
+    the same content signed by another certificate stays apart from it."""
+    certificate = entry.certificate.public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(
+        b"imagekit pending\0" + hashlib.sha256(certificate).digest() + entry.signed_content
+    ).hexdigest()
 
 
 def row_of(m: Metadata, sha256: str) -> Row:
@@ -133,6 +153,7 @@ class Registry:
         self._queue: list[_Job] = []
         self._queue_lock = threading.Lock()
         self._leader = threading.Lock()
+        self._pending_emails: dict[str, str] = {}
 
     def close(self) -> None:
         self.index.close()
@@ -160,9 +181,41 @@ class Registry:
             raise VerificationError(
                 f"signer {entry.subject!r} is not on this registry's endorser whitelist", rule="whitelist"
             )
-        pending_id = self.store.put_pending(data)
+        pending_id = self._queue_pending(entry, data)
         log.info("upload of %s waits for an administrator (pending %s)", key.relpath, pending_id[:12])
         return UploadResult(Outcome.PENDING, key, pending_id)
+
+    def _queue_pending(self, entry: VerifiedEntry, data: bytes) -> str:
+        """Keep ``data`` in ``pending/`` under the id of what it says, within the quotas; a
+        variant of an entry already waiting is that entry (the first bytes stay)."""
+        pending_id = pending_id_of(entry)
+        with self.store.write_lock():  # the count and the new file together, across processes
+            waiting = self.store.pending_ids()
+            if pending_id in waiting:
+                return pending_id
+            if len(waiting) >= self.config.max_pending:
+                raise PendingQuotaError(
+                    f"{len(waiting)} uploads already wait for an administrator (the limit): retry later"
+                )
+            email = entry.endorser_email
+            mine = sum(1 for other in waiting if self._pending_email(other) == email)
+            if mine >= self.config.max_pending_per_endorser:
+                raise PendingQuotaError(
+                    f"{mine} uploads of {email} already wait for an administrator (the limit per"
+                    " endorser): retry when they are accepted or rejected"
+                )
+            self.store.put_pending(data, pending_id)
+        self._pending_emails[pending_id] = email
+        return pending_id
+
+    def _pending_email(self, pending_id: str) -> str:
+        """The endorser e-mail of a waiting upload, read once (a pending file never changes)."""
+        email = self._pending_emails.get(pending_id)
+        if email is None:
+            m = parse_metadata(self.store.read_pending(pending_id), source=f"pending/{pending_id}.xml")
+            email = m.endorsement.endorser.email if m.endorsement else ""
+            self._pending_emails[pending_id] = email
+        return email
 
     def _verify(self, data: bytes, *, trust: TrustStore | None = None) -> VerifiedEntry:
         if len(data) > self.config.max_upload_bytes:

@@ -50,7 +50,14 @@ from marketplace import web
 from marketplace.config import CONFIG_ENV, IndexBackend, MarketConfig, load_config
 from marketplace.index import LocationKind, Page, Query, Row, SortKey, Status
 from marketplace.metadata import parse_metadata
-from marketplace.registry import ConflictError, Outcome, ReadOnlyError, Registry, UploadResult
+from marketplace.registry import (
+    ConflictError,
+    Outcome,
+    PendingQuotaError,
+    ReadOnlyError,
+    Registry,
+    UploadResult,
+)
 from marketplace.store import CREATED_RE, EMAIL_RE, EntryKey
 
 log = logging.getLogger(__name__)
@@ -351,6 +358,8 @@ class Api:
             raise HttpError(403, str(err)) from None
         except ConflictError as err:
             raise HttpError(409, str(err)) from None
+        except PendingQuotaError as err:  # the queue of uploads waiting for an administrator
+            raise HttpError(429, str(err)) from None
         except (VerificationError, DataError) as err:
             raise HttpError(400, f"invalid metadata: {err}") from None
         location = f"{self.base(request)}/metadata/{result.key.relpath}"

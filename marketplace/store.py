@@ -189,11 +189,14 @@ class Store:
                     if CREATED_RE.fullmatch(file.stem):
                         yield EntryKey(id_dir.name, email_dir.name, file.stem)
 
-    # Pending uploads are named by their content hash, so submitting one twice is harmless.
+    # Pending uploads are named by a hash of what they say (the registry derives it from the
+    # signed content), so submitting one twice, or a variant of it, is harmless.
 
-    def put_pending(self, data: bytes) -> str:
-        pending_id = sha256_hex(data)
-        write_atomically(self.pending_dir / f"{pending_id}.xml", data, replace=False, parents=True)
+    def put_pending(self, data: bytes, pending_id: str | None = None) -> str:
+        """Keep ``data`` as pending ``pending_id`` (default: its SHA-256); one already kept
+        under that id stays as it is."""
+        pending_id = pending_id or sha256_hex(data)
+        write_atomically(self._pending_path(pending_id), data, replace=False, parents=True)
         return pending_id
 
     def read_pending(self, pending_id: str) -> bytes:

@@ -97,6 +97,7 @@ class VerifiedEntry:
     algorithm: SignatureAlgorithm
     chain: tuple[x509.Certificate, ...] = ()  # signer … anchor, when a trust store was given
     legacy: tuple[str, ...] = ()  # the legacy (SHA-1) algorithms accepted, one line each
+    signed_content: bytes = b""  # the canonical bytes the signature covers (what is interpreted)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -187,6 +188,7 @@ def verify_entry(
         algorithm=algorithm,
         chain=chain,
         legacy=_legacy(algorithm, digest, chain),
+        signed_content=canonical,
     )
 
 

@@ -5,6 +5,8 @@ imagekit cloud serve ec2 --certfile server.pem --keyfile server.key     # HTTPS 
 imagekit cloud serve ec2 --hold        # RunInstances records VMs held (release with `vm release`)
 imagekit cloud serve occi [--host 127.0.0.1] [--port 4568] [--certfile PEM --keyfile PEM] [--hold]
 imagekit cloud serve ec2|occi --max-upload 8G     # a bigger image upload is refused (default 64G)
+imagekit cloud serve ec2|occi --max-uploads 8 --max-uploads-per-user 2   # uploads at once (defaults)
+imagekit cloud serve ec2 --allow-unhashed-uploads  # take UploadImage without a signed ImageSha256 (econe)
 
 EC2 clients sign with the access key and secret ``imagekit user create`` printed (SigV4 or SigV2).
 """
@@ -17,6 +19,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from cloud.upload_slots import DEFAULT_MAX_UPLOADS, DEFAULT_MAX_UPLOADS_PER_USER, UploadSlots
 from imagekit.errors import InputError
 from imagekit.locations import state_dir
 from imagekit.log import progress
@@ -30,6 +33,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     ec2 = services.add_parser("ec2", help="the EC2 Query API (boto3, the AWS CLI, econe tools)")
     _listener_options(ec2, 4567, "econe's", "RunInstances records VMs held, not booted (onevm hold)")
     ec2.add_argument("--region", default="default", help="the region name this server is (default: default)")
+    ec2.add_argument(
+        "--allow-unhashed-uploads",
+        action="store_true",
+        help="take UploadImage requests whose signed fields carry no ImageSha256 (econe-era clients)",
+    )
     ec2.set_defaults(func=cmd_serve_ec2)
     occi = services.add_parser(
         "occi", help="OpenNebula 1.4's OCCI (occi-compute, occi-network, occi-storage)"
@@ -52,6 +60,26 @@ def _listener_options(parser: argparse.ArgumentParser, port: int, why_port: str,
         metavar="SIZE",
         help="refuse an image upload over SIZE bytes (suffix K, M, G, T: binary; default 64G)",
     )
+    parser.add_argument(
+        "--max-uploads",
+        type=_at_least_one,
+        default=DEFAULT_MAX_UPLOADS,
+        metavar="N",
+        help=f"image uploads streamed at once, all users together (default {DEFAULT_MAX_UPLOADS})",
+    )
+    parser.add_argument(
+        "--max-uploads-per-user",
+        type=_at_least_one,
+        default=DEFAULT_MAX_UPLOADS_PER_USER,
+        metavar="N",
+        help=f"image uploads one user streams at once (default {DEFAULT_MAX_UPLOADS_PER_USER})",
+    )
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return int(text)
 
 
 def upload_limit(text: str) -> int:
@@ -89,6 +117,7 @@ def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **e
         certfile=args.certfile,
         keyfile=args.keyfile,
         hold=args.hold,
+        slots=UploadSlots(total=args.max_uploads, per_user=args.max_uploads_per_user),
         **extra,
         **({"max_upload": args.max_upload} if args.max_upload else {}),
     )
@@ -104,4 +133,10 @@ def cmd_serve_occi(args: argparse.Namespace) -> int:
 def cmd_serve_ec2(args: argparse.Namespace) -> int:
     from cloud.ec2.server import serve
 
-    return _serve(args, "EC2 Query service", serve, region=args.region)
+    return _serve(
+        args,
+        "EC2 Query service",
+        serve,
+        region=args.region,
+        allow_unhashed_uploads=args.allow_unhashed_uploads,
+    )

@@ -4,7 +4,7 @@ imagekit user create alice --password-file pw.txt [--admin]   # prints the EC2 k
 imagekit user list [--json]
 imagekit user show alice [--json]
 imagekit user passwd alice --password-file new.txt
-imagekit user delete alice
+imagekit user delete alice [--cascade]   # refused while alice owns anything live, unless --cascade
 imagekit user quota set alice --vms 4 --cpu 2 --memory 4G --images 10 --storage 20G
 imagekit user quota show alice [--json]      # limits (own or the site default) and usage
 imagekit user quota reset alice              # back to the site default (etc/quotas.conf)
@@ -52,8 +52,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     passwd.add_argument("--password-file", type=Path, metavar="FILE", help="read the password from FILE")
     passwd.set_defaults(func=cmd_passwd)
 
-    delete = sub.add_parser("delete", help="delete a user and their key pairs")
+    delete = sub.add_parser(
+        "delete",
+        help="delete a user (refused while they own live resources); ids and names are never reused",
+    )
     delete.add_argument("user", metavar="ID|NAME", help="the user")
+    delete.add_argument(
+        "--cascade",
+        action="store_true",
+        help="end the user's VMs and remove their images, STORAGE, networks and key pairs first",
+    )
     delete.set_defaults(func=cmd_delete)
 
     _register_quota(sub.add_parser("quota", help="a user's quota: VMs, CPU, MEMORY, images, storage"))
@@ -158,7 +166,11 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    _store(args).delete(args.user)
+    from cloud.accounts import delete_user
+
+    removed = delete_user(State.open(state_dir(args.state)), args.user, cascade=args.cascade)
+    if removed:
+        print(f"ended and removed: {removed.describe()}", file=sys.stderr)
     return 0
 
 

@@ -5,12 +5,13 @@
 
 ``verify`` recomputes the signature with the secret of the access key the request names and
 compares in constant time. SigV4 (boto3's default) comes in the ``Authorization`` header and signs
-the body's SHA-256; any region is accepted (the scope is used as given), the service must be
-``ec2``. SigV2 (``SignatureVersion=2`` in the parameters; HmacSHA256 or HmacSHA1) is tried with
-the ``Host`` header as sent and then without its port: botocore signs ``host:port``, OpenNebula
-1.4's tools signed the bare host, and 5.x's EC2CloudAuth accepted both. A request whose time is
-more than ``skew`` away from ``now`` (or whose SigV2 ``Expires`` has passed) is refused, so a
-captured request cannot be replayed later. Pure: no I/O beyond the ``lookup`` callable.
+the body's SHA-256 (``UNSIGNED-PAYLOAD`` is refused: a Query action's parameters are in the body);
+any region is accepted (the scope is used as given), the service must be ``ec2``. SigV2
+(``SignatureVersion=2`` in the parameters; HmacSHA256 or HmacSHA1) is tried with the ``Host``
+header as sent and then without its port: botocore signs ``host:port``, OpenNebula 1.4's tools
+signed the bare host, and 5.x's EC2CloudAuth accepted both. A request whose time is more than
+``skew`` away from ``now`` (or whose SigV2 ``Expires`` has passed) is refused, so a captured
+request cannot be replayed later. Pure: no I/O beyond the ``lookup`` callable.
 """
 
 from __future__ import annotations
@@ -139,11 +140,16 @@ def _canonical_uri(path: str) -> str:
 
 
 def _v4_payload_hash(request: QueryRequest) -> str:
+    """The body's SHA-256, always: a Query action's parameters may be in the body, so a
+    signature that leaves it out (``UNSIGNED-PAYLOAD``, a streaming mode) authorises nothing."""
     actual = hashlib.sha256(request.body).hexdigest()
     declared = request.header("x-amz-content-sha256")
-    if declared is not None and declared != "UNSIGNED-PAYLOAD" and declared != actual:
+    if declared is not None and declared != actual:
+        if not re.fullmatch(r"[0-9a-f]{64}", declared):
+            # UNSIGNED-PAYLOAD, STREAMING-…: the parameters in the body would go unsigned.
+            raise auth_failure("X-Amz-Content-SHA256 must be the body's SHA-256 (no unsigned payload)")
         raise auth_failure("X-Amz-Content-SHA256 does not match the body")
-    return declared or actual
+    return actual
 
 
 def _canonical_request(request: QueryRequest, signed: Sequence[str]) -> str:

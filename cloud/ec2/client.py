@@ -15,6 +15,7 @@ every refusal becomes one ``InputError`` naming the server's code and message.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,18 +85,29 @@ def upload_request(endpoint: Endpoint, image: Path, data: BinaryIO) -> httpx.Req
     """econe's ``UploadImage`` as a multipart POST: the SigV2-signed fields first, ``Signature``
     among them, then the image (read from ``data`` as it is sent) as the field ``file``, the
     order econe's client used (EC2QueryClient#upload_image). The server can then check the
-    signature before it stores a byte of the image."""
+    signature before it stores a byte of the image. One signed field more than econe's,
+    ``ImageSha256`` (the file's SHA-256, read from ``data`` once before), binds the file to
+    the signature: a captured request replayed with another file is refused."""
     from botocore.auth import SigV2Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    signed = AWSRequest(
-        method="POST", url=endpoint.url, data={"Action": "UploadImage", "Version": API_VERSION}
-    )
+    fields = {"Action": "UploadImage", "Version": API_VERSION, "ImageSha256": _sha256(data)}
+    signed = AWSRequest(method="POST", url=endpoint.url, data=fields)
     SigV2Auth(Credentials(endpoint.access_key, endpoint.secret_key)).add_auth(signed)
     # httpx writes every data field before the files.
     files = {"file": (image.name, data, "application/octet-stream")}
     return httpx.Request("POST", endpoint.url, data=dict(signed.data), files=files)
+
+
+def _sha256(data: BinaryIO) -> str:
+    """The SHA-256 of ``data`` from where it stands; left where it stood."""
+    start = data.tell()
+    digest = hashlib.sha256()
+    while chunk := data.read(1 << 20):
+        digest.update(chunk)
+    data.seek(start)
+    return digest.hexdigest()
 
 
 def upload_image(endpoint: Endpoint, image: Path) -> str:

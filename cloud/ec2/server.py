@@ -6,17 +6,21 @@
 read up to a limit, the signature checked (``auth.py``) against the user's secret, the action
 run (``service.py``) in a worker thread (SQLite is synchronous), and the answer written in the
 EC2 namespace of the request's ``Version``. A ``multipart/form-data`` POST is econe's
-``UploadImage``: signed (SigV2) over its fields, parsed as it streams (``cloud/upload.py``)
-so that a signature sent before the file is checked before a file byte is written; the
-``file`` part, at most ``max_upload`` bytes with the fields, goes to
-``STATE/ec2/uploads/USER/`` and is catalogued as the user's image. Every failure, a bug
+``UploadImage``: signed (SigV2) over its fields, which all come before the file, parsed as it
+streams (``cloud/upload.py``) so that the signature is checked before a file byte is written;
+the signed ``ImageSha256`` binds the file (unless ``allow_unhashed_uploads``, for econe-era
+clients), and ``slots`` bounds the uploads at once. The ``file`` part, at most ``max_upload``
+bytes with the fields, goes to ``STATE/ec2/uploads/USER/`` and is catalogued as the user's
+image. Every failure, a bug
 included, is an EC2 XML error envelope with its HTTP status; nothing is ever answered in
 plain text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from contextlib import aclosing
@@ -38,10 +42,11 @@ from cloud.asgi import run_app
 from cloud.ec2.answers import Answers, answer_key
 from cloud.ec2.auth import DEFAULT_SKEW, QueryRequest, verify
 from cloud.ec2.core import CoreBackend
-from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
+from cloud.ec2.errors import Ec2Error, auth_failure, invalid_parameter, missing_parameter
 from cloud.ec2.responses import error_xml, response_xml
 from cloud.ec2.service import ComputeBackend, Ec2Service, Region, reads_only
 from cloud.quotas import QuotaExceeded, UploadAllowance
+from cloud.refusals import public_message
 from cloud.upload import (
     DEFAULT_MAX_UPLOAD,
     BodyRefused,
@@ -52,15 +57,17 @@ from cloud.upload import (
     multipart_events,
     remove_partial_uploads,
 )
+from cloud.upload_slots import UploadsBusy, UploadSlots
 from cloud.users import User, UserStore
-from imagekit.errors import InputError
+from imagekit.errors import DataError, InputError, VerificationError
 from imagekit.state import State
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # Query API bodies are parameters only; UploadImage's multipart is apart.
 MULTIPART = "multipart/form-data"
-STAGING = ".staging"  # uploads whose signature follows the file; no user name starts with "."
+HASH_FIELD = "ImageSha256"  # UploadImage's signed field binding the file to the signature
+FIELDS_FIRST = "every form field (the signature's) comes before the file part"
 XML = "text/xml;charset=UTF-8"
 READ_THREADS = 4
 VM_LIMITS = frozenset({"vms", "cpu", "memory_mib"})  # EC2's InstanceLimitExceeded; the rest are images
@@ -80,17 +87,28 @@ async def _body(request: Request) -> bytes:
     return b"".join([chunk async for chunk in bounded_stream(request, MAX_BODY)])
 
 
-def _refusal(err: BodyRefused) -> Ec2Error:
-    """S3's code for an upload over the size limit (EC2 has no upload action of its own):
-    ``EntityTooLarge``, HTTP 400, as AWS documents it (botocore ``data/s3/2006-03-01``)."""
-    if err.too_large:
+def _refusal(err: InputError | DataError | VerificationError) -> Ec2Error:
+    """The EC2 error of a refusal: its own, or S3's code for an upload over the size limit (EC2
+    has no upload action of its own: ``EntityTooLarge``, HTTP 400, as AWS documents it in
+    botocore ``data/s3/2006-03-01``), else ``InvalidParameterValue`` (HTTP 400)."""
+    if isinstance(err, Ec2Error):
+        return err
+    if isinstance(err, QuotaExceeded):
+        code = "InstanceLimitExceeded" if err.resource in VM_LIMITS else "ResourceLimitExceeded"
+        return Ec2Error(code, str(err), status=400)
+    if isinstance(err, BodyRefused) and err.too_large:
         return Ec2Error("EntityTooLarge", str(err), status=400)
     return invalid_parameter(str(err))
 
 
-def _signature_known(request: Request, params: list[tuple[str, str]]) -> bool:
-    """Whether the signature can be checked already: SigV4's header, or SigV2's ``Signature``."""
-    return "authorization" in request.headers or any(k == "Signature" for k, _ in params)
+def _signed_sha256(params: list[tuple[str, str]]) -> str | None:
+    """The file's SHA-256 the signed fields name (lower-case hex), or None when they name none."""
+    values = [v for k, v in params if k == HASH_FIELD]
+    if not values:
+        return None
+    if len(values) > 1 or not re.fullmatch(r"[0-9a-fA-F]{64}", values[0]):
+        raise invalid_parameter(f"{HASH_FIELD} must be one SHA-256, 64 hexadecimal digits")
+    return values[0].lower()
 
 
 def _headers(request: Request) -> tuple[tuple[str, str], ...]:
@@ -107,10 +125,14 @@ class Ec2App:
         skew: timedelta = DEFAULT_SKEW,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_upload: int = DEFAULT_MAX_UPLOAD,
+        slots: UploadSlots | None = None,
+        allow_unhashed_uploads: bool = False,
     ) -> None:
         self.users = UserStore(state)
         self.uploads = state.root / "ec2" / "uploads"
         self.max_upload = max_upload
+        self.slots = slots or UploadSlots()
+        self.allow_unhashed_uploads = allow_unhashed_uploads
         self.service = Ec2Service(state, region, compute)
         self.answers = Answers()
         self._reads: anyio.CapacityLimiter | None = None
@@ -162,49 +184,84 @@ class Ec2App:
         return user
 
     async def _upload(self, request: Request, request_id: str) -> bytes:
-        """econe's UploadImage, streamed. When the signature's fields come before the file (as
-        econe's and our client send them) it is checked before a file byte is written, and
-        the file goes straight to ``uploads/USER/``; when they follow it, the file waits in
-        the user-less ``uploads/.staging/`` until the end and is removed if the check fails.
-        Either way it is written under a temporary name, renamed when whole, then catalogued;
-        a failure at any point leaves no file behind."""
+        """econe's UploadImage, streamed. The signed fields come first (as econe's and our
+        client send them): the signature, the site's upload bounds and, unless the site allows
+        unhashed uploads, the signed ``ImageSha256`` are checked before a file byte is
+        written, and a field after the file is refused. The file goes to ``uploads/USER/``
+        under a temporary name, is hashed as it streams, renamed when whole and matching, then
+        catalogued; a failure at any point leaves no file behind."""
         started = self.clock()
         params = parse_qsl(request.url.query, keep_blank_values=True)
-        user: User | None = None
+        with contextlib.ExitStack() as slot:
+            user, sink, filename = await self._receive(request, params, started, slot)
+            try:
+                expected = _signed_sha256(params)
+                if expected is not None and await sink.sha256() != expected:
+                    raise invalid_parameter(
+                        f"The file's SHA-256 is not the signed {HASH_FIELD}: the upload is discarded"
+                    )
+                target = await sink.keep(self.uploads / user.name / f"{uuid.uuid4()}.img")
+                body = await run_in_threadpool(self.service.upload_image, user, target, Path(filename).name)
+            except BaseException:
+                sink.discard()
+                raise
+        # econe answers an upload as a registration (EC2QueryServer#upload_image).
+        version = next((v for k, v in params if k == "Version"), None)
+        return response_xml("RegisterImage", version, request_id, body)
+
+    async def _receive(
+        self, request: Request, params: list[tuple[str, str]], started: datetime, slot: contextlib.ExitStack
+    ) -> tuple[User, FileSink, str]:
+        """The multipart body read to its end: the signer, the file (not yet kept) and its
+        name. ``params`` gets the fields; ``slot`` holds the upload's slot."""
+        if "authorization" in request.headers:
+            # SigV4 signs the body's hash, which a streamed upload cannot know beforehand.
+            raise auth_failure("UploadImage is signed with SigV2 over its form fields, not a header")
         sink: FileSink | None = None
-        allowance: UploadAllowance | None = None  # known when the signature comes first
-        filename, signed_fields = "", 0
+        user: User | None = None
+        allowance: UploadAllowance | None = None
+        filename = ""
         try:
             async with aclosing(multipart_events(request, limit=self.max_upload)) as events:
                 async for event in events:
                     if isinstance(event, Field):
+                        if sink is not None:
+                            raise invalid_parameter(FIELDS_FIRST)
                         params.append((event.name, event.value))
                     elif isinstance(event, FileStart):
                         if sink is not None or event.name != "file":
                             raise invalid_parameter("UploadImage takes one file part, named file")
-                        filename, signed_fields = event.filename, len(params)
-                        if _signature_known(request, params):
-                            user = await self._verify_upload(request, params, started)
-                            quota = self.service.quotas.upload_allowance
-                            allowance = await run_in_threadpool(quota, user.name)
-                        sink = await FileSink.open(self.uploads / (user.name if user else STAGING))
+                        user = await self._authorise_upload(request, params, started, slot)
+                        quota = self.service.quotas.upload_allowance
+                        allowance = await run_in_threadpool(quota, user.name)
+                        filename = event.filename
+                        sink = await FileSink.open(self.uploads / user.name)
                     elif isinstance(event, bytes) and sink is not None:
                         if allowance is not None:
                             allowance.take(len(event))
                         await sink.write(event)
-            if sink is None:
-                raise missing_parameter("file")
-            if user is None or len(params) > signed_fields:  # fields after the file: check them all
-                user = await self._verify_upload(request, params, started)
-            target = await sink.keep(self.uploads / user.name / f"{uuid.uuid4()}.img")
-            body = await run_in_threadpool(self.service.upload_image, user, target, Path(filename).name)
         except BaseException:
             if sink is not None:
                 sink.discard()
             raise
-        # econe answers an upload as a registration (EC2QueryServer#upload_image).
-        version = next((v for k, v in params if k == "Version"), None)
-        return response_xml("RegisterImage", version, request_id, body)
+        if sink is None or user is None:
+            raise missing_parameter("file")
+        return user, sink, filename
+
+    async def _authorise_upload(
+        self, request: Request, params: list[tuple[str, str]], started: datetime, slot: contextlib.ExitStack
+    ) -> User:
+        """At the file part: the signer of the fields before it, with a free upload slot."""
+        if not any(k == "Signature" for k, _ in params):
+            raise auth_failure(f"UploadImage is refused unsigned: {FIELDS_FIRST}")
+        user = await self._verify_upload(request, params, started)
+        if _signed_sha256(params) is None and not self.allow_unhashed_uploads:
+            raise missing_parameter(f"{HASH_FIELD} (the file's SHA-256, signed with the other fields)")
+        try:
+            slot.enter_context(self.slots.take(user.id))
+        except UploadsBusy as err:
+            raise Ec2Error("RequestLimitExceeded", str(err), status=503) from None
+        return user
 
     async def endpoint(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -222,24 +279,17 @@ class Ec2App:
             )
             limiter = self._read_threads() if reads_only(query.param("Action") or "") else None
             xml = await anyio.to_thread.run_sync(self._run, query, request_id, limiter=limiter)
-        except BodyRefused as err:
-            log.info("%s: %s", request_id, err)
-            refusal = _refusal(err)
-            return Response(error_xml(refusal.code, str(err), request_id), refusal.status, media_type=XML)
         except ClientDisconnect:  # nobody reads the answer; the upload is already removed
             log.info("%s: the client went away before the end of its request", request_id)
             message = "The request ended before its body did"
             return Response(error_xml("IncompleteRequest", message, request_id), 400, media_type=XML)
-        except QuotaExceeded as err:
-            log.info("%s %s", request_id, err)
-            code = "InstanceLimitExceeded" if err.resource in VM_LIMITS else "ResourceLimitExceeded"
-            return Response(error_xml(code, str(err), request_id), 400, media_type=XML)
-        except Ec2Error as err:
-            log.info("%s %s: %s", request_id, err.code, err.reason)
-            return Response(error_xml(err.code, err.reason, request_id), err.status, media_type=XML)
-        except InputError as err:
-            log.info("%s: %s", request_id, err)
-            return Response(error_xml("InvalidParameterValue", str(err), request_id), 400, media_type=XML)
+        except (InputError, DataError, VerificationError) as err:
+            # Refusals, whatever raised them (a policy, an image the user gave, a template the
+            # request made, a quota): 4xx, and the message without this host's paths.
+            refusal = _refusal(err)
+            log.info("%s %s: %s", request_id, refusal.code, err)
+            message = public_message(refusal.reason)
+            return Response(error_xml(refusal.code, message, request_id), refusal.status, media_type=XML)
         except Exception:  # a bug or bad state (DataError): logged, answered, the service stays up
             log.exception("%s: internal error", request_id)
             message = "An internal error has occurred"
@@ -273,6 +323,8 @@ def serve(
     keyfile: Path | None = None,
     hold: bool = False,
     max_upload: int = DEFAULT_MAX_UPLOAD,
+    slots: UploadSlots | None = None,
+    allow_unhashed_uploads: bool = False,
 ) -> None:
     scheme = "https" if certfile else "http"
     endpoint = f"{scheme}://{host}:{port}/"
@@ -280,5 +332,12 @@ def serve(
     if removed := remove_partial_uploads(state.root / "ec2" / "uploads"):
         log.warning("removed %d partial uploads a previous run left", removed)
     compute = CoreBackend(state, hold=hold)
-    app = create_app(state, Region(region, endpoint), compute=compute, max_upload=max_upload)
+    app = create_app(
+        state,
+        Region(region, endpoint),
+        compute=compute,
+        max_upload=max_upload,
+        slots=slots,
+        allow_unhashed_uploads=allow_unhashed_uploads,
+    )
     run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)

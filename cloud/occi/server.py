@@ -43,6 +43,7 @@ from cloud.occi.xml import (
     storage_xml,
 )
 from cloud.quotas import QuotaExceeded
+from cloud.refusals import public_message
 from cloud.upload import (
     DEFAULT_MAX_UPLOAD,
     BodyRefused,
@@ -53,8 +54,9 @@ from cloud.upload import (
     multipart_events,
     remove_partial_uploads,
 )
+from cloud.upload_slots import UploadsBusy, UploadSlots
 from cloud.users import User, UserStore
-from imagekit.errors import InputError
+from imagekit.errors import DataError, InputError, VerificationError
 from imagekit.state import State
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,18 @@ def _credentials(request: Request) -> tuple[str, str]:
     return name, password
 
 
+def _refusal(err: OcciError | InputError | DataError | VerificationError) -> tuple[int, str]:
+    """The status and message of a refused request: its own, 413 for a body over its limit,
+    else 400."""
+    if isinstance(err, OcciError):
+        return err.status, err.message
+    if isinstance(err, QuotaExceeded):  # the user may not have more: 403, as oned's quota refusals
+        return 403, str(err)
+    if isinstance(err, BodyRefused) and err.too_large:
+        return 413, str(err)
+    return 400, str(err)
+
+
 def _id(request: Request) -> int:
     text = str(request.path_params["id"])
     if not text.isdigit() or len(text) > 18:
@@ -92,10 +106,19 @@ def _id(request: Request) -> int:
 
 
 class OcciApp:
-    def __init__(self, state: State, *, hold: bool = False, max_upload: int = DEFAULT_MAX_UPLOAD, **kw: Any):
+    def __init__(
+        self,
+        state: State,
+        *,
+        hold: bool = False,
+        max_upload: int = DEFAULT_MAX_UPLOAD,
+        slots: UploadSlots | None = None,
+        **kw: Any,
+    ):
         self.users = UserStore(state)
         self.service = OcciService(state, hold=hold, **kw)
         self.max_upload = max_upload
+        self.slots = slots or UploadSlots()
         self.spool = state.root / "occi" / "uploads"
 
     def base(self, request: Request) -> str:
@@ -109,22 +132,15 @@ class OcciApp:
                 if user is None:
                     raise OcciError(401, "wrong user name or password")
                 return await handler(request, user)
-            except BodyRefused as err:
-                log.info("%s %s: %s", request.method, request.url.path, err)
-                status = 413 if err.too_large else 400
-                return Response(f"{err}\n", status, media_type="text/plain")
             except ClientDisconnect:
                 log.info("%s %s: the client went away", request.method, request.url.path)
                 return Response("the request ended before its body did\n", 400, media_type="text/plain")
-            except OcciError as err:
-                log.info("%s %s: %d %s", request.method, request.url.path, err.status, err.message)
-                headers = {"WWW-Authenticate": 'Basic realm="OCCI"'} if err.status == 401 else None
-                return Response(err.message + "\n", err.status, headers, media_type="text/plain")
-            except QuotaExceeded as err:  # the user may not have more: 403, as oned's quota refusals
-                log.info("%s %s: %s", request.method, request.url.path, err)
-                return Response(f"{err}\n", 403, media_type="text/plain")
-            except InputError as err:
-                return Response(f"{err}\n", 400, media_type="text/plain")
+            except (OcciError, InputError, DataError, VerificationError) as err:
+                # Refusals, whatever raised them: 4xx, the message without this host's paths.
+                status, message = _refusal(err)
+                log.info("%s %s: %d %s", request.method, request.url.path, status, err)
+                headers = {"WWW-Authenticate": 'Basic realm="OCCI"'} if status == 401 else None
+                return Response(public_message(message) + "\n", status, headers, media_type="text/plain")
             except Exception:  # a bug or bad state: logged, answered, the service stays up
                 log.exception("%s %s: internal error", request.method, request.url.path)
                 return Response("internal error\n", 500, media_type="text/plain")
@@ -184,9 +200,18 @@ class OcciApp:
         """multipart/form-data: ``occixml`` (``<DISK><NAME/><URL/></DISK>``) and ``file``. The
         file streams to the spool under a temporary name (the body at most ``max_upload``
         bytes, refused as soon as it crosses that) and is moved into the STORAGE pool; a
-        refused or broken upload leaves nothing behind."""
+        refused or broken upload leaves nothing behind. The user was authenticated before a
+        byte of the body was read, and holds one of the upload slots while it streams."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise bad_request("a STORAGE upload is multipart/form-data with occixml and file")
+        try:
+            with self.slots.take(user.id):
+                return await self._store(request, user)
+        except UploadsBusy as err:
+            # 429 when the user's own uploads fill their share, 503 when the server's are full.
+            raise OcciError(429 if err.per_user else 503, str(err)) from None
+
+    async def _store(self, request: Request, user: User) -> Response:
         occixml: str | None = None
         sink: FileSink | None = None
         allowance = await run_in_threadpool(self.service.quotas.upload_allowance, user.name)
@@ -257,9 +282,10 @@ def serve(
     keyfile: Path | None = None,
     hold: bool = False,
     max_upload: int = DEFAULT_MAX_UPLOAD,
+    slots: UploadSlots | None = None,
 ) -> None:
     state = State.open(state_root)
     if removed := remove_partial_uploads(state.root / "occi" / "uploads"):
         log.warning("removed %d partial uploads a previous run left", removed)
-    app = create_app(state, hold=hold, max_upload=max_upload)
+    app = create_app(state, hold=hold, max_upload=max_upload, slots=slots)
     run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)

@@ -128,7 +128,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        write_atomically(args.output, text.encode("utf-8"))
+        write_atomically(args.output, text.encode("utf-8"), mode=0o600)  # keys, passwords
     return 0
 
 
@@ -147,7 +147,7 @@ def cmd_iso(args: argparse.Namespace) -> int:
         )
     except InputError as err:
         raise InputError(err.reason, where=err.where or _context_where(args.template)) from None
-    write_atomically(args.output, data)
+    write_atomically(args.output, data, mode=0o600)  # the context: keys, passwords, user data
     return 0
 
 
