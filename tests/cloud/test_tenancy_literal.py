@@ -56,6 +56,7 @@ EVIL = [
     '$NIC[MAC] "], CPU = 64, NIC = [ NETWORK_ID = "0',
     "$TEMPLATE",
     "\\$UID$USER[TEMPLATE]",
+    "$REQUEST_VALUE_0",  # the name of the attribute that carries a request value into CONTEXT
 ]
 SECRET = base64.b64encode(b"#!/bin/sh\necho alice's secret\n").decode()
 # A type an administrator could write: who the VM belongs to, and VM 0's user data.
