@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -36,7 +37,7 @@ from cloud.ec2.errors import Ec2Error
 from cloud.ec2.service import Ec2Service, Region
 from cloud.occi.service import OcciService
 from cloud.occi.xml import ComputeRequest, NetworkRequest, NicRef, OcciError, StorageRequest
-from cloud.users import User, UserStore
+from cloud.users import CreatedUser, User, UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
 from context.render import stored_context
@@ -44,6 +45,7 @@ from context.template import parse_template
 from imagekit.errors import InputError
 from imagekit.run import run
 from imagekit.state import State
+from tests.cloud.serving import cloud_server, ec2_client, ec2_server
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLIC = 'NAME = "Public EC2"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.8.0.0"\nNETWORK_SIZE = "C"\n'
@@ -75,6 +77,7 @@ class Cloud:
     ec2: Ec2Service
     occi: OcciService
     users: dict[str, User]
+    accounts: dict[str, CreatedUser]
     base: Path
     hook_log: Path
     tmp: Path
@@ -91,7 +94,8 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cloud:
     monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
     state = State.open(tmp_path / "state")
     store = UserStore(state)
-    users = {name: store.create(name, "pw", admin=name == "root").user for name in ("alice", "bob", "root")}
+    accounts = {name: store.create(name, "pw", admin=name == "root") for name in ("alice", "bob", "root")}
+    users = {name: account.user for name, account in accounts.items()}
     NetworkStore(state).create(network_from_template(parse_template(PUBLIC, "public.net")))
     etc = tmp_path / "etc"
     shutil.copytree(REPO / "etc" / "instance-types", etc / "instance-types")
@@ -110,7 +114,7 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cloud:
     run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"])
     ec2 = Ec2Service(state, Region("default", "http://127.0.0.1/"), CoreBackend(state, hold=True, etc=etc))
     occi = OcciService(state, hold=True, etc=etc)
-    cloud = Cloud(state, etc, ec2, occi, users, base, hook_log, tmp_path)
+    cloud = Cloud(state, etc, ec2, occi, users, accounts, base, hook_log, tmp_path)
     cloud.add_type("probe", PROBE)
     return cloud
 
@@ -136,13 +140,17 @@ def _context(cloud: Cloud, vmid: int) -> dict[str, str]:
     return context
 
 
-def _import_key(cloud: Cloud, user: str, name: str, comment: str = "") -> str:
+def _import_key_material(comment: str = "") -> str:
     line = (
         ed25519.Ed25519PrivateKey.generate()
         .public_key()
         .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     )
-    material = line.decode() + (f" {comment}" if comment else "")
+    return line.decode() + (f" {comment}" if comment else "")
+
+
+def _import_key(cloud: Cloud, user: str, name: str, comment: str = "") -> str:
+    material = _import_key_material(comment)
     params = {"KeyName": name, "PublicKeyMaterial": base64.b64encode(material.encode()).decode()}
     cloud.ec2.handle(cloud.users[user], "ImportKeyPair", params)
     return material
@@ -315,3 +323,34 @@ def test_hook_arguments_are_split_first_and_run_without_a_shell(cloud: Cloud) ->
     expected.append([str(made[-1]), "ec2-bob", "bob", key])
     assert _hook_argvs(cloud) == expected
     assert not pwned.exists()
+
+
+# --- the same through both servers' HTTP layers --------------------------------------------
+
+
+def test_both_doors_over_http(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``imagekit cloud serve occi|ec2`` on one state: OCCI's refusals are 400s, and a key name
+    sent through EC2's Query API by boto3 reaches the VM as sent."""
+    monkeypatch.setenv("IMAGEKIT_ETC", str(cloud.etc))  # the servers' instance types and hooks
+    assert _run(cloud, "alice", UserData=SECRET) == 0
+    theirs = _network(cloud, "alice", "alice-lan", "10.20.0.0")
+    root = cloud.state.root
+    with cloud_server("occi", root, None, "--hold") as occi_url, ec2_server(root, None, "--hold") as ec2_url:
+        with httpx.Client(base_url=occi_url, auth=httpx.BasicAuth("bob", "pw"), timeout=60) as occi:
+            for name in (str(theirs), "Public EC2", "alice-lan"):
+                body = f"<NIC><NAME>{name}</NAME><ADDRESS>10.30.0.0</ADDRESS></NIC>"
+                refused = occi.post("/network", content=body.encode())
+                assert refused.status_code == 400 and f"id {theirs}" not in refused.text
+            nic = f'<NETWORK><NIC network="{theirs}"/></NETWORK>'
+            compute = f"<COMPUTE><NAME>x</NAME><INSTANCE_TYPE>small</INSTANCE_TYPE>{nic}</COMPUTE>"
+            assert occi.post("/compute", content=compute.encode()).status_code == 400
+        bob = ec2_client(ec2_url, cloud.accounts["bob"])
+        key = "$0.EC2_USER_DATA; $UNAME"
+        material = _import_key_material()
+        bob.import_key_pair(KeyName=key, PublicKeyMaterial=material.encode())
+        ami = bob.register_image(ImageLocation=str(cloud.base), Name="bob-base")["ImageId"]
+        run = bob.run_instances(ImageId=ami, MinCount=1, MaxCount=1, KeyName=key, UserData="hello $UNAME")
+        vmid = int(run["Instances"][0]["InstanceId"][2:], 16)
+    context = _context(cloud, vmid)
+    assert context["EC2_KEYNAME"] == key and context["SSH_PUBLIC_KEY"] == material
+    assert base64.b64decode(context["USER_DATA"]) == b"hello $UNAME"  # boto3 sends it base64
