@@ -117,6 +117,22 @@ def test_a_value_printed_without_the_filter_is_refused(tmp_path: Path) -> None:
         types.render("t", TypeRequest(name="x\nCPU = 99"))
 
 
+def test_request_values_are_bound_as_data_after_parsing(tmp_path: Path) -> None:
+    """Outside CONTEXT the value itself; inside, a reference to the REQUEST_VALUE_<n> attribute
+    that holds it (issue 17 point 2), next to the type's own expressions, which stay."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    body = 'NAME = {{ name | one }}\nCONTEXT = [ A = {{ name | one }}, B = "$NAME" ]\n'
+    rendered = _types(tmp_path / "a", body).render("t", TypeRequest(name='$UNAME"]'))
+    assert rendered.single("NAME") == '$UNAME"]'
+    assert rendered.vectors("CONTEXT")[0].items == (("A", "$REQUEST_VALUE_0"), ("B", "$NAME"))
+    assert rendered.single("REQUEST_VALUE_0") == '$UNAME"]'
+    context = resolve_context(instantiate(rendered, vmid=1, user=User(1, "u", 1, "users")))
+    assert (context["A"], context["B"]) == ('$UNAME"]', '$UNAME"]')
+    with pytest.raises(InputError, match="reserved for request values"):
+        _types(tmp_path / "b", 'REQUEST_VALUE_0 = "x"\n').render("t", TypeRequest(name="vm"))
+
+
 def test_an_edited_type_is_rendered_anew(tmp_path: Path) -> None:
     """Compiled templates are kept between requests, but never past an edit of their file."""
     types = _types(tmp_path, "NAME = {{ name | one }}\nCPU = 1\n")
