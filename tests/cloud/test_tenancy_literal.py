@@ -41,7 +41,10 @@ from cloud.users import CreatedUser, User, UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
 from context.render import stored_context
+from context.resolve import Resolver
 from context.template import parse_template
+from context.vm import User as VmUser
+from context.vm import instantiate
 from imagekit.errors import InputError
 from imagekit.run import run
 from imagekit.state import State
@@ -354,3 +357,15 @@ def test_both_doors_over_http(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> 
     context = _context(cloud, vmid)
     assert context["EC2_KEYNAME"] == key and context["SSH_PUBLIC_KEY"] == material
     assert base64.b64decode(context["USER_DATA"]) == b"hello $UNAME"  # boto3 sends it base64
+
+
+def test_hook_words_are_split_before_they_are_substituted() -> None:
+    """A condition's blank stays inside its word; a value's blanks stay inside its argument; a
+    word that is only an empty variable stays, empty, so later arguments keep their places."""
+    template = parse_template('NAME = "a b"\nNIC = [ NETWORK = "my lan", IP = "10.0.0.5" ]\n')
+    resolver = Resolver(instantiate(template, vmid=7, user=VmUser(5, "bob", 1, "users")))
+    arguments = 'x$NAME-y  $MISSING\t$NIC[IP, NETWORK="my lan"] $UNAME'
+    assert hooks.hook_arguments(arguments, resolver) == ["xa b-y", "", "10.0.0.5", "bob"]
+    malformed = hooks.Hook("mail", hooks.HookEvent.CREATE, "/bin/true", "$VMID, $NAME")
+    with pytest.raises(InputError, match="VM_HOOK 'mail': ARGUMENTS: unexpected ','"):
+        hooks.resolve_hooks((malformed,), resolver.vm)
