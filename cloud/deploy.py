@@ -24,7 +24,7 @@ from cloud.qemu import OVMF_VARS, Drive, Nic, VmSpec, build_argv, choose_accel
 from cloud.store import VmRecord, VmStore
 from context.model import ResolvedContext
 from context.template import load_template
-from context.vm import invoking_user, lease_requests, load_images
+from context.vm import User, invoking_user, lease_requests, load_images
 from imagekit.diskimage import Firmware, boot_firmware
 from imagekit.errors import InputError
 from imagekit.locations import private_directory
@@ -49,6 +49,9 @@ class CreateRequest:
     core: str = CORE  # "qemu" (embedded), "libvirt", or "opennebula" (then ``one_endpoint``)
     one_endpoint: str = ""
     owner: str = field(default_factory=lambda: invoking_user().uname)
+    # Who the VM is to $UID/$UNAME/$GID/$GNAME, $USER[…] and $<vmid>.VAR (only the same owner's
+    # VMs): a front door's cloud user; None is the invoking user, with ``owner`` as the name.
+    identity: User | None = None
 
 
 def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
@@ -74,7 +77,12 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
         return _deploy_to_opennebula(request, vm, bases, state=state)
     with step("context"):
         ctx = prepare_context(
-            request.template, state=state, keep=True, etc=request.etc, image_paths=request.image_templates
+            request.template,
+            state=state,
+            keep=True,
+            etc=request.etc,
+            user=_identity(request),
+            image_paths=request.image_templates,
         )
     store = VmStore(state)
     directory = state.root / "vms" / str(ctx.vmid)
@@ -167,23 +175,35 @@ def _deploy_to_opennebula(
 
 
 def _hook_vm(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: State) -> Any:
-    """The VM as the resolver sees it (NICs with their leases), for the hooks' arguments."""
+    """The VM as the resolver sees it (NICs with their leases, CONTEXT as resolved, as oned
+    keeps it in the VM), for the hooks' arguments."""
     from context.leases import NetworkStore
-    from context.vm import User, instantiate
+    from context.model import Attribute, Template, Vector
+    from context.vm import instantiate
 
     requests = sorted(lease_requests(vm.template), key=lambda r: r.nic_index)
     leases = {r.nic_index: lease for r, lease in zip(requests, ctx.leases, strict=True)}
     networks = {i: NetworkStore(state).get(lease.network_id) for i, lease in leases.items()}
-    me = invoking_user()
-    owner = User(me.uid, request.owner, me.gid, me.gname) if request.owner != me.uname else me
+    resolved = Vector(tuple(ctx.variables.items()))
+    attributes = [
+        Attribute(a.name, resolved, a.line, a.column) if a.name == "CONTEXT" else a for a in vm.template
+    ]
+    template = Template(tuple(attributes), vm.template.source)
     return instantiate(
-        vm.template,
+        template,
         vmid=ctx.vmid,
-        user=owner,
+        user=_identity(request),
         images=load_images(request.image_templates),
         leases=leases,
         networks=networks,
     )
+
+
+def _identity(request: CreateRequest) -> User:
+    if request.identity is not None:
+        return request.identity
+    me = invoking_user()
+    return User(me.uid, request.owner, me.gid, me.gname) if request.owner != me.uname else me
 
 
 def prolog(

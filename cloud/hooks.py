@@ -3,17 +3,21 @@
     VM_HOOK = [ name = "mail", on = "running", command = "/usr/local/bin/notify",
                 arguments = "$VMID $NAME $NIC[IP, NETWORK=\\"lan\\"]" ]
 
-``arguments`` is substituted by the context stage's resolver against the VM as it was created
-(``$VMID``, ``$NAME``, ``$NIC[…]``, ``$TEMPLATE``…) and split at white space, as oned does
-(``opennebula-1.4.md`` §2). The substitution happens once, at ``vm create``: a hook at DONE
-still sees the addresses the VM had. Hooks run in a thread with a time limit; their output and
-exit status go to the VM's ``hooks.log``; a failing hook is logged and never changes the VM.
+``arguments`` is split at white space first (a ``$NIC[IP, NETWORK="lan"]`` stays one word), and
+each word is then substituted by the context stage's resolver against the VM as it was created
+(``$VMID``, ``$NAME``, ``$NIC[…]``, ``$TEMPLATE``…; ``opennebula-1.4.md`` §2): a value with
+blanks, quotes or ``;`` (a VM name a cloud user chose) stays inside its one argument, and the
+hook runs with that argv, never through a shell. The substitution happens once, at
+``vm create``: a hook at DONE still sees the addresses the VM had. Hooks run in a thread with
+a time limit; their output and exit status go to the VM's ``hooks.log``; a failing hook is
+logged and never changes the VM.
 ``remote = "yes"`` runs on the VM's host, which is this one.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -22,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from context.model import Template, Vector
-from context.resolve import Resolver
+from context.resolve import ExpressionError, Reference, Resolver, parse_value
 from context.template import load_template
 from context.vm import VirtualMachine
 from imagekit.errors import CommandError, InputError
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HOOK_TIMEOUT = 60.0
 HOOK_LOG = "hooks.log"
+_BLANKS = re.compile(r"\s+")
 _PENDING: list[threading.Thread] = []
 
 
@@ -81,10 +86,44 @@ def resolve_hooks(hooks: tuple[Hook, ...], vm: VirtualMachine) -> dict[str, list
     resolver = Resolver(vm)
     out: dict[str, list[list[str]]] = {}
     for hook in hooks:
-        out.setdefault(hook.on.value, []).append(
-            [hook.name, hook.command, *resolver.substitute(hook.arguments).split()]
-        )
+        try:
+            arguments = hook_arguments(hook.arguments, resolver)
+        except ExpressionError as err:
+            raise InputError(
+                f"VM_HOOK {hook.name!r}: ARGUMENTS: {err.message} in {err.text!r}"
+                f" at character {err.position}"
+            ) from None
+        out.setdefault(hook.on.value, []).append([hook.name, hook.command, *arguments])
     return out
+
+
+def hook_arguments(arguments: str, resolver: Resolver) -> list[str]:
+    """The argv words of ``arguments``: split at blanks outside ``$…`` expressions, then each
+    word substituted (a word that only held an empty variable stays, as an empty argument)."""
+    words: list[list[str]] = []
+    current: list[str] | None = None
+
+    def literal(text: str) -> None:
+        nonlocal current
+        for n, part in enumerate(_BLANKS.split(text)):
+            if n:
+                current = None  # a blank ended the word
+            if part:
+                if current is None:
+                    current = []
+                    words.append(current)
+                current.append(part)
+
+    for piece in parse_value(arguments):
+        if isinstance(piece, Reference):
+            if current is None:
+                current = []
+                words.append(current)
+            current.append(resolver.value(piece))
+            literal(piece.eoa)
+        else:
+            literal(piece)
+    return ["".join(word) for word in words]
 
 
 def fire(event: HookEvent, hooks: Mapping[str, list[list[str]]], vmid: int, directory: Path) -> None:

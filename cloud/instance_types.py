@@ -6,11 +6,12 @@
 
 Types are econe.conf's ``VM_TYPE = [NAME, TEMPLATE]`` table with ERB replaced by Jinja2 in a
 ``SandboxedEnvironment`` (the templates are configuration, the values are not trusted) with
-``StrictUndefined``. Request values reach the template language only through the ``one`` filter,
-which writes a value as oned's scanner reads it back: quoted, ``"`` escaped, so ``"``, ``\\``,
-``]`` and newlines stay inside the value. A value printed without the filter must be a plain
-token (letters, digits, ``._:/-``); anything else fails the render instead of injecting
-attributes. The rendered text is parsed with ``context.template`` like every other template.
+``StrictUndefined``. Request values reach a type only through the ``one`` filter, and never as
+text: the filter writes a placeholder and the value is put back once the rendered text is
+parsed (``cloud/request_values.py``), so no value can add attributes or be expanded as a
+CONTEXT expression. A value printed without the filter must be a plain token (letters, digits,
+``._:/-``); anything else fails the render instead of injecting attributes. The rendered text
+is parsed with ``context.template`` like every other template.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from cloud import request_values
 from context.model import Attribute, Template, Vector
 from context.template import CDATA_END, load_template, parse_template, serialise
 from imagekit.atomic import write_atomically
@@ -56,6 +58,13 @@ def one_value(value: object) -> OneValue:
             return OneValue(text)
         raise InputError(f"a value ending in a backslash cannot be quoted: {text[:40]!r}")
     return OneValue('"' + text.replace('"', '\\"') + '"')
+
+
+@jinja2.pass_context  # never folded at compile time: every render has its own placeholders
+def _one_filter(context: object, value: object) -> OneValue:
+    """The ``one`` filter: ``value`` checked as :func:`one_value` does, written as a placeholder."""
+    one_value(value)
+    return OneValue('"' + request_values.placeholder(str(value)) + '"')
 
 
 def _finalize(value: object) -> object:
@@ -118,14 +127,16 @@ class InstanceTypes:
             raise InputError(f"unknown instance type {name!r}", hint=f"one of: {', '.join(self.table)}")
         values: dict[str, Any] = {**asdict(request), "instance_type": name}
         try:
-            text = _environment(self.directory).get_template(file).render(values)
+            with request_values.collecting() as collected:
+                text = _environment(self.directory).get_template(file).render(values)
         except jinja2.TemplateSyntaxError as err:
             raise InputError(err.message or "syntax error", where=f"{err.filename}:{err.lineno}") from None
         except jinja2.TemplateNotFound as err:
             raise InputError("template not found", where=f"{self.directory}/{err.name}") from None
         except (jinja2.UndefinedError, jinja2.exceptions.SecurityError) as err:
             raise InputError(f"rendering {name!r}: {err}", where=str(self.directory / file)) from None
-        return parse_template(text, f"{self.directory / file} (rendered for {request.name!r})")
+        parsed = parse_template(text, f"{self.directory / file} (rendered for {request.name!r})")
+        return request_values.bind(parsed, collected)
 
 
 @functools.lru_cache(maxsize=8)
@@ -139,7 +150,7 @@ def _environment(directory: Path) -> SandboxedEnvironment:
         keep_trailing_newline=True,
         finalize=_finalize,
     )
-    env.filters["one"] = one_value
+    env.filters["one"] = _one_filter
     return env
 
 

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from enum import StrEnum
 
+from cloud.request_values import HOLDER
 from context.model import Attribute, Template, Vector
 from imagekit.errors import InputError
 
@@ -233,12 +234,13 @@ def parse_vm_template(tmpl: Template) -> VmTemplate:
     check = _Checker(tmpl)
     seen: set[str] = set()
     for attr in tmpl:
-        if attr.name not in _VECTORS and attr.name not in _SINGLES and attr.name != "CONTEXT":
+        holder = HOLDER.fullmatch(attr.name) is not None  # a request value CONTEXT refers to
+        if attr.name not in _VECTORS and attr.name not in _SINGLES and attr.name != "CONTEXT" and not holder:
             raise check.fail(attr, attr.name, "unknown attribute of a VM template")
-        if attr.name in _ONCE and attr.name in seen:
+        if (attr.name in _ONCE or holder) and attr.name in seen:
             raise check.fail(attr, attr.name, "given twice")
         seen.add(attr.name)
-        if attr.name in _SINGLES:
+        if attr.name in _SINGLES or holder:
             _single(check, attr)
     name = tmpl.single("NAME")
     return VmTemplate(

@@ -3,8 +3,9 @@
 :func:`prepare_context` allocates a VM id (monotonic, from the state database), leases an
 address for every ``NIC=[NETWORK=…]`` through :class:`~context.leases.NetworkStore`, builds
 the instantiated VM, resolves CONTEXT and collects FILES. The leases are released afterwards
-unless ``keep``: a kept VM holds them (and its resolved CONTEXT stays readable by other VMs'
-``$<vmid>.VAR``) until :func:`release_vm`, the equivalent of deleting the VM.
+unless ``keep``: a kept VM holds them (and its resolved CONTEXT stays readable by the
+``$<vmid>.VAR`` of other VMs of the same owner: another owner's VM reads as a missing one) until
+:func:`release_vm`, the equivalent of deleting the VM.
 
     ctx = prepare_context(Path("vm.one"), state=State.open(state_dir()))
     render_context_sh(ctx.variables)
@@ -54,6 +55,11 @@ def _allocate_vmid(db: sqlite3.Connection, vmid: int | None, name: str, template
 
 def _forget(db: sqlite3.Connection, vmid: int) -> None:
     db.execute("DELETE FROM vms WHERE vmid = ?", (vmid,))
+    db.execute("DELETE FROM vm_owners WHERE vmid = ?", (vmid,))
+
+
+def _owner_key(user: User) -> str:
+    return f"{user.uid}:{user.uname}"
 
 
 def stored_context(state: State, vmid: int) -> dict[str, str] | None:
@@ -65,8 +71,16 @@ def stored_context(state: State, vmid: int) -> dict[str, str] | None:
         db.close()
 
 
-def _stored_context(db: sqlite3.Connection, vmid: int) -> dict[str, str] | None:
-    row = db.execute("SELECT context FROM vms WHERE vmid = ? AND kept = 1", (vmid,)).fetchone()
+def _stored_context(db: sqlite3.Connection, vmid: int, owner: str | None = None) -> dict[str, str] | None:
+    """The kept VM's CONTEXT; with ``owner``, only if that owner's (else None, as if missing)."""
+    if owner is None:
+        row = db.execute("SELECT context FROM vms WHERE vmid = ? AND kept = 1", (vmid,)).fetchone()
+    else:
+        row = db.execute(
+            "SELECT v.context FROM vms v JOIN vm_owners o ON o.vmid = v.vmid"
+            " WHERE v.vmid = ? AND v.kept = 1 AND o.owner = ?",
+            (vmid, owner),
+        ).fetchone()
     if row is None or row["context"] is None:
         return None
     try:
@@ -189,7 +203,10 @@ def prepare_context(
                 networks=networks,
                 device_prefixes=(settings.default_device_prefix, settings.default_cdrom_device_prefix),
             )
-            variables = resolve_context(vm, other_context=lambda other: _stored_context(db, other))
+            owner_key = _owner_key(owner)
+            variables = resolve_context(
+                vm, other_context=lambda other: _stored_context(db, other, owner_key)
+            )
             context_attr = tmpl.first("CONTEXT")
             where = (
                 f"{tmpl.source}:{context_attr.line}:{context_attr.column}" if context_attr else tmpl.source
@@ -208,6 +225,7 @@ def prepare_context(
             db.execute(
                 "UPDATE vms SET name = ?, context = ? WHERE vmid = ?", (vm.name, json.dumps(variables), vmid)
             )
+            db.execute("INSERT OR REPLACE INTO vm_owners (vmid, owner) VALUES (?, ?)", (vmid, owner_key))
         else:
             db.execute("ROLLBACK TO vm")
             db.execute("RELEASE vm")

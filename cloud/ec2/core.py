@@ -33,6 +33,7 @@ from cloud.instance_types import ImageRef, TypeRequest, load_instance_types
 from cloud.model import VmState
 from cloud.quotas import QuotaExceeded
 from cloud.store import VmRecord
+from cloud.tenancy import cloud_identity, pin_networks
 from cloud.users import User
 from context.template import serialise
 from imagekit.atomic import write_atomically
@@ -106,13 +107,17 @@ class CoreBackend:
             public_key=request.key.public_key if request.key else None,
             key_name=request.key.name if request.key else None,
         )
-        text = serialise(types.render(request.instance_type, type_request))
+        # Networks by NETWORK_ID only, the site's or the user's (cloud/tenancy.py).
+        rendered = pin_networks(types.render(request.instance_type, type_request), self.state, user)
+        text = serialise(rendered)
         made: list[VmRecord] = []
         try:
             for _ in range(request.count):
                 path = templates / f"{uuid.uuid4()}.one"
                 write_atomically(path, text)
-                create = CreateRequest(path, hold=self.hold, etc=self.etc, owner=user.name)
+                create = CreateRequest(
+                    path, hold=self.hold, etc=self.etc, owner=user.name, identity=cloud_identity(user)
+                )
                 try:
                     made.append(create_vm(create, state=self.state))
                 except QuotaExceeded:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from cloud.ec2.errors import invalid_parameter
 from cloud.ec2.ids import image_id, select
+from cloud.tenancy import check_resource_name
 from cloud.users import User
+from imagekit.errors import InputError
 from imagekit.state import State
 
 REMOTE_PREFIXES = ("marketplace:", "http://", "https://")
@@ -61,6 +63,13 @@ class ImageStore:
         """A new image of ``user``; ``admit(db, id)`` (the quota's) runs in the same transaction."""
         created = datetime.now(UTC).replace(microsecond=0).isoformat()
         with self.state.transaction() as db:
+            site = db.execute(
+                "SELECT i.name FROM ec2_images i JOIN cloud_users u ON u.name = i.owner WHERE u.admin = 1"
+            )
+            try:
+                check_resource_name("image", name, taken=[r["name"] for r in site], admin=user.admin)
+            except InputError as err:
+                raise invalid_parameter(err.reason) from None
             # ids start at 1: ami-00000001 is the first image, as in econe.
             cur = db.execute(
                 "INSERT INTO ec2_images (id, owner, name, location, created)"

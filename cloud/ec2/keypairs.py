@@ -18,7 +18,9 @@ from datetime import UTC, datetime
 
 from cloud.ec2.errors import Ec2Error, invalid_parameter
 from cloud.ec2.ids import select
+from cloud.tenancy import check_resource_name
 from cloud.users import User
+from imagekit.errors import InputError
 from imagekit.state import State
 
 _KEY_TYPES = {
@@ -69,7 +71,10 @@ def parse_public_key(material: bytes) -> tuple[str, str, str]:
 def _check_name(name: str) -> str:
     if not name or len(name) > 255 or not name.isascii() or not name.isprintable():
         raise invalid_parameter("KeyName must be 1-255 printable ASCII characters")
-    return name
+    try:
+        return check_resource_name("key pair", name)
+    except InputError as err:
+        raise invalid_parameter(err.reason) from None
 
 
 def _key_pair(row: sqlite3.Row) -> KeyPair:

@@ -265,7 +265,7 @@ class Ec2Service:
             instance_type=params.get("InstanceType") or "m1.small",
             count=counts[1],
             min_count=counts[0],
-            user_data=params.get("UserData") or None,
+            user_data=_user_data(params.get("UserData") or None),
             key=self.keypairs.get(user, key_name) if key_name else None,
             client_token=params.get("ClientToken") or None,
             tags=tuple(_tag_specifications(params)),
@@ -405,6 +405,18 @@ class Ec2Service:
         for view in views:
             self._core().reboot(user, view.vmid)
         return {"return": True}
+
+
+def _user_data(text: str | None) -> str | None:
+    """``UserData`` as sent, once it is known to be base64 (EC2 refuses anything else; line
+    breaks are allowed, as Ruby's ``Base64.encode64`` in econe's clients writes them)."""
+    if text is None:
+        return None
+    try:
+        base64.b64decode(text.replace("\r", "").replace("\n", ""), validate=True)
+    except binascii.Error:
+        raise invalid_parameter("Invalid BASE64 encoding of user data.") from None
+    return text
 
 
 def _number(params: Params, name: str) -> int:

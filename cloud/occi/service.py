@@ -38,6 +38,13 @@ from cloud.occi.xml import (
 )
 from cloud.quotas import Quotas
 from cloud.store import VmRecord
+from cloud.tenancy import (
+    check_resource_name,
+    cloud_identity,
+    network_owners,
+    pin_networks,
+    site_network_names,
+)
 from cloud.users import User
 from context.leases import NetworkStore
 from context.model import VirtualNetwork
@@ -107,6 +114,14 @@ class OcciService:
 
     def create_storage(self, user: User, request: StorageRequest, upload: Path) -> Storage:
         """Keep ``upload`` (moved) as the image of a new STORAGE."""
+        with self.state.read() as db:
+            site = db.execute(
+                "SELECT s.name FROM occi_storage s JOIN cloud_users u ON u.name = s.owner WHERE u.admin = 1"
+            ).fetchall()
+        try:
+            check_resource_name("image", request.name, taken=[r["name"] for r in site], admin=user.admin)
+        except InputError as err:
+            raise bad_request(err.reason) from None
         directory = self.root / "storage"
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{uuid.uuid4()}.img"
@@ -142,8 +157,7 @@ class OcciService:
     # --- NETWORK -------------------------------------------------------------------------------
 
     def _network_owners(self) -> dict[int, str]:
-        with self.state.read() as db:
-            return {r["id"]: r["owner"] for r in db.execute("SELECT id, owner FROM occi_networks")}
+        return network_owners(self.state)  # occi_networks: cloud/tenancy.py
 
     def network_list(self, user: User) -> list[VirtualNetwork]:
         owners = self._network_owners()
@@ -159,12 +173,20 @@ class OcciService:
 
     def create_network(self, user: User, request: NetworkRequest) -> VirtualNetwork:
         """1.4's post_network: ``NAME, TYPE=RANGED, NETWORK_ADDRESS, NETWORK_SIZE``."""
+        try:
+            check_resource_name("network", request.name, taken=site_network_names(self.state))
+        except InputError as err:
+            raise bad_request(err.reason) from None
         text = (
             f"NAME = {one_value(request.name)}\nTYPE = RANGED\n"
             f"NETWORK_ADDRESS = {one_value(request.address)}\n"
             f"NETWORK_SIZE = {one_value(request.size or 'C')}\n"
         )
-        vnet = self.networks.create(network_from_template(parse_template(text, "OCCI NETWORK")))
+        vnet = network_from_template(parse_template(text, "OCCI NETWORK"))
+        try:
+            vnet = self.networks.create(vnet)
+        except InputError:  # the name is taken: its owner and id are not this user's business
+            raise bad_request(f"a network named {request.name!r} exists already") from None
         with self.state.transaction() as db:
             db.execute("INSERT INTO occi_networks (id, owner) VALUES (?, ?)", (vnet.id, user.name))
         return vnet
@@ -217,7 +239,8 @@ class OcciService:
         )
         disks = tuple(DiskRequest(d.kind, d.dev, d.storage, d.size, d.format) for d in request.disks)
         type_request = TypeRequest(name=request.name, user=user.name, disks=disks, nics=nics)
-        text = serialise(types.render(request.instance_type, type_request))
+        rendered = pin_networks(types.render(request.instance_type, type_request), self.state, user)
+        text = serialise(rendered)
         work = self.root / "templates" / str(uuid.uuid4())
         work.mkdir(parents=True)
         images = []
@@ -232,7 +255,12 @@ class OcciService:
         template = work / "compute.one"
         write_atomically(template, text)
         create = CreateRequest(
-            template, hold=self.hold, image_templates=tuple(images), etc=self.etc, owner=user.name
+            template,
+            hold=self.hold,
+            image_templates=tuple(images),
+            etc=self.etc,
+            owner=user.name,
+            identity=cloud_identity(user),
         )
         record = create_vm(create, state=self.state)
         facts = json.dumps(

@@ -23,6 +23,7 @@ from cloud.store import VmStore
 from cloud.users import UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
+from context.render import stored_context
 from context.template import parse_template
 from imagekit.run import run
 from imagekit.state import State
@@ -166,7 +167,7 @@ def test_register_run_and_describe(cloud: dict[str, Any], tmp_path: Path) -> Non
     vmid = int(first["Instances"][0]["InstanceId"][2:], 16)
     template = parse_template(Path(VmStore(state).get(vmid).template).read_text())
     assert template.single("CPU") == "0.2" and template.single("MEMORY") == "256"
-    context = template.vectors("CONTEXT")[0]
+    context = stored_context(state, vmid) or {}  # as resolved for the VM
     assert base64.b64decode(context.get("EC2_USER_DATA") or "") == b"#!/bin/sh\necho hi\n"
     assert (
         context.get("USER_DATA") == context.get("EC2_USER_DATA")

@@ -25,6 +25,7 @@ from cloud.store import VmStore
 from cloud.users import CreatedUser, UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
+from context.render import stored_context
 from context.template import parse_template
 from imagekit.errors import InputError
 from imagekit.state import State
@@ -96,7 +97,7 @@ def test_upload_register_run_describe_terminate(cloud: dict[str, Any], tmp_path:
     assert launched[0] == "alice" and launched[1] == ami and launched[3] == "m1.small"
     instance = launched[2]
     vm = VmStore(cloud["state"]).get(int(instance[2:], 16))
-    context = parse_template(Path(vm.template).read_text()).vectors("CONTEXT")[0]
+    context = stored_context(cloud["state"], vm.vmid) or {}  # as resolved for the VM
     assert base64.b64decode(context.get("EC2_USER_DATA") or "") == script.read_bytes()
 
     rows = [line.split() for line in econe(cloud, "alice", "describe-instances").stdout.splitlines()]

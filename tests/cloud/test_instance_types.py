@@ -32,7 +32,9 @@ from cloud.store import VmStore
 from context.leases import NetworkStore
 from context.model import Vector
 from context.network import network_from_template
+from context.resolve import resolve_context
 from context.template import parse_template
+from context.vm import User, instantiate
 from imagekit.cli import main
 from imagekit.errors import InputError
 from imagekit.run import run
@@ -66,25 +68,26 @@ def test_request_values_cannot_inject_attributes(evil: str) -> None:
         "m1.small",
         TypeRequest(name=evil, image=ImageRef(evil, evil), user_data=evil, public_key=evil, key_name=evil),
     )
-    assert [a.name for a in ec2] == [
+    assert [a.name for a in ec2 if not a.name.startswith("REQUEST_VALUE_")] == [
         "CPU", "VCPU", "MEMORY", "NAME", "DISK", "NIC", "CONTEXT",
     ]  # fmt: skip
     assert ec2.single("NAME") == evil and ec2.vectors("DISK") == [Vector((("SOURCE", evil),))]
-    context = ec2.vectors("CONTEXT")[0]
+    context = resolve_context(instantiate(ec2, vmid=1, user=User(1, "u", 1, "users")))
     user_data = ["EC2_USER_DATA", "USER_DATA", "USERDATA_ENCODING"]
-    assert context.keys() == [*user_data, "EC2_PUBLIC_KEY", "SSH_PUBLIC_KEY", "EC2_KEYNAME", "TARGET"]
-    assert context.get("EC2_USER_DATA") == evil and context.get("TARGET") == "hdc"
+    keys = [*user_data, "EC2_PUBLIC_KEY", "SSH_PUBLIC_KEY", "EC2_KEYNAME", "TARGET", "DISK_ID"]
+    assert list(context) == keys
+    assert context["EC2_USER_DATA"] == context["EC2_KEYNAME"] == evil and context["TARGET"] == "hdc"
 
     occi = TYPES.render(
         "small",
         TypeRequest(
             name=evil,
             disks=(DiskRequest("fs", evil, size=10, format=evil),),
-            nics=(NicRequest(evil, ip=evil),),
+            nics=(NicRequest(evil, network_id=3, ip=evil),),
         ),
     )
     assert [a.name for a in occi] == ["CPU", "MEMORY", "NAME", "DISK", "NIC"]
-    assert occi.vectors("NIC") == [Vector((("NETWORK", evil), ("IP", evil)))]
+    assert occi.vectors("NIC") == [Vector((("NETWORK_ID", "3"), ("IP", evil)))]
     assert occi.vectors("DISK")[0].as_dict() == {"TYPE": "fs", "SIZE": "10", "FORMAT": evil, "TARGET": evil}
 
 
@@ -112,6 +115,22 @@ def test_a_value_printed_without_the_filter_is_refused(tmp_path: Path) -> None:
     assert types.render("t", TypeRequest(name="plain-name.1")).single("NAME") == "plain-name.1"
     with pytest.raises(InputError, match="without the `one` filter"):
         types.render("t", TypeRequest(name="x\nCPU = 99"))
+
+
+def test_request_values_are_bound_as_data_after_parsing(tmp_path: Path) -> None:
+    """Outside CONTEXT the value itself; inside, a reference to the REQUEST_VALUE_<n> attribute
+    that holds it (issue 17 point 2), next to the type's own expressions, which stay."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    body = 'NAME = {{ name | one }}\nCONTEXT = [ A = {{ name | one }}, B = "$NAME" ]\n'
+    rendered = _types(tmp_path / "a", body).render("t", TypeRequest(name='$UNAME"]'))
+    assert rendered.single("NAME") == '$UNAME"]'
+    assert rendered.vectors("CONTEXT")[0].items == (("A", "$REQUEST_VALUE_0"), ("B", "$NAME"))
+    assert rendered.single("REQUEST_VALUE_0") == '$UNAME"]'
+    context = resolve_context(instantiate(rendered, vmid=1, user=User(1, "u", 1, "users")))
+    assert (context["A"], context["B"]) == ('$UNAME"]', '$UNAME"]')
+    with pytest.raises(InputError, match="reserved for request values"):
+        _types(tmp_path / "b", 'REQUEST_VALUE_0 = "x"\n').render("t", TypeRequest(name="vm"))
 
 
 def test_an_edited_type_is_rendered_anew(tmp_path: Path) -> None:
@@ -160,14 +179,15 @@ def test_merge_type_into_a_user_template() -> None:
     assert merged.single("CPU") == "0.2" and merged.single("NAME") == "mine"
     assert merged.vectors("NIC") == [Vector((("NETWORK", "Public EC2"),))]
     assert merged.vectors("GRAPHICS") == [Vector((("TYPE", "vnc"),))]
-    context = merged.vectors("CONTEXT")
-    assert len(context) == 1
-    assert context[0].as_dict() == {
+    assert len(merged.vectors("CONTEXT")) == 1
+    context = resolve_context(instantiate(merged, vmid=1, user=User(1, "u", 1, "users")))
+    assert context == {
         "EC2_USER_DATA": "from-type",
         "USER_DATA": "from-type",
         "USERDATA_ENCODING": "base64",
         "TARGET": "hdc",
         "HOSTNAME": "web",
+        "DISK_ID": "1",
     }
 
 
