@@ -5,6 +5,7 @@ imagekit cloud serve ec2 --certfile server.pem --keyfile server.key     # HTTPS 
 imagekit cloud serve ec2 --hold        # RunInstances records VMs held (release with `vm release`)
 imagekit cloud serve occi [--host 127.0.0.1] [--port 4568] [--certfile PEM --keyfile PEM] [--hold]
 imagekit cloud serve ec2|occi --max-upload 8G     # a bigger image upload is refused (default 64G)
+imagekit cloud serve ec2 --site-images /srv/images  # an administrator may RegisterImage files there
 
 EC2 clients sign with the access key and secret ``imagekit user create`` printed (SigV4 or SigV2).
 """
@@ -30,6 +31,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     ec2 = services.add_parser("ec2", help="the EC2 Query API (boto3, the AWS CLI, econe tools)")
     _listener_options(ec2, 4567, "econe's", "RunInstances records VMs held, not booted (onevm hold)")
     ec2.add_argument("--region", default="default", help="the region name this server is (default: default)")
+    ec2.add_argument(
+        "--site-images",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory of site images an administrator may RegisterImage by path (repeatable;"
+        " default none: images come from uploads and the marketplace only)",
+    )
     ec2.set_defaults(func=cmd_serve_ec2)
     occi = services.add_parser(
         "occi", help="OpenNebula 1.4's OCCI (occi-compute, occi-network, occi-storage)"
@@ -104,4 +114,7 @@ def cmd_serve_occi(args: argparse.Namespace) -> int:
 def cmd_serve_ec2(args: argparse.Namespace) -> int:
     from cloud.ec2.server import serve
 
-    return _serve(args, "EC2 Query service", serve, region=args.region)
+    for directory in args.site_images:
+        if not directory.is_dir():
+            raise InputError("--site-images: no such directory", where=str(directory))
+    return _serve(args, "EC2 Query service", serve, region=args.region, site_images=tuple(args.site_images))

@@ -41,6 +41,7 @@ from cloud.ec2.core import CoreBackend
 from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
 from cloud.ec2.responses import error_xml, response_xml
 from cloud.ec2.service import ComputeBackend, Ec2Service, Region, reads_only
+from cloud.image_sources import SiteSources, site_sources
 from cloud.upload import (
     DEFAULT_MAX_UPLOAD,
     BodyRefused,
@@ -105,11 +106,12 @@ class Ec2App:
         skew: timedelta = DEFAULT_SKEW,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_upload: int = DEFAULT_MAX_UPLOAD,
+        sources: SiteSources | None = None,
     ) -> None:
         self.users = UserStore(state)
         self.uploads = state.root / "ec2" / "uploads"
         self.max_upload = max_upload
-        self.service = Ec2Service(state, region, compute)
+        self.service = Ec2Service(state, region, compute, sources or site_sources())
         self.answers = Answers()
         self._reads: anyio.CapacityLimiter | None = None
         self.skew = skew
@@ -262,6 +264,7 @@ def serve(
     keyfile: Path | None = None,
     hold: bool = False,
     max_upload: int = DEFAULT_MAX_UPLOAD,
+    site_images: tuple[Path, ...] = (),
 ) -> None:
     scheme = "https" if certfile else "http"
     endpoint = f"{scheme}://{host}:{port}/"
@@ -269,5 +272,8 @@ def serve(
     if removed := remove_partial_uploads(state.root / "ec2" / "uploads"):
         log.warning("removed %d partial uploads a previous run left", removed)
     compute = CoreBackend(state, hold=hold)
-    app = create_app(state, Region(region, endpoint), compute=compute, max_upload=max_upload)
+    sources = site_sources(image_dirs=site_images)
+    app = create_app(
+        state, Region(region, endpoint), compute=compute, max_upload=max_upload, sources=sources
+    )
     run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)

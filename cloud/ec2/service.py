@@ -23,11 +23,13 @@ from typing import Protocol
 
 from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
 from cloud.ec2.ids import image_id, instance_id, parse_image_id, parse_instance_id, select
-from cloud.ec2.images import Ec2Image, ImageStore
+from cloud.ec2.images import Ec2Image, ImageStore, check_location
 from cloud.ec2.keypairs import KeyPair, KeyPairStore
 from cloud.ec2.responses import Node
 from cloud.ec2.states import ec2_state
 from cloud.ec2.views import InstanceView, reservation, state_change
+from cloud.image_sources import SiteSources
+from cloud.standalone import make_standalone
 from cloud.users import User
 from imagekit.state import State
 
@@ -118,9 +120,16 @@ def required(params: Params, name: str) -> str:
 
 
 class Ec2Service:
-    def __init__(self, state: State, region: Region, compute: ComputeBackend | None = None) -> None:
+    def __init__(
+        self,
+        state: State,
+        region: Region,
+        compute: ComputeBackend | None = None,
+        sources: SiteSources | None = None,
+    ) -> None:
         self.keypairs = KeyPairStore(state)
         self.images = ImageStore(state)
+        self.sources = sources or SiteSources()  # none: RegisterImage takes uploads' ids only
         self.region = region
         self.compute = compute
 
@@ -254,8 +263,11 @@ class Ec2Service:
         return reservation(views[0].reservation or f"r-{views[0].vmid:08x}", user.name, views)
 
     def upload_image(self, user: User, upload: Path, name: str) -> Body:
-        """econe's ``UploadImage``: the server stored the file at ``upload``; it is catalogued."""
-        image = self.images.register(user, name or upload.name, str(upload))
+        """econe's ``UploadImage``: the server stored the file at ``upload``; it is converted
+        once to a standalone qcow2 (``cloud/standalone.py``: no backing or data file, no
+        extents elsewhere), which alone is kept and catalogued."""
+        standalone = make_standalone(upload, upload.with_suffix(".qcow2"))
+        image = self.images.register(user, name or upload.name, str(standalone))
         return {"imageId": image_id(image.id)}
 
     def register_image(self, user: User, params: Params) -> Body:
@@ -263,7 +275,9 @@ class Ec2Service:
         if location.startswith("ami-"):  # econe 1.4: register the id an upload returned
             [image] = self.images.visible(user, [parse_image_id(location)])
             return {"imageId": image_id(image.id)}
-        image = self.images.register(user, params.get("Name") or location, location)
+        image = self.images.register(
+            user, params.get("Name") or location, check_location(location, user, self.sources)
+        )
         return {"imageId": image_id(image.id)}
 
     def describe_images(self, user: User, params: Params) -> Body:

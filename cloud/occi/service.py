@@ -16,7 +16,6 @@ administrator on all; another user's id is answered exactly as one that does not
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from cloud.occi.xml import (
     StorageRequest,
     bad_request,
 )
+from cloud.standalone import make_standalone
 from cloud.store import VmRecord
 from cloud.users import User
 from context.leases import NetworkStore
@@ -41,8 +41,7 @@ from context.model import VirtualNetwork
 from context.network import network_from_template
 from context.template import parse_template, serialise
 from imagekit.atomic import write_atomically
-from imagekit.diskimage import qemu_img_info
-from imagekit.errors import DataError, InputError
+from imagekit.errors import InputError
 from imagekit.state import State, schema
 
 schema(
@@ -125,12 +124,11 @@ class OcciService:
         return found
 
     def create_storage(self, user: User, request: StorageRequest, upload: Path) -> Storage:
-        """Keep ``upload`` (moved) as the image of a new STORAGE."""
+        """Keep ``upload``, converted once to a standalone qcow2 (``cloud/standalone.py``; the
+        upload itself is removed), as the image of a new STORAGE."""
         directory = self.root / "storage"
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{uuid.uuid4()}.img"
-        _check_standalone(upload)
-        shutil.move(upload, path)
+        path = make_standalone(upload, directory / f"{uuid.uuid4()}.qcow2")
         size_mb = -(-path.stat().st_size // (1024 * 1024))
         with self.state.transaction() as db:
             cur = db.execute(
@@ -242,7 +240,12 @@ class OcciService:
         template = work / "compute.one"
         write_atomically(template, text)
         create = CreateRequest(
-            template, hold=self.hold, image_templates=tuple(images), etc=self.etc, owner=user.name
+            template,
+            hold=self.hold,
+            image_templates=tuple(images),
+            etc=self.etc,
+            owner=user.name,
+            confine=None if user.admin else (self.root / "storage",),  # STORAGE images only
         )
         record = create_vm(create, state=self.state)
         facts = json.dumps(
@@ -287,20 +290,6 @@ class OcciService:
             lifecycle.delete(self.state, number)
         except InputError as err:
             raise bad_request(err.reason) from None
-
-
-def _check_standalone(upload: Path) -> None:
-    """Refuse an image that reads another file: a qcow2 backing file or external data file
-    would let a VM read whatever path the uploader named on this host."""
-    try:
-        info = qemu_img_info(upload)
-    except DataError as err:
-        raise bad_request(f"the file is not a disk image: {err}") from None
-    data_file = info.get("format-specific", {}).get("data", {}).get("data-file")
-    if info.get("backing-filename") or info.get("full-backing-filename") or data_file:
-        raise bad_request(
-            "the image refers to another file (backing or data file): upload a standalone image"
-        )
 
 
 def _uses(view: ComputeView, storage: int) -> bool:
