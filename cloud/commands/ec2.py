@@ -51,7 +51,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "image", type=Path, metavar="IMAGE-PATH"
     )
     verb(
-        "register", "register an uploaded image id, a path on the server or marketplace:ID", cmd_register
+        "register", "register an uploaded image id, marketplace:ID|TAG or an entry URL", cmd_register
     ).add_argument("location", metavar="IMAGE")
     verb("describe-images", "list your images", cmd_describe_images)
     run = verb("run-instances", "start instances of an image", cmd_run_instances)
