@@ -39,13 +39,15 @@ class SiteSources:
 def site_sources(
     *, endpoint: str | None = None, policy: Path | None = None, image_dirs: Iterable[Path] = ()
 ) -> SiteSources:
-    """The site's registry endpoint and mirrors, as ``vm create`` would use them."""
+    """The site's registry endpoint and mirrors, as ``vm create`` would use them (no policy
+    file: no mirrors; a marketplace image is then refused when a VM needs it, as before)."""
     from marketplace.client import endpoint as registry_endpoint
-    from marketplace.policy import load_policy
+    from marketplace.policy import default_policy_path, load_policy
 
+    policy = policy if policy is not None else default_policy_path()
     return SiteSources(
         registries=(registry_endpoint(endpoint),),
-        mirrors=load_policy(policy).mirrors,
+        mirrors=load_policy(policy).mirrors if policy.is_file() else (),
         image_dirs=tuple(Path(d).resolve() for d in image_dirs),
     )
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.image_sources import inside, site_sources
+from cloud.image_sources import SiteSources, inside
 from cloud.model import DiskKind, DiskSpec, VmTemplate
 from cloud.standalone import NotStandalone, check_standalone, detect_format
 from context.vm import Image
@@ -108,9 +108,10 @@ def _confined(disk: DiskSpec, path: Path, confine: tuple[Path, ...]) -> BaseImag
             f"DISK[{disk.index}]: a cloud user's disk is an uploaded or a marketplace image,"
             " not a file of the server"
         )
-    fmt = detect_format(path)
-    check_standalone(path, fmt)
-    return BaseImage(disk, path.resolve(), fmt, f"image {path.name}")
+    real = path.resolve()
+    fmt = detect_format(real)
+    check_standalone(real, fmt)
+    return BaseImage(disk, real, fmt, f"image {real.name}")
 
 
 def _local(disk: DiskSpec, path: Path, origin: str) -> BaseImage:
@@ -170,12 +171,13 @@ def _from_build(disk: DiskSpec, manifest_path: Path) -> BaseImage:
 
 
 def _from_marketplace(disk: DiskSpec, reference: str, state: State, site: _Site) -> BaseImage:
+    from marketplace.client import endpoint as registry_endpoint
     from marketplace.policy import load_policy  # the site stage: loaded only for such disks
     from marketplace.site import obtain_image, parse_reference
 
     policy = load_policy(site.policy)
     if site.confine is not None:  # a cloud user's: only the site's registries and mirrors
-        sources = site_sources(endpoint=site.endpoint, policy=site.policy)
+        sources = SiteSources(registries=(registry_endpoint(site.endpoint),), mirrors=policy.mirrors)
         if not sources.on_registry(parse_reference(reference).endpoint or sources.registries[0]):
             raise NotStandalone(f"DISK[{disk.index}]: the entry URL is not on this site's registry")
         policy = dataclasses.replace(policy, origins=sources.origins)

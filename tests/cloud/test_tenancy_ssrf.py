@@ -266,3 +266,19 @@ def test_a_downloaded_image_that_reads_a_host_file_is_refused(doors: Doors, tmp_
             with pytest.raises(NotStandalone, match="backing file"):
                 create_vm(request, state=doors.state)
     assert VmStore(doors.state).list() == []
+
+
+def test_the_site_sources_are_the_registry_and_policy_mirrors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloud.image_sources import site_sources
+
+    monkeypatch.setenv("IMAGEKIT_MARKET", "https://market.example.org/reg/")
+    monkeypatch.setenv("IMAGEKIT_ETC", str(tmp_path))  # no policy.cfg: no mirrors
+    assert site_sources().origins == ("https://market.example.org/reg",)
+    _policy(tmp_path, mirrors="https://mirror.example.org/images/\n    file:///srv/mirror")
+    sources = site_sources(image_dirs=[tmp_path / "site" / ".."])
+    assert sources.mirrors == ("https://mirror.example.org/images", "file:///srv/mirror")
+    assert sources.image_dirs == (tmp_path.resolve(),)
+    assert sources.on_registry("https://market.example.org/reg/metadata/X")
+    assert not sources.on_registry("https://mirror.example.org/images/metadata/X")  # entries: registry only
