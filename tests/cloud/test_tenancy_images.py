@@ -29,7 +29,7 @@ import pytest
 
 from cloud.deploy import CreateRequest, create_vm
 from cloud.model import FILESYSTEM_MAKERS, parse_vm_template
-from cloud.standalone import NotStandalone, check_chain, detect_format
+from cloud.standalone import NotStandalone, check_chain, detect_format, make_standalone
 from cloud.store import VmStore
 from context.template import parse_template
 from imagekit.errors import InputError
@@ -474,3 +474,17 @@ def test_fs_disks_are_made_by_the_listed_program(
     with open(record.directory / "disk0.raw", "rb") as disk:
         disk.seek(offset)
         assert disk.read(len(expected)) == expected
+
+
+def test_an_uploaded_cd_is_attached_in_the_format_it_is_kept_in(doors: Doors) -> None:
+    """Uploads are kept as qcow2, a CD included: QEMU is told so (never format=raw over a qcow2,
+    never a guess)."""
+    mine = doors.tmp / "mine"
+    mine.mkdir()
+    iso = doors.tmp / "cd.iso"
+    iso.write_bytes(_pattern(1 << 20))
+    kept = make_standalone(iso, mine / "cd.qcow2")
+    template = _template(doors.tmp, f'DISK = [ TYPE = "cdrom", SOURCE = "{kept}" ]')
+    record = create_vm(CreateRequest(template, hold=True, confine=(mine,)), state=doors.state)
+    drives = [a for a in record.info["argv"] if "media=cdrom" in a]
+    assert drives == [f"file={kept},format=qcow2,if=none,id=cd0,media=cdrom,readonly=on"]
