@@ -282,3 +282,20 @@ def test_the_site_sources_are_the_registry_and_policy_mirrors(
     assert sources.image_dirs == (tmp_path.resolve(),)
     assert sources.on_registry("https://market.example.org/reg/metadata/X")
     assert not sources.on_registry("https://mirror.example.org/images/metadata/X")  # entries: registry only
+
+
+def test_occi_never_fetches_a_storage_url(doors: Doors, tmp_path: Path, elsewhere: Loopback) -> None:
+    """OCCI's ``<URL>`` of a STORAGE is a note the user keeps, never a location the server reads:
+    the image is the uploaded file, whatever the URL names."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\1" * 4096)
+    for url in (f"{elsewhere.url}/img", "file:///etc/passwd", "http://169.254.169.254/latest/"):
+        with open(image, "rb") as data:
+            response = doors.occi.post(
+                "/storage",
+                data={"occixml": f"<DISK><NAME>d</NAME><URL>{url}</URL></DISK>"},
+                files={"file": ("disk.raw", data)},
+                auth=("alice", "alice-pw"),
+            )
+        assert response.status_code == 201, response.text
+    assert elsewhere.log == []
