@@ -178,7 +178,11 @@ def _from_marketplace(disk: DiskSpec, reference: str, state: State, site: _Site)
     policy = load_policy(site.policy)
     if site.confine is not None:  # a cloud user's: only the site's registries and mirrors
         sources = SiteSources(registries=(registry_endpoint(site.endpoint),), mirrors=policy.mirrors)
-        if not sources.on_registry(parse_reference(reference).endpoint or sources.registries[0]):
+        try:
+            entry = parse_reference(reference).endpoint or sources.registries[0]
+        except VerificationError:
+            raise NotStandalone(f"DISK[{disk.index}]: not a marketplace reference") from None
+        if not sources.on_registry(entry):
             raise NotStandalone(f"DISK[{disk.index}]: the entry URL is not on this site's registry")
         policy = dataclasses.replace(policy, origins=sources.origins)
     cached = obtain_image(reference, policy=policy, endpoint=site.endpoint, state=state)

@@ -251,6 +251,11 @@ def test_an_entry_url_off_the_registry_is_refused_at_deploy_before_connecting(
         for source in (f"{elsewhere.url}/metadata/{ID}", f"marketplace:{elsewhere.url}/metadata/{ID}"):
             with pytest.raises(NotStandalone, match="not on this site's registry"):
                 create_vm(_vm(doors, source, registry, _policy(tmp_path)), state=doors.state)
+        with pytest.raises(NotStandalone, match="not a marketplace reference"):
+            create_vm(
+                _vm(doors, f"{elsewhere.url}/latest/meta-data", registry, _policy(tmp_path)),
+                state=doors.state,
+            )
         assert registry.log == []
     assert elsewhere.log == []
 
