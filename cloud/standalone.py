@@ -39,6 +39,7 @@ _REFUSED = {
     "qed": "QED images are not taken",
     "qcow": "qcow version 1 images are not taken",
 }
+QCOW2_EXTERNAL_DATA_FILE = 1 << 2  # incompatible feature bit (qcow2 spec, version 3)
 _UPLOAD_HINT = "upload one self-contained image file (qemu-img convert -O qcow2 IMAGE standalone.qcow2)"
 
 
@@ -83,7 +84,10 @@ def detect_format(path: Path) -> str:
 
 def _info(path: Path, fmt: str) -> dict[str, Any]:
     """``qemu-img info -f FMT`` of ``path`` alone (no ``--backing-chain``: nothing followed)."""
-    proc = run(["qemu-img", "info", "--output=json", "-f", fmt, path], check=False, timeout=60)
+    try:
+        proc = run(["qemu-img", "info", "--output=json", "-f", fmt, path], check=False, timeout=60)
+    except CommandError:  # timed out
+        raise NotStandalone(f"the {fmt} image could not be probed") from None
     if proc.returncode != 0:
         raise NotStandalone(f"the file is not a {fmt} image qemu-img can read", hint=_UPLOAD_HINT)
     try:
@@ -107,6 +111,21 @@ def references(info: dict[str, Any]) -> list[str]:
     return found
 
 
+def header_references(path: Path, fmt: str) -> list[str]:
+    """What the header says the image reads elsewhere, before qemu opens anything (it would
+    open a data file or a sparse VMDK's extents to probe them: a FIFO there would hang it)."""
+    with open(path, "rb") as image:
+        head = image.read(80).ljust(80, b"\0")
+    if fmt == "qcow2":
+        backing_offset, version = struct.unpack_from(">Q", head, 8)[0], struct.unpack_from(">I", head, 4)[0]
+        incompatible = struct.unpack_from(">Q", head, 72)[0] if version >= 3 else 0
+        found = ["a backing file"] if backing_offset else []
+        return found + (["an external data file"] if incompatible & QCOW2_EXTERNAL_DATA_FILE else [])
+    if fmt == "vmdk" and struct.unpack_from("<Q", head, 12)[0] == 0:  # capacity 0: an embedded descriptor
+        return ["extents in other files"]
+    return []
+
+
 def check_standalone(path: Path, fmt: str) -> None:
     """Refuse ``path`` unless it is a ``fmt`` image (``fmt`` as :func:`detect_format` found)
     that reads no other file."""
@@ -116,7 +135,7 @@ def check_standalone(path: Path, fmt: str) -> None:
         raise NotStandalone(f"the image format {fmt} is not taken", hint=_UPLOAD_HINT)
     if fmt == "raw":
         return  # read with -f raw: bytes, nothing more
-    found = references(_info(path, fmt))
+    found = header_references(path, fmt) or references(_info(path, fmt))
     if found:
         raise NotStandalone(
             f"the image refers to another file ({', '.join(found)}): upload a standalone image",

@@ -20,6 +20,7 @@ descriptor when its capacity is 0; extents are opened by name, relative to the d
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 from collections.abc import Callable, Iterator
@@ -488,3 +489,31 @@ def test_an_uploaded_cd_is_attached_in_the_format_it_is_kept_in(doors: Doors) ->
     record = create_vm(CreateRequest(template, hold=True, confine=(mine,)), state=doors.state)
     drives = [a for a in record.info["argv"] if "media=cdrom" in a]
     assert drives == [f"file={kept},format=qcow2,if=none,id=cd0,media=cdrom,readonly=on"]
+
+
+@pytest.mark.parametrize(
+    ("attack", "what"),
+    [
+        ("qcow2-data-file", "an external data file"),
+        ("qcow2-backing-absolute", "a backing file"),
+        ("vmdk-embedded-descriptor", "extents in other files"),
+    ],
+)
+def test_the_header_is_read_before_qemu_opens_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attack: str, what: str
+) -> None:
+    """qemu opens a qcow2's data file and a sparse VMDK's extents to probe them: a FIFO named
+    there would hang the probe. The header refuses them first; qemu-img is never run."""
+    from cloud import standalone
+
+    image = HOSTILE[attack](tmp_path)
+    if attack == "qcow2-data-file":
+        (tmp_path / "host-data").unlink()
+        os.mkfifo(tmp_path / "host-data")
+
+    def no_qemu(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"qemu-img ran: {args}")
+
+    monkeypatch.setattr(standalone, "run", no_qemu)
+    with pytest.raises(NotStandalone, match=what):
+        standalone.check_standalone(image, detect_format(image))
