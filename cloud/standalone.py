@@ -30,8 +30,8 @@ from imagekit.run import run
 
 SITE_FORMAT = "qcow2"
 PROBE_BYTES = 2048  # what qemu's format probes read (BLOCK_PROBE_BUF_SIZE)
-# Formats taken as they are (probed, then converted): their references are visible to
-# `qemu-img info` and refused there.
+# Formats taken (probed, then converted): what they read elsewhere shows in their header or
+# in `qemu-img info` (no chain followed), and is refused there.
 CONVERTIBLE = frozenset({"raw", "qcow2", "vmdk", "vdi", "vhdx", "vpc"})
 _REFUSED = {
     "vmdk-descriptor": "a VMDK descriptor file only points at other files",
