@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from cloud import embedded, hooks, images, lifecycle, opennebula, quotas
-from cloud.model import DiskKind, VmState, VmTemplate, nic_device, parse_vm_template
+from cloud.model import DiskKind, VmState, VmTemplate, filesystem_maker, nic_device, parse_vm_template
 from cloud.qemu import OVMF_VARS, Drive, Nic, VmSpec, build_argv, choose_accel
+from cloud.standalone import check_chain
 from cloud.store import VmRecord, VmStore
 from context.model import ResolvedContext
 from context.template import load_template
@@ -52,6 +53,10 @@ class CreateRequest:
     # Who the VM is to $UID/$UNAME/$GID/$GNAME, $USER[…] and $<vmid>.VAR (only the same owner's
     # VMs): a front door's cloud user; None is the invoking user, with ``owner`` as the name.
     identity: User | None = None
+    # A cloud user's VM (a front door's, not an administrator's): its image files only from
+    # inside these directories, its marketplace images only via the site's registries and
+    # mirrors (cloud/images.py). None: the operator's VM, any image file.
+    confine: tuple[Path, ...] | None = None
 
 
 def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
@@ -71,6 +76,7 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
             template_dir=request.template.parent,
             endpoint=request.endpoint,
             policy=request.policy,
+            confine=request.confine,
         )
     if request.core == opennebula.CORE:
         # Checked early only: a refusal after oned made the VM would leave it running there.
@@ -286,13 +292,14 @@ def _disks(
         path = directory / f"disk{disk.index}.{'qcow2' if disk.kind is DiskKind.DISK else 'raw'}"
         base = by_disk.get(disk.index)
         if disk.kind is DiskKind.CDROM and base is not None:
-            drives.append(Drive(base.path, "raw", cdrom=True, readonly=True))
+            drives.append(Drive(base.path, base.format, cdrom=True, readonly=True))
         elif disk.kind is DiskKind.DISK and base is not None:
             run(
                 ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base.format, "-b", base.path, path],
                 step="prolog",
             )
             path.chmod(0o600)  # qemu-img makes it with the umask's mode; it is the VM's disk
+            check_chain(path, base.path)  # overlay → the verified base, nothing else
             if overlays:
                 drives.append(Drive(path, "qcow2", readonly=disk.readonly))
             else:
@@ -300,11 +307,8 @@ def _disks(
         else:
             run(["qemu-img", "create", "-q", "-f", "raw", path, f"{disk.size_mib}M"], step="prolog")
             path.chmod(0o600)
-            if disk.kind is DiskKind.SWAP:
-                run(["mkswap", path], step="prolog")
-            else:
-                fs = disk.format or "ext4"
-                run([f"mkfs.{fs}", *(["-q", "-F"] if fs.startswith("ext") else []), path], step="prolog")
+            fs = "swap" if disk.kind is DiskKind.SWAP else disk.format or "ext4"
+            run([*filesystem_maker(fs), path], step="prolog")
             drives.append(Drive(path, "raw", readonly=disk.readonly))
     return overlays, tuple(drives)
 

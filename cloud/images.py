@@ -11,10 +11,17 @@ A DISK names its image one of four ways (``opennebula-1.4.md`` §1, issue 13 poi
 - ``SOURCE`` = any other path: a local image qemu-img can read.
 
 Base images are only ever read: the VM writes to its own qcow2 overlay.
+
+A cloud user's VM (``confine``: the directories its image files may be in) is held to what is
+theirs (issue 17, point 1): a local file only inside those directories, never a build manifest
+elsewhere; a marketplace image only through the site's registries and mirrors (point 4); and
+every such base, downloaded ones included, detected and probed as standalone
+(``cloud/standalone.py``) with its format named from its bytes, never guessed by qemu.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,7 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud.image_sources import SiteSources, inside
 from cloud.model import DiskKind, DiskSpec, VmTemplate
+from cloud.standalone import NotStandalone, check_standalone, detect_format
 from context.vm import Image
 from imagekit.diskimage import Firmware, image_format
 from imagekit.errors import DataError, InputError, VerificationError
@@ -52,10 +61,12 @@ def resolve_images(
     template_dir: Path,
     endpoint: str | None = None,
     policy: Path | None = None,
+    confine: tuple[Path, ...] | None = None,
 ) -> tuple[BaseImage, ...]:
     """One verified base image per DISK of type disk or cdrom, in template order. ``policy``:
-    the site policy file for marketplace images (default: the site stage's ``etc/policy.cfg``)."""
-    site = _Site(endpoint, policy)
+    the site policy file for marketplace images (default: the site stage's ``etc/policy.cfg``);
+    ``confine``: a cloud user's VM, its image files only inside these directories."""
+    site = _Site(endpoint, policy, confine)
     return tuple(
         _resolve(disk, images, state, template_dir, site)
         for disk in vm.disks
@@ -67,21 +78,40 @@ def resolve_images(
 class _Site:
     endpoint: str | None
     policy: Path | None
+    confine: tuple[Path, ...] | None = None
 
 
 def _resolve(
     disk: DiskSpec, images: Sequence[Image], state: State, template_dir: Path, site: _Site
 ) -> BaseImage:
     if disk.image is not None or disk.image_id is not None:
-        return _from_repository(disk, images)
+        path, origin = _from_repository(disk, images)
+        return _local(disk, path, origin) if site.confine is None else _confined(disk, path, site.confine)
     source = disk.source or ""
     if source.startswith(MARKETPLACE_PREFIX) or source.startswith(("http://", "https://")):
         return _from_marketplace(disk, source, state, site)
     path = Path(source).expanduser()
     path = path if path.is_absolute() else template_dir / path
+    if site.confine is not None:
+        return _confined(disk, path, site.confine)
     if path.name.endswith(MANIFEST_SUFFIX):
         return _from_build(disk, path)
     return _local(disk, path, f"file {path}")
+
+
+def _confined(disk: DiskSpec, path: Path, confine: tuple[Path, ...]) -> BaseImage:
+    """A cloud user's local image: inside ``confine``, standalone, its format from its bytes
+    (a CD too: an uploaded ISO is kept as qcow2). The refusal names no path: it goes back to
+    the network."""
+    if not inside(path, confine):
+        raise NotStandalone(
+            f"DISK[{disk.index}]: a cloud user's disk is an uploaded or a marketplace image,"
+            " not a file of the server"
+        )
+    real = path.resolve()
+    fmt = detect_format(real)
+    check_standalone(real, fmt)
+    return BaseImage(disk, real, fmt, f"image {real.name}")
 
 
 def _local(disk: DiskSpec, path: Path, origin: str) -> BaseImage:
@@ -95,7 +125,8 @@ def _local(disk: DiskSpec, path: Path, origin: str) -> BaseImage:
     return BaseImage(disk, path.resolve(), fmt, origin)
 
 
-def _from_repository(disk: DiskSpec, images: Sequence[Image]) -> BaseImage:
+def _from_repository(disk: DiskSpec, images: Sequence[Image]) -> tuple[Path, str]:
+    """The file of the image template a DISK names, and its origin in words."""
     found = next(
         (i for i in images if (disk.image is not None and i.name == disk.image) or i.id == disk.image_id),
         None,
@@ -112,7 +143,7 @@ def _from_repository(disk: DiskSpec, images: Sequence[Image]) -> BaseImage:
     path = Path(location)
     if not path.is_absolute():
         path = Path(found.template.source).parent / path
-    return _local(disk, path, f"image {found.name} (id {found.id})")
+    return path, f"image {found.name} (id {found.id})"
 
 
 def _from_build(disk: DiskSpec, manifest_path: Path) -> BaseImage:
@@ -140,13 +171,24 @@ def _from_build(disk: DiskSpec, manifest_path: Path) -> BaseImage:
 
 
 def _from_marketplace(disk: DiskSpec, reference: str, state: State, site: _Site) -> BaseImage:
+    from marketplace.client import endpoint as registry_endpoint
     from marketplace.policy import load_policy  # the site stage: loaded only for such disks
-    from marketplace.site import obtain_image
+    from marketplace.site import obtain_image, parse_reference
 
-    policy = load_policy(site.policy) if site.policy is not None else None
+    policy = load_policy(site.policy)
+    if site.confine is not None:  # a cloud user's: only the site's registries and mirrors
+        sources = SiteSources(registries=(registry_endpoint(site.endpoint),), mirrors=policy.mirrors)
+        try:
+            entry = parse_reference(reference).endpoint or sources.registries[0]
+        except VerificationError:
+            raise NotStandalone(f"DISK[{disk.index}]: not a marketplace reference") from None
+        if not sources.on_registry(entry):
+            raise NotStandalone(f"DISK[{disk.index}]: the entry URL is not on this site's registry")
+        policy = dataclasses.replace(policy, origins=sources.origins)
     cached = obtain_image(reference, policy=policy, endpoint=site.endpoint, state=state)
     log.info("DISK[%d]: %s is %s, endorsed by %s", disk.index, reference, cached.identifier, cached.endorser)
-    fmt = image_format(cached.path)
+    fmt = detect_format(cached.path)  # from its bytes, not guessed by qemu; then probed
+    check_standalone(cached.path, fmt)
     return BaseImage(
         disk,
         cached.path,

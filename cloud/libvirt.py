@@ -117,12 +117,12 @@ def _disks(devices: ET.Element, spec: VmSpec) -> None:
         _sub(disk, "target", dev=f"vd{next(letters)}", bus="virtio")
         if extra.readonly:
             _sub(disk, "readonly")
-    cdroms = [*spec.cdroms, *(d.path for d in spec.drives if d.cdrom)]
+    cdroms = [*((iso, "raw") for iso in spec.cdroms), *((d.path, d.format) for d in spec.drives if d.cdrom)]
     if cdroms:
         _sub(devices, "controller", type="scsi", model="virtio-scsi", index="0")
-    for i, iso in enumerate(cdroms):
+    for i, (iso, fmt) in enumerate(cdroms):
         cd = _sub(devices, "disk", type="file", device="cdrom")
-        _sub(cd, "driver", name="qemu", type="raw")
+        _sub(cd, "driver", name="qemu", type=fmt)
         _sub(cd, "source", file=str(iso))
         _sub(cd, "target", dev=f"sd{'abcdefgh'[i]}", bus="scsi")
         _sub(cd, "readonly")

@@ -70,6 +70,26 @@ class DiskKind(StrEnum):
     FS = "fs"
 
 
+# The program that formats each kind of empty disk: FORMAT (request data at the front doors)
+# picks one of these, never names a program (issue 17, point 10).
+FILESYSTEM_MAKERS: dict[str, tuple[str, ...]] = {
+    "ext2": ("mkfs.ext2", "-q", "-F"),
+    "ext3": ("mkfs.ext3", "-q", "-F"),
+    "ext4": ("mkfs.ext4", "-q", "-F"),
+    "xfs": ("mkfs.xfs", "-q"),
+    "vfat": ("mkfs.vfat",),
+    "swap": ("mkswap",),
+}
+
+
+def filesystem_maker(fs: str) -> tuple[str, ...]:
+    """The argv (the device follows) that makes a ``fs`` filesystem, from the allow-list."""
+    maker = FILESYSTEM_MAKERS.get(fs)
+    if maker is None:
+        raise InputError(f"FORMAT {fs[:40]!r}: an fs disk is one of {', '.join(FILESYSTEM_MAKERS)}")
+    return maker
+
+
 @dataclass(frozen=True)
 class DiskSpec:
     index: int
@@ -321,6 +341,8 @@ def _disk(check: _Checker, index: int, attr: Attribute) -> DiskSpec:
             raise check.fail(attr, f"{path}.SIZE", f"a {kind.value} disk needs SIZE (MiB)")
         if kind is DiskKind.FS and not v.get("FORMAT"):
             raise check.fail(attr, f"{path}.FORMAT", "an fs disk needs FORMAT (a filesystem such as ext4)")
+        if kind is DiskKind.FS and v.get("FORMAT") not in FILESYSTEM_MAKERS:
+            raise check.fail(attr, f"{path}.FORMAT", f"an fs disk is one of {', '.join(FILESYSTEM_MAKERS)}")
     elif len(origins) != 1:
         message = (
             "give one of IMAGE, IMAGE_ID or SOURCE" if not origins else f"{', '.join(origins)}: pick one"

@@ -147,12 +147,14 @@ def build_argv(spec: VmSpec, *, accel: Accel, serial_log: Path, ovmf_vars: Path 
             "-drive",
             f"file={qemu_path(extra.path)},format={extra.format},if=virtio,id=disk{i + 1}{ro}",
         ]
-    cdroms = [*spec.cdroms, *(d.path for d in spec.drives if d.cdrom)]
+    # A CD's format is always named: raw, or a cloud user's upload kept as qcow2.
+    cdroms = [*((iso, "raw") for iso in spec.cdroms), *((d.path, d.format) for d in spec.drives if d.cdrom)]
     if cdroms:
         # virtio-scsi: Debian's cloud kernel has no AHCI driver, so q35's IDE CD would be invisible.
         argv += ["-device", "virtio-scsi-pci,id=scsi0"]
-        for i, iso in enumerate(cdroms):
-            argv += ["-drive", f"file={qemu_path(iso)},format=raw,if=none,id=cd{i},media=cdrom,readonly=on"]
+        for i, (iso, fmt) in enumerate(cdroms):
+            drive = f"file={qemu_path(iso)},format={fmt},if=none,id=cd{i},media=cdrom,readonly=on"
+            argv += ["-drive", drive]
             argv += ["-device", f"scsi-cd,drive=cd{i},bus=scsi0.0"]
     argv += _nic_args(spec.nics)
     return [*argv, *spec.extra_args]

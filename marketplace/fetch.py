@@ -33,6 +33,7 @@ from imagekit.atomic import fsync_directory
 from imagekit.errors import InputError, VerificationError
 from marketplace.inflate import ALGORITHMS, CHUNK, MAGIC_BYTES, Inflater, ParallelHasher, magic_compression
 from marketplace.metadata import ChecksumAlgorithm, Metadata
+from marketplace.origins import within
 from marketplace.policy import Compression, Scheme, SitePolicy
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,10 @@ def candidate_urls(metadata: Metadata, policy: SitePolicy) -> list[str]:
 
 def scheme_refusal(url: str, metadata: Metadata, policy: SitePolicy) -> str | None:
     """Why ``url`` may not be used, or None. Plain http only when the entry carries a
-    SHA-256/512 checksum: the download is then verified against what the signature covers."""
+    SHA-256/512 checksum: the download is then verified against what the signature covers.
+    With ``policy.origins``, only URLs inside them (the site's registries and mirrors)."""
+    if policy.origins is not None and not within(url, policy.origins):
+        return "not on the site's registry or a configured mirror"
     scheme = urlsplit(url).scheme.lower()
     if scheme not in {s.value for s in policy.schemes}:
         return f"scheme {scheme or 'none'}: is not allowed (download.schemes)"

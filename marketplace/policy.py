@@ -123,6 +123,9 @@ class SitePolicy:
     ca_bundle: Path | None = None
     retries: int = 3
     timeout: float = 30.0
+    # Not from policy.cfg: set by the cloud core for a cloud user's image. None: any location
+    # the entry or a mirror names; else only URLs inside these bases (redirects included).
+    origins: tuple[str, ...] | None = None
 
     def trust_store(self) -> TrustStore | None:
         return TrustStore.from_paths(self.trust) if self.trust else None

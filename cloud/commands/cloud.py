@@ -7,6 +7,7 @@ imagekit cloud serve occi [--host 127.0.0.1] [--port 4568] [--certfile PEM --key
 imagekit cloud serve ec2|occi --max-upload 8G     # a bigger image upload is refused (default 64G)
 imagekit cloud serve ec2|occi --max-uploads 8 --max-uploads-per-user 2   # uploads at once (defaults)
 imagekit cloud serve ec2 --allow-unhashed-uploads  # take UploadImage without a signed ImageSha256 (econe)
+imagekit cloud serve ec2 --site-images /srv/images  # an administrator may RegisterImage files there
 
 EC2 clients sign with the access key and secret ``imagekit user create`` printed (SigV4 or SigV2).
 """
@@ -37,6 +38,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--allow-unhashed-uploads",
         action="store_true",
         help="take UploadImage requests whose signed fields carry no ImageSha256 (econe-era clients)",
+    )
+    ec2.add_argument(
+        "--site-images",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory of site images an administrator may RegisterImage by path (repeatable;"
+        " default none: images come from uploads and the marketplace only)",
     )
     ec2.set_defaults(func=cmd_serve_ec2)
     occi = services.add_parser(
@@ -133,10 +143,14 @@ def cmd_serve_occi(args: argparse.Namespace) -> int:
 def cmd_serve_ec2(args: argparse.Namespace) -> int:
     from cloud.ec2.server import serve
 
+    for directory in args.site_images:
+        if not directory.is_dir():
+            raise InputError("--site-images: no such directory", where=str(directory))
     return _serve(
         args,
         "EC2 Query service",
         serve,
         region=args.region,
         allow_unhashed_uploads=args.allow_unhashed_uploads,
+        site_images=tuple(args.site_images),
     )

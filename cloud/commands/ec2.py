@@ -51,8 +51,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         "image", type=Path, metavar="IMAGE-PATH", help="the image file"
     )
     verb(
-        "register", "register an uploaded image id, a path on the server or marketplace:ID", cmd_register
-    ).add_argument("location", metavar="IMAGE", help="ami-… of an upload, a server path or marketplace:ID")
+        "register", "register an uploaded image id, marketplace:ID|TAG or an entry URL", cmd_register
+    ).add_argument(
+        "location", metavar="IMAGE", help="ami-… of an upload, marketplace:ID|TAG or an entry URL"
+    )
     verb("describe-images", "list your images", cmd_describe_images)
     run = verb("run-instances", "start instances of an image", cmd_run_instances)
     run.add_argument("image", metavar="IMAGE-ID", help="a registered image (ami-…)")

@@ -116,7 +116,12 @@ class CoreBackend:
                 path = templates / f"{uuid.uuid4()}.one"
                 write_atomically(path, text)
                 create = CreateRequest(
-                    path, hold=self.hold, etc=self.etc, owner=user.name, identity=cloud_identity(user)
+                    path,
+                    hold=self.hold,
+                    etc=self.etc,
+                    owner=user.name,
+                    identity=cloud_identity(user),
+                    confine=self.confine(user),
                 )
                 try:
                     made.append(create_vm(create, state=self.state))
@@ -155,6 +160,11 @@ class CoreBackend:
                     for index, record in enumerate(made)
                 ],
             )
+
+    def confine(self, user: User) -> tuple[Path, ...] | None:
+        """A cloud user's VM reads only their own uploads (``server.py`` keeps them there);
+        an administrator's, any image (site images registered with ``--site-images``)."""
+        return None if user.admin else (self.state.root / "ec2" / "uploads" / user.name,)
 
     def console(self, user: User, vmid: int) -> bytes:
         """The end of the VM's serial log (EC2 keeps the last 64 KiB); empty before it boots."""

@@ -1,9 +1,11 @@
 """The EC2 image catalogue: ``ami-%08x`` ids for image locations, registered per user.
 
-An image is a name and a location the core can deploy from, as a DISK's ``SOURCE``: an image
-file, a build's ``*.manifest.json`` (checked against its SHA-256 at launch), or
-``marketplace:ID`` (policy-checked and downloaded verified at launch). ``RegisterImage``
-checks that a local location exists; the core verifies everything again when it deploys.
+An image is a name and a location the core can deploy from, as a DISK's ``SOURCE``: the
+user's own upload (stored by the server, converted to a standalone qcow2), ``marketplace:ID``
+or ``marketplace:TAG`` or an entry URL on the site's registry (policy-checked and downloaded
+verified at launch), or, registered by an administrator, an image file in a site image
+directory. ``RegisterImage`` takes nothing else (:func:`check_location`, issue 17 points 1
+and 4); the core verifies everything again when it deploys.
 """
 
 from __future__ import annotations
@@ -13,15 +15,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cloud.ec2.errors import invalid_parameter
 from cloud.ec2.ids import image_id, select
+from cloud.image_sources import SiteSources, inside
 from cloud.tenancy import check_resource_name
 from cloud.users import User
-from imagekit.errors import InputError
+from imagekit.errors import InputError, VerificationError
 from imagekit.state import State
 
-REMOTE_PREFIXES = ("marketplace:", "http://", "https://")
+MARKETPLACE = "marketplace:"
+MAX_REFERENCE = 256
+_WHAT = (
+    "ImageLocation must be marketplace:ID, marketplace:TAG, an entry URL on this site's registry,"
+    " or the ami- id of an image you uploaded (UploadImage)"
+)
 
 
 @dataclass(frozen=True)
@@ -37,15 +46,44 @@ def _image(row: sqlite3.Row) -> Ec2Image:
     return Ec2Image(row["id"], row["owner"], row["name"], row["location"], row["created"])
 
 
-def check_location(location: str) -> str:
-    if location.startswith(REMOTE_PREFIXES):
-        return location
-    path = Path(location)
-    if not path.is_absolute() or not path.is_file():
-        raise invalid_parameter(
-            f"ImageLocation {location!r} is not marketplace:ID, an entry URL or an absolute path to an image"
-        )
-    return location
+def check_location(location: str, user: User, sources: SiteSources) -> str:
+    """RegisterImage's ``ImageLocation``, refused unless it is ``marketplace:ID|TAG``, an entry
+    URL on the site's registry, or, for an administrator, a file in a site image directory
+    (``--site-images``). Decided before any connection; the refusal names no server path."""
+    text = location.strip()
+    body = text.removeprefix(MARKETPLACE)
+    if "://" in body:  # a URL: only an entry URL on the registry (else a tag: sent to it as one)
+        return _entry_url(text, sources)
+    if text.startswith(MARKETPLACE):
+        if (
+            not body
+            or len(body) > MAX_REFERENCE
+            or not all(c.isprintable() and not c.isspace() for c in body)
+        ):
+            raise invalid_parameter(
+                f"marketplace:ID or marketplace:TAG takes 1 to {MAX_REFERENCE} printable characters"
+            )
+        return text
+    path = Path(text)
+    if user.admin and path.is_absolute() and inside(path, sources.image_dirs):
+        return str(path.resolve())
+    raise invalid_parameter(_WHAT)
+
+
+def _entry_url(text: str, sources: SiteSources) -> str:
+    from marketplace.site import parse_reference
+
+    url = text.removeprefix(MARKETPLACE)
+    if urlsplit(url).scheme.lower() not in ("http", "https"):
+        raise invalid_parameter(f"{_WHAT}; a URL is http or https")
+    try:
+        parse_reference(text)
+    except VerificationError:
+        raise invalid_parameter(f"{text[:200]!r} is not a marketplace entry URL (…/metadata/ID)") from None
+    if not sources.on_registry(url):
+        registries = ", ".join(sources.registries) or "none configured"
+        raise invalid_parameter(f"{text[:200]!r} is not on this site's registry ({registries})")
+    return text
 
 
 class ImageStore:
@@ -74,7 +112,7 @@ class ImageStore:
             cur = db.execute(
                 "INSERT INTO ec2_images (id, owner, name, location, created)"
                 " VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM ec2_images), ?, ?, ?, ?)",
-                (user.name, name, check_location(location), created),
+                (user.name, name, location, created),
             )
             assert cur.lastrowid is not None
             if admit is not None:

@@ -45,6 +45,7 @@ from cloud.ec2.core import CoreBackend
 from cloud.ec2.errors import Ec2Error, auth_failure, invalid_parameter, missing_parameter
 from cloud.ec2.responses import error_xml, response_xml
 from cloud.ec2.service import ComputeBackend, Ec2Service, Region, reads_only
+from cloud.image_sources import SiteSources, site_sources
 from cloud.quotas import QuotaExceeded, UploadAllowance
 from cloud.refusals import public_message
 from cloud.upload import (
@@ -127,13 +128,14 @@ class Ec2App:
         max_upload: int = DEFAULT_MAX_UPLOAD,
         slots: UploadSlots | None = None,
         allow_unhashed_uploads: bool = False,
+        sources: SiteSources | None = None,
     ) -> None:
         self.users = UserStore(state)
         self.uploads = state.root / "ec2" / "uploads"
         self.max_upload = max_upload
         self.slots = slots or UploadSlots()
         self.allow_unhashed_uploads = allow_unhashed_uploads
-        self.service = Ec2Service(state, region, compute)
+        self.service = Ec2Service(state, region, compute, sources or site_sources())
         self.answers = Answers()
         self._reads: anyio.CapacityLimiter | None = None
         self.skew = skew
@@ -325,6 +327,7 @@ def serve(
     max_upload: int = DEFAULT_MAX_UPLOAD,
     slots: UploadSlots | None = None,
     allow_unhashed_uploads: bool = False,
+    site_images: tuple[Path, ...] = (),
 ) -> None:
     scheme = "https" if certfile else "http"
     endpoint = f"{scheme}://{host}:{port}/"
@@ -339,5 +342,6 @@ def serve(
         max_upload=max_upload,
         slots=slots,
         allow_unhashed_uploads=allow_unhashed_uploads,
+        sources=site_sources(image_dirs=site_images),
     )
     run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)

@@ -24,13 +24,15 @@ from typing import Protocol
 
 from cloud.ec2.errors import Ec2Error, invalid_parameter, missing_parameter
 from cloud.ec2.ids import image_id, instance_id, parse_image_id, parse_instance_id, select
-from cloud.ec2.images import Ec2Image, ImageStore
+from cloud.ec2.images import Ec2Image, ImageStore, check_location
 from cloud.ec2.keypairs import KeyPair, KeyPairStore
 from cloud.ec2.responses import Node
 from cloud.ec2.states import ec2_state
 from cloud.ec2.tags import Tag, TagStore, parse_tags, resource_type, tag_deletions
 from cloud.ec2.views import InstanceView, reservation, state_change
+from cloud.image_sources import SiteSources
 from cloud.quotas import Quotas
+from cloud.standalone import make_standalone
 from cloud.users import User
 from imagekit.state import State
 
@@ -129,11 +131,18 @@ def required(params: Params, name: str) -> str:
 
 
 class Ec2Service:
-    def __init__(self, state: State, region: Region, compute: ComputeBackend | None = None) -> None:
+    def __init__(
+        self,
+        state: State,
+        region: Region,
+        compute: ComputeBackend | None = None,
+        sources: SiteSources | None = None,
+    ) -> None:
         self.keypairs = KeyPairStore(state)
         self.images = ImageStore(state)
         self.tags = TagStore(state)
         self.quotas = Quotas(state)
+        self.sources = sources or SiteSources()  # none: RegisterImage takes uploads' ids only
         self.region = region
         self.compute = compute
 
@@ -281,9 +290,16 @@ class Ec2Service:
         return lambda db, number: self.quotas.admit_image(db, user.name, image_id(number), size)
 
     def upload_image(self, user: User, upload: Path, name: str) -> Body:
-        """econe's ``UploadImage``: the server stored the file at ``upload``; it is catalogued."""
-        admit = self._admit_image(user, upload.stat().st_size)
-        image = self.images.register(user, name or upload.name, str(upload), admit=admit)
+        """econe's ``UploadImage``: the server stored the file at ``upload``; it is converted
+        once to a standalone qcow2 (``cloud/standalone.py``: no backing or data file, no
+        extents elsewhere), which alone is kept and catalogued."""
+        standalone = make_standalone(upload, upload.with_suffix(".qcow2"))
+        try:
+            admit = self._admit_image(user, standalone.stat().st_size)
+            image = self.images.register(user, name or upload.name, str(standalone), admit=admit)
+        except BaseException:
+            standalone.unlink(missing_ok=True)
+            raise
         return {"imageId": image_id(image.id)}
 
     def register_image(self, user: User, params: Params) -> Body:
@@ -291,6 +307,7 @@ class Ec2Service:
         if location.startswith("ami-"):  # econe 1.4: register the id an upload returned
             [image] = self.images.visible(user, [parse_image_id(location)])
             return {"imageId": image_id(image.id)}
+        location = check_location(location, user, self.sources)
         # Nothing is stored for a location: it counts as an image, not as bytes.
         admit = self._admit_image(user, 0)
         image = self.images.register(user, params.get("Name") or location, location, admit=admit)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from cloud.occi.xml import (
     bad_request,
 )
 from cloud.quotas import Quotas
+from cloud.standalone import make_standalone
 from cloud.store import VmRecord
 from cloud.tenancy import (
     check_resource_name,
@@ -52,8 +52,7 @@ from context.network import network_from_template
 from context.settings import load_settings
 from context.template import parse_template, serialise
 from imagekit.atomic import write_atomically
-from imagekit.diskimage import qemu_img_info
-from imagekit.errors import DataError, InputError
+from imagekit.errors import InputError
 from imagekit.state import State
 
 # The core's states as 1.4's VM_STATE names (LCM states are all ACTIVE).
@@ -113,7 +112,8 @@ class OcciService:
         return found
 
     def create_storage(self, user: User, request: StorageRequest, upload: Path) -> Storage:
-        """Keep ``upload`` (moved) as the image of a new STORAGE."""
+        """Keep ``upload``, converted once to a standalone qcow2 (``cloud/standalone.py``; the
+        upload itself is removed), as the image of a new STORAGE."""
         with self.state.read() as db:
             site = db.execute(
                 "SELECT s.name FROM occi_storage s JOIN cloud_users u ON u.name = s.owner WHERE u.admin = 1"
@@ -124,9 +124,7 @@ class OcciService:
             raise bad_request(err.reason) from None
         directory = self.root / "storage"
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{uuid.uuid4()}.img"
-        _check_standalone(upload)
-        shutil.move(upload, path)
+        path = make_standalone(upload, directory / f"{uuid.uuid4()}.qcow2")
         size = path.stat().st_size
         size_mb = -(-size // (1024 * 1024))
         try:
@@ -261,6 +259,7 @@ class OcciService:
             etc=self.etc,
             owner=user.name,
             identity=cloud_identity(user),
+            confine=None if user.admin else (self.root / "storage",),  # STORAGE images only
         )
         record = create_vm(create, state=self.state)
         facts = json.dumps(
@@ -305,20 +304,6 @@ class OcciService:
             lifecycle.delete(self.state, number)
         except InputError as err:
             raise bad_request(err.reason) from None
-
-
-def _check_standalone(upload: Path) -> None:
-    """Refuse an image that reads another file: a qcow2 backing file or external data file
-    would let a VM read whatever path the uploader named on this host."""
-    try:
-        info = qemu_img_info(upload)
-    except DataError as err:
-        raise bad_request(f"the file is not a disk image: {err}") from None
-    data_file = info.get("format-specific", {}).get("data", {}).get("data-file")
-    if info.get("backing-filename") or info.get("full-backing-filename") or data_file:
-        raise bad_request(
-            "the image refers to another file (backing or data file): upload a standalone image"
-        )
 
 
 def _storage_resource(number: int) -> str:

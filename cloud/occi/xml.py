@@ -19,6 +19,7 @@ from typing import Any
 
 from lxml import etree
 
+from cloud.model import FILESYSTEM_MAKERS
 from imagekit.errors import DataError, VerificationError
 from marketplace import xmlsafe
 
@@ -132,6 +133,8 @@ def _disk(element: Any) -> DiskRef:
         return DiskRef("swap", _dev(element), size=_number(element, "size"))
     if tag == "FS":
         fs_format = (element.get("format") or FS_FORMAT).strip()
+        if fs_format not in FILESYSTEM_MAKERS:  # a program is picked from the list, never named
+            raise bad_request(f"STORAGE/FS format: one of {', '.join(FILESYSTEM_MAKERS)}")
         return DiskRef("fs", _dev(element), size=_number(element, "size"), format=fs_format)
     raise bad_request(f"STORAGE/{tag}: expected DISK, SWAP or FS")
 

@@ -32,3 +32,12 @@ def make_blank_lab(tmp_path: Path) -> BlankLab:
         'CONTEXT = [ NETWORK = "YES" ]\n'
     )
     return BlankLab(state, template)
+
+
+def an_ec2_upload(state: State, owner: str, name: str = "base.qcow2") -> Path:
+    """A blank 16 MiB qcow2 inside ``owner``'s EC2 uploads, where UploadImage keeps a cloud
+    user's images (the only files a cloud user's VM may boot: cloud/ec2/core.py ``confine``)."""
+    path = state.root / "ec2" / "uploads" / owner / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "16M"], check=True)
+    return path

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloud.deploy import CreateRequest, create_vm
+from cloud.ec2.client import Endpoint, upload_image
 from cloud.store import VmStore
 from cloud.users import UserStore
 from context.leases import NetworkStore
@@ -60,6 +61,11 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def ec2(cloud: dict[str, Any], name: str) -> Any:
     return ec2_client(cloud["url"], cloud["accounts"][name])
+
+
+def upload(cloud: dict[str, Any], name: str, image: Path) -> str:
+    account = cloud["accounts"][name]
+    return upload_image(Endpoint(cloud["url"], account.user.access_key, account.secret_key), image)
 
 
 def _instances(response: dict[str, Any]) -> list[dict[str, Any]]:
@@ -141,10 +147,10 @@ def _vm_count(state: State) -> int:
 
 def test_register_run_and_describe(cloud: dict[str, Any], tmp_path: Path) -> None:
     alice, bob, state = ec2(cloud, "alice"), ec2(cloud, "bob"), cloud["state"]
-    ami = alice.register_image(Name="base", ImageLocation=str(cloud["base"]))["ImageId"]
+    ami = upload(cloud, "alice", cloud["base"])  # a cloud user's image is one they uploaded
     assert ami == "ami-00000001"
     [image] = alice.describe_images()["Images"]
-    assert (image["ImageId"], image["Name"], image["State"]) == (ami, "base", "available")
+    assert (image["ImageId"], image["Name"], image["State"]) == (ami, "base.qcow2", "available")
     assert bob.describe_images()["Images"] == []
     with pytest.raises(ClientError) as err:
         bob.run_instances(ImageId=ami, MinCount=1, MaxCount=1)
@@ -184,12 +190,12 @@ def test_a_failed_run_leaves_no_vm(cloud: dict[str, Any], tmp_path: Path) -> Non
     alice, state = ec2(cloud, "alice"), cloud["state"]
     doomed = tmp_path / "doomed.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", doomed, "16M"])
-    ami = alice.register_image(Name="doomed", ImageLocation=str(doomed))["ImageId"]
+    ami = upload(cloud, "alice", doomed)
     before = _vm_count(state)
     with pytest.raises(ClientError) as err:
         alice.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="m9.huge")
     assert _code(err) == "InvalidParameterValue"
-    doomed.unlink()
+    Path(alice.describe_images(ImageIds=[ami])["Images"][0]["ImageLocation"]).unlink()  # the kept upload
     with pytest.raises(ClientError) as err:
         alice.run_instances(ImageId=ami, MinCount=2, MaxCount=2)
     assert _code(err) == "InvalidParameterValue"

@@ -29,9 +29,10 @@ from cloud.users import CreatedUser, UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
 from context.template import parse_template
-from imagekit.run import run
 from imagekit.state import State
 from tests.cloud.serving import ec2_client, ec2_server
+
+from .blank import an_ec2_upload
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,10 +48,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     users = UserStore(state)
     accounts = {name: users.create(name, "pw", admin=name == "root") for name in ("alice", "bob", "root")}
     NetworkStore(state).create(network_from_template(parse_template(PUBLIC, "public.net")))
-    base = root / "base.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"])
     for owner in ("alice", "bob"):
-        ImageStore(state).register(accounts[owner].user, "base", str(base))
+        ImageStore(state).register(accounts[owner].user, "base", str(an_ec2_upload(state, owner)))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMAGEKIT_ACCEL", "tcg")
         with ec2_server(state.root, None, "--hold") as url:
@@ -202,8 +201,7 @@ def test_a_deregistered_images_tags_do_not_pass_to_the_next_image(
     cloud: dict[str, Any], tmp_path: Path
 ) -> None:
     state, alice = cloud["state"], ec2(cloud, "alice")
-    other = tmp_path / "other.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", other, "16M"])
+    other = an_ec2_upload(state, "alice", "other.qcow2")
     first = ImageStore(state).register(cloud["accounts"]["alice"].user, "other", str(other))
     ami = f"ami-{first.id:08x}"
     alice.create_tags(Resources=[ami], Tags=[{"Key": "Name", "Value": "old"}])

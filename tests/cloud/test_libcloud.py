@@ -26,9 +26,10 @@ from cloud.users import CreatedUser, UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
 from context.template import parse_template
-from imagekit.run import run
 from imagekit.state import State
 from tests.cloud.serving import ec2_server
+
+from .blank import an_ec2_upload
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -42,9 +43,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     users = UserStore(state)
     accounts = {name: users.create(name, "pw") for name in ("alice", "bob")}
     NetworkStore(state).create(network_from_template(parse_template(PUBLIC, "public.net")))
-    base = root / "base.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"])
-    ImageStore(state).register(accounts["alice"].user, "debian", str(base))
+    ImageStore(state).register(accounts["alice"].user, "debian", str(an_ec2_upload(state, "alice")))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMAGEKIT_ACCEL", "tcg")
         with ec2_server(state.root, None, "--hold") as url:

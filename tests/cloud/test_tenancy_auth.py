@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -367,15 +368,23 @@ def test_refusals_are_4xx_and_name_no_server_path(ec2: Ec2, monkeypatch: pytest.
     app = ec2_app(
         ec2.state, Region("default", "http://testserver/"), compute=CoreBackend(ec2.state, hold=True)
     )
+    # An image qemu-img cannot read is refused at the upload now (cloud/standalone.py), 4xx.
     upload = form(signed(ec2.alice, sha256=hashlib.sha256(CORRUPT_QCOW2).hexdigest()), [CORRUPT_QCOW2])
-    assert drive(app, MULTIPART, upload).status == 200  # ami-00000001: stored, not yet read
+    answer = drive(app, MULTIPART, upload)
+    _assert_refused_privately(
+        answer.status, ET.fromstring(answer.body).findtext("Errors/Error/Message") or "", ec2
+    )
+    blank = ec2.state.root / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", blank, "1M"], check=True)
+    good = blank.read_bytes()
+    upload = form(signed(ec2.alice, sha256=hashlib.sha256(good).hexdigest()), [good])
+    assert drive(app, MULTIPART, upload).status == 200  # ami-00000001
     assert (
         _ec2_query(ec2, app, {"Action": "RegisterImage", "ImageLocation": "marketplace:abc"}).status_code
         == 200
     )
     run = {"Action": "RunInstances", "MinCount": "1", "MaxCount": "1"}
     for params in (
-        {**run, "ImageId": "ami-00000001"},  # DataError: not an image qemu-img can read
         {**run, "ImageId": "ami-00000002"},  # PolicyRefused
         {"Action": "RegisterImage", "ImageLocation": str(ec2.state.root / "ec2-secrets.key.missing")},
         {**run, "ImageId": "ami-00000001", "InstanceType": "no-such-type"},

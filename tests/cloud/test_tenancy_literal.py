@@ -22,6 +22,7 @@ import base64
 import json
 import shutil
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,11 +123,13 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cloud:
     return cloud
 
 
-def _ami(cloud: Cloud, user: str) -> str:
-    registered = cloud.ec2.handle(
-        cloud.users[user], "RegisterImage", {"ImageLocation": str(cloud.base), "Name": f"{user}-base"}
-    )
-    return str(registered["imageId"])
+def _ami(cloud: Cloud, user: str, name: str = "") -> str:
+    """An image ``user`` uploaded (as UploadImage keeps it: in their uploads, standalone)."""
+    upload = cloud.state.root / "ec2" / "uploads" / user / f"{uuid.uuid4()}.img"
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(cloud.base, upload)
+    uploaded = cloud.ec2.upload_image(cloud.users[user], upload, name or f"{user}-base")
+    return str(uploaded["imageId"])
 
 
 def _run(cloud: Cloud, user: str, **params: str) -> int:
@@ -282,7 +285,7 @@ def test_public_ec2_cannot_be_squatted_before_the_site_makes_it(cloud: Cloud) ->
 
 
 def test_names_cannot_be_numbers_or_the_sites(cloud: Cloud) -> None:
-    bob, root = cloud.users["bob"], cloud.users["root"]
+    bob = cloud.users["bob"]
     NetworkStore(cloud.state).create(
         network_from_template(parse_template('NAME = "lan"\nTYPE = RANGED\nNETWORK_ADDRESS = 10.40.0.0\n'))
     )
@@ -293,10 +296,10 @@ def test_names_cannot_be_numbers_or_the_sites(cloud: Cloud) -> None:
         with pytest.raises(Ec2Error) as refused:
             _import_key(cloud, "bob", name)
         assert refused.value.code == "InvalidParameterValue"
-    cloud.ec2.handle(root, "RegisterImage", {"ImageLocation": str(cloud.base), "Name": "debian"})
+    _ami(cloud, "root", "debian")
     for name in ("42", "debian", "Debian "):
         with pytest.raises(Ec2Error) as refused:
-            cloud.ec2.handle(bob, "RegisterImage", {"ImageLocation": str(cloud.base), "Name": name})
+            _ami(cloud, "bob", name)
         assert refused.value.code == "InvalidParameterValue"
     upload = cloud.tmp / "upload.qcow2"
     shutil.copy(cloud.base, upload)
@@ -337,6 +340,7 @@ def test_both_doors_over_http(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("IMAGEKIT_ETC", str(cloud.etc))  # the servers' instance types and hooks
     assert _run(cloud, "alice", UserData=SECRET) == 0
     theirs = _network(cloud, "alice", "alice-lan", "10.20.0.0")
+    uploaded = _ami(cloud, "bob", "bob-upload")
     root = cloud.state.root
     with cloud_server("occi", root, None, "--hold") as occi_url, ec2_server(root, None, "--hold") as ec2_url:
         with httpx.Client(base_url=occi_url, auth=httpx.BasicAuth("bob", "pw"), timeout=60) as occi:
@@ -351,7 +355,7 @@ def test_both_doors_over_http(cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> 
         key = "$0.EC2_USER_DATA; $UNAME"
         material = _import_key_material()
         bob.import_key_pair(KeyName=key, PublicKeyMaterial=material.encode())
-        ami = bob.register_image(ImageLocation=str(cloud.base), Name="bob-base")["ImageId"]
+        ami = bob.register_image(ImageLocation=uploaded, Name="bob-base")["ImageId"]  # econe: the id
         run = bob.run_instances(ImageId=ami, MinCount=1, MaxCount=1, KeyName=key, UserData="hello $UNAME")
         vmid = int(run["Instances"][0]["InstanceId"][2:], 16)
     context = _context(cloud, vmid)

@@ -42,6 +42,8 @@ from imagekit.state import State
 from tests.cloud.serving import ec2_client, ec2_server
 from tests.cloud.test_uploads import MULTIPART, drive, form, signed, zeros
 
+from .blank import an_ec2_upload
+
 pytestmark = pytest.mark.timeout(240)
 
 PUBLIC = 'NAME = "Public EC2"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.8.0.0"\nNETWORK_SIZE = "C"\n'
@@ -179,9 +181,8 @@ def ec2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     state = State.open(root / "state")
     accounts = {n: UserStore(state).create(n, "pw") for n in ("alice", "bob", "carol")}
     NetworkStore(state).create(network_from_template(parse_template(PUBLIC, "public.net")))
-    base = _qcow2(root / "base.qcow2")
-    for name in accounts:
-        ImageStore(state).register(accounts[name].user, "base", str(base))  # ami-1, -2, -3
+    for name in accounts:  # ami-1, -2, -3
+        ImageStore(state).register(accounts[name].user, "base", str(an_ec2_upload(state, name)))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMAGEKIT_ACCEL", "tcg")
         with ec2_server(state.root, None, "--hold") as url:
