@@ -36,14 +36,15 @@ _WHAT = (
 @dataclass(frozen=True)
 class Ec2Image:
     id: int
-    owner: str
+    owner: str  # the owner's name, shown (imageOwnerId)
     name: str
     location: str
     created: str
+    owner_id: int | None = None  # the cloud user's id: what ownership is checked by
 
 
 def _image(row: sqlite3.Row) -> Ec2Image:
-    return Ec2Image(row["id"], row["owner"], row["name"], row["location"], row["created"])
+    return Ec2Image(row["id"], row["owner"], row["name"], row["location"], row["created"], row["owner_id"])
 
 
 def check_location(location: str, user: User, sources: SiteSources) -> str:
@@ -102,7 +103,7 @@ class ImageStore:
         created = datetime.now(UTC).replace(microsecond=0).isoformat()
         with self.state.transaction() as db:
             site = db.execute(
-                "SELECT i.name FROM ec2_images i JOIN cloud_users u ON u.name = i.owner WHERE u.admin = 1"
+                "SELECT i.name FROM ec2_images i JOIN cloud_users u ON u.id = i.owner_id WHERE u.admin = 1"
             )
             try:
                 check_resource_name("image", name, taken=[r["name"] for r in site], admin=user.admin)
@@ -110,20 +111,20 @@ class ImageStore:
                 raise invalid_parameter(err.reason) from None
             # ids start at 1: ami-00000001 is the first image, as in econe.
             cur = db.execute(
-                "INSERT INTO ec2_images (id, owner, name, location, created)"
-                " VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM ec2_images), ?, ?, ?, ?)",
-                (user.name, name, location, created),
+                "INSERT INTO ec2_images (id, owner, owner_id, name, location, created)"
+                " VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM ec2_images), ?, ?, ?, ?, ?)",
+                (user.name, user.id, name, location, created),
             )
             assert cur.lastrowid is not None
             if admit is not None:
                 admit(db, cur.lastrowid)
-        return Ec2Image(cur.lastrowid, user.name, name, location, created)
+        return Ec2Image(cur.lastrowid, user.name, name, location, created, user.id)
 
     def visible(self, user: User, ids: Sequence[int] = ()) -> list[Ec2Image]:
         """The user's images (an administrator's: all); only ``ids`` when given, each must be one."""
         with self.state.read() as db:
             rows = db.execute(
-                "SELECT * FROM ec2_images WHERE ? OR owner = ? ORDER BY id", (user.admin, user.name)
+                "SELECT * FROM ec2_images WHERE ? OR owner_id = ? ORDER BY id", (user.admin, user.id)
             ).fetchall()
         images = [_image(r) for r in rows]
         if not ids:

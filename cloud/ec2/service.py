@@ -287,7 +287,7 @@ class Ec2Service:
 
     def _admit_image(self, user: User, size: int) -> Callable[[sqlite3.Connection, int], None]:
         """The image quota's check, in the transaction that catalogues the image."""
-        return lambda db, number: self.quotas.admit_image(db, user.name, image_id(number), size)
+        return lambda db, number: self.quotas.admit_image(db, user, image_id(number), size)
 
     def upload_image(self, user: User, upload: Path, name: str) -> Body:
         """econe's ``UploadImage``: the server stored the file at ``upload``; it is converted

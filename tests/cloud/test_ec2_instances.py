@@ -54,7 +54,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMAGEKIT_ACCEL", "tcg")
         for owner in ("alice", "alice", "bob"):
-            create_vm(CreateRequest(template, hold=True, owner=owner), state=state)
+            request = CreateRequest(template, hold=True, owner=owner, owner_id=accounts[owner].user.id)
+            create_vm(request, state=state)
     with ec2_server(state.root, None, "--hold") as url:
         yield {"url": url, "accounts": accounts, "state": state, "base": base}
 
