@@ -6,6 +6,11 @@ or ``marketplace:TAG`` or an entry URL on the site's registry (policy-checked an
 verified at launch), or, registered by an administrator, an image file in a site image
 directory. ``RegisterImage`` takes nothing else (:func:`check_location`, issue 17 points 1
 and 4); the core verifies everything again when it deploys.
+
+What ``DescribeImages`` shows as an image's location (:meth:`ImageStore.shown_location`) is
+never a path on this host: a marketplace reference or registry URL as registered, and for an
+image file kept here ``upload:NAME`` (the user's upload) or ``site:NAME`` (an administrator's
+site image), NAME being the image's name (an upload's: the file name the client sent).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from imagekit.errors import InputError, VerificationError
 from imagekit.state import State
 
 MARKETPLACE = "marketplace:"
+UPLOADED, SITE_IMAGE = "upload:", "site:"  # what DescribeImages shows for a file kept here
 MAX_REFERENCE = 256
 _WHAT = (
     "ImageLocation must be marketplace:ID, marketplace:TAG, an entry URL on this site's registry,"
@@ -131,6 +137,14 @@ class ImageStore:
             return images
         by_id = {i.id: i for i in images}
         return select(by_id, ids, "InvalidAMIID.NotFound", lambda n: f"image id '[{image_id(n)}]'")
+
+    def shown_location(self, image: Ec2Image) -> str:
+        """``image``'s location as a client may see it: no path of this host (the docstring)."""
+        if not Path(image.location).is_absolute():
+            return image.location  # marketplace:ID|TAG, an entry URL on the site's registry
+        name = Path(image.name).name  # a site image registered by path and no Name: its file's
+        uploads = self.state.root / "ec2" / "uploads"
+        return f"{UPLOADED if Path(image.location).is_relative_to(uploads) else SITE_IMAGE}{name}"
 
     def deregister(self, user: User, number: int) -> None:
         self.visible(user, [number])

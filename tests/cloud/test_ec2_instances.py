@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloud.deploy import CreateRequest, create_vm
 from cloud.ec2.client import Endpoint, upload_image
+from cloud.ec2.images import ImageStore
 from cloud.store import VmStore
 from cloud.users import UserStore
 from context.leases import NetworkStore
@@ -196,7 +197,9 @@ def test_a_failed_run_leaves_no_vm(cloud: dict[str, Any], tmp_path: Path) -> Non
     with pytest.raises(ClientError) as err:
         alice.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="m9.huge")
     assert _code(err) == "InvalidParameterValue"
-    Path(alice.describe_images(ImageIds=[ami])["Images"][0]["ImageLocation"]).unlink()  # the kept upload
+    assert alice.describe_images(ImageIds=[ami])["Images"][0]["ImageLocation"] == "upload:doomed.qcow2"
+    [kept] = ImageStore(state).visible(cloud["accounts"]["alice"].user, [int(ami[4:], 16)])
+    Path(kept.location).unlink()  # the kept upload
     with pytest.raises(ClientError) as err:
         alice.run_instances(ImageId=ami, MinCount=2, MaxCount=2)
     assert _code(err) == "InvalidParameterValue"

@@ -12,6 +12,9 @@ HTTP (Starlette's test client); VMs are held, nothing boots.
 
 from __future__ import annotations
 
+import base64
+import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +23,8 @@ from xml.etree import ElementTree as ET
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from starlette.testclient import TestClient
 
 import cloud.deploy
@@ -41,7 +46,7 @@ from imagekit.cli import main
 from imagekit.locations import etc_dir
 from imagekit.run import run
 from imagekit.state import State
-from tests.cloud.tenancy import PUBLIC, URL, Doors, error_code
+from tests.cloud.tenancy import PUBLIC, URL, Doors, error_code, open_doors
 
 from .blank import an_ec2_upload
 
@@ -210,3 +215,104 @@ def test_cross_vm_references_read_no_local_accounts_vm(lab: Lab) -> None:
     assert made.status_code == 201, made.text
     occi_vm = int(ET.fromstring(made.content).findtext("ID") or "-1")
     assert _context(lab, occi_vm)["PEERS"] == " cloud-own"
+
+
+# --- no answer names a path of this host (issue 17, point 10) ---------------------------------
+
+# An absolute path in an answer: a "/" that starts no URL part (not after a word character,
+# ":" or "/"), then at least two components.
+_ABSOLUTE = re.compile(r"(?<![\w:/.~-])/[\w.@+-]+(?:/[\w.@+-]+)+")
+
+
+def _host_paths(text: str, *roots: Path) -> list[str]:
+    """Each absolute path in ``text`` that exists on this host or lies under one of ``roots``."""
+    found = [m.group(0) for m in _ABSOLUTE.finditer(text)]
+    return [p for p in found if os.path.exists(p) or any(p.startswith(str(r)) for r in roots)]
+
+
+def _ec2_answers(doors: Doors, image: Path) -> list[httpx.Response]:
+    """Every EC2 action alice can call, answered and refused: her upload and registrations,
+    a key pair, a held instance with a tag, every Describe, the console, the state changes."""
+    call = doors.ec2_call
+    openssh = serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    public_key = base64.b64encode(ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(*openssh))
+    uploaded = doors.ec2_upload("alice", image)
+    ami = ET.fromstring(uploaded.content).findtext("{*}imageId") or ""
+    run_one = {"ImageId": ami, "MinCount": "1", "MaxCount": "1"}
+    answers = [uploaded, call("alice", "RegisterImage", ImageLocation=ami)]
+    answers.append(call("alice", "RegisterImage", ImageLocation="marketplace:debian-12", Name="m"))
+    answers.append(call("alice", "RegisterImage", ImageLocation=str(image)))  # refused
+    answers.append(call("alice", "RegisterImage", ImageLocation=str(doors.state.root / "state.db")))
+    answers.append(call("alice", "ImportKeyPair", KeyName="k", PublicKeyMaterial=public_key.decode()))
+    run = call("alice", "RunInstances", **run_one, KeyName="k", UserData="aGk=")
+    instance = ET.fromstring(run.content).findtext(".//{*}instanceId") or ""
+    answers += [run, call("alice", "RunInstances", **run_one, InstanceType="m9.none")]
+    answers.append(call("alice", "RunInstances", **{**run_one, "ImageId": "ami-0000ffff"}))
+    answers.append(call("alice", "CreateTags", **{"ResourceId.1": instance, "Tag.1.Key": "Name"}))
+    for action in ("DescribeRegions", "DescribeAvailabilityZones", "DescribeKeyPairs", "DescribeImages"):
+        answers.append(call("alice", action))
+    for action in ("DescribeInstances", "DescribeTags", "DescribeAddresses"):
+        answers.append(call("alice", action))
+    answers += [call("alice", "GetConsoleOutput", InstanceId=instance)]
+    answers += [call("alice", "GetConsoleOutput", InstanceId="i-0000ffff")]
+    for action in ("StopInstances", "RebootInstances", "TerminateInstances", "DescribeInstances"):
+        answers.append(call("alice", action, **{"InstanceId.1": instance}))
+    answers.append(call("alice", "DeregisterImage", ImageId=ami))
+    return answers
+
+
+def _occi_answers(doors: Doors, image: Path) -> list[httpx.Response]:
+    """Every OCCI request alice can make: STORAGE, NETWORK and COMPUTE, shown, changed,
+    deleted, and refused."""
+
+    def occi(method: str, path: str, body: str = "") -> httpx.Response:
+        response: httpx.Response = doors.occi.request(
+            method, path, content=body.encode(), auth=("alice", "alice-pw")
+        )
+        return response
+
+    stored = doors.occi_upload("alice", image)
+    storage = ET.fromstring(stored.content).findtext("ID")
+    net = "<NIC><NAME>lan</NAME><ADDRESS>10.40.0.0</ADDRESS><SIZE>C</SIZE></NIC>"
+    made_net = occi("POST", "/network", net)
+    network = ET.fromstring(made_net.content).findtext("ID")
+    compute = (
+        "<COMPUTE><NAME>c</NAME><INSTANCE_TYPE>small</INSTANCE_TYPE>"
+        f'<STORAGE><DISK image="{storage}" dev="vda"/></STORAGE>'
+        f'<NETWORK><NIC network="{network}"/></NETWORK></COMPUTE>'
+    )
+    made = occi("POST", "/compute", compute)
+    vmid = ET.fromstring(made.content).findtext("ID")
+    answers = [stored, made_net, made, occi("POST", "/compute", compute.replace(f'"{storage}"', '"999"'))]
+    for kind, number in (("storage", storage), ("network", network), ("compute", vmid)):
+        answers += [occi("GET", f"/{kind}"), occi("GET", f"/{kind}/{number}"), occi("GET", f"/{kind}/999")]
+    answers.append(occi("PUT", f"/compute/{vmid}", "<COMPUTE><STATE>suspended</STATE></COMPUTE>"))
+    answers.append(occi("PUT", f"/compute/{vmid}", "<COMPUTE><STATE>nonsense</STATE></COMPUTE>"))
+    answers.append(occi("DELETE", f"/storage/{storage}"))  # in use: refused
+    answers.append(occi("PUT", f"/compute/{vmid}", "<COMPUTE><STATE>done</STATE></COMPUTE>"))
+    answers += [occi("DELETE", f"/compute/{vmid}"), occi("GET", f"/compute/{vmid}")]
+    answers += [occi("DELETE", f"/storage/{storage}"), occi("DELETE", f"/network/{network}")]
+    return answers
+
+
+def test_no_answer_of_either_door_names_a_path_of_this_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EC2's ``imageLocation`` of an upload is ``upload:NAME`` (the name the client gave), of a
+    site image ``site:NAME``, and nothing else either door answers (results and refusals, to
+    alice and to the administrator) names a file here."""
+    with open_doors(tmp_path, monkeypatch) as doors:
+        image = tmp_path / "mine.qcow2"
+        run(["qemu-img", "create", "-q", "-f", "qcow2", image, "16M"])
+        answers = _ec2_answers(doors, image) + _occi_answers(doors, image)
+        # An administrator's site image, registered by its path and no name, is shown by name.
+        shutil.copy(image, doors.site_dir / "site.qcow2")
+        site = doors.ec2_call("root", "RegisterImage", ImageLocation=str(doors.site_dir / "site.qcow2"))
+        assert site.status_code == 200, site.text
+        answers.append(doors.ec2_call("root", "DescribeImages"))
+    assert "<imageLocation>site:site.qcow2</imageLocation><imageState>available" in answers[-1].text
+    assert "<name>site.qcow2</name>" in answers[-1].text
+    assert {r.status_code for r in answers} >= {200, 201, 202, 204, 400, 404}
+    leaks = [(n, _host_paths(r.text, tmp_path)) for n, r in enumerate(answers)]
+    assert [(n, found) for n, found in leaks if found] == []
+    assert any("<imageLocation>upload:mine.qcow2</imageLocation>" in r.text for r in answers)
