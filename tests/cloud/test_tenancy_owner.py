@@ -199,7 +199,7 @@ def _context(lab: Lab, vmid: int) -> dict[str, str]:
 def test_cross_vm_references_read_no_local_accounts_vm(lab: Lab) -> None:
     """``$<vmid>.VAR`` in a front-door VM: the local account daemon's VM (uid 1, the cloud
     user daemon's id) reads as a missing one through both doors; the cloud user's own VM
-    still reads."""
+    still reads, but not from the local account's VMs."""
     local = lab.local["daemon"]
     assert _context(lab, local)["TOKEN"] == "daemon-local-secret"
     lab.peer_type(local)
@@ -215,6 +215,14 @@ def test_cross_vm_references_read_no_local_accounts_vm(lab: Lab) -> None:
     assert made.status_code == 201, made.text
     occi_vm = int(ET.fromstring(made.content).findtext("ID") or "-1")
     assert _context(lab, occi_vm)["PEERS"] == " cloud-own"
+    # The other way round: the local account daemon's next VM does not read the cloud user's.
+    template = lab.doors.tmp / "reader.one"
+    template.write_text(f'NAME = "reader"\nMEMORY = 64\nCONTEXT = [ PEER = "${own}.TOKEN" ]\n')
+    with pytest.MonkeyPatch.context() as as_daemon:
+        as_daemon.setattr(cloud.deploy, "invoking_user", lambda: DAEMON)
+        assert main(["vm", "create", str(template), "--hold"]) == 0
+    [reader] = [r.vmid for r in VmStore(lab.doors.state).list() if r.name == "reader"]
+    assert _context(lab, reader)["PEER"] == ""
 
 
 # --- no answer names a path of this host (issue 17, point 10) ---------------------------------
