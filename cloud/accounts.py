@@ -4,7 +4,7 @@
     delete_user(state, "alice")                     # InputError while she owns anything
     delete_user(state, "alice", cascade=True)       # ends her VMs, removes images, networks, keys
 
-The front doors keep each resource's owner in their own tables (``cloud_vms``, ``ec2_images``,
+The front doors keep each resource's owner (by user id) in their own tables (``cloud_vms``, ``ec2_images``,
 ``occi_storage``, ``occi_networks``; key pairs by user id). A user deleted while those rows
 remained would leave VMs running and files stored for nobody, and, had the name come back,
 for a stranger: ``UserStore.delete`` retires the id and the name for good, and this module
@@ -63,10 +63,10 @@ def holdings(state: State, user: User) -> Holdings:
     with state.read() as db:
         networks = tuple(
             r["id"]
-            for r in db.execute("SELECT id FROM occi_networks WHERE owner = ? ORDER BY id", (user.name,))
+            for r in db.execute("SELECT id FROM occi_networks WHERE owner_id = ? ORDER BY id", (user.id,))
         )
     return Holdings(
-        vms=tuple(r.vmid for r in lifecycle.list_vms(state, owner=user.name) if r.state not in _ENDED),
+        vms=tuple(r.vmid for r in lifecycle.list_vms(state, owner_id=user.id) if r.state not in _ENDED),
         images=tuple(i.id for i in ImageStore(state).visible(owner)),
         storages=tuple(s.id for s in occi.storages(owner)),
         networks=networks,

@@ -49,7 +49,10 @@ class CreateRequest:
     ssh_port: int | None = None  # a user-mode uplink NIC forwarding 127.0.0.1:PORT to the guest's 22
     core: str = CORE  # "qemu" (embedded), "libvirt", or "opennebula" (then ``one_endpoint``)
     one_endpoint: str = ""
-    owner: str = field(default_factory=lambda: invoking_user().uname)
+    owner: str = field(default_factory=lambda: invoking_user().uname)  # a name, for display
+    # The cloud user the VM belongs to (ownership, quotas and $<vmid>.VAR compare this id);
+    # None: a local account's VM (``vm create``), no cloud user's whatever ``owner`` says.
+    owner_id: int | None = None
     # Who the VM is to $UID/$UNAME/$GID/$GNAME, $USER[…] and $<vmid>.VAR (only the same owner's
     # VMs): a front door's cloud user; None is the invoking user, with ``owner`` as the name.
     identity: User | None = None
@@ -67,7 +70,7 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
         vm = parse_vm_template(load_template(request.template))
         image_set = load_images(request.image_templates)
     quota = quotas.Quotas(state, request.etc)
-    quota.check_vm(request.owner, cpu=vm.cpu, memory_mib=vm.memory_mib)  # before any download
+    quota.check_vm(request.owner_id, cpu=vm.cpu, memory_mib=vm.memory_mib)  # before any download
     with step("images"):
         bases = images.resolve_images(
             vm,
@@ -88,6 +91,7 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
             keep=True,
             etc=request.etc,
             user=_identity(request),
+            owner_id=request.owner_id,
             image_paths=request.image_templates,
         )
     store = VmStore(state)
@@ -136,6 +140,7 @@ def _insert(
             ctx.vmid,
             name=vm.name or f"one-{ctx.vmid}",
             owner=request.owner,
+            owner_id=request.owner_id,
             core=request.core,
             template=str(request.template),
             directory=directory,
@@ -145,7 +150,7 @@ def _insert(
                 "cpu": vm.cpu,  # what the quota counts
                 "memory_mib": vm.memory_mib,
             },
-            admit=quota.admit_vm(request.owner, cpu=vm.cpu, memory_mib=vm.memory_mib),
+            admit=quota.admit_vm(request.owner_id, cpu=vm.cpu, memory_mib=vm.memory_mib),
         )
     except quotas.QuotaExceeded:
         release_vm(store.state, ctx.vmid, etc=request.etc)
@@ -172,6 +177,7 @@ def _deploy_to_opennebula(
         vmid,
         name=name,
         owner=request.owner,
+        owner_id=request.owner_id,
         core=opennebula.CORE,
         template=str(request.template),
         directory=state.root / "vms" / str(vmid),

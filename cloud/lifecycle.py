@@ -146,8 +146,9 @@ def reconcile(state: State, record: VmRecord) -> VmRecord:
         return VmStore(state).get(record.vmid)
 
 
-def list_vms(state: State, *, owner: str | None = None) -> list[VmRecord]:
-    return [reconcile(state, r) for r in VmStore(state).list(owner=owner)]
+def list_vms(state: State, *, owner_id: int | None = None) -> list[VmRecord]:
+    """Every VM (cloud user ``owner_id``'s only, when given), reconciled with the host."""
+    return [reconcile(state, r) for r in VmStore(state).list(owner_id=owner_id)]
 
 
 def pool_version(state: State) -> int | None:

@@ -2,7 +2,7 @@
 
     quotas = Quotas(state)                        # the site default from <etc>/quotas.conf
     quotas.set("alice", QuotaChange(vms=4, memory_mib=8192))
-    store.insert(..., admit=quotas.admit_vm("alice", cpu=1.0, memory_mib=1024))
+    store.insert(..., admit=quotas.admit_vm(alice.id, cpu=1.0, memory_mib=1024))
 
 A limit is the user's own (``imagekit user quota set``) or else the site default
 (``DEFAULT_QUOTA`` in ``<etc>/quotas.conf``); a limit named nowhere is unlimited.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import cloud.store  # noqa: F401  (cloud_vms, whose rows are the VM usage)
-import cloud.users  # noqa: F401  (cloud_users, which cloud_quotas refers to)
+from cloud.users import User  # cloud_users, which cloud_quotas refers to
 from context.model import Vector
 from context.template import load_template
 from imagekit.errors import InputError
@@ -155,20 +155,31 @@ class UploadAllowance:
 
 
 class Quotas:
+    """Limits and usage are a cloud user's, known by id (``owner_id``): None, a local account
+    (``vm create`` on the host), has no quota and is never counted as any cloud user, even one
+    of the same name. The administrator's calls (``limits``, ``usage``, ``set``) name the user."""
+
     def __init__(self, state: State, etc: Path | None = None) -> None:
         self.state = state
         self.default = load_default_limits(etc)
 
-    def _user(self, db: sqlite3.Connection, owner: str) -> sqlite3.Row | None:
+    def _user(self, db: sqlite3.Connection, owner_id: int | None) -> sqlite3.Row | None:
+        if owner_id is None:
+            return None
         row: sqlite3.Row | None = db.execute(
-            "SELECT u.id, u.admin, q.* FROM cloud_users u LEFT JOIN cloud_quotas q ON q.user_id = u.id"
-            " WHERE u.name = ?",
-            (owner,),
+            "SELECT u.id, u.name, u.admin, q.* FROM cloud_users u"
+            " LEFT JOIN cloud_quotas q ON q.user_id = u.id WHERE u.id = ?",
+            (owner_id,),
         ).fetchone()
         return row
 
-    def _limits(self, db: sqlite3.Connection, owner: str) -> Limits | None:
-        row = self._user(db, owner)
+    def _named(self, db: sqlite3.Connection, user: str | int) -> int | None:
+        """The id of the cloud user called (or numbered) ``user``; None when there is none."""
+        column = "id" if isinstance(user, int) else "name"
+        row = db.execute(f"SELECT id FROM cloud_users WHERE {column} = ?", (user,)).fetchone()
+        return None if row is None else int(row["id"])
+
+    def _limits(self, row: sqlite3.Row | None) -> Limits | None:
         if row is None or row["admin"]:
             return None
         limits = self.default
@@ -178,32 +189,37 @@ class Quotas:
                 limits = replace(limits, **{name: None if own == UNLIMITED else own})
         return limits
 
-    def limits(self, owner: str) -> Limits | None:
-        """The owner's limits; None when the owner has no quota (an administrator, a local user)."""
+    def limits(self, user: str | int) -> Limits | None:
+        """The cloud user's limits (by name or id); None when there are none (an administrator,
+        a name no cloud user has)."""
         with self.state.read() as db:
-            return self._limits(db, owner)
+            return self._limits(self._user(db, self._named(db, user)))
 
-    def _usage(self, db: sqlite3.Connection, owner: str) -> Usage:
+    def _usage(self, db: sqlite3.Connection, owner_id: int) -> Usage:
         vms, cpu, memory = db.execute(
             "SELECT COUNT(*), COALESCE(SUM(json_extract(info, '$.cpu')), 0),"
             " COALESCE(SUM(json_extract(info, '$.memory_mib')), 0)"
-            " FROM cloud_vms WHERE owner = ? AND state NOT IN (?, ?)",
-            (owner, *_ENDED),
+            " FROM cloud_vms WHERE owner_id = ? AND state NOT IN (?, ?)",
+            (owner_id, *_ENDED),
         ).fetchone()
         images, stored = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM cloud_quota_images WHERE owner = ?", (owner,)
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM cloud_quota_images WHERE owner_id = ?",
+            (owner_id,),
         ).fetchone()
         return Usage(int(vms), float(cpu), int(memory), int(images), int(stored))
 
-    def usage(self, owner: str) -> Usage:
+    def usage(self, user: str | int) -> Usage:
+        """What the cloud user (by name or id) uses; nothing for a name no cloud user has."""
         with self.state.read() as db:
-            return self._usage(db, owner)
+            owner_id = self._named(db, user)
+            return Usage() if owner_id is None else self._usage(db, owner_id)
 
-    def _check(self, db: sqlite3.Connection, owner: str, more: Usage) -> None:
-        limits = self._limits(db, owner)
-        if limits is None:
+    def _check(self, db: sqlite3.Connection, owner_id: int | None, more: Usage) -> None:
+        row = self._user(db, owner_id)
+        limits = self._limits(row)
+        if limits is None or owner_id is None or row is None:
             return
-        used = self._usage(db, owner)
+        used = self._usage(db, owner_id)
         for field in fields(Usage):
             limit = getattr(limits, field.name)
             wanted = getattr(more, field.name)
@@ -211,50 +227,54 @@ class Quotas:
                 unit = _UNITS[field.name]
                 raise QuotaExceeded(
                     field.name,
-                    f"quota exceeded: {owner} uses {_amount(getattr(used, field.name))} of"
+                    f"quota exceeded: {row['name']} uses {_amount(getattr(used, field.name))} of"
                     f" {_amount(limit)} {unit} and asks for {_amount(wanted)} more",
                 )
 
-    def check_vm(self, owner: str, *, cpu: float, memory_mib: int) -> None:
+    def check_vm(self, owner_id: int | None, *, cpu: float, memory_mib: int) -> None:
         """Refuse early (before images are fetched) a VM that would not fit; the binding
         check is ``admit_vm``'s, in the VM row's transaction."""
         with self.state.read() as db:
-            self._check(db, owner, Usage(vms=1, cpu=cpu, memory_mib=memory_mib))
+            self._check(db, owner_id, Usage(vms=1, cpu=cpu, memory_mib=memory_mib))
 
-    def admit_vm(self, owner: str, *, cpu: float, memory_mib: int) -> Callable[[sqlite3.Connection], None]:
+    def admit_vm(
+        self, owner_id: int | None, *, cpu: float, memory_mib: int
+    ) -> Callable[[sqlite3.Connection], None]:
         """For the transaction inserting the VM row (which records ``cpu`` and ``memory_mib``
         in its info): raises QuotaExceeded when one more such VM does not fit."""
-        return lambda db: self._check(db, owner, Usage(vms=1, cpu=cpu, memory_mib=memory_mib))
+        return lambda db: self._check(db, owner_id, Usage(vms=1, cpu=cpu, memory_mib=memory_mib))
 
-    def upload_allowance(self, owner: str) -> UploadAllowance:
-        """What an upload of ``owner`` may write: refused at once when no image or byte is left,
+    def upload_allowance(self, user: User) -> UploadAllowance:
+        """What an upload of ``user`` may write: refused at once when no image or byte is left,
         and as soon as it passes the bytes left (the binding check is ``admit_image``'s)."""
         with self.state.read() as db:
-            self._check(db, owner, Usage(images=1, storage_bytes=1))
-            limits = self._limits(db, owner)
-            used = self._usage(db, owner).storage_bytes
+            self._check(db, user.id, Usage(images=1, storage_bytes=1))
+            limits = self._limits(self._user(db, user.id))
+            used = self._usage(db, user.id).storage_bytes
         room = None if limits is None or limits.storage_bytes is None else limits.storage_bytes - used
-        return UploadAllowance(owner, room)
+        return UploadAllowance(user.name, room)
 
-    def admit_image(self, db: sqlite3.Connection, owner: str, resource: str, size: int) -> None:
+    def admit_image(self, db: sqlite3.Connection, user: User, resource: str, size: int) -> None:
         """Within the transaction inserting the image row: check one more image of ``size``
         bytes and record it (QuotaExceeded rolls the image row back)."""
-        self._check(db, owner, Usage(images=1, storage_bytes=size))
+        self._check(db, user.id, Usage(images=1, storage_bytes=size))
         db.execute(
-            "INSERT OR REPLACE INTO cloud_quota_images (resource, owner, bytes) VALUES (?, ?, ?)",
-            (resource, owner, size),
+            "INSERT OR REPLACE INTO cloud_quota_images (resource, owner, owner_id, bytes)"
+            " VALUES (?, ?, ?, ?)",
+            (resource, user.name, user.id, size),
         )
 
     def release_image(self, resource: str) -> None:
         with self.state.transaction() as db:
             db.execute("DELETE FROM cloud_quota_images WHERE resource = ?", (resource,))
 
-    def set(self, owner: str, change: QuotaChange, *, reset: bool = False) -> None:
-        """Set the named limits of a user (others stay; all back to the default with ``reset``)."""
+    def set(self, user: str | int, change: QuotaChange, *, reset: bool = False) -> None:
+        """Set the named limits of a cloud user (by name or id; others stay; all back to the
+        default with ``reset``)."""
         with self.state.transaction() as db:
-            row = self._user(db, owner)
+            row = self._user(db, self._named(db, user))
             if row is None:
-                raise InputError(f"no user {owner!r}", hint="`imagekit user list` shows them")
+                raise InputError(f"no user {user!r}", hint="`imagekit user list` shows them")
             db.execute("INSERT OR IGNORE INTO cloud_quotas (user_id) VALUES (?)", (row["id"],))
             if reset:
                 db.execute("DELETE FROM cloud_quotas WHERE user_id = ?", (row["id"],))

@@ -36,7 +36,7 @@ class Transition:
 class VmRecord:
     vmid: int
     name: str
-    owner: str
+    owner: str  # a name, for display
     core: str
     state: VmState
     template: str
@@ -48,6 +48,7 @@ class VmRecord:
     info: Mapping[str, Any] = field(default_factory=dict)
     created: float = 0.0
     updated: float = 0.0
+    owner_id: int | None = None  # the cloud user's id (ownership); None: a local account's VM
 
 
 _UNSET: Any = object()
@@ -73,6 +74,7 @@ def _record(row: sqlite3.Row) -> VmRecord:
         info=info,
         created=row["created"],
         updated=row["updated"],
+        owner_id=row["owner_id"],
     )
 
 
@@ -91,18 +93,21 @@ class VmStore:
         directory: Path,
         info: Mapping[str, Any] | None = None,
         admit: Callable[[sqlite3.Connection], None] | None = None,
+        owner_id: int | None = None,
     ) -> VmRecord:
-        """A new VM row (``pending``); ``admit`` (a quota check: ``cloud/quotas.py``) runs first in
-        the same transaction, so what it counted still holds when the row is written."""
+        """A new VM row (``pending``) of ``owner`` (a name, shown) and ``owner_id`` (the cloud
+        user's id, what ownership is checked by; None: a local account's); ``admit`` (a quota
+        check: ``cloud/quotas.py``) runs first in the same transaction, so what it counted still
+        holds when the row is written."""
         now = time.time()
         with self.state.transaction() as db:
             if admit is not None:
                 admit(db)
             try:
                 db.execute(
-                    "INSERT INTO cloud_vms (vmid, name, owner, core, state, template, directory, info,"
-                    " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (vmid, name, owner, core, VmState.PENDING.value, template, str(directory),
+                    "INSERT INTO cloud_vms (vmid, name, owner, owner_id, core, state, template, directory,"
+                    " info, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (vmid, name, owner, owner_id, core, VmState.PENDING.value, template, str(directory),
                      json.dumps(dict(info or {})), now, now),
                 )  # fmt: skip
             except sqlite3.IntegrityError:
@@ -126,13 +131,15 @@ class VmStore:
             raise InputError(f"no VM {vmid} (see `imagekit vm list`)")
         return _record(row)
 
-    def list(self, *, owner: str | None = None) -> builtins.list[VmRecord]:
+    def list(self, *, owner_id: int | None = None) -> builtins.list[VmRecord]:
+        """Every VM, or only cloud user ``owner_id``'s (never by name: a local account's VM is
+        no cloud user's, whatever it is called)."""
         with self.state.read() as db:
-            if owner is None:
+            if owner_id is None:
                 rows = db.execute("SELECT * FROM cloud_vms ORDER BY vmid").fetchall()
             else:
                 rows = db.execute(
-                    "SELECT * FROM cloud_vms WHERE owner = ? ORDER BY vmid", (owner,)
+                    "SELECT * FROM cloud_vms WHERE owner_id = ? ORDER BY vmid", (owner_id,)
                 ).fetchall()
         return [_record(r) for r in rows]
 

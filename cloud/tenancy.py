@@ -60,10 +60,11 @@ def check_resource_name(kind: str, name: str, *, taken: Iterable[str] = (), admi
     return name
 
 
-def network_owners(state: State) -> dict[int, str]:
-    """Network id → the cloud user who created it; networks not listed are the site's."""
+def network_owners(state: State) -> dict[int, int | None]:
+    """Network id → the id of the cloud user who created it (None: a user no longer known, so
+    nobody's); networks not listed are the site's."""
     with state.read() as db:
-        return {r["id"]: r["owner"] for r in db.execute("SELECT id, owner FROM occi_networks")}
+        return {r["id"]: r["owner_id"] for r in db.execute("SELECT id, owner_id FROM occi_networks")}
 
 
 def site_networks(state: State) -> list[VirtualNetwork]:
@@ -81,7 +82,7 @@ def usable_network_ids(state: State, user: CloudUser) -> set[int]:
     return {
         n.id
         for n in NetworkStore(state).list()
-        if n.id is not None and (user.admin or owners.get(n.id, user.name) == user.name)
+        if n.id is not None and (user.admin or owners.get(n.id, user.id) == user.id)
     }
 
 

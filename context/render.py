@@ -71,15 +71,25 @@ def stored_context(state: State, vmid: int) -> dict[str, str] | None:
         db.close()
 
 
-def _stored_context(db: sqlite3.Connection, vmid: int, owner: str | None = None) -> dict[str, str] | None:
-    """The kept VM's CONTEXT; with ``owner``, only if that owner's (else None, as if missing)."""
+def _stored_context(
+    db: sqlite3.Connection, vmid: int, owner: tuple[int | None, str] | None = None
+) -> dict[str, str] | None:
+    """The kept VM's CONTEXT; with ``owner`` (a cloud user's id, or None and a local account's
+    ``uid:name``), only if that owner's (else None, as if missing). A cloud user is known by id
+    alone: a local account of the same name or number is someone else."""
     if owner is None:
         row = db.execute("SELECT context FROM vms WHERE vmid = ? AND kept = 1", (vmid,)).fetchone()
+    elif owner[0] is not None:
+        row = db.execute(
+            "SELECT v.context FROM vms v JOIN vm_owners o ON o.vmid = v.vmid"
+            " WHERE v.vmid = ? AND v.kept = 1 AND o.owner_id = ?",
+            (vmid, owner[0]),
+        ).fetchone()
     else:
         row = db.execute(
             "SELECT v.context FROM vms v JOIN vm_owners o ON o.vmid = v.vmid"
-            " WHERE v.vmid = ? AND v.kept = 1 AND o.owner = ?",
-            (vmid, owner),
+            " WHERE v.vmid = ? AND v.kept = 1 AND o.owner_id IS NULL AND o.owner = ?",
+            (vmid, owner[1]),
         ).fetchone()
     if row is None or row["context"] is None:
         return None
@@ -173,11 +183,13 @@ def prepare_context(
     user: User | None = None,
     user_path: Path | None = None,
     image_paths: Sequence[Path] = (),
+    owner_id: int | None = None,
 ) -> ResolvedContext:
     """Instantiate the VM template and resolve its CONTEXT (see the module docstring).
 
     ``user`` (or a user template at ``user_path``) is the owner, the invoking user by default;
-    ``image_paths`` are image templates that DISK=[IMAGE=…] and ``$IMAGE[…]`` refer to."""
+    ``owner_id`` the cloud user it is (None: a local account), whose VMs alone ``$<vmid>.VAR``
+    reads; ``image_paths`` are image templates that DISK=[IMAGE=…] and ``$IMAGE[…]`` refer to."""
     tmpl = load_template(template_path)
     settings = load_settings(etc)
     owner = user or (load_user(user_path) if user_path is not None else invoking_user())
@@ -205,7 +217,7 @@ def prepare_context(
             )
             owner_key = _owner_key(owner)
             variables = resolve_context(
-                vm, other_context=lambda other: _stored_context(db, other, owner_key)
+                vm, other_context=lambda other: _stored_context(db, other, (owner_id, owner_key))
             )
             context_attr = tmpl.first("CONTEXT")
             where = (
@@ -225,7 +237,10 @@ def prepare_context(
             db.execute(
                 "UPDATE vms SET name = ?, context = ? WHERE vmid = ?", (vm.name, json.dumps(variables), vmid)
             )
-            db.execute("INSERT OR REPLACE INTO vm_owners (vmid, owner) VALUES (?, ?)", (vmid, owner_key))
+            db.execute(
+                "INSERT OR REPLACE INTO vm_owners (vmid, owner, owner_id) VALUES (?, ?, ?)",
+                (vmid, owner_key, owner_id),
+            )
         else:
             db.execute("ROLLBACK TO vm")
             db.execute("RELEASE vm")

@@ -30,6 +30,8 @@ def _fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _v0_copy(tmp_path: Path) -> State:
     shutil.copytree(FIXTURE, tmp_path / "state", ignore=shutil.ignore_patterns("*.txt"))
+    # A fresh clone has the key file 0644 (git keeps no mode but the executable bit).
+    (tmp_path / "state" / "ec2-secrets.key").chmod(0o600)
     return State.open(tmp_path / "state")
 
 
@@ -92,6 +94,34 @@ def test_a_database_from_before_versions_is_upgraded_intact(
     backup = state.root / "state.db.v0.bak"
     assert _user_version(backup) == 0
     assert backup.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_upgrade_fills_owner_ids_of_cloud_users_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 0006: what the front doors made (EC2 and OCCI images, OCCI networks) gets its
+    cloud user's id; the VM ``vm create`` made on the host as ``root`` gets none, even with a
+    cloud user called ``root`` (added here before the upgrade): ownership is by id (issue 17)."""
+    from cloud.store import VmStore
+
+    _fresh_process(monkeypatch)
+    state = _v0_copy(tmp_path)
+    conn = sqlite3.connect(state.db_path)
+    conn.execute(
+        "INSERT INTO cloud_users (id, name, password, access_key, secret, admin, created)"
+        " VALUES (2, 'root', 'x', 'AKIKSAMENAMEASROOT00', x'00', 0, '')"
+    )
+    conn.commit()
+    conn.close()
+    with state.read() as db:
+        alice = db.execute("SELECT id FROM cloud_users WHERE name = 'alice'").fetchone()[0]
+        for table in ("ec2_images", "occi_storage", "occi_networks"):
+            rows = db.execute(f"SELECT owner, owner_id FROM {table}").fetchall()  # noqa: S608
+            assert [tuple(r) for r in rows] == [("alice", alice)], table
+        [vm] = db.execute("SELECT owner, owner_id FROM cloud_vms").fetchall()
+        assert tuple(vm) == ("root", None)
+        assert db.execute("SELECT count(*) FROM vm_owners WHERE owner_id IS NOT NULL").fetchone()[0] == 0
+    assert VmStore(state).list(owner_id=2) == [] and len(VmStore(state).list()) == 1
 
 
 def test_a_database_from_a_newer_imagekit_is_refused_untouched(

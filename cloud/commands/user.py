@@ -195,7 +195,7 @@ def cmd_quota_reset(args: argparse.Namespace) -> int:
 def cmd_quota_show(args: argparse.Namespace) -> int:
     quotas = _quotas(args)
     user = UserStore(quotas.state).get(args.user)
-    limits, usage = quotas.limits(user.name), quotas.usage(user.name)
+    limits, usage = quotas.limits(user.id), quotas.usage(user.id)
     rows = {
         name: {"limit": getattr(limits, name) if limits else None, "used": getattr(usage, name)}
         for name in _QUOTA_OPTIONS

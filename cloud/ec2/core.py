@@ -2,10 +2,11 @@
 
     service = Ec2Service(state, region, compute=CoreBackend(state))
 
-A user sees the VMs they own (the pool's ``owner`` is the cloud user's name); an administrator
-sees every VM. ``run`` renders the instance type for the image (``instance_types.py``), writes
-the template under ``STATE/ec2/templates/`` and deploys it with ``vm create`` (held, with
-``hold``); what EC2 needs to show later (image, type, key, reservation, ClientToken) is kept in
+A user sees the VMs they own (the pool's ``owner_id`` is the cloud user's id; a VM made on the
+host by a local account of the same name is not theirs); an administrator sees every VM.
+``run`` renders the instance type for the image (``instance_types.py``), writes the template
+under ``STATE/ec2/templates/`` and deploys it with ``vm create`` (held, with ``hold``); what
+EC2 needs to show later (image, type, key, reservation, ClientToken) is kept in
 ``ec2_instances``. If one VM of a request fails, those already made are deleted: no partial
 reservation stays, unless the owner's quota stopped it after ``MinCount`` VMs (EC2 launches as
 many as fit between MinCount and MaxCount). Terminating follows econe: a running VM is shut
@@ -87,13 +88,13 @@ class CoreBackend:
         return lifecycle.pool_version(self.state)
 
     def instances(self, user: User) -> list[InstanceView]:
-        records = lifecycle.list_vms(self.state, owner=None if user.admin else user.name)
+        records = lifecycle.list_vms(self.state, owner_id=None if user.admin else user.id)
         facts = self._facts()
         return [_view(r, self.zone, facts.get(r.vmid)) for r in records]
 
     def run(self, user: User, request: RunRequest) -> list[InstanceView]:
         if request.client_token:
-            done = self._facts("WHERE owner = ? AND client_token = ?", (user.name, request.client_token))
+            done = self._facts("WHERE owner_id = ? AND client_token = ?", (user.id, request.client_token))
             if done:
                 return [v for v in self.instances(user) if v.vmid in done]
         templates = self.state.root / "ec2" / "templates"
@@ -120,6 +121,7 @@ class CoreBackend:
                     hold=self.hold,
                     etc=self.etc,
                     owner=user.name,
+                    owner_id=user.id,
                     identity=cloud_identity(user),
                     confine=self.confine(user),
                 )
@@ -144,12 +146,13 @@ class CoreBackend:
         reservation = f"r-{made[0].vmid:08x}"
         with self.state.transaction() as db:
             db.executemany(
-                "INSERT INTO ec2_instances (vmid, owner, image, instance_type, key_name, reservation,"
-                " launch_index, client_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO ec2_instances (vmid, owner, owner_id, image, instance_type, key_name,"
+                " reservation, launch_index, client_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         record.vmid,
                         user.name,
+                        user.id,
                         request.image.id,
                         request.instance_type,
                         request.key.name if request.key else None,

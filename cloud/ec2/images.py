@@ -6,6 +6,11 @@ or ``marketplace:TAG`` or an entry URL on the site's registry (policy-checked an
 verified at launch), or, registered by an administrator, an image file in a site image
 directory. ``RegisterImage`` takes nothing else (:func:`check_location`, issue 17 points 1
 and 4); the core verifies everything again when it deploys.
+
+What ``DescribeImages`` shows as an image's location (:meth:`ImageStore.shown_location`) is
+never a path on this host: a marketplace reference or registry URL as registered, and for an
+image file kept here ``upload:NAME`` (the user's upload) or ``site:NAME`` (an administrator's
+site image), NAME being the image's name (an upload's: the file name the client sent).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from imagekit.errors import InputError, VerificationError
 from imagekit.state import State
 
 MARKETPLACE = "marketplace:"
+UPLOADED, SITE_IMAGE = "upload:", "site:"  # what DescribeImages shows for a file kept here
 MAX_REFERENCE = 256
 _WHAT = (
     "ImageLocation must be marketplace:ID, marketplace:TAG, an entry URL on this site's registry,"
@@ -36,14 +42,15 @@ _WHAT = (
 @dataclass(frozen=True)
 class Ec2Image:
     id: int
-    owner: str
+    owner: str  # the owner's name, shown (imageOwnerId)
     name: str
     location: str
     created: str
+    owner_id: int | None = None  # the cloud user's id: what ownership is checked by
 
 
 def _image(row: sqlite3.Row) -> Ec2Image:
-    return Ec2Image(row["id"], row["owner"], row["name"], row["location"], row["created"])
+    return Ec2Image(row["id"], row["owner"], row["name"], row["location"], row["created"], row["owner_id"])
 
 
 def check_location(location: str, user: User, sources: SiteSources) -> str:
@@ -102,7 +109,7 @@ class ImageStore:
         created = datetime.now(UTC).replace(microsecond=0).isoformat()
         with self.state.transaction() as db:
             site = db.execute(
-                "SELECT i.name FROM ec2_images i JOIN cloud_users u ON u.name = i.owner WHERE u.admin = 1"
+                "SELECT i.name FROM ec2_images i JOIN cloud_users u ON u.id = i.owner_id WHERE u.admin = 1"
             )
             try:
                 check_resource_name("image", name, taken=[r["name"] for r in site], admin=user.admin)
@@ -110,26 +117,34 @@ class ImageStore:
                 raise invalid_parameter(err.reason) from None
             # ids start at 1: ami-00000001 is the first image, as in econe.
             cur = db.execute(
-                "INSERT INTO ec2_images (id, owner, name, location, created)"
-                " VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM ec2_images), ?, ?, ?, ?)",
-                (user.name, name, location, created),
+                "INSERT INTO ec2_images (id, owner, owner_id, name, location, created)"
+                " VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM ec2_images), ?, ?, ?, ?, ?)",
+                (user.name, user.id, name, location, created),
             )
             assert cur.lastrowid is not None
             if admit is not None:
                 admit(db, cur.lastrowid)
-        return Ec2Image(cur.lastrowid, user.name, name, location, created)
+        return Ec2Image(cur.lastrowid, user.name, name, location, created, user.id)
 
     def visible(self, user: User, ids: Sequence[int] = ()) -> list[Ec2Image]:
         """The user's images (an administrator's: all); only ``ids`` when given, each must be one."""
         with self.state.read() as db:
             rows = db.execute(
-                "SELECT * FROM ec2_images WHERE ? OR owner = ? ORDER BY id", (user.admin, user.name)
+                "SELECT * FROM ec2_images WHERE ? OR owner_id = ? ORDER BY id", (user.admin, user.id)
             ).fetchall()
         images = [_image(r) for r in rows]
         if not ids:
             return images
         by_id = {i.id: i for i in images}
         return select(by_id, ids, "InvalidAMIID.NotFound", lambda n: f"image id '[{image_id(n)}]'")
+
+    def shown_location(self, image: Ec2Image) -> str:
+        """``image``'s location as a client may see it: no path of this host (the docstring)."""
+        if not Path(image.location).is_absolute():
+            return image.location  # marketplace:ID|TAG, an entry URL on the site's registry
+        name = Path(image.name).name  # a site image registered by path and no Name: its file's
+        uploads = self.state.root / "ec2" / "uploads"
+        return f"{UPLOADED if Path(image.location).is_relative_to(uploads) else SITE_IMAGE}{name}"
 
     def deregister(self, user: User, number: int) -> None:
         self.visible(user, [number])

@@ -235,7 +235,7 @@ class Ec2App:
                             raise invalid_parameter("UploadImage takes one file part, named file")
                         user = await self._authorise_upload(request, params, started, slot)
                         quota = self.service.quotas.upload_allowance
-                        allowance = await run_in_threadpool(quota, user.name)
+                        allowance = await run_in_threadpool(quota, user)
                         filename = event.filename
                         sink = await FileSink.open(self.uploads / user.name)
                     elif isinstance(event, bytes) and sink is not None:

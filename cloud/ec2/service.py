@@ -287,7 +287,7 @@ class Ec2Service:
 
     def _admit_image(self, user: User, size: int) -> Callable[[sqlite3.Connection, int], None]:
         """The image quota's check, in the transaction that catalogues the image."""
-        return lambda db, number: self.quotas.admit_image(db, user.name, image_id(number), size)
+        return lambda db, number: self.quotas.admit_image(db, user, image_id(number), size)
 
     def upload_image(self, user: User, upload: Path, name: str) -> Body:
         """econe's ``UploadImage``: the server stored the file at ``upload``; it is converted
@@ -310,7 +310,8 @@ class Ec2Service:
         location = check_location(location, user, self.sources)
         # Nothing is stored for a location: it counts as an image, not as bytes.
         admit = self._admit_image(user, 0)
-        image = self.images.register(user, params.get("Name") or location, location, admit=admit)
+        name = params.get("Name") or (Path(location).name if Path(location).is_absolute() else location)
+        image = self.images.register(user, name, location, admit=admit)
         return {"imageId": image_id(image.id)}
 
     def describe_images(self, user: User, params: Params) -> Body:
@@ -320,7 +321,7 @@ class Ec2Service:
             "imagesSet": [
                 {
                     "imageId": image_id(i.id),
-                    "imageLocation": i.location,
+                    "imageLocation": self.images.shown_location(i),  # never a path of this host
                     "imageState": "available",
                     "imageOwnerId": i.owner,
                     "isPublic": False,

@@ -214,7 +214,7 @@ class OcciApp:
     async def _store(self, request: Request, user: User) -> Response:
         occixml: str | None = None
         sink: FileSink | None = None
-        allowance = await run_in_threadpool(self.service.quotas.upload_allowance, user.name)
+        allowance = await run_in_threadpool(self.service.quotas.upload_allowance, user)
         try:
             body = multipart_events(request, limit=self.max_upload, max_fields=1, max_field_bytes=MAX_XML)
             async with aclosing(body) as events:

@@ -80,11 +80,12 @@ def not_found(kind: str, number: int) -> OcciError:
 @dataclass(frozen=True)
 class Storage:
     id: int
-    owner: str
+    owner: str  # the owner's name, shown; ownership is by ``owner_id``
     name: str
     url: str
     path: Path
     size_mb: int
+    owner_id: int | None = None
 
 
 class OcciService:
@@ -101,9 +102,12 @@ class OcciService:
     def storages(self, user: User) -> list[Storage]:
         with self.state.read() as db:
             rows = db.execute(
-                "SELECT * FROM occi_storage WHERE ? OR owner = ? ORDER BY id", (user.admin, user.name)
+                "SELECT * FROM occi_storage WHERE ? OR owner_id = ? ORDER BY id", (user.admin, user.id)
             ).fetchall()
-        return [Storage(r["id"], r["owner"], r["name"], r["url"], Path(r["path"]), r["size"]) for r in rows]
+        return [
+            Storage(r["id"], r["owner"], r["name"], r["url"], Path(r["path"]), r["size"], r["owner_id"])
+            for r in rows
+        ]
 
     def storage(self, user: User, number: int) -> Storage:
         found = next((s for s in self.storages(user) if s.id == number), None)
@@ -116,7 +120,7 @@ class OcciService:
         upload itself is removed), as the image of a new STORAGE."""
         with self.state.read() as db:
             site = db.execute(
-                "SELECT s.name FROM occi_storage s JOIN cloud_users u ON u.name = s.owner WHERE u.admin = 1"
+                "SELECT s.name FROM occi_storage s JOIN cloud_users u ON u.id = s.owner_id WHERE u.admin = 1"
             ).fetchall()
         try:
             check_resource_name("image", request.name, taken=[r["name"] for r in site], admin=user.admin)
@@ -130,15 +134,16 @@ class OcciService:
         try:
             with self.state.transaction() as db:
                 cur = db.execute(
-                    "INSERT INTO occi_storage (owner, name, url, path, size) VALUES (?, ?, ?, ?, ?)",
-                    (user.name, request.name, request.url, str(path), size_mb),
+                    "INSERT INTO occi_storage (owner, owner_id, name, url, path, size)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (user.name, user.id, request.name, request.url, str(path), size_mb),
                 )
                 assert cur.lastrowid is not None
-                self.quotas.admit_image(db, user.name, _storage_resource(cur.lastrowid), size)
+                self.quotas.admit_image(db, user, _storage_resource(cur.lastrowid), size)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return Storage(cur.lastrowid, user.name, request.name, request.url, path, size_mb)
+        return Storage(cur.lastrowid, user.name, request.name, request.url, path, size_mb, user.id)
 
     def delete_storage(self, user: User, number: int) -> None:
         storage = self.storage(user, number)
@@ -154,14 +159,12 @@ class OcciService:
 
     # --- NETWORK -------------------------------------------------------------------------------
 
-    def _network_owners(self) -> dict[int, str]:
+    def _network_owners(self) -> dict[int, int | None]:
         return network_owners(self.state)  # occi_networks: cloud/tenancy.py
 
     def network_list(self, user: User) -> list[VirtualNetwork]:
         owners = self._network_owners()
-        return [
-            n for n in self.networks.list() if user.admin or owners.get(n.id or 0, user.name) == user.name
-        ]
+        return [n for n in self.networks.list() if user.admin or owners.get(n.id or 0, user.id) == user.id]
 
     def network(self, user: User, number: int) -> VirtualNetwork:
         found = next((n for n in self.network_list(user) if n.id == number), None)
@@ -186,7 +189,10 @@ class OcciService:
         except InputError:  # the name is taken: its owner and id are not this user's business
             raise bad_request(f"a network named {request.name!r} exists already") from None
         with self.state.transaction() as db:
-            db.execute("INSERT INTO occi_networks (id, owner) VALUES (?, ?)", (vnet.id, user.name))
+            db.execute(
+                "INSERT INTO occi_networks (id, owner, owner_id) VALUES (?, ?, ?)",
+                (vnet.id, user.name, user.id),
+            )
         return vnet
 
     def delete_network(self, user: User, number: int) -> None:
@@ -200,11 +206,11 @@ class OcciService:
     # --- COMPUTE -------------------------------------------------------------------------------
 
     def _computes(self, user: User | None) -> list[ComputeView]:
-        owner = None if user is None or user.admin else user.name
+        owner_id = None if user is None or user.admin else user.id
         with self.state.read() as db:
             facts = {r["vmid"]: r for r in db.execute("SELECT * FROM occi_computes")}
         views = []
-        for record in lifecycle.list_vms(self.state, owner=owner):
+        for record in lifecycle.list_vms(self.state, owner_id=owner_id):
             row = facts.get(record.vmid)
             if row is not None:
                 views.append(_view(record, row["instance_type"], json.loads(row["request"])))
@@ -258,6 +264,7 @@ class OcciService:
             image_templates=tuple(images),
             etc=self.etc,
             owner=user.name,
+            owner_id=user.id,
             identity=cloud_identity(user),
             confine=None if user.admin else (self.root / "storage",),  # STORAGE images only
         )
@@ -267,8 +274,9 @@ class OcciService:
         )
         with self.state.transaction() as db:
             db.execute(
-                "INSERT INTO occi_computes (vmid, owner, instance_type, request) VALUES (?, ?, ?, ?)",
-                (record.vmid, user.name, request.instance_type, facts),
+                "INSERT INTO occi_computes (vmid, owner, owner_id, instance_type, request)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (record.vmid, user.name, user.id, request.instance_type, facts),
             )
         return self.compute(user, record.vmid)
 

@@ -153,7 +153,10 @@ def test_the_server_answers_a_change_made_by_another_process(tmp_path: Path) -> 
     alice = UserStore(state).create("alice", "pw")
     store = VmStore(state)
     for vmid in range(2):
-        store.insert(vmid, name=f"vm{vmid}", owner="alice", core="qemu", template="-", directory=tmp_path)
+        store.insert(
+            vmid, name=f"vm{vmid}", owner="alice", owner_id=alice.user.id, core="qemu", template="-",
+            directory=tmp_path,
+        )  # fmt: skip
     with ec2_server(state.root, None, "--hold") as url:
         ec2 = ec2_client(url, alice)
 

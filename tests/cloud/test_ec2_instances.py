@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloud.deploy import CreateRequest, create_vm
 from cloud.ec2.client import Endpoint, upload_image
+from cloud.ec2.images import ImageStore
 from cloud.store import VmStore
 from cloud.users import UserStore
 from context.leases import NetworkStore
@@ -54,7 +55,8 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMAGEKIT_ACCEL", "tcg")
         for owner in ("alice", "alice", "bob"):
-            create_vm(CreateRequest(template, hold=True, owner=owner), state=state)
+            request = CreateRequest(template, hold=True, owner=owner, owner_id=accounts[owner].user.id)
+            create_vm(request, state=state)
     with ec2_server(state.root, None, "--hold") as url:
         yield {"url": url, "accounts": accounts, "state": state, "base": base}
 
@@ -195,7 +197,9 @@ def test_a_failed_run_leaves_no_vm(cloud: dict[str, Any], tmp_path: Path) -> Non
     with pytest.raises(ClientError) as err:
         alice.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="m9.huge")
     assert _code(err) == "InvalidParameterValue"
-    Path(alice.describe_images(ImageIds=[ami])["Images"][0]["ImageLocation"]).unlink()  # the kept upload
+    assert alice.describe_images(ImageIds=[ami])["Images"][0]["ImageLocation"] == "upload:doomed.qcow2"
+    [kept] = ImageStore(state).visible(cloud["accounts"]["alice"].user, [int(ami[4:], 16)])
+    Path(kept.location).unlink()  # the kept upload
     with pytest.raises(ClientError) as err:
         alice.run_instances(ImageId=ami, MinCount=2, MaxCount=2)
     assert _code(err) == "InvalidParameterValue"

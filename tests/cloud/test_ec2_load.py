@@ -28,7 +28,13 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Crea
     store = VmStore(state)
     for vmid in range(INSTANCES):
         store.insert(
-            vmid, name=f"vm-{vmid}", owner="alice", core="qemu", template="-", directory=root / str(vmid)
+            vmid,
+            name=f"vm-{vmid}",
+            owner="alice",
+            owner_id=alice.user.id,
+            core="qemu",
+            template="-",
+            directory=root / str(vmid),
         )
     with ec2_server(state.root) as url:
         yield url, alice

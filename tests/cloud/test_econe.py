@@ -21,6 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from cloud.ec2.client import Endpoint, upload_image
+from cloud.ec2.images import ImageStore
 from cloud.store import VmStore
 from cloud.users import CreatedUser, UserStore
 from context.leases import NetworkStore
@@ -83,8 +84,10 @@ def test_upload_register_run_describe_terminate(cloud: dict[str, Any], tmp_path:
     listing = econe(cloud, "alice", "describe-images", "-H").stdout.splitlines()
     assert listing[0].split() == ["Owner", "ImageId", "Status", "Visibility", "Location"]
     [row] = [line.split() for line in listing[2:] if ami in line]
-    assert row[:4] == ["alice", ami, "available", "private"]
-    stored = Path(row[4])
+    # The location names the upload as the client did, never the server's path (issue 17).
+    assert row == ["alice", ami, "available", "private", f"upload:{cloud['image'].name}"]
+    [kept] = ImageStore(cloud["state"]).visible(cloud["accounts"]["alice"].user, [int(ami[4:], 16)])
+    stored = Path(kept.location)
     assert stored.is_relative_to(cloud["state"].root / "ec2/uploads/alice")
     # kept as a standalone qcow2 (cloud/standalone.py) holding the same disk
     compare = ["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", cloud["image"], stored]

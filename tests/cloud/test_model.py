@@ -79,7 +79,9 @@ def test_invalid_templates_are_located(text: str, message: str) -> None:
 
 def _store(tmp_path: Path) -> VmStore:
     store = VmStore(State.open(tmp_path / "state"))
-    store.insert(4, name="web", owner="alice", core="qemu", template="web.one", directory=tmp_path / "4")
+    store.insert(
+        4, name="web", owner="alice", owner_id=7, core="qemu", template="web.one", directory=tmp_path / "4"
+    )
     return store
 
 
@@ -96,7 +98,7 @@ def test_transitions_and_history(tmp_path: Path) -> None:
         store.transition(4, VmState.RUNNING, allowed=(VmState.SUSPENDED,))
     with pytest.raises(InputError, match="no VM 5"):
         store.get(5)
-    assert [v.vmid for v in store.list(owner="alice")] == [4] and store.list(owner="bob") == []
+    assert [v.vmid for v in store.list(owner_id=7)] == [4] and store.list(owner_id=8) == []
 
 
 def _race(

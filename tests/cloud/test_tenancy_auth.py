@@ -585,7 +585,7 @@ def test_cascade_ends_and_removes_everything_and_the_identity_is_retired(
     users = UserStore(ec2.state)
     with pytest.raises(InputError, match="no user"):
         users.get("alice")
-    states = {r.vmid: r.state for r in lifecycle.list_vms(ec2.state, owner="alice")}
+    states = {r.vmid: r.state for r in lifecycle.list_vms(ec2.state, owner_id=ec2.alice.user.id)}
     assert set(states.values()) == {VmState.DONE}
     with ec2.state.read() as db:
         for table in ("ec2_images", "occi_storage", "occi_networks", "ec2_keypairs"):

@@ -322,8 +322,8 @@ def test_a_host_path_in_the_catalogue_is_refused_at_run(doors: Doors) -> None:
     with doors.state.transaction() as db:
         for n, location in enumerate((str(outside), str(bob_upload), "/etc/passwd"), 10):
             db.execute(
-                "INSERT INTO ec2_images (id, owner, name, location, created)"
-                " VALUES (?, 'alice', 'x', ?, '')",
+                "INSERT INTO ec2_images (id, owner, owner_id, name, location, created)"
+                " VALUES (?, 'alice', (SELECT id FROM cloud_users WHERE name = 'alice'), 'x', ?, '')",
                 (n, location),
             )
     for n in (10, 11, 12):

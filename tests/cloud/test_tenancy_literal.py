@@ -244,7 +244,9 @@ def test_bob_cannot_reach_alices_network_by_any_route(cloud: Cloud) -> None:
     )
     assert legacy.id is not None
     with cloud.state.transaction() as db:
-        db.execute("INSERT INTO occi_networks (id, owner) VALUES (?, ?)", (legacy.id, "bob"))
+        db.execute(
+            "INSERT INTO occi_networks (id, owner, owner_id) VALUES (?, ?, ?)", (legacy.id, "bob", bob.id)
+        )
     view = cloud.occi.create_compute(bob, ComputeRequest("vm", "small", nics=(NicRef(legacy.id),)))
     assert _leased_network(cloud, view.id) == legacy.id and view.nics[0][1].startswith("10.31.0.")
     # EC2: network parameters RunInstances does not take change nothing.

@@ -64,7 +64,8 @@ def _site_etc(tmp_path: Path, quota: str) -> Path:
 
 
 def _live(state: State, owner: str) -> list[int]:
-    return [r.vmid for r in VmStore(state).list(owner=owner) if r.state.value not in LIVE]
+    owner_id = UserStore(state).get(owner).id
+    return [r.vmid for r in VmStore(state).list(owner_id=owner_id) if r.state.value not in LIVE]
 
 
 # --- limits ------------------------------------------------------------------------------------
@@ -142,25 +143,29 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 def test_vm_create_for_a_cloud_user_keeps_to_the_quota(lab: dict[str, Any]) -> None:
     state, template = lab["state"], lab["template"]
     Quotas(state).set("alice", QuotaChange(vms=5, cpu=1.0))
+    alices = CreateRequest(template, hold=True, owner="alice", owner_id=lab["accounts"]["alice"].user.id)
     for _ in range(2):
-        create_vm(CreateRequest(template, hold=True, owner="alice"), state=state)
+        create_vm(alices, state=state)
     leases = len(NetworkStore(state).leases(0))
     with pytest.raises(QuotaExceeded) as err:
-        create_vm(CreateRequest(template, hold=True, owner="alice"), state=state)
+        create_vm(alices, state=state)
     assert err.value.resource == "cpu" and "1 of 1 CPU" in str(err.value)
     assert len(NetworkStore(state).leases(0)) == leases  # the refused VM's lease went back
     assert len(_live(state, "alice")) == 2
-    for owner in ("root", "someone-local"):  # an administrator, an owner that is no cloud user
-        create_vm(CreateRequest(template, hold=True, owner=owner), state=state)
+    root = lab["accounts"]["root"].user.id
+    # An administrator, and a local account called alice: neither counts as the cloud user alice.
+    for owner, owner_id in (("root", root), ("alice", None)):
+        create_vm(CreateRequest(template, hold=True, owner=owner, owner_id=owner_id), state=state)
 
 
 def test_parallel_creates_cannot_overshoot(lab: dict[str, Any]) -> None:
     state, template = lab["state"], lab["template"]
     Quotas(state).set("alice", QuotaChange(vms=3))
+    alices = CreateRequest(template, hold=True, owner="alice", owner_id=lab["accounts"]["alice"].user.id)
 
     def attempt(_: int) -> str:
         try:
-            create_vm(CreateRequest(template, hold=True, owner="alice"), state=state)
+            create_vm(alices, state=state)
         except QuotaExceeded:
             return "refused"
         return "made"
