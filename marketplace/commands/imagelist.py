@@ -4,14 +4,19 @@ list (:mod:`marketplace.imagelist`), published at the registry's ``/imagelist``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+from imagekit import locations
 from imagekit.atomic import write_atomically
 from imagekit.errors import InputError
+from imagekit.output import print_json
+from imagekit.state import State
 from marketplace.config import load_config
 from marketplace.imagelist import DEFAULT_VALID, export_imagelist
+from marketplace.imagelist_subscribe import SyncReport, subscribe, sync
 from marketplace.registry import Registry
 from marketplace.signing import load_signer
 
@@ -33,6 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     export.add_argument("-o", "--output", type=Path, metavar="FILE", help="also write the signed list here")
     export.set_defaults(func=_export)
 
+    sub_cmd = commands.add_parser("subscribe", help="subscribe to a signed HEPiX image list")
+    sub_cmd.add_argument("url", metavar="URL", help="where the list is served")
+    sub_cmd.add_argument(
+        "--trust", type=Path, required=True, metavar="FILE", help="CA certificates the signer must chain to"
+    )
+    sub_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    sub_cmd.set_defaults(func=_subscribe)
+    sync_cmd = commands.add_parser("sync", help="read every subscribed list again; report the changes")
+    sync_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    sync_cmd.set_defaults(func=_sync)
+
 
 def _export(args: argparse.Namespace) -> int:
     config = load_config(args.config, data_dir=args.data, state=args.state)
@@ -51,3 +67,26 @@ def _export(args: argparse.Namespace) -> int:
         print(f"left out {reason}", file=sys.stderr)
     print(f"image list of {done.images} images signed; served at {base_url.rstrip('/')}/imagelist")
     return 0
+
+
+def _report(reports: list[SyncReport], as_json: bool) -> int:
+    if as_json:
+        print_json([dataclasses.asdict(r) for r in reports])
+    for r in reports:
+        if r.refused is not None:
+            print(f"{r.url}: refused: {r.refused}", file=sys.stderr)
+        elif not as_json:
+            print(
+                f"{r.url}: {len(r.added)} added, {len(r.updated)} updated, {len(r.withdrawn)} withdrawn,"
+                f" {r.unchanged} unchanged"
+            )
+    return 1 if any(r.refused for r in reports) else 0
+
+
+def _subscribe(args: argparse.Namespace) -> int:
+    state = State.open(locations.state_dir(args.state))
+    return _report([subscribe(state, args.url, trust=args.trust)], args.json)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    return _report(sync(State.open(locations.state_dir(args.state))), args.json)
