@@ -26,6 +26,7 @@ from cryptography import x509
 from imagekit.errors import CommandError, DataError, InputError, VerificationError
 from imagekit.run import run
 from imagekit.state import State
+from marketplace.certs import certificate_emails, dn
 from marketplace.imagelist import grid_dn
 from marketplace.metadata import parse_time
 
@@ -54,6 +55,15 @@ class ImageList:
     endorser_dn: str
     endorser_ca: str
     images: tuple[ListedImage, ...]
+
+
+@dataclass(frozen=True)
+class Signer:
+    """The list's signing certificate as the site policy reads endorsers."""
+
+    subject: str
+    issuer: str
+    email: str
 
 
 @dataclass(frozen=True)
@@ -136,7 +146,7 @@ def parse_imagelist(content: bytes) -> ImageList:
     )
 
 
-def verify_signed_list(data: bytes, trust: Path, *, now: datetime) -> ImageList:
+def verify_signed_list(data: bytes, trust: Path, *, now: datetime) -> tuple[ImageList, Signer]:
     """``openssl smime -verify`` against ``trust``; then the list must name its own signer and
     must not have expired."""
     with tempfile.TemporaryDirectory(prefix="imagelist-") as tmp:
@@ -155,7 +165,8 @@ def verify_signed_list(data: bytes, trust: Path, *, now: datetime) -> ImageList:
         )
     if listed.expires <= now:
         raise VerificationError(f"the list expired at {listed.expires:%Y-%m-%dT%H:%M:%SZ}", rule="expiry")
-    return listed
+    emails = certificate_emails(signer)
+    return listed, Signer(dn(signer.subject), dn(signer.issuer), emails[0] if emails else "")
 
 
 def _version_key(version: str) -> list[tuple[int, int | str]]:
@@ -191,12 +202,13 @@ def subscribe(state: State, url: str, *, trust: Path, now: datetime | None = Non
     with state.read() as db:
         if db.execute("SELECT 1 FROM imagelist_subscriptions WHERE url = ?", (url,)).fetchone():
             raise InputError(f"{url}: already subscribed (`imagekit market imagelist sync` reads it again)")
-    listed = verify_signed_list(fetch_list(url), trust.resolve(), now=now or datetime.now(UTC))
+    listed, signer = verify_signed_list(fetch_list(url), trust.resolve(), now=now or datetime.now(UTC))
     with state.transaction() as db:
         db.execute(
-            "INSERT INTO imagelist_subscriptions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (url, listed.identifier, listed.endorser_dn, listed.endorser_ca, str(trust.resolve()),
-             listed.version, f"{listed.expires:%Y-%m-%dT%H:%M:%SZ}", time.time()),
+            "INSERT INTO imagelist_subscriptions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (url, listed.identifier, listed.endorser_dn, listed.endorser_ca, signer.subject, signer.issuer,
+             signer.email, str(trust.resolve()), listed.version, f"{listed.expires:%Y-%m-%dT%H:%M:%SZ}",
+             time.time()),
         )  # fmt: skip
         return _apply(db, url, listed)
 
@@ -210,7 +222,7 @@ def sync(state: State, *, now: datetime | None = None, fetch: Any = fetch_list) 
     reports = []
     for url, pinned_dn, trust, version in subscriptions:
         try:
-            listed = verify_signed_list(fetch(url), Path(trust), now=now or datetime.now(UTC))
+            listed, _ = verify_signed_list(fetch(url), Path(trust), now=now or datetime.now(UTC))
             if listed.endorser_dn != pinned_dn:
                 raise VerificationError(
                     f"signed by {listed.endorser_dn!r}, subscribed to {pinned_dn!r}", rule="endorser"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from imagekit import locations
@@ -16,7 +16,9 @@ from imagekit.output import print_json
 from imagekit.state import State
 from marketplace.config import load_config
 from marketplace.imagelist import DEFAULT_VALID, export_imagelist
+from marketplace.imagelist_policy import judge_subscribed
 from marketplace.imagelist_subscribe import SyncReport, subscribe, sync
+from marketplace.policy import load_policy
 from marketplace.registry import Registry
 from marketplace.signing import load_signer
 
@@ -48,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sync_cmd = commands.add_parser("sync", help="read every subscribed list again; report the changes")
     sync_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     sync_cmd.set_defaults(func=_sync)
+    images = commands.add_parser("images", help="subscribed images, judged by the site policy")
+    images.add_argument("--policy", type=Path, metavar="FILE", help="policy file (default etc/policy.cfg)")
+    images.add_argument("--json", action="store_true", help="machine-readable output")
+    images.set_defaults(func=_images)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -90,3 +96,15 @@ def _subscribe(args: argparse.Namespace) -> int:
 
 def _sync(args: argparse.Namespace) -> int:
     return _report(sync(State.open(locations.state_dir(args.state))), args.json)
+
+
+def _images(args: argparse.Namespace) -> int:
+    state = State.open(locations.state_dir(args.state))
+    verdicts = judge_subscribed(state, load_policy(args.policy), now=datetime.now(UTC))
+    if args.json:
+        print_json([{**dataclasses.asdict(v), "accepted": v.accepted} for v in verdicts])
+        return 0
+    for v in verdicts:
+        verdict = "accepted" if v.accepted else "refused: " + "; ".join(v.reasons)
+        print(f"{v.image} {v.title!r} ({v.endorser}, {v.uri}): {verdict}")
+    return 0

@@ -18,13 +18,15 @@ from imagekit.errors import VerificationError
 from imagekit.state import State
 from marketplace.config import MarketConfig, PendingPolicy
 from marketplace.imagelist import export_imagelist
+from marketplace.imagelist_policy import judge_subscribed
 from marketplace.imagelist_subscribe import subscribe, sync
-from marketplace.metadata import Metadata
+from marketplace.metadata import ChecksumAlgorithm, Metadata
+from marketplace.policy import load_policy
 from marketplace.registry import Registry
 from marketplace.signing import load_signer
 
 from .entries import NOW, Identity, ago, make_ca, make_endorser
-from .images import describe, endorse
+from .images import describe, endorse, write_policy
 from .loopback import loopback
 
 CA = make_ca()
@@ -134,3 +136,46 @@ def test_refused_lists_change_nothing(lists: Lists, tmp_path: Path) -> None:
         after = db.execute("SELECT * FROM imagelist_subscriptions").fetchall()
         images = db.execute("SELECT count(*) FROM imagelist_images WHERE withdrawn IS NULL").fetchone()[0]
     assert [tuple(r) for r in after] == [tuple(r) for r in before] and images == 2
+
+
+def test_the_site_policy_judges_listed_images_like_entries(
+    lists: Lists, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The list's signer is the endorser, the SHA-512 the checksum, the list's expiry the
+    endorsement's; a withdrawn image is refused."""
+    ca, _ = CA.write(tmp_path / "pki", "ca")
+    state = State.open(tmp_path / "state")
+    with loopback() as site:
+        url = f"{site.url}/imagelist"
+        site.files["/imagelist"] = lists.signed(ALICE, ago(hours=5))
+        subscribe(state, url, trust=ca)
+        two = describe(b"two", title="two", locations=(f"{FILES}/2",))
+        lists.add(dataclasses.replace(two, deprecated="CVE"), ago(hours=4))
+        site.files["/imagelist"] = lists.signed(ALICE, ago(hours=3))
+        (report,) = sync(state)
+        assert len(report.withdrawn) == 1
+    one_sha512 = describe(b"one").checksums[ChecksumAlgorithm.SHA512]
+
+    def verdicts(text: str, now: datetime = NOW) -> dict[str, tuple[str, ...]]:
+        policy = load_policy(write_policy(tmp_path, text))
+        return {v.title: v.reasons for v in judge_subscribed(state, policy, now=now)}
+
+    alice_only = f"[endorsers]\nwhitelistsubjects =\n    {ALICE.subject}\n[images]\nos = debian\n"
+    got = verdicts(alice_only)
+    assert got["one"] == () and got["two"] == ("withdrawn: no longer in the image list",)
+    assert (
+        "not whitelisted (whitelistsubjects)"
+        in verdicts(alice_only.replace(ALICE.subject, BOB.subject))["one"][0]
+    )
+    assert (
+        "blacklisted (blacklistchecksums)"
+        in verdicts(f"[checksums]\nblacklistchecksums = {one_sha512}\n")["one"][0]
+    )
+    assert "is not one of ubuntu" in verdicts("[images]\nos = ubuntu\n")["one"][0]
+    assert "whitelistendorsers" in verdicts("[endorsers]\nwhitelistendorsers = bob@example.org\n")["one"][0]
+    assert "image list expired" in verdicts("", NOW + timedelta(days=60))["one"][0]
+    policy = write_policy(tmp_path, alice_only)
+    argv = ["--state", str(state.root), "market", "imagelist", "images", "--policy", str(policy), "--json"]
+    assert main(argv) == 0
+    shown = {v["title"]: v["accepted"] for v in json.loads(capsys.readouterr().out)}
+    assert shown == {"one": True, "two": False}
