@@ -11,6 +11,9 @@ type in ``Accept``, else XML):
                      400 invalid (the failed rule), 403 read-only replica, 409 conflict, 413 too big
     GET  /endorsers, /endorsers/{email}[?range=DAYS]
     GET  /, /upload, /static/…, /healthz
+    GET  /appliance, /appliance/{id}, /appliance/{id}/download/0   OpenNebula's marketplace API
+                     (marketplace/appmarket.py)
+    GET  /imagelist  the HEPiX image list last exported (marketplace/imagelist.py)
 
 ``imagekit market serve`` runs :func:`serve` (uvicorn; ``--workers N`` forks N processes that
 each build the app through :func:`app_from_env`).
@@ -46,7 +49,7 @@ from starlette.staticfiles import StaticFiles
 
 from imagekit.errors import DataError, ImagekitError, InputError, VerificationError
 from imagekit.output import to_json
-from marketplace import web
+from marketplace import appmarket, imagelist, web
 from marketplace.config import CONFIG_ENV, IndexBackend, MarketConfig, load_config
 from marketplace.index import LocationKind, Page, Query, Row, SortKey, Status
 from marketplace.metadata import parse_metadata
@@ -445,6 +448,8 @@ def create_app(config: MarketConfig, *, registry: Registry | None = None) -> Sta
         Route("/endorsers/{email}", api.endorser),
         Route("/upload", api.upload_form),
         Route("/healthz", api.healthz),
+        *appmarket.routes(registry),
+        imagelist.route(registry),
         Mount("/static", StaticFiles(directory=static), name="static"),
     ]
     handlers: dict[Any, Callable[..., Any]] = {HttpError: on_error, ImagekitError: on_error}
@@ -458,6 +463,7 @@ def create_app(config: MarketConfig, *, registry: Registry | None = None) -> Sta
 
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.registry = registry
+    app.add_middleware(appmarket.CollapseLeadingSlashes)
     return app
 
 

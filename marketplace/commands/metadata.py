@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from imagekit.atomic import write_atomically
-from imagekit.errors import InputError
+from imagekit.errors import DataError, InputError
 from imagekit.output import print_json
-from marketplace import describe
+from marketplace import appmarket, describe
 from marketplace.binding import Claim, check_mapped
 from marketplace.certs import LEGACY_SHA1_BEFORE, TrustStore
 from marketplace.config import load_config
@@ -60,6 +60,13 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="URL",
         help="with --manifest: where the build's SBOM (NAME.spdx.json) is published; "
         "added as a related location (dcterms:relation), which `market verify-build` reads",
+    )
+    create.add_argument(
+        "--opennebula-template",
+        type=Path,
+        metavar="FILE",
+        help="the build's NAME.one, carried in the signed entry: the registry's OpenNebula "
+        "marketplace API offers it as the appliance's VM template",
     )
     create.add_argument("--valid", type=int, default=describe.DEFAULT_VALID_DAYS, metavar="DAYS",
                         help="endorsement validity in days (default %(default)s)")  # fmt: skip
@@ -160,9 +167,20 @@ def _create(args: argparse.Namespace) -> int:
         kind=args.kind,
         hypervisor=args.hypervisor,
     )
+    if args.opennebula_template is not None:
+        m = dataclasses.replace(m, extensions=(*m.extensions, _one_template(args.opennebula_template)))
     write_atomically(args.output, metadata_to_rdfxml(m))
     print(f"{args.output}: {m.identifier} (unsigned; sign it with `imagekit market metadata sign`)")
     return 0
+
+
+def _one_template(path: Path) -> str:
+    text = _read(path).decode("utf-8", "replace")
+    try:
+        appmarket.template_object(text)
+    except DataError as err:
+        raise InputError(f"not an OpenNebula template the marketplace driver can carry: {err}") from None
+    return appmarket.extension(appmarket.TEMPLATE_TAG, text)
 
 
 def _password(args: argparse.Namespace) -> bytes | None:
