@@ -63,11 +63,12 @@ def _read(path: Path) -> bytes:
 
 
 def _element(document: bytes, name: str, where: Path) -> str:
-    from cloud.occi.xml import OcciError, parse_document
+    from cloud.occi.xml import parse_document
+    from imagekit.httperror import HttpError
 
     try:
         root = parse_document(document, "COMPUTE" if name == "ID" else "DISK")
-    except OcciError as err:
+    except HttpError as err:
         raise InputError(err.message, where=str(where)) from None
     text = (root.findtext(name) or "").strip()
     if not text:

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from imagekit.asgi import add_listener_options, listener_from_args
 from imagekit.errors import InputError
 from imagekit.output import print_json
 from marketplace.certs import certificate_emails
@@ -44,11 +45,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     serve = sub.add_parser("serve", help="run the registry server (uvicorn)")
     _local_options(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8081, help="port (default 8081)")
-    serve.add_argument(
-        "--workers", type=int, default=1, help="worker processes (use PostgreSQL for many hosts)"
-    )
+    add_listener_options(serve, port=8081, workers="worker processes (use PostgreSQL for many hosts)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(func=_serve)
 
@@ -172,14 +169,11 @@ def _serve(args: argparse.Namespace) -> int:
     from marketplace.server import serve
 
     config = load_config(args.config, data_dir=args.data, state=args.state)
-    if args.workers < 1:
-        raise InputError(f"--workers: expected at least 1, got {args.workers}")
+    listener = listener_from_args(args, log_level="info", access_log=args.access_log)
     print(
-        f"registry on http://{args.host}:{args.port}/ "
-        f"(data {config.data_dir}, index {config.index_backend})",
-        file=sys.stderr,
+        f"registry on {listener.url} (data {config.data_dir}, index {config.index_backend})", file=sys.stderr
     )
-    serve(config, host=args.host, port=args.port, workers=args.workers, access_log=args.access_log)
+    serve(config, listener)
     return 0
 
 
