@@ -52,7 +52,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     upload = sub.add_parser("upload", help="upload signed entries to the registry")
     upload.add_argument("files", nargs="+", type=Path, metavar="FILE", help="signed entries")
     _endpoint_option(upload)
-    upload.add_argument("--json", action="store_true", help="machine-readable output")
     upload.set_defaults(func=_upload)
 
     listing = sub.add_parser("list", help="list current entries (filters as in GET /metadata)")
@@ -80,7 +79,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--asc", action="store_true", help="ascending order (default: descending)")
     listing.add_argument("--limit", type=int, default=50, help="at most this many entries (default 50)")
     listing.add_argument("--offset", type=int, default=0, help="skip this many first (default 0)")
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_list)
 
     get = sub.add_parser("get", help="show an image's current entries, or one entry")
@@ -91,7 +89,6 @@ def register(parser: argparse.ArgumentParser) -> None:
                      help="only this status (default: every current entry, with its status)")  # fmt: skip
     _endpoint_option(get)
     form = get.add_mutually_exclusive_group()
-    form.add_argument("--json", action="store_true", help="machine-readable output")
     form.add_argument("--xml", action="store_true", help="the signed XML (a <metadata> list for several)")
     get.set_defaults(func=_get)
 
@@ -108,7 +105,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     endorsers = sub.add_parser("endorsers", help="list the registry's endorsers")
     _endpoint_option(endorsers)
-    endorsers.add_argument("--json", action="store_true", help="machine-readable output")
     endorsers.set_defaults(func=_endorsers)
 
     reindex = sub.add_parser("reindex", help="rebuild the index from the stored files")
@@ -117,14 +113,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     audit = sub.add_parser("audit", help="check the audit log against the stored files")
     _local_options(audit)
-    audit.add_argument("--json", action="store_true", help="machine-readable output")
     audit.set_defaults(func=_audit)
 
     pending = sub.add_parser("pending", help="uploads waiting for an administrator")
     pending_sub = pending.add_subparsers(dest="pending_command", metavar="ACTION")
     plist = pending_sub.add_parser("list", help="show waiting uploads")
     _local_options(plist)
-    plist.add_argument("--json", action="store_true", help="machine-readable output")
     plist.set_defaults(func=_pending_list)
     for action, help_text in (
         ("accept", "verify again and publish"),

@@ -52,7 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd.add_argument("-o", "--output", type=Path, metavar="DIR", help="keep the rebuilt image here")
     cmd.add_argument("--workdir", type=Path, metavar="DIR", help="where to build")
     cmd.add_argument("--endpoint", metavar="URL", help="registry URL (default $IMAGEKIT_MARKET or local)")
-    cmd.add_argument("--json", action="store_true", help="machine-readable output")
     cmd.set_defaults(func=cmd_verify_build)
 
 
