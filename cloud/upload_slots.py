@@ -8,7 +8,7 @@ An upload holds a file open and a disk filling for as long as its client likes; 
 bound, one user (or a few) could keep every byte of the disk and every worker busy. A slot is
 taken only once the client is authenticated (an anonymous client holds none) and given back
 however the upload ends. The counts live in the server process: each front door is one
-process (``cloud/asgi.py``), its requests on one event loop.
+process (``imagekit/asgi.py``), its requests on one event loop.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Each command group lives in its stage's package as a module exposing
 sub-commands and sets ``func(args) -> int`` on each. Only the chosen group's module is imported,
 so ``imagekit context …`` never pays for rdflib or guestfs. This module is the composition root:
 it names the other packages by string and is the only place that turns errors into exit codes.
+The options every command shares are declared here once: ``--state``, ``--json`` (``Parser``),
+``-v``, ``-q``, ``--debug``; a command reads ``args.json``, it never declares it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from imagekit import __version__
 from imagekit.errors import ImagekitError
@@ -40,12 +43,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+JSON_HELP = "machine-readable output (JSON), where the command has any; before or after the command"
+
+
+class Parser(argparse.ArgumentParser):
+    """Every parser of the command tree: ``add_subparsers`` makes its children of its parent's
+    class, so each group and sub-command accepts ``--json`` without declaring it, and
+    ``imagekit --json vm list`` and ``imagekit vm list --json`` mean the same. Below the top the
+    option has no default: a sub-command's parse would otherwise reset a ``--json`` given
+    before it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
+
+
 def build_parser(chosen: str | None, *, every_group: bool = False) -> argparse.ArgumentParser:
     """The parser with ``chosen``'s group registered (all of them with ``every_group``)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="imagekit",
         description="Cloud VM images end to end: build, publish, contextualize.",
     )
+    parser.set_defaults(json=False)
     parser.add_argument("--version", action="version", version=f"imagekit {__version__}")
     parser.add_argument(
         "--state",

@@ -4,6 +4,7 @@
 - :class:`DataError`: data we read is bad or corrupt (an image, a metadata entry, a state DB).
 - :class:`CommandError`: an external tool failed.
 - :class:`VerificationError`: a signature, checksum or trust rule does not hold.
+- :class:`NetworkError`: a server could not be reached, or the exchange with it broke off.
 
 Library code raises these; only the CLI turns them into exit codes and one-line messages.
 Bugs stay plain Python exceptions and keep their tracebacks.
@@ -49,6 +50,12 @@ class VerificationError(ImagekitError):
         super().__init__(f"{rule}: {message}", hint=hint)
         self.rule = rule
         self.reason = message
+
+
+class NetworkError(ImagekitError):
+    """A server could not be reached or the exchange broke off (refused, timed out, reset, a TLS
+    handshake that failed). Nobody's input is at fault and no data was judged: the same command
+    may work later, or against another address. A server that answers and refuses is not this."""
 
 
 class CommandError(ImagekitError):

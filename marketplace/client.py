@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
-from imagekit.errors import ImagekitError
+from imagekit.errors import ImagekitError, NetworkError
 
 ENDPOINT_ENV = "IMAGEKIT_MARKET"
 DEFAULT_ENDPOINT = "http://127.0.0.1:8081"
@@ -30,6 +30,10 @@ class RegistryError(ImagekitError):
     def __init__(self, message: str, *, status: int | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.status = status
+
+
+class RegistryUnreachable(RegistryError, NetworkError):
+    """No answer from the registry: the connection was refused, timed out or broke off."""
 
 
 def endpoint(explicit: str | None = None) -> str:
@@ -70,12 +74,14 @@ class MarketClient:
             response = self._http.request(method, path, headers=headers, **kwargs)
         except httpx.ConnectError as exc:
             reason = "connection refused" if "refused" in str(exc).lower() else str(exc) or "cannot connect"
-            raise RegistryError(
+            raise RegistryUnreachable(
                 f"cannot reach the registry at {self.base}: {reason}",
                 hint="start one with `imagekit market serve`, or pass --endpoint / set IMAGEKIT_MARKET",
             ) from None
         except httpx.TimeoutException:
-            raise RegistryError(f"the registry at {self.base} did not answer in time") from None
+            raise RegistryUnreachable(f"the registry at {self.base} did not answer in time") from None
+        except httpx.TransportError as exc:
+            raise RegistryUnreachable(f"request to {self.base}{path} failed: {exc}") from None
         except httpx.HTTPError as exc:
             raise RegistryError(f"request to {self.base}{path} failed: {exc}") from None
         if response.status_code >= 400:

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from imagekit.atomic import fsync_directory
-from imagekit.errors import InputError, VerificationError
+from imagekit.errors import InputError, NetworkError, VerificationError
 from marketplace.inflate import ALGORITHMS, CHUNK, MAGIC_BYTES, Inflater, ParallelHasher, magic_compression
 from marketplace.metadata import ChecksumAlgorithm, Metadata
 from marketplace.origins import within
@@ -51,8 +51,17 @@ class DownloadFailed(VerificationError):
         self.kept_part = kept_part
 
 
+class DownloadUnreachable(DownloadFailed, NetworkError):
+    """No location gave the image because none could be reached (refused, timed out, dropped):
+    nothing was judged, and the same download may work later."""
+
+
 class _Resumable(Exception):
     """The transfer broke off (network); the ``.part`` file is worth keeping."""
+
+
+class _Unreachable(Exception):
+    """The location could not be reached, or broke off before its first byte (network)."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +230,7 @@ def fetch_image(
     part = work_dir / f"{metadata.identifier}.part"
     pipeline = _Pipeline(part, work_dir / f"{metadata.identifier}.img.tmp", metadata, policy.compressions)
     reasons: list[str] = []
+    unreachable = 0  # how many of the reasons are the network's
     kept = False
     with _client(policy) as client:
         for url in candidate_urls(metadata, policy):
@@ -237,14 +247,19 @@ def fetch_image(
             except _Resumable as exc:
                 pipeline.close()
                 reasons.append(f"{url}: {exc} (partial download kept for resuming)")
-                kept = True
+                kept, unreachable = True, unreachable + 1
+            except _Unreachable as exc:
+                pipeline.discard()
+                reasons.append(f"{url}: {exc}")
+                unreachable += 1
             except VerificationError as err:
                 pipeline.discard()
                 reasons.append(f"{url}: {err.reason if err.rule == 'download' else err}")
             log.info("%s; trying the next location", reasons[-1])
     if not reasons:
         reasons.append("the entry lists no location")
-    raise DownloadFailed(metadata.identifier, tuple(reasons), kept_part=kept and part.exists())
+    failed = DownloadUnreachable if unreachable == len(reasons) else DownloadFailed
+    raise failed(metadata.identifier, tuple(reasons), kept_part=kept and part.exists())
 
 
 @functools.cache
@@ -308,8 +323,10 @@ def _transfer(
             failures += 1
             reason = _describe(exc)
             if failures > policy.retries:
-                if pipeline.served == 0:
+                if pipeline.served == 0 and isinstance(exc, _ServerError):  # it answered, 5xx
                     raise VerificationError(reason, rule="download") from None
+                if pipeline.served == 0:
+                    raise _Unreachable(reason) from None
                 raise _Resumable(f"{reason}, after {failures} attempts") from None
             sleep(backoff * 2 ** (failures - 1))
 

@@ -15,26 +15,20 @@ type in ``Accept``, else XML):
                      (marketplace/appmarket.py)
     GET  /imagelist  the HEPiX image list last exported (marketplace/imagelist.py)
 
-``imagekit market serve`` runs :func:`serve` (uvicorn; ``--workers N`` forks N processes that
-each build the app through :func:`app_from_env`).
+``imagekit market serve`` runs :func:`serve` (``imagekit/asgi.py``: uvicorn; ``--workers N``
+starts N processes that each build the app with :func:`create_app`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import logging
-import multiprocessing
-import os
 import re
-import signal
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from datetime import timedelta
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +41,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from imagekit.asgi import Listener, serve_app
 from imagekit.errors import DataError, ImagekitError, InputError, VerificationError
+from imagekit.httperror import HttpError
 from imagekit.output import to_json
 from marketplace import appmarket, imagelist, web
-from marketplace.config import CONFIG_ENV, IndexBackend, MarketConfig, load_config
+from marketplace.config import IndexBackend, MarketConfig
 from marketplace.index import LocationKind, Page, Query, Row, SortKey, Status
 from marketplace.metadata import parse_metadata
 from marketplace.registry import (
@@ -65,7 +61,6 @@ from marketplace.store import CREATED_RE, EMAIL_RE, EntryKey
 
 log = logging.getLogger(__name__)
 
-DATA_ENV = "IMAGEKIT_MARKET_DATA"
 XML_TYPES = ("application/xml", "application/rdf+xml", "text/xml")
 _XML_DECL = re.compile(rb"^\s*<\?xml[^>]*\?>\s*")
 
@@ -74,13 +69,6 @@ class Media(enum.StrEnum):
     XML = "xml"
     JSON = "json"
     HTML = "html"
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def negotiate(request: Request) -> Media:
@@ -467,106 +455,8 @@ def create_app(config: MarketConfig, *, registry: Registry | None = None) -> Sta
     return app
 
 
-def app_from_env() -> Starlette:
-    """Factory for uvicorn workers: the parent passes the config file and data dir by env."""
-    config_path = os.environ.get(CONFIG_ENV)
-    data = os.environ.get(DATA_ENV)
-    config = load_config(Path(config_path) if config_path else None, data_dir=Path(data) if data else None)
-    return create_app(config)
-
-
-def serve(config: MarketConfig, *, host: str, port: int, workers: int = 1, access_log: bool = False) -> None:
-    import uvicorn
-
-    if config.source is not None:
-        os.environ[CONFIG_ENV] = str(config.source)
-    os.environ[DATA_ENV] = str(config.data_dir)
+def serve(config: MarketConfig, listener: Listener) -> None:
+    """The registry under uvicorn (``imagekit/asgi.py``); each worker opens its own registry."""
     # Open once in the parent so a bad DSN or data dir fails here, with one clear line.
     Registry.open(config).close()
-    options: dict[str, Any] = {
-        "factory": True,
-        "access_log": access_log,
-        "log_level": "info",
-        "server_header": False,
-        "proxy_headers": False,
-    }
-    if workers <= 1:
-        uvicorn.run(APP, host=host, port=port, **options)
-    else:
-        _supervise(host, port, workers, options)
-
-
-APP = "marketplace.server:app_from_env"
-_RESTART_GRACE = 5.0  # a worker that dies sooner than this after starting failed to start
-
-
-def _listen(host: str, port: int, *, shared: bool = True) -> socket.socket:
-    """A socket of its own for each worker, all on one port: with ``SO_REUSEPORT`` the kernel
-    spreads new connections evenly over the workers. (uvicorn's ``--workers`` shares one socket,
-    and whichever worker wakes first accepts a whole burst of keep-alive connections: 30 of 32
-    on one worker, and the other one idle.)"""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if shared:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise DataError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return sock
-
-
-def _worker(host: str, port: int, options: dict[str, Any]) -> None:
-    import uvicorn
-
-    sock = _listen(host, port)
-    uvicorn.Server(uvicorn.Config(APP, **options)).run(sockets=[sock])
-
-
-def _supervise(host: str, port: int, workers: int, options: dict[str, Any]) -> None:
-    """Run ``workers`` uvicorn processes on their own sockets; restart one that dies, stop all on
-    SIGINT/SIGTERM."""
-    context = multiprocessing.get_context("spawn")
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    # An exclusive bind first: a port already served (by another registry, say) is an error,
-    # as with one worker, rather than silently shared. It also resolves port 0.
-    with _listen(host, port, shared=False) as probe:
-        port = int(probe.getsockname()[1])
-    # Bound but not listening: holds the port; connections go to the workers' sockets.
-    with _listen(host, port):
-        log.info("serving on %s:%d with %d workers", host, port, workers)
-
-        def start() -> tuple[BaseProcess, float]:
-            process = context.Process(target=_worker, args=(host, port, options), daemon=False)
-            process.start()
-            return process, time.monotonic()
-
-        running = [start() for _ in range(workers)]
-        failure = None
-        try:
-            while not stop.wait(0.5):
-                for i, (process, started) in enumerate(running):
-                    if process.exitcode is None:
-                        continue
-                    if time.monotonic() - started < _RESTART_GRACE:
-                        failure = f"a server worker exited at start (status {process.exitcode})"
-                        stop.set()
-                        break
-                    log.warning(
-                        "server worker %d exited with %s: restarting it", process.pid, process.exitcode
-                    )
-                    running[i] = start()
-        finally:
-            for process, _ in running:
-                if process.exitcode is None:
-                    process.terminate()
-            for process, _ in running:
-                process.join(30)
-                if process.exitcode is None:
-                    process.kill()
-                    process.join()
-    if failure is not None:
-        raise DataError(failure)
+    serve_app(functools.partial(create_app, config), listener)

@@ -42,7 +42,6 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--memory", type=int, default=1024, metavar="MIB", help="guest memory (default: 1024)"
     )
     parser.add_argument("--serial-log", type=Path, metavar="FILE", help="keep the guest's console here")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=cmd_boot_test)
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cloud.upload_slots import DEFAULT_MAX_UPLOADS, DEFAULT_MAX_UPLOADS_PER_USER, UploadSlots
+from imagekit.asgi import add_listener_options, listener_from_args
 from imagekit.errors import InputError
 from imagekit.locations import state_dir
 from imagekit.log import progress
@@ -57,12 +58,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _listener_options(parser: argparse.ArgumentParser, port: int, why_port: str, hold: str) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=port, help=f"port (default {port}; {why_port})")
-    parser.add_argument(
-        "--certfile", type=Path, metavar="PEM", help="serve HTTPS with this certificate chain"
-    )
-    parser.add_argument("--keyfile", type=Path, metavar="PEM", help="the certificate's private key")
+    add_listener_options(parser, port=port, why_port=why_port)
     parser.add_argument("--hold", action="store_true", help=hold)
     parser.add_argument(
         "--max-upload",
@@ -103,29 +99,16 @@ def upload_limit(text: str) -> int:
     return size
 
 
-def _check_tls(args: argparse.Namespace) -> str:
-    """The URL scheme, after checking --certfile/--keyfile."""
-    if (args.certfile is None) != (args.keyfile is None):
-        raise InputError("--certfile and --keyfile go together")
-    for path in (args.certfile, args.keyfile):
-        if path is not None and not path.is_file():
-            raise InputError("no such file", where=str(path))
-    return "https" if args.certfile else "http"
-
-
 def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **extra: object) -> int:
-    scheme = _check_tls(args)
-    print(f"{title} on {scheme}://{args.host}:{args.port}/", file=sys.stderr)
+    listener = listener_from_args(args)
+    print(f"{title} on {listener.url}", file=sys.stderr)
     if not args.verbose:
         # The steps of every request's `vm create`, interleaved from many at once, say nothing
         # to whoever reads a server's log; -v shows them.
         progress.setLevel(logging.WARNING)
     serve(
         state_dir(args.state),
-        host=args.host,
-        port=args.port,
-        certfile=args.certfile,
-        keyfile=args.keyfile,
+        listener,
         hold=args.hold,
         slots=UploadSlots(total=args.max_uploads, per_user=args.max_uploads_per_user),
         **extra,

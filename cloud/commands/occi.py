@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from imagekit.errors import InputError
+from imagekit.errors import InputError, NetworkError
 
 KINDS = ("compute", "network", "storage")
 TIMEOUT = httpx.Timeout(60.0, write=None)
@@ -63,11 +63,12 @@ def _read(path: Path) -> bytes:
 
 
 def _element(document: bytes, name: str, where: Path) -> str:
-    from cloud.occi.xml import OcciError, parse_document
+    from cloud.occi.xml import parse_document
+    from imagekit.httperror import HttpError
 
     try:
         root = parse_document(document, "COMPUTE" if name == "ID" else "DISK")
-    except OcciError as err:
+    except HttpError as err:
         raise InputError(err.message, where=str(where)) from None
     text = (root.findtext(name) or "").strip()
     if not text:
@@ -114,7 +115,7 @@ def cmd_occi(args: argparse.Namespace) -> int:
         ) as client:
             response = _request(client, args)
     except httpx.HTTPError as err:
-        raise InputError(f"{args.url}: {err}") from None
+        raise NetworkError(f"{args.url}: {err or type(err).__name__}") from None
     if response.status_code >= 400:
         raise InputError(f"{response.status_code}: {response.text.strip()[:300]}")
     if response.content:

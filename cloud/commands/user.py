@@ -35,16 +35,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     create.add_argument("name", metavar="NAME", help="the new user's name")
     create.add_argument("--password-file", type=Path, metavar="FILE", help="read the password from FILE")
     create.add_argument("--admin", action="store_true", help="may see and act on every user's resources")
-    create.add_argument("--json", action="store_true", help="machine-readable output")
     create.set_defaults(func=cmd_create)
 
     listing = sub.add_parser("list", help="list users")
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", help="show a user (never the secrets)")
     show.add_argument("user", metavar="ID|NAME", help="the user")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
 
     passwd = sub.add_parser("passwd", help="change a user's password")
@@ -86,7 +83,6 @@ def _register_quota(parser: argparse.ArgumentParser) -> None:
     set_.set_defaults(func=cmd_quota_set)
     show = sub.add_parser("show", help="limits in force and what the user uses")
     show.add_argument("user", metavar="NAME", help="the user")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_quota_show)
     reset = sub.add_parser("reset", help="back to the site default (DEFAULT_QUOTA in etc/quotas.conf)")
     reset.add_argument("user", metavar="NAME", help="the user")

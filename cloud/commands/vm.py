@@ -65,14 +65,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--one-endpoint", default="", metavar="URL", help="oned's XML-RPC for --core opennebula"
     )
-    create.add_argument("--json", action="store_true", help="machine-readable output")
     create.set_defaults(func=cmd_create)
     listing = sub.add_parser("list", help="list VMs (their state checked against the host)")
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="a VM with its history")
     show.add_argument("vmid", type=int, metavar="ID", help="the VM")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
     shutdown = sub.add_parser("shutdown", help="ACPI power-off, hard after --timeout; ends at done")
     shutdown.add_argument("vmid", type=int, metavar="ID", help="the VM")

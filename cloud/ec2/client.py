@@ -25,7 +25,7 @@ from xml.etree import ElementTree as ET
 import httpx
 
 from cloud.ec2.responses import API_VERSION
-from imagekit.errors import InputError
+from imagekit.errors import InputError, NetworkError
 
 DEFAULT_URL = "http://localhost:4567"
 UPLOAD_TIMEOUT = httpx.Timeout(30.0, write=None, read=600.0)
@@ -67,8 +67,10 @@ def ec2_client(endpoint: Endpoint) -> Any:
 
 @contextlib.contextmanager
 def refusals(endpoint: Endpoint) -> Iterator[None]:
-    """botocore's errors for a request to ``endpoint`` as one ``InputError`` each."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    """botocore's errors for a request to ``endpoint``: the server's refusal or a bad request as
+    an ``InputError``, no answer at all as a ``NetworkError``."""
+    from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as NoConnection
 
     try:
         yield
@@ -77,6 +79,8 @@ def refusals(endpoint: Endpoint) -> Iterator[None]:
         raise InputError(
             f"{error.get('Code', 'Error')}: {error.get('Message', '')}", where=endpoint.url
         ) from None
+    except (NoConnection, HTTPClientError) as err:
+        raise NetworkError(f"{endpoint.url}: {err}") from None
     except BotoCoreError as err:
         raise InputError(str(err), where=endpoint.url) from None
 
@@ -118,7 +122,7 @@ def upload_image(endpoint: Endpoint, image: Path) -> str:
     except FileNotFoundError:
         raise InputError("no such file", where=str(image)) from None
     except httpx.HTTPError as err:
-        raise InputError(f"upload failed: {err}", where=endpoint.url) from None
+        raise NetworkError(f"{endpoint.url}: upload failed: {err or type(err).__name__}") from None
     return _image_id(endpoint, response)
 
 

@@ -38,7 +38,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cloud.asgi import run_app
 from cloud.ec2.answers import Answers, answer_key
 from cloud.ec2.auth import DEFAULT_SKEW, QueryRequest, verify
 from cloud.ec2.core import CoreBackend
@@ -60,6 +59,7 @@ from cloud.upload import (
 )
 from cloud.upload_slots import UploadsBusy, UploadSlots
 from cloud.users import User, UserStore
+from imagekit.asgi import Listener, serve_app
 from imagekit.errors import DataError, InputError, VerificationError
 from imagekit.state import State
 
@@ -317,31 +317,26 @@ def create_app(state: State, region: Region, **options: Any) -> Starlette:
 
 def serve(
     state_root: Path,
+    listener: Listener,
     *,
-    host: str,
-    port: int,
     region: str,
-    certfile: Path | None = None,
-    keyfile: Path | None = None,
     hold: bool = False,
     max_upload: int = DEFAULT_MAX_UPLOAD,
     slots: UploadSlots | None = None,
     allow_unhashed_uploads: bool = False,
     site_images: tuple[Path, ...] = (),
 ) -> None:
-    scheme = "https" if certfile else "http"
-    endpoint = f"{scheme}://{host}:{port}/"
     state = State.open(state_root)
     if removed := remove_partial_uploads(state.root / "ec2" / "uploads"):
         log.warning("removed %d partial uploads a previous run left", removed)
     compute = CoreBackend(state, hold=hold)
     app = create_app(
         state,
-        Region(region, endpoint),
+        Region(region, listener.url),
         compute=compute,
         max_upload=max_upload,
         slots=slots,
         allow_unhashed_uploads=allow_unhashed_uploads,
         sources=site_sources(image_dirs=site_images),
     )
-    run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)
+    serve_app(lambda: app, listener)

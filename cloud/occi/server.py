@@ -27,12 +27,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cloud.asgi import run_app
 from cloud.occi.service import OcciService
 from cloud.occi.xml import (
     MAX_XML,
-    OcciError,
-    bad_request,
     compute_xml,
     network_xml,
     parse_compute,
@@ -56,7 +53,9 @@ from cloud.upload import (
 )
 from cloud.upload_slots import UploadsBusy, UploadSlots
 from cloud.users import User, UserStore
+from imagekit.asgi import Listener, serve_app
 from imagekit.errors import DataError, InputError, VerificationError
+from imagekit.httperror import HttpError, bad_request
 from imagekit.state import State
 
 log = logging.getLogger(__name__)
@@ -76,20 +75,20 @@ async def _body(request: Request, limit: int) -> bytes:
 def _credentials(request: Request) -> tuple[str, str]:
     scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "basic":
-        raise OcciError(401, "HTTP Basic credentials are required")
+        raise HttpError(401, "HTTP Basic credentials are required")
     try:
         name, sep, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
     except (binascii.Error, UnicodeDecodeError):
-        raise OcciError(401, "malformed HTTP Basic credentials") from None
+        raise HttpError(401, "malformed HTTP Basic credentials") from None
     if not sep:
-        raise OcciError(401, "malformed HTTP Basic credentials")
+        raise HttpError(401, "malformed HTTP Basic credentials")
     return name, password
 
 
-def _refusal(err: OcciError | InputError | DataError | VerificationError) -> tuple[int, str]:
+def _refusal(err: HttpError | InputError | DataError | VerificationError) -> tuple[int, str]:
     """The status and message of a refused request: its own, 413 for a body over its limit,
     else 400."""
-    if isinstance(err, OcciError):
+    if isinstance(err, HttpError):
         return err.status, err.message
     if isinstance(err, QuotaExceeded):  # the user may not have more: 403, as oned's quota refusals
         return 403, str(err)
@@ -101,7 +100,7 @@ def _refusal(err: OcciError | InputError | DataError | VerificationError) -> tup
 def _id(request: Request) -> int:
     text = str(request.path_params["id"])
     if not text.isdigit() or len(text) > 18:
-        raise OcciError(404, f"{request.url.path} not found")
+        raise HttpError(404, f"{request.url.path} not found")
     return int(text)
 
 
@@ -130,12 +129,12 @@ class OcciApp:
                 name, password = _credentials(request)
                 user = await run_in_threadpool(self.users.authenticate, name, password)
                 if user is None:
-                    raise OcciError(401, "wrong user name or password")
+                    raise HttpError(401, "wrong user name or password")
                 return await handler(request, user)
             except ClientDisconnect:
                 log.info("%s %s: the client went away", request.method, request.url.path)
                 return Response("the request ended before its body did\n", 400, media_type="text/plain")
-            except (OcciError, InputError, DataError, VerificationError) as err:
+            except (HttpError, InputError, DataError, VerificationError) as err:
                 # Refusals, whatever raised them: 4xx, the message without this host's paths.
                 status, message = _refusal(err)
                 log.info("%s %s: %d %s", request.method, request.url.path, status, err)
@@ -209,7 +208,7 @@ class OcciApp:
                 return await self._store(request, user)
         except UploadsBusy as err:
             # 429 when the user's own uploads fill their share, 503 when the server's are full.
-            raise OcciError(429 if err.per_user else 503, str(err)) from None
+            raise HttpError(429 if err.per_user else 503, str(err)) from None
 
     async def _store(self, request: Request, user: User) -> Response:
         occixml: str | None = None
@@ -275,11 +274,8 @@ def create_app(state: State, **options: Any) -> Starlette:
 
 def serve(
     state_root: Path,
+    listener: Listener,
     *,
-    host: str,
-    port: int,
-    certfile: Path | None = None,
-    keyfile: Path | None = None,
     hold: bool = False,
     max_upload: int = DEFAULT_MAX_UPLOAD,
     slots: UploadSlots | None = None,
@@ -288,4 +284,4 @@ def serve(
     if removed := remove_partial_uploads(state.root / "occi" / "uploads"):
         log.warning("removed %d partial uploads a previous run left", removed)
     app = create_app(state, hold=hold, max_upload=max_upload, slots=slots)
-    run_app(app, host=host, port=port, certfile=certfile, keyfile=keyfile)
+    serve_app(lambda: app, listener)

@@ -30,10 +30,8 @@ from cloud.occi.xml import (
     ComputeView,
     DiskRef,
     NetworkRequest,
-    OcciError,
     StorageRequest,
     assign_devices,
-    bad_request,
 )
 from cloud.quotas import Quotas
 from cloud.standalone import make_standalone
@@ -53,6 +51,7 @@ from context.settings import load_settings
 from context.template import parse_template, serialise
 from imagekit.atomic import write_atomically
 from imagekit.errors import InputError
+from imagekit.httperror import HttpError, bad_request
 from imagekit.state import State
 
 # The core's states as 1.4's VM_STATE names (LCM states are all ACTIVE).
@@ -73,8 +72,8 @@ _VERBS = {
 }
 
 
-def not_found(kind: str, number: int) -> OcciError:
-    return OcciError(404, f"{kind} {number} not found")
+def not_found(kind: str, number: int) -> HttpError:
+    return HttpError(404, f"{kind} {number} not found")
 
 
 @dataclass(frozen=True)
@@ -198,7 +197,7 @@ class OcciService:
     def delete_network(self, user: User, number: int) -> None:
         if number not in self._network_owners() and not user.admin:
             self.network(user, number)
-            raise OcciError(403, f"NETWORK {number} belongs to the site: only an administrator deletes it")
+            raise HttpError(403, f"NETWORK {number} belongs to the site: only an administrator deletes it")
         self.networks.delete(self.network(user, number).id or 0)
         with self.state.transaction() as db:
             db.execute("DELETE FROM occi_networks WHERE id = ?", (number,))
@@ -284,13 +283,13 @@ class OcciService:
         """A STORAGE a COMPUTE names: one the user cannot see is 400, as post_compute's."""
         try:
             return self.storage(user, number)
-        except OcciError:
+        except HttpError:
             raise bad_request(f"Invalid image ({number}) referred") from None
 
     def _referred_network(self, user: User, number: int) -> VirtualNetwork:
         try:
             return self.network(user, number)
-        except OcciError:
+        except HttpError:
             raise bad_request(f"Invalid network ({number}) referred") from None
 
     def change_state(self, user: User, number: int, wanted: str) -> ComputeView:

@@ -8,7 +8,7 @@ The shapes are OpenNebula 1.4's ``src/cloud/occi/lib`` (``VirtualMachineOCCI.rb`
 storage id (``DISK image=``), its NICs by network id (``NIC network=``); pools list entities
 as ``href`` attributes. Every body goes through the hardened parser (``marketplace.xmlsafe``:
 no DOCTYPE, no entities, no network, bounded size); anything missing or malformed is an
-:class:`OcciError` 400 naming the element.
+:class:`~imagekit.httperror.HttpError` 400 naming the element.
 """
 
 from __future__ import annotations
@@ -21,23 +21,11 @@ from lxml import etree
 
 from cloud.model import FILESYSTEM_MAKERS
 from imagekit.errors import DataError, VerificationError
+from imagekit.httperror import bad_request
 from marketplace import xmlsafe
 
 MAX_XML = 64 * 1024  # an OCCI document is a handful of elements
 FS_FORMAT = "ext3"  # occi-server.conf's FS_FORMAT default
-
-
-class OcciError(Exception):
-    """An answer other than success: the HTTP status and a one-line text body (as 1.4's)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def bad_request(message: str) -> OcciError:
-    return OcciError(400, message)
 
 
 @dataclass(frozen=True)

@@ -28,15 +28,18 @@ from imagekit.state import State
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="context_command", metavar="COMMAND")
 
-    p = sub.add_parser("parse", help="parse a template; print it back normalised (or as JSON)")
+    p = sub.add_parser(
+        "parse", help="parse a template; print it back normalised (--json: attributes with line numbers)"
+    )
     p.add_argument("template", type=Path, metavar="TEMPLATE", help="an OpenNebula template")
-    p.add_argument("--json", action="store_true", help="attributes as JSON, with line numbers")
     p.set_defaults(func=cmd_parse)
 
-    p = sub.add_parser("render", help="resolve a VM template for a new VM and write context.sh")
+    p = sub.add_parser(
+        "render",
+        help="resolve a VM template for a new VM and write context.sh (--json: the resolved context)",
+    )
     _vm_arguments(p)
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here (default: stdout)")
-    p.add_argument("--json", action="store_true", help="print the resolved context as JSON instead")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("iso", help="resolve a VM template and build its context ISO")
@@ -52,11 +55,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("release", help="delete a kept VM: free its leases and forget its context")
     p.add_argument("vmid", type=int, metavar="VMID", help="a VM kept with --keep")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_release)
 
     p = sub.add_parser("list", help="VMs kept with --keep (holding leases)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 
 

@@ -31,12 +31,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     create.set_defaults(func=cmd_create)
 
     listing = sub.add_parser("list", help="list networks with the number of leases in use")
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", help="show a network and its leases")
     show.add_argument("network", metavar="ID|NAME", help="the network")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
 
     delete = sub.add_parser("delete", help="delete a network (refused while leases are in use)")

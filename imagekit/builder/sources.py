@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from imagekit.errors import InputError
+from imagekit.errors import InputError, NetworkError
 from imagekit.recipe.model import ContentSource
 
 FETCH_TIMEOUT = 30.0
@@ -44,6 +44,10 @@ def fetch(url: str, *, what: str, timeout: float = FETCH_TIMEOUT) -> bytes:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             data: bytes = response.read()
             return data
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except urllib.error.HTTPError as exc:  # it answered: the recipe names a URL that is not there
+        raise InputError(f"{what}: cannot fetch {url}: {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise InputError(f"{what}: cannot fetch {url}: {reason}") from None
+        raise NetworkError(f"{what}: cannot fetch {url}: {reason}") from None
+    except ValueError as exc:
+        raise InputError(f"{what}: cannot fetch {url}: {exc}") from None

@@ -65,7 +65,6 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="build a second time in a separate tree, without the package cache, and compare",
     )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=cmd_build)
 
 

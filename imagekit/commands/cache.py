@@ -18,12 +18,10 @@ from imagekit.state import State
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
     listing = sub.add_parser("list", help="cached package stages, most recently used first")
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_list)
     gc = sub.add_parser("gc", help="remove cached package stages")
     gc.add_argument("--keep", type=int, metavar="N", help="keep the N most recently used")
     gc.add_argument("--older-than", type=float, metavar="DAYS", help="remove those unused for DAYS days")
-    gc.add_argument("--json", action="store_true", help="machine-readable output")
     gc.set_defaults(func=cmd_gc)
 
 

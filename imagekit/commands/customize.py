@@ -20,7 +20,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-agent", action="store_true", help="do not install the context agent")
     parser.add_argument("--hostname", default="", metavar="NAME", help="write /etc/hostname")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=cmd_customize)
 
 

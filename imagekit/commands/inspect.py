@@ -15,7 +15,6 @@ from imagekit.output import print_json
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, metavar="IMAGE", help="disk image (raw, qcow2, vmdk, vdi, vhd)")
-    parser.add_argument("--json", action="store_true", help="print everything as JSON")
     parser.add_argument("--packages", action="store_true", help="list every package (not only the count)")
     parser.set_defaults(func=cmd_inspect)
 

@@ -28,9 +28,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     validate = sub.add_parser("validate", help="check recipes; one line per error or warning")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE", help="recipes (.appl, .tdl)")
     validate.set_defaults(func=cmd_validate)
-    show = sub.add_parser("show", help="print the recipe as imagekit understands it")
+    show = sub.add_parser(
+        "show", help="print the recipe as imagekit understands it (--json: normalised, stable key order)"
+    )
     show.add_argument("file", type=Path, metavar="FILE", help="a recipe (.appl, .tdl)")
-    show.add_argument("--json", action="store_true", help="the normalised recipe (stable key order)")
     show.set_defaults(func=cmd_show)
     convert = sub.add_parser("convert", help="write the recipe as .appl or .tdl")
     convert.add_argument("file", type=Path, metavar="FILE", help="the recipe to convert")

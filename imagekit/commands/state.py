@@ -19,7 +19,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     check = sub.add_parser(
         "check", help="report the schema version and run SQLite's integrity check (changes nothing)"
     )
-    check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(func=cmd_check)
 
 

@@ -24,7 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--into", type=Path, metavar="DIR", help="images and unsigned entries (default STATE/imported)"
     )
     cmd.add_argument("--ca-bundle", type=Path, metavar="FILE", help="extra CA certificates for https")
-    cmd.add_argument("--json", action="store_true", help="machine-readable output")
     cmd.set_defaults(func=_import)
 
 

@@ -45,14 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sub_cmd.add_argument(
         "--trust", type=Path, required=True, metavar="FILE", help="CA certificates the signer must chain to"
     )
-    sub_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     sub_cmd.set_defaults(func=_subscribe)
     sync_cmd = commands.add_parser("sync", help="read every subscribed list again; report the changes")
-    sync_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     sync_cmd.set_defaults(func=_sync)
     images = commands.add_parser("images", help="subscribed images, judged by the site policy")
     images.add_argument("--policy", type=Path, metavar="FILE", help="policy file (default etc/policy.cfg)")
-    images.add_argument("--json", action="store_true", help="machine-readable output")
     images.set_defaults(func=_images)
 
 

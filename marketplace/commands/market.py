@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from imagekit.asgi import add_listener_options, listener_from_args
 from imagekit.errors import InputError
 from imagekit.output import print_json
 from marketplace.certs import certificate_emails
@@ -48,18 +49,13 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     serve = sub.add_parser("serve", help="run the registry server (uvicorn)")
     _local_options(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8081, help="port (default 8081)")
-    serve.add_argument(
-        "--workers", type=int, default=1, help="worker processes (use PostgreSQL for many hosts)"
-    )
+    add_listener_options(serve, port=8081, workers="worker processes (use PostgreSQL for many hosts)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(func=_serve)
 
     upload = sub.add_parser("upload", help="upload signed entries to the registry")
     upload.add_argument("files", nargs="+", type=Path, metavar="FILE", help="signed entries")
     _endpoint_option(upload)
-    upload.add_argument("--json", action="store_true", help="machine-readable output")
     upload.set_defaults(func=_upload)
 
     listing = sub.add_parser("list", help="list current entries (filters as in GET /metadata)")
@@ -87,7 +83,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--asc", action="store_true", help="ascending order (default: descending)")
     listing.add_argument("--limit", type=int, default=50, help="at most this many entries (default 50)")
     listing.add_argument("--offset", type=int, default=0, help="skip this many first (default 0)")
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_list)
 
     get = sub.add_parser("get", help="show an image's current entries, or one entry")
@@ -98,7 +93,6 @@ def register(parser: argparse.ArgumentParser) -> None:
                      help="only this status (default: every current entry, with its status)")  # fmt: skip
     _endpoint_option(get)
     form = get.add_mutually_exclusive_group()
-    form.add_argument("--json", action="store_true", help="machine-readable output")
     form.add_argument("--xml", action="store_true", help="the signed XML (a <metadata> list for several)")
     get.set_defaults(func=_get)
 
@@ -115,7 +109,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     endorsers = sub.add_parser("endorsers", help="list the registry's endorsers")
     _endpoint_option(endorsers)
-    endorsers.add_argument("--json", action="store_true", help="machine-readable output")
     endorsers.set_defaults(func=_endorsers)
 
     reindex = sub.add_parser("reindex", help="rebuild the index from the stored files")
@@ -124,14 +117,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     audit = sub.add_parser("audit", help="check the audit log against the stored files")
     _local_options(audit)
-    audit.add_argument("--json", action="store_true", help="machine-readable output")
     audit.set_defaults(func=_audit)
 
     pending = sub.add_parser("pending", help="uploads waiting for an administrator")
     pending_sub = pending.add_subparsers(dest="pending_command", metavar="ACTION")
     plist = pending_sub.add_parser("list", help="show waiting uploads")
     _local_options(plist)
-    plist.add_argument("--json", action="store_true", help="machine-readable output")
     plist.set_defaults(func=_pending_list)
     for action, help_text in (
         ("accept", "verify again and publish"),
@@ -176,14 +167,11 @@ def _serve(args: argparse.Namespace) -> int:
     from marketplace.server import serve
 
     config = load_config(args.config, data_dir=args.data, state=args.state)
-    if args.workers < 1:
-        raise InputError(f"--workers: expected at least 1, got {args.workers}")
+    listener = listener_from_args(args, log_level="info", access_log=args.access_log)
     print(
-        f"registry on http://{args.host}:{args.port}/ "
-        f"(data {config.data_dir}, index {config.index_backend})",
-        file=sys.stderr,
+        f"registry on {listener.url} (data {config.data_dir}, index {config.index_backend})", file=sys.stderr
     )
-    serve(config, host=args.host, port=args.port, workers=args.workers, access_log=args.access_log)
+    serve(config, listener)
     return 0
 
 

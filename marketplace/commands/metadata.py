@@ -120,12 +120,10 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                              "(default 2016-01-01)")  # fmt: skip
     verify.add_argument("--config", type=Path, metavar="FILE",
                         help="marketplace.conf with [uploads] email_bindings for --trust")  # fmt: skip
-    verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(func=_verify)
 
     show = commands.add_parser("show", help="print an entry (unverified)")
     show.add_argument("file", type=Path, help="an entry, signed or not (not verified)")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
     show.add_argument(
         "--format",
         choices=("text", "turtle", "jsonld", "rdfxml"),

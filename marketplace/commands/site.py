@@ -46,7 +46,6 @@ def register_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         ("gc", "remove unused images (never one a VM holds)", _cache_gc),
     ):
         cmd = cache_sub.add_parser(name, help=help_text)
-        cmd.add_argument("--json", action="store_true", help="machine-readable output")
         cmd.set_defaults(func=func)
         if name == "gc":
             cmd.add_argument(
@@ -61,7 +60,6 @@ def _reference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", metavar="ID|TAG|URL", help="identifier, tag, or marketplace entry URL")
     parser.add_argument("--policy", type=Path, metavar="FILE", help="policy file (default etc/policy.cfg)")
     parser.add_argument("--endpoint", metavar="URL", help="registry URL (default $IMAGEKIT_MARKET or local)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _state(args: argparse.Namespace) -> State:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from imagekit import locations
-from imagekit.errors import DataError, InputError
+from imagekit.errors import DataError, InputError, NetworkError
 from imagekit.output import print_json
 from imagekit.recipe.model import OutputFormat
 from imagekit.state import State
@@ -52,7 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd.add_argument("-o", "--output", type=Path, metavar="DIR", help="keep the rebuilt image here")
     cmd.add_argument("--workdir", type=Path, metavar="DIR", help="where to build")
     cmd.add_argument("--endpoint", metavar="URL", help="registry URL (default $IMAGEKIT_MARKET or local)")
-    cmd.add_argument("--json", action="store_true", help="machine-readable output")
     cmd.set_defaults(func=cmd_verify_build)
 
 
@@ -149,7 +148,9 @@ def fetch(location: str, base: str | Path) -> bytes:
         try:
             response = httpx.get(location, timeout=30.0, follow_redirects=True)
             response.raise_for_status()
-        except httpx.HTTPError as exc:
+        except httpx.TransportError as exc:
+            raise NetworkError(f"cannot fetch the SBOM {location}: {exc}") from None
+        except httpx.HTTPError as exc:  # it answered: no such SBOM there
             raise InputError(f"cannot fetch the SBOM {location}: {exc}") from None
         return response.content
     path = Path(location.removeprefix("file://"))

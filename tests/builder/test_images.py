@@ -17,7 +17,7 @@ import pytest
 
 from imagekit.builder import BuildOptions, build_image
 from imagekit.builder.bootloader import SYSLINUX_GPTMBR, SYSLINUX_MBR
-from imagekit.errors import CommandError, InputError
+from imagekit.errors import CommandError, NetworkError
 from imagekit.recipe import load_recipe
 from imagekit.recipe.model import Command, ContentSource, File
 from imagekit.recipe.normalise import recipe_hash
@@ -167,7 +167,7 @@ def test_cloud_manifest_outputs_and_checksums(cloud_image: BuiltImage, cloud: Op
     [
         ({"post_commands": (Command("boom", ContentSource.RAW, "echo oops >&2; exit 3"),)}, CommandError,
          "command 'boom': chroot exited with status 3: oops"),
-        ({"files": (File("/etc/x", ContentSource.URL, "http://127.0.0.1:9/x"),)}, InputError,
+        ({"files": (File("/etc/x", ContentSource.URL, "http://127.0.0.1:9/x"),)}, NetworkError,
          "file /etc/x: cannot fetch http://127.0.0.1:9/x"),
     ],
 )  # fmt: skip

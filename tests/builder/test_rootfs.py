@@ -8,7 +8,7 @@ import pytest
 
 from imagekit.builder import rootfs
 from imagekit.builder.sources import content_bytes
-from imagekit.errors import InputError
+from imagekit.errors import InputError, NetworkError
 from imagekit.recipe.model import (
     Command,
     ContentSource,
@@ -151,8 +151,9 @@ def _closed_port() -> int:
 
 
 def test_unfetchable_url_is_an_error_naming_it() -> None:
+    """A refused connection is the network's fault, not the recipe's (issue 22, point 6)."""
     url = f"http://127.0.0.1:{_closed_port()}/motd"
-    with pytest.raises(InputError, match=f"file /etc/motd: cannot fetch {url}"):
+    with pytest.raises(NetworkError, match=f"file /etc/motd: cannot fetch {url}: .*Connection refused"):
         content_bytes(ContentSource.URL, url, what="file /etc/motd", timeout=5)
 
 

@@ -16,10 +16,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from cloud.occi.server import create_app
-from cloud.occi.xml import DiskRef, OcciError, assign_devices, parse_compute
+from cloud.occi.xml import DiskRef, assign_devices, parse_compute
 from cloud.store import VmStore
 from cloud.users import UserStore
 from context.template import parse_template
+from imagekit.httperror import HttpError
 from imagekit.state import State
 
 
@@ -33,7 +34,7 @@ def test_assign_devices_skips_the_named_ones() -> None:
     assert [d.dev for d in assign_devices(disks, "hd")] == ["hdb", "hda", "hdd", "hdc"]
     assert [d.dev for d in assign_devices(disks, "sd")] == ["sda", "hda", "sdb", "hdc"]
     named = tuple(DiskRef("disk", f"hd{c}", storage=1) for c in "abcdefghijklmnopqrstuvwxyz")
-    with pytest.raises(OcciError) as err:
+    with pytest.raises(HttpError) as err:
         assign_devices((*named, DiskRef("disk", "", storage=1)), "hd")
     assert err.value.status == 400
 

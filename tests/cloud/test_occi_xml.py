@@ -15,11 +15,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from cloud.occi.server import create_app
-from cloud.occi.xml import DiskRef, NicRef, OcciError, parse_compute, parse_state
+from cloud.occi.xml import DiskRef, NicRef, parse_compute, parse_state
 from cloud.users import UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
 from context.template import parse_template
+from imagekit.httperror import HttpError
 from imagekit.state import State
 
 
@@ -56,7 +57,7 @@ def _compute(inner: str) -> bytes:
     ],
 )
 def test_bad_compute_requests_name_the_element(body: bytes, message: str) -> None:
-    with pytest.raises(OcciError) as err:
+    with pytest.raises(HttpError) as err:
         parse_compute(body)
     assert err.value.status == 400 and message in err.value.message
 

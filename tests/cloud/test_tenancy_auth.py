@@ -230,7 +230,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def test_the_bounds_and_the_hash_setting_are_serve_options(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
-    monkeypatch.setattr("cloud.ec2.server.serve", lambda state, **kw: seen.update(kw))
+    monkeypatch.setattr("cloud.ec2.server.serve", lambda state, listener, **kw: seen.update(kw))
     args = _parse(["serve", "ec2", "--max-uploads", "5", "--max-uploads-per-user", "3"])
     args.state, args.verbose = None, True
     args.func(args)
