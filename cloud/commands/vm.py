@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud import lifecycle
+from cloud.cores import CoreKind
 from cloud.model import VmState
 from cloud.store import VmRecord, VmStore
 from imagekit.locations import state_dir
@@ -58,8 +59,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--policy", type=Path, metavar="FILE", help="site policy (default: etc/policy.cfg)")
     create.add_argument(
         "--core",
-        choices=["qemu", "libvirt", "opennebula"],
-        default="qemu",
+        type=CoreKind,
+        choices=list(CoreKind),
+        default=CoreKind.EMBEDDED,
         help="where it runs (default: qemu)",
     )
     create.add_argument(
@@ -109,7 +111,7 @@ def _summary(record: VmRecord) -> dict[str, Any]:
         "name": record.name,
         "owner": record.owner,
         "state": record.state.value,
-        "core": record.core,
+        "core": record.core.value,
         "step": record.step,
         "reason": record.reason,
         "pid": record.pid,

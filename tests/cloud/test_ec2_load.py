@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from cloud.cores import CoreKind
 from cloud.store import VmStore
 from cloud.users import CreatedUser, UserStore
 from imagekit.state import State
@@ -28,7 +29,12 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Crea
     store = VmStore(state)
     for vmid in range(INSTANCES):
         store.insert(
-            vmid, name=f"vm-{vmid}", owner="alice", core="qemu", template="-", directory=root / str(vmid)
+            vmid,
+            name=f"vm-{vmid}",
+            owner="alice",
+            core=CoreKind.EMBEDDED,
+            template="-",
+            directory=root / str(vmid),
         )
     with ec2_server(state.root) as url:
         yield url, alice

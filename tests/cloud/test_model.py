@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud.cores import CoreKind
 from cloud.model import DiskKind, VmState, parse_vm_template
 from cloud.store import VmStore
 from context.template import parse_template
@@ -79,7 +80,9 @@ def test_invalid_templates_are_located(text: str, message: str) -> None:
 
 def _store(tmp_path: Path) -> VmStore:
     store = VmStore(State.open(tmp_path / "state"))
-    store.insert(4, name="web", owner="alice", core="qemu", template="web.one", directory=tmp_path / "4")
+    store.insert(
+        4, name="web", owner="alice", core=CoreKind.EMBEDDED, template="web.one", directory=tmp_path / "4"
+    )
     return store
 
 
