@@ -248,8 +248,8 @@ def prolog(
         "save": [str(disks[i]) for i, b in enumerate(bases[: len(disks)]) if b.disk.save],
         "nics": [{"mac": n.mac, "segment": n.segment} for n in spec.nics],
         "raw_ignored": [raw.type for raw in vm.raw if raw.type not in ("kvm", "qemu")],
-        "requirements": vm.requirements,
-        "rank": vm.rank,
+        "requirements": vm.requirements.text,
+        "rank": vm.rank.text,
     }
 
 

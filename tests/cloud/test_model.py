@@ -44,7 +44,7 @@ def test_a_full_template() -> None:
     assert vm.nics[1].network_id == 3 and vm.nics[1].mac == "02:00:0a:00:00:09"
     assert vm.graphics is not None and vm.graphics.port == 5905
     assert vm.raw[0].type == "kvm" and vm.raw[0].data == "-rtc base=utc"
-    assert (vm.requirements, vm.rank) == ("FREECPU > 50", "FREEMEMORY")
+    assert (vm.requirements.text, vm.rank.text) == ("FREECPU > 50", "FREEMEMORY")
 
 
 @pytest.mark.parametrize(
