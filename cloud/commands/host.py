@@ -4,6 +4,8 @@ imagekit host create node1 --im kvm --vmm kvm --tm ssh [--address alice@10.0.0.2
 imagekit host list [--json]            # HID NAME RVM TCPU FCPU ACPU TMEM FMEM STAT
 imagekit host show node1 [--json]      # by name or HID; with the monitored attributes
 imagekit host delete|enable|disable node1 [--json]
+imagekit host monitor [localhost] [--json]   # probe now (HOSTNAME, ARCH, CPU, memory, HYPERVISOR…)
+imagekit host top [--delay 5] [--count N]    # probe and list, again and again
 
 ``localhost`` (HID 0) is built in: with no other host, VMs run there as they always have.
 """
@@ -14,7 +16,7 @@ import argparse
 import time
 from typing import Any
 
-from cloud.hosts import Host, HostShare, HostStore, host_spec
+from cloud.hosts import LOCALHOST, Host, HostShare, HostStore, host_spec
 from imagekit.locations import state_dir
 from imagekit.output import print_json
 from imagekit.state import State
@@ -37,6 +39,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     listing = sub.add_parser("list", help="the hosts with their capacity (onehost list's columns)")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_list)
+    monitor = sub.add_parser("monitor", help="probe a host now and record what it reports")
+    monitor.add_argument("host", nargs="?", default=LOCALHOST, metavar="HOST", help="default: localhost")
+    monitor.add_argument("--json", action="store_true", help="machine-readable output")
+    monitor.set_defaults(func=cmd_monitor)
+    top = sub.add_parser("top", help="probe the hosts and list them every --delay seconds")
+    top.add_argument("--delay", type=float, default=5.0, metavar="SECONDS", help="default: 5")
+    top.add_argument(
+        "--count", type=int, default=0, metavar="N", help="stop after N rounds (default: never)"
+    )
+    top.set_defaults(func=cmd_top)
     for name, help_text, func in (
         ("show", "a host with its monitored attributes", cmd_show),
         ("delete", "remove a host that runs no VM (localhost cannot be removed)", cmd_delete),
@@ -160,3 +172,35 @@ def cmd_enable(args: argparse.Namespace) -> int:
 
 def cmd_disable(args: argparse.Namespace) -> int:
     return _changed(args, _store(args).set_enabled(args.host, False), "disabled")
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from cloud.monitoring import monitor
+
+    state = State.open(state_dir(args.state))
+    host = monitor(state, args.host)
+    if args.json:
+        print_json(
+            {**summary(host, HostStore(state).shares()[host.hid]), "monitoring": dict(host.monitoring)}
+        )
+    else:
+        print(f"host {host.hid} ({host.name}): {host.state.value}{f' ({host.error})' if host.error else ''}")
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """onehost top: the probes that can run now (localhost), then the list, until --count."""
+    from cloud.monitoring import monitor
+
+    state = State.open(state_dir(args.state))
+    rounds = 0
+    while True:
+        monitor(state, LOCALHOST)
+        store = HostStore(state)
+        hosts, shares = store.list(), store.shares()
+        print_table([COLUMNS, *(row(h, shares[h.hid]) for h in hosts)])
+        rounds += 1
+        if args.count and rounds >= args.count:
+            return 0
+        time.sleep(args.delay)
+        print()
