@@ -338,20 +338,25 @@ class HostStore:
         return {h.hid: share(h, held.get(h.hid, Allocation())) for h in hosts}
 
 
+# The states in which a VM occupies its host, as 1.4 added and removed its capacity: not before
+# it is placed (pending, hold), not once stopped (its state saved away) or ended.
+_NOT_ON_A_HOST = (VmState.PENDING, VmState.HOLD, VmState.STOPPED, VmState.DONE, VmState.FAILED)
+
+
 def allocations(db: sqlite3.Connection) -> dict[int, Allocation]:
     """What the VMs hold, per host. No VM is placed on a host yet: every VM of a local core
-    that may hold a process or files counts on localhost."""
-    holding = [s.value for s in VmState if s not in (VmState.DONE, VmState.FAILED)]
+    that occupies a host counts on localhost."""
+    holding = [s.value for s in VmState if s not in _NOT_ON_A_HOST]
     local = [k.value for k in CoreKind if not k.remote]
     rows = db.execute(
-        f"SELECT state, info FROM cloud_vms WHERE state IN ({', '.join('?' * len(holding))})"
+        f"SELECT info FROM cloud_vms WHERE state IN ({', '.join('?' * len(holding))})"
         f" AND core IN ({', '.join('?' * len(local))})",
         (*holding, *local),
     ).fetchall()
     count = cpu = memory = 0
     for row in rows:
         info: dict[str, Any] = json.loads(row["info"])
-        count += VmState(row["state"]).has_process
+        count += 1
         cpu += round(float(info.get("cpu", 0) or 0) * 100)
         memory += int(info.get("memory_mib", 0) or 0) * 1024
     return {LOCALHOST_ID: Allocation(count, cpu, memory)}

@@ -148,7 +148,9 @@ def test_localhost_counts_the_local_vms_and_what_they_were_given(state: State, t
     )
     for vmid, vm_state, core in (
         (1, VmState.RUNNING, CoreKind.EMBEDDED),
-        (2, VmState.HOLD, CoreKind.LIBVIRT),
+        (2, VmState.SUSPENDED, CoreKind.LIBVIRT),  # keeps its place
+        (5, VmState.HOLD, CoreKind.EMBEDDED),  # not placed yet
+        (6, VmState.STOPPED, CoreKind.EMBEDDED),  # its state saved away
         (3, VmState.DONE, CoreKind.EMBEDDED),
         (4, VmState.RUNNING, CoreKind.OPENNEBULA),  # runs on another cloud
     ):
@@ -163,7 +165,7 @@ def test_localhost_counts_the_local_vms_and_what_they_were_given(state: State, t
         )
         vms.transition(vmid, vm_state)
     local = store.shares()[LOCALHOST_ID]
-    assert (local.running_vms, local.cpu_usage, local.available_cpu) == (1, 100, 300)
+    assert (local.running_vms, local.cpu_usage, local.available_cpu) == (2, 100, 300)
     assert (local.max_mem, local.free_mem, local.mem_usage) == (8388608, 4194304, 2 * 128 * 1024)
     with pytest.raises(InputError, match="built in"):
         store.delete("localhost")
@@ -223,4 +225,4 @@ def test_with_no_host_created_a_vm_still_deploys_as_before(blank_lab: BlankLab) 
     held = create_vm(CreateRequest(blank_lab.template, hold=True), state=lab_state)
     assert held.state is VmState.HOLD
     assert [h.name for h in HostStore(lab_state).list()] == ["localhost"]
-    assert HostStore(lab_state).shares()[LOCALHOST_ID].cpu_usage > 0
+    assert HostStore(lab_state).shares()[LOCALHOST_ID].cpu_usage == 0  # held: not on a host yet
