@@ -12,7 +12,7 @@ host, everything runs there, as before hosts existed.
 The capacity columns of ``onehost list`` come from the last probe and from what the VMs placed
 on the host have been given: TCPU (``MAX_CPU``, 100 per CPU), FCPU (``FREE_CPU``, monitored),
 ACPU (``MAX_CPU - CPU_USAGE``: what is not yet allocated to VMs), TMEM, FMEM (KiB), RVM (VMs
-running). Until VMs are placed on hosts (the scheduler), every local VM counts on localhost.
+on it). Until VMs are placed on hosts (the scheduler), every local VM counts on localhost.
 """
 
 from __future__ import annotations
