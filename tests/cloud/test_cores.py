@@ -47,3 +47,18 @@ def test_migration_is_refused_clearly_until_it_exists(tmp_path: Path, kind: Core
 def test_migrating_an_unknown_vm_names_the_vm(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no VM 9"):
         lifecycle.migrate(State.open(tmp_path / "state"), 9, "node2")
+
+
+def test_cli_migrate_names_an_unknown_host_then_refuses_clearly(
+    _isolated_state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imagekit.cli import main
+
+    state = State.open(_isolated_state)
+    VmStore(state).insert(
+        2, name="a", owner="o", core=CoreKind.EMBEDDED, template="t", directory=_isolated_state
+    )
+    assert main(["vm", "migrate", "2", "node9"]) == 1
+    assert "no host 'node9'" in capsys.readouterr().err
+    assert main(["vm", "livemigrate", "2", "localhost"]) == 1
+    assert "VM 2: livemigrate to host 'localhost' is not supported yet" in capsys.readouterr().err
