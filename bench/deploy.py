@@ -26,6 +26,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # bench/context.py
 
 from cloud import lifecycle  # noqa: E402
+from cloud.cores import CoreKind  # noqa: E402
 from cloud.deploy import CreateRequest, create_vm  # noqa: E402
 from cloud.qemu import Accel, QemuVm, VmSpec  # noqa: E402
 from imagekit.diskimage import Firmware, boot_firmware, image_format  # noqa: E402
@@ -68,12 +69,12 @@ def create_to_started(work: Path, vms: int) -> tuple[State, int, str]:
         samples.append(time.perf_counter() - start)
         lifecycle.cancel(state, held.vmid)
     emit(what="create_to_started", core="embedded", vms=vms, **percentiles(samples))
-    same = create_vm(CreateRequest(template, hold=True, core="libvirt"), state=state)
+    same = create_vm(CreateRequest(template, hold=True, core=CoreKind.LIBVIRT), state=state)
     return state, same.vmid, str(same.info["domain_xml"])
 
 
 def virsh_create(work: Path, xml: str, vms: int) -> None:
-    from cloud.libvirt import URI
+    from cloud.cores.libvirt import URI
 
     started: list[int] = []
     for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid")):

@@ -45,6 +45,7 @@ from botocore.auth import SigV4Auth  # noqa: E402
 from botocore.awsrequest import AWSRequest  # noqa: E402
 from botocore.credentials import Credentials  # noqa: E402
 
+from cloud.cores import CoreKind  # noqa: E402
 from cloud.store import VmStore  # noqa: E402
 from cloud.users import UserStore  # noqa: E402
 from context.leases import NetworkStore  # noqa: E402
@@ -151,7 +152,9 @@ def bench_imagekit(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]
     store = VmStore(state)
     # Recorded directly, with ids far above the ones `vm create` allocates (from 0) for RunInstances.
     for vmid in range(100_000, 100_000 + INSTANCES):
-        store.insert(vmid, name=f"vm{vmid}", owner="bench", core="qemu", template="-", directory=work)
+        store.insert(
+            vmid, name=f"vm{vmid}", owner="bench", core=CoreKind.EMBEDDED, template="-", directory=work
+        )
     NetworkStore(state).create(network_from_template(parse_template(PUBLIC_NET, "public.net")))
     base = work / "base.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"])

@@ -10,7 +10,6 @@ holds and files, and the record goes to ``failed`` naming the step.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 from collections.abc import Sequence
@@ -18,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud import embedded, hooks, images, lifecycle, opennebula, quotas
+from cloud import hooks, images, quotas
+from cloud.cores import CoreKind, core_of
+from cloud.cores.embedded import runtime_dir, segment
+from cloud.cores.local import LocalCore, boot, fail
 from cloud.model import DiskKind, VmState, VmTemplate, filesystem_maker, nic_device, parse_vm_template
 from cloud.qemu import OVMF_VARS, Drive, Nic, VmSpec, build_argv, choose_accel
 from cloud.standalone import check_chain
@@ -35,8 +37,6 @@ from imagekit.state import State
 
 log = logging.getLogger(__name__)
 
-CORE = "qemu"
-
 
 @dataclass(frozen=True)
 class CreateRequest:
@@ -47,7 +47,7 @@ class CreateRequest:
     endpoint: str | None = None  # marketplace registry for SOURCE=marketplace:…
     policy: Path | None = None  # the site policy file for them (default: etc/policy.cfg)
     ssh_port: int | None = None  # a user-mode uplink NIC forwarding 127.0.0.1:PORT to the guest's 22
-    core: str = CORE  # "qemu" (embedded), "libvirt", or "opennebula" (then ``one_endpoint``)
+    core: CoreKind = CoreKind.EMBEDDED  # OPENNEBULA needs ``one_endpoint``
     one_endpoint: str = ""
     owner: str = field(default_factory=lambda: invoking_user().uname)  # a name, for display
     # The cloud user the VM belongs to (ownership, quotas and $<vmid>.VAR compare this id);
@@ -63,9 +63,7 @@ class CreateRequest:
 
 
 def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
-    """Deploy the VM ``request.template`` describes (see the module docstring)."""
-    from context.render import prepare_context
-
+    """Deploy the VM ``request.template`` describes (see the module docstring) on its core."""
     with step("parse"):
         vm = parse_vm_template(load_template(request.template))
         image_set = load_images(request.image_templates)
@@ -81,9 +79,21 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
             policy=request.policy,
             confine=request.confine,
         )
-    if request.core == opennebula.CORE:
-        # Checked early only: a refusal after oned made the VM would leave it running there.
-        return _deploy_to_opennebula(request, vm, bases, state=state)
+    return core_of(request.core).deploy(request, vm, bases, quota, state=state)
+
+
+def deploy_here(
+    core: LocalCore,
+    request: CreateRequest,
+    vm: VmTemplate,
+    bases: Sequence[images.BaseImage],
+    quota: quotas.Quotas,
+    *,
+    state: State,
+) -> VmRecord:
+    """The rest of the pipeline on a local core: context, the VM's row, prolog, hold or boot."""
+    from context.render import prepare_context
+
     with step("context"):
         ctx = prepare_context(
             request.template,
@@ -111,15 +121,15 @@ def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
         images.hold(state, bases, record.vmid)
         with step("prolog"):
             private_directory(directory)  # 0700: the overlays, the context ISO, the serial log
-            info = prolog(vm, bases, ctx, request, state=state, directory=directory)
+            info = prolog(core, vm, bases, ctx, request, state=state, directory=directory)
         record = store.transition(record.vmid, VmState.PROLOG, allowed=(VmState.PROLOG,), info=info)
         hooks.fire(hooks.HookEvent.CREATE, event_hooks, record.vmid, directory)
         if request.hold:
             return store.transition(record.vmid, VmState.HOLD, allowed=(VmState.PROLOG,))
         current = "boot"
-        return lifecycle.boot(state, record.vmid, allowed=(VmState.PROLOG,))
+        return boot(state, record.vmid, allowed=(VmState.PROLOG,))
     except BaseException as exc:
-        lifecycle.fail(state, record.vmid, current, exc)
+        fail(state, record.vmid, current, exc)
         raise
 
 
@@ -157,35 +167,6 @@ def _insert(
         raise
 
 
-def _deploy_to_opennebula(
-    request: CreateRequest, vm: VmTemplate, bases: Sequence[images.BaseImage], *, state: State
-) -> VmRecord:
-    """Register the verified images and allocate the VM on oned (``cloud/opennebula.py``)."""
-    from context.render import reserve_vmid
-
-    if not request.one_endpoint:
-        raise InputError("the OpenNebula core needs --one-endpoint URL (oned's XML-RPC, …:2633/RPC2)")
-    core = opennebula.OneCore(request.one_endpoint, opennebula.session())
-    vmid = reserve_vmid(state, vm.name or "", request.template)
-    name = vm.name or f"one-{vmid}"
-    with step("opennebula"):
-        one_id, image_ids = core.deploy(vm, bases, name=name, hold=request.hold)
-    store = VmStore(state)
-    info = {"one_id": one_id, "endpoint": request.one_endpoint, "one_images": image_ids}
-    info |= {"cpu": vm.cpu, "memory_mib": vm.memory_mib}
-    store.insert(
-        vmid,
-        name=name,
-        owner=request.owner,
-        owner_id=request.owner_id,
-        core=opennebula.CORE,
-        template=str(request.template),
-        directory=state.root / "vms" / str(vmid),
-        info=info,
-    )
-    return store.transition(vmid, core.state(one_id), reason=f"OpenNebula VM {one_id}")
-
-
 def _hook_vm(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: State) -> Any:
     """The VM as the resolver sees it (NICs with their leases, CONTEXT as resolved, as oned
     keeps it in the VM), for the hooks' arguments."""
@@ -219,6 +200,7 @@ def _identity(request: CreateRequest) -> User:
 
 
 def prolog(
+    core: LocalCore,
     vm: VmTemplate,
     bases: Sequence[images.BaseImage],
     ctx: ResolvedContext,
@@ -250,7 +232,7 @@ def prolog(
         initrd=Path(vm.os.initrd) if vm.os.initrd else None,
         append=" ".join(p for p in (f"root={vm.os.root}" if vm.os.root else "", vm.os.kernel_cmd) if p),
         drives=drives,
-        qmp=embedded.runtime_dir(state) / f"{ctx.vmid}.qmp",
+        qmp=runtime_dir(state) / f"{ctx.vmid}.qmp",
         vnc_display=(vm.graphics.port or 5900 + 100 + ctx.vmid) - 5900 if vm.graphics else None,
         vnc_password=vm.graphics.passwd if vm.graphics else None,
         extra_args=tuple(a for raw in vm.raw for a in raw.qemu_args()),
@@ -258,22 +240,11 @@ def prolog(
     )
     serial, accel = directory / "serial.log", choose_accel(state)
     argv = build_argv(spec, accel=accel, serial_log=serial, ovmf_vars=ovmf_vars)
-    core: dict[str, Any] = {}
-    if request.core == "libvirt":
-        from cloud import libvirt
-
-        domain = f"imagekit-{embedded.runtime_dir(state).name.rsplit('-', 1)[1]}-{ctx.vmid}"
-        # A kvm RAW goes into the domain as it is (its <qemu:commandline> included), not as args.
-        plain = dataclasses.replace(
-            spec, extra_args=tuple(a for r in vm.raw if r.type == "qemu" for a in r.qemu_args())
-        )
-        raw_xml = tuple(r.data for r in vm.raw if r.type == "kvm")
-        xml = libvirt.domain_xml(
-            plain, name=domain, accel=accel, serial_log=serial, ovmf_vars=ovmf_vars, raw_xml=raw_xml
-        )
-        core = {"domain": domain, "domain_xml": xml, "uri": libvirt.URI}
+    hypervisor = core.domain(
+        spec, vm, state=state, vmid=ctx.vmid, accel=accel, serial_log=serial, ovmf_vars=ovmf_vars
+    )
     return {
-        **core,
+        **hypervisor,
         "argv": argv,
         "qmp": str(spec.qmp),
         "vnc_password": spec.vnc_password,  # the embedded core sets it after every start
@@ -282,8 +253,8 @@ def prolog(
         "save": [str(disks[i]) for i, b in enumerate(bases[: len(disks)]) if b.disk.save],
         "nics": [{"mac": n.mac, "segment": n.segment} for n in spec.nics],
         "raw_ignored": [raw.type for raw in vm.raw if raw.type not in ("kvm", "qemu")],
-        "requirements": vm.requirements,
-        "rank": vm.rank,
+        "requirements": vm.requirements.text,
+        "rank": vm.rank.text,
     }
 
 
@@ -353,7 +324,7 @@ def _nics(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: S
     for spec in vm.nics:
         lease = leased.get(spec.index)
         if lease is not None:
-            seg = embedded.segment(state, lease.network_id)
+            seg = segment(state, lease.network_id)
             nics.append(Nic(lease.mac.lower(), nic_device(spec.model), segment=seg))
         elif spec.mac:
             nics.append(Nic(spec.mac, nic_device(spec.model)))  # no network: user-mode

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from enum import StrEnum
 
+from cloud.expressions import Rank, Requirements, parse_rank, parse_requirements
 from cloud.request_values import HOLDER
 from context.model import Attribute, Template, Vector
 from imagekit.errors import InputError
@@ -173,8 +174,8 @@ class VmTemplate:
     nics: tuple[NicSpec, ...]
     graphics: GraphicsSpec | None = None
     raw: tuple[RawSpec, ...] = ()
-    requirements: str = ""
-    rank: str = ""
+    requirements: Requirements = Requirements("", None)  # where it may run (cloud/expressions.py)
+    rank: Rank = Rank("", None)  # which of those hosts it prefers
 
 
 _VECTORS: dict[str, frozenset[str]] = {
@@ -274,9 +275,18 @@ def parse_vm_template(tmpl: Template) -> VmTemplate:
         nics=tuple(_nic(check, i, a) for i, a in enumerate(tmpl.all("NIC"))),
         graphics=_graphics(check, tmpl.first("GRAPHICS")),
         raw=tuple(_raw(check, i, a) for i, a in enumerate(tmpl.all("RAW"))),
-        requirements=tmpl.single("REQUIREMENTS") or "",
-        rank=tmpl.single("RANK") or "",
+        # Parsed now, so a syntax error is reported at `vm create` (the attribute's place, the
+        # token's columns), not found by the scheduler later.
+        requirements=parse_requirements(
+            tmpl.single("REQUIREMENTS") or "", where=_where(check, "REQUIREMENTS")
+        ),
+        rank=parse_rank(tmpl.single("RANK") or "", where=_where(check, "RANK")),
     )
+
+
+def _where(check: _Checker, name: str) -> str | None:
+    attr = check.tmpl.first(name)
+    return None if attr is None else check.where(attr)
 
 
 def _cpu(check: _Checker, attr: Attribute | None) -> float:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloud.cores import CoreKind
 from cloud.model import VmState
 from imagekit.errors import DataError, InputError
 from imagekit.state import State
@@ -37,7 +38,7 @@ class VmRecord:
     vmid: int
     name: str
     owner: str  # a name, for display
-    core: str
+    core: CoreKind
     state: VmState
     template: str
     directory: Path
@@ -63,7 +64,7 @@ def _record(row: sqlite3.Row) -> VmRecord:
         vmid=int(row["vmid"]),
         name=row["name"],
         owner=row["owner"],
-        core=row["core"],
+        core=CoreKind(row["core"]),
         state=VmState(row["state"]),
         template=row["template"],
         directory=Path(row["directory"]),
@@ -88,7 +89,7 @@ class VmStore:
         *,
         name: str,
         owner: str,
-        core: str,
+        core: CoreKind,
         template: str,
         directory: Path,
         info: Mapping[str, Any] | None = None,
@@ -107,7 +108,8 @@ class VmStore:
                 db.execute(
                     "INSERT INTO cloud_vms (vmid, name, owner, owner_id, core, state, template, directory,"
                     " info, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (vmid, name, owner, owner_id, core, VmState.PENDING.value, template, str(directory),
+                    (vmid, name, owner, owner_id, CoreKind(core).value, VmState.PENDING.value, template,
+                     str(directory),
                      json.dumps(dict(info or {})), now, now),
                 )  # fmt: skip
             except sqlite3.IntegrityError:
@@ -143,17 +145,18 @@ class VmStore:
                 ).fetchall()
         return [_record(r) for r in rows]
 
-    def version(self, remote_core: str) -> tuple[int, builtins.list[VmRecord]]:
+    def version(self, remote: Collection[CoreKind]) -> tuple[int, builtins.list[VmRecord]]:
         """The pool's version (it changes whenever any VM's row does), read together with the
         VMs whose truth lies outside the database: a process that may have died since, or a VM
-        of the ``remote_core`` that has not ended."""
+        of a ``remote`` core that has not ended."""
         live = [s.value for s in VmState if s.has_process]
         marks = ", ".join("?" * len(live))
+        cores = ", ".join("?" * len(remote)) or "NULL"
         with self.state.read() as db:
             version = int(db.execute("SELECT n FROM cloud_pool_version").fetchone()[0])
             rows = db.execute(
-                f"SELECT * FROM cloud_vms WHERE state IN ({marks}) OR (core = ? AND state != ?)",
-                (*live, remote_core, VmState.DONE.value),
+                f"SELECT * FROM cloud_vms WHERE state IN ({marks}) OR (core IN ({cores}) AND state != ?)",
+                (*live, *(kind.value for kind in remote), VmState.DONE.value),
             ).fetchall()
         return version, [_record(r) for r in rows]
 

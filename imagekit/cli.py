@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "net": ("context.commands.net", "virtual networks and their leases"),
     "boot-test": ("cloud.commands.boot_test", "boot an image with a context ISO and check the agent"),
     "vm": ("cloud.commands.vm", "run VMs from templates: create, list, shutdown, stop, resume…"),
+    "host": ("cloud.commands.host", "the hosts VMs may run on: create, list, show, enable, disable…"),
     "user": ("cloud.commands.user", "cloud users and their EC2 credentials"),
     "cloud": ("cloud.commands.cloud", "serve the public cloud front doors (EC2 Query, OCCI)"),
     "ec2": ("cloud.commands.ec2", "econe's client verbs: upload, register, run-instances…"),

@@ -60,3 +60,35 @@ def test_no_source_folder_is_named_like_output() -> None:
     tracked = {p.parent for p in REPO.glob("**/*.py") if ".venv" not in p.parts and ".git" not in p.parts}
     folders = {part for d in tracked for part in d.relative_to(REPO).parts}
     assert not folders & OUTPUT_NAMES, f"rename these folders: {sorted(folders & OUTPUT_NAMES)}"
+
+
+def _core_name_comparisons(path: Path) -> list[int]:
+    """Lines comparing something called ``core`` with a string literal (a core named by string)."""
+
+    def named_core(node: ast.expr) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "core") or (
+            isinstance(node, ast.Attribute) and node.attr == "core"
+        )
+
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(named_core(s) for s in sides) and any(
+                isinstance(s, ast.Constant) and isinstance(s.value, str) for s in sides
+            ):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_cores_are_chosen_through_their_enum_only() -> None:
+    """Issue 21's layout: one module per core under cloud/cores/, chosen through ``CoreKind``;
+    no module compares a core with a name."""
+    cores = sorted(p.name for p in (REPO / "cloud" / "cores").glob("*.py"))
+    assert cores == ["__init__.py", "embedded.py", "libvirt.py", "local.py", "opennebula.py"]
+    found = {
+        str(p.relative_to(REPO)): lines
+        for p in sorted((REPO / "cloud").rglob("*.py"))
+        if (lines := _core_name_comparisons(p))
+    }
+    assert found == {}

@@ -6,6 +6,7 @@ imagekit vm list [--json]                 # ID USER NAME STAT MEM IP TIME, recon
 imagekit vm show 3 [--json]               # with the history of its states
 imagekit vm shutdown 3 [--timeout 120]    # ACPI, then hard; ends at done
 imagekit vm cancel|delete|suspend|resume|stop|hold|release 3
+imagekit vm migrate|livemigrate 3 HOST     # refused for now: VMs run on localhost only
 imagekit vm log 3 [--follow]              # the serial console
 imagekit vm wait 3 --state running [--timeout 600]
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud import lifecycle
+from cloud.cores import CoreKind
 from cloud.model import VmState
 from cloud.store import VmRecord, VmStore
 from imagekit.locations import state_dir
@@ -58,8 +60,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--policy", type=Path, metavar="FILE", help="site policy (default: etc/policy.cfg)")
     create.add_argument(
         "--core",
-        choices=["qemu", "libvirt", "opennebula"],
-        default="qemu",
+        type=CoreKind,
+        choices=list(CoreKind),
+        default=CoreKind.EMBEDDED,
         help="where it runs (default: qemu)",
     )
     create.add_argument(
@@ -79,6 +82,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("vmid", type=int, metavar="ID", help="the VM")
         p.set_defaults(func=_verb_command(verb))
+    for name, live, help_text in (
+        ("migrate", False, "move a VM to another host: save, transfer, restore (not supported yet)"),
+        ("livemigrate", True, "move a running VM to another host without stopping it (not supported yet)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("vmid", type=int, metavar="ID", help="the VM")
+        p.add_argument("host", metavar="HOST", help="the target host's name or HID (`imagekit host list`)")
+        p.set_defaults(func=cmd_migrate, live=live)
     log = sub.add_parser("log", help="the VM's serial console")
     log.add_argument("vmid", type=int, metavar="ID", help="the VM")
     log.add_argument("--follow", "-f", action="store_true", help="keep printing until the VM ends")
@@ -106,7 +117,7 @@ def _summary(record: VmRecord) -> dict[str, Any]:
         "name": record.name,
         "owner": record.owner,
         "state": record.state.value,
-        "core": record.core,
+        "core": record.core.value,
         "step": record.step,
         "reason": record.reason,
         "pid": record.pid,
@@ -217,5 +228,15 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     record = lifecycle.wait(_state(args), args.vmid, VmState(args.wanted), timeout=args.timeout)
+    print(f"VM {record.vmid}: {record.state.value}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from cloud.hosts import HostStore
+
+    state = _state(args)
+    host = HostStore(state).get(args.host)  # an unknown host is named as such first
+    record = lifecycle.migrate(state, args.vmid, host.name, live=args.live)
     print(f"VM {record.vmid}: {record.state.value}")
     return 0

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from cloud import deploy, embedded, hooks, lifecycle
+from cloud import deploy, hooks, lifecycle
+from cloud.cores import CoreKind, embedded
 from cloud.deploy import CreateRequest, create_vm
 from cloud.model import VmState
 from cloud.store import VmStore
@@ -231,10 +232,12 @@ def test_reconcile_finds_vanished_processes(lab: dict[str, Any]) -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
     for vmid, was in ((10, VmState.RUNNING), (11, VmState.SHUTDOWN)):
-        store.insert(vmid, name="x", owner="o", core="qemu", template="t", directory=lab["dir"] / str(vmid))
+        store.insert(
+            vmid, name="x", owner="o", core=CoreKind.EMBEDDED, template="t", directory=lab["dir"] / str(vmid)
+        )
         store.transition(vmid, was, pid=gone.pid, pid_start=12345)
     # Our own pid with a wrong start time: a reused pid is not the VM.
-    store.insert(12, name="y", owner="o", core="qemu", template="t", directory=lab["dir"] / "12")
+    store.insert(12, name="y", owner="o", core=CoreKind.EMBEDDED, template="t", directory=lab["dir"] / "12")
     start = embedded.process_start(os.getpid())
     assert start is not None
     store.transition(12, VmState.RUNNING, pid=os.getpid(), pid_start=start + 1)

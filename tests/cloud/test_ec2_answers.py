@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from cloud import lifecycle
+from cloud.cores import CoreKind
 from cloud.ec2 import core  # noqa: F401  (registers the ec2_instances table)
 from cloud.ec2.answers import Answers, answer_key
 from cloud.model import VmState
@@ -111,7 +112,9 @@ def pool(tmp_path: Path) -> Iterator[tuple[State, VmStore]]:
     state = State.open(tmp_path / "state")
     store = VmStore(state)
     for vmid in range(3):
-        store.insert(vmid, name=f"vm{vmid}", owner="alice", core="qemu", template="-", directory=tmp_path)
+        store.insert(
+            vmid, name=f"vm{vmid}", owner="alice", core=CoreKind.EMBEDDED, template="-", directory=tmp_path
+        )
     yield state, store
 
 
@@ -137,14 +140,14 @@ def test_a_vm_whose_qemu_died_is_reconciled_first(pool: tuple[State, VmStore]) -
     proc = subprocess.Popen(["true"])
     proc.wait()
     store.transition(0, VmState.RUNNING, pid=proc.pid, pid_start=1)
-    before = store.version("opennebula")[0]
+    before = store.version((CoreKind.OPENNEBULA,))[0]
     assert lifecycle.pool_version(state) != before
     assert store.get(0).state is VmState.UNKNOWN
 
 
 def test_an_opennebula_vm_turns_reuse_off(pool: tuple[State, VmStore], tmp_path: Path) -> None:
     state, store = pool
-    store.insert(9, name="remote", owner="alice", core="opennebula", template="-", directory=tmp_path)
+    store.insert(9, name="remote", owner="alice", core=CoreKind.OPENNEBULA, template="-", directory=tmp_path)
     assert lifecycle.pool_version(state) is None
 
 
@@ -154,8 +157,8 @@ def test_the_server_answers_a_change_made_by_another_process(tmp_path: Path) -> 
     store = VmStore(state)
     for vmid in range(2):
         store.insert(
-            vmid, name=f"vm{vmid}", owner="alice", owner_id=alice.user.id, core="qemu", template="-",
-            directory=tmp_path,
+            vmid, name=f"vm{vmid}", owner="alice", owner_id=alice.user.id, core=CoreKind.EMBEDDED,
+            template="-", directory=tmp_path,
         )  # fmt: skip
     with ec2_server(state.root, None, "--hold") as url:
         ec2 = ec2_client(url, alice)

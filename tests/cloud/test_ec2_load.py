@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from cloud.cores import CoreKind
 from cloud.store import VmStore
 from cloud.users import CreatedUser, UserStore
 from imagekit.state import State
@@ -32,7 +33,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Crea
             name=f"vm-{vmid}",
             owner="alice",
             owner_id=alice.user.id,
-            core="qemu",
+            core=CoreKind.EMBEDDED,
             template="-",
             directory=root / str(vmid),
         )

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from cloud.cores import SAVED_STATE
+from cloud.cores import SAVED_STATE, CoreKind
+from cloud.cores.libvirt import URI, LibvirtCore, domain_xml
 from cloud.deploy import CreateRequest, create_vm
-from cloud.libvirt import URI, LibvirtCore, domain_xml
 from cloud.model import VmState
 from cloud.qemu import Accel, Drive, Nic, VmSpec
 from context.leases import NetworkStore
@@ -92,16 +92,17 @@ def test_verbs_on_a_libvirt_domain(libvirtd: None, blank_lab: BlankLab, tmp_path
     from cloud import lifecycle
 
     state, template = blank_lab.state, blank_lab.template
-    vm = create_vm(CreateRequest(template, core="libvirt"), state=state)
+    vm = create_vm(CreateRequest(template, core=CoreKind.LIBVIRT), state=state)
     core = LibvirtCore()
-    dom: Any = core.conn.lookupByName(vm.info["domain"])
+    libvirt: Any = core._libvirt()
+    dom: Any = core._conn(vm).lookupByName(vm.info["domain"])
     try:
         assert vm.state is VmState.RUNNING and vm.core == "libvirt" and dom.isActive()
         assert _validate(vm.info["domain_xml"], tmp_path).returncode == 0
         assert lifecycle.suspend(state, vm.vmid).state is VmState.SUSPENDED
-        assert dom.state()[0] == core.libvirt.VIR_DOMAIN_PAUSED
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
         assert lifecycle.resume(state, vm.vmid).state is VmState.RUNNING
-        assert dom.state()[0] == core.libvirt.VIR_DOMAIN_RUNNING
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
         assert lifecycle.stop(state, vm.vmid).state is VmState.STOPPED
         assert (vm.directory / SAVED_STATE).stat().st_size > 0 and not core.alive(vm)
         assert lifecycle.resume(state, vm.vmid).state is VmState.RUNNING and core.alive(vm)
@@ -118,11 +119,13 @@ def test_a_held_domain_is_deleted_without_asking_libvirt(
     """Nothing runs for a held VM, so libvirtd need not be there to delete it."""
     from cloud import lifecycle
 
-    held = create_vm(CreateRequest(blank_lab.template, hold=True, core="libvirt"), state=blank_lab.state)
+    held = create_vm(
+        CreateRequest(blank_lab.template, hold=True, core=CoreKind.LIBVIRT), state=blank_lab.state
+    )
     assert held.info["uri"] == URI and held.info["domain"].endswith(f"-{held.vmid}")
 
-    def no_core(record: object) -> None:
-        raise AssertionError("the core was asked")
+    def no_libvirt(self: object, record: object) -> None:
+        raise AssertionError("libvirt was asked")
 
-    monkeypatch.setattr(lifecycle, "core_for", no_core)
+    monkeypatch.setattr(LibvirtCore, "_conn", no_libvirt)
     assert lifecycle.delete(blank_lab.state, held.vmid).state is VmState.DONE

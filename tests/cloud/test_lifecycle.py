@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from cloud import embedded, lifecycle
-from cloud.cores import SAVED_STATE
+from cloud import lifecycle
+from cloud.cores import SAVED_STATE, embedded
 from cloud.deploy import CreateRequest, create_vm
 from cloud.model import VmState
 from cloud.store import VmRecord, VmStore

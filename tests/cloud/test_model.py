@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud.cores import CoreKind
 from cloud.model import DiskKind, VmState, parse_vm_template
 from cloud.store import VmStore
 from context.template import parse_template
@@ -43,7 +44,7 @@ def test_a_full_template() -> None:
     assert vm.nics[1].network_id == 3 and vm.nics[1].mac == "02:00:0a:00:00:09"
     assert vm.graphics is not None and vm.graphics.port == 5905
     assert vm.raw[0].type == "kvm" and vm.raw[0].data == "-rtc base=utc"
-    assert (vm.requirements, vm.rank) == ("FREECPU > 50", "FREEMEMORY")
+    assert (vm.requirements.text, vm.rank.text) == ("FREECPU > 50", "FREEMEMORY")
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,13 @@ def test_invalid_templates_are_located(text: str, message: str) -> None:
 def _store(tmp_path: Path) -> VmStore:
     store = VmStore(State.open(tmp_path / "state"))
     store.insert(
-        4, name="web", owner="alice", owner_id=7, core="qemu", template="web.one", directory=tmp_path / "4"
+        4,
+        name="web",
+        owner="alice",
+        owner_id=7,
+        core=CoreKind.EMBEDDED,
+        template="web.one",
+        directory=tmp_path / "4",
     )
     return store
 

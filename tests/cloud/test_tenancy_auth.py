@@ -30,9 +30,10 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from starlette.testclient import TestClient
 
-from cloud import embedded, lifecycle
+from cloud import lifecycle
 from cloud.accounts import delete_user, holdings
 from cloud.commands import cloud as cloud_command
+from cloud.cores import embedded
 from cloud.deploy import CreateRequest, create_vm
 from cloud.ec2.client import Endpoint, upload_request
 from cloud.ec2.core import CoreBackend

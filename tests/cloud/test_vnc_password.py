@@ -24,9 +24,10 @@ import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from cloud import embedded, lifecycle
+from cloud import lifecycle
+from cloud.cores import embedded
+from cloud.cores.libvirt import domain_xml
 from cloud.deploy import CreateRequest, create_vm
-from cloud.libvirt import domain_xml
 from cloud.model import VmState, parse_vm_template
 from cloud.qemu import Accel, VmSpec, build_argv
 from context.template import parse_template

@@ -11,16 +11,21 @@ need not be handed to libvirt's ``libvirt-qemu`` user.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from cloud.model import QEMU_XMLNS
+from cloud.cores import SAVED_STATE, CoreKind
+from cloud.cores.embedded import runtime_dir
+from cloud.cores.local import LocalCore
+from cloud.model import QEMU_XMLNS, VmTemplate
 from cloud.qemu import OVMF_CODE, QEMU, Accel, VmSpec
 from cloud.store import VmRecord
 from imagekit.diskimage import Firmware
 from imagekit.errors import CommandError
+from imagekit.state import State
 
 URI = "qemu:///system"
 
@@ -128,39 +133,74 @@ def _disks(devices: ET.Element, spec: VmSpec) -> None:
         _sub(cd, "readonly")
 
 
-class LibvirtCore:
-    """The verbs on a transient domain named in the VM's record (``info["domain"]``)."""
+class LibvirtCore(LocalCore):
+    """The verbs on a transient domain named in the VM's record (``info["domain"]``), through a
+    connection to the record's ``info["uri"]`` opened when a verb first needs it."""
 
-    def __init__(self, uri: str = URI) -> None:
+    kind = CoreKind.LIBVIRT
+
+    def __init__(self) -> None:
+        self._connections: dict[str, Any] = {}
+
+    def domain(
+        self,
+        spec: VmSpec,
+        vm: VmTemplate,
+        *,
+        state: State,
+        vmid: int,
+        accel: Accel,
+        serial_log: Path,
+        ovmf_vars: Path | None,
+    ) -> dict[str, Any]:
+        """The transient domain's name and XML; a kvm RAW goes into it as it is (its
+        ``<qemu:commandline>`` included), a qemu RAW as arguments."""
+        name = f"imagekit-{runtime_dir(state).name.rsplit('-', 1)[1]}-{vmid}"
+        plain = dataclasses.replace(
+            spec, extra_args=tuple(a for r in vm.raw if r.type == "qemu" for a in r.qemu_args())
+        )
+        raw_xml = tuple(r.data for r in vm.raw if r.type == "kvm")
+        xml = domain_xml(
+            plain, name=name, accel=accel, serial_log=serial_log, ovmf_vars=ovmf_vars, raw_xml=raw_xml
+        )
+        return {"domain": name, "domain_xml": xml, "uri": URI}
+
+    def _libvirt(self) -> Any:
         import libvirt  # Debian's python3-libvirt; the libvirt core only
 
-        self.libvirt: Any = libvirt
-        self.uri = uri
-        try:
-            self.conn: Any = libvirt.open(uri)
-        except libvirt.libvirtError as exc:
-            raise CommandError(["libvirt", uri], 1, str(exc), step="libvirt") from None
+        return libvirt
+
+    def _conn(self, record: VmRecord) -> Any:
+        uri = record.info.get("uri", URI)
+        if uri not in self._connections:
+            libvirt = self._libvirt()
+            try:
+                self._connections[uri] = libvirt.open(uri)
+            except libvirt.libvirtError as exc:
+                raise CommandError(["libvirt", uri], 1, str(exc), step="libvirt") from None
+        return self._connections[uri]
 
     def _call(self, what: str, method: Any, *args: Any) -> Any:
         try:
             return method(*args)
-        except self.libvirt.libvirtError as exc:
+        except self._libvirt().libvirtError as exc:
             raise CommandError(["libvirt", what], 1, str(exc), step="libvirt") from None
 
     def _domain(self, record: VmRecord) -> Any:
-        return self._call("lookupByName", self.conn.lookupByName, record.info["domain"])
+        return self._call("lookupByName", self._conn(record).lookupByName, record.info["domain"])
 
     def start(self, record: VmRecord, *, incoming: bool) -> tuple[int | None, int | None]:
+        conn = self._conn(record)
         if incoming:
-            self._call("restore", self.conn.restore, str(record.directory / "memory.state"))
+            self._call("restore", conn.restore, str(record.directory / SAVED_STATE))
         else:
-            self._call("createXML", self.conn.createXML, record.info["domain_xml"], 0)
+            self._call("createXML", conn.createXML, record.info["domain_xml"], 0)
         return None, None
 
     def alive(self, record: VmRecord) -> bool:
         try:
-            return bool(self.conn.lookupByName(record.info["domain"]).isActive())
-        except self.libvirt.libvirtError:
+            return bool(self._conn(record).lookupByName(record.info["domain"]).isActive())
+        except self._libvirt().libvirtError:
             return False
 
     def kill(self, record: VmRecord) -> None:

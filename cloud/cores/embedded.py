@@ -27,6 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cloud.cores import SAVED_STATE, CoreKind
+from cloud.cores.local import LocalCore
+from cloud.model import VmTemplate
+from cloud.qemu import Accel, VmSpec
+from cloud.store import VmRecord
 from imagekit.errors import CommandError, DataError
 from imagekit.locations import private_directory
 from imagekit.run import run
@@ -173,3 +178,56 @@ def save_state(path: Path, target: Path, *, timeout: float = 600.0) -> None:
                 raise CommandError(["qmp", "migrate"], 1, f"saving the VM state: {status or 'timed out'}")
             time.sleep(0.2)
         conn.command("quit")
+
+
+class EmbeddedCore(LocalCore):
+    """The verbs on the VM's own QEMU: its pid (with start time) and its QMP socket."""
+
+    kind = CoreKind.EMBEDDED
+
+    def domain(
+        self,
+        spec: VmSpec,
+        vm: VmTemplate,
+        *,
+        state: State,
+        vmid: int,
+        accel: Accel,
+        serial_log: Path,
+        ovmf_vars: Path | None,
+    ) -> dict[str, Any]:
+        return {}  # the QEMU command line is all it needs
+
+    def start(self, record: VmRecord, *, incoming: bool) -> tuple[int | None, int | None]:
+        saved = record.directory / SAVED_STATE
+        argv = list(record.info["argv"])
+        pid, start = launch(argv, record.directory / "qemu.pid", incoming=saved if incoming else None)
+        password = record.info.get("vnc_password")
+        if password:  # GRAPHICS PASSWD; a VM whose password cannot be set does not run
+            try:
+                set_vnc_password(Path(record.info["qmp"]), password)
+            except BaseException:
+                kill(pid, start)
+                raise
+        return pid, start
+
+    def alive(self, record: VmRecord) -> bool:
+        return alive(record.pid, record.pid_start)
+
+    def kill(self, record: VmRecord) -> None:
+        kill(record.pid, record.pid_start)
+
+    def powerdown(self, record: VmRecord) -> None:
+        qmp(Path(record.info["qmp"]), "system_powerdown")
+
+    def reset(self, record: VmRecord) -> None:
+        qmp(Path(record.info["qmp"]), "system_reset")
+
+    def pause(self, record: VmRecord) -> None:
+        qmp(Path(record.info["qmp"]), "stop")
+
+    def cont(self, record: VmRecord) -> None:
+        qmp(Path(record.info["qmp"]), "cont")
+
+    def save(self, record: VmRecord, target: Path) -> None:
+        save_state(Path(record.info["qmp"]), target)

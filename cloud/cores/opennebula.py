@@ -17,18 +17,27 @@ server that checks each call against the documented API.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cloud.cores import CoreKind, migration_not_supported
 from cloud.images import BaseImage
 from cloud.model import DiskKind, VmState, VmTemplate
+from cloud.store import VmRecord, VmStore
 from context.model import Attribute, Template, Vector
 from context.template import serialise
 from imagekit.errors import CommandError, InputError
+from imagekit.log import step
+from imagekit.state import State
 
-CORE = "opennebula"
+if TYPE_CHECKING:
+    from cloud.deploy import CreateRequest
+    from cloud.quotas import Quotas
+
+log = logging.getLogger(__name__)
 DEFAULT_DATASTORE = 1  # "default", the image datastore of a fresh install
 
 # include/VirtualMachine.h: VmState (STATE) and, for ACTIVE (3), LcmState (LCM_STATE).
@@ -117,7 +126,9 @@ class OneCore:
         try:
             return method(*args)
         except self.errors as exc:
-            raise CommandError([f"one.{what}", self.endpoint], 1, str(exc), step=CORE) from None
+            raise CommandError(
+                [f"one.{what}", self.endpoint], 1, str(exc), step=CoreKind.OPENNEBULA.value
+            ) from None
 
     def deploy(
         self, vm: VmTemplate, bases: Sequence[BaseImage], *, name: str, hold: bool
@@ -138,3 +149,96 @@ class OneCore:
     def state(self, one_id: int) -> VmState:
         info = self._call("vm.info", self.one.vm.info, one_id)
         return map_state(int(info.STATE), int(info.LCM_STATE))
+
+
+class OpenNebulaCore:
+    """The Core protocol over oned: every verb is one ``one.vm.action``, the state oned's."""
+
+    kind = CoreKind.OPENNEBULA
+
+    def deploy(
+        self,
+        request: CreateRequest,
+        vm: VmTemplate,
+        bases: Sequence[BaseImage],
+        quota: Quotas,
+        *,
+        state: State,
+    ) -> VmRecord:
+        """Register the verified images and allocate the VM on oned: oned makes the context and
+        the leases from the template (no quota here: the other cloud has its own)."""
+        from context.render import reserve_vmid
+
+        if not request.one_endpoint:
+            raise InputError("the OpenNebula core needs --one-endpoint URL (oned's XML-RPC, …:2633/RPC2)")
+        core = OneCore(request.one_endpoint, session())
+        vmid = reserve_vmid(state, vm.name or "", request.template)
+        name = vm.name or f"one-{vmid}"
+        with step("opennebula"):
+            one_id, image_ids = core.deploy(vm, bases, name=name, hold=request.hold)
+        store = VmStore(state)
+        info = {"one_id": one_id, "endpoint": request.one_endpoint, "one_images": image_ids}
+        info |= {"cpu": vm.cpu, "memory_mib": vm.memory_mib}
+        store.insert(
+            vmid,
+            name=name,
+            owner=request.owner,
+            owner_id=request.owner_id,
+            core=self.kind,
+            template=str(request.template),
+            directory=state.root / "vms" / str(vmid),
+            info=info,
+        )
+        return store.transition(vmid, core.state(one_id), reason=f"OpenNebula VM {one_id}")
+
+    def _act(self, state: State, vmid: int, verb: str) -> VmRecord:
+        store = VmStore(state)
+        record = store.get(vmid)
+        if record.state is VmState.DONE:
+            raise InputError(f"VM {vmid} is done")
+        core = OneCore(record.info["endpoint"], session())
+        one_id = int(record.info["one_id"])
+        core.action(verb, one_id)
+        return store.transition(vmid, core.state(one_id), reason=f"one.vm.action {ACTIONS[verb]}")
+
+    def shutdown(self, state: State, vmid: int, *, timeout: float) -> VmRecord:
+        return self._act(state, vmid, "shutdown")  # oned waits for the guest itself
+
+    def cancel(self, state: State, vmid: int) -> VmRecord:
+        return self._act(state, vmid, "cancel")
+
+    def delete(self, state: State, vmid: int) -> VmRecord:
+        return self._act(state, vmid, "delete")
+
+    def suspend(self, state: State, vmid: int) -> VmRecord:
+        return self._act(state, vmid, "suspend")
+
+    def resume(self, state: State, vmid: int) -> VmRecord:
+        return self._act(state, vmid, "resume")
+
+    def stop(self, state: State, vmid: int) -> VmRecord:
+        return self._act(state, vmid, "stop")
+
+    def reboot(self, state: State, vmid: int) -> VmRecord:
+        return self._act(state, vmid, "reboot")
+
+    def hold(self, state: State, vmid: int) -> VmRecord:
+        return self._act(state, vmid, "hold")
+
+    def release(self, state: State, vmid: int) -> VmRecord:
+        return self._act(state, vmid, "release")
+
+    def reconcile(self, state: State, record: VmRecord) -> VmRecord:
+        if record.state is VmState.DONE:
+            return record
+        core = OneCore(record.info["endpoint"], session())
+        try:
+            now = core.state(int(record.info["one_id"]))
+        except CommandError as err:
+            log.warning("VM %d: OpenNebula unreachable (%s); showing the last known state", record.vmid, err)
+            return record
+        return record if now is record.state else VmStore(state).transition(record.vmid, now)
+
+    def migrate(self, state: State, vmid: int, host: str, *, live: bool) -> VmRecord:
+        VmStore(state).get(vmid)
+        raise migration_not_supported(vmid, host, live=live)
