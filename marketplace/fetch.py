@@ -153,17 +153,16 @@ class _Pipeline:
         if self._image_out is None:
             self.hasher.update(data)
             return
-        # Decompressors give out pieces as small as their input: hand off CHUNK at a time.
+        self._image_out.write(data)  # while the piece is still in the cache
+        # Decompressors give out pieces of at most 1 MiB: the hash threads get CHUNK at a time.
         self._batch.append(data)
         self._batched += len(data)
         if self._batched >= CHUNK:
             self._hand_off()
 
     def _hand_off(self) -> None:
-        if self._batch and self.hasher is not None and self._image_out is not None:
+        if self._batch and self.hasher is not None:
             self.hasher.update_batch(self._batch)
-            for piece in self._batch:
-                self._image_out.write(piece)
             self._batch, self._batched = [], 0
 
     def finish(self, dest: Path, url: str) -> Fetched:

@@ -32,7 +32,10 @@ from marketplace.policy import Compression
 # with 2 cores: 8 MiB x 4 buffers spent 0.1 CPU-second less than 1 MiB x 8 (fewer wake-ups).
 CHUNK = 8 << 20
 RING = 4  # ring buffers: the network fills one while the hash threads read the others
-INPUT_PIECE = 1 << 20  # compressed input per zlib call: bounds what ``unconsumed_tail`` copies
+# What one decompressor call takes in and gives out at most: the input bound limits what zlib's
+# ``unconsumed_tail`` copies; the output bound keeps zlib's output buffer in cache (measured on a
+# 257 MiB gzip: 0.25 CPU-second with 1 MiB outputs, 0.49 with 8 MiB ones).
+PIECE = 1 << 20
 Buffer = bytes | bytearray | memoryview
 ALGORITHMS = (
     ChecksumAlgorithm.MD5,
@@ -162,7 +165,7 @@ class Inflater:
         self._zlib = zlib.decompressobj(wbits=31)
         self._stream = self._new_stream()
         sink = cast(IO[bytes], self)  # the writer only calls write()
-        self._zstd = zstandard.ZstdDecompressor().stream_writer(sink, write_size=CHUNK, closefd=False)
+        self._zstd = zstandard.ZstdDecompressor().stream_writer(sink, write_size=PIECE, closefd=False)
         self._ended = False
 
     def _new_stream(self) -> bz2.BZ2Decompressor | lzma.LZMADecompressor:
@@ -182,7 +185,7 @@ class Inflater:
         return len(data)
 
     def _room(self) -> int:
-        return max(1, min(CHUNK, self.size + 1 - self.produced))
+        return max(1, min(PIECE, self.size + 1 - self.produced))
 
     def feed(self, data: Buffer) -> None:
         """``data`` is not kept: the caller may reuse its buffer, except that with no compression
@@ -198,8 +201,8 @@ class Inflater:
 
     def _feed_gzip(self, data: Buffer) -> None:
         whole = memoryview(data)
-        for start in range(0, len(whole), INPUT_PIECE):
-            self._feed_gzip_piece(whole[start : start + INPUT_PIECE])
+        for start in range(0, len(whole), PIECE):
+            self._feed_gzip_piece(whole[start : start + PIECE])
 
     def _feed_gzip_piece(self, data: Buffer) -> None:
         while data:
