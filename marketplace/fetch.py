@@ -272,6 +272,9 @@ def fetch_image(
         except VerificationError as err:
             pipeline.discard()
             reasons.append(f"{url}: {err.reason if err.rule == 'download' else err}")
+        except BaseException:
+            pipeline.close()  # Ctrl-C or a full disk: stop the hash threads, keep the .part
+            raise
         log.info("%s; trying the next location", reasons[-1])
     if not reasons:
         reasons.append("the entry lists no location")

@@ -13,6 +13,7 @@ import gzip
 import ipaddress
 import lzma
 import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,22 @@ def test_the_proxy_from_the_environment_is_used(
     fetched = fetch_image(m, tmp_path / "out.img", work_dir=tmp_path / "partial", policy=site.policy)
     assert (tmp_path / "out.img").read_bytes() == content and fetched.url == m.locations[0]
     assert [r.path for r in site.server.log] == ["http://images.example.invalid/img"]
+
+
+def test_an_interrupt_stops_the_hash_threads_and_keeps_the_part(site: Site, tmp_path: Path) -> None:
+    """Ctrl-C mid-download: no hash thread is left waiting (it would keep the process alive)."""
+    m = site.publish(image_bytes(SIZE))
+
+    def interrupt(done: int, total: int | None) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fetch_image(
+            m, tmp_path / "out.img", work_dir=tmp_path / "partial", policy=site.policy, progress=interrupt
+        )
+    assert not [t for t in threading.enumerate() if t.name.startswith("hash-")]
+    assert (tmp_path / "partial" / f"{m.identifier}.part").stat().st_size == SIZE
+    assert not (tmp_path / "out.img").exists()
 
 
 def test_dropped_connection_resumes_from_the_offset(site: Site) -> None:
