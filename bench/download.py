@@ -1,4 +1,4 @@
-"""Verified download benchmark: download + decompression + four hashes, against the baselines.
+"""Verified download benchmark: download + decompression + the listed hashes, against their floor.
 
     .venv/bin/python bench/download.py [--size-mib 2048] [--rounds 3] [--dir /dev/shm]
 
@@ -9,14 +9,18 @@ being measured). In the same run,
 interleaved (A B C … A B C …, medians reported), it measures:
 
 * ``download-plain`` / ``download-gzip``: :func:`marketplace.fetch.fetch_image` (HTTP,
-  ``.part`` file, decompression, MD5+SHA-1+SHA-256+SHA-512 in parallel threads, rename);
-* ``sha512sum``: coreutils on the same file (baseline a);
+  ``.part`` file, decompression, the entry's MD5+SHA-1+SHA-256+SHA-512 verified, rename);
+* ``download-sha512``: the same plain download of an entry listing SHA-512 only (besides the
+  SHA-1 every entry carries: it is the identifier);
+* ``hash-floor``: the four hashes the entry lists, one thread each, over the file already in
+  memory in 16 MiB slices: the work no verified download can avoid (the floor);
+* ``sha512sum``: coreutils on the same file;
 * ``four-hashes-serial``: one thread updating the four hashes one after the other, 1 MiB
-  reads (baseline b: what StratusLab's storage service did, with 16 KiB reads there);
+  reads (what StratusLab's storage service did, with 16 KiB reads there);
 * ``gunzip-alone``: zlib inflating the .gz file into nothing (the decompressor's own speed).
 
 Every result is one JSON line on stdout; the last one holds the ratios against the targets
-(plain >= 1.6x faster than b and within 1.3x of a's time; gzip bounded by the decompressor).
+(issue 20: plain <= 1.15x the floor, gzip <= 1.1x plain, SHA-512 only <= 1.3x sha512sum).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import zlib
@@ -47,6 +52,7 @@ from marketplace.policy import Scheme, SitePolicy
 
 BLOCK = 64 << 20
 READ = 1 << 20
+FLOOR_SLICE = 16 << 20
 FOUR = (ChecksumAlgorithm.MD5, ChecksumAlgorithm.SHA1, ChecksumAlgorithm.SHA256, ChecksumAlgorithm.SHA512)
 
 
@@ -71,6 +77,23 @@ def four_hashes_serial(path: Path) -> dict[ChecksumAlgorithm, str]:
             for h in hashes.values():
                 h.update(data)
     return {a: h.hexdigest() for a, h in hashes.items()}
+
+
+def hash_floor(image: bytes, algorithms: tuple[ChecksumAlgorithm, ...]) -> None:
+    """Each hash in its own thread over the bytes already in memory: hashlib releases the GIL
+    for the whole 16 MiB slice, so this is as parallel as the machine's cores allow."""
+    view = memoryview(image)
+
+    def one(algorithm: ChecksumAlgorithm) -> None:
+        digest = hashlib.new(algorithm.hashlib_name)
+        for start in range(0, len(view), FLOOR_SLICE):
+            digest.update(view[start : start + FLOOR_SLICE])
+
+    threads = [threading.Thread(target=one, args=(a,)) for a in algorithms]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def gunzip_alone(path: Path) -> None:
@@ -165,25 +188,26 @@ def measure(
 ) -> None:
     policy = SitePolicy(schemes=frozenset({Scheme.HTTP}), retries=0, timeout=60.0)
 
-    def download(name: str) -> Callable[[], object]:
+    def download(name: str, listed: tuple[ChecksumAlgorithm, ...] = FOUR) -> Callable[[], object]:
         metadata = Metadata(
             identifier=sha1_to_identifier(digests[ChecksumAlgorithm.SHA1]),
             size=size,
-            checksums=digests,
+            checksums={a: digests[a] for a in listed},
             endorsement=None,
             locations=(f"{url}/{name}",),
         )
 
         def go() -> None:
-            dest = work / "downloaded.img"
-            fetch_image(metadata, dest, work_dir=work / "partial", policy=policy)
-            dest.unlink()
+            fetch_image(metadata, work / "downloaded.img", work_dir=work / "partial", policy=policy)
 
         return go
 
+    in_memory = image.read_bytes()
     kinds: dict[str, Callable[[], object]] = {
+        "hash-floor": lambda: hash_floor(in_memory, FOUR),
         "download-plain": download(image.name),
         "sha512sum": lambda: run(["sha512sum", image]),
+        "download-sha512": download(image.name, (ChecksumAlgorithm.SHA1, ChecksumAlgorithm.SHA512)),
         "four-hashes-serial": lambda: four_hashes_serial(image),
         "download-gzip": download(packed.name),
         "gunzip-alone": lambda: gunzip_alone(packed),
@@ -193,6 +217,7 @@ def measure(
     for _ in range(rounds):
         for kind, fn in kinds.items():
             wall, used = timed(fn)
+            (work / "downloaded.img").unlink(missing_ok=True)  # freeing its pages is no part of a download
             times[kind].append(wall)
             cpu[kind].append(used)
     median = {k: statistics.median(v) for k, v in times.items()}
@@ -212,13 +237,21 @@ def measure(
         size_mib=size >> 20,
         cpus=os.cpu_count(),
         load_avg_1m=round(os.getloadavg()[0], 2),
+        plain_time_vs_floor=round(median["download-plain"] / median["hash-floor"], 2),
+        gzip_time_vs_plain=round(median["download-gzip"] / median["download-plain"], 2),
+        sha512_only_time_vs_sha512sum=round(median["download-sha512"] / median["sha512sum"], 2),
         plain_speedup_vs_serial_hashes=round(median["four-hashes-serial"] / median["download-plain"], 2),
-        plain_time_vs_sha512sum=round(median["download-plain"] / median["sha512sum"], 2),
         gzip_time_vs_gunzip_alone=round(median["download-gzip"] / median["gunzip-alone"], 2),
-        plain_cpu_vs_serial_hashes_cpu=round(
-            median_cpu["download-plain"] / median_cpu["four-hashes-serial"], 2
-        ),
-        targets={"plain_speedup_vs_serial_hashes": ">= 1.6", "plain_time_vs_sha512sum": "<= 1.3"},
+        # On a shared machine the wall ratios follow the scheduler (a process with more threads
+        # gets more of the CPU); the CPU ratios are the steadier ones, on 2 busy cores the same.
+        plain_cpu_vs_floor_cpu=round(median_cpu["download-plain"] / median_cpu["hash-floor"], 2),
+        gzip_cpu_vs_plain_cpu=round(median_cpu["download-gzip"] / median_cpu["download-plain"], 2),
+        sha512_only_cpu_vs_sha512sum_cpu=round(median_cpu["download-sha512"] / median_cpu["sha512sum"], 2),
+        targets={
+            "plain_time_vs_floor": "<= 1.15",
+            "gzip_time_vs_plain": "<= 1.1",
+            "sha512_only_time_vs_sha512sum": "<= 1.3",
+        },
     )
 
 

@@ -2,9 +2,15 @@
 
 The bytes as served go to ``<stem>.part`` (so a dropped connection resumes with ``Range`` +
 ``If-Range`` from where it stopped, in this run or the next) and, at the same time, through
-:class:`~marketplace.inflate.Inflater` into the image and the four hashes. Only when the byte
-count equals ``slreq:bytes`` and every listed checksum matches is the image renamed to
-``dest``; nothing unverified ever appears there.
+:class:`~marketplace.inflate.Inflater` into the image and the hashes the entry lists (every
+entry lists SHA-1: it is the identifier, the cache's key). Only when the byte count equals
+``slreq:bytes`` and every listed checksum matches is the image renamed to ``dest``; nothing
+unverified ever appears there.
+
+The body is read many MiB at a time into recycled buffers (:mod:`marketplace.httpstream`,
+:class:`~marketplace.inflate.BufferRing`): a plain image goes socket → buffer → ``.part`` and
+the hash threads read that same buffer, so the download costs little more than its hashes.
+A transfer that breaks off inside a buffer keeps the buffers written before it.
 
 Retries back off exponentially; TLS is always verified (``ca_bundle`` adds a CA bundle, there is
 no switch to turn it off); redirects are followed by hand so each hop's scheme is checked.
@@ -27,11 +33,18 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
-import httpx
-
 from imagekit.atomic import fsync_directory
 from imagekit.errors import InputError, NetworkError, VerificationError
-from marketplace.inflate import ALGORITHMS, CHUNK, MAGIC_BYTES, Inflater, ParallelHasher, magic_compression
+from marketplace.httpstream import Answer, TransferFailed, open_get
+from marketplace.inflate import (
+    CHUNK,
+    MAGIC_BYTES,
+    Buffer,
+    BufferRing,
+    Inflater,
+    ParallelHasher,
+    magic_compression,
+)
 from marketplace.metadata import ChecksumAlgorithm, Metadata
 from marketplace.origins import within
 from marketplace.policy import Compression, Scheme, SitePolicy
@@ -56,12 +69,12 @@ class DownloadUnreachable(DownloadFailed, NetworkError):
     nothing was judged, and the same download may work later."""
 
 
-class _Resumable(Exception):
-    """The transfer broke off (network); the ``.part`` file is worth keeping."""
-
-
 class _Unreachable(Exception):
     """The location could not be reached, or broke off before its first byte (network)."""
+
+
+class _Resumable(Exception):
+    """The transfer broke off (network); the ``.part`` file is worth keeping."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,11 @@ class Fetched:
 
 @dataclass
 class _Pipeline:
-    """Served bytes → ``.part``; inflated bytes → hashes and (if compressed) ``.img.tmp``."""
+    """Served bytes → ``.part``; inflated bytes → hashes and (if compressed) ``.img.tmp``.
+
+    Bytes arrive in the buffers :meth:`buffer` hands out (many MiB at a time); a plain image is
+    never copied in Python, the hash threads read the very buffer the network filled.
+    """
 
     part: Path
     inflated: Path
@@ -86,7 +103,9 @@ class _Pipeline:
     hasher: ParallelHasher | None = None
     head: bytes = b""
     validator: str | None = None  # ETag or Last-Modified of the transfer in .part
-    _pending: bytearray = field(default_factory=bytearray)
+    _ring: BufferRing = field(default_factory=BufferRing)
+    _batch: list[Buffer] = field(default_factory=list)  # decompressed, not yet handed off
+    _batched: int = 0
     _part_out: IO[bytes] | None = None
     _image_out: IO[bytes] | None = None
     resumed_at: list[int] = field(default_factory=list)
@@ -94,63 +113,75 @@ class _Pipeline:
     def open(self, *, keep: bool) -> None:
         """Start over, or (``keep``) replay the existing ``.part`` through the verifier first."""
         self.close()
-        self.served, self.head, self.inflater, self._pending = 0, b"", None, bytearray()
+        self.served, self.head, self.inflater = 0, b"", None
+        self._batch, self._batched = [], 0
         self.inflated.unlink(missing_ok=True)
         existing = self.part.stat().st_size if keep and self.part.exists() else 0
         self._part_out = open(self.part, "ab" if existing else "wb")  # noqa: SIM115 (closed by close())
         if existing:
-            with open(self.part, "rb") as replay:
-                while data := replay.read(CHUNK):
-                    self._verify(data)
+            with open(self.part, "rb", buffering=0) as replay:
+                while count := replay.readinto(view := self.buffer()):
+                    self._verify(view[:count])
             self.served = existing
 
-    def feed(self, data: bytes) -> None:
-        """Network reads are small: they are written at once (all of them count for resuming)
-        but verified in chunks, so the hash threads get big buffers."""
+    def buffer(self) -> memoryview:
+        """The buffer to read the next bytes into, then pass (a prefix of) to :meth:`feed`."""
+        return self._ring.take()
+
+    def feed(self, data: memoryview) -> None:
+        """Written at once (what was written counts for resuming), then verified."""
         assert self._part_out is not None
         self._part_out.write(data)
         self.served += len(data)
-        self._pending += data
-        if len(self._pending) >= CHUNK:
-            self._flush()
+        self._verify(data)
 
-    def _flush(self) -> None:
-        if self._pending:
-            data, self._pending = bytes(self._pending), bytearray()
-            self._verify(data)
-
-    def _verify(self, data: bytes) -> None:
+    def _verify(self, data: memoryview) -> None:
         if self.inflater is None:
-            self.head += data
-            if len(self.head) < MAGIC_BYTES:
-                return
-            data, self.head = self.head, b""
-            self._start(magic_compression(data))
+            if self.head or len(data) < MAGIC_BYTES:
+                self.head += data
+                if len(self.head) < MAGIC_BYTES:
+                    self._ring.passed(None)  # copied into head
+                    return
+                data, self.head = memoryview(self.head), b""
+            self._start(magic_compression(bytes(data[:MAGIC_BYTES])))
         assert self.inflater is not None
         self.inflater.feed(data)
+        # A plain image's buffer is still being hashed; decompressors consume theirs at once.
+        self._ring.passed(self.hasher if self._image_out is None else None)
 
     def _start(self, compression: Compression) -> None:
         if compression not in self.allowed:
             raise VerificationError(f"{compression} compression is not allowed here", rule="compression")
-        self.hasher = ParallelHasher([*ALGORITHMS, *self.metadata.checksums])
+        self.hasher = ParallelHasher(self.metadata.checksums)
         if compression is not Compression.NONE:
             self._image_out = open(self.inflated, "wb")  # noqa: SIM115 (closed by close())
         self.inflater = Inflater(compression, self.metadata.size, self._inflated)
 
-    def _inflated(self, data: bytes) -> None:
+    def _inflated(self, data: Buffer) -> None:
         assert self.hasher is not None
-        self.hasher.update(data)
-        if self._image_out is not None:
-            self._image_out.write(data)
+        if self._image_out is None:
+            self.hasher.update(data)
+            return
+        self._image_out.write(data)  # while the piece is still in the cache
+        # Decompressors give out pieces of at most 1 MiB: the hash threads get CHUNK at a time.
+        self._batch.append(data)
+        self._batched += len(data)
+        if self._batched >= CHUNK:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        if self._batch and self.hasher is not None:
+            self.hasher.update_batch(self._batch)
+            self._batch, self._batched = [], 0
 
     def finish(self, dest: Path, url: str) -> Fetched:
-        self._flush()
         if self.inflater is None:  # fewer bytes than a magic number
             self._start(Compression.NONE)
         assert self.inflater is not None and self.hasher is not None
         if self.head:
             self.inflater.feed(self.head)
         self.inflater.finish()
+        self._hand_off()
         digests = self.hasher.hexdigests()
         if self.inflater.produced != self.metadata.size:
             raise VerificationError(
@@ -230,32 +261,35 @@ def fetch_image(
     part = work_dir / f"{metadata.identifier}.part"
     pipeline = _Pipeline(part, work_dir / f"{metadata.identifier}.img.tmp", metadata, policy.compressions)
     reasons: list[str] = []
-    unreachable = 0  # how many of the reasons are the network's
     kept = False
-    with _client(policy) as client:
-        for url in candidate_urls(metadata, policy):
-            refusal = scheme_refusal(url, metadata, policy)
-            if refusal is not None:
-                reasons.append(f"{url}: {refusal}")
-                continue
-            try:
-                if urlsplit(url).scheme.lower() == Scheme.FILE:
-                    _copy_file(url, pipeline)
-                else:
-                    _transfer(client, url, pipeline, policy, progress, sleep, backoff)
-                return pipeline.finish(dest, url)
-            except _Resumable as exc:
-                pipeline.close()
-                reasons.append(f"{url}: {exc} (partial download kept for resuming)")
-                kept, unreachable = True, unreachable + 1
-            except _Unreachable as exc:
-                pipeline.discard()
-                reasons.append(f"{url}: {exc}")
-                unreachable += 1
-            except VerificationError as err:
-                pipeline.discard()
-                reasons.append(f"{url}: {err.reason if err.rule == 'download' else err}")
-            log.info("%s; trying the next location", reasons[-1])
+    unreachable = 0  # how many of the reasons are the network's
+    context = tls_context(policy.ca_bundle)
+    for url in candidate_urls(metadata, policy):
+        refusal = scheme_refusal(url, metadata, policy)
+        if refusal is not None:
+            reasons.append(f"{url}: {refusal}")
+            continue
+        try:
+            if urlsplit(url).scheme.lower() == Scheme.FILE:
+                _copy_file(url, pipeline)
+            else:
+                _transfer(context, url, pipeline, policy, progress, sleep, backoff)
+            return pipeline.finish(dest, url)
+        except _Resumable as exc:
+            pipeline.close()
+            reasons.append(f"{url}: {exc} (partial download kept for resuming)")
+            kept, unreachable = True, unreachable + 1
+        except _Unreachable as exc:
+            pipeline.discard()
+            reasons.append(f"{url}: {exc}")
+            unreachable += 1
+        except VerificationError as err:
+            pipeline.discard()
+            reasons.append(f"{url}: {err.reason if err.rule == 'download' else err}")
+        except BaseException:
+            pipeline.close()  # Ctrl-C or a full disk: stop the hash threads, keep the .part
+            raise
+        log.info("%s; trying the next location", reasons[-1])
     if not reasons:
         reasons.append("the entry lists no location")
     failed = DownloadUnreachable if unreachable == len(reasons) else DownloadFailed
@@ -275,20 +309,13 @@ def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
     return context
 
 
-def _client(policy: SitePolicy) -> httpx.Client:
-    timeout = httpx.Timeout(policy.timeout)
-    return httpx.Client(
-        verify=tls_context(policy.ca_bundle), timeout=timeout, follow_redirects=False, trust_env=True
-    )
-
-
 def _copy_file(url: str, pipeline: _Pipeline) -> None:
     pipeline.open(keep=False)
     path = Path(unquote(urlsplit(url).path))
     try:
-        with open(path, "rb") as source:
-            while data := source.read(CHUNK):
-                pipeline.feed(data)
+        with open(path, "rb", buffering=0) as source:
+            while count := source.readinto(view := pipeline.buffer()):
+                pipeline.feed(view[:count])
     except OSError as exc:
         raise VerificationError(f"cannot read {path}: {exc.strerror}", rule="download") from None
 
@@ -303,7 +330,7 @@ def _load_validator(part: Path, url: str) -> str | None:
 
 
 def _transfer(
-    client: httpx.Client,
+    context: ssl.SSLContext,
     url: str,
     pipeline: _Pipeline,
     policy: SitePolicy,
@@ -317,11 +344,11 @@ def _transfer(
     failures = 0
     while True:
         try:
-            _one_request(client, url, pipeline, policy, progress)
+            _one_request(context, url, pipeline, policy, progress)
             return
-        except (httpx.TransportError, _ServerError) as exc:
+        except (TransferFailed, _ServerError) as exc:
             failures += 1
-            reason = _describe(exc)
+            reason = str(exc)
             if failures > policy.retries:
                 if pipeline.served == 0 and isinstance(exc, _ServerError):  # it answered, 5xx
                     raise VerificationError(reason, rule="download") from None
@@ -335,18 +362,8 @@ class _ServerError(Exception):
     """A 5xx answer: worth retrying."""
 
 
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect: {exc}"
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
-        return f"connection dropped: {exc}"
-    return str(exc) or type(exc).__name__
-
-
 def _one_request(
-    client: httpx.Client,
+    context: ssl.SSLContext,
     url: str,
     pipeline: _Pipeline,
     policy: SitePolicy,
@@ -359,62 +376,59 @@ def _one_request(
         headers["Range"] = f"bytes={offset}-"
         if validator:
             headers["If-Range"] = validator
-    with _follow(client, url, headers, pipeline.metadata, policy) as response:
-        if response.status_code == 206:
+    with _follow(context, url, headers, pipeline.metadata, policy) as response:
+        if response.status == 206:
             if not offset or _range_start(response) != offset:
                 raise VerificationError(
-                    f"asked for bytes from {offset}, got range {response.headers.get('content-range')}",
+                    f"asked for bytes from {offset}, got range {response.header('content-range')}",
                     rule="download",
                 )
             pipeline.resumed_at.append(offset)
-        elif response.status_code == 200:
+        elif response.status == 200:
             if offset:
                 pipeline.open(keep=False)  # no range support (or the file changed): start over
         else:
-            raise VerificationError(f"HTTP {response.status_code} {response.reason_phrase}", rule="download")
+            raise VerificationError(f"HTTP {response.status} {response.reason}", rule="download")
         total = _expected_total(response)
-        pipeline.validator = response.headers.get("etag") or response.headers.get("last-modified")
+        pipeline.validator = response.header("etag") or response.header("last-modified")
         _sidecar(pipeline.part).write_text(json.dumps({"url": url, "validator": pipeline.validator}))
-        for data in response.iter_raw():
-            pipeline.feed(data)
+        while count := response.readinto(view := pipeline.buffer()):
+            pipeline.feed(view[:count])
             if progress is not None:
                 progress(pipeline.served, total)
 
 
-def _range_start(response: httpx.Response) -> int | None:
-    value = response.headers.get("content-range", "")
+def _range_start(response: Answer) -> int | None:
+    value = response.header("content-range") or ""
     unit, _, spec = value.partition(" ")
     start = spec.split("-", 1)[0]
     return int(start) if unit == "bytes" and start.isdigit() else None
 
 
-def _expected_total(response: httpx.Response) -> int | None:
-    if response.status_code == 206:
-        total = response.headers.get("content-range", "").rpartition("/")[2]
+def _expected_total(response: Answer) -> int | None:
+    if response.status == 206:
+        total = (response.header("content-range") or "").rpartition("/")[2]
         return int(total) if total.isdigit() else None
-    length = response.headers.get("content-length", "")
+    length = response.header("content-length") or ""
     return int(length) if length.isdigit() else None
 
 
 @contextlib.contextmanager
 def _follow(
-    client: httpx.Client, url: str, headers: dict[str, str], metadata: Metadata, policy: SitePolicy
-) -> Iterator[httpx.Response]:
+    context: ssl.SSLContext, url: str, headers: dict[str, str], metadata: Metadata, policy: SitePolicy
+) -> Iterator[Answer]:
     """GET ``url``, following redirects by hand: each target's scheme must be allowed too."""
     for _ in range(MAX_REDIRECTS + 1):
-        response = client.send(client.build_request("GET", url, headers=headers), stream=True)
-        try:
-            if response.is_redirect:
-                target = str(response.url.join(response.headers["location"]))
+        with open_get(url, headers, context=context, timeout=policy.timeout) as response:
+            target = response.redirect_target
+            if target is not None:
                 refusal = scheme_refusal(target, metadata, policy)
                 if refusal is not None:
                     raise VerificationError(f"redirect to {target} refused: {refusal}", rule="download")
                 url = target
                 continue
-            if response.status_code >= 500:
-                raise _ServerError(f"HTTP {response.status_code} {response.reason_phrase}")
+            if response.status >= 500:
+                raise _ServerError(f"HTTP {response.status} {response.reason}")
             yield response
             return
-        finally:
-            response.close()
     raise VerificationError(f"more than {MAX_REDIRECTS} redirects", rule="download")

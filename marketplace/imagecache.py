@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from imagekit.state import State
-from marketplace.inflate import CHUNK, ParallelHasher
+from marketplace.inflate import BufferRing, ParallelHasher
 from marketplace.metadata import ChecksumAlgorithm
 
 
@@ -141,13 +141,14 @@ def release_image(state: State, identifier: str, holder: str) -> None:
 
 
 def rehash(path: Path, algorithms: list[ChecksumAlgorithm]) -> tuple[int, dict[ChecksumAlgorithm, str]]:
-    hasher = ParallelHasher(algorithms)
+    hasher, ring = ParallelHasher(algorithms), BufferRing()
     size = 0
     try:
-        with open(path, "rb") as image:
-            while data := image.read(CHUNK):
-                size += len(data)
-                hasher.update(data)
+        with open(path, "rb", buffering=0) as image:
+            while count := image.readinto(view := ring.take()):
+                size += count
+                hasher.update(view[:count])
+                ring.passed(hasher)
     finally:
         digests = hasher.hexdigests()
     return size, digests

@@ -3,10 +3,12 @@
 :class:`Inflater` turns the bytes as served into the image, choosing the decompressor from the
 first bytes (never from a file name or ``dcterms:compression``) and stopping as soon as the
 output passes the declared size (``slreq:bytes``): a decompression bomb costs at most one
-chunk past that size. :class:`ParallelHasher` computes MD5, SHA-1, SHA-256 and SHA-512 of the
+chunk past that size. :class:`ParallelHasher` computes the entry's checksums of the
 *uncompressed* stream in one pass, each in its own thread (hashlib releases the GIL on buffers
-over 2 KiB, so the four run side by side instead of one after the other as in StratusLab's
-storage service).
+over 2 KiB, so the hashes run side by side instead of one after the other as in StratusLab's
+storage service). Work is handed to the threads in :data:`CHUNK`-sized pieces, and
+:class:`BufferRing` recycles the buffers the network reads into, so a plain image is never
+copied in Python: socket → ring buffer → ``.part`` file and, by reference, the hash threads.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import lzma
 import queue
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Protocol, cast
 
 import zstandard
@@ -26,7 +28,15 @@ from imagekit.errors import VerificationError
 from marketplace.metadata import ChecksumAlgorithm
 from marketplace.policy import Compression
 
-CHUNK = 1 << 20
+# A hand-off to the hash threads (~15 ms of MD5, so handing off costs nothing). Measured on 512 MiB
+# with 2 cores: 8 MiB x 4 buffers spent 0.1 CPU-second less than 1 MiB x 8 (fewer wake-ups).
+CHUNK = 8 << 20
+RING = 4  # ring buffers: the network fills one while the hash threads read the others
+# What one decompressor call takes in and gives out at most: the input bound limits what zlib's
+# ``unconsumed_tail`` copies; the output bound keeps zlib's output buffer in cache (measured on a
+# 257 MiB gzip: 0.25 CPU-second with 1 MiB outputs, 0.49 with 8 MiB ones).
+PIECE = 1 << 20
+Buffer = bytes | bytearray | memoryview
 ALGORITHMS = (
     ChecksumAlgorithm.MD5,
     ChecksumAlgorithm.SHA1,
@@ -51,22 +61,49 @@ def magic_compression(head: bytes) -> Compression:
 
 
 class ParallelHasher:
-    """Several hashes of one byte stream, one thread each. Feed immutable ``bytes`` only."""
+    """Several hashes of one byte stream, one thread each.
+
+    :meth:`update` keeps a reference to ``data``, not a copy: a mutable buffer must stay as it
+    is until :meth:`wait` for the :attr:`mark` taken after it returns (see :class:`BufferRing`).
+    """
 
     def __init__(self, algorithms: Iterable[ChecksumAlgorithm] = ALGORITHMS) -> None:
         self._hashes = {a: hashlib.new(a.hashlib_name) for a in dict.fromkeys(algorithms)}
-        self._queues: list[queue.Queue[bytes | None]] = []
+        self._queues: list[queue.Queue[Sequence[Buffer] | None]] = []
         self._threads = []
-        for algorithm, digest in self._hashes.items():
-            work: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-            thread = threading.Thread(target=_hash_loop, args=(digest, work), name=f"hash-{algorithm}")
+        self._done = [0] * len(self._hashes)  # batches each thread has hashed
+        self._progress = threading.Condition()
+        self.mark = 0  # batches handed to the threads so far
+        for index, (algorithm, digest) in enumerate(self._hashes.items()):
+            work: queue.Queue[Sequence[Buffer] | None] = queue.Queue(maxsize=RING)
+            thread = threading.Thread(
+                target=self._hash_loop, args=(index, digest, work), name=f"hash-{algorithm}"
+            )
             thread.start()
             self._queues.append(work)
             self._threads.append(thread)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: Buffer) -> None:
+        self.update_batch((data,))
+
+    def update_batch(self, batch: Sequence[Buffer]) -> None:
+        """Several pieces in one hand-off (decompressors give out pieces smaller than CHUNK)."""
+        self.mark += 1
         for work in self._queues:
-            work.put(data)
+            work.put(batch)
+
+    def wait(self, mark: int) -> None:
+        """Block until every thread has hashed the first ``mark`` batches (or was stopped)."""
+        with self._progress:
+            self._progress.wait_for(lambda: not self._threads or min(self._done) >= mark)
+
+    def _hash_loop(self, index: int, digest: _Digest, work: queue.Queue[Sequence[Buffer] | None]) -> None:
+        while (batch := work.get()) is not None:
+            for data in batch:
+                digest.update(data)
+            with self._progress:
+                self._done[index] += 1
+                self._progress.notify_all()
 
     def close(self) -> None:
         """Stop the threads (idempotent); called by :meth:`hexdigests` and on failure."""
@@ -76,7 +113,9 @@ class ParallelHasher:
             work.put(None)
         for thread in self._threads:
             thread.join()
-        self._threads = []
+        with self._progress:
+            self._threads = []
+            self._progress.notify_all()
 
     def hexdigests(self) -> dict[ChecksumAlgorithm, str]:
         self.close()
@@ -84,12 +123,31 @@ class ParallelHasher:
 
 
 class _Digest(Protocol):
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: Buffer, /) -> None: ...
 
 
-def _hash_loop(digest: _Digest, work: queue.Queue[bytes | None]) -> None:
-    while (data := work.get()) is not None:
-        digest.update(data)
+class BufferRing:
+    """:data:`RING` buffers of :data:`CHUNK` bytes, taken in turn to read into.
+
+    A buffer is handed out again only once the hash threads have read what it held: after
+    filling the one from :meth:`take` and passing it on, call :meth:`passed` with the hasher
+    it went to (``None`` when nothing kept a reference, e.g. a decompressor consumed it).
+    """
+
+    def __init__(self) -> None:
+        self._buffers = [memoryview(bytearray(CHUNK)) for _ in range(RING)]
+        self._owed: list[tuple[ParallelHasher | None, int]] = [(None, 0)] * RING
+        self._turn = 0
+
+    def take(self) -> memoryview:
+        hasher, mark = self._owed[self._turn]
+        if hasher is not None:
+            hasher.wait(mark)
+        return self._buffers[self._turn]
+
+    def passed(self, hasher: ParallelHasher | None) -> None:
+        self._owed[self._turn] = (hasher, hasher.mark) if hasher is not None else (None, 0)
+        self._turn = (self._turn + 1) % len(self._buffers)
 
 
 class Inflater:
@@ -99,7 +157,7 @@ class Inflater:
     and (rule ``compression``) on trailing garbage or a truncated stream.
     """
 
-    def __init__(self, compression: Compression, size: int, emit: Callable[[bytes], None]) -> None:
+    def __init__(self, compression: Compression, size: int, emit: Callable[[Buffer], None]) -> None:
         self.compression = compression
         self.size = size
         self.produced = 0
@@ -107,13 +165,13 @@ class Inflater:
         self._zlib = zlib.decompressobj(wbits=31)
         self._stream = self._new_stream()
         sink = cast(IO[bytes], self)  # the writer only calls write()
-        self._zstd = zstandard.ZstdDecompressor().stream_writer(sink, write_size=CHUNK, closefd=False)
+        self._zstd = zstandard.ZstdDecompressor().stream_writer(sink, write_size=PIECE, closefd=False)
         self._ended = False
 
     def _new_stream(self) -> bz2.BZ2Decompressor | lzma.LZMADecompressor:
         return bz2.BZ2Decompressor() if self.compression is Compression.BZIP2 else lzma.LZMADecompressor()
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Buffer) -> int:
         """Output sink of the zstd stream writer, and of every other decompressor."""
         if not data:
             return 0
@@ -127,9 +185,11 @@ class Inflater:
         return len(data)
 
     def _room(self) -> int:
-        return max(1, min(CHUNK, self.size + 1 - self.produced))
+        return max(1, min(PIECE, self.size + 1 - self.produced))
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: Buffer) -> None:
+        """``data`` is not kept: the caller may reuse its buffer, except that with no compression
+        it is what ``emit`` gets."""
         if self.compression is Compression.NONE:
             self.write(data)
         elif self.compression is Compression.ZSTD:
@@ -139,7 +199,12 @@ class Inflater:
         else:
             self._feed_stream(data)
 
-    def _feed_gzip(self, data: bytes) -> None:
+    def _feed_gzip(self, data: Buffer) -> None:
+        whole = memoryview(data)
+        for start in range(0, len(whole), PIECE):
+            self._feed_gzip_piece(whole[start : start + PIECE])
+
+    def _feed_gzip_piece(self, data: Buffer) -> None:
         while data:
             if self._ended:
                 self._next_member(data, b"\x1f\x8b")
@@ -155,7 +220,7 @@ class Inflater:
             while not self._zlib.eof and (out := self._zlib.decompress(b"", self._room())):
                 self.write(out)
 
-    def _feed_stream(self, data: bytes) -> None:
+    def _feed_stream(self, data: Buffer) -> None:
         while data:
             if self._ended:
                 self._next_member(
@@ -171,9 +236,9 @@ class Inflater:
                 self._ended = True
                 data = self._stream.unused_data
 
-    def _next_member(self, data: bytes, magic: bytes) -> None:
+    def _next_member(self, data: Buffer, magic: bytes) -> None:
         # Concatenated members (pigz, pbzip2, pixz) are one stream; anything else is not.
-        if not magic.startswith(data[: len(magic)]):
+        if not magic.startswith(bytes(data[: len(magic)])):
             raise VerificationError(
                 f"unexpected bytes after the end of the {self.compression} stream", rule="compression"
             )

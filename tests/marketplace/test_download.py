@@ -13,6 +13,7 @@ import gzip
 import ipaddress
 import lzma
 import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from imagekit.state import State
-from marketplace.fetch import DownloadFailed
+from marketplace.fetch import DownloadFailed, fetch_image
 from marketplace.imagecache import collect_garbage, images_dir, list_images, partial_dir, verify_cache
 from marketplace.metadata import ChecksumAlgorithm, Metadata
 from marketplace.policy import Compression, Scheme, SitePolicy
@@ -123,6 +124,64 @@ def test_compressed_images_are_inflated_and_hashed_uncompressed(
     assert image.fetched is not None and image.fetched.compression is compression
     assert image.path.read_bytes() == content
     assert site.parts() == [] and site.leftovers() == []
+
+
+def test_only_the_listed_checksums_are_computed_and_cached(site: Site) -> None:
+    """Issue 20: an entry listing SHA-512 (and the SHA-1 every entry has: the identifier) costs
+    those two hashes, not four; the cache records what was verified."""
+    content = image_bytes(SIZE)
+    m = site.publish(content, algorithms=(ChecksumAlgorithm.SHA1, ChecksumAlgorithm.SHA512))
+    image = site.obtain(m.identifier)
+    assert image.fetched is not None and image.fetched.digests == dict(m.checksums)
+    assert list_images(site.state)[0].checksums == dict(m.checksums)
+    assert [c.problem for c in verify_cache(site.state)] == [None]
+
+
+def test_recycled_buffers_are_refilled_only_after_every_hash_read_them(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With buffers of 64 KiB and a ring of two, a 1.5 MiB image (and its resumed tail, replayed
+    from ``.part``) goes round the ring a dozen times: a buffer refilled while a hash thread was
+    still reading it would change that hash."""
+    monkeypatch.setattr("marketplace.inflate.CHUNK", 64 << 10)
+    monkeypatch.setattr("marketplace.inflate.RING", 2)
+    content = image_bytes(SIZE)
+    m = site.publish(content)
+    site.server.behaviour["/img"] = Behaviour(drop_after=700_000)
+    image = site.obtain(m.identifier)
+    assert image.fetched is not None and image.fetched.resumed_at == (700_000,)
+    assert image.fetched.digests == dict(m.checksums) and image.path.read_bytes() == content
+
+
+def test_the_proxy_from_the_environment_is_used(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with httpx's ``trust_env``: ``http_proxy`` gets the request in absolute form."""
+    content = image_bytes(20_000)
+    m = describe(content, locations=("http://images.example.invalid/img",))
+    site.server.files["http://images.example.invalid/img"] = content  # the proxy's view
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", site.server.url)
+    fetched = fetch_image(m, tmp_path / "out.img", work_dir=tmp_path / "partial", policy=site.policy)
+    assert (tmp_path / "out.img").read_bytes() == content and fetched.url == m.locations[0]
+    assert [r.path for r in site.server.log] == ["http://images.example.invalid/img"]
+
+
+def test_an_interrupt_stops_the_hash_threads_and_keeps_the_part(site: Site, tmp_path: Path) -> None:
+    """Ctrl-C mid-download: no hash thread is left waiting (it would keep the process alive)."""
+    m = site.publish(image_bytes(SIZE))
+
+    def interrupt(done: int, total: int | None) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fetch_image(
+            m, tmp_path / "out.img", work_dir=tmp_path / "partial", policy=site.policy, progress=interrupt
+        )
+    assert not [t for t in threading.enumerate() if t.name.startswith("hash-")]
+    assert (tmp_path / "partial" / f"{m.identifier}.part").stat().st_size == SIZE
+    assert not (tmp_path / "out.img").exists()
 
 
 def test_dropped_connection_resumes_from_the_offset(site: Site) -> None:

@@ -28,7 +28,7 @@ PACKERS: dict[Compression, Callable[[bytes], bytes]] = {
 
 def inflate(data: bytes, size: int, *, piece: int = 4096) -> bytes:
     out: list[bytes] = []
-    inflater = Inflater(magic_compression(data[:6]), size, out.append)
+    inflater = Inflater(magic_compression(data[:6]), size, lambda piece: out.append(bytes(piece)))
     for i in range(0, len(data), piece):
         inflater.feed(data[i : i + piece])
     inflater.finish()
@@ -94,4 +94,21 @@ def test_parallel_hasher_matches_hashlib() -> None:
             ChecksumAlgorithm.SHA256,
             ChecksumAlgorithm.SHA512,
         )
+    }
+
+
+def test_a_reused_buffer_is_hashed_as_it_was_when_handed_over() -> None:
+    """:meth:`ParallelHasher.update` keeps a reference; after ``wait(mark)`` the buffer is free."""
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    pieces = [os.urandom(CHUNK) for _ in range(3)]
+    hasher = ParallelHasher([ChecksumAlgorithm.SHA256, ChecksumAlgorithm.MD5])
+    for piece in pieces:
+        view[:] = piece
+        hasher.update(view)
+        hasher.wait(hasher.mark)
+    whole = b"".join(pieces)
+    assert hasher.hexdigests() == {
+        ChecksumAlgorithm.SHA256: hashlib.sha256(whole).hexdigest(),
+        ChecksumAlgorithm.MD5: hashlib.md5(whole).hexdigest(),
     }
