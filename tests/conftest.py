@@ -61,9 +61,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def costliest_first(items: list[pytest.Item]) -> list[pytest.Item]:
     """The run's order under pytest-xdist (`make test` hands out one test at a time): the first
-    test to use each built image (its build), then boots, then the other slow tiers, then the
-    quick tests, each group in collection order. The workers start the builds and boots at once
-    and finish together, the quick tests filling the gaps."""
+    test to use each built image (its build), the other boots of built images, the rest of the
+    slow tier (builds, loads), the other VM tests (blank disks), the browser and database tiers,
+    then the quick tests, each group in collection order. The workers start the builds and
+    boots at once and finish together, the quick tests filling the gaps."""
     built: set[str] = set()
 
     def rank(item: pytest.Item) -> int:
@@ -72,10 +73,12 @@ def costliest_first(items: list[pytest.Item]) -> list[pytest.Item]:
             built.update(images)
             return 0
         marks = {m.name for m in item.iter_markers()}
-        for n, tier in enumerate(("vm", "slow", "browser", "postgres"), 1):
+        if images and "vm" in marks:
+            return 1
+        for n, tier in enumerate(("slow", "vm", "browser", "postgres"), 2):
             if tier in marks:
                 return n
-        return 5
+        return 6
 
     ranks = [rank(item) for item in items]  # in collection order: "first to use" is well defined
     return [item for _, _, item in sorted(zip(ranks, range(len(items)), items, strict=True))]

@@ -76,12 +76,14 @@ def test_tiers_and_timeouts() -> None:
 
 
 def test_the_costliest_tests_run_first() -> None:
-    """Under xdist: each image's first user (its build), boots, the slow tiers, then the rest."""
+    """Under xdist: each image's first user (its build), boots of built images, the slow tier,
+    the other VM tests, the browser and database tiers, then the rest."""
     fast, later_fast = _Item(["tmp_path"], []), _Item([], [])
-    boot = _Item(["tmp_path"], ["vm"])
+    blank_vm = _Item(["tmp_path"], ["vm"])
     minimal, cloud = _Item(["minimal_image", "build_state_dir"], ["slow"]), _Item(["cloud_image"], ["slow"])
     minimal_boot = _Item(["minimal_image"], ["slow", "vm"])
     database, load = _Item(["pg_server"], ["postgres"]), _Item([], ["slow"])
-    given: list[Any] = [fast, boot, database, minimal, load, minimal_boot, later_fast, cloud]
-    expected: list[Any] = [minimal, cloud, boot, minimal_boot, load, database, fast, later_fast]
+    rebuild = _Item(["build_state_dir"], ["slow"])
+    given: list[Any] = [fast, blank_vm, database, minimal, load, rebuild, minimal_boot, later_fast, cloud]
+    expected: list[Any] = [minimal, cloud, minimal_boot, load, rebuild, blank_vm, database, fast, later_fast]
     assert costliest_first(given) == expected
