@@ -1,8 +1,11 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both install what is missing first.
 # `make check` is the developer's fast tier: lint, types and every test that needs no image
-# build, VM boot, browser or database server (markers slow, vm, browser, postgres), < 2 minutes.
+# build, VM boot, browser or database server (markers slow, vm, browser, postgres), < 1 minute.
 VENV := .venv
 BIN := $(VENV)/bin
+# Both run on every core (pytest-xdist), one test handed out at a time in tests/conftest.py's
+# order (costliest first): image builds and boots overlap, and the workers finish together.
+PARALLEL := -n auto --dist load --maxschedchunk 1
 
 .PHONY: setup demo test check lint typecheck docs unit fast bench clean
 FAST := not slow and not vm and not browser and not postgres
@@ -26,10 +29,10 @@ docs: setup
 	$(BIN)/sphinx-build -W --keep-going -E -q -b html docs docs/_html
 
 unit: setup
-	$(BIN)/pytest
+	$(BIN)/pytest $(PARALLEL)
 
 fast: setup
-	$(BIN)/pytest -m "$(FAST)"
+	$(BIN)/pytest $(PARALLEL) -m "$(FAST)"
 
 test: lint typecheck docs unit
 

@@ -12,7 +12,7 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from imagekit.errors import CommandError
@@ -20,6 +20,9 @@ from imagekit.errors import CommandError
 log = logging.getLogger(__name__)
 
 Argv = Sequence[str | os.PathLike[str]]
+# What :func:`run` is, for a step that takes it as a seam: the builder runs mmdebstrap and its
+# chroots through one, so its failure paths are tested with a stand-in (tests/builder/standin.py).
+Runner = Callable[..., subprocess.CompletedProcess[bytes]]
 
 # Variables passed through from the caller's environment; everything else is dropped so that
 # builds do not depend on who runs them.

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from imagekit.recipe.model import Recipe
 
 REPO = Path(__file__).resolve().parent.parent
 # IMAGEKIT_ANCHORS=/nonexistent runs the suite as a clone that does not sit beside shared/ would.
@@ -21,7 +26,13 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Per-test timeout for the marked tiers; everything else gets pyproject's short default.
 LONG_TIMEOUTS = {"slow": 1800, "vm": 1800, "browser": 300, "postgres": 300}
 # Session fixtures that build an image: a test using one is `slow` whether or not it says so.
-BUILDING_FIXTURES = frozenset({"minimal_image", "cloud_image", "build_state_dir"})
+BUILDING_FIXTURES = frozenset(
+    {"minimal_image", "cloud_image", "build_state_dir", "cloud_init_image", "both_agents_image"}
+)
+
+
+# Fixtures that start a server: a test using one is in that server's tier.
+SERVER_FIXTURES = {"pg_server": "postgres"}
 
 
 # Files this session collected, before -m or -k deselected any (tests/test_collection.py).
@@ -33,14 +44,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(REPO):
             COLLECTED_FILES.add(str(item.path.relative_to(REPO)))
-        builds = BUILDING_FIXTURES & set(getattr(item, "fixturenames", ()))
-        if builds and not item.get_closest_marker("slow"):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if BUILDING_FIXTURES & fixtures and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+        for fixture in sorted(fixtures & SERVER_FIXTURES.keys()):
+            if not item.get_closest_marker(SERVER_FIXTURES[fixture]):
+                item.add_marker(getattr(pytest.mark, SERVER_FIXTURES[fixture]))
         longest = max(
             (LONG_TIMEOUTS[m.name] for m in item.iter_markers() if m.name in LONG_TIMEOUTS), default=0
         )
         if longest and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(longest))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items[:] = costliest_first(items)
+
+
+def costliest_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The run's order under pytest-xdist (`make test` hands out one test at a time): the first
+    test to use each built image (its build), the other boots of built images, the rest of the
+    slow tier (builds, loads), the other VM tests (blank disks), the browser and database tiers,
+    then the quick tests, each group in collection order. The workers start the builds and
+    boots at once and finish together, the quick tests filling the gaps."""
+    built: set[str] = set()
+
+    def rank(item: pytest.Item) -> int:
+        images = BUILDING_FIXTURES & set(getattr(item, "fixturenames", ())) - {"build_state_dir"}
+        if images - built:
+            built.update(images)
+            return 0
+        marks = {m.name for m in item.iter_markers()}
+        if images and "vm" in marks:
+            return 1
+        for n, tier in enumerate(("slow", "vm", "browser", "postgres"), 2):
+            if tier in marks:
+                return n
+        return 6
+
+    ranks = [rank(item) for item in items]  # in collection order: "first to use" is well defined
+    return [item for _, _, item in sorted(zip(ranks, range(len(items)), items, strict=True))]
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +100,10 @@ def anchors() -> Path:
     return ANCHORS
 
 
-# --- images built once per session (builder, issue 4); boot tests use them -------------------
+# --- images built once per run (builder, issue 4); boot tests use them -----------------------
+# With pytest-xdist every worker is a session of its own: the first worker to ask for an image
+# builds it under a lock in the run's shared directory, the others wait and take its record.
+# No test writes to these files (boots use snapshot=on or a copy-on-write overlay).
 
 
 @dataclass(frozen=True)
@@ -69,32 +113,68 @@ class BuiltImage:
     firmware: str  # "bios", "uefi" or "hybrid"
 
 
+def run_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory shared by every worker of this run (xdist's workers' common parent), else the
+    session's own temporary directory."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def build_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, recipe: Recipe, state_dir: Path
+) -> BuiltImage:
+    """``recipe`` built in the first worker that asks for ``name``; its record for the rest (a
+    failed build fails them too, with its error, instead of being tried again)."""
+    from imagekit.locks import exclusive
+
+    shared = run_directory(tmp_path_factory) / "images"
+    record = shared / f"{name}.json"
+    with exclusive(shared / f"{name}.lock"):
+        if record.exists():
+            done = json.loads(record.read_text())
+            if "error" in done:
+                pytest.fail(f"building {name} failed in another worker: {done['error']}", pytrace=False)
+            return BuiltImage(Path(done["path"]), Path(done["manifest"]), done["firmware"])
+        try:
+            built = _build(recipe, shared / name, state_dir)
+        except BaseException as exc:
+            record.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+            raise
+        record.write_text(json.dumps({"path": str(built.path), "manifest": str(built.manifest),
+                                      "firmware": built.firmware}))  # fmt: skip
+        return built
+
+
 @pytest.fixture(scope="session")
 def build_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One state directory (and so one package cache) for every image built in the session."""
-    return tmp_path_factory.mktemp("imagekit-build-state")
+    """One state directory (and so one package cache) for every image built in the run."""
+    state = run_directory(tmp_path_factory) / "imagekit-build-state"
+    state.mkdir(exist_ok=True)
+    return state
 
 
-def _build_shipped(recipe_name: str, out: Path, state_dir: Path) -> BuiltImage:
+def _build(recipe: Recipe, out: Path, state_dir: Path) -> BuiltImage:
     from imagekit.builder import BuildOptions, build_image
-    from imagekit.recipe import load_recipe
     from imagekit.recipe.model import OutputFormat
     from imagekit.state import State
 
-    recipe = load_recipe(REPO / "recipes" / recipe_name)
     result = build_image(recipe, BuildOptions(output_dir=out), state=State.open(state_dir))
-    qcow2 = next(o.path for o in result.outputs if o.format is OutputFormat.QCOW2)
-    return BuiltImage(qcow2, result.manifest, result.firmware.value)
+    return BuiltImage(result.output(OutputFormat.QCOW2), result.manifest, result.firmware.value)
+
+
+def shipped(recipe_name: str) -> Recipe:
+    from imagekit.recipe import load_recipe
+
+    return load_recipe(REPO / "recipes" / recipe_name)
 
 
 @pytest.fixture(scope="session")
 def minimal_image(tmp_path_factory: pytest.TempPathFactory, build_state_dir: Path) -> BuiltImage:
     """recipes/debian-12-minimal.appl built for BIOS (qcow2 and raw)."""
-    out = tmp_path_factory.mktemp("minimal-image")
-    return _build_shipped("debian-12-minimal.appl", out, build_state_dir)
+    return build_once(tmp_path_factory, "minimal-image", shipped("debian-12-minimal.appl"), build_state_dir)
 
 
 @pytest.fixture(scope="session")
 def cloud_image(tmp_path_factory: pytest.TempPathFactory, build_state_dir: Path) -> BuiltImage:
     """recipes/debian-12-cloud.tdl built for hybrid BIOS+UEFI boot (qcow2)."""
-    return _build_shipped("debian-12-cloud.tdl", tmp_path_factory.mktemp("cloud-image"), build_state_dir)
+    return build_once(tmp_path_factory, "cloud-image", shipped("debian-12-cloud.tdl"), build_state_dir)

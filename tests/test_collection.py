@@ -8,10 +8,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .conftest import COLLECTED_FILES, LONG_TIMEOUTS, REPO, pytest_collection_modifyitems
+from .conftest import COLLECTED_FILES, LONG_TIMEOUTS, REPO, costliest_first, pytest_collection_modifyitems
 
 
 def test_every_test_file_is_collected(pytestconfig: pytest.Config) -> None:
@@ -22,8 +23,12 @@ def test_every_test_file_is_collected(pytestconfig: pytest.Config) -> None:
 
 
 def _whole_suite(config: pytest.Config) -> bool:
-    """This session started from pyproject's testpaths: what it collected is the answer."""
-    return config.args_source is pytest.Config.ArgsSource.TESTPATHS
+    """This session started from pyproject's testpaths: what it collected is the answer. An
+    xdist worker is handed the controller's arguments, so there they are the testpaths."""
+    if config.args_source is pytest.Config.ArgsSource.TESTPATHS:
+        return True
+    given = {(config.invocation_params.dir / arg).resolve() for arg in config.args}
+    return hasattr(config, "workerinput") and given == {REPO / path for path in config.getini("testpaths")}
 
 
 def _collect_in_a_subprocess() -> set[str]:
@@ -61,8 +66,24 @@ def test_tiers_and_timeouts() -> None:
     builds = _Item(["tmp_path", "minimal_image"], [])
     browser = _Item(["page"], ["browser"])
     fast = _Item(["tmp_path"], [])
-    pytest_collection_modifyitems([builds, browser, fast])  # type: ignore[list-item]
+    database = _Item(["dsn", "pg_server"], [])
+    pytest_collection_modifyitems([builds, browser, fast, database])  # type: ignore[list-item]
     assert builds.get_closest_marker("slow") is not None
     assert [m.args for m in builds.iter_markers() if m.name == "timeout"] == [(LONG_TIMEOUTS["slow"],)]
     assert [m.args for m in browser.iter_markers() if m.name == "timeout"] == [(LONG_TIMEOUTS["browser"],)]
     assert [m.name for m in fast.iter_markers()] == []
+    assert [m.name for m in database.iter_markers()] == ["postgres", "timeout"]
+
+
+def test_the_costliest_tests_run_first() -> None:
+    """Under xdist: each image's first user (its build), boots of built images, the slow tier,
+    the other VM tests, the browser and database tiers, then the rest."""
+    fast, later_fast = _Item(["tmp_path"], []), _Item([], [])
+    blank_vm = _Item(["tmp_path"], ["vm"])
+    minimal, cloud = _Item(["minimal_image", "build_state_dir"], ["slow"]), _Item(["cloud_image"], ["slow"])
+    minimal_boot = _Item(["minimal_image"], ["slow", "vm"])
+    database, load = _Item(["pg_server"], ["postgres"]), _Item([], ["slow"])
+    rebuild = _Item(["build_state_dir"], ["slow"])
+    given: list[Any] = [fast, blank_vm, database, minimal, load, rebuild, minimal_boot, later_fast, cloud]
+    expected: list[Any] = [minimal, cloud, minimal_boot, load, rebuild, blank_vm, database, fast, later_fast]
+    assert costliest_first(given) == expected

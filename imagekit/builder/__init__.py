@@ -36,6 +36,7 @@ from imagekit.errors import CommandError, InputError, VerificationError
 from imagekit.interrupt import interruptible
 from imagekit.log import StepTimings, step
 from imagekit.recipe.model import Firmware, OutputFormat, Recipe
+from imagekit.run import Runner, run
 from imagekit.state import State
 
 from . import bootloader, cache, customize, disk, manifest, reproducible, rootfs, space
@@ -82,7 +83,9 @@ class BuildResult:
         return next(o.path for o in self.outputs if o.format is fmt)
 
 
-def build_image(recipe: Recipe, options: BuildOptions, *, state: State) -> BuildResult:
+def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: Runner = run) -> BuildResult:
+    """``runner`` runs mmdebstrap and the commands in the tree's chroot (a seam: the failure
+    paths are tested with a stand-in for them); every other tool goes through :func:`run`."""
     started = time.monotonic()
     timings = StepTimings()
     firmware = options.firmware or recipe.firmware
@@ -96,10 +99,12 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State) -> Build
 
     with interruptible(), Workspace.create(work_parent) as ws:
         with step("install packages", timings):
-            outcome = package_stage(stage, recipe, ws, stage_cache, inputs)
+            outcome = package_stage(stage, recipe, ws, stage_cache, inputs, runner=runner)
         with step("customize", timings):
             install_agent = recipe.context_agent.wants_imagekit()
-            customize.customize(recipe, ws.root, layout, install_agent=install_agent, inputs=inputs)
+            customize.customize(
+                recipe, ws.root, layout, install_agent=install_agent, inputs=inputs, runner=runner
+            )
             packages = manifest.installed_packages(ws.root)
             customize.clean(ws.root)
         raw = ws.path("disk.raw")
@@ -185,13 +190,17 @@ def package_stage(
     ws: Workspace,
     stage_cache: cache.StageCache | None,
     inputs: BuildInputs,
+    *,
+    runner: Runner = run,
 ) -> CacheOutcome:
     """Fill ``ws.root`` from the cache, or with mmdebstrap (and then cache it)."""
     key = stage.key(inputs.archive, inputs.source_date_epoch)
     if stage_cache is not None and stage_cache.restore(key, ws.root):
         log.info("package cache hit: %s", key[:16])
         return CacheOutcome(key, hit=True, used=True)
-    rootfs.bootstrap(stage, ws.root, ws.base, recipe_repos=recipe.repositories, env=inputs.env())
+    rootfs.bootstrap(
+        stage, ws.root, ws.base, recipe_repos=recipe.repositories, env=inputs.env(), runner=runner
+    )
     if stage_cache is None:
         return CacheOutcome(key, hit=False, used=False)
     log.info("package cache miss: %s", key[:16])

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from imagekit.errors import CommandError, InputError
 from imagekit.recipe.model import Recipe, User
-from imagekit.run import run
+from imagekit.run import Runner, run
 
 from .disk import DiskLayout
 from .firstboot import install_first_boot, write
@@ -36,10 +36,12 @@ _CHROOT_SETUP = (
 _POLICY_RC = "#!/bin/sh\n# imagekit: no services start while building\nexit 101\n"
 
 
-def in_chroot(root: Path, script: str, *, step: str, env: Mapping[str, str] | None = None) -> None:
+def in_chroot(
+    root: Path, script: str, *, step: str, env: Mapping[str, str] | None = None, runner: Runner = run
+) -> None:
     """Run the shell ``script`` (fed on stdin, ``sh -e``) inside ``root``."""
     try:
-        run(
+        runner(
             [*NAMESPACES, "sh", "-c", _CHROOT_SETUP, "sh", root],
             input=script.encode(),
             env={"DEBIAN_FRONTEND": "noninteractive", "HOME": "/root", **(env or {})},
@@ -53,7 +55,13 @@ def in_chroot(root: Path, script: str, *, step: str, env: Mapping[str, str] | No
 
 
 def customize(
-    recipe: Recipe, root: Path, layout: DiskLayout, *, install_agent: bool, inputs: BuildInputs | None = None
+    recipe: Recipe,
+    root: Path,
+    layout: DiskLayout,
+    *,
+    install_agent: bool,
+    inputs: BuildInputs | None = None,
+    runner: Runner = run,
 ) -> None:
     """Apply the recipe's settings, files and post-commands to ``root``.
 
@@ -74,7 +82,7 @@ def customize(
         for part in layout.partitions:
             if part.mount != "/" and part.mount != "swap":
                 (root / part.mount.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        set_accounts(recipe, root, inputs)
+        set_accounts(recipe, root, inputs, runner=runner)
         write_files(recipe, root)
         if install_agent:
             from imagekit.agent import install_agent as install
@@ -82,8 +90,9 @@ def customize(
             install(root)
         install_first_boot(root, cloud_init=recipe.context_agent.wants_cloud_init())
         for command in recipe.post_commands:
-            script = content_bytes(command.source, command.script, what=f"command {command.name!r}")
-            in_chroot(root, script.decode("utf-8", "replace"), step=f"command {command.name!r}", env=env)
+            what = f"command {command.name!r}"
+            script = content_bytes(command.source, command.script, what=what)
+            in_chroot(root, script.decode("utf-8", "replace"), step=what, env=env, runner=runner)
         for repo in recipe.repositories:
             if not repo.persisted:
                 (root / "etc/apt/sources.list.d" / source_file_name(repo)).unlink(missing_ok=True)
@@ -118,7 +127,9 @@ def hash_password(password: str, salt: str | None = None) -> str:
     return out.stdout.decode().strip()
 
 
-def set_accounts(recipe: Recipe, root: Path, inputs: BuildInputs | None = None) -> None:
+def set_accounts(
+    recipe: Recipe, root: Path, inputs: BuildInputs | None = None, *, runner: Runner = run
+) -> None:
     script: list[str] = []
     entries: list[str] = []
 
@@ -142,9 +153,8 @@ def set_accounts(recipe: Recipe, root: Path, inputs: BuildInputs | None = None) 
         # chpasswd -e reads the hashes from stdin, so they never appear on a command line.
         script.append("chpasswd -e <<'IMAGEKIT_EOF'\n" + "\n".join(entries) + "\nIMAGEKIT_EOF")
     if script:
-        in_chroot(
-            root, "\n".join(script) + "\n", step="users and passwords", env=inputs.env() if inputs else None
-        )
+        env = inputs.env() if inputs else None
+        in_chroot(root, "\n".join(script) + "\n", step="users and passwords", env=env, runner=runner)
     for user in recipe.users:
         if user.ssh_keys:
             install_keys(root, user)

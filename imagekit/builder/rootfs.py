@@ -23,7 +23,7 @@ from pathlib import Path
 
 from imagekit.errors import InputError
 from imagekit.recipe.model import Recipe, Repository
-from imagekit.run import run
+from imagekit.run import Runner, run
 
 from .sources import content_bytes, fetch
 
@@ -177,6 +177,7 @@ def bootstrap(
     *,
     recipe_repos: tuple[Repository, ...],
     env: Mapping[str, str] | None = None,
+    runner: Runner = run,
 ) -> None:
     """Run mmdebstrap into the empty directory ``root``; hook scripts go to ``work``.
 
@@ -213,7 +214,7 @@ def bootstrap(
     ]
     # SOURCE_DATE_EPOCH (in ``env``) reaches dpkg and the package scripts through mmdebstrap:
     # initramfs-tools clamps its cpio's times to it, mmdebstrap drops ldconfig's aux-cache.
-    run(
+    runner(
         argv,
         step="install packages (mmdebstrap)",
         env={"DEBIAN_FRONTEND": "noninteractive", **(env or {})},

@@ -15,14 +15,10 @@ from typing import Any
 
 import pytest
 
-from imagekit.builder import BuildOptions, build_image
 from imagekit.builder.bootloader import SYSLINUX_GPTMBR, SYSLINUX_MBR
-from imagekit.errors import CommandError, NetworkError
 from imagekit.recipe import load_recipe
-from imagekit.recipe.model import Command, ContentSource, File
 from imagekit.recipe.normalise import recipe_hash
 from imagekit.run import run
-from imagekit.state import State
 
 from ..waiting import wait_until
 
@@ -162,34 +158,6 @@ def test_cloud_manifest_outputs_and_checksums(cloud_image: BuiltImage, cloud: Op
     assert not list(qcow2.parent.glob(".*"))
 
 
-@pytest.mark.parametrize(
-    ("change", "error", "message"),
-    [
-        ({"post_commands": (Command("boom", ContentSource.RAW, "echo oops >&2; exit 3"),)}, CommandError,
-         "command 'boom': chroot exited with status 3: oops"),
-        ({"files": (File("/etc/x", ContentSource.URL, "http://127.0.0.1:9/x"),)}, NetworkError,
-         "file /etc/x: cannot fetch http://127.0.0.1:9/x"),
-    ],
-)  # fmt: skip
-def test_failed_build_leaves_no_image_and_no_temp_tree(
-    minimal_image: BuiltImage,
-    build_state_dir: Path,
-    tmp_path: Path,
-    change: dict[str, object],
-    error: type[Exception],
-    message: str,
-) -> None:
-    recipe = dataclasses.replace(load_recipe(REPO / "recipes" / "debian-12-minimal.appl"), **change)  # type: ignore[arg-type]
-    out, work = tmp_path / "out", tmp_path / "work"
-    options = BuildOptions(output_dir=out, work_dir=work)
-    with pytest.raises(error, match=message) as caught:
-        build_image(recipe, options, state=State.open(build_state_dir))
-    if isinstance(caught.value, CommandError):
-        assert caught.value.returncode == 3 and "oops" in caught.value.stderr_tail
-    assert list(out.iterdir()) == []
-    assert list(work.iterdir()) == []
-
-
 def test_cli_rebuild_after_post_change_hits_the_cache(
     minimal_image: BuiltImage, build_state_dir: Path, tmp_path: Path
 ) -> None:
@@ -208,15 +176,6 @@ def test_cli_rebuild_after_post_change_hits_the_cache(
     assert "install packages" in proc.stderr and "customize" in proc.stderr
     info = json.loads(run(["qemu-img", "info", "--output=json", result["outputs"][1]["path"]]).stdout)
     assert info["format"] == "vmdk"
-
-
-def test_missing_tool_is_named(tmp_path: Path) -> None:
-    from imagekit.builder import require_tools
-    from imagekit.recipe.model import Firmware, OutputFormat
-
-    with pytest.raises(CommandError, match="check build tools: unshare not found") as caught:
-        require_tools(Firmware.BIOS, (OutputFormat.QCOW2,), path=str(tmp_path))
-    assert caught.value.hint and "make setup" in caught.value.hint
 
 
 def test_sigterm_during_a_build_cleans_up(

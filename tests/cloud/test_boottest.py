@@ -16,6 +16,7 @@ from imagekit.cli import main
 from imagekit.diskimage import Firmware, boot_firmware
 from imagekit.errors import VerificationError
 from imagekit.run import run
+from tests.conftest import build_once, shipped
 
 REPO = Path(__file__).resolve().parents[2]
 MAC = "02:00:c0:a8:7a:01"
@@ -196,19 +197,14 @@ def test_boot_test_uefi_with_a_template(
 
 
 def _agent_image(tmp_path_factory: pytest.TempPathFactory, state_dir: Path, agent: str) -> Path:
-    """The shipped cloud recipe with another ``context_agent``."""
+    """The shipped cloud recipe with another ``context_agent``, built once per run."""
     import dataclasses
 
-    from imagekit.builder import BuildOptions, build_image
-    from imagekit.recipe import load_recipe
-    from imagekit.recipe.model import ContextAgent, OutputFormat
-    from imagekit.state import State
+    from imagekit.recipe.model import ContextAgent
 
-    recipe = load_recipe(REPO / "recipes" / "debian-12-cloud.tdl")
+    recipe = shipped("debian-12-cloud.tdl")
     recipe = dataclasses.replace(recipe, name=f"debian-12-{agent}", context_agent=ContextAgent(agent))
-    out = tmp_path_factory.mktemp(f"{agent}-image")
-    result = build_image(recipe, BuildOptions(output_dir=out), state=State.open(state_dir))
-    return result.output(OutputFormat.QCOW2)
+    return build_once(tmp_path_factory, f"{agent}-image", recipe, state_dir).path
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,19 @@ user data once, as canonical/cloud-init ``cloudinit/config/cc_scripts_user.py`` 
 ``USER_DATA``/``USERDATA_ENCODING``: ``cloudinit/sources/DataSourceOpenNebula.py``) →
 terminate → ``terminated``.
 
-The steps are written once (``test_the_scenario_boots``); each client is a small driver:
-boto3 signing SigV4 (its default), boto3 with ``signature_version="v2"``, and the AWS CLI
-(``aws ec2 …`` in a subprocess, uploading with ``imagekit ec2 upload`` as a shell user would).
-Both boto3 and the CLI answer with botocore's parsed shapes, so the drivers return those.
+The steps are written once; each client is a small driver: boto3 signing SigV4 (its default),
+boto3 with ``signature_version="v2"``, and the AWS CLI (``aws ec2 …`` in a subprocess, uploading
+with ``imagekit ec2 upload`` as a shell user would). Both boto3 and the CLI answer with
+botocore's parsed shapes, so the drivers return those. Every client takes every step on a
+stand-in VM (``test_each_client_drives_the_scenario``: a blank disk, tests/cloud/blank.py), where
+what it sent is read back from the VM's context; one real guest boots from what a client sent
+(``test_the_scenario_boots``), since how the guest applies a context does not depend on the
+client that asked for it.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -27,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloud import lifecycle
 from cloud.ec2.client import Endpoint, upload_image
+from cloud.ec2.core import SERIAL_LOG
 from cloud.model import VmState
 from cloud.store import VmStore
 from cloud.users import CreatedUser, UserStore
@@ -34,12 +40,13 @@ from context.leases import NetworkStore
 from context.network import network_from_template
 from context.template import parse_template
 from imagekit.agent import find_report
+from imagekit.run import run
 from imagekit.state import State
 from tests.cloud.serving import IMAGEKIT, AwsCli, ec2_client, ec2_server
 from tests.conftest import BuiltImage
 from tests.waiting import wait_until
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = pytest.mark.vm  # QEMU runs in both tests: a real guest, or firmware on a blank disk
 BOOT_TIMEOUT = 1800.0  # a TCG boot on a shared, loaded machine
 PUBLIC = 'NAME = "Public EC2"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.5.0.0"\nNETWORK_SIZE = "C"\n'
 Instance = dict[str, Any]  # an instance as botocore parses it (RunInstances, DescribeInstances)
@@ -190,23 +197,32 @@ def _public_key(directory: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("client", list(DRIVERS))
-def test_the_scenario_boots(
-    client: str, cloud: dict[str, Any], minimal_image: BuiltImage, tmp_path: Path
-) -> None:
-    ec2 = DRIVERS[client](cloud["url"], cloud["alice"], tmp_path)
-    marker = f"EC2-USER-DATA-RAN-BY-{client.upper()}"  # this VM's own, not a leftover's
-    ami = ec2.upload(minimal_image.path)
+def _launch(ec2: Ec2Driver, image: Path, key: Path, user_data: str) -> tuple[str, str]:
+    """upload → register → described → key imported → run → ``running``: (AMI, instance)."""
+    ami = ec2.upload(image)
     assert ec2.register_image(ami, "minimal") == ami
-    [image] = [i for i in ec2.images() if i["ImageId"] == ami]
-    assert image["State"] == "available"
-    ec2.import_key_pair("k", _public_key(tmp_path))
-
-    launched = ec2.run_instance(ami, "k", f"#!/bin/sh\necho {marker} > /dev/ttyS0\n")
+    [described] = [i for i in ec2.images() if i["ImageId"] == ami]
+    assert described["State"] == "available"
+    ec2.import_key_pair("k", key)
+    launched = ec2.run_instance(ami, "k", user_data)
     vm = launched["InstanceId"]
     assert launched["ImageId"] == ami and launched["KeyName"] == "k"
     wait_until(
         lambda: ec2.instance(vm)["State"]["Name"] == "running", timeout=300, what="running", interval=2
+    )
+    return ami, vm
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_the_scenario_boots(cloud: dict[str, Any], minimal_image: BuiltImage, tmp_path: Path) -> None:
+    """A real guest, from what boto3 (SigV4) sent: it runs the user data once, takes the key,
+    and powers off when terminated."""
+    client = "boto3-sigv4"
+    ec2 = DRIVERS[client](cloud["url"], cloud["alice"], tmp_path)
+    marker = f"EC2-USER-DATA-RAN-BY-{client.upper()}"  # this VM's own, not a leftover's
+    _, vm = _launch(
+        ec2, minimal_image.path, _public_key(tmp_path), f"#!/bin/sh\necho {marker} > /dev/ttyS0\n"
     )
     wait_until(
         lambda: find_report(ec2.console(vm)) is not None, timeout=BOOT_TIMEOUT, what="agent", interval=10
@@ -221,3 +237,36 @@ def test_the_scenario_boots(
     wait_until(
         lambda: ec2.instance(vm)["State"]["Name"] == "terminated", timeout=300, what="terminated", interval=2
     )
+
+
+@pytest.mark.parametrize("client", list(DRIVERS))
+@pytest.mark.timeout(300)
+def test_each_client_drives_the_scenario(client: str, cloud: dict[str, Any], tmp_path: Path) -> None:
+    """The same steps on a stand-in VM: the user data and the key this client sent are in the
+    VM's context as the guest's agent reads them, and its console comes back to the client
+    intact. A blank disk's firmware ignores the ACPI button, so termination is checked up to
+    ``shutting-down`` (a real guest powers off: test_the_scenario_boots)."""
+    blank = tmp_path / "blank.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", blank, "16M"])
+    ec2 = DRIVERS[client](cloud["url"], cloud["alice"], tmp_path)
+    user_data = f"#!/bin/sh\necho EC2-USER-DATA-RAN-BY-{client.upper()} > /dev/ttyS0\n"
+    key = _public_key(tmp_path)
+    _, vm = _launch(ec2, blank, key, user_data)
+
+    record = VmStore(cloud["state"]).get(int(vm[2:], 16))
+    context = parse_template(Path(record.template).read_text()).vectors("CONTEXT")[0]
+    assert context.get("USERDATA_ENCODING") == "base64"
+    assert base64.b64decode(context.get("USER_DATA") or "").decode() == user_data
+    assert context.get("SSH_PUBLIC_KEY") == key.read_text().strip() and context.get("EC2_KEYNAME") == "k"
+    # The stand-in's console is what its firmware writes (escape sequences, again at each boot
+    # retry): the client gets the serial log as it is, once the firmware has written some.
+    serial = record.directory / SERIAL_LOG
+
+    def console_intact() -> bool:
+        written = serial.read_bytes()
+        return written != b"" and ec2.console(vm) == written.decode()
+
+    wait_until(console_intact, timeout=120, what="the serial log, through GetConsoleOutput", interval=1)
+
+    change = ec2.terminate(vm)
+    assert (change["PreviousState"]["Name"], change["CurrentState"]["Name"]) == ("running", "shutting-down")

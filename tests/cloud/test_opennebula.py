@@ -95,7 +95,8 @@ def oned() -> Iterator[tuple[FakeOned, str]]:
 
     server = SimpleXMLRPCServer(("127.0.0.1", 0), requestHandler=Quiet, logRequests=False, allow_none=False)
     server.register_instance(fake)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s a test by default.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield fake, f"http://127.0.0.1:{server.server_address[1]}/RPC2"
     server.shutdown()

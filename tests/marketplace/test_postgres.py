@@ -2,6 +2,7 @@
 
 The server runs from a temp dir on a free loopback port. initdb refuses to run as root, so
 as root it runs as the ``postgres`` system user (``runuser``) with the data dir owned by it.
+The tests that use it (``pg_server``) are in the postgres tier (tests/conftest.py marks them).
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from marketplace.registry import Registry
 from .entries import ago, image_metadata, make_ca, make_endorser, signed
 from .serving import free_port, running_server
 from .test_index import CONTRACT
-
-pytestmark = pytest.mark.postgres
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ALICE = make_endorser(make_ca(), "alice@example.org", "Alice")
