@@ -105,9 +105,10 @@ class BuildService:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             owner = self.tokens.owner(credentials.strip())
-            if owner is None:
-                raise HttpError(401, "unknown or revoked token")
-            return self.users.get(owner)
+            try:
+                return self.users.get(owner if owner is not None else "")
+            except InputError:  # unknown, revoked, or its user deleted
+                raise HttpError(401, "unknown or revoked token") from None
         if scheme.lower() != "basic":
             raise HttpError(401, "HTTP Basic credentials or a bearer token are required")
         user = self.users.authenticate(*_basic(credentials))

@@ -240,3 +240,11 @@ def test_refusals_are_4xx_without_server_paths(
     assert answer.status_code == status and message in answer.json()["error"]
     assert str(state.root) not in answer.text
     assert list((state.root / "builds").glob("*")) == []  # the staging directory went with the refusal
+
+
+def test_a_deleted_users_token_is_401(client: TestClient, state: State) -> None:
+    users = UserStore(state)
+    users.create("carol", "carol-password")
+    token = TokenStore(state).create(users.get("carol").id)
+    users.delete("carol")
+    assert client.get("/builds", headers={"authorization": f"Bearer {token}"}).status_code == 401

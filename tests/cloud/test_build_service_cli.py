@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from cloud.buildservice.queue import BuildOptions
 from cloud.buildservice.runner import BuildFailed, build_argv, subprocess_runner
+from cloud.buildservice.tokens import TokenStore
 from cloud.buildservice.worker import BuildRequest
+from cloud.users import UserStore
 from imagekit.cli import _build_service_route, main
 from imagekit.recipe.model import Firmware, OutputFormat
+from imagekit.state import State
 
 
 def test_build_serve_is_the_build_service_group() -> None:
@@ -68,3 +72,21 @@ def test_the_runner_fails_with_the_builds_error_line(tmp_path: Path) -> None:
     errors = [line for line in (tmp_path / "log").read_text().splitlines() if line.startswith("error: ")]
     assert caught.value.args[0] == errors[-1].removeprefix("error: ")
     assert "bogus_key" in caught.value.args[0]
+
+
+def test_user_token_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = ["--state", str(tmp_path / "state")]
+    UserStore(State.open(tmp_path / "state")).create("alice", "alice-password")
+    assert main([*state, "user", "token", "create", "alice"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert token.startswith("ikb_") and len(token) > 40
+    assert main([*state, "--json", "user", "token", "list", "alice"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [t["id"] for t in listed] == [1]
+    assert token.startswith(listed[0]["prefix"]) and len(listed[0]["prefix"]) < 12
+    tokens = TokenStore(State.open(tmp_path / "state"))
+    assert tokens.owner(token) == 1
+    assert main([*state, "user", "token", "revoke", "alice", "1"]) == 0
+    assert tokens.owner(token) is None
+    assert main([*state, "user", "token", "revoke", "alice", "1"]) == 1
+    assert "no token 1" in capsys.readouterr().err
