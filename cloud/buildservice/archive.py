@@ -88,6 +88,17 @@ def _write(root: Path, name: PurePosixPath, source: IO[bytes] | None) -> None:
                 out.write(chunk)
 
 
+def tar_of(files: list[tuple[str, bytes]]) -> bytes:
+    """Files (name, content) as a tar, so that a multipart upload is checked as an archive is."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
 def choose_recipe(names: frozenset[str], requested: str | None) -> str:
     """The member to build: ``requested`` when it is one of ``names``, else the archive's only
     recipe at its top level."""

@@ -20,7 +20,8 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
@@ -29,7 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cloud.buildservice.archive import choose_recipe, unpack_recipe
+from cloud.buildservice.archive import choose_recipe, tar_of, unpack_recipe
 from cloud.buildservice.queue import (
     BuildJob,
     BuildLimitReached,
@@ -41,7 +42,7 @@ from cloud.buildservice.queue import (
 from cloud.buildservice.tokens import TokenStore
 from cloud.buildservice.worker import Runner, Worker, Workspaces
 from cloud.refusals import public_message
-from cloud.upload import BodyRefused, bounded_stream
+from cloud.upload import BodyRefused, Field, FileEnd, FileStart, bounded_stream, multipart_events
 from cloud.users import User, UserStore
 from imagekit.errors import DataError, InputError
 from imagekit.httperror import HttpError, bad_request
@@ -79,9 +80,8 @@ def _challenge(status: int) -> dict[str, str]:
     return {"www-authenticate": 'Basic realm="imagekit builds"'} if status == 401 else {}
 
 
-def parse_options(request: Request) -> BuildOptions:
-    """``format=qcow2,raw``, ``firmware=uefi``, ``check_reproducible=1`` from the query."""
-    query = request.query_params
+def parse_options(query: Mapping[str, str]) -> BuildOptions:
+    """``format=qcow2,raw``, ``firmware=uefi``, ``check_reproducible=1`` (query or form fields)."""
     try:
         formats = tuple(OutputFormat(f) for f in query.get("format", "").split(",") if f)
         firmware = Firmware(query["firmware"]) if query.get("firmware") else None
@@ -145,11 +145,36 @@ class BuildService:
         return job
 
     async def submit(self, request: Request, user: User) -> Response:
-        options = parse_options(request)
-        body = b"".join([chunk async for chunk in bounded_stream(request, self.config.max_upload)])
-        job = await run_in_threadpool(self._submit, user, body, options, request.query_params.get("recipe"))
+        fields = dict(request.query_params)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            body = await self._multipart(request, fields)
+        else:
+            body = b"".join([chunk async for chunk in bounded_stream(request, self.config.max_upload)])
+        options = parse_options(fields)
+        job = await run_in_threadpool(self._submit, user, body, options, fields.get("recipe"))
         self.worker.wake.set()
         return JSONResponse(job.to_json(), 201, headers={"location": f"/builds/{job.id}"})
+
+    async def _multipart(self, request: Request, fields: dict[str, str]) -> bytes:
+        """A multipart body as a tar: each ``file`` part a member named by its filename (a
+        relative path, checked as any member's), the other fields as options."""
+        files: list[tuple[str, bytes]] = []
+        current: list[bytes] | None = None
+        async with aclosing(multipart_events(request, limit=self.config.max_upload)) as events:
+            async for event in events:
+                if isinstance(event, Field):
+                    fields[event.name] = event.value
+                elif isinstance(event, FileStart):
+                    if event.name != "file":
+                        raise bad_request(f"unexpected file field {event.name!r}: files go in 'file' parts")
+                    current = []
+                    files.append((event.filename, b""))
+                elif isinstance(event, bytes) and current is not None:
+                    current.append(event)
+                elif isinstance(event, FileEnd) and current is not None:
+                    files[-1] = (files[-1][0], b"".join(current))
+                    current = None
+        return tar_of(files)
 
     def _submit(self, user: User, body: bytes, options: BuildOptions, requested: str | None) -> BuildJob:
         # The limits first (nothing is unpacked for a build they refuse); the workspace moves to

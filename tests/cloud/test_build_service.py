@@ -248,3 +248,19 @@ def test_a_deleted_users_token_is_401(client: TestClient, state: State) -> None:
     token = TokenStore(state).create(users.get("carol").id)
     users.delete("carol")
     assert client.get("/builds", headers={"authorization": f"Bearer {token}"}).status_code == 401
+
+
+def test_a_multipart_upload_builds_and_its_names_are_checked(client: TestClient, stand_in: StandIn) -> None:
+    files = [
+        ("file", ("base.appl", b"name: base")),
+        ("file", ("web.appl", b"name: web\nappliances: [base]")),
+        ("file", ("files/index.html", b"<p>hi</p>")),
+    ]
+    answer = client.post("/builds", files=files, data={"recipe": "web.appl", "format": "raw"}, headers=ALICE)
+    assert answer.status_code == 201, answer.text
+    assert _finished(client, answer.json()["id"])["state"] == "succeeded"
+    request = stand_in.seen[0]
+    assert request.recipe.name == "web.appl" and request.options.formats == (OutputFormat.RAW,)
+    assert (request.recipe.parent / "files" / "index.html").read_bytes() == b"<p>hi</p>"
+    refused = client.post("/builds", files=[("file", ("../../x.appl", b"x"))], headers=ALICE)
+    assert refused.status_code == 400 and "'..'" in refused.json()["error"]
