@@ -230,14 +230,16 @@ class BuildService:
 
     async def log(self, request: Request, user: User) -> Response:
         job = await run_in_threadpool(self.job, request, user)
-        return StreamingResponse(self._follow(job.id), media_type="text/plain; charset=utf-8")
+        follow = request.query_params.get("follow", "1") not in ("0", "false", "no")
+        return StreamingResponse(self._follow(job.id, follow), media_type="text/plain; charset=utf-8")
 
-    async def _follow(self, job_id: int) -> AsyncIterator[bytes]:
-        """The build's log as it grows, until the build has finished and all of it was sent."""
+    async def _follow(self, job_id: int, follow: bool) -> AsyncIterator[bytes]:
+        """The build's log as it grows, until the build has finished and all of it was sent
+        (``follow`` False: what there is now)."""
         offset = 0
         while True:
             current = await run_in_threadpool(self.queue.get, job_id)
-            done = current is None or current.state.finished
+            done = current is None or current.state.finished or not follow
             chunk = await run_in_threadpool(self._read_log, job_id, offset)
             offset += len(chunk)
             if chunk:

@@ -1,4 +1,5 @@
-"""``imagekit build serve``: the build service (also ``imagekit build-service serve``).
+"""``imagekit build serve``: the build service (also ``imagekit build-service serve``); its
+client's verbs (``build submit|status|log|cancel|fetch``) are in ``build_client.py``.
 
 imagekit build serve --allow-root-builds [--host 127.0.0.1] [--port 4570]
 imagekit build serve --allow-root-builds --max-queued-per-user 5 --max-running-per-user 1
@@ -14,6 +15,7 @@ import argparse
 import sys
 
 from cloud.buildservice.queue import Limits
+from cloud.commands import build_client
 from cloud.commands.cloud import upload_limit
 from imagekit.asgi import add_listener_options, listener_from_args, serve_app
 from imagekit.errors import InputError
@@ -70,6 +72,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="the largest recipe archive taken (default 64M; more: 413)",
     )
     serve.set_defaults(func=cmd_serve)
+    build_client.register_client(sub)
 
 
 def _count(text: str) -> int:

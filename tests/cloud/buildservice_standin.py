@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
 
 from cloud.buildservice.queue import Step
 from cloud.buildservice.worker import BuildCancelled, BuildRequest
 from imagekit.errors import DataError
+from tests.waiting import wait_until
 
 DISK = b"\x00stand-in disk image\x00" * 100
 
@@ -61,3 +67,18 @@ def basic(name: str, password: str) -> dict[str, str]:
 
 def workspace_of(state: Path, job_id: int) -> Path:
     return state / "builds" / str(job_id)
+
+
+@contextlib.contextmanager
+def running(app: Starlette, stand_in: StandIn) -> Iterator[str]:
+    """``app`` under a real uvicorn on a free loopback port (streaming is real): its URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=10, what="server started")
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        stand_in.release.set()
+        server.should_exit = True
+        thread.join()

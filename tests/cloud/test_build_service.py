@@ -4,10 +4,10 @@ it grows, artifacts with checksums and Range, cancel, limits, users and tokens."
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -17,7 +17,7 @@ from cloud.buildservice.tokens import TokenStore
 from cloud.users import UserStore
 from imagekit.recipe.model import OutputFormat
 from imagekit.state import State
-from tests.cloud.buildservice_standin import DISK, StandIn, basic, recipe_tar, workspace_of
+from tests.cloud.buildservice_standin import DISK, StandIn, basic, recipe_tar, running, workspace_of
 from tests.waiting import wait_until
 
 ALICE = basic("alice", "alice-password")
@@ -105,18 +105,8 @@ def test_a_failure_has_a_one_line_error_without_server_paths(client: TestClient,
 
 def test_the_log_streams_while_the_build_runs(state: State, stand_in: StandIn) -> None:
     """Through a real uvicorn: the first line arrives before the build is released."""
-    import uvicorn
-
-    app = create_app(state, ServiceConfig(log_poll=0.01), stand_in)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, timeout=10, what="server started")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        import httpx
-
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ALICE) as http:
+    with running(create_app(state, ServiceConfig(log_poll=0.01), stand_in), stand_in) as url:
+        with httpx.Client(base_url=url, headers=ALICE) as http:
             tar = recipe_tar({"a.appl": "name: wait"})
             job_id = http.post("/builds", content=tar).json()["id"]
             with http.stream("GET", f"/builds/{job_id}/log") as log:
@@ -125,10 +115,6 @@ def test_the_log_streams_while_the_build_runs(state: State, stand_in: StandIn) -
                 assert http.get(f"/builds/{job_id}").json()["state"] == "running"
                 stand_in.release.set()
                 assert list(lines) == ["done"]
-    finally:
-        stand_in.release.set()
-        server.should_exit = True
-        thread.join()
 
 
 def test_cancel_running_removes_the_workspace(client: TestClient, stand_in: StandIn, state: State) -> None:
