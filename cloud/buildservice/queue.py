@@ -63,13 +63,14 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one user may have: builds running, builds waiting, artifact bytes kept; and how long
-    a finished build's artifacts are kept."""
+    """What one user may have: builds running, builds waiting, artifact bytes kept, seconds one
+    build may take; and how long a finished build's artifacts are kept."""
 
     concurrent: int = 1
     queued: int = 5
     storage_bytes: int = 20 << 30
     expire_seconds: float = 7 * 86400
+    build_seconds: float = 4 * 3600
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,24 @@ class BuildQueue:
                     "SELECT * FROM build_jobs WHERE owner_id = ? ORDER BY id", (owner_id,)
                 ).fetchall()
         return [_job(row) for row in rows]
+
+    def fail_abandoned(self) -> builtins.list[int]:
+        """``running`` builds whose lease ran out (their worker died or was killed) → ``failed``;
+        the ids (the caller removes their workspaces)."""
+        now = self.clock()
+        with self.state.transaction() as db:
+            ids = [
+                row["id"]
+                for row in db.execute(
+                    "SELECT id FROM build_jobs WHERE state = 'running' AND lease_until < ?", (now,)
+                )
+            ]
+            db.executemany(
+                "UPDATE build_jobs SET state = 'failed', finished = ?, error = ?"
+                " WHERE id = ? AND state = 'running'",
+                [(now, "its worker stopped before the build finished", i) for i in ids],
+            )
+        return ids
 
     def expire(self) -> builtins.list[int]:
         """Builds whose artifacts' time is up: their artifacts forgotten (the caller removes the

@@ -22,6 +22,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from imagekit.errors import ImagekitError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE = 6 * 3600.0
+LEASE_GRACE = 300.0  # a claim lasts the build time limit and this: then the build is abandoned
 
 
 class BuildCancelled(Exception):
@@ -108,7 +109,6 @@ class Worker:
         limits: Limits,
         *,
         name: str | None = None,
-        lease: float = DEFAULT_LEASE,
         poll: float = 1.0,
     ) -> None:
         self.queue = queue
@@ -116,7 +116,7 @@ class Worker:
         self.runner = runner
         self.limits = limits
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.lease = lease
+        self.lease = limits.build_seconds + LEASE_GRACE
         self.poll = poll
         self.wake = threading.Event()
 
@@ -136,6 +136,8 @@ class Worker:
     def expire(self) -> None:
         for job_id in self.queue.expire():
             self.workspaces.remove_artifacts(job_id)
+        for job_id in self.queue.fail_abandoned():
+            self.workspaces.remove(job_id)
 
     def run_once(self) -> bool:
         """Claim one build and run it; False when none was waiting."""
@@ -152,6 +154,7 @@ class Worker:
     def _run(self, job: BuildJob) -> None:
         output = self.workspaces.artifacts(job.id)
         output.mkdir(mode=0o700, exist_ok=True)
+        deadline = time.monotonic() + self.limits.build_seconds
         with self.workspaces.log(job.id).open("ab") as log_file:
             request = BuildRequest(
                 job.id,
@@ -159,9 +162,13 @@ class Worker:
                 job.options,
                 output,
                 log_file,
-                lambda: self._cancelled(job.id),
+                lambda: self._cancelled(job.id) or time.monotonic() > deadline,
             )
             state, steps, error = self._attempt(request, log_file)
+            if state is BuildState.CANCELLED and time.monotonic() > deadline:
+                error = f"the build took longer than {self.limits.build_seconds:g} s"
+                state = BuildState.FAILED
+                log_file.write(f"error: {error}\n".encode())
         if state is BuildState.SUCCEEDED:
             kept = self.queue.finish(
                 job.id,

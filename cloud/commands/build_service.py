@@ -4,6 +4,7 @@ client's verbs (``build submit|status|log|cancel|fetch``) are in ``build_client.
 imagekit build serve --allow-root-builds [--host 127.0.0.1] [--port 4570]
 imagekit build serve --allow-root-builds --max-queued-per-user 5 --max-running-per-user 1
 imagekit build serve --allow-root-builds --max-storage-per-user 20G --keep-artifacts-days 7
+imagekit build serve --allow-root-builds --max-build-minutes 240
 
 Builds run as the service's user, with root's powers (see docs/author/build-service.md): the
 service refuses to start without ``--allow-root-builds``.
@@ -58,6 +59,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="artifact bytes one user may keep (default 20G; over it: 403)",
     )
     serve.add_argument(
+        "--max-build-minutes",
+        type=float,
+        default=defaults.build_seconds / 60,
+        metavar="MINUTES",
+        help=f"a build taking longer is stopped and failed (default {defaults.build_seconds / 60:g})",
+    )
+    serve.add_argument(
         "--keep-artifacts-days",
         type=float,
         default=defaults.expire_seconds / 86400,
@@ -91,6 +99,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             hint="give --allow-root-builds if every user of the service may have them"
             " (docs/author/build-service.md)",
         )
+    if args.max_build_minutes <= 0:
+        raise InputError("--max-build-minutes must be more than 0")
     if args.keep_artifacts_days <= 0:
         raise InputError("--keep-artifacts-days must be more than 0")
     listener = listener_from_args(args)
@@ -100,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         queued=args.max_queued_per_user,
         storage_bytes=args.max_storage_per_user,
         expire_seconds=args.keep_artifacts_days * 86400,
+        build_seconds=args.max_build_minutes * 60,
     )
     config = ServiceConfig(limits=limits, max_upload=args.max_upload)
     app = create_app(state, config, subprocess_runner(state.root))

@@ -63,3 +63,21 @@ def test_cancelled_is_never_marked_succeeded_nor_finished_cancelled(tmp_path: Pa
     assert queue.cancel(done.id) is None
     finished = queue.get(done.id)
     assert finished is not None and finished.expires == finished.finished + 10
+
+
+def test_a_build_whose_lease_ran_out_fails_and_frees_its_owner(tmp_path: Path) -> None:
+    """A worker killed mid-build never finishes its claim: once the lease is past, the build is
+    failed (not left running for good, holding the owner's running limit)."""
+    now = [1000.0]
+    queue = BuildQueue(State.open(tmp_path / "state"), clock=lambda: now[0])
+    job = queue.submit(1, "a.appl", BuildOptions(), MANY)
+    queue.submit(1, "b.appl", BuildOptions(), MANY)
+    assert queue.claim("dead", lease=60, concurrent=1) is not None
+    assert queue.fail_abandoned() == []
+    now[0] += 61
+    assert queue.fail_abandoned() == [job.id]
+    failed = queue.get(job.id)
+    assert failed is not None and failed.state is BuildState.FAILED and "worker stopped" in failed.error
+    assert not queue.finish(job.id, BuildState.SUCCEEDED)  # the dead worker's late answer is ignored
+    claimed = queue.claim("alive", lease=60, concurrent=1)
+    assert claimed is not None and claimed.recipe == "b.appl"

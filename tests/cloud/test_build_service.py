@@ -250,3 +250,11 @@ def test_a_multipart_upload_builds_and_its_names_are_checked(client: TestClient,
     assert (request.recipe.parent / "files" / "index.html").read_bytes() == b"<p>hi</p>"
     refused = client.post("/builds", files=[("file", ("../../x.appl", b"x"))], headers=ALICE)
     assert refused.status_code == 400 and "'..'" in refused.json()["error"]
+
+
+def test_a_build_over_the_time_limit_fails_and_keeps_nothing(state: State, stand_in: StandIn) -> None:
+    with _client(state, stand_in, Limits(build_seconds=0.2)) as client:
+        build = _finished(client, _submit(client, "name: wait"))
+        assert build["state"] == "failed" and build["error"] == "the build took longer than 0.2 s"
+        assert not (workspace_of(state.root, int(str(build["id"]))) / "artifacts").exists()
+        assert "took longer" in client.get(f"/builds/{build['id']}/log", headers=ALICE).text
