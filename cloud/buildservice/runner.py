@@ -49,6 +49,22 @@ def _last_error(log: Path) -> str:
     return lines[-1].removeprefix("error: ") if lines else "the build failed"
 
 
+def _wait_unless_cancelled(child: subprocess.Popen[bytes], request: BuildRequest) -> int:
+    """The child's exit status; ``BuildCancelled`` once it was stopped for a cancellation."""
+    while not request.cancelled():
+        try:
+            return child.wait(timeout=_POLL)
+        except subprocess.TimeoutExpired:
+            pass
+    child.terminate()
+    try:
+        child.wait(timeout=_TERM_GRACE)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    raise BuildCancelled
+
+
 def subprocess_runner(state_root: Path) -> Runner:
     def run(request: BuildRequest) -> tuple[Step, ...]:
         workspace = request.output.parent
@@ -62,19 +78,7 @@ def subprocess_runner(state_root: Path) -> Runner:
                 cwd=request.recipe.parent,
                 start_new_session=True,
             )
-        while True:
-            try:
-                status = child.wait(timeout=_POLL)
-                break
-            except subprocess.TimeoutExpired:
-                if request.cancelled():
-                    child.terminate()
-                    try:
-                        child.wait(timeout=_TERM_GRACE)
-                    except subprocess.TimeoutExpired:
-                        child.kill()
-                        child.wait()
-                    raise BuildCancelled from None
+        status = _wait_unless_cancelled(child, request)
         request.log.flush()
         if status != 0:
             raise BuildFailed(_last_error(workspace / "log"))

@@ -11,7 +11,7 @@ import pytest
 from cloud.buildservice.queue import BuildOptions
 from cloud.buildservice.runner import BuildFailed, build_argv, subprocess_runner
 from cloud.buildservice.tokens import TokenStore
-from cloud.buildservice.worker import BuildRequest
+from cloud.buildservice.worker import BuildCancelled, BuildRequest
 from cloud.users import UserStore
 from imagekit.cli import _build_service_route, main
 from imagekit.recipe.model import Firmware, OutputFormat
@@ -90,3 +90,14 @@ def test_user_token_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFix
     assert tokens.owner(token) is None
     assert main([*state, "user", "token", "revoke", "alice", "1"]) == 1
     assert "no token 1" in capsys.readouterr().err
+
+
+def test_the_runner_stops_a_cancelled_build(tmp_path: Path) -> None:
+    """The real child gets SIGTERM at the first look at ``cancelled()``; the runner says so."""
+    request = _request(tmp_path, "name: a\nos:\n  name: debian\n  version: '12'\n")
+    cancelled = BuildRequest(
+        request.job_id, request.recipe, request.options, request.output, request.log, lambda: True
+    )
+    with pytest.raises(BuildCancelled):
+        subprocess_runner(tmp_path / "state")(cancelled)
+    request.log.close()
