@@ -38,11 +38,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vm": ("cloud.commands.vm", "run VMs from templates: create, list, shutdown, stop, resume…"),
     "host": ("cloud.commands.host", "the hosts VMs may run on: create, list, show, enable, disable…"),
     "user": ("cloud.commands.user", "cloud users and their EC2 credentials"),
+    "build-service": ("cloud.commands.build_service", "the build service over HTTP (also: build serve)"),
     "cloud": ("cloud.commands.cloud", "serve the public cloud front doors (EC2 Query, OCCI)"),
     "ec2": ("cloud.commands.ec2", "econe's client verbs: upload, register, run-instances…"),
     "occi": ("cloud.commands.occi", "an OCCI client: compute, network, storage (occi-* tools)"),
 }
 
+
+# `imagekit build serve|submit|…` are the build service's group: `build RECIPE` keeps its positional
+# recipe, and these words are never one (a recipe's name ends in .appl or .tdl).
+BUILD_SERVICE_VERBS = frozenset({"serve", "submit", "status", "log", "cancel", "fetch"})
 
 JSON_HELP = "machine-readable output (JSON), where the command has any; before or after the command"
 
@@ -103,6 +108,17 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _build_service_route(argv: list[str]) -> list[str]:
+    """``build serve …`` as ``build-service serve …``."""
+    positions = [i for i, arg in enumerate(argv) if not arg.startswith("-")]
+    for first, second in zip(positions, positions[1:], strict=False):
+        if argv[first] == "build" and argv[second] in BUILD_SERVICE_VERBS:
+            return [*argv[:first], "build-service", *argv[first + 1 :]]
+        if argv[first] in COMMANDS:
+            break
+    return argv
+
+
 def _chosen_command(argv: Sequence[str]) -> str | None:
     skip_next = False
     for arg in argv:
@@ -116,7 +132,7 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    args_list = _build_service_route(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser(_chosen_command(args_list))
     args = parser.parse_args(args_list)
     setup_logging(args.verbose, quiet=args.quiet)

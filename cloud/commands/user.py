@@ -8,6 +8,7 @@ imagekit user delete alice [--cascade]   # refused while alice owns anything liv
 imagekit user quota set alice --vms 4 --cpu 2 --memory 4G --images 10 --storage 20G
 imagekit user quota show alice [--json]      # limits (own or the site default) and usage
 imagekit user quota reset alice              # back to the site default (etc/quotas.conf)
+imagekit user token create|list alice; imagekit user token revoke alice ID   # build service tokens
 
 Without ``--password-file`` the password is asked for on the terminal (twice); ``-`` reads it from
 standard input. A password file holds the password on its first line.
@@ -20,6 +21,7 @@ import getpass
 import sys
 from pathlib import Path
 
+from cloud.commands import user_tokens
 from cloud.quotas import QuotaChange, Quotas, parse_limit
 from cloud.users import User, UserStore
 from imagekit.errors import InputError
@@ -62,6 +64,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     delete.set_defaults(func=cmd_delete)
 
     _register_quota(sub.add_parser("quota", help="a user's quota: VMs, CPU, MEMORY, images, storage"))
+    user_tokens.register(sub.add_parser("token", help="a user's API tokens for the build service"))
 
 
 _QUOTA_OPTIONS = {

@@ -1,0 +1,152 @@
+"""The build service's client side, for ``imagekit build submit|status|log|cancel|fetch``.
+
+    client = BuildClient(httpx.Client(base_url=url, auth=httpx.BasicAuth(name, password)))
+    build = client.submit(Path("recipes/web.appl"), {"format": "qcow2"})
+    for chunk in client.log(build["id"]): ...
+    client.fetch(build["id"], Path("out"))    # each artifact checked against the service's SHA-256
+
+``submit`` sends the recipe's directory as a tar (its regular files, dot-files left out), so an
+``.appl``'s parents and the files it copies in go along; the recipe is named by its path in it.
+What the service answers is data too: an artifact's name must be a plain file name, and a
+download is kept only when its SHA-256 is the one the service listed (``.part`` until then).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from imagekit.errors import DataError, InputError, NetworkError, VerificationError
+
+MAX_RECIPE_DIRECTORY = 64 << 20
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def pack_recipe(recipe: Path) -> bytes:
+    """The recipe's directory as a tar: regular files (links followed), no dot-files."""
+    root = recipe.parent
+    buffer = io.BytesIO()
+    total = 0
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for directory, subdirs, names in os.walk(root):
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            for name in sorted(n for n in names if not n.startswith(".")):
+                path = Path(directory) / name
+                if not path.is_file():
+                    continue
+                total += path.stat().st_size
+                if total > MAX_RECIPE_DIRECTORY:
+                    raise InputError(
+                        f"the recipe's directory holds more than {MAX_RECIPE_DIRECTORY >> 20} MiB",
+                        where=str(root),
+                        hint="put the recipe, its parents and its files in a directory of their own",
+                    )
+                archive.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
+    return buffer.getvalue()
+
+
+def _plain_name(name: str) -> str:
+    if not name or "/" in name or "\\" in name or name.startswith(".") or not name.isprintable():
+        raise DataError(f"the service named an artifact {name!r}: not a plain file name")
+    return name
+
+
+class BuildClient:
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kw)
+        except httpx.HTTPError as err:
+            raise NetworkError(f"{self.http.base_url}: {err or type(err).__name__}") from None
+        if response.status_code >= 400:
+            raise InputError(f"{response.status_code}: {_refusal(response)}")
+        return response
+
+    def submit(self, recipe: Path, options: dict[str, str]) -> dict[str, Any]:
+        if not recipe.is_file():
+            raise InputError("no such recipe file", where=str(recipe))
+        query = {**options, "recipe": recipe.name}
+        response = self._call("POST", "/builds", content=pack_recipe(recipe), params=query)
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def status(self, job_id: int) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call("GET", f"/builds/{job_id}").json()
+        return answer
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call("DELETE", f"/builds/{job_id}").json()
+        return answer
+
+    def log(self, job_id: int, *, follow: bool = True) -> Iterator[bytes]:
+        params = {} if follow else {"follow": "0"}
+        try:
+            with self.http.stream("GET", f"/builds/{job_id}/log", params=params) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise InputError(f"{response.status_code}: {_refusal(response)}")
+                yield from response.iter_bytes()
+        except httpx.HTTPError as err:
+            raise NetworkError(f"{self.http.base_url}: {err or type(err).__name__}") from None
+
+    def wait(
+        self, job_id: int, *, on_change: Callable[[dict[str, Any]], None], poll: float = 1.0
+    ) -> dict[str, Any]:
+        """Until the build has finished; ``on_change`` sees each new state."""
+        seen = ""
+        while True:
+            build = self.status(job_id)
+            if build["state"] != seen:
+                seen = build["state"]
+                on_change(build)
+            if seen in FINISHED:
+                return build
+            time.sleep(poll)  # the service has no push: ask again
+
+    def fetch(self, job_id: int, into: Path) -> list[Path]:
+        """Download every artifact into ``into``, each checked against the listed SHA-256."""
+        listed = self._call("GET", f"/builds/{job_id}/artifacts").json()["artifacts"]
+        into.mkdir(parents=True, exist_ok=True)
+        return [self._download(job_id, into, item) for item in listed]
+
+    def _download(self, job_id: int, into: Path, item: dict[str, Any]) -> Path:
+        name = _plain_name(str(item["name"]))
+        target, part = into / name, into / f".{name}.part"
+        digest = hashlib.sha256()
+        try:
+            with self.http.stream("GET", f"/builds/{job_id}/artifacts/{name}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise InputError(f"{response.status_code}: {_refusal(response)}")
+                with part.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        digest.update(chunk)
+                        out.write(chunk)
+        except httpx.HTTPError as err:
+            part.unlink(missing_ok=True)
+            raise NetworkError(f"{self.http.base_url}: {err or type(err).__name__}") from None
+        if digest.hexdigest() != item["sha256"]:
+            part.unlink(missing_ok=True)
+            raise VerificationError(
+                f"{name}: SHA-256 {digest.hexdigest()} is not the service's {item['sha256']}",
+                rule="artifact checksum",
+            )
+        part.rename(target)
+        return target
+
+
+def _refusal(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return response.text.strip()[:300]

@@ -1,0 +1,286 @@
+"""The build service over HTTP: Starlette under uvicorn (``imagekit/asgi.py``), with the worker
+in the same process.
+
+    app = create_app(state, ServiceConfig(limits=Limits(queued=3)), runner=subprocess_runner(state.root))
+
+Every request is authenticated first — HTTP Basic with a cloud user's password
+(``cloud/users.py``) or ``Authorization: Bearer <token>`` (``tokens.py``) — before a byte of the
+body is read; the body (a tar of the recipe and its files) is read up to ``max_upload`` and
+unpacked by ``archive.py``. A user sees their own builds (an administrator every build); another
+user's build is 404, as one that does not exist. Refusals are JSON ``{"error": …}`` with 4xx and
+no server path; a bug is logged and answered 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from cloud.buildservice.archive import choose_recipe, tar_of, unpack_recipe
+from cloud.buildservice.queue import (
+    BuildJob,
+    BuildLimitReached,
+    BuildOptions,
+    BuildQueue,
+    BuildState,
+    Limits,
+)
+from cloud.buildservice.tokens import TokenStore
+from cloud.buildservice.worker import Runner, Worker, Workspaces
+from cloud.refusals import public_message
+from cloud.upload import BodyRefused, Field, FileEnd, FileStart, bounded_stream, multipart_events
+from cloud.users import User, UserStore
+from imagekit.errors import DataError, InputError
+from imagekit.httperror import HttpError, bad_request
+from imagekit.recipe.model import Firmware, OutputFormat
+from imagekit.state import State
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_RECIPE_UPLOAD = 64 << 20
+Handler = Callable[[Request, User], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    limits: Limits = field(default_factory=Limits)
+    max_upload: int = DEFAULT_MAX_RECIPE_UPLOAD
+    log_poll: float = 0.2
+
+
+def _basic(encoded: str) -> tuple[str, str]:
+    try:
+        name, sep, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise HttpError(401, "malformed HTTP Basic credentials") from None
+    if not sep:
+        raise HttpError(401, "malformed HTTP Basic credentials")
+    return name, password
+
+
+def _error(status: int, message: str) -> Response:
+    return JSONResponse({"error": public_message(message)}, status, headers=_challenge(status))
+
+
+def _challenge(status: int) -> dict[str, str]:
+    return {"www-authenticate": 'Basic realm="imagekit builds"'} if status == 401 else {}
+
+
+def parse_options(query: Mapping[str, str]) -> BuildOptions:
+    """``format=qcow2,raw``, ``firmware=uefi``, ``check_reproducible=1`` (query or form fields)."""
+    try:
+        formats = tuple(OutputFormat(f) for f in query.get("format", "").split(",") if f)
+        firmware = Firmware(query["firmware"]) if query.get("firmware") else None
+    except ValueError:
+        formats_known = ", ".join(f.value for f in OutputFormat)
+        raise bad_request(f"format must be among {formats_known}; firmware bios, uefi or hybrid") from None
+    return BuildOptions(formats, firmware, query.get("check_reproducible", "") in ("1", "true", "yes"))
+
+
+class BuildService:
+    def __init__(self, state: State, config: ServiceConfig, runner: Runner) -> None:
+        self.config = config
+        self.users = UserStore(state)
+        self.tokens = TokenStore(state)
+        self.queue = BuildQueue(state)
+        self.workspaces = Workspaces(state.root / "builds")
+        self.worker = Worker(self.queue, self.workspaces, runner, config.limits)
+        self.stop = threading.Event()
+
+    def authenticate(self, request: Request) -> User:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            owner = self.tokens.owner(credentials.strip())
+            try:
+                return self.users.get(owner if owner is not None else "")
+            except InputError:  # unknown, revoked, or its user deleted
+                raise HttpError(401, "unknown or revoked token") from None
+        if scheme.lower() != "basic":
+            raise HttpError(401, "HTTP Basic credentials or a bearer token are required")
+        user = self.users.authenticate(*_basic(credentials))
+        if user is None:
+            raise HttpError(401, "wrong user name or password")
+        return user
+
+    def endpoint(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            try:
+                user = await run_in_threadpool(self.authenticate, request)
+                return await handler(request, user)
+            except ClientDisconnect:
+                return _error(400, "the request ended before its body did")
+            except HttpError as err:
+                return _error(err.status, err.message)
+            except BuildLimitReached as err:
+                return _error(err.status, str(err))
+            except BodyRefused as err:
+                return _error(413 if err.too_large else 400, str(err))
+            except (InputError, DataError) as err:
+                return _error(400, str(err))
+            except Exception:
+                log.exception("%s %s", request.method, request.url.path)
+                return _error(500, "internal error")
+
+        return run
+
+    def job(self, request: Request, user: User) -> BuildJob:
+        text = str(request.path_params["id"])
+        job = self.queue.get(int(text)) if text.isdigit() and len(text) < 18 else None
+        if job is None or (job.owner_id != user.id and not user.admin):
+            raise HttpError(404, f"no build {text}")
+        return job
+
+    async def submit(self, request: Request, user: User) -> Response:
+        fields = dict(request.query_params)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            body = await self._multipart(request, fields)
+        else:
+            body = b"".join([chunk async for chunk in bounded_stream(request, self.config.max_upload)])
+        options = parse_options(fields)
+        job = await run_in_threadpool(self._submit, user, body, options, fields.get("recipe"))
+        self.worker.wake.set()
+        return JSONResponse(job.to_json(), 201, headers={"location": f"/builds/{job.id}"})
+
+    async def _multipart(self, request: Request, fields: dict[str, str]) -> bytes:
+        """A multipart body as a tar: each ``file`` part a member named by its filename (a
+        relative path, checked as any member's), the other fields as options."""
+        files: list[tuple[str, bytes]] = []
+        current: list[bytes] | None = None
+        async with aclosing(multipart_events(request, limit=self.config.max_upload)) as events:
+            async for event in events:
+                if isinstance(event, Field):
+                    fields[event.name] = event.value
+                elif isinstance(event, FileStart):
+                    if event.name != "file":
+                        raise bad_request(f"unexpected file field {event.name!r}: files go in 'file' parts")
+                    current = []
+                    files.append((event.filename, b""))
+                elif isinstance(event, bytes) and current is not None:
+                    current.append(event)
+                elif isinstance(event, FileEnd) and current is not None:
+                    files[-1] = (files[-1][0], b"".join(current))
+                    current = None
+        return tar_of(files)
+
+    def _submit(self, user: User, body: bytes, options: BuildOptions, requested: str | None) -> BuildJob:
+        # The limits first (nothing is unpacked for a build they refuse); the workspace moves to
+        # its place inside the transaction that queues the build, so no worker sees one without it.
+        self.queue.check_limits(user.id, self.config.limits)
+        staging = self.workspaces.staging()
+        try:
+            recipe = choose_recipe(unpack_recipe(body, staging / "recipe"), requested)
+            return self.queue.submit(
+                user.id,
+                recipe,
+                options,
+                self.config.limits,
+                on_insert=lambda job_id: os.rename(staging, self.workspaces.path(job_id)),
+            )
+        finally:
+            self.workspaces.discard(staging)
+
+    async def list(self, request: Request, user: User) -> Response:
+        jobs = await run_in_threadpool(self.queue.list, None if user.admin else user.id)
+        return JSONResponse({"builds": [job.to_json() for job in jobs]})
+
+    async def show(self, request: Request, user: User) -> Response:
+        job = await run_in_threadpool(self.job, request, user)
+        return JSONResponse(job.to_json())
+
+    async def cancel(self, request: Request, user: User) -> Response:
+        job = await run_in_threadpool(self.job, request, user)
+        left = await run_in_threadpool(self.queue.cancel, job.id)
+        if left is None:
+            raise HttpError(409, f"build {job.id} is already {job.state.value}")
+        if left is BuildState.QUEUED:  # a running build's workspace goes when its runner returns
+            await run_in_threadpool(self.workspaces.remove, job.id)
+        return JSONResponse((await run_in_threadpool(self.job, request, user)).to_json(), 202)
+
+    async def artifacts(self, request: Request, user: User) -> Response:
+        job = await run_in_threadpool(self.job, request, user)
+        return JSONResponse({"artifacts": [a.__dict__ for a in job.artifacts]})
+
+    async def artifact(self, request: Request, user: User) -> Response:
+        job = await run_in_threadpool(self.job, request, user)
+        name = str(request.path_params["name"])
+        found = next((a for a in job.artifacts if a.name == name), None)
+        if found is None:
+            raise HttpError(404, f"build {job.id} has no artifact {name!r}")
+        # The path is the recorded artifact's name (written by the build, a plain file name),
+        # not the request's text.
+        return FileResponse(
+            self.workspaces.artifacts(job.id) / found.name,
+            headers={"x-checksum-sha256": found.sha256},
+            media_type="application/octet-stream",
+        )
+
+    async def log(self, request: Request, user: User) -> Response:
+        job = await run_in_threadpool(self.job, request, user)
+        follow = request.query_params.get("follow", "1") not in ("0", "false", "no")
+        return StreamingResponse(self._follow(job.id, follow), media_type="text/plain; charset=utf-8")
+
+    async def _follow(self, job_id: int, follow: bool) -> AsyncIterator[bytes]:
+        """The build's log as it grows, until the build has finished and all of it was sent
+        (``follow`` False: what there is now)."""
+        offset = 0
+        while True:
+            current = await run_in_threadpool(self.queue.get, job_id)
+            done = current is None or current.state.finished or not follow
+            chunk = await run_in_threadpool(self._read_log, job_id, offset)
+            offset += len(chunk)
+            if chunk:
+                yield chunk
+            elif done:
+                return
+            else:
+                await asyncio.sleep(self.config.log_poll)
+
+    def _read_log(self, job_id: int, offset: int) -> bytes:
+        try:
+            with self.workspaces.log(job_id).open("rb") as f:
+                f.seek(offset)
+                return f.read(1 << 16)
+        except FileNotFoundError:
+            return b""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        thread = threading.Thread(target=self.worker.loop, args=(self.stop,), name="build-worker")
+        thread.start()
+        try:
+            yield
+        finally:
+            self.stop.set()
+            self.worker.wake.set()
+            await run_in_threadpool(thread.join)
+
+
+def create_app(state: State, config: ServiceConfig, runner: Runner) -> Starlette:
+    service = BuildService(state, config, runner)
+    e = service.endpoint
+    routes = [
+        Route("/builds", e(service.submit), methods=["POST"]),
+        Route("/builds", e(service.list), methods=["GET"]),
+        Route("/builds/{id}", e(service.show), methods=["GET"]),
+        Route("/builds/{id}", e(service.cancel), methods=["DELETE"]),
+        Route("/builds/{id}/log", e(service.log), methods=["GET"]),
+        Route("/builds/{id}/artifacts", e(service.artifacts), methods=["GET"]),
+        Route("/builds/{id}/artifacts/{name}", e(service.artifact), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=service.lifespan)
+    app.state.service = service
+    return app
