@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 # Endorsement times this far ahead of our clock are accepted (clock skew), no further: a
 # far-future entry would otherwise freeze its timeline for good.
 CLOCK_SKEW = timedelta(minutes=5)
-STAGING_THREADS = 16  # replicated entries verified and fsynced at once
+STAGING_THREADS = 32  # replicated entries verified and fsynced at once
 
 
 @dataclass
@@ -373,7 +373,7 @@ class Registry:
         with self.store.write_lock():
             published, unlogged = self._publish_replicated(jobs)
             if published:
-                self.store.sync_dirs([j.staged for j in published])
+                self.store.sync_dirs([j.staged for j in published], threads=STAGING_THREADS)
             logged = self.log.paths() if unlogged else set()
             to_log = published + [j for j in unlogged if j.staged.key.relpath not in logged]
             head = None

@@ -19,6 +19,7 @@ never overwritten, even by two processes racing on the same key.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import enum
 import hashlib
@@ -149,11 +150,19 @@ class Store:
         return PutOutcome.NEW
 
     @staticmethod
-    def sync_dirs(staged: list[Staged]) -> None:
+    def sync_dirs(staged: list[Staged], *, threads: int = 1) -> None:
+        """Make the new names durable. All are synced before this returns, so with ``threads``
+        (a batch of many new directories) the order does not matter, and the file system
+        merges the concurrent syncs into fewer journal commits."""
         directories = {s.tmp.parent for s in staged}
         for s in staged:
             directories.update(made.parent for made in s.created_dirs)
-        for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
+        ordered = sorted(directories, key=lambda d: len(d.parts), reverse=True)
+        if threads > 1 and len(ordered) > 1:
+            with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda d: fsync_directory(d, strict=True), ordered))
+            return
+        for directory in ordered:
             fsync_directory(directory, strict=True)
 
     def read(self, key: EntryKey) -> bytes:
