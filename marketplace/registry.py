@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 # Endorsement times this far ahead of our clock are accepted (clock skew), no further: a
 # far-future entry would otherwise freeze its timeline for good.
 CLOCK_SKEW = timedelta(minutes=5)
-STAGING_THREADS = 32  # replicated entries verified and fsynced at once
+VERIFY_THREADS = 8  # replicated entries verified at once
 
 
 @dataclass
@@ -364,16 +364,23 @@ class Registry:
         accept in different orders, and an entry's place in its timeline is its signed time.
         A file left unlogged or unindexed by a crash is completed when the same bytes come
         again, so a run killed at any point and started again loses and duplicates nothing."""
-        # Verified and staged (each file fsynced) in threads: concurrent fsyncs share journal
-        # commits, which is most of what a page costs.
-        with concurrent.futures.ThreadPoolExecutor(STAGING_THREADS) as pool:
-            prepared = list(pool.map(self._prepare_replicated, items))
-        jobs = [p for p in prepared if isinstance(p, _Job)]
-        refused = [p for p in prepared if isinstance(p, Replicated)]
+        with concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS) as pool:
+            verified = list(pool.map(self._verify_replicated, items))
+        refused = [v for v in verified if isinstance(v, Replicated)]
+        accepted = [
+            (v, data) for v, data in zip(verified, items, strict=True) if not isinstance(v, Replicated)
+        ]
+        # One file-system sync for the whole page, not one fsync per file and directory: a
+        # page is hundreds of small new files, and their fsyncs are most of what it costs.
+        staged = self.store.stage_many([(EntryKey(*entry.metadata.key), data) for entry, data in accepted])
+        jobs = [
+            _Job(s, row_of(entry.metadata, sha256_hex(s.data)), Claim.of(entry))
+            for s, (entry, _) in zip(staged, accepted, strict=True)
+        ]
         with self.store.write_lock():
             published, unlogged = self._publish_replicated(jobs)
             if published:
-                self.store.sync_dirs([j.staged for j in published], threads=STAGING_THREADS)
+                self.store.sync_all()
             logged = self.log.paths() if unlogged else set()
             to_log = published + [j for j in unlogged if j.staged.key.relpath not in logged]
             head = None
@@ -386,12 +393,11 @@ class Registry:
                 self.index.add_many([j.row for j in published + unlogged], head)
         return refused + [Replicated.of(j) for j in jobs]
 
-    def _prepare_replicated(self, data: bytes) -> _Job | Replicated:
+    def _verify_replicated(self, data: bytes) -> VerifiedEntry | Replicated:
         try:
-            entry = self._verify(data)
+            return self._verify(data)
         except (VerificationError, DataError) as err:
             return Replicated(None, None, str(err))
-        return self._stage(EntryKey(*entry.metadata.key), entry, data)
 
     def _publish_replicated(self, jobs: list[_Job]) -> tuple[list[_Job], list[_Job]]:
         """Link each staged file (under the write lock): the new ones, and the ones already

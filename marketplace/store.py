@@ -19,17 +19,17 @@ never overwritten, even by two processes racing on the same key.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import enum
 import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagekit.atomic import durable_temp, fsync_directory, make_parents, write_atomically
+from imagekit.atomic import durable_temp, fsync_directory, make_parents, sync_filesystem, write_atomically
 from imagekit.errors import DataError, InputError
 from imagekit.locks import exclusive
 
@@ -136,6 +136,29 @@ class Store:
         created = make_parents(directory)
         return Staged(key, durable_temp(directory, data), data, tuple(created))
 
+    def stage_many(self, items: list[tuple[EntryKey, bytes]]) -> list[Staged]:
+        """Stage a batch with one file-system sync instead of one fsync per file (replication:
+        hundreds of small files at once); after :meth:`publish`, :meth:`sync_all` again."""
+        staged: list[Staged] = []
+        try:
+            for key, data in items:
+                directory = self.path(key).parent
+                created = make_parents(directory)
+                fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                    os.fchmod(out.fileno(), 0o644)
+                staged.append(Staged(key, Path(name), data, tuple(created)))
+            self.sync_all()
+        except BaseException:
+            for item in staged:
+                discard(item)
+            raise
+        return staged
+
+    def sync_all(self) -> None:
+        sync_filesystem(self.root)
+
     def publish(self, staged: Staged) -> PutOutcome:
         """Link a staged file into place (never replacing one); the caller syncs directories."""
         path = self.path(staged.key)
@@ -150,19 +173,11 @@ class Store:
         return PutOutcome.NEW
 
     @staticmethod
-    def sync_dirs(staged: list[Staged], *, threads: int = 1) -> None:
-        """Make the new names durable. All are synced before this returns, so with ``threads``
-        (a batch of many new directories) the order does not matter, and the file system
-        merges the concurrent syncs into fewer journal commits."""
+    def sync_dirs(staged: list[Staged]) -> None:
         directories = {s.tmp.parent for s in staged}
         for s in staged:
             directories.update(made.parent for made in s.created_dirs)
-        ordered = sorted(directories, key=lambda d: len(d.parts), reverse=True)
-        if threads > 1 and len(ordered) > 1:
-            with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda d: fsync_directory(d, strict=True), ordered))
-            return
-        for directory in ordered:
+        for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
             fsync_directory(directory, strict=True)
 
     def read(self, key: EntryKey) -> bytes:
