@@ -14,6 +14,7 @@ same bytes: nothing is lost, nothing is stored or logged twice.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ from imagekit.atomic import write_atomically
 from imagekit.errors import DataError, InputError, VerificationError
 from marketplace.auditlog import GENESIS
 from marketplace.client import MarketClient, RegistryUnreachable
-from marketplace.registry import Outcome, PendingQuotaError, Registry
+from marketplace.registry import Outcome, PendingQuotaError, Registry, Replicated
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,10 @@ def replicate(
     """Apply every record of ``source``'s feed after the saved cursor (or after ``since``)."""
     cursor = Cursor(since, "") if since is not None else load_cursor(registry, source)
     report = ReplicationReport(source, cursor)
-    with MarketClient(source) as client:
+    with MarketClient(source) as client, concurrent.futures.ThreadPoolExecutor(1) as fetcher:
+        upcoming = fetcher.submit(_page, client, cursor, retries)
         while True:
-            head, entries = _page(client, cursor, retries)
+            head, entries = upcoming.result()
             if head < cursor.seq or (entries and cursor.hash and entries[0].get("prev") != cursor.hash):
                 # Another registry (or a rebuilt one) answers at this URL: start over; what is
                 # already here is recognised byte for byte.
@@ -132,24 +134,30 @@ def replicate(
                     raise DataError(f"{source}: its change feed does not start its log's chain")
                 log.warning("%s: its log does not continue the one followed so far: reading it all", source)
                 cursor = Cursor(0, GENESIS)
+                upcoming = fetcher.submit(_page, client, cursor, retries)
                 continue
             if not entries:
                 break
-            results = registry.replicate([_decode(r) for r in entries])
-            for result in results:
-                if result.error is not None:
-                    what = result.key.relpath if result.key else "an entry"
-                    report.refused.append(f"{what}: {result.error}")
-                elif result.outcome is Outcome.ACCEPTED:
-                    report.copied += 1
-                else:
-                    report.existing += 1
-            cursor = Cursor(int(entries[-1]["seq"]), str(entries[-1]["hash"]))
+            following = Cursor(int(entries[-1]["seq"]), str(entries[-1]["hash"]))
+            upcoming = fetcher.submit(_page, client, following, retries)  # fetched while this commits
+            _tally(report, registry.replicate([_decode(r) for r in entries]))
+            cursor = following
             save_cursor(registry, source, cursor)
         if pending:
             _copy_pending(registry, client, report, retries)
     report.cursor = cursor
     return report
+
+
+def _tally(report: ReplicationReport, results: list[Replicated]) -> None:
+    for result in results:
+        if result.error is not None:
+            what = result.key.relpath if result.key else "an entry"
+            report.refused.append(f"{what}: {result.error}")
+        elif result.outcome is Outcome.ACCEPTED:
+            report.copied += 1
+        else:
+            report.existing += 1
 
 
 def _copy_pending(registry: Registry, client: MarketClient, report: ReplicationReport, retries: int) -> None:
