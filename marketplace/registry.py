@@ -404,6 +404,7 @@ class Registry:
         stored whose index row (so perhaps whose log record) a crash left out."""
         published: list[_Job] = []
         unlogged: list[_Job] = []
+        seen: set[EntryKey] = set()
         claimed: dict[str, CertIdentity] = {}
         for job in jobs:
             key = job.staged.key
@@ -422,9 +423,11 @@ class Registry:
                 published.append(job)
             elif (
                 job.outcome is PutOutcome.SAME
+                and key not in seen  # one entry twice in a page is logged once
                 and self.index.get(key.identifier, key.email, key.created) is None
             ):
                 unlogged.append(job)
+            seen.add(key)
         return published, unlogged
 
     def queue_replicated_pending(self, data: bytes) -> str | None:

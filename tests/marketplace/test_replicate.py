@@ -130,6 +130,9 @@ def test_every_copied_entry_is_verified_again_and_a_forgery_is_refused(tmp_path:
     assert results[0].error is not None and "signature" in results[0].error
     assert results[1].outcome is Outcome.ACCEPTED
     assert len(_files(tmp_path / "data")) == 1
+    twice = registry.replicate([good, good])  # a hostile feed repeating itself
+    assert [r.outcome for r in twice] == [Outcome.ACCEPTED, Outcome.EXISTING]
+    assert len(_log_paths(tmp_path / "data")) == 2 and registry.audit().ok
     registry.close()
 
 
