@@ -99,6 +99,14 @@ class AuditLog:
                 os.close(fd)
         return records
 
+    def paths(self) -> set[str]:
+        """Every logged entry path (read in full: only for repairs after a crash)."""
+        try:
+            lines = self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return set()
+        return {str(json.loads(line)["path"]) for line in lines if line.strip()}
+
     def _last_line(self) -> bytes | None:
         try:
             with open(self.path, "rb") as handle:

@@ -45,6 +45,7 @@ class MarketConfig:
     data_dir: Path
     source: Path | None = None
     read_only: bool = False
+    serve_pending: bool = False  # GET /changes/pending shows the pending queue to replicas
     base_url: str = ""
     max_upload_bytes: int = 1_048_576
     page_size: int = 50
@@ -67,7 +68,15 @@ class MarketConfig:
 
 
 _KEYS: dict[str, set[str]] = {
-    "registry": {"data_dir", "read_only", "base_url", "max_upload_bytes", "page_size", "max_page_size"},
+    "registry": {
+        "data_dir",
+        "read_only",
+        "serve_pending",
+        "base_url",
+        "max_upload_bytes",
+        "page_size",
+        "max_page_size",
+    },
     "index": {"backend", "dsn", "pool_size"},
     "uploads": {
         "pending",
@@ -111,6 +120,7 @@ def load_config(
         data_dir=data_dir,
         source=path if path.is_file() else None,
         read_only=reader.boolean("registry", "read_only", False),
+        serve_pending=reader.boolean("registry", "serve_pending", False),
         base_url=reader.string("registry", "base_url", "").rstrip("/"),
         max_upload_bytes=reader.integer("registry", "max_upload_bytes", 1_048_576, minimum=1024),
         page_size=reader.integer("registry", "page_size", 50, minimum=1),

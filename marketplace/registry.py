@@ -29,6 +29,7 @@ no admin credentials travel over HTTP.
 
 from __future__ import annotations
 
+import concurrent.futures
 import enum
 import hashlib
 import logging
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 # Endorsement times this far ahead of our clock are accepted (clock skew), no further: a
 # far-future entry would otherwise freeze its timeline for good.
 CLOCK_SKEW = timedelta(minutes=5)
+VERIFY_THREADS = 8  # replicated entries verified at once
 
 
 @dataclass
@@ -88,6 +90,23 @@ class UploadResult:
     outcome: Outcome
     key: EntryKey
     pending_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Replicated:
+    """One copied entry: stored now, already here, or refused (and why)."""
+
+    key: EntryKey | None
+    outcome: Outcome | None
+    error: str | None = None
+
+    @staticmethod
+    def of(job: _Job) -> Replicated:
+        if job.error is not None or job.outcome is None:
+            return Replicated(job.staged.key, None, str(job.error))
+        return Replicated(
+            job.staged.key, Outcome.ACCEPTED if job.outcome is PutOutcome.NEW else Outcome.EXISTING
+        )
 
 
 @dataclass(frozen=True)
@@ -333,6 +352,91 @@ class Registry:
                 if job.error is None and job.outcome is None:
                     job.error = err if isinstance(err, ImagekitError) else DataError(f"commit failed: {err}")
             raise
+
+    # Replication (marketplace/replicate.py): entries another registry accepted.
+
+    def replicate(self, items: list[bytes]) -> list[Replicated]:
+        """Accept entries copied from another registry, byte for byte, in one group commit.
+
+        Each is verified here again (the gate is :func:`verify_entry`; a source is no more
+        trusted than an uploader) and must respect the e-mail binding, but neither the
+        whitelist (the source's administrator accepted it) nor the timeline order: registries
+        accept in different orders, and an entry's place in its timeline is its signed time.
+        A file left unlogged or unindexed by a crash is completed when the same bytes come
+        again, so a run killed at any point and started again loses and duplicates nothing."""
+        with concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS) as pool:
+            verified = list(pool.map(self._verify_replicated, items))
+        refused = [v for v in verified if isinstance(v, Replicated)]
+        accepted = [
+            (v, data) for v, data in zip(verified, items, strict=True) if not isinstance(v, Replicated)
+        ]
+        # One file-system sync for the whole page, not one fsync per file and directory: a
+        # page is hundreds of small new files, and their fsyncs are most of what it costs.
+        staged = self.store.stage_many([(EntryKey(*entry.metadata.key), data) for entry, data in accepted])
+        jobs = [
+            _Job(s, row_of(entry.metadata, sha256_hex(s.data)), Claim.of(entry))
+            for s, (entry, _) in zip(staged, accepted, strict=True)
+        ]
+        with self.store.write_lock():
+            published, unlogged = self._publish_replicated(jobs)
+            if published:
+                self.store.sync_all()
+            logged = self.log.paths() if unlogged else set()
+            to_log = published + [j for j in unlogged if j.staged.key.relpath not in logged]
+            head = None
+            if to_log:
+                records = self.log.append_many(
+                    [(j.staged.key.relpath, j.row.sha256) for j in to_log], at=self.now()
+                )
+                head = Head(records[-1].seq, records[-1].hash)
+            if published or unlogged:
+                self.index.add_many([j.row for j in published + unlogged], head)
+        return refused + [Replicated.of(j) for j in jobs]
+
+    def _verify_replicated(self, data: bytes) -> VerifiedEntry | Replicated:
+        try:
+            return self._verify(data)
+        except (VerificationError, DataError) as err:
+            return Replicated(None, None, str(err))
+
+    def _publish_replicated(self, jobs: list[_Job]) -> tuple[list[_Job], list[_Job]]:
+        """Link each staged file (under the write lock): the new ones, and the ones already
+        stored whose index row (so perhaps whose log record) a crash left out."""
+        published: list[_Job] = []
+        unlogged: list[_Job] = []
+        seen: set[EntryKey] = set()
+        claimed: dict[str, CertIdentity] = {}
+        for job in jobs:
+            key = job.staged.key
+            try:
+                if not self._stored(key, job.staged.data):
+                    self._check_binding(job.claim, claimed)
+                job.outcome = self.store.publish(job.staged)
+                claimed.setdefault(job.claim.email, job.claim.identity)
+            except VerificationError as err:
+                job.error = err
+            except DataError as err:
+                job.error = ConflictError(str(err))
+            finally:
+                discard(job.staged)
+            if job.outcome is PutOutcome.NEW:
+                published.append(job)
+            elif (
+                job.outcome is PutOutcome.SAME
+                and key not in seen  # one entry twice in a page is logged once
+                and self.index.get(key.identifier, key.email, key.created) is None
+            ):
+                unlogged.append(job)
+            seen.add(key)
+        return published, unlogged
+
+    def queue_replicated_pending(self, data: bytes) -> str | None:
+        """A pending upload copied from another registry: verified, then queued here within
+        the quotas; None when this registry already holds the entry itself."""
+        entry = self._verify(data)
+        if self._stored(EntryKey(*entry.metadata.key), data):
+            return None
+        return self._queue_pending(entry, data)
 
     # Pending uploads (administrator).
 

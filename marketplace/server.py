@@ -14,6 +14,8 @@ type in ``Accept``, else XML):
     GET  /appliance, /appliance/{id}, /appliance/{id}/download/0   OpenNebula's marketplace API
                      (marketplace/appmarket.py)
     GET  /imagelist  the HEPiX image list last exported (marketplace/imagelist.py)
+    GET  /changes?after=SEQ[&limit=N], /changes/pending   the change feed replicas follow
+                     (marketplace/changes.py)
 
 ``imagekit market serve`` runs :func:`serve` (``imagekit/asgi.py``: uvicorn; ``--workers N``
 starts N processes that each build the app with :func:`create_app`).
@@ -45,7 +47,7 @@ from imagekit.asgi import Listener, serve_app
 from imagekit.errors import DataError, ImagekitError, InputError, VerificationError
 from imagekit.httperror import HttpError
 from imagekit.output import to_json
-from marketplace import appmarket, imagelist, web
+from marketplace import appmarket, changes, imagelist, web
 from marketplace.config import IndexBackend, MarketConfig
 from marketplace.index import LocationKind, Page, Query, Row, SortKey, Status
 from marketplace.metadata import parse_metadata
@@ -438,6 +440,7 @@ def create_app(config: MarketConfig, *, registry: Registry | None = None) -> Sta
         Route("/healthz", api.healthz),
         *appmarket.routes(registry),
         imagelist.route(registry),
+        *changes.routes(registry),
         Mount("/static", StaticFiles(directory=static), name="static"),
     ]
     handlers: dict[Any, Callable[..., Any]] = {HttpError: on_error, ImagekitError: on_error}

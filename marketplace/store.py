@@ -24,11 +24,12 @@ import enum
 import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagekit.atomic import durable_temp, fsync_directory, make_parents, write_atomically
+from imagekit.atomic import durable_temp, fsync_directory, make_parents, sync_filesystem, write_atomically
 from imagekit.errors import DataError, InputError
 from imagekit.locks import exclusive
 
@@ -134,6 +135,29 @@ class Store:
         directory = self.path(key).parent
         created = make_parents(directory)
         return Staged(key, durable_temp(directory, data), data, tuple(created))
+
+    def stage_many(self, items: list[tuple[EntryKey, bytes]]) -> list[Staged]:
+        """Stage a batch with one file-system sync instead of one fsync per file (replication:
+        hundreds of small files at once); after :meth:`publish`, :meth:`sync_all` again."""
+        staged: list[Staged] = []
+        try:
+            for key, data in items:
+                directory = self.path(key).parent
+                created = make_parents(directory)
+                fd, name = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                    os.fchmod(out.fileno(), 0o644)
+                staged.append(Staged(key, Path(name), data, tuple(created)))
+            self.sync_all()
+        except BaseException:
+            for item in staged:
+                discard(item)
+            raise
+        return staged
+
+    def sync_all(self) -> None:
+        sync_filesystem(self.root)
 
     def publish(self, staged: Staged) -> PutOutcome:
         """Link a staged file into place (never replacing one); the caller syncs directories."""

@@ -8,6 +8,7 @@
     imagekit market endorsers
     imagekit market reindex | audit | pending list|accept ID|reject ID   (on the data dir)
     imagekit market import-appmarket https://marketplace.example.org/ [--app ID]   (unsigned, for review)
+    imagekit market replicate --from http://peer:8081 [--since SEQ] [--pending] [--follow]
     imagekit market imagelist export --cert me.pem --key me.key --base-url URL   (HEPiX, signed)
     imagekit market policy check | download | cache …   (the site side: marketplace/commands/site.py)
 
@@ -31,7 +32,7 @@ from imagekit.errors import InputError
 from imagekit.output import print_json
 from marketplace.certs import certificate_emails
 from marketplace.client import MarketClient, RegistryError, endpoint, path_of
-from marketplace.commands import appmarket, imagelist, metadata, site, verify_build
+from marketplace.commands import appmarket, imagelist, metadata, replicate, site, verify_build
 from marketplace.config import load_config
 from marketplace.dn import display_dn
 from marketplace.metadata import format_time, parse_metadata, parse_time
@@ -46,6 +47,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     verify_build.register(sub)
     appmarket.register(sub)
     imagelist.register(sub)
+    replicate.register(sub)
 
     serve = sub.add_parser("serve", help="run the registry server (uvicorn)")
     _local_options(serve)
