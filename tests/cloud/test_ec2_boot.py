@@ -38,6 +38,7 @@ from cloud.store import VmStore
 from cloud.users import CreatedUser, UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
+from context.render import stored_context
 from context.template import parse_template
 from imagekit.agent import find_report
 from imagekit.run import run
@@ -253,8 +254,10 @@ def test_each_client_drives_the_scenario(client: str, cloud: dict[str, Any], tmp
     key = _public_key(tmp_path)
     _, vm = _launch(ec2, blank, key, user_data)
 
-    record = VmStore(cloud["state"]).get(int(vm[2:], 16))
-    context = parse_template(Path(record.template).read_text()).vectors("CONTEXT")[0]
+    record = VmStore(cloud["state"]).get(record_id := int(vm[2:], 16))
+    # The resolved CONTEXT, as the guest's agent reads it (request values are bound into the
+    # template as data after parsing: cloud/request_values.py).
+    context = stored_context(cloud["state"], record_id) or {}
     assert context.get("USERDATA_ENCODING") == "base64"
     assert base64.b64decode(context.get("USER_DATA") or "").decode() == user_data
     assert context.get("SSH_PUBLIC_KEY") == key.read_text().strip() and context.get("EC2_KEYNAME") == "k"
