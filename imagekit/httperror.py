@@ -13,6 +13,9 @@ other (an ``ImagekitError`` left unhandled in the registry is its 500).
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 
 class HttpError(Exception):
     """A request refused: the HTTP status and a one-line message (no server path in it)."""
@@ -25,3 +28,14 @@ class HttpError(Exception):
 
 def bad_request(message: str) -> HttpError:
     return HttpError(400, message)
+
+
+def basic_credentials(encoded: str) -> tuple[str, str]:
+    """The name and password of HTTP Basic's base64 ``name:password`` (a 401 when malformed)."""
+    try:
+        name, sep, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise HttpError(401, "malformed HTTP Basic credentials") from None
+    if not sep:
+        raise HttpError(401, "malformed HTTP Basic credentials")
+    return name, password

@@ -14,8 +14,6 @@ no server path; a bug is logged and answered 500.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import os
@@ -45,7 +43,7 @@ from cloud.refusals import public_message
 from cloud.upload import BodyRefused, Field, FileEnd, FileStart, bounded_stream, multipart_events
 from cloud.users import User, UserStore
 from imagekit.errors import DataError, InputError
-from imagekit.httperror import HttpError, bad_request
+from imagekit.httperror import HttpError, bad_request, basic_credentials
 from imagekit.recipe.model import Firmware, OutputFormat
 from imagekit.state import State
 
@@ -60,16 +58,6 @@ class ServiceConfig:
     limits: Limits = field(default_factory=Limits)
     max_upload: int = DEFAULT_MAX_RECIPE_UPLOAD
     log_poll: float = 0.2
-
-
-def _basic(encoded: str) -> tuple[str, str]:
-    try:
-        name, sep, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        raise HttpError(401, "malformed HTTP Basic credentials") from None
-    if not sep:
-        raise HttpError(401, "malformed HTTP Basic credentials")
-    return name, password
 
 
 def _error(status: int, message: str) -> Response:
@@ -111,7 +99,7 @@ class BuildService:
                 raise HttpError(401, "unknown or revoked token") from None
         if scheme.lower() != "basic":
             raise HttpError(401, "HTTP Basic credentials or a bearer token are required")
-        user = self.users.authenticate(*_basic(credentials))
+        user = self.users.authenticate(*basic_credentials(credentials))
         if user is None:
             raise HttpError(401, "wrong user name or password")
         return user

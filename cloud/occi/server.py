@@ -12,8 +12,6 @@ one-line ``text/plain`` body. A bug is logged and answered 500; the service stay
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
@@ -55,7 +53,7 @@ from cloud.upload_slots import UploadsBusy, UploadSlots
 from cloud.users import User, UserStore
 from imagekit.asgi import Listener, serve_app
 from imagekit.errors import DataError, InputError, VerificationError
-from imagekit.httperror import HttpError, bad_request
+from imagekit.httperror import HttpError, bad_request, basic_credentials
 from imagekit.state import State
 
 log = logging.getLogger(__name__)
@@ -76,13 +74,7 @@ def _credentials(request: Request) -> tuple[str, str]:
     scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "basic":
         raise HttpError(401, "HTTP Basic credentials are required")
-    try:
-        name, sep, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        raise HttpError(401, "malformed HTTP Basic credentials") from None
-    if not sep:
-        raise HttpError(401, "malformed HTTP Basic credentials")
-    return name, password
+    return basic_credentials(encoded)
 
 
 def _refusal(err: HttpError | InputError | DataError | VerificationError) -> tuple[int, str]:
