@@ -1,6 +1,6 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both install what is missing first.
 # `make check` is the developer's fast tier: lint, types and every test that needs no image
-# build, VM boot, browser or database server (markers slow, vm, browser, postgres), < 1 minute.
+# build, VM boot, browser or database server (markers slow, vm, browser, postgres), ~1.5 minutes.
 VENV := .venv
 BIN := $(VENV)/bin
 # Both run on every core (pytest-xdist), one test handed out at a time in tests/conftest.py's
