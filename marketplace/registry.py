@@ -280,6 +280,24 @@ class Registry:
             first_uses = [claimed_in_batch[claim.email]]
         check_binding(claim, first_uses=first_uses, mapped=self.config.email_bindings)
 
+    def _publish(self, job: _Job, claimed: dict[str, CertIdentity], *, timeline: bool) -> None:
+        """Publish one staged entry (under the write lock), unless a check refuses it: the
+        outcome or the error goes on ``job``; the staged file is gone either way."""
+        key = job.staged.key
+        try:
+            if not self._stored(key, job.staged.data):
+                if timeline:
+                    self._check_timeline(key)
+                self._check_binding(job.claim, claimed)
+            job.outcome = self.store.publish(job.staged)
+            claimed.setdefault(job.claim.email, job.claim.identity)
+        except VerificationError as err:
+            job.error = err
+        except DataError as err:
+            job.error = ConflictError(str(err))
+        finally:
+            discard(job.staged)
+
     def _stored(self, key: EntryKey, data: bytes) -> bool:
         """The very same entry again: idempotent, even when newer ones followed it."""
         return self.store.exists(key) and self.store.read(key) == data
@@ -322,18 +340,7 @@ class Registry:
             with self.store.write_lock():
                 for job in batch:
                     key = job.staged.key
-                    try:
-                        if not self._stored(key, job.staged.data):
-                            self._check_timeline(key)
-                            self._check_binding(job.claim, claimed)
-                        job.outcome = self.store.publish(job.staged)
-                        claimed.setdefault(job.claim.email, job.claim.identity)
-                    except VerificationError as err:
-                        job.error = err
-                    except DataError as err:
-                        job.error = ConflictError(str(err))
-                    finally:
-                        discard(job.staged)
+                    self._publish(job, claimed, timeline=True)
                     if job.outcome is PutOutcome.NEW:
                         published.append(job)
                     elif (
@@ -408,17 +415,8 @@ class Registry:
         claimed: dict[str, CertIdentity] = {}
         for job in jobs:
             key = job.staged.key
-            try:
-                if not self._stored(key, job.staged.data):
-                    self._check_binding(job.claim, claimed)
-                job.outcome = self.store.publish(job.staged)
-                claimed.setdefault(job.claim.email, job.claim.identity)
-            except VerificationError as err:
-                job.error = err
-            except DataError as err:
-                job.error = ConflictError(str(err))
-            finally:
-                discard(job.staged)
+            # A replica takes the source's timeline as it is (docs/admin/replication.md).
+            self._publish(job, claimed, timeline=False)
             if job.outcome is PutOutcome.NEW:
                 published.append(job)
             elif (
