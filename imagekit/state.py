@@ -27,6 +27,7 @@ from pathlib import Path
 
 from imagekit.errors import DataError
 from imagekit.locations import private_directory
+from imagekit.locks import exclusive
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Databases this process has brought up to date: the check runs once per process, not on every
@@ -121,15 +122,20 @@ class State:
         try:
             conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
+            with _MIGRATED_LOCK:
+                if str(self.db_path) not in _MIGRATED:
+                    # Switching a new database to WAL takes an exclusive lock, and two
+                    # connections each holding a shared lock while asking for it is a deadlock
+                    # SQLite reports at once ("database is locked") instead of waiting: the
+                    # first open of each process queues on a lock file instead.
+                    with exclusive(self.root / ".state.db.lock"):
+                        conn.execute("PRAGMA journal_mode=WAL")
+                        self._migrate(conn)
+                    _MIGRATED.add(str(self.db_path))
             # In WAL mode NORMAL keeps the database consistent across crashes; only the last
             # commits may be lost on power failure, and each commit skips an fsync.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            with _MIGRATED_LOCK:
-                if str(self.db_path) not in _MIGRATED:
-                    self._migrate(conn)
-                    _MIGRATED.add(str(self.db_path))
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.db_path}: state database unusable: {exc}") from None
         return conn
