@@ -40,16 +40,27 @@ from imagekit.state import State
 
 KEY_FILE = "ec2-secrets.key"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}")
-# scrypt cost: 16 MiB and ~50 ms per check here; stored with the hash so it can be raised later.
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+@dataclass(frozen=True)
+class ScryptCost:
+    n: int
+    r: int
+    p: int
+
+
+# scrypt cost of new hashes: 16 MiB and ~50 ms per check here; stored with each hash, so it can
+# be raised later and old hashes still verify. (The test suite lowers it: tests/conftest.py.)
+PASSWORD_COST = ScryptCost(2**14, 8, 1)
 _ACCESS_KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _SHA1_HEX = re.compile(r"[0-9a-fA-F]{40}")
-# Checked against when a login names no user: a hash of the current kind and cost that no
-# password matches (its digest is not scrypt's output for any input anyone knows).
-_UNKNOWN_USER_HASH = (
-    f"scrypt-sha1${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${base64.b64encode(bytes(16)).decode()}"
-    f"${base64.b64encode(bytes(64)).decode()}"
-)
+
+
+def _unknown_user_hash() -> str:
+    """Checked against when a login names no user: a hash of the current kind and cost that no
+    password matches (its digest is not scrypt's output for any input anyone knows)."""
+    cost, zeros = PASSWORD_COST, base64.b64encode(bytes(16)).decode()
+    return f"scrypt-sha1${cost.n}${cost.r}${cost.p}${zeros}${base64.b64encode(bytes(64)).decode()}"
 
 
 @dataclass(frozen=True)
@@ -74,12 +85,12 @@ def _sha1_hex(password: str) -> str:
 
 
 def hash_password(password: str) -> str:
-    salt = os.urandom(16)
+    salt, cost = os.urandom(16), PASSWORD_COST
     digest = hashlib.scrypt(
-        _sha1_hex(password).encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, maxmem=64 * 2**20
+        _sha1_hex(password).encode(), salt=salt, n=cost.n, r=cost.r, p=cost.p, maxmem=64 * 2**20
     )
     b64 = base64.b64encode
-    return f"scrypt-sha1${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+    return f"scrypt-sha1${cost.n}${cost.r}${cost.p}${b64(salt).decode()}${b64(digest).decode()}"
 
 
 def check_password(password: str, stored: str) -> bool:
@@ -249,7 +260,7 @@ class UserStore:
         the same scrypt work as a wrong password, so names cannot be told apart by timing."""
         row = self._row("name", name)
         if row is None:
-            check_password(password, _UNKNOWN_USER_HASH)
+            check_password(password, _unknown_user_hash())
             return None
         return _user(row) if check_password(password, row["password"]) else None
 

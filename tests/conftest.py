@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,13 +38,70 @@ BUILDING_FIXTURES = frozenset(
 SERVER_FIXTURES = {"pg_server": "postgres"}
 
 
+# What starts one of the project's servers as a process (or a real client talking to one): a
+# test that reaches one of these, directly, through a fixture or through a helper of its own
+# module, is in the `server` tier (make test, not make check). Named here, resolved lazily.
+SERVER_STARTERS = (
+    ("tests.cloud.serving", "cloud_server"),
+    ("tests.cloud.serving", "ec2_server"),
+    ("tests.cloud.serving", "AwsCli"),
+    ("tests.cloud.serving", "aws_program"),
+    ("tests.marketplace.serving", "running_server"),
+    ("tests.cloud.buildservice_standin", "running"),
+)
+
+
+def _server_starters() -> set[int]:
+    import importlib
+
+    return {id(getattr(importlib.import_module(module), name)) for module, name in SERVER_STARTERS}
+
+
+def _code_names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_names(const)
+
+
+def _reaches(function: object, starters: set[int], seen: set[int]) -> bool:
+    """Whether ``function`` names a server starter, itself or through the tests' own helpers."""
+    function = inspect.unwrap(function)  # type: ignore[arg-type]
+    code = getattr(function, "__code__", None)
+    if code is None or id(function) in seen:
+        return False
+    seen.add(id(function))
+    module_globals = getattr(function, "__globals__", {})
+    for name in _code_names(code):
+        found = module_globals.get(name)
+        if found is None:
+            continue
+        if id(found) in starters:
+            return True
+        if getattr(found, "__module__", "").startswith("tests.") and _reaches(found, starters, seen):
+            return True
+    return False
+
+
+def starts_a_server(item: pytest.Item, starters: set[int]) -> bool:
+    functions = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for definitions in getattr(info, "name2fixturedefs", {}).values():
+        functions += [definition.func for definition in definitions]
+    seen: set[int] = set()
+    return any(_reaches(f, starters, seen) for f in functions if f is not None)
+
+
 # Files this session collected, before -m or -k deselected any (tests/test_collection.py).
 COLLECTED_FILES: set[str] = set()
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects, so `make check` never builds an image
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    starters = _server_starters()
     for item in items:
+        if starts_a_server(item, starters) and not item.get_closest_marker("server"):
+            item.add_marker(pytest.mark.server)
         if item.path.is_relative_to(REPO):
             COLLECTED_FILES.add(str(item.path.relative_to(REPO)))
         fixtures = set(getattr(item, "fixturenames", ()))
@@ -90,6 +150,17 @@ def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state = tmp_path / "state"
     monkeypatch.setenv("IMAGEKIT_STATE", str(state))
     return state
+
+
+@pytest.fixture(autouse=True)
+def _cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Password hashes made in this process cost scrypt N=16 instead of the site's 2**14: every
+    test creates users and logs in, and at ~50 ms a hash that was a fifth of the fast tier. The
+    cost is stored in each hash, so checking is the same code; tests/cloud/test_users.py checks
+    the real cost, and servers started as processes keep it."""
+    import cloud.users
+
+    monkeypatch.setattr(cloud.users, "PASSWORD_COST", cloud.users.ScryptCost(16, 8, 1))
 
 
 @pytest.fixture

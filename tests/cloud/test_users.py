@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+import cloud.users as users_module
 from cloud.users import KEY_FILE, UserStore, check_password, hash_password
 from imagekit.cli import main
 from imagekit.errors import DataError, InputError
 from imagekit.state import State
+
+SITE_PASSWORD_COST = users_module.PASSWORD_COST  # read at import, before any test lowers it
 
 
 @pytest.fixture
@@ -21,7 +24,8 @@ def users(_isolated_state: Path) -> UserStore:
     return UserStore(State.open(_isolated_state))
 
 
-def test_password_hash_is_salted_scrypt_and_verifies() -> None:
+def test_password_hash_is_salted_scrypt_and_verifies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(users_module, "PASSWORD_COST", SITE_PASSWORD_COST)  # tests/conftest.py lowers it
     first, second = hash_password("pw"), hash_password("pw")
     assert first.startswith("scrypt-sha1$16384$8$1$") and first != second
     assert check_password("pw", first) and check_password("pw", second)
