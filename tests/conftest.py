@@ -135,10 +135,10 @@ def costliest_first(items: list[pytest.Item]) -> list[pytest.Item]:
         marks = {m.name for m in item.iter_markers()}
         if images and "vm" in marks:
             return 1
-        for n, tier in enumerate(("slow", "vm", "browser", "postgres"), 2):
+        for n, tier in enumerate(("slow", "vm", "browser", "postgres", "server"), 2):
             if tier in marks:
                 return n
-        return 6
+        return 7
 
     ranks = [rank(item) for item in items]  # in collection order: "first to use" is well defined
     return [item for _, _, item in sorted(zip(ranks, range(len(items)), items, strict=True))]
