@@ -357,3 +357,20 @@ def test_vm_create_with_other_hosts_runs_a_pass_and_may_stay_pending(
     pending = VmStore(lab).list()[-1]
     assert (pending.state, pending.hid, pending.info["leases"]) == (VmState.PENDING, None, ["10.9.0.2"])
     assert main(["vm", "deploy", str(pending.vmid), "node1", "--force"]) == 0
+
+
+def test_the_benchmark_checks_every_placement_against_a_brute_force_pass() -> None:
+    """bench/sched.py, small: its placements agree with its brute-force replay (exit 0)."""
+    argv = [sys.executable, str(REPO / "bench" / "sched.py"), "--vms", "60", "--hosts", "12", "--seed", "3"]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = {line["metric"]: line for line in map(json.loads, done.stdout.splitlines())}
+    assert (lines["sched_pass"]["vms"], lines["sched_pass"]["hosts"]) == (60, 12)
+    assert lines["sched_pass"]["placed"] + lines["sched_pass"]["pending"] == 60
+    assert lines["sched_pass"]["placed"] > 0 and lines["sched_check"] == {
+        **lines["sched_check"],
+        "checked": 60,
+        "mismatches": 0,
+    }
