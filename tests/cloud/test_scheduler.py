@@ -374,3 +374,29 @@ def test_the_benchmark_checks_every_placement_against_a_brute_force_pass() -> No
         "checked": 60,
         "mismatches": 0,
     }
+
+
+def test_vm_create_probes_a_never_monitored_localhost_before_its_pass(blank_lab: BlankLab) -> None:
+    from cloud.deploy import CreateRequest, create_vm
+
+    _host(blank_lab.state, "node1", cpu=0)  # fits nothing: localhost must be probed to take the VM
+    held = create_vm(CreateRequest(blank_lab.template, hold=True), state=blank_lab.state)
+    assert (held.state, held.hid) == (VmState.HOLD, LOCALHOST_ID)
+    assert HostStore(blank_lab.state).get("localhost").last_monitored > 0
+
+
+def test_a_bad_sched_conf_fails_vm_create_at_the_schedule_step(blank_lab: BlankLab, tmp_path: Path) -> None:
+    """The VM ends failed naming the step, and gives its lease back (as every failed step)."""
+    from cloud.deploy import CreateRequest, create_vm
+    from context.leases import NetworkStore
+
+    _host(blank_lab.state, "localhost")
+    _host(blank_lab.state, "node1")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "sched.conf").write_text("MAX_VM = -1\n")
+    with pytest.raises(InputError, match=r"sched\.conf:1:1: MAX_VM: expected a whole number"):
+        create_vm(CreateRequest(blank_lab.template, hold=True, etc=etc), state=blank_lab.state)
+    (failed,) = VmStore(blank_lab.state).list()
+    assert (failed.state, failed.step) == (VmState.FAILED, "schedule")
+    assert NetworkStore(blank_lab.state).leases() == []
