@@ -107,9 +107,10 @@ def demand_of(vmid: int, info: Mapping[str, Any]) -> PendingVm:
         return PendingVm(vmid, None, f"its template cannot be scheduled: {exc}")
 
 
-def why_nowhere(placement: Placement, *, full: Sequence[str] = ()) -> str:
+def why_nowhere(placement: Placement, *, full: Sequence[str] = (), busy: Sequence[str] = ()) -> str:
     """One line: each refused host and why; with many hosts, the conditions with how many hosts
-    failed each (and the first names). ``full``: hosts that fit but had ``MAX_HOST`` VMs."""
+    failed each (and the first names). ``full``: hosts that fit but had ``MAX_HOST`` VMs this
+    pass; ``busy``: hosts another scheduler filled between the pass's read and its claim."""
     refused = list(placement.refused)
     parts: list[str] = []
     if len(refused) <= SHOWN_REFUSALS:
@@ -124,6 +125,8 @@ def why_nowhere(placement: Placement, *, full: Sequence[str] = ()) -> str:
             parts.append(f"{condition}: {len(names)} host{'s' * (len(names) != 1)} ({shown})")
     if full:
         parts.append(f"MAX_HOST reached this pass: {', '.join(full)}")
+    if busy:
+        parts.append(f"filled by another scheduler meanwhile: {', '.join(busy)}")
     return "; ".join(parts) or "no hosts"
 
 
@@ -191,12 +194,13 @@ class _Pass:
                 (r for r in placement.ranked if r.host.name not in full and r.host.hid not in tried), None
             )
             if chosen is None:
-                return None, -1, why_nowhere(placement, full=full)
+                busy = [self.hosts[hid].host.name for hid in sorted(tried) if hid in self.hosts]
+                return None, -1, why_nowhere(placement, full=full, busy=busy)
             outcome, now = _claim(self.state, vm, chosen.host.hid)
-            if now is None:
-                self.hosts.pop(chosen.host.hid, None)
-            else:
+            if now is not None:
                 self.hosts[chosen.host.hid] = now
+            elif outcome is _Outcome.NO_ROOM:
+                self.hosts.pop(chosen.host.hid, None)  # deleted meanwhile
             if outcome is not _Outcome.NO_ROOM:
                 if outcome is _Outcome.PLACED:
                     self.per_host[chosen.host.hid] += 1

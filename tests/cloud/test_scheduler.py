@@ -400,3 +400,27 @@ def test_a_bad_sched_conf_fails_vm_create_at_the_schedule_step(blank_lab: BlankL
     (failed,) = VmStore(blank_lab.state).list()
     assert (failed.state, failed.step) == (VmState.FAILED, "schedule")
     assert NetworkStore(blank_lab.state).leases() == []
+
+
+def test_a_vm_placed_by_another_between_read_and_claim_is_skipped_and_its_host_kept(
+    state: State, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic form of the race: another scheduler places VM 1 after this pass read it;
+    the claim finds it gone, and VM 2 still gets the host (which once dropped out of the pass)."""
+    import cloud.scheduler as scheduler
+
+    _host(state, "localhost", cpu=0)
+    node = _host(state, "node1", cpu=1000)
+    _vm(state, 1)
+    _vm(state, 2)
+    claim = scheduler._claim
+
+    def another_first(state: State, vm: scheduler.PendingVm, hid: int) -> Any:
+        if vm.vmid == 1:
+            deploy_by_hand(state, 1, "node1")
+        return claim(state, vm, hid)
+
+    monkeypatch.setattr(scheduler, "_claim", another_first)
+    result = schedule(state, NO_LIMITS)
+    assert (result.placed, result.taken, result.pending) == (((2, node),), 1, 0)
+    assert _hids(state) == {1: node, 2: node}
