@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cloud.cores import CoreKind
 from cloud.expressions import parse_rank, parse_requirements
 from cloud.hosts import (
     LOCALHOST,
@@ -211,8 +212,10 @@ class _Pass:
 def _read_pool(
     state: State, settings: SchedSettings, only: int | None
 ) -> tuple[list[PendingVm], int, _Pass]:
-    where = "state = ? AND hid IS NULL" + (" AND vmid = ?" if only is not None else "")
-    params: list[Any] = [VmState.PENDING.value, *([only] if only is not None else [])]
+    local = [kind.value for kind in CoreKind if not kind.remote]  # another cloud places its own
+    where = f"state = ? AND hid IS NULL AND core IN ({', '.join('?' * len(local))})"
+    where += " AND vmid = ?" if only is not None else ""
+    params: list[Any] = [VmState.PENDING.value, *local, *([only] if only is not None else [])]
     limit = f" LIMIT {int(settings.max_vm)}" if settings.max_vm else ""
     store = HostStore(state)
     hosts = store.list()
@@ -262,9 +265,11 @@ def deploy_by_hand(state: State, vmid: int, ref: str, *, force: bool = False) ->
     scheduler would choose; the host must take it (state, capacity, ``REQUIREMENTS``) unless
     ``force``."""
     with state.transaction() as db:
-        row = db.execute("SELECT state, info FROM cloud_vms WHERE vmid = ?", (vmid,)).fetchone()
+        row = db.execute("SELECT state, info, core FROM cloud_vms WHERE vmid = ?", (vmid,)).fetchone()
         if row is None:
             raise InputError(f"no VM {vmid} (see `imagekit vm list`)")
+        if CoreKind(row["core"]).remote:
+            raise InputError(f"VM {vmid} runs on the {row['core']} core: that cloud places it")
         if row["state"] != VmState.PENDING.value:
             raise InputError(f"VM {vmid} is {row['state']}: only a pending VM is deployed")
         host = host_in(db, ref)

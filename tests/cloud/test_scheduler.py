@@ -167,14 +167,19 @@ def test_the_limits_of_one_pass(state: State, settings: SchedSettings, placed: M
         assert schedule(state, settings).placed == ((7, 1),)
 
 
-def test_held_vms_and_vms_with_a_host_are_not_scheduled(state: State) -> None:
+def test_held_vms_vms_with_a_host_and_another_clouds_vms_are_not_scheduled(state: State) -> None:
     _host(state, "localhost")
     _vm(state, 1)
     _vm(state, 2)
     VmStore(state).transition(2, VmState.HOLD)
     deploy_by_hand(state, 1, "localhost")
+    VmStore(state).insert(
+        3, name="one", owner="o", core=CoreKind.OPENNEBULA, template="t", directory=state.root
+    )
     assert schedule(state, NO_LIMITS).considered == 0
-    assert _hids(state) == {1: 0, 2: None}
+    assert _hids(state) == {1: 0, 2: None, 3: None}
+    with pytest.raises(InputError, match="VM 3 runs on the opennebula core: that cloud places it"):
+        deploy_by_hand(state, 3, "localhost", force=True)
 
 
 def test_with_many_hosts_the_reason_is_one_line_grouped_by_condition(state: State) -> None:
