@@ -113,6 +113,8 @@ def test_what_a_vm_is_given_counts_for_the_vms_after_it_in_the_same_pass(state: 
     # node1 takes two CPUs' worth; the third goes to node2 (1 GiB, all it has); the fourth
     # fits node1's last half CPU and memory.
     assert _hids(state) == {1: 1, 2: 1, 3: 2, 4: 1}
+    node1 = HostStore(state).shares()[1]  # host list's RVM and ACPU count them from now on
+    assert (node1.running_vms, node1.available_cpu, node1.mem_usage) == (3, 0, 4 << 20)
     _vm(state, 5, cpu=0.1, memory_mib=1)
     second = schedule(state, NO_LIMITS)
     assert second.placed == () and _hids(state)[5] is None
