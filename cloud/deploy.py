@@ -1,6 +1,7 @@
 """``vm create``: from a VM template to a running VM, undoing every reservation if a step fails.
 
     parse → images (resolved, verified) → VM id + leases + CONTEXT (context.render) →
+    a host (cloud/scheduler.py: localhost goes on; elsewhere or nowhere yet stays pending) →
     prolog (overlays, swap/fs disks, context ISO, the QEMU command line) → hold, or boot
 
 Steps up to the context reserve nothing that outlives a failure (``prepare_context`` rolls its
@@ -17,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud import hooks, images, quotas
+from cloud import hooks, images, quotas, scheduler
 from cloud.cores import CoreKind, core_of
 from cloud.cores.embedded import runtime_dir, segment
 from cloud.cores.local import LocalCore, boot, fail
+from cloud.hosts import LOCALHOST_ID
 from cloud.model import DiskKind, VmState, VmTemplate, filesystem_maker, nic_device, parse_vm_template
 from cloud.qemu import OVMF_VARS, Drive, Nic, VmSpec, build_argv, choose_accel
 from cloud.standalone import check_chain
@@ -107,8 +109,12 @@ def deploy_here(
     store = VmStore(state)
     directory = state.root / "vms" / str(ctx.vmid)
     record = _insert(store, vm, ctx, request, directory, quota)
-    current = "hooks"
+    current = "schedule"
     try:
+        record = scheduler.place_created(state, record.vmid, etc=request.etc)
+        if record.hid != LOCALHOST_ID:
+            return record  # pending: placed on another host, or nowhere yet (its sched_message says why)
+        current = "hooks"
         event_hooks = hooks.resolve_hooks(hooks.load_hooks(request.etc), _hook_vm(vm, ctx, request, state))
         current = "prolog"
         held = [b.marketplace_id for b in bases if b.marketplace_id]
@@ -157,8 +163,10 @@ def _insert(
             info={
                 "etc": str(request.etc) if request.etc else "",
                 "leases": [lease.ip for lease in ctx.leases],
-                "cpu": vm.cpu,  # what the quota counts
+                "cpu": vm.cpu,  # what the quota counts, and the scheduler (cloud/scheduler.py)
                 "memory_mib": vm.memory_mib,
+                "requirements": vm.requirements.text,
+                "rank": vm.rank.text,
             },
             admit=quota.admit_vm(request.owner_id, cpu=vm.cpu, memory_mib=vm.memory_mib),
         )

@@ -322,6 +322,7 @@ def _libc_fnmatch() -> Any:
     return function
 
 
+@functools.lru_cache(maxsize=8192)  # a pass matches the same few patterns against every host's names
 def c_fnmatch(pattern: str, text: str) -> bool:
     """The C library's ``fnmatch(pattern, text, 0)`` itself, as 1.4 called it (``[!…]`` and
     ``[^…]``, backslash escapes, classes); C strings end at a NUL."""

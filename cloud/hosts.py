@@ -12,7 +12,8 @@ host, everything runs there, as before hosts existed.
 The capacity columns of ``onehost list`` come from the last probe and from what the VMs placed
 on the host have been given: TCPU (``MAX_CPU``, 100 per CPU), FCPU (``FREE_CPU``, monitored),
 ACPU (``MAX_CPU - CPU_USAGE``: what is not yet allocated to VMs), TMEM, FMEM (KiB), RVM (VMs
-on it). Until VMs are placed on hosts (the scheduler), every local VM counts on localhost.
+on it). A VM counts on the host the scheduler placed it on (``cloud/scheduler.py``) from then
+on; one recorded before placement existed counts on localhost.
 """
 
 from __future__ import annotations
@@ -270,7 +271,8 @@ class HostStore:
                 raise InputError(f"host {spec.name!r} exists already (see `imagekit host list`)") from None
             return self._get(db, str(cursor.lastrowid))
 
-    def _get(self, db: sqlite3.Connection, ref: str) -> Host:
+    @staticmethod
+    def _get(db: sqlite3.Connection, ref: str) -> Host:
         if ref.isdigit():
             row = db.execute("SELECT * FROM cloud_hosts WHERE hid = ?", (int(ref),)).fetchone()
         else:
@@ -339,24 +341,52 @@ class HostStore:
 
 
 # The states in which a VM occupies its host, as 1.4 added and removed its capacity: not before
-# it is placed (pending, hold), not once stopped (its state saved away) or ended.
+# it is placed (pending, hold), not once stopped (its state saved away) or ended. A pending VM
+# the scheduler has placed (``hid`` set, ``cloud/scheduler.py``) holds its host's capacity already.
 _NOT_ON_A_HOST = (VmState.PENDING, VmState.HOLD, VmState.STOPPED, VmState.DONE, VmState.FAILED)
 
 
-def allocations(db: sqlite3.Connection) -> dict[int, Allocation]:
-    """What the VMs hold, per host. No VM is placed on a host yet: every VM of a local core
-    that occupies a host counts on localhost."""
+def _holding(where: str = "") -> tuple[str, list[str]]:
+    """The query of the VMs holding a host's capacity, with the host they hold (``on_host``). A
+    VM of a local core recorded before placement existed (no ``hid``) counts on localhost."""
     holding = [s.value for s in VmState if s not in _NOT_ON_A_HOST]
     local = [k.value for k in CoreKind if not k.remote]
-    rows = db.execute(
-        f"SELECT info FROM cloud_vms WHERE state IN ({', '.join('?' * len(holding))})"
-        f" AND core IN ({', '.join('?' * len(local))})",
-        (*holding, *local),
-    ).fetchall()
+    sql = (
+        "SELECT COALESCE(hid, 0) AS on_host, info FROM cloud_vms"
+        f" WHERE ((state IN ({', '.join('?' * len(holding))})"
+        f" AND (hid IS NOT NULL OR core IN ({', '.join('?' * len(local))})))"
+        " OR (state = ? AND hid IS NOT NULL))"
+    )
+    return sql + where, [*holding, *local, VmState.PENDING.value]
+
+
+def _sum(rows: list[sqlite3.Row]) -> Allocation:
     count = cpu = memory = 0
     for row in rows:
         info: dict[str, Any] = json.loads(row["info"])
         count += 1
         cpu += round(float(info.get("cpu", 0) or 0) * 100)
         memory += int(info.get("memory_mib", 0) or 0) * 1024
-    return {LOCALHOST_ID: Allocation(count, cpu, memory)}
+    return Allocation(count, cpu, memory)
+
+
+def allocations(db: sqlite3.Connection) -> dict[int, Allocation]:
+    """What the VMs hold, per host (every host has an entry, localhost at least)."""
+    sql, params = _holding()
+    by_host: dict[int, list[sqlite3.Row]] = {LOCALHOST_ID: []}
+    for hid in db.execute("SELECT hid FROM cloud_hosts"):
+        by_host[int(hid[0])] = []
+    for row in db.execute(sql, params):
+        by_host.setdefault(int(row["on_host"]), []).append(row)
+    return {hid: _sum(rows) for hid, rows in by_host.items()}
+
+
+def allocation_on(db: sqlite3.Connection, hid: int, *, besides: int | None = None) -> Allocation:
+    """What the VMs hold on host ``hid`` now (but VM ``besides``), read in ``db``'s transaction."""
+    sql, params = _holding(" AND COALESCE(hid, 0) = ? AND vmid IS NOT ?")
+    return _sum(db.execute(sql, (*params, hid, besides)).fetchall())
+
+
+def host_in(db: sqlite3.Connection, ref: str) -> Host:
+    """A host by HID or name, read in ``db``'s transaction."""
+    return HostStore._get(db, ref)

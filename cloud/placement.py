@@ -8,11 +8,12 @@ over its monitored attributes, its HOST_SHARE and its own fields). The hosts lef
 by ``RANK``, highest first; equal ranks keep HID order. Every refused host says why, so a VM
 that fits nowhere can say which host failed which condition.
 
-Not wired into ``vm create`` yet (the scheduler that uses it comes with remote hosts).
+The scheduler (``cloud/scheduler.py``) runs it for each pending VM.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,12 @@ class Demand:
 class Candidate:
     host: Host
     share: HostShare
+
+    @functools.cached_property
+    def view(self) -> HostView:
+        """:func:`host_view`, built once: a scheduling pass reuses a host's candidate for every
+        VM until a VM is placed on it (then a new one, with the new share)."""
+        return host_view(self)
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,7 @@ def place(demand: Demand, candidates: Sequence[Candidate]) -> Placement:
     ranked: list[Ranked] = []
     refused: list[Refusal] = []
     for candidate in sorted(candidates, key=lambda c: c.host.hid):
-        view = host_view(candidate)
+        view = candidate.view
         reason = _refusal(demand, candidate, view)
         if reason is None:
             ranked.append(Ranked(candidate.host, rank_of(demand.rank, view)))

@@ -50,6 +50,8 @@ class VmRecord:
     created: float = 0.0
     updated: float = 0.0
     owner_id: int | None = None  # the cloud user's id (ownership); None: a local account's VM
+    hid: int | None = None  # the host it is placed on (cloud/scheduler.py); None: not yet
+    sched_message: str = ""  # why the last scheduling pass placed it nowhere
 
 
 _UNSET: Any = object()
@@ -76,6 +78,8 @@ def _record(row: sqlite3.Row) -> VmRecord:
         created=row["created"],
         updated=row["updated"],
         owner_id=row["owner_id"],
+        hid=row["hid"],
+        sched_message=row["sched_message"],
     )
 
 

@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "boot-test": ("cloud.commands.boot_test", "boot an image with a context ISO and check the agent"),
     "vm": ("cloud.commands.vm", "run VMs from templates: create, list, shutdown, stop, resume…"),
     "host": ("cloud.commands.host", "the hosts VMs may run on: create, list, show, enable, disable…"),
+    "sched": ("cloud.commands.sched", "the scheduler: place pending VMs on hosts (a service, or --once)"),
     "user": ("cloud.commands.user", "cloud users and their EC2 credentials"),
     "build-service": ("cloud.commands.build_service", "the build service over HTTP (also: build serve)"),
     "cloud": ("cloud.commands.cloud", "serve the public cloud front doors (EC2 Query, OCCI)"),

@@ -7,6 +7,7 @@ imagekit vm show 3 [--json]               # with the history of its states
 imagekit vm shutdown 3 [--timeout 120]    # ACPI, then hard; ends at done
 imagekit vm cancel|delete|suspend|resume|stop|hold|release 3
 imagekit vm migrate|livemigrate 3 HOST     # refused for now: VMs run on localhost only
+imagekit vm deploy 3 HOST [--force]       # place a pending VM on a host by hand (onevm deploy)
 imagekit vm log 3 [--follow]              # the serial console
 imagekit vm wait 3 --state running [--timeout 600]
 """
@@ -82,6 +83,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("vmid", type=int, metavar="ID", help="the VM")
         p.set_defaults(func=_verb_command(verb))
+    deploy = sub.add_parser("deploy", help="place a pending VM on a host by hand (onevm deploy)")
+    deploy.add_argument("vmid", type=int, metavar="ID", help="the VM (pending)")
+    deploy.add_argument("host", metavar="HOST", help="the host's name or HID (`imagekit host list`)")
+    deploy.add_argument(
+        "--force", action="store_true", help="even if the host is off or lacks the capacity or REQUIREMENTS"
+    )
+    deploy.set_defaults(func=cmd_deploy)
     for name, live, help_text in (
         ("migrate", False, "move a VM to another host: save, transfer, restore (not supported yet)"),
         ("livemigrate", True, "move a running VM to another host without stopping it (not supported yet)"),
@@ -124,6 +132,8 @@ def _summary(record: VmRecord) -> dict[str, Any]:
         "ips": list(record.info.get("leases", [])),
         "directory": str(record.directory),
         "created": record.created,
+        "hid": record.hid,
+        "sched_message": record.sched_message,
     }
 
 
@@ -150,6 +160,11 @@ def cmd_create(args: argparse.Namespace) -> int:
         print_json(_summary(record))
     else:
         print(f"ID: {record.vmid} ({record.name}, {record.state.value})")
+        if record.state is VmState.PENDING:
+            from cloud.hosts import HostStore
+            from cloud.scheduler import waiting_line
+
+            print(waiting_line(record, HostStore(_state(args)).list()))
     return 0
 
 
@@ -178,16 +193,38 @@ def cmd_show(args: argparse.Namespace) -> int:
     state = _state(args)
     record = lifecycle.show(state, args.vmid)
     history = VmStore(state).history(args.vmid)
+    shown = {**_summary(record), "host": _host_name(state, record.hid)}
     if args.json:
-        print_json({**_summary(record), "history": [{"state": h.state.value, "at": h.at} for h in history]})
+        print_json({**shown, "history": [{"state": h.state.value, "at": h.at} for h in history]})
         return 0
-    for key, value in _summary(record).items():
+    for key, value in shown.items():
         if value not in ("", None, []):
             print(f"{key.upper():10} {value}")
     print("HISTORY")
     for h in history:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.at))
         print(f"  {stamp}  {h.state.value}{f'  ({h.reason})' if h.reason else ''}")
+    return 0
+
+
+def _host_name(state: State, hid: int | None) -> str | None:
+    from cloud.hosts import HostStore
+
+    if hid is None:
+        return None
+    hosts = {h.hid: h.name for h in HostStore(state).list()}
+    return hosts.get(hid, f"HID {hid} (deleted)")
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from cloud.scheduler import deploy_by_hand
+
+    state = _state(args)
+    record = deploy_by_hand(state, args.vmid, args.host, force=args.force)
+    if args.json:
+        print_json({**_summary(record), "host": _host_name(state, record.hid)})
+    else:
+        print(f"VM {record.vmid}: placed on host {_host_name(state, record.hid)}")
     return 0
 
 

@@ -1,0 +1,73 @@
+"""``imagekit sched``: the scheduler as a service (1.4's ``mm_sched``), or one pass.
+
+imagekit sched [--once] [--json]   # a pass every SCHED_INTERVAL seconds (etc/sched.conf)
+
+Each pass places the pending VMs (``cloud/scheduler.py``) and prints one line, with ``--json``
+one JSON object: ``considered``, ``placed``, ``pending``, ``taken_by_another``, ``seconds``.
+SIGTERM or Ctrl-C ends it after the pass in progress, with status 0. Several may run at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from cloud.sched_conf import load_sched_settings
+from cloud.scheduler import PassResult, schedule
+from imagekit.locations import state_dir
+from imagekit.output import to_json
+from imagekit.state import State
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument(
+        "--etc",
+        type=Path,
+        metavar="DIR",
+        help="where sched.conf is (default: the usual etc directory)",
+    )
+    parser.set_defaults(func=cmd_sched)
+
+
+@contextmanager
+def _stop_on_signal() -> Iterator[threading.Event]:
+    """An event SIGTERM and SIGINT set (the pass in progress finishes first)."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _report(result: PassResult, *, as_json: bool) -> None:
+    if as_json:
+        print(to_json(result.as_json(), indent=None), flush=True)  # one line per pass
+    else:
+        figures = result.as_json()
+        print(
+            f"considered {figures['considered']}, placed {figures['placed']},"
+            f" pending {figures['pending']} ({figures['seconds']} s)",
+            flush=True,
+        )
+
+
+def cmd_sched(args: argparse.Namespace) -> int:
+    settings = load_sched_settings(args.etc)  # a bad sched.conf stops it before any pass
+    state = State.open(state_dir(args.state))
+    with _stop_on_signal() as stop:
+        while True:
+            _report(schedule(state, settings), as_json=args.json)
+            if args.once or stop.wait(settings.interval):
+                return 0
