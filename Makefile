@@ -1,6 +1,6 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both install what is missing first.
 # `make check` is the developer's fast tier: lint, types and every test that needs no image
-# build, VM boot, browser or database server (markers slow, vm, browser, postgres), ~1.5 minutes.
+# build, VM boot, browser, database or SSH server (markers slow, vm, browser, postgres, sshd), ~1.5 minutes.
 VENV := .venv
 BIN := $(VENV)/bin
 # Both run on every core (pytest-xdist), one test handed out at a time in tests/conftest.py's
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PARALLEL := -n auto --dist load --maxschedchunk 1
 
 .PHONY: setup demo test check lint typecheck docs unit fast bench clean
-FAST := not slow and not vm and not browser and not postgres
+FAST := not slow and not vm and not browser and not postgres and not sshd
 
 setup:
 	@tools/setup

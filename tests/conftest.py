@@ -24,7 +24,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 # Per-test timeout for the marked tiers; everything else gets pyproject's short default.
-LONG_TIMEOUTS = {"slow": 1800, "vm": 1800, "browser": 300, "postgres": 300}
+LONG_TIMEOUTS = {"slow": 1800, "vm": 1800, "browser": 300, "postgres": 300, "sshd": 300}
 # Session fixtures that build an image: a test using one is `slow` whether or not it says so.
 BUILDING_FIXTURES = frozenset(
     {"minimal_image", "cloud_image", "build_state_dir", "cloud_init_image", "both_agents_image"}
@@ -32,7 +32,7 @@ BUILDING_FIXTURES = frozenset(
 
 
 # Fixtures that start a server: a test using one is in that server's tier.
-SERVER_FIXTURES = {"pg_server": "postgres"}
+SERVER_FIXTURES = {"pg_server": "postgres", "ssh_lab": "sshd", "ssh_hosts": "sshd"}
 
 
 # Files this session collected, before -m or -k deselected any (tests/test_collection.py).
@@ -75,10 +75,10 @@ def costliest_first(items: list[pytest.Item]) -> list[pytest.Item]:
         marks = {m.name for m in item.iter_markers()}
         if images and "vm" in marks:
             return 1
-        for n, tier in enumerate(("slow", "vm", "browser", "postgres"), 2):
+        for n, tier in enumerate(("slow", "vm", "browser", "postgres", "sshd"), 2):
             if tier in marks:
                 return n
-        return 6
+        return 7
 
     ranks = [rank(item) for item in items]  # in collection order: "first to use" is well defined
     return [item for _, _, item in sorted(zip(ranks, range(len(items)), items, strict=True))]

@@ -1,0 +1,250 @@
+"""Transfer drivers (1.4's TM): how a VM's disks and context CD reach the host that runs it.
+
+Three drivers behind one protocol, :class:`Transfer`, chosen by the host's ``--tm``:
+
+- ``local``: localhost, where imagekit runs; the VM's files are in ``STATE/vms/<id>/``, its
+  overlays backed by the front end's verified image cache (what ``vm create`` always did).
+- ``shared``: the host sees the front end's image cache and VM directories at the same paths
+  (NFS, as 1.4's ``tm_nfs``), so the front end makes the files there and nothing is copied.
+- ``ssh``: the host has its own disks (1.4's ``tm_ssh``: ``tm_clone.sh`` copied the image with
+  ``scp``, ``tm_delete.sh`` ran ``rm -rf`` over ssh). The verified base image is copied once into
+  the host's own image cache, ``~/.imagekit/images/<sha256>`` of the SSH user, checked there with
+  ``sha256sum`` before every use (a corrupted or truncated copy is replaced), and the overlay
+  (``qemu-img create -F FMT -b BASE``), swap/fs disks and the context ISO are made in the VM's
+  directory on the host, ``~/.imagekit/vms/<id>/``. The epilog copies the ``SAVE=yes`` disks
+  back (flattened on the host into one standalone qcow2, then ``STATE/saved/vm<id>-disk<n>.qcow2``
+  as the local cores keep them) and removes the VM's directory on the host.
+
+Paths on a host are built only from integers (VM ids, disk indexes) and hex digests, never from
+request values; every command reaches the host through ``cloud/remote.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cloud.hosts import Host, TransferDriver
+from cloud.model import filesystem_maker
+from cloud.remote import Runner, SshSettings, runner_for
+from imagekit.errors import DataError, InputError, VerificationError
+from imagekit.run import run
+
+CACHE_DIR = ".imagekit/images"  # under the SSH user's home on the host
+VMS_DIR = ".imagekit/vms"
+FORMATS = ("qcow2", "raw")  # a base image's format, as cloud/images.py resolved it
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1 << 20
+
+
+class Transfer(Protocol):
+    """The TM verbs a VM's prolog and epilog need (1.4: CLONE, MKSWAP/MKIMAGE, CONTEXT, MV, DELETE)."""
+
+    def vm_dir(self, vmid: int) -> str: ...
+
+    def clone(self, vmid: int, index: int, base: Path, fmt: str) -> str:
+        """A qcow2 overlay ``disk<index>.qcow2`` over ``base``, on the host; its path there."""
+        ...
+
+    def mkimage(self, vmid: int, index: int, size_mib: int, fs: str) -> str:
+        """An empty ``disk<index>.raw`` of ``size_mib`` formatted as ``fs`` (or swap)."""
+        ...
+
+    def context(self, vmid: int, iso: Path) -> str:
+        """The context ISO in the VM's directory on the host; its path there."""
+        ...
+
+    def epilog(self, vmid: int, save: tuple[int, ...], saved_dir: Path) -> list[Path]:
+        """The ``save`` disks copied to ``saved_dir``, then the VM's files removed from the host."""
+        ...
+
+
+def _disk_name(index: int, suffix: str) -> str:
+    if index < 0:
+        raise InputError(f"disk index {index}: not a disk")
+    return f"disk{int(index)}.{suffix}"
+
+
+def _format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise InputError(f"base image format {fmt[:20]!r}: one of {', '.join(FORMATS)}")
+    return fmt
+
+
+@dataclass(frozen=True)
+class FrontEndTransfer:
+    """``local`` and ``shared``: the front end makes the files where the host reads them."""
+
+    vms: Path  # STATE/vms
+
+    def vm_dir(self, vmid: int) -> str:
+        return str(self.vms / str(int(vmid)))
+
+    def _dir(self, vmid: int) -> Path:
+        directory = Path(self.vm_dir(vmid))
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return directory
+
+    def clone(self, vmid: int, index: int, base: Path, fmt: str) -> str:
+        overlay = self._dir(vmid) / _disk_name(index, "qcow2")
+        run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", _format(fmt), "-b", base, overlay],
+            step="prolog",
+        )
+        overlay.chmod(0o600)
+        return str(overlay)
+
+    def mkimage(self, vmid: int, index: int, size_mib: int, fs: str) -> str:
+        path = self._dir(vmid) / _disk_name(index, "raw")
+        run(["qemu-img", "create", "-q", "-f", "raw", path, f"{int(size_mib)}M"], step="prolog")
+        path.chmod(0o600)
+        run([*filesystem_maker(fs), path], step="prolog")
+        return str(path)
+
+    def context(self, vmid: int, iso: Path) -> str:
+        target = self._dir(vmid) / "context.iso"
+        if iso.resolve() != target.resolve():
+            shutil.copyfile(iso, target)
+            target.chmod(0o600)
+        return str(target)
+
+    def epilog(self, vmid: int, save: tuple[int, ...], saved_dir: Path) -> list[Path]:
+        directory, kept = Path(self.vm_dir(vmid)), []
+        for index in save:
+            saved_dir.mkdir(mode=0o700, exist_ok=True)
+            target = saved_dir / f"vm{int(vmid)}-{_disk_name(index, 'qcow2')}"
+            run(["qemu-img", "convert", "-O", "qcow2", directory / _disk_name(index, "qcow2"), target],
+                step="epilog")  # fmt: skip
+            kept.append(target)
+        for path in directory.glob("*"):
+            if path.suffix in (".qcow2", ".raw", ".iso"):
+                path.unlink(missing_ok=True)
+        return kept
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, remembered while its size and mtime stay the same (a base image is
+    hashed once per process, not once per VM)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = digest.hexdigest()
+    return digest.hexdigest()
+
+
+@dataclass
+class SshTransfer:
+    """``ssh``: the host's own image cache and VM directories, in its SSH user's home."""
+
+    runner: Runner
+    _home: str = field(default="", init=False)
+
+    def home(self) -> str:
+        if not self._home:
+            home = self.runner.run(["pwd"], step="transfer").stdout.decode().strip()
+            if not home.startswith("/") or "\n" in home:
+                raise DataError(f"host {self.runner.name}: its SSH user's home {home[:80]!r} is not a path")
+            self._home = home.rstrip("/") or "/"
+        return self._home
+
+    def vm_dir(self, vmid: int) -> str:
+        return f"{self.home()}/{VMS_DIR}/{int(vmid)}"
+
+    def _mkdir(self, path: str) -> None:
+        self.runner.run(["mkdir", "-p", "-m", "0700", "--", path], step="prolog")
+
+    def _remote_sha256(self, path: str) -> str:
+        """``sha256sum`` of ``path`` on the host; empty when it is not there."""
+        done = self.runner.run(
+            ["sh", "-c", 'sha256sum -- "$1" 2>/dev/null || :', "sha256", path], step="prolog"
+        )
+        return done.stdout.decode().split(" ", 1)[0].strip()
+
+    def cached_base(self, vmid: int, base: Path) -> str:
+        """The host's copy of ``base``: reused when its checksum matches, else copied (again)
+        under a temporary name, checked, then renamed into place."""
+        digest = file_sha256(base)
+        if not _HEX64.fullmatch(digest):
+            raise DataError(f"{base.name}: not a SHA-256 digest")
+        cached = f"{self.home()}/{CACHE_DIR}/{digest}"
+        if self._remote_sha256(cached) == digest:
+            return cached
+        self._mkdir(f"{self.home()}/{CACHE_DIR}")
+        part = f"{cached}.part-{int(vmid)}"
+        self.runner.put(base, part, step="prolog")
+        if self._remote_sha256(part) != digest:
+            self.runner.run(["rm", "-f", "--", part], step="prolog")
+            raise VerificationError(
+                f"host {self.runner.name}: the copy of {base.name} does not match its SHA-256",
+                rule="transfer",
+            )
+        self.runner.run(["chmod", "0400", "--", part], step="prolog")
+        self.runner.run(["mv", "-f", "--", part, cached], step="prolog")
+        return cached
+
+    def clone(self, vmid: int, index: int, base: Path, fmt: str) -> str:
+        cached = self.cached_base(vmid, base)
+        directory = self.vm_dir(vmid)
+        self._mkdir(directory)
+        overlay = f"{directory}/{_disk_name(index, 'qcow2')}"
+        self.runner.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", _format(fmt), "-b", cached, overlay],
+            step="prolog",
+        )
+        self.runner.run(["chmod", "0600", "--", overlay], step="prolog")
+        return overlay
+
+    def mkimage(self, vmid: int, index: int, size_mib: int, fs: str) -> str:
+        directory = self.vm_dir(vmid)
+        self._mkdir(directory)
+        path = f"{directory}/{_disk_name(index, 'raw')}"
+        self.runner.run(["qemu-img", "create", "-q", "-f", "raw", path, f"{int(size_mib)}M"], step="prolog")
+        self.runner.run(["chmod", "0600", "--", path], step="prolog")
+        self.runner.run([*filesystem_maker(fs), path], step="prolog")
+        return path
+
+    def context(self, vmid: int, iso: Path) -> str:
+        directory = self.vm_dir(vmid)
+        self._mkdir(directory)
+        target = f"{directory}/context.iso"
+        self.runner.put(iso, target, step="prolog")
+        self.runner.run(["chmod", "0600", "--", target], step="prolog")
+        return target
+
+    def epilog(self, vmid: int, save: tuple[int, ...], saved_dir: Path) -> list[Path]:
+        directory, kept = self.vm_dir(vmid), []
+        for index in save:
+            disk = f"{directory}/{_disk_name(index, 'qcow2')}"
+            flat = f"{directory}/saved-{_disk_name(index, 'qcow2')}"
+            self.runner.run(["qemu-img", "convert", "-O", "qcow2", disk, flat], step="epilog")
+            saved_dir.mkdir(mode=0o700, exist_ok=True)
+            target = saved_dir / f"vm{int(vmid)}-{_disk_name(index, 'qcow2')}"
+            self.runner.get(flat, target, step="epilog")
+            kept.append(target)
+        self.runner.run(["rm", "-rf", "--", directory], step="epilog")
+        return kept
+
+
+def transfer_for(host: Host, vms: Path, settings: SshSettings) -> Transfer:
+    """The host's TM driver; ``vms`` is the front end's ``STATE/vms``."""
+    if host.tm is TransferDriver.LOCAL and not host.local:
+        raise InputError(f"host {host.name!r}: --tm local is for localhost only (use shared or ssh)")
+    if host.tm is TransferDriver.SSH:
+        return SshTransfer(runner_for(host, settings))
+    return FrontEndTransfer(vms)
