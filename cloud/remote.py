@@ -38,6 +38,9 @@ CONFIG_NAME = "hosts.conf"
 DEFAULT_TIMEOUT = 120.0  # a whole command on a host (a copy of an image gets its own)
 SSH_UNREACHABLE = 255  # ssh's own exit status: the connection (not the command) failed
 _CHECKING = ("yes", "accept-new", "no")
+# A non-interactive login's PATH has no sbin directories for a user but root; mkswap, mkfs.* live
+# there. The command runs as the arguments of this fixed script, so it stays a list of words.
+_WITH_SBIN = ("sh", "-c", 'PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" exec "$@"', "sh")
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ class SshRunner:
         step: str = "remote",
     ) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
         """``argv`` on the host; every argument reaches it as one word, whatever it holds."""
-        command = shlex.join(argv)
+        command = shlex.join([*_WITH_SBIN, *argv])
         full = [*self._ssh(), "--", _target_host(self.address), command]
         try:
             return run(full, input=input, timeout=timeout, step=step)

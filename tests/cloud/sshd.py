@@ -124,6 +124,7 @@ def _config(root: Path, users: list[str]) -> str:
         f"AllowUsers {' '.join(users)}",
         "LogLevel ERROR",
         "MaxStartups 100:30:200",
+        "Subsystem sftp /usr/lib/openssh/sftp-server",  # scp speaks SFTP (OpenSSH 9)
         "",
     ])  # fmt: skip
 

@@ -11,6 +11,7 @@ new state is RUNNING"; ``d``: "VM running but it was not found" → MONITOR_DONE
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -239,3 +240,25 @@ def _address(host: SimulatedHost):  # type: ignore[no-untyped-def]
     from cloud.hosts import parse_address
 
     return parse_address(host.address)
+
+
+def test_cli_monitors_a_remote_host(
+    ssh_hosts: SshLab, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imagekit.cli import main
+
+    monkeypatch.setenv("IMAGEKIT_ETC", str(ssh_hosts.etc))  # hosts.conf: the lab's key and known_hosts
+    host = ssh_hosts.hosts[0]
+    assert main(["host", "create", "node1", "--im", "kvm", "--vmm", "qemu", "--tm", "ssh",
+                 "--address", host.address]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["host", "monitor", "node1", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["state"] == "monitored" and shown["max_cpu"] == int(shown["monitoring"]["TOTALCPU"])
+    ssh_hosts.stop()
+    try:
+        assert main(["host", "top", "--count", "1", "--delay", "0"]) == 0
+    finally:
+        ssh_hosts.start()
+    rows = {line.split()[1]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["node1"][-1] == "err" and rows["localhost"][-1] == "on"
