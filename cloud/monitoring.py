@@ -190,7 +190,7 @@ def monitor(state: State, ref: str, *, etc: Path | None = None, settings: SshSet
     return store.monitored(host.hid, attributes, at=now)
 
 
-def one_line(error: BaseException) -> str:
+def one_line(error: BaseException | str) -> str:
     """An error as ``host show`` prints it: one line, bounded."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 300 else text[:297] + "..."
@@ -202,7 +202,7 @@ def _monitor_remote(state: State, host: Host, etc: Path | None, settings: SshSet
     try:
         attributes, running = probe_remote(runner, etc)
     except HostUnreachable as exc:
-        failed = store.failed(host.hid, f"not answering: {one_line(exc)}", at=now)
+        failed = store.failed(host.hid, f"not answering: {one_line(exc.reason)}", at=now)
         vms_unknown(state, failed)
         return failed
     except (CommandError, DataError, OSError) as exc:

@@ -107,7 +107,11 @@ def load_ssh_settings(etc: Path | None = None) -> SshSettings:
 
 class HostUnreachable(CommandError):
     """ssh could not reach the host or log in (its own exit status 255), as opposed to a command
-    that ran there and failed: the host stopped answering."""
+    that ran there and failed: the host stopped answering. ``reason`` is ssh's last word."""
+
+    @property
+    def reason(self) -> str:
+        return self.stderr_tail
 
 
 class Runner(Protocol):
