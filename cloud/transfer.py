@@ -16,7 +16,9 @@ Three drivers behind one protocol, :class:`Transfer`, chosen by the host's ``--t
   as the local cores keep them) and removes the VM's directory on the host.
 
 Paths on a host are built only from integers (VM ids, disk indexes) and hex digests, never from
-request values; every command reaches the host through ``cloud/remote.py``.
+request values; every command reaches the host through ``cloud/remote.py``, a few steps at a time
+as fixed ``sh -c`` scripts whose values are positional arguments. :func:`stage` is a VM's
+whole prolog through a driver (undone on failure), for the pipeline that places VMs on hosts.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ import hashlib
 import re
 import shutil
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from cloud.hosts import Host, TransferDriver
-from cloud.model import filesystem_maker
+from cloud.images import BaseImage
+from cloud.model import DiskKind, VmTemplate, filesystem_maker
 from cloud.remote import Runner, SshSettings, runner_for
-from imagekit.errors import DataError, InputError, VerificationError
+from imagekit.errors import DataError, ImagekitError, InputError, VerificationError
 from imagekit.run import run
 
 CACHE_DIR = ".imagekit/images"  # under the SSH user's home on the host
@@ -40,6 +44,10 @@ VMS_DIR = ".imagekit/vms"
 FORMATS = ("qcow2", "raw")  # a base image's format, as cloud/images.py resolved it
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
+# A copy under its temporary name ($1) becomes the cached base ($3) only if its checksum is $2.
+_ADOPT = """sum=$(sha256sum -- "$1" | cut -d " " -f 1)
+if [ "$sum" != "$2" ]; then rm -f -- "$1"; echo mismatch; exit 0; fi
+chmod 0400 -- "$1" && mv -f -- "$1" "$3" && echo adopted"""
 
 
 class Transfer(Protocol):
@@ -49,6 +57,10 @@ class Transfer(Protocol):
 
     def clone(self, vmid: int, index: int, base: Path, fmt: str) -> str:
         """A qcow2 overlay ``disk<index>.qcow2`` over ``base``, on the host; its path there."""
+        ...
+
+    def image(self, vmid: int, base: Path) -> str:
+        """``base`` as the host reads it, as it is (a CD image): its path there."""
         ...
 
     def mkimage(self, vmid: int, index: int, size_mib: int, fs: str) -> str:
@@ -98,6 +110,9 @@ class FrontEndTransfer:
         )
         overlay.chmod(0o600)
         return str(overlay)
+
+    def image(self, vmid: int, base: Path) -> str:
+        return str(base)
 
     def mkimage(self, vmid: int, index: int, size_mib: int, fs: str) -> str:
         path = self._dir(vmid) / _disk_name(index, "raw")
@@ -166,15 +181,15 @@ class SshTransfer:
     def vm_dir(self, vmid: int) -> str:
         return f"{self.home()}/{VMS_DIR}/{int(vmid)}"
 
-    def _mkdir(self, path: str) -> None:
-        self.runner.run(["mkdir", "-p", "-m", "0700", "--", path], step="prolog")
+    def _sh(self, script: str, *args: str, input: bytes | None = None, step: str = "prolog") -> str:
+        """One of this module's fixed scripts on the host, with ``args`` as its ``$1``, ``$2``…:
+        one connection for a few steps, and the values stay words."""
+        done = self.runner.run(["sh", "-c", script, "sh", *args], input=input, step=step)
+        return done.stdout.decode()
 
     def _remote_sha256(self, path: str) -> str:
         """``sha256sum`` of ``path`` on the host; empty when it is not there."""
-        done = self.runner.run(
-            ["sh", "-c", 'sha256sum -- "$1" 2>/dev/null || :', "sha256", path], step="prolog"
-        )
-        return done.stdout.decode().split(" ", 1)[0].strip()
+        return self._sh('sha256sum -- "$1" 2>/dev/null || :', path).split(" ", 1)[0].strip()
 
     def cached_base(self, vmid: int, base: Path) -> str:
         """The host's copy of ``base``: reused when its checksum matches, else copied (again)
@@ -185,46 +200,44 @@ class SshTransfer:
         cached = f"{self.home()}/{CACHE_DIR}/{digest}"
         if self._remote_sha256(cached) == digest:
             return cached
-        self._mkdir(f"{self.home()}/{CACHE_DIR}")
+        self._sh('umask 077; mkdir -p -- "$1"', f"{self.home()}/{CACHE_DIR}")
         part = f"{cached}.part-{int(vmid)}"
         self.runner.put(base, part, step="prolog")
-        if self._remote_sha256(part) != digest:
-            self.runner.run(["rm", "-f", "--", part], step="prolog")
+        if self._sh(_ADOPT, part, digest, cached).strip() != "adopted":
             raise VerificationError(
                 f"host {self.runner.name}: the copy of {base.name} does not match its SHA-256",
                 rule="transfer",
             )
-        self.runner.run(["chmod", "0400", "--", part], step="prolog")
-        self.runner.run(["mv", "-f", "--", part, cached], step="prolog")
         return cached
 
     def clone(self, vmid: int, index: int, base: Path, fmt: str) -> str:
         cached = self.cached_base(vmid, base)
         directory = self.vm_dir(vmid)
-        self._mkdir(directory)
         overlay = f"{directory}/{_disk_name(index, 'qcow2')}"
-        self.runner.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", _format(fmt), "-b", cached, overlay],
-            step="prolog",
-        )
-        self.runner.run(["chmod", "0600", "--", overlay], step="prolog")
+        self._sh(
+            'umask 077; mkdir -p -- "$1" && qemu-img create -q -f qcow2 -F "$2" -b "$3" "$4"',
+            directory, _format(fmt), cached, overlay,
+        )  # fmt: skip
         return overlay
+
+    def image(self, vmid: int, base: Path) -> str:
+        return self.cached_base(vmid, base)
 
     def mkimage(self, vmid: int, index: int, size_mib: int, fs: str) -> str:
         directory = self.vm_dir(vmid)
-        self._mkdir(directory)
         path = f"{directory}/{_disk_name(index, 'raw')}"
-        self.runner.run(["qemu-img", "create", "-q", "-f", "raw", path, f"{int(size_mib)}M"], step="prolog")
-        self.runner.run(["chmod", "0600", "--", path], step="prolog")
-        self.runner.run([*filesystem_maker(fs), path], step="prolog")
+        self._sh(
+            'umask 077; mkdir -p -- "$1" && qemu-img create -q -f raw "$2" "$3" && shift 3 && exec "$@"',
+            directory, path, f"{int(size_mib)}M", *filesystem_maker(fs), path,
+        )  # fmt: skip
         return path
 
     def context(self, vmid: int, iso: Path) -> str:
+        """The ISO over the connection's stdin (it is small): one connection, no copy left
+        readable by others at any moment."""
         directory = self.vm_dir(vmid)
-        self._mkdir(directory)
         target = f"{directory}/context.iso"
-        self.runner.put(iso, target, step="prolog")
-        self.runner.run(["chmod", "0600", "--", target], step="prolog")
+        self._sh('umask 077; mkdir -p -- "$1" && cat > "$2"', directory, target, input=iso.read_bytes())
         return target
 
     def epilog(self, vmid: int, save: tuple[int, ...], saved_dir: Path) -> list[Path]:
@@ -239,6 +252,55 @@ class SshTransfer:
             kept.append(target)
         self.runner.run(["rm", "-rf", "--", directory], step="epilog")
         return kept
+
+
+@dataclass(frozen=True)
+class StagedDisk:
+    """A disk of the VM as its host reads it."""
+
+    index: int
+    kind: DiskKind
+    path: str  # on the host
+    format: str
+    readonly: bool
+
+
+@dataclass(frozen=True)
+class Staged:
+    """What the prolog left on the host: the disks in template order, the context CD, and the
+    disks the epilog copies back (SAVE=yes)."""
+
+    disks: tuple[StagedDisk, ...]
+    context: str | None
+    save: tuple[int, ...]
+
+
+def stage(tm: Transfer, vmid: int, vm: VmTemplate, bases: Sequence[BaseImage], iso: Path | None) -> Staged:
+    """The VM's prolog on its host through ``tm``: an overlay per disk over its base, a CD image
+    as it is, swap/fs disks made empty, the context ISO. A failure removes what was made there."""
+    by_disk = {b.disk.index: b for b in bases}
+    disks: list[StagedDisk] = []
+    try:
+        for disk in vm.disks:
+            base = by_disk.get(disk.index)
+            if disk.kind is DiskKind.CDROM and base is not None:
+                disks.append(StagedDisk(disk.index, disk.kind, tm.image(vmid, base.path), base.format, True))
+            elif disk.kind is DiskKind.DISK and base is not None:
+                path = tm.clone(vmid, disk.index, base.path, base.format)
+                disks.append(StagedDisk(disk.index, disk.kind, path, "qcow2", disk.readonly))
+            else:
+                fs = "swap" if disk.kind is DiskKind.SWAP else disk.format or "ext4"
+                path = tm.mkimage(vmid, disk.index, disk.size_mib or 0, fs)
+                disks.append(StagedDisk(disk.index, disk.kind, path, "raw", disk.readonly))
+        context = tm.context(vmid, iso) if iso is not None else None
+    except BaseException:
+        try:
+            tm.epilog(vmid, (), Path("/nonexistent"))  # nothing to save: only the removal
+        except (ImagekitError, OSError):
+            pass  # the first error is the one to report
+        raise
+    save = tuple(d.index for d in disks if d.kind is DiskKind.DISK and by_disk[d.index].disk.save)
+    return Staged(tuple(disks), context, save)
 
 
 def transfer_for(host: Host, vms: Path, settings: SshSettings) -> Transfer:

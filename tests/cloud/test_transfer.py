@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 
 from cloud.hosts import Host, HostStore, host_spec, parse_address
+from cloud.images import BaseImage
+from cloud.model import VmTemplate, parse_vm_template
 from cloud.remote import LocalRunner, SshRunner, SshSettings, load_ssh_settings
-from cloud.transfer import CACHE_DIR, VMS_DIR, FrontEndTransfer, SshTransfer, transfer_for
+from cloud.transfer import CACHE_DIR, VMS_DIR, FrontEndTransfer, SshTransfer, stage, transfer_for
+from context.template import parse_template
 from imagekit.errors import InputError, VerificationError
 from imagekit.run import run
 from imagekit.state import State
@@ -55,6 +58,8 @@ def test_ssh_copies_the_base_once_into_the_hosts_cache(ssh_hosts: SshLab, tmp_pa
     assert _sha(cached) == _sha(base)
     assert cached.stat().st_uid == pwd.getpwnam(host.user).pw_uid  # the host's own copy
     assert _info(ssh_hosts, host, first)["backing-filename"] == str(cached)
+    assert Path(first).stat().st_mode & 0o777 == 0o600  # the VM's disk, its user's only
+    assert Path(first).parent.stat().st_mode & 0o777 == 0o700
     copied = cached.stat().st_ino
     second = tm.clone(2, 0, base, "qcow2")
     assert cached.stat().st_ino == copied  # reused, not copied again
@@ -108,7 +113,8 @@ def test_epilog_copies_save_disks_back_and_cleans_the_host(ssh_hosts: SshLab, tm
     tm = SshTransfer(_runner(ssh_hosts, host))
     overlay = tm.clone(5, 0, base, "qcow2")
     ssh_hosts.ssh(host, f"qemu-io -c 'write -P 0x5a 1M 64k' {overlay}")  # what the VM wrote
-    assert Path(tm.context(5, iso)).read_bytes() == iso.read_bytes()
+    context = Path(tm.context(5, iso))
+    assert context.read_bytes() == iso.read_bytes() and context.stat().st_mode & 0o777 == 0o600
     swap = tm.mkimage(5, 1, 4, "swap")
     assert ssh_hosts.ssh(host, f"dd if={swap} bs=1 skip=4086 count=10 2>/dev/null") == "SWAPSPACE2"
     saved = tm.epilog(5, (0,), tmp_path / "saved")
@@ -163,3 +169,56 @@ def test_local_and_shared_make_the_files_on_the_front_end(tmp_path: Path) -> Non
     run(["qemu-io", "-c", "read -P 0x22 0 4k", saved[0]])
     assert sorted(p.name for p in (tmp_path / "vms" / "3").iterdir()) == []
     assert base.exists()
+
+
+_TEMPLATE = """NAME = "staged"
+MEMORY = 64
+DISK = [ SOURCE = "base.qcow2", SAVE = "yes" ]
+DISK = [ TYPE = "cdrom", SOURCE = "cd.raw" ]
+DISK = [ TYPE = "swap", SIZE = 4 ]
+"""
+
+
+def _bases(tmp_path: Path, *, missing_cd: bool = False) -> tuple[VmTemplate, list[BaseImage]]:
+    vm = parse_vm_template(parse_template(_TEMPLATE, "staged.one"))
+    base = _base(tmp_path / "base.qcow2")
+    cd = tmp_path / "cd.raw"
+    if not missing_cd:
+        cd.write_bytes(b"CD001" * 1000)
+    return vm, [BaseImage(vm.disks[0], base, "qcow2", "test"), BaseImage(vm.disks[1], cd, "raw", "test")]
+
+
+def test_stage_runs_the_prolog_on_an_ssh_host(ssh_hosts: SshLab, tmp_path: Path) -> None:
+    host = ssh_hosts.hosts[0]
+    vm, bases = _bases(tmp_path)
+    iso = tmp_path / "context.iso"
+    iso.write_bytes(b"context")
+    staged = stage(SshTransfer(_runner(ssh_hosts, host)), 9, vm, bases, iso)
+    vm_dir, cache = f"{host.home}/{VMS_DIR}/9", host.home / CACHE_DIR
+    assert [(d.index, d.kind.value, d.path, d.format, d.readonly) for d in staged.disks] == [
+        (0, "disk", f"{vm_dir}/disk0.qcow2", "qcow2", False),
+        (1, "cdrom", str(cache / _sha(bases[1].path)), "raw", True),  # the CD as it is, cached once
+        (2, "swap", f"{vm_dir}/disk2.raw", "raw", False),
+    ]
+    assert staged.context == f"{vm_dir}/context.iso" and staged.save == (0,)
+    assert Path(staged.context).read_bytes() == b"context"
+
+
+def test_a_failed_stage_leaves_nothing_on_the_host(ssh_hosts: SshLab, tmp_path: Path) -> None:
+    host = ssh_hosts.hosts[0]
+    vm, bases = _bases(tmp_path, missing_cd=True)
+    with pytest.raises(FileNotFoundError):
+        stage(SshTransfer(_runner(ssh_hosts, host)), 10, vm, bases, None)
+    assert not (host.home / VMS_DIR / "10").exists()  # the overlay made before is gone
+
+
+def test_stage_on_the_front_end(tmp_path: Path) -> None:
+    vm, bases = _bases(tmp_path)
+    staged = stage(FrontEndTransfer(tmp_path / "vms"), 4, vm, bases, None)
+    vm_dir = tmp_path / "vms" / "4"
+    assert [d.path for d in staged.disks] == [
+        str(vm_dir / "disk0.qcow2"),
+        str(bases[1].path),
+        str(vm_dir / "disk2.raw"),
+    ]
+    assert staged.context is None and staged.save == (0,)
