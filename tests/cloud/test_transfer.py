@@ -1,10 +1,11 @@
 """Transfer drivers (issue 21, point 5): ``ssh`` against a real sshd (tests/cloud/sshd.py), and
 ``local``/``shared`` on the front end.
 
-1.4's ``tm_ssh`` (OpenNebula ``src/tm_mad/ssh/tm_clone.sh``:41-55 at 156fda7: ``ssh $DST_HOST
-mkdir -p $DST_DIR`` then ``scp $SRC $DST``; ``tm_delete.sh``:33-35: ``ssh $SRC_HOST rm -rf
-$SRC_PATH``; ``tm_mv.sh``:44-48, SAVE's copy back) copied the image for every VM; imagekit copies
-the verified base once per host and checks it by checksum before each use.
+1.4's ``tm_ssh`` (OpenNebula ``src/tm_mad/ssh/tm_clone.sh``:44 ``ssh $DST_HOST mkdir -p
+$DST_DIR`` and :54 ``scp $SRC $DST``, at 156fda7; ``tm_delete.sh``:34 ``$SSH $SRC_HOST rm -rf
+$SRC_PATH`` and ``tm_mv.sh``:42-46, the copy back of a SAVE disk, at 1bf174c) copied the image
+for every VM; imagekit copies the verified base once per host and checks it by checksum before
+each use.
 """
 
 from __future__ import annotations
