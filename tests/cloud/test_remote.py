@@ -148,3 +148,20 @@ def test_a_hosts_vms_follow_its_answers(tmp_path: Path) -> None:
     localhost = HostStore(state).get("localhost")
     assert monitoring.reconcile_host(state, localhost, frozenset()) == {}  # its cores reconcile
     assert store.get(5).state is VmState.RUNNING
+
+
+def test_a_host_that_accepts_but_never_answers_costs_the_connect_timeout(tmp_path: Path) -> None:
+    """A listener that never sends SSH's banner (a hung host): ssh gives up after ConnectTimeout,
+    and the host is not answering, rather than hanging the monitoring round."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        runner = SshRunner("hung", parse_address(f"nobody@127.0.0.1:{port}"), SshSettings(connect_timeout=1))
+        started = time.monotonic()
+        with pytest.raises(HostUnreachable, match="timed out"):
+            runner.run(["true"])
+        assert time.monotonic() - started < 10
