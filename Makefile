@@ -1,6 +1,7 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both install what is missing first.
 # `make check` is the developer's fast tier: lint, types and every test that needs no image
-# build, VM boot, browser, database or imagekit server (markers slow, vm, browser, postgres, server).
+# build, VM boot, browser, database, imagekit or SSH server
+# (markers slow, vm, browser, postgres, server, sshd).
 VENV := .venv
 BIN := $(VENV)/bin
 # Both run on every core (pytest-xdist), one test handed out at a time in tests/conftest.py's
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 PARALLEL := -n auto --dist load --maxschedchunk 1
 
 .PHONY: setup demo test check lint typecheck docs unit fast bench clean
-FAST := not slow and not vm and not browser and not postgres and not server
+FAST := not slow and not vm and not browser and not postgres and not server and not sshd
 
 setup:
 	@tools/setup

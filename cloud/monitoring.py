@@ -9,6 +9,15 @@ Only ``localhost`` is probed so far, here, without SSH: ``HOSTNAME``, ``ARCH``, 
 run with a time limit and prints ``KEY=VALUE`` lines that become attributes too, usable in
 ``REQUIREMENTS`` and ``RANK`` (a built-in name cannot be overridden). A probe that fails or
 prints anything else puts the host in ``error`` with the reason, as a failed IM probe did.
+
+Any other host is probed over SSH (``cloud/remote.py``): the same attributes come from
+:data:`REMOTE_PROBE`, a POSIX shell script sent to ``sh -s`` on the host's stdin (nothing is left
+there), and each site probe is sent the same way to the interpreter its ``#!`` line names. A host
+that stops answering (ssh cannot connect or log in) goes to ``error`` with a one-line reason and
+the VMs recorded on it (``cloud_vms.hid``) that should be running go to ``unknown``; when it
+answers again its VMs are reconciled from what really runs there (:func:`reconcile_host`).
+:func:`monitor_all` probes every enabled host at once; :func:`monitoring_loop` does it every
+``HOST_MONITORING_INTERVAL`` seconds (``oned.conf``) for a service that runs it.
 """
 
 from __future__ import annotations
@@ -18,11 +27,17 @@ import os
 import platform
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cloud.hosts import Host, HostStore
+from cloud.hosts import Host, HostState, HostStore
+from cloud.model import VmState
+from cloud.remote import HostUnreachable, Runner, SshSettings, load_ssh_settings, runner_for
+from cloud.store import VmStore
+from context.template import load_template
 from imagekit.errors import CommandError, DataError, InputError
 from imagekit.locations import etc_dir
 from imagekit.run import run
@@ -33,7 +48,38 @@ log = logging.getLogger(__name__)
 PROBES_DIR = "im_probes.d"
 PROBE_TIMEOUT = 30.0
 CPU_SAMPLE = 0.2  # seconds between the two /proc/stat readings
+DEFAULT_INTERVAL = 600.0  # HOST_MONITORING_INTERVAL when oned.conf gives none (1.4's oned.conf)
 _KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_VM_IDS = "IMAGEKIT_VM_IDS"  # the built-in remote probe's list of running VM ids (not stored)
+
+# The built-in probe of a remote host, the attributes of :func:`built_in` from a POSIX shell and
+# procps: CPU usage from two readings of /proc/stat 0.2 s apart, memory from /proc/meminfo,
+# HYPERVISOR kvm when /dev/kvm is usable by the SSH user, and the VMs as the embedded core runs
+# them (a process of the SSH user with ``-name one-<id>``; another user's are another host's).
+REMOTE_PROBE = r"""
+set -eu
+cpu() { awk '/^cpu /{print $5+$6, $2+$3+$4+$5+$6+$7+$8+$9; exit}' /proc/stat; }
+first=$(cpu); sleep 0.2; second=$(cpu)
+cpus=$(getconf _NPROCESSORS_ONLN)
+echo "HOSTNAME=$(uname -n)"
+echo "ARCH=$(uname -m)"
+awk '/^cpu MHz/{split($0, f, ":"); printf "CPUSPEED=%d\n", f[2] + 0.5; n=1; exit}
+     END{if (!n) print "CPUSPEED=0"}' /proc/cpuinfo
+echo "$first $second $cpus" | awk '{t = $4 - $2; u = t > 0 ? (1 - ($3 - $1) / t) * $5 * 100 : 0;
+    u = int(u + 0.5); f = $5 * 100 - u
+    printf "TOTALCPU=%d\nUSEDCPU=%d\nFREECPU=%d\n", $5 * 100, u, (f > 0 ? f : 0)}'
+awk '/^MemTotal:/{t=$2} /^MemFree:/{f=$2} /^MemAvailable:/{a=$2}
+     END{if (a == "") a = f
+         printf "TOTALMEMORY=%d\nFREEMEMORY=%d\nUSEDMEMORY=%d\n", t, a, t - a}' /proc/meminfo
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then echo HYPERVISOR=kvm; else echo HYPERVISOR=tcg; fi
+ids=$(ps -o args= -u "$(id -u)" | awk '{for (i = 1; i < NF; i++)
+    if ($i == "-name" && $(i+1) ~ /^one-[0-9]+(,|$)/) {
+        v = $(i+1); sub(/^one-/, "", v); sub(/,.*/, "", v); print v}}' |
+    sort -un | tr '\n' ' ')
+set -- $ids
+echo "RUNNING_VMS=$#"
+echo "IMAGEKIT_VM_IDS=$ids"
+"""
 
 
 def _meminfo(text: str) -> dict[str, int]:
@@ -129,16 +175,172 @@ def _running_vms(state: State) -> int:
     return sum(1 for r in lifecycle.list_vms(state) if not r.core.remote and r.state.has_process)
 
 
-def monitor(state: State, ref: str, *, etc: Path | None = None) -> Host:
+def monitor(state: State, ref: str, *, etc: Path | None = None, settings: SshSettings | None = None) -> Host:
     """Probe a host now and record what it reports (or its failure, as ``error``)."""
     store = HostStore(state)
     host = store.get(ref)
-    if not host.local:
-        raise InputError(f"host {host.name!r}: monitoring over SSH is not supported yet (localhost only)")
     now = time.time()
+    if not host.local:
+        return _monitor_remote(state, host, etc, settings or load_ssh_settings(etc), now)
     try:
         attributes = built_in(hypervisor=_hypervisor(state), running_vms=_running_vms(state))
         attributes |= site_probes(etc, set(attributes))
     except (CommandError, DataError, OSError) as exc:
-        return store.failed(host.hid, str(exc), at=now)
+        return store.failed(host.hid, one_line(exc), at=now)
     return store.monitored(host.hid, attributes, at=now)
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error as ``host show`` prints it: one line, bounded."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _monitor_remote(state: State, host: Host, etc: Path | None, settings: SshSettings, now: float) -> Host:
+    store = HostStore(state)
+    runner = runner_for(host, settings)
+    try:
+        attributes, running = probe_remote(runner, etc)
+    except HostUnreachable as exc:
+        failed = store.failed(host.hid, f"not answering: {one_line(exc.reason)}", at=now)
+        vms_unknown(state, failed)
+        return failed
+    except (CommandError, DataError, OSError) as exc:
+        return store.failed(host.hid, one_line(exc), at=now)
+    monitored = store.monitored(host.hid, attributes, at=now)
+    reconcile_host(state, monitored, running)
+    return monitored
+
+
+def probe_remote(runner: Runner, etc: Path | None) -> tuple[dict[str, str], frozenset[int]]:
+    """The host's attributes (built-in, then the site probes) and the ids of the VMs whose QEMU
+    runs there."""
+    output = runner.script(REMOTE_PROBE, timeout=PROBE_TIMEOUT, step="monitoring")
+    attributes = parse_probe_output(output, "built-in")
+    ids = attributes.pop(_VM_IDS, "")
+    running = frozenset(int(i) for i in ids.split() if i.isdigit())
+    directory = etc_dir(etc) / PROBES_DIR
+    if directory.is_dir():
+        for probe in sorted(p for p in directory.iterdir() if p.is_file() and os.access(p, os.X_OK)):
+            text = probe.read_text()
+            done = runner.run(
+                _interpreter(text), input=text.encode(), timeout=PROBE_TIMEOUT, step="monitoring"
+            )
+            for key, value in parse_probe_output(done.stdout.decode("utf-8", "replace"), probe.name).items():
+                if key in attributes or key == _VM_IDS:
+                    log.warning("probe %s: %s is built in; its value is kept", probe.name, key)
+                else:
+                    attributes[key] = value
+    return attributes, running
+
+
+def _interpreter(script: str) -> list[str]:
+    """The program a probe's ``#!`` line names (at most one argument, as the kernel reads it),
+    which reads the program from its stdin when given none; ``sh`` without one."""
+    first = script.split("\n", 1)[0]
+    if not first.startswith("#!"):
+        return ["sh", "-s"]
+    words = first[2:].strip().split(maxsplit=1)
+    if not words:
+        return ["sh", "-s"]
+    if Path(words[0]).name in ("sh", "bash", "dash") and len(words) == 1:
+        return [words[0], "-s"]
+    return words
+
+
+# The states in which a VM's QEMU runs on its host: these go to unknown when the host stops
+# answering, and are checked against what runs there when it answers.
+_ON_HOST = (VmState.RUNNING, VmState.SUSPENDED)
+
+
+def _vms_on(state: State, hid: int) -> list[tuple[int, VmState]]:
+    with state.read() as db:
+        rows = db.execute("SELECT vmid, state FROM cloud_vms WHERE hid = ? ORDER BY vmid", (hid,))
+        return [(int(r["vmid"]), VmState(r["state"])) for r in rows]
+
+
+def vms_unknown(state: State, host: Host) -> list[int]:
+    """The VMs recorded on a host that stopped answering, which should be running there, go to
+    ``unknown`` (as a failed poll did in 1.4); returns their ids."""
+    store, moved = VmStore(state), []
+    for vmid, vm_state in _vms_on(state, host.hid):
+        if vm_state in (*_ON_HOST, VmState.BOOT):
+            try:
+                store.transition(vmid, VmState.UNKNOWN, allowed=(vm_state,),
+                                 reason=f"host {host.name} is not answering")  # fmt: skip
+                moved.append(vmid)
+            except InputError:  # another process moved it meanwhile
+                pass
+    return moved
+
+
+def reconcile_host(state: State, host: Host, running: frozenset[int]) -> dict[int, VmState]:
+    """The VMs recorded on a host that answers, corrected by what runs there, as 1.4's VMM poll
+    did: an ``unknown`` VM whose QEMU is found is ``running`` again ("VM was now found"); a
+    running or suspended one whose QEMU is gone becomes ``unknown`` ("VM running but it was not
+    found": restart or delete it). Localhost's VMs are its cores' to reconcile."""
+    if host.local:
+        return {}
+    store, changed = VmStore(state), {}
+    for vmid, vm_state in _vms_on(state, host.hid):
+        try:
+            if vm_state is VmState.UNKNOWN and vmid in running:
+                store.transition(vmid, VmState.RUNNING, allowed=(VmState.UNKNOWN,),
+                                 reason=f"found running on host {host.name} again")  # fmt: skip
+                changed[vmid] = VmState.RUNNING
+            elif vm_state in _ON_HOST and vmid not in running:
+                store.transition(vmid, VmState.UNKNOWN, allowed=(vm_state,),
+                                 reason=f"not found on host {host.name}: restart or delete it")  # fmt: skip
+                changed[vmid] = VmState.UNKNOWN
+        except InputError:
+            pass
+    return changed
+
+
+def monitor_all(
+    state: State, *, etc: Path | None = None, settings: SshSettings | None = None, workers: int = 8
+) -> list[Host]:
+    """Every host but the disabled ones, probed at once (a host that does not answer costs its
+    connect timeout, not the others' turn)."""
+    settings = settings or load_ssh_settings(etc)
+    hosts = [h for h in HostStore(state).list() if h.state is not HostState.DISABLED]
+    if not hosts:
+        return []
+    with ThreadPoolExecutor(max_workers=min(workers, len(hosts))) as pool:
+        return list(pool.map(lambda h: monitor(state, str(h.hid), etc=etc, settings=settings), hosts))
+
+
+def monitoring_interval(etc: Path | None = None) -> float:
+    """``HOST_MONITORING_INTERVAL`` from ``oned.conf`` (seconds; 1.4's default, 600)."""
+    path = etc_dir(etc) / "oned.conf"
+    if not path.exists():
+        return DEFAULT_INTERVAL
+    tmpl = load_template(path)
+    attr = tmpl.first("HOST_MONITORING_INTERVAL")
+    if attr is None:
+        return DEFAULT_INTERVAL
+    value = attr.value
+    if not isinstance(value, str) or not value.isdigit() or int(value) < 1:
+        raise InputError(
+            f"HOST_MONITORING_INTERVAL: seconds, at least 1, got {value!r}",
+            where=f"{tmpl.source}:{attr.line}:{attr.column}",
+        )
+    return float(value)
+
+
+def monitoring_loop(
+    state: State, stop: threading.Event, *, etc: Path | None = None, interval: float | None = None
+) -> int:
+    """Probe every host, then again every ``interval`` seconds (``HOST_MONITORING_INTERVAL``),
+    until ``stop`` is set; returns the number of rounds. A round that fails is logged, not fatal."""
+    period = interval if interval is not None else monitoring_interval(etc)
+    settings = load_ssh_settings(etc)
+    rounds = 0
+    while not stop.is_set():
+        try:
+            monitor_all(state, etc=etc, settings=settings)
+        except (CommandError, DataError, InputError, OSError) as exc:
+            log.error("host monitoring: %s", one_line(exc))
+        rounds += 1
+        stop.wait(period)
+    return rounds

@@ -27,7 +27,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 # Per-test timeout for the marked tiers; everything else gets pyproject's short default.
-LONG_TIMEOUTS = {"slow": 1800, "vm": 1800, "browser": 300, "postgres": 300}
+LONG_TIMEOUTS = {"slow": 1800, "vm": 1800, "browser": 300, "postgres": 300, "sshd": 300}
 # Session fixtures that build an image: a test using one is `slow` whether or not it says so.
 BUILDING_FIXTURES = frozenset(
     {"minimal_image", "cloud_image", "build_state_dir", "cloud_init_image", "both_agents_image"}
@@ -35,7 +35,7 @@ BUILDING_FIXTURES = frozenset(
 
 
 # Fixtures that start a server: a test using one is in that server's tier.
-SERVER_FIXTURES = {"pg_server": "postgres"}
+SERVER_FIXTURES = {"pg_server": "postgres", "ssh_lab": "sshd", "ssh_hosts": "sshd"}
 
 
 # What starts one of the project's servers as a process (or a real client talking to one): a
@@ -135,7 +135,7 @@ def costliest_first(items: list[pytest.Item]) -> list[pytest.Item]:
         marks = {m.name for m in item.iter_markers()}
         if images and "vm" in marks:
             return 1
-        for n, tier in enumerate(("slow", "vm", "browser", "postgres", "server"), 2):
+        for n, tier in enumerate(("slow", "vm", "browser", "postgres", "sshd", "server"), 2):
             if tier in marks:
                 return n
         return 7

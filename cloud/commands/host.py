@@ -4,7 +4,7 @@ imagekit host create node1 --im kvm --vmm kvm --tm ssh [--address alice@10.0.0.2
 imagekit host list [--json]            # HID NAME RVM TCPU FCPU ACPU TMEM FMEM STAT
 imagekit host show node1 [--json]      # by name or HID; with the monitored attributes
 imagekit host delete|enable|disable node1 [--json]
-imagekit host monitor [localhost] [--json]   # probe now (HOSTNAME, ARCH, CPU, memory, HYPERVISOR…)
+imagekit host monitor [localhost] [--json]   # probe now, over SSH but localhost (HOSTNAME, ARCH, CPU…)
 imagekit host top [--delay 5] [--count N]    # probe and list, again and again
 
 ``localhost`` (HID 0) is built in: with no other host, VMs run there as they always have.
@@ -185,13 +185,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    """onehost top: the probes that can run now (localhost), then the list, until --count."""
-    from cloud.monitoring import monitor
+    """onehost top: every enabled host probed (over SSH but localhost), then the list, until --count."""
+    from cloud.monitoring import monitor_all
 
     state = State.open(state_dir(args.state))
     rounds = 0
     while True:
-        monitor(state, LOCALHOST)
+        monitor_all(state)
         store = HostStore(state)
         hosts, shares = store.list(), store.shares()
         print_table([COLUMNS, *(row(h, shares[h.hid]) for h in hosts)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from cloud import monitoring
 from cloud.hosts import LOCALHOST_ID, HostState, HostStore, host_spec
 from cloud.monitoring import built_in, monitor, parse_probe_output
 from imagekit.cli import main
-from imagekit.errors import DataError, InputError
+from imagekit.errors import DataError
 from imagekit.state import State
 
 STAT = "cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 1 0 0 1 0 0 0 0 0 0\n"
@@ -109,11 +110,19 @@ def test_a_probe_printing_something_else_is_an_error(state: State, tmp_path: Pat
     assert failed.state is HostState.ERROR and "expected KEY=VALUE" in failed.error
 
 
-def test_remote_hosts_are_not_monitored_yet(state: State) -> None:
-    HostStore(state).create(host_spec("node1", im="kvm", vmm="kvm", tm="ssh", address=None))
-    with pytest.raises(InputError, match="over SSH is not supported yet"):
-        monitor(state, "node1")
-    assert HostStore(state).get("node1").state is HostState.INIT
+def test_a_remote_host_nobody_answers_for_goes_to_error(state: State) -> None:
+    """Remote hosts are probed over SSH (test_remote_hosts.py); one whose port is closed is in
+    ``error`` with a one-line reason, as 1.4's IM put a host whose probe failed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    HostStore(state).create(
+        host_spec("node1", im="kvm", vmm="kvm", tm="ssh", address=f"nobody@127.0.0.1:{port}")
+    )
+    failed = monitor(state, "node1")
+    assert failed.state is HostState.ERROR
+    assert failed.error.startswith("not answering: ") and "Connection refused" in failed.error
+    assert "\n" not in failed.error
 
 
 def test_cli_monitor_show_and_top(state: State, capsys: pytest.CaptureFixture[str]) -> None:
