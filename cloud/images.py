@@ -7,7 +7,7 @@ A DISK names its image one of four ways (``opennebula-1.4.md`` §1, issue 13 poi
 - ``SOURCE`` = a build's ``*.manifest.json``: its qcow2 output (else its first), checked against
   the manifest's SHA-256;
 - ``SOURCE`` = ``marketplace:ID``, ``marketplace:TAG`` or an entry URL, or ``imagelist:ID`` (an
-  image of a subscribed HEPiX list): policy-checked and downloaded verified by
+  image of a subscribed HEPiX list, also as ``IMAGE``): policy-checked and downloaded verified by
   ``marketplace.site.obtain_image`` into the state's image cache;
 - ``SOURCE`` = any other path: a local image qemu-img can read.
 
@@ -86,6 +86,8 @@ class _Site:
 def _resolve(
     disk: DiskSpec, images: Sequence[Image], state: State, template_dir: Path, site: _Site
 ) -> BaseImage:
+    if disk.image is not None and disk.image.startswith(LISTED_PREFIX):  # IMAGE = "imagelist:ID" too
+        return _from_marketplace(disk, disk.image, state, site)
     if disk.image is not None or disk.image_id is not None:
         path, origin = _from_repository(disk, images)
         return _local(disk, path, origin) if site.confine is None else _confined(disk, path, site.confine)

@@ -198,13 +198,13 @@ def _subscribe(doors: Doors, listed: Subscribed) -> str:
 def test_a_cloud_users_vm_boots_from_a_listed_image(
     listed: Subscribed, doors: Doors, tmp_path: Path
 ) -> None:
-    """SOURCE = "imagelist:ID": the list's URI is fetched for a cloud user although it
+    """SOURCE or IMAGE = "imagelist:ID": the list's URI is fetched for a cloud user although it
     is neither the registry nor a mirror (the subscribed list is the allow-list); the image is
     held while the VM exists."""
     image = _subscribe(doors, listed)
     policy = write_policy(tmp_path, HTTP)
     first = create_vm(_vm(doors, f'SOURCE = "imagelist:{image}"', policy), state=doors.state)
-    second = create_vm(_vm(doors, f'SOURCE = "imagelist:{image}"', policy), state=doors.state)
+    second = create_vm(_vm(doors, f'IMAGE = "imagelist:{image}"', policy), state=doors.state)
     [record] = list_images(doors.state)
     assert set(record.holders) == {f"vm-{first.vmid}", f"vm-{second.vmid}"}
     info = run(["qemu-img", "info", "--output=json", first.directory / "disk0.qcow2"]).stdout
