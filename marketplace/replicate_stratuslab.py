@@ -5,7 +5,10 @@ StratusLab's own API is read instead (research §2.1, §2.2):
 - ``GET /metadata?status=all`` lists the latest entry of every timeline, valid, expired or
   deprecated (``status``: any value but valid/expired/deprecated means no status filter);
 - ``GET /endorsers`` names every endorser, and ``GET /endorsers/EMAIL?range=DAYS&status=all``
-  lists that endorser's entries of the last DAYS days, older entries of a timeline included;
+  lists that endorser's entries, older entries of a timeline included (StratusLab answers both
+  as SPARQL result sets, ``EndorsersResource.java``, ``EndorserResource.java`` with
+  ``SparqlUtils.ENDORSER_HISTORY_QUERY_TEMPLATE``: identifier, created, email; imagekit as a
+  ``<metadata>`` list);
 - ``GET /metadata/ID/EMAIL/CREATED`` serves one stored signed file as it was uploaded.
 
 A listing only says which entries exist (StratusLab strips the XML declarations of the files it
@@ -26,7 +29,9 @@ import functools
 import logging
 from collections.abc import Iterator
 
-from imagekit.errors import DataError
+from lxml import etree
+
+from imagekit.errors import DataError, InputError
 from marketplace import xmlsafe
 from marketplace.client import MarketClient, RegistryError, RegistryUnreachable, path_of
 from marketplace.metadata import parse_metadata, split_metadata_list
@@ -52,6 +57,33 @@ def lacks_change_feed(client: MarketClient, retries: int = RETRIES) -> bool:
     return False
 
 
+SPARQL_RESULTS = "{http://www.w3.org/2005/sparql-results#}"
+
+
+def _bindings(root: etree._Element) -> Iterator[dict[str, str]]:
+    """Each ``<result>`` of a SPARQL results document as ``{variable: value}``."""
+    for result in root.iter(f"{SPARQL_RESULTS}result"):
+        found = {}
+        for binding in result.iter(f"{SPARQL_RESULTS}binding"):
+            found[str(binding.get("name"))] = "".join(str(t) for t in binding.itertext()).strip()
+        yield found
+
+
+def _keys_in(body: bytes, source: str) -> list[EntryKey]:
+    """The entries a listing names: imagekit answers a ``<metadata>`` list of the signed files,
+    StratusLab's ``/endorsers/EMAIL`` a SPARQL result set (identifier, created, email, …)."""
+    root = xmlsafe.parse(body, source=source, max_bytes=64 * xmlsafe.DEFAULT_MAX_BYTES)
+    try:
+        if root.tag == f"{SPARQL_RESULTS}sparql":
+            return [EntryKey(b["identifier"], b["email"], b["created"]) for b in _bindings(root)]
+        return [
+            EntryKey(*parse_metadata(entry, source=f"{source}[{n}]").key)
+            for n, entry in enumerate(split_metadata_list(body, source=source))
+        ]
+    except (KeyError, InputError) as err:
+        raise DataError(f"{source}: a listed entry has no usable key ({err})") from None
+
+
 def _listing_keys(
     client: MarketClient, path: str, params: dict[str, str], retries: int
 ) -> Iterator[EntryKey]:
@@ -65,25 +97,23 @@ def _listing_keys(
             if err.status == 404:  # "no metadata matching query found": past the last page
                 return
             raise
-        new = 0
-        for index, entry in enumerate(split_metadata_list(body, source=f"{client.base}{path}")):
-            key = EntryKey(*parse_metadata(entry, source=f"{path}[{index}]").key)
-            if key not in seen:
-                seen.add(key)
-                new += 1
-                yield key
-        if new == 0:
+        new = [k for k in _keys_in(body, f"{client.base}{path}") if k not in seen]
+        seen.update(new)
+        yield from new
+        if not new:
             return
 
 
 def _endorsers(client: MarketClient, retries: int) -> list[str]:
-    """The e-mails ``GET /endorsers`` names (StratusLab's and imagekit's XML both have ``email``)."""
-    body = _with_retries("endorsers", lambda: client.xml("/endorsers"), retries)
-    try:
-        root = xmlsafe.parse(body, source=f"{client.base}/endorsers")
-    except DataError:
-        raise DataError(f"{client.base}/endorsers: not an endorser list") from None
-    return sorted({(e.text or "").strip() for e in root.iter("email") if (e.text or "").strip()})
+    """The e-mails ``GET /endorsers`` names: imagekit's ``<endorser><email>``, or StratusLab's
+    SPARQL result set with an ``email`` binding (``EndorsersResource.java``)."""
+    source = f"{client.base}/endorsers"
+    root = xmlsafe.parse(
+        _with_retries("endorsers", lambda: client.xml("/endorsers"), retries), source=source
+    )
+    emails = {(e.text or "").strip() for e in root.iter("email")}
+    emails.update(b.get("email", "") for b in _bindings(root))
+    return sorted(e for e in emails if e)
 
 
 def listed_entries(client: MarketClient, retries: int = RETRIES) -> list[EntryKey]:

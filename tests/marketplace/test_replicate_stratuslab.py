@@ -152,6 +152,50 @@ def test_a_forged_entry_is_refused_and_the_rest_copied(
     replica.close()
 
 
+def _sparql(rows: list[dict[str, str]], variables: tuple[str, ...]) -> bytes:
+    """A SPARQL result set as Sesame writes it (application/sparql-results+xml)."""
+    head = "".join(f"<variable name='{v}'/>" for v in variables)
+    results = "".join(
+        "<result>"
+        + "".join(f"<binding name='{k}'><literal>{v}</literal></binding>" for k, v in row.items())
+        + "</result>"
+        for row in rows
+    )
+    return (
+        "<?xml version='1.0' encoding='UTF-8'?>"
+        f"<sparql xmlns='http://www.w3.org/2005/sparql-results#'><head>{head}</head>"
+        f"<results>{results}</results></sparql>"
+    ).encode()
+
+
+def test_stratuslabs_own_endorser_answers_are_read(tmp_path: Path) -> None:
+    """StratusLab answers ``/endorsers`` and ``/endorsers/EMAIL`` as SPARQL result sets
+    (StratusLab/marketplace ``EndorsersResource.java`` toXml: ``SELECT DISTINCT ?email``;
+    ``EndorserResource.java`` toXml with ``SparqlUtils.ENDORSER_HISTORY_QUERY_TEMPLATE``:
+    ``?identifier ?created ?description ?location ?deprecated ?email``, every entry of the
+    endorser, older endorsements included); the entries those name are copied too."""
+    source, replica = _registry(tmp_path / "a"), _registry(tmp_path / "b")
+    count = _fill(source)
+    keys = [p.removesuffix(".xml").split("/") for p in _files(tmp_path / "a")]
+    with stratuslab(source) as stand_in:
+        emails = sorted({email for _, email, _ in keys})
+        stand_in.served["/endorsers"] = _sparql([{"email": e} for e in emails], ("email",))
+        for email in emails:
+            history = [
+                {"identifier": i, "created": c, "description": "an image", "email": e}
+                for i, e, c in keys
+                if e == email
+            ]
+            stand_in.served[f"/endorsers/{email}"] = _sparql(
+                history, ("identifier", "created", "description", "location", "deprecated", "email")
+            )
+        report = replicate(replica, stand_in.url)
+        assert (report.copied, report.refused) == (count, [])
+    assert _files(tmp_path / "b") == _files(tmp_path / "a")
+    source.close()
+    replica.close()
+
+
 def test_stratuslab_routes_of_a_real_server_paged(tmp_path: Path) -> None:
     """Against ``imagekit market serve`` itself, its listings paged 4 at a time: every entry is
     found through ``GET /metadata`` and ``GET /endorsers/EMAIL?range=`` pages."""
