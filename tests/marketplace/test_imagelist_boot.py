@@ -100,6 +100,11 @@ def test_download_by_imagelist_reference_verifies_and_caches(
     listed: Subscribed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     policy = write_policy(tmp_path, HTTP)
+    check = ["--state", str(listed.state.root), "market", "policy", "check", "--policy", str(policy)]
+    assert main([*check, "--json", f"imagelist:{listed.image_id()}"]) == 0
+    judged = json.loads(capsys.readouterr().out)
+    assert judged["allowed"] is True and judged["uri"] == f"{listed.server.url}/img"
+    assert listed.fetched() == []  # judging fetches nothing
     out = tmp_path / "out.img"
     argv = ["--state", str(listed.state.root), "market", "download", f"imagelist:{listed.image_id()}"]
     argv += ["--policy", str(policy), "--json", "-o", str(out)]
@@ -125,9 +130,13 @@ def test_a_refused_image_is_never_fetched(
         "is not one of ubuntu": f"{HTTP}[images]\nos = ubuntu\n",
     }
     for reason, text in refusing.items():
-        policy = load_policy(write_policy(tmp_path, text))
+        policy_file = write_policy(tmp_path, text)
+        policy = load_policy(policy_file)
         with pytest.raises(PolicyRefused, match=reason):
             obtain_image(f"imagelist:{image}", policy=policy, state=listed.state)
+    check = ["--state", str(listed.state.root), "market", "policy", "check", "--policy", str(policy_file)]
+    assert main([*check, f"imagelist:{image}"]) == 1
+    assert "is not one of ubuntu" in capsys.readouterr().err
     policy_file = write_policy(tmp_path, HTTP)
     argv = ["--state", str(listed.state.root), "market", "download", "--policy", str(policy_file)]
     assert main([*argv, "imagelist:no-such-image"]) != 0
