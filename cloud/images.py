@@ -6,8 +6,9 @@ A DISK names its image one of four ways (``opennebula-1.4.md`` §1, issue 13 poi
   is the file, relative to the image template;
 - ``SOURCE`` = a build's ``*.manifest.json``: its qcow2 output (else its first), checked against
   the manifest's SHA-256;
-- ``SOURCE`` = ``marketplace:ID``, ``marketplace:TAG`` or an entry URL: policy-checked and
-  downloaded verified by ``marketplace.site.obtain_image`` into the state's image cache;
+- ``SOURCE`` = ``marketplace:ID``, ``marketplace:TAG`` or an entry URL, or ``imagelist:ID`` (an
+  image of a subscribed HEPiX list, also as ``IMAGE``): policy-checked and downloaded verified by
+  ``marketplace.site.obtain_image`` into the state's image cache;
 - ``SOURCE`` = any other path: a local image qemu-img can read.
 
 Base images are only ever read: the VM writes to its own qcow2 overlay.
@@ -40,6 +41,7 @@ from imagekit.state import State
 log = logging.getLogger(__name__)
 
 MARKETPLACE_PREFIX = "marketplace:"
+LISTED_PREFIX = "imagelist:"  # an image of a subscribed HEPiX list (marketplace/imagelist_images.py)
 MANIFEST_SUFFIX = ".manifest.json"
 
 
@@ -84,11 +86,13 @@ class _Site:
 def _resolve(
     disk: DiskSpec, images: Sequence[Image], state: State, template_dir: Path, site: _Site
 ) -> BaseImage:
+    if disk.image is not None and disk.image.startswith(LISTED_PREFIX):  # IMAGE = "imagelist:ID" too
+        return _from_marketplace(disk, disk.image, state, site)
     if disk.image is not None or disk.image_id is not None:
         path, origin = _from_repository(disk, images)
         return _local(disk, path, origin) if site.confine is None else _confined(disk, path, site.confine)
     source = disk.source or ""
-    if source.startswith(MARKETPLACE_PREFIX) or source.startswith(("http://", "https://")):
+    if source.startswith((MARKETPLACE_PREFIX, LISTED_PREFIX)) or source.startswith(("http://", "https://")):
         return _from_marketplace(disk, source, state, site)
     path = Path(source).expanduser()
     path = path if path.is_absolute() else template_dir / path
@@ -178,12 +182,13 @@ def _from_marketplace(disk: DiskSpec, reference: str, state: State, site: _Site)
     policy = load_policy(site.policy)
     if site.confine is not None:  # a cloud user's: only the site's registries and mirrors
         sources = SiteSources(registries=(registry_endpoint(site.endpoint),), mirrors=policy.mirrors)
-        try:
-            entry = parse_reference(reference).endpoint or sources.registries[0]
-        except VerificationError:
-            raise NotStandalone(f"DISK[{disk.index}]: not a marketplace reference") from None
-        if not sources.on_registry(entry):
-            raise NotStandalone(f"DISK[{disk.index}]: the entry URL is not on this site's registry")
+        if not reference.startswith(LISTED_PREFIX):  # a list's image: the subscribed list allows its URI
+            try:
+                entry = parse_reference(reference).endpoint or sources.registries[0]
+            except VerificationError:
+                raise NotStandalone(f"DISK[{disk.index}]: not a marketplace reference") from None
+            if not sources.on_registry(entry):
+                raise NotStandalone(f"DISK[{disk.index}]: the entry URL is not on this site's registry")
         policy = dataclasses.replace(policy, origins=sources.origins)
     cached = obtain_image(reference, policy=policy, endpoint=site.endpoint, state=state)
     log.info("DISK[%d]: %s is %s, endorsed by %s", disk.index, reference, cached.identifier, cached.endorser)

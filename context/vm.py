@@ -204,7 +204,7 @@ def _expand_disks(tmpl: Template, images: Sequence[Image]) -> dict[int, Vector]:
         if image_id:
             img = by_id.get(int(image_id)) if image_id.isdigit() else None
             wanted = f"id {image_id}"
-        elif name:
+        elif name and not name.startswith("imagelist:"):  # a subscribed list's image: cloud/images.py
             img = by_name.get(name)
             wanted = repr(name)
         else:

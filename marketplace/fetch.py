@@ -27,10 +27,10 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 from urllib.parse import unquote, urlsplit
 
 from imagekit.atomic import fsync_directory
@@ -45,7 +45,7 @@ from marketplace.inflate import (
     ParallelHasher,
     magic_compression,
 )
-from marketplace.metadata import ChecksumAlgorithm, Metadata
+from marketplace.metadata import ChecksumAlgorithm
 from marketplace.origins import within
 from marketplace.policy import Compression, Scheme, SitePolicy
 
@@ -53,6 +53,23 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 5
 STRONG = (ChecksumAlgorithm.SHA256, ChecksumAlgorithm.SHA512)
 Progress = Callable[[int, int | None], None]
+
+
+class Wanted(Protocol):
+    """What a download is checked against: a signed entry (:class:`~marketplace.metadata.Metadata`)
+    or an image of a subscribed HEPiX list (:mod:`marketplace.imagelist_images`)."""
+
+    @property
+    def identifier(self) -> str: ...  # the cache's key: names the .part and the cached file
+
+    @property
+    def size(self) -> int: ...  # of the uncompressed image
+
+    @property
+    def checksums(self) -> Mapping[ChecksumAlgorithm, str]: ...
+
+    @property
+    def locations(self) -> tuple[str, ...]: ...
 
 
 class DownloadFailed(VerificationError):
@@ -96,7 +113,7 @@ class _Pipeline:
 
     part: Path
     inflated: Path
-    metadata: Metadata
+    metadata: Wanted
     allowed: frozenset[Compression]
     served: int = 0
     inflater: Inflater | None = None
@@ -224,7 +241,7 @@ def _sidecar(part: Path) -> Path:
     return part.with_name(part.name + ".json")
 
 
-def candidate_urls(metadata: Metadata, policy: SitePolicy) -> list[str]:
+def candidate_urls(metadata: Wanted, policy: SitePolicy) -> list[str]:
     """The entry's locations in order, then each mirror's copy of them (same file name)."""
     urls = list(metadata.locations)
     for mirror in policy.mirrors:
@@ -232,7 +249,7 @@ def candidate_urls(metadata: Metadata, policy: SitePolicy) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
-def scheme_refusal(url: str, metadata: Metadata, policy: SitePolicy) -> str | None:
+def scheme_refusal(url: str, metadata: Wanted, policy: SitePolicy) -> str | None:
     """Why ``url`` may not be used, or None. Plain http only when the entry carries a
     SHA-256/512 checksum: the download is then verified against what the signature covers.
     With ``policy.origins``, only URLs inside them (the site's registries and mirrors)."""
@@ -247,7 +264,7 @@ def scheme_refusal(url: str, metadata: Metadata, policy: SitePolicy) -> str | No
 
 
 def fetch_image(
-    metadata: Metadata,
+    metadata: Wanted,
     dest: Path,
     *,
     work_dir: Path,
@@ -415,7 +432,7 @@ def _expected_total(response: Answer) -> int | None:
 
 @contextlib.contextmanager
 def _follow(
-    context: ssl.SSLContext, url: str, headers: dict[str, str], metadata: Metadata, policy: SitePolicy
+    context: ssl.SSLContext, url: str, headers: dict[str, str], metadata: Wanted, policy: SitePolicy
 ) -> Iterator[Answer]:
     """GET ``url``, following redirects by hand: each target's scheme must be allowed too."""
     for _ in range(MAX_REDIRECTS + 1):

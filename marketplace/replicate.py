@@ -121,6 +121,11 @@ def replicate(
     retries: int = RETRIES,
 ) -> ReplicationReport:
     """Apply every record of ``source``'s feed after the saved cursor (or after ``since``)."""
+    from marketplace import replicate_stratuslab as stratuslab  # it builds on this module
+
+    with MarketClient(source) as probe:
+        if stratuslab.lacks_change_feed(probe, retries):  # a StratusLab registry: its own listing
+            return stratuslab.replicate_stratuslab(registry, source, pending=pending, retries=retries)
     cursor = Cursor(since, "") if since is not None else load_cursor(registry, source)
     report = ReplicationReport(source, cursor)
     with MarketClient(source) as client, concurrent.futures.ThreadPoolExecutor(1) as fetcher:

@@ -32,7 +32,7 @@ from imagekit.locks import exclusive
 from imagekit.state import State
 from marketplace.client import MarketClient, RegistryError, path_of
 from marketplace.client import endpoint as registry_endpoint
-from marketplace.fetch import DownloadFailed, Fetched, Progress, fetch_image
+from marketplace.fetch import DownloadFailed, Fetched, Progress, Wanted, fetch_image
 from marketplace.identifier import is_identifier
 from marketplace.imagecache import (
     add_image,
@@ -44,7 +44,7 @@ from marketplace.imagecache import (
     release_image,
     touch,
 )
-from marketplace.metadata import Metadata, parse_metadata, split_metadata_list
+from marketplace.metadata import parse_metadata, split_metadata_list
 from marketplace.policy import Candidate, Evaluation, SitePolicy, evaluate, load_policy
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 PREFIX = "marketplace:"
+LISTED_PREFIX = "imagelist:"  # an image of a subscribed HEPiX image list, by its dc:identifier
 LIST_LIMIT = "1000"
 
 
@@ -207,7 +208,7 @@ class CachedImage:
     identifier: str
     path: Path  # the uncompressed, verified image in STATE/images/
     format: str  # dcterms:format of the chosen entry: qcow2, raw, …
-    metadata: Metadata  # the chosen entry
+    metadata: Wanted  # the chosen entry (or the subscribed list's image)
     endorser: str
     fetched: Fetched | None = None  # None when the cache already held it
     report: PolicyReport | None = None
@@ -221,34 +222,24 @@ def obtain_image(
     state: State | None = None,
     progress: Progress | None = None,
 ) -> CachedImage:
-    """A verified local copy of the image ``reference`` names, allowed by ``policy`` now."""
+    """A verified local copy of the image ``reference`` names, allowed by ``policy`` now
+    (``imagelist:ID``: an image of a subscribed HEPiX list, :mod:`marketplace.imagelist_images`)."""
     policy = policy or load_policy()
     state = state or State.open(locations.state_dir())
+    if reference.strip().startswith(LISTED_PREFIX):
+        from marketplace.imagelist_images import obtain_listed_image
+
+        return obtain_listed_image(reference, policy=policy, state=state, progress=progress)
     report = check_policy(reference, policy=policy, endpoint_url=endpoint, state=state)
     chosen = report.chosen
     if chosen is None:
         raise refusal(report)
     metadata = chosen.metadata
     assert metadata is not None and metadata.email is not None
-    fetched = None
-    with exclusive(partial_dir(state) / f"{metadata.identifier}.lock"):
-        # Two VMs of one image may ask at once: the second waits here, then finds it cached.
-        if lookup(state, metadata.identifier) is not None:
-            touch(state, metadata.identifier)
-        else:
-            dest = image_path(state, metadata.identifier)
-            fetched = fetch_image(
-                metadata, dest, work_dir=partial_dir(state), policy=policy, progress=progress
-            )
-            add_image(
-                state,
-                metadata.identifier,
-                size=fetched.size,
-                format=metadata.format or "raw",
-                endorser=metadata.email,
-                entry=chosen.label,
-                checksums={a: metadata.checksums.get(a, d) for a, d in fetched.digests.items()},
-            )
+    fetched = fetch_into_cache(
+        state, metadata, policy, progress, format=metadata.format or "raw", endorser=metadata.email,
+        entry=chosen.label,
+    )  # fmt: skip
     return CachedImage(
         identifier=metadata.identifier,
         path=image_path(state, metadata.identifier),
@@ -258,6 +249,42 @@ def obtain_image(
         fetched=fetched,
         report=report,
     )
+
+
+def fetch_into_cache(
+    state: State,
+    wanted: Wanted,
+    policy: SitePolicy,
+    progress: Progress | None,
+    *,
+    format: str | None,
+    endorser: str,
+    entry: str,
+) -> Fetched | None:
+    """Download ``wanted`` verified into the cache unless it is there already (None then);
+    ``format`` None: from the image's bytes (qcow2's magic number, else raw)."""
+    with exclusive(partial_dir(state) / f"{wanted.identifier}.lock"):
+        # Two VMs of one image may ask at once: the second waits here, then finds it cached.
+        if lookup(state, wanted.identifier) is not None:
+            touch(state, wanted.identifier)
+            return None
+        dest = image_path(state, wanted.identifier)
+        fetched = fetch_image(wanted, dest, work_dir=partial_dir(state), policy=policy, progress=progress)
+        add_image(
+            state,
+            wanted.identifier,
+            size=fetched.size,
+            format=format or cached_format(dest),
+            endorser=endorser,
+            entry=entry,
+            checksums={a: wanted.checksums.get(a, d) for a, d in fetched.digests.items()},
+        )
+        return fetched
+
+
+def cached_format(path: Path) -> str:
+    with open(path, "rb") as image:
+        return "qcow2" if image.read(4) == b"QFI\xfb" else "raw"
 
 
 def export_image(image: CachedImage, output: Path) -> None:

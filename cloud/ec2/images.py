@@ -31,10 +31,12 @@ from imagekit.errors import InputError, VerificationError
 from imagekit.state import State
 
 MARKETPLACE = "marketplace:"
+LISTED = "imagelist:"  # an image of a HEPiX list the administrator subscribed to
 UPLOADED, SITE_IMAGE = "upload:", "site:"  # what DescribeImages shows for a file kept here
 MAX_REFERENCE = 256
 _WHAT = (
     "ImageLocation must be marketplace:ID, marketplace:TAG, an entry URL on this site's registry,"
+    " imagelist:ID (an image of a subscribed HEPiX list),"
     " or the ami- id of an image you uploaded (UploadImage)"
 )
 
@@ -55,20 +57,20 @@ def _image(row: sqlite3.Row) -> Ec2Image:
 
 def check_location(location: str, user: User, sources: SiteSources) -> str:
     """RegisterImage's ``ImageLocation``, refused unless it is ``marketplace:ID|TAG``, an entry
-    URL on the site's registry, or, for an administrator, a file in a site image directory
+    URL on the site's registry, ``imagelist:ID``, or, for an administrator, a file in a site image directory
     (``--site-images``). Decided before any connection; the refusal names no server path."""
     text = location.strip()
-    body = text.removeprefix(MARKETPLACE)
+    body = text.removeprefix(LISTED) if text.startswith(LISTED) else text.removeprefix(MARKETPLACE)
     if "://" in body:  # a URL: only an entry URL on the registry (else a tag: sent to it as one)
         return _entry_url(text, sources)
-    if text.startswith(MARKETPLACE):
+    if text.startswith((MARKETPLACE, LISTED)):  # LISTED: the subscribed lists are the allow-list
         if (
             not body
             or len(body) > MAX_REFERENCE
             or not all(c.isprintable() and not c.isspace() for c in body)
         ):
             raise invalid_parameter(
-                f"marketplace:ID or marketplace:TAG takes 1 to {MAX_REFERENCE} printable characters"
+                f"marketplace:ID|TAG or imagelist:ID takes 1 to {MAX_REFERENCE} printable characters"
             )
         return text
     path = Path(text)

@@ -1,7 +1,7 @@
 """``imagekit market policy check | download | cache``: the site side of the marketplace.
 
-imagekit market policy check ID|TAG|URL [--policy FILE] [--json]    # exit 1: refused, all reasons
-imagekit market download ID|TAG|URL [-o FILE] [--policy FILE] [--json]
+imagekit market policy check ID|TAG|URL|imagelist:ID [--policy FILE] [--json]    # exit 1: refused
+imagekit market download ID|TAG|URL|imagelist:ID [-o FILE] [--policy FILE] [--json]
 imagekit market cache list | verify | gc [--older-than 30d] [--max-size 50G] [--json]
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,16 @@ from imagekit.output import print_json
 from imagekit.sizes import parse_size
 from imagekit.state import State
 from marketplace.imagecache import collect_garbage, list_images, verify_cache
-from marketplace.policy import Candidate, load_policy, parse_duration
-from marketplace.site import CachedImage, PolicyReport, check_policy, export_image, obtain_image, refusal
+from marketplace.policy import Candidate, SitePolicy, load_policy, parse_duration
+from marketplace.site import (
+    LISTED_PREFIX,
+    CachedImage,
+    PolicyReport,
+    check_policy,
+    export_image,
+    obtain_image,
+    refusal,
+)
 
 
 def register_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,7 +65,9 @@ def register_site(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _reference_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("reference", metavar="ID|TAG|URL", help="identifier, tag, or marketplace entry URL")
+    parser.add_argument(
+        "reference", metavar="ID|TAG|URL", help="identifier, tag, entry URL, or imagelist:ID"
+    )
     parser.add_argument("--policy", type=Path, metavar="FILE", help="policy file (default etc/policy.cfg)")
     parser.add_argument("--endpoint", metavar="URL", help="registry URL (default $IMAGEKIT_MARKET or local)")
 
@@ -95,6 +105,8 @@ def report_json(report: PolicyReport) -> dict[str, Any]:
 
 def _policy_check(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
+    if args.reference.strip().startswith(LISTED_PREFIX):
+        return _listed_check(args, policy)
     report = check_policy(args.reference, policy=policy, endpoint_url=args.endpoint, state=_state(args))
     if args.json:
         print_json(report_json(report))
@@ -110,6 +122,20 @@ def _policy_check(args: argparse.Namespace) -> int:
                 for reason in c.reasons:
                     print(f"  - {reason}")
         raise refusal(report)
+    return 0
+
+
+def _listed_check(args: argparse.Namespace, policy: SitePolicy) -> int:
+    """``imagelist:ID``: judged among the subscribed lists' images (PolicyRefused: every reason)."""
+    from marketplace.imagelist_images import choose
+    from marketplace.imagelist_policy import judge_subscribed
+
+    verdict = choose(args.reference, judge_subscribed(_state(args), policy, now=datetime.now(UTC)))
+    if args.json:
+        print_json({"reference": args.reference, "allowed": True, "list": verdict.url, "uri": verdict.uri,
+                    "endorser": verdict.endorser, "sha512": verdict.sha512})  # fmt: skip
+    else:
+        print(f"allowed: {verdict.uri} (image list {verdict.url}, signed by {verdict.endorser})")
     return 0
 
 
