@@ -52,6 +52,8 @@ class BuildRequest:
 
 
 Runner = Callable[[BuildRequest], tuple[Step, ...]]
+# Signs a succeeded build's provenance into its artifacts directory: one more artifact.
+Provenance = Callable[[BuildJob, Path, tuple[Artifact, ...]], Artifact]
 
 
 class Workspaces:
@@ -110,6 +112,7 @@ class Worker:
         *,
         name: str | None = None,
         poll: float = 1.0,
+        provenance: Provenance | None = None,
     ) -> None:
         self.queue = queue
         self.workspaces = workspaces
@@ -118,6 +121,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = limits.build_seconds + LEASE_GRACE
         self.poll = poll
+        self.provenance = provenance
         self.wake = threading.Event()
 
     def loop(self, stop: threading.Event) -> None:
@@ -155,6 +159,7 @@ class Worker:
         output = self.workspaces.artifacts(job.id)
         output.mkdir(mode=0o700, exist_ok=True)
         deadline = time.monotonic() + self.limits.build_seconds
+        artifacts: tuple[Artifact, ...] = ()
         with self.workspaces.log(job.id).open("ab") as log_file:
             request = BuildRequest(
                 job.id,
@@ -169,12 +174,17 @@ class Worker:
                 error = f"the build took longer than {self.limits.build_seconds:g} s"
                 state = BuildState.FAILED
                 log_file.write(f"error: {error}\n".encode())
+            if state is BuildState.SUCCEEDED:
+                artifacts, error = self._outputs(job, output)
+                if error:
+                    state = BuildState.FAILED
+                    log_file.write(f"error: {error}\n".encode())
         if state is BuildState.SUCCEEDED:
             kept = self.queue.finish(
                 job.id,
                 state,
                 steps=steps,
-                artifacts=collect_artifacts(output),
+                artifacts=artifacts,
                 keep_for=self.limits.expire_seconds,
             )
         else:
@@ -182,6 +192,19 @@ class Worker:
             self.workspaces.remove_artifacts(job.id)
         if not kept:  # cancelled while it ran: nothing of it stays
             self.workspaces.remove(job.id)
+
+    def _outputs(self, job: BuildJob, output: Path) -> tuple[tuple[Artifact, ...], str]:
+        """The artifacts with their signed provenance; () and the error when it cannot be made."""
+        artifacts = collect_artifacts(output)
+        if self.provenance is None:
+            return artifacts, ""
+        try:
+            return (*artifacts, self.provenance(job, output, artifacts)), ""
+        except ImagekitError as exc:
+            return (), public_message(f"provenance: {str(exc).splitlines()[0]}")
+        except Exception:
+            log.exception("provenance of build %d", job.id)
+            return (), "internal error of the build service: the provenance was not signed"
 
     def _attempt(
         self, request: BuildRequest, log_file: BinaryIO
