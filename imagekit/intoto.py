@@ -40,11 +40,18 @@ class Statement:
 
     @property
     def builder_id(self) -> str:
-        return str(self.predicate.get("runDetails", {}).get("builder", {}).get("id", ""))
+        return _text_at(self.predicate, "runDetails", "builder", "id")
 
     @property
     def invocation_id(self) -> str:
-        return str(self.predicate.get("runDetails", {}).get("metadata", {}).get("invocationId", ""))
+        return _text_at(self.predicate, "runDetails", "metadata", "invocationId")
+
+
+def _text_at(doc: object, *path: str) -> str:
+    """The text at ``path`` in nested objects, "" where any step is missing or not an object."""
+    for key in path:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return str(doc) if isinstance(doc, str | int) else ""
 
 
 def statement_bytes(subjects: list[Subject], predicate_type: str, predicate: Mapping[str, Any]) -> bytes:
@@ -71,15 +78,10 @@ def parse_statement(payload: bytes, *, source: str) -> Statement:
         raise DataError(f"{source}: subject: expected a non-empty list")
     subjects = []
     for number, item in enumerate(raw, 1):
-        digest = item.get("digest") if isinstance(item, dict) else None
-        sha256 = digest.get("sha256") if isinstance(digest, dict) else None
-        if (
-            not isinstance(item.get("name"), str)
-            or not isinstance(sha256, str)
-            or not _SHA256.fullmatch(sha256)
-        ):
+        name, sha256 = _text_at(item, "name"), _text_at(item, "digest", "sha256")
+        if not name or not _SHA256.fullmatch(sha256):
             raise DataError(f"{source}: subject {number}: expected a name and a sha256 digest")
-        subjects.append(Subject(item["name"], sha256))
+        subjects.append(Subject(name, sha256))
     if len({s.name for s in subjects}) != len(subjects):
         raise DataError(f"{source}: subject: a name appears twice")
     predicate = doc.get("predicate")

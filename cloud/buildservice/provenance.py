@@ -49,7 +49,10 @@ MAX_MANIFEST = 64 << 20
 def _load_key(path: Path) -> PrivateKey:
     if path.stat().st_mode & 0o077:
         raise DataError(f"{path}: the build service's signing key is readable by others (chmod 600 it)")
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as err:
+        raise DataError(f"{path}: the build service's signing key cannot be read: {err}") from None
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key
     if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):

@@ -176,6 +176,12 @@ def test_verify_provenance_finds_each_tampering() -> None:
         PAYLOAD_TYPE_INTOTO, b'{"_type": "https://in-toto.io/Statement/v0.1"}', key
     )
     assert "expected 'https://in-toto.io/Statement/v1'" in refused(not_a_statement.to_json_line(), files)
+    for subjects in ([1], [{"name": "a", "digest": {"sha256": "short"}}], [{"digest": "x"}], []):
+        payload = json.dumps(
+            {"_type": STATEMENT_V1, "subject": subjects, "predicateType": SLSA_PROVENANCE_V1}
+        )
+        bad = sign_envelope(PAYLOAD_TYPE_INTOTO, payload.encode(), key).to_json_line()
+        assert refused(bad, files).startswith("p: subject")
 
 
 # The service, with a stand-in build that writes a manifest listing inputs and packages.
