@@ -3,17 +3,19 @@ every successful build, in a DSSE envelope signed by the service's own key.
 
     key = service_key(state.root / "build-service")          # made on first start, 0600
     signer = ProvenanceSigner(key, builder_id="https://builds.example.org")
-    artifact = signer(job, workspace / "artifacts", artifacts)  # writes provenance.intoto.jsonl
+    artifact = signer(job, recipe_sha256, workspace / "artifacts", artifacts)  # provenance.intoto.jsonl
 
 The statement's subjects are the build's artifacts (name and SHA-256, the provenance itself
 excepted); ``buildDefinition`` holds the recipe's name and the SHA-256 of the archive it was
 submitted in (``recipe.tar.sha256`` in the workspace, written by the server before the build is
-queued), the options, and as ``resolvedDependencies`` the inputs the build's manifest lists —
-the Debian mirror with its archive state, every installed package as a purl (the manifest has
-no digests for them); ``runDetails`` the builder id and the build's number and times. The key
-signs for the service only: an author endorses an image with their own certificate
-(``imagekit market metadata sign``), and the entry links the provenance
-(``market metadata create --provenance``).
+queued and read by the worker before it runs), the options, and as ``resolvedDependencies``
+the inputs the build's manifest lists — the Debian mirror with its archive state, every
+installed package as a purl (the manifest has no digests for them). Those come from the build
+itself, so they are as trustworthy as the build's isolation (docs/author/build-service.md,
+"Threat model"); the subjects' digests and the recipe's are the service's own. ``runDetails``
+holds the builder id and the build's number and times. The key signs for the service only: an
+author endorses an image with their own certificate (``imagekit market metadata sign``), and
+the entry links the provenance (``market metadata create --provenance``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -41,9 +44,9 @@ from imagekit.intoto import SLSA_PROVENANCE_V1, Subject, statement_bytes
 
 BUILD_TYPE = "https://imagekit.dev/build-service/build/v1"
 PROVENANCE_NAME = "provenance.intoto.jsonl"
-RECIPE_DIGEST_FILE = "recipe.tar.sha256"
 KEY_NAME = "provenance-key.pem"
 MAX_MANIFEST = 64 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _load_key(path: Path) -> PrivateKey:
@@ -162,8 +165,11 @@ class ProvenanceSigner:
         self.builder_id = builder_id
         self.clock = clock or time.time
 
-    def __call__(self, job: BuildJob, output: Path, artifacts: tuple[Artifact, ...]) -> Artifact:
-        recipe_sha256 = (output.parent / RECIPE_DIGEST_FILE).read_text().strip()
+    def __call__(
+        self, job: BuildJob, recipe_sha256: str, output: Path, artifacts: tuple[Artifact, ...]
+    ) -> Artifact:
+        if not _SHA256.fullmatch(recipe_sha256):
+            raise DataError("the recipe archive's SHA-256 was not recorded when the build was queued")
         predicate = provenance_predicate(
             job,
             recipe_sha256,

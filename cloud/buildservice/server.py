@@ -30,12 +30,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from cloud.buildservice.archive import choose_recipe, tar_of, unpack_recipe
-from cloud.buildservice.provenance import (
-    PROVENANCE_NAME,
-    RECIPE_DIGEST_FILE,
-    ProvenanceSigner,
-    service_key,
-)
+from cloud.buildservice.provenance import PROVENANCE_NAME, ProvenanceSigner, service_key
 from cloud.buildservice.queue import (
     BuildJob,
     BuildLimitReached,
@@ -45,7 +40,7 @@ from cloud.buildservice.queue import (
     Limits,
 )
 from cloud.buildservice.tokens import TokenStore
-from cloud.buildservice.worker import Runner, Worker, Workspaces
+from cloud.buildservice.worker import RECIPE_DIGEST_FILE, Runner, Worker, Workspaces
 from cloud.refusals import public_message
 from cloud.upload import BodyRefused, Field, FileEnd, FileStart, bounded_stream, multipart_events
 from cloud.users import User, UserStore

@@ -52,8 +52,12 @@ class BuildRequest:
 
 
 Runner = Callable[[BuildRequest], tuple[Step, ...]]
-# Signs a succeeded build's provenance into its artifacts directory: one more artifact.
-Provenance = Callable[[BuildJob, Path, tuple[Artifact, ...]], Artifact]
+# Signs a succeeded build's provenance into its artifacts directory (given the build, the SHA-256
+# of its recipe archive, the directory and the artifacts in it): one more artifact.
+Provenance = Callable[[BuildJob, str, Path, tuple[Artifact, ...]], Artifact]
+# In a workspace, beside recipe/: the submitted archive's SHA-256, written before the build is
+# queued and read before it runs (what the build writes cannot change it).
+RECIPE_DIGEST_FILE = "recipe.tar.sha256"
 
 
 class Workspaces:
@@ -76,6 +80,12 @@ class Workspaces:
 
     def artifacts(self, job_id: int) -> Path:
         return self.path(job_id) / "artifacts"
+
+    def recipe_digest(self, job_id: int) -> str:
+        try:
+            return (self.path(job_id) / RECIPE_DIGEST_FILE).read_text().strip()
+        except FileNotFoundError:  # queued by a service that did not record it
+            return ""
 
     def remove(self, job_id: int) -> None:
         shutil.rmtree(self.path(job_id), ignore_errors=True)
@@ -160,6 +170,7 @@ class Worker:
         output.mkdir(mode=0o700, exist_ok=True)
         deadline = time.monotonic() + self.limits.build_seconds
         artifacts: tuple[Artifact, ...] = ()
+        recipe_sha256 = self.workspaces.recipe_digest(job.id)
         with self.workspaces.log(job.id).open("ab") as log_file:
             request = BuildRequest(
                 job.id,
@@ -175,7 +186,7 @@ class Worker:
                 state = BuildState.FAILED
                 log_file.write(f"error: {error}\n".encode())
             if state is BuildState.SUCCEEDED:
-                artifacts, error = self._outputs(job, output)
+                artifacts, error = self._outputs(job, recipe_sha256, output)
                 if error:
                     state = BuildState.FAILED
                     log_file.write(f"error: {error}\n".encode())
@@ -193,13 +204,13 @@ class Worker:
         if not kept:  # cancelled while it ran: nothing of it stays
             self.workspaces.remove(job.id)
 
-    def _outputs(self, job: BuildJob, output: Path) -> tuple[tuple[Artifact, ...], str]:
+    def _outputs(self, job: BuildJob, recipe_sha256: str, output: Path) -> tuple[tuple[Artifact, ...], str]:
         """The artifacts with their signed provenance; () and the error when it cannot be made."""
         artifacts = collect_artifacts(output)
         if self.provenance is None:
             return artifacts, ""
         try:
-            return (*artifacts, self.provenance(job, output, artifacts)), ""
+            return (*artifacts, self.provenance(job, recipe_sha256, output, artifacts)), ""
         except ImagekitError as exc:
             return (), public_message(f"provenance: {str(exc).splitlines()[0]}")
         except Exception:

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from cloud.buildservice.provenance import BUILD_TYPE, KEY_NAME, PROVENANCE_NAME, service_key
 from cloud.buildservice.queue import Step
 from cloud.buildservice.server import ServiceConfig, create_app
-from cloud.buildservice.worker import BuildRequest
+from cloud.buildservice.worker import RECIPE_DIGEST_FILE, BuildRequest
 from cloud.users import UserStore
 from imagekit.cli import main
 from imagekit.dsse import (
@@ -192,6 +192,8 @@ class ManifestStandIn(StandIn):
         steps = super().__call__(request)
         if "own-provenance" in request.recipe.read_text():
             (request.output / PROVENANCE_NAME).write_text("{}")
+        if "rewrite-digest" in request.recipe.read_text():
+            (request.output.parent / RECIPE_DIGEST_FILE).write_text("0" * 64)
         (request.output / "manifest.json").write_text(json.dumps(MANIFEST))
         return steps
 
@@ -262,6 +264,14 @@ def test_a_succeeded_build_has_a_signed_slsa_statement(client: TestClient, state
     assert (
         workspace_of(state.root, build["id"]) / "artifacts" / PROVENANCE_NAME
     ).read_bytes() == served.content
+
+
+def test_the_recipe_digest_is_the_one_recorded_before_the_build_ran(client: TestClient) -> None:
+    build, body = _build(client, "name: rewrite-digest")
+    served = client.get(f"/builds/{build['id']}/provenance").content
+    statement = json.loads(parse_envelope(served, source="p").payload)
+    recipe = statement["predicate"]["buildDefinition"]["externalParameters"]["recipe"]
+    assert recipe["digest"]["sha256"] == hashlib.sha256(body).hexdigest()
 
 
 def test_no_provenance_for_a_failed_build_nor_one_that_wrote_its_own(client: TestClient) -> None:
