@@ -19,6 +19,7 @@ import contextlib
 import functools
 import os
 import sqlite3
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -111,12 +112,22 @@ class State:
         try:
             # Made 0600 before SQLite makes it with the umask's mode: it holds every user's
             # sealed secrets and password hashes (its -wal and -shm files take its mode).
-            fd = os.open(self.db_path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+            # An existing file is never opened here: closing any descriptor of it drops every
+            # POSIX lock this process holds on it, those of its open SQLite connections too,
+            # and another process then checkpoints and deletes the WAL under them (lost
+            # writes, "disk I/O error").
             try:
-                if os.fstat(fd).st_mode & 0o077:  # made by an older imagekit, or by hand
-                    os.fchmod(fd, 0o600)
-            finally:
-                os.close(fd)
+                mode = os.lstat(self.db_path).st_mode
+            except FileNotFoundError:
+                mode = None
+            if mode is None:
+                os.close(os.open(self.db_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+            elif not stat.S_ISREG(mode):
+                raise DataError(f"{self.db_path}: the state database is not a regular file")
+            elif mode & 0o077:  # made by an older imagekit, or by hand
+                os.chmod(self.db_path, 0o600)
+        except FileExistsError:  # another thread or process made it meanwhile
+            pass
         except OSError as exc:
             raise DataError(f"{self.db_path}: cannot create the state database: {exc.strerror}") from None
         try:

@@ -145,6 +145,36 @@ class BuildClient:
         return target
 
 
+def fetch_provenance_key(endpoint: str, *, timeout: float = 60.0) -> bytes:
+    """The service's provenance key (``GET /provenance-key``): trusted as far as the connection
+    to the service is (give ``--key`` to pin it)."""
+    try:
+        response = httpx.get(f"{endpoint.rstrip('/')}/provenance-key", timeout=timeout)
+    except httpx.HTTPError as err:
+        raise NetworkError(f"{endpoint}: {err or type(err).__name__}") from None
+    if response.status_code != 200:
+        raise InputError(f"{response.status_code}: {_refusal(response)}")
+    return response.content[:16384]
+
+
+def provenance_and_files(path: Path) -> tuple[Path, dict[str, str]]:
+    """``path`` is a fetched build's directory (its ``provenance.intoto.jsonl``) or the
+    provenance file itself; with the artifacts beside it (name → SHA-256, dot-files and other
+    ``.intoto.jsonl`` files left out)."""
+    from cloud.buildservice.provenance import PROVENANCE_NAME
+    from cloud.buildservice.worker import collect_artifacts
+
+    provenance = path / PROVENANCE_NAME if path.is_dir() else path
+    if not provenance.is_file():
+        raise InputError("no such provenance file", where=str(provenance))
+    files = {
+        a.name: a.sha256
+        for a in collect_artifacts(provenance.parent)
+        if a.name != provenance.name and not a.name.endswith(".intoto.jsonl")
+    }
+    return provenance, files
+
+
 def _refusal(response: httpx.Response) -> str:
     try:
         return str(response.json()["error"])

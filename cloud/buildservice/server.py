@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -25,10 +26,11 @@ from dataclasses import dataclass, field
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from cloud.buildservice.archive import choose_recipe, tar_of, unpack_recipe
+from cloud.buildservice.provenance import PROVENANCE_NAME, ProvenanceSigner, service_key
 from cloud.buildservice.queue import (
     BuildJob,
     BuildLimitReached,
@@ -38,10 +40,11 @@ from cloud.buildservice.queue import (
     Limits,
 )
 from cloud.buildservice.tokens import TokenStore
-from cloud.buildservice.worker import Runner, Worker, Workspaces
+from cloud.buildservice.worker import RECIPE_DIGEST_FILE, Runner, Worker, Workspaces
 from cloud.refusals import public_message
 from cloud.upload import BodyRefused, Field, FileEnd, FileStart, bounded_stream, multipart_events
 from cloud.users import User, UserStore
+from imagekit.dsse import public_pem
 from imagekit.errors import DataError, InputError
 from imagekit.httperror import HttpError, bad_request, basic_credentials
 from imagekit.recipe.model import Firmware, OutputFormat
@@ -58,6 +61,7 @@ class ServiceConfig:
     limits: Limits = field(default_factory=Limits)
     max_upload: int = DEFAULT_MAX_RECIPE_UPLOAD
     log_poll: float = 0.2
+    builder_id: str = "urn:imagekit:build-service"  # runDetails.builder.id of the provenance
 
 
 def _error(status: int, message: str) -> Response:
@@ -86,7 +90,9 @@ class BuildService:
         self.tokens = TokenStore(state)
         self.queue = BuildQueue(state)
         self.workspaces = Workspaces(state.root / "builds")
-        self.worker = Worker(self.queue, self.workspaces, runner, config.limits)
+        self.signing_key = service_key(state.root / "build-service")
+        signer = ProvenanceSigner(self.signing_key, config.builder_id)
+        self.worker = Worker(self.queue, self.workspaces, runner, config.limits, provenance=signer)
         self.stop = threading.Event()
 
     def authenticate(self, request: Request) -> User:
@@ -171,6 +177,7 @@ class BuildService:
         staging = self.workspaces.staging()
         try:
             recipe = choose_recipe(unpack_recipe(body, staging / "recipe"), requested)
+            (staging / RECIPE_DIGEST_FILE).write_text(hashlib.sha256(body).hexdigest() + "\n")
             return self.queue.submit(
                 user.id,
                 recipe,
@@ -204,7 +211,19 @@ class BuildService:
 
     async def artifact(self, request: Request, user: User) -> Response:
         job = await run_in_threadpool(self.job, request, user)
-        name = str(request.path_params["name"])
+        return self._artifact_file(job, str(request.path_params["name"]))
+
+    async def provenance(self, request: Request, user: User) -> Response:
+        job = await run_in_threadpool(self.job, request, user)
+        return self._artifact_file(job, PROVENANCE_NAME)
+
+    async def provenance_key(self, request: Request) -> Response:
+        """The public key the provenance is signed with (public: no credentials needed)."""
+        return PlainTextResponse(
+            public_pem(self.signing_key.public_key()), media_type="application/x-pem-file"
+        )
+
+    def _artifact_file(self, job: BuildJob, name: str) -> Response:
         found = next((a for a in job.artifacts if a.name == name), None)
         if found is None:
             raise HttpError(404, f"build {job.id} has no artifact {name!r}")
@@ -268,6 +287,8 @@ def create_app(state: State, config: ServiceConfig, runner: Runner) -> Starlette
         Route("/builds/{id}/log", e(service.log), methods=["GET"]),
         Route("/builds/{id}/artifacts", e(service.artifacts), methods=["GET"]),
         Route("/builds/{id}/artifacts/{name}", e(service.artifact), methods=["GET"]),
+        Route("/builds/{id}/provenance", e(service.provenance), methods=["GET"]),
+        Route("/provenance-key", service.provenance_key, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=service.lifespan)
     app.state.service = service

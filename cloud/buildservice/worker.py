@@ -52,6 +52,12 @@ class BuildRequest:
 
 
 Runner = Callable[[BuildRequest], tuple[Step, ...]]
+# Signs a succeeded build's provenance into its artifacts directory (given the build, the SHA-256
+# of its recipe archive, the directory and the artifacts in it): one more artifact.
+Provenance = Callable[[BuildJob, str, Path, tuple[Artifact, ...]], Artifact]
+# In a workspace, beside recipe/: the submitted archive's SHA-256, written before the build is
+# queued and read before it runs (what the build writes cannot change it).
+RECIPE_DIGEST_FILE = "recipe.tar.sha256"
 
 
 class Workspaces:
@@ -74,6 +80,12 @@ class Workspaces:
 
     def artifacts(self, job_id: int) -> Path:
         return self.path(job_id) / "artifacts"
+
+    def recipe_digest(self, job_id: int) -> str:
+        try:
+            return (self.path(job_id) / RECIPE_DIGEST_FILE).read_text().strip()
+        except FileNotFoundError:  # queued by a service that did not record it
+            return ""
 
     def remove(self, job_id: int) -> None:
         shutil.rmtree(self.path(job_id), ignore_errors=True)
@@ -110,6 +122,7 @@ class Worker:
         *,
         name: str | None = None,
         poll: float = 1.0,
+        provenance: Provenance | None = None,
     ) -> None:
         self.queue = queue
         self.workspaces = workspaces
@@ -118,6 +131,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = limits.build_seconds + LEASE_GRACE
         self.poll = poll
+        self.provenance = provenance
         self.wake = threading.Event()
 
     def loop(self, stop: threading.Event) -> None:
@@ -155,6 +169,8 @@ class Worker:
         output = self.workspaces.artifacts(job.id)
         output.mkdir(mode=0o700, exist_ok=True)
         deadline = time.monotonic() + self.limits.build_seconds
+        artifacts: tuple[Artifact, ...] = ()
+        recipe_sha256 = self.workspaces.recipe_digest(job.id)
         with self.workspaces.log(job.id).open("ab") as log_file:
             request = BuildRequest(
                 job.id,
@@ -169,12 +185,17 @@ class Worker:
                 error = f"the build took longer than {self.limits.build_seconds:g} s"
                 state = BuildState.FAILED
                 log_file.write(f"error: {error}\n".encode())
+            if state is BuildState.SUCCEEDED:
+                artifacts, error = self._outputs(job, recipe_sha256, output)
+                if error:
+                    state = BuildState.FAILED
+                    log_file.write(f"error: {error}\n".encode())
         if state is BuildState.SUCCEEDED:
             kept = self.queue.finish(
                 job.id,
                 state,
                 steps=steps,
-                artifacts=collect_artifacts(output),
+                artifacts=artifacts,
                 keep_for=self.limits.expire_seconds,
             )
         else:
@@ -182,6 +203,19 @@ class Worker:
             self.workspaces.remove_artifacts(job.id)
         if not kept:  # cancelled while it ran: nothing of it stays
             self.workspaces.remove(job.id)
+
+    def _outputs(self, job: BuildJob, recipe_sha256: str, output: Path) -> tuple[tuple[Artifact, ...], str]:
+        """The artifacts with their signed provenance; () and the error when it cannot be made."""
+        artifacts = collect_artifacts(output)
+        if self.provenance is None:
+            return artifacts, ""
+        try:
+            return (*artifacts, self.provenance(job, recipe_sha256, output, artifacts)), ""
+        except ImagekitError as exc:
+            return (), public_message(f"provenance: {str(exc).splitlines()[0]}")
+        except Exception:
+            log.exception("provenance of build %d", job.id)
+            return (), "internal error of the build service: the provenance was not signed"
 
     def _attempt(
         self, request: BuildRequest, log_file: BinaryIO

@@ -5,6 +5,7 @@ imagekit build status 7 [--json]
 imagekit build log 7 [--follow]
 imagekit build cancel 7
 imagekit build fetch 7 -o out        # every artifact, checked against the service's SHA-256
+imagekit build verify-provenance out [--key service.pem] [--json]
 
 The service is ``--endpoint`` or ``IMAGEKIT_BUILD_ENDPOINT``; credentials ``--token`` or
 ``IMAGEKIT_BUILD_TOKEN``, else ``--user``/``IMAGEKIT_BUILD_USER`` with the password in
@@ -70,8 +71,24 @@ def register_client(sub: Any) -> None:
                 help="where to (default: out)",
             )
         parser.set_defaults(func=func)
+    verify = sub.add_parser(
+        "verify-provenance",
+        help="check a fetched build's signed provenance: signature, types, every artifact's SHA-256",
+    )
+    verify.add_argument(
+        "path", type=Path, metavar="DIR|FILE", help="the fetched artifacts, or their provenance.intoto.jsonl"
+    )
+    verify.add_argument(
+        "--key",
+        type=Path,
+        metavar="PEM",
+        help="the service's public key (default: fetched from the service's /provenance-key)",
+    )
+    verify.set_defaults(func=cmd_verify_provenance)
     for parser in sub.choices.values():
-        if parser.get_default("func") in (cmd_submit, cmd_status, cmd_log, cmd_cancel, cmd_fetch):
+        if parser.get_default("func") in (
+            cmd_submit, cmd_status, cmd_log, cmd_cancel, cmd_fetch, cmd_verify_provenance
+        ):  # fmt: skip
             add_client_options(parser)
 
 
@@ -153,4 +170,41 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     else:
         for path in paths:
             print(path)
+    return 0
+
+
+def cmd_verify_provenance(args: argparse.Namespace) -> int:
+    from cloud.buildservice.client import fetch_provenance_key, provenance_and_files
+    from imagekit.dsse import load_public_key
+    from imagekit.errors import DataError, VerificationError
+    from imagekit.intoto import verify_provenance
+
+    provenance, files = provenance_and_files(args.path)
+    if args.key is not None:
+        key = load_public_key(args.key.read_bytes(), source=str(args.key))
+    else:
+        key = load_public_key(fetch_provenance_key(args.endpoint), source=f"{args.endpoint}/provenance-key")
+    try:
+        verified = verify_provenance(provenance.read_bytes(), key, files, source=provenance.name)
+    except (DataError, VerificationError) as err:
+        if not args.json:
+            raise
+        print_json({"verified": False, "error": str(err)})
+        return 1
+    statement = verified.statement
+    if args.json:
+        print_json(
+            {
+                "verified": True,
+                "build": statement.invocation_id,
+                "builder": statement.builder_id,
+                "key_id": verified.key_id,
+                "subjects": [{"name": s.name, "sha256": s.sha256} for s in statement.subjects],
+            }
+        )
+    else:
+        print(
+            f"verified: {len(statement.subjects)} artifacts of build {statement.invocation_id}"
+            f" by {statement.builder_id} (key {verified.key_id[:16]})"
+        )
     return 0

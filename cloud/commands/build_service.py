@@ -5,6 +5,7 @@ imagekit build serve --allow-root-builds [--host 127.0.0.1] [--port 4570]
 imagekit build serve --allow-root-builds --max-queued-per-user 5 --max-running-per-user 1
 imagekit build serve --allow-root-builds --max-storage-per-user 20G --keep-artifacts-days 7
 imagekit build serve --allow-root-builds --max-build-minutes 240
+imagekit build serve --allow-root-builds --builder-id https://builds.example.org   # in the provenance
 
 Builds run as the service's user, with root's powers (see docs/author/build-service.md): the
 service refuses to start without ``--allow-root-builds``.
@@ -79,6 +80,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="the largest recipe archive taken (default 64M; more: 413)",
     )
+    serve.add_argument(
+        "--builder-id",
+        metavar="URI",
+        help="the builder id signed into every build's provenance (default: the service's URL)",
+    )
     serve.set_defaults(func=cmd_serve)
     build_client.register_client(sub)
 
@@ -112,7 +118,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         expire_seconds=args.keep_artifacts_days * 86400,
         build_seconds=args.max_build_minutes * 60,
     )
-    config = ServiceConfig(limits=limits, max_upload=args.max_upload)
+    builder_id = args.builder_id or listener.url.rstrip("/")
+    config = ServiceConfig(limits=limits, max_upload=args.max_upload, builder_id=builder_id)
     app = create_app(state, config, subprocess_runner(state.root))
     print(f"build service on {listener.url}", file=sys.stderr)
     serve_app(lambda: app, listener)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import sys
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from marketplace.certs import LEGACY_SHA1_BEFORE, TrustStore
 from marketplace.config import load_config
 from marketplace.dn import display_dn
 from marketplace.metadata import (
+    ChecksumAlgorithm,
     Metadata,
     format_time,
     metadata_to_jsonld,
@@ -34,6 +36,7 @@ from marketplace.metadata import (
     metadata_to_turtle,
     parse_metadata,
 )
+from marketplace.provenance_link import link_element, read_link
 from marketplace.signing import Profile, SignatureAlgorithm, load_p12, load_signer, sign_entry
 from marketplace.verify import verify_entry
 
@@ -67,6 +70,18 @@ def register_metadata(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="FILE",
         help="the build's NAME.one, carried in the signed entry: the registry's OpenNebula "
         "marketplace API offers it as the appliance's VM template",
+    )
+    create.add_argument(
+        "--provenance",
+        type=Path,
+        metavar="FILE",
+        help="the build service's provenance of the image (provenance.intoto.jsonl): its SHA-256"
+        " and location are carried in the signed entry (ik:provenance)",
+    )
+    create.add_argument(
+        "--provenance-location",
+        metavar="URL",
+        help="with --provenance: where it is published (default: its file name, beside the image)",
     )
     create.add_argument("--valid", type=int, default=describe.DEFAULT_VALID_DAYS, metavar="DAYS",
                         help="endorsement validity in days (default %(default)s)")  # fmt: skip
@@ -144,6 +159,8 @@ def _create(args: argparse.Namespace) -> int:
     os_flags = (args.os, args.os_version, args.os_arch)
     if any(os_flags) and not all(os_flags):
         raise InputError("--os, --os-version and --os-arch go together")
+    if args.provenance_location and not args.provenance:
+        raise InputError("--provenance-location goes with --provenance")
     if args.sbom_location and not args.manifest:
         raise InputError("--sbom-location goes with --manifest (the SBOM of that build)")
     if args.manifest:
@@ -167,6 +184,8 @@ def _create(args: argparse.Namespace) -> int:
     )
     if args.opennebula_template is not None:
         m = dataclasses.replace(m, extensions=(*m.extensions, _one_template(args.opennebula_template)))
+    if args.provenance is not None:
+        m = dataclasses.replace(m, extensions=(*m.extensions, _provenance(args, m)))
     write_atomically(args.output, metadata_to_rdfxml(m))
     print(f"{args.output}: {m.identifier} (unsigned; sign it with `imagekit market metadata sign`)")
     return 0
@@ -179,6 +198,17 @@ def _one_template(path: Path) -> str:
     except DataError as err:
         raise InputError(f"not an OpenNebula template the marketplace driver can carry: {err}") from None
     return appmarket.extension(appmarket.TEMPLATE_TAG, text)
+
+
+def _provenance(args: argparse.Namespace, m: Metadata) -> str:
+    """The link to the provenance: it must name the image (its content's SHA-256, or the file's
+    as given, which differs when the file is compressed)."""
+    digests = {m.checksums[ChecksumAlgorithm.SHA256]} if ChecksumAlgorithm.SHA256 in m.checksums else set()
+    if args.image is not None and m.compression:
+        with args.image.open("rb") as image:
+            digests.add(hashlib.file_digest(image, "sha256").hexdigest())
+    link = read_link(args.provenance, image_sha256s=digests, location=args.provenance_location)
+    return link_element(link)
 
 
 def _password(args: argparse.Namespace) -> bytes | None:

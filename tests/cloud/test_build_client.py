@@ -59,7 +59,7 @@ def test_submit_sends_the_directory_and_fetch_checks_every_artifact(
     assert (sent.parent / "files" / "index.html").read_text() == "<p>hi</p>"
     assert not (sent.parent / ".git").exists()
     paths = client.fetch(build["id"], tmp_path / "out")
-    assert sorted(p.name for p in paths) == ["disk.qcow2", "manifest.json"]
+    assert sorted(p.name for p in paths) == ["disk.qcow2", "manifest.json", "provenance.intoto.jsonl"]
     assert (tmp_path / "out" / "disk.qcow2").read_bytes() == DISK
     assert b"".join(client.log(build["id"], follow=False)) == b"installing packages\ndone\n"
 
