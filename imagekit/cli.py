@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from imagekit import __version__
+from imagekit import __version__, environment
 from imagekit.errors import ImagekitError
 from imagekit.log import setup_logging
 
@@ -123,7 +123,13 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    # The boundary: the environment is parsed here, once, and is what every module sees
+    # (imagekit.environment.current()) until the command (or the server it starts) ends.
+    with environment.installed(environment.Environment.parse(os.environ)):
+        return _run(list(sys.argv[1:] if argv is None else argv))
+
+
+def _run(args_list: list[str]) -> int:
     parser = build_parser(_chosen_command(args_list))
     args = parser.parse_args(args_list)
     setup_logging(args.verbose, quiet=args.quiet)

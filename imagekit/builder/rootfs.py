@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
+from imagekit import environment
 from imagekit.errors import InputError
 from imagekit.recipe.model import Recipe, Repository
 from imagekit.run import Runner, run
@@ -238,7 +238,7 @@ def archive_state(stage: PackageStage, *, timeout: float = 15.0) -> ArchiveState
     offline rebuilds from the cache, or a snapshot.debian.org mirror whose state never moves);
     a snapshot.debian.org timestamp there (``20250520T000000Z``) also gives the date.
     """
-    pinned = os.environ.get("IMAGEKIT_SNAPSHOT")
+    pinned = environment.current().snapshot
     if pinned:
         return ArchiveState(f"pinned:{pinned}", snapshot_date(pinned))
     digest = hashlib.sha256()

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from imagekit import environment
 from imagekit.errors import InputError
 from imagekit.recipe.errors import Problems, shown
 from imagekit.recipe.model import (
@@ -119,7 +120,7 @@ def load_appl(path: Path, *, env: Mapping[str, str] | None = None) -> Recipe:
     fragments: list[_Fragment] = []
     _collect(path, str(path), (), set(), fragments, problems)
     problems.raise_if_any()
-    recipe = _build(fragments, problems, os.environ if env is None else env)
+    recipe = _build(fragments, problems, environment.current().recipe_variables if env is None else env)
     problems.raise_if_any()
     assert recipe is not None
     return recipe
