@@ -24,7 +24,6 @@ from pathlib import Path
 
 from cloud.hosts import Host, HostStore
 from imagekit.errors import CommandError, DataError, InputError
-from imagekit.locations import etc_dir
 from imagekit.run import run
 from imagekit.state import State
 
@@ -97,13 +96,18 @@ def built_in(
     }
 
 
-def site_probes(etc: Path | None, known: set[str]) -> dict[str, str]:
-    """Every executable in ``ETC/im_probes.d/``, in name order; a built-in key is kept."""
-    directory = etc_dir(etc) / PROBES_DIR
-    values: dict[str, str] = {}
+def find_probes(etc: Path) -> tuple[Path, ...]:
+    """Every executable in ``ETC/im_probes.d/``, in name order (called by ``cloud.siteconfig``)."""
+    directory = etc / PROBES_DIR
     if not directory.is_dir():
-        return values
-    for probe in sorted(p for p in directory.iterdir() if p.is_file() and os.access(p, os.X_OK)):
+        return ()
+    return tuple(sorted(p for p in directory.iterdir() if p.is_file() and os.access(p, os.X_OK)))
+
+
+def site_probes(probes: tuple[Path, ...], known: set[str]) -> dict[str, str]:
+    """Run the site's probes (``SiteConfig.probes``) in order; a built-in key is kept."""
+    values: dict[str, str] = {}
+    for probe in probes:
         done = run([str(probe)], timeout=PROBE_TIMEOUT, step="monitoring")
         output = done.stdout.decode("utf-8", "replace")
         for key, value in parse_probe_output(output, probe.name).items():
@@ -129,7 +133,7 @@ def _running_vms(state: State) -> int:
     return sum(1 for r in lifecycle.list_vms(state) if not r.core.remote and r.state.has_process)
 
 
-def monitor(state: State, ref: str, *, etc: Path | None = None) -> Host:
+def monitor(state: State, ref: str, *, probes: tuple[Path, ...] = ()) -> Host:
     """Probe a host now and record what it reports (or its failure, as ``error``)."""
     store = HostStore(state)
     host = store.get(ref)
@@ -138,7 +142,7 @@ def monitor(state: State, ref: str, *, etc: Path | None = None) -> Host:
     now = time.time()
     try:
         attributes = built_in(hypervisor=_hypervisor(state), running_vms=_running_vms(state))
-        attributes |= site_probes(etc, set(attributes))
+        attributes |= site_probes(probes, set(attributes))
     except (CommandError, DataError, OSError) as exc:
         return store.failed(host.hid, str(exc), at=now)
     return store.monitored(host.hid, attributes, at=now)

@@ -216,13 +216,13 @@ class CachedImage:
 def obtain_image(
     reference: str,
     *,
-    policy: SitePolicy | None = None,
+    policy: SitePolicy,
     endpoint: str | None = None,
     state: State | None = None,
     progress: Progress | None = None,
 ) -> CachedImage:
-    """A verified local copy of the image ``reference`` names, allowed by ``policy`` now."""
-    policy = policy or load_policy()
+    """A verified local copy of the image ``reference`` names, allowed by ``policy`` now (the
+    site's, parsed where the command or server started)."""
     state = state or State.open(locations.state_dir())
     report = check_policy(reference, policy=policy, endpoint_url=endpoint, state=state)
     chosen = report.chosen

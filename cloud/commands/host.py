@@ -172,9 +172,10 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from cloud.monitoring import monitor
+    from cloud.siteconfig import load_site
 
     state = State.open(state_dir(args.state))
-    host = monitor(state, args.host)
+    host = monitor(state, args.host, probes=load_site().probes)
     if args.json:
         print_json(
             {**summary(host, HostStore(state).shares()[host.hid]), "monitoring": dict(host.monitoring)}
@@ -187,11 +188,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def cmd_top(args: argparse.Namespace) -> int:
     """onehost top: the probes that can run now (localhost), then the list, until --count."""
     from cloud.monitoring import monitor
+    from cloud.siteconfig import load_site
 
     state = State.open(state_dir(args.state))
+    probes = load_site().probes  # found once; each round runs them
     rounds = 0
     while True:
-        monitor(state, LOCALHOST)
+        monitor(state, LOCALHOST, probes=probes)
         store = HostStore(state)
         hosts, shares = store.list(), store.shares()
         print_table([COLUMNS, *(row(h, shares[h.hid]) for h in hosts)])

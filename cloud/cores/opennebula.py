@@ -172,7 +172,7 @@ class OpenNebulaCore:
         if not request.one_endpoint:
             raise InputError("the OpenNebula core needs --one-endpoint URL (oned's XML-RPC, …:2633/RPC2)")
         core = OneCore(request.one_endpoint, session())
-        vmid = reserve_vmid(state, vm.name or "", request.template)
+        vmid = reserve_vmid(state, vm.name or "", request.template.source)
         name = vm.name or f"one-{vmid}"
         with step("opennebula"):
             one_id, image_ids = core.deploy(vm, bases, name=name, hold=request.hold)
@@ -185,7 +185,7 @@ class OpenNebulaCore:
             owner=request.owner,
             owner_id=request.owner_id,
             core=self.kind,
-            template=str(request.template),
+            template=request.template.source,
             directory=state.root / "vms" / str(vmid),
             info=info,
         )
