@@ -129,3 +129,19 @@ def test_locations_are_not_the_recipes_content(tmp_path: Path) -> None:
     a, b = load_recipe(first), load_recipe(second)
     assert a.locations["os.arch"] != b.locations["os.arch"]
     assert a == dataclasses.replace(b, source_path=a.source_path) and recipe_hash(a) == recipe_hash(b)
+
+
+def test_a_tdl_recipe_is_refused_where_it_was_written_too(tmp_path: Path) -> None:
+    path = tmp_path / "gate.tdl"
+    path.write_text(
+        "<template>\n  <name>gate</name>\n  <os>\n    <name>Debian</name>\n    <version>12</version>\n"
+        '    <arch>aarch64</arch>\n    <install type="url"><url>http://deb.debian.org/debian</url></install>\n'
+        '  </os>\n  <packages>\n    <package name="@gnome-desktop"/>\n  </packages>\n</template>\n'
+    )
+    with pytest.raises(InputError) as refused:
+        check_buildable(load_recipe(path))
+    lines = str(refused.value).splitlines()
+    assert [line.split(": ", 2)[:2] for line in lines] == [
+        [f"{path}:6:5", "os.arch"],
+        [f"{path}:10:5", "packages.@gnome-desktop"],
+    ]
