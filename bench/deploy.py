@@ -64,12 +64,12 @@ def create_to_started(work: Path, vms: int) -> tuple[State, int, str]:
     samples: list[float] = []
     for _ in range(vms):
         start = time.perf_counter()
-        held = create_vm(CreateRequest(template, hold=True), state=state)
+        held = create_vm(CreateRequest.from_file(template, hold=True), state=state)
         lifecycle.release(state, held.vmid)  # returns once QEMU runs (-daemonize)
         samples.append(time.perf_counter() - start)
         lifecycle.cancel(state, held.vmid)
     emit(what="create_to_started", core="embedded", vms=vms, **percentiles(samples))
-    same = create_vm(CreateRequest(template, hold=True, core=CoreKind.LIBVIRT), state=state)
+    same = create_vm(CreateRequest.from_file(template, hold=True, core=CoreKind.LIBVIRT), state=state)
     return state, same.vmid, str(same.info["domain_xml"])
 
 

@@ -24,13 +24,13 @@ from pathlib import Path
 
 from cloud.cloud_init import LOGIN_PROMPT, expect_cloud_init, shown_hostnames, verify_cloud_init
 from cloud.qemu import Accel, Nic, QemuVm, VmSpec, choose_accel
+from cloud.siteconfig import SiteConfig, load_site
 from context.flavor import IsoFlavor
 from context.model import ResolvedContext
 from imagekit.agent import REPORT_PREFIX, AgentReport, find_report
 from imagekit.diskimage import Firmware, boot_firmware, image_format
 from imagekit.errors import InputError, VerificationError
 from imagekit.interrupt import interruptible
-from imagekit.locations import etc_dir
 from imagekit.state import State
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,14 @@ class BootResult:
     nics: tuple[str, ...] = field(default=())  # MACs attached
 
 
-def _demo_context(state_root: Path, workdir: Path, etc: Path | None) -> ResolvedContext:
+def _demo_context(state_root: Path, workdir: Path, site: SiteConfig) -> ResolvedContext:
     """Resolve etc/boot-test/vm.one against its own networks in a throw-away state."""
     from context.leases import NetworkStore
     from context.network import network_from_template
     from context.render import prepare_context
     from context.template import load_template
 
-    source = etc_dir(etc) / DEMO_DIR
+    source = site.etc / DEMO_DIR
     if not (source / DEMO_TEMPLATE).is_file():
         raise InputError(f"the demo context is missing: {source / DEMO_TEMPLATE}")
     # FILES under /etc are refused (CONTEXT_RESTRICTED_DIRS) when etc/ is installed there.
@@ -84,7 +84,8 @@ def _demo_context(state_root: Path, workdir: Path, etc: Path | None) -> Resolved
     store = NetworkStore(state)
     for net in sorted(demo.glob("*.net")):
         store.create(network_from_template(load_template(net)))
-    return prepare_context(demo / DEMO_TEMPLATE, state=state, etc=etc)
+    template = demo / DEMO_TEMPLATE
+    return prepare_context(load_template(template), state=state, settings=site.oned, base_dir=demo)
 
 
 def _nics(ctx: ResolvedContext) -> tuple[Nic, ...]:
@@ -150,16 +151,17 @@ def verify_report(report: AgentReport, variables: dict[str, str], *, demo: bool 
     return checks
 
 
-def _build_medium(ctx: ResolvedContext, flavor: IsoFlavor, path: Path, etc: Path | None) -> None:
+def _build_medium(ctx: ResolvedContext, flavor: IsoFlavor, path: Path, site: SiteConfig) -> None:
     from context.iso import build_iso
-    from context.settings import load_settings
 
-    data = build_iso(ctx, flavor, restricted_dirs=load_settings(etc).context_restricted_dirs)
+    data = build_iso(ctx, flavor, restricted_dirs=site.oned.context_restricted_dirs)
     path.write_bytes(data)
 
 
-def boot_test(test: BootTest, *, state: State, etc: Path | None = None) -> BootResult:
-    """Boot ``test.image`` with its context and verify the agent's report (see module doc)."""
+def boot_test(test: BootTest, *, state: State, site: SiteConfig | None = None) -> BootResult:
+    """Boot ``test.image`` with its context and verify the agent's report (see module doc).
+    ``site``: the command's (none: ``load_site()``)."""
+    site = site or load_site()
     if test.keep_log is not None and not test.keep_log.parent.is_dir():
         # Checked first: finding out after a five-minute boot would lose the log it was for.
         raise InputError("--serial-log: no such directory", where=str(test.keep_log.parent))
@@ -168,13 +170,16 @@ def boot_test(test: BootTest, *, state: State, etc: Path | None = None) -> BootR
         workdir = Path(tmp)
         firmware = test.firmware or boot_firmware(test.image, fmt)
         if test.template is None:
-            ctx = _demo_context(workdir / "state", workdir, etc)
+            ctx = _demo_context(workdir / "state", workdir, site)
         else:
             from context.render import prepare_context
+            from context.template import load_template
 
-            ctx = prepare_context(test.template, state=state, etc=etc)
+            template = load_template(test.template)
+            base = test.template.parent
+            ctx = prepare_context(template, state=state, settings=site.oned, base_dir=base)
         iso = workdir / "context.iso"
-        _build_medium(ctx, test.flavor, iso, etc)
+        _build_medium(ctx, test.flavor, iso, site)
         nics = _nics(ctx)
         spec = VmSpec(
             disk=test.image.resolve(),

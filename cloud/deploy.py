@@ -25,11 +25,12 @@ from cloud.cores.local import LocalCore, boot, fail
 from cloud.hosts import LOCALHOST_ID
 from cloud.model import DiskKind, VmState, VmTemplate, filesystem_maker, nic_device, parse_vm_template
 from cloud.qemu import OVMF_VARS, Drive, Nic, VmSpec, build_argv, choose_accel
+from cloud.siteconfig import SiteConfig, load_site
 from cloud.standalone import check_chain
 from cloud.store import VmRecord, VmStore
-from context.model import ResolvedContext
-from context.template import load_template
-from context.vm import User, invoking_user, lease_requests, load_images
+from context.model import ResolvedContext, Template
+from context.template import load_template, serialise
+from context.vm import User, invoking_user, parse_images
 from imagekit.diskimage import Firmware, boot_firmware
 from imagekit.errors import InputError
 from imagekit.locations import private_directory
@@ -42,12 +43,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CreateRequest:
-    template: Path
+    # The VM template, parsed once by whoever received it (``from_file``, or a front door's
+    # rendered instance type: nothing is written to disk to be read back).
+    template: Template
+    base_dir: Path  # where its relative paths resolve (DISK SOURCE, FILES): the file's directory
+    site: SiteConfig  # loaded where the command or the server started (cloud/siteconfig.py)
     hold: bool = False
-    image_templates: tuple[Path, ...] = ()
-    etc: Path | None = None
+    images: tuple[Template, ...] = ()  # the image templates DISK=[IMAGE=…] refers to, parsed
     endpoint: str | None = None  # marketplace registry for SOURCE=marketplace:…
-    policy: Path | None = None  # the site policy file for them (default: etc/policy.cfg)
     ssh_port: int | None = None  # a user-mode uplink NIC forwarding 127.0.0.1:PORT to the guest's 22
     core: CoreKind = CoreKind.EMBEDDED  # OPENNEBULA needs ``one_endpoint``
     one_endpoint: str = ""
@@ -63,22 +66,36 @@ class CreateRequest:
     # mirrors (cloud/images.py). None: the operator's VM, any image file.
     confine: tuple[Path, ...] | None = None
 
+    @classmethod
+    def from_file(
+        cls,
+        path: Path,
+        *,
+        site: SiteConfig | None = None,
+        image_templates: Sequence[Path] = (),
+        **options: Any,
+    ) -> CreateRequest:
+        """A request for the template file ``path`` (and image template files), parsed here;
+        ``site`` none: ``load_site()`` (a library caller's; a command passes the one it loaded)."""
+        images = tuple(load_template(p) for p in image_templates)
+        return cls(load_template(path), path.parent, site or load_site(), images=images, **options)
+
 
 def create_vm(request: CreateRequest, *, state: State) -> VmRecord:
     """Deploy the VM ``request.template`` describes (see the module docstring) on its core."""
     with step("parse"):
-        vm = parse_vm_template(load_template(request.template))
-        image_set = load_images(request.image_templates)
-    quota = quotas.Quotas(state, request.etc)
+        vm = parse_vm_template(request.template)
+        image_set = parse_images(request.images)
+    quota = quotas.Quotas(state, request.site.default_limits)
     quota.check_vm(request.owner_id, cpu=vm.cpu, memory_mib=vm.memory_mib)  # before any download
     with step("images"):
         bases = images.resolve_images(
             vm,
             images=image_set,
             state=state,
-            template_dir=request.template.parent,
+            template_dir=request.base_dir,
             endpoint=request.endpoint,
-            policy=request.policy,
+            policy=lambda: request.site.policy,
             confine=request.confine,
         )
     return core_of(request.core).deploy(request, vm, bases, quota, state=state)
@@ -100,22 +117,24 @@ def deploy_here(
         ctx = prepare_context(
             request.template,
             state=state,
+            settings=request.site.oned,
+            base_dir=request.base_dir,
             keep=True,
-            etc=request.etc,
             user=_identity(request),
             owner_id=request.owner_id,
-            image_paths=request.image_templates,
+            images=parse_images(request.images),
         )
     store = VmStore(state)
     directory = state.root / "vms" / str(ctx.vmid)
     record = _insert(store, vm, ctx, request, directory, quota)
     current = "schedule"
     try:
-        record = scheduler.place_created(state, record.vmid, etc=request.etc)
+        record = scheduler.place_created(state, record.vmid, site=request.site)
         if record.hid != LOCALHOST_ID:
             return record  # pending: placed on another host, or nowhere yet (its sched_message says why)
         current = "hooks"
-        event_hooks = hooks.resolve_hooks(hooks.load_hooks(request.etc), _hook_vm(vm, ctx, request, state))
+        assert ctx.vm is not None  # prepare_context gives the VM as kept, for the hooks
+        event_hooks = hooks.resolve_hooks(request.site.hooks, ctx.vm)
         current = "prolog"
         held = [b.marketplace_id for b in bases if b.marketplace_id]
         record = store.transition(
@@ -158,10 +177,13 @@ def _insert(
             owner=request.owner,
             owner_id=request.owner_id,
             core=request.core,
-            template=str(request.template),
+            template=request.template.source,
             directory=directory,
             info={
-                "etc": str(request.etc) if request.etc else "",
+                "etc": str(request.site.etc),
+                # The template as deployed (oned's VM pool keeps it too): a front door's exists
+                # nowhere else, nothing is written to disk to be read back.
+                "deployed_template": serialise(request.template),
                 "leases": [lease.ip for lease in ctx.leases],
                 "cpu": vm.cpu,  # what the quota counts, and the scheduler (cloud/scheduler.py)
                 "memory_mib": vm.memory_mib,
@@ -171,33 +193,8 @@ def _insert(
             admit=quota.admit_vm(request.owner_id, cpu=vm.cpu, memory_mib=vm.memory_mib),
         )
     except quotas.QuotaExceeded:
-        release_vm(store.state, ctx.vmid, etc=request.etc)
+        release_vm(store.state, ctx.vmid)
         raise
-
-
-def _hook_vm(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: State) -> Any:
-    """The VM as the resolver sees it (NICs with their leases, CONTEXT as resolved, as oned
-    keeps it in the VM), for the hooks' arguments."""
-    from context.leases import NetworkStore
-    from context.model import Attribute, Template, Vector
-    from context.vm import instantiate
-
-    requests = sorted(lease_requests(vm.template), key=lambda r: r.nic_index)
-    leases = {r.nic_index: lease for r, lease in zip(requests, ctx.leases, strict=True)}
-    networks = {i: NetworkStore(state).get(lease.network_id) for i, lease in leases.items()}
-    resolved = Vector(tuple(ctx.variables.items()))
-    attributes = [
-        Attribute(a.name, resolved, a.line, a.column) if a.name == "CONTEXT" else a for a in vm.template
-    ]
-    template = Template(tuple(attributes), vm.template.source)
-    return instantiate(
-        template,
-        vmid=ctx.vmid,
-        user=_identity(request),
-        images=load_images(request.image_templates),
-        leases=leases,
-        networks=networks,
-    )
 
 
 def _identity(request: CreateRequest) -> User:
@@ -300,10 +297,9 @@ def _disks(
 
 def _context_iso(ctx: ResolvedContext, request: CreateRequest, directory: Path) -> Path:
     from context.iso import IsoFlavor, build_iso
-    from context.settings import load_settings
     from imagekit.atomic import write_atomically
 
-    settings = load_settings(request.etc)
+    settings = request.site.oned
     iso = directory / "context.iso"
     data = build_iso(
         ctx,
@@ -326,11 +322,9 @@ def _firmware(bases: Sequence[images.BaseImage], directory: Path) -> Firmware:
 
 
 def _nics(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: State) -> tuple[Nic, ...]:
-    requests = sorted(lease_requests(vm.template), key=lambda r: r.nic_index)
-    leased = {r.nic_index: lease for r, lease in zip(requests, ctx.leases, strict=True)}
     nics: list[Nic] = []
     for spec in vm.nics:
-        lease = leased.get(spec.index)
+        lease = ctx.nic_leases.get(spec.index)
         if lease is not None:
             seg = segment(state, lease.network_id)
             nics.append(Nic(lease.mac.lower(), nic_device(spec.model), segment=seg))

@@ -30,7 +30,6 @@ from context.resolve import ExpressionError, Reference, Resolver, parse_value
 from context.template import load_template
 from context.vm import VirtualMachine
 from imagekit.errors import CommandError, InputError
-from imagekit.locations import etc_dir
 from imagekit.run import run
 
 log = logging.getLogger(__name__)
@@ -76,8 +75,9 @@ def hooks_from_template(tmpl: Template) -> tuple[Hook, ...]:
     return tuple(hooks)
 
 
-def load_hooks(etc: Path | None = None) -> tuple[Hook, ...]:
-    path = etc_dir(etc) / "oned.conf"
+def load_hooks(etc: Path) -> tuple[Hook, ...]:
+    """The VM_HOOKs of ``<etc>/oned.conf`` (none without it); called by ``cloud.siteconfig`` only."""
+    path = etc / "oned.conf"
     return hooks_from_template(load_template(path)) if path.is_file() else ()
 
 

@@ -18,8 +18,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from marketplace.origins import within
+
+if TYPE_CHECKING:
+    from cloud.siteconfig import SiteConfig
 
 
 @dataclass(frozen=True)
@@ -37,17 +41,16 @@ class SiteSources:
 
 
 def site_sources(
-    *, endpoint: str | None = None, policy: Path | None = None, image_dirs: Iterable[Path] = ()
+    site: SiteConfig | None = None, *, endpoint: str | None = None, image_dirs: Iterable[Path] = ()
 ) -> SiteSources:
-    """The site's registry endpoint and mirrors, as ``vm create`` would use them (no policy
-    file: no mirrors; a marketplace image is then refused when a VM needs it, as before)."""
+    """The site's registry endpoint and its policy's mirrors, as ``vm create`` would use them
+    (``site`` none: ``load_site()``, a library caller's)."""
+    from cloud.siteconfig import load_site
     from marketplace.client import endpoint as registry_endpoint
-    from marketplace.policy import default_policy_path, load_policy
 
-    policy = policy if policy is not None else default_policy_path()
     return SiteSources(
         registries=(registry_endpoint(endpoint),),
-        mirrors=load_policy(policy).mirrors if policy.is_file() else (),
+        mirrors=(site or load_site()).mirrors,
         image_dirs=tuple(Path(d).resolve() for d in image_dirs),
     )
 

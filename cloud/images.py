@@ -26,9 +26,10 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloud.image_sources import SiteSources, inside
 from cloud.model import DiskKind, DiskSpec, VmTemplate
@@ -37,6 +38,9 @@ from context.vm import Image
 from imagekit.diskimage import Firmware, image_format
 from imagekit.errors import DataError, InputError, VerificationError
 from imagekit.state import State
+
+if TYPE_CHECKING:
+    from marketplace.policy import SitePolicy
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +66,11 @@ def resolve_images(
     state: State,
     template_dir: Path,
     endpoint: str | None = None,
-    policy: Path | None = None,
+    policy: Callable[[], SitePolicy],
     confine: tuple[Path, ...] | None = None,
 ) -> tuple[BaseImage, ...]:
     """One verified base image per DISK of type disk or cdrom, in template order. ``policy``:
-    the site policy file for marketplace images (default: the site stage's ``etc/policy.cfg``);
+    the site policy for marketplace images (``SiteConfig.policy``, parsed at its first use);
     ``confine``: a cloud user's VM, its image files only inside these directories."""
     site = _Site(endpoint, policy, confine)
     return tuple(
@@ -79,7 +83,7 @@ def resolve_images(
 @dataclass(frozen=True)
 class _Site:
     endpoint: str | None
-    policy: Path | None
+    policy: Callable[[], SitePolicy]
     confine: tuple[Path, ...] | None = None
 
 
@@ -176,10 +180,9 @@ def _from_build(disk: DiskSpec, manifest_path: Path) -> BaseImage:
 
 def _from_marketplace(disk: DiskSpec, reference: str, state: State, site: _Site) -> BaseImage:
     from marketplace.client import endpoint as registry_endpoint
-    from marketplace.policy import load_policy  # the site stage: loaded only for such disks
     from marketplace.site import obtain_image, parse_reference
 
-    policy = load_policy(site.policy)
+    policy = site.policy()
     if site.confine is not None:  # a cloud user's: only the site's registries and mirrors
         sources = SiteSources(registries=(registry_endpoint(site.endpoint),), mirrors=policy.mirrors)
         if not reference.startswith(LISTED_PREFIX):  # a list's image: the subscribed list allows its URI

@@ -1,6 +1,6 @@
 """Instance types: Jinja2 templates that render OpenNebula template text, and their merge.
 
-    types = load_instance_types()                      # etc/instance-types.conf
+    types = site.instance_types                        # etc/instance-types.conf (cloud/siteconfig.py)
     template = types.render("m1.small", TypeRequest(name="web", image=ImageRef(7, path)))
     text = merge(template, parse_template(user_text))  # type + user template, one text
 
@@ -28,9 +28,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from cloud import request_values
 from context.model import Attribute, Template, Vector
 from context.template import CDATA_END, load_template, parse_template, serialise
-from imagekit.atomic import write_atomically
 from imagekit.errors import InputError
-from imagekit.locations import etc_dir
 
 TABLE_NAME = "instance-types.conf"
 TEMPLATES_DIR = "instance-types"
@@ -154,9 +152,9 @@ def _environment(directory: Path) -> SandboxedEnvironment:
     return env
 
 
-def load_instance_types(etc: Path | None = None) -> InstanceTypes:
-    """The table ``<etc>/instance-types.conf``; each TEMPLATE must be a file in instance-types/."""
-    base = etc_dir(etc)
+def load_instance_types(base: Path) -> InstanceTypes:
+    """The table ``<etc>/instance-types.conf``; each TEMPLATE must be a file in instance-types/
+    (called by ``cloud.siteconfig`` only: ``SiteConfig.instance_types``)."""
     table_path = base / TABLE_NAME
     template = load_template(table_path)
     table: dict[str, str] = {}
@@ -175,18 +173,15 @@ def load_instance_types(etc: Path | None = None) -> InstanceTypes:
     return InstanceTypes(table, base / TEMPLATES_DIR)
 
 
-def typed_template(template_path: Path, type_name: str, etc: Path | None = None) -> Path:
-    """``vm create TEMPLATE --type NAME``: the type merged into the template, written beside it
-    as ``<stem>.<type>.one`` (so paths relative to the template still resolve), and its path.
+def typed_template(user: Template, type_name: str, types: InstanceTypes, *, name: str) -> Template:
+    """``vm create TEMPLATE --type NAME``: the type merged into the (parsed) template, parsed
+    (nothing is written: paths relative to the template resolve against its directory, which
+    the caller keeps). ``name``: the VM's name when the template gives none (the file's stem).
 
     Rendered without an image, a type gives its capacity (and an OCCI type its NAME); the user's
     DISKs, NICs and CONTEXT stay theirs."""
-    user = load_template(template_path)
-    name = user.single("NAME") or template_path.stem
-    rendered = load_instance_types(etc).render(type_name, TypeRequest(name=name))
-    merged_path = template_path.with_name(f"{template_path.stem}.{type_name}.one")
-    write_atomically(merged_path, merge(rendered, user))
-    return merged_path
+    rendered = types.render(type_name, TypeRequest(name=user.single("NAME") or name))
+    return parse_template(merge(rendered, user), f"{user.source} (type {type_name})")
 
 
 def merge(instance_type: Template, user: Template) -> str:

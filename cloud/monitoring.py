@@ -35,11 +35,10 @@ from pathlib import Path
 
 from cloud.hosts import Host, HostState, HostStore
 from cloud.model import VmState
-from cloud.remote import HostUnreachable, Runner, SshSettings, load_ssh_settings, runner_for
+from cloud.remote import HostUnreachable, Runner, SshSettings, runner_for
 from cloud.store import VmStore
 from context.template import load_template
 from imagekit.errors import CommandError, DataError, InputError
-from imagekit.locations import etc_dir
 from imagekit.run import run
 from imagekit.state import State
 
@@ -143,13 +142,18 @@ def built_in(
     }
 
 
-def site_probes(etc: Path | None, known: set[str]) -> dict[str, str]:
-    """Every executable in ``ETC/im_probes.d/``, in name order; a built-in key is kept."""
-    directory = etc_dir(etc) / PROBES_DIR
-    values: dict[str, str] = {}
+def find_probes(etc: Path) -> tuple[Path, ...]:
+    """Every executable in ``ETC/im_probes.d/``, in name order (called by ``cloud.siteconfig``)."""
+    directory = etc / PROBES_DIR
     if not directory.is_dir():
-        return values
-    for probe in sorted(p for p in directory.iterdir() if p.is_file() and os.access(p, os.X_OK)):
+        return ()
+    return tuple(sorted(p for p in directory.iterdir() if p.is_file() and os.access(p, os.X_OK)))
+
+
+def site_probes(probes: tuple[Path, ...], known: set[str]) -> dict[str, str]:
+    """Run the site's probes (``SiteConfig.probes``) in order; a built-in key is kept."""
+    values: dict[str, str] = {}
+    for probe in probes:
         done = run([str(probe)], timeout=PROBE_TIMEOUT, step="monitoring")
         output = done.stdout.decode("utf-8", "replace")
         for key, value in parse_probe_output(output, probe.name).items():
@@ -175,16 +179,18 @@ def _running_vms(state: State) -> int:
     return sum(1 for r in lifecycle.list_vms(state) if not r.core.remote and r.state.has_process)
 
 
-def monitor(state: State, ref: str, *, etc: Path | None = None, settings: SshSettings | None = None) -> Host:
+def monitor(
+    state: State, ref: str, *, probes: tuple[Path, ...] = (), settings: SshSettings | None = None
+) -> Host:
     """Probe a host now and record what it reports (or its failure, as ``error``)."""
     store = HostStore(state)
     host = store.get(ref)
     now = time.time()
     if not host.local:
-        return _monitor_remote(state, host, etc, settings or load_ssh_settings(etc), now)
+        return _monitor_remote(state, host, probes, settings or SshSettings(), now)
     try:
         attributes = built_in(hypervisor=_hypervisor(state), running_vms=_running_vms(state))
-        attributes |= site_probes(etc, set(attributes))
+        attributes |= site_probes(probes, set(attributes))
     except (CommandError, DataError, OSError) as exc:
         return store.failed(host.hid, one_line(exc), at=now)
     return store.monitored(host.hid, attributes, at=now)
@@ -196,11 +202,13 @@ def one_line(error: BaseException | str) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _monitor_remote(state: State, host: Host, etc: Path | None, settings: SshSettings, now: float) -> Host:
+def _monitor_remote(
+    state: State, host: Host, probes: tuple[Path, ...], settings: SshSettings, now: float
+) -> Host:
     store = HostStore(state)
     runner = runner_for(host, settings)
     try:
-        attributes, running = probe_remote(runner, etc)
+        attributes, running = probe_remote(runner, probes)
     except HostUnreachable as exc:
         failed = store.failed(host.hid, f"not answering: {one_line(exc.reason)}", at=now)
         vms_unknown(state, failed)
@@ -212,25 +220,21 @@ def _monitor_remote(state: State, host: Host, etc: Path | None, settings: SshSet
     return monitored
 
 
-def probe_remote(runner: Runner, etc: Path | None) -> tuple[dict[str, str], frozenset[int]]:
-    """The host's attributes (built-in, then the site probes) and the ids of the VMs whose QEMU
-    runs there."""
+def probe_remote(runner: Runner, probes: tuple[Path, ...]) -> tuple[dict[str, str], frozenset[int]]:
+    """The host's attributes (built-in, then the site probes, ``SiteConfig.probes``) and the ids
+    of the VMs whose QEMU runs there."""
     output = runner.script(REMOTE_PROBE, timeout=PROBE_TIMEOUT, step="monitoring")
     attributes = parse_probe_output(output, "built-in")
     ids = attributes.pop(_VM_IDS, "")
     running = frozenset(int(i) for i in ids.split() if i.isdigit())
-    directory = etc_dir(etc) / PROBES_DIR
-    if directory.is_dir():
-        for probe in sorted(p for p in directory.iterdir() if p.is_file() and os.access(p, os.X_OK)):
-            text = probe.read_text()
-            done = runner.run(
-                _interpreter(text), input=text.encode(), timeout=PROBE_TIMEOUT, step="monitoring"
-            )
-            for key, value in parse_probe_output(done.stdout.decode("utf-8", "replace"), probe.name).items():
-                if key in attributes or key == _VM_IDS:
-                    log.warning("probe %s: %s is built in; its value is kept", probe.name, key)
-                else:
-                    attributes[key] = value
+    for probe in probes:
+        text = probe.read_text()
+        done = runner.run(_interpreter(text), input=text.encode(), timeout=PROBE_TIMEOUT, step="monitoring")
+        for key, value in parse_probe_output(done.stdout.decode("utf-8", "replace"), probe.name).items():
+            if key in attributes or key == _VM_IDS:
+                log.warning("probe %s: %s is built in; its value is kept", probe.name, key)
+            else:
+                attributes[key] = value
     return attributes, running
 
 
@@ -298,21 +302,25 @@ def reconcile_host(state: State, host: Host, running: frozenset[int]) -> dict[in
 
 
 def monitor_all(
-    state: State, *, etc: Path | None = None, settings: SshSettings | None = None, workers: int = 8
+    state: State,
+    *,
+    probes: tuple[Path, ...] = (),
+    settings: SshSettings | None = None,
+    workers: int = 8,
 ) -> list[Host]:
     """Every host but the disabled ones, probed at once (a host that does not answer costs its
     connect timeout, not the others' turn)."""
-    settings = settings or load_ssh_settings(etc)
     hosts = [h for h in HostStore(state).list() if h.state is not HostState.DISABLED]
     if not hosts:
         return []
     with ThreadPoolExecutor(max_workers=min(workers, len(hosts))) as pool:
-        return list(pool.map(lambda h: monitor(state, str(h.hid), etc=etc, settings=settings), hosts))
+        return list(pool.map(lambda h: monitor(state, str(h.hid), probes=probes, settings=settings), hosts))
 
 
-def monitoring_interval(etc: Path | None = None) -> float:
-    """``HOST_MONITORING_INTERVAL`` from ``oned.conf`` (seconds; 1.4's default, 600)."""
-    path = etc_dir(etc) / "oned.conf"
+def monitoring_interval(etc: Path) -> float:
+    """``HOST_MONITORING_INTERVAL`` from ``ETC/oned.conf`` (seconds; 1.4's default, 600; called
+    by ``cloud.siteconfig``)."""
+    path = etc / "oned.conf"
     if not path.exists():
         return DEFAULT_INTERVAL
     tmpl = load_template(path)
@@ -329,18 +337,21 @@ def monitoring_interval(etc: Path | None = None) -> float:
 
 
 def monitoring_loop(
-    state: State, stop: threading.Event, *, etc: Path | None = None, interval: float | None = None
+    state: State,
+    stop: threading.Event,
+    *,
+    interval: float,
+    probes: tuple[Path, ...] = (),
+    settings: SshSettings | None = None,
 ) -> int:
-    """Probe every host, then again every ``interval`` seconds (``HOST_MONITORING_INTERVAL``),
+    """Probe every host, then again every ``interval`` seconds (``SiteConfig.monitoring_interval``),
     until ``stop`` is set; returns the number of rounds. A round that fails is logged, not fatal."""
-    period = interval if interval is not None else monitoring_interval(etc)
-    settings = load_ssh_settings(etc)
     rounds = 0
     while not stop.is_set():
         try:
-            monitor_all(state, etc=etc, settings=settings)
+            monitor_all(state, probes=probes, settings=settings)
         except (CommandError, DataError, InputError, OSError) as exc:
             log.error("host monitoring: %s", one_line(exc))
         rounds += 1
-        stop.wait(period)
+        stop.wait(interval)
     return rounds

@@ -30,6 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
+from imagekit import environment
 from imagekit.atomic import write_atomically
 from imagekit.diskimage import Firmware
 from imagekit.errors import CommandError, InputError
@@ -410,7 +411,7 @@ def kvm_probe(state: State, *, refresh: bool = False) -> ProbeResult:
 
 def choose_accel(state: State) -> Accel:
     """``$IMAGEKIT_ACCEL`` if set, else KVM when the probe says it works, else TCG."""
-    forced = os.environ.get(ACCEL_ENV, "").strip().lower()
+    forced = (environment.current().accel or "").strip().lower()
     if forced:
         try:
             return Accel(forced)

@@ -1,6 +1,6 @@
 """Per-user quotas of the cloud: live VMs, CPU, MEMORY, images and stored image bytes.
 
-    quotas = Quotas(state)                        # the site default from <etc>/quotas.conf
+    quotas = Quotas(state, site.default_limits)   # the site default from <etc>/quotas.conf
     quotas.set("alice", QuotaChange(vms=4, memory_mib=8192))
     store.insert(..., admit=quotas.admit_vm(alice.id, cpu=1.0, memory_mib=1024))
 
@@ -27,7 +27,6 @@ from cloud.users import User  # cloud_users, which cloud_quotas refers to
 from context.model import Vector
 from context.template import load_template
 from imagekit.errors import InputError
-from imagekit.locations import etc_dir
 from imagekit.sizes import parse_size
 from imagekit.state import State
 
@@ -115,9 +114,10 @@ def parse_limit(name: str, text: str) -> int | float:
     return number
 
 
-def load_default_limits(etc: Path | None = None) -> Limits:
-    """``DEFAULT_QUOTA = [ VMS, CPU, MEMORY, IMAGES, STORAGE ]`` of ``<etc>/quotas.conf``."""
-    path = etc_dir(etc) / CONFIG_NAME
+def load_default_limits(etc: Path) -> Limits:
+    """``DEFAULT_QUOTA = [ VMS, CPU, MEMORY, IMAGES, STORAGE ]`` of ``<etc>/quotas.conf``
+    (called by ``cloud.siteconfig`` only)."""
+    path = etc / CONFIG_NAME
     if not path.exists():
         return Limits()
     tmpl = load_template(path)
@@ -159,9 +159,11 @@ class Quotas:
     (``vm create`` on the host), has no quota and is never counted as any cloud user, even one
     of the same name. The administrator's calls (``limits``, ``usage``, ``set``) name the user."""
 
-    def __init__(self, state: State, etc: Path | None = None) -> None:
+    def __init__(self, state: State, default: Limits | None = None) -> None:
+        """``default``: the site's (``SiteConfig.default_limits``); none given, nothing is limited
+        but what the administrator set per user."""
         self.state = state
-        self.default = load_default_limits(etc)
+        self.default = default if default is not None else Limits()
 
     def _user(self, db: sqlite3.Connection, owner_id: int | None) -> sqlite3.Row | None:
         if owner_id is None:

@@ -15,7 +15,7 @@ The SSH options come from ``ETC/hosts.conf`` (oned's template syntax), parsed on
 file), ``SSH_STRICT_HOST_KEY_CHECKING`` (``yes``, ``accept-new`` or ``no``; default ``yes``) and
 ``SSH_CONNECT_TIMEOUT`` (seconds, default 10).
 
-    runner = runner_for(host, load_ssh_settings(etc))
+    runner = runner_for(host, site.ssh)
     runner.run(["sha256sum", "--", ".imagekit/images/" + digest])
 """
 
@@ -31,7 +31,6 @@ from typing import Protocol
 from cloud.hosts import Address, Host
 from context.template import load_template
 from imagekit.errors import CommandError, InputError
-from imagekit.locations import etc_dir
 from imagekit.run import run
 
 CONFIG_NAME = "hosts.conf"
@@ -77,9 +76,10 @@ def _value(path: Path, name: str) -> tuple[str, str] | None:
     return attr.value, where
 
 
-def load_ssh_settings(etc: Path | None = None) -> SshSettings:
-    """``ETC/hosts.conf``'s SSH options; the defaults when the file is absent."""
-    path = etc_dir(etc) / CONFIG_NAME
+def load_ssh_settings(etc: Path) -> SshSettings:
+    """``ETC/hosts.conf``'s SSH options; the defaults when the file is absent (called by
+    ``cloud.siteconfig``)."""
+    path = etc / CONFIG_NAME
     if not path.exists():
         return SshSettings()
     names = ("SSH_IDENTITY", "SSH_KNOWN_HOSTS", "SSH_STRICT_HOST_KEY_CHECKING", "SSH_CONNECT_TIMEOUT")

@@ -7,7 +7,7 @@ ignored, so a real one can be dropped in. A value that is not a number is an err
 ``FILE:LINE:COL``. ``0`` means no limit for each of the three limits (1.4 had no per-host
 limit; OpenNebula 3's ``MAX_HOST = 0`` placed nothing at all, which no site wants).
 
-    settings = load_sched_settings()    # etc_dir()/sched.conf, the defaults when absent
+    settings = load_site().sched        # ETC/sched.conf, the defaults when absent
     settings.max_dispatch               # 300
 """
 
@@ -20,7 +20,6 @@ from pathlib import Path
 from context.model import Template
 from context.template import load_template
 from imagekit.errors import InputError
-from imagekit.locations import etc_dir
 
 CONFIG_NAME = "sched.conf"
 _WHOLE = re.compile(r"[0-9]{1,9}")
@@ -71,9 +70,9 @@ def sched_settings_from_template(tmpl: Template) -> SchedSettings:
     )
 
 
-def load_sched_settings(etc: Path | None = None) -> SchedSettings:
-    """Settings from ``<etc>/sched.conf`` (``etc`` defaults to :func:`etc_dir`); defaults if absent."""
-    path = etc_dir(etc) / CONFIG_NAME
+def load_sched_settings(etc: Path) -> SchedSettings:
+    """Settings from ``ETC/sched.conf``, the defaults if absent (called by ``cloud.siteconfig``)."""
+    path = etc / CONFIG_NAME
     if not path.exists():
         return SchedSettings()
     return sched_settings_from_template(load_template(path))

@@ -29,8 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloud.cores import CoreKind
 from cloud.expressions import parse_rank, parse_requirements
@@ -48,10 +47,13 @@ from cloud.hosts import (
 )
 from cloud.model import VmState
 from cloud.placement import Candidate, Demand, Placement, place
-from cloud.sched_conf import SchedSettings, load_sched_settings
+from cloud.sched_conf import SchedSettings
 from cloud.store import VmRecord, VmStore
 from imagekit.errors import InputError
 from imagekit.state import State
+
+if TYPE_CHECKING:
+    from cloud.siteconfig import SiteConfig
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +293,7 @@ def deploy_by_hand(state: State, vmid: int, ref: str, *, force: bool = False) ->
     return VmStore(state).get(vmid)
 
 
-def place_created(state: State, vmid: int, *, etc: Path | None = None) -> VmRecord:
+def place_created(state: State, vmid: int, *, site: SiteConfig) -> VmRecord:
     """Where a VM ``vm create`` just recorded runs: with localhost the only host, there (as
     before hosts existed, without a pass); else one pass for it, localhost first probed if it
     never was. The VM comes back placed (``hid``) or pending with why it was placed nowhere."""
@@ -304,8 +306,8 @@ def place_created(state: State, vmid: int, *, etc: Path | None = None) -> VmReco
         if here is not None and not here.last_monitored and here.state is not HostState.DISABLED:
             from cloud.monitoring import monitor
 
-            monitor(state, LOCALHOST, etc=etc)
-        schedule(state, load_sched_settings(etc), only=vmid)
+            monitor(state, LOCALHOST, probes=site.probes)
+        schedule(state, site.sched, only=vmid)
     return VmStore(state).get(vmid)
 
 

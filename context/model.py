@@ -11,6 +11,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from context.vm import VirtualMachine
 
 
 @dataclass(frozen=True)
@@ -118,3 +122,8 @@ class ResolvedContext:
     variables: Mapping[str, str] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
     leases: tuple[Lease, ...] = ()
+    # What the deploy step needs besides (cloud/deploy.py), so it recomputes nothing: each NIC's
+    # lease by the NIC's index among the template's NICs, and the VM as oned keeps it (NICs
+    # leased, CONTEXT resolved) for the hooks' arguments.
+    nic_leases: Mapping[int, Lease] = field(default_factory=dict)
+    vm: VirtualMachine | None = None

@@ -7,8 +7,13 @@ unless ``keep``: a kept VM holds them (and its resolved CONTEXT stays readable b
 ``$<vmid>.VAR`` of other VMs of the same owner: another owner's VM reads as a missing one) until
 :func:`release_vm`, the equivalent of deleting the VM.
 
-    ctx = prepare_context(Path("vm.one"), state=State.open(state_dir()))
+    ctx = prepare_context(load_template(path), base_dir=path.parent, settings=settings, state=state)
     render_context_sh(ctx.variables)
+
+Everything is parsed before (the template, oned.conf's settings, image templates, the owner):
+the caller is where a command starts (``context`` commands, ``cloud.deploy``, the boot test).
+What the deploy step needs besides the variables comes back with them (``ResolvedContext``:
+each NIC's lease by the NIC's index, the VM as oned keeps it, for the hooks).
 """
 
 from __future__ import annotations
@@ -18,23 +23,22 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from context.contextsh import check_key
 from context.leases import NetworkStore
-from context.model import Lease, ResolvedContext, Template, VirtualNetwork
+from context.model import Attribute, Lease, ResolvedContext, Template, Vector, VirtualNetwork
 from context.resolve import resolve_context
-from context.settings import OnedSettings, load_settings
-from context.template import load_template
-from context.vm import User, instantiate, invoking_user, lease_requests, load_images, load_user
+from context.settings import OnedSettings
+from context.vm import Image, User, VirtualMachine, instantiate, invoking_user, lease_requests
 from imagekit.errors import DataError, InputError
 from imagekit.state import State
 
 log = logging.getLogger(__name__)
 
 
-def _allocate_vmid(db: sqlite3.Connection, vmid: int | None, name: str, template: Path, keep: bool) -> int:
+def _allocate_vmid(db: sqlite3.Connection, vmid: int | None, name: str, template: str, keep: bool) -> int:
     """Record the VM; AUTOINCREMENT never hands an id out twice, even after deletion."""
     if vmid is None:
         # sqlite_sequence only exists after the first insert; start at 0 like oned's pool.
@@ -43,7 +47,7 @@ def _allocate_vmid(db: sqlite3.Connection, vmid: int | None, name: str, template
     try:
         db.execute(
             "INSERT INTO vms (vmid, name, template, kept, created) VALUES (?, ?, ?, ?, ?)",
-            (vmid, name, str(template), int(keep), time.time()),
+            (vmid, name, template, int(keep), time.time()),
         )
     except sqlite3.IntegrityError:
         raise InputError(
@@ -110,14 +114,14 @@ def kept_vms(state: State) -> list[tuple[int, str, str]]:
     return [(int(r["vmid"]), r["name"], r["template"]) for r in rows]
 
 
-def release_vm(state: State, vmid: int, *, etc: Path | None = None) -> int:
+def release_vm(state: State, vmid: int) -> int:
     """Delete VM ``vmid``: free its leases and forget its context. Returns the leases freed."""
     db = state.db()
     try:
         known = db.execute("SELECT 1 FROM vms WHERE vmid = ?", (vmid,)).fetchone() is not None
     finally:
         db.close()
-    freed = NetworkStore(state, mac_prefix=load_settings(etc).mac_prefix).release_vm(vmid)
+    freed = NetworkStore(state).release_vm(vmid)  # freeing needs no MAC prefix
     if not known and not freed:
         raise InputError(f"no VM {vmid} holds leases or a context (see `imagekit context list`)")
     with state.transaction() as db:
@@ -174,26 +178,24 @@ def _lease_nics(
 
 
 def prepare_context(
-    template_path: Path,
+    tmpl: Template,
     *,
     state: State,
+    settings: OnedSettings,
+    base_dir: Path,
     vmid: int | None = None,
     keep: bool = False,
-    etc: Path | None = None,
     user: User | None = None,
-    user_path: Path | None = None,
-    image_paths: Sequence[Path] = (),
+    images: Sequence[Image] = (),
     owner_id: int | None = None,
 ) -> ResolvedContext:
     """Instantiate the VM template and resolve its CONTEXT (see the module docstring).
 
-    ``user`` (or a user template at ``user_path``) is the owner, the invoking user by default;
-    ``owner_id`` the cloud user it is (None: a local account), whose VMs alone ``$<vmid>.VAR``
-    reads; ``image_paths`` are image templates that DISK=[IMAGE=…] and ``$IMAGE[…]`` refer to."""
-    tmpl = load_template(template_path)
-    settings = load_settings(etc)
-    owner = user or (load_user(user_path) if user_path is not None else invoking_user())
-    images = load_images(image_paths)
+    ``settings``: oned.conf's; ``base_dir``: where FILES' relative paths resolve (the template
+    file's directory); ``user`` is the owner, the invoking user by default; ``owner_id`` the
+    cloud user it is (None: a local account), whose VMs alone ``$<vmid>.VAR`` reads; ``images``
+    are the image templates that DISK=[IMAGE=…] and ``$IMAGE[…]`` refer to."""
+    owner = user or invoking_user()
     if vmid is not None and vmid < 0:
         raise InputError(f"--vmid: expected a non-negative number, got {vmid}")
     store = NetworkStore(state, mac_prefix=settings.mac_prefix)
@@ -202,7 +204,7 @@ def prepare_context(
     # clean-up cost more than everything else). A VM not kept, or failing, still uses up its
     # id: its row is deleted (sqlite_sequence keeps the id) and its leases roll back.
     with state.transaction() as db:
-        vmid = _allocate_vmid(db, vmid, tmpl.single("NAME") or "", template_path, keep)
+        vmid = _allocate_vmid(db, vmid, tmpl.single("NAME") or "", tmpl.source, keep)
         db.execute("SAVEPOINT vm")
         try:
             leases, networks = _lease_nics(store, db, tmpl, vmid)
@@ -228,7 +230,7 @@ def prepare_context(
                     check_key(key)
                 except InputError as err:
                     raise InputError(err.reason, where=where) from None
-            files = _collect_files(variables.get("FILES", ""), template_path.parent, where, settings)
+            files = _collect_files(variables.get("FILES", ""), base_dir, where, settings)
             ordered = tuple(leases[i] for i in sorted(leases))
         except Exception as exc:
             failure = exc
@@ -250,10 +252,35 @@ def prepare_context(
     log.debug(
         "VM %d: %d context variables, %d files, %d leases", vmid, len(variables), len(files), len(ordered)
     )
-    return ResolvedContext(vmid, variables, files, ordered)
+    return ResolvedContext(
+        vmid,
+        variables,
+        files,
+        ordered,
+        leases,
+        _as_kept(tmpl, variables, vmid, owner, images, leases, networks),
+    )
 
 
-def reserve_vmid(state: State, name: str, template: Path) -> int:
+def _as_kept(
+    tmpl: Template,
+    variables: Mapping[str, str],
+    vmid: int,
+    owner: User,
+    images: Sequence[Image],
+    leases: Mapping[int, Lease],
+    networks: Mapping[int, VirtualNetwork],
+) -> VirtualMachine:
+    """The VM as oned keeps it: NICs with their leases, CONTEXT as resolved (the hooks'
+    arguments read it). Instantiated with the default device prefixes, as before the hooks
+    were given it from here."""
+    resolved = Vector(tuple(variables.items()))
+    attributes = [Attribute(a.name, resolved, a.line, a.column) if a.name == "CONTEXT" else a for a in tmpl]
+    kept = Template(tuple(attributes), tmpl.source)
+    return instantiate(kept, vmid=vmid, user=owner, images=images, leases=leases, networks=networks)
+
+
+def reserve_vmid(state: State, name: str, template: str) -> int:
     """A fresh VM id from the same sequence as :func:`prepare_context`'s, for a VM whose CONTEXT
     another cloud resolves (the OpenNebula core): the id is used up, nothing is kept."""
     with state.transaction() as db:

@@ -3,7 +3,7 @@
 The file is in OpenNebula's template syntax (it is oned's own config format), so a real
 ``oned.conf`` works too; attributes we do not use are ignored.
 
-    settings = load_settings()          # etc_dir()/oned.conf, defaults when absent
+    settings = load_settings(etc_dir())  # <etc>/oned.conf, defaults when absent
     settings.mac_prefix                 # "02:00"
 """
 
@@ -16,7 +16,6 @@ from pathlib import Path
 from context.model import Attribute, Template
 from context.template import load_template
 from imagekit.errors import InputError
-from imagekit.locations import etc_dir
 
 CONFIG_NAME = "oned.conf"
 _MAC_PREFIX = re.compile(r"[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}")
@@ -88,9 +87,10 @@ def settings_from_template(tmpl: Template) -> OnedSettings:
     return OnedSettings(mac_prefix, network_size, restricted, safe, tmpl.source, prefixes[0], prefixes[1])
 
 
-def load_settings(etc: Path | None = None) -> OnedSettings:
-    """Settings from ``<etc>/oned.conf`` (``etc`` defaults to :func:`etc_dir`); defaults if absent."""
-    path = etc_dir(etc) / CONFIG_NAME
+def load_settings(etc: Path) -> OnedSettings:
+    """Settings from ``<etc>/oned.conf``; defaults if absent. Called where a command starts
+    (``cloud.siteconfig``, the ``context`` and ``net`` commands) and passed down."""
+    path = etc / CONFIG_NAME
     if not path.exists():
         return OnedSettings()
     return settings_from_template(load_template(path))

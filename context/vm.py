@@ -117,9 +117,13 @@ def load_user(path: Path) -> User:
 
 
 def load_images(paths: Sequence[Path]) -> tuple[Image, ...]:
+    """The image templates in ``paths``, as :func:`parse_images` takes them."""
+    return parse_images([load_template(p) for p in paths])
+
+
+def parse_images(loaded: Sequence[Template]) -> tuple[Image, ...]:
     """Image templates with ``NAME`` and optionally ``ID``; an image without an ID gets the
     lowest id not taken, as the image pool numbers them. Names and ids must be unique."""
-    loaded = [load_template(p) for p in paths]
     taken: dict[int, Template] = {}
     for tmpl in loaded:
         image_id = _int_attribute(tmpl, "ID")

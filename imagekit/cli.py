@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from imagekit import __version__
+from imagekit import __version__, environment
 from imagekit.errors import ImagekitError
 from imagekit.log import setup_logging
 
@@ -45,10 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "occi": ("cloud.commands.occi", "an OCCI client: compute, network, storage (occi-* tools)"),
 }
 
-
-# `imagekit build serve|submit|…` are the build service's group: `build RECIPE` keeps its positional
-# recipe, and these words are never one (a recipe's name ends in .appl or .tdl).
-BUILD_SERVICE_VERBS = frozenset({"serve", "submit", "status", "log", "cancel", "fetch", "verify-provenance"})
+# Groups with verbs from another package: the group's ``register`` returns its sub-parsers action
+# and each module named here adds its verbs with ``register_verbs(action)``. The build service's
+# verbs (``build serve|submit|…``) are the cloud's: it runs builds for cloud users.
+EXTRA_VERBS: dict[str, tuple[str, ...]] = {"build": ("cloud.commands.build_service",)}
 
 JSON_HELP = "machine-readable output (JSON), where the command has any; before or after the command"
 
@@ -95,7 +95,9 @@ def build_parser(chosen: str | None, *, every_group: bool = False) -> argparse.A
         # A group without a sub-command shows what it offers; each sub-command sets its own func.
         group.set_defaults(func=lambda args, group=group: _usage(group))
         if every_group or name == chosen:
-            importlib.import_module(module).register(group)
+            verbs = importlib.import_module(module).register(group)
+            for extra in EXTRA_VERBS.get(name, ()):
+                importlib.import_module(extra).register_verbs(verbs)
     return parser
 
 
@@ -107,17 +109,6 @@ def reference_parser() -> argparse.ArgumentParser:
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 0
-
-
-def _build_service_route(argv: list[str]) -> list[str]:
-    """``build serve …`` as ``build-service serve …``."""
-    positions = [i for i, arg in enumerate(argv) if not arg.startswith("-")]
-    for first, second in zip(positions, positions[1:], strict=False):
-        if argv[first] == "build" and argv[second] in BUILD_SERVICE_VERBS:
-            return [*argv[:first], "build-service", *argv[first + 1 :]]
-        if argv[first] in COMMANDS:
-            break
-    return argv
 
 
 def _chosen_command(argv: Sequence[str]) -> str | None:
@@ -133,7 +124,13 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = _build_service_route(list(sys.argv[1:] if argv is None else argv))
+    # The boundary: the environment is parsed here, once, and is what every module sees
+    # (imagekit.environment.current()) until the command (or the server it starts) ends.
+    with environment.installed(environment.Environment.parse(os.environ)):
+        return _run(list(sys.argv[1:] if argv is None else argv))
+
+
+def _run(args_list: list[str]) -> int:
     parser = build_parser(_chosen_command(args_list))
     args = parser.parse_args(args_list)
     setup_logging(args.verbose, quiet=args.quiet)

@@ -12,6 +12,7 @@ import os
 import stat
 from pathlib import Path
 
+from imagekit import environment
 from imagekit.errors import InputError
 
 STATE_ENV = "IMAGEKIT_STATE"
@@ -22,18 +23,18 @@ def state_dir(explicit: Path | None = None) -> Path:
     """``--state DIR``, else ``$IMAGEKIT_STATE``, else ``$XDG_DATA_HOME/imagekit``."""
     if explicit is not None:
         return explicit
-    if os.environ.get(STATE_ENV):
-        return Path(os.environ[STATE_ENV])
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data_home) / "imagekit"
+    env = environment.current()
+    if env.state:
+        return Path(env.state)
+    return Path(env.data_home or Path.home() / ".local" / "share") / "imagekit"
 
 
 def etc_dir(explicit: Path | None = None) -> Path:
     """``$IMAGEKIT_ETC``, else ``/etc/imagekit`` when it exists, else the checkout's ``etc/``."""
     if explicit is not None:
         return explicit
-    if os.environ.get(ETC_ENV):
-        return Path(os.environ[ETC_ENV])
+    if (etc := environment.current().etc) is not None:
+        return Path(etc)
     system = Path("/etc/imagekit")
     if system.is_dir():
         return system

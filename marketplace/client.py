@@ -10,7 +10,6 @@ registry's own reason for refusing (``400: invalid metadata: signature: …``).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from imagekit import environment
 from imagekit.errors import ImagekitError, NetworkError
 
 ENDPOINT_ENV = "IMAGEKIT_MARKET"
@@ -37,7 +37,7 @@ class RegistryUnreachable(RegistryError, NetworkError):
 
 
 def endpoint(explicit: str | None = None) -> str:
-    return (explicit or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).rstrip("/")
+    return (explicit or environment.current().market or DEFAULT_ENDPOINT).rstrip("/")
 
 
 @dataclass(frozen=True)

@@ -217,14 +217,14 @@ class CachedImage:
 def obtain_image(
     reference: str,
     *,
-    policy: SitePolicy | None = None,
+    policy: SitePolicy,
     endpoint: str | None = None,
     state: State | None = None,
     progress: Progress | None = None,
 ) -> CachedImage:
-    """A verified local copy of the image ``reference`` names, allowed by ``policy`` now
-    (``imagelist:ID``: an image of a subscribed HEPiX list, :mod:`marketplace.imagelist_images`)."""
-    policy = policy or load_policy()
+    """A verified local copy of the image ``reference`` names, allowed by ``policy`` now (the
+    site's, parsed where the command or server started; ``imagelist:ID``: an image of a
+    subscribed HEPiX list, :mod:`marketplace.imagelist_images`)."""
     state = state or State.open(locations.state_dir())
     if reference.strip().startswith(LISTED_PREFIX):
         from marketplace.imagelist_images import obtain_listed_image

@@ -15,11 +15,11 @@ The service is ``--endpoint`` or ``IMAGEKIT_BUILD_ENDPOINT``; credentials ``--to
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imagekit import environment
 from imagekit.errors import InputError
 from imagekit.output import print_json
 
@@ -33,12 +33,12 @@ TIMEOUT = 60.0
 def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoint",
-        default=os.environ.get("IMAGEKIT_BUILD_ENDPOINT", DEFAULT_ENDPOINT),
+        default=environment.current().build_endpoint or DEFAULT_ENDPOINT,
         metavar="URL",
         help=f"the build service (env IMAGEKIT_BUILD_ENDPOINT; default {DEFAULT_ENDPOINT})",
     )
     parser.add_argument(
-        "--user", default=os.environ.get("IMAGEKIT_BUILD_USER"), help="cloud user (env IMAGEKIT_BUILD_USER)"
+        "--user", default=environment.current().build_user, help="cloud user (env IMAGEKIT_BUILD_USER)"
     )
 
 
@@ -97,8 +97,8 @@ def client(args: argparse.Namespace) -> BuildClient:
 
     from cloud.buildservice.client import BuildClient
 
-    token = os.environ.get("IMAGEKIT_BUILD_TOKEN")
-    password = os.environ.get("IMAGEKIT_BUILD_PASSWORD")
+    env = environment.current()
+    token, password = env.build_token, env.build_password
     if token:
         auth: httpx.Auth | None = None
         headers = {"authorization": f"Bearer {token}"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from cloud.buildservice.queue import Limits
 from cloud.commands import build_client
@@ -28,7 +29,12 @@ DEFAULT_PORT = 4570
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="build_service_command", metavar="SUBCOMMAND")
+    """The ``build-service`` group: the same verbs as ``build``'s."""
+    register_verbs(parser.add_subparsers(dest="build_service_command", metavar="SUBCOMMAND"))
+
+
+def register_verbs(sub: Any) -> None:
+    """``serve`` and the client's verbs, on ``sub`` (the ``build`` group's or ``build-service``'s)."""
     serve = sub.add_parser("serve", help="take recipes over HTTP and build them (uvicorn)")
     add_listener_options(serve, port=DEFAULT_PORT, why_port="the cloud front doors have 4567, 4568")
     serve.add_argument(

@@ -15,12 +15,12 @@ Listings are econe's fixed-width tables; ``-H`` prints the column headers above 
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from cloud.ec2.client import Endpoint, ec2_client, refusals, upload_image
+from imagekit import environment
 from imagekit.errors import InputError
 
 IMAGES = "%-10s  %-13s  %-10s  %-10s  %s"
@@ -74,7 +74,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _endpoint(args: argparse.Namespace) -> Endpoint:
     return Endpoint.resolve(
-        access_key=args.access_key, secret_key=args.secret_key, url=args.url, environ=os.environ
+        access_key=args.access_key,
+        secret_key=args.secret_key,
+        url=args.url,
+        environ=environment.current().named(),
     )
 
 

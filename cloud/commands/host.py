@@ -172,9 +172,10 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from cloud.monitoring import monitor
+    from cloud.siteconfig import load_site
 
-    state = State.open(state_dir(args.state))
-    host = monitor(state, args.host)
+    state, site = State.open(state_dir(args.state)), load_site()
+    host = monitor(state, args.host, probes=site.probes, settings=site.ssh)
     if args.json:
         print_json(
             {**summary(host, HostStore(state).shares()[host.hid]), "monitoring": dict(host.monitoring)}
@@ -187,11 +188,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def cmd_top(args: argparse.Namespace) -> int:
     """onehost top: every enabled host probed (over SSH but localhost), then the list, until --count."""
     from cloud.monitoring import monitor_all
+    from cloud.siteconfig import load_site
 
     state = State.open(state_dir(args.state))
+    site = load_site()  # read once; each round probes with it
     rounds = 0
     while True:
-        monitor_all(state)
+        monitor_all(state, probes=site.probes, settings=site.ssh)
         store = HostStore(state)
         hosts, shares = store.list(), store.shares()
         print_table([COLUMNS, *(row(h, shares[h.hid]) for h in hosts)])

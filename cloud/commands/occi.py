@@ -14,13 +14,13 @@ is printed; a refusal is a one-line error with the server's message.
 from __future__ import annotations
 
 import argparse
-import os
 import ssl
 import sys
 from pathlib import Path
 
 import httpx
 
+from imagekit import environment
 from imagekit.errors import InputError, NetworkError
 
 KINDS = ("compute", "network", "storage")
@@ -49,9 +49,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("OCCI_URL"), help="server URL (env OCCI_URL)")
-    parser.add_argument("--username", default=os.environ.get("OCCI_USER"), help="user (env OCCI_USER)")
-    parser.add_argument("--password", default=os.environ.get("OCCI_PASSWORD"), help="(env OCCI_PASSWORD)")
+    env = environment.current()
+    parser.add_argument("--url", default=env.occi_url, help="server URL (env OCCI_URL)")
+    parser.add_argument("--username", default=env.occi_user, help="user (env OCCI_USER)")
+    parser.add_argument("--password", default=env.occi_password, help="(env OCCI_PASSWORD)")
     parser.add_argument("--ca", type=Path, metavar="PEM", help="trust this CA for HTTPS")
 
 

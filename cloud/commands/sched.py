@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from cloud.sched_conf import load_sched_settings
 from cloud.scheduler import PassResult, schedule
+from cloud.siteconfig import load_site
 from imagekit.locations import state_dir
 from imagekit.output import to_json
 from imagekit.state import State
@@ -64,7 +64,7 @@ def _report(result: PassResult, *, as_json: bool) -> None:
 
 
 def cmd_sched(args: argparse.Namespace) -> int:
-    settings = load_sched_settings(args.etc)  # a bad sched.conf stops it before any pass
+    settings = load_site(args.etc).sched  # a bad etc/ stops it before any pass
     state = State.open(state_dir(args.state))
     with _stop_on_signal() as stop:
         while True:

@@ -174,7 +174,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _quotas(args: argparse.Namespace) -> Quotas:
-    return Quotas(State.open(state_dir(args.state)))
+    from cloud.siteconfig import load_site
+
+    return Quotas(State.open(state_dir(args.state)), load_site().default_limits)
 
 
 def cmd_quota_set(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ imagekit vm wait 3 --state running [--timeout 600]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -139,22 +140,24 @@ def _summary(record: VmRecord) -> dict[str, Any]:
 
 def cmd_create(args: argparse.Namespace) -> int:
     from cloud.deploy import CreateRequest, create_vm
+    from cloud.siteconfig import load_site
 
-    template = args.template
-    if args.type:
-        from cloud.instance_types import typed_template
-
-        template = typed_template(args.template, args.type)
-    request = CreateRequest(
-        template=template,
-        hold=args.hold,
+    site = load_site(policy=args.policy)  # etc/, read here once for the whole command
+    request = CreateRequest.from_file(
+        args.template,
+        site=site,
         image_templates=tuple(args.image),
+        hold=args.hold,
         endpoint=args.endpoint,
-        policy=args.policy,
         ssh_port=args.ssh_port,
         core=args.core,
         one_endpoint=args.one_endpoint,
     )
+    if args.type:
+        from cloud.instance_types import typed_template
+
+        typed = typed_template(request.template, args.type, site.instance_types, name=args.template.stem)
+        request = dataclasses.replace(request, template=typed)
     record = create_vm(request, state=_state(args))
     if args.json:
         print_json(_summary(record))

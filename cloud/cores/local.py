@@ -223,9 +223,8 @@ def boot(state: State, vmid: int, *, allowed: Collection[VmState], incoming: boo
 def _clean_up(state: State, record: VmRecord) -> None:
     from context.render import release_vm
 
-    etc = record.info.get("etc") or None
     try:
-        release_vm(state, record.vmid, etc=Path(etc) if etc else None)
+        release_vm(state, record.vmid)
     except InputError:
         pass  # nothing held any more (a repeated clean-up)
     images.release(state, list(record.info.get("images", [])), record.vmid)

@@ -18,7 +18,6 @@ server that checks each call against the documented API.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from cloud.model import DiskKind, VmState, VmTemplate
 from cloud.store import VmRecord, VmStore
 from context.model import Attribute, Template, Vector
 from context.template import serialise
+from imagekit import environment
 from imagekit.errors import CommandError, InputError
 from imagekit.log import step
 from imagekit.state import State
@@ -68,9 +68,9 @@ ACTIONS = {
 }
 
 
-def session(environ: dict[str, str] | None = None) -> str:
-    env = os.environ if environ is None else environ
-    path = Path(env.get("ONE_AUTH") or Path.home() / ".one" / "one_auth")
+def session(one_auth: str | None = None) -> str:
+    """The ``user:password`` in ``one_auth`` (default: ``$ONE_AUTH``, else ``~/.one/one_auth``)."""
+    path = Path(one_auth or environment.current().one_auth or Path.home() / ".one" / "one_auth")
     try:
         text = path.read_text().strip()
     except OSError as exc:
@@ -172,7 +172,7 @@ class OpenNebulaCore:
         if not request.one_endpoint:
             raise InputError("the OpenNebula core needs --one-endpoint URL (oned's XML-RPC, …:2633/RPC2)")
         core = OneCore(request.one_endpoint, session())
-        vmid = reserve_vmid(state, vm.name or "", request.template)
+        vmid = reserve_vmid(state, vm.name or "", request.template.source)
         name = vm.name or f"one-{vmid}"
         with step("opennebula"):
             one_id, image_ids = core.deploy(vm, bases, name=name, hold=request.hold)
@@ -185,7 +185,7 @@ class OpenNebulaCore:
             owner=request.owner,
             owner_id=request.owner_id,
             core=self.kind,
-            template=str(request.template),
+            template=request.template.source,
             directory=state.root / "vms" / str(vmid),
             info=info,
         )

@@ -1,6 +1,6 @@
 """The client side of the EC2 Query API, as econe's tools used it: boto3, plus econe's UploadImage.
 
-    endpoint = Endpoint.resolve(access_key=None, secret_key=None, url=None, environ=os.environ)
+    endpoint = Endpoint.resolve(access_key=None, secret_key=None, url=None, environ=env.named())
     image = upload_image(endpoint, Path("disk.qcow2"))     # "ami-00000001"
     ec2 = ec2_client(endpoint)                             # boto3: register_image, run_instances…
 

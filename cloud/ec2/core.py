@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,14 +29,13 @@ from cloud.deploy import CreateRequest, create_vm
 from cloud.ec2.errors import Ec2Error
 from cloud.ec2.service import RunRequest
 from cloud.ec2.views import InstanceView
-from cloud.instance_types import ImageRef, TypeRequest, load_instance_types
+from cloud.instance_types import ImageRef, TypeRequest
 from cloud.model import VmState
 from cloud.quotas import QuotaExceeded
+from cloud.siteconfig import SiteConfig, load_site
 from cloud.store import VmRecord
 from cloud.tenancy import cloud_identity, pin_networks
 from cloud.users import User
-from context.template import serialise
-from imagekit.atomic import write_atomically
 from imagekit.errors import ImagekitError, InputError
 from imagekit.state import State
 
@@ -73,11 +71,13 @@ def _shut_down(state: State, vmid: int) -> None:
 
 
 class CoreBackend:
-    def __init__(self, state: State, zone: str = "default", *, hold: bool = False, etc: Path | None = None):
+    def __init__(
+        self, state: State, zone: str = "default", *, hold: bool = False, site: SiteConfig | None = None
+    ):
         self.state = state
         self.zone = zone
         self.hold = hold
-        self.etc = etc
+        self.site = site or load_site()  # the server's, loaded where it started
 
     def _facts(self, where: str = "", args: tuple[object, ...] = ()) -> dict[int, sqlite3.Row]:
         with self.state.read() as db:
@@ -97,9 +97,7 @@ class CoreBackend:
             done = self._facts("WHERE owner_id = ? AND client_token = ?", (user.id, request.client_token))
             if done:
                 return [v for v in self.instances(user) if v.vmid in done]
-        templates = self.state.root / "ec2" / "templates"
-        templates.mkdir(parents=True, exist_ok=True)
-        types = load_instance_types(self.etc)
+        types = self.site.instance_types
         type_request = TypeRequest(
             name=f"ec2-{user.name}",
             image=ImageRef(request.image.id, request.image.location),
@@ -110,16 +108,14 @@ class CoreBackend:
         )
         # Networks by NETWORK_ID only, the site's or the user's (cloud/tenancy.py).
         rendered = pin_networks(types.render(request.instance_type, type_request), self.state, user)
-        text = serialise(rendered)
         made: list[VmRecord] = []
         try:
             for _ in range(request.count):
-                path = templates / f"{uuid.uuid4()}.one"
-                write_atomically(path, text)
                 create = CreateRequest(
-                    path,
+                    rendered,  # the parsed template itself: nothing written to be read back
+                    self.state.root / "ec2" / "templates",  # relative paths resolve here, as before
+                    self.site,
                     hold=self.hold,
-                    etc=self.etc,
                     owner=user.name,
                     owner_id=user.id,
                     identity=cloud_identity(user),

@@ -47,6 +47,7 @@ from cloud.ec2.service import ComputeBackend, Ec2Service, Region, reads_only
 from cloud.image_sources import SiteSources, site_sources
 from cloud.quotas import QuotaExceeded, UploadAllowance
 from cloud.refusals import public_message
+from cloud.siteconfig import SiteConfig, load_site
 from cloud.upload import (
     DEFAULT_MAX_UPLOAD,
     BodyRefused,
@@ -129,13 +130,15 @@ class Ec2App:
         slots: UploadSlots | None = None,
         allow_unhashed_uploads: bool = False,
         sources: SiteSources | None = None,
+        site: SiteConfig | None = None,
     ) -> None:
+        site = site or load_site()
         self.users = UserStore(state)
         self.uploads = state.root / "ec2" / "uploads"
         self.max_upload = max_upload
         self.slots = slots or UploadSlots()
         self.allow_unhashed_uploads = allow_unhashed_uploads
-        self.service = Ec2Service(state, region, compute, sources or site_sources())
+        self.service = Ec2Service(state, region, compute, sources or site_sources(site), site)
         self.answers = Answers()
         self._reads: anyio.CapacityLimiter | None = None
         self.skew = skew
@@ -329,7 +332,8 @@ def serve(
     state = State.open(state_root)
     if removed := remove_partial_uploads(state.root / "ec2" / "uploads"):
         log.warning("removed %d partial uploads a previous run left", removed)
-    compute = CoreBackend(state, hold=hold)
+    site = load_site()  # etc/, read once: the server's whole life
+    compute = CoreBackend(state, hold=hold, site=site)
     app = create_app(
         state,
         Region(region, listener.url),
@@ -337,6 +341,7 @@ def serve(
         max_upload=max_upload,
         slots=slots,
         allow_unhashed_uploads=allow_unhashed_uploads,
-        sources=site_sources(image_dirs=site_images),
+        sources=site_sources(site, image_dirs=site_images),
+        site=site,
     )
     serve_app(lambda: app, listener)

@@ -32,6 +32,7 @@ from cloud.ec2.tags import Tag, TagStore, parse_tags, resource_type, tag_deletio
 from cloud.ec2.views import InstanceView, reservation, state_change
 from cloud.image_sources import SiteSources
 from cloud.quotas import Quotas
+from cloud.siteconfig import SiteConfig, load_site
 from cloud.standalone import make_standalone
 from cloud.users import User
 from imagekit.state import State
@@ -137,11 +138,12 @@ class Ec2Service:
         region: Region,
         compute: ComputeBackend | None = None,
         sources: SiteSources | None = None,
+        site: SiteConfig | None = None,
     ) -> None:
         self.keypairs = KeyPairStore(state)
         self.images = ImageStore(state)
         self.tags = TagStore(state)
-        self.quotas = Quotas(state)
+        self.quotas = Quotas(state, (site or load_site()).default_limits)
         self.sources = sources or SiteSources()  # none: RegisterImage takes uploads' ids only
         self.region = region
         self.compute = compute

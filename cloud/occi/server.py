@@ -39,6 +39,7 @@ from cloud.occi.xml import (
 )
 from cloud.quotas import QuotaExceeded
 from cloud.refusals import public_message
+from cloud.siteconfig import load_site
 from cloud.upload import (
     DEFAULT_MAX_UPLOAD,
     BodyRefused,
@@ -275,5 +276,6 @@ def serve(
     state = State.open(state_root)
     if removed := remove_partial_uploads(state.root / "occi" / "uploads"):
         log.warning("removed %d partial uploads a previous run left", removed)
-    app = create_app(state, hold=hold, max_upload=max_upload, slots=slots)
+    site = load_site()  # etc/, read once: the server's whole life
+    app = create_app(state, hold=hold, max_upload=max_upload, slots=slots, site=site)
     serve_app(lambda: app, listener)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cloud import lifecycle
 from cloud.deploy import CreateRequest, create_vm
-from cloud.instance_types import DiskRequest, NicRequest, TypeRequest, load_instance_types, one_value
+from cloud.instance_types import DiskRequest, NicRequest, TypeRequest, one_value
 from cloud.model import VmState
 from cloud.occi.xml import (
     ComputeRequest,
@@ -34,6 +34,7 @@ from cloud.occi.xml import (
     assign_devices,
 )
 from cloud.quotas import Quotas
+from cloud.siteconfig import SiteConfig, load_site
 from cloud.standalone import make_standalone
 from cloud.store import VmRecord
 from cloud.tenancy import (
@@ -47,9 +48,7 @@ from cloud.users import User
 from context.leases import NetworkStore
 from context.model import VirtualNetwork
 from context.network import network_from_template
-from context.settings import load_settings
-from context.template import parse_template, serialise
-from imagekit.atomic import write_atomically
+from context.template import parse_template
 from imagekit.errors import InputError
 from imagekit.httperror import HttpError, bad_request
 from imagekit.state import State
@@ -88,12 +87,12 @@ class Storage:
 
 
 class OcciService:
-    def __init__(self, state: State, *, hold: bool = False, etc: Path | None = None) -> None:
+    def __init__(self, state: State, *, hold: bool = False, site: SiteConfig | None = None) -> None:
         self.state = state
         self.hold = hold
-        self.etc = etc
+        self.site = site or load_site()  # the server's, loaded where it started
         self.networks = NetworkStore(state)
-        self.quotas = Quotas(state, etc)
+        self.quotas = Quotas(state, self.site.default_limits)
         self.root = state.root / "occi"
 
     # --- STORAGE -------------------------------------------------------------------------------
@@ -225,12 +224,12 @@ class OcciService:
         return found
 
     def create_compute(self, user: User, request: ComputeRequest) -> ComputeView:
-        types = load_instance_types(self.etc)
+        types = self.site.instance_types
         if request.instance_type not in types.names:
             raise bad_request(
                 f"unknown INSTANCE_TYPE {request.instance_type!r} (one of {', '.join(types.names)})"
             )
-        prefix = load_settings(self.etc).default_device_prefix
+        prefix = self.site.oned.default_device_prefix
         request = dataclasses.replace(request, disks=assign_devices(request.disks, prefix))
         storages = {
             d.storage: self._referred_storage(user, d.storage)
@@ -243,25 +242,21 @@ class OcciService:
         disks = tuple(DiskRequest(d.kind, d.dev, d.storage, d.size, d.format) for d in request.disks)
         type_request = TypeRequest(name=request.name, user=user.name, disks=disks, nics=nics)
         rendered = pin_networks(types.render(request.instance_type, type_request), self.state, user)
-        text = serialise(rendered)
-        work = self.root / "templates" / str(uuid.uuid4())
-        work.mkdir(parents=True)
-        images = []
-        for number, storage in storages.items():
-            image = work / f"image-{number}.one"
-            write_atomically(
-                image,
+        # The parsed templates themselves: nothing is written to disk to be read back.
+        images = tuple(
+            parse_template(
                 # NAME must be unique among the image templates: users may reuse names
                 f"ID = {number}\nNAME = storage-{number}\nPATH = {one_value(str(storage.path))}\n",
+                f"OCCI STORAGE {number}",
             )
-            images.append(image)
-        template = work / "compute.one"
-        write_atomically(template, text)
+            for number, storage in storages.items()
+        )
         create = CreateRequest(
-            template,
+            rendered,
+            self.root / "templates",  # relative paths resolve here (a type's are absolute)
+            self.site,
             hold=self.hold,
-            image_templates=tuple(images),
-            etc=self.etc,
+            images=images,
             owner=user.name,
             owner_id=user.id,
             identity=cloud_identity(user),

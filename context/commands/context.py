@@ -17,10 +17,12 @@ from typing import Any
 from context.flavor import IsoFlavor
 from context.model import ResolvedContext, Template, Vector
 from context.render import kept_vms, prepare_context, release_vm
+from context.settings import OnedSettings, load_settings
 from context.template import load_template, serialise
+from context.vm import load_images, load_user
 from imagekit.atomic import write_atomically
 from imagekit.errors import InputError
-from imagekit.locations import state_dir
+from imagekit.locations import etc_dir, state_dir
 from imagekit.output import print_json
 from imagekit.state import State
 
@@ -80,14 +82,17 @@ def _state(args: argparse.Namespace) -> State:
     return State.open(state_dir(args.state))
 
 
-def _prepare(args: argparse.Namespace) -> ResolvedContext:
+def _prepare(args: argparse.Namespace, settings: OnedSettings) -> ResolvedContext:
+    """The command's inputs parsed here, once: the template, the owner, the image templates."""
     return prepare_context(
-        args.template,
+        load_template(args.template),
         state=_state(args),
+        settings=settings,
+        base_dir=args.template.parent,
         vmid=args.vmid,
         keep=args.keep,
-        user_path=args.user,
-        image_paths=args.image,
+        user=load_user(args.user) if args.user is not None else None,
+        images=load_images(args.image),
     )
 
 
@@ -118,9 +123,9 @@ def cmd_parse(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from context.contextsh import render_context_sh
 
-    ctx = _prepare(args)
-    if args.json:
-        print_json(ctx)
+    ctx = _prepare(args, load_settings(etc_dir()))
+    if args.json:  # what the context is; the deploy step's extras (nic_leases, vm) are not
+        print_json({name: getattr(ctx, name) for name in ("vmid", "variables", "files", "leases")})
         return 0
     try:
         text = render_context_sh(ctx.variables)
@@ -135,10 +140,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_iso(args: argparse.Namespace) -> int:
     from context.iso import build_iso
-    from context.settings import load_settings
 
-    ctx = _prepare(args)
-    settings = load_settings()
+    settings = load_settings(etc_dir())
+    ctx = _prepare(args, settings)
     try:
         data = build_iso(
             ctx,

@@ -18,7 +18,7 @@ from context.network import format_ipv4, ip_to_mac, network_from_template, range
 from context.settings import load_settings
 from context.template import load_template
 from imagekit.errors import InputError
-from imagekit.locations import state_dir
+from imagekit.locations import etc_dir, state_dir
 from imagekit.output import print_json
 from imagekit.state import State
 
@@ -43,11 +43,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _store(args: argparse.Namespace) -> NetworkStore:
-    return NetworkStore(State.open(state_dir(args.state)), mac_prefix=load_settings().mac_prefix)
+    return NetworkStore(State.open(state_dir(args.state)), mac_prefix=load_settings(etc_dir()).mac_prefix)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = load_settings(etc_dir())
     template = load_template(args.file)
     vnet = network_from_template(template, default_size=settings.network_size)
     store = NetworkStore(State.open(state_dir(args.state)), mac_prefix=settings.mac_prefix)

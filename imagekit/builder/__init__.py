@@ -35,6 +35,7 @@ from pathlib import Path
 from imagekit.errors import CommandError, InputError, VerificationError
 from imagekit.interrupt import interruptible
 from imagekit.log import StepTimings, step
+from imagekit.recipe.buildable import check_buildable
 from imagekit.recipe.model import Firmware, OutputFormat, Recipe
 from imagekit.run import Runner, run
 from imagekit.state import State
@@ -90,6 +91,7 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: 
     timings = StepTimings()
     firmware = options.firmware or recipe.firmware
     fmts = tuple(dict.fromkeys(options.formats or recipe.formats))
+    check_buildable(recipe, firmware)  # every reason it cannot be built, before any work
     stage = rootfs.plan_stage(recipe, agent_packages=agent_packages(recipe), mirror=options.mirror)
     require_tools(firmware, fmts)
     inputs = build_inputs(recipe, stage, firmware, options)

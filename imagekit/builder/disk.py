@@ -22,6 +22,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from imagekit.errors import CommandError, InputError
+from imagekit.recipe.buildable import BOOT_MOUNT as BOOT_MOUNT
+from imagekit.recipe.buildable import EXT_TYPES
 from imagekit.recipe.model import Disk, Firmware
 from imagekit.run import run
 
@@ -29,12 +31,10 @@ SECTOR = 512
 MIB = 1024 * 1024
 MIB_SECTORS = MIB // SECTOR
 BOOT_MIB = 256
-BOOT_MOUNT = "/boot/efi"
 MIN_ROOT_MIB = 512
 # GPT keeps a backup header and entry array (33 sectors) at the end of the disk; one MiB
 # left free there keeps the root partition MiB-aligned in size as well as in start.
 GPT_TAIL_MIB = 1
-EXT_TYPES = ("ext2", "ext3", "ext4")
 
 
 class Role(StrEnum):
@@ -158,27 +158,13 @@ def plan_layout(
     def new_uuid(name: str) -> str:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"imagekit:{seed}:{name}") if seed else uuid.uuid4())
 
+    # The partitions are as imagekit.recipe.buildable.check_buildable passed them (each mount
+    # once, ext or swap, none at BOOT_MOUNT, no more than an MBR holds).
     root_request = MIN_ROOT_MIB
     extras = []
-    seen = set()
     for part in disk.partitions:
         mount = part.mount if part.mount == "swap" else "/" + part.mount.strip("/")
-        if mount in seen:
-            raise InputError(f"hardware.partitions: mount point {mount!r} given twice")
-        seen.add(mount)
-        if part.fstype not in (*EXT_TYPES, "swap"):
-            raise InputError(
-                f"hardware.partitions.{mount}.type: expected ext2, ext3, ext4 or swap, got {part.fstype!r}"
-            )
-        if part.passphrase:
-            raise InputError(
-                f"hardware.partitions.{mount}.passphrase: encrypted partitions are not supported"
-            )
-        if mount == BOOT_MOUNT:
-            raise InputError(f"hardware.partitions: {BOOT_MOUNT} is the boot partition imagekit makes")
         if mount == "/":
-            if part.fstype not in EXT_TYPES:
-                raise InputError(f"hardware.partitions./.type: expected ext4, got {part.fstype!r}")
             root_request = max(root_request, part.size_mib)
         else:
             extras.append((mount, part))
@@ -224,10 +210,6 @@ def plan_layout(
     root_fstype = next((p.fstype for p in disk.partitions if p.mount.strip("/") == ""), "ext4")
     root_options = next((p.options for p in disk.partitions if p.mount.strip("/") == ""), "defaults")
     total_mib = max(disk.size_mib, start_mib + root_request + tail)
-    if table == "dos" and len(plans) >= 4:
-        raise InputError(
-            "hardware.partitions: an MBR disk holds 4 partitions; use firmware uefi or hybrid (GPT)"
-        )
     plans.append(
         PartitionPlan(
             len(plans) + 1,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import imagekit
+from imagekit import environment
 from imagekit.errors import DataError, InputError
 
 from .rootfs import ArchiveState
@@ -80,7 +81,7 @@ class BuildInputs:
         """The inputs of a build now: ``option`` over ``$SOURCE_DATE_EPOCH`` over the archive date."""
         if option is not None:
             epoch, origin = option, EpochOrigin.OPTION
-        elif (text := os.environ.get("SOURCE_DATE_EPOCH", "").strip()) != "":
+        elif (text := (environment.current().source_date_epoch or "").strip()) != "":
             epoch, origin = parse_epoch(text, where="SOURCE_DATE_EPOCH"), EpochOrigin.ENVIRONMENT
         elif archive.date is not None:
             epoch, origin = archive.date, EpochOrigin.ARCHIVE

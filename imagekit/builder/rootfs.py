@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from imagekit.errors import InputError
+from imagekit import environment
+from imagekit.recipe.buildable import BUILT_ARCHES, GROUPS, KERNELS, debian_suite
 from imagekit.recipe.model import Recipe, Repository
 from imagekit.run import Runner, run
 
@@ -36,8 +36,6 @@ DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 # there are invisible to the host and go away with the namespace, and when the wrapper is killed
 # (--kill-child) the namespace's init dies and the kernel kills every process left in it.
 NAMESPACES = ("unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child")
-ARCHES = {"x86_64": "amd64", "amd64": "amd64"}
-KERNELS = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
 # What every image needs to boot from our disk layout and be reachable: init, udev, an
 # initramfs (zstd-compressed), DHCP, SSH, and growpart + resize2fs for the first-boot grow;
 # dbus so that systemd-logind runs and powers off on the ACPI power button (`vm shutdown`).
@@ -58,19 +56,6 @@ BOOT_PACKAGES = (
 # bash -e`; Debian's cloud-init only Recommends sudo, and without it the datasource fails
 # ("Error processing context.sh") and cloud-init falls back to DataSourceNone.
 CLOUD_INIT_PACKAGES = ("cloud-init", "cloud-guest-utils", "sudo")
-# BoxGrinder/Fedora comps groups and their nearest Debian equivalent. Groups that name the
-# base system map to nothing: the boot set above already is Debian's minimal bootable system.
-GROUPS: dict[str, tuple[str, ...]] = {
-    "core": (),
-    "base": ("ca-certificates", "less", "nano", "sudo", "iproute2", "iputils-ping", "procps", "curl"),
-    "standard": ("ca-certificates", "less", "nano", "sudo", "iproute2", "iputils-ping", "procps", "curl"),
-    "minimal": (),
-    "buildsys-build": ("build-essential",),
-    "development-tools": ("build-essential", "git", "gdb"),
-    "web-server": ("apache2",),
-    "mysql": ("mariadb-server",),
-    "postgresql": ("postgresql",),
-}
 
 
 @dataclass(frozen=True)
@@ -109,16 +94,11 @@ def plan_stage(
     mirror: str = DEFAULT_MIRROR,
     security_mirror: str = DEFAULT_SECURITY_MIRROR,
 ) -> PackageStage:
-    from imagekit.recipe.buildable import debian_suite
-
+    """What to bootstrap for ``recipe``, which ``check_buildable`` has passed (``build_image``
+    calls it first, with the build's firmware)."""
     suite = debian_suite(recipe)
-    arch = ARCHES.get(recipe.os.arch)
-    if arch is None:
-        raise InputError(f"os.arch: expected x86_64, got {recipe.os.arch!r} (only amd64 images are built)")
-    kernel = KERNELS.get(recipe.kernel_flavour)
-    if kernel is None:
-        raise InputError(f"kernel: expected one of {', '.join(KERNELS)}, got {recipe.kernel_flavour!r}")
-    packages = {kernel, *BOOT_PACKAGES}
+    arch = BUILT_ARCHES[recipe.os.arch]
+    packages = {KERNELS[recipe.kernel_flavour], *BOOT_PACKAGES}
     for package in recipe.packages:
         packages.update(expand_package(package.name))
     if recipe.context_agent.wants_imagekit():
@@ -139,27 +119,21 @@ def plan_stage(
 
 
 def expand_package(name: str) -> tuple[str, ...]:
-    """A recipe package entry as Debian package names (``@group`` mapped, or an error)."""
+    """A recipe package entry as Debian package names (``@group`` mapped: ``check_buildable``
+    refused a group with no Debian equivalent)."""
     name = name.strip()
     if not name.startswith("@"):
         return (name,)
-    group = name[1:].strip().lower()
-    if group not in GROUPS:
-        known = ", ".join(f"@{g}" for g in GROUPS)
-        raise InputError(f"packages: group {name!r} has no Debian equivalent (known groups: {known})")
-    return GROUPS[group]
+    return GROUPS[name[1:].strip().lower()]
 
 
 def source_line(repo: Repository, suite: str) -> str:
     """``deb [trusted=yes] URL SUITE main`` for a bare URL; a URL followed by words is kept as is.
 
-    ``signed: false`` marks the repository trusted, since there is no key to check it with.
+    ``signed: false`` marks the repository trusted, since there is no key to check it with
+    (``check_buildable`` refused a mirrorlist-only repository and other URL schemes).
     """
-    if repo.mirrorlist and not repo.url:
-        raise InputError(f"repositories.{repo.name}: mirrorlist is a yum feature; give a baseurl for apt")
     words = repo.url.split()
-    if not words or words[0].split(":", 1)[0] not in ("http", "https", "ftp", "file"):
-        raise InputError(f"repositories.{repo.name}: expected an http(s), ftp or file URL, got {repo.url!r}")
     rest = words[1:] or [suite, "main"]
     options = "" if repo.signed else " [trusted=yes]"
     return f"deb{options} {words[0]} {' '.join(rest)}"
@@ -238,7 +212,7 @@ def archive_state(stage: PackageStage, *, timeout: float = 15.0) -> ArchiveState
     offline rebuilds from the cache, or a snapshot.debian.org mirror whose state never moves);
     a snapshot.debian.org timestamp there (``20250520T000000Z``) also gives the date.
     """
-    pinned = os.environ.get("IMAGEKIT_SNAPSHOT")
+    pinned = environment.current().snapshot
     if pinned:
         return ArchiveState(f"pinned:{pinned}", snapshot_date(pinned))
     digest = hashlib.sha256()

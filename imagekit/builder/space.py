@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from imagekit import environment
 from imagekit.errors import InputError
 from imagekit.recipe.model import OutputFormat
 
@@ -46,8 +47,8 @@ def choose_work_parent(explicit: Path | None, need_mib: int, *, ram: Path = RAM_
     room for ``need_mib`` and the memory to back it, else ``/tmp``."""
     if explicit is not None:
         return explicit
-    if os.environ.get("TMPDIR"):
-        return Path(os.environ["TMPDIR"])
+    if (tmpdir := environment.current().tmpdir) is not None:
+        return Path(tmpdir)
     if _tmpfs_with_room(ram, need_mib):
         return ram
     return Path("/tmp")

@@ -3,14 +3,19 @@
 imagekit build recipes/debian-12-cloud.tdl -o out
 imagekit build recipes/debian-12-minimal.appl --format qcow2,raw --firmware hybrid --json
 imagekit build recipes/debian-12-minimal.appl --check-reproducible
+
+The group's verbs (``build serve|submit|status|log|cancel|fetch``, the build service's, registered
+by ``cloud.commands.build_service.register_verbs``) are real sub-commands beside the recipe: a
+first word that names no verb is the recipe (a recipe's name ends in .appl or .tdl).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imagekit import locations
 from imagekit.errors import InputError
@@ -24,8 +29,59 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", type=Path, metavar="RECIPE", help="a .appl or .tdl recipe")
+class RecipeOrVerb(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """``build`` takes a verb (a sub-command) or a recipe: a word that names no verb is the recipe,
+    and what follows it is parsed by the ``build`` group's own options (``-o``, ``--format`` …)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # typeshed has a dict here; argparse only needs ``in``, iteration and ``values()``.
+        self.choices = _AnyWord(self._name_parser_map)  # type: ignore[assignment]
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        assert isinstance(values, list)
+        if values[0] in self._name_parser_map:
+            super().__call__(parser, namespace, values, option_string)
+            return
+        if getattr(namespace, "recipe", None) is not None:
+            parser.error(f"one recipe at a time (also given: {values[0]})")
+        # What was parsed before the recipe (``build -o DIR RECIPE``) stays: defaults fill only the rest.
+        so_far = argparse.Namespace(**dict(vars(namespace), recipe=Path(values[0])))
+        given = parser.parse_args(values[1:], so_far)
+        for name, value in vars(given).items():
+            setattr(namespace, name, value)
+        namespace.func = cmd_build
+
+
+class _AnyWord(Mapping[str, argparse.ArgumentParser]):
+    """The choices of ``RecipeOrVerb``: the verbs' parsers by name (a live view), and to argparse's
+    choice check every word is one (a recipe when it names no verb)."""
+
+    def __init__(self, verbs: dict[str, argparse.ArgumentParser]) -> None:
+        self._verbs = verbs
+
+    def __contains__(self, word: object) -> bool:
+        return isinstance(word, str)
+
+    def __getitem__(self, verb: str) -> argparse.ArgumentParser:
+        return self._verbs[verb]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._verbs)
+
+    def __len__(self) -> int:
+        return len(self._verbs)
+
+
+def register(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """The options of ``build RECIPE``, and the action other packages add the group's verbs to."""
+    parser.set_defaults(recipe=None)
     parser.add_argument(
         "-o",
         "--output",
@@ -65,7 +121,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="build a second time in a separate tree, without the package cache, and compare",
     )
-    parser.set_defaults(func=cmd_build)
+    return parser.add_subparsers(
+        action=RecipeOrVerb,
+        dest="build_verb",
+        metavar="RECIPE | VERB",
+        help="a .appl or .tdl recipe to build, or one of the build service's verbs below",
+    )
 
 
 def epoch(text: str) -> int:

@@ -22,7 +22,8 @@ __all__ = ["APPL_SUFFIXES", "TDL_SUFFIXES", "InputError", "Recipe", "RecipeError
 
 
 def load_recipe(path: Path, *, env: Mapping[str, str] | None = None) -> Recipe:
-    """Load a recipe by its suffix. ``env`` backs ``#VAR#`` lookups in ``.appl`` (default: os.environ)."""
+    """Load a recipe by its suffix. ``env`` backs ``#VAR#`` lookups in ``.appl`` (default: the
+    environment's, ``imagekit.environment``)."""
     suffix = path.suffix.lower()
     if suffix in APPL_SUFFIXES:
         from imagekit.recipe.appl import load_appl

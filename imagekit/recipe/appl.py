@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from imagekit import environment
 from imagekit.errors import InputError
 from imagekit.recipe.errors import Problems, shown
 from imagekit.recipe.model import (
@@ -111,6 +112,7 @@ class _Fragment:
     pre: list[str] = field(default_factory=list)
     ext_files: list[tuple[str, ContentSource, str]] = field(default_factory=list)
     install: dict[str, str] = field(default_factory=dict)
+    where: dict[str, str] = field(default_factory=dict)  # Recipe.locations: key path → FILE:LINE:COL
 
 
 def load_appl(path: Path, *, env: Mapping[str, str] | None = None) -> Recipe:
@@ -119,7 +121,7 @@ def load_appl(path: Path, *, env: Mapping[str, str] | None = None) -> Recipe:
     fragments: list[_Fragment] = []
     _collect(path, str(path), (), set(), fragments, problems)
     problems.raise_if_any()
-    recipe = _build(fragments, problems, os.environ if env is None else env)
+    recipe = _build(fragments, problems, environment.current().recipe_variables if env is None else env)
     problems.raise_if_any()
     assert recipe is not None
     return recipe
@@ -217,7 +219,9 @@ def _read_os(r: NodeReader, node: yaml.Node, f: _Fragment) -> None:
     for required in ("name", "version"):
         if required not in keys:
             r.error(node, f"os.{required}", "expected a value (required), got nothing")
+    f.where["os"] = r.where(node)
     for key, (_, value) in keys.items():
+        f.where[f"os.{key}"] = r.where(value)
         if key == "pae":
             f.pae = r.boolean(value, "os.pae")
             continue
@@ -248,6 +252,7 @@ def _read_partition(r: NodeReader, mount: str, mount_node: yaml.Node, spec: yaml
     if keys is None:
         return
     part = _Part(size=0.0, type=None, options=None, passphrase=None)
+    f.where[path] = r.where(mount_node)
     if "size" not in keys:
         r.error(spec, f"{path}.size", "expected a size in GB (required here), got nothing")
     for key, (_, value) in keys.items():
@@ -255,6 +260,7 @@ def _read_partition(r: NodeReader, mount: str, mount_node: yaml.Node, spec: yaml
             part.size = r.number(value, f"{path}.size", 0.01) or 0.0
         elif key == "type":
             part.type = r.choice(value, f"{path}.type", FS_TYPES)
+            f.where[f"{path}.type"] = r.where(value)
         else:
             setattr(part, key, r.string(value, f"{path}.{key}"))
     f.partitions[mount] = part
@@ -265,12 +271,11 @@ def _read_packages(r: NodeReader, node: yaml.Node, f: _Fragment) -> None:
         # Schema 0.8: {includes: [...], excludes: [...]}; BoxGrinder flattened it the same way.
         keys = r.mapping(node, "packages", ("includes", "excludes"))
         for key, (_, value) in (keys or {}).items():
-            items = [
-                r.string(p, f"packages.{key}[{i}]", pattern=PACKAGE_NAME)
-                for i, p in enumerate(r.sequence(value, f"packages.{key}"))
-            ]
+            nodes = r.sequence(value, f"packages.{key}")
+            items = [r.string(p, f"packages.{key}[{i}]", pattern=PACKAGE_NAME) for i, p in enumerate(nodes)]
             if key == "includes":
                 f.packages.extend(p for p in items if p is not None)
+                f.where.update((f"packages.{p}", r.where(n)) for p, n in zip(items, nodes, strict=True))
             elif items:
                 log.warning(
                     "%s: packages.excludes is not supported since schema 0.9 and is ignored", f.shown
@@ -280,6 +285,7 @@ def _read_packages(r: NodeReader, node: yaml.Node, f: _Fragment) -> None:
         name = r.string(item, f"packages[{i}]", pattern=PACKAGE_NAME)
         if name is not None:
             f.packages.append(name)
+            f.where[f"packages.{name}"] = r.where(item)
 
 
 def _read_repos(r: NodeReader, node: yaml.Node, f: _Fragment) -> None:
@@ -305,6 +311,7 @@ def _read_repos(r: NodeReader, node: yaml.Node, f: _Fragment) -> None:
             got = "both" if "baseurl" in keys else "neither"
             r.error(item, path, f"expected exactly one of baseurl, mirrorlist, got {got}")
         f.repos.append((name, baseurl, mirrorlist, ephemeral))
+        f.where[f"repositories.{name}"] = r.where(item)
 
 
 def _read_extension(r: NodeReader, node: yaml.Node, f: _Fragment) -> None:
@@ -316,6 +323,7 @@ def _read_extension(r: NodeReader, node: yaml.Node, f: _Fragment) -> None:
     }
     for key, (_, value) in (r.mapping(node, "imagekit", EXT_KEYS) or {}).items():
         path = f"imagekit.{key}"
+        f.where[{"arch": "os.arch", "kernel": "kernel"}.get(key, path)] = r.where(value)
         if key in choices:
             picked = r.choice(value, path, choices[key])
             if picked is not None:
@@ -574,6 +582,7 @@ def _recipe(fragments: list[_Fragment], m: _Merged, x: Callable[[str], str]) -> 
         default_repos=m.default_repos,
         install=_install(m.install, x),
         platform_commands=tuple(c for cmds in commands.values() for c in cmds),
+        locations={x(path): where for frag in fragments for path, where in frag.where.items()},
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -189,6 +190,10 @@ class Recipe:
     install: Install | None = None  # TDL <install>
     # Commands for one target platform only (BoxGrinder post.ec2, post.vmware, …), in order.
     platform_commands: tuple[Command, ...] = ()
+    # Where values were written (``FILE:LINE:COL``) by the key path the checks after loading name
+    # (``os.arch``, ``packages.@base``, ``hardware.partitions./data.type``): imagekit/recipe/
+    # buildable.py. Not the recipe's content (left out of its hash and equality).
+    locations: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 KERNEL_FLAVOURS = ("cloud", "generic")

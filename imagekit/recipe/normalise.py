@@ -35,6 +35,7 @@ def _plain(value: Any) -> Any:
 
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:
     data: dict[str, Any] = _plain(dataclasses.asdict(recipe))
+    del data["locations"]  # where it was written is not what it is
     base = recipe.source_path.parent
     data["source_path"] = recipe.source_path.name
     data["variables"] = {name: value for name, value in recipe.variables}

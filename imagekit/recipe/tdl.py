@@ -91,6 +91,10 @@ class TdlReader:
         self.file = shown_path
         self.lines = text.splitlines()
         self.problems = problems
+        self.locations: dict[str, str] = {}  # Recipe.locations: key path → FILE:LINE:COL
+
+    def locate(self, path: str, elem: etree._Element) -> None:
+        self.locations[path] = self.where(elem)
 
     def where(self, elem: etree._Element) -> str:
         line = elem.sourceline if isinstance(elem.sourceline, int) else 0
@@ -290,6 +294,7 @@ def _read(r: TdlReader, root: etree._Element, path: Path) -> Recipe | None:
         default_repos=ext.default_repos,
         install=install,
         platform_commands=ext.platform_commands,
+        locations=r.locations,
     )
 
 
@@ -298,6 +303,9 @@ def _read_os(r: TdlReader, elem: etree._Element | None) -> tuple[OperatingSystem
         return OperatingSystem(name="", version=""), None, ""
     found = r.children(elem, "os", OS_CHILDREN)
     r.require(found, elem, "os", "name", "version", "arch", "install")
+    r.locate("os", elem)
+    for child, found_elem in found.items():
+        r.locate(f"os.{child}", found_elem)
     arch = r.text(found.get("arch"), "os.arch") or "x86_64"
     if "arch" in found and arch not in ARCHES:
         r.error(found["arch"], "os.arch", f"expected one of {', '.join(ARCHES)}, got {shown(arch)}")
@@ -369,6 +377,7 @@ def _read_repositories(r: TdlReader, elem: etree._Element | None) -> tuple[Repos
                 found["url"], f"{path}.url", f"expected a URL the guest can reach, got localhost ({url})"
             )
         mirrorlist = _BOOL.get((repo.get(f"{{{NS}}}mirrorlist") or "no").lower(), False)
+        r.locate(f"repositories.{name}", repo)
         repos[name] = Repository(
             name=name,
             url="" if mirrorlist else url,
@@ -385,6 +394,7 @@ def _read_packages(r: TdlReader, elem: etree._Element | None) -> tuple[Package, 
     for i, package in enumerate(r.items(elem, "packages", "package")):
         path = f"packages.package[{i}]"
         found = r.children(package, path, ("repository", "file", "arguments"))
+        r.locate(f"packages.{package.get('name', '')}", package)
         packages.append(
             Package(
                 name=r.attr(package, "name", path),

@@ -95,6 +95,7 @@ def read_extensions(r: TdlReader, root: etree._Element) -> TdlExtensions:
         name = etree.QName(elem).localname
         path = f"ik:{name}"
         text = (elem.text or "").strip()
+        r.locate("kernel" if name == "kernel" else path, elem)
         if name not in ELEMENTS:
             r.error(elem, path, unknown_key(name, ELEMENTS))
         elif name in values:
@@ -147,6 +148,7 @@ def read_extensions(r: TdlReader, root: etree._Element) -> TdlExtensions:
                     r.error(p, f"{sub}@size", f"expected {err}, got {shown(p.get('size', ''))}")
                     size = 1
                 mount = p.get("mount", "")
+                r.locate(f"hardware.partitions.{mount}", p)
                 if not mount.startswith("/"):
                     r.error(p, f"{sub}@mount", f"expected an absolute mount point, got {shown(mount)}")
                 parts.append(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,8 @@ import pytest
 from imagekit.builder import disk
 from imagekit.builder.disk import MIB, MIB_SECTORS, Role, plan_layout
 from imagekit.errors import InputError
-from imagekit.recipe.model import Disk, Firmware, Partition
+from imagekit.recipe.buildable import check_buildable
+from imagekit.recipe.model import Disk, Firmware, OperatingSystem, Partition, Recipe, SourceFormat
 from imagekit.run import run
 
 
@@ -59,8 +61,19 @@ def test_disk_grows_when_partitions_need_more() -> None:
     ],
 )
 def test_bad_partitions(parts: tuple[Partition, ...], message: str) -> None:
+    """Refused by the gate before any work (imagekit/recipe/buildable.py), not by the layout."""
+    recipe = Recipe("r", OperatingSystem("debian", "12"), Path("/x/r.appl"), SourceFormat.APPL)
     with pytest.raises(InputError, match=message):
-        plan_layout(Disk(size_mib=4096, partitions=parts), Firmware.BIOS)
+        check_buildable(
+            dataclasses.replace(recipe, disk=Disk(size_mib=4096, partitions=parts)), Firmware.BIOS
+        )
+
+
+def test_four_partitions_fit_a_gpt_disk() -> None:
+    parts = (Partition("/a", 1), Partition("/b", 1), Partition("/c", 1))
+    recipe = Recipe("r", OperatingSystem("debian", "12"), Path("/x/r.appl"), SourceFormat.APPL)
+    check_buildable(dataclasses.replace(recipe, disk=Disk(size_mib=4096, partitions=parts)), Firmware.UEFI)
+    assert len(plan_layout(Disk(size_mib=4096, partitions=parts), Firmware.UEFI).partitions) == 5
 
 
 def test_sfdisk_script_marks_boot_partitions() -> None:

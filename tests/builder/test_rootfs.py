@@ -9,6 +9,7 @@ import pytest
 from imagekit.builder import rootfs
 from imagekit.builder.sources import content_bytes
 from imagekit.errors import InputError, NetworkError
+from imagekit.recipe.buildable import check_buildable
 from imagekit.recipe.model import (
     Command,
     ContentSource,
@@ -106,8 +107,8 @@ def test_cloud_init_gets_what_its_opennebula_datasource_runs(agent: ContextAgent
 def test_groups_map_to_debian_or_fail_by_name() -> None:
     assert rootfs.expand_package("@core") == ()
     assert "sudo" in rootfs.expand_package("@base")
-    with pytest.raises(InputError, match="'@gnome-desktop' has no Debian equivalent"):
-        rootfs.expand_package("@gnome-desktop")
+    with pytest.raises(InputError, match="packages.@gnome-desktop: group '@gnome-desktop' has no Debian"):
+        check_buildable(dataclasses.replace(BASE, packages=(Package("@gnome-desktop"),)))
 
 
 def test_non_debian_recipes_are_refused() -> None:
@@ -120,10 +121,12 @@ def test_source_lines() -> None:
     assert rootfs.source_line(signed, "bookworm") == "deb http://example.org/debian bookworm main"
     unsigned = Repository("b", url="http://example.org/flat ./", signed=False)
     assert rootfs.source_line(unsigned, "bookworm") == "deb [trusted=yes] http://example.org/flat ./"
-    with pytest.raises(InputError, match="mirrorlist"):
-        rootfs.source_line(Repository("c", mirrorlist="http://m"), "bookworm")
-    with pytest.raises(InputError, match="expected an http"):
-        rootfs.source_line(Repository("d", url="gopher://x"), "bookworm")
+    for repo, refusal in (
+        (Repository("c", mirrorlist="http://m"), "repositories.c: mirrorlist is a yum feature"),
+        (Repository("d", url="gopher://x"), "repositories.d: expected an http"),
+    ):
+        with pytest.raises(InputError, match=refusal):  # refused before any work, by the gate
+            check_buildable(dataclasses.replace(BASE, repositories=(repo,)))
 
 
 def test_pinned_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:

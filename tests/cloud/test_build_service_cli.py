@@ -1,4 +1,4 @@
-"""``imagekit build serve``: routed from the ``build`` group, refused without
+"""``imagekit build serve``: a sub-command of the ``build`` group, refused without
 ``--allow-root-builds``; the real runner's command line and its failure line."""
 
 from __future__ import annotations
@@ -13,22 +13,28 @@ from cloud.buildservice.runner import BuildFailed, build_argv, subprocess_runner
 from cloud.buildservice.tokens import TokenStore
 from cloud.buildservice.worker import BuildCancelled, BuildRequest
 from cloud.users import UserStore
-from imagekit.cli import _build_service_route, main
+from imagekit.cli import build_parser, main
 from imagekit.recipe.model import Firmware, OutputFormat
 from imagekit.state import State
 
 
-def test_build_serve_is_the_build_service_group() -> None:
-    assert _build_service_route(["--state", "s", "build", "serve", "--port", "1"]) == [
-        "--state",
-        "s",
-        "build-service",
-        "serve",
-        "--port",
-        "1",
-    ]
-    assert _build_service_route(["build", "recipes/serve.appl"]) == ["build", "recipes/serve.appl"]
-    assert _build_service_route(["vm", "build", "serve"]) == ["vm", "build", "serve"]
+def test_build_verbs_are_sub_commands_beside_the_recipe(tmp_path: Path) -> None:
+    """``build serve`` is a real sub-command of ``build`` (no argv rewrite): the verb's own options
+    parse, and a first word that names no verb is still the recipe, options before or after it."""
+    from cloud.commands.build_client import cmd_status
+    from cloud.commands.build_service import cmd_serve
+    from imagekit.commands.build import cmd_build
+
+    parser = build_parser("build")
+    serve = parser.parse_args(["--state", "s", "build", "serve", "--port", "1"])
+    assert serve.func is cmd_serve and serve.port == 1 and serve.recipe is None
+    status = parser.parse_args(["build", "status", "7", "--json"])
+    assert status.func is cmd_status and status.json
+    for argv in (["build", "recipes/serve.appl", "-o", "x"], ["build", "-o", "x", "recipes/serve.appl"]):
+        recipe = parser.parse_args(argv)
+        assert recipe.func is cmd_build and recipe.recipe == Path("recipes/serve.appl")
+        assert recipe.output == Path("x")
+    assert build_parser("build-service").parse_args(["build-service", "serve"]).func is cmd_serve
 
 
 def test_serve_refuses_without_allow_root_builds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

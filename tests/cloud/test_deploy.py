@@ -19,6 +19,7 @@ from cloud import deploy, hooks, lifecycle
 from cloud.cores import CoreKind, embedded
 from cloud.deploy import CreateRequest, create_vm
 from cloud.model import VmState
+from cloud.siteconfig import load_site
 from cloud.store import VmStore
 from context.leases import NetworkStore
 from context.network import network_from_template
@@ -75,7 +76,9 @@ def _hook_calls(lab: dict[str, Any]) -> list[str]:
 
 def test_create_held_then_delete(lab: dict[str, Any]) -> None:
     state = lab["state"]
-    record = create_vm(CreateRequest(_template(lab), hold=True, etc=lab["etc"]), state=state)
+    record = create_vm(
+        CreateRequest.from_file(_template(lab), hold=True, site=load_site(lab["etc"])), state=state
+    )
     assert record.state is VmState.HOLD and record.owner and record.name == "web"
     assert [h.state for h in VmStore(state).history(record.vmid)] == ["pending", "prolog", "hold"]
     overlay = record.directory / "disk0.qcow2"
@@ -118,11 +121,14 @@ def test_a_failing_step_rolls_back(lab: dict[str, Any], monkeypatch: pytest.Monk
     elif step == "prolog":
         _break(monkeypatch, deploy, "_context_iso")
     elif step == "hooks":
-        (lab["etc"] / "oned.conf").write_text('VM_HOOK = [ on = "sometimes", command = "/bin/true" ]\n')
+        # A hook that parses (etc/ is read when the command starts) but whose ARGUMENTS cannot
+        # be resolved for this VM: the step fails.
+        hook = 'VM_HOOK = [ on = "create", command = "/bin/true", arguments = "$NAME[" ]\n'
+        (lab["etc"] / "oned.conf").write_text(hook)
     else:
         _break(monkeypatch, embedded, "launch")
     with pytest.raises(ImagekitError):
-        create_vm(CreateRequest(template, etc=lab["etc"]), state=lab["state"])
+        create_vm(CreateRequest.from_file(template, site=load_site(lab["etc"])), state=lab["state"])
     assert _leases(lab) == []
     records = VmStore(lab["state"]).list()
     if step in ("parse", "images", "context"):
@@ -140,7 +146,7 @@ def test_swap_and_fs_disks_are_made_on_the_fly(lab: dict[str, Any]) -> None:
         f'DISK = [ SOURCE = "{lab["base"]}" ]\nDISK = [ TYPE = "swap", SIZE = 8 ]\n'
         'DISK = [ TYPE = "fs", SIZE = 8, FORMAT = "ext4" ]'
     )
-    record = create_vm(CreateRequest(_template(lab, disk=disks), hold=True), state=lab["state"])
+    record = create_vm(CreateRequest.from_file(_template(lab, disk=disks), hold=True), state=lab["state"])
     swap = (record.directory / "disk1.raw").read_bytes()
     assert swap[4086:4096] == b"SWAPSPACE2"
     fs = (record.directory / "disk2.raw").read_bytes()
@@ -158,13 +164,15 @@ def _manifest(lab: dict[str, Any], sha256: str) -> Path:
 def test_a_build_output_is_checked_against_its_manifest(lab: dict[str, Any]) -> None:
     good = hashlib.sha256(lab["base"].read_bytes()).hexdigest()
     record = create_vm(
-        CreateRequest(_template(lab, disk=f'DISK = [ SOURCE = "{_manifest(lab, good)}" ]'), hold=True),
+        CreateRequest.from_file(
+            _template(lab, disk=f'DISK = [ SOURCE = "{_manifest(lab, good)}" ]'), hold=True
+        ),
         state=lab["state"],
     )
     assert record.info["firmware"] == "bios"
     bad = _template(lab, disk=f'DISK = [ SOURCE = "{_manifest(lab, "0" * 64)}" ]')
     with pytest.raises(VerificationError, match="image.checksum"):
-        create_vm(CreateRequest(bad, hold=True), state=lab["state"])
+        create_vm(CreateRequest.from_file(bad, hold=True), state=lab["state"])
 
 
 def test_an_image_template_names_the_file(lab: dict[str, Any]) -> None:
@@ -172,12 +180,14 @@ def test_an_image_template_names_the_file(lab: dict[str, Any]) -> None:
     image.write_text('NAME = "debian"\nID = 3\nPATH = "base.qcow2"\n')
     for disk in ('DISK = [ IMAGE = "debian" ]', "DISK = [ IMAGE_ID = 3 ]"):
         record = create_vm(
-            CreateRequest(_template(lab, disk=disk), hold=True, image_templates=(image,)), state=lab["state"]
+            CreateRequest.from_file(_template(lab, disk=disk), hold=True, image_templates=(image,)),
+            state=lab["state"],
         )
         assert record.state is VmState.HOLD
     with pytest.raises(InputError, match=r"vm.one:3:1: DISK\[0\]: no image 'other'"):
         create_vm(
-            CreateRequest(_template(lab, disk='DISK = [ IMAGE = "other" ]'), hold=True), state=lab["state"]
+            CreateRequest.from_file(_template(lab, disk='DISK = [ IMAGE = "other" ]'), hold=True),
+            state=lab["state"],
         )
 
 
@@ -203,9 +213,14 @@ def test_a_marketplace_image_is_verified_cached_and_held(lab: dict[str, Any], tm
         server.files[f"/metadata/{m.identifier}"] = listing(endorse(m, alice, created=ago(days=1)))
         template = _template(lab, disk=f'DISK = [ SOURCE = "marketplace:{m.identifier}" ]')
         with pytest.raises(VerificationError, match="policy"):
-            create_vm(CreateRequest(template, endpoint=server.url, policy=refusing), state=lab["state"])
+            create_vm(
+                CreateRequest.from_file(template, endpoint=server.url, site=load_site(policy=refusing)),
+                state=lab["state"],
+            )
         assert VmStore(lab["state"]).list() == [] and _leases(lab) == []
-        request = CreateRequest(template, hold=True, endpoint=server.url, policy=policy)
+        request = CreateRequest.from_file(
+            template, hold=True, endpoint=server.url, site=load_site(policy=policy)
+        )
         record = create_vm(request, state=lab["state"])
     cached = image_path(lab["state"], m.identifier)
     assert cached.read_bytes() == content
@@ -280,7 +295,9 @@ def test_failing_and_slow_hooks_are_logged_and_change_nothing(
         f'VM_HOOK = [ name = "fails", on = "create", command = "{failing}", arguments = "$VMID" ]\n'
         'VM_HOOK = [ name = "slow", on = "create", command = "/bin/sleep", arguments = "30" ]\n'
     )
-    record = create_vm(CreateRequest(_template(lab), hold=True, etc=lab["etc"]), state=lab["state"])
+    record = create_vm(
+        CreateRequest.from_file(_template(lab), hold=True, site=load_site(lab["etc"])), state=lab["state"]
+    )
     hooks.wait_for_hooks()
     assert record.state is VmState.HOLD
     logged = (record.directory / hooks.HOOK_LOG).read_text()
@@ -298,7 +315,7 @@ def test_hook_configuration_errors_are_located(tmp_path: Path) -> None:
 
 
 def test_an_ssh_uplink_forwards_a_loopback_port(lab: dict[str, Any]) -> None:
-    record = create_vm(CreateRequest(_template(lab), hold=True, ssh_port=2299), state=lab["state"])
+    record = create_vm(CreateRequest.from_file(_template(lab), hold=True, ssh_port=2299), state=lab["state"])
     argv = record.info["argv"]
     uplink = [argv[i + 1] for i, a in enumerate(argv) if a == "-nic"]
     mac = f"52:54:00:00:00:{record.vmid:02x}"
@@ -309,7 +326,7 @@ def test_cli_log_and_wait(lab: dict[str, Any], capsys: pytest.CaptureFixture[str
     from imagekit.cli import main
 
     state = ["--state", str(lab["state"].root)]
-    record = create_vm(CreateRequest(_template(lab), hold=True), state=lab["state"])
+    record = create_vm(CreateRequest.from_file(_template(lab), hold=True), state=lab["state"])
     (record.directory / "serial.log").write_bytes(b"SeaBIOS\nlogin: \n")
     assert main([*state, "vm", "log", str(record.vmid), "--follow"]) == 0  # held: no process to follow
     assert capsys.readouterr().out == "SeaBIOS\nlogin: \n"
@@ -325,7 +342,7 @@ def test_cli_log_and_wait(lab: dict[str, Any], capsys: pytest.CaptureFixture[str
 def test_a_disk_with_save_is_kept_at_done(lab: dict[str, Any]) -> None:
     """DISK SAVE=yes (opennebula-1.4.md §1): the VM's disk outlives it, flattened."""
     template = _template(lab, disk=f'DISK = [ SOURCE = "{lab["base"]}", SAVE = "yes" ]')
-    record = create_vm(CreateRequest(template, hold=True), state=lab["state"])
+    record = create_vm(CreateRequest.from_file(template, hold=True), state=lab["state"])
     lifecycle.delete(lab["state"], record.vmid)
     saved = lab["state"].root / "saved" / f"vm{record.vmid}-disk0.qcow2"
     info = json.loads(subprocess.check_output(["qemu-img", "info", "--output=json", saved]))

@@ -55,7 +55,9 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMAGEKIT_ACCEL", "tcg")
         for owner in ("alice", "alice", "bob"):
-            request = CreateRequest(template, hold=True, owner=owner, owner_id=accounts[owner].user.id)
+            request = CreateRequest.from_file(
+                template, hold=True, owner=owner, owner_id=accounts[owner].user.id
+            )
             create_vm(request, state=state)
     with ec2_server(state.root, None, "--hold") as url:
         yield {"url": url, "accounts": accounts, "state": state, "base": base}
@@ -173,7 +175,7 @@ def test_register_run_and_describe(cloud: dict[str, Any], tmp_path: Path) -> Non
     assert [i["InstanceId"] for i in again["Instances"]] == [i["InstanceId"] for i in first["Instances"]]
 
     vmid = int(first["Instances"][0]["InstanceId"][2:], 16)
-    template = parse_template(Path(VmStore(state).get(vmid).template).read_text())
+    template = parse_template(VmStore(state).get(vmid).info["deployed_template"])
     assert template.single("CPU") == "0.2" and template.single("MEMORY") == "256"
     context = stored_context(state, vmid) or {}  # as resolved for the VM
     assert base64.b64decode(context.get("EC2_USER_DATA") or "") == b"#!/bin/sh\necho hi\n"

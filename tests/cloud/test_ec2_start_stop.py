@@ -44,7 +44,7 @@ def held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, 
     template = root / "vm.one"
     template.write_text(f'NAME = "idle"\nMEMORY = 64\nDISK = [ SOURCE = "{root}/blank.qcow2" ]\n')
     monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
-    request = CreateRequest(template, hold=True, owner="alice", owner_id=alice.user.id)
+    request = CreateRequest.from_file(template, hold=True, owner="alice", owner_id=alice.user.id)
     vms = [create_vm(request, state=state) for _ in range(2)]
     try:
         with ec2_server(state.root) as url:

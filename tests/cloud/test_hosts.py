@@ -222,7 +222,7 @@ def test_with_no_host_created_a_vm_still_deploys_as_before(blank_lab: BlankLab) 
     from cloud.deploy import CreateRequest, create_vm
 
     lab_state = blank_lab.state
-    held = create_vm(CreateRequest(blank_lab.template, hold=True), state=lab_state)
+    held = create_vm(CreateRequest.from_file(blank_lab.template, hold=True), state=lab_state)
     assert held.state is VmState.HOLD
     assert [h.name for h in HostStore(lab_state).list()] == ["localhost"]
     assert HostStore(lab_state).shares()[LOCALHOST_ID].cpu_usage == 0  # held: not on a host yet

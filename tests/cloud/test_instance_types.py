@@ -33,7 +33,7 @@ from context.leases import NetworkStore
 from context.model import Vector
 from context.network import network_from_template
 from context.resolve import resolve_context
-from context.template import parse_template
+from context.template import load_template, parse_template
 from context.vm import User, instantiate
 from imagekit.cli import main
 from imagekit.errors import InputError
@@ -197,14 +197,14 @@ def test_typed_template_keeps_the_users_disks_and_nics(tmp_path: Path) -> None:
         'NAME = "web"\nCPU = 8\nDISK = [ SOURCE = "disk.qcow2" ]\nNIC = [ NETWORK = "lan" ]\n'
         'CONTEXT = [ HOSTNAME = "web" ]\n'
     )
-    merged_path = typed_template(user, "m1.small", REPO / "etc")
-    assert merged_path == tmp_path / "web.m1.small.one"  # beside it: relative paths still resolve
-    merged = parse_template(merged_path.read_text())
+    merged = typed_template(load_template(user), "m1.small", TYPES, name="web")
+    assert list(tmp_path.iterdir()) == [user]  # nothing written to be read back
+    assert merged.source == f"{user} (type m1.small)"
     assert [a.name for a in merged] == ["CPU", "VCPU", "MEMORY", "NAME", "DISK", "NIC", "CONTEXT"]
     assert (merged.single("CPU"), merged.single("MEMORY"), merged.single("NAME")) == ("0.2", "256", "web")
     assert merged.vectors("DISK") == [Vector((("SOURCE", "disk.qcow2"),))]
     assert merged.vectors("NIC") == [Vector((("NETWORK", "lan"),))]
-    occi = parse_template(typed_template(user, "large", REPO / "etc").read_text())
+    occi = typed_template(load_template(user), "large", TYPES, name="web")
     assert (occi.single("CPU"), occi.single("MEMORY"), occi.single("NAME")) == ("8", "8192", "web")
 
 
@@ -220,6 +220,8 @@ def test_vm_create_with_a_type(
     user.write_text('NAME = "web"\nDISK = [ SOURCE = "disk.qcow2" ]\nNIC = [ NETWORK = "lan" ]\n')
     assert main(["vm", "create", str(user), "--type", "m1.large", "--hold"]) == 0
     [record] = VmStore(state).list()
-    assert record.state is VmState.HOLD and record.template == str(tmp_path / "web.m1.large.one")
-    deployed = parse_template(Path(record.template).read_text())
-    assert (deployed.single("CPU"), deployed.single("VCPU"), deployed.single("MEMORY")) == ("2", "2", "7680")
+    assert record.state is VmState.HOLD and record.template == f"{user} (type m1.large)"
+    assert [p.name for p in tmp_path.glob("*.one")] == ["web.one"]  # no merged file beside it
+    assert (record.info["cpu"], record.info["memory_mib"]) == (2, 7680)
+    argv = record.info["argv"]
+    assert argv[argv.index("-smp") + 1] == "2"  # VCPU from the type

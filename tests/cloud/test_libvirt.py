@@ -92,7 +92,7 @@ def test_verbs_on_a_libvirt_domain(libvirtd: None, blank_lab: BlankLab, tmp_path
     from cloud import lifecycle
 
     state, template = blank_lab.state, blank_lab.template
-    vm = create_vm(CreateRequest(template, core=CoreKind.LIBVIRT), state=state)
+    vm = create_vm(CreateRequest.from_file(template, core=CoreKind.LIBVIRT), state=state)
     core = LibvirtCore()
     libvirt: Any = core._libvirt()
     dom: Any = core._conn(vm).lookupByName(vm.info["domain"])
@@ -120,7 +120,7 @@ def test_a_held_domain_is_deleted_without_asking_libvirt(
     from cloud import lifecycle
 
     held = create_vm(
-        CreateRequest(blank_lab.template, hold=True, core=CoreKind.LIBVIRT), state=blank_lab.state
+        CreateRequest.from_file(blank_lab.template, hold=True, core=CoreKind.LIBVIRT), state=blank_lab.state
     )
     assert held.info["uri"] == URI and held.info["domain"].endswith(f"-{held.vmid}")
 

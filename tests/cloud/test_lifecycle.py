@@ -41,7 +41,7 @@ def _status(record: VmRecord) -> str:
 
 def test_suspend_stop_resume_and_a_hard_shutdown(lab: Any) -> None:
     state, template = lab
-    vm = create_vm(CreateRequest(template), state=state)
+    vm = create_vm(CreateRequest.from_file(template), state=state)
     assert vm.state is VmState.RUNNING and embedded.alive(vm.pid, vm.pid_start)
     assert _status(vm) == "running"
 
@@ -72,7 +72,7 @@ def test_suspend_stop_resume_and_a_hard_shutdown(lab: Any) -> None:
 
 def test_a_dead_qemu_is_unknown_then_deleted(lab: Any) -> None:
     state, template = lab
-    vm = create_vm(CreateRequest(template), state=state)
+    vm = create_vm(CreateRequest.from_file(template), state=state)
     assert vm.pid is not None
     os.kill(vm.pid, signal.SIGKILL)
     deadline_ok = lifecycle.wait(state, vm.vmid, VmState.UNKNOWN, timeout=30)

@@ -13,6 +13,7 @@ import pytest
 from cloud import monitoring
 from cloud.hosts import LOCALHOST_ID, HostState, HostStore, host_spec
 from cloud.monitoring import built_in, monitor, parse_probe_output
+from cloud.siteconfig import load_site
 from imagekit.cli import main
 from imagekit.errors import DataError
 from imagekit.state import State
@@ -83,7 +84,7 @@ def test_monitoring_localhost_records_the_probe_and_the_site_probes(state: State
     etc = tmp_path / "etc"
     _probe(etc, "10-rack", "echo RACK=r12; echo HOSTNAME=spoofed")
     (etc / "im_probes.d" / "README").write_text("not executable: not a probe\n")
-    host = monitor(state, "localhost", etc=etc)
+    host = monitor(state, "localhost", probes=load_site(etc).probes)
     assert host.state is HostState.MONITORED and host.last_monitored > 0
     assert host.monitoring["RACK"] == "r12"
     assert host.monitoring["HOSTNAME"] != "spoofed"  # a built-in name is kept
@@ -97,16 +98,16 @@ def test_a_failing_probe_puts_the_host_in_error_and_the_next_good_one_back(
 ) -> None:
     etc = tmp_path / "etc"
     _probe(etc, "bad", "echo oops; exit 3")
-    failed = monitor(state, "0", etc=etc)
+    failed = monitor(state, "0", probes=load_site(etc).probes)
     assert failed.state is HostState.ERROR and "bad" in failed.error
     (etc / "im_probes.d" / "bad").unlink()
-    assert monitor(state, "0", etc=etc).state is HostState.MONITORED
+    assert monitor(state, "0", probes=load_site(etc).probes).state is HostState.MONITORED
 
 
 def test_a_probe_printing_something_else_is_an_error(state: State, tmp_path: Path) -> None:
     etc = tmp_path / "etc"
     _probe(etc, "chatty", "echo hello world")
-    failed = monitor(state, "localhost", etc=etc)
+    failed = monitor(state, "localhost", probes=load_site(etc).probes)
     assert failed.state is HostState.ERROR and "expected KEY=VALUE" in failed.error
 
 

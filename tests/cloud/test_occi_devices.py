@@ -64,5 +64,6 @@ def test_a_compute_whose_disks_have_no_dev_is_created(
     assert answer.status_code == 201, answer.text
     vm = ET.fromstring(answer.content)
     assert [(d.get("type"), d.get("dev")) for d in vm.iter("DISK")] == [("disk", "hdb"), ("swap", "hda")]
-    template = parse_template(Path(VmStore(state).get(int(vm.findtext("ID") or "")).template).read_text())
+    record = VmStore(state).get(int(vm.findtext("ID") or ""))
+    template = parse_template(record.info["deployed_template"])
     assert [d.get("TARGET") for d in template.vectors("DISK")] == ["hdb", "hda"]

@@ -129,7 +129,7 @@ def test_deploy_registers_the_image_and_hands_context_over_unresolved(
     fake, endpoint = oned
     state = State.open(tmp_path / "state")
     template = _template(tmp_path)
-    request = CreateRequest(template, core=CoreKind.OPENNEBULA, one_endpoint=endpoint)
+    request = CreateRequest.from_file(template, core=CoreKind.OPENNEBULA, one_endpoint=endpoint)
     record = create_vm(request, state=state)
     assert record.core == "opennebula" and record.state is VmState.PENDING
     assert record.info["one_id"] == 40 and record.info["one_images"] == [101]
@@ -160,7 +160,9 @@ def test_deploy_registers_the_image_and_hands_context_over_unresolved(
 def test_hold_release_and_a_refusal(oned: tuple[FakeOned, str], auth: None, tmp_path: Path) -> None:
     fake, endpoint = oned
     state = State.open(tmp_path / "state")
-    request = CreateRequest(_template(tmp_path), hold=True, core=CoreKind.OPENNEBULA, one_endpoint=endpoint)
+    request = CreateRequest.from_file(
+        _template(tmp_path), hold=True, core=CoreKind.OPENNEBULA, one_endpoint=endpoint
+    )
     record = create_vm(request, state=state)
     assert record.state is VmState.HOLD and fake.calls[1][1][2] is True
     assert lifecycle.release(state, record.vmid).state is VmState.PENDING

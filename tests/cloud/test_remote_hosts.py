@@ -15,6 +15,7 @@ import json
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,10 +24,18 @@ from cloud.cores import CoreKind
 from cloud.hosts import HostState, HostStore, host_spec
 from cloud.model import VmState
 from cloud.remote import HostUnreachable, SshRunner, load_ssh_settings
+from cloud.siteconfig import load_site
 from cloud.store import VmStore
 from imagekit.state import State
 
 from .sshd import SimulatedHost, SshLab
+
+
+def _site(etc: Path) -> dict[str, Any]:
+    """What monitoring takes of the site in ``etc`` (read once, as a command does)."""
+    site = load_site(etc)
+    return {"probes": site.probes, "settings": site.ssh}
+
 
 BUILT_IN = ("HOSTNAME", "ARCH", "CPUSPEED", "TOTALCPU", "FREECPU", "USEDCPU", "TOTALMEMORY",
             "FREEMEMORY", "USEDMEMORY", "HYPERVISOR", "RUNNING_VMS")  # fmt: skip
@@ -60,7 +69,7 @@ def test_a_remote_host_is_monitored_over_ssh(ssh_hosts: SshLab, tmp_path: Path) 
     state, host = _state(tmp_path), ssh_hosts.hosts[0]
     hid = _add(state, "node1", host)
     before = sorted(p.name for p in host.home.iterdir())
-    result = monitoring.monitor(state, "node1", etc=ssh_hosts.etc)
+    result = monitoring.monitor(state, "node1", **_site(ssh_hosts.etc))
     assert result.state is HostState.MONITORED, result.error
     assert set(BUILT_IN) <= set(result.monitoring)
     assert result.monitoring["HOSTNAME"] == ssh_hosts.ssh(host, "uname -n").strip()
@@ -80,8 +89,8 @@ def test_each_host_counts_only_its_own_vms(ssh_hosts: SshLab, tmp_path: Path) ->
     _add(state, "b", b)
     pid = _fake_qemu(ssh_hosts, b, 41)
     try:
-        assert monitoring.monitor(state, "a", etc=ssh_hosts.etc).monitoring["RUNNING_VMS"] == "0"
-        assert monitoring.monitor(state, "b", etc=ssh_hosts.etc).monitoring["RUNNING_VMS"] == "1"
+        assert monitoring.monitor(state, "a", **_site(ssh_hosts.etc)).monitoring["RUNNING_VMS"] == "0"
+        assert monitoring.monitor(state, "b", **_site(ssh_hosts.etc)).monitoring["RUNNING_VMS"] == "1"
     finally:
         ssh_hosts.ssh(b, f"kill {pid}", check=False)
 
@@ -106,7 +115,7 @@ def test_site_probes_run_on_the_host(ssh_hosts: SshLab, tmp_path: Path) -> None:
     })  # fmt: skip
     state, host = _state(tmp_path), ssh_hosts.hosts[1]
     _add(state, "node2", host)
-    result = monitoring.monitor(state, "node2", etc=etc)
+    result = monitoring.monitor(state, "node2", **_site(etc))
     assert result.state is HostState.MONITORED, result.error
     assert result.monitoring["PROBE_USER"] == host.user
     assert result.monitoring["PROBE_HOME"] == str(host.home)
@@ -117,7 +126,7 @@ def test_a_failing_site_probe_puts_the_host_in_error(ssh_hosts: SshLab, tmp_path
     etc = _site_etc(ssh_hosts, tmp_path, {"bad": "#!/bin/sh\necho 'not a key value'\n"})
     state = _state(tmp_path)
     _add(state, "node1", ssh_hosts.hosts[0])
-    result = monitoring.monitor(state, "node1", etc=etc)
+    result = monitoring.monitor(state, "node1", **_site(etc))
     assert result.state is HostState.ERROR
     assert "probe bad, line 1: expected KEY=VALUE" in result.error
 
@@ -131,13 +140,13 @@ def test_a_host_that_stops_answering_then_answers_again(ssh_hosts: SshLab, tmp_p
     pid = _fake_qemu(ssh_hosts, host, 7)
     store = VmStore(state)
     try:
-        assert monitoring.monitor(state, "node1", etc=ssh_hosts.etc).state is HostState.MONITORED
+        assert monitoring.monitor(state, "node1", **_site(ssh_hosts.etc)).state is HostState.MONITORED
         assert store.get(7).state is VmState.RUNNING
         assert store.get(8).state is VmState.UNKNOWN
         assert "not found on host node1" in store.get(8).reason
 
         ssh_hosts.stop()
-        down = monitoring.monitor(state, "node1", etc=ssh_hosts.etc)
+        down = monitoring.monitor(state, "node1", **_site(ssh_hosts.etc))
         assert down.state is HostState.ERROR
         assert down.error.startswith("not answering: ") and "\n" not in down.error
         assert "Connection refused" in down.error
@@ -146,7 +155,7 @@ def test_a_host_that_stops_answering_then_answers_again(ssh_hosts: SshLab, tmp_p
         assert store.get(9).state is VmState.RUNNING
 
         ssh_hosts.start()
-        up = monitoring.monitor(state, "node1", etc=ssh_hosts.etc)
+        up = monitoring.monitor(state, "node1", **_site(ssh_hosts.etc))
         assert up.state is HostState.MONITORED and up.error == ""
         assert store.get(7).state is VmState.RUNNING
         assert store.get(7).reason == "found running on host node1 again"
@@ -168,7 +177,7 @@ def test_a_disabled_host_keeps_its_state_when_it_fails(ssh_hosts: SshLab, tmp_pa
     HostStore(state).set_enabled("node1", False)
     ssh_hosts.stop()
     try:
-        host = monitoring.monitor(state, "node1", etc=ssh_hosts.etc)
+        host = monitoring.monitor(state, "node1", **_site(ssh_hosts.etc))
     finally:
         ssh_hosts.start()
     assert host.state is HostState.DISABLED and host.error.startswith("not answering")
@@ -189,7 +198,7 @@ def test_attributes_with_shell_syntax_stay_literal(ssh_hosts: SshLab, tmp_path: 
     etc = _site_etc(ssh_hosts, tmp_path, {"odd": "#!/bin/sh\necho 'ODD=$(touch pwned); rm -rf ~ `id`'\n"})
     state, host = _state(tmp_path), ssh_hosts.hosts[0]
     _add(state, "node1", host)
-    result = monitoring.monitor(state, "node1", etc=etc)
+    result = monitoring.monitor(state, "node1", **_site(etc))
     assert result.monitoring["ODD"] == "$(touch pwned); rm -rf ~ `id`"
     assert not (host.home / "pwned").exists() and host.home.is_dir()
 
@@ -216,7 +225,7 @@ def test_the_monitoring_loop_probes_every_enabled_host(ssh_hosts: SshLab, tmp_pa
     rounds: list[int] = []
     worker = threading.Thread(
         target=lambda: rounds.append(
-            monitoring.monitoring_loop(state, stop, etc=ssh_hosts.etc, interval=0.1)
+            monitoring.monitoring_loop(state, stop, interval=0.1, **_site(ssh_hosts.etc))
         )
     )
     worker.start()

@@ -332,7 +332,7 @@ def test_vm_create_with_only_localhost_is_placed_there_without_a_pass(blank_lab:
     """Zero set-up: localhost never monitored (capacity 0), and the VM still deploys there."""
     from cloud.deploy import CreateRequest, create_vm
 
-    held = create_vm(CreateRequest(blank_lab.template, hold=True), state=blank_lab.state)
+    held = create_vm(CreateRequest.from_file(blank_lab.template, hold=True), state=blank_lab.state)
     assert (held.state, held.hid) == (VmState.HOLD, LOCALHOST_ID)
     assert HostStore(blank_lab.state).get("localhost").last_monitored == 0
 
@@ -349,7 +349,7 @@ def test_vm_create_with_other_hosts_runs_a_pass_and_may_stay_pending(
     _host(lab, "node1", cpu=400)
     here = tmp_path / "here.one"
     here.write_text(blank_lab.template.read_text() + 'REQUIREMENTS = "NAME = \\"localhost\\""\n')
-    held = create_vm(CreateRequest(here, hold=True), state=lab)
+    held = create_vm(CreateRequest.from_file(here, hold=True), state=lab)
     assert (held.state, held.hid) == (VmState.HOLD, LOCALHOST_ID)
     nowhere = tmp_path / "nowhere.one"
     nowhere.write_text(blank_lab.template.read_text() + 'REQUIREMENTS = "ARCH = \\"sparc\\""\n')
@@ -387,14 +387,17 @@ def test_vm_create_probes_a_never_monitored_localhost_before_its_pass(blank_lab:
     from cloud.deploy import CreateRequest, create_vm
 
     _host(blank_lab.state, "node1", cpu=0)  # fits nothing: localhost must be probed to take the VM
-    held = create_vm(CreateRequest(blank_lab.template, hold=True), state=blank_lab.state)
+    held = create_vm(CreateRequest.from_file(blank_lab.template, hold=True), state=blank_lab.state)
     assert (held.state, held.hid) == (VmState.HOLD, LOCALHOST_ID)
     assert HostStore(blank_lab.state).get("localhost").last_monitored > 0
 
 
-def test_a_bad_sched_conf_fails_vm_create_at_the_schedule_step(blank_lab: BlankLab, tmp_path: Path) -> None:
-    """The VM ends failed naming the step, and gives its lease back (as every failed step)."""
-    from cloud.deploy import CreateRequest, create_vm
+def test_a_bad_sched_conf_stops_vm_create_before_anything_is_reserved(
+    blank_lab: BlankLab, tmp_path: Path
+) -> None:
+    """etc/ is read once, where the command starts (cloud/siteconfig.py): a bad sched.conf is a
+    located error before any VM row or lease exists."""
+    from cloud.siteconfig import load_site
     from context.leases import NetworkStore
 
     _host(blank_lab.state, "localhost")
@@ -403,9 +406,8 @@ def test_a_bad_sched_conf_fails_vm_create_at_the_schedule_step(blank_lab: BlankL
     etc.mkdir()
     (etc / "sched.conf").write_text("MAX_VM = -1\n")
     with pytest.raises(InputError, match=r"sched\.conf:1:1: MAX_VM: expected a whole number"):
-        create_vm(CreateRequest(blank_lab.template, hold=True, etc=etc), state=blank_lab.state)
-    (failed,) = VmStore(blank_lab.state).list()
-    assert (failed.state, failed.step) == (VmState.FAILED, "schedule")
+        load_site(etc)
+    assert VmStore(blank_lab.state).list() == []
     assert NetworkStore(blank_lab.state).leases() == []
 
 

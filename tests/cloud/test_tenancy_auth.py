@@ -493,7 +493,7 @@ def test_the_state_database_contexts_overlays_and_uploads_are_0600(
     try:
         state = blank_lab.state
         assert stat.S_IMODE(os.stat(state.db_path).st_mode) == 0o600
-        record = create_vm(CreateRequest(blank_lab.template, hold=True), state=state)
+        record = create_vm(CreateRequest.from_file(blank_lab.template, hold=True), state=state)
         directory = Path(record.directory)
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
         made = sorted(p.name for p in directory.iterdir() if p.suffix in (".qcow2", ".iso"))

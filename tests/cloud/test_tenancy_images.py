@@ -376,7 +376,7 @@ def test_a_cloud_users_template_names_no_host_file(doors: Doors) -> None:
         f'DISK = [ TYPE = "cdrom", SOURCE = "{outside}" ]',
     ]
     for disk in disks:
-        request = CreateRequest(
+        request = CreateRequest.from_file(
             _template(doors.tmp, disk),
             hold=True,
             owner="alice",
@@ -389,7 +389,7 @@ def test_a_cloud_users_template_names_no_host_file(doors: Doors) -> None:
     assert VmStore(doors.state).list() == []
     good = mine / "good.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", good, "1M")
-    request = CreateRequest(
+    request = CreateRequest.from_file(
         _template(doors.tmp, f'DISK = [ SOURCE = "{good}" ]'), hold=True, confine=(mine,)
     )
     assert create_vm(request, state=doors.state).owner
@@ -404,7 +404,7 @@ def test_a_hostile_file_in_the_users_directory_is_refused_at_deploy(doors: Doors
         image = HOSTILE[attack](mine)
         template = _template(doors.tmp, f'DISK = [ SOURCE = "{image}" ]')
         with pytest.raises(NotStandalone):
-            create_vm(CreateRequest(template, hold=True, confine=(mine,)), state=doors.state)
+            create_vm(CreateRequest.from_file(template, hold=True, confine=(mine,)), state=doors.state)
     assert VmStore(doors.state).list() == []
 
 
@@ -434,7 +434,8 @@ def test_create_vm_stops_at_a_base_with_a_backing_file(tmp_path: Path, doors: Do
     qemu_img("create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", str(secret_file(tmp_path)), base, "1M")
     with pytest.raises(NotStandalone):
         create_vm(
-            CreateRequest(_template(tmp_path, f'DISK = [ SOURCE = "{base}" ]'), hold=True), state=doors.state
+            CreateRequest.from_file(_template(tmp_path, f'DISK = [ SOURCE = "{base}" ]'), hold=True),
+            state=doors.state,
         )
     [record] = VmStore(doors.state).list()
     assert record.state.value == "failed"
@@ -470,7 +471,7 @@ def test_fs_disks_are_made_by_the_listed_program(
 ) -> None:
     assert fs in FILESYSTEM_MAKERS
     template = _template(tmp_path, f'DISK = [ TYPE = "fs", SIZE = 40, FORMAT = "{fs}" ]')
-    record = create_vm(CreateRequest(template, hold=True), state=doors.state)
+    record = create_vm(CreateRequest.from_file(template, hold=True), state=doors.state)
     offset, expected = magic
     with open(record.directory / "disk0.raw", "rb") as disk:
         disk.seek(offset)
@@ -486,7 +487,7 @@ def test_an_uploaded_cd_is_attached_in_the_format_it_is_kept_in(doors: Doors) ->
     iso.write_bytes(_pattern(1 << 20))
     kept = make_standalone(iso, mine / "cd.qcow2")
     template = _template(doors.tmp, f'DISK = [ TYPE = "cdrom", SOURCE = "{kept}" ]')
-    record = create_vm(CreateRequest(template, hold=True, confine=(mine,)), state=doors.state)
+    record = create_vm(CreateRequest.from_file(template, hold=True, confine=(mine,)), state=doors.state)
     drives = [a for a in record.info["argv"] if "media=cdrom" in a]
     assert drives == [f"file={kept},format=qcow2,if=none,id=cd0,media=cdrom,readonly=on"]
 

@@ -19,6 +19,7 @@ VMs held (no QEMU boots). What a VM gets is read as the core resolved it for the
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import shutil
 import sys
@@ -38,6 +39,7 @@ from cloud.ec2.errors import Ec2Error
 from cloud.ec2.service import Ec2Service, Region
 from cloud.occi.service import OcciService
 from cloud.occi.xml import ComputeRequest, NetworkRequest, NicRef, StorageRequest
+from cloud.siteconfig import load_site
 from cloud.users import CreatedUser, User, UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
@@ -87,10 +89,21 @@ class Cloud:
     hook_log: Path
     tmp: Path
 
-    def add_type(self, name: str, body: str) -> None:
+    def add_type(self, name: str, body: str) -> Cloud:
+        """The type added to etc/, and the front doors restarted: a server reads etc/ once."""
         (self.etc / "instance-types" / f"{name}.j2").write_text(body)
         with (self.etc / "instance-types.conf").open("a") as table:
             table.write(f'VM_TYPE = [ NAME = "{name}", TEMPLATE = "{name}.j2" ]\n')
+        ec2, occi = _front_doors(self.state, self.etc)
+        return dataclasses.replace(self, ec2=ec2, occi=occi)
+
+
+def _front_doors(state: State, etc: Path) -> tuple[Ec2Service, OcciService]:
+    site = load_site(etc)
+    compute = CoreBackend(state, hold=True, site=site)
+    return Ec2Service(state, Region("default", "http://127.0.0.1/"), compute, site=site), OcciService(
+        state, hold=True, site=site
+    )
 
 
 @pytest.fixture
@@ -117,10 +130,9 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cloud:
     )
     base = tmp_path / "base.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"])
-    ec2 = Ec2Service(state, Region("default", "http://127.0.0.1/"), CoreBackend(state, hold=True, etc=etc))
-    occi = OcciService(state, hold=True, etc=etc)
+    ec2, occi = _front_doors(state, etc)
     cloud = Cloud(state, etc, ec2, occi, users, accounts, base, hook_log, tmp_path)
-    cloud.add_type("probe", PROBE)
+    cloud = cloud.add_type("probe", PROBE)
     return cloud
 
 
@@ -260,15 +272,15 @@ def test_bob_cannot_reach_alices_network_by_any_route(cloud: Cloud) -> None:
     )
     assert NetworkStore(cloud.state).get(_leased_network(cloud, ec2_vm)).name == "Public EC2"
     # Instance types: a NIC naming a user's network is never resolved to it, by name or id.
-    cloud.add_type("by-name", PROBE.replace('NETWORK = "Public EC2"', 'NETWORK = "alice-lan"'))
-    cloud.add_type("by-id", PROBE.replace('NETWORK = "Public EC2"', f"NETWORK_ID = {theirs}"))
+    cloud = cloud.add_type("by-name", PROBE.replace('NETWORK = "Public EC2"', 'NETWORK = "alice-lan"'))
+    cloud = cloud.add_type("by-id", PROBE.replace('NETWORK = "Public EC2"', f"NETWORK_ID = {theirs}"))
     for user, kind in (("bob", "by-name"), ("alice", "by-name"), ("bob", "by-id")):
         with pytest.raises(InputError):
             _run(cloud, user, InstanceType=kind)
     assert _leased_network(cloud, _run(cloud, "alice", InstanceType="by-id")) == theirs
     # CONTEXT: $NETWORK[…] of a network the VM is not on is empty, written by a type or sent.
     peek = f'PEEK = "$NETWORK[NETWORK_ADDRESS, NETWORK_ID=\\"{theirs}\\"]"'
-    cloud.add_type("peek", PROBE.replace('PEER = "$0.EC2_USER_DATA"', peek))
+    cloud = cloud.add_type("peek", PROBE.replace('PEER = "$0.EC2_USER_DATA"', peek))
     assert _context(cloud, _run(cloud, "bob", InstanceType="peek"))["PEEK"] == ""
     sent = f'$NETWORK[NETWORK_ADDRESS, NETWORK_ID="{theirs}"]'
     _import_key(cloud, "bob", sent)

@@ -35,6 +35,7 @@ from cloud.ec2.server import create_app as ec2_app
 from cloud.ec2.service import Region
 from cloud.occi.server import create_app as occi_app
 from cloud.quotas import QuotaChange, Quotas
+from cloud.siteconfig import load_site
 from cloud.store import VmStore
 from cloud.users import UserStore
 from context.leases import NetworkStore
@@ -118,9 +119,12 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
     assert [r.owner for r in VmStore(state).list()] == ["root", "daemon"]  # the accounts, by name
     for name in ("daemon", "root"):
         ImageStore(state).register(made[name].user, "base", str(an_ec2_upload(state, name)))
-    compute = CoreBackend(state, hold=True, etc=etc)
+    compute = CoreBackend(state, hold=True, site=load_site(etc))
     ec2 = ec2_app(state, Region("default", URL), compute=compute)
-    with TestClient(ec2, base_url=URL) as ec2_http, TestClient(occi_app(state, hold=True, etc=etc)) as occi:
+    with (
+        TestClient(ec2, base_url=URL) as ec2_http,
+        TestClient(occi_app(state, hold=True, site=load_site(etc))) as occi,
+    ):
         yield Lab(Doors(state, made, ec2_http, occi, tmp_path, tmp_path), etc, local)
 
 
@@ -158,7 +162,7 @@ def test_a_cloud_user_named_as_a_local_account_cannot_reach_its_vms(lab: Lab, na
 
 
 def test_the_local_accounts_vms_count_against_no_cloud_users_quota(lab: Lab) -> None:
-    doors, quotas = lab.doors, Quotas(lab.doors.state, lab.etc)
+    doors, quotas = lab.doors, Quotas(lab.doors.state, load_site(lab.etc).default_limits)
     for name in ("root", "daemon"):
         quotas.set(name, QuotaChange(vms=1))
         assert quotas.usage(name).vms == 0

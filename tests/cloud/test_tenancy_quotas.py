@@ -30,6 +30,7 @@ from cloud.ec2.server import create_app as ec2_app
 from cloud.ec2.service import Region
 from cloud.occi.server import create_app as occi_app
 from cloud.quotas import UNLIMITED, Limits, QuotaChange, QuotaExceeded, Quotas, load_default_limits
+from cloud.siteconfig import load_site
 from cloud.store import VmStore
 from cloud.users import CreatedUser, UserStore
 from context.leases import NetworkStore
@@ -77,7 +78,7 @@ def test_a_users_limit_overrides_the_site_default(tmp_path: Path) -> None:
     users = UserStore(state)
     users.create("alice", "pw")
     users.create("root", "pw", admin=True)
-    quotas = Quotas(state, etc)
+    quotas = Quotas(state, load_site(etc).default_limits)
     assert quotas.limits("alice") == Limits(vms=3, cpu=1.5, memory_mib=2048, storage_bytes=10 << 30)
     quotas.set("alice", QuotaChange(vms=10, images=UNLIMITED))
     quotas.set("alice", QuotaChange(memory_mib=UNLIMITED))  # the earlier limits stay
@@ -143,7 +144,9 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 def test_vm_create_for_a_cloud_user_keeps_to_the_quota(lab: dict[str, Any]) -> None:
     state, template = lab["state"], lab["template"]
     Quotas(state).set("alice", QuotaChange(vms=5, cpu=1.0))
-    alices = CreateRequest(template, hold=True, owner="alice", owner_id=lab["accounts"]["alice"].user.id)
+    alices = CreateRequest.from_file(
+        template, hold=True, owner="alice", owner_id=lab["accounts"]["alice"].user.id
+    )
     for _ in range(2):
         create_vm(alices, state=state)
     leases = len(NetworkStore(state).leases(0))
@@ -155,13 +158,15 @@ def test_vm_create_for_a_cloud_user_keeps_to_the_quota(lab: dict[str, Any]) -> N
     root = lab["accounts"]["root"].user.id
     # An administrator, and a local account called alice: neither counts as the cloud user alice.
     for owner, owner_id in (("root", root), ("alice", None)):
-        create_vm(CreateRequest(template, hold=True, owner=owner, owner_id=owner_id), state=state)
+        create_vm(CreateRequest.from_file(template, hold=True, owner=owner, owner_id=owner_id), state=state)
 
 
 def test_parallel_creates_cannot_overshoot(lab: dict[str, Any]) -> None:
     state, template = lab["state"], lab["template"]
     Quotas(state).set("alice", QuotaChange(vms=3))
-    alices = CreateRequest(template, hold=True, owner="alice", owner_id=lab["accounts"]["alice"].user.id)
+    alices = CreateRequest.from_file(
+        template, hold=True, owner="alice", owner_id=lab["accounts"]["alice"].user.id
+    )
 
     def attempt(_: int) -> str:
         try:
@@ -331,7 +336,7 @@ def _basic(name: str) -> dict[str, str]:
 def test_occi_refuses_over_the_site_default_with_403(lab: dict[str, Any], tmp_path: Path) -> None:
     state = lab["state"]
     etc = _site_etc(tmp_path, "DEFAULT_QUOTA = [ VMS = 1, IMAGES = 1 ]\n")
-    app = occi_app(state, hold=True, etc=etc)
+    app = occi_app(state, hold=True, site=load_site(etc))
     alice = TestClient(app, headers=_basic("alice"))
     image = lab["base"]
     storage = alice.post(

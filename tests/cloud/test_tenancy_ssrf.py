@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 from cloud.deploy import CreateRequest, create_vm
 from cloud.ec2.server import create_app as ec2_app
 from cloud.ec2.service import Region
+from cloud.siteconfig import load_site
 from cloud.standalone import NotStandalone
 from cloud.store import VmStore
 from imagekit.errors import VerificationError
@@ -184,8 +185,13 @@ def _vm(
     template = doors.tmp / "vm.one"
     template.write_text(f'NAME = "m"\nMEMORY = 64\nDISK = [ SOURCE = "{source}" ]\n')
     confine = (doors.tmp / "alice-uploads",) if confined else None
-    return CreateRequest(
-        template, hold=True, endpoint=registry.url, policy=policy, owner="alice", confine=confine
+    return CreateRequest.from_file(
+        template,
+        site=load_site(policy=policy),
+        hold=True,
+        endpoint=registry.url,
+        owner="alice",
+        confine=confine,
     )
 
 

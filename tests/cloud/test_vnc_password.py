@@ -124,7 +124,7 @@ def test_the_embedded_core_sets_the_password_after_start(
     blank_lab: BlankLab, fake_launch: dict[str, Any]
 ) -> None:
     state = blank_lab.state
-    held = create_vm(CreateRequest(_template(blank_lab), hold=True), state=state)
+    held = create_vm(CreateRequest.from_file(_template(blank_lab), hold=True), state=state)
     assert any(arg.endswith(",password=on") for arg in held.info["argv"])
     running = lifecycle.release(state, held.vmid)
     assert running.state is VmState.RUNNING
@@ -138,7 +138,7 @@ def test_the_embedded_core_sets_the_password_after_start(
     lifecycle.delete(state, held.vmid)
 
     plain = _template(blank_lab, 'GRAPHICS = [ TYPE = "vnc" ]\n')  # no PASSWD: no QMP conversation
-    other = lifecycle.release(state, create_vm(CreateRequest(plain, hold=True), state=state).vmid)
+    other = lifecycle.release(state, create_vm(CreateRequest.from_file(plain, hold=True), state=state).vmid)
     assert fake_launch["qmp"][1].commands == [] and not any("password=on" in a for a in other.info["argv"])
     lifecycle.delete(state, other.vmid)
 
@@ -147,7 +147,7 @@ def test_a_vm_whose_password_cannot_be_set_does_not_run(
     blank_lab: BlankLab, fake_launch: dict[str, Any]
 ) -> None:
     state = blank_lab.state
-    held = create_vm(CreateRequest(_template(blank_lab), hold=True), state=state)
+    held = create_vm(CreateRequest.from_file(_template(blank_lab), hold=True), state=state)
     fake_launch["error"] = True
     with pytest.raises(CommandError) as err:
         lifecycle.release(state, held.vmid)
@@ -181,7 +181,7 @@ def _rfb_login(port: int, password: str) -> int:
 @pytest.mark.vm
 def test_qemu_lets_in_only_the_password(blank_lab: BlankLab) -> None:
     state = blank_lab.state
-    vm = create_vm(CreateRequest(_template(blank_lab)), state=state)
+    vm = create_vm(CreateRequest.from_file(_template(blank_lab)), state=state)
     try:
         port = 5900 + 100 + vm.vmid
         assert _rfb_login(port, "s3cr,t!") == 0

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from context.render import prepare_context, release_vm
+from context.render import release_vm
 from context.vm import User
 from imagekit.state import State
+from tests.context.preparing import prepare
 
 ALICE = User(1, "alice", 1, "users")
 BOB = User(2, "bob", 1, "users")
@@ -26,11 +27,11 @@ def _template(tmp_path: Path, name: str, context: str) -> Path:
 def test_another_owners_vm_reads_as_a_missing_one(tmp_path: Path) -> None:
     state = State.open(tmp_path / "state")
     secret = _template(tmp_path, "secret", 'TOKEN = "alice-only", HOST = "$NAME"')
-    kept = prepare_context(secret, state=state, keep=True, user=ALICE)
+    kept = prepare(secret, state=state, keep=True, user=ALICE)
     peer = _template(tmp_path, "peer", f'TOKEN = "${kept.vmid}.TOKEN", HOST = "${kept.vmid}.HOST"')
 
     def read(user: User) -> dict[str, str]:
-        return dict(prepare_context(peer, state=state, user=user).variables)
+        return dict(prepare(peer, state=state, user=user).variables)
 
     assert read(ALICE) == {"TOKEN": "alice-only", "HOST": "secret", "DISK_ID": "0", "TARGET": "hda"}
     # Another user, and a user who only shares the name or only the id: exactly as a missing VM.

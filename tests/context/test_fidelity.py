@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from context.model import Lease, NetworkType, VirtualNetwork
-from context.render import prepare_context
 from context.resolve import resolve_context
 from context.template import parse_template
 from context.vm import Image, User, VirtualMachine, instantiate
 from imagekit.errors import InputError
 from imagekit.state import State
+from tests.context.preparing import prepare
 
 LAN = VirtualNetwork(
     "lan",
@@ -226,7 +226,7 @@ def test_7_cdrom_prefix_comes_from_oned_conf(tmp_path: Path) -> None:
     etc.mkdir()
     (etc / "oned.conf").write_text('DEFAULT_CDROM_DEVICE_PREFIX = "sd"\n')
     (tmp_path / "vm.one").write_text('NAME = "x"\nCONTEXT = [ A = "1" ]\n')
-    ctx = prepare_context(tmp_path / "vm.one", state=State.open(tmp_path / "state"), etc=etc)
+    ctx = prepare(tmp_path / "vm.one", state=State.open(tmp_path / "state"), etc=etc)
     assert (ctx.variables["DISK_ID"], ctx.variables["TARGET"]) == ("0", "sda")
 
 

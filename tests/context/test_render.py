@@ -8,10 +8,11 @@ import pytest
 
 from context.leases import NetworkStore
 from context.network import network_from_template
-from context.render import kept_vms, prepare_context, release_vm, stored_context
+from context.render import kept_vms, release_vm, stored_context
 from context.template import parse_template
 from imagekit.errors import InputError
 from imagekit.state import State
+from tests.context.preparing import prepare
 
 PRIVATE_NET = (
     'NAME = "priv"\nTYPE = RANGED\nBRIDGE = br0\n'
@@ -61,7 +62,7 @@ def write_vm(tmp_path: Path, text: str = VM, name: str = "vm.one") -> Path:
 
 
 def test_resolves_with_leases_then_releases_them(tmp_path: Path, state: State, etc: Path) -> None:
-    ctx = prepare_context(write_vm(tmp_path), state=state, etc=etc)
+    ctx = prepare(write_vm(tmp_path), state=state, etc=etc)
     assert ctx.vmid == 0
     v = ctx.variables
     assert (v["HOST"], v["PUB"], v["GW"]) == ("vm-0", "130.0.0.6", "10.1.0.254")
@@ -79,49 +80,49 @@ def test_resolves_with_leases_then_releases_them(tmp_path: Path, state: State, e
     assert NetworkStore(state).leases() == []
     assert kept_vms(state) == []
     # The next VM gets the next id, and the same addresses again.
-    again = prepare_context(write_vm(tmp_path), state=state, etc=etc)
+    again = prepare(write_vm(tmp_path), state=state, etc=etc)
     assert again.vmid == 1 and again.variables["ETH0_IP"] == "10.1.0.1"
 
 
 def test_keep_holds_leases_until_release(tmp_path: Path, state: State, etc: Path) -> None:
     vm = write_vm(tmp_path)
-    kept = prepare_context(vm, state=state, etc=etc, keep=True)
+    kept = prepare(vm, state=state, etc=etc, keep=True)
     assert [lease.vmid for lease in NetworkStore(state).leases()] == [kept.vmid, kept.vmid]
     assert kept_vms(state) == [(kept.vmid, "vm", str(vm))]
     # The kept VM's requested address is taken now; the ranged one moves on.
     with pytest.raises(InputError) as err:
-        prepare_context(vm, state=state, etc=etc)
+        prepare(vm, state=state, etc=etc)
     assert str(err.value).startswith(
         f"{vm}:3:1: NIC: IP 130.0.0.6 of network 'pub lic' is already leased to VM 0"
     )
     assert len(NetworkStore(state).leases()) == 2  # the failed VM leaked nothing
     other = write_vm(tmp_path, VM.replace(', IP = "130.0.0.6"', ""), "other.one")
-    second = prepare_context(other, state=state, etc=etc)
+    second = prepare(other, state=state, etc=etc)
     assert (second.variables["ETH0_IP"], second.variables["ETH1_IP"]) == ("10.1.0.2", "130.0.0.5")
-    assert release_vm(state, kept.vmid, etc=etc) == 2
+    assert release_vm(state, kept.vmid) == 2
     assert NetworkStore(state).leases() == [] and kept_vms(state) == []
     with pytest.raises(InputError, match="no VM 0 holds leases"):
-        release_vm(state, kept.vmid, etc=etc)
+        release_vm(state, kept.vmid)
 
 
 def test_vm_ids_are_monotonic_and_explicit_ids_respected(tmp_path: Path, state: State, etc: Path) -> None:
     vm = write_vm(tmp_path)
-    assert prepare_context(vm, state=state, etc=etc, vmid=10).variables["HOST"] == "vm-10"
-    assert prepare_context(vm, state=state, etc=etc).vmid == 11
-    kept = prepare_context(vm, state=state, etc=etc, keep=True)
+    assert prepare(vm, state=state, etc=etc, vmid=10).variables["HOST"] == "vm-10"
+    assert prepare(vm, state=state, etc=etc).vmid == 11
+    kept = prepare(vm, state=state, etc=etc, keep=True)
     assert kept.vmid == 12
     with pytest.raises(InputError, match="VM 12 exists"):
-        prepare_context(vm, state=state, etc=etc, vmid=12)
+        prepare(vm, state=state, etc=etc, vmid=12)
     assert len(NetworkStore(state).leases()) == 2  # the clash did not free VM 12's leases
-    release_vm(state, 12, etc=etc)
-    assert prepare_context(vm, state=state, etc=etc).vmid == 13  # ids are never reused
+    release_vm(state, 12)
+    assert prepare(vm, state=state, etc=etc).vmid == 13  # ids are never reused
 
 
 def test_other_vm_context_1_4_form(tmp_path: Path, state: State, etc: Path) -> None:
-    db = prepare_context(write_vm(tmp_path), state=state, etc=etc, keep=True)
+    db = prepare(write_vm(tmp_path), state=state, etc=etc, keep=True)
     assert stored_context(state, db.vmid) == dict(db.variables)
     web = 'NAME = web\nCONTEXT = [ DB = "$0.ETH0_IP:5432", WHO = "$0.host", GONE = "$7.HOST" ]\n'
-    ctx = prepare_context(write_vm(tmp_path, web, "web.one"), state=state, etc=etc)
+    ctx = prepare(write_vm(tmp_path, web, "web.one"), state=state, etc=etc)
     # DISK_ID and TARGET: the context CD, as oned adds them (the VM has no DISK).
     assert ctx.variables == {
         "DB": "10.1.0.1:5432",
@@ -135,34 +136,34 @@ def test_other_vm_context_1_4_form(tmp_path: Path, state: State, etc: Path) -> N
 def test_nic_errors_point_at_the_nic(tmp_path: Path, state: State, etc: Path) -> None:
     vm = write_vm(tmp_path, 'NAME = x\n\nNIC = [ NETWORK = "nope" ]\n', "bad.one")
     with pytest.raises(InputError, match=r"bad\.one:3:1: NIC: no virtual network 'nope'"):
-        prepare_context(vm, state=state, etc=etc)
+        prepare(vm, state=state, etc=etc)
     vm = write_vm(tmp_path, 'NIC = [ NETWORK = "priv", IP = "10.9.9.9" ]\n', "out.one")
     with pytest.raises(InputError, match=r"out\.one:1:1: NIC: IP 10\.9\.9\.9 is outside network 'priv'"):
-        prepare_context(vm, state=state, etc=etc)
+        prepare(vm, state=state, etc=etc)
     assert NetworkStore(state).leases() == [] and kept_vms(state) == []
 
 
 def test_files_checks(tmp_path: Path, state: State, etc: Path) -> None:
     missing = write_vm(tmp_path, 'CONTEXT = [ FILES = "init.sh nothere" ]\n', "m.one")
     with pytest.raises(InputError, match=r"m\.one:1:1: CONTEXT\.FILES: no such file or directory: nothere"):
-        prepare_context(missing, state=state, etc=etc)
+        prepare(missing, state=state, etc=etc)
     secret = write_vm(tmp_path, 'CONTEXT = [ FILES = "/etc/hostname" ]\n', "s.one")
     with pytest.raises(InputError, match=r"/etc/hostname is in a restricted directory"):
-        prepare_context(secret, state=state, etc=etc)
+        prepare(secret, state=state, etc=etc)
     (etc / "oned.conf").write_text('CONTEXT_RESTRICTED_DIRS = "/etc"\nCONTEXT_SAFE_DIRS = "/etc/hostname"\n')
-    assert prepare_context(secret, state=state, etc=etc).files == (Path("/etc/hostname"),)
+    assert prepare(secret, state=state, etc=etc).files == (Path("/etc/hostname"),)
     (etc / "oned.conf").write_text(f'CONTEXT_RESTRICTED_DIRS = "{tmp_path}"\n')
     with pytest.raises(InputError, match="init.sh is in a restricted directory"):
-        prepare_context(missing, state=state, etc=etc)
+        prepare(missing, state=state, etc=etc)
 
 
 def test_keys_must_be_shell_names(tmp_path: Path, state: State, etc: Path) -> None:
     vm = write_vm(tmp_path, 'NAME = x\nCONTEXT = [ 1A = "x" ]\n', "k.one")
     with pytest.raises(InputError, match=r"k\.one:2:1: CONTEXT\.1A: expected a shell variable name"):
-        prepare_context(vm, state=state, etc=etc)
+        prepare(vm, state=state, etc=etc)
     vm = write_vm(tmp_path, 'CONTEXT = [ PATH = "/bin" ]\n', "p.one")
     with pytest.raises(InputError, match=r"p\.one:1:1: CONTEXT\.PATH: reserved name"):
-        prepare_context(vm, state=state, etc=etc)
+        prepare(vm, state=state, etc=etc)
 
 
 def test_user_and_images_from_files(tmp_path: Path, state: State, etc: Path) -> None:
@@ -174,7 +175,7 @@ def test_user_and_images_from_files(tmp_path: Path, state: State, etc: Path) -> 
         'CONTEXT = [ A = "$UID/$UNAME/$GID/$GNAME $USER[KEY] $IMAGE[ROOT_PASS, IMAGE_ID=0]" ]\n',
         "u.one",
     )
-    ctx = prepare_context(
+    ctx = prepare(
         vm, state=state, etc=etc, user_path=tmp_path / "u.user", image_paths=[tmp_path / "i.image"]
     )
     assert ctx.variables["A"] == "7/bob/8/staff k1 pw"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cloud.deploy import CreateRequest, create_vm
+from cloud.siteconfig import load_site
 from cloud.store import VmStore
 from imagekit.cli import main
 from imagekit.errors import VerificationError
@@ -184,6 +185,11 @@ def test_size_and_sha512_of_the_list_are_checked(listed: Subscribed, tmp_path: P
 
 @pytest.fixture
 def doors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Doors]:
+    # The front doors read etc/ once, where they start: the site's policy allows http here.
+    etc = tmp_path / "etc"
+    shutil.copytree(Path(__file__).parents[2] / "etc", etc)
+    write_policy(etc, HTTP)
+    monkeypatch.setenv("IMAGEKIT_ETC", str(etc))
     with open_doors(tmp_path / "cloud", monkeypatch) as both:
         yield both
 
@@ -192,8 +198,9 @@ def _vm(doors: Doors, disk: str, policy: Path, *, confined: bool = True) -> Crea
     template = doors.tmp / "vm.one"
     template.write_text(f'NAME = "m"\nMEMORY = 64\nDISK = [ {disk} ]\n')
     confine = (doors.tmp / "alice-uploads",) if confined else None
-    return CreateRequest(
-        template, hold=True, endpoint="http://127.0.0.1:9/registry", policy=policy, owner="alice",
+    site = load_site(policy=policy)
+    return CreateRequest.from_file(
+        template, site=site, hold=True, endpoint="http://127.0.0.1:9/registry", owner="alice",
         confine=confine,
     )  # fmt: skip
 
@@ -242,10 +249,6 @@ def test_ec2_register_image_and_run_an_imagelist_image(
     listed: Subscribed, doors: Doors, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image = _subscribe(doors, listed)
-    etc = tmp_path / "etc"
-    shutil.copytree(Path(__file__).parents[2] / "etc", etc)
-    write_policy(etc, HTTP)
-    monkeypatch.setenv("IMAGEKIT_ETC", str(etc))
     for bad in ("imagelist:", "imagelist:two words", "imagelist:http://127.0.0.1:9/x"):
         assert doors.ec2_call("alice", "RegisterImage", ImageLocation=bad).status_code == 400, bad
     registered = doors.ec2_call("alice", "RegisterImage", ImageLocation=f"imagelist:{image}")
