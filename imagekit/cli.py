@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # `imagekit build serve|submit|…` are the build service's group: `build RECIPE` keeps its positional
 # recipe, and these words are never one (a recipe's name ends in .appl or .tdl).
-BUILD_SERVICE_VERBS = frozenset({"serve", "submit", "status", "log", "cancel", "fetch"})
+BUILD_SERVICE_VERBS = frozenset({"serve", "worker", "submit", "status", "log", "cancel", "fetch"})
 
 JSON_HELP = "machine-readable output (JSON), where the command has any; before or after the command"
 
