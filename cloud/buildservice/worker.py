@@ -93,8 +93,13 @@ class Workspaces:
     def remove(self, job_id: int) -> None:
         shutil.rmtree(self.path(job_id), ignore_errors=True)
 
-    def remove_artifacts(self, job_id: int, attempt: int = 1) -> None:
-        shutil.rmtree(self.artifacts(job_id, attempt), ignore_errors=True)
+    def remove_artifacts(self, job_id: int, attempt: int | None = None) -> None:
+        """``attempt``'s artifacts; None: every attempt's."""
+        if attempt is not None:
+            shutil.rmtree(self.artifacts(job_id, attempt), ignore_errors=True)
+            return
+        for directory in self.path(job_id).glob("artifacts*"):
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:

@@ -189,6 +189,9 @@ def test_a_worker_whose_lease_was_taken_discards_its_result(state: State) -> Non
     )
     assert not workspaces.artifacts(job.id, 1).exists()
     assert (workspaces.artifacts(job.id, 2) / "disk.qcow2").read_bytes() == DISK
+    now[0] += Limits().expire_seconds + 1
+    b.expire()  # the build's artifacts expire: the attempt that made them is the one removed
+    assert not workspaces.artifacts(job.id, 2).exists() and queue.get(job.id).artifacts == ()  # type: ignore[union-attr]
 
 
 def test_the_heartbeat_renews_until_the_lease_is_lost(state: State) -> None:
