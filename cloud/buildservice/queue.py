@@ -247,12 +247,12 @@ class SqlBuildQueue:
         with self._transaction() as db:
             row = self._run(
                 db,
-                "SELECT id FROM build_jobs AS j WHERE state = 'queued' AND (SELECT count(*) FROM build_jobs"
-                " WHERE owner_id = j.owner_id AND state = 'running') < ? ORDER BY id LIMIT 1"
+                "SELECT id, owner_id FROM build_jobs AS j WHERE state = 'queued' AND (SELECT count(*)"
+                " FROM build_jobs WHERE owner_id = j.owner_id AND state = 'running') < ? ORDER BY id LIMIT 1"
                 + self.lock_rows,
                 (concurrent,),
             ).fetchone()
-            if row is None:
+            if row is None or not self._owner_may_run(db, int(row["owner_id"]), concurrent):
                 return None
             changed = self._run(
                 db,
@@ -261,6 +261,14 @@ class SqlBuildQueue:
                 (worker, now, now + lease, row["id"]),
             ).rowcount
             return self._row(db, int(row["id"])) if changed == 1 else None
+
+    def _owner_may_run(self, db: Any, owner_id: int, concurrent: int) -> bool:
+        """Whether the owner still runs fewer than ``concurrent`` builds, counted again under a
+        lock that claims for the same owner wait for (SQLite: the write lock already held)."""
+        running = self._run(
+            db, "SELECT count(*) AS n FROM build_jobs WHERE owner_id = ? AND state = 'running'", (owner_id,)
+        ).fetchone()["n"]
+        return bool(running < concurrent)
 
     def renew(self, job_id: int, attempt: int, *, lease: float) -> bool:
         """The heartbeat: ``attempt``'s lease now ends ``lease`` seconds from now; False when the

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS build_queue_meta (name TEXT PRIMARY KEY, value TEXT N
 # many a database has had.
 MIGRATIONS: tuple[str, ...] = (SCHEMA,)
 _MIGRATION_LOCK = 7411019  # pg_advisory_xact_lock key: the registry index has 7411013
+_OWNER_LOCK = 7411  # with the owner's id: the two-key form (owner ids fit in 32 bits)
 
 
 class PostgresBuildQueue(SqlBuildQueue):
@@ -68,6 +69,13 @@ class PostgresBuildQueue(SqlBuildQueue):
         with self._transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             _migrate(db)
+
+    def _owner_may_run(self, db: Any, owner_id: int, concurrent: int) -> bool:
+        # Claims lock different rows (SKIP LOCKED): two for one owner would each count the
+        # other's build as not running yet. This lock, held to the commit, makes them take turns,
+        # and the count after it (a new statement) sees the other's committed claim.
+        db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_OWNER_LOCK, owner_id))
+        return super()._owner_may_run(db, owner_id, concurrent)
 
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         try:

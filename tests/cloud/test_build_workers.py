@@ -148,6 +148,33 @@ def test_workers_on_postgresql_never_claim_a_build_twice(queue_url: str, tmp_pat
     assert all(job.state is BuildState.RUNNING and job.attempt == 1 for job in queue.list())
 
 
+def test_workers_on_postgresql_claiming_at_once_keep_a_users_running_limit(
+    queue_url: str, tmp_path: Path
+) -> None:
+    """SKIP LOCKED lets claims take different rows at once; for one user's builds they must still
+    take turns, or each would count the other's as not running yet."""
+    state = State.open(tmp_path / "state")
+    queue = open_queue(queue_url, state)
+    for _ in range(8):
+        queue.submit(1, "a.appl", BuildOptions(), Limits(queued=100))
+    queues = [open_queue(queue_url, state) for _ in range(8)]
+    start = threading.Barrier(len(queues))
+    claimed: list[int] = []
+
+    def claim(mine: SqlBuildQueue, worker: str) -> None:
+        start.wait()
+        if (job := mine.claim(worker, lease=60, concurrent=2)) is not None:
+            claimed.append(job.id)
+
+    threads = [threading.Thread(target=claim, args=(q, f"w{i}")) for i, q in enumerate(queues)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claimed) == 2
+    assert sum(job.state is BuildState.RUNNING for job in queue.list()) == 2
+
+
 def test_a_newer_postgresql_queue_schema_is_refused(queue_url: str, tmp_path: Path) -> None:
     state = State.open(tmp_path / "state")
     open_queue(queue_url, state)
