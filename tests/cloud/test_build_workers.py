@@ -25,6 +25,7 @@ from cloud.buildservice.server import ServiceConfig, create_app
 from cloud.buildservice.worker import BuildCancelled, BuildRequest, Lease, Worker, Workspaces
 from cloud.commands.build_service import open_queue, worker_main
 from cloud.users import UserStore
+from imagekit.cli import main
 from imagekit.errors import DataError, InputError
 from imagekit.state import State
 from tests.cloud.buildservice_standin import DISK, StandIn, basic, recipe_tar, running
@@ -243,3 +244,17 @@ def test_the_worker_command_refuses_unsafe_or_incomplete_setups(tmp_path: Path) 
         worker_main([*state, "--allow-root-builds", "--queue", "postgresql://db/builds"])
     with pytest.raises(InputError, match="postgresql:// URL"):
         worker_main([*state, "--allow-root-builds", "--queue", "mysql://db/b", "--artifacts", str(tmp_path)])
+
+
+def test_build_worker_and_serve_queue_options_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``imagekit build worker`` is routed to the build service's group, takes ``--state`` after
+    the verb too, and refuses without ``--allow-root-builds``; ``serve --queue`` takes only a
+    PostgreSQL URL."""
+    assert main(["build", "worker", "--state", str(tmp_path / "s")]) == 1
+    assert "--allow-root-builds" in capsys.readouterr().err
+    serve = ["--state", str(tmp_path / "s"), "build", "serve", "--allow-root-builds", "--port", "1"]
+    assert main([*serve, "--workers", "0", "--queue", "sqlite:///x"]) == 1
+    err = capsys.readouterr().err
+    assert "postgresql:// URL" in err and str(tmp_path) not in err
