@@ -1,23 +1,32 @@
-"""The build queue in the state database (``build_jobs``, migration 0009).
+"""The build queue: the state database (``build_jobs``, migrations 0009, 0011) on one machine,
+PostgreSQL (``queue_postgres.py``) when workers are on several.
 
-    queue = BuildQueue(state)
+    queue = BuildQueue(state)                                         # or open_queue(url, state)
     job = queue.submit(user.id, "debian.appl", options, limits)   # BuildLimitReached: 429/403
-    job = queue.claim("worker-1", lease=3600)                        # None when nothing may run
-    queue.finish(job.id, BuildState.SUCCEEDED, steps=..., artifacts=..., expires=...)
+    job = queue.claim("worker-1", lease=60, concurrent=1)            # None when nothing may run
+    queue.renew(job.id, job.attempt, lease=60)                       # the heartbeat; False: lost
+    queue.finish(job.id, BuildState.SUCCEEDED, attempt=job.attempt, artifacts=..., keep_for=...)
 
-Every change is a compare-and-set under ``BEGIN IMMEDIATE`` that names the state it may leave,
-so a build is claimed by one worker only (another worker process on the same database loses the
-race and takes the next), a cancelled build is never marked succeeded, and a finished one is
-never cancelled. The per-user limits are checked in the transaction that writes the row.
+Every change is a compare-and-set that names the state it may leave, in a transaction that
+locks what it reads (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``FOR UPDATE SKIP LOCKED``), so a
+build is claimed by one worker only, a cancelled build is never marked succeeded, and a finished
+one is never cancelled. A claim is a lease its worker renews while it builds; a build whose
+lease ran out (its worker died) is queued again once, then failed (``reclaim_abandoned``). A
+claim counts an *attempt*: ``renew`` and ``finish`` name theirs, so a worker whose lease was
+taken changes nothing (fencing). The per-user limits are checked in the transaction that writes
+the row.
+
+The back ends share this SQL (``SqlBuildQueue``); one supplies ``_transaction`` and ``_read``
+(connections whose ``execute`` answers rows by column name) and its placeholder.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
-import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -101,6 +110,7 @@ class BuildJob:
     started: float
     finished: float
     expires: float
+    attempt: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +126,7 @@ class BuildJob:
             "started": self.started or None,
             "finished": self.finished or None,
             "expires": self.expires or None,
+            "attempt": self.attempt,
         }
 
 
@@ -127,10 +138,22 @@ class BuildLimitReached(Exception):
         self.status = status
 
 
-def _job(row: sqlite3.Row) -> BuildJob:
+MAX_ATTEMPTS = 2  # a build whose worker died is run once more, then failed
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    """What ``reclaim_abandoned`` did: builds queued again, with the attempt that was lost (its
+    artifacts directory goes), and builds failed (their workspace goes)."""
+
+    requeued: tuple[tuple[int, int], ...] = ()
+    failed: tuple[int, ...] = ()
+
+
+def _job(row: Mapping[str, Any]) -> BuildJob:
     return BuildJob(
-        id=row["id"],
-        owner_id=row["owner_id"],
+        id=int(row["id"]),
+        owner_id=int(row["owner_id"]),
         recipe=row["recipe"],
         options=BuildOptions.from_json(json.loads(row["options"])),
         state=BuildState(row["state"]),
@@ -142,27 +165,49 @@ def _job(row: sqlite3.Row) -> BuildJob:
         started=row["started"],
         finished=row["finished"],
         expires=row["expires"],
+        attempt=int(row["attempt"]),
     )
 
 
-class BuildQueue:
-    def __init__(self, state: State, clock: Callable[[], float] = time.time) -> None:
-        self.state = state
+class SqlBuildQueue:
+    """The queue's SQL, written with ``?`` placeholders; a back end's rows are locked by
+    ``lock_rows`` where a claim reads them."""
+
+    placeholder = "?"
+    lock_rows = ""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
 
-    def check_limits(self, owner_id: int, limits: Limits, db: sqlite3.Connection | None = None) -> None:
+    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _read(self) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _run(self, db: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return db.execute(sql.replace("?", self.placeholder), params)
+
+    def _row(self, db: Any, job_id: int) -> BuildJob:
+        return _job(self._run(db, "SELECT * FROM build_jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def check_limits(self, owner_id: int, limits: Limits, db: Any = None) -> None:
         """Refuse (``BuildLimitReached``) when ``owner_id`` may not queue another build."""
         if db is None:
-            with self.state.read() as conn:
+            with self._read() as conn:
                 return self.check_limits(owner_id, limits, conn)
-        queued = db.execute(
-            "SELECT count(*) FROM build_jobs WHERE owner_id = ? AND state = 'queued'", (owner_id,)
-        ).fetchone()[0]
+        queued = self._run(
+            db, "SELECT count(*) AS n FROM build_jobs WHERE owner_id = ? AND state = 'queued'", (owner_id,)
+        ).fetchone()["n"]
         if queued >= limits.queued:
             raise BuildLimitReached(429, f"you have {queued} builds waiting (the limit is {limits.queued})")
-        stored = db.execute(
-            "SELECT coalesce(sum(artifact_bytes), 0) FROM build_jobs WHERE owner_id = ?", (owner_id,)
-        ).fetchone()[0]
+        stored = int(
+            self._run(
+                db,
+                "SELECT coalesce(sum(artifact_bytes), 0) AS n FROM build_jobs WHERE owner_id = ?",
+                (owner_id,),
+            ).fetchone()["n"]
+        )
         if stored >= limits.storage_bytes:
             raise BuildLimitReached(
                 403,
@@ -181,54 +226,86 @@ class BuildQueue:
         on_insert: Callable[[int], None] = lambda job_id: None,
     ) -> BuildJob:
         """Queue a build; ``on_insert(id)`` runs inside the transaction (a failure undoes it)."""
-        with self.state.transaction() as db:
+        with self._transaction() as db:
             self.check_limits(owner_id, limits, db)
-            cursor = db.execute(
-                "INSERT INTO build_jobs (owner_id, recipe, options, created) VALUES (?, ?, ?, ?)",
-                (owner_id, recipe, json.dumps(options.to_json()), self.clock()),
+            job_id = int(
+                self._run(
+                    db,
+                    "INSERT INTO build_jobs (owner_id, recipe, options, created) VALUES (?, ?, ?, ?)"
+                    " RETURNING id",
+                    (owner_id, recipe, json.dumps(options.to_json()), self.clock()),
+                ).fetchone()["id"]
             )
-            job_id = int(cursor.lastrowid or 0)
             on_insert(job_id)
-            return _job(db.execute("SELECT * FROM build_jobs WHERE id = ?", (job_id,)).fetchone())
+            return self._row(db, job_id)
 
     def claim(self, worker: str, *, lease: float, concurrent: int) -> BuildJob | None:
         """The oldest queued build whose owner runs fewer than ``concurrent`` builds, now
-        ``running`` for ``worker``; None when there is none."""
+        ``running`` for ``worker`` until ``lease`` seconds from now, as its next attempt; None
+        when there is none."""
         now = self.clock()
-        with self.state.transaction() as db:
-            row = db.execute(
-                "SELECT id FROM build_jobs AS j WHERE state = 'queued' AND (SELECT count(*) FROM build_jobs"
-                " WHERE owner_id = j.owner_id AND state = 'running') < ? ORDER BY id LIMIT 1",
+        with self._transaction() as db:
+            row = self._run(
+                db,
+                "SELECT id, owner_id FROM build_jobs AS j WHERE state = 'queued' AND (SELECT count(*)"
+                " FROM build_jobs WHERE owner_id = j.owner_id AND state = 'running') < ? ORDER BY id LIMIT 1"
+                + self.lock_rows,
                 (concurrent,),
             ).fetchone()
-            if row is None:
+            if row is None or not self._owner_may_run(db, int(row["owner_id"]), concurrent):
                 return None
-            changed = db.execute(
-                "UPDATE build_jobs SET state = 'running', worker = ?, started = ?, lease_until = ?"
-                " WHERE id = ? AND state = 'queued'",
+            changed = self._run(
+                db,
+                "UPDATE build_jobs SET state = 'running', worker = ?, started = ?, lease_until = ?,"
+                " attempt = attempt + 1 WHERE id = ? AND state = 'queued'",
                 (worker, now, now + lease, row["id"]),
             ).rowcount
-            if changed != 1:
-                return None
-            return _job(db.execute("SELECT * FROM build_jobs WHERE id = ?", (row["id"],)).fetchone())
+            return self._row(db, int(row["id"])) if changed == 1 else None
+
+    def _owner_may_run(self, db: Any, owner_id: int, concurrent: int) -> bool:
+        """Whether the owner still runs fewer than ``concurrent`` builds, counted again under a
+        lock that claims for the same owner wait for (SQLite: the write lock already held)."""
+        running = self._run(
+            db, "SELECT count(*) AS n FROM build_jobs WHERE owner_id = ? AND state = 'running'", (owner_id,)
+        ).fetchone()["n"]
+        return bool(running < concurrent)
+
+    def renew(self, job_id: int, attempt: int, *, lease: float) -> bool:
+        """The heartbeat: ``attempt``'s lease now ends ``lease`` seconds from now; False when the
+        build is no longer that attempt's (cancelled, or reclaimed after the lease ran out)."""
+        with self._transaction() as db:
+            return bool(
+                self._run(
+                    db,
+                    "UPDATE build_jobs SET lease_until = ? WHERE id = ? AND attempt = ?"
+                    " AND state = 'running'",
+                    (self.clock() + lease, job_id, attempt),
+                ).rowcount
+                == 1
+            )
 
     def finish(
         self,
         job_id: int,
         state: BuildState,
         *,
+        attempt: int,
         steps: tuple[Step, ...] = (),
         error: str = "",
         artifacts: tuple[Artifact, ...] = (),
         keep_for: float = 0,
     ) -> bool:
-        """``running`` → ``state``; False when the build left ``running`` meanwhile (cancelled)."""
+        """``running`` as ``attempt`` → ``state``; False when the build left that attempt
+        meanwhile (cancelled, or its lease ran out and it was reclaimed): the caller's result is
+        then not the build's."""
         now = self.clock()
-        with self.state.transaction() as db:
-            return (
-                db.execute(
+        with self._transaction() as db:
+            return bool(
+                self._run(
+                    db,
                     "UPDATE build_jobs SET state = ?, steps = ?, error = ?, artifacts = ?,"
-                    " artifact_bytes = ?, finished = ?, expires = ? WHERE id = ? AND state = 'running'",
+                    " artifact_bytes = ?, finished = ?, expires = ?"
+                    " WHERE id = ? AND state = 'running' AND attempt = ?",
                     (
                         state.value,
                         json.dumps([{"name": s.name, "seconds": s.seconds} for s in steps]),
@@ -238,6 +315,7 @@ class BuildQueue:
                         now,
                         now + keep_for if artifacts else 0,
                         job_id,
+                        attempt,
                     ),
                 ).rowcount
                 == 1
@@ -245,63 +323,93 @@ class BuildQueue:
 
     def cancel(self, job_id: int) -> BuildState | None:
         """``queued``/``running`` → ``cancelled``: the state it left, or None when already finished."""
-        with self.state.transaction() as db:
-            row = db.execute("SELECT state FROM build_jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None or BuildState(row["state"]).finished:
+        with self._transaction() as db:
+            row = self._run(db, "SELECT state FROM build_jobs WHERE id = ?" + self.lock_rows, (job_id,))
+            found = row.fetchone()
+            if found is None or BuildState(found["state"]).finished:
                 return None
-            db.execute(
+            self._run(
+                db,
                 "UPDATE build_jobs SET state = 'cancelled', finished = ?, error = 'cancelled' WHERE id = ?"
                 " AND state = ?",
-                (self.clock(), job_id, row["state"]),
+                (self.clock(), job_id, found["state"]),
             )
-            return BuildState(row["state"])
+            return BuildState(found["state"])
 
     def get(self, job_id: int) -> BuildJob | None:
-        with self.state.read() as db:
-            row = db.execute("SELECT * FROM build_jobs WHERE id = ?", (job_id,)).fetchone()
+        with self._read() as db:
+            row = self._run(db, "SELECT * FROM build_jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
-    def list(self, owner_id: int | None = None) -> list[BuildJob]:
+    def list(self, owner_id: int | None = None) -> builtins.list[BuildJob]:
         """Every build (``owner_id`` None: an administrator's view) or one user's, oldest first."""
-        with self.state.read() as db:
+        with self._read() as db:
             if owner_id is None:
-                rows = db.execute("SELECT * FROM build_jobs ORDER BY id").fetchall()
+                rows = self._run(db, "SELECT * FROM build_jobs ORDER BY id").fetchall()
             else:
-                rows = db.execute(
-                    "SELECT * FROM build_jobs WHERE owner_id = ? ORDER BY id", (owner_id,)
+                rows = self._run(
+                    db, "SELECT * FROM build_jobs WHERE owner_id = ? ORDER BY id", (owner_id,)
                 ).fetchall()
         return [_job(row) for row in rows]
 
-    def fail_abandoned(self) -> builtins.list[int]:
-        """``running`` builds whose lease ran out (their worker died or was killed) → ``failed``;
-        the ids (the caller removes their workspaces)."""
+    def reclaim_abandoned(self, max_attempts: int = MAX_ATTEMPTS) -> Reclaimed:
+        """``running`` builds whose lease ran out (their worker died, was killed or lost the
+        database): queued again for their next attempt, or failed after ``max_attempts``."""
         now = self.clock()
-        with self.state.transaction() as db:
-            ids = [
-                row["id"]
-                for row in db.execute(
-                    "SELECT id FROM build_jobs WHERE state = 'running' AND lease_until < ?", (now,)
+        requeued, failed = [], []
+        with self._transaction() as db:
+            rows = self._run(
+                db,
+                "SELECT id, attempt FROM build_jobs WHERE state = 'running' AND lease_until < ?"
+                + self.lock_rows,
+                (now,),
+            ).fetchall()
+            for row in rows:
+                job_id, attempt = int(row["id"]), int(row["attempt"])
+                if attempt < max_attempts:
+                    sql = "UPDATE build_jobs SET state = 'queued', worker = '', lease_until = 0"
+                    params: tuple[Any, ...] = ()
+                    requeued.append((job_id, attempt))
+                else:
+                    sql = "UPDATE build_jobs SET state = 'failed', finished = ?, error = ?"
+                    params = (now, f"its worker stopped before the build finished, {attempt} times")
+                    failed.append(job_id)
+                self._run(
+                    db,
+                    sql + " WHERE id = ? AND attempt = ? AND state = 'running'",
+                    (*params, job_id, attempt),
                 )
-            ]
-            db.executemany(
-                "UPDATE build_jobs SET state = 'failed', finished = ?, error = ?"
-                " WHERE id = ? AND state = 'running'",
-                [(now, "its worker stopped before the build finished", i) for i in ids],
-            )
-        return ids
+        return Reclaimed(tuple(requeued), tuple(failed))
 
     def expire(self) -> builtins.list[int]:
         """Builds whose artifacts' time is up: their artifacts forgotten (the caller removes the
         files); the ids."""
-        with self.state.transaction() as db:
+        with self._transaction() as db:
             ids = [
-                row["id"]
-                for row in db.execute(
-                    "SELECT id FROM build_jobs WHERE expires > 0 AND expires <= ?", (self.clock(),)
-                )
+                int(row["id"])
+                for row in self._run(
+                    db, "SELECT id FROM build_jobs WHERE expires > 0 AND expires <= ?", (self.clock(),)
+                ).fetchall()
             ]
-            db.executemany(
-                "UPDATE build_jobs SET artifacts = '[]', artifact_bytes = 0, expires = 0 WHERE id = ?",
-                [(i,) for i in ids],
-            )
+            for job_id in ids:
+                self._run(
+                    db,
+                    "UPDATE build_jobs SET artifacts = '[]', artifact_bytes = 0, expires = 0 WHERE id = ?",
+                    (job_id,),
+                )
         return ids
+
+
+class BuildQueue(SqlBuildQueue):
+    """The queue in the state database, for the service and workers on its machine: every
+    transaction takes SQLite's write lock first (``BEGIN IMMEDIATE``), so a claim is exclusive."""
+
+    def __init__(self, state: State, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(clock)
+        self.state = state
+
+    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
+        return self.state.transaction()
+
+    def _read(self) -> contextlib.AbstractContextManager[Any]:
+        return self.state.read()

@@ -1,7 +1,9 @@
-"""The build service over HTTP: Starlette under uvicorn (``imagekit/asgi.py``), with the worker
-in the same process.
+"""The build service over HTTP: Starlette under uvicorn (``imagekit/asgi.py``), with
+``config.workers`` workers in the same process (0: builds are left to ``imagekit build worker``
+processes on the same queue, writing to the same ``config.artifacts`` directory).
 
     app = create_app(state, ServiceConfig(limits=Limits(queued=3)), runner=subprocess_runner(state.root))
+    app = create_app(state, ServiceConfig(workers=0), runner, queue=PostgresBuildQueue(url))
 
 Every request is authenticated first — HTTP Basic with a cloud user's password
 (``cloud/users.py``) or ``Authorization: Bearer <token>`` (``tokens.py``) — before a byte of the
@@ -22,6 +24,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -38,9 +41,10 @@ from cloud.buildservice.queue import (
     BuildQueue,
     BuildState,
     Limits,
+    SqlBuildQueue,
 )
 from cloud.buildservice.tokens import TokenStore
-from cloud.buildservice.worker import RECIPE_DIGEST_FILE, Runner, Worker, Workspaces
+from cloud.buildservice.worker import DEFAULT_LEASE, RECIPE_DIGEST_FILE, Runner, Worker, Workspaces
 from cloud.refusals import public_message
 from cloud.upload import BodyRefused, Field, FileEnd, FileStart, bounded_stream, multipart_events
 from cloud.users import User, UserStore
@@ -62,6 +66,9 @@ class ServiceConfig:
     max_upload: int = DEFAULT_MAX_RECIPE_UPLOAD
     log_poll: float = 0.2
     builder_id: str = "urn:imagekit:build-service"  # runDetails.builder.id of the provenance
+    workers: int = 1
+    artifacts: Path | None = None  # the builds' directory, shared with the workers (default: state/builds)
+    lease: float = DEFAULT_LEASE
 
 
 def _error(status: int, message: str) -> Response:
@@ -84,15 +91,21 @@ def parse_options(query: Mapping[str, str]) -> BuildOptions:
 
 
 class BuildService:
-    def __init__(self, state: State, config: ServiceConfig, runner: Runner) -> None:
+    def __init__(
+        self, state: State, config: ServiceConfig, runner: Runner, queue: SqlBuildQueue | None = None
+    ) -> None:
         self.config = config
         self.users = UserStore(state)
         self.tokens = TokenStore(state)
-        self.queue = BuildQueue(state)
-        self.workspaces = Workspaces(state.root / "builds")
+        self.queue = queue or BuildQueue(state)
+        self.workspaces = Workspaces(config.artifacts or state.root / "builds")
         self.signing_key = service_key(state.root / "build-service")
         signer = ProvenanceSigner(self.signing_key, config.builder_id)
-        self.worker = Worker(self.queue, self.workspaces, runner, config.limits, provenance=signer)
+        self.workers = [
+            Worker(self.queue, self.workspaces, runner, config.limits, name=f"{Worker.default_name()}:{n}",
+                   lease=config.lease, provenance=signer)
+            for n in range(config.workers)
+        ]  # fmt: skip
         self.stop = threading.Event()
 
     def authenticate(self, request: Request) -> User:
@@ -146,7 +159,8 @@ class BuildService:
             body = b"".join([chunk async for chunk in bounded_stream(request, self.config.max_upload)])
         options = parse_options(fields)
         job = await run_in_threadpool(self._submit, user, body, options, fields.get("recipe"))
-        self.worker.wake.set()
+        for worker in self.workers:
+            worker.wake.set()
         return JSONResponse(job.to_json(), 201, headers={"location": f"/builds/{job.id}"})
 
     async def _multipart(self, request: Request, fields: dict[str, str]) -> bytes:
@@ -230,7 +244,7 @@ class BuildService:
         # The path is the recorded artifact's name (written by the build, a plain file name),
         # not the request's text.
         return FileResponse(
-            self.workspaces.artifacts(job.id) / found.name,
+            self.workspaces.artifacts(job.id, job.attempt) / found.name,
             headers={"x-checksum-sha256": found.sha256},
             media_type="application/octet-stream",
         )
@@ -266,18 +280,26 @@ class BuildService:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        thread = threading.Thread(target=self.worker.loop, args=(self.stop,), name="build-worker")
-        thread.start()
+        threads = [
+            threading.Thread(target=w.loop, args=(self.stop,), name="build-worker") for w in self.workers
+        ]
+        for thread in threads:
+            thread.start()
         try:
             yield
         finally:
             self.stop.set()
-            self.worker.wake.set()
-            await run_in_threadpool(thread.join)
+            for worker, thread in zip(self.workers, threads, strict=True):
+                worker.wake.set()
+                await run_in_threadpool(thread.join)
 
 
-def create_app(state: State, config: ServiceConfig, runner: Runner) -> Starlette:
-    service = BuildService(state, config, runner)
+def create_app(
+    state: State, config: ServiceConfig, runner: Runner, *, queue: SqlBuildQueue | None = None
+) -> Starlette:
+    """``queue``: the PostgreSQL queue when workers are on several machines (default: the state
+    database's)."""
+    service = BuildService(state, config, runner, queue)
     e = service.endpoint
     routes = [
         Route("/builds", e(service.submit), methods=["POST"]),

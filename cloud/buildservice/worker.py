@@ -10,7 +10,13 @@ process; tests pass a stand-in): it gets a ``BuildRequest`` and returns the time
 an ``ImagekitError`` whose first line is the build's error, or ``BuildCancelled`` after seeing
 ``request.cancelled()``. A build cancelled while it ran has its workspace removed here, once the
 runner has returned, so nothing half-built remains. The claim is the queue's compare-and-set,
-so ``imagekit build worker`` processes on the same database can later take from it too.
+so ``imagekit build worker`` processes (``worker_process.py``) take from the same queue.
+
+A claim is a lease (``lease`` seconds) renewed by a heartbeat thread while the build runs. A
+worker whose renewal is refused (the lease ran out and another worker took the build, or it was
+cancelled) sees ``request.cancelled()``, and its answer is refused by the queue (``finish``
+names the attempt): it removes only its own attempt's artifacts. Attempt ``n > 1`` writes to
+``artifacts.<n>/``, so a late worker never touches what the next attempt built.
 """
 
 from __future__ import annotations
@@ -28,13 +34,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from cloud.buildservice.queue import Artifact, BuildJob, BuildOptions, BuildQueue, BuildState, Limits, Step
+from cloud.buildservice.queue import (
+    Artifact,
+    BuildJob,
+    BuildOptions,
+    BuildState,
+    Limits,
+    SqlBuildQueue,
+    Step,
+)
 from cloud.refusals import public_message
 from imagekit.errors import ImagekitError
 
 log = logging.getLogger(__name__)
 
-LEASE_GRACE = 300.0  # a claim lasts the build time limit and this: then the build is abandoned
+DEFAULT_LEASE = 60.0  # seconds a claim lasts unless renewed: how long a dead worker holds a build
 
 
 class BuildCancelled(Exception):
@@ -78,8 +92,9 @@ class Workspaces:
     def log(self, job_id: int) -> Path:
         return self.path(job_id) / "log"
 
-    def artifacts(self, job_id: int) -> Path:
-        return self.path(job_id) / "artifacts"
+    def artifacts(self, job_id: int, attempt: int = 1) -> Path:
+        """Where ``attempt`` of the build writes its artifacts (the first: ``artifacts/``)."""
+        return self.path(job_id) / ("artifacts" if attempt <= 1 else f"artifacts.{int(attempt)}")
 
     def recipe_digest(self, job_id: int) -> str:
         try:
@@ -90,8 +105,13 @@ class Workspaces:
     def remove(self, job_id: int) -> None:
         shutil.rmtree(self.path(job_id), ignore_errors=True)
 
-    def remove_artifacts(self, job_id: int) -> None:
-        shutil.rmtree(self.artifacts(job_id), ignore_errors=True)
+    def remove_artifacts(self, job_id: int, attempt: int | None = None) -> None:
+        """``attempt``'s artifacts; None: every attempt's."""
+        if attempt is not None:
+            shutil.rmtree(self.artifacts(job_id, attempt), ignore_errors=True)
+            return
+        for directory in self.path(job_id).glob("artifacts*"):
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:
@@ -112,10 +132,35 @@ def collect_artifacts(directory: Path) -> tuple[Artifact, ...]:
     return tuple(found)
 
 
+class Lease:
+    """A claimed build's lease, renewed by ``keep`` every third of its length until ``done`` is
+    set; ``lost`` once the queue refused a renewal (the build is no longer this attempt's)."""
+
+    def __init__(self, queue: SqlBuildQueue, job: BuildJob, seconds: float) -> None:
+        self.queue = queue
+        self.job = job
+        self.seconds = seconds
+        self.lost = threading.Event()
+        self.done = threading.Event()
+
+    def renew(self) -> bool:
+        if not self.queue.renew(self.job.id, self.job.attempt, lease=self.seconds):
+            self.lost.set()
+        return not self.lost.is_set()
+
+    def keep(self) -> None:
+        while not self.done.wait(self.seconds / 3):
+            try:
+                if not self.renew():
+                    return
+            except Exception:  # the database is away: try again; the lease runs out meanwhile
+                log.exception("renewing the lease of build %d", self.job.id)
+
+
 class Worker:
     def __init__(
         self,
-        queue: BuildQueue,
+        queue: SqlBuildQueue,
         workspaces: Workspaces,
         runner: Runner,
         limits: Limits,
@@ -123,16 +168,21 @@ class Worker:
         name: str | None = None,
         poll: float = 1.0,
         provenance: Provenance | None = None,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
         self.queue = queue
         self.workspaces = workspaces
         self.runner = runner
         self.limits = limits
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.lease = limits.build_seconds + LEASE_GRACE
+        self.name = name or self.default_name()
+        self.lease = lease
         self.poll = poll
         self.provenance = provenance
         self.wake = threading.Event()
+
+    @staticmethod
+    def default_name() -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
 
     def loop(self, stop: threading.Event) -> None:
         """Run builds until ``stop`` is set; ``wake`` (a new submission) cuts a wait short."""
@@ -150,7 +200,10 @@ class Worker:
     def expire(self) -> None:
         for job_id in self.queue.expire():
             self.workspaces.remove_artifacts(job_id)
-        for job_id in self.queue.fail_abandoned():
+        reclaimed = self.queue.reclaim_abandoned()
+        for job_id, attempt in reclaimed.requeued:
+            self.workspaces.remove_artifacts(job_id, attempt)
+        for job_id in reclaimed.failed:
             self.workspaces.remove(job_id)
 
     def run_once(self) -> bool:
@@ -158,27 +211,39 @@ class Worker:
         job = self.queue.claim(self.name, lease=self.lease, concurrent=self.limits.concurrent)
         if job is None:
             return False
-        self._run(job)
+        lease = Lease(self.queue, job, self.lease)
+        heartbeat = threading.Thread(target=lease.keep, name=f"lease-{job.id}", daemon=True)
+        heartbeat.start()
+        try:
+            self._run(job, lease)
+        finally:
+            lease.done.set()
+            heartbeat.join()
         return True
 
-    def _cancelled(self, job_id: int) -> bool:
-        current = self.queue.get(job_id)
-        return current is None or current.state is not BuildState.RUNNING
+    def _cancelled(self, job: BuildJob, lease: Lease) -> bool:
+        if lease.lost.is_set():
+            return True
+        current = self.queue.get(job.id)
+        return current is None or current.state is not BuildState.RUNNING or current.attempt != job.attempt
 
-    def _run(self, job: BuildJob) -> None:
-        output = self.workspaces.artifacts(job.id)
-        output.mkdir(mode=0o700, exist_ok=True)
+    def _run(self, job: BuildJob, lease: Lease) -> None:
+        output = self.workspaces.artifacts(job.id, job.attempt)
+        shutil.rmtree(output, ignore_errors=True)  # a half-written earlier try of this attempt's
+        output.mkdir(mode=0o700)
         deadline = time.monotonic() + self.limits.build_seconds
         artifacts: tuple[Artifact, ...] = ()
         recipe_sha256 = self.workspaces.recipe_digest(job.id)
         with self.workspaces.log(job.id).open("ab") as log_file:
+            if job.attempt > 1:
+                log_file.write(f"attempt {job.attempt}: the previous worker stopped\n".encode())
             request = BuildRequest(
                 job.id,
                 self.workspaces.path(job.id) / "recipe" / job.recipe,
                 job.options,
                 output,
                 log_file,
-                lambda: self._cancelled(job.id) or time.monotonic() > deadline,
+                lambda: self._cancelled(job, lease) or time.monotonic() > deadline,
             )
             state, steps, error = self._attempt(request, log_file)
             if state is BuildState.CANCELLED and time.monotonic() > deadline:
@@ -194,14 +259,23 @@ class Worker:
             kept = self.queue.finish(
                 job.id,
                 state,
+                attempt=job.attempt,
                 steps=steps,
                 artifacts=artifacts,
                 keep_for=self.limits.expire_seconds,
             )
         else:
-            kept = self.queue.finish(job.id, state, steps=steps, error=error)
-            self.workspaces.remove_artifacts(job.id)
-        if not kept:  # cancelled while it ran: nothing of it stays
+            kept = self.queue.finish(job.id, state, attempt=job.attempt, steps=steps, error=error)
+            self.workspaces.remove_artifacts(job.id, job.attempt)
+        if not kept:
+            self._discard(job)
+
+    def _discard(self, job: BuildJob) -> None:
+        """The queue refused this attempt's answer: a cancelled build leaves nothing; a build
+        another worker took over keeps all but this attempt's artifacts."""
+        self.workspaces.remove_artifacts(job.id, job.attempt)
+        current = self.queue.get(job.id)
+        if current is None or current.state is BuildState.CANCELLED:
             self.workspaces.remove(job.id)
 
     def _outputs(self, job: BuildJob, recipe_sha256: str, output: Path) -> tuple[tuple[Artifact, ...], str]:
