@@ -499,8 +499,12 @@ class Registry:
 
     # Reads.
 
-    def search(self, query: Query) -> Page:
-        return self.index.search(query, at=self.now())
+    def search(self, query: Query, *, at: str | None = None) -> Page:
+        return self.index.search(query, at=at or self.now())
+
+    def next_change(self, query: Query, *, at: str) -> str | None:
+        """When the clock alone changes the answer to ``query`` at ``at`` next (an entry expires)."""
+        return self.index.next_change(query, at=at)
 
     def get(self, key: EntryKey) -> Row | None:
         return self.index.get(key.identifier, key.email, key.created)
