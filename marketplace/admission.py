@@ -21,6 +21,7 @@ import functools
 import multiprocessing
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -117,8 +118,13 @@ class CheckPool:
         self._lock = threading.Lock()
 
     def check_many(self, items: list[bytes], config: MarketConfig, *, now: datetime) -> list[Checked | str]:
+        return list(self.start(items, config, now=now))
+
+    def start(self, items: list[bytes], config: MarketConfig, *, now: datetime) -> Iterator[Checked | str]:
+        """Start checking ``items`` (in the pool: the workers go on while the caller does
+        something else); the verdicts come in order as the iterator is read."""
         if len(items) < POOL_FROM or self.workers < 2:
-            return [check(data, config, now) for data in items]
+            return iter([check(data, config, now) for data in items])
         with self._lock:
             if self._pool is None:
                 context = multiprocessing.get_context("forkserver")
@@ -126,7 +132,7 @@ class CheckPool:
             pool = self._pool
         chunk = max(1, len(items) // (self.workers * 4))
         # The config and the time travel once per chunk, inside the partial, not once per entry.
-        return list(pool.map(functools.partial(check, config=config, now=now), items, chunksize=chunk))
+        return pool.map(functools.partial(check, config=config, now=now), items, chunksize=chunk)
 
     def close(self) -> None:
         with self._lock:

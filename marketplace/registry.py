@@ -33,14 +33,14 @@ import enum
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 
 from imagekit.errors import DataError, ImagekitError, VerificationError
-from marketplace.admission import CheckPool, row_of, verify_signed
+from marketplace.admission import Checked, CheckPool, row_of, verify_signed
 from marketplace.auditlog import AuditLog, AuditReport, Head, audit
 from marketplace.binding import CertIdentity, Claim, check_binding
 from marketplace.certs import TrustStore
@@ -318,7 +318,13 @@ class Registry:
 
     # Replication (marketplace/replicate.py): entries another registry accepted.
 
-    def replicate(self, items: list[bytes]) -> list[Replicated]:
+    def check_replicated(self, items: list[bytes]) -> Iterator[Checked | str]:
+        """Start verifying a page of copied entries (on every core) for :meth:`replicate`."""
+        return self._checks.start(items, self.config, now=self._clock())
+
+    def replicate(
+        self, items: list[bytes], checked: Iterable[Checked | str] | None = None
+    ) -> list[Replicated]:
         """Accept entries copied from another registry, byte for byte, in one group commit.
 
         Each is verified here again (the gate is :func:`verify_entry`; a source is no more
@@ -326,8 +332,9 @@ class Registry:
         whitelist (the source's administrator accepted it) nor the timeline order: registries
         accept in different orders, and an entry's place in its timeline is its signed time.
         A file left unlogged or unindexed by a crash is completed when the same bytes come
-        again, so a run killed at any point and started again loses and duplicates nothing."""
-        verified = self._checks.check_many(items, self.config, now=self._clock())
+        again, so a run killed at any point and started again loses and duplicates nothing.
+        ``checked``: the verdicts :meth:`check_replicated` started on these very ``items``."""
+        verified = list(checked if checked is not None else self.check_replicated(items))
         refused = [Replicated(None, None, v) for v in verified if isinstance(v, str)]
         accepted = [(v, data) for v, data in zip(verified, items, strict=True) if not isinstance(v, str)]
         # One file-system sync for the whole page, not one fsync per file and directory: a
