@@ -6,9 +6,13 @@
    in parallel, cached under /tmp so reruns skip it (not a measured figure).
 2. Start a fresh ``imagekit market serve`` (uvicorn, SQLite index) and upload them all over
    HTTP on loopback (verification, whitelist chain check, fsync, audit log, index included).
-3. With ``--clients`` concurrent keep-alive clients: p50/p99 of a static response (the floor),
-   an id lookup (``GET /metadata/{id}``), endorser listings (``/endorsers`` and one endorser's
-   entries), and a filtered search page (HTML). Peak RSS of the server's process tree.
+3. With ``--clients`` concurrent keep-alive clients: p50/p99 of pairs measured side by side,
+   ``--repeat`` rounds each (floor first), then the ratio of their median p99s: an id lookup
+   (``GET /metadata/{id}``) against a static response (the floor; target <= 2x), and a page of
+   ``GET /appliance`` (OpenNebula's marketplace API) against a page of the registry's own
+   ``GET /metadata`` listing. Then once each: the whole ``GET /appliance`` (what OpenNebula's
+   driver reads), endorser listings (``/endorsers`` and one endorser's entries), and a
+   filtered search page (HTML). Peak RSS of the server's process tree.
 
 To iterate on read latency without re-uploading: ``--data DIR`` keeps the server's directory
 (data, config, log) in DIR, and a later ``--data DIR --skip-upload`` serves it again and
@@ -329,6 +333,85 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+# (paths, target p99 in ms or None, requests: None = --requests)
+Kind = tuple[list[str], float | None, int | None]
+# Each pair is measured side by side, --repeat times, floor first: the figures that are
+# compared come from the same minutes of the same machine.
+PAIRS = (("static", "id_lookup", 2.0), ("metadata_page", "appliance_page", None))
+
+
+def _kinds(entries: list[tuple[str, bytes]], clients: int) -> dict[str, Kind]:
+    from marketplace.metadata import parse_metadata
+
+    # Lookups of images that are current (the common case: a site checking an image
+    # before it boots it); expired and deprecated ones would answer 404.
+    at = datetime.now(UTC)
+    sample = random.Random(1).sample(range(len(entries)), min(2000, len(entries)))
+    parsed = [parse_metadata(entries[i][1]) for i in sample]
+    ids = [m.identifier for m in parsed if m.status(at).value == "valid"][:500]
+    emails = sorted({email for email, _ in entries})
+    pages = range(1, max(2, len(entries) * 3 // 4 // 50))  # about the current entries, 50 a page
+    return {
+        "static": (["/healthz"], None, None),
+        "id_lookup": ([f"/metadata/{i}" for i in ids], 20, None),
+        "metadata_page": ([f"/metadata?media=json&page={p}&limit=50" for p in pages], None, None),
+        "appliance_page": ([f"/appliance?page={p}&per_page=50" for p in pages], None, None),
+        # What OpenNebula's driver asks: every appliance in one response (megabytes).
+        "appliance_full": (["/appliance"], None, 2 * clients),
+        "endorsers": (["/endorsers?media=json"], None, None),
+        "endorser_entries": ([f"/endorsers/{e}?media=json&limit=50" for e in emails], None, None),
+        "search_page": (
+            [f"/metadata?media=html&status=valid&os={o}&os-version={v}&os-arch={a}&sort=created"
+             for o, v in OSES for a in ARCHES],
+            100, None,
+        ),
+    }  # fmt: skip
+
+
+def _run_kind(
+    server: Server, kind: str, spec: Kind, entries: int, args: argparse.Namespace, **extra: object
+) -> float:
+    paths, target, count = spec
+    requests = count or args.requests
+    asyncio.run(latency(server.port, paths, args.clients, min(200, requests)))  # warm up
+    cpu = server.tree_cpu()
+    timings, errors, wall = asyncio.run(latency(server.port, paths, args.clients, requests))
+    cpu = server.tree_cpu() - cpu
+    p99 = percentile(timings, 0.99) * 1000
+    emit(
+        metric="latency", kind=kind, entries=entries, clients=args.clients,
+        requests=len(timings), errors=errors,
+        p50_ms=round(statistics.median(timings) * 1000, 2), p99_ms=round(p99, 2),
+        rps=round(len(timings) / wall, 1),
+        server_cpu_ms=round(cpu * 1000 / len(timings), 2),
+        target_p99_ms=target, **extra,
+    )  # fmt: skip
+    return p99
+
+
+def _measure(server: Server, kinds: dict[str, Kind], wanted: set[str], args: argparse.Namespace) -> None:
+    entries = args.entries
+    paired: set[str] = set()
+    for floor, kind, target in PAIRS:
+        paired.update((floor, kind))
+        if not {floor, kind} <= wanted:
+            continue
+        p99s: dict[str, list[float]] = {floor: [], kind: []}
+        for round_ in range(1, args.repeat + 1):
+            for name in (floor, kind):
+                p99s[name].append(_run_kind(server, name, kinds[name], entries, args, round=round_))
+        ratio = statistics.median(p99s[kind]) / statistics.median(p99s[floor])
+        emit(
+            metric="ratio", kind=kind, floor=floor, entries=entries, clients=args.clients,
+            repeat=args.repeat, p99_median_ms=round(statistics.median(p99s[kind]), 2),
+            floor_p99_median_ms=round(statistics.median(p99s[floor]), 2),
+            ratio=round(ratio, 2), target_ratio=target, loadavg=os.getloadavg()[0],
+        )  # fmt: skip
+    for kind, spec in kinds.items():
+        if kind in wanted and kind not in paired:
+            _run_kind(server, kind, spec, entries, args)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=100_000)
@@ -339,6 +422,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="keep the server's directory here (default: a temp dir)")
     parser.add_argument("--skip-upload", action="store_true", help="reuse the entries already in --data")
     parser.add_argument("--kinds", help="comma-separated latency kinds to measure (default: all)")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds of each (floor, kind) pair")
     args = parser.parse_args()
     if args.skip_upload and args.data is None:
         parser.error("--skip-upload needs --data DIR from an earlier run")
@@ -368,43 +452,9 @@ def main() -> int:
                     uploads_per_s=round(len(entries) / elapsed, 1), concurrency=args.upload_concurrency,
                     workers=args.workers, target_per_s=200,
                 )  # fmt: skip
-            from marketplace.metadata import parse_metadata
-
-            # Lookups of images that are current (the common case: a site checking an image
-            # before it boots it); expired and deprecated ones would answer 404.
-            at = datetime.now(UTC)
-            sample = random.Random(1).sample(range(len(entries)), min(2000, len(entries)))
-            parsed = [parse_metadata(entries[i][1]) for i in sample]
-            ids = [m.identifier for m in parsed if m.status(at).value == "valid"][:500]
-            emails = sorted({email for email, _ in entries})
-            kinds = {
-                "static": (["/healthz"], None),
-                "id_lookup": ([f"/metadata/{i}" for i in ids], 20),
-                "endorsers": (["/endorsers?media=json"], None),
-                "endorser_entries": ([f"/endorsers/{e}?media=json&limit=50" for e in emails], None),
-                "search_page": (
-                    [f"/metadata?media=html&status=valid&os={o}&os-version={v}&os-arch={a}&sort=created"
-                     for o, v in OSES for a in ARCHES],
-                    100,
-                ),
-            }  # fmt: skip
+            kinds = _kinds(entries, args.clients)
             wanted = set(args.kinds.split(",")) if args.kinds else set(kinds)
-            for kind, (paths, target) in kinds.items():
-                if kind not in wanted:
-                    continue
-                asyncio.run(latency(server.port, paths, args.clients, min(200, args.requests)))  # warm up
-                cpu = server.tree_cpu()
-                timings, errors, wall = asyncio.run(latency(server.port, paths, args.clients, args.requests))
-                cpu = server.tree_cpu() - cpu
-                emit(
-                    metric="latency", kind=kind, entries=len(entries), clients=args.clients,
-                    requests=len(timings), errors=errors,
-                    p50_ms=round(statistics.median(timings) * 1000, 2),
-                    p99_ms=round(percentile(timings, 0.99) * 1000, 2),
-                    rps=round(len(timings) / wall, 1),
-                    server_cpu_ms=round(cpu * 1000 / len(timings), 2),
-                    target_p99_ms=target,
-                )  # fmt: skip
+            _measure(server, kinds, wanted, args)
             emit(metric="server_peak_rss", mib=round(server.peak_rss / 2**20, 1), workers=args.workers)
         finally:
             server.stop = True

@@ -18,10 +18,12 @@ carries it (the ``ik:opennebulaTemplate`` extension that ``market metadata creat
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import re
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from lxml import etree
@@ -32,10 +34,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagekit.errors import DataError
+from imagekit.httperror import HttpError
 from marketplace import xmlsafe
+from marketplace.config import MarketConfig
 from marketplace.index import Query, Row, Status
 from marketplace.metadata import ChecksumAlgorithm, Metadata, parse_metadata, parse_time, q
 from marketplace.registry import Registry
+from marketplace.responsecache import cacheable
 from marketplace.store import EntryKey
 
 IK_NS = "https://imagekit.dev/market/1"
@@ -183,79 +188,171 @@ def _driver_template(text: str) -> TemplateObject | None:
         return None  # signed, but not a template the driver could carry: the image alone
 
 
+def _json(value: Any) -> bytes:
+    """As Starlette's JSONResponse writes it."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """What a listing needs of one stored entry (parsed once: a stored entry never changes)."""
+
+    app_id: str
+    name: str
+    body: bytes
+    locations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Every current appliance, as the index said at ``generation``, serialised once: until
+    ``until`` (the first listed entry's expiry) or the next write, every listing, page and
+    single appliance is a slice of it."""
+
+    generation: str
+    until: str | None
+    bodies: tuple[bytes, ...]
+    locations: tuple[tuple[str, ...], ...]
+    positions: dict[str, int]
+
+    def body(self, start: int = 0, stop: int | None = None, **more: int) -> bytes:
+        extra = b"".join(b',"%s":%d' % (k.encode(), v) for k, v in more.items())
+        return b'{"appliances":[' + b",".join(self.bodies[start:stop]) + b"]" + extra + b"}"
+
+
 class Appliances:
-    """The current appliances of a registry. Parsed entries are kept by content hash (a stored
-    entry never changes), so a listing costs one index query and the JSON."""
+    """The current appliances of a registry: one :class:`Listing` per index generation."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self._parsed: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {}
-        self._lock = threading.Lock()
+        self._parsed: dict[str, _Parsed] = {}  # by the entry's SHA-256
+        self._listing: Listing | None = None
+        self._full: tuple[Listing, bytes] | None = None
+        self._lock = threading.Lock()  # one build at a time; the others then reuse it
 
-    def _rows(self) -> list[Row]:
+    def _rows(self, at: str) -> list[Row]:
         rows: list[Row] = []
         limit = self.registry.config.max_page_size
         while True:
-            page = self.registry.search(Query(status=Status.VALID, offset=len(rows), limit=limit))
+            query = Query(status=Status.VALID, offset=len(rows), limit=limit)
+            page = self.registry.search(query, at=at)
             rows.extend(page.rows)
             if not page.rows or len(rows) >= page.total:
                 return rows
 
-    def _entry(self, row: Row) -> tuple[dict[str, Any], tuple[str, ...]]:
-        with self._lock:
-            found = self._parsed.get(row.sha256)
+    def _entry(self, row: Row) -> _Parsed:
+        found = self._parsed.get(row.sha256)
         if found is None:
             data = self.registry.signed_bytes(EntryKey(row.identifier, row.email, row.created))
             m = parse_metadata(data, source=row.relpath)
-            found = (appliance(row, m), m.locations)
-            with self._lock:
-                self._parsed[row.sha256] = found
+            app = appliance(row, m)
+            found = _Parsed(app["_id"]["$oid"], app["name"], _json(app), m.locations)
+            self._parsed[row.sha256] = found
         return found
 
-    def current(self) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
-        """Every current appliance with its entry's locations; a name that two appliances
-        share gets the endorser's e-mail added, so OpenNebula can tell them apart."""
-        entries = [self._entry(row) for row in self._rows()]
-        seen: dict[str, int] = {}
-        for app, _ in entries:
-            seen[app["name"]] = seen.get(app["name"], 0) + 1
-        return [
-            ({**app, "name": f"{app['name']} ({app['stratuslab']['endorser']})"}, locations)
-            if seen[app["name"]] > 1
-            else (app, locations)
-            for app, locations in entries
-        ]
+    def current(self) -> Listing:
+        """The listing of now; a name that two appliances share gets the endorser's e-mail
+        added, so OpenNebula can tell them apart."""
+        generation = self.registry.index.generation()
+        at = self.registry.now()
+        with self._lock:
+            listing = self._listing
+            if listing is not None and listing.generation == generation and _before(at, listing.until):
+                return listing
+            rows = self._rows(at)
+            entries = [self._entry(row) for row in rows]
+            names = collections.Counter(e.name for e in entries)
+            bodies = tuple(
+                _json({**json.loads(e.body), "name": f"{e.name} ({row.email})"})
+                if names[e.name] > 1
+                else e.body
+                for e, row in zip(entries, rows, strict=True)
+            )
+            until = min((r.valid for r in rows if r.valid is not None), default=None)
+            positions = {e.app_id: n for n, e in enumerate(entries)}
+            self._listing = Listing(
+                generation, until, bodies, tuple(e.locations for e in entries), positions
+            )
+            return self._listing
 
-    def find(self, app_id: str) -> tuple[dict[str, Any], tuple[str, ...]] | None:
+    def full(self) -> tuple[Listing, bytes]:
+        """The whole listing's body (what the driver reads), joined once per listing."""
+        listing = self.current()
+        with self._lock:
+            if self._full is None or self._full[0] is not listing:
+                self._full = (listing, listing.body())
+            return self._full
+
+    def find(self, app_id: str) -> tuple[Listing, int] | None:
         if not APPLIANCE_ID_RE.fullmatch(app_id):
             return None
-        return next((found for found in self.current() if found[0]["_id"]["$oid"] == app_id), None)
+        listing = self.current()
+        position = listing.positions.get(app_id)
+        return None if position is None else (listing, position)
 
 
-def _not_found(message: str) -> Response:
-    return JSONResponse({"error": message, "status": 404}, status_code=404)
+def _before(at: str, until: str | None) -> bool:
+    return until is None or at < until
+
+
+def _error(message: str, status: int = 404) -> Response:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def _paging(request: Request, config: MarketConfig) -> tuple[int, int] | None:
+    """``?page=N&per_page=M`` (1-based; ``per_page`` up to ``max_page_size``); neither: the
+    whole list, which is what OpenNebula's driver reads (monitor:160, one request)."""
+    page, per_page = request.query_params.get("page"), request.query_params.get("per_page")
+    if page is None and per_page is None:
+        return None
+    numbers = []
+    for name, raw, default in (("page", page, 1), ("per_page", per_page, config.page_size)):
+        if raw is None:
+            numbers.append(default)
+        elif raw.isdigit() and 0 < len(raw) <= 9 and int(raw) > 0:
+            numbers.append(int(raw))
+        else:
+            raise HttpError(400, f"{name}: expected a whole number of at least 1, got {raw[:40]!r}")
+    return numbers[0], min(numbers[1], config.max_page_size)
 
 
 def routes(registry: Registry) -> list[Route]:
     appliances = Appliances(registry)
 
     async def listing(request: Request) -> Response:
-        found = await run_in_threadpool(appliances.current)
-        return JSONResponse(
-            {"appliances": [app for app, _ in found]}, headers={"X-Total-Count": str(len(found))}
-        )
+        try:
+            paging = _paging(request, registry.config)
+        except HttpError as err:  # in JSON, like every answer of this API
+            return _error(err.message, err.status)
+        if paging is None:
+            found, body = await run_in_threadpool(appliances.full)
+        else:
+            found = await run_in_threadpool(appliances.current)
+            page, per_page = paging
+            start = (page - 1) * per_page
+            body = found.body(start, start + per_page, total=len(found.bodies), page=page, per_page=per_page)
+        cacheable(request, found.until)
+        headers = {"X-Total-Count": str(len(found.bodies))}
+        return Response(body, media_type="application/json", headers=headers)
 
     async def one(request: Request) -> Response:
         found = await run_in_threadpool(appliances.find, request.path_params["app_id"])
-        return JSONResponse(found[0]) if found else _not_found("no such appliance")
+        if found is None:
+            return _error("no such appliance")
+        listing, position = found
+        cacheable(request, listing.until)
+        return Response(listing.bodies[position], media_type="application/json")
 
     async def download(request: Request) -> Response:
         found = await run_in_threadpool(appliances.find, request.path_params["app_id"])
         if found is None or request.path_params["n"] != "0":
-            return _not_found("no such appliance file")
-        url = next((loc for loc in found[1] if loc.lower().startswith(DOWNLOAD_SCHEMES)), None)
+            return _error("no such appliance file")
+        listing, position = found
+        url = next(
+            (loc for loc in listing.locations[position] if loc.lower().startswith(DOWNLOAD_SCHEMES)), None
+        )
         if url is None:
-            return _not_found("this appliance has no http(s) location")
+            return _error("this appliance has no http(s) location")
         return RedirectResponse(url, status_code=302)
 
     return [

@@ -15,8 +15,10 @@ fixed-width ``yyyy-MM-ddTHH:mm:ssZ`` strings of the metadata, so string order is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import queue
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass, fields
@@ -151,6 +153,8 @@ class Index(Protocol):
     def endorsers_of(self, email: str) -> list[Endorser]: ...
     def first_uses(self, email: str) -> list[tuple[str, str]]: ...
     def audit_head(self) -> Head | None: ...
+    def generation(self) -> str: ...
+    def next_change(self, query: Query, *, at: str) -> str | None: ...
     def rebuild(self, rows: Iterable[Row], head: Head) -> int: ...
     def close(self) -> None: ...
 
@@ -392,6 +396,20 @@ class SqlIndex:
             return None
         return Head(int(values["audit_seq"]), values.get("audit_hash", ""))
 
+    def generation(self) -> str:
+        """A token every write to the index replaces (whichever process writes): an answer
+        computed from the index is current while the token is the one read before computing it."""
+        found = self._fetch("SELECT value FROM meta WHERE name = 'generation'", ())
+        return str(found[0][0]) if found else ""
+
+    def next_change(self, query: Query, *, at: str) -> str | None:
+        """The first time after ``at`` when an entry that ``query`` selects (whatever its status)
+        expires: until then, and without a write, the answer to ``query`` stays the same."""
+        where, params = self._where(dataclasses.replace(query, status=Status.ALL), at)
+        where.append("deprecated IS NULL AND valid IS NOT NULL AND valid > ?")
+        found = self._fetch(f"SELECT min(valid) FROM entries WHERE {' AND '.join(where)}", (*params, at))
+        return str(found[0][0]) if found and found[0][0] is not None else None
+
     # Writes. Callers hold the store's write lock; the transaction keeps the index consistent
     # if the process dies half-way.
 
@@ -429,6 +447,7 @@ class SqlIndex:
                 )
             )
             self._set_head(cur, head)
+            self._set_meta(cur, "generation", secrets.token_hex(8))
             conn.commit()
             # Fresh statistics, so the planner keeps choosing the key for identifier lookups.
             cur.execute("ANALYZE")
@@ -481,16 +500,20 @@ class SqlIndex:
             )
         if head is not None:
             self._set_head(cur, head)
+        self._set_meta(cur, "generation", secrets.token_hex(8))
 
     def _set_head(self, cur: Any, head: Head) -> None:
-        for name, value in (("audit_seq", str(head.seq)), ("audit_hash", head.hash)):
-            cur.execute(
-                self._sql(
-                    "INSERT INTO meta (name, value) VALUES (?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
-                ),
-                (name, value),
-            )
+        self._set_meta(cur, "audit_seq", str(head.seq))
+        self._set_meta(cur, "audit_hash", head.hash)
+
+    def _set_meta(self, cur: Any, name: str, value: str) -> None:
+        cur.execute(
+            self._sql(
+                "INSERT INTO meta (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            ),
+            (name, value),
+        )
 
 
 def open_index(config: MarketConfig) -> Index:

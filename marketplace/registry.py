@@ -29,33 +29,28 @@ no admin credentials travel over HTTP.
 
 from __future__ import annotations
 
-import concurrent.futures
 import enum
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 
 from imagekit.errors import DataError, ImagekitError, VerificationError
+from marketplace.admission import Checked, CheckPool, row_of, verify_signed
 from marketplace.auditlog import AuditLog, AuditReport, Head, audit
 from marketplace.binding import CertIdentity, Claim, check_binding
 from marketplace.certs import TrustStore
 from marketplace.config import MarketConfig, PendingPolicy
 from marketplace.index import Endorser, Index, Page, Query, Row, open_index
-from marketplace.metadata import Metadata, format_time, parse_metadata
+from marketplace.metadata import format_time, parse_metadata
 from marketplace.store import EntryKey, PutOutcome, Staged, Store, discard, sha256_hex
-from marketplace.verify import VerifiedEntry, verify_entry
+from marketplace.verify import VerifiedEntry
 
 log = logging.getLogger(__name__)
-
-# Endorsement times this far ahead of our clock are accepted (clock skew), no further: a
-# far-future entry would otherwise freeze its timeline for good.
-CLOCK_SKEW = timedelta(minutes=5)
-VERIFY_THREADS = 8  # replicated entries verified at once
 
 
 @dataclass
@@ -130,31 +125,6 @@ def pending_id_of(entry: VerifiedEntry) -> str:
     ).hexdigest()
 
 
-def row_of(m: Metadata, sha256: str) -> Row:
-    if m.endorsement is None:
-        raise DataError(f"{m.identifier}: entry has no endorsement")
-    endorser = m.endorsement.endorser
-    return Row(
-        identifier=m.identifier,
-        email=endorser.email,
-        created=format_time(m.endorsement.created),
-        subject=endorser.subject,
-        issuer=endorser.issuer,
-        os=m.os,
-        os_version=m.os_version,
-        os_arch=m.os_arch,
-        kind=m.kind,
-        title=m.title,
-        description=m.description,
-        tag=m.tag,
-        valid=format_time(m.valid) if m.valid else None,
-        deprecated=m.deprecated,
-        locations=m.locations,
-        bytes=m.size,
-        sha256=sha256,
-    )
-
-
 class Registry:
     def __init__(
         self,
@@ -173,8 +143,10 @@ class Registry:
         self._queue_lock = threading.Lock()
         self._leader = threading.Lock()
         self._pending_emails: dict[str, str] = {}
+        self._checks = CheckPool()  # replicated pages, verified on every core
 
     def close(self) -> None:
+        self._checks.close()
         self.index.close()
 
     def now(self) -> str:
@@ -237,23 +209,7 @@ class Registry:
         return email
 
     def _verify(self, data: bytes, *, trust: TrustStore | None = None) -> VerifiedEntry:
-        if len(data) > self.config.max_upload_bytes:
-            raise VerificationError(
-                f"{len(data)} bytes exceeds the limit of {self.config.max_upload_bytes}", rule="size"
-            )
-        entry = verify_entry(
-            data,
-            trust=trust,
-            allow_sha1=self.config.allow_sha1,
-            legacy_before=self.config.legacy_sha1_before,
-            max_bytes=self.config.max_upload_bytes,
-        )
-        if entry.created > self._clock() + CLOCK_SKEW:
-            raise VerificationError(
-                f"endorsement time {format_time(entry.created)} is in the future (now {self.now()})",
-                rule="timeline",
-            )
-        return entry
+        return verify_signed(data, self.config, now=self._clock(), trust=trust)
 
     def _whitelisted(self, data: bytes, entry: VerifiedEntry) -> bool:
         """Subject DN listed *and* the certificate chains to the trust store (both required,
@@ -362,7 +318,13 @@ class Registry:
 
     # Replication (marketplace/replicate.py): entries another registry accepted.
 
-    def replicate(self, items: list[bytes]) -> list[Replicated]:
+    def check_replicated(self, items: list[bytes]) -> Iterator[Checked | str]:
+        """Start verifying a page of copied entries (on every core) for :meth:`replicate`."""
+        return self._checks.start(items, self.config, now=self._clock())
+
+    def replicate(
+        self, items: list[bytes], checked: Iterable[Checked | str] | None = None
+    ) -> list[Replicated]:
         """Accept entries copied from another registry, byte for byte, in one group commit.
 
         Each is verified here again (the gate is :func:`verify_entry`; a source is no more
@@ -370,19 +332,16 @@ class Registry:
         whitelist (the source's administrator accepted it) nor the timeline order: registries
         accept in different orders, and an entry's place in its timeline is its signed time.
         A file left unlogged or unindexed by a crash is completed when the same bytes come
-        again, so a run killed at any point and started again loses and duplicates nothing."""
-        with concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS) as pool:
-            verified = list(pool.map(self._verify_replicated, items))
-        refused = [v for v in verified if isinstance(v, Replicated)]
-        accepted = [
-            (v, data) for v, data in zip(verified, items, strict=True) if not isinstance(v, Replicated)
-        ]
+        again, so a run killed at any point and started again loses and duplicates nothing.
+        ``checked``: the verdicts :meth:`check_replicated` started on these very ``items``."""
+        verified = list(checked if checked is not None else self.check_replicated(items))
+        refused = [Replicated(None, None, v) for v in verified if isinstance(v, str)]
+        accepted = [(v, data) for v, data in zip(verified, items, strict=True) if not isinstance(v, str)]
         # One file-system sync for the whole page, not one fsync per file and directory: a
         # page is hundreds of small new files, and their fsyncs are most of what it costs.
-        staged = self.store.stage_many([(EntryKey(*entry.metadata.key), data) for entry, data in accepted])
+        staged = self.store.stage_many([(checked.key, data) for checked, data in accepted])
         jobs = [
-            _Job(s, row_of(entry.metadata, sha256_hex(s.data)), Claim.of(entry))
-            for s, (entry, _) in zip(staged, accepted, strict=True)
+            _Job(s, checked.row, checked.claim) for s, (checked, _) in zip(staged, accepted, strict=True)
         ]
         with self.store.write_lock():
             published, unlogged = self._publish_replicated(jobs)
@@ -399,12 +358,6 @@ class Registry:
             if published or unlogged:
                 self.index.add_many([j.row for j in published + unlogged], head)
         return refused + [Replicated.of(j) for j in jobs]
-
-    def _verify_replicated(self, data: bytes) -> VerifiedEntry | Replicated:
-        try:
-            return self._verify(data)
-        except (VerificationError, DataError) as err:
-            return Replicated(None, None, str(err))
 
     def _publish_replicated(self, jobs: list[_Job]) -> tuple[list[_Job], list[_Job]]:
         """Link each staged file (under the write lock): the new ones, and the ones already
@@ -499,8 +452,12 @@ class Registry:
 
     # Reads.
 
-    def search(self, query: Query) -> Page:
-        return self.index.search(query, at=self.now())
+    def search(self, query: Query, *, at: str | None = None) -> Page:
+        return self.index.search(query, at=at or self.now())
+
+    def next_change(self, query: Query, *, at: str) -> str | None:
+        """When the clock alone changes the answer to ``query`` at ``at`` next (an entry expires)."""
+        return self.index.next_change(query, at=at)
 
     def get(self, key: EntryKey) -> Row | None:
         return self.index.get(key.identifier, key.email, key.created)

@@ -2,11 +2,12 @@
 
 ``imagekit market replicate --from URL`` reads ``GET /changes`` page by page, checks each
 file against the SHA-256 its log record names, and hands the page to
-:meth:`Registry.replicate`, which verifies every signature again and commits the page as one
-group (files linked, then the audit log, then the index). Only then is the cursor — the source's
-last applied ``(seq, hash)`` — written to ``DATA/replication/<hash of URL>.json``. A run
-killed anywhere therefore repeats at most one page, whose entries are already stored with the
-same bytes: nothing is lost, nothing is stored or logged twice.
+:meth:`Registry.replicate`, which verifies every signature again (in worker processes, while the
+previous page commits) and commits the page as one group (files linked, then the audit log, then
+the index). Only then is the cursor — the source's last applied ``(seq, hash)`` — written to
+``DATA/replication/<hash of URL>.json``. A run killed anywhere therefore repeats at most the two
+pages it had read, whose entries are already stored with the same bytes or not at all: nothing
+is lost, nothing is stored or logged twice.
 
     result = replicate(registry, "http://peer:8081", pending=False)
 """
@@ -19,13 +20,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imagekit.atomic import write_atomically
 from imagekit.errors import DataError, InputError, VerificationError
+from marketplace.admission import Checked
 from marketplace.auditlog import GENESIS
 from marketplace.client import MarketClient, RegistryUnreachable
 from marketplace.registry import Outcome, PendingQuotaError, Registry, Replicated
@@ -129,29 +131,54 @@ def replicate(
     cursor = Cursor(since, "") if since is not None else load_cursor(registry, source)
     report = ReplicationReport(source, cursor)
     with MarketClient(source) as client, concurrent.futures.ThreadPoolExecutor(1) as fetcher:
-        upcoming = fetcher.submit(_page, client, cursor, retries)
+        fetched = cursor  # the feed position of the last page read, committed or not
+        upcoming = fetcher.submit(_page, client, fetched, retries)
+        checking: _Checking | None = None  # read, being verified, committed next
         while True:
             head, entries = upcoming.result()
-            if head < cursor.seq or (entries and cursor.hash and entries[0].get("prev") != cursor.hash):
+            if head < fetched.seq or (entries and fetched.hash and entries[0].get("prev") != fetched.hash):
                 # Another registry (or a rebuilt one) answers at this URL: start over; what is
                 # already here is recognised byte for byte.
-                if cursor.seq == 0:
+                _commit(registry, source, report, checking)
+                checking = None
+                if fetched.seq == 0:
                     raise DataError(f"{source}: its change feed does not start its log's chain")
                 log.warning("%s: its log does not continue the one followed so far: reading it all", source)
-                cursor = Cursor(0, GENESIS)
-                upcoming = fetcher.submit(_page, client, cursor, retries)
+                cursor = fetched = Cursor(0, GENESIS)
+                upcoming = fetcher.submit(_page, client, fetched, retries)
                 continue
             if not entries:
                 break
-            following = Cursor(int(entries[-1]["seq"]), str(entries[-1]["hash"]))
-            upcoming = fetcher.submit(_page, client, following, retries)  # fetched while this commits
-            _tally(report, registry.replicate([_decode(r) for r in entries]))
-            cursor = following
-            save_cursor(registry, source, cursor)
+            fetched = Cursor(int(entries[-1]["seq"]), str(entries[-1]["hash"]))
+            upcoming = fetcher.submit(_page, client, fetched, retries)  # read while these are checked
+            items = [_decode(r) for r in entries]
+            # This page is verified in the worker processes while the previous one commits.
+            following = _Checking(items, registry.check_replicated(items), fetched)
+            cursor = _commit(registry, source, report, checking) or cursor
+            checking = following
+        cursor = _commit(registry, source, report, checking) or cursor
         if pending:
             _copy_pending(registry, client, report, retries)
     report.cursor = cursor
     return report
+
+
+@dataclass(frozen=True)
+class _Checking:
+    items: list[bytes]
+    checked: Iterator[Checked | str]
+    cursor: Cursor  # the feed position after these items
+
+
+def _commit(
+    registry: Registry, source: str, report: ReplicationReport, page: _Checking | None
+) -> Cursor | None:
+    """Commit a verified page, then (only then) move the saved cursor past it."""
+    if page is None:
+        return None
+    _tally(report, registry.replicate(page.items, page.checked))
+    save_cursor(registry, source, page.cursor)
+    return page.cursor
 
 
 def _tally(report: ReplicationReport, results: list[Replicated]) -> None:

@@ -59,6 +59,7 @@ from marketplace.registry import (
     Registry,
     UploadResult,
 )
+from marketplace.responsecache import ResponseCache, cacheable
 from marketplace.store import CREATED_RE, EMAIL_RE, EntryKey
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class Api:
     # Query parsing: request parameters → Query, once, at the boundary.
 
     def query(self, request: Request, **fixed: Any) -> Query:
-        p = request.query_params
+        p = dict(request.query_params.items())  # a plain dict: a dozen look-ups follow
 
         def pick(*names: str) -> str | None:
             for name in names:
@@ -204,9 +205,10 @@ class Api:
     async def page(
         self, request: Request, query: Query, media: Media, *, title: str = "Metadata"
     ) -> Response:
-        result: Page = await self.read(self.registry.search, query)
         at = self.registry.now()
-        base = self.base(request)
+        result: Page = await self.read(functools.partial(self.registry.search, query, at=at))
+        if media is not Media.HTML and query.since is None:  # a range slides with the clock
+            cacheable(request, await self._next_change(query, result, at))
         headers = {"X-Total-Count": str(result.total)}
         if media is Media.HTML:
             return web.page(
@@ -226,7 +228,7 @@ class Api:
                 "total": result.total,
                 "offset": query.offset,
                 "limit": query.limit,
-                "entries": [self.row_json(r, base, at) for r in result.rows],
+                "entries": [self.row_json(r, self.base(request), at) for r in result.rows],
             }
             return JSONResponse(body, headers=headers)
         chunks = await self.read(
@@ -236,11 +238,27 @@ class Api:
         )
         return Response(xml_list(chunks), media_type="application/xml", headers=headers)
 
+    async def _next_change(self, query: Query, result: Page, at: str) -> str | None:
+        """When the clock alone changes this page: read off its rows when it holds every match
+        and the clock can only take entries out of it (an expired entry stays expired), else
+        asked of the index."""
+        complete = query.offset == 0 and result.total == len(result.rows)
+        if complete and (query.status is not Status.EXPIRED or query.created is not None):
+            times = [r.valid for r in result.rows if r.deprecated is None and r.valid and r.valid > at]
+            return min(times, default=None)
+        found: str | None = await self.read(functools.partial(self.registry.next_change, query, at=at))
+        return found
+
     async def entry(self, request: Request, key: EntryKey, media: Media) -> Response:
         row = await self.read(self.registry.get, key)
         if row is None:
             raise HttpError(404, f"no metadata entry {key.relpath}")
         data = await self.read(self.registry.signed_bytes, key)
+        at = self.registry.now()
+        if media is not Media.HTML:
+            # The stored bytes never change; the JSON's status does, when the entry expires.
+            expires = row.valid if row.deprecated is None and row.valid and row.valid > at else None
+            cacheable(request, expires if media is Media.JSON else None)
         if media is Media.XML:
             return Response(
                 data,
@@ -248,7 +266,6 @@ class Api:
                 headers={"Content-Disposition": f'attachment; filename="{key.identifier}.xml"'},
             )
         metadata = parse_metadata(data, source=key.relpath)
-        at = self.registry.now()
         if media is Media.JSON:
             body = {**self.row_json(row, self.base(request), at), "metadata": metadata}
             return Response(to_json(body), media_type="application/json")
@@ -312,6 +329,7 @@ class Api:
         found = await self.read(self.registry.endorsers)
         if media is Media.HTML:
             return web.page("endorsers.html", request=request, endorsers=found)
+        cacheable(request)
         if media is Media.JSON:
             return Response(to_json({"endorsers": found}), media_type="application/json")
         root = etree.Element("endorsers")
@@ -454,7 +472,8 @@ def create_app(config: MarketConfig, *, registry: Registry | None = None) -> Sta
 
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.registry = registry
-    app.add_middleware(appmarket.CollapseLeadingSlashes)
+    app.add_middleware(ResponseCache, registry=registry, inline=api.inline_reads)
+    app.add_middleware(appmarket.CollapseLeadingSlashes)  # outside: the cache sees one path
     return app
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -292,15 +293,20 @@ def _certificates(signature: etree._Element) -> list[x509.Certificate]:
         raise _fail("signature", f"bad X509Certificate: {exc}") from None
 
 
+@functools.lru_cache(maxsize=256)
+def _certificate_key(der: bytes) -> xmlsec.Key:
+    """The xmlsec key of a certificate, loaded once per certificate (a registry sees a few
+    endorsers' certificates over and over): the context takes a copy of it, never this one."""
+    return xmlsec.Key.from_memory(der, xmlsec.constants.KeyDataFormatCertDer)
+
+
 def _check_signature(
     signature: etree._Element, cert: x509.Certificate, algorithm: SignatureAlgorithm
 ) -> None:
     ctx = xmlsec.SignatureContext()
     # The key comes from the certificate we then check, never from a key manager or KeyInfo
     # lookup; only the transforms of our profile may run.
-    ctx.key = xmlsec.Key.from_memory(
-        cert.public_bytes(serialization.Encoding.PEM), xmlsec.constants.KeyDataFormatCertPem
-    )
+    ctx.key = _certificate_key(cert.public_bytes(serialization.Encoding.DER))
     for transform in _REFERENCE_TRANSFORMS:
         ctx.enable_reference_transform(transform)
     ctx.enable_signature_transform(algorithm.transform)

@@ -170,14 +170,20 @@ def test_benchmark_runs_small() -> None:
     """bench/market.py end to end on 200 entries (its figures are not judged here)."""
     bench = Path(__file__).resolve().parents[2] / "bench" / "market.py"
     argv = [str(IMAGEKIT.parent / "python"), str(bench), "--entries", "200", "--requests", "100"]
-    done = subprocess.run([*argv, "--clients", "4"], capture_output=True, timeout=600)
+    done = subprocess.run([*argv, "--clients", "4", "--repeat", "1"], capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     lines = [json.loads(line) for line in done.stdout.decode().splitlines()]
     upload = next(x for x in lines if x["metric"] == "upload")
     assert upload["entries"] == 200 and upload["failed"] == 0
     kinds = {x["kind"]: x for x in lines if x["metric"] == "latency"}
-    assert set(kinds) == {"static", "id_lookup", "endorsers", "endorser_entries", "search_page"}
-    assert all(k["errors"] == 0 and k["requests"] == 100 for k in kinds.values())
+    assert set(kinds) == {
+        "static", "id_lookup", "metadata_page", "appliance_page", "appliance_full",
+        "endorsers", "endorser_entries", "search_page",
+    }  # fmt: skip
+    assert all(k["errors"] == 0 for k in kinds.values())
+    assert kinds["id_lookup"]["requests"] == 100 and kinds["appliance_full"]["requests"] == 8
+    ratios = {x["kind"]: x for x in lines if x["metric"] == "ratio"}
+    assert ratios["id_lookup"]["floor"] == "static" and ratios["appliance_page"]["floor"] == "metadata_page"
     assert next(x for x in lines if x["metric"] == "server_peak_rss")["mib"] > 0
 
 

@@ -155,7 +155,34 @@ def check_first_uses_of_an_email(index: Index) -> None:
     assert index.first_uses("nobody@example.org") == []
 
 
+def check_generation_and_next_change(index: Index) -> None:
+    """What the read cache relies on: every write replaces the generation (a rebuild too,
+    even to the same rows), reads never do; the next expiry among what a query selects."""
+    seen = {index.generation()}
+    fill(index)
+    assert index.generation() not in seen
+    seen.add(index.generation())
+    assert ids(index) and index.generation() in seen
+    index.add(row(IDS[7], "carol@example.org", "2025-04-01T00:00:00Z", valid="2025-09-01T00:00:00Z"))
+    assert index.generation() not in seen
+    seen.add(index.generation())
+    rows = [
+        row(IDS[7], "carol@example.org", "2025-04-01T00:00:00Z", valid="2025-09-01T00:00:00Z", latest=True)
+    ]
+    index.rebuild(rows, Head(1, "e" * 64))
+    index.rebuild(rows, Head(1, "e" * 64))
+    assert index.generation() not in seen
+    index.add(row(IDS[0], "alice@example.org", "2025-01-01T00:00:00Z", valid="2025-07-01T00:00:00Z"))
+    index.add(row(IDS[1], "alice@example.org", "2025-01-01T00:00:00Z", valid="2025-05-01T00:00:00Z"))
+    index.add(row(IDS[2], "alice@example.org", "2025-01-01T00:00:00Z", valid=None, deprecated="x"))
+    assert index.next_change(Query(), at=AT) == "2025-07-01T00:00:00Z"  # IDS[1] expired already
+    assert index.next_change(Query(identifier=IDS[7]), at=AT) == "2025-09-01T00:00:00Z"
+    assert index.next_change(Query(identifier=IDS[2]), at=AT) is None
+    assert index.next_change(Query(), at="2025-10-01T00:00:00Z") is None
+
+
 CONTRACT: list[Callable[[Index], None]] = [
+    check_generation_and_next_change,
     check_timeline_and_latest,
     check_status_location_and_filters,
     check_text_search_is_literal,
