@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ from cloud.hostqmp import QMP_TIMEOUT, OnHost, VmGone, kill_on, qmp_on
 from cloud.hosts import LOCALHOST_ID, Host, HostStore, VirtualizationDriver
 from cloud.model import DiskKind, VmState, VmTemplate
 from cloud.qemu import ACCEL_ENV, OVMF_VARS, Accel, Drive, Nic, VmSpec, build_argv
-from cloud.remote import Runner, SshSettings, load_ssh_settings, runner_for
+from cloud.remote import HostUnreachable, Runner, SshSettings, load_ssh_settings, runner_for
 from cloud.store import VmRecord, VmStore
 from cloud.transfer import StagedDisk, Transfer, transfer_for
 from imagekit.diskimage import Firmware
@@ -49,6 +50,8 @@ from imagekit.state import State
 if TYPE_CHECKING:
     from cloud.deploy import CreateRequest
     from context.model import ResolvedContext
+
+log = logging.getLogger(__name__)
 
 REPRESS = 10.0  # seconds between ACPI power button presses (a press while the guest boots is lost)
 
@@ -410,7 +413,12 @@ class HostCore:
                 f"VM {vmid} is {record.state.value}, not {' or '.join(s.value for s in allowed)}"
             )
         if "host_dir" in record.info:
-            end_on_host(state, record)
+            try:
+                end_on_host(state, record)
+            except HostUnreachable:
+                if reason != "deleted":
+                    raise
+                log.warning("VM %d deleted while its host does not answer: its files stay there", vmid)
         return finish(state, vmid, reason=reason, allowed=allowed)
 
     def cancel(self, state: State, vmid: int) -> VmRecord:

@@ -79,6 +79,10 @@ def test_a_vm_runs_on_its_host_as_the_hosts_user(blank_lab: BlankLab, lab: SshLa
     assert monitoring.monitor(state, "nodeb", etc=lab.etc).monitoring["RUNNING_VMS"] == "0"
     assert lifecycle.show(state, record.vmid).state is VmState.RUNNING  # vm list does not mark it unknown
     assert node_b.state.value == "monitored"
+    lifecycle.suspend(state, record.vmid)
+    assert hostvm.poll_on_host(state, record.vmid) == "paused"
+    lifecycle.resume(state, record.vmid)
+    assert hostvm.poll_on_host(state, record.vmid) == "running"
 
 
 def test_live_then_cold_migration_moves_the_vm_and_its_disk(blank_lab: BlankLab, lab: SshLab) -> None:
@@ -160,7 +164,10 @@ def test_shutdown_and_cancel_remove_the_vm_from_its_host(blank_lab: BlankLab, la
     state = blank_lab.state
     node_a = add_host(state, lab, "nodea", lab.hosts[0])
     first = deploy_blank(state, blank_lab.template, lab, node_a)
-    second = deploy_blank(state, blank_lab.template, lab, node_a)
+    second = deploy_blank(state, blank_lab.template, lab, node_a, hold=True)
+    assert second.state is VmState.HOLD and len(_qemus(lab, lab.hosts[0])) == 1  # prolog done, no QEMU
+    assert (lab.hosts[0].home / f".imagekit/vms/{second.vmid}/disk0.qcow2").exists()
+    assert lifecycle.release(state, second.vmid).state is VmState.RUNNING
     assert len(_qemus(lab, lab.hosts[0])) == 2
     done = lifecycle.shutdown(state, first.vmid, timeout=2)  # no OS: the power button is ignored
     assert done.state is VmState.DONE and "stopped hard" in done.reason
@@ -170,6 +177,19 @@ def test_shutdown_and_cancel_remove_the_vm_from_its_host(blank_lab: BlankLab, la
     assert list((lab.hosts[0].home / ".imagekit/vms").iterdir()) == []
     assert hostvm.poll_on_host(state, first.vmid) == "gone"
     assert monitoring.monitor(state, "nodea", etc=lab.etc).monitoring["RUNNING_VMS"] == "0"
+
+
+def test_a_deployment_that_cannot_reach_its_host_fails_and_releases_its_lease(
+    blank_lab: BlankLab, lab: SshLab
+) -> None:
+    from context.leases import NetworkStore
+
+    state = blank_lab.state
+    with pytest.raises(CommandError):
+        deploy_blank(state, blank_lab.template, lab, _unreachable(state, lab))
+    [record] = VmStore(state).list()
+    assert record.state is VmState.FAILED and record.step == "prolog"
+    assert NetworkStore(state).leases() == []
 
 
 def _placed(tmp_path: Path) -> tuple[State, int]:
