@@ -275,5 +275,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     state = _state(args)
     host = HostStore(state).get(args.host)  # an unknown host is named as such first
     record = lifecycle.migrate(state, args.vmid, host.name, live=args.live)
-    print(f"VM {record.vmid}: {record.state.value}")
+    moved = record.info.get("migration") or {}
+    detail = f" on {host.name} ({moved['seconds']} s" if moved else ""
+    if moved.get("live"):
+        detail += f"; QEMU: total {moved['total_time_ms']} ms, downtime {moved['downtime_ms']} ms"
+    print(f"VM {record.vmid}: {record.state.value}{detail}{')' if moved else ''}")
     return 0

@@ -87,7 +87,9 @@ def test_a_vm_runs_on_its_host_as_the_hosts_user(blank_lab: BlankLab, lab: SshLa
     assert hostvm.poll_on_host(state, record.vmid) == "running"
 
 
-def test_live_then_cold_migration_moves_the_vm_and_its_disk(blank_lab: BlankLab, lab: SshLab) -> None:
+def test_live_then_cold_migration_moves_the_vm_and_its_disk(
+    blank_lab: BlankLab, lab: SshLab, capsys: pytest.CaptureFixture[str]
+) -> None:
     state = blank_lab.state
     node_a, node_b = (add_host(state, lab, n, h) for n, h in zip(("nodea", "nodeb"), lab.hosts, strict=True))
     record = deploy_blank(state, blank_lab.template, lab, node_a)
@@ -107,7 +109,11 @@ def test_live_then_cold_migration_moves_the_vm_and_its_disk(blank_lab: BlankLab,
     assert hostvm.poll_on_host(state, record.vmid) == "running"
     assert VmState.MIGRATE in _states(state, record.vmid)
 
-    back = lifecycle.migrate(state, record.vmid, "nodea", live=False)
+    from imagekit.cli import main
+
+    assert main(["vm", "migrate", str(record.vmid), "nodea"]) == 0  # the CLI, as a site runs it
+    assert re.fullmatch(rf"VM {record.vmid}: running on nodea \([0-9.]+ s\)\n", capsys.readouterr().out)
+    back = VmStore(state).get(record.vmid)
     assert back.state is VmState.RUNNING and back.hid == node_a.hid
     assert _states(state, record.vmid)[-3:] == [VmState.SAVE, VmState.MIGRATE, VmState.RUNNING]
     assert (
