@@ -83,6 +83,9 @@ class HostVm:
     nics: tuple[Nic, ...]
     vnc_display: int | None = None
     extra_args: tuple[str, ...] = ()
+    kernel: str = ""  # OS=[KERNEL, INITRD]: paths on the host, as 1.4 took them
+    initrd: str = ""
+    append: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -104,6 +107,9 @@ class HostVm:
             ),
             vnc_display=data.get("vnc_display"),
             extra_args=tuple(data.get("extra_args", ())),
+            kernel=str(data.get("kernel", "")),
+            initrd=str(data.get("initrd", "")),
+            append=str(data.get("append", "")),
         )
 
 
@@ -195,6 +201,9 @@ def host_argv(hv: HostVm, staged: Sequence[StagedDisk], context: str | None, whe
         qmp=Path(where.qmp),
         vnc_display=hv.vnc_display,
         extra_args=hv.extra_args,
+        kernel=Path(hv.kernel) if hv.kernel else None,
+        initrd=Path(hv.initrd) if hv.initrd else None,
+        append=hv.append,
         name=f"one-{hv.vmid}",
     )
     uefi = Path(where.ovmf_vars) if hv.firmware is Firmware.UEFI else None
@@ -279,8 +288,6 @@ def prolog_on_host(
 
     if host.local or host.vmm is not VirtualizationDriver.QEMU:
         raise InputError(f"host {host.name!r}: not a --vmm qemu host reached over SSH")
-    if vm.os.kernel:
-        raise InputError("OS=[KERNEL=…] (direct kernel boot) runs on localhost only")
     directory = private_directory(state.root / "vms" / str(vmid))
     iso = _context_iso(ctx, request, directory) if ctx.variables else None
     lan = lan_address(host)
@@ -292,6 +299,8 @@ def prolog_on_host(
         accel=host_accel(host), disks=disk_plans(vm, bases), nics=nics,
         vnc_display=(vm.graphics.port or 5900 + 100 + vmid) - 5900 if vm.graphics else None,
         extra_args=tuple(a for raw in vm.raw for a in raw.qemu_args()),
+        kernel=vm.os.kernel or "", initrd=vm.os.initrd or "",
+        append=" ".join(p for p in (f"root={vm.os.root}" if vm.os.root else "", vm.os.kernel_cmd) if p),
     )  # fmt: skip
     tm = transfer_for(host, state.root / "vms", load_ssh_settings(request.etc))
     staged, context = stage_on(tm, hv, iso)
