@@ -26,6 +26,7 @@ QEMU and directory are removed.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import shutil
 import time
@@ -53,6 +54,8 @@ from cloud.transfer import SshTransfer, StagedDisk, transfer_for
 from imagekit.diskimage import Firmware
 from imagekit.errors import CommandError, InputError
 from imagekit.state import State
+
+log = logging.getLogger(__name__)
 
 MIGRATION_TIMEOUT = 600.0
 DOWNTIME_LIMIT_MS = 300  # QEMU's own default, said out loud: the target of issue 21's benchmark
@@ -191,7 +194,7 @@ def _live(state: State, record: VmRecord, source: Host, target: Host) -> VmRecor
         ]
         qmp_on(src, src_where, [*ends, {"wait": "jobs-gone", "timeout": 120}], timeout=180)
         qmp_on(dst, where, [{"wait": "incoming", "timeout": 60}, {"execute": "nbd-server-stop"},
-                            {"execute": "cont"}])  # fmt: skip
+                            *_password(record), {"execute": "cont"}])  # fmt: skip
     except BaseException as exc:
         _continue_source(src, src_where)
         _undo_target(dst, tm, where, vmid)
@@ -232,11 +235,17 @@ def _continue_source(src: Runner, where: OnHost) -> None:
 
 
 def _end_source(src: Runner, where: OnHost, tm: Any, vmid: int) -> None:
+    """The source's QEMU ended and its directory removed once the VM runs on the target; a
+    source that stopped answering meanwhile keeps them (the VM is the target's now)."""
     try:
         qmp_on(src, where, [{"execute": "quit"}])
     except CommandError:
         pass
-    kill_on(src, where)
+    try:
+        kill_on(src, where)
+    except CommandError as err:
+        log.warning("VM %d: its source host did not answer after the migration: %s", vmid, err)
+        return
     remove_from(tm, vmid)
 
 
@@ -312,12 +321,22 @@ def _disk_paths(record: VmRecord, src_where: OnHost, hv: HostVm) -> list[str]:
     return paths
 
 
-def _restore(runner: Runner, argv: list[str], where: OnHost, hv: HostVm, saved: str) -> None:
+def _password(record: VmRecord) -> list[dict[str, Any]]:
+    """GRAPHICS PASSWD set again in the new QEMU (it is never on a command line)."""
+    password = record.info.get("vnc_password")
+    if not password:
+        return []
+    return [{"execute": "set_password", "arguments": {"protocol": "vnc", "password": password}}]
+
+
+def _restore(runner: Runner, record: VmRecord, argv: list[str], where: OnHost, saved: str) -> None:
+    """The VM's QEMU on a host from its saved state, its VNC password set, continued."""
+    hv = hostvm_of(record)
     launch_on(
         runner, argv, where, uefi=hv.firmware is Firmware.UEFI, incoming=f"exec:cat {shlex.quote(saved)}"
     )
-    qmp_on(runner, where, [{"wait": "incoming", "timeout": MIGRATION_TIMEOUT}, {"execute": "cont"}],
-           timeout=MIGRATION_TIMEOUT + 60)  # fmt: skip
+    ops = [{"wait": "incoming", "timeout": MIGRATION_TIMEOUT}, *_password(record), {"execute": "cont"}]
+    qmp_on(runner, where, ops, timeout=MIGRATION_TIMEOUT + 60)
 
 
 def _cold(state: State, record: VmRecord, source: Host, target: Host) -> VmRecord:
@@ -346,10 +365,16 @@ def _cold(state: State, record: VmRecord, source: Host, target: Host) -> VmRecor
             src, tm, hv, _disk_paths(record, src_where, hv), iso, saved, relay
         )
         argv = host_argv(hv, staged, context, where)
-        _restore(dst, argv, where, hv, state_file)
+        _restore(dst, record, argv, where, state_file)
     except BaseException as exc:
         _undo_target(dst, tm, where, vmid)
-        _restore(src, list(record.info["argv"]), src_where, hv, saved)
+        try:
+            _restore(src, record, list(record.info["argv"]), src_where, saved)
+        except BaseException as again:
+            store.transition(vmid, VmState.UNKNOWN, allowed=(VmState.MIGRATE,),
+                             reason=f"migration failed ({_short(exc)}), restore on {source.name} too:"
+                             f" {_short(again)}")  # fmt: skip
+            raise exc from again
         store.transition(vmid, VmState.RUNNING, allowed=(VmState.MIGRATE,),
                          reason=f"migration to {target.name} failed: {_short(exc)}")  # fmt: skip
         raise
