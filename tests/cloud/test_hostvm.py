@@ -85,6 +85,10 @@ def test_a_vm_runs_on_its_host_as_the_hosts_user(blank_lab: BlankLab, lab: SshLa
     assert hostvm.poll_on_host(state, record.vmid) == "paused"
     lifecycle.resume(state, record.vmid)
     assert hostvm.poll_on_host(state, record.vmid) == "running"
+    assert lifecycle.reboot(state, record.vmid).state is VmState.RUNNING  # QMP system_reset there
+    with pytest.raises(InputError, match="stop \\(save to disk\\) is for VMs on localhost"):
+        lifecycle.stop(state, record.vmid)
+    assert hostvm.poll_on_host(state, record.vmid) == "running"
 
 
 def test_live_then_cold_migration_moves_the_vm_and_its_disk(
