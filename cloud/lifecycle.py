@@ -20,13 +20,21 @@ __all__ = ["POLL"]
 REMOTE = tuple(kind for kind in CoreKind if kind.remote)
 
 
+def core_for(record: VmRecord) -> Core:
+    """The core that acts on ``record``'s VM: an embedded VM on another host is driven over SSH
+    (cloud/hostvm.py), every other VM by its own core."""
+    from cloud.hostvm import HostCore, on_host
+
+    return HostCore() if on_host(record) else core_of(record.core)
+
+
 def _core(state: State, vmid: int) -> Core:
-    return core_of(VmStore(state).get(vmid).core)
+    return core_for(VmStore(state).get(vmid))
 
 
 def reconcile(state: State, record: VmRecord) -> VmRecord:
     """The record corrected by what its core shows (the core's own rules)."""
-    return core_of(record.core).reconcile(state, record)
+    return core_for(record).reconcile(state, record)
 
 
 def list_vms(state: State, *, owner_id: int | None = None) -> list[VmRecord]:
@@ -95,7 +103,8 @@ def release(state: State, vmid: int) -> VmRecord:
 
 
 def migrate(state: State, vmid: int, host: str, *, live: bool = False) -> VmRecord:
-    """Move the VM to ``host`` (onevm migrate / livemigrate); no core supports it yet."""
+    """Move the VM to ``host`` (onevm migrate / livemigrate): embedded VMs between ``--vmm qemu
+    --tm ssh`` hosts (cloud/migration.py); every other core refuses with its reason."""
     return _core(state, vmid).migrate(state, vmid, host, live=live)
 
 

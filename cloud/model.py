@@ -37,6 +37,10 @@ class VmState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     UNKNOWN = "unknown"
+    # 1.4's SAVE_MIGRATE and MIGRATE: a cold migration saves the VM's state on the source host
+    # (save), then both migrations move it to the target (migrate) (cloud/migration.py).
+    SAVE = "save"
+    MIGRATE = "migrate"
 
     @property
     def short(self) -> str:
@@ -61,6 +65,8 @@ _SHORT = {
     VmState.DONE: "done",
     VmState.FAILED: "fail",
     VmState.UNKNOWN: "unkn",
+    VmState.SAVE: "save",
+    VmState.MIGRATE: "migr",
 }
 
 

@@ -63,6 +63,9 @@ class Nic:
     model: str = "virtio-net-pci"
     segment: str = ""
     forwards: tuple[tuple[int, int], ...] = ()  # (host port on 127.0.0.1, guest port)
+    # The address the segment's multicast leaves from: loopback on one machine, the host's LAN
+    # address when VMs of one network run on several hosts (cloud/hostvm.py).
+    localaddr: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -167,9 +170,9 @@ def _nic_args(nics: tuple[Nic, ...]) -> list[str]:
     argv: list[str] = []
     for i, nic in enumerate(nics):
         if nic.segment:
-            # Every QEMU on the segment joins one multicast group on loopback: one L2 broadcast
-            # domain without root, bridges or a switch process (Debian's QEMU has no VDE).
-            argv += ["-netdev", f"socket,id=net{i},mcast={nic.segment},localaddr=127.0.0.1"]
+            # Every QEMU on the segment joins one multicast group (on loopback, or the hosts' LAN):
+            # one L2 broadcast domain without root, bridges or a switch process (no VDE in Debian).
+            argv += ["-netdev", f"socket,id=net{i},mcast={nic.segment},localaddr={nic.localaddr}"]
             argv += ["-device", f"{nic.model},netdev=net{i},mac={nic.mac}"]
             continue
         user = f"user,model={nic.model},mac={nic.mac}"

@@ -6,7 +6,7 @@ imagekit vm list [--json]                 # ID USER NAME STAT MEM IP TIME, recon
 imagekit vm show 3 [--json]               # with the history of its states
 imagekit vm shutdown 3 [--timeout 120]    # ACPI, then hard; ends at done
 imagekit vm cancel|delete|suspend|resume|stop|hold|release 3
-imagekit vm migrate|livemigrate 3 HOST     # refused for now: VMs run on localhost only
+imagekit vm migrate|livemigrate 3 HOST     # between --vmm qemu --tm ssh hosts (cloud/migration.py)
 imagekit vm deploy 3 HOST [--force]       # place a pending VM on a host by hand (onevm deploy)
 imagekit vm log 3 [--follow]              # the serial console
 imagekit vm wait 3 --state running [--timeout 600]
@@ -92,8 +92,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     deploy.set_defaults(func=cmd_deploy)
     for name, live, help_text in (
-        ("migrate", False, "move a VM to another host: save, transfer, restore (not supported yet)"),
-        ("livemigrate", True, "move a running VM to another host without stopping it (not supported yet)"),
+        ("migrate", False, "move a VM to another host: save, transfer, restore (--vmm qemu --tm ssh hosts)"),
+        ("livemigrate", True, "move a running VM without stopping it (--vmm qemu --tm ssh hosts)"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("vmid", type=int, metavar="ID", help="the VM")
@@ -278,5 +278,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     state = _state(args)
     host = HostStore(state).get(args.host)  # an unknown host is named as such first
     record = lifecycle.migrate(state, args.vmid, host.name, live=args.live)
-    print(f"VM {record.vmid}: {record.state.value}")
+    moved = record.info.get("migration") or {}
+    detail = f" on {host.name} ({moved['seconds']} s" if moved else ""
+    if moved.get("live"):
+        detail += f"; QEMU: total {moved['total_time_ms']} ms, downtime {moved['downtime_ms']} ms"
+    print(f"VM {record.vmid}: {record.state.value}{detail}{')' if moved else ''}")
     return 0

@@ -81,9 +81,13 @@ class Core(Protocol):
 
 
 def migration_not_supported(vmid: int, host: str, *, live: bool) -> InputError:
-    """The refusal every core gives until migration exists (issue 21, point 7)."""
+    """The refusal of a core that cannot move this VM (only embedded VMs on ``--vmm qemu --tm ssh``
+    hosts move: ``cloud/migration.py``, issue 21 point 7)."""
     verb = "livemigrate" if live else "migrate"
-    return InputError(f"VM {vmid}: {verb} to host {host!r} is not supported yet (only one host runs VMs)")
+    return InputError(
+        f"VM {vmid}: {verb} to host {host!r} is not supported yet for this VM"
+        " (only embedded VMs on --vmm qemu --tm ssh hosts move between hosts)"
+    )
 
 
 def core_of(kind: CoreKind) -> Core:

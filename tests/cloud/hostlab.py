@@ -1,0 +1,36 @@
+"""A blank VM (tests/cloud/blank.py) deployed on a simulated host of the SSH lab
+(tests/cloud/sshd.py) as the dispatcher would: placed there, then ``hostvm.deploy_on_host``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cloud import deploy, hostvm, images, monitoring, quotas
+from cloud.deploy import CreateRequest
+from cloud.hosts import Host, HostStore, host_spec
+from cloud.model import parse_vm_template
+from cloud.store import VmRecord, VmStore
+from context.render import prepare_context
+from context.template import load_template
+from context.vm import load_images
+from imagekit.state import State
+
+from .sshd import SimulatedHost, SshLab
+
+
+def add_host(state: State, lab: SshLab, name: str, host: SimulatedHost) -> Host:
+    """A ``--vmm qemu --tm ssh`` host, monitored once (its HYPERVISOR known)."""
+    HostStore(state).create(host_spec(name, im="kvm", vmm="qemu", tm="ssh", address=host.address))
+    return monitoring.monitor(state, name, etc=lab.etc)
+
+
+def deploy_blank(state: State, template: Path, lab: SshLab, host: Host, *, hold: bool = False) -> VmRecord:
+    request = CreateRequest(template=template, etc=lab.etc, hold=hold)
+    vm = parse_vm_template(load_template(template))
+    bases = images.resolve_images(vm, images=load_images(()), state=state, template_dir=template.parent)
+    ctx = prepare_context(template, state=state, keep=True, etc=lab.etc)
+    quota = quotas.Quotas(state, lab.etc)
+    record = deploy._insert(VmStore(state), vm, ctx, request, state.root / "vms" / str(ctx.vmid), quota)
+    with state.transaction() as db:  # placed there (what the scheduler writes)
+        db.execute("UPDATE cloud_vms SET hid = ? WHERE vmid = ?", (host.hid, record.vmid))
+    return hostvm.deploy_on_host(state, record.vmid, host, vm, bases, ctx, request)
