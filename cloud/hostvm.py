@@ -40,7 +40,7 @@ from cloud.hostqmp import QMP_TIMEOUT, OnHost, VmGone, kill_on, qmp_on
 from cloud.hosts import LOCALHOST_ID, Host, HostStore, VirtualizationDriver
 from cloud.model import DiskKind, VmState, VmTemplate
 from cloud.qemu import ACCEL_ENV, OVMF_VARS, Accel, Drive, Nic, VmSpec, build_argv
-from cloud.remote import HostUnreachable, Runner, SshSettings, load_ssh_settings, runner_for
+from cloud.remote import HostUnreachable, Runner, SshSettings, runner_for
 from cloud.store import VmRecord, VmStore
 from cloud.transfer import StagedDisk, Transfer, transfer_for
 from imagekit.diskimage import Firmware
@@ -241,7 +241,9 @@ def on_host(record: VmRecord) -> bool:
 
 def settings_of(record: VmRecord) -> SshSettings:
     etc = record.info.get("etc") or None
-    return load_ssh_settings(Path(etc) if etc else None)
+    from cloud.siteconfig import load_site
+
+    return load_site(Path(etc) if etc else None).ssh
 
 
 def host_of(state: State, record: VmRecord) -> Host:
@@ -302,7 +304,7 @@ def prolog_on_host(
         kernel=vm.os.kernel or "", initrd=vm.os.initrd or "",
         append=" ".join(p for p in (f"root={vm.os.root}" if vm.os.root else "", vm.os.kernel_cmd) if p),
     )  # fmt: skip
-    tm = transfer_for(host, state.root / "vms", load_ssh_settings(request.etc))
+    tm = transfer_for(host, state.root / "vms", request.site.ssh)
     staged, context = stage_on(tm, hv, iso)
     where = OnHost(tm.vm_dir(vmid))
     info = info_for(host, hv, host_argv(hv, staged, context, where), where, iso)

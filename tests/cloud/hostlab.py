@@ -9,10 +9,9 @@ from cloud import deploy, hostvm, images, monitoring, quotas
 from cloud.deploy import CreateRequest
 from cloud.hosts import Host, HostStore, host_spec
 from cloud.model import parse_vm_template
+from cloud.siteconfig import load_site
 from cloud.store import VmRecord, VmStore
 from context.render import prepare_context
-from context.template import load_template
-from context.vm import load_images
 from imagekit.state import State
 
 from .sshd import SimulatedHost, SshLab
@@ -21,15 +20,19 @@ from .sshd import SimulatedHost, SshLab
 def add_host(state: State, lab: SshLab, name: str, host: SimulatedHost) -> Host:
     """A ``--vmm qemu --tm ssh`` host, monitored once (its HYPERVISOR known)."""
     HostStore(state).create(host_spec(name, im="kvm", vmm="qemu", tm="ssh", address=host.address))
-    return monitoring.monitor(state, name, etc=lab.etc)
+    return monitoring.monitor(state, name, settings=load_site(lab.etc).ssh)
 
 
 def deploy_blank(state: State, template: Path, lab: SshLab, host: Host, *, hold: bool = False) -> VmRecord:
-    request = CreateRequest(template=template, etc=lab.etc, hold=hold)
-    vm = parse_vm_template(load_template(template))
-    bases = images.resolve_images(vm, images=load_images(()), state=state, template_dir=template.parent)
-    ctx = prepare_context(template, state=state, keep=True, etc=lab.etc)
-    quota = quotas.Quotas(state, lab.etc)
+    request = CreateRequest.from_file(template, site=load_site(lab.etc), hold=hold)
+    vm = parse_vm_template(request.template)
+    bases = images.resolve_images(
+        vm, images=(), state=state, template_dir=request.base_dir, policy=lambda: request.site.policy
+    )
+    ctx = prepare_context(
+        request.template, state=state, settings=request.site.oned, base_dir=request.base_dir, keep=True
+    )
+    quota = quotas.Quotas(state, request.site.default_limits)
     record = deploy._insert(VmStore(state), vm, ctx, request, state.root / "vms" / str(ctx.vmid), quota)
     with state.transaction() as db:  # placed there (what the scheduler writes)
         db.execute("UPDATE cloud_vms SET hid = ? WHERE vmid = ?", (host.hid, record.vmid))

@@ -25,6 +25,7 @@ from cloud.cores import CoreKind
 from cloud.hostqmp import qmp_on
 from cloud.hosts import Host, HostStore, host_spec
 from cloud.model import VmState
+from cloud.siteconfig import load_site
 from cloud.store import VmRecord, VmStore
 from imagekit.errors import CommandError, InputError
 from imagekit.state import State
@@ -77,8 +78,12 @@ def test_a_vm_runs_on_its_host_as_the_hosts_user(blank_lab: BlankLab, lab: SshLa
     )
     assert _qemus(lab, lab.hosts[1]) == []
     assert hostvm.poll_on_host(state, record.vmid) == "running"
-    assert monitoring.monitor(state, "nodea", etc=lab.etc).monitoring["RUNNING_VMS"] == "1"
-    assert monitoring.monitor(state, "nodeb", etc=lab.etc).monitoring["RUNNING_VMS"] == "0"
+    assert (
+        monitoring.monitor(state, "nodea", settings=load_site(lab.etc).ssh).monitoring["RUNNING_VMS"] == "1"
+    )
+    assert (
+        monitoring.monitor(state, "nodeb", settings=load_site(lab.etc).ssh).monitoring["RUNNING_VMS"] == "0"
+    )
     assert lifecycle.show(state, record.vmid).state is VmState.RUNNING  # vm list does not mark it unknown
     assert node_b.state.value == "monitored"
     lifecycle.suspend(state, record.vmid)
@@ -270,7 +275,9 @@ def test_shutdown_and_cancel_remove_the_vm_from_its_host(blank_lab: BlankLab, la
     assert _qemus(lab, lab.hosts[0]) == []
     assert list((lab.hosts[0].home / ".imagekit/vms").iterdir()) == []
     assert hostvm.poll_on_host(state, first.vmid) == "gone"
-    assert monitoring.monitor(state, "nodea", etc=lab.etc).monitoring["RUNNING_VMS"] == "0"
+    assert (
+        monitoring.monitor(state, "nodea", settings=load_site(lab.etc).ssh).monitoring["RUNNING_VMS"] == "0"
+    )
 
 
 def test_a_deployment_that_cannot_reach_its_host_fails_and_releases_its_lease(
