@@ -1,13 +1,16 @@
 """``imagekit build serve``: the build service (also ``imagekit build-service serve``); its
 client's verbs (``build submit|status|log|cancel|fetch``) are in ``build_client.py``.
 
-imagekit build serve --allow-root-builds [--host 127.0.0.1] [--port 4570]
-imagekit build serve --allow-root-builds --max-queued-per-user 5 --max-running-per-user 1
-imagekit build serve --allow-root-builds --max-storage-per-user 20G --keep-artifacts-days 7
-imagekit build serve --allow-root-builds --max-build-minutes 240
+imagekit build serve [--build-user imagekit-build] [--host 127.0.0.1] [--port 4570]
+imagekit build serve --max-queued-per-user 5 --max-running-per-user 1
+imagekit build serve --max-storage-per-user 20G --keep-artifacts-days 7
+imagekit build serve --max-build-minutes 240
+imagekit build serve --allow-root-builds
 
-Builds run as the service's user, with root's powers (see docs/author/build-service.md): the
-service refuses to start without ``--allow-root-builds``.
+Builds run in the build sandbox (``imagekit/builder/sandbox.py``): mmdebstrap and the recipe's
+commands as the unprivileged ``--build-user``, without network and under limits; the service
+refuses to start when that user (with its /etc/subuid range) is missing. ``--allow-root-builds``
+runs them as root instead, for sites whose authors may all have root (docs/author/build-service.md).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from imagekit.locations import state_dir
 from imagekit.state import State
 
 DEFAULT_PORT = 4570
+DEFAULT_BUILD_USER = "imagekit-build"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +35,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     serve = sub.add_parser("serve", help="take recipes over HTTP and build them (uvicorn)")
     add_listener_options(serve, port=DEFAULT_PORT, why_port="the cloud front doors have 4567, 4568")
     serve.add_argument(
+        "--build-user",
+        default=DEFAULT_BUILD_USER,
+        metavar="USER",
+        help=f"the unprivileged user (with an /etc/subuid range) the recipes' commands run as"
+        f" (default {DEFAULT_BUILD_USER})",
+    )
+    serve.add_argument(
         "--allow-root-builds",
         action="store_true",
-        help="required: builds run with this service's (root) powers, so a recipe's commands are"
-        " trusted as much as its author (no isolation yet)",
+        help="run the recipes' commands as root, unconfined, instead of as --build-user: only for"
+        " sites whose authors may all have root on the build machine",
     )
     defaults = Limits()
     serve.add_argument(
@@ -89,16 +100,26 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def build_user(name: str) -> str:
+    """``name`` once it can run sandboxed builds; refused (with how to create it) otherwise."""
+    from imagekit.builder.sandbox import BuildUser
+
+    try:
+        BuildUser.lookup(name)
+    except InputError as err:
+        raise InputError(
+            f"{err.message}: builds run as this unprivileged user",
+            hint=f"{err.hint}; or give --allow-root-builds if every user of the service may have root"
+            " on this machine (docs/author/build-service.md)",
+        ) from None
+    return name
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from cloud.buildservice.runner import subprocess_runner
     from cloud.buildservice.server import ServiceConfig, create_app
 
-    if not args.allow_root_builds:
-        raise InputError(
-            "builds are not isolated yet: a recipe's commands run with this service's powers",
-            hint="give --allow-root-builds if every user of the service may have them"
-            " (docs/author/build-service.md)",
-        )
+    sandbox_user = None if args.allow_root_builds else build_user(args.build_user)
     if args.max_build_minutes <= 0:
         raise InputError("--max-build-minutes must be more than 0")
     if args.keep_artifacts_days <= 0:
@@ -113,7 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         build_seconds=args.max_build_minutes * 60,
     )
     config = ServiceConfig(limits=limits, max_upload=args.max_upload)
-    app = create_app(state, config, subprocess_runner(state.root))
+    app = create_app(state, config, subprocess_runner(state.root, sandbox_user))
     print(f"build service on {listener.url}", file=sys.stderr)
     serve_app(lambda: app, listener)
     return 0

@@ -27,14 +27,19 @@ What is not covered is in docs/author/build-service.md, "Threat model".
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
+import shlex
+import shutil
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagekit.errors import CommandError, InputError
+from imagekit.errors import CommandError, DataError, InputError
+from imagekit.recipe.model import ContentSource, Recipe
 from imagekit.run import Runner, run
 
 # The range size mmdebstrap maps: ids 0..65535 inside.
@@ -95,7 +100,8 @@ fi
 exit "$status"
 """
 
-# Inside the namespaces, as root there: the tree becomes / and the host's root goes away.
+# Inside the namespaces, as root there: the tree becomes / and the host's root goes away
+# (detached by the host's umount, $2, run from the old root: the tree may not have one yet).
 # $1 is the tree; the script to run comes on stdin.
 _ENTER_TREE = r"""
 set -e
@@ -110,9 +116,11 @@ ln -s /proc/self/fd "$r/dev/fd"
 ln -s /proc/self/fd/0 "$r/dev/stdin"
 ln -s /proc/self/fd/1 "$r/dev/stdout"
 ln -s /proc/self/fd/2 "$r/dev/stderr"
+mkdir -p "$r/.imagekit-host"
 cd "$r"
-pivot_root . .
-umount -l .
+pivot_root . .imagekit-host
+"/.imagekit-host$2" -l /.imagekit-host
+rmdir /.imagekit-host
 cd /
 exec /bin/sh -e -s
 """
@@ -214,7 +222,9 @@ class Sandbox:
             "setpriv",
             f"--reuid={u.uid}",
             f"--regid={u.gid}",
-            "--clear-groups",
+            # The workspace is 0710 root:subgid; the user's own processes (mmdebstrap outside
+            # its namespace) reach it through this one supplementary group.
+            f"--groups={u.subgid}",
             "--inh-caps=-all",
             *(os.fspath(part) for part in command),
         ]
@@ -238,7 +248,7 @@ class Sandbox:
     ) -> None:
         """Run the shell ``script`` (``sh -e`` on stdin) with ``tree`` as its root, without
         network. ``tree`` must be shifted (:meth:`shift`). A limit hit is a one-line error."""
-        argv = self.wrap([*self.namespaces(), "sh", "-c", _ENTER_TREE, "sh", tree], watch=tree)
+        argv = self.wrap([*self.namespaces(), *enter_tree(tree)], watch=tree)
         full_env = {"DEBIAN_FRONTEND": "noninteractive", "HOME": "/root", **(env or {})}
         try:
             runner(argv, input=script.encode(), env=full_env, step=step)
@@ -247,7 +257,15 @@ class Sandbox:
 
     def prepare_workspace(self, base: Path) -> None:
         """Let the namespace's root (host uid = the user's first subordinate id) reach the tree
-        through ``base`` by group, and nobody else: 0710 root:subgid."""
+        through ``base`` by group, and nobody else: 0710 root:subgid. Every directory above
+        ``base`` must let others search it."""
+        for parent in base.resolve().parents:
+            if not parent.stat().st_mode & 0o001:
+                raise InputError(
+                    "the build user cannot reach the work directory: a directory above it is closed",
+                    where=str(parent),
+                    hint="build in a directory whose parents others may search (--workdir, TMPDIR)",
+                )
         os.chown(base, 0, self.user.subgid)
         base.chmod(0o710)
 
@@ -262,6 +280,21 @@ class Sandbox:
             lambda uid: _inside(uid, self.user.subuid),
             lambda gid: _inside(gid, self.user.subgid),
         )
+
+
+def enter_tree(tree: Path | str) -> list[str]:
+    """The command that makes ``tree`` the root (in new mount and PID namespaces already) and
+    runs ``sh -e`` there on our stdin."""
+    umount = os.path.realpath(shutil.which("umount") or "/usr/bin/umount")
+    return ["sh", "-c", _ENTER_TREE, "sh", os.fspath(tree), umount]
+
+
+def confined_hook(script: Path) -> str:
+    """An mmdebstrap hook (``--mode=unshare``: it runs as root of mmdebstrap's user namespace)
+    that runs ``script`` in the tree ``$1`` as :meth:`Sandbox.run_in_tree` does, without network."""
+    ns = ["unshare", "--mount", "--propagation=private", "--pid", "--fork", "--kill-child", "--net"]
+    *command, _tree, umount = enter_tree("TREE")
+    return f'{shlex.join([*ns, *command])} "$1" {shlex.quote(umount)} < {shlex.quote(str(script))}'
 
 
 def _inside(host_id: int, start: int) -> int:
@@ -289,3 +322,82 @@ def explain(err: CommandError, *, step: str) -> CommandError:
     if not marks:
         return CommandError(["sandbox"], err.returncode, err.stderr_tail, step=step)
     return CommandError(["sandbox"], err.returncode, marks[-1].removeprefix(MARK), step=step)
+
+
+# What the builder's own steps, as root, write or read in the tree after untrusted code (the
+# package stage, the recipe's commands) ran there: none of it may lead outside the tree.
+ROOT_SIDE_PATHS = (
+    "etc/fstab",
+    "etc/hostname",
+    "etc/hosts",
+    "etc/passwd",
+    "etc/machine-id",
+    "etc/resolv.conf",
+    "etc/apt/sources.list.d/x",
+    "etc/systemd/system/x",
+    "etc/systemd/system/multi-user.target.wants/x",
+    "etc/systemd/system/ssh.service.wants/x",
+    "etc/network/interfaces",
+    "etc/cloud/cloud.cfg.d/x",
+    "etc/ssh/x",
+    "usr/sbin/policy-rc.d",
+    "usr/local/sbin/x",
+    "usr/local/lib/x",
+    "usr/lib/x",
+    "usr/bin/x",
+    "var/lib/apt/lists/x",
+    "var/lib/dpkg/status",
+    "var/lib/dpkg/info/x",
+    "var/lib/dbus/machine-id",
+    "var/cache/apt/archives/x",
+    "var/log/x",
+    "boot/x",
+    "home/x",
+    "root/x",
+)
+ROOT_SIDE_GLOBS = ("boot/*", "usr/share/doc/*/copyright", "home/*/.ssh/*", "root/.ssh/*")
+
+
+def check_tree(root: Path, extra: tuple[str, ...] = ()) -> None:
+    """Refuse a tree in which a path the builder follows as root leads outside it (a symlink
+    to the host's /etc, say): the recipe's code made the tree, the builder must not be its tool.
+    Symlinks elsewhere in the tree are the image's business and stay as they are."""
+    top = os.path.realpath(root)
+    candidates = [*ROOT_SIDE_PATHS, *extra]
+    for pattern in ROOT_SIDE_GLOBS:
+        candidates += [str(p.relative_to(root)) for p in root.glob(pattern)]
+    for relative in candidates:
+        resolved = os.path.realpath(root / relative)
+        if resolved != top and not resolved.startswith(top + os.sep):
+            raise DataError(
+                f"the tree's /{relative} leads outside the tree (a symlink): refusing to follow it as root"
+            )
+
+
+def check_recipe_sources(recipe: Recipe) -> None:
+    """The builder reads ``local:`` sources as root: for a sandboxed build they must lie in the
+    recipe's own directory (the service's upload), and ``url:`` sources may not name this
+    machine (the builder fetches them, outside the sandbox)."""
+    base = os.path.realpath(recipe.source_path.parent)
+    items = [(f"file {f.path}", f.source, f.content) for f in recipe.files]
+    items += [
+        (f"command {c.name!r}", c.source, c.script) for c in (*recipe.pre_commands, *recipe.post_commands)
+    ]
+    for what, source, content in items:
+        if source is ContentSource.LOCAL and not os.path.realpath(content).startswith(base + os.sep):
+            raise InputError(f"{what}: a sandboxed build reads local files in the recipe's directory only")
+        if source is ContentSource.URL and _names_this_machine(content):
+            raise InputError(
+                f"{what}: a sandboxed build does not fetch from this machine ({content.strip()})"
+            )
+
+
+def _names_this_machine(url: str) -> bool:
+    host = urllib.parse.urlsplit(url.strip()).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified or address.is_link_local
