@@ -101,7 +101,11 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: 
     inputs = build_inputs(recipe, stage, firmware, options)
     layout = disk.plan_layout(recipe.disk, firmware, seed=inputs.seed)
     work_parent = prepare_space(layout, fmts, options)
-    stage_cache = cache.StageCache.open(state) if options.use_cache else None
+    # A sandboxed build shares no stage that an author's code made (pre-commands, own
+    # repositories) with another build: that code could poison it for the next author.
+    authored = bool(stage.pre_commands or recipe.repositories)
+    shared = options.use_cache and not (options.sandbox is not None and authored)
+    stage_cache = cache.StageCache.open(state) if shared else None
 
     box = options.sandbox
     with interruptible(), Workspace.create(work_parent) as ws:

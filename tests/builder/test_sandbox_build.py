@@ -4,6 +4,7 @@ sources a sandboxed build refuses. Needs root and the build user (see test_sandb
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -13,13 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.builder import customize, rootfs
+from imagekit.builder import BuildOptions, build_image, customize, rootfs
+from imagekit.builder.cache import StageCache
 from imagekit.builder.sandbox import BuildUser, Sandbox, check_recipe_sources, check_tree, confined_hook
 from imagekit.errors import CommandError, DataError, InputError
+from imagekit.recipe import load_recipe
 from imagekit.recipe.model import Command, ContentSource, File, OperatingSystem, Recipe, SourceFormat
 from imagekit.run import run
+from imagekit.state import State
 from tests.builder.sandboxtree import sandboxed_tree
+from tests.builder.standin import MMDEBSTRAP_STEP, StandIn
 from tests.builder.test_sandbox import build_user, sandbox_for  # noqa: F401  (a fixture)
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -136,3 +142,27 @@ def test_a_sandboxed_build_reads_local_sources_in_the_recipes_directory_only(tmp
     local = Command("c", ContentSource.URL, "http://127.0.0.1:8080/script")
     with pytest.raises(InputError, match="does not fetch from this machine"):
         check_recipe_sources(recipe(tmp_path, post_commands=(local,)))
+
+
+@pytest.mark.parametrize(("pre", "cached"), [((), 1), ((Command("p", ContentSource.RAW, "true"),), 0)])
+def test_a_sandboxed_build_shares_no_stage_an_authors_code_made(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pre: tuple[Command, ...], cached: int
+) -> None:
+    """Pre-commands (or the recipe's own repositories) could poison a cached stage for the next
+    author of the same stage: sandboxed, such a stage is neither taken from the cache nor put in."""
+    monkeypatch.setenv("IMAGEKIT_SNAPSHOT", "20250520T000000Z")
+    minimal = load_recipe(REPO / "recipes" / "debian-12-minimal.appl")
+    boom = (Command("boom", ContentSource.RAW, "exit 2"),)
+    recipe = dataclasses.replace(minimal, pre_commands=pre, post_commands=boom)
+    state = State.open(tmp_path / "state")
+    work = Path(tempfile.mkdtemp(prefix="imagekit-sandbox-work-"))  # pytest's tmp is closed to others
+    work.chmod(0o711)
+    try:
+        options = BuildOptions(output_dir=tmp_path / "out", work_dir=work, sandbox=sandbox)
+        standin = StandIn(fail="command 'boom'", returncode=2)
+        with pytest.raises(CommandError):
+            build_image(recipe, options, state=state, runner=standin)
+    finally:
+        work.rmdir()
+    assert "--mode=unshare" in standin.argv(MMDEBSTRAP_STEP)
+    assert len(StageCache.open(state).entries()) == cached
