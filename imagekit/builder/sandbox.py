@@ -229,13 +229,15 @@ class Sandbox:
             *(os.fspath(part) for part in command),
         ]
 
-    def _cgroup(self) -> Path | None:
+    def has_pids_cgroup(self) -> bool:
+        """True when a pids cgroup can be made for each command (else RLIMIT_NPROC alone)."""
         parent = self.cgroup_parent
-        if parent is None or not (parent / "pids.max").exists() and not (parent / "cgroup.procs").exists():
+        return parent is not None and (parent / "cgroup.procs").exists() and os.access(parent, os.W_OK)
+
+    def _cgroup(self) -> Path | None:
+        if not self.has_pids_cgroup() or self.cgroup_parent is None:
             return None
-        if not os.access(parent, os.W_OK):
-            return None
-        return parent / f"imagekit-build-{uuid.uuid4().hex[:12]}"
+        return self.cgroup_parent / f"imagekit-build-{uuid.uuid4().hex[:12]}"
 
     def run_in_tree(
         self,

@@ -13,7 +13,8 @@ from pathlib import Path
 from imagekit.builder.sandbox import Sandbox
 
 TOOLS = ("bash", "sh", "cat", "touch", "mkdir", "head", "ln", "chmod", "cp", "id", "sleep", "mount", "mknod",
-         "ls", "rm", "stat", "chroot", "unshare", "true", "dd", "rmdir", "chown", "setpriv")  # fmt: skip
+         "ls", "rm", "stat", "chroot", "unshare", "true", "dd", "rmdir", "chown", "setpriv",
+         "readlink")  # fmt: skip
 
 
 def _copy(path: Path, tree: Path) -> None:

@@ -7,16 +7,19 @@ as tools/setup does."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from imagekit.builder.sandbox import ID_COUNT, PIDS_CGROUP_V1, BuildUser, Limits, Sandbox
+from imagekit.builder.sandbox import PIDS_CGROUP_V1, BuildUser, Limits, Sandbox
 from imagekit.errors import CommandError, InputError
 from tests.builder.sandboxtree import sandboxed_tree
 
@@ -73,21 +76,24 @@ def fails(sandbox: Sandbox, tree: Path, script: str) -> str:
     return message
 
 
-def build_processes(user: BuildUser) -> list[int]:
-    """Live host processes running as any id of the build user's range (or the user itself);
-    zombies hold nothing but their pid until the host's init reaps them."""
+def in_namespace(tree: Path) -> list[int]:
+    """Host processes still in the PID namespace whose id the script wrote to /pidns first:
+    exact even while other builds of the same user run (make test runs tests in parallel)."""
+    wanted = (tree / "pidns").read_text().strip()
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            status = (entry / "status").read_text()
-            uid = int(status.split("\nUid:\t", 1)[1].split()[0])
-        except (OSError, IndexError, ValueError):
+            if (
+                os.readlink(entry / "ns/pid") == wanted
+                and "\nState:\tZ" not in (entry / "status").read_text()
+            ):
+                found.append(int(entry.name))
+        except OSError:
             continue
-        if "\nState:\tZ" in status:
-            continue
-        if uid == user.uid or user.subuid <= uid < user.subuid + ID_COUNT:
-            found.append(int(entry.name))
     return found
+
+
+BOMB = "readlink /proc/self/ns/pid > /pidns\nbomb() { bomb | bomb & }\nbomb\nsleep 30\n"
 
 
 def test_commands_run_as_root_inside_and_an_unprivileged_uid_outside(sandbox: Sandbox, tree: Path) -> None:
@@ -144,14 +150,49 @@ def test_the_host_network_is_unreachable(sandbox: Sandbox, tree: Path) -> None:
 
 def test_a_fork_bomb_stops_at_the_process_limit(build_user: BuildUser) -> None:
     sandbox = sandbox_for(build_user, processes=32)
-    before = set(build_processes(build_user))
+    parent = None
+    if sandbox.has_pids_cgroup():  # a parent of our own, to see the build's cgroup go
+        parent = Path(tempfile.mkdtemp(prefix="imagekit-test-", dir=PIDS_CGROUP_V1))
+        sandbox = dataclasses.replace(sandbox, cgroup_parent=parent)
+    try:
+        with sandboxed_tree(sandbox) as tree:
+            message = fails(sandbox, tree, BOMB)
+            assert not in_namespace(tree)
+        if parent is not None:
+            assert "process limit: " in message and "(at most 32 processes)" in message
+            assert not [p for p in parent.iterdir() if p.is_dir()]
+        else:  # RLIMIT_NPROC alone: the shell's own line
+            assert "fork" in message or "time limit" in message
+    finally:
+        if parent is not None:
+            parent.rmdir()
+
+
+def test_without_a_cgroup_rlimit_nproc_bounds_a_fork_bomb(build_user: BuildUser) -> None:
+    """Where no pids cgroup can be made, RLIMIT_NPROC on the host uid holds the bomb at the
+    limit until the time limit ends it (sampled from the host while it runs)."""
+    sandbox = dataclasses.replace(sandbox_for(build_user, processes=32, wall_seconds=4), cgroup_parent=None)
+    peak = 0
+    done = threading.Event()
+
+    def sample(tree: Path) -> None:
+        nonlocal peak
+        while not done.is_set():
+            if (tree / "pidns").exists():
+                peak = max(peak, len(in_namespace(tree)))
+            time.sleep(0.05)
+
     with sandboxed_tree(sandbox) as tree:
-        message = fails(sandbox, tree, "bomb() { bomb | bomb & }\nbomb\nsleep 30\n")
-    # With a pids cgroup (here: cgroup v1) the wrapper names the limit; without one the shell's
-    # own "fork: Resource temporarily unavailable" (RLIMIT_NPROC) is the line.
-    assert "process limit: " in message if (PIDS_CGROUP_V1 / "pids.max").exists() else "fork" in message
-    assert set(build_processes(build_user)) <= before
-    assert not list(PIDS_CGROUP_V1.glob("imagekit-build-*"))
+        sampler = threading.Thread(target=sample, args=(tree,))
+        sampler.start()
+        try:
+            message = fails(sandbox, tree, BOMB)
+        finally:
+            done.set()
+            sampler.join()
+        assert not in_namespace(tree)
+    assert "time limit" in message or "fork" in message
+    assert 0 < peak <= 32
 
 
 def test_filling_the_disk_stops_at_the_tree_limit(build_user: BuildUser) -> None:
@@ -176,9 +217,9 @@ def test_one_huge_file_stops_at_the_file_limit(build_user: BuildUser) -> None:
 def test_a_command_that_never_ends_stops_at_the_time_limit(build_user: BuildUser) -> None:
     sandbox = sandbox_for(build_user, wall_seconds=1)
     with sandboxed_tree(sandbox) as tree:
-        message = fails(sandbox, tree, "sleep 60\n")
+        message = fails(sandbox, tree, "readlink /proc/self/ns/pid > /pidns\nsleep 60\n")
+        assert not in_namespace(tree)
     assert message.endswith("time limit: still running after 1 s; stopped")
-    assert not build_processes(build_user)
 
 
 def test_setuid_files_made_inside_are_not_setuid_root_on_the_host(sandbox: Sandbox, tree: Path) -> None:
