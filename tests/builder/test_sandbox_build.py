@@ -166,3 +166,16 @@ def test_a_sandboxed_build_shares_no_stage_an_authors_code_made(
         work.rmdir()
     assert "--mode=unshare" in standin.argv(MMDEBSTRAP_STEP)
     assert len(StageCache.open(state).entries()) == cached
+
+
+def test_build_with_a_missing_sandbox_user_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imagekit.cli import main
+
+    recipe = str(REPO / "recipes" / "debian-12-minimal.appl")
+    argv = ["build", recipe, "-o", str(tmp_path / "out"), "--sandbox-user", "imagekit-no-such-user"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the build user 'imagekit-no-such-user' does not exist")
+    assert not (tmp_path / "out").exists()
