@@ -42,7 +42,7 @@ from imagekit.state import State
 from . import bootloader, cache, customize, disk, manifest, reproducible, rootfs, space
 from .publish import BuiltImage, publish_outputs
 from .reproducible import BuildInputs
-from .sandbox import Sandbox, check_recipe_sources
+from .sandbox import Sandbox, check_recipe_sources, check_tree
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,9 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: 
                 runner=runner,
                 sandbox=box,
             )
+            if box is not None:  # the partitions' subtrees are split off as root next
+                mounts = [p.mount.strip("/") for p in layout.partitions if p.mount.startswith("/")]
+                check_tree(ws.root, tuple(f"{mount}/x" for mount in mounts if mount))
             packages = manifest.installed_packages(ws.root)
             customize.clean(ws.root)
         raw = ws.path("disk.raw")

@@ -81,6 +81,10 @@ def test_the_tree_check_passes_the_images_own_links(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/mtab").symlink_to("../proc/self/mounts")
     check_tree(tmp_path)
+    (tmp_path / "srv").symlink_to("/var")  # a data partition's mount point, split off as root
+    check_tree(tmp_path)
+    with pytest.raises(DataError, match="/srv/x leads outside"):
+        check_tree(tmp_path, ("srv/x",))
     (tmp_path / "boot").mkdir()
     (tmp_path / "boot/vmlinuz-6.1").symlink_to("/etc/shadow")
     with pytest.raises(DataError, match="/boot/vmlinuz-6.1 leads outside"):
@@ -179,3 +183,20 @@ def test_build_with_a_missing_sandbox_user_is_a_one_line_error(
     err = capsys.readouterr().err
     assert err.startswith("error: the build user 'imagekit-no-such-user' does not exist")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sound_tree_passes_every_check_up_to_the_disk(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stand-in's tree (no kernel) goes through the package stage, customize and the checks
+    before the disk: the first refusal is the disk step's own, not a false alarm of the sandbox."""
+    monkeypatch.setenv("IMAGEKIT_SNAPSHOT", "20250520T000000Z")
+    minimal = load_recipe(REPO / "recipes" / "debian-12-minimal.appl")
+    work = Path(tempfile.mkdtemp(prefix="imagekit-sandbox-work-"))
+    work.chmod(0o711)
+    try:
+        options = BuildOptions(output_dir=tmp_path / "out", work_dir=work, sandbox=sandbox)
+        with pytest.raises(InputError, match="the image has no kernel in /boot"):
+            build_image(minimal, options, state=State.open(tmp_path / "state"), runner=StandIn())
+    finally:
+        work.rmdir()
