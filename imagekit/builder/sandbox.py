@@ -272,8 +272,13 @@ class Sandbox:
         base.chmod(0o710)
 
     def shift(self, tree: Path) -> None:
-        """Image ids → the build user's range (before commands run in the tree)."""
-        _chown_tree(tree, lambda uid: uid + self.user.subuid, lambda gid: gid + self.user.subgid)
+        """Image ids → the build user's range (before commands run in the tree); an id the
+        range cannot hold becomes its nobody, never an id of someone else's range."""
+        _chown_tree(
+            tree,
+            lambda uid: _outside(uid, self.user.subuid),
+            lambda gid: _outside(gid, self.user.subgid),
+        )
 
     def unshift(self, tree: Path) -> None:
         """Back to the image's ids (for the disk); ids outside the range become 65534 (nobody)."""
@@ -297,6 +302,11 @@ def confined_hook(script: Path) -> str:
     ns = ["unshare", "--mount", "--propagation=private", "--pid", "--fork", "--kill-child", "--net"]
     *command, _tree, umount = enter_tree("TREE")
     return f'{shlex.join([*ns, *command])} "$1" {shlex.quote(umount)} < {shlex.quote(str(script))}'
+
+
+def _outside(image_id: int, start: int) -> int:
+    """An image id as the host sees it inside the range; an id past it as nobody (65534)."""
+    return start + (image_id if 0 <= image_id < ID_COUNT else 65534)
 
 
 def _inside(host_id: int, start: int) -> int:

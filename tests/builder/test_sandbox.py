@@ -110,8 +110,10 @@ def test_shift_and_unshift_keep_setuid_bits_and_leave_symlinks_alone(sandbox: Sa
     sandbox.unshift(tree)
     assert (target.stat().st_uid, target.stat().st_mode & 0o7777) == (0, 0o4755)
     assert (tree / "bin").lstat().st_uid == 0 and os.readlink(tree / "bin") == "usr/bin"
+    os.chown(tree / "etc", 70000, 70000, follow_symlinks=False)  # past the 65536 ids inside
     sandbox.shift(tree)
     assert (target.stat().st_uid, target.stat().st_mode & 0o7777) == (sandbox.user.subuid, 0o4755)
+    assert (tree / "etc").stat().st_uid == sandbox.user.subuid + 65534
 
 
 @pytest.mark.parametrize(
