@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
-import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,10 +38,11 @@ from cloud.cores.local import LIVE, WITH_FILES, finish
 from cloud.hostqmp import QMP_TIMEOUT, OnHost, VmGone, kill_on, qmp_on
 from cloud.hosts import LOCALHOST_ID, Host, HostStore, VirtualizationDriver
 from cloud.model import DiskKind, VmState, VmTemplate
-from cloud.qemu import ACCEL_ENV, OVMF_VARS, Accel, Drive, Nic, VmSpec, build_argv
+from cloud.qemu import OVMF_VARS, Accel, Drive, Nic, VmSpec, build_argv
 from cloud.remote import HostUnreachable, Runner, SshSettings, runner_for
 from cloud.store import VmRecord, VmStore
 from cloud.transfer import StagedDisk, Transfer, transfer_for
+from imagekit import environment
 from imagekit.diskimage import Firmware
 from imagekit.errors import CommandError, InputError
 from imagekit.state import State
@@ -132,7 +132,7 @@ def disk_plans(vm: VmTemplate, bases: Sequence[images.BaseImage]) -> tuple[DiskP
 
 def host_accel(host: Host) -> Accel:
     """``$IMAGEKIT_ACCEL`` if set, else what the host's monitoring found (HYPERVISOR)."""
-    forced = os.environ.get(ACCEL_ENV, "").strip().lower()
+    forced = (environment.current().accel or "").strip().lower()
     if forced in (Accel.KVM.value, Accel.TCG.value):
         return Accel(forced)
     return Accel.KVM if host.monitoring.get("HYPERVISOR") == "kvm" else Accel.TCG

@@ -8,9 +8,10 @@ gets SIGTERM (the builder's ``Workspace`` removes its tree on it: ``imagekit/int
 then SIGKILL a minute later. This is the one child besides QEMU started with ``Popen`` rather
 than ``imagekit.run.run()``: the worker must be able to stop it half-way.
 
-The child runs as the service's own user — today root, as ``imagekit build`` needs (mmdebstrap
-and the namespaces of ``customize``): a recipe's commands are trusted as much as the user who
-submitted it. See docs/author/build-service.md, "Threat model".
+The child runs as the service's own user (root: ownership and disk assembly need it) and, by
+default, with ``--sandbox-user``: mmdebstrap and the recipe's commands run as that unprivileged
+user, confined (``imagekit/builder/sandbox.py``). With ``--allow-root-builds`` and no build user
+they run as root. See docs/author/build-service.md, "Threat model".
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ class BuildFailed(DataError):
     """``imagekit build`` ended with an error; the message is its last ``error:`` line."""
 
 
-def build_argv(state_root: Path, request: BuildRequest) -> list[str]:
+def build_argv(state_root: Path, request: BuildRequest, sandbox_user: str | None = None) -> list[str]:
     argv = [sys.executable, "-m", "imagekit", "--state", str(state_root), "build", str(request.recipe)]
     argv += ["-o", str(request.output), "--json"]
+    if sandbox_user is not None:
+        argv += ["--sandbox-user", sandbox_user]
     if request.options.formats:
         argv += ["--format", ",".join(f.value for f in request.options.formats)]
     if request.options.firmware:
@@ -65,13 +68,15 @@ def _wait_unless_cancelled(child: subprocess.Popen[bytes], request: BuildRequest
     raise BuildCancelled
 
 
-def subprocess_runner(state_root: Path) -> Runner:
+def subprocess_runner(state_root: Path, sandbox_user: str | None = None) -> Runner:
+    """``sandbox_user``: the builds' commands run as that user, confined (``--sandbox-user``)."""
+
     def run(request: BuildRequest) -> tuple[Step, ...]:
         workspace = request.output.parent
         result = workspace / "result.json"
         with result.open("wb") as out:
             child = subprocess.Popen(
-                build_argv(state_root, request),
+                build_argv(state_root, request, sandbox_user),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=request.log,

@@ -1,17 +1,21 @@
 """``imagekit build serve``: the build service (also ``imagekit build-service serve``); its
 client's verbs (``build submit|status|log|cancel|fetch``) are in ``build_client.py``.
 
-imagekit build serve --allow-root-builds [--host 127.0.0.1] [--port 4570]
-imagekit build serve --allow-root-builds --max-queued-per-user 5 --max-running-per-user 1
-imagekit build serve --allow-root-builds --max-storage-per-user 20G --keep-artifacts-days 7
-imagekit build serve --allow-root-builds --max-build-minutes 240
-imagekit build serve --allow-root-builds --builder-id https://builds.example.org   # in the provenance
-imagekit build serve --allow-root-builds --workers 0 --queue postgresql://db/builds --artifacts /srv/builds
-imagekit build worker --allow-root-builds [--queue postgresql://…] [--artifacts DIR] [--name N] [--lease S]
+imagekit build serve [--build-user imagekit-build] [--host 127.0.0.1] [--port 4570]
+imagekit build serve --max-queued-per-user 5 --max-running-per-user 1
+imagekit build serve --max-storage-per-user 20G --keep-artifacts-days 7
+imagekit build serve --max-build-minutes 240
+imagekit build serve --builder-id https://builds.example.org   # in the provenance
+imagekit build serve --workers 0 --queue postgresql://db/builds --artifacts /srv/builds
+imagekit build worker [--queue postgresql://…] [--artifacts DIR] [--name N] [--lease S]
+imagekit build serve --allow-root-builds
 
-Builds run as the service's user, with root's powers (see docs/author/build-service.md): the
-service and its workers refuse to start without ``--allow-root-builds``. ``worker_main(argv,
-runner)`` is ``build worker`` with another runner (the tests' stand-in).
+Builds run in the build sandbox (``imagekit/builder/sandbox.py``): mmdebstrap and the recipe's
+commands as the unprivileged ``--build-user``, without network and under limits; the service
+and its workers refuse to start when that user (with its /etc/subuid range) is missing.
+``--allow-root-builds`` runs them as root instead, for sites whose authors may all have root
+(docs/author/build-service.md). ``worker_main(argv, runner)`` is ``build worker`` with another
+runner (the tests' stand-in).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from imagekit.locations import state_dir
 from imagekit.state import State
 
 DEFAULT_PORT = 4570
+DEFAULT_BUILD_USER = "imagekit-build"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -89,10 +94,17 @@ def register_verbs(sub: Any) -> None:
 
 def _add_root_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--build-user",
+        default=DEFAULT_BUILD_USER,
+        metavar="USER",
+        help=f"the unprivileged user (with an /etc/subuid range) the recipes' commands run as"
+        f" (default {DEFAULT_BUILD_USER})",
+    )
+    parser.add_argument(
         "--allow-root-builds",
         action="store_true",
-        help="required: builds run with this service's (root) powers, so a recipe's commands are"
-        " trusted as much as its author (no isolation yet)",
+        help="run the recipes' commands as root, unconfined, instead of as --build-user: only for"
+        " sites whose authors may all have root on the build machine",
     )
 
 
@@ -193,13 +205,28 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _limits(args: argparse.Namespace) -> Limits:
-    if not args.allow_root_builds:
+def build_user(name: str) -> str:
+    """``name`` once it can run sandboxed builds; refused (with how to create it) otherwise."""
+    from imagekit.builder.sandbox import BuildUser
+
+    try:
+        BuildUser.lookup(name)
+    except InputError as err:
         raise InputError(
-            "builds are not isolated yet: a recipe's commands run with this service's powers",
-            hint="give --allow-root-builds if every user of the service may have them"
-            " (docs/author/build-service.md)",
-        )
+            f"{err.message}: builds run as this unprivileged user",
+            hint=f"{err.hint}; or give --allow-root-builds if every user of the service may have root"
+            " on this machine (docs/author/build-service.md)",
+        ) from None
+    return name
+
+
+def _sandbox_user(args: argparse.Namespace) -> str | None:
+    """Who the builds of this service or worker run as: the build user, or root (None) with
+    ``--allow-root-builds``."""
+    return None if args.allow_root_builds else build_user(args.build_user)
+
+
+def _limits(args: argparse.Namespace) -> Limits:
     if args.max_build_minutes <= 0:
         raise InputError("--max-build-minutes must be more than 0")
     if args.keep_artifacts_days <= 0:
@@ -217,7 +244,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cloud.buildservice.runner import subprocess_runner
     from cloud.buildservice.server import ServiceConfig, create_app
 
-    limits = _limits(args)
+    limits, sandbox_user = _limits(args), _sandbox_user(args)
     listener = listener_from_args(args)
     state = State.open(state_dir(args.state))
     config = ServiceConfig(
@@ -229,7 +256,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         builder_id=args.builder_id or listener.url.rstrip("/"),
     )
     queue = open_queue(args.queue, state)
-    app = create_app(state, config, subprocess_runner(state.root), queue=queue)
+    app = create_app(state, config, subprocess_runner(state.root, sandbox_user), queue=queue)
     print(f"build service on {listener.url}", file=sys.stderr)
     serve_app(lambda: app, listener)
     return 0
@@ -240,7 +267,7 @@ def cmd_worker(args: argparse.Namespace, runner: Runner | None = None) -> int:
     first; a worker killed outright loses its build to another after ``--lease``)."""
     from cloud.buildservice.runner import subprocess_runner
 
-    limits = _limits(args)
+    limits, sandbox_user = _limits(args), _sandbox_user(args)
     if args.queue and args.artifacts is None:
         raise InputError("--queue needs --artifacts DIR: the builds' directory shared with the service")
     state = State.open(state_dir(args.state))
@@ -252,7 +279,7 @@ def cmd_worker(args: argparse.Namespace, runner: Runner | None = None) -> int:
     worker = Worker(
         queue,
         workspaces,
-        runner or subprocess_runner(state.root),
+        runner or subprocess_runner(state.root, sandbox_user),
         limits,
         name=args.name,
         lease=args.lease,

@@ -43,6 +43,7 @@ from imagekit.state import State
 from . import bootloader, cache, customize, disk, manifest, reproducible, rootfs, space
 from .publish import BuiltImage, publish_outputs
 from .reproducible import BuildInputs
+from .sandbox import Sandbox, check_recipe_sources, check_tree
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class BuildOptions:
     mirror: str = rootfs.DEFAULT_MIRROR
     source_date_epoch: int | None = None  # None: $SOURCE_DATE_EPOCH, else the archive's date
     expect_archive: str | None = None  # refuse to build unless the archive state is this one
+    # Run mmdebstrap and the recipe's commands as the build user, confined (sandbox.py); the
+    # builder's own steps (ownership, disk assembly) stay root's.
+    sandbox: Sandbox | None = None
 
 
 @dataclass(frozen=True)
@@ -93,20 +97,38 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: 
     fmts = tuple(dict.fromkeys(options.formats or recipe.formats))
     check_buildable(recipe, firmware)  # every reason it cannot be built, before any work
     stage = rootfs.plan_stage(recipe, agent_packages=agent_packages(recipe), mirror=options.mirror)
-    require_tools(firmware, fmts)
+    require_tools(firmware, fmts, sandboxed=options.sandbox is not None)
+    if options.sandbox is not None:
+        check_recipe_sources(recipe)
     inputs = build_inputs(recipe, stage, firmware, options)
     layout = disk.plan_layout(recipe.disk, firmware, seed=inputs.seed)
     work_parent = prepare_space(layout, fmts, options)
-    stage_cache = cache.StageCache.open(state) if options.use_cache else None
+    # A sandboxed build shares no stage that an author's code made (pre-commands, own
+    # repositories) with another build: that code could poison it for the next author.
+    authored = bool(stage.pre_commands or recipe.repositories)
+    shared = options.use_cache and not (options.sandbox is not None and authored)
+    stage_cache = cache.StageCache.open(state) if shared else None
 
+    box = options.sandbox
     with interruptible(), Workspace.create(work_parent) as ws:
+        if box is not None:
+            box.prepare_workspace(ws.base)
         with step("install packages", timings):
-            outcome = package_stage(stage, recipe, ws, stage_cache, inputs, runner=runner)
+            outcome = package_stage(stage, recipe, ws, stage_cache, inputs, runner=runner, sandbox=box)
         with step("customize", timings):
             install_agent = recipe.context_agent.wants_imagekit()
             customize.customize(
-                recipe, ws.root, layout, install_agent=install_agent, inputs=inputs, runner=runner
+                recipe,
+                ws.root,
+                layout,
+                install_agent=install_agent,
+                inputs=inputs,
+                runner=runner,
+                sandbox=box,
             )
+            if box is not None:  # the partitions' subtrees are split off as root next
+                mounts = [p.mount.strip("/") for p in layout.partitions if p.mount.startswith("/")]
+                check_tree(ws.root, tuple(f"{mount}/x" for mount in mounts if mount))
             packages = manifest.installed_packages(ws.root)
             customize.clean(ws.root)
         raw = ws.path("disk.raw")
@@ -194,6 +216,7 @@ def package_stage(
     inputs: BuildInputs,
     *,
     runner: Runner = run,
+    sandbox: Sandbox | None = None,
 ) -> CacheOutcome:
     """Fill ``ws.root`` from the cache, or with mmdebstrap (and then cache it)."""
     key = stage.key(inputs.archive, inputs.source_date_epoch)
@@ -201,7 +224,13 @@ def package_stage(
         log.info("package cache hit: %s", key[:16])
         return CacheOutcome(key, hit=True, used=True)
     rootfs.bootstrap(
-        stage, ws.root, ws.base, recipe_repos=recipe.repositories, env=inputs.env(), runner=runner
+        stage,
+        ws.root,
+        ws.base,
+        recipe_repos=recipe.repositories,
+        env=inputs.env(),
+        runner=runner,
+        sandbox=sandbox,
     )
     if stage_cache is None:
         return CacheOutcome(key, hit=False, used=False)
@@ -277,9 +306,14 @@ TOOLS = (
 )
 
 
-def require_tools(firmware: Firmware, fmts: tuple[OutputFormat, ...], *, path: str | None = None) -> None:
+SANDBOX_TOOLS = ("setpriv", "prlimit", "newuidmap", "newgidmap", "pivot_root", "umount", "du")
+
+
+def require_tools(
+    firmware: Firmware, fmts: tuple[OutputFormat, ...], *, path: str | None = None, sandboxed: bool = False
+) -> None:
     """Fail before any work when a tool is missing, naming it (and how to get it)."""
-    needed = list(TOOLS)
+    needed = list(TOOLS) + list(SANDBOX_TOOLS if sandboxed else ())
     if firmware.boots_bios():
         needed.append("syslinux")
     if any(fmt is not OutputFormat.RAW for fmt in fmts):
@@ -288,4 +322,7 @@ def require_tools(firmware: Firmware, fmts: tuple[OutputFormat, ...], *, path: s
         if shutil.which(tool, path=path) is None:
             raise CommandError([tool], 127, f"{tool}: command not found", step="check build tools")
     if os.geteuid() != 0:
-        raise InputError("building images needs root (mmdebstrap --mode=root, chroot, file ownership)")
+        raise InputError(
+            "building images needs root (mmdebstrap --mode=root, chroot, file ownership; with a"
+            " build user only the ownership and the disk assembly)"
+        )

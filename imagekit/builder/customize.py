@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-from imagekit.errors import CommandError, InputError
+from imagekit.errors import CommandError, DataError, InputError
 from imagekit.recipe.model import Recipe, User
 from imagekit.run import Runner, run
 
@@ -27,6 +27,7 @@ from .disk import DiskLayout
 from .firstboot import install_first_boot, write
 from .reproducible import BuildInputs
 from .rootfs import NAMESPACES, source_file_name
+from .sandbox import Sandbox, check_tree
 from .sources import content_bytes
 
 _CHROOT_SETUP = (
@@ -37,9 +38,27 @@ _POLICY_RC = "#!/bin/sh\n# imagekit: no services start while building\nexit 101\
 
 
 def in_chroot(
-    root: Path, script: str, *, step: str, env: Mapping[str, str] | None = None, runner: Runner = run
+    root: Path,
+    script: str,
+    *,
+    step: str,
+    env: Mapping[str, str] | None = None,
+    runner: Runner = run,
+    sandbox: Sandbox | None = None,
 ) -> None:
-    """Run the shell ``script`` (fed on stdin, ``sh -e``) inside ``root``."""
+    """Run the shell ``script`` (fed on stdin, ``sh -e``) inside ``root``.
+
+    With ``sandbox``, as root of a user namespace without network and under its limits
+    (:mod:`.sandbox`): the tree's owners are shifted into the build user's range around it,
+    and the tree is checked before the builder, as root, touches it again."""
+    if sandbox is not None:
+        sandbox.shift(root)
+        try:
+            sandbox.run_in_tree(root, script, step=step, env=env, runner=runner)
+        finally:
+            sandbox.unshift(root)
+        check_tree(root)
+        return
     try:
         runner(
             [*NAMESPACES, "sh", "-c", _CHROOT_SETUP, "sh", root],
@@ -62,8 +81,10 @@ def customize(
     install_agent: bool,
     inputs: BuildInputs | None = None,
     runner: Runner = run,
+    sandbox: Sandbox | None = None,
 ) -> None:
-    """Apply the recipe's settings, files and post-commands to ``root``.
+    """Apply the recipe's settings, files and post-commands to ``root`` (the commands in
+    ``sandbox`` when given).
 
     With ``inputs``, commands see ``SOURCE_DATE_EPOCH`` (shadow's password-change dates come
     from it) and password salts are derived from the inputs.
@@ -82,7 +103,7 @@ def customize(
         for part in layout.partitions:
             if part.mount != "/" and part.mount != "swap":
                 (root / part.mount.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        set_accounts(recipe, root, inputs, runner=runner)
+        set_accounts(recipe, root, inputs, runner=runner, sandbox=sandbox)
         write_files(recipe, root)
         if install_agent:
             from imagekit.agent import install_agent as install
@@ -92,7 +113,8 @@ def customize(
         for command in recipe.post_commands:
             what = f"command {command.name!r}"
             script = content_bytes(command.source, command.script, what=what)
-            in_chroot(root, script.decode("utf-8", "replace"), step=what, env=env, runner=runner)
+            text = script.decode("utf-8", "replace")
+            in_chroot(root, text, step=what, env=env, runner=runner, sandbox=sandbox)
         for repo in recipe.repositories:
             if not repo.persisted:
                 (root / "etc/apt/sources.list.d" / source_file_name(repo)).unlink(missing_ok=True)
@@ -128,7 +150,12 @@ def hash_password(password: str, salt: str | None = None) -> str:
 
 
 def set_accounts(
-    recipe: Recipe, root: Path, inputs: BuildInputs | None = None, *, runner: Runner = run
+    recipe: Recipe,
+    root: Path,
+    inputs: BuildInputs | None = None,
+    *,
+    runner: Runner = run,
+    sandbox: Sandbox | None = None,
 ) -> None:
     script: list[str] = []
     entries: list[str] = []
@@ -154,7 +181,8 @@ def set_accounts(
         script.append("chpasswd -e <<'IMAGEKIT_EOF'\n" + "\n".join(entries) + "\nIMAGEKIT_EOF")
     if script:
         env = inputs.env() if inputs else None
-        in_chroot(root, "\n".join(script) + "\n", step="users and passwords", env=env, runner=runner)
+        text = "\n".join(script) + "\n"
+        in_chroot(root, text, step="users and passwords", env=env, runner=runner, sandbox=sandbox)
     for user in recipe.users:
         if user.ssh_keys:
             install_keys(root, user)
@@ -171,6 +199,9 @@ def _passwd_entry(root: Path, name: str) -> tuple[int, int, str]:
 def install_keys(root: Path, user: User) -> None:
     uid, gid, home = _passwd_entry(root, user.name)
     ssh_dir = root / PurePosixPath(home).relative_to("/") / ".ssh"
+    # The image's passwd names the home: it must not lead the builder (root) out of the tree.
+    if not os.path.realpath(ssh_dir).startswith(os.path.realpath(root) + os.sep):
+        raise DataError(f"users.{user.name}: the home directory {home} leads outside the image")
     ssh_dir.mkdir(parents=True, exist_ok=True)
     keys = ssh_dir / "authorized_keys"
     existing = keys.read_text() if keys.exists() else ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from imagekit import environment
+from imagekit.errors import CommandError
 from imagekit.recipe.buildable import BUILT_ARCHES, GROUPS, KERNELS, debian_suite
 from imagekit.recipe.model import Recipe, Repository
 from imagekit.run import Runner, run
 
+from .sandbox import Sandbox, check_tree, confined_hook, explain
 from .sources import content_bytes, fetch
 
 # Bump when the stage's output changes for the same inputs (new hooks, other defaults).
@@ -152,11 +155,15 @@ def bootstrap(
     recipe_repos: tuple[Repository, ...],
     env: Mapping[str, str] | None = None,
     runner: Runner = run,
+    sandbox: Sandbox | None = None,
 ) -> None:
     """Run mmdebstrap into the empty directory ``root``; hook scripts go to ``work``.
 
     mmdebstrap runs in private mount and PID namespaces, so the /proc, /sys and /dev mounts it
     makes inside the tree and every process it starts vanish with it, even when it is killed.
+    With ``sandbox``, it runs as the build user in ``--mode=unshare`` under the sandbox's
+    limits, the pre-commands confined as post-commands are (no network); the tree's owners are
+    then shifted back to the image's and the tree checked before the builder touches it.
     """
     hooks: list[str] = []
     # Recipe repositories go to their own list files so that non-persisted ones can be removed
@@ -169,12 +176,14 @@ def bootstrap(
         path = work / f"pre-{index:02d}.sh"
         path.write_text(script)
         fail = shlex.quote(f"imagekit: precommand {name!r} failed")
-        run_it = f'chroot "$1" /bin/sh -e < {shlex.quote(str(path))}'
+        run_it = (
+            f'chroot "$1" /bin/sh -e < {shlex.quote(str(path))}' if sandbox is None else confined_hook(path)
+        )
         hooks.append(f"--essential-hook={run_it} || {{ echo {fail} >&2; exit 1; }}")
     argv = [
-        *NAMESPACES,
+        *(NAMESPACES if sandbox is None else ()),
         "mmdebstrap",
-        "--mode=root",
+        "--mode=root" if sandbox is None else "--mode=unshare",
         "--variant=minbase",
         f"--arch={stage.arch}",
         "--format=directory",
@@ -188,11 +197,19 @@ def bootstrap(
     ]
     # SOURCE_DATE_EPOCH (in ``env``) reaches dpkg and the package scripts through mmdebstrap:
     # initramfs-tools clamps its cpio's times to it, mmdebstrap drops ldconfig's aux-cache.
-    runner(
-        argv,
-        step="install packages (mmdebstrap)",
-        env={"DEBIAN_FRONTEND": "noninteractive", **(env or {})},
-    )
+    step = "install packages (mmdebstrap)"
+    full_env = {"DEBIAN_FRONTEND": "noninteractive", **(env or {})}
+    if sandbox is None:
+        runner(argv, step=step, env=full_env)
+        return
+    os.chown(root, sandbox.user.subuid, sandbox.user.subgid)  # the namespace's root fills it
+    try:
+        runner(sandbox.wrap(argv, watch=root), step=step, env=full_env)
+    except CommandError as err:
+        raise explain(err, step=step) from None
+    finally:
+        sandbox.unshift(root)
+    check_tree(root)
 
 
 @dataclass(frozen=True)

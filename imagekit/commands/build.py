@@ -3,6 +3,7 @@
 imagekit build recipes/debian-12-cloud.tdl -o out
 imagekit build recipes/debian-12-minimal.appl --format qcow2,raw --firmware hybrid --json
 imagekit build recipes/debian-12-minimal.appl --check-reproducible
+imagekit build recipes/debian-12-cloud.tdl --sandbox-user imagekit-build
 
 The group's verbs (``build serve|submit|status|log|cancel|fetch``, the build service's, registered
 by ``cloud.commands.build_service.register_verbs``) are real sub-commands beside the recipe: a
@@ -25,6 +26,7 @@ from imagekit.state import State
 
 if TYPE_CHECKING:
     from imagekit.builder import BuildOptions
+    from imagekit.builder.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,12 @@ def register(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:  # 
         action="store_true",
         help="build a second time in a separate tree, without the package cache, and compare",
     )
+    parser.add_argument(
+        "--sandbox-user",
+        metavar="USER",
+        help="run mmdebstrap and the recipe's commands as this unprivileged user (its /etc/subuid"
+        " range), without network and under limits; only ownership and disk assembly stay root's",
+    )
     return parser.add_subparsers(
         action=RecipeOrVerb,
         dest="build_verb",
@@ -144,6 +152,12 @@ def parse_formats(text: str) -> tuple[OutputFormat, ...]:
         raise argparse.ArgumentTypeError(f"expected formats among {known}, got {text!r}") from None
 
 
+def sandbox_for(user: str | None) -> Sandbox | None:
+    from imagekit.builder.sandbox import BuildUser, Sandbox
+
+    return None if user is None else Sandbox(BuildUser.lookup(user))
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from imagekit.builder import BuildOptions, build_image
     from imagekit.recipe import load_recipe
@@ -159,6 +173,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
         work_dir=args.workdir,
         source_date_epoch=args.source_date_epoch,
+        sandbox=sandbox_for(args.sandbox_user),
     )
     if args.check_reproducible:
         return check(recipe, options, state, args)

@@ -1,5 +1,5 @@
-"""``imagekit build serve``: a sub-command of the ``build`` group, refused without
-``--allow-root-builds``; the real runner's command line and its failure line."""
+"""``imagekit build serve``: a sub-command of the ``build`` group, refused without its build user
+(unless ``--allow-root-builds``); the real runner's command line and its failure line."""
 
 from __future__ import annotations
 
@@ -37,11 +37,21 @@ def test_build_verbs_are_sub_commands_beside_the_recipe(tmp_path: Path) -> None:
     assert build_parser("build-service").parse_args(["build-service", "serve"]).func is cmd_serve
 
 
-def test_serve_refuses_without_allow_root_builds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--state", str(tmp_path / "state"), "build", "serve", "--port", "1"]) == 1
+def test_serve_refuses_without_its_build_user(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Sandboxed builds are the default: no build user, no service (unless root builds are allowed)."""
+    argv = ["--state", str(tmp_path / "state"), "build", "serve", "--port", "1"]
+    assert main([*argv, "--build-user", "imagekit-no-such-user"]) == 1
     err = capsys.readouterr().err
-    assert "not isolated" in err and "--allow-root-builds" in err
+    assert "'imagekit-no-such-user' does not exist" in err and "useradd" in err
+    assert "--allow-root-builds" in err
     assert not (tmp_path / "state").exists()
+
+
+def test_the_runner_builds_as_the_build_user(tmp_path: Path) -> None:
+    argv = build_argv(tmp_path / "state", _request(tmp_path, ""), "imagekit-build")
+    assert argv[argv.index("--sandbox-user") + 1] == "imagekit-build"
+    (tmp_path / "root").mkdir()
+    assert "--sandbox-user" not in build_argv(tmp_path / "state", _request(tmp_path / "root", ""))
 
 
 def _request(tmp_path: Path, recipe: str, options: BuildOptions | None = None) -> BuildRequest:

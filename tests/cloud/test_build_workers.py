@@ -242,8 +242,8 @@ def test_the_heartbeat_renews_until_the_lease_is_lost(state: State) -> None:
 
 def test_the_worker_command_refuses_unsafe_or_incomplete_setups(tmp_path: Path) -> None:
     state = ["--state", str(tmp_path / "s")]
-    with pytest.raises(InputError, match="not isolated"):
-        worker_main(state)
+    with pytest.raises(InputError, match="'imagekit-no-such-user' does not exist"):
+        worker_main([*state, "--build-user", "imagekit-no-such-user"])
     with pytest.raises(InputError, match="needs --artifacts"):
         worker_main([*state, "--allow-root-builds", "--queue", "postgresql://db/builds"])
     with pytest.raises(InputError, match="postgresql:// URL"):
@@ -253,11 +253,15 @@ def test_the_worker_command_refuses_unsafe_or_incomplete_setups(tmp_path: Path) 
 def test_build_worker_and_serve_queue_options_on_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``imagekit build worker`` is routed to the build service's group, takes ``--state`` after
-    the verb too, and refuses without ``--allow-root-builds``; ``serve --queue`` takes only a
-    PostgreSQL URL."""
-    assert main(["build", "worker", "--state", str(tmp_path / "s")]) == 1
-    assert "--allow-root-builds" in capsys.readouterr().err
+    """``imagekit build worker`` is a verb of the ``build`` group, takes ``--state`` after the verb
+    too, and refuses to start without its build user (unless ``--allow-root-builds``); ``serve
+    --queue`` takes only a PostgreSQL URL."""
+    assert (
+        main(["build", "worker", "--state", str(tmp_path / "s"), "--build-user", "imagekit-no-such-user"])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "'imagekit-no-such-user' does not exist" in err and "--allow-root-builds" in err
     serve = ["--state", str(tmp_path / "s"), "build", "serve", "--allow-root-builds", "--port", "1"]
     assert main([*serve, "--workers", "0", "--queue", "sqlite:///x"]) == 1
     err = capsys.readouterr().err

@@ -1,0 +1,87 @@
+"""One real sandboxed build through ``mmdebstrap --mode=unshare`` (slow: Debian's archive, a
+couple of minutes), then the same recipe with a fork bomb as a post-command.
+
+The first build's commands try to get out and record what happened; the build succeeds, the
+image shows the commands ran as root of the namespace, and the host saw nothing. The second
+fails with the sandbox's one-line error. Needs root and the build user (test_sandbox.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagekit.builder import BuildOptions, build_image
+from imagekit.builder.sandbox import BuildUser, Limits, Sandbox
+from imagekit.errors import CommandError
+from imagekit.recipe import load_recipe
+from imagekit.recipe.model import Command, ContentSource, OutputFormat
+from imagekit.run import run
+from imagekit.state import State
+from tests.builder.test_sandbox import build_user  # noqa: F401  (a fixture)
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """A work directory others may search (pytest's tmp is closed): the build user's way in."""
+    path = Path(tempfile.mkdtemp(prefix="imagekit-sandbox-work-", dir="/var/tmp"))
+    path.chmod(0o711)
+    yield path
+    path.rmdir()
+
+
+def raw_file(raw: Path, manifest: Path, name: str) -> str:
+    root = next(p for p in json.loads(manifest.read_text())["partitions"] if p["mount"] == "/")
+    return run(["debugfs", "-R", f"cat {name}", f"{raw}?offset={root['start']}"]).stdout.decode()
+
+
+def attempt(label: str, command: str) -> str:
+    """A post-command that records LABEL when the attempt failed, LABEL-escaped when it worked."""
+    return f"if {command} 2>/dev/null; then echo {label}-escaped; else echo {label}; fi >> /root/r"
+
+
+def test_a_real_sandboxed_build(build_user: BuildUser, tmp_path: Path, work: Path) -> None:  # noqa: F811
+    victim = Path(tempfile.mkdtemp(prefix="imagekit-victim-", dir="/tmp"))
+    victim.chmod(0o1777)
+    minimal = load_recipe(REPO / "recipes" / "debian-12-minimal.appl")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        attempts = (
+            attempt("proc", f"echo x > /proc/1/root{victim}/x"),
+            attempt("net", f"bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'"),
+            attempt("mknod", "mknod /root/disk b 8 0"),
+            "id -u >> /root/r",
+        )
+        recipe = dataclasses.replace(
+            minimal,
+            pre_commands=(Command("pre", ContentSource.RAW, "id -u > /pre-uid"),),
+            post_commands=tuple(Command(f"try{n}", ContentSource.RAW, s) for n, s in enumerate(attempts)),
+        )
+        sandbox = Sandbox(build_user, Limits(processes=256))
+        out = tmp_path / "out"
+        options = BuildOptions(output_dir=out, formats=(OutputFormat.RAW,), work_dir=work, sandbox=sandbox)
+        result = build_image(recipe, options, state=State.open(tmp_path / "state"))
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    raw = result.output(OutputFormat.RAW)
+    assert raw_file(raw, result.manifest, "/root/r").split() == ["proc", "net", "mknod", "0"]
+    assert raw_file(raw, result.manifest, "/pre-uid") == "0\n"
+    assert list(victim.iterdir()) == []
+    victim.rmdir()
+
+    bomb = Command("bomb", ContentSource.RAW, "bomb() { bomb | bomb & }\nbomb\nsleep 600\n")
+    with pytest.raises(CommandError) as caught:
+        build_image(dataclasses.replace(recipe, pre_commands=(), post_commands=(bomb,)), options,
+                    state=State.open(tmp_path / "state"))  # fmt: skip
+    assert str(caught.value).startswith("command 'bomb': sandbox exited with status ")
+    assert "process limit: " in str(caught.value) and "\n" not in str(caught.value)
+    assert not list(work.iterdir())
