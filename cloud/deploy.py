@@ -113,6 +113,7 @@ def deploy_here(
     try:
         record = scheduler.place_created(state, record.vmid, etc=request.etc)
         if record.hid != LOCALHOST_ID:
+            store.let_go(record.vmid)  # the dispatcher continues it once it is placed there
             return record  # pending: placed on another host, or nowhere yet (its sched_message says why)
         current = "hooks"
         event_hooks = hooks.resolve_hooks(hooks.load_hooks(request.etc), _hook_vm(vm, ctx, request, state))

@@ -26,6 +26,7 @@ from imagekit.errors import InputError
 from imagekit.locations import state_dir
 from imagekit.log import progress
 from imagekit.sizes import parse_size
+from imagekit.state import State
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -100,7 +101,10 @@ def upload_limit(text: str) -> int:
 
 
 def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **extra: object) -> int:
+    from cloud.recovery import recover
+
     listener = listener_from_args(args)
+    recover(State.open(state_dir(args.state)))  # what a killed server left half done
     print(f"{title} on {listener.url}", file=sys.stderr)
     if not args.verbose:
         # The steps of every request's `vm create`, interleaved from many at once, say nothing

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from cloud.recovery import recover
 from cloud.sched_conf import load_sched_settings
 from cloud.scheduler import PassResult, schedule
 from imagekit.locations import state_dir
@@ -66,6 +67,7 @@ def _report(result: PassResult, *, as_json: bool) -> None:
 def cmd_sched(args: argparse.Namespace) -> int:
     settings = load_sched_settings(args.etc)  # a bad sched.conf stops it before any pass
     state = State.open(state_dir(args.state))
+    recover(state)  # what a killed scheduler (or server, or vm create) left half done
     with _stop_on_signal() as stop:
         while True:
             _report(schedule(state, settings), as_json=args.json)

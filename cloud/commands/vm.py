@@ -119,6 +119,16 @@ def _state(args: argparse.Namespace) -> State:
     return State.open(state_dir(args.state))
 
 
+def _owning_state(args: argparse.Namespace) -> State:
+    """The state for a command that deploys or boots VMs: first, what a process that died while
+    it did so left half done is resumed or failed (cloud/recovery.py)."""
+    from cloud.recovery import recover
+
+    state = _state(args)
+    recover(state)
+    return state
+
+
 def _summary(record: VmRecord) -> dict[str, Any]:
     return {
         "id": record.vmid,
@@ -155,7 +165,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         core=args.core,
         one_endpoint=args.one_endpoint,
     )
-    record = create_vm(request, state=_state(args))
+    record = create_vm(request, state=_owning_state(args))
     if args.json:
         print_json(_summary(record))
     else:
@@ -219,7 +229,7 @@ def _host_name(state: State, hid: int | None) -> str | None:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from cloud.scheduler import deploy_by_hand
 
-    state = _state(args)
+    state = _owning_state(args)
     record = deploy_by_hand(state, args.vmid, args.host, force=args.force)
     if args.json:
         print_json({**_summary(record), "host": _host_name(state, record.hid)})
@@ -236,7 +246,8 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 def _verb_command(verb: Verb) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        record = verb(_state(args), args.vmid)
+        boots = verb in (lifecycle.release, lifecycle.resume)
+        record = verb(_owning_state(args) if boots else _state(args), args.vmid)
         print(f"VM {record.vmid}: {record.state.value}")
         return 0
 

@@ -1,0 +1,123 @@
+"""The EC2 server killed with ``kill -9`` in the middle of a burst of RunInstances (issue 21,
+point 4): after a restart every acknowledged instance exists, no VM stays in ``prolog``,
+``boot`` or ``shutdown``, no lease or overlay outlives its VM, and a client retrying with the
+same ``ClientToken`` gets the same instance. The server runs ``--hold``: nothing boots, the
+prolog (overlay, context ISO, leases) is the work a kill cuts short."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import BotoCoreError, ClientError
+
+from cloud.ec2.images import ImageStore
+from cloud.model import VmState
+from cloud.store import VmRecord, VmStore
+from cloud.users import CreatedUser, UserStore
+from context.leases import NetworkStore
+from context.network import network_from_template
+from context.template import parse_template
+from imagekit.state import State
+from tests.cloud.serving import cloud_server_process, ec2_client
+
+from .blank import an_ec2_upload
+
+pytestmark = pytest.mark.timeout(300)
+
+PUBLIC = 'NAME = "Public EC2"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.8.0.0"\nNETWORK_SIZE = "B"\n'
+ENDED = (VmState.DONE, VmState.FAILED)
+CLIENTS = 6
+
+
+def _burst(
+    url: str, account: CreatedUser, round_: int, acked: dict[str, str], stop: threading.Event
+) -> None:
+    """RunInstances from CLIENTS threads until the server dies; ``acked``: token → instance."""
+
+    def client(n: int) -> None:
+        ec2 = ec2_client(url, account, connect_timeout=2, read_timeout=60)
+        for i in range(10_000):
+            token = f"r{round_}-c{n}-{i}"
+            try:
+                made = ec2.run_instances(ImageId="ami-00000001", MinCount=1, MaxCount=1, ClientToken=token)
+            except (ClientError, BotoCoreError):
+                return  # the server is gone
+            acked[token] = made["Instances"][0]["InstanceId"]
+            if stop.is_set():
+                return
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+
+
+def _kill_mid_prolog(state: State, proc: Any, acked: dict[str, str], at_least: int) -> None:
+    """SIGKILL the server once ``at_least`` instances are acknowledged and a VM is in prolog."""
+    store, deadline = VmStore(state), time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if len(acked) >= at_least and any(r.state is VmState.PROLOG for r in store.list()):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _check_nothing_stuck_or_leaked(state: State, acked: dict[str, str], ec2: Any) -> None:
+    records = {r.vmid: r for r in VmStore(state).list()}
+    assert [r.vmid for r in records.values() if r.state.transitional] == []
+    by_ip = {lease.ip: lease.vmid for lease in NetworkStore(state).leases()}
+    for ip, vmid in by_ip.items():
+        assert vmid is not None and records[vmid].state not in ENDED, (ip, vmid)
+    for record in records.values():
+        kept = sorted(str(ip) for ip in record.info.get("leases", []))
+        assert sorted(ip for ip, vmid in by_ip.items() if vmid == record.vmid) == (
+            [] if record.state in ENDED else kept
+        )
+        if record.state in ENDED:
+            assert _disk_files(record) == [], record
+    described = ec2.describe_instances(InstanceIds=sorted(set(acked.values())))
+    found = {i["InstanceId"]: i for r in described["Reservations"] for i in r["Instances"]}
+    assert set(found) == set(acked.values())
+    for instance in found.values():
+        vmid = int(instance["InstanceId"][2:], 16)
+        assert records[vmid].state is VmState.HOLD, records[vmid]
+
+
+def _disk_files(record: VmRecord) -> list[str]:
+    return [p.name for p in Path(record.directory).glob("*") if p.suffix in (".qcow2", ".iso", ".raw")]
+
+
+def test_the_server_killed_mid_burst_leaves_nothing_stuck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
+    state = State.open(tmp_path / "state")
+    alice = UserStore(state).create("alice", "pw")
+    NetworkStore(state).create(network_from_template(parse_template(PUBLIC, "public.net")))
+    ImageStore(state).register(alice.user, "base", str(an_ec2_upload(state, "alice")))
+    acked: dict[str, str] = {}
+    left_transitional = 0
+    for round_ in range(3):  # each restart recovers what the kill before it left
+        with cloud_server_process("ec2", state.root, None, "--hold") as (url, proc):
+            if round_:
+                _check_nothing_stuck_or_leaked(state, acked, ec2_client(url, alice))
+                # An acknowledged request retried with its ClientToken: the same instance.
+                retry = ec2_client(url, alice)
+                for token, instance in list(acked.items())[:: max(1, len(acked) // 5)]:
+                    again = retry.run_instances(
+                        ImageId="ami-00000001", MinCount=1, MaxCount=1, ClientToken=token
+                    )
+                    assert [i["InstanceId"] for i in again["Instances"]] == [instance]
+            stop = threading.Event()
+            _burst(url, alice, round_, acked, stop)
+            _kill_mid_prolog(state, proc, acked, at_least=len(acked) + 8)
+            stop.set()
+        left_transitional += sum(1 for r in VmStore(state).list() if r.state.transitional)
+    assert left_transitional > 0  # the kills did cut prologs short (the point of the test)
+    with cloud_server_process("ec2", state.root, None, "--hold") as (url, _):
+        _check_nothing_stuck_or_leaked(state, acked, ec2_client(url, alice))
