@@ -1,7 +1,8 @@
 """``vm create``: from a VM template to a running VM, undoing every reservation if a step fails.
 
     parse → images (resolved, verified) → VM id + leases + CONTEXT (context.render) →
-    a host (cloud/scheduler.py: localhost goes on; elsewhere or nowhere yet stays pending) →
+    hooks, the deployment kept (cloud/deployment.py) → a host (cloud/scheduler.py: localhost
+    goes on here; elsewhere or nowhere yet stays pending, for cloud/dispatch.py) →
     prolog (overlays, swap/fs disks, context ISO, the QEMU command line) → hold, or boot
 
 Steps up to the context reserve nothing that outlives a failure (``prepare_context`` rolls its
@@ -18,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud import hooks, images, quotas, scheduler
+from cloud import deployment, hooks, images, quotas, scheduler
 from cloud.cores import CoreKind, core_of
 from cloud.cores.embedded import runtime_dir, segment
 from cloud.cores.local import LocalCore, boot, fail
+from cloud.deployment import Deployment
 from cloud.hosts import LOCALHOST_ID
 from cloud.model import DiskKind, VmState, VmTemplate, filesystem_maker, nic_device, parse_vm_template
 from cloud.qemu import OVMF_VARS, Drive, Nic, VmSpec, build_argv, choose_accel
@@ -109,34 +111,49 @@ def deploy_here(
     store = VmStore(state)
     directory = state.root / "vms" / str(ctx.vmid)
     record = _insert(store, vm, ctx, request, directory, quota)
-    current = "schedule"
+    current = "hooks"
     try:
+        event_hooks = hooks.resolve_hooks(hooks.load_hooks(request.etc), _hook_vm(vm, ctx, request, state))
+        work = Deployment(
+            record.vmid, vm, tuple(bases), ctx, request.hold, request.ssh_port, request.etc, event_hooks
+        )
+        current = "schedule"
+        deployment.save(state, work)  # for whichever process continues it (cloud/dispatch.py)
         record = scheduler.place_created(state, record.vmid, etc=request.etc)
         if record.hid != LOCALHOST_ID:
-            store.let_go(record.vmid)  # the dispatcher continues it once it is placed there
-            return record  # pending: placed on another host, or nowhere yet (its sched_message says why)
-        current = "hooks"
-        event_hooks = hooks.resolve_hooks(hooks.load_hooks(request.etc), _hook_vm(vm, ctx, request, state))
-        current = "prolog"
-        held = [b.marketplace_id for b in bases if b.marketplace_id]
-        record = store.transition(
-            record.vmid,
-            VmState.PROLOG,
-            allowed=(VmState.PENDING,),
-            info={"images": held, "hooks": event_hooks},
-        )
-        images.hold(state, bases, record.vmid)
-        with step("prolog"):
-            private_directory(directory)  # 0700: the overlays, the context ISO, the serial log
-            info = prolog(core, vm, bases, ctx, request, state=state, directory=directory)
-        record = store.transition(record.vmid, VmState.PROLOG, allowed=(VmState.PROLOG,), info=info)
-        hooks.fire(hooks.HookEvent.CREATE, event_hooks, record.vmid, directory)
-        if request.hold:
-            return store.transition(record.vmid, VmState.HOLD, allowed=(VmState.PROLOG,))
-        current = "boot"
-        return boot(state, record.vmid, allowed=(VmState.PROLOG,))
+            # Pending: placed on another host, or nowhere yet (its sched_message says why); the
+            # dispatcher continues it once it is placed where it can deploy it.
+            return store.let_go(record.vmid)
     except BaseException as exc:
         fail(state, record.vmid, current, exc)
+        raise
+    return continue_here(core, work, state=state)
+
+
+def continue_here(core: LocalCore, work: Deployment, *, state: State) -> VmRecord:
+    """A VM placed on this machine, whose worker this process is: prolog, then hold or boot; a
+    failure leaves it ``failed`` at the step, everything reserved undone."""
+    store = VmStore(state)
+    vmid = work.vmid
+    current = "prolog"
+    try:
+        held = [b.marketplace_id for b in work.bases if b.marketplace_id]
+        record = store.transition(
+            vmid, VmState.PROLOG, allowed=(VmState.PENDING,), info={"images": held, "hooks": work.hooks}
+        )
+        deployment.forget(state, vmid)  # it held the context: not kept past the claim
+        images.hold(state, work.bases, vmid)
+        with step("prolog"):
+            private_directory(record.directory)  # 0700: the overlays, the context ISO, the serial log
+            info = prolog(core, work, state=state, directory=record.directory)
+        record = store.transition(vmid, VmState.PROLOG, allowed=(VmState.PROLOG,), info=info)
+        hooks.fire(hooks.HookEvent.CREATE, work.hooks, vmid, record.directory)
+        if work.hold:
+            return store.transition(vmid, VmState.HOLD, allowed=(VmState.PROLOG,))
+        current = "boot"
+        return boot(state, vmid, allowed=(VmState.PROLOG,))
+    except BaseException as exc:
+        fail(state, vmid, current, exc)
         raise
 
 
@@ -208,21 +225,13 @@ def _identity(request: CreateRequest) -> User:
     return User(me.uid, request.owner, me.gid, me.gname) if request.owner != me.uname else me
 
 
-def prolog(
-    core: LocalCore,
-    vm: VmTemplate,
-    bases: Sequence[images.BaseImage],
-    ctx: ResolvedContext,
-    request: CreateRequest,
-    *,
-    state: State,
-    directory: Path,
-) -> dict[str, Any]:
+def prolog(core: LocalCore, work: Deployment, *, state: State, directory: Path) -> dict[str, Any]:
     """Create the VM's files and its QEMU command line; returns what the record keeps."""
+    vm, bases, ctx = work.vm, work.bases, work.ctx
     disks, drives = _disks(vm, bases, directory)
     cdroms: tuple[Path, ...] = ()
     if ctx.variables:
-        cdroms = (_context_iso(ctx, request, directory),)
+        cdroms = (_context_iso(ctx, work.etc, directory),)
     firmware = _firmware(bases, directory)
     ovmf_vars = None
     if firmware is Firmware.UEFI:
@@ -235,7 +244,7 @@ def prolog(
         memory_mib=vm.memory_mib,
         cpus=vm.vcpu,
         cdroms=cdroms,
-        nics=_nics(vm, ctx, request, state),
+        nics=_nics(vm, ctx, work.ssh_port, state),
         snapshot=False,
         kernel=Path(vm.os.kernel) if vm.os.kernel else None,
         initrd=Path(vm.os.initrd) if vm.os.initrd else None,
@@ -299,12 +308,12 @@ def _disks(
     return overlays, tuple(drives)
 
 
-def _context_iso(ctx: ResolvedContext, request: CreateRequest, directory: Path) -> Path:
+def _context_iso(ctx: ResolvedContext, etc: Path | None, directory: Path) -> Path:
     from context.iso import IsoFlavor, build_iso
     from context.settings import load_settings
     from imagekit.atomic import write_atomically
 
-    settings = load_settings(request.etc)
+    settings = load_settings(etc)
     iso = directory / "context.iso"
     data = build_iso(
         ctx,
@@ -326,7 +335,7 @@ def _firmware(bases: Sequence[images.BaseImage], directory: Path) -> Firmware:
     return Firmware.UEFI if firmware is Firmware.UEFI else Firmware.BIOS
 
 
-def _nics(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: State) -> tuple[Nic, ...]:
+def _nics(vm: VmTemplate, ctx: ResolvedContext, ssh_port: int | None, state: State) -> tuple[Nic, ...]:
     requests = sorted(lease_requests(vm.template), key=lambda r: r.nic_index)
     leased = {r.nic_index: lease for r, lease in zip(requests, ctx.leases, strict=True)}
     nics: list[Nic] = []
@@ -339,7 +348,7 @@ def _nics(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: S
             nics.append(Nic(spec.mac, nic_device(spec.model)))  # no network: user-mode
         else:
             raise InputError(f"NIC[{spec.index}]: give NETWORK, NETWORK_ID or MAC", where=spec.where)
-    if request.ssh_port is not None:
+    if ssh_port is not None:
         mac = f"52:54:00:{(ctx.vmid >> 16) & 0xFF:02x}:{(ctx.vmid >> 8) & 0xFF:02x}:{ctx.vmid & 0xFF:02x}"
-        nics.append(Nic(mac, forwards=((request.ssh_port, 22),)))
+        nics.append(Nic(mac, forwards=((ssh_port, 22),)))
     return tuple(nics)

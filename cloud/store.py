@@ -243,7 +243,7 @@ class VmStore:
                 )
             return self._get(db, vmid)
 
-    def let_go(self, vmid: int) -> None:
+    def let_go(self, vmid: int) -> VmRecord:
         """This process no longer works on pending VM ``vmid`` (a dispatcher may take it)."""
         with self.state.transaction() as db:
             db.execute(
@@ -251,6 +251,7 @@ class VmStore:
                 " WHERE vmid = ? AND worker_pid = ? AND worker_start IS ?",
                 (vmid, *this_worker()),
             )
+            return self._get(db, vmid)
 
     def adopt(self, record: VmRecord) -> VmRecord | None:
         """Become the worker of ``record``'s VM if it is still in the same state with the same

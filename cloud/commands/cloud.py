@@ -101,10 +101,13 @@ def upload_limit(text: str) -> int:
 
 
 def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **extra: object) -> int:
+    from cloud.dispatch import dispatch
     from cloud.recovery import recover
 
     listener = listener_from_args(args)
-    recover(State.open(state_dir(args.state)))  # what a killed server left half done
+    state = State.open(state_dir(args.state))
+    recover(state)  # what a killed server left half done
+    dispatch(state)  # VMs placed here whose creator died before their prolog
     print(f"{title} on {listener.url}", file=sys.stderr)
     if not args.verbose:
         # The steps of every request's `vm create`, interleaved from many at once, say nothing

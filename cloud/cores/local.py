@@ -22,7 +22,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cloud import hooks, images
+from cloud import deployment, hooks, images
 from cloud.cores import SAVED_STATE, CoreKind, core_of, migration_not_supported
 from cloud.model import VmState, VmTemplate
 from cloud.qemu import Accel, VmSpec
@@ -229,6 +229,7 @@ def _clean_up(state: State, record: VmRecord) -> None:
     except InputError:
         pass  # nothing held any more (a repeated clean-up)
     images.release(state, list(record.info.get("images", [])), record.vmid)
+    deployment.forget(state, record.vmid)  # a VM that ended before its prolog: its context
     saved_dir = state.root / "saved"
     for disk in record.info.get("save", []):
         saved_dir.mkdir(exist_ok=True)
