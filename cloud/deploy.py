@@ -141,12 +141,14 @@ def continue_here(core: LocalCore, work: Deployment, *, state: State) -> VmRecor
         record = store.transition(
             vmid, VmState.PROLOG, allowed=(VmState.PENDING,), info={"images": held, "hooks": work.hooks}
         )
-        deployment.forget(state, vmid)  # it held the context: not kept past the claim
         images.hold(state, work.bases, vmid)
         with step("prolog"):
             private_directory(record.directory)  # 0700: the overlays, the context ISO, the serial log
             info = prolog(core, work, state=state, directory=record.directory)
         record = store.transition(vmid, VmState.PROLOG, allowed=(VmState.PROLOG,), info=info)
+        # Kept until now so that a prolog cut short is done again (cloud/recovery.py); it holds
+        # the context, so not a moment longer.
+        deployment.forget(state, vmid)
         hooks.fire(hooks.HookEvent.CREATE, work.hooks, vmid, record.directory)
         if work.hold:
             return store.transition(vmid, VmState.HOLD, allowed=(VmState.PROLOG,))

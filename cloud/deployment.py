@@ -4,7 +4,7 @@ dispatches it (``cloud/dispatch.py``), not only by the one that created it.
 
     save(state, Deployment(vmid, vm, bases, ctx, hold=False, ssh_port=None, etc=None, hooks={}))
     work = load(state, vmid)          # None if none is kept
-    forget(state, vmid)               # when the prolog claims it, or the VM ends
+    forget(state, vmid)               # once its prolog is done, or the VM ends
 
 Everything is data kept as JSON, literally: the template's attributes as parsed (with their
 positions), the verified base images, the resolved CONTEXT with the VM's leases, the resolved
@@ -154,6 +154,11 @@ def load(state: State, vmid: int) -> Deployment | None:
     with state.read() as db:
         row = db.execute("SELECT deployment FROM cloud_vm_requests WHERE vmid = ?", (vmid,)).fetchone()
     return None if row is None else from_json(vmid, row["deployment"])
+
+
+def kept(state: State, vmid: int) -> bool:
+    with state.read() as db:
+        return db.execute("SELECT 1 FROM cloud_vm_requests WHERE vmid = ?", (vmid,)).fetchone() is not None
 
 
 def forget(state: State, vmid: int) -> None:

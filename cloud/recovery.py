@@ -8,14 +8,17 @@ calls :func:`recover` when it starts: a VM in a transitional state whose worker 
 that process (killed with ``kill -9``, crashed, the machine rebooted) is adopted (a
 compare-and-set, so two recovering processes never handle one VM twice) and
 
-- ``prolog``: fails at ``prolog`` with everything undone (``cloud/cores/local.py`` ``fail``,
-  the path a failing prolog takes: leases and context back, image holds released, overlays and
-  the context ISO removed; the quota counts it no more);
+- ``prolog``: is done again: back to ``pending`` (on its host, no worker), its deployment still
+  kept (``cloud/deployment.py``), for the dispatcher (``cloud/dispatch.py``), which redoes the
+  prolog (overlays and ISO are written anew) — so a VM whose creation was acknowledged survives;
+  without a kept deployment (made by an older imagekit) it fails at ``prolog`` with everything
+  undone (``cloud/cores/local.py`` ``fail``, the path a failing prolog takes: leases and context
+  back, image holds released, overlays and the context ISO removed; the quota counts it no more);
 - ``boot``: fails at ``boot`` the same way, its QEMU (if it got as far as starting one) killed;
 - ``shutdown``: ends as the shutdown would have (``done``), stopped hard if it still runs.
 
-A ``pending`` VM whose creator died is left to the dispatcher (``cloud/dispatch.py``), which
-continues it once it is placed.
+A ``pending`` VM whose creator died is left to the dispatcher, which continues it once it is
+placed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 
 from cloud.cores.embedded import alive
 from cloud.cores.local import fail, finish
+from cloud.deployment import kept
 from cloud.model import VmState
 from cloud.store import VmRecord, VmStore
 from imagekit.errors import InputError
@@ -65,4 +69,8 @@ def _settle(state: State, record: VmRecord, worker: int | None) -> VmRecord:
     log.warning("VM %d: %s", record.vmid, gone)
     if record.state is VmState.SHUTDOWN:
         return finish(state, record.vmid, reason=f"{gone}; stopped hard", allowed=(VmState.SHUTDOWN,))
+    if record.state is VmState.PROLOG and kept(state, record.vmid):
+        store = VmStore(state)
+        store.transition(record.vmid, VmState.PENDING, allowed=(VmState.PROLOG,), reason=f"{gone}: again")
+        return store.let_go(record.vmid)
     return fail(state, record.vmid, record.state.value, WorkerGone(gone))

@@ -144,11 +144,14 @@ def _state(args: argparse.Namespace) -> State:
 
 def _owning_state(args: argparse.Namespace) -> State:
     """The state for a command that deploys or boots VMs: first, what a process that died while
-    it did so left half done is resumed or failed (cloud/recovery.py)."""
+    it did so left half done is resumed or failed (cloud/recovery.py), and the VMs placed here
+    with nobody to deploy them are deployed (cloud/dispatch.py)."""
+    from cloud.dispatch import dispatch
     from cloud.recovery import recover
 
     state = _state(args)
     recover(state)
+    dispatch(state)
     return state
 
 

@@ -4,7 +4,7 @@
 -- written, positions kept), the verified base images, the resolved CONTEXT with the VM's
 -- leases, the resolved hooks and the request's options (hold, ssh port, etc directory). Values
 -- are data, kept literal; the row holds the context (keys, passwords): it is deleted when the
--- prolog claims the VM, or when the VM ends without one.
+-- prolog is done (a prolog cut short is done again from it), or when the VM ends.
 CREATE TABLE IF NOT EXISTS cloud_vm_requests (
     vmid INTEGER PRIMARY KEY,
     deployment TEXT NOT NULL

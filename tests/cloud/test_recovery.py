@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from cloud import lifecycle
+from cloud import deployment, images, lifecycle
 from cloud.cores import embedded
 from cloud.cores.local import hypervisor
 from cloud.deploy import CreateRequest, create_vm
+from cloud.dispatch import dispatch
 from cloud.model import VmState
 from cloud.recovery import recover
 from cloud.store import VmRecord, VmStore, this_worker
@@ -66,7 +67,37 @@ def test_a_vm_records_the_process_working_on_it(lab: BlankLab) -> None:
     assert (claimed.worker_pid, claimed.worker_start) == this_worker()
 
 
-def test_a_prolog_cut_short_fails_with_everything_undone(lab: BlankLab) -> None:
+def test_a_prolog_cut_short_is_done_again(lab: BlankLab) -> None:
+    """Its deployment is still kept: back to pending on its host, and the dispatcher redoes the
+    prolog with the same leases (an acknowledged VM survives)."""
+    state = lab.state
+    vm = create_vm(CreateRequest(lab.template, hold=True), state=state)
+    _left_by_a_dead_worker(state, vm.vmid, VmState.PROLOG)
+    deployment.save(state, _deployment_of(lab, vm))
+
+    (again,) = recover(state)
+    assert (again.vmid, again.state, again.hid, again.worker_pid) == (vm.vmid, VmState.PENDING, 0, None)
+    assert "its prolog was cut short" in again.reason
+    (held,) = dispatch(state).records
+    assert (held.vmid, held.state) == (vm.vmid, VmState.HOLD)
+    assert [lease.ip for lease in NetworkStore(state).leases()] == list(vm.info["leases"])
+    assert _files(held) == ["context.iso", "disk0.qcow2"] and not deployment.kept(state, vm.vmid)
+
+
+def _deployment_of(lab: BlankLab, vm: VmRecord) -> deployment.Deployment:
+    """What ``vm create`` kept for ``vm`` (rebuilt: it is forgotten once the prolog is done)."""
+    from cloud.model import parse_vm_template
+    from context.model import ResolvedContext
+    from context.template import load_template
+
+    parsed = parse_vm_template(load_template(lab.template))
+    bases = images.resolve_images(parsed, images=(), state=lab.state, template_dir=lab.template.parent)
+    leases = tuple(lease for lease in NetworkStore(lab.state).leases() if lease.vmid == vm.vmid)
+    ctx = ResolvedContext(vm.vmid, {"ETH0_IP": leases[0].ip}, (), leases)
+    return deployment.Deployment(vm.vmid, parsed, bases, ctx, True, None, None, {})
+
+
+def test_a_prolog_cut_short_with_nothing_kept_fails_with_everything_undone(lab: BlankLab) -> None:
     state = lab.state
     vm = create_vm(CreateRequest(lab.template, hold=True), state=state)
     assert _files(vm) == ["context.iso", "disk0.qcow2"] and NetworkStore(state).leases()
