@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud import deployment, hooks, images, quotas, scheduler
+from cloud import deployment, dispatch, hooks, images, quotas, scheduler
 from cloud.cores import CoreKind, core_of
 from cloud.cores.embedded import runtime_dir, segment
 from cloud.cores.local import LocalCore, boot, fail
@@ -120,10 +120,16 @@ def deploy_here(
         current = "schedule"
         deployment.save(state, work)  # for whichever process continues it (cloud/dispatch.py)
         record = scheduler.place_created(state, record.vmid, etc=request.etc)
-        if record.hid != LOCALHOST_ID:
-            # Pending: placed on another host, or nowhere yet (its sched_message says why); the
-            # dispatcher continues it once it is placed where it can deploy it.
-            return store.let_go(record.vmid)
+        background = dispatch.in_process()
+        if background is not None and not background.defer:
+            background = None  # a server that does the prolog in the request
+        if record.hid != LOCALHOST_ID or background is not None:
+            # Pending: placed on another host, or nowhere yet (its sched_message says why), or
+            # this is a server whose own dispatcher does the prolog outside the request.
+            record = store.let_go(record.vmid)
+            if background is not None:
+                background.wake()
+            return record
     except BaseException as exc:
         fail(state, record.vmid, current, exc)
         raise
@@ -136,24 +142,27 @@ def continue_here(core: LocalCore, work: Deployment, *, state: State) -> VmRecor
     store = VmStore(state)
     vmid = work.vmid
     current = "prolog"
+    held = [b.marketplace_id for b in work.bases if b.marketplace_id]
+    # The claim: a VM deleted (or held) meanwhile is left as it is, not failed.
+    record = store.transition(
+        vmid, VmState.PROLOG, allowed=(VmState.PENDING,), info={"images": held, "hooks": work.hooks}
+    )
     try:
-        held = [b.marketplace_id for b in work.bases if b.marketplace_id]
-        record = store.transition(
-            vmid, VmState.PROLOG, allowed=(VmState.PENDING,), info={"images": held, "hooks": work.hooks}
-        )
         images.hold(state, work.bases, vmid)
         with step("prolog"):
             private_directory(record.directory)  # 0700: the overlays, the context ISO, the serial log
             info = prolog(core, work, state=state, directory=record.directory)
         record = store.transition(vmid, VmState.PROLOG, allowed=(VmState.PROLOG,), info=info)
-        # Kept until now so that a prolog cut short is done again (cloud/recovery.py); it holds
-        # the context, so not a moment longer.
-        deployment.forget(state, vmid)
         hooks.fire(hooks.HookEvent.CREATE, work.hooks, vmid, record.directory)
         if work.hold:
-            return store.transition(vmid, VmState.HOLD, allowed=(VmState.PROLOG,))
-        current = "boot"
-        return boot(state, vmid, allowed=(VmState.PROLOG,))
+            record = store.transition(vmid, VmState.HOLD, allowed=(VmState.PROLOG,))
+        else:
+            current = "boot"
+            record = boot(state, vmid, allowed=(VmState.PROLOG,))
+        # Kept until the VM left prolog, so that a prolog cut short is done again
+        # (cloud/recovery.py); it holds the context, so not a moment longer.
+        deployment.forget(state, vmid)
+        return record
     except BaseException as exc:
         fail(state, vmid, current, exc)
         raise

@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from cloud.cores.local import fail, hypervisor
 from cloud.deployment import Deployment, load
 from cloud.hosts import Host, HostStore
 from cloud.model import VmState
 from cloud.recovery import orphaned
+from cloud.sched_conf import load_sched_settings
+from cloud.scheduler import place_created, schedule
 from cloud.store import VmRecord, VmStore
 from imagekit.errors import DataError
 from imagekit.state import State
@@ -67,10 +72,16 @@ class Dispatched:
 
 
 def waiting(state: State, *, only: int | None = None) -> list[tuple[VmRecord, Deployer]]:
-    """The placed pending VMs with no live worker that a deployer of this process can take."""
+    """The placed pending VMs with no live worker that a deployer of this process can take.
+    With localhost the only host, one left with no host (its creator died before placing it)
+    is placed there first, as ``vm create`` would have (the scheduler never places on a
+    localhost that was never monitored)."""
     hosts = {h.hid: h for h in HostStore(state).list()}
     found: list[tuple[VmRecord, Deployer]] = []
-    for record in VmStore(state).worked((VmState.PENDING,)):
+    pending = VmStore(state).worked((VmState.PENDING,))
+    if all(h.local for h in hosts.values()):
+        pending = [place_created(state, r.vmid) if r.hid is None and orphaned(r) else r for r in pending]
+    for record in pending:
         host = hosts.get(record.hid) if record.hid is not None else None
         if host is None or (only is not None and record.vmid != only) or not orphaned(record):
             continue
@@ -80,24 +91,83 @@ def waiting(state: State, *, only: int | None = None) -> list[tuple[VmRecord, De
     return found
 
 
-def dispatch(state: State, *, only: int | None = None) -> Dispatched:
-    """Deploy every waiting VM (VM ``only``, when given), one after the other (module docstring)."""
+def dispatch(state: State, *, only: int | None = None, workers: int = 1) -> Dispatched:
+    """Deploy every waiting VM (VM ``only``, when given), ``workers`` at a time (module docstring)."""
+    found = waiting(state, only=only)
+    if workers <= 1 or len(found) <= 1:
+        done = [_deploy_one(state, record, deployer) for record, deployer in found]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prolog") as pool:
+            done = list(pool.map(lambda job: _deploy_one(state, *job), found))
+    return Dispatched(tuple(record for record in done if record is not None))
+
+
+def _deploy_one(state: State, record: VmRecord, deployer: Deployer) -> VmRecord | None:
     store = VmStore(state)
-    done: list[VmRecord] = []
-    for record, deployer in waiting(state, only=only):
-        adopted = store.adopt(record)
-        if adopted is None:
-            continue  # another dispatcher took it, or a verb moved it on
-        try:
-            work = load(state, record.vmid)
-            if work is None:
-                raise DataError("its deployment was not kept (an older imagekit made it): create it again")
-        except DataError as err:
-            done.append(fail(state, record.vmid, "dispatch", err))
-            continue
-        try:
-            done.append(deployer(state, adopted, work))
-        except Exception as err:  # failed at its step, everything undone (deploy.continue_here)
-            log.warning("VM %d: %s", record.vmid, err)
-            done.append(store.get(record.vmid))
-    return Dispatched(tuple(done))
+    adopted = store.adopt(record)
+    if adopted is None:
+        return None  # another dispatcher took it, or a verb moved it on
+    try:
+        work = load(state, record.vmid)
+        if work is None:
+            raise DataError("its deployment was not kept (an older imagekit made it): create it again")
+    except DataError as err:
+        return fail(state, record.vmid, "dispatch", err)
+    try:
+        return deployer(state, adopted, work)
+    except Exception as err:  # failed at its step, everything undone (deploy.continue_here)
+        log.warning("VM %d: %s", record.vmid, err)
+        return store.get(record.vmid)
+
+
+class Background:
+    """The scheduler and the dispatcher in a server's process (``cloud serve ec2|occi``): a pass
+    and a dispatch at its start (what a killed server left), at each wake and every
+    ``SCHED_INTERVAL`` (VMs another process's scheduler placed here). With ``defer``, ``vm
+    create`` in this process returns a VM ``pending`` (placed, its deployment kept) and wakes
+    it, instead of doing the prolog in the request (``--background-prolog``)."""
+
+    def __init__(
+        self, state: State, *, defer: bool = False, etc: Path | None = None, workers: int = 4
+    ) -> None:
+        self.state = state
+        self.defer = defer
+        self.settings = load_sched_settings(etc)
+        self.workers = workers
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
+
+    def start(self) -> None:
+        global _running
+        _running = self
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """After the dispatch in progress (a prolog cut short by the exit is done again later)."""
+        global _running
+        _running = None
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                schedule(self.state, self.settings)
+                dispatch(self.state, workers=self.workers)
+            except Exception:  # a server's scheduler must outlive one bad pass
+                log.exception("scheduling and dispatching failed")
+            self._wake.wait(self.settings.interval)
+
+
+_running: Background | None = None
+
+
+def in_process() -> Background | None:
+    """The scheduler and dispatcher this process runs, if any (a server's)."""
+    return _running

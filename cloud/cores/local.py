@@ -264,6 +264,11 @@ def fail(state: State, vmid: int, step: str, error: BaseException) -> VmRecord:
     """A deployment step failed: undo what earlier steps reserved; the record names the step."""
     store = VmStore(state)
     before = store.get(vmid)
+    if before.state in (VmState.DONE, VmState.FAILED):
+        # Ended meanwhile (deleted while a dispatcher ran its prolog): it stays as it ended, and
+        # what the step made after that clean-up goes too.
+        _clean_up(state, before)
+        return before
     reason = str(error) or type(error).__name__
     record = store.transition(vmid, VmState.FAILED, reason=reason, step=step, pid=None, pid_start=None)
     _kill(before)

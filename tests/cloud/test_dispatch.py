@@ -17,7 +17,7 @@ import pytest
 
 from cloud.deploy import CreateRequest, create_vm
 from cloud.deployment import from_json, load, to_json
-from cloud.dispatch import dispatch
+from cloud.dispatch import Background, dispatch
 from cloud.hosts import LOCALHOST_ID, HostStore
 from cloud.model import VmState
 from cloud.sched_conf import SchedSettings
@@ -25,6 +25,7 @@ from cloud.scheduler import schedule
 from cloud.store import VmRecord, VmStore
 from context.leases import NetworkStore
 from imagekit.cli import main
+from imagekit.state import State
 
 from .blank import BlankLab
 from .test_scheduler import _host
@@ -151,3 +152,73 @@ def test_vm_create_wait_waits_for_the_scheduler(
     assert main(["vm", "create", str(blank_lab.template), "--hold", "--wait", "60", "--json"]) == 0
     thread.join(timeout=60)
     assert VmStore(state).list()[0].state is VmState.HOLD
+
+
+def test_a_server_with_background_prolog_answers_pending_and_deploys_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cloud serve occi --background-prolog``: the server's own scheduler thread deploys what
+    POST /compute recorded (held here); that the request leaves it pending is the test below."""
+    from cloud.users import UserStore
+    from tests.cloud.serving import cloud_server
+    from tests.cloud.test_occi_server import PASSWORDS, client, compute_body, upload, xml
+
+    monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
+    state = State.open(tmp_path / "state")
+    UserStore(state).create("alice", PASSWORDS["alice"])
+    image = tmp_path / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "16M"], check=True)
+    with (
+        cloud_server("occi", state.root, None, "--hold", "--background-prolog") as url,
+        client(url) as alice,
+    ):
+        storage = upload(alice, image).findtext("ID") or ""
+        network = b"<NIC><NAME>lan</NAME><ADDRESS>10.7.0.0</ADDRESS><SIZE>C</SIZE></NIC>"
+        net = xml(alice.post("/network", content=network), 201).findtext("ID") or ""
+        vm = xml(alice.post("/compute", content=compute_body(storage, net)), 201)
+        # PENDING, or already ACTIVE (prolog, boot) or HOLD if the server's thread was quick.
+        vmid = vm.findtext("ID") or ""
+        deadline = time.monotonic() + 60
+        while xml(alice.get(f"/compute/{vmid}"), 200).findtext("STATE") != "HOLD":
+            assert time.monotonic() < deadline, "never deployed"
+            time.sleep(0.1)
+    states = [h.state for h in VmStore(state).history(int(vmid))]
+    assert states == [VmState.PENDING, VmState.PROLOG, VmState.HOLD]
+
+
+def test_with_a_deferring_dispatcher_in_process_vm_create_leaves_the_prolog_to_it(
+    blank_lab: BlankLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    background = Background(blank_lab.state, defer=True)
+    monkeypatch.setattr("cloud.dispatch._running", background)  # as Background.start(), no thread
+    record = create_vm(CreateRequest(blank_lab.template, hold=True), state=blank_lab.state)
+    assert (record.state, record.hid, record.worker_pid) == (VmState.PENDING, LOCALHOST_ID, None)
+    assert background._wake.is_set()  # woken for it
+    (held,) = dispatch(blank_lab.state).records
+    assert (held.vmid, held.state) == (record.vmid, VmState.HOLD)
+    monkeypatch.setattr("cloud.dispatch._running", Background(blank_lab.state, defer=False))
+    in_request = create_vm(CreateRequest(blank_lab.template, hold=True), state=blank_lab.state)
+    assert in_request.state is VmState.HOLD  # without --background-prolog: in the request
+
+
+def test_with_only_localhost_a_vm_its_creator_never_placed_is_placed_there(blank_lab: BlankLab) -> None:
+    """The creator died between recording the VM and placing it: the scheduler never places on
+    a never-monitored localhost, so the dispatcher does what vm create would have."""
+    record = create_vm(CreateRequest(blank_lab.template, hold=True), state=blank_lab.state)
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    with blank_lab.state.transaction() as db:
+        db.execute(
+            "UPDATE cloud_vms SET state = 'pending', hid = NULL, worker_pid = ?, worker_start = 1"
+            " WHERE vmid = ?",
+            (proc.pid, record.vmid),
+        )
+    assert HostStore(blank_lab.state).get("localhost").last_monitored == 0
+    (failed,) = dispatch(blank_lab.state).records  # its deployment was forgotten after its prolog
+    assert (failed.vmid, failed.hid, failed.state, failed.step) == (
+        record.vmid,
+        0,
+        VmState.FAILED,
+        "dispatch",
+    )
+    assert NetworkStore(blank_lab.state).leases() == []
