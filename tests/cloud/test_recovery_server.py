@@ -130,6 +130,15 @@ def test_the_server_killed_mid_burst_leaves_nothing_stuck(
                         ImageId="ami-00000001", MinCount=1, MaxCount=1, ClientToken=token
                     )
                     assert [i["InstanceId"] for i in again["Instances"]] == [instance]
+                with pytest.raises(ClientError) as err:  # the same token for another launch
+                    retry.run_instances(
+                        ImageId="ami-00000001",
+                        MinCount=1,
+                        MaxCount=1,
+                        ClientToken=token,
+                        InstanceType="m1.large",
+                    )
+                assert err.value.response["Error"]["Code"] == "IdempotentParameterMismatch"
             stop = threading.Event()
             clients = _burst(url, alice, round_, acked, stop)
             _kill_mid_prolog(state, proc, acked, at_least=len(acked) + 8)
