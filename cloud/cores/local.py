@@ -153,8 +153,17 @@ class LocalCore(abc.ABC):
         return VmStore(state).transition(vmid, VmState.HOLD, allowed=(VmState.PENDING, VmState.PROLOG))
 
     def release(self, state: State, vmid: int) -> VmRecord:
-        """A held VM boots now (there is one host: release is also the deploy)."""
-        return boot(state, vmid, allowed=(VmState.HOLD,))
+        """A held VM boots now; one held before its prolog is pending again (1.4's release) and
+        deployed now if it is placed here (cloud/dispatch.py)."""
+        store = VmStore(state)
+        if "argv" in store.get(vmid).info:
+            return boot(state, vmid, allowed=(VmState.HOLD,))
+        from cloud.dispatch import dispatch  # it imports this module
+
+        store.transition(vmid, VmState.PENDING, allowed=(VmState.HOLD,), reason="released")
+        store.let_go(vmid)
+        dispatched = dispatch(state, only=vmid).records
+        return dispatched[0] if dispatched else store.get(vmid)
 
     def reconcile(self, state: State, record: VmRecord) -> VmRecord:
         if not record.state.has_process or self.alive(record):

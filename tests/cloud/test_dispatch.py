@@ -222,3 +222,20 @@ def test_with_only_localhost_a_vm_its_creator_never_placed_is_placed_there(blank
         "dispatch",
     )
     assert NetworkStore(blank_lab.state).leases() == []
+
+
+def test_a_vm_held_before_its_prolog_is_pending_again_at_release(blank_lab: BlankLab) -> None:
+    """onevm hold of a pending VM, then release: 1.4 makes it pending again (it was never
+    prepared); placed here, it is deployed at once (before, release booted a VM with no files)."""
+    from cloud import lifecycle
+
+    record = _waiting_for_a_host(blank_lab, hold=False)
+    assert lifecycle.hold(blank_lab.state, record.vmid).state is VmState.HOLD
+    with blank_lab.state.transaction() as db:
+        db.execute("UPDATE cloud_vms SET hid = 0 WHERE vmid = ?", (record.vmid,))
+    with pytest.MonkeyPatch.context() as mp:  # the boot itself is the vm tier's: stop after prolog
+        mp.setattr("cloud.deploy.boot", lambda state, vmid, allowed: VmStore(state).get(vmid))
+        released = lifecycle.release(blank_lab.state, record.vmid)
+    assert released.state is VmState.PROLOG and "argv" in released.info
+    states = [h.state for h in VmStore(blank_lab.state).history(record.vmid)]
+    assert states == [VmState.PENDING, VmState.HOLD, VmState.PENDING, VmState.PROLOG]
