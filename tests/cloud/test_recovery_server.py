@@ -6,7 +6,10 @@ prolog (overlay, context ISO, leases) is the work a kill cuts short."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cloud import deployment
 from cloud.ec2.images import ImageStore
 from cloud.model import VmState
 from cloud.store import VmRecord, VmStore
@@ -25,9 +29,10 @@ from context.template import parse_template
 from imagekit.state import State
 from tests.cloud.serving import cloud_server_process, ec2_client
 
-from .blank import an_ec2_upload
+from .blank import BlankLab, an_ec2_upload
 
 pytestmark = pytest.mark.timeout(300)
+REPO = Path(__file__).resolve().parents[2]
 
 PUBLIC = 'NAME = "Public EC2"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.8.0.0"\nNETWORK_SIZE = "B"\n'
 ENDED = (VmState.DONE, VmState.FAILED)
@@ -149,3 +154,34 @@ def test_the_server_killed_mid_burst_leaves_nothing_stuck(
     assert left_transitional > 0  # the kills did cut prologs short (the point of the test)
     with cloud_server_process("ec2", state.root, None, *options) as (url, _):
         _check_nothing_stuck_or_leaked(state, acked, ec2_client(url, alice))
+
+
+def test_the_scheduler_killed_mid_dispatch_leaves_nothing_stuck(blank_lab: BlankLab) -> None:
+    """``imagekit sched`` killed with ``kill -9`` while it deploys placed VMs; the next one
+    (``--once``) recovers the prolog cut short and deploys the rest: every VM held, with its
+    leases, none transitional, no deployment kept."""
+    from tests.cloud.test_dispatch import _waiting_for_a_host
+
+    state = blank_lab.state
+    vms = [_waiting_for_a_host(blank_lab) for _ in range(16)]
+    leases = {vm.vmid: list(vm.info["leases"]) for vm in vms}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "IMAGEKIT_STATE": str(state.root)}
+    argv = [sys.executable, "-m", "imagekit", "sched", "--json"]
+    with subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 60
+        while not any(r.state is VmState.PROLOG for r in VmStore(state).list()):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    cut_short = [r.vmid for r in VmStore(state).list() if r.state is VmState.PROLOG]
+    assert cut_short  # the kill did cut a prolog short
+    subprocess.run([*argv, "--once"], env=env, check=True, stdout=subprocess.DEVNULL, timeout=120)
+    for record in VmStore(state).list():
+        assert record.state is VmState.HOLD, (record.vmid, record.state, record.reason)
+        assert sorted(
+            lease.ip for lease in NetworkStore(state).leases() if lease.vmid == record.vmid
+        ) == sorted(leases[record.vmid])
+        assert sorted(_disk_files(record)) == ["context.iso", "disk0.qcow2"]
+        assert not deployment.kept(state, record.vmid)
+    history = [h.reason for h in VmStore(state).history(cut_short[0])]
+    assert any("its prolog was cut short" in reason for reason in history)
