@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,7 @@ def deploy_here(
     """The rest of the pipeline on a local core: context, the VM's row, prolog, hold or boot."""
     from context.render import prepare_context
 
+    store = VmStore(state)
     with step("context"):
         ctx = prepare_context(
             request.template,
@@ -107,10 +109,9 @@ def deploy_here(
             user=_identity(request),
             owner_id=request.owner_id,
             image_paths=request.image_templates,
+            then=lambda db, ctx: _insert(store, db, vm, ctx, request, quota),
         )
-    store = VmStore(state)
-    directory = state.root / "vms" / str(ctx.vmid)
-    record = _insert(store, vm, ctx, request, directory, quota)
+    record = store.get(ctx.vmid)
     current = "hooks"
     try:
         event_hooks = hooks.resolve_hooks(hooks.load_hooks(request.etc), _hook_vm(vm, ctx, request, state))
@@ -170,38 +171,34 @@ def continue_here(core: LocalCore, work: Deployment, *, state: State) -> VmRecor
 
 def _insert(
     store: VmStore,
+    db: sqlite3.Connection,
     vm: VmTemplate,
     ctx: ResolvedContext,
     request: CreateRequest,
-    directory: Path,
     quota: quotas.Quotas,
-) -> VmRecord:
-    """The VM's row, admitted by the owner's quota in the same transaction (so parallel
-    requests cannot overshoot it); a refused VM gives its leases and context back."""
-    from context.render import release_vm
-
-    try:
-        return store.insert(
-            ctx.vmid,
-            name=vm.name or f"one-{ctx.vmid}",
-            owner=request.owner,
-            owner_id=request.owner_id,
-            core=request.core,
-            template=str(request.template),
-            directory=directory,
-            info={
-                "etc": str(request.etc) if request.etc else "",
-                "leases": [lease.ip for lease in ctx.leases],
-                "cpu": vm.cpu,  # what the quota counts, and the scheduler (cloud/scheduler.py)
-                "memory_mib": vm.memory_mib,
-                "requirements": vm.requirements.text,
-                "rank": vm.rank.text,
-            },
-            admit=quota.admit_vm(request.owner_id, cpu=vm.cpu, memory_mib=vm.memory_mib),
-        )
-    except quotas.QuotaExceeded:
-        release_vm(store.state, ctx.vmid, etc=request.etc)
-        raise
+) -> None:
+    """The VM's row, in the transaction that takes its id, leases and context, and admitted by
+    the owner's quota there too (so parallel requests cannot overshoot it); a refused VM, or a
+    process killed before the row, leaves no lease or context behind (they roll back)."""
+    store.insert_in(
+        db,
+        ctx.vmid,
+        name=vm.name or f"one-{ctx.vmid}",
+        owner=request.owner,
+        owner_id=request.owner_id,
+        core=request.core,
+        template=str(request.template),
+        directory=store.state.root / "vms" / str(ctx.vmid),
+        info={
+            "etc": str(request.etc) if request.etc else "",
+            "leases": [lease.ip for lease in ctx.leases],
+            "cpu": vm.cpu,  # what the quota counts, and the scheduler (cloud/scheduler.py)
+            "memory_mib": vm.memory_mib,
+            "requirements": vm.requirements.text,
+            "rank": vm.rank.text,
+        },
+        admit=quota.admit_vm(request.owner_id, cpu=vm.cpu, memory_mib=vm.memory_mib),
+    )
 
 
 def _hook_vm(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: State) -> Any:

@@ -129,26 +129,47 @@ class VmStore:
         user's id, what ownership is checked by; None: a local account's); ``admit`` (a quota
         check: ``cloud/quotas.py``) runs first in the same transaction, so what it counted still
         holds when the row is written."""
-        now = time.time()
         with self.state.transaction() as db:
-            if admit is not None:
-                admit(db)
-            try:
-                db.execute(
-                    "INSERT INTO cloud_vms (vmid, name, owner, owner_id, core, state, template, directory,"
-                    " info, created, updated, worker_pid, worker_start)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (vmid, name, owner, owner_id, CoreKind(core).value, VmState.PENDING.value, template,
-                     str(directory),
-                     json.dumps(dict(info or {})), now, now, *this_worker()),
-                )  # fmt: skip
-            except sqlite3.IntegrityError:
-                raise InputError(f"VM {vmid} already exists") from None
+            return self.insert_in(
+                db, vmid, name=name, owner=owner, core=core, template=template, directory=directory,
+                info=info, admit=admit, owner_id=owner_id,
+            )  # fmt: skip
+
+    def insert_in(
+        self,
+        db: sqlite3.Connection,
+        vmid: int,
+        *,
+        name: str,
+        owner: str,
+        core: CoreKind,
+        template: str,
+        directory: Path,
+        info: Mapping[str, Any] | None = None,
+        admit: Callable[[sqlite3.Connection], None] | None = None,
+        owner_id: int | None = None,
+    ) -> VmRecord:
+        """:meth:`insert` inside the caller's transaction ``db`` (``vm create`` writes the row in
+        the one that takes the VM's leases: a process killed in between leaves neither)."""
+        now = time.time()
+        if admit is not None:
+            admit(db)
+        try:
             db.execute(
-                "INSERT INTO cloud_vm_history (vmid, state, at) VALUES (?, ?, ?)",
-                (vmid, VmState.PENDING.value, now),
-            )
-            return self._get(db, vmid)
+                "INSERT INTO cloud_vms (vmid, name, owner, owner_id, core, state, template, directory,"
+                " info, created, updated, worker_pid, worker_start)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (vmid, name, owner, owner_id, CoreKind(core).value, VmState.PENDING.value, template,
+                 str(directory),
+                 json.dumps(dict(info or {})), now, now, *this_worker()),
+            )  # fmt: skip
+        except sqlite3.IntegrityError:
+            raise InputError(f"VM {vmid} already exists") from None
+        db.execute(
+            "INSERT INTO cloud_vm_history (vmid, state, at) VALUES (?, ?, ?)",
+            (vmid, VmState.PENDING.value, now),
+        )
+        return self._get(db, vmid)
 
     def get(self, vmid: int) -> VmRecord:
         db = self.state.db()

@@ -18,7 +18,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from context.contextsh import check_key
@@ -184,12 +184,16 @@ def prepare_context(
     user_path: Path | None = None,
     image_paths: Sequence[Path] = (),
     owner_id: int | None = None,
+    then: Callable[[sqlite3.Connection, ResolvedContext], None] | None = None,
 ) -> ResolvedContext:
     """Instantiate the VM template and resolve its CONTEXT (see the module docstring).
 
     ``user`` (or a user template at ``user_path``) is the owner, the invoking user by default;
     ``owner_id`` the cloud user it is (None: a local account), whose VMs alone ``$<vmid>.VAR``
-    reads; ``image_paths`` are image templates that DISK=[IMAGE=…] and ``$IMAGE[…]`` refer to."""
+    reads; ``image_paths`` are image templates that DISK=[IMAGE=…] and ``$IMAGE[…]`` refer to;
+    ``then`` runs in the same transaction once the context is resolved (the cloud core writes its
+    VM row there, so a process killed in between leaves no lease without a VM), its error
+    undoing everything as any other."""
     tmpl = load_template(template_path)
     settings = load_settings(etc)
     owner = user or (load_user(user_path) if user_path is not None else invoking_user())
@@ -230,6 +234,8 @@ def prepare_context(
                     raise InputError(err.reason, where=where) from None
             files = _collect_files(variables.get("FILES", ""), template_path.parent, where, settings)
             ordered = tuple(leases[i] for i in sorted(leases))
+            if then is not None:
+                then(db, ResolvedContext(vmid, variables, files, ordered))
         except Exception as exc:
             failure = exc
         if failure is None and keep:

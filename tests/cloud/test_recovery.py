@@ -177,3 +177,20 @@ def test_a_shutdown_cut_short_ends_the_vm(lab: BlankLab) -> None:
     assert after.state is VmState.DONE and "stopped hard" in after.reason
     assert not embedded.alive(vm.pid, vm.pid_start)
     assert NetworkStore(state).leases() == [] and _files(after) == []
+
+
+def test_the_vm_row_is_written_with_its_leases_or_neither_is(
+    lab: BlankLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed between taking the leases and writing the VM row used to leave leases
+    with no VM (the server test found them): now one transaction does both."""
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise SystemError("killed here")
+
+    monkeypatch.setattr(VmStore, "insert_in", dies)
+    with pytest.raises(SystemError):
+        create_vm(CreateRequest(lab.template, hold=True), state=lab.state)
+    assert NetworkStore(lab.state).leases() == [] and VmStore(lab.state).list() == []
+    with lab.state.read() as db:
+        assert db.execute("SELECT count(*) FROM vms").fetchone()[0] == 0  # no context kept
