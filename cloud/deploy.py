@@ -1,7 +1,8 @@
 """``vm create``: from a VM template to a running VM, undoing every reservation if a step fails.
 
     parse → images (resolved, verified) → VM id + leases + CONTEXT (context.render) →
-    a host (cloud/scheduler.py: localhost goes on; elsewhere or nowhere yet stays pending) →
+    hooks, the deployment kept (cloud/deployment.py) → a host (cloud/scheduler.py: localhost
+    goes on here; elsewhere or nowhere yet stays pending, for cloud/dispatch.py) →
     prolog (overlays, swap/fs disks, context ISO, the QEMU command line) → hold, or boot
 
 Steps up to the context reserve nothing that outlives a failure (``prepare_context`` rolls its
@@ -13,15 +14,17 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud import hooks, images, quotas, scheduler
+from cloud import deployment, dispatch, hooks, images, quotas, scheduler
 from cloud.cores import CoreKind, core_of
 from cloud.cores.embedded import runtime_dir, segment
 from cloud.cores.local import LocalCore, boot, fail
+from cloud.deployment import Deployment
 from cloud.hosts import LOCALHOST_ID
 from cloud.model import DiskKind, VmState, VmTemplate, filesystem_maker, nic_device, parse_vm_template
 from cloud.qemu import OVMF_VARS, Drive, Nic, VmSpec, build_argv, choose_accel
@@ -29,6 +32,7 @@ from cloud.siteconfig import SiteConfig, load_site
 from cloud.standalone import check_chain
 from cloud.store import VmRecord, VmStore
 from context.model import ResolvedContext, Template
+from context.settings import OnedSettings
 from context.template import load_template, serialise
 from context.vm import User, invoking_user, parse_images
 from imagekit.diskimage import Firmware, boot_firmware
@@ -113,6 +117,7 @@ def deploy_here(
     """The rest of the pipeline on a local core: context, the VM's row, prolog, hold or boot."""
     from context.render import prepare_context
 
+    store = VmStore(state)
     with step("context"):
         ctx = prepare_context(
             request.template,
@@ -123,78 +128,98 @@ def deploy_here(
             user=_identity(request),
             owner_id=request.owner_id,
             images=parse_images(request.images),
+            then=lambda db, ctx: _insert(store, db, vm, ctx, request, quota),
         )
-    store = VmStore(state)
-    directory = state.root / "vms" / str(ctx.vmid)
-    record = _insert(store, vm, ctx, request, directory, quota)
-    current = "schedule"
+    record = store.get(ctx.vmid)
+    current = "hooks"
     try:
-        record = scheduler.place_created(state, record.vmid, site=request.site)
-        if record.hid != LOCALHOST_ID:
-            return record  # pending: placed on another host, or nowhere yet (its sched_message says why)
-        current = "hooks"
         assert ctx.vm is not None  # prepare_context gives the VM as kept, for the hooks
         event_hooks = hooks.resolve_hooks(request.site.hooks, ctx.vm)
-        current = "prolog"
-        held = [b.marketplace_id for b in bases if b.marketplace_id]
-        record = store.transition(
-            record.vmid,
-            VmState.PROLOG,
-            allowed=(VmState.PENDING,),
-            info={"images": held, "hooks": event_hooks},
-        )
-        images.hold(state, bases, record.vmid)
-        with step("prolog"):
-            private_directory(directory)  # 0700: the overlays, the context ISO, the serial log
-            info = prolog(core, vm, bases, ctx, request, state=state, directory=directory)
-        record = store.transition(record.vmid, VmState.PROLOG, allowed=(VmState.PROLOG,), info=info)
-        hooks.fire(hooks.HookEvent.CREATE, event_hooks, record.vmid, directory)
-        if request.hold:
-            return store.transition(record.vmid, VmState.HOLD, allowed=(VmState.PROLOG,))
-        current = "boot"
-        return boot(state, record.vmid, allowed=(VmState.PROLOG,))
+        work = Deployment(record.vmid, vm, tuple(bases), ctx, request.hold, request.ssh_port, event_hooks)
+        current = "schedule"
+        deployment.save(state, work)  # for whichever process continues it (cloud/dispatch.py)
+        record = scheduler.place_created(state, record.vmid, site=request.site)
+        background = dispatch.in_process()
+        if background is not None and not background.defer:
+            background = None  # a server that does the prolog in the request
+        if record.hid != LOCALHOST_ID or background is not None:
+            # Pending: placed on another host, or nowhere yet (its sched_message says why), or
+            # this is a server whose own dispatcher does the prolog outside the request.
+            record = store.let_go(record.vmid)
+            if background is not None:
+                background.wake()
+            return record
     except BaseException as exc:
         fail(state, record.vmid, current, exc)
+        raise
+    return continue_here(core, work, state=state, site=request.site)
+
+
+def continue_here(core: LocalCore, work: Deployment, *, state: State, site: SiteConfig) -> VmRecord:
+    """A VM placed on this machine, whose worker this process is: prolog, then hold or boot; a
+    failure leaves it ``failed`` at the step, everything reserved undone."""
+    store = VmStore(state)
+    vmid = work.vmid
+    current = "prolog"
+    held = [b.marketplace_id for b in work.bases if b.marketplace_id]
+    # The claim: a VM deleted (or held) meanwhile is left as it is, not failed.
+    record = store.transition(
+        vmid, VmState.PROLOG, allowed=(VmState.PENDING,), info={"images": held, "hooks": work.hooks}
+    )
+    try:
+        images.hold(state, work.bases, vmid)
+        with step("prolog"):
+            private_directory(record.directory)  # 0700: the overlays, the context ISO, the serial log
+            info = prolog(core, work, state=state, directory=record.directory, settings=site.oned)
+        record = store.transition(vmid, VmState.PROLOG, allowed=(VmState.PROLOG,), info=info)
+        hooks.fire(hooks.HookEvent.CREATE, work.hooks, vmid, record.directory)
+        if work.hold:
+            record = store.transition(vmid, VmState.HOLD, allowed=(VmState.PROLOG,))
+        else:
+            current = "boot"
+            record = boot(state, vmid, allowed=(VmState.PROLOG,))
+        # Kept until the VM left prolog, so that a prolog cut short is done again
+        # (cloud/recovery.py); it holds the context, so not a moment longer.
+        deployment.forget(state, vmid)
+        return record
+    except BaseException as exc:
+        fail(state, vmid, current, exc)
         raise
 
 
 def _insert(
     store: VmStore,
+    db: sqlite3.Connection,
     vm: VmTemplate,
     ctx: ResolvedContext,
     request: CreateRequest,
-    directory: Path,
     quota: quotas.Quotas,
-) -> VmRecord:
-    """The VM's row, admitted by the owner's quota in the same transaction (so parallel
-    requests cannot overshoot it); a refused VM gives its leases and context back."""
-    from context.render import release_vm
-
-    try:
-        return store.insert(
-            ctx.vmid,
-            name=vm.name or f"one-{ctx.vmid}",
-            owner=request.owner,
-            owner_id=request.owner_id,
-            core=request.core,
-            template=request.template.source,
-            directory=directory,
-            info={
-                "etc": str(request.site.etc),
-                # The template as deployed (oned's VM pool keeps it too): a front door's exists
-                # nowhere else, nothing is written to disk to be read back.
-                "deployed_template": serialise(request.template),
-                "leases": [lease.ip for lease in ctx.leases],
-                "cpu": vm.cpu,  # what the quota counts, and the scheduler (cloud/scheduler.py)
-                "memory_mib": vm.memory_mib,
-                "requirements": vm.requirements.text,
-                "rank": vm.rank.text,
-            },
-            admit=quota.admit_vm(request.owner_id, cpu=vm.cpu, memory_mib=vm.memory_mib),
-        )
-    except quotas.QuotaExceeded:
-        release_vm(store.state, ctx.vmid)
-        raise
+) -> None:
+    """The VM's row, in the transaction that takes its id, leases and context, and admitted by
+    the owner's quota there too (so parallel requests cannot overshoot it); a refused VM, or a
+    process killed before the row, leaves no lease or context behind (they roll back)."""
+    store.insert_in(
+        db,
+        ctx.vmid,
+        name=vm.name or f"one-{ctx.vmid}",
+        owner=request.owner,
+        owner_id=request.owner_id,
+        core=request.core,
+        template=request.template.source,
+        directory=store.state.root / "vms" / str(ctx.vmid),
+        info={
+            "etc": str(request.site.etc),
+            # The template as deployed (oned's VM pool keeps it too): a front door's exists
+            # nowhere else, nothing is written to disk to be read back.
+            "deployed_template": serialise(request.template),
+            "leases": [lease.ip for lease in ctx.leases],
+            "cpu": vm.cpu,  # what the quota counts, and the scheduler (cloud/scheduler.py)
+            "memory_mib": vm.memory_mib,
+            "requirements": vm.requirements.text,
+            "rank": vm.rank.text,
+        },
+        admit=quota.admit_vm(request.owner_id, cpu=vm.cpu, memory_mib=vm.memory_mib),
+    )
 
 
 def _identity(request: CreateRequest) -> User:
@@ -205,20 +230,15 @@ def _identity(request: CreateRequest) -> User:
 
 
 def prolog(
-    core: LocalCore,
-    vm: VmTemplate,
-    bases: Sequence[images.BaseImage],
-    ctx: ResolvedContext,
-    request: CreateRequest,
-    *,
-    state: State,
-    directory: Path,
+    core: LocalCore, work: Deployment, *, state: State, directory: Path, settings: OnedSettings
 ) -> dict[str, Any]:
-    """Create the VM's files and its QEMU command line; returns what the record keeps."""
+    """Create the VM's files and its QEMU command line; returns what the record keeps
+    (``settings``: oned.conf's, of the process that runs the prolog)."""
+    vm, bases, ctx = work.vm, work.bases, work.ctx
     disks, drives = _disks(vm, bases, directory)
     cdroms: tuple[Path, ...] = ()
     if ctx.variables:
-        cdroms = (_context_iso(ctx, request, directory),)
+        cdroms = (_context_iso(ctx, settings, directory),)
     firmware = _firmware(bases, directory)
     ovmf_vars = None
     if firmware is Firmware.UEFI:
@@ -231,7 +251,7 @@ def prolog(
         memory_mib=vm.memory_mib,
         cpus=vm.vcpu,
         cdroms=cdroms,
-        nics=_nics(vm, ctx, request, state),
+        nics=_nics(vm, ctx, work.ssh_port, state),
         snapshot=False,
         kernel=Path(vm.os.kernel) if vm.os.kernel else None,
         initrd=Path(vm.os.initrd) if vm.os.initrd else None,
@@ -295,11 +315,10 @@ def _disks(
     return overlays, tuple(drives)
 
 
-def _context_iso(ctx: ResolvedContext, request: CreateRequest, directory: Path) -> Path:
+def _context_iso(ctx: ResolvedContext, settings: OnedSettings, directory: Path) -> Path:
     from context.iso import IsoFlavor, build_iso
     from imagekit.atomic import write_atomically
 
-    settings = request.site.oned
     iso = directory / "context.iso"
     data = build_iso(
         ctx,
@@ -321,7 +340,7 @@ def _firmware(bases: Sequence[images.BaseImage], directory: Path) -> Firmware:
     return Firmware.UEFI if firmware is Firmware.UEFI else Firmware.BIOS
 
 
-def _nics(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: State) -> tuple[Nic, ...]:
+def _nics(vm: VmTemplate, ctx: ResolvedContext, ssh_port: int | None, state: State) -> tuple[Nic, ...]:
     nics: list[Nic] = []
     for spec in vm.nics:
         lease = ctx.nic_leases.get(spec.index)
@@ -332,7 +351,7 @@ def _nics(vm: VmTemplate, ctx: ResolvedContext, request: CreateRequest, state: S
             nics.append(Nic(spec.mac, nic_device(spec.model)))  # no network: user-mode
         else:
             raise InputError(f"NIC[{spec.index}]: give NETWORK, NETWORK_ID or MAC", where=spec.where)
-    if request.ssh_port is not None:
+    if ssh_port is not None:
         mac = f"52:54:00:{(ctx.vmid >> 16) & 0xFF:02x}:{(ctx.vmid >> 8) & 0xFF:02x}:{ctx.vmid & 0xFF:02x}"
-        nics.append(Nic(mac, forwards=((request.ssh_port, 22),)))
+        nics.append(Nic(mac, forwards=((ssh_port, 22),)))
     return tuple(nics)

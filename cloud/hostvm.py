@@ -291,10 +291,11 @@ def prolog_on_host(
     if host.local or host.vmm is not VirtualizationDriver.QEMU:
         raise InputError(f"host {host.name!r}: not a --vmm qemu host reached over SSH")
     directory = private_directory(state.root / "vms" / str(vmid))
-    iso = _context_iso(ctx, request, directory) if ctx.variables else None
+    iso = _context_iso(ctx, request.site.oned, directory) if ctx.variables else None
     lan = lan_address(host)
     nics = tuple(
-        dataclasses.replace(n, localaddr=lan) if n.segment else n for n in _nics(vm, ctx, request, state)
+        dataclasses.replace(n, localaddr=lan) if n.segment else n
+        for n in _nics(vm, ctx, request.ssh_port, state)
     )
     hv = HostVm(
         vmid=vmid, memory_mib=vm.memory_mib, cpus=vm.vcpu, firmware=_firmware(bases, directory),

@@ -52,6 +52,12 @@ class VmState(StrEnum):
         """Whether a QEMU process (or domain) should exist in this state."""
         return self in (VmState.BOOT, VmState.RUNNING, VmState.SHUTDOWN, VmState.SUSPENDED)
 
+    @property
+    def transitional(self) -> bool:
+        """Whether a process is working on the VM in this state (1.4's LCM states between two
+        stable ones): if that process dies, the next one resumes or fails it (cloud/recovery.py)."""
+        return self in (VmState.PROLOG, VmState.BOOT, VmState.SHUTDOWN)
+
 
 _SHORT = {
     VmState.PENDING: "pend",

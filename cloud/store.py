@@ -12,7 +12,9 @@ processes acting on one VM at once exactly one wins and the other gets a one-lin
 from __future__ import annotations
 
 import builtins
+import functools
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -52,6 +54,10 @@ class VmRecord:
     owner_id: int | None = None  # the cloud user's id (ownership); None: a local account's VM
     hid: int | None = None  # the host it is placed on (cloud/scheduler.py); None: not yet
     sched_message: str = ""  # why the last scheduling pass placed it nowhere
+    # The process that owns the VM's next step (pid, start time): its creator while pending,
+    # whoever moved it into a transitional state (VmState.transitional); None otherwise.
+    worker_pid: int | None = None
+    worker_start: int | None = None
 
 
 _UNSET: Any = object()
@@ -80,7 +86,26 @@ def _record(row: sqlite3.Row) -> VmRecord:
         owner_id=row["owner_id"],
         hid=row["hid"],
         sched_message=row["sched_message"],
+        worker_pid=row["worker_pid"],
+        worker_start=row["worker_start"],
     )
+
+
+@functools.cache
+def _process(pid: int) -> tuple[int, int | None]:
+    from cloud.cores.embedded import process_start  # the cores import this module
+
+    return pid, process_start(pid)
+
+
+def this_worker() -> tuple[int, int | None]:
+    """This process as a VM's worker: its pid and start time (a reused pid is another process)."""
+    return _process(os.getpid())
+
+
+def _worker_of(state: VmState) -> tuple[int | None, int | None]:
+    """Who owns a VM entering ``state``: this process while a step is under way, else nobody."""
+    return this_worker() if state is VmState.PENDING or state.transitional else (None, None)
 
 
 class VmStore:
@@ -104,25 +129,47 @@ class VmStore:
         user's id, what ownership is checked by; None: a local account's); ``admit`` (a quota
         check: ``cloud/quotas.py``) runs first in the same transaction, so what it counted still
         holds when the row is written."""
-        now = time.time()
         with self.state.transaction() as db:
-            if admit is not None:
-                admit(db)
-            try:
-                db.execute(
-                    "INSERT INTO cloud_vms (vmid, name, owner, owner_id, core, state, template, directory,"
-                    " info, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (vmid, name, owner, owner_id, CoreKind(core).value, VmState.PENDING.value, template,
-                     str(directory),
-                     json.dumps(dict(info or {})), now, now),
-                )  # fmt: skip
-            except sqlite3.IntegrityError:
-                raise InputError(f"VM {vmid} already exists") from None
+            return self.insert_in(
+                db, vmid, name=name, owner=owner, core=core, template=template, directory=directory,
+                info=info, admit=admit, owner_id=owner_id,
+            )  # fmt: skip
+
+    def insert_in(
+        self,
+        db: sqlite3.Connection,
+        vmid: int,
+        *,
+        name: str,
+        owner: str,
+        core: CoreKind,
+        template: str,
+        directory: Path,
+        info: Mapping[str, Any] | None = None,
+        admit: Callable[[sqlite3.Connection], None] | None = None,
+        owner_id: int | None = None,
+    ) -> VmRecord:
+        """:meth:`insert` inside the caller's transaction ``db`` (``vm create`` writes the row in
+        the one that takes the VM's leases: a process killed in between leaves neither)."""
+        now = time.time()
+        if admit is not None:
+            admit(db)
+        try:
             db.execute(
-                "INSERT INTO cloud_vm_history (vmid, state, at) VALUES (?, ?, ?)",
-                (vmid, VmState.PENDING.value, now),
-            )
-            return self._get(db, vmid)
+                "INSERT INTO cloud_vms (vmid, name, owner, owner_id, core, state, template, directory,"
+                " info, created, updated, worker_pid, worker_start)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (vmid, name, owner, owner_id, CoreKind(core).value, VmState.PENDING.value, template,
+                 str(directory),
+                 json.dumps(dict(info or {})), now, now, *this_worker()),
+            )  # fmt: skip
+        except sqlite3.IntegrityError:
+            raise InputError(f"VM {vmid} already exists") from None
+        db.execute(
+            "INSERT INTO cloud_vm_history (vmid, state, at) VALUES (?, ?, ?)",
+            (vmid, VmState.PENDING.value, now),
+        )
+        return self._get(db, vmid)
 
     def get(self, vmid: int) -> VmRecord:
         db = self.state.db()
@@ -197,7 +244,7 @@ class VmStore:
             merged = {**current.info, **(info or {})}
             db.execute(
                 "UPDATE cloud_vms SET state = ?, reason = ?, pid = ?, pid_start = ?, step = ?, info = ?,"
-                " updated = ? WHERE vmid = ?",
+                " updated = ?, worker_pid = ?, worker_start = ? WHERE vmid = ?",
                 (
                     to.value,
                     reason,
@@ -206,6 +253,7 @@ class VmStore:
                     current.step if step is None else step,
                     json.dumps(merged),
                     now,
+                    *_worker_of(to),
                     vmid,
                 ),
             )
@@ -215,3 +263,36 @@ class VmStore:
                     (vmid, to.value, now, reason),
                 )
             return self._get(db, vmid)
+
+    def let_go(self, vmid: int) -> VmRecord:
+        """This process no longer works on pending VM ``vmid`` (a dispatcher may take it)."""
+        with self.state.transaction() as db:
+            db.execute(
+                "UPDATE cloud_vms SET worker_pid = NULL, worker_start = NULL"
+                " WHERE vmid = ? AND worker_pid = ? AND worker_start IS ?",
+                (vmid, *this_worker()),
+            )
+            return self._get(db, vmid)
+
+    def adopt(self, record: VmRecord) -> VmRecord | None:
+        """Become the worker of ``record``'s VM if it is still in the same state with the same
+        worker (a compare-and-set: of two processes adopting one orphan, one wins); None if not."""
+        with self.state.transaction() as db:
+            claimed = db.execute(
+                "UPDATE cloud_vms SET worker_pid = ?, worker_start = ?, updated = ?"
+                " WHERE vmid = ? AND state = ? AND worker_pid IS ? AND worker_start IS ?",
+                (*this_worker(), time.time(), record.vmid, record.state.value, record.worker_pid,
+                 record.worker_start),
+            ).rowcount  # fmt: skip
+            return self._get(db, record.vmid) if claimed else None
+
+    def worked(self, states: Collection[VmState]) -> builtins.list[VmRecord]:
+        """The VMs of a local core in ``states`` (those a worker process owns), by VM id."""
+        local = [kind.value for kind in CoreKind if not kind.remote]
+        with self.state.read() as db:
+            rows = db.execute(
+                f"SELECT * FROM cloud_vms WHERE state IN ({', '.join('?' * len(states))})"
+                f" AND core IN ({', '.join('?' * len(local))}) ORDER BY vmid",
+                (*(s.value for s in states), *local),
+            ).fetchall()
+        return [_record(r) for r in rows]

@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from context.contextsh import check_key
@@ -188,13 +188,16 @@ def prepare_context(
     user: User | None = None,
     images: Sequence[Image] = (),
     owner_id: int | None = None,
+    then: Callable[[sqlite3.Connection, ResolvedContext], None] | None = None,
 ) -> ResolvedContext:
     """Instantiate the VM template and resolve its CONTEXT (see the module docstring).
 
     ``settings``: oned.conf's; ``base_dir``: where FILES' relative paths resolve (the template
     file's directory); ``user`` is the owner, the invoking user by default; ``owner_id`` the
     cloud user it is (None: a local account), whose VMs alone ``$<vmid>.VAR`` reads; ``images``
-    are the image templates that DISK=[IMAGE=…] and ``$IMAGE[…]`` refer to."""
+    are the image templates that DISK=[IMAGE=…] and ``$IMAGE[…]`` refer to; ``then`` runs in the same
+    transaction once the context is resolved (the cloud core writes its VM row there, so a process
+    killed in between leaves no lease without a VM), its error undoing everything as any other."""
     owner = user or invoking_user()
     if vmid is not None and vmid < 0:
         raise InputError(f"--vmid: expected a non-negative number, got {vmid}")
@@ -232,6 +235,8 @@ def prepare_context(
                     raise InputError(err.reason, where=where) from None
             files = _collect_files(variables.get("FILES", ""), base_dir, where, settings)
             ordered = tuple(leases[i] for i in sorted(leases))
+            if then is not None:
+                then(db, ResolvedContext(vmid, variables, files, ordered))
         except Exception as exc:
             failure = exc
         if failure is None and keep:

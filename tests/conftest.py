@@ -43,6 +43,7 @@ SERVER_FIXTURES = {"pg_server": "postgres", "ssh_lab": "sshd", "ssh_hosts": "ssh
 # module, is in the `server` tier (make test, not make check). Named here, resolved lazily.
 SERVER_STARTERS = (
     ("tests.cloud.serving", "cloud_server"),
+    ("tests.cloud.serving", "cloud_server_process"),
     ("tests.cloud.serving", "ec2_server"),
     ("tests.cloud.serving", "AwsCli"),
     ("tests.cloud.serving", "aws_program"),

@@ -26,6 +26,7 @@ from imagekit.errors import InputError
 from imagekit.locations import state_dir
 from imagekit.log import progress
 from imagekit.sizes import parse_size
+from imagekit.state import State
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +61,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _listener_options(parser: argparse.ArgumentParser, port: int, why_port: str, hold: str) -> None:
     add_listener_options(parser, port=port, why_port=why_port)
     parser.add_argument("--hold", action="store_true", help=hold)
+    parser.add_argument(
+        "--background-prolog",
+        action="store_true",
+        help="answer with the VM pending; the server's own scheduler does the prolog and boot"
+        " outside the request (default: in the request, answering with the VM held or running)",
+    )
     parser.add_argument(
         "--max-upload",
         type=upload_limit,
@@ -100,20 +107,35 @@ def upload_limit(text: str) -> int:
 
 
 def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **extra: object) -> int:
+    from cloud.dispatch import Background
+    from cloud.recovery import recover
+    from cloud.siteconfig import load_site
+
     listener = listener_from_args(args)
+    state = State.open(state_dir(args.state))
+    recover(state)  # what a killed server left half done
     print(f"{title} on {listener.url}", file=sys.stderr)
     if not args.verbose:
         # The steps of every request's `vm create`, interleaved from many at once, say nothing
         # to whoever reads a server's log; -v shows them.
         progress.setLevel(logging.WARNING)
-    serve(
-        state_dir(args.state),
-        listener,
-        hold=args.hold,
-        slots=UploadSlots(total=args.max_uploads, per_user=args.max_uploads_per_user),
-        **extra,
-        **({"max_upload": args.max_upload} if args.max_upload else {}),
-    )
+    # This thread deploys the VMs a killed server or another process's scheduler left placed
+    # here, and with --background-prolog every VM the requests record (pending).
+    site = load_site()  # etc/, read once: the server's whole life
+    background = Background(state, site, defer=args.background_prolog)
+    background.start()
+    try:
+        serve(
+            state_dir(args.state),
+            listener,
+            hold=args.hold,
+            slots=UploadSlots(total=args.max_uploads, per_user=args.max_uploads_per_user),
+            site=site,
+            **extra,
+            **({"max_upload": args.max_upload} if args.max_upload else {}),
+        )
+    finally:
+        background.stop()
     return 0
 
 

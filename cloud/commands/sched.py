@@ -2,8 +2,11 @@
 
 imagekit sched [--once] [--json]   # a pass every SCHED_INTERVAL seconds (etc/sched.conf)
 
-Each pass places the pending VMs (``cloud/scheduler.py``) and prints one line, with ``--json``
-one JSON object: ``considered``, ``placed``, ``pending``, ``taken_by_another``, ``seconds``.
+Each pass places the pending VMs (``cloud/scheduler.py``), then deploys those placed on a host
+this process deploys to (``cloud/dispatch.py``: localhost, for now), and prints one line, with
+``--json`` one JSON object: ``considered``, ``placed``, ``pending``, ``taken_by_another``,
+``seconds`` (of the pass), ``dispatched``. At its start, what a killed process left half done
+is recovered (``cloud/recovery.py``).
 SIGTERM or Ctrl-C ends it after the pass in progress, with status 0. Several may run at once.
 """
 
@@ -17,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from cloud.dispatch import Dispatched, dispatch
+from cloud.recovery import recover
 from cloud.scheduler import PassResult, schedule
 from cloud.siteconfig import load_site
 from imagekit.locations import state_dir
@@ -51,23 +56,26 @@ def _stop_on_signal() -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
-def _report(result: PassResult, *, as_json: bool) -> None:
+def _report(result: PassResult, dispatched: Dispatched, *, as_json: bool) -> None:
+    figures = {**result.as_json(), "dispatched": dispatched.as_json()["dispatched"]}
     if as_json:
-        print(to_json(result.as_json(), indent=None), flush=True)  # one line per pass
+        print(to_json(figures, indent=None), flush=True)  # one line per pass
     else:
-        figures = result.as_json()
         print(
             f"considered {figures['considered']}, placed {figures['placed']},"
-            f" pending {figures['pending']} ({figures['seconds']} s)",
+            f" pending {figures['pending']}, dispatched {figures['dispatched']} ({figures['seconds']} s)",
             flush=True,
         )
 
 
 def cmd_sched(args: argparse.Namespace) -> int:
-    settings = load_site(args.etc).sched  # a bad etc/ stops it before any pass
+    site = load_site(args.etc)  # a bad etc/ stops it before any pass
+    settings = site.sched
     state = State.open(state_dir(args.state))
+    recover(state)  # what a killed scheduler (or server, or vm create) left half done
     with _stop_on_signal() as stop:
         while True:
-            _report(schedule(state, settings), as_json=args.json)
+            result = schedule(state, settings)
+            _report(result, dispatch(state, site), as_json=args.json)  # the placed VMs deployed
             if args.once or stop.wait(settings.interval):
                 return 0

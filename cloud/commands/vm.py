@@ -1,13 +1,14 @@
 """``imagekit vm``: VMs from templates on the embedded QEMU core, with onevm's verbs and states.
 
 imagekit vm create web.one [--hold] [--image debian.image] [--ssh-port 2222] [--type m1.small] [--json]
+imagekit vm create web.one --wait [600]   # until running, when it was left pending for a scheduler
 imagekit vm create web.one --core opennebula --one-endpoint http://frontend:2633/RPC2
 imagekit vm list [--json]                 # ID USER NAME STAT MEM IP TIME, reconciled with reality
 imagekit vm show 3 [--json]               # with the history of its states
 imagekit vm shutdown 3 [--timeout 120]    # ACPI, then hard; ends at done
 imagekit vm cancel|delete|suspend|resume|stop|hold|release 3
 imagekit vm migrate|livemigrate 3 HOST     # between --vmm qemu --tm ssh hosts (cloud/migration.py)
-imagekit vm deploy 3 HOST [--force]       # place a pending VM on a host by hand (onevm deploy)
+imagekit vm deploy 3 HOST [--force] [--wait]  # place a pending VM by hand (onevm deploy), deploy it
 imagekit vm log 3 [--follow]              # the serial console
 imagekit vm wait 3 --state running [--timeout 600]
 """
@@ -20,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloud import lifecycle
 from cloud.cores import CoreKind
@@ -29,6 +30,9 @@ from cloud.store import VmRecord, VmStore
 from imagekit.locations import state_dir
 from imagekit.output import print_json
 from imagekit.state import State
+
+if TYPE_CHECKING:
+    from cloud.siteconfig import SiteConfig
 
 Verb = Callable[[State, int], VmRecord]
 _VERBS: dict[str, tuple[Verb, str]] = {
@@ -70,6 +74,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--one-endpoint", default="", metavar="URL", help="oned's XML-RPC for --core opennebula"
     )
+    _wait_option(create)
     create.set_defaults(func=cmd_create)
     listing = sub.add_parser("list", help="list VMs (their state checked against the host)")
     listing.set_defaults(func=cmd_list)
@@ -90,6 +95,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     deploy.add_argument(
         "--force", action="store_true", help="even if the host is off or lacks the capacity or REQUIREMENTS"
     )
+    _wait_option(deploy)
     deploy.set_defaults(func=cmd_deploy)
     for name, live, help_text in (
         ("migrate", False, "move a VM to another host: save, transfer, restore (--vmm qemu --tm ssh hosts)"),
@@ -116,8 +122,43 @@ def register(parser: argparse.ArgumentParser) -> None:
     wait.set_defaults(func=cmd_wait)
 
 
+def _wait_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=600.0,
+        metavar="SECONDS",
+        help="then wait until it is running (held, with --hold), at most SECONDS (default: 600)",
+    )
+
+
+def _waited(state: State, record: VmRecord, args: argparse.Namespace) -> VmRecord:
+    """``record`` once running (held, with --hold) when --wait is given: a VM left pending is
+    deployed by a scheduler (``imagekit sched``, a server's) meanwhile."""
+    if args.wait is None or record.state is VmState.HOLD:  # held: it goes on at `vm release`
+        return record
+    wanted = VmState.HOLD if getattr(args, "hold", False) else VmState.RUNNING
+    return lifecycle.wait(state, record.vmid, wanted, timeout=args.wait)
+
+
 def _state(args: argparse.Namespace) -> State:
     return State.open(state_dir(args.state))
+
+
+def _owning_state(args: argparse.Namespace, site: SiteConfig | None = None) -> State:
+    """The state for a command that deploys or boots VMs: first, what a process that died while
+    it did so left half done is resumed or failed (cloud/recovery.py), and the VMs placed here
+    with nobody to deploy them are deployed (cloud/dispatch.py), with ``site`` (the command's;
+    none: etc/ read here, once for the command)."""
+    from cloud.dispatch import dispatch
+    from cloud.recovery import recover
+    from cloud.siteconfig import load_site
+
+    state = _state(args)
+    recover(state)
+    dispatch(state, site or load_site())
+    return state
 
 
 def _summary(record: VmRecord) -> dict[str, Any]:
@@ -158,7 +199,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
         typed = typed_template(request.template, args.type, site.instance_types, name=args.template.stem)
         request = dataclasses.replace(request, template=typed)
-    record = create_vm(request, state=_state(args))
+    state = _owning_state(args, site)
+    record = _waited(state, create_vm(request, state=state), args)
     if args.json:
         print_json(_summary(record))
     else:
@@ -167,7 +209,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             from cloud.hosts import HostStore
             from cloud.scheduler import waiting_line
 
-            print(waiting_line(record, HostStore(_state(args)).list()))
+            print(waiting_line(record, HostStore(state).list()))
     return 0
 
 
@@ -220,14 +262,25 @@ def _host_name(state: State, hid: int | None) -> str | None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from cloud.dispatch import dispatch
     from cloud.scheduler import deploy_by_hand
+    from cloud.siteconfig import load_site
 
-    state = _state(args)
+    site = load_site()  # etc/, read once for the command
+    state = _owning_state(args, site)
     record = deploy_by_hand(state, args.vmid, args.host, force=args.force)
+    placed = f"VM {record.vmid}: placed on host {_host_name(state, record.hid)}"
+    # Deployed now if this process can (localhost) and nobody works on it; a scheduler running
+    # meanwhile cannot take it twice (cloud/dispatch.py).
+    dispatched = dispatch(state, site, only=record.vmid).records
+    record = _waited(state, dispatched[0] if dispatched else record, args)
     if args.json:
         print_json({**_summary(record), "host": _host_name(state, record.hid)})
     else:
-        print(f"VM {record.vmid}: placed on host {_host_name(state, record.hid)}")
+        print(placed if record.state is VmState.PENDING else f"{placed}: {record.state.value}")
+    if record.state is VmState.FAILED:
+        print(f"error: VM {record.vmid} failed at {record.step}: {record.reason}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -239,7 +292,8 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 def _verb_command(verb: Verb) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        record = verb(_state(args), args.vmid)
+        boots = verb in (lifecycle.release, lifecycle.resume)
+        record = verb(_owning_state(args) if boots else _state(args), args.vmid)
         print(f"VM {record.vmid}: {record.state.value}")
         return 0
 

@@ -102,6 +102,17 @@ def kill(pid: int | None, start: int | None, *, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def _launched(pidfile: Path) -> tuple[int | None, int | None]:
+    """The QEMU that ``launch`` started with ``pidfile`` if it still runs (its command line
+    names that pidfile, so a reused pid is not taken for it); (None, None) otherwise."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None, None
+    return (pid, process_start(pid)) if os.fsencode(pidfile) in argv else (None, None)
+
+
 class Qmp:
     """One QMP conversation: greeting, ``qmp_capabilities``, then commands (events are skipped)."""
 
@@ -215,7 +226,10 @@ class EmbeddedCore(LocalCore):
         return alive(record.pid, record.pid_start)
 
     def kill(self, record: VmRecord) -> None:
-        kill(record.pid, record.pid_start)
+        if record.pid is None:  # a boot cut short may have started QEMU without recording it
+            kill(*_launched(record.directory / "qemu.pid"))
+        else:
+            kill(record.pid, record.pid_start)
 
     def powerdown(self, record: VmRecord) -> None:
         qmp(Path(record.info["qmp"]), "system_powerdown")

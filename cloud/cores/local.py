@@ -22,7 +22,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cloud import hooks, images
+from cloud import deployment, hooks, images
 from cloud.cores import SAVED_STATE, CoreKind, core_of, migration_not_supported
 from cloud.model import VmState, VmTemplate
 from cloud.qemu import Accel, VmSpec
@@ -153,8 +153,18 @@ class LocalCore(abc.ABC):
         return VmStore(state).transition(vmid, VmState.HOLD, allowed=(VmState.PENDING, VmState.PROLOG))
 
     def release(self, state: State, vmid: int) -> VmRecord:
-        """A held VM boots now (there is one host: release is also the deploy)."""
-        return boot(state, vmid, allowed=(VmState.HOLD,))
+        """A held VM boots now; one held before its prolog is pending again (1.4's release) and
+        deployed now if it is placed here (cloud/dispatch.py)."""
+        store = VmStore(state)
+        if "argv" in store.get(vmid).info:
+            return boot(state, vmid, allowed=(VmState.HOLD,))
+        from cloud.dispatch import dispatch  # it imports this module
+        from cloud.siteconfig import load_site  # a core's verbs take no site: the verb's process's
+
+        store.transition(vmid, VmState.PENDING, allowed=(VmState.HOLD,), reason="released")
+        store.let_go(vmid)
+        dispatched = dispatch(state, load_site(), only=vmid).records
+        return dispatched[0] if dispatched else store.get(vmid)
 
     def reconcile(self, state: State, record: VmRecord) -> VmRecord:
         if not record.state.has_process or self.alive(record):
@@ -228,6 +238,7 @@ def _clean_up(state: State, record: VmRecord) -> None:
     except InputError:
         pass  # nothing held any more (a repeated clean-up)
     images.release(state, list(record.info.get("images", [])), record.vmid)
+    deployment.forget(state, record.vmid)  # a VM that ended before its prolog: its context
     saved_dir = state.root / "saved"
     for disk in record.info.get("save", []):
         saved_dir.mkdir(exist_ok=True)
@@ -262,6 +273,11 @@ def fail(state: State, vmid: int, step: str, error: BaseException) -> VmRecord:
     """A deployment step failed: undo what earlier steps reserved; the record names the step."""
     store = VmStore(state)
     before = store.get(vmid)
+    if before.state in (VmState.DONE, VmState.FAILED):
+        # Ended meanwhile (deleted while a dispatcher ran its prolog): it stays as it ended, and
+        # what the step made after that clean-up goes too.
+        _clean_up(state, before)
+        return before
     reason = str(error) or type(error).__name__
     record = store.transition(vmid, VmState.FAILED, reason=reason, step=step, pid=None, pid_start=None)
     _kill(before)

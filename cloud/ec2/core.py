@@ -63,6 +63,18 @@ def _view(record: VmRecord, zone: str, facts: sqlite3.Row | None) -> InstanceVie
     )
 
 
+def _same_launch(request: RunRequest, earlier: sqlite3.Row) -> None:
+    """EC2's idempotency: a ClientToken retried with other parameters is refused, not served
+    the earlier instances (the image, type and key are what the instances keep of them)."""
+    key = request.key.name if request.key else None
+    then = (earlier["image"], earlier["instance_type"], earlier["key_name"])
+    if (request.image.id, request.instance_type, key) != then:
+        raise Ec2Error(
+            "IdempotentParameterMismatch",
+            "this ClientToken was used for a RunInstances request with other parameters",
+        )
+
+
 def _shut_down(state: State, vmid: int) -> None:
     try:
         lifecycle.shutdown(state, vmid)
@@ -96,6 +108,7 @@ class CoreBackend:
         if request.client_token:
             done = self._facts("WHERE owner_id = ? AND client_token = ?", (user.id, request.client_token))
             if done:
+                _same_launch(request, next(iter(done.values())))
                 return [v for v in self.instances(user) if v.vmid in done]
         types = self.site.instance_types
         type_request = TypeRequest(

@@ -328,11 +328,11 @@ def serve(
     slots: UploadSlots | None = None,
     allow_unhashed_uploads: bool = False,
     site_images: tuple[Path, ...] = (),
+    site: SiteConfig,
 ) -> None:
     state = State.open(state_root)
     if removed := remove_partial_uploads(state.root / "ec2" / "uploads"):
         log.warning("removed %d partial uploads a previous run left", removed)
-    site = load_site()  # etc/, read once: the server's whole life
     compute = CoreBackend(state, hold=hold, site=site)
     app = create_app(
         state,

@@ -39,7 +39,7 @@ from cloud.occi.xml import (
 )
 from cloud.quotas import QuotaExceeded
 from cloud.refusals import public_message
-from cloud.siteconfig import load_site
+from cloud.siteconfig import SiteConfig
 from cloud.upload import (
     DEFAULT_MAX_UPLOAD,
     BodyRefused,
@@ -272,10 +272,10 @@ def serve(
     hold: bool = False,
     max_upload: int = DEFAULT_MAX_UPLOAD,
     slots: UploadSlots | None = None,
+    site: SiteConfig,
 ) -> None:
     state = State.open(state_root)
     if removed := remove_partial_uploads(state.root / "occi" / "uploads"):
         log.warning("removed %d partial uploads a previous run left", removed)
-    site = load_site()  # etc/, read once: the server's whole life
     app = create_app(state, hold=hold, max_upload=max_upload, slots=slots, site=site)
     serve_app(lambda: app, listener)

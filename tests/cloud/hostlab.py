@@ -29,11 +29,16 @@ def deploy_blank(state: State, template: Path, lab: SshLab, host: Host, *, hold:
     bases = images.resolve_images(
         vm, images=(), state=state, template_dir=request.base_dir, policy=lambda: request.site.policy
     )
+    quota, store = quotas.Quotas(state, request.site.default_limits), VmStore(state)
     ctx = prepare_context(
-        request.template, state=state, settings=request.site.oned, base_dir=request.base_dir, keep=True
+        request.template,
+        state=state,
+        settings=request.site.oned,
+        base_dir=request.base_dir,
+        keep=True,
+        then=lambda db, ctx: deploy._insert(store, db, vm, ctx, request, quota),  # the row, as vm create
     )
-    quota = quotas.Quotas(state, request.site.default_limits)
-    record = deploy._insert(VmStore(state), vm, ctx, request, state.root / "vms" / str(ctx.vmid), quota)
+    record = store.get(ctx.vmid)
     with state.transaction() as db:  # placed there (what the scheduler writes)
         db.execute("UPDATE cloud_vms SET hid = ? WHERE vmid = ?", (host.hid, record.vmid))
     return hostvm.deploy_on_host(state, record.vmid, host, vm, bases, ctx, request)

@@ -59,6 +59,15 @@ def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None
 @contextlib.contextmanager
 def cloud_server(service: str, state: Path, tls: Tls | None = None, *options: str) -> Iterator[str]:
     """``imagekit cloud serve SERVICE`` on a free loopback port; yields its URL, stops it after."""
+    with cloud_server_process(service, state, tls, *options) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def cloud_server_process(
+    service: str, state: Path, tls: Tls | None = None, *options: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`cloud_server`, with its process (a test may kill it: it is stopped after if not)."""
     port = _port()
     argv = [str(IMAGEKIT), "--state", str(state), "cloud", "serve", service, "--port", str(port), *options]
     if tls is not None:
@@ -68,7 +77,7 @@ def cloud_server(service: str, state: Path, tls: Tls | None = None, *options: st
     with open(log, "wb") as out, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT) as proc:
         try:
             _wait_listening(proc, port, log)
-            yield f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
+            yield f"{'https' if tls else 'http'}://127.0.0.1:{port}/", proc
         finally:
             proc.terminate()  # uvicorn shuts down on SIGTERM; the with-block waits for it
 

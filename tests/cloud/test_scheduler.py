@@ -202,7 +202,7 @@ def test_vm_show_says_why_a_vm_is_pending(state: State, capsys: pytest.CaptureFi
     assert main(["sched", "--once", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "considered": 1, "placed": 0, "pending": 1, "taken_by_another": 0,
-        "seconds": pytest.approx(0, abs=5),
+        "seconds": pytest.approx(0, abs=5), "dispatched": 0,
     }  # fmt: skip
     assert main(["vm", "show", "1", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
