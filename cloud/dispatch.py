@@ -9,9 +9,10 @@ deploy to; it adopts it (a compare-and-set on state and worker: two dispatchers 
 VM twice), then runs the host kind's deployer: prolog, then hold or boot, a failure ending in
 ``failed`` at the step with everything undone.
 
-Host kinds: ``LOCAL`` (localhost: the prolog and QEMU in this process, ``deploy.continue_here``);
-``SSH`` (every other host) has no deployer yet: its VMs stay pending, placed, until the remote
-transfer (TM) and hypervisor (VMM) steps plug in here as one function.
+Host kinds: ``LOCAL`` (localhost: the prolog and QEMU in this process, ``deploy.continue_here``)
+and ``SSH`` (a ``--vmm qemu`` host: its TM makes the VM's files there and its QEMU runs there,
+``hostvm.deploy_on_host``); a ``--vmm kvm`` (libvirt) host has no deployer yet, and its VMs stay
+pending, placed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from cloud.cores.local import fail, hypervisor
 from cloud.deployment import Deployment, load
-from cloud.hosts import Host, HostStore
+from cloud.hosts import Host, HostStore, VirtualizationDriver
 from cloud.model import VmState
 from cloud.recovery import orphaned
 from cloud.scheduler import place_created, schedule
@@ -39,14 +40,17 @@ log = logging.getLogger(__name__)
 
 class HostKind(enum.Enum):
     LOCAL = "local"  # localhost: this machine, this process
-    SSH = "ssh"  # a host reached over SSH (cloud/remote.py, cloud/transfer.py)
+    SSH = "ssh"  # a --vmm qemu host reached over SSH: the embedded QEMU there (cloud/hostvm.py)
+    SSH_LIBVIRT = "ssh-libvirt"  # a --vmm kvm host (libvirt over qemu+ssh): no deployer yet
 
 
 Deployer = Callable[[State, SiteConfig, VmRecord, Deployment], VmRecord]
 
 
 def kind_of(host: Host) -> HostKind:
-    return HostKind.LOCAL if host.local else HostKind.SSH
+    if host.local:
+        return HostKind.LOCAL
+    return HostKind.SSH if host.vmm is VirtualizationDriver.QEMU else HostKind.SSH_LIBVIRT
 
 
 def _deploy_here(state: State, site: SiteConfig, record: VmRecord, work: Deployment) -> VmRecord:
@@ -55,8 +59,15 @@ def _deploy_here(state: State, site: SiteConfig, record: VmRecord, work: Deploym
     return continue_here(hypervisor(record), work, state=state, site=site)
 
 
-# One deployer per host kind; a kind without one keeps its VMs pending (placed) until it has one.
-DEPLOYERS: dict[HostKind, Deployer] = {HostKind.LOCAL: _deploy_here}
+def _deploy_there(state: State, site: SiteConfig, record: VmRecord, work: Deployment) -> VmRecord:
+    from cloud.hostvm import deploy_on_host  # it imports what this module does
+
+    return deploy_on_host(state, site, record, work)
+
+
+# One deployer per host kind: localhost's in this process, the others' over SSH (the host's TM
+# makes the files there, its embedded QEMU runs there: cloud/hostvm.py).
+DEPLOYERS: dict[HostKind, Deployer] = {HostKind.LOCAL: _deploy_here, HostKind.SSH: _deploy_there}
 
 
 @dataclass(frozen=True)

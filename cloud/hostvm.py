@@ -13,10 +13,11 @@ of a LAN share one L2 segment.
 QMP is reached over SSH by ``cloud/hostqmp.py`` (a small Python program on the host's ``python3``
 that reads the commands on its stdin and talks to the socket).
 
-    info = prolog_on_host(state, vmid, host, vm, bases, ctx, request)   # the dispatcher's PROLOG
-    boot_on_host(state, vmid)                                          # BOOT → RUNNING
+    info = prolog_on_host(state, site, host, work)   # PROLOG, from the VM's kept deployment
+    boot_on_host(state, vmid)                         # BOOT → RUNNING
 
-:func:`deploy_on_host` is both, with the VM's states and the undo on failure. The VM's verbs go
+:func:`deploy_on_host` is both, with the VM's states and the undo on failure: the dispatcher's
+deployer for hosts reached over SSH (``cloud/dispatch.py``). The VM's verbs go
 through :class:`HostCore`, which ``cloud/lifecycle.py`` picks for a VM recorded on such a host;
 its reconcile is monitoring's (``cloud/monitoring.py``: one probe per host, not one per VM).
 """
@@ -32,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cloud import images
+from cloud import deployment, images
 from cloud.cores import CoreKind
 from cloud.cores.local import LIVE, WITH_FILES, finish
+from cloud.deployment import Deployment
 from cloud.hostqmp import QMP_TIMEOUT, OnHost, VmGone, kill_on, qmp_on
 from cloud.hosts import LOCALHOST_ID, Host, HostStore, VirtualizationDriver
 from cloud.model import DiskKind, VmState, VmTemplate
@@ -48,8 +50,7 @@ from imagekit.errors import CommandError, InputError
 from imagekit.state import State
 
 if TYPE_CHECKING:
-    from cloud.deploy import CreateRequest
-    from context.model import ResolvedContext
+    from cloud.siteconfig import SiteConfig
 
 log = logging.getLogger(__name__)
 
@@ -274,28 +275,21 @@ def info_for(host: Host, hv: HostVm, argv: list[str], where: OnHost, iso: Path |
 # -- deploy
 
 
-def prolog_on_host(
-    state: State,
-    vmid: int,
-    host: Host,
-    vm: VmTemplate,
-    bases: Sequence[images.BaseImage],
-    ctx: ResolvedContext,
-    request: CreateRequest,
-) -> dict[str, Any]:
+def prolog_on_host(state: State, site: SiteConfig, host: Host, work: Deployment) -> dict[str, Any]:
     """The VM's files on ``host`` (its TM) and its QEMU command line there: what the record keeps.
     The context ISO is also kept in the VM's directory here, for a migration target."""
+    vmid, vm, bases, ctx = work.vmid, work.vm, work.bases, work.ctx
     from cloud.deploy import _context_iso, _firmware, _nics
     from imagekit.locations import private_directory
 
     if host.local or host.vmm is not VirtualizationDriver.QEMU:
         raise InputError(f"host {host.name!r}: not a --vmm qemu host reached over SSH")
     directory = private_directory(state.root / "vms" / str(vmid))
-    iso = _context_iso(ctx, request.site.oned, directory) if ctx.variables else None
+    iso = _context_iso(ctx, site.oned, directory) if ctx.variables else None
     lan = lan_address(host)
     nics = tuple(
         dataclasses.replace(n, localaddr=lan) if n.segment else n
-        for n in _nics(vm, ctx, request.ssh_port, state)
+        for n in _nics(vm, ctx, work.ssh_port, state)
     )
     hv = HostVm(
         vmid=vmid, memory_mib=vm.memory_mib, cpus=vm.vcpu, firmware=_firmware(bases, directory),
@@ -305,7 +299,7 @@ def prolog_on_host(
         kernel=vm.os.kernel or "", initrd=vm.os.initrd or "",
         append=" ".join(p for p in (f"root={vm.os.root}" if vm.os.root else "", vm.os.kernel_cmd) if p),
     )  # fmt: skip
-    tm = transfer_for(host, state.root / "vms", request.site.ssh)
+    tm = transfer_for(host, state.root / "vms", site.ssh)
     staged, context = stage_on(tm, hv, iso)
     where = OnHost(tm.vm_dir(vmid))
     info = info_for(host, hv, host_argv(hv, staged, context, where), where, iso)
@@ -342,30 +336,29 @@ def boot_on_host(
     )
 
 
-def deploy_on_host(
-    state: State,
-    vmid: int,
-    host: Host,
-    vm: VmTemplate,
-    bases: Sequence[images.BaseImage],
-    ctx: ResolvedContext,
-    request: CreateRequest,
-) -> VmRecord:
-    """A pending VM placed on ``host``: prolog there, then hold or boot; a failure ends it
-    ``failed`` naming the step, with its files on the host removed and its leases released."""
+def deploy_on_host(state: State, site: SiteConfig, record: VmRecord, work: Deployment) -> VmRecord:
+    """A pending VM placed on a host other than localhost (``record.hid``), whose worker this
+    process is: prolog there, then hold or boot; a failure ends it ``failed`` naming the step,
+    with its files on the host removed and its leases released."""
     from cloud.cores.local import fail
 
+    vmid, bases = work.vmid, work.bases
     store, current = VmStore(state), "prolog"
     try:
+        assert record.hid is not None
+        host = HostStore(state).get(str(record.hid))
         held = [b.marketplace_id for b in bases if b.marketplace_id]
         store.transition(vmid, VmState.PROLOG, allowed=(VmState.PENDING,), info={"images": held})
         images.hold(state, bases, vmid)
-        info = prolog_on_host(state, vmid, host, vm, bases, ctx, request)
+        info = prolog_on_host(state, site, host, work)
         record = store.transition(vmid, VmState.PROLOG, allowed=(VmState.PROLOG,), info=info)
-        if request.hold:
-            return store.transition(vmid, VmState.HOLD, allowed=(VmState.PROLOG,))
-        current = "boot"
-        return boot_on_host(state, record.vmid)
+        if work.hold:
+            done = store.transition(vmid, VmState.HOLD, allowed=(VmState.PROLOG,))
+        else:
+            current = "boot"
+            done = boot_on_host(state, record.vmid)
+        deployment.forget(state, vmid)  # it holds the context: not a moment longer
+        return done
     except BaseException as exc:
         record = store.get(vmid)
         if "host_dir" in record.info:

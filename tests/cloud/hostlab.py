@@ -1,5 +1,6 @@
 """A blank VM (tests/cloud/blank.py) deployed on a simulated host of the SSH lab
-(tests/cloud/sshd.py) as the dispatcher would: placed there, then ``hostvm.deploy_on_host``."""
+(tests/cloud/sshd.py) as the dispatcher would: placed there, then ``hostvm.deploy_on_host``
+(``tests/cloud/test_dispatch.py`` goes through ``vm create`` and the dispatcher itself)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from cloud import deploy, hostvm, images, monitoring, quotas
 from cloud.deploy import CreateRequest
+from cloud.deployment import Deployment
 from cloud.hosts import Host, HostStore, host_spec
 from cloud.model import parse_vm_template
 from cloud.siteconfig import load_site
@@ -38,7 +40,7 @@ def deploy_blank(state: State, template: Path, lab: SshLab, host: Host, *, hold:
         keep=True,
         then=lambda db, ctx: deploy._insert(store, db, vm, ctx, request, quota),  # the row, as vm create
     )
-    record = store.get(ctx.vmid)
     with state.transaction() as db:  # placed there (what the scheduler writes)
-        db.execute("UPDATE cloud_vms SET hid = ? WHERE vmid = ?", (host.hid, record.vmid))
-    return hostvm.deploy_on_host(state, record.vmid, host, vm, bases, ctx, request)
+        db.execute("UPDATE cloud_vms SET hid = ? WHERE vmid = ?", (host.hid, ctx.vmid))
+    work = Deployment(ctx.vmid, vm, tuple(bases), ctx, hold, None, {})
+    return hostvm.deploy_on_host(state, request.site, store.get(ctx.vmid), work)

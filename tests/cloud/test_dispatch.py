@@ -71,11 +71,13 @@ def test_vm_deploy_to_localhost_deploys_it_now(blank_lab: BlankLab, monkeypatch:
     assert load(blank_lab.state, record.vmid) is None  # the context is not kept past the prolog
 
 
-def test_a_vm_placed_on_another_host_waits_for_that_hosts_deployer(blank_lab: BlankLab) -> None:
+def test_a_vm_placed_on_a_libvirt_host_waits_for_that_kinds_deployer(blank_lab: BlankLab) -> None:
+    """node1 is --vmm kvm (libvirt over SSH), which has no deployer yet (--vmm qemu hosts do:
+    tests/cloud/test_hostvm.py)."""
     record = _waiting_for_a_host(blank_lab)
     with blank_lab.state.transaction() as db:
         db.execute("UPDATE cloud_vms SET hid = 1 WHERE vmid = ?", (record.vmid,))
-    assert dispatch(blank_lab.state, load_site()).records == ()  # node1 is an SSH host: no deployer yet
+    assert dispatch(blank_lab.state, load_site()).records == ()  # node1: --vmm kvm, no deployer yet
     assert VmStore(blank_lab.state).get(record.vmid).state is VmState.PENDING
 
 

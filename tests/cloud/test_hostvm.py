@@ -334,3 +334,35 @@ def test_migration_refuses_a_disabled_host_and_a_vm_that_is_not_running(tmp_path
     VmStore(state).transition(vmid, VmState.SUSPENDED)
     with pytest.raises(InputError, match="VM 4 is suspended: only a running VM can livemigrate"):
         lifecycle.migrate(state, vmid, "nodeb", live=True)
+
+
+def test_vm_create_places_by_requirements_and_the_dispatcher_deploys_there(
+    blank_lab: BlankLab, lab: SshLab, tmp_path: Path
+) -> None:
+    """The whole path (issue 21 points 3, 4, 6): ``vm create`` records the VM and runs one pass,
+    which places it on the host its REQUIREMENTS name (RANK prefers the other); it comes back
+    ``pending`` there, its deployment kept; the dispatcher (``imagekit sched``'s, ``vm deploy``'s)
+    then runs the prolog and boot on that host over SSH."""
+    from cloud.deploy import CreateRequest, create_vm
+    from cloud.dispatch import dispatch
+
+    state = blank_lab.state
+    add_host(state, lab, "nodea", lab.hosts[0])
+    node_b = add_host(state, lab, "nodeb", lab.hosts[1])
+    HostStore(state).set_enabled("localhost", False)
+    template = tmp_path / "placed.one"
+    template.write_text(
+        blank_lab.template.read_text() + 'REQUIREMENTS = "NAME = \\"node*\\" & NAME != \\"nodea\\""\n'
+        'RANK = "- RUNNING_VMS"\n'
+    )
+    site = load_site(lab.etc)
+    created = create_vm(CreateRequest.from_file(template, site=site), state=state)
+    assert (created.state, created.hid) == (VmState.PENDING, node_b.hid)
+    (deployed,) = dispatch(state, site).records
+    assert (deployed.vmid, deployed.state, deployed.hid) == (created.vmid, VmState.RUNNING, node_b.hid)
+    running = _qemus(lab, lab.hosts[1])
+    assert len(running) == 1 and f"-name one-{created.vmid} " in running[0]
+    assert _qemus(lab, lab.hosts[0]) == []
+    assert _states(state, created.vmid)[-3:] == [VmState.PROLOG, VmState.BOOT, VmState.RUNNING]
+    lifecycle.cancel(state, created.vmid)
+    assert _qemus(lab, lab.hosts[1]) == []
