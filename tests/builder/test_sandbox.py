@@ -170,6 +170,7 @@ def test_a_fork_bomb_stops_at_the_process_limit(build_user: BuildUser) -> None:
             parent.rmdir()
 
 
+@pytest.mark.slow  # a load test: the bomb runs at the limit until the time limit ends it (~30 s)
 def test_without_a_cgroup_rlimit_nproc_bounds_a_fork_bomb(build_user: BuildUser) -> None:
     """Where no pids cgroup can be made, RLIMIT_NPROC on the host uid holds the bomb at the
     limit until the time limit ends it (sampled from the host while it runs)."""
