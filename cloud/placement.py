@@ -77,8 +77,13 @@ class Placement:
 def host_view(candidate: Candidate) -> HostView:
     """The host as 1.4's scheduler XML shows it to the expressions."""
     host = candidate.host
+    # The built-in probe's RUNNING_VMS counts the QEMUs it found; 1.4's kvm.rb reported no such
+    # key (src/im_mad/kvm/kvm.rb), so expressions read HOST_SHARE's, which counts the VMs placed
+    # on the host, pending deployment included: two VMs created together then spread by
+    # RANK = "- RUNNING_VMS" instead of landing on one host.
+    template = {k: v for k, v in host.monitoring.items() if k != "RUNNING_VMS"}
     return HostView(
-        template=dict(host.monitoring),
+        template=template,
         share=candidate.share.as_attributes(),
         host={
             "ID": str(host.hid),

@@ -87,3 +87,17 @@ def test_the_costliest_tests_run_first() -> None:
     given: list[Any] = [fast, blank_vm, database, minimal, load, rebuild, minimal_boot, later_fast, cloud]
     expected: list[Any] = [minimal, cloud, minimal_boot, load, rebuild, blank_vm, database, fast, later_fast]
     assert costliest_first(given) == expected
+
+
+def test_a_build_sharing_another_ones_package_stage_runs_after_the_boots() -> None:
+    """both_agents_image restores cloud_init_image's package stage: its first user is handed out
+    after the cold builds and the boots, when that stage is cached, not beside its bootstrap."""
+    both = _Item(["both_agents_image"], ["slow", "vm"])
+    cloud_init, cloud_init_boot = (_Item(["cloud_init_image"], ["slow", "vm"]) for _ in range(2))
+    minimal, load = _Item(["minimal_image"], ["slow"]), _Item([], ["slow"])
+    given: list[Any] = [load, both, cloud_init, minimal, cloud_init_boot]
+    expected: list[Any] = [cloud_init, minimal, cloud_init_boot, both, load]
+    assert costliest_first(given) == expected
+    alone: list[Any] = [load, both]  # with no run building the other one, it is a cold build
+    expected = [both, load]
+    assert costliest_first(alone) == expected

@@ -220,22 +220,30 @@ def package_stage(
 ) -> CacheOutcome:
     """Fill ``ws.root`` from the cache, or with mmdebstrap (and then cache it)."""
     key = stage.key(inputs.archive, inputs.source_date_epoch)
-    if stage_cache is not None and stage_cache.restore(key, ws.root):
-        log.info("package cache hit: %s", key[:16])
-        return CacheOutcome(key, hit=True, used=True)
-    rootfs.bootstrap(
-        stage,
-        ws.root,
-        ws.base,
-        recipe_repos=recipe.repositories,
-        env=inputs.env(),
-        runner=runner,
-        sandbox=sandbox,
-    )
+
+    def bootstrap() -> None:
+        rootfs.bootstrap(
+            stage,
+            ws.root,
+            ws.base,
+            recipe_repos=recipe.repositories,
+            env=inputs.env(),
+            runner=runner,
+            sandbox=sandbox,
+        )
+
     if stage_cache is None:
+        bootstrap()
         return CacheOutcome(key, hit=False, used=False)
-    log.info("package cache miss: %s", key[:16])
-    stage_cache.store(key, ws.root, summary=stage.summary())
+    # Builds of one package set at once (a build service's workers, a test session's images)
+    # bootstrap it once: the others wait here and restore what the first one stored.
+    with stage_cache.building(key):
+        if stage_cache.restore(key, ws.root):
+            log.info("package cache hit: %s", key[:16])
+            return CacheOutcome(key, hit=True, used=True)
+        bootstrap()
+        log.info("package cache miss: %s", key[:16])
+        stage_cache.store(key, ws.root, summary=stage.summary())
     return CacheOutcome(key, hit=False, used=True)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagekit.errors import InputError
+from imagekit.locks import exclusive
 from imagekit.run import run
 from imagekit.state import State
 
@@ -59,6 +60,10 @@ class StageCache:
 
     def tarball(self, key: str) -> Path:
         return self.directory / f"{key}.tar"
+
+    def building(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """Held while the stage ``key`` is looked up, and built on a miss: one builder per key."""
+        return exclusive(self.directory / f".{key}.lock")
 
     def restore(self, key: str, root: Path) -> bool:
         """Extract the stage ``key`` into the empty directory ``root``; False on a miss."""

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from imagekit.builder.cache import StageCache
 from imagekit.errors import CommandError, NetworkError
 from imagekit.recipe import load_recipe
 from imagekit.recipe.model import Command, ContentSource, File, Firmware, OutputFormat, Recipe
+from imagekit.run import Argv
 from imagekit.state import State
 
 from ..conftest import REPO
@@ -94,6 +98,41 @@ def test_a_failure_after_the_package_stage_keeps_the_stage_cached(minimal: Recip
         build_image(recipe, options, state=state, runner=again)
     assert MMDEBSTRAP_STEP not in [step for step, _ in again.calls]
     assert StageCache.open(state).entries()[0].hits == entry.hits + 1
+
+
+class SlowStandIn(StandIn):
+    """mmdebstrap takes a while: long enough for a second build of the same set to arrive."""
+
+    def __call__(
+        self, argv: Argv, *, step: str | None = None, **kw: object
+    ) -> subprocess.CompletedProcess[bytes]:
+        if step == MMDEBSTRAP_STEP:
+            time.sleep(0.5)
+        return super().__call__(argv, step=step, **kw)
+
+
+def test_two_builds_of_one_package_set_at_once_bootstrap_it_once(minimal: Recipe, tmp_path: Path) -> None:
+    """Two builds started together (a build service's workers, a test session's images) with
+    the same package stage: one runs mmdebstrap, the other waits and restores its cache entry."""
+    recipe = dataclasses.replace(minimal, post_commands=(Command("boom", ContentSource.RAW, "exit 2"),))
+    state_dir = tmp_path / "state"
+    State.open(state_dir)
+    runners = [SlowStandIn(fail="command 'boom'", returncode=2) for _ in range(2)]
+
+    def build(n: int) -> None:
+        options = BuildOptions(output_dir=tmp_path / f"out{n}", work_dir=tmp_path / f"work{n}")
+        with pytest.raises(CommandError, match="boom"):
+            build_image(recipe, options, state=State.open(state_dir), runner=runners[n])
+
+    threads = [threading.Thread(target=build, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    bootstraps = [MMDEBSTRAP_STEP in [step for step, _ in r.calls] for r in runners]
+    assert sorted(bootstraps) == [False, True]
+    [entry] = StageCache.open(State.open(state_dir)).entries()
+    assert entry.hits == 1
 
 
 def test_missing_tool_is_named(tmp_path: Path) -> None:

@@ -98,6 +98,17 @@ def test_expressions_see_the_share_and_the_host_fields() -> None:
     ] == ["n7"]
 
 
+def test_running_vms_in_expressions_counts_what_is_placed_not_what_the_probe_found() -> None:
+    """1.4's kvm.rb probe reports no RUNNING_VMS (src/im_mad/kvm/kvm.rb:83-95), so RANK's
+    RUNNING_VMS is HOST_SHARE's, which counts allocated VMs; our probe's count (QEMUs found
+    running) must not shadow it, or VMs placed in one pass all go to the same host."""
+    host = _host(1, "n1", RUNNING_VMS="0")
+    busy = Candidate(host.host, share(host.host, Allocation(running_vms=2, cpu=0, memory_kib=0)))
+    assert host_view(busy).lookup("RUNNING_VMS", with_host=True) == "2"
+    idle = _host(2, "n2", RUNNING_VMS="5")
+    assert [r.host.name for r in place(_demand(rank="- RUNNING_VMS"), [busy, idle]).ranked] == ["n2", "n1"]
+
+
 @given(
     st.lists(
         st.tuples(st.integers(0, 1600), st.integers(0, 1600), st.sampled_from(list(HostState))), max_size=8
