@@ -25,6 +25,13 @@ interleaved (A B C … A B C …, medians reported), it measures:
   reads (what StratusLab's storage service did, with 16 KiB reads there);
 * ``gunzip-alone``: zlib inflating the .gz file into nothing (the decompressor's own speed).
 
+Where a plain download's CPU goes (``perf record`` of 256 MiB downloads, 2 cores, December 2026):
+73 % the hashes (libcrypto), 24 % the kernel (the socket's copy into the buffer, the ``.part``
+file's page cache), 3 % Python; ``plain_cpu_vs_floor_plus_transport_cpu`` came out at 1.03. Reading
+the socket with ``splice(2)`` into the ``.part`` and hashing it through ``mmap`` cost more CPU than
+``recv_into`` + ``write`` (0.73 against 0.61 CPU-second for 512 MiB with SHA-1), so the transport
+line is what a download costs beyond its hashes.
+
 Every result is one JSON line on stdout, with the load average when it was printed; the last
 one holds the ratios against the targets (issue 20: plain <= 1.15x the floor, gzip <= 1.1x
 plain, SHA-512 only <= 1.3x sha512sum) and the CPU ratios, the steadier ones on a shared machine.
