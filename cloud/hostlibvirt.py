@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 
 NO_DOMAIN = ""  # what :meth:`Virsh.domstate` says of a domain the host does not have
 _UNREACHABLE = "failed to connect to the hypervisor"  # virsh's words when ssh or the daemon fail
+_NOT_THERE = ("failed to get domain", "Domain not found", "domain is not running")
 
 
 def domain_name(vmid: int) -> str:
@@ -143,7 +144,7 @@ class Virsh:
         except HostUnreachable:
             raise
         except CommandError as err:
-            if "failed to get domain" in err.stderr_tail or "Domain not found" in err.stderr_tail:
+            if any(words in err.stderr_tail for words in _NOT_THERE[:2]):
                 return NO_DOMAIN
             raise
 
@@ -231,12 +232,15 @@ def deploy_on_libvirt_host(state: State, site: SiteConfig, record: VmRecord, wor
 
 def undefine(virsh: Virsh, name: str) -> None:
     """The domain gone from its host: destroyed if it runs, then undefined (its managed save
-    image and firmware variables too)."""
-    current = virsh.domstate(name)
-    if current not in (NO_DOMAIN, "shut off"):
-        virsh.run("destroy", name, step="epilog")
-    if current != NO_DOMAIN:
-        virsh.run("undefine", "--managed-save", "--nvram", name, step="epilog")
+    image and firmware variables too); one that is not there, or not running, is no error."""
+    for verb in (("destroy",), ("undefine", "--managed-save", "--nvram")):
+        try:
+            virsh.run(*verb, name, step="epilog")
+        except HostUnreachable:
+            raise
+        except CommandError as err:
+            if not any(words in err.stderr_tail for words in _NOT_THERE):
+                raise
 
 
 def end_on_libvirt(state: State, record: VmRecord) -> None:
