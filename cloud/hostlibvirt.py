@@ -163,11 +163,10 @@ def dac_owner(host: Host, settings: SshSettings) -> tuple[int, int] | None:
     daemon's QEMU is its own user's already (and it has no DAC driver to name one)."""
     if settings.libvirt is LibvirtDaemon.SESSION:
         return None
-    out = runner_for(host, settings).run(["id", "-u"], step="prolog").stdout.decode().strip()
-    group = runner_for(host, settings).run(["id", "-g"], step="prolog").stdout.decode().strip()
-    if not (out.isdigit() and group.isdigit()):
+    ids = runner_for(host, settings).run(["sh", "-c", "id -u; id -g"], step="prolog").stdout.decode().split()
+    if len(ids) != 2 or not all(i.isdigit() for i in ids):
         raise CommandError(["id"], 1, f"host {host.name}: no uid/gid for its SSH user", step="prolog")
-    return int(out), int(group)
+    return int(ids[0]), int(ids[1])
 
 
 def host_domain(hv: HostVm, staged: Sequence[StagedDisk], context: str | None, where: OnHost, *,

@@ -12,6 +12,7 @@ The tests' own checks run ``virsh -c qemu:///session`` as the host's user over t
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from cloud import libvirt_migration, lifecycle, monitoring
 from cloud.cores.libvirt import domain_xml
 from cloud.deploy import CreateRequest, create_vm
 from cloud.dispatch import dispatch
-from cloud.hostlibvirt import ssh_command, uri_for
+from cloud.hostlibvirt import dac_owner, ssh_command, uri_for
 from cloud.hosts import Host, HostStore, host_spec
 from cloud.model import VmState
 from cloud.qemu import Accel, Nic, VmSpec
@@ -94,6 +95,14 @@ def test_a_host_domain_keeps_its_uuid_and_has_no_dac_label_for_a_session_daemon(
     path = tmp_path / "d.xml"
     path.write_text(xml)
     assert subprocess.run(["virt-xml-validate", path, "domain"], capture_output=True).returncode == 0
+
+
+def test_qemu_runs_as_the_ssh_user_under_a_system_daemon(blank_lab: BlankLab) -> None:
+    """The system daemon would run QEMU as libvirt-qemu, which cannot read the SSH user's files:
+    the label names the SSH user's uid and gid, as its host reports them (here: localhost)."""
+    here = HostStore(blank_lab.state).get("localhost")
+    assert dac_owner(here, SshSettings(libvirt=LibvirtDaemon.SYSTEM)) == (os.getuid(), os.getgid())
+    assert dac_owner(here, SshSettings(libvirt=LibvirtDaemon.SESSION)) is None
 
 
 def _placed_and_dispatched(blank_lab: BlankLab, lab: SshLab) -> VmRecord:
