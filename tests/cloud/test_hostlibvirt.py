@@ -12,8 +12,12 @@ The tests' own checks run ``virsh -c qemu:///session`` as the host's user over t
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -105,6 +109,35 @@ def test_qemu_runs_as_the_ssh_user_under_a_system_daemon(blank_lab: BlankLab) ->
     assert dac_owner(here, SshSettings(libvirt=LibvirtDaemon.SESSION)) is None
 
 
+@contextlib.contextmanager
+def _segment(group: str) -> Iterator[socket.socket]:
+    """A member of a network's L2 segment (its multicast group), as QEMU's socket netdev joins it."""
+    address, port = group.rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, int(port)))
+        membership = struct.pack("4s4s", socket.inet_aton(address), socket.inet_aton("0.0.0.0"))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        yield sock
+    finally:
+        sock.close()
+
+
+def _announced(sock: socket.socket, mac: str, timeout: float = 15.0) -> bool:
+    """Whether a RARP frame (ethertype 0x8035) from ``mac`` reaches the segment in time."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            frame = sock.recv(2048)
+        except TimeoutError:
+            return False
+        if frame[6:12] == bytes.fromhex(mac.replace(":", "")) and frame[12:14] == b"\x80\x35":
+            return True
+    return False
+
+
 def _placed_and_dispatched(blank_lab: BlankLab, lab: SshLab) -> VmRecord:
     """``vm create`` with localhost disabled: its scheduling pass places it on the one enabled
     ``--vmm kvm`` host (kvma) and leaves it pending there; the dispatcher deploys it."""
@@ -177,7 +210,12 @@ def test_live_and_cold_migrations_between_libvirt_hosts(
     assert _virsh(lab, host_b, "list --all --name") == ""
     assert not (host_b.home / ".imagekit/vms" / str(record.vmid)).exists()
 
-    moved = lifecycle.migrate(state, record.vmid, "kvmb", live=True)
+    (nic,) = record.info["nics"]
+    with _segment(nic["segment"]) as segment:
+        moved = lifecycle.migrate(state, record.vmid, "kvmb", live=True)
+        # QEMU announces the VM's MAC on its network once it runs on the target (RARP, as after
+        # every migration): the frame reaches the network's multicast segment from host b.
+        assert _announced(segment, nic["mac"])
     assert (moved.state, moved.hid, moved.info["host"]) == (VmState.RUNNING, node_b.hid, "kvmb")
     assert moved.info["migration"]["downtime_ms"] is not None
     query = "qemu-monitor-command " + name + ' \'{"execute":"query-migrate"}\''
