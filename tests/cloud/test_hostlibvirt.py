@@ -150,13 +150,9 @@ def _placed_and_dispatched(blank_lab: BlankLab, lab: SshLab) -> VmRecord:
     return done
 
 
-def test_a_vm_placed_on_a_libvirt_host_runs_there_as_its_user_and_shutdown_cleans_up(
-    blank_lab: BlankLab, lab: SshLab
-) -> None:
-    state, host_a = blank_lab.state, lab.hosts[0]
-    node = _kvm_host(state, lab, "kvma", host_a)
-    record = _placed_and_dispatched(blank_lab, lab)
-    name = f"one-{record.vmid}"
+def _runs_on_a(state: State, lab: SshLab, record: VmRecord, node: Host) -> None:
+    """Placed by the scheduler, deployed by the dispatcher: the domain runs as host a's user."""
+    host_a, name = lab.hosts[0], f"one-{record.vmid}"
     assert (record.state, record.hid) == (VmState.RUNNING, node.hid)
     assert [t.state for t in VmStore(state).history(record.vmid)][-3:] == [
         VmState.PROLOG, VmState.BOOT, VmState.RUNNING
@@ -170,6 +166,9 @@ def test_a_vm_placed_on_a_libvirt_host_runs_there_as_its_user_and_shutdown_clean
     assert probed.monitoring["RUNNING_VMS"] == "1"  # libvirt's "-name guest=one-<id>,…" counted
     assert lifecycle.show(state, record.vmid).state is VmState.RUNNING  # reconciled through virsh
 
+
+def _verbs_on_a(state: State, lab: SshLab, record: VmRecord) -> None:
+    host_a, name = lab.hosts[0], f"one-{record.vmid}"
     assert lifecycle.suspend(state, record.vmid).state is VmState.SUSPENDED
     assert _virsh(lab, host_a, f"domstate {name}") == "paused"
     assert lifecycle.resume(state, record.vmid).state is VmState.RUNNING
@@ -179,28 +178,12 @@ def test_a_vm_placed_on_a_libvirt_host_runs_there_as_its_user_and_shutdown_clean
     assert lifecycle.resume(state, record.vmid).state is VmState.RUNNING
     assert _virsh(lab, host_a, f"domstate {name}") == "running"
 
-    done = lifecycle.shutdown(state, record.vmid, timeout=2)  # no guest OS to heed ACPI: destroyed
-    assert (done.state, done.reason) == (VmState.DONE, "no ACPI power-off within 2 s: stopped hard")
-    assert _virsh(lab, host_a, "list --all --name") == ""
-    assert not (host_a.home / ".imagekit/vms" / str(record.vmid)).exists()
 
-
-def test_live_and_cold_migrations_between_libvirt_hosts(
-    blank_lab: BlankLab, lab: SshLab, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A live migration that fails (the target's QEMU cannot listen where the stream is sent:
-    port 1, as a user) leaves the domain running on its source and nothing on the target; one
-    that works leaves it running on the target (QEMU's own migration status there); a cold one
-    brings it back."""
-    state, (host_a, host_b) = blank_lab.state, lab.hosts
-    node_a = _kvm_host(state, lab, "kvma", host_a)
-    node_b = _kvm_host(state, lab, "kvmb", host_b)
-    HostStore(state).set_enabled("kvmb", False)
-    record = _placed_and_dispatched(blank_lab, lab)
-    HostStore(state).set_enabled("kvmb", True)
-    name = f"one-{record.vmid}"
-
-    with monkeypatch.context() as patch:
+def _a_failing_live_migration(state: State, lab: SshLab, record: VmRecord, node_a: Host) -> None:
+    """The target's QEMU cannot listen where the stream is sent (port 1, as a user): libvirt
+    cancels, the domain runs on on its source, the target keeps nothing."""
+    (host_a, host_b), name = lab.hosts, f"one-{record.vmid}"
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(libvirt_migration, "lan_address", lambda host: "127.0.0.1:1")
         with pytest.raises(CommandError, match="migrate"):
             lifecycle.migrate(state, record.vmid, "kvmb", live=True)
@@ -210,6 +193,9 @@ def test_live_and_cold_migrations_between_libvirt_hosts(
     assert _virsh(lab, host_b, "list --all --name") == ""
     assert not (host_b.home / ".imagekit/vms" / str(record.vmid)).exists()
 
+
+def _live_to_b(state: State, lab: SshLab, record: VmRecord, node_b: Host) -> None:
+    (host_a, host_b), name = lab.hosts, f"one-{record.vmid}"
     (nic,) = record.info["nics"]
     with _segment(nic["segment"]) as segment:
         moved = lifecycle.migrate(state, record.vmid, "kvmb", live=True)
@@ -225,6 +211,9 @@ def test_live_and_cold_migrations_between_libvirt_hosts(
     assert not (host_a.home / ".imagekit/vms" / str(record.vmid)).exists()
     assert f"{host_b.home}/.imagekit/vms/{record.vmid}/disk0.qcow2" in moved.info["domain_xml"]
 
+
+def _cold_back_to_a(state: State, lab: SshLab, record: VmRecord, node_a: Host) -> None:
+    (host_a, host_b), name = lab.hosts, f"one-{record.vmid}"
     back = lifecycle.migrate(state, record.vmid, "kvma", live=False)
     assert (back.state, back.hid) == (VmState.RUNNING, node_a.hid)
     assert [t.state for t in VmStore(state).history(record.vmid)][-3:] == [
@@ -234,8 +223,29 @@ def test_live_and_cold_migrations_between_libvirt_hosts(
     assert _virsh(lab, host_b, "list --all --name") == ""
     assert not (host_b.home / ".imagekit/vms" / str(record.vmid)).exists()
 
-    _virsh(lab, host_a, f"destroy {name}")  # gone behind imagekit's back
-    assert lifecycle.show(state, record.vmid).state is VmState.UNKNOWN  # virsh domstate
-    assert lifecycle.delete(state, record.vmid).state is VmState.DONE
+
+def test_a_libvirt_vm_runs_on_its_host_moves_live_and_cold_and_ends_clean(
+    blank_lab: BlankLab, lab: SshLab
+) -> None:
+    """One VM through its life on two --vmm kvm hosts (one deployment: each costs seconds)."""
+    state, (host_a, _) = blank_lab.state, lab.hosts
+    node_a = _kvm_host(state, lab, "kvma", host_a)
+    node_b = _kvm_host(state, lab, "kvmb", lab.hosts[1])
+    HostStore(state).set_enabled("kvmb", False)
+    record = _placed_and_dispatched(blank_lab, lab)
+    HostStore(state).set_enabled("kvmb", True)
+    _runs_on_a(state, lab, record, node_a)
+    _verbs_on_a(state, lab, record)
+    _a_failing_live_migration(state, lab, record, node_a)
+    _live_to_b(state, lab, record, node_b)
+    _cold_back_to_a(state, lab, record, node_a)
+
+    name = f"one-{record.vmid}"
+    _virsh(lab, host_a, f"destroy {name}")  # behind imagekit's back: virsh domstate tells
+    assert lifecycle.show(state, record.vmid).state is VmState.UNKNOWN
+    _virsh(lab, host_a, f"start {name}")
+    assert lifecycle.show(state, record.vmid).state is VmState.RUNNING
+    done = lifecycle.shutdown(state, record.vmid, timeout=2)  # no guest OS to heed ACPI: destroyed
+    assert (done.state, done.reason) == (VmState.DONE, "no ACPI power-off within 2 s: stopped hard")
     assert _virsh(lab, host_a, "list --all --name") == ""
     assert not (host_a.home / ".imagekit/vms" / str(record.vmid)).exists()
