@@ -3,6 +3,7 @@
 imagekit cloud serve ec2 [--host 127.0.0.1] [--port 4567] [--region default]
 imagekit cloud serve ec2 --certfile server.pem --keyfile server.key     # HTTPS directly
 imagekit cloud serve ec2 --hold        # RunInstances records VMs held (release with `vm release`)
+imagekit cloud serve ec2|occi --prolog-in-request   # answer after the prolog/boot, not pending
 imagekit cloud serve occi [--host 127.0.0.1] [--port 4568] [--certfile PEM --keyfile PEM] [--hold]
 imagekit cloud serve ec2|occi --max-upload 8G     # a bigger image upload is refused (default 64G)
 imagekit cloud serve ec2|occi --max-uploads 8 --max-uploads-per-user 2   # uploads at once (defaults)
@@ -62,10 +63,10 @@ def _listener_options(parser: argparse.ArgumentParser, port: int, why_port: str,
     add_listener_options(parser, port=port, why_port=why_port)
     parser.add_argument("--hold", action="store_true", help=hold)
     parser.add_argument(
-        "--background-prolog",
+        "--prolog-in-request",
         action="store_true",
-        help="answer with the VM pending; the server's own scheduler does the prolog and boot"
-        " outside the request (default: in the request, answering with the VM held or running)",
+        help="do the prolog and boot inside the request, answering with the VM held or running"
+        " (default: answer with the VM pending, as oned; the server's own scheduler deploys it after)",
     )
     parser.add_argument(
         "--max-upload",
@@ -119,10 +120,10 @@ def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **e
         # The steps of every request's `vm create`, interleaved from many at once, say nothing
         # to whoever reads a server's log; -v shows them.
         progress.setLevel(logging.WARNING)
-    # This thread deploys the VMs a killed server or another process's scheduler left placed
-    # here, and with --background-prolog every VM the requests record (pending).
+    # This thread deploys every VM the requests record (pending), unless --prolog-in-request,
+    # and those a killed server or another process's scheduler left placed here.
     site = load_site()  # etc/, read once: the server's whole life
-    background = Background(state, site, defer=args.background_prolog)
+    background = Background(state, site, defer=not args.prolog_in_request)
     background.start()
     try:
         serve(
