@@ -1,7 +1,9 @@
 """``vm migrate`` and ``vm livemigrate`` of an embedded VM between hosts (1.4's onevm verbs).
 
 Both need the source and the target to be ``--vmm qemu --tm ssh`` hosts reached over SSH
-(``cloud/hostvm.py``); the target must be enabled and not in ``error``. The VM keeps its NIC
+(``cloud/hostvm.py``); unless ``--force``, the target must take the VM as the scheduler would
+place it there (enabled, not in ``error``, the VM's CPU and MEMORY free, its ``REQUIREMENTS``:
+``cloud/lifecycle.py``). The VM keeps its NIC
 definitions (MAC, network segment) and its context CD, so its MAC and address stay the same.
 
 Live (``livemigrate``): the target gets the VM's disks made by its TM (the verified base copied
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.hostqmp import OnHost, kill_on, qmp_on
-from cloud.hosts import Host, HostState, HostStore, TransferDriver, VirtualizationDriver
+from cloud.hosts import Host, HostStore, TransferDriver, VirtualizationDriver
 from cloud.hostvm import (
     HostVm,
     host_argv,
@@ -79,8 +81,7 @@ def _target(state: State, record: VmRecord, ref: str) -> Host:
     if target.hid == record.hid:
         raise InputError(f"VM {record.vmid} is on host {target.name!r} already")
     _check_host(target, "target")
-    if target.state in (HostState.DISABLED, HostState.ERROR):
-        raise InputError(f"host {target.name!r} is {target.state.value}: it receives no VMs")
+    # Its state, free capacity and the VM's REQUIREMENTS: lifecycle.migrate, unless --force.
     return target
 
 

@@ -329,8 +329,9 @@ def test_migration_refuses_targets_it_cannot_use(tmp_path: Path, target: str, me
 def test_migration_refuses_a_disabled_host_and_a_vm_that_is_not_running(tmp_path: Path) -> None:
     state, vmid = _placed(tmp_path)
     HostStore(state).set_enabled("nodeb", False)
-    with pytest.raises(InputError, match="host 'nodeb' is disabled: it receives no VMs"):
+    with pytest.raises(InputError, match="host 'nodeb' refuses VM 4: disabled"):
         lifecycle.migrate(state, vmid, "nodeb", live=False)
+    HostStore(state).set_enabled("nodeb", True)
     VmStore(state).transition(vmid, VmState.SUSPENDED)
     with pytest.raises(InputError, match="VM 4 is suspended: only a running VM can livemigrate"):
         lifecycle.migrate(state, vmid, "nodeb", live=True)
