@@ -10,6 +10,9 @@ imagekit cloud serve ec2|occi --max-uploads 8 --max-uploads-per-user 2   # uploa
 imagekit cloud serve ec2 --allow-unhashed-uploads  # take UploadImage without a signed ImageSha256 (econe)
 imagekit cloud serve ec2 --site-images /srv/images  # an administrator may RegisterImage files there
 
+Each server runs the scheduler and dispatcher (``cloud/dispatch.py``) and the host monitoring
+(``cloud/monitoring.py``, every ``HOST_MONITORING_INTERVAL``) in threads of its own.
+
 EC2 clients sign with the access key and secret ``imagekit user create`` printed (SigV4 or SigV2).
 """
 
@@ -109,6 +112,7 @@ def upload_limit(text: str) -> int:
 
 def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **extra: object) -> int:
     from cloud.dispatch import Background
+    from cloud.monitoring import monitoring_thread
     from cloud.recovery import recover
     from cloud.siteconfig import load_site
 
@@ -126,15 +130,16 @@ def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **e
     background = Background(state, site, defer=not args.prolog_in_request)
     background.start()
     try:
-        serve(
-            state_dir(args.state),
-            listener,
-            hold=args.hold,
-            slots=UploadSlots(total=args.max_uploads, per_user=args.max_uploads_per_user),
-            site=site,
-            **extra,
-            **({"max_upload": args.max_upload} if args.max_upload else {}),
-        )
+        with monitoring_thread(state, site):  # every host probed every HOST_MONITORING_INTERVAL
+            serve(
+                state_dir(args.state),
+                listener,
+                hold=args.hold,
+                slots=UploadSlots(total=args.max_uploads, per_user=args.max_uploads_per_user),
+                site=site,
+                **extra,
+                **({"max_upload": args.max_upload} if args.max_upload else {}),
+            )
     finally:
         background.stop()
     return 0
