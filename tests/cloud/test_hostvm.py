@@ -91,8 +91,9 @@ def test_a_vm_runs_on_its_host_as_the_hosts_user(blank_lab: BlankLab, lab: SshLa
     lifecycle.resume(state, record.vmid)
     assert hostvm.poll_on_host(state, record.vmid) == "running"
     assert lifecycle.reboot(state, record.vmid).state is VmState.RUNNING  # QMP system_reset there
-    with pytest.raises(InputError, match="stop \\(save to disk\\) is for VMs on localhost"):
-        lifecycle.stop(state, record.vmid)
+    assert lifecycle.stop(state, record.vmid).state is VmState.STOPPED  # saved on its host
+    assert hostvm.poll_on_host(state, record.vmid) == "gone" and _qemus(lab, lab.hosts[0]) == []
+    assert lifecycle.resume(state, record.vmid).state is VmState.RUNNING  # restored there
     assert hostvm.poll_on_host(state, record.vmid) == "running"
 
 
