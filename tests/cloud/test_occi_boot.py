@@ -60,8 +60,9 @@ def test_compute_runs_and_changes_state(booting: tuple[State, httpx.Client], ima
     vmid = vm.findtext("ID") or ""
     assert vm.findtext("STATE") == "PENDING"  # answered before the prolog (OCCIServer.rb post_compute)
     deadline = time.monotonic() + 240  # the server's dispatcher: prolog, boot (all ACTIVE)
-    while lifecycle.show(state, int(vmid)).state is not VmState.RUNNING:
-        assert time.monotonic() < deadline, lifecycle.show(state, int(vmid))
+    while (record := lifecycle.show(state, int(vmid))).state is not VmState.RUNNING:
+        assert record.state is not VmState.FAILED, (record.step, record.reason)
+        assert time.monotonic() < deadline, record
         time.sleep(0.1)
     assert xml(alice.get(f"/compute/{vmid}"), 200).findtext("STATE") == "ACTIVE"
     assert _put(alice, vmid, "suspended") == "SUSPENDED"
