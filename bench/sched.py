@@ -9,8 +9,19 @@
   order against every host: state, CPU and memory left after the VMs before it, the expressions
   evaluated on the host's attributes, highest rank, lowest HID on ties). Any mismatch is printed
   and the exit status is 1.
+- ``run_instances``: ``RunInstances`` → ``pending`` with 32 SigV4 clients, ``imagekit cloud
+  serve ec2`` (asynchronous: the prolog runs after the answer; and, for comparison, with
+  ``--prolog-in-request``) and moto's server side by side (``bench/ec2.py``'s measurement; moto
+  skipped with a note when not installed).
+- ``vm_create_running``: ``vm create`` of the blank lab's VM (``tests/cloud/blank.py``: firmware
+  on a blank disk, TCG) until ``running``, on localhost and on a ``--vmm qemu --tm ssh`` host
+  reached through a throw-away sshd (``tests/cloud/sshd.py``: needs root and openssh-server);
+  the first VM on the host also fills its image cache, so it is reported apart.
+
+Every line carries the 1-minute load average.
 
     .venv/bin/python bench/sched.py [--vms 1000] [--hosts 200] [--seed 21]
+        [--only pass|ec2|remote ...] [--clients 32] [--run 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -26,12 +37,14 @@ from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # `sched` is also stdlib's
+sys.path.insert(0, str(_HERE.parent))  # bench.ec2 and the tests' SSH lab, of this checkout
 
 from cloud.cores import CoreKind  # noqa: E402
 from cloud.expressions import HostView, parse_rank, parse_requirements, rank_of, satisfies  # noqa: E402
 from cloud.hosts import Host, HostState, HostStore, host_spec  # noqa: E402
 from cloud.sched_conf import SchedSettings  # noqa: E402
 from cloud.scheduler import schedule  # noqa: E402
+from cloud.siteconfig import SiteConfig  # noqa: E402
 from cloud.store import VmStore  # noqa: E402
 from imagekit.state import State  # noqa: E402
 
@@ -146,12 +159,7 @@ def brute_force(hosts: list[Host], vms: list[tuple[int, dict[str, object]]]) -> 
     return chosen
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vms", type=int, default=1000, help="pending VMs (default: 1000)")
-    parser.add_argument("--hosts", type=int, default=200, help="hosts, localhost included (default: 200)")
-    parser.add_argument("--seed", type=int, default=21, help="the synthetic pool's random seed")
-    args = parser.parse_args()
+def bench_pass(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-sched-") as tmp:
         state = State.open(Path(tmp) / "state")
@@ -173,6 +181,93 @@ def main() -> int:
         for vmid, got, want in mismatches[:20]:
             print(f"VM {vmid}: the scheduler chose HID {got}, the brute force {want}", file=sys.stderr)
     return 1 if mismatches else 0
+
+
+def bench_run_instances(args: argparse.Namespace) -> int:
+    """RunInstances → pending, imagekit and moto in this run (``bench/ec2.py``'s measurement)."""
+    from bench.ec2 import bench_imagekit, bench_moto
+
+    asynchronous = argparse.Namespace(clients=args.clients, describe=0, run=args.run)
+    in_request = argparse.Namespace(**vars(asynchronous), serve_options=("--prolog-in-request",))
+    runs = (("imagekit", bench_imagekit, asynchronous), ("sync", bench_imagekit, in_request))
+    with tempfile.TemporaryDirectory(prefix="bench-sched-ec2-") as tmp:
+        for name, bench, options in (*runs, ("moto", bench_moto, asynchronous)):
+            work = Path(tmp) / name
+            work.mkdir()
+            for line in bench(work, options):
+                emit(metric="run_instances", **{k: v for k, v in line.items() if k != "bench"})
+    return 0
+
+
+def _created_running(state: State, site: SiteConfig, template: Path) -> float:
+    """Seconds from ``vm create`` to ``running``: on localhost ``vm create`` itself; elsewhere
+    it leaves the VM pending, placed, and the dispatcher deploys it (what ``--wait`` waits for).
+    The VM is cancelled after."""
+    from cloud import lifecycle
+    from cloud.deploy import CreateRequest, create_vm
+    from cloud.dispatch import dispatch
+    from cloud.model import VmState
+
+    started = time.perf_counter()
+    record = create_vm(CreateRequest.from_file(template, site=site), state=state)
+    if record.state is VmState.PENDING:
+        (record,) = dispatch(state, site, only=record.vmid).records
+    seconds = time.perf_counter() - started
+    if record.state is not VmState.RUNNING:
+        raise RuntimeError(f"VM {record.vmid} ended {record.state.value}: {record.reason}")
+    lifecycle.cancel(state, record.vmid)
+    return seconds
+
+
+def _figures(where: str, seconds: list[float]) -> dict[str, object]:
+    rest = sorted(seconds[1:]) or seconds
+    return {"where": where, "vms": len(seconds), "first_s": round(seconds[0], 2),
+            "median_s": round(rest[len(rest) // 2], 2), "max_s": round(max(seconds), 2)}  # fmt: skip
+
+
+def bench_remote_create(args: argparse.Namespace) -> int:
+    """``vm create`` → running on localhost, then on a host over SSH (module docstring)."""
+    from cloud.monitoring import monitor
+    from cloud.siteconfig import load_site
+    from tests.cloud.blank import make_blank_lab
+    from tests.cloud.sshd import start_ssh_lab
+
+    os.environ.setdefault("IMAGEKIT_ACCEL", "tcg")  # the same accelerator in both places
+    lab = start_ssh_lab(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-sched-remote-") as tmp:
+            blank = make_blank_lab(Path(tmp))
+            state, site = blank.state, load_site(lab.etc)
+            local = [_created_running(state, site, blank.template) for _ in range(args.rounds)]
+            emit(metric="vm_create_running", **_figures("localhost", local))
+            hosts = HostStore(state)
+            hosts.create(host_spec("node1", im="kvm", vmm="qemu", tm="ssh", address=lab.hosts[0].address))
+            monitor(state, "node1", settings=site.ssh)
+            hosts.set_enabled("localhost", False)  # the pass places it on node1
+            remote = [_created_running(state, site, blank.template) for _ in range(args.rounds)]
+            emit(metric="vm_create_running", **_figures("node1: --vmm qemu --tm ssh over SSH", remote))
+    finally:
+        lab.close()
+    return 0
+
+
+SECTIONS = {"pass": bench_pass, "ec2": bench_run_instances, "remote": bench_remote_create}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vms", type=int, default=1000, help="pending VMs (default: 1000)")
+    parser.add_argument("--hosts", type=int, default=200, help="hosts, localhost included (default: 200)")
+    parser.add_argument("--seed", type=int, default=21, help="the synthetic pool's random seed")
+    parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), help="these parts (default: all)")
+    parser.add_argument("--clients", type=int, default=32, help="RunInstances clients (default: 32)")
+    parser.add_argument("--run", type=int, default=2, help="RunInstances calls per client (default: 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="VMs created per place (default: 3)")
+    args = parser.parse_args()
+    failed = 0
+    for name in args.only or list(SECTIONS):
+        failed |= SECTIONS[name](args)
+    return failed
 
 
 if __name__ == "__main__":

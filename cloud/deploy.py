@@ -141,7 +141,7 @@ def deploy_here(
         record = scheduler.place_created(state, record.vmid, site=request.site)
         background = dispatch.in_process()
         if background is not None and not background.defer:
-            background = None  # a server that does the prolog in the request
+            background = None  # a server that does the prolog in the request (--prolog-in-request)
         if record.hid != LOCALHOST_ID or background is not None:
             # Pending: placed on another host, or nowhere yet (its sched_message says why), or
             # this is a server whose own dispatcher does the prolog outside the request.

@@ -146,11 +146,12 @@ def _deploy_one(state: State, site: SiteConfig, record: VmRecord, deployer: Depl
 class Background:
     """The scheduler and the dispatcher in a server's process (``cloud serve ec2|occi``): a pass
     and a dispatch at its start (what a killed server left), at each wake and every
-    ``SCHED_INTERVAL`` (VMs another process's scheduler placed here). With ``defer``, ``vm
-    create`` in this process returns a VM ``pending`` (placed, its deployment kept) and wakes
-    it, instead of doing the prolog in the request (``--background-prolog``)."""
+    ``SCHED_INTERVAL`` (VMs another process's scheduler placed here). With ``defer`` (the
+    default, as oned's ``one.vm.allocate``), ``vm create`` in this process returns a VM
+    ``pending`` (placed, its deployment kept) and wakes it; without (``--prolog-in-request``),
+    it does the prolog and boot in the request."""
 
-    def __init__(self, state: State, site: SiteConfig, *, defer: bool = False, workers: int = 4) -> None:
+    def __init__(self, state: State, site: SiteConfig, *, defer: bool = True, workers: int = 4) -> None:
         self.state = state
         self.site = site
         self.defer = defer

@@ -11,7 +11,8 @@ hook runs with that argv, never through a shell. The substitution happens once, 
 ``vm create``: a hook at DONE still sees the addresses the VM had. Hooks run in a thread with
 a time limit; their output and exit status go to the VM's ``hooks.log``; a failing hook is
 logged and never changes the VM.
-``remote = "yes"`` runs on the VM's host, which is this one.
+Hooks run here, on the front end, for a VM on another host too (``cloud/hostvm.py`` fires the
+same events), as 1.4's hook manager ran them; ``remote = "yes"`` is ignored: every hook runs here.
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cloud import deployment, images
+from cloud import deployment, hooks, images
 from cloud.cores import CoreKind
-from cloud.cores.local import LIVE, WITH_FILES, finish
+from cloud.cores.local import LIVE, WITH_FILES, event_hooks, finish
 from cloud.deployment import Deployment
 from cloud.hostqmp import QMP_TIMEOUT, OnHost, VmGone, kill_on, qmp_on
 from cloud.hosts import LOCALHOST_ID, Host, HostStore, VirtualizationDriver
@@ -344,9 +344,11 @@ def boot_on_host(
     store = VmStore(state)
     record = store.transition(vmid, VmState.BOOT, allowed=allowed)
     start_on_host(state, record)
-    return store.transition(
+    record = store.transition(
         vmid, VmState.RUNNING, allowed=(VmState.BOOT,), reason=f"running on host {record.info['host']}"
     )
+    hooks.fire(hooks.HookEvent.RUNNING, event_hooks(record), vmid, record.directory)
+    return record
 
 
 def deploy_on_host(state: State, site: SiteConfig, record: VmRecord, work: Deployment) -> VmRecord:
@@ -375,10 +377,13 @@ def deploy_with(
         assert record.hid is not None
         host = HostStore(state).get(str(record.hid))
         held = [b.marketplace_id for b in bases if b.marketplace_id]
-        store.transition(vmid, VmState.PROLOG, allowed=(VmState.PENDING,), info={"images": held})
+        # Its hooks kept as on localhost: they run here, on the front end, as 1.4's HM ran them.
+        info = {"images": held, "hooks": work.hooks}
+        store.transition(vmid, VmState.PROLOG, allowed=(VmState.PENDING,), info=info)
         images.hold(state, bases, vmid)
         info = prolog(state, site, host, work)
         record = store.transition(vmid, VmState.PROLOG, allowed=(VmState.PROLOG,), info=info)
+        hooks.fire(hooks.HookEvent.CREATE, work.hooks, vmid, record.directory)
         if work.hold:
             done = store.transition(vmid, VmState.HOLD, allowed=(VmState.PROLOG,))
         else:
@@ -428,6 +433,7 @@ class HostCore:
     def shutdown(self, state: State, vmid: int, *, timeout: float) -> VmRecord:
         """The ACPI power button every few seconds until QEMU exits; after ``timeout``, hard."""
         record = VmStore(state).transition(vmid, VmState.SHUTDOWN, allowed=(VmState.RUNNING,))
+        hooks.fire(hooks.HookEvent.SHUTDOWN, event_hooks(record), vmid, record.directory)
         _, runner, where = placement(state, record)
         press = {"wait": "powerdown", "timeout": timeout, "every": REPRESS}
         try:
@@ -469,13 +475,35 @@ class HostCore:
         return record
 
     def resume(self, state: State, vmid: int) -> VmRecord:
-        record = VmStore(state).transition(vmid, VmState.RUNNING, allowed=(VmState.SUSPENDED,))
+        """A suspended VM continues; a stopped one is restored on its host from its saved state."""
+        store = VmStore(state)
+        if store.get(vmid).state is VmState.STOPPED:
+            return _restore_stopped(state, vmid)
+        record = store.transition(vmid, VmState.RUNNING, allowed=(VmState.SUSPENDED,))
         self._qmp(state, record, "cont")
         return record
 
     def stop(self, state: State, vmid: int) -> VmRecord:
-        VmStore(state).get(vmid)
-        raise InputError(f"VM {vmid}: stop (save to disk) is for VMs on localhost; suspend or migrate it")
+        """onevm stop on the VM's host: its memory saved to a file in its directory there (QMP
+        ``migrate`` to ``exec:cat``, as a cold migration saves), QEMU ended; its disks and the
+        saved state stay on the host for ``resume``. A save that fails leaves the VM running."""
+        from cloud.migration import save_on_host  # it imports this module
+
+        store = VmStore(state)
+        record = store.transition(
+            vmid, VmState.STOPPED, allowed=(VmState.RUNNING, VmState.SUSPENDED), reason="saving"
+        )
+        _, runner, where = placement(state, record)
+        try:
+            save_on_host(runner, where)
+        except BaseException as exc:
+            store.transition(
+                vmid, VmState.RUNNING, allowed=(VmState.STOPPED,), reason=f"saving failed: {exc}"
+            )
+            raise
+        record = store.transition(vmid, VmState.STOPPED, reason=f"state saved on host {record.info['host']}")
+        hooks.fire(hooks.HookEvent.STOP, event_hooks(record), vmid, record.directory)
+        return record
 
     def reboot(self, state: State, vmid: int) -> VmRecord:
         record = VmStore(state).get(vmid)
@@ -500,3 +528,26 @@ class HostCore:
         from cloud.migration import migrate
 
         return migrate(state, vmid, host, live=live)
+
+
+def _restore_stopped(state: State, vmid: int) -> VmRecord:
+    """BOOT → RUNNING: the stopped VM's QEMU on its host from the state ``stop`` saved there; a
+    restore that fails leaves it ``stopped`` (the saved state is still there)."""
+    from cloud.migration import SAVED, restore_on_host  # it imports this module
+
+    store = VmStore(state)
+    record = store.transition(vmid, VmState.BOOT, allowed=(VmState.STOPPED,))
+    _, runner, where = placement(state, record)
+    saved = f"{where.directory}/{SAVED}"
+    try:
+        restore_on_host(runner, record, list(record.info["argv"]), where, saved)
+    except BaseException as exc:
+        kill_on(runner, where)
+        store.transition(vmid, VmState.STOPPED, allowed=(VmState.BOOT,), reason=f"restore failed: {exc}")
+        raise
+    runner.run(["rm", "-f", "--", saved], step="boot")
+    record = store.transition(
+        vmid, VmState.RUNNING, allowed=(VmState.BOOT,), reason=f"restored on host {record.info['host']}"
+    )
+    hooks.fire(hooks.HookEvent.RUNNING, event_hooks(record), vmid, record.directory)
+    return record

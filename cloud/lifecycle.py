@@ -12,6 +12,7 @@ import time
 from cloud.cores import Core, CoreKind, core_of
 from cloud.cores.local import POLL
 from cloud.model import VmState
+from cloud.scheduler import check_migration_target
 from cloud.store import VmRecord, VmStore
 from imagekit.errors import InputError
 from imagekit.state import State
@@ -107,10 +108,17 @@ def release(state: State, vmid: int) -> VmRecord:
     return _core(state, vmid).release(state, vmid)
 
 
-def migrate(state: State, vmid: int, host: str, *, live: bool = False) -> VmRecord:
+def migrate(state: State, vmid: int, host: str, *, live: bool = False, force: bool = False) -> VmRecord:
     """Move the VM to ``host`` (onevm migrate / livemigrate): embedded VMs between ``--vmm qemu
-    --tm ssh`` hosts (cloud/migration.py); every other core refuses with its reason."""
-    return _core(state, vmid).migrate(state, vmid, host, live=live)
+    --tm ssh`` hosts (cloud/migration.py); every other core refuses with its reason. Unless
+    ``force``, the target must take the VM as the scheduler would place it there (its state,
+    free CPU and MEMORY, the VM's ``REQUIREMENTS``: ``scheduler.check_migration_target``)."""
+    record = VmStore(state).get(vmid)
+    # A VM placed on one of our hosts moves only to one that takes it (another cloud's VM, or
+    # one never placed, is its core's to refuse).
+    if not force and not record.core.remote and record.hid is not None:
+        check_migration_target(state, record, host)
+    return core_for(record).migrate(state, vmid, host, live=live)
 
 
 def wait(state: State, vmid: int, wanted: VmState, *, timeout: float) -> VmRecord:

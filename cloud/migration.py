@@ -1,7 +1,9 @@
 """``vm migrate`` and ``vm livemigrate`` of an embedded VM between hosts (1.4's onevm verbs).
 
 Both need the source and the target to be ``--vmm qemu --tm ssh`` hosts reached over SSH
-(``cloud/hostvm.py``); the target must be enabled and not in ``error``. The VM keeps its NIC
+(``cloud/hostvm.py``); unless ``--force``, the target must take the VM as the scheduler would
+place it there (enabled, not in ``error``, the VM's CPU and MEMORY free, its ``REQUIREMENTS``:
+``cloud/lifecycle.py``). The VM keeps its NIC
 definitions (MAC, network segment) and its context CD, so its MAC and address stay the same.
 
 Live (``livemigrate``): the target gets the VM's disks made by its TM (the verified base copied
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.hostqmp import OnHost, kill_on, qmp_on
-from cloud.hosts import Host, HostState, HostStore, TransferDriver, VirtualizationDriver
+from cloud.hosts import Host, HostStore, TransferDriver, VirtualizationDriver
 from cloud.hostvm import (
     HostVm,
     host_argv,
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 MIGRATION_TIMEOUT = 600.0
 DOWNTIME_LIMIT_MS = 300  # QEMU's own default, said out loud: the target of issue 21's benchmark
 SAVED = "memory.state"
+SAVE_BANDWIDTH = 4 << 30  # bytes/s: a save to a local file, as fast as the disk takes it
 # Two free TCP ports on the target's address ($1), for its -incoming and its NBD server.
 _FREE_PORTS = """import socket, sys
 a, b = socket.socket(), socket.socket()
@@ -79,8 +82,7 @@ def _target(state: State, record: VmRecord, ref: str) -> Host:
     if target.hid == record.hid:
         raise InputError(f"VM {record.vmid} is on host {target.name!r} already")
     _check_host(target, "target")
-    if target.state in (HostState.DISABLED, HostState.ERROR):
-        raise InputError(f"host {target.name!r} is {target.state.value}: it receives no VMs")
+    # Its state, free capacity and the VM's REQUIREMENTS: lifecycle.migrate, unless --force.
     return target
 
 
@@ -249,11 +251,14 @@ def _end_source(src: Runner, where: OnHost, tm: Any, vmid: int) -> None:
     remove_from(tm, vmid)
 
 
-def _save_on_source(src: Runner, where: OnHost) -> str:
-    """``stop``, then the VM's state into ``memory.state`` in its directory; QEMU ends."""
+def save_on_host(src: Runner, where: OnHost) -> str:
+    """``stop``, then the VM's state into ``memory.state`` in its directory; QEMU ends (a cold
+    migration's first step, and ``vm stop`` of a VM on a host: ``cloud/hostvm.py``)."""
     saved = f"{where.directory}/{SAVED}"
     ops: list[dict[str, Any]] = [
         {"execute": "stop"},
+        # To a file on the same host: not throttled to QEMU's default 32 MiB/s meant for networks.
+        {"execute": "migrate-set-parameters", "arguments": {"max-bandwidth": SAVE_BANDWIDTH}},
         {"execute": "migrate", "arguments": {"uri": f"exec:cat > {shlex.quote(saved)}"}},
         {"wait": "migration", "timeout": MIGRATION_TIMEOUT},
     ]
@@ -329,7 +334,7 @@ def _password(record: VmRecord) -> list[dict[str, Any]]:
     return [{"execute": "set_password", "arguments": {"protocol": "vnc", "password": password}}]
 
 
-def _restore(runner: Runner, record: VmRecord, argv: list[str], where: OnHost, saved: str) -> None:
+def restore_on_host(runner: Runner, record: VmRecord, argv: list[str], where: OnHost, saved: str) -> None:
     """The VM's QEMU on a host from its saved state, its VNC password set, continued."""
     hv = hostvm_of(record)
     launch_on(
@@ -345,7 +350,7 @@ def _cold(state: State, record: VmRecord, source: Host, target: Host) -> VmRecor
     _, src, src_where = placement(state, record)
     settings = settings_of(record)
     try:
-        saved = _save_on_source(src, src_where)
+        saved = save_on_host(src, src_where)
     except BaseException as exc:
         store.transition(
             vmid, VmState.RUNNING, allowed=(VmState.SAVE,), reason=f"saving failed: {_short(exc)}"
@@ -365,11 +370,11 @@ def _cold(state: State, record: VmRecord, source: Host, target: Host) -> VmRecor
             src, tm, hv, _disk_paths(record, src_where, hv), iso, saved, relay
         )
         argv = host_argv(hv, staged, context, where)
-        _restore(dst, record, argv, where, state_file)
+        restore_on_host(dst, record, argv, where, state_file)
     except BaseException as exc:
         _undo_target(dst, tm, where, vmid)
         try:
-            _restore(src, record, list(record.info["argv"]), src_where, saved)
+            restore_on_host(src, record, list(record.info["argv"]), src_where, saved)
         except BaseException as again:
             store.transition(vmid, VmState.UNKNOWN, allowed=(VmState.MIGRATE,),
                              reason=f"migration failed ({_short(exc)}), restore on {source.name} too:"

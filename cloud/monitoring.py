@@ -17,7 +17,8 @@ that stops answering (ssh cannot connect or log in) goes to ``error`` with a one
 the VMs recorded on it (``cloud_vms.hid``) that should be running go to ``unknown``; when it
 answers again its VMs are reconciled from what really runs there (:func:`reconcile_host`).
 :func:`monitor_all` probes every enabled host at once; :func:`monitoring_loop` does it every
-``HOST_MONITORING_INTERVAL`` seconds (``oned.conf``) for a service that runs it.
+``HOST_MONITORING_INTERVAL`` seconds (``oned.conf``), in a thread of each service
+(:func:`monitoring_thread`: ``imagekit sched``, ``cloud serve ec2|occi``), as oned's IM did.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloud.hosts import Host, HostState, HostStore
 from cloud.model import VmState
@@ -41,6 +44,9 @@ from context.template import load_template
 from imagekit.errors import CommandError, DataError, InputError
 from imagekit.run import run
 from imagekit.state import State
+
+if TYPE_CHECKING:
+    from cloud.siteconfig import SiteConfig  # it imports this module
 
 log = logging.getLogger(__name__)
 
@@ -356,3 +362,24 @@ def monitoring_loop(
         rounds += 1
         stop.wait(interval)
     return rounds
+
+
+@contextmanager
+def monitoring_thread(state: State, site: SiteConfig, *, join: float = 10.0) -> Iterator[threading.Thread]:
+    """:func:`monitoring_loop` with ``site``'s interval, probes and SSH settings, in a thread
+    for as long as the ``with`` block (a service's life); at its end the round in progress may
+    finish, ``join`` seconds at most (the thread is a daemon: a host that hangs keeps no one)."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=monitoring_loop,
+        args=(state, stop),
+        kwargs={"interval": site.monitoring_interval, "probes": site.probes, "settings": site.ssh},
+        name="monitoring",
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(join)

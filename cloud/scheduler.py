@@ -276,21 +276,38 @@ def deploy_by_hand(state: State, vmid: int, ref: str, *, force: bool = False) ->
             raise InputError(f"VM {vmid} is {row['state']}: only a pending VM is deployed")
         host = host_in(db, ref)
         if not force:
-            vm = demand_of(vmid, json.loads(row["info"]))
-            now = _fresh(db, host.hid, vmid)
-            assert now is not None
-            if vm.demand is None:
-                raise InputError(f"VM {vmid}: {vm.problem} (--force places it anyway)")
-            refused = place(vm.demand, [now]).refused
-            if refused:
-                raise InputError(
-                    f"host {host.name!r} refuses VM {vmid}: {refused[0].reason} (--force places it anyway)"
-                )
+            _check_takes(db, vmid, json.loads(row["info"]), host, "places it")
         db.execute(
             "UPDATE cloud_vms SET hid = ?, sched_message = '', updated = ? WHERE vmid = ? AND state = ?",
             (host.hid, time.time(), vmid, VmState.PENDING.value),
         )
     return VmStore(state).get(vmid)
+
+
+def _check_takes(db: Any, vmid: int, info: Mapping[str, Any], host: Host, forced: str) -> None:
+    """InputError unless ``host`` takes VM ``vmid`` now (state, CPU and MEMORY not yet allocated
+    besides the VM's own, ``REQUIREMENTS``), saying why and what ``--force`` would do."""
+    vm = demand_of(vmid, info)
+    if vm.demand is None:
+        raise InputError(f"VM {vmid}: {vm.problem} (--force {forced} anyway)")
+    now = _fresh(db, host.hid, vmid)
+    if now is None:
+        raise InputError(f"no host {host.name!r} (see `imagekit host list`)")
+    refused = place(vm.demand, [now]).refused
+    if refused:
+        reason = refused[0].reason
+        raise InputError(f"host {host.name!r} refuses VM {vmid}: {reason} (--force {forced} anyway)")
+
+
+def check_migration_target(state: State, record: VmRecord, ref: str) -> Host:
+    """``vm migrate|livemigrate`` without ``--force``: the target host ``ref`` must take the VM as
+    the scheduler would place it there (enabled, not in error, its CPU and MEMORY free, its
+    ``REQUIREMENTS``); the host, or InputError with the reason, nothing changed."""
+    with state.read() as db:
+        host = host_in(db, ref)
+        if host.hid != record.hid:  # on its own host already: the migration says so
+            _check_takes(db, record.vmid, record.info, host, "migrates it")
+    return host
 
 
 def place_created(state: State, vmid: int, *, site: SiteConfig) -> VmRecord:

@@ -3,11 +3,15 @@
 imagekit cloud serve ec2 [--host 127.0.0.1] [--port 4567] [--region default]
 imagekit cloud serve ec2 --certfile server.pem --keyfile server.key     # HTTPS directly
 imagekit cloud serve ec2 --hold        # RunInstances records VMs held (release with `vm release`)
+imagekit cloud serve ec2|occi --prolog-in-request   # answer after the prolog/boot, not pending
 imagekit cloud serve occi [--host 127.0.0.1] [--port 4568] [--certfile PEM --keyfile PEM] [--hold]
 imagekit cloud serve ec2|occi --max-upload 8G     # a bigger image upload is refused (default 64G)
 imagekit cloud serve ec2|occi --max-uploads 8 --max-uploads-per-user 2   # uploads at once (defaults)
 imagekit cloud serve ec2 --allow-unhashed-uploads  # take UploadImage without a signed ImageSha256 (econe)
 imagekit cloud serve ec2 --site-images /srv/images  # an administrator may RegisterImage files there
+
+Each server runs the scheduler and dispatcher (``cloud/dispatch.py``) and the host monitoring
+(``cloud/monitoring.py``, every ``HOST_MONITORING_INTERVAL``) in threads of its own.
 
 EC2 clients sign with the access key and secret ``imagekit user create`` printed (SigV4 or SigV2).
 """
@@ -62,10 +66,10 @@ def _listener_options(parser: argparse.ArgumentParser, port: int, why_port: str,
     add_listener_options(parser, port=port, why_port=why_port)
     parser.add_argument("--hold", action="store_true", help=hold)
     parser.add_argument(
-        "--background-prolog",
+        "--prolog-in-request",
         action="store_true",
-        help="answer with the VM pending; the server's own scheduler does the prolog and boot"
-        " outside the request (default: in the request, answering with the VM held or running)",
+        help="do the prolog and boot inside the request, answering with the VM held or running"
+        " (default: answer with the VM pending, as oned; the server's own scheduler deploys it after)",
     )
     parser.add_argument(
         "--max-upload",
@@ -108,6 +112,7 @@ def upload_limit(text: str) -> int:
 
 def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **extra: object) -> int:
     from cloud.dispatch import Background
+    from cloud.monitoring import monitoring_thread
     from cloud.recovery import recover
     from cloud.siteconfig import load_site
 
@@ -119,21 +124,22 @@ def _serve(args: argparse.Namespace, title: str, serve: Callable[..., None], **e
         # The steps of every request's `vm create`, interleaved from many at once, say nothing
         # to whoever reads a server's log; -v shows them.
         progress.setLevel(logging.WARNING)
-    # This thread deploys the VMs a killed server or another process's scheduler left placed
-    # here, and with --background-prolog every VM the requests record (pending).
+    # This thread deploys every VM the requests record (pending), unless --prolog-in-request,
+    # and those a killed server or another process's scheduler left placed here.
     site = load_site()  # etc/, read once: the server's whole life
-    background = Background(state, site, defer=args.background_prolog)
+    background = Background(state, site, defer=not args.prolog_in_request)
     background.start()
     try:
-        serve(
-            state_dir(args.state),
-            listener,
-            hold=args.hold,
-            slots=UploadSlots(total=args.max_uploads, per_user=args.max_uploads_per_user),
-            site=site,
-            **extra,
-            **({"max_upload": args.max_upload} if args.max_upload else {}),
-        )
+        with monitoring_thread(state, site):  # every host probed every HOST_MONITORING_INTERVAL
+            serve(
+                state_dir(args.state),
+                listener,
+                hold=args.hold,
+                slots=UploadSlots(total=args.max_uploads, per_user=args.max_uploads_per_user),
+                site=site,
+                **extra,
+                **({"max_upload": args.max_upload} if args.max_upload else {}),
+            )
     finally:
         background.stop()
     return 0

@@ -6,13 +6,15 @@ Each pass places the pending VMs (``cloud/scheduler.py``), then deploys those pl
 this process deploys to (``cloud/dispatch.py``: localhost, for now), and prints one line, with
 ``--json`` one JSON object: ``considered``, ``placed``, ``pending``, ``taken_by_another``,
 ``seconds`` (of the pass), ``dispatched``. At its start, what a killed process left half done
-is recovered (``cloud/recovery.py``).
+is recovered (``cloud/recovery.py``). As a service (not ``--once``) it also probes every host,
+localhost included, every ``HOST_MONITORING_INTERVAL`` (``oned.conf``; ``cloud/monitoring.py``).
 SIGTERM or Ctrl-C ends it after the pass in progress, with status 0. Several may run at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import threading
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from cloud.dispatch import Dispatched, dispatch
+from cloud.monitoring import monitoring_thread
 from cloud.recovery import recover
 from cloud.scheduler import PassResult, schedule
 from cloud.siteconfig import load_site
@@ -73,7 +76,9 @@ def cmd_sched(args: argparse.Namespace) -> int:
     settings = site.sched
     state = State.open(state_dir(args.state))
     recover(state)  # what a killed scheduler (or server, or vm create) left half done
-    with _stop_on_signal() as stop:
+    # The hosts are probed every HOST_MONITORING_INTERVAL while the service runs (not for one pass).
+    monitoring = contextlib.nullcontext() if args.once else monitoring_thread(state, site)
+    with _stop_on_signal() as stop, monitoring:
         while True:
             result = schedule(state, settings)
             _report(result, dispatch(state, site), as_json=args.json)  # the placed VMs deployed

@@ -7,7 +7,7 @@ imagekit vm list [--json]                 # ID USER NAME STAT MEM IP TIME, recon
 imagekit vm show 3 [--json]               # with the history of its states
 imagekit vm shutdown 3 [--timeout 120]    # ACPI, then hard; ends at done
 imagekit vm cancel|delete|suspend|resume|stop|hold|release 3
-imagekit vm migrate|livemigrate 3 HOST     # between --vmm qemu --tm ssh hosts, or --vmm kvm hosts
+imagekit vm migrate|livemigrate 3 HOST [--force]   # between --vmm qemu --tm ssh hosts, or --vmm kvm hosts
 imagekit vm deploy 3 HOST [--force] [--wait]  # place a pending VM by hand (onevm deploy), deploy it
 imagekit vm log 3 [--follow]              # the serial console
 imagekit vm wait 3 --state running [--timeout 600]
@@ -104,6 +104,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("vmid", type=int, metavar="ID", help="the VM")
         p.add_argument("host", metavar="HOST", help="the target host's name or HID (`imagekit host list`)")
+        p.add_argument(
+            "--force", action="store_true", help="even if the host is off or lacks capacity or REQUIREMENTS"
+        )
         p.set_defaults(func=cmd_migrate, live=live)
     log = sub.add_parser("log", help="the VM's serial console")
     log.add_argument("vmid", type=int, metavar="ID", help="the VM")
@@ -331,7 +334,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     state = _state(args)
     host = HostStore(state).get(args.host)  # an unknown host is named as such first
-    record = lifecycle.migrate(state, args.vmid, host.name, live=args.live)
+    record = lifecycle.migrate(state, args.vmid, host.name, live=args.live, force=args.force)
     moved = record.info.get("migration") or {}
     detail = f" on {host.name} ({moved['seconds']} s" if moved else ""
     if moved.get("live"):

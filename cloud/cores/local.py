@@ -167,7 +167,9 @@ class LocalCore(abc.ABC):
         return dispatched[0] if dispatched else store.get(vmid)
 
     def reconcile(self, state: State, record: VmRecord) -> VmRecord:
-        if not record.state.has_process or self.alive(record):
+        # A VM in BOOT has no pid yet: its worker records it with RUNNING (a worker that died
+        # meanwhile is cloud/recovery.py's), so a reader must not take it for a QEMU gone.
+        if not record.state.has_process or record.state is VmState.BOOT or self.alive(record):
             return record
         try:
             if record.state is VmState.SHUTDOWN:

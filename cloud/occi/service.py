@@ -263,16 +263,17 @@ class OcciService:
             confine=None if user.admin else (self.root / "storage",),  # STORAGE images only
         )
         record = create_vm(create, state=self.state)
-        facts = json.dumps(
-            {"disks": [vars(d) for d in request.disks], "nics": [vars(n) for n in request.nics]}
-        )
+        described = {"disks": [vars(d) for d in request.disks], "nics": [vars(n) for n in request.nics]}
+        facts = json.dumps(described)
         with self.state.transaction() as db:
             db.execute(
                 "INSERT INTO occi_computes (vmid, owner, owner_id, instance_type, request)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (record.vmid, user.name, user.id, request.instance_type, facts),
             )
-        return self.compute(user, record.vmid)
+        # The VM as created (1.4's post_compute: allocate, then info: PENDING, the scheduler
+        # being another process), not as the server's own dispatcher may have moved it since.
+        return _view(record, request.instance_type, described)
 
     def _referred_storage(self, user: User, number: int) -> Storage:
         """A STORAGE a COMPUTE names: one the user cannot see is 400, as post_compute's."""

@@ -91,8 +91,9 @@ def test_a_vm_runs_on_its_host_as_the_hosts_user(blank_lab: BlankLab, lab: SshLa
     lifecycle.resume(state, record.vmid)
     assert hostvm.poll_on_host(state, record.vmid) == "running"
     assert lifecycle.reboot(state, record.vmid).state is VmState.RUNNING  # QMP system_reset there
-    with pytest.raises(InputError, match="stop \\(save to disk\\) is for VMs on localhost"):
-        lifecycle.stop(state, record.vmid)
+    assert lifecycle.stop(state, record.vmid).state is VmState.STOPPED  # saved on its host
+    assert hostvm.poll_on_host(state, record.vmid) == "gone" and _qemus(lab, lab.hosts[0]) == []
+    assert lifecycle.resume(state, record.vmid).state is VmState.RUNNING  # restored there
     assert hostvm.poll_on_host(state, record.vmid) == "running"
 
 
@@ -329,8 +330,9 @@ def test_migration_refuses_targets_it_cannot_use(tmp_path: Path, target: str, me
 def test_migration_refuses_a_disabled_host_and_a_vm_that_is_not_running(tmp_path: Path) -> None:
     state, vmid = _placed(tmp_path)
     HostStore(state).set_enabled("nodeb", False)
-    with pytest.raises(InputError, match="host 'nodeb' is disabled: it receives no VMs"):
+    with pytest.raises(InputError, match="host 'nodeb' refuses VM 4: disabled"):
         lifecycle.migrate(state, vmid, "nodeb", live=False)
+    HostStore(state).set_enabled("nodeb", True)
     VmStore(state).transition(vmid, VmState.SUSPENDED)
     with pytest.raises(InputError, match="VM 4 is suspended: only a running VM can livemigrate"):
         lifecycle.migrate(state, vmid, "nodeb", live=True)

@@ -113,3 +113,25 @@ def test_the_vm_outlives_the_cli_and_concurrent_verbs_do_not_collide(lab: Any) -
     assert all(f"VM {vm.vmid} is done, not" in err for _, err in results[1:])
     assert [h.state.value for h in VmStore(state).history(vm.vmid)].count("done") == 1
     assert not embedded.alive(vm.pid, vm.pid_start)
+
+
+def test_a_vm_booting_is_not_taken_for_a_dead_qemu_by_a_reader(
+    lab: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between BOOT and RUNNING a VM has no pid yet; a reader (``vm list``, DescribeInstances,
+    GET /compute, the monitoring's count) must not reconcile it to ``unknown``, which would fail
+    the boot in progress: with the prolog out of the request (``cloud serve``), clients read
+    while it boots."""
+    state, template = lab
+    seen: list[VmState] = []
+    start = embedded.EmbeddedCore.start
+
+    def reading_while_booting(self: Any, record: VmRecord, **kwargs: Any) -> tuple[int | None, int | None]:
+        seen.append(lifecycle.show(state, record.vmid).state)  # a reader, during BOOT
+        seen.extend(r.state for r in lifecycle.list_vms(state))
+        return start(self, record, **kwargs)
+
+    monkeypatch.setattr(embedded.EmbeddedCore, "start", reading_while_booting)
+    record = create_vm(CreateRequest.from_file(template), state=state)
+    assert (record.state, seen) == (VmState.RUNNING, [VmState.BOOT, VmState.BOOT])
+    lifecycle.cancel(state, record.vmid)

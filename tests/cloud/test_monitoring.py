@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from cloud import monitoring
+from cloud.cores import CoreKind
 from cloud.hosts import LOCALHOST_ID, HostState, HostStore, host_spec
+from cloud.model import VmState
 from cloud.monitoring import built_in, monitor, parse_probe_output
+from cloud.remote import HostUnreachable
 from cloud.siteconfig import load_site
+from cloud.store import VmStore
 from imagekit.cli import main
 from imagekit.errors import DataError
 from imagekit.state import State
@@ -139,3 +146,96 @@ def test_cli_monitor_show_and_top(state: State, capsys: pytest.CaptureFixture[st
     localhost = lines[1].split()
     assert lines[0].split()[0] == "HID" and localhost[:2] == ["0", "localhost"] and localhost[-1] == "on"
     assert int(localhost[3]) == probed["max_cpu"]  # TCPU from the probe
+
+
+class _ScriptedHost:
+    """``probe_remote`` of a host that does not answer at its first probe and answers with VM 7
+    running at the next ones (1.4's IM: a host in error is monitored again, its VMs found)."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+        self.enough = threading.Event()
+
+    def __call__(self, runner: object, probes: tuple[Path, ...]) -> tuple[dict[str, str], frozenset[int]]:
+        self.calls.append(time.monotonic())
+        if len(self.calls) >= 2:
+            self.enough.set()
+        if len(self.calls) == 1:
+            raise HostUnreachable(["ssh", "node1"], 255, "ssh: connect to host node1: Connection refused")
+        return {"TOTALCPU": "400", "FREECPU": "400", "TOTALMEMORY": "1048576", "FREEMEMORY": "1"}, frozenset(
+            {7}
+        )
+
+
+def _site_every_second(etc: Path) -> Path:
+    etc.mkdir()
+    (etc / "oned.conf").write_text("HOST_MONITORING_INTERVAL = 1\n")
+    return etc
+
+
+def _vm_on_node1(state: State) -> None:
+    hid = HostStore(state).create(host_spec("node1", im="kvm", vmm="qemu", tm="ssh", address="u@node1")).hid
+    store = VmStore(state)
+    store.insert(7, name="a", owner="o", core=CoreKind.EMBEDDED, template="t", directory=state.root / "7")
+    with state.transaction() as db:
+        db.execute("UPDATE cloud_vms SET hid = ? WHERE vmid = 7", (hid,))
+    store.transition(7, VmState.RUNNING)
+
+
+def _check_monitored_and_reconciled(state: State, host: _ScriptedHost) -> None:
+    """Localhost and node1 probed every second; node1 in error at the first round (its VM
+    unknown), monitored again at the next, its VM found running again."""
+    assert all(b - a >= 0.9 for a, b in zip(host.calls, host.calls[1:], strict=False)), host.calls
+    assert HostStore(state).get("localhost").last_monitored > 0
+    node1 = HostStore(state).get("node1")
+    assert (node1.state, node1.monitoring["TOTALCPU"]) == (HostState.MONITORED, "400")
+    history = [(t.state, t.reason) for t in VmStore(state).history(7)]
+    assert history[-2:] == [
+        (VmState.UNKNOWN, "host node1 is not answering"),
+        (VmState.RUNNING, "found running on host node1 again"),
+    ]
+
+
+def test_the_scheduler_service_monitors_every_host_every_interval(
+    state: State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``imagekit sched`` (a service, not ``--once``) runs the IM loop every
+    HOST_MONITORING_INTERVAL, localhost included (issue 21 point 2)."""
+    _vm_on_node1(state)
+    host = _ScriptedHost()
+    monkeypatch.setattr(monitoring, "probe_remote", host)
+    etc = _site_every_second(tmp_path / "etc")
+
+    def stop_when_enough() -> None:
+        host.enough.wait(30)
+        os.kill(os.getpid(), signal.SIGTERM)  # the service's own way to end (after its pass)
+
+    threading.Thread(target=stop_when_enough, daemon=True).start()
+    assert main(["sched", "--etc", str(etc)]) == 0
+    _check_monitored_and_reconciled(state, host)
+    assert len(host.calls) >= 2
+    calls = len(host.calls)
+    assert main(["sched", "--once", "--etc", str(etc)]) == 0  # one pass: no monitoring
+    assert len(host.calls) == calls
+
+
+@pytest.mark.parametrize("service", ["ec2", "occi"])
+def test_a_cloud_server_monitors_every_host_every_interval(
+    state: State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, service: str
+) -> None:
+    """``cloud serve ec2|occi`` runs the same loop in a thread for as long as it serves (the
+    server itself stood in: it serves until the loop has done two rounds)."""
+    _vm_on_node1(state)
+    host = _ScriptedHost()
+    monkeypatch.setattr(monitoring, "probe_remote", host)
+    monkeypatch.setenv("IMAGEKIT_ETC", str(_site_every_second(tmp_path / "etc")))
+    served: list[str] = []
+
+    def serving(*args: object, **kwargs: object) -> None:
+        served.append(service)
+        assert host.enough.wait(30), host.calls
+
+    monkeypatch.setattr(f"cloud.{service}.server.serve", serving)
+    assert main(["cloud", "serve", service, "--port", "1"]) == 0
+    assert served == [service]
+    _check_monitored_and_reconciled(state, host)

@@ -110,7 +110,7 @@ def _disk_files(record: VmRecord) -> list[str]:
     return [p.name for p in Path(record.directory).glob("*") if p.suffix in (".qcow2", ".iso", ".raw")]
 
 
-@pytest.mark.parametrize("where", ["prolog in the request", "--background-prolog"])
+@pytest.mark.parametrize("where", ["--prolog-in-request", "in the background (the default)"])
 def test_the_server_killed_mid_burst_leaves_nothing_stuck(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
