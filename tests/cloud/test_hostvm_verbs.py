@@ -10,8 +10,10 @@ Fast: the "host" is this machine reached without SSH, its SSH user's home a temp
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -65,11 +67,11 @@ def site_etc(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def node1(blank_lab: BlankLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def node1(blank_lab: BlankLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Host node1 (the only one enabled, monitored with room), reached by a :class:`HomeRunner`;
-    returns its home."""
-    home = tmp_path / "node1-home"
-    home.mkdir()
+    yields its home: a short path, since the VM's QMP socket is in it (AF_UNIX paths stop at 108
+    bytes, and pytest-xdist's temporary directories are long)."""
+    home = Path(tempfile.mkdtemp(prefix="ik-node1-"))
 
     def runner_for(host: Host, settings: SshSettings) -> Runner:
         return LocalRunner(host.name) if host.local else HomeRunner(host.name, home)
@@ -81,7 +83,8 @@ def node1(blank_lab: BlankLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     attributes = {"TOTALCPU": "200", "FREECPU": "200", "TOTALMEMORY": str(1 << 20), "HYPERVISOR": "tcg"}
     store.monitored(host.hid, attributes, at=1.0)
     store.set_enabled("localhost", False)
-    return home
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def _fired(tmp_path: Path, vmid: int) -> list[str]:
