@@ -302,7 +302,6 @@ TOOLS = (
     "openssl",
     "dpkg-query",
     "debugfs",
-    "faketime",
 )
 
 
