@@ -265,7 +265,9 @@ def make_ext(part: PartitionPlan, image: Path, tree: Path, *, env: Mapping[str, 
     """``mkfs.ext4 -d``: identical bytes for identical trees given the UUID, the hash seed and
     (``E2FSPROGS_FAKE_TIME``) the creation time; file times come from the tree, except the
     ctimes and atimes :func:`.ext4pin.pin_inode_times` pins."""
-    extended = [f"offset={part.offset_bytes}"]
+    # The image is a fresh sparse file: its holes are the zeros mke2fs would otherwise write
+    # over the inode tables and the journal (tens of MiB), with the same bytes in the end.
+    extended = [f"offset={part.offset_bytes}", "lazy_itable_init=1", "lazy_journal_init=1"]
     if part.hash_seed:
         extended.append(f"hash_seed={part.hash_seed}")
     epoch = (env or {}).get("SOURCE_DATE_EPOCH")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.builder import disk
+from imagekit.builder import disk, ext4pin
 from imagekit.builder.disk import MIB, MIB_SECTORS, Role, plan_layout
 from imagekit.errors import InputError
 from imagekit.recipe.buildable import check_buildable
@@ -127,6 +127,31 @@ def test_assemble_writes_table_and_filesystems(tmp_path: Path) -> None:
     home_part = layout.partitions[1]
     out = run(["debugfs", "-R", "cat /u/file", f"{image}?offset={home_part.offset_bytes}"]).stdout
     assert out == b"in home\n"
+
+
+def test_ext_partition_stays_sparse_with_the_same_bytes(tmp_path: Path) -> None:
+    """The journal and inode tables are holes of the fresh file, not zeros mke2fs writes."""
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/hostname").write_text("unit\n")
+    layout = plan_layout(Disk(size_mib=1024), Firmware.BIOS, boot_mib=34, seed="sparse")
+    image = tmp_path / "disk.raw"
+    with open(image, "wb") as fh:
+        fh.truncate(layout.size_bytes)
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    disk.make_ext(layout.root, image, tree, env=env)
+    assert image.stat().st_blocks * 512 < 8 * MIB  # a 16 MiB journal written out would not fit
+    zeroed = tmp_path / "zeroed.raw"
+    with open(zeroed, "wb") as fh:
+        fh.truncate(layout.size_bytes)
+    part = layout.root
+    run(["mkfs.ext4", "-q", "-F", "-L", part.label, "-U", part.uuid, "-d", tree, "-E",
+         f"offset={part.offset_bytes},hash_seed={part.hash_seed}", zeroed, f"{part.size_bytes // 1024}k"],
+        env={"E2FSPROGS_FAKE_TIME": "1700000000"})  # fmt: skip
+    assert zeroed.stat().st_blocks * 512 > 16 * MIB
+    ext4pin.pin_inode_times(zeroed, part.offset_bytes, 1_700_000_000)
+    ext4pin.zero_lifetime_writes(zeroed, part.offset_bytes)
+    assert image.read_bytes() == zeroed.read_bytes()
 
 
 def test_copy_into_keeps_zero_blocks_sparse(tmp_path: Path) -> None:
