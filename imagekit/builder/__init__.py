@@ -243,21 +243,14 @@ def assemble_disk(
     recipe: Recipe, layout: disk.DiskLayout, ws: Workspace, raw: Path, inputs: BuildInputs
 ) -> None:
     reproducible.pin_tree(ws.root, inputs.source_date_epoch)
-    trees: dict[str, Path] = {}
+    trees = split_partitions(layout, ws, inputs.source_date_epoch)
     images: dict[str, Path] = {}
-    # Deepest mount points first, so /var/log leaves /var before /var leaves the root.
-    for part in sorted(layout.partitions, key=lambda p: -p.mount.count("/")):
-        if part.role is disk.Role.DATA:
-            trees[part.mount] = split_subtree(ws.root, part.mount, ws.path(f"part{part.number}"))
-        elif part.role is disk.Role.SWAP:
+    for part in layout.partitions:
+        if part.role is disk.Role.SWAP:
             images[part.mount] = ws.path(f"part{part.number}.swap")
             disk.make_swap(part, images[part.mount])
-    trees["/"] = ws.root
-    for part in layout.partitions:
         if part.mount in trees:
             disk.check_fits(part, trees[part.mount])
-            # Splitting made fresh directories: their times too come from the epoch.
-            reproducible.clamp_times(trees[part.mount], inputs.source_date_epoch)
     images[disk.BOOT_MOUNT] = bootloader.make_boot_partition(
         layout,
         ws.root,
@@ -268,6 +261,27 @@ def assemble_disk(
     )
     disk.assemble(layout, raw, trees=trees, images=images, env=inputs.env())
     bootloader.install_boot_code(layout, raw)
+
+
+def split_partitions(layout: disk.DiskLayout, ws: Workspace, epoch: int) -> dict[str, Path]:
+    """The tree of each ext partition (mount point → directory), split off ``ws.root``.
+
+    Splitting makes fresh directories (an empty mount point, a tree for a mount the image
+    lacked) and changes their parents: those alone get their times from ``epoch`` again, the
+    rest of the tree was clamped before."""
+    trees: dict[str, Path] = {}
+    touched: set[Path] = set()
+    # Deepest mount points first, so /var/log leaves /var before /var leaves the root.
+    for part in sorted(layout.partitions, key=lambda p: -p.mount.count("/")):
+        if part.role is disk.Role.DATA:
+            trees[part.mount] = split_subtree(ws.root, part.mount, ws.path(f"part{part.number}"))
+            mount_point = ws.root / part.mount.lstrip("/")
+            touched.update((trees[part.mount], mount_point, *mount_point.parents))
+    trees["/"] = ws.root
+    inside = [path for path in touched if path == ws.root or ws.root in path.parents]
+    outside = [trees[mount] for mount in trees if mount != "/"]
+    reproducible.clamp_entries(sorted({*inside, *outside}), epoch)
+    return trees
 
 
 def split_subtree(root: Path, mount: str, dest: Path) -> Path:

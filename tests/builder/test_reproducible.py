@@ -301,3 +301,29 @@ def test_lifetime_writes_are_zeroed_in_every_superblock_copy(tmp_path: Path) -> 
     run(["e2fsck", "-fn", image])
     # dumpe2fs refuses a superblock whose checksum does not match.
     run(["dumpe2fs", "-h", "-o", "superblock=32768", "-o", "blocksize=4096", image])
+
+
+def test_splitting_partitions_clamps_the_directories_it_made_and_changed(tmp_path: Path) -> None:
+    """Only what the split touched is clamped again: the mount points, their parents and the
+    partitions' own top directories (a mount the image lacked gets a fresh one)."""
+    from imagekit.builder import split_partitions
+    from imagekit.builder.workspace import Workspace
+    from imagekit.recipe.model import Partition
+
+    parts = (Partition("/home", 16), Partition("/var/log", 16), Partition("/srv/data", 16))
+    layout = disk.plan_layout(Disk(size_mib=256, partitions=parts), Firmware.BIOS, boot_mib=34, seed="s")
+    with Workspace.create(tmp_path) as ws:
+        for name in ("home/u/file", "var/log/syslog", "etc/hostname"):
+            (ws.root / name).parent.mkdir(parents=True, exist_ok=True)
+            (ws.root / name).write_text(name)
+        os.utime(ws.root / "home/u/file", (5, 5))  # a package file's own time is kept
+        reproducible.clamp_times(ws.root, EPOCH)
+        trees = split_partitions(layout, ws, EPOCH)
+        assert set(trees) == {"/", "/home", "/var/log", "/srv/data"}
+        assert (trees["/home"] / "u/file").stat().st_mtime == 5
+        assert (trees["/var/log"] / "syslog").read_text() == "var/log/syslog"
+        # (Listing a directory moves its atime on; the image's atimes are pinned apart.)
+        for tree in trees.values():
+            for dirpath, _, _ in os.walk(tree):
+                assert os.lstat(dirpath).st_mtime <= EPOCH, dirpath
+        assert sorted(p.name for p in (ws.root / "srv").iterdir()) == ["data"]  # a fresh mount point
