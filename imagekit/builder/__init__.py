@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,22 +245,25 @@ def assemble_disk(
 ) -> None:
     reproducible.pin_tree(ws.root, inputs.source_date_epoch)
     trees = split_partitions(layout, ws, inputs.source_date_epoch)
-    images: dict[str, Path] = {}
+    images: dict[str, Path | Future[Path]] = {}
     for part in layout.partitions:
         if part.role is disk.Role.SWAP:
-            images[part.mount] = ws.path(f"part{part.number}.swap")
-            disk.make_swap(part, images[part.mount])
+            swap = images[part.mount] = ws.path(f"part{part.number}.swap")
+            disk.make_swap(part, swap)
         if part.mount in trees:
             disk.check_fits(part, trees[part.mount])
-    images[disk.BOOT_MOUNT] = bootloader.make_boot_partition(
-        layout,
-        ws.root,
-        ws.path("boot.fat"),
-        ws.base,
-        kernel_params=recipe.os.kernel_params,
-        env=inputs.env(),
-    )
-    disk.assemble(layout, raw, trees=trees, images=images, env=inputs.env())
+    # The boot partition (a dozen mtools runs) is made while mkfs.ext4 fills the others.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagekit-boot") as pool:
+        images[disk.BOOT_MOUNT] = pool.submit(
+            bootloader.make_boot_partition,
+            layout,
+            ws.root,
+            ws.path("boot.fat"),
+            ws.base,
+            kernel_params=recipe.os.kernel_params,
+            env=inputs.env(),
+        )
+        disk.assemble(layout, raw, trees=trees, images=images, env=inputs.env())
     bootloader.install_boot_code(layout, raw)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -236,13 +237,14 @@ def assemble(
     image: Path,
     *,
     trees: Mapping[str, Path],
-    images: Mapping[str, Path],
+    images: Mapping[str, Path | Future[Path]],
     env: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``layout`` into the new sparse file ``image``.
 
     ``trees`` maps the mount point of each ext partition to the directory that fills it;
-    ``images`` maps the others (boot, swap) to ready filesystem images of the partition's size.
+    ``images`` maps the others (boot, swap) to filesystem images of the partition's size, or to
+    the futures of images still being made (copied in once the ext partitions are written).
     ``env`` carries ``SOURCE_DATE_EPOCH`` (mke2fs takes its own times from it).
     """
     with open(image, "wb") as fh:
@@ -253,12 +255,15 @@ def assemble(
         step="partition the disk (sfdisk)",
     )
     for part in layout.partitions:
-        if part.mount in images:
-            copy_into(images[part.mount], image, part.offset_bytes, part.size_bytes)
-        elif part.fstype in EXT_TYPES:
-            make_ext(part, image, trees[part.mount], env=env)
-        else:
+        if part.mount not in images and part.fstype not in EXT_TYPES:
             raise AssertionError(f"no content for partition {part.mount}")
+    for part in layout.partitions:
+        if part.mount not in images:
+            make_ext(part, image, trees[part.mount], env=env)
+    for part in layout.partitions:
+        if (made := images.get(part.mount)) is not None:
+            source = made.result() if isinstance(made, Future) else made
+            copy_into(source, image, part.offset_bytes, part.size_bytes)
 
 
 def make_ext(part: PartitionPlan, image: Path, tree: Path, *, env: Mapping[str, str] | None = None) -> None:

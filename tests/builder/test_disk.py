@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,36 @@ def test_assemble_writes_table_and_filesystems(tmp_path: Path) -> None:
     home_part = layout.partitions[1]
     out = run(["debugfs", "-R", "cat /u/file", f"{image}?offset={home_part.offset_bytes}"]).stdout
     assert out == b"in home\n"
+
+
+def test_assemble_fills_ext_partitions_while_the_boot_image_is_still_being_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A boot image given as a future is waited for only after mkfs has run."""
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    layout = plan_layout(Disk(size_mib=96), Firmware.BIOS, boot_mib=34)
+    fat = tmp_path / "boot.fat"
+    with open(fat, "wb") as fh:
+        fh.truncate(layout.boot.size_bytes)
+        fh.write(b"FAT!")
+    pending: Future[Path] = Future()
+    made = []
+    make_ext = disk.make_ext
+
+    def then_boot(part: disk.PartitionPlan, *args: object, **kwargs: object) -> None:
+        assert not pending.done()
+        make_ext(part, *args, **kwargs)  # type: ignore[arg-type]
+        made.append(part.mount)
+        pending.set_result(fat)
+
+    monkeypatch.setattr(disk, "make_ext", then_boot)
+    image = tmp_path / "disk.raw"
+    disk.assemble(layout, image, trees={"/": tree}, images={disk.BOOT_MOUNT: pending})
+    assert made == ["/"]
+    with open(image, "rb") as disk_file:
+        disk_file.seek(layout.boot.offset_bytes)
+        assert disk_file.read(4) == b"FAT!"
 
 
 def test_ext_partition_stays_sparse_with_the_same_bytes(tmp_path: Path) -> None:
