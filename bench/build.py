@@ -1,18 +1,24 @@
-"""Image builder benchmark, one run on the shipped Debian 12 cloud recipe.
+"""Image builder benchmark on the shipped Debian 12 cloud recipe.
 
 Prints JSON lines, measured one after the other on this machine:
 
-- ``mmdebstrap_floor``: mmdebstrap alone with exactly the package set imagekit installs (the
-  recipe's packages, kernel, boot and agent packages) into a directory: the floor.
-- ``cold``: ``build_image`` with an empty cache (all of the recipe's formats).
-- ``warm_post_only``: again after changing only a post-command (package stage from the cache).
+- ``mmdebstrap_floor`` and ``cold``, in interleaved pairs (``--repeat N`` of them, so the
+  machine's load drifts through both alike): mmdebstrap alone with exactly the package set
+  imagekit installs (the recipe's packages, kernel, boot and agent packages) into a directory —
+  the floor — then ``build_image`` with an empty cache (all of the recipe's formats). With
+  ``--repeat`` above 1, ``cold_vs_floor`` gives the medians and the median of the ratios.
+- ``warm_post_only``: again after changing only a post-command (package stage from the cache),
+  ``--repeat`` times with another command each time; ``warm_post_only_median`` after them.
 - ``reproducibility_check``: the second build of ``--check-reproducible`` (no cache, another
   workspace, pinned to the cold build's archive state), against the cold one, and whether
   their outputs are identical.
 - ``sizes``: the qcow2 and the raw image's allocation.
 - ``boot``: QEMU start → the agent's "context applied" line, via ``cloud.boottest`` (TCG).
 
-    .venv/bin/python bench/build.py [--no-boot]
+Every timed line also gives ``cpu_seconds``: the CPU time of this process and its children
+over the same span, which the machine's load does not inflate the way it does the wall time.
+
+    .venv/bin/python bench/build.py [--no-boot] [--repeat 3] [--no-check]
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -50,10 +58,15 @@ def emit(**fields: object) -> None:
     print(json.dumps({"bench": "build", **fields, "load_avg_1m": round(os.getloadavg()[0], 1)}), flush=True)
 
 
-def floor(stage: rootfs.PackageStage, parent: Path) -> float:
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def floor(stage: rootfs.PackageStage, parent: Path) -> tuple[float, float]:
     """mmdebstrap alone, into the same place imagekit builds in (RAM or disk alike)."""
     target = Path(tempfile.mkdtemp(prefix="imagekit-bench-floor-", dir=parent)) / "root"
-    start = time.monotonic()
+    start, cpu = time.monotonic(), cpu_seconds()
     try:
         run(
             ["unshare", "--mount", "--propagation", "private",
@@ -61,66 +74,43 @@ def floor(stage: rootfs.PackageStage, parent: Path) -> float:
              stage.suite, target, *stage.sources[:3]],
             env={"DEBIAN_FRONTEND": "noninteractive"},
         )  # fmt: skip
-        return time.monotonic() - start
+        return time.monotonic() - start, cpu_seconds() - cpu
     finally:
         remove_tree(target.parent)
 
 
-def timed_build(recipe: Recipe, options: BuildOptions, state: State) -> tuple[float, BuildResult]:
-    start = time.monotonic()
+def timed_build(recipe: Recipe, options: BuildOptions, state: State) -> tuple[float, float, BuildResult]:
+    start, cpu = time.monotonic(), cpu_seconds()
     result = build_image(recipe, options, state=state)
-    return time.monotonic() - start, result
+    return time.monotonic() - start, cpu_seconds() - cpu, result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-boot", action="store_true", help="skip the boot measurement")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="interleaved (floor, cold) pairs and warm rebuilds"
+    )
+    parser.add_argument(
+        "--no-check", action="store_true", help="skip the reproducibility check's cold build"
+    )
     args = parser.parse_args()
     recipe = load_recipe(RECIPE)
     with tempfile.TemporaryDirectory(prefix="imagekit-bench-build-") as tmp:
         work = Path(tmp)
-        state = State.open(work / "state")
-        stage = rootfs.plan_stage(recipe, agent_packages=AGENT_PACKAGES)
-        layout = disk.plan_layout(recipe.disk, recipe.firmware)
-        work_mib, _ = space.estimate(layout.size_bytes // disk.MIB, recipe.formats)
-        parent = space.choose_work_parent(None, work_mib)
-        floor_s = floor(stage, parent)
-        emit(
-            what="mmdebstrap_floor",
-            seconds=round(floor_s, 1),
-            packages=len(stage.packages),
-            workdir=str(parent),
-        )
-
-        cold_s, cold = timed_build(recipe, BuildOptions(output_dir=work / "cold"), state)
-        emit(
-            what="cold", seconds=round(cold_s, 1), ratio_to_floor=round(cold_s / floor_s, 2),
-            target_ratio=1.2, formats=[o.format.value for o in cold.outputs], cache_hit=cold.cache.hit,
-            steps=cold.timings,
-        )  # fmt: skip
-
-        post = (
-            *recipe.post_commands,
-            Command("bench", ContentSource.RAW, f"echo {time.time()} > /etc/bench"),
-        )
-        changed = dataclasses.replace(recipe, post_commands=post)
-        warm_s, warm = timed_build(changed, BuildOptions(output_dir=work / "warm"), state)
-        emit(
-            what="warm_post_only", seconds=round(warm_s, 1), target_seconds=10, cache_hit=warm.cache.hit,
-            formats=[o.format.value for o in warm.outputs], steps=warm.timings,
-        )  # fmt: skip
-
-        check_s, check = timed_build(
-            recipe,
-            BuildOptions(output_dir=work / "check", use_cache=False, expect_archive=cold.inputs.archive),
-            state,
-        )
-        emit(
-            what="reproducibility_check", seconds=round(check_s, 1),
-            ratio_to_cold=round(check_s / cold_s, 2), target_ratio=1.1,
-            identical=[o.checksums for o in check.outputs] == [o.checksums for o in cold.outputs],
-        )  # fmt: skip
-        shutil.rmtree(work / "check", ignore_errors=True)
+        cold, state = cold_pairs(recipe, work, max(1, args.repeat))
+        warm_rebuilds(recipe, work, state, max(1, args.repeat))
+        if not args.no_check:
+            check_s, check_cpu, check = timed_build(
+                recipe,
+                BuildOptions(output_dir=work / "check", use_cache=False, expect_archive=cold.inputs.archive),
+                state,
+            )
+            emit(
+                what="reproducibility_check", seconds=round(check_s, 1), cpu_seconds=round(check_cpu, 1),
+                identical=[o.checksums for o in check.outputs] == [o.checksums for o in cold.outputs],
+            )  # fmt: skip
+            shutil.rmtree(work / "check", ignore_errors=True)
 
         qcow2 = cold.output(OutputFormat.QCOW2)
         sizes = {
@@ -131,11 +121,77 @@ def main() -> int:
         if OutputFormat.RAW in {o.format for o in cold.outputs}:
             sizes["raw_allocated_mib"] = round(cold.output(OutputFormat.RAW).stat().st_blocks * 512 / MIB, 1)
         emit(what="sizes", **sizes)
-        shutil.rmtree(work / "warm", ignore_errors=True)
 
         if not args.no_boot:
             boot(qcow2, state)
     return 0
+
+
+def cold_pairs(recipe: Recipe, work: Path, repeat: int) -> tuple[BuildResult, State]:
+    """``repeat`` pairs of (floor, cold build), each build with a state of its own (an empty cache);
+    the first build and its state are kept for what follows."""
+    stage = rootfs.plan_stage(recipe, agent_packages=AGENT_PACKAGES)
+    layout = disk.plan_layout(recipe.disk, recipe.firmware)
+    work_mib, _ = space.estimate(layout.size_bytes // disk.MIB, recipe.formats)
+    parent = space.choose_work_parent(None, work_mib)
+    floors: list[float] = []
+    colds: list[float] = []
+    kept: tuple[BuildResult, State] | None = None
+    for n in range(repeat):
+        floor_s, floor_cpu = floor(stage, parent)
+        floors.append(floor_s)
+        emit(
+            what="mmdebstrap_floor", pair=n + 1, seconds=round(floor_s, 1), cpu_seconds=round(floor_cpu, 1),
+            packages=len(stage.packages), workdir=str(parent),
+        )  # fmt: skip
+        state = State.open(work / f"state{n}")
+        cold_s, cold_cpu, cold = timed_build(recipe, BuildOptions(output_dir=work / f"cold{n}"), state)
+        colds.append(cold_s)
+        emit(
+            what="cold", pair=n + 1, seconds=round(cold_s, 1), cpu_seconds=round(cold_cpu, 1),
+            ratio_to_floor=round(cold_s / floor_s, 2), target_ratio=1.1,
+            formats=[o.format.value for o in cold.outputs], cache_hit=cold.cache.hit, steps=cold.timings,
+        )  # fmt: skip
+        if kept is None:
+            kept = (cold, state)
+        else:
+            shutil.rmtree(work / f"cold{n}", ignore_errors=True)
+            shutil.rmtree(work / f"state{n}", ignore_errors=True)
+    if repeat > 1:
+        emit(
+            what="cold_vs_floor", pairs=repeat, floor_median=round(statistics.median(floors), 1),
+            cold_median=round(statistics.median(colds), 1),
+            median_ratio=round(statistics.median(c / f for c, f in zip(colds, floors, strict=True)), 3),
+            target_ratio=1.1,
+        )  # fmt: skip
+    assert kept is not None
+    return kept
+
+
+def warm_rebuilds(recipe: Recipe, work: Path, state: State, repeat: int) -> None:
+    """Rebuilds that change only a post-command (the package stage comes from the cache)."""
+    seconds = []
+    for n in range(repeat):
+        post = (
+            *recipe.post_commands,
+            Command("bench", ContentSource.RAW, f"echo {time.time()} > /etc/bench"),
+        )
+        changed = dataclasses.replace(recipe, post_commands=post)
+        warm_s, warm_cpu, warm = timed_build(changed, BuildOptions(output_dir=work / "warm"), state)
+        seconds.append(warm_s)
+        emit(
+            what="warm_post_only", run=n + 1, seconds=round(warm_s, 1), cpu_seconds=round(warm_cpu, 1),
+            target_seconds=3, cache_hit=warm.cache.hit, formats=[o.format.value for o in warm.outputs],
+            steps=warm.timings,
+        )  # fmt: skip
+        shutil.rmtree(work / "warm", ignore_errors=True)
+    if repeat > 1:
+        emit(
+            what="warm_post_only_median",
+            runs=repeat,
+            seconds=round(statistics.median(seconds), 1),
+            target_seconds=3,
+        )
 
 
 def boot(image: Path, state: State) -> None:

@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,31 +252,48 @@ def assemble_disk(
     recipe: Recipe, layout: disk.DiskLayout, ws: Workspace, raw: Path, inputs: BuildInputs
 ) -> None:
     reproducible.pin_tree(ws.root, inputs.source_date_epoch)
+    trees = split_partitions(layout, ws, inputs.source_date_epoch)
+    images: dict[str, Path | Future[Path]] = {}
+    for part in layout.partitions:
+        if part.role is disk.Role.SWAP:
+            swap = images[part.mount] = ws.path(f"part{part.number}.swap")
+            disk.make_swap(part, swap)
+        if part.mount in trees:
+            disk.check_fits(part, trees[part.mount])
+    # The boot partition (a dozen mtools runs) is made while mkfs.ext4 fills the others.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagekit-boot") as pool:
+        images[disk.BOOT_MOUNT] = pool.submit(
+            bootloader.make_boot_partition,
+            layout,
+            ws.root,
+            ws.path("boot.fat"),
+            ws.base,
+            kernel_params=recipe.os.kernel_params,
+            env=inputs.env(),
+        )
+        disk.assemble(layout, raw, trees=trees, images=images, env=inputs.env())
+    bootloader.install_boot_code(layout, raw)
+
+
+def split_partitions(layout: disk.DiskLayout, ws: Workspace, epoch: int) -> dict[str, Path]:
+    """The tree of each ext partition (mount point → directory), split off ``ws.root``.
+
+    Splitting makes fresh directories (an empty mount point, a tree for a mount the image
+    lacked) and changes their parents: those alone get their times from ``epoch`` again, the
+    rest of the tree was clamped before."""
     trees: dict[str, Path] = {}
-    images: dict[str, Path] = {}
+    touched: set[Path] = set()
     # Deepest mount points first, so /var/log leaves /var before /var leaves the root.
     for part in sorted(layout.partitions, key=lambda p: -p.mount.count("/")):
         if part.role is disk.Role.DATA:
             trees[part.mount] = split_subtree(ws.root, part.mount, ws.path(f"part{part.number}"))
-        elif part.role is disk.Role.SWAP:
-            images[part.mount] = ws.path(f"part{part.number}.swap")
-            disk.make_swap(part, images[part.mount])
+            mount_point = ws.root / part.mount.lstrip("/")
+            touched.update((trees[part.mount], mount_point, *mount_point.parents))
     trees["/"] = ws.root
-    for part in layout.partitions:
-        if part.mount in trees:
-            disk.check_fits(part, trees[part.mount])
-            # Splitting made fresh directories: their times too come from the epoch.
-            reproducible.clamp_times(trees[part.mount], inputs.source_date_epoch)
-    images[disk.BOOT_MOUNT] = bootloader.make_boot_partition(
-        layout,
-        ws.root,
-        ws.path("boot.fat"),
-        ws.base,
-        kernel_params=recipe.os.kernel_params,
-        env=inputs.env(),
-    )
-    disk.assemble(layout, raw, trees=trees, images=images, env=inputs.env())
-    bootloader.install_boot_code(layout, raw)
+    inside = [path for path in touched if path == ws.root or ws.root in path.parents]
+    outside = [trees[mount] for mount in trees if mount != "/"]
+    reproducible.clamp_entries(sorted({*inside, *outside}), epoch)
+    return trees
 
 
 def split_subtree(root: Path, mount: str, dest: Path) -> Path:
@@ -310,7 +328,6 @@ TOOLS = (
     "openssl",
     "dpkg-query",
     "debugfs",
-    "faketime",
 )
 
 

@@ -16,16 +16,18 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from imagekit.errors import CommandError, InputError
+from imagekit.errors import InputError
 from imagekit.recipe.buildable import BOOT_MOUNT as BOOT_MOUNT
 from imagekit.recipe.buildable import EXT_TYPES
 from imagekit.recipe.model import Disk, Firmware
 from imagekit.run import run
+
+from . import ext4pin
 
 SECTOR = 512
 MIB = 1024 * 1024
@@ -235,13 +237,14 @@ def assemble(
     image: Path,
     *,
     trees: Mapping[str, Path],
-    images: Mapping[str, Path],
+    images: Mapping[str, Path | Future[Path]],
     env: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``layout`` into the new sparse file ``image``.
 
     ``trees`` maps the mount point of each ext partition to the directory that fills it;
-    ``images`` maps the others (boot, swap) to ready filesystem images of the partition's size.
+    ``images`` maps the others (boot, swap) to filesystem images of the partition's size, or to
+    the futures of images still being made (copied in once the ext partitions are written).
     ``env`` carries ``SOURCE_DATE_EPOCH`` (mke2fs takes its own times from it).
     """
     with open(image, "wb") as fh:
@@ -252,18 +255,24 @@ def assemble(
         step="partition the disk (sfdisk)",
     )
     for part in layout.partitions:
-        if part.mount in images:
-            copy_into(images[part.mount], image, part.offset_bytes, part.size_bytes)
-        elif part.fstype in EXT_TYPES:
-            make_ext(part, image, trees[part.mount], env=env)
-        else:
+        if part.mount not in images and part.fstype not in EXT_TYPES:
             raise AssertionError(f"no content for partition {part.mount}")
+    for part in layout.partitions:
+        if part.mount not in images:
+            make_ext(part, image, trees[part.mount], env=env)
+    for part in layout.partitions:
+        if (made := images.get(part.mount)) is not None:
+            source = made.result() if isinstance(made, Future) else made
+            copy_into(source, image, part.offset_bytes, part.size_bytes)
 
 
 def make_ext(part: PartitionPlan, image: Path, tree: Path, *, env: Mapping[str, str] | None = None) -> None:
     """``mkfs.ext4 -d``: identical bytes for identical trees given the UUID, the hash seed and
-    (``E2FSPROGS_FAKE_TIME``) the creation time; file times come from the tree."""
-    extended = [f"offset={part.offset_bytes}"]
+    (``E2FSPROGS_FAKE_TIME``) the creation time; file times come from the tree, except the
+    ctimes and atimes :func:`.ext4pin.pin_inode_times` pins."""
+    # The image is a fresh sparse file: its holes are the zeros mke2fs would otherwise write
+    # over the inode tables and the journal (tens of MiB), with the same bytes in the end.
+    extended = [f"offset={part.offset_bytes}", "lazy_itable_init=1", "lazy_journal_init=1"]
     if part.hash_seed:
         extended.append(f"hash_seed={part.hash_seed}")
     epoch = (env or {}).get("SOURCE_DATE_EPOCH")
@@ -287,50 +296,12 @@ def make_ext(part: PartitionPlan, image: Path, tree: Path, *, env: Mapping[str, 
         step=f"make the {part.mount} filesystem (mkfs.{part.fstype} -d)",
     )
     if epoch:
-        pin_inode_times(part, image, tree, int(epoch))
-
-
-def pin_inode_times(part: PartitionPlan, image: Path, tree: Path, epoch: int) -> None:
-    """Set every inode's ctime to ``epoch`` and its atime to its mtime, with debugfs.
-
-    mke2fs 1.47.0 copies each file's ctime from the tree, and no system call can set a ctime:
-    it is when the build touched the file. The atime it copies is the one after mke2fs itself
-    read the directory or symlink (relatime). debugfs sets both in the image instead (about
-    2 s per 10,000 files).
-    """
-    commands = image.with_name(f".{image.name}.part{part.number}.debugfs")
-    with open(commands, "w", encoding="utf-8", errors="surrogateescape") as fh:
-        # In name order, whatever order the tree lists in (a tree restored from the cache
-        # lists in another than a fresh one).
-        for dirpath, dirnames, filenames in os.walk(tree):
-            dirnames.sort()
-            paths = [dirpath] if dirpath == os.fspath(tree) else []
-            for path in (*paths, *(os.path.join(dirpath, name) for name in sorted((*dirnames, *filenames)))):
-                inside = "/" if path == dirpath and paths else "/" + os.path.relpath(path, tree)
-                quoted = '"' + inside.replace('"', '""') + '"'
-                mtime = int(os.lstat(path).st_mtime)
-                fh.write(f"sif {quoted} ctime @{epoch}\nsif {quoted} atime @{mtime}\n")
-    # debugfs stamps the superblock's write time with the clock (E2FSPROGS_FAKE_TIME is for
-    # mke2fs only): libfaketime gives it the epoch.
-    clock = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")  # frozen (no "@")
-    debugfs = ["faketime", "-f", clock, "debugfs", "-w"]
-    where = f"{image}?offset={part.offset_bytes}"
-    step = f"pin the {part.mount} filesystem's inode times (debugfs)"
-    try:
-        out = run([*debugfs, "-f", commands, where], env={"TZ": "UTC"}, step=step)
-    finally:
-        commands.unlink(missing_ok=True)
-    # The superblocks count the kilobytes ever written (s_kbytes_written): how mke2fs's and
-    # debugfs's caches happened to flush, not what the filesystem holds.
-    zero_lifetime_writes(image, part.offset_bytes)
-    # debugfs exits 0 whatever happens; its complaints are the stderr lines that are not echoes.
-    failures = [
-        line
-        for line in out.stderr.decode(errors="replace").splitlines()
-        if line and not line.startswith("debugfs")
-    ]
-    if failures:
-        raise CommandError(["debugfs", "-w", image], 1, "\n".join(failures[:5]), step="pin change times")
+        # mke2fs copies ctimes (when the build touched each file) and the atimes its own reading
+        # left; pinned in the image's inode tables.
+        ext4pin.pin_inode_times(image, part.offset_bytes, int(epoch))
+        # The superblocks count the kilobytes ever written (s_kbytes_written): how mke2fs's
+        # caches happened to flush, not what the filesystem holds.
+        ext4pin.zero_lifetime_writes(image, part.offset_bytes)
 
 
 def make_swap(part: PartitionPlan, path: Path) -> None:
@@ -376,64 +347,3 @@ def check_fits(part: PartitionPlan, tree: Path) -> None:
             f"disk: the {part.mount} partition holds {have} MiB but its files need about {need} MiB; "
             "give the disk or the partition more space"
         )
-
-
-_CRC32C = [0] * 256
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    _CRC32C[_i] = _c
-
-
-def _ext4_checksum(data: bytes) -> int:
-    """ext4's metadata checksum: CRC32C seeded with ~0, without the final inversion."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc
-
-
-def _u32(sb: bytes, at: int) -> int:
-    return int.from_bytes(sb[at : at + 4], "little")
-
-
-def superblock_offsets(sb: bytes) -> list[int]:
-    """Byte offsets, within the filesystem, of the primary superblock and its backups."""
-    block_size = 1024 << _u32(sb, 0x18)
-    first, per_group = _u32(sb, 0x14), _u32(sb, 0x20)
-    blocks = _u32(sb, 0x04) | ((_u32(sb, 0x150) << 32) if _u32(sb, 0x60) & 0x80 else 0)
-    groups = -(-(blocks - first) // per_group)
-    if _u32(sb, 0x5C) & 0x200:  # sparse_super2: at most two backups, named
-        backups = {g for g in (_u32(sb, 0x24C), _u32(sb, 0x250)) if 0 < g < groups}
-    elif _u32(sb, 0x64) & 0x1:  # sparse_super: groups 1 and the powers of 3, 5 and 7
-        backups = {1} | {p for base in (3, 5, 7) for p in _powers(base, groups)}
-    else:
-        backups = set(range(1, groups))
-    return [1024] + [(g * per_group + first) * block_size for g in sorted(backups) if g < groups]
-
-
-def _powers(base: int, limit: int) -> list[int]:
-    found, value = [], base
-    while value < limit:
-        found.append(value)
-        value *= base
-    return found
-
-
-def zero_lifetime_writes(image: Path, offset: int) -> None:
-    """Set s_kbytes_written to 0 in every superblock copy, updating their checksums."""
-    with open(image, "r+b") as fh:
-        fh.seek(offset + 1024)
-        primary = fh.read(1024)
-        checksummed = bool(_u32(primary, 0x64) & 0x400)  # metadata_csum
-        for at in superblock_offsets(primary):
-            fh.seek(offset + at)
-            sb = bytearray(fh.read(1024))
-            if sb[0x38:0x3A] != b"\x53\xef":  # not a superblock (magic 0xEF53)
-                continue
-            sb[0x178:0x180] = bytes(8)
-            if checksummed:
-                sb[0x3FC:0x400] = _ext4_checksum(bytes(sb[:0x3FC])).to_bytes(4, "little")
-            fh.seek(offset + at)
-            fh.write(sb)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -170,6 +170,12 @@ def clamp_times(tree: Path, epoch: int) -> None:
         for name in (*dirnames, *filenames):
             _clamp(os.path.join(dirpath, name), limit)
     _clamp(os.fspath(tree), limit)
+
+
+def clamp_entries(paths: Iterable[Path], epoch: int) -> None:
+    """:func:`clamp_times` for these paths alone (directories not descended into)."""
+    for path in paths:
+        _clamp(os.fspath(path), epoch * 1_000_000_000)
 
 
 def _clamp(path: str, limit: int) -> None:

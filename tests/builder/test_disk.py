@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
-from imagekit.builder import disk
+from imagekit.builder import disk, ext4pin, qcow2
 from imagekit.builder.disk import MIB, MIB_SECTORS, Role, plan_layout
 from imagekit.errors import InputError
 from imagekit.recipe.buildable import check_buildable
@@ -127,6 +129,70 @@ def test_assemble_writes_table_and_filesystems(tmp_path: Path) -> None:
     home_part = layout.partitions[1]
     out = run(["debugfs", "-R", "cat /u/file", f"{image}?offset={home_part.offset_bytes}"]).stdout
     assert out == b"in home\n"
+
+
+def test_assemble_fills_ext_partitions_while_the_boot_image_is_still_being_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A boot image given as a future is waited for only after mkfs has run."""
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    layout = plan_layout(Disk(size_mib=96), Firmware.BIOS, boot_mib=34)
+    fat = tmp_path / "boot.fat"
+    with open(fat, "wb") as fh:
+        fh.truncate(layout.boot.size_bytes)
+        fh.write(b"FAT!")
+    pending: Future[Path] = Future()
+    made = []
+    make_ext = disk.make_ext
+
+    def then_boot(part: disk.PartitionPlan, *args: object, **kwargs: object) -> None:
+        assert not pending.done()
+        make_ext(part, *args, **kwargs)  # type: ignore[arg-type]
+        made.append(part.mount)
+        pending.set_result(fat)
+
+    monkeypatch.setattr(disk, "make_ext", then_boot)
+    image = tmp_path / "disk.raw"
+    disk.assemble(layout, image, trees={"/": tree}, images={disk.BOOT_MOUNT: pending})
+    assert made == ["/"]
+    with open(image, "rb") as disk_file:
+        disk_file.seek(layout.boot.offset_bytes)
+        assert disk_file.read(4) == b"FAT!"
+
+
+def test_ext_partition_stays_sparse_with_the_same_bytes(tmp_path: Path) -> None:
+    """The journal and inode tables are holes of the fresh file, not zeros mke2fs writes."""
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/hostname").write_text("unit\n")
+    layout = plan_layout(Disk(size_mib=96), Firmware.BIOS, boot_mib=34, seed="sparse")
+    image = tmp_path / "disk.raw"
+    with open(image, "wb") as fh:
+        fh.truncate(layout.size_bytes)
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    disk.make_ext(layout.root, image, tree, env=env)
+    assert image.stat().st_blocks * 512 < 2 * MIB  # a 4 MiB journal written out would not fit
+    zeroed = tmp_path / "zeroed.raw"
+    with open(zeroed, "wb") as fh:
+        fh.truncate(layout.size_bytes)
+    part = layout.root
+    run(["mkfs.ext4", "-q", "-F", "-L", part.label, "-U", part.uuid, "-d", tree, "-E",
+         f"offset={part.offset_bytes},hash_seed={part.hash_seed}", zeroed, f"{part.size_bytes // 1024}k"],
+        env={"E2FSPROGS_FAKE_TIME": "1700000000"})  # fmt: skip
+    assert zeroed.stat().st_blocks * 512 > 4 * MIB
+    ext4pin.pin_inode_times(zeroed, part.offset_bytes, 1_700_000_000)
+    ext4pin.zero_lifetime_writes(zeroed, part.offset_bytes)
+    # The same bytes: compared where either file has data (both read zeros elsewhere; reading
+    # all of the holes would fill the page cache with zeros).
+    with open(image, "rb") as sparse, open(zeroed, "rb") as written:
+        size = os.fstat(sparse.fileno()).st_size
+        assert size == os.fstat(written.fileno()).st_size
+        for fd in (sparse.fileno(), written.fileno()):
+            for start, end in qcow2.data_extents(fd, size):
+                assert os.pread(sparse.fileno(), end - start, start) == os.pread(
+                    written.fileno(), end - start, start
+                )
 
 
 def test_copy_into_keeps_zero_blocks_sparse(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from imagekit.builder import bootloader, customize, disk, formats, reproducible, rootfs
+from imagekit.builder import bootloader, customize, disk, ext4pin, formats, reproducible, rootfs
 from imagekit.builder.reproducible import BuildInputs, EpochOrigin
 from imagekit.errors import InputError
 from imagekit.recipe.model import Disk, Firmware, OutputFormat
@@ -142,11 +142,11 @@ def test_ext4_is_identical_for_identical_trees_made_in_another_order(tmp_path: P
         images.append(_contents(image))
     assert images[0] == images[1]
     assert (first / "etc/f3").stat().st_mtime == 1 and (first / "etc/f4").stat().st_mtime == EPOCH
-    # mke2fs copies ctimes (when the build touched each file); debugfs pins them.
+    # mke2fs copies ctimes (when the build touched each file); they are pinned in the image.
     where = f"{tmp_path / 'one.raw'}?offset={layout.root.offset_bytes}"
     stat = run(["debugfs", "-R", "stat /etc/f4", where]).stdout.decode()
     assert f"ctime: {EPOCH:#010x}:00000000" in stat
-    # debugfs stamps the superblock's write time (s_wtime, at byte 48) with a frozen fake clock.
+    # mke2fs stamps the superblock's write time (s_wtime, at byte 48) with its fake time.
     with open(tmp_path / "one.raw", "rb") as fh:
         fh.seek(layout.root.offset_bytes + 1024 + 48)
         assert int.from_bytes(fh.read(4), "little") == EPOCH
@@ -216,28 +216,64 @@ def test_qcow2_conversion_is_deterministic(tmp_path: Path) -> None:
     assert converted[0] == converted[1] == converted[2]
 
 
-def test_debugfs_commands_follow_name_order_not_directory_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """debugfs's writes, counted in the superblock, follow its commands' order; a tree restored
-    from the cache lists its directories in another order than a fresh one."""
-    scripts = []
+def _debugfs_times(image: Path, path: str) -> dict[str, int]:
+    """The inode's times as debugfs reads them (it checks the inode's checksum first)."""
+    out = run(["debugfs", "-R", f"stat {path}", image]).stdout.decode()
+    assert "checksum does not match" not in out, out
+    times = {}
+    for line in out.splitlines():
+        name, _, value = line.strip().partition(":")
+        if name in ("ctime", "atime", "mtime"):
+            times[name] = int(value.split(":")[0].strip(), 16)
+    return times
 
-    def capture(argv: list[object], **kwargs: object) -> object:
-        rest = argv[argv.index("debugfs") :]
-        if "-f" in rest:
-            scripts.append(Path(str(rest[rest.index("-f") + 1])).read_text())
-        return type("Done", (), {"stderr": b""})()
 
-    monkeypatch.setattr(disk, "run", capture)
-    monkeypatch.setattr(disk, "zero_lifetime_writes", lambda image, offset: None)
-    layout = disk.plan_layout(Disk(size_mib=64), Firmware.BIOS, boot_mib=34, seed="s")
-    for name, order in (("one", ["b", "a", "c"]), ("two", ["c", "a", "b"])):
-        tree = _tree(tmp_path / name, order)
-        disk.pin_inode_times(layout.root, tmp_path / "x.raw", tree, EPOCH)
-    assert scripts[0] == scripts[1]
-    paths = [line.split('"')[1] for line in scripts[0].splitlines() if "ctime" in line]
-    assert paths == ["/", "/bin", "/etc", "/bin/sh", "/etc/a", "/etc/b", "/etc/c"]
+def test_inode_times_are_pinned_in_place_with_valid_checksums(tmp_path: Path) -> None:
+    """ctime (when the build touched a file) becomes the epoch, atime (what mke2fs's own
+    reading left on directories and symlinks) the mtime; every inode checksum stays valid."""
+    tree = _tree(tmp_path / "tree", [f"f{i}" for i in range(300)])  # two inode table blocks
+    os.utime(tree / "etc/f3", (1, 1))
+    os.utime(tree / "etc", (EPOCH + 5, 7))  # an atime mke2fs would copy
+    image = tmp_path / "fs.ext4"
+    image.write_bytes(b"")
+    os.truncate(image, 64 * 2**20)
+    env = {"E2FSPROGS_FAKE_TIME": str(EPOCH)}
+    run(["mkfs.ext4", "-q", "-F", "-O", "metadata_csum", "-d", tree, image], env=env)
+    before = _debugfs_times(image, "/etc/f3")
+    assert before["ctime"] > EPOCH + 86400  # the host's clock, when the tree was written
+    assert ext4pin.pin_inode_times(image, 0, EPOCH) == 2 + 1 + 300 + 2  # /, /bin, /etc, files, sh
+    assert _debugfs_times(image, "/etc/f3") == {"ctime": EPOCH, "atime": 1, "mtime": 1}
+    assert _debugfs_times(image, "/etc") == {"ctime": EPOCH, "atime": 7, "mtime": 7}
+    assert _debugfs_times(image, "/bin/sh")["ctime"] == EPOCH
+    assert _debugfs_times(image, "/lost+found")["ctime"] == EPOCH
+    run(["e2fsck", "-fn", image])  # every inode checksum verified
+
+
+def test_pinning_inode_times_matches_setting_them_one_by_one(tmp_path: Path) -> None:
+    """The checksum patched by the change alone equals the one debugfs computes afresh."""
+    tree = _tree(tmp_path / "tree", ["a", "b"])
+    images = []
+    for name in ("patched", "debugfs"):
+        image = tmp_path / f"{name}.ext4"
+        image.write_bytes(b"")
+        os.truncate(image, 32 * 2**20)
+        run(["mkfs.ext4", "-q", "-F", "-U", "clear", "-E", "hash_seed=" + "0" * 8 + "-0000-4000-8000-"
+             + "0" * 12, "-d", tree, image], env={"E2FSPROGS_FAKE_TIME": str(EPOCH)})  # fmt: skip
+        images.append(image)
+    ext4pin.pin_inode_times(images[0], 0, EPOCH)
+    script = tmp_path / "pin.debugfs"
+    lines = []
+    for path in ("/", "/bin", "/etc", "/bin/sh", "/etc/a", "/etc/b", "/lost+found"):
+        mtime = _debugfs_times(images[1], path)["mtime"]
+        lines.append(f"sif {path} ctime @{EPOCH}\nsif {path} atime @{mtime}\n")
+    script.write_text("".join(lines))
+    run(
+        ["faketime", "-f", "2023-11-14 22:13:20", "debugfs", "-w", "-f", script, images[1]],
+        env={"TZ": "UTC"},
+    )
+    for image in images:
+        ext4pin.zero_lifetime_writes(image, 0)
+    assert images[0].read_bytes() == images[1].read_bytes()
 
 
 def test_lifetime_writes_are_zeroed_in_every_superblock_copy(tmp_path: Path) -> None:
@@ -248,7 +284,7 @@ def test_lifetime_writes_are_zeroed_in_every_superblock_copy(tmp_path: Path) -> 
     run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", _tree(tmp_path / "tree", ["a"]), image])
     with open(image, "rb") as fh:
         fh.seek(1024)
-        copies = disk.superblock_offsets(fh.read(1024))
+        copies = ext4pin.superblock_offsets(fh.read(1024))
     assert copies == [1024, 32768 * 4096]
 
     def written() -> list[int]:
@@ -260,8 +296,34 @@ def test_lifetime_writes_are_zeroed_in_every_superblock_copy(tmp_path: Path) -> 
             return values
 
     assert all(written())
-    disk.zero_lifetime_writes(image, 0)
+    ext4pin.zero_lifetime_writes(image, 0)
     assert written() == [0, 0]
     run(["e2fsck", "-fn", image])
     # dumpe2fs refuses a superblock whose checksum does not match.
     run(["dumpe2fs", "-h", "-o", "superblock=32768", "-o", "blocksize=4096", image])
+
+
+def test_splitting_partitions_clamps_the_directories_it_made_and_changed(tmp_path: Path) -> None:
+    """Only what the split touched is clamped again: the mount points, their parents and the
+    partitions' own top directories (a mount the image lacked gets a fresh one)."""
+    from imagekit.builder import split_partitions
+    from imagekit.builder.workspace import Workspace
+    from imagekit.recipe.model import Partition
+
+    parts = (Partition("/home", 16), Partition("/var/log", 16), Partition("/srv/data", 16))
+    layout = disk.plan_layout(Disk(size_mib=256, partitions=parts), Firmware.BIOS, boot_mib=34, seed="s")
+    with Workspace.create(tmp_path) as ws:
+        for name in ("home/u/file", "var/log/syslog", "etc/hostname"):
+            (ws.root / name).parent.mkdir(parents=True, exist_ok=True)
+            (ws.root / name).write_text(name)
+        os.utime(ws.root / "home/u/file", (5, 5))  # a package file's own time is kept
+        reproducible.clamp_times(ws.root, EPOCH)
+        trees = split_partitions(layout, ws, EPOCH)
+        assert set(trees) == {"/", "/home", "/var/log", "/srv/data"}
+        assert (trees["/home"] / "u/file").stat().st_mtime == 5
+        assert (trees["/var/log"] / "syslog").read_text() == "var/log/syslog"
+        # (Listing a directory moves its atime on; the image's atimes are pinned apart.)
+        for tree in trees.values():
+            for dirpath, _, _ in os.walk(tree):
+                assert os.lstat(dirpath).st_mtime <= EPOCH, dirpath
+        assert sorted(p.name for p in (ws.root / "srv").iterdir()) == ["data"]  # a fresh mount point

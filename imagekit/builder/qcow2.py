@@ -1,0 +1,236 @@
+"""A raw disk → a zstd-compressed qcow2 (version 3), written directly and deterministically.
+
+``qemu-img convert -c`` spends about twice the CPU of the compression itself (its coroutines,
+zero detection and the kernel copies), and its level is fixed at zstd's default. This writer
+reads only the raw file's data extents (its holes stay unallocated), compresses each non-zero
+64 KiB cluster on its own in a thread pool (zstandard releases the GIL), and lays the file out in
+one fixed order, so the same raw disk always gives the same bytes:
+
+    header | L1 | refcount table | L2 tables | raw clusters | compressed, packed | refcount blocks
+
+A cluster that does not shrink is stored uncompressed, ahead of the compressed ones. Refcounts
+are what ``qemu-img check`` expects: one per metadata cluster, and for each host cluster the
+number of compressed clusters whose sectors touch it.
+
+    write_qcow2(Path("disk.raw"), Path("disk.qcow2"))
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+CLUSTER_BITS = 16
+CLUSTER = 1 << CLUSTER_BITS
+# zstd level 1 against qemu-img's default 3: 2.7 % larger files, a quarter less CPU.
+LEVEL = 1
+_SECTOR = 512
+_L2_ENTRIES = CLUSTER // 8
+_REFCOUNT_ORDER = 4  # 16-bit refcounts, as qemu-img creates them
+_REFS_PER_BLOCK = CLUSTER * 8 // (1 << _REFCOUNT_ORDER)
+_COMPRESSED = 1 << 62
+_COPIED = 1 << 63  # refcount exactly 1: written in place
+_CSIZE_SHIFT = 62 - (CLUSTER_BITS - 8)
+_INCOMPAT_COMPRESSION_TYPE = 1 << 3
+_ZSTD = 1
+_HEADER_LENGTH = 112
+_BATCH = 64  # clusters per task: 4 MiB read and compressed at once
+_ZERO = bytes(CLUSTER)
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    index: int  # in the virtual disk
+    data: bytes  # compressed, or the raw cluster when compressing did not shrink it
+    compressed: bool
+
+
+def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """The (start, end) byte ranges of ``fd`` that are not holes, widened to whole clusters."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole is left
+            return
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start - start % CLUSTER, min(-(-end // CLUSTER) * CLUSTER, size)
+        offset = end
+
+
+def _batches(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(first cluster, cluster count) pieces of the data extents, each at most _BATCH long."""
+    last_end = 0
+    for start, end in data_extents(fd, size):
+        start = max(start, last_end)  # two extents widened into the same cluster
+        for first in range(start, end, _BATCH * CLUSTER):
+            yield first // CLUSTER, -(-(min(first + _BATCH * CLUSTER, end) - first) // CLUSTER)
+        last_end = max(last_end, end)
+
+
+def _compress_batch(fd: int, first: int, count: int, local: threading.local) -> list[_Cluster]:
+    compressor: zstandard.ZstdCompressor | None = getattr(local, "compressor", None)
+    if compressor is None:
+        compressor = local.compressor = zstandard.ZstdCompressor(level=LEVEL, write_checksum=False)
+    data = os.pread(fd, count * CLUSTER, first * CLUSTER)
+    out = []
+    for n in range(-(-len(data) // CLUSTER)):
+        chunk = data[n * CLUSTER : (n + 1) * CLUSTER]
+        if len(chunk) < CLUSTER:  # the disk's last, partial cluster
+            chunk += bytes(CLUSTER - len(chunk))
+        if chunk == _ZERO:
+            continue
+        packed = compressor.compress(chunk)
+        if len(packed) < CLUSTER:
+            out.append(_Cluster(first + n, packed, True))
+        else:
+            out.append(_Cluster(first + n, chunk, False))
+    return out
+
+
+def compress_clusters(raw: Path, *, threads: int | None = None) -> tuple[int, list[_Cluster]]:
+    """The raw disk's size and its non-zero clusters, in order, each compressed on its own."""
+    local = threading.local()
+    with open(raw, "rb") as fh:
+        fd = fh.fileno()
+        size = os.fstat(fd).st_size
+        workers = threads or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imagekit-qcow2") as pool:
+            done = [pool.submit(_compress_batch, fd, first, n, local) for first, n in _batches(fd, size)]
+            clusters = [cluster for future in done for cluster in future.result()]
+    return size, clusters
+
+
+@dataclass(frozen=True)
+class _Layout:
+    l1_offset: int
+    l1_clusters: int
+    refcount_table_offset: int
+    l2_offsets: dict[int, int]  # L1 index → its L2 table's offset
+    data_offset: int
+
+
+def _plan(size: int, clusters: list[_Cluster]) -> tuple[int, _Layout]:
+    l1_size = max(1, -(-size // (CLUSTER * _L2_ENTRIES)))
+    l1_clusters = -(-l1_size * 8 // CLUSTER)
+    l1_offset = CLUSTER
+    refcount_table_offset = l1_offset + l1_clusters * CLUSTER
+    tables = sorted({c.index // _L2_ENTRIES for c in clusters})
+    first_l2 = refcount_table_offset + CLUSTER
+    l2_offsets = {table: first_l2 + n * CLUSTER for n, table in enumerate(tables)}
+    return l1_size, _Layout(
+        l1_offset, l1_clusters, refcount_table_offset, l2_offsets, first_l2 + len(tables) * CLUSTER
+    )
+
+
+def _place_data(layout: _Layout, clusters: list[_Cluster]) -> tuple[list[int], int]:
+    """Each cluster's host offset and where data ends: the clusters stored uncompressed first
+    (each a whole host cluster), then the compressed ones packed byte by byte."""
+    offsets = [0] * len(clusters)
+    at = layout.data_offset
+    for stored_raw in (True, False):
+        for n, cluster in enumerate(clusters):
+            if cluster.compressed is not stored_raw:
+                offsets[n] = at
+                at += len(cluster.data)
+    return offsets, at
+
+
+def _refcounts(layout: _Layout, clusters: list[_Cluster], offsets: list[int], data_end: int) -> list[int]:
+    """Refcount per host cluster, including the refcount blocks appended after the data."""
+    data_clusters = -(-data_end // CLUSTER)
+    blocks = 1
+    while -(-(data_clusters + blocks) // _REFS_PER_BLOCK) > blocks:
+        blocks += 1
+    counts = [0] * (data_clusters + blocks)
+    metadata_end = layout.data_offset // CLUSTER
+    for host in range(metadata_end):
+        counts[host] = 1
+    for cluster, offset in zip(clusters, offsets, strict=True):
+        last = offset + len(cluster.data) - 1
+        if cluster.compressed:  # qemu counts every host cluster its sectors touch
+            last = (last // _SECTOR + 1) * _SECTOR - 1
+        for host in range(offset // CLUSTER, last // CLUSTER + 1):
+            counts[host] += 1
+    for host in range(data_clusters, data_clusters + blocks):
+        counts[host] = 1
+    return counts
+
+
+def _l2_entry(cluster: _Cluster, offset: int) -> int:
+    if not cluster.compressed:
+        return offset | _COPIED
+    extra_sectors = (offset + len(cluster.data) - 1) // _SECTOR - offset // _SECTOR
+    return _COMPRESSED | (extra_sectors << _CSIZE_SHIFT) | offset
+
+
+def _header(size: int, l1_size: int, layout: _Layout) -> bytes:
+    header = struct.pack(
+        ">4sIQIIQIIQQIIQQQQII",
+        b"QFI\xfb",
+        3,  # version
+        0,  # no backing file
+        0,
+        CLUSTER_BITS,
+        size,
+        0,  # no encryption
+        l1_size,
+        layout.l1_offset,
+        layout.refcount_table_offset,
+        1,  # refcount table clusters
+        0,  # no snapshots
+        0,
+        _INCOMPAT_COMPRESSION_TYPE,
+        0,  # compatible features
+        0,  # autoclear features
+        _REFCOUNT_ORDER,
+        _HEADER_LENGTH,
+    )
+    header += bytes([_ZSTD]) + bytes(_HEADER_LENGTH - len(header) - 1)
+    return header + bytes(8)  # the end of the (empty) header extension list
+
+
+def write_qcow2(raw: Path, dest: Path, *, threads: int | None = None) -> None:
+    """Write ``raw`` as a new qcow2 file ``dest`` (zstd-compressed clusters, no backing file)."""
+    size, clusters = compress_clusters(raw, threads=threads)
+    l1_size, layout = _plan(size, clusters)
+    offsets, data_end = _place_data(layout, clusters)
+    counts = _refcounts(layout, clusters, offsets, data_end)
+    data_clusters = -(-data_end // CLUSTER)
+    blocks = len(counts) - data_clusters
+    if blocks * _REFS_PER_BLOCK < len(counts) or blocks > CLUSTER // 8:
+        raise AssertionError(f"qcow2: {len(counts)} host clusters do not fit {blocks} refcount blocks")
+
+    l1 = bytearray(l1_size * 8)
+    for table, l2_offset in layout.l2_offsets.items():
+        struct.pack_into(">Q", l1, table * 8, l2_offset | _COPIED)
+    l2 = bytearray(len(layout.l2_offsets) * CLUSTER)
+    slots = {table: n for n, table in enumerate(layout.l2_offsets)}
+    for cluster, offset in zip(clusters, offsets, strict=True):
+        table, entry = divmod(cluster.index, _L2_ENTRIES)
+        struct.pack_into(">Q", l2, slots[table] * CLUSTER + entry * 8, _l2_entry(cluster, offset))
+    refcount_table = bytearray(CLUSTER)
+    for n in range(blocks):
+        struct.pack_into(">Q", refcount_table, n * 8, (data_clusters + n) * CLUSTER)
+    refcount_blocks = struct.pack(
+        f">{blocks * _REFS_PER_BLOCK}H", *counts, *[0] * (blocks * _REFS_PER_BLOCK - len(counts))
+    )
+
+    with open(dest, "wb") as out:
+        out.write(_header(size, l1_size, layout))
+        out.seek(layout.l1_offset)
+        out.write(l1)
+        out.seek(layout.refcount_table_offset)
+        out.write(refcount_table)
+        out.write(l2)
+        for _, n in sorted((offset, n) for n, offset in enumerate(offsets)):
+            out.write(clusters[n].data)
+        out.seek(data_clusters * CLUSTER)
+        out.write(refcount_blocks)
