@@ -87,15 +87,16 @@ kill "$watcher" 2>/dev/null
 wait "$watcher" 2>/dev/null
 if [ -n "$cg" ]; then
     refused=$(sed -n 's/^max //p' "$cg/pids.events" 2>/dev/null)
-    if [ "$status" -ne 0 ] && [ "${refused:-0}" -gt 0 ]; then
-        echo "imagekit-sandbox: process limit: $refused forks refused (at most $pids processes)" >&2
-    fi
-    # The namespace's init is gone; stragglers of its teardown go now, then the cgroup.
+    # The namespace's init is gone; stragglers of its teardown go now, then the cgroup. Before
+    # the verdict below: a bomb's last "Cannot fork" lines must not push it out of stderr's tail.
     for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
         for p in $(cat "$cg/cgroup.procs" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
         rmdir "$cg" 2>/dev/null && break
         sleep 0.25
     done
+    if [ "$status" -ne 0 ] && [ "${refused:-0}" -gt 0 ]; then
+        echo "imagekit-sandbox: process limit: $refused forks refused (at most $pids processes)" >&2
+    fi
 fi
 exit "$status"
 """
