@@ -10,8 +10,14 @@ interleaved (A B C … A B C …, medians reported), it measures:
 
 * ``download-plain`` / ``download-gzip``: :func:`marketplace.fetch.fetch_image` (HTTP,
   ``.part`` file, decompression, the entry's MD5+SHA-1+SHA-256+SHA-512 verified, rename);
-* ``download-sha512``: the same plain download of an entry listing SHA-512 only (besides the
-  SHA-1 every entry carries: it is the identifier);
+* ``download-sha512``: the same plain download of an image listing one checksum, SHA-512 (a
+  HEPiX image list's image, :class:`~marketplace.imagelist_images.ListedDownload`, whose cache
+  key comes from that SHA-512: nothing else is computed);
+* ``download-sha1-sha512``: a marketplace entry listing SHA-512 and the SHA-1 every entry
+  carries (it is the identifier, so it is listed and checked);
+* ``transport``: the same HTTP stream read into one 8 MiB buffer and written to a file, nothing
+  verified: the kernel's copies (socket → buffer → page cache) every download pays beside its
+  hashes, so ``floor + transport`` is the CPU a download cannot go below;
 * ``hash-floor``: the four hashes the entry lists, one thread each, over the file already in
   memory in 16 MiB slices: the work no verified download can avoid (the floor);
 * ``sha512sum``: coreutils on the same file;
@@ -19,8 +25,16 @@ interleaved (A B C … A B C …, medians reported), it measures:
   reads (what StratusLab's storage service did, with 16 KiB reads there);
 * ``gunzip-alone``: zlib inflating the .gz file into nothing (the decompressor's own speed).
 
-Every result is one JSON line on stdout; the last one holds the ratios against the targets
-(issue 20: plain <= 1.15x the floor, gzip <= 1.1x plain, SHA-512 only <= 1.3x sha512sum).
+Where a plain download's CPU goes (``perf record`` of 256 MiB downloads, 2 cores, December 2026):
+73 % the hashes (libcrypto), 24 % the kernel (the socket's copy into the buffer, the ``.part``
+file's page cache), 3 % Python; ``plain_cpu_vs_floor_plus_transport_cpu`` came out at 1.03. Reading
+the socket with ``splice(2)`` into the ``.part`` and hashing it through ``mmap`` cost more CPU than
+``recv_into`` + ``write`` (0.73 against 0.61 CPU-second for 512 MiB with SHA-1), so the transport
+line is what a download costs beyond its hashes.
+
+Every result is one JSON line on stdout, with the load average when it was printed; the last
+one holds the ratios against the targets (issue 20: plain <= 1.15x the floor, gzip <= 1.1x
+plain, SHA-512 only <= 1.3x sha512sum) and the CPU ratios, the steadier ones on a shared machine.
 """
 
 from __future__ import annotations
@@ -45,8 +59,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from imagekit.run import run
-from marketplace.fetch import fetch_image
+from marketplace.fetch import Wanted, fetch_image, tls_context
+from marketplace.httpstream import open_get
 from marketplace.identifier import sha1_to_identifier
+from marketplace.imagelist_images import ListedDownload, cache_key
 from marketplace.metadata import ChecksumAlgorithm, Metadata
 from marketplace.policy import Scheme, SitePolicy
 
@@ -57,7 +73,8 @@ FOUR = (ChecksumAlgorithm.MD5, ChecksumAlgorithm.SHA1, ChecksumAlgorithm.SHA256,
 
 
 def emit(**fields: object) -> None:
-    print(json.dumps({"bench": "download", **fields}), flush=True)
+    load = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps({"bench": "download", **fields, "load_avg_1_5_15m": load}), flush=True)
 
 
 def make_image(path: Path, size: int) -> None:
@@ -65,7 +82,8 @@ def make_image(path: Path, size: int) -> None:
     with open(path, "wb") as out:
         written = 0
         while written < size:
-            block = (os.urandom(half) + bytes(half))[: size - written]
+            length = min(BLOCK, size - written)
+            block = os.urandom(min(half, length)) + bytes(max(0, length - half))
             out.write(block)
             written += len(block)
 
@@ -94,6 +112,17 @@ def hash_floor(image: bytes, algorithms: tuple[ChecksumAlgorithm, ...]) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def transport(url: str, out: Path) -> None:
+    """The bytes of ``url`` through the downloader's HTTP stream into ``out``, unverified."""
+    buffer = memoryview(bytearray(READ * 8))
+    with (
+        open_get(url, {}, context=tls_context(None), timeout=60.0) as answer,
+        open(out, "wb", buffering=0) as part,
+    ):
+        while count := answer.readinto(buffer):
+            part.write(buffer[:count])
 
 
 def gunzip_alone(path: Path) -> None:
@@ -189,13 +218,19 @@ def measure(
     policy = SitePolicy(schemes=frozenset({Scheme.HTTP}), retries=0, timeout=60.0)
 
     def download(name: str, listed: tuple[ChecksumAlgorithm, ...] = FOUR) -> Callable[[], object]:
-        metadata = Metadata(
-            identifier=sha1_to_identifier(digests[ChecksumAlgorithm.SHA1]),
-            size=size,
-            checksums={a: digests[a] for a in listed},
-            endorsement=None,
-            locations=(f"{url}/{name}",),
-        )
+        checksums = {a: digests[a] for a in listed}
+        metadata: Wanted
+        if ChecksumAlgorithm.SHA1 in listed:
+            metadata = Metadata(
+                identifier=sha1_to_identifier(digests[ChecksumAlgorithm.SHA1]),
+                size=size,
+                checksums=checksums,
+                endorsement=None,
+                locations=(f"{url}/{name}",),
+            )
+        else:  # an image list's image: the cache key is from its SHA-512
+            sha512 = digests[ChecksumAlgorithm.SHA512]
+            metadata = ListedDownload(cache_key(sha512), size, checksums, (f"{url}/{name}",))
 
         def go() -> None:
             fetch_image(metadata, work / "downloaded.img", work_dir=work / "partial", policy=policy)
@@ -207,15 +242,19 @@ def measure(
         "hash-floor": lambda: hash_floor(in_memory, FOUR),
         "download-plain": download(image.name),
         "sha512sum": lambda: run(["sha512sum", image]),
-        "download-sha512": download(image.name, (ChecksumAlgorithm.SHA1, ChecksumAlgorithm.SHA512)),
+        "download-sha512": download(image.name, (ChecksumAlgorithm.SHA512,)),
+        "download-sha1-sha512": download(image.name, (ChecksumAlgorithm.SHA1, ChecksumAlgorithm.SHA512)),
+        "transport": lambda: transport(f"{url}/{image.name}", work / "downloaded.img"),
         "four-hashes-serial": lambda: four_hashes_serial(image),
         "download-gzip": download(packed.name),
         "gunzip-alone": lambda: gunzip_alone(packed),
     }
     times: dict[str, list[float]] = {k: [] for k in kinds}
     cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    loads: dict[str, list[float]] = {k: [] for k in kinds}  # 1-minute load average before each run
     for _ in range(rounds):
         for kind, fn in kinds.items():
+            loads[kind].append(round(os.getloadavg()[0], 2))
             wall, used = timed(fn)
             (work / "downloaded.img").unlink(missing_ok=True)  # freeing its pages is no part of a download
             times[kind].append(wall)
@@ -231,12 +270,12 @@ def measure(
             median_cpu_s=round(median_cpu[kind], 3),
             image_mib_per_s=round(size / seconds / 2**20, 1),
             input_mib=round(source.stat().st_size / 2**20, 1),
+            load_avg_1m_runs=loads[kind],
         )
     emit(
         kind="summary",
         size_mib=size >> 20,
         cpus=os.cpu_count(),
-        load_avg_1m=round(os.getloadavg()[0], 2),
         plain_time_vs_floor=round(median["download-plain"] / median["hash-floor"], 2),
         gzip_time_vs_plain=round(median["download-gzip"] / median["download-plain"], 2),
         sha512_only_time_vs_sha512sum=round(median["download-sha512"] / median["sha512sum"], 2),
@@ -245,6 +284,11 @@ def measure(
         # On a shared machine the wall ratios follow the scheduler (a process with more threads
         # gets more of the CPU); the CPU ratios are the steadier ones, on 2 busy cores the same.
         plain_cpu_vs_floor_cpu=round(median_cpu["download-plain"] / median_cpu["hash-floor"], 2),
+        # What the download adds to its unavoidable work (hashes + the kernel's copies), in CPU.
+        plain_cpu_vs_floor_plus_transport_cpu=round(
+            median_cpu["download-plain"] / (median_cpu["hash-floor"] + median_cpu["transport"]), 2
+        ),
+        transport_cpu_vs_floor_cpu=round(median_cpu["transport"] / median_cpu["hash-floor"], 2),
         gzip_cpu_vs_plain_cpu=round(median_cpu["download-gzip"] / median_cpu["download-plain"], 2),
         sha512_only_cpu_vs_sha512sum_cpu=round(median_cpu["download-sha512"] / median_cpu["sha512sum"], 2),
         targets={

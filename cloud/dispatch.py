@@ -11,8 +11,8 @@ VM twice), then runs the host kind's deployer: prolog, then hold or boot, a fail
 
 Host kinds: ``LOCAL`` (localhost: the prolog and QEMU in this process, ``deploy.continue_here``)
 and ``SSH`` (a ``--vmm qemu`` host: its TM makes the VM's files there and its QEMU runs there,
-``hostvm.deploy_on_host``); a ``--vmm kvm`` (libvirt) host has no deployer yet, and its VMs stay
-pending, placed.
+``hostvm.deploy_on_host``) and ``SSH_LIBVIRT`` (a ``--vmm kvm`` host: the same TM, then the VM's
+domain defined and started in libvirt there over ``qemu+ssh://``, ``hostlibvirt.deploy_on_libvirt_host``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 class HostKind(enum.Enum):
     LOCAL = "local"  # localhost: this machine, this process
     SSH = "ssh"  # a --vmm qemu host reached over SSH: the embedded QEMU there (cloud/hostvm.py)
-    SSH_LIBVIRT = "ssh-libvirt"  # a --vmm kvm host (libvirt over qemu+ssh): no deployer yet
+    SSH_LIBVIRT = "ssh-libvirt"  # a --vmm kvm host: libvirt there over qemu+ssh (cloud/hostlibvirt.py)
 
 
 Deployer = Callable[[State, SiteConfig, VmRecord, Deployment], VmRecord]
@@ -65,9 +65,20 @@ def _deploy_there(state: State, site: SiteConfig, record: VmRecord, work: Deploy
     return deploy_on_host(state, site, record, work)
 
 
+def _deploy_libvirt(state: State, site: SiteConfig, record: VmRecord, work: Deployment) -> VmRecord:
+    from cloud.hostlibvirt import deploy_on_libvirt_host  # it imports what this module does
+
+    return deploy_on_libvirt_host(state, site, record, work)
+
+
 # One deployer per host kind: localhost's in this process, the others' over SSH (the host's TM
-# makes the files there, its embedded QEMU runs there: cloud/hostvm.py).
-DEPLOYERS: dict[HostKind, Deployer] = {HostKind.LOCAL: _deploy_here, HostKind.SSH: _deploy_there}
+# makes the files there, its embedded QEMU runs there: cloud/hostvm.py; or its libvirt:
+# cloud/hostlibvirt.py).
+DEPLOYERS: dict[HostKind, Deployer] = {
+    HostKind.LOCAL: _deploy_here,
+    HostKind.SSH: _deploy_there,
+    HostKind.SSH_LIBVIRT: _deploy_libvirt,
+}
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import dataclasses
 import ipaddress
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,15 +181,16 @@ def remove_from(tm: Transfer, vmid: int) -> None:
         pass
 
 
-def host_argv(hv: HostVm, staged: Sequence[StagedDisk], context: str | None, where: OnHost) -> list[str]:
-    """The VM's QEMU command line on a host, by :func:`cloud.qemu.build_argv`."""
+def host_spec(hv: HostVm, staged: Sequence[StagedDisk], context: str | None, where: OnHost) -> VmSpec:
+    """The VM on a host, with the host's paths: what its QEMU command line (:func:`host_argv`)
+    or its libvirt domain (``cloud/hostlibvirt.py``) is written from."""
     boot = next((d for d in staged if d.kind is DiskKind.DISK and d.format == "qcow2"), None)
     drives = tuple(
         Drive(Path(d.path), d.format, cdrom=d.kind is DiskKind.CDROM, readonly=d.readonly)
         for d in staged
         if d is not boot
     )
-    spec = VmSpec(
+    return VmSpec(
         disk=Path(boot.path) if boot else Path("/dev/null"),
         disk_format="qcow2",
         firmware=hv.firmware,
@@ -207,7 +208,12 @@ def host_argv(hv: HostVm, staged: Sequence[StagedDisk], context: str | None, whe
         append=hv.append,
         name=f"one-{hv.vmid}",
     )
+
+
+def host_argv(hv: HostVm, staged: Sequence[StagedDisk], context: str | None, where: OnHost) -> list[str]:
+    """The VM's QEMU command line on a host, by :func:`cloud.qemu.build_argv`."""
     uefi = Path(where.ovmf_vars) if hv.firmware is Firmware.UEFI else None
+    spec = host_spec(hv, staged, context, where)
     return build_argv(spec, accel=hv.accel, serial_log=Path(f"{where.directory}/serial.log"), ovmf_vars=uefi)
 
 
@@ -278,12 +284,23 @@ def info_for(host: Host, hv: HostVm, argv: list[str], where: OnHost, iso: Path |
 def prolog_on_host(state: State, site: SiteConfig, host: Host, work: Deployment) -> dict[str, Any]:
     """The VM's files on ``host`` (its TM) and its QEMU command line there: what the record keeps.
     The context ISO is also kept in the VM's directory here, for a migration target."""
+    if host.local or host.vmm is not VirtualizationDriver.QEMU:
+        raise InputError(f"host {host.name!r}: not a --vmm qemu host reached over SSH")
+    hv, iso = plan_vm(state, site, host, work)
+    tm = transfer_for(host, state.root / "vms", site.ssh)
+    staged, context = stage_on(tm, hv, iso)
+    where = OnHost(tm.vm_dir(hv.vmid))
+    info = info_for(host, hv, host_argv(hv, staged, context, where), where, iso)
+    return {**info, "vnc_password": work.vm.graphics.passwd if work.vm.graphics else None}
+
+
+def plan_vm(state: State, site: SiteConfig, host: Host, work: Deployment) -> tuple[HostVm, Path | None]:
+    """The VM as any host runs it (:class:`HostVm`) and its context ISO, kept in the VM's
+    directory here (for a migration target too)."""
     vmid, vm, bases, ctx = work.vmid, work.vm, work.bases, work.ctx
     from cloud.deploy import _context_iso, _firmware, _nics
     from imagekit.locations import private_directory
 
-    if host.local or host.vmm is not VirtualizationDriver.QEMU:
-        raise InputError(f"host {host.name!r}: not a --vmm qemu host reached over SSH")
     directory = private_directory(state.root / "vms" / str(vmid))
     iso = _context_iso(ctx, site.oned, directory) if ctx.variables else None
     lan = lan_address(host)
@@ -299,11 +316,7 @@ def prolog_on_host(state: State, site: SiteConfig, host: Host, work: Deployment)
         kernel=vm.os.kernel or "", initrd=vm.os.initrd or "",
         append=" ".join(p for p in (f"root={vm.os.root}" if vm.os.root else "", vm.os.kernel_cmd) if p),
     )  # fmt: skip
-    tm = transfer_for(host, state.root / "vms", site.ssh)
-    staged, context = stage_on(tm, hv, iso)
-    where = OnHost(tm.vm_dir(vmid))
-    info = info_for(host, hv, host_argv(hv, staged, context, where), where, iso)
-    return {**info, "vnc_password": vm.graphics.passwd if vm.graphics else None}
+    return hv, iso
 
 
 def start_on_host(state: State, record: VmRecord, *, incoming: str = "") -> None:
@@ -340,6 +353,20 @@ def deploy_on_host(state: State, site: SiteConfig, record: VmRecord, work: Deplo
     """A pending VM placed on a host other than localhost (``record.hid``), whose worker this
     process is: prolog there, then hold or boot; a failure ends it ``failed`` naming the step,
     with its files on the host removed and its leases released."""
+    return deploy_with(state, site, record, work, prolog=prolog_on_host, boot=boot_on_host, end=end_on_host)
+
+
+def deploy_with(
+    state: State,
+    site: SiteConfig,
+    record: VmRecord,
+    work: Deployment,
+    *,
+    prolog: Callable[[State, SiteConfig, Host, Deployment], dict[str, Any]],
+    boot: Callable[[State, int], VmRecord],
+    end: Callable[[State, VmRecord], None],
+) -> VmRecord:
+    """:func:`deploy_on_host` with a host kind's prolog, boot and end (``cloud/hostlibvirt.py``'s too)."""
     from cloud.cores.local import fail
 
     vmid, bases = work.vmid, work.bases
@@ -350,19 +377,19 @@ def deploy_on_host(state: State, site: SiteConfig, record: VmRecord, work: Deplo
         held = [b.marketplace_id for b in bases if b.marketplace_id]
         store.transition(vmid, VmState.PROLOG, allowed=(VmState.PENDING,), info={"images": held})
         images.hold(state, bases, vmid)
-        info = prolog_on_host(state, site, host, work)
+        info = prolog(state, site, host, work)
         record = store.transition(vmid, VmState.PROLOG, allowed=(VmState.PROLOG,), info=info)
         if work.hold:
             done = store.transition(vmid, VmState.HOLD, allowed=(VmState.PROLOG,))
         else:
             current = "boot"
-            done = boot_on_host(state, record.vmid)
+            done = boot(state, record.vmid)
         deployment.forget(state, vmid)  # it holds the context: not a moment longer
         return done
     except BaseException as exc:
         record = store.get(vmid)
         if "host_dir" in record.info:
-            end_on_host(state, record)
+            end(state, record)
         fail(state, vmid, current, exc)
         raise
 

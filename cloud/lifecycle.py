@@ -22,10 +22,15 @@ REMOTE = tuple(kind for kind in CoreKind if kind.remote)
 
 def core_for(record: VmRecord) -> Core:
     """The core that acts on ``record``'s VM: an embedded VM on another host is driven over SSH
-    (cloud/hostvm.py), every other VM by its own core."""
+    (cloud/hostvm.py), or through libvirt on a ``--vmm kvm`` host (cloud/hostlibvirt.py), every
+    other VM by its own core."""
     from cloud.hostvm import HostCore, on_host
 
-    return HostCore() if on_host(record) else core_of(record.core)
+    if not on_host(record):
+        return core_of(record.core)
+    from cloud.hostlibvirt import LibvirtHostCore, on_libvirt
+
+    return LibvirtHostCore() if on_libvirt(record) else HostCore()
 
 
 def _core(state: State, vmid: int) -> Core:

@@ -54,7 +54,8 @@ _VM_IDS = "IMAGEKIT_VM_IDS"  # the built-in remote probe's list of running VM id
 # The built-in probe of a remote host, the attributes of :func:`built_in` from a POSIX shell and
 # procps: CPU usage from two readings of /proc/stat 0.2 s apart, memory from /proc/meminfo,
 # HYPERVISOR kvm when /dev/kvm is usable by the SSH user, and the VMs as the embedded core runs
-# them (a process of the SSH user with ``-name one-<id>``; another user's are another host's).
+# them (a process of the SSH user with ``-name one-<id>``, or libvirt's ``-name guest=one-<id>,…``
+# for a domain QEMU runs as that user; another user's are another host's).
 REMOTE_PROBE = r"""
 set -eu
 cpu() { awk '/^cpu /{print $5+$6, $2+$3+$4+$5+$6+$7+$8+$9; exit}' /proc/stat; }
@@ -71,9 +72,9 @@ awk '/^MemTotal:/{t=$2} /^MemFree:/{f=$2} /^MemAvailable:/{a=$2}
      END{if (a == "") a = f
          printf "TOTALMEMORY=%d\nFREEMEMORY=%d\nUSEDMEMORY=%d\n", t, a, t - a}' /proc/meminfo
 if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then echo HYPERVISOR=kvm; else echo HYPERVISOR=tcg; fi
-ids=$(ps -o args= -u "$(id -u)" | awk '{for (i = 1; i < NF; i++)
-    if ($i == "-name" && $(i+1) ~ /^one-[0-9]+(,|$)/) {
-        v = $(i+1); sub(/^one-/, "", v); sub(/,.*/, "", v); print v}}' |
+ids=$(ps -o args= -u "$(id -u)" | awk '{for (i = 1; i < NF; i++) {
+    v = $(i+1); sub(/^guest=/, "", v)
+    if ($i == "-name" && v ~ /^one-[0-9]+(,|$)/) {sub(/^one-/, "", v); sub(/,.*/, "", v); print v}}}' |
     sort -un | tr '\n' ' ')
 set -- $ids
 echo "RUNNING_VMS=$#"

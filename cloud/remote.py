@@ -13,7 +13,8 @@ syntax. A script (a probe) goes over stdin to ``sh -s``: nothing is left on the 
 The SSH options come from ``ETC/hosts.conf`` (oned's template syntax), parsed once into
 :class:`SshSettings`: ``SSH_IDENTITY`` (a private key file), ``SSH_KNOWN_HOSTS`` (a known_hosts
 file), ``SSH_STRICT_HOST_KEY_CHECKING`` (``yes``, ``accept-new`` or ``no``; default ``yes``) and
-``SSH_CONNECT_TIMEOUT`` (seconds, default 10).
+``SSH_CONNECT_TIMEOUT`` (seconds, default 10), and ``LIBVIRT_DAEMON`` (``system`` or ``session``:
+the libvirt daemon a ``--vmm kvm`` host's ``qemu+ssh://`` URI names, ``cloud/hostlibvirt.py``).
 
     runner = runner_for(host, site.ssh)
     runner.run(["sha256sum", "--", ".imagekit/images/" + digest])
@@ -21,6 +22,7 @@ file), ``SSH_STRICT_HOST_KEY_CHECKING`` (``yes``, ``accept-new`` or ``no``; defa
 
 from __future__ import annotations
 
+import enum
 import shlex
 import subprocess
 from collections.abc import Sequence
@@ -42,12 +44,22 @@ _CHECKING = ("yes", "accept-new", "no")
 _WITH_SBIN = ("sh", "-c", 'PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" exec "$@"', "sh")
 
 
+class LibvirtDaemon(enum.StrEnum):
+    """Which libvirt daemon a ``--vmm kvm`` host's URI names (``LIBVIRT_DAEMON``): the host's
+    ``system`` one (1.4's ``qemu:///system``; the SSH user needs its socket's rights) or the SSH
+    user's own ``session`` one (started on demand; QEMU runs as that user, TCG or /dev/kvm)."""
+
+    SYSTEM = "system"
+    SESSION = "session"
+
+
 @dataclass(frozen=True)
 class SshSettings:
     identity: Path | None = None
     known_hosts: Path | None = None
     strict_host_key_checking: str = "yes"
     connect_timeout: int = 10
+    libvirt: LibvirtDaemon = LibvirtDaemon.SYSTEM
 
     def options(self) -> list[str]:
         """The ``-o`` options every ssh and scp call gets."""
@@ -82,7 +94,8 @@ def load_ssh_settings(etc: Path) -> SshSettings:
     path = etc / CONFIG_NAME
     if not path.exists():
         return SshSettings()
-    names = ("SSH_IDENTITY", "SSH_KNOWN_HOSTS", "SSH_STRICT_HOST_KEY_CHECKING", "SSH_CONNECT_TIMEOUT")
+    names = ("SSH_IDENTITY", "SSH_KNOWN_HOSTS", "SSH_STRICT_HOST_KEY_CHECKING", "SSH_CONNECT_TIMEOUT",
+             "LIBVIRT_DAEMON")  # fmt: skip
     values = {n: _value(path, n) for n in names}
     paths: dict[str, Path | None] = {}
     for name in ("SSH_IDENTITY", "SSH_KNOWN_HOSTS"):
@@ -102,7 +115,12 @@ def load_ssh_settings(etc: Path) -> SshSettings:
         if not found[0].isdigit() or not 1 <= int(found[0]) <= 300:
             raise InputError(f"SSH_CONNECT_TIMEOUT: seconds, 1-300, got {found[0]!r}", where=found[1])
         timeout = int(found[0])
-    return SshSettings(paths["SSH_IDENTITY"], paths["SSH_KNOWN_HOSTS"], checking, timeout)
+    daemon = SshSettings.libvirt
+    if (found := values["LIBVIRT_DAEMON"]) is not None:
+        if found[0] not in tuple(LibvirtDaemon):
+            raise InputError(f"LIBVIRT_DAEMON: one of {', '.join(LibvirtDaemon)}", where=found[1])
+        daemon = LibvirtDaemon(found[0])
+    return SshSettings(paths["SSH_IDENTITY"], paths["SSH_KNOWN_HOSTS"], checking, timeout, daemon)
 
 
 class HostUnreachable(CommandError):

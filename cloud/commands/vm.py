@@ -7,7 +7,7 @@ imagekit vm list [--json]                 # ID USER NAME STAT MEM IP TIME, recon
 imagekit vm show 3 [--json]               # with the history of its states
 imagekit vm shutdown 3 [--timeout 120]    # ACPI, then hard; ends at done
 imagekit vm cancel|delete|suspend|resume|stop|hold|release 3
-imagekit vm migrate|livemigrate 3 HOST     # between --vmm qemu --tm ssh hosts (cloud/migration.py)
+imagekit vm migrate|livemigrate 3 HOST     # between --vmm qemu --tm ssh hosts, or --vmm kvm hosts
 imagekit vm deploy 3 HOST [--force] [--wait]  # place a pending VM by hand (onevm deploy), deploy it
 imagekit vm log 3 [--follow]              # the serial console
 imagekit vm wait 3 --state running [--timeout 600]
@@ -98,8 +98,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     _wait_option(deploy)
     deploy.set_defaults(func=cmd_deploy)
     for name, live, help_text in (
-        ("migrate", False, "move a VM to another host: save, transfer, restore (--vmm qemu --tm ssh hosts)"),
-        ("livemigrate", True, "move a running VM without stopping it (--vmm qemu --tm ssh hosts)"),
+        ("migrate", False, "move a VM to another host: save, transfer, restore (--vmm qemu or kvm hosts)"),
+        ("livemigrate", True, "move a running VM without stopping it (--vmm qemu or kvm hosts)"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("vmid", type=int, metavar="ID", help="the VM")

@@ -81,12 +81,13 @@ class Core(Protocol):
 
 
 def migration_not_supported(vmid: int, host: str, *, live: bool) -> InputError:
-    """The refusal of a core that cannot move this VM (only embedded VMs on ``--vmm qemu --tm ssh``
-    hosts move: ``cloud/migration.py``, issue 21 point 7)."""
+    """The refusal of a core that cannot move this VM (only VMs on hosts move: embedded ones
+    between ``--vmm qemu --tm ssh`` hosts, ``cloud/migration.py``; libvirt ones between ``--vmm
+    kvm`` hosts, ``cloud/libvirt_migration.py``; issue 21 point 7)."""
     verb = "livemigrate" if live else "migrate"
     return InputError(
         f"VM {vmid}: {verb} to host {host!r} is not supported yet for this VM"
-        " (only embedded VMs on --vmm qemu --tm ssh hosts move between hosts)"
+        " (only VMs on --vmm qemu --tm ssh or --vmm kvm hosts move between hosts)"
     )
 
 

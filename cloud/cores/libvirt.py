@@ -45,11 +45,17 @@ def domain_xml(
     serial_log: Path,
     ovmf_vars: Path | None,
     raw_xml: tuple[str, ...] = (),
+    owner: tuple[int, int] | None = (os.getuid(), os.getgid()),
+    uuid: str | None = None,
 ) -> str:
     """The transient domain for ``spec`` (validates against libvirt's domain.rng). ``raw_xml``:
-    RAW=[TYPE=kvm] data, written before ``</domain>`` verbatim as oned's LibVirtDriverKVM does."""
+    RAW=[TYPE=kvm] data, written before ``</domain>`` verbatim as oned's LibVirtDriverKVM does.
+    ``owner``: the uid and gid QEMU runs as (a static DAC label; None: the daemon's own user, as
+    a session daemon has no other); ``uuid``: the domain's, kept across a migration."""
     dom = ET.Element("domain", type="kvm" if accel is Accel.KVM else "qemu")
     _sub(dom, "name", name)
+    if uuid is not None:
+        _sub(dom, "uuid", uuid)
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.cpus))
     os_el = _sub(dom, "os")
@@ -93,8 +99,9 @@ def domain_xml(
         if spec.vnc_password:
             graphics.set("passwd", spec.vnc_password)
     _sub(devices, "memballoon", model="none")
-    label = _sub(dom, "seclabel", type="static", model="dac", relabel="no")
-    _sub(label, "label", f"+{os.getuid()}:+{os.getgid()}")
+    if owner is not None:
+        label = _sub(dom, "seclabel", type="static", model="dac", relabel="no")
+        _sub(label, "label", f"+{owner[0]}:+{owner[1]}")
     if spec.extra_args or raw_xml:
         dom.set("xmlns:qemu", QEMU_XMLNS)
     if spec.extra_args:

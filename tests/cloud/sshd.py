@@ -159,6 +159,7 @@ def start_ssh_lab(count: int = 2) -> SshLab:
             f'SSH_KNOWN_HOSTS = "{root / "known_hosts"}"\n'
             'SSH_STRICT_HOST_KEY_CHECKING = "yes"\n'
             'SSH_CONNECT_TIMEOUT = "5"\n'
+            'LIBVIRT_DAEMON = "session"\n'  # each host's user's own libvirtd (--vmm kvm hosts)
         )
         lab.start()
     except BaseException:

@@ -14,7 +14,14 @@ from cloud import monitoring, remote
 from cloud.cores import CoreKind
 from cloud.hosts import HostStore, host_spec, parse_address
 from cloud.model import VmState
-from cloud.remote import HostUnreachable, LocalRunner, SshRunner, SshSettings, load_ssh_settings
+from cloud.remote import (
+    HostUnreachable,
+    LibvirtDaemon,
+    LocalRunner,
+    SshRunner,
+    SshSettings,
+    load_ssh_settings,
+)
 from cloud.store import VmStore
 from imagekit.errors import CommandError, InputError
 from imagekit.state import State
@@ -30,8 +37,11 @@ def _conf(tmp_path: Path, text: str) -> Path:
 def test_hosts_conf_is_parsed_once_into_settings(tmp_path: Path) -> None:
     assert load_ssh_settings(tmp_path / "none") == SshSettings()
     etc = _conf(tmp_path, 'SSH_IDENTITY = "/k/id"\nSSH_KNOWN_HOSTS = "/k/kh"\n'
-                'SSH_STRICT_HOST_KEY_CHECKING = "accept-new"\nSSH_CONNECT_TIMEOUT = "3"\n')  # fmt: skip
-    assert load_ssh_settings(etc) == SshSettings(Path("/k/id"), Path("/k/kh"), "accept-new", 3)
+                'SSH_STRICT_HOST_KEY_CHECKING = "accept-new"\nSSH_CONNECT_TIMEOUT = "3"\n'
+                'LIBVIRT_DAEMON = "session"\n')  # fmt: skip
+    expected = SshSettings(Path("/k/id"), Path("/k/kh"), "accept-new", 3, LibvirtDaemon.SESSION)
+    assert load_ssh_settings(etc) == expected
+    assert SshSettings().libvirt is LibvirtDaemon.SYSTEM  # 1.4's qemu:///system
 
 
 @pytest.mark.parametrize(
@@ -41,6 +51,7 @@ def test_hosts_conf_is_parsed_once_into_settings(tmp_path: Path) -> None:
         ('SSH_STRICT_HOST_KEY_CHECKING = "maybe"', "one of yes, accept-new, no"),
         ('SSH_CONNECT_TIMEOUT = "0"', "SSH_CONNECT_TIMEOUT: seconds, 1-300"),
         ("SSH_CONNECT_TIMEOUT = [ A = 1 ]", "expected a single value"),
+        ('LIBVIRT_DAEMON = "user"', "LIBVIRT_DAEMON: one of system, session"),
     ],
 )
 def test_hosts_conf_errors_are_located(tmp_path: Path, text: str, message: str) -> None:

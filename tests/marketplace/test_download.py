@@ -153,6 +153,55 @@ def test_recycled_buffers_are_refilled_only_after_every_hash_read_them(
     assert image.fetched.digests == dict(m.checksums) and image.path.read_bytes() == content
 
 
+def small_pipeline(monkeypatch: pytest.MonkeyPatch, chunk: int = 64 << 10) -> int:
+    """Ring buffers of ``chunk`` bytes (two of them) and decompressor pieces of 4 KiB, so a test
+    image of a few hundred KiB crosses every boundary the 8 MiB / 1 MiB defaults have."""
+    for name in ("marketplace.inflate.CHUNK", "marketplace.fetch.CHUNK"):
+        monkeypatch.setattr(name, chunk)
+    monkeypatch.setattr("marketplace.inflate.RING", 2)
+    monkeypatch.setattr("marketplace.inflate.PIECE", 4 << 10)
+    return chunk
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("past_boundary", [-1, 0, 1])
+def test_images_on_buffer_boundaries_resume_at_a_boundary_and_verify(
+    site: Site, monkeypatch: pytest.MonkeyPatch, past_boundary: int, packed: bool
+) -> None:
+    """Issue 20: an image of exactly 8 buffers, one byte fewer or one more, dropped after exactly
+    3 buffers of served bytes and resumed (the ``.part`` replayed through the ring, then the
+    rest read into it): plain, each buffer goes by reference to the hash threads; gzip, the
+    inflated 4 KiB pieces are batched a buffer's worth at a time."""
+    chunk = small_pipeline(monkeypatch)
+    half = (8 * chunk + past_boundary) // 2
+    content = image_bytes(half) + b"\0" * (8 * chunk + past_boundary - half)
+    served = gzip.compress(content, compresslevel=1) if packed else content
+    assert len(served) > 3 * chunk
+    m = site.publish(content, served)
+    site.server.behaviour["/img"] = Behaviour(drop_after=3 * chunk)
+    image = site.obtain(m.identifier)
+    assert image.fetched is not None and image.fetched.resumed_at == (3 * chunk,)
+    assert image.fetched.compression is (Compression.GZIP if packed else Compression.NONE)
+    assert image.fetched.digests == dict(m.checksums) and image.path.read_bytes() == content
+    assert site.parts() == [] and site.leftovers() == []
+
+
+@pytest.mark.parametrize("flipped", [3 * (64 << 10) - 1, 3 * (64 << 10)])
+def test_one_wrong_byte_at_a_buffer_boundary_fails_every_listed_checksum(
+    site: Site, monkeypatch: pytest.MonkeyPatch, flipped: int
+) -> None:
+    """The first and last byte of a recycled buffer are hashed like any other: one bit changed
+    there fails each listed hash, and nothing is cached."""
+    chunk = small_pipeline(monkeypatch)
+    content = image_bytes(8 * chunk)
+    wrong = bytearray(content)
+    wrong[flipped] ^= 0x80
+    m = site.publish(content, bytes(wrong), algorithms=(ChecksumAlgorithm.SHA1, ChecksumAlgorithm.SHA512))
+    with pytest.raises(DownloadFailed, match=r"checksum: SHA-1, SHA-512 of the image do not match"):
+        site.obtain(m.identifier)
+    assert site.nothing_cached() and site.parts() == []
+
+
 def test_the_proxy_from_the_environment_is_used(
     site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
