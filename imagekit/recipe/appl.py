@@ -17,7 +17,6 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import yaml
 
@@ -598,7 +597,9 @@ def _appl_file(dest_dir: str, source: str, base: Path) -> File:
     """BoxGrinder copied each source into the directory, keeping its path (``/etc/x`` → ``DIR/etc/x``)."""
     dest_dir = dest_dir.rstrip("/") or ""
     if re.match(r"^(https?|ftp)://", source):
-        name = os.path.basename(urlparse(source).path.rstrip("/")) or "index.html"
+        # The URL's path, split by hand: urlparse raises on an unbalanced [ in the host part.
+        url_path = re.split(r"[?#]", source.split("://", 1)[1])[0].partition("/")[2]
+        name = os.path.basename(url_path.rstrip("/")) or "index.html"
         return File(path=f"{dest_dir}/{name}", source=ContentSource.URL, content=source)
     local = Path(source) if source.startswith("/") else base.resolve() / source
     return File(

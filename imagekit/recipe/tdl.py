@@ -372,7 +372,12 @@ def _read_repositories(r: TdlReader, elem: etree._Element | None) -> tuple[Repos
         found = r.children(repo, path, ("url", "signed", "persisted", "sslverify"))
         r.require(found, repo, path, "url")
         url = r.text(found.get("url"), f"{path}.url")
-        if urlparse(url).hostname in ("localhost", "127.0.0.1", "localhost.localdomain"):
+        try:
+            host = urlparse(url).hostname
+        except ValueError:  # an unbalanced [ or ] around the host
+            r.error(found["url"], f"{path}.url", f"expected a URL, got {url!r}")
+            host = None
+        if host in ("localhost", "127.0.0.1", "localhost.localdomain"):
             r.error(
                 found["url"], f"{path}.url", f"expected a URL the guest can reach, got localhost ({url})"
             )

@@ -1,5 +1,6 @@
 """One real sandboxed build through ``mmdebstrap --mode=unshare`` (slow: Debian's archive, a
-couple of minutes), then the same recipe with a fork bomb as a post-command.
+couple of minutes), then the same recipe with a fork bomb as a post-command, from the package
+stage the session's minimal image cached.
 
 The first build's commands try to get out and record what happened; the build succeeds, the
 image shows the commands ran as root of the namespace, and the host saw nothing. The second
@@ -24,7 +25,7 @@ from imagekit.recipe.model import Command, ContentSource, OutputFormat
 from imagekit.run import run
 from imagekit.state import State
 from tests.builder.test_sandbox import build_user  # noqa: F401  (a fixture)
-from tests.conftest import REPO
+from tests.conftest import REPO, BuiltImage
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,13 @@ def attempt(label: str, command: str) -> str:
     return f"if {command} 2>/dev/null; then echo {label}-escaped; else echo {label}; fi >> /root/r"
 
 
-def test_a_real_sandboxed_build(build_user: BuildUser, tmp_path: Path, work: Path) -> None:  # noqa: F811
+def test_a_real_sandboxed_build(
+    build_user: BuildUser,  # noqa: F811
+    minimal_image: BuiltImage,
+    build_state_dir: Path,
+    tmp_path: Path,
+    work: Path,
+) -> None:
     victim = Path(tempfile.mkdtemp(prefix="imagekit-victim-", dir="/tmp"))
     victim.chmod(0o1777)
     minimal = load_recipe(REPO / "recipes" / "debian-12-minimal.appl")
@@ -78,10 +85,12 @@ def test_a_real_sandboxed_build(build_user: BuildUser, tmp_path: Path, work: Pat
     assert list(victim.iterdir()) == []
     victim.rmdir()
 
+    # The bomb goes off in the sandbox of a build from the run's package cache (the minimal
+    # recipe's stage, made by the session's unsandboxed build: a site's own, trusted).
     bomb = Command("bomb", ContentSource.RAW, "bomb() { bomb | bomb & }\nbomb\nsleep 600\n")
     with pytest.raises(CommandError) as caught:
         build_image(dataclasses.replace(recipe, pre_commands=(), post_commands=(bomb,)), options,
-                    state=State.open(tmp_path / "state"))  # fmt: skip
+                    state=State.open(build_state_dir))  # fmt: skip
     assert str(caught.value).startswith("command 'bomb': sandbox exited with status ")
     assert "process limit: " in str(caught.value) and "\n" not in str(caught.value)
     assert not list(work.iterdir())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -189,3 +190,23 @@ def test_appl_loader_on_schema_shaped_documents(tmp_path: Path, doc: dict[str, o
     path = tmp_path / "fuzz.appl"
     path.write_text(yaml.safe_dump(doc))
     _load(path)
+
+
+def test_a_url_with_an_unbalanced_bracket_is_an_input_error(tmp_path: Path) -> None:
+    """urllib.parse raises ValueError ("Invalid IPv6 URL") on ``http://[host/``: found by the fuzz
+    test above; a TDL repository URL is then a located input error, an .appl file URL a file."""
+    tdl = tmp_path / "bracket.tdl"
+    tdl.write_text(
+        "<template><name>b</name><os><name>Debian</name><version>12</version><arch>x86_64</arch>"
+        "<install type='url'><url>http://deb.debian.org/debian/</url></install></os>"
+        "<repositories><repository name='r'><url>http://[repo.example.org/x/</url></repository>"
+        "</repositories></template>"
+    )
+    with pytest.raises(InputError, match=r"repositories\.repository\[0\]\.url: expected a URL"):
+        load_recipe(tdl, env={})
+    appl = tmp_path / "bracket.appl"
+    appl.write_text(
+        "name: b\nos:\n  name: debian\n  version: '12'\nfiles:\n  /opt:\n    - 'http://[x.example.org/a/b.txt?q#f'\n"
+    )
+    [file] = load_recipe(appl, env={}).files
+    assert file.path == "/opt/b.txt"
