@@ -102,7 +102,7 @@ def pin_networks(template: Template, state: State, user: CloudUser) -> Template:
 def _pinned(nic: Vector, usable: set[int], by_site_name: dict[str, int | None]) -> Vector:
     net_id, name = nic.get("NETWORK_ID"), nic.get("NETWORK")
     if net_id:
-        if not net_id.isdigit() or int(net_id) not in usable:
+        if not (net_id.isascii() and net_id.isdigit()) or int(net_id) not in usable:
             raise InputError(f"NIC: no network {net_id!r} this user may use")
         number = int(net_id)
     elif name:

@@ -119,7 +119,7 @@ def indexed(params: Params, prefix: str) -> list[str]:
     found: list[tuple[int, str]] = []
     for key, value in params.items():
         head, _, number = key.rpartition(".")
-        if head == prefix and number.isdigit():
+        if head == prefix and number.isascii() and number.isdigit():  # not "²": int() refuses it
             found.append((int(number), value))
     return [value for _, value in sorted(found)]
 
@@ -441,7 +441,7 @@ def _user_data(text: str | None) -> str | None:
 
 def _number(params: Params, name: str) -> int:
     text = required(params, name)
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise invalid_parameter(f"{name} must be a number, not {text[:20]!r}")
     return int(text)
 

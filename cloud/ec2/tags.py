@@ -49,7 +49,7 @@ def _numbered_keys(params: Mapping[str, str], prefix: str) -> list[tuple[int, st
     for name in params:
         head, _, field = name.rpartition(".")
         stem, _, number = head.rpartition(".")
-        if stem == prefix and field == "Key" and number.isdigit():
+        if stem == prefix and field == "Key" and number.isascii() and number.isdigit():
             found.append((int(number), head))
     return sorted(found)
 

@@ -92,7 +92,7 @@ def _refusal(err: HttpError | InputError | DataError | VerificationError) -> tup
 
 def _id(request: Request) -> int:
     text = str(request.path_params["id"])
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:  # "²" is a digit to isdigit
         raise HttpError(404, f"{request.url.path} not found")
     return int(text)
 

@@ -1,0 +1,128 @@
+"""Issue 17, second audit: attacks the first round of tenancy tests did not make.
+
+- Ids and numbers in other digits. ``str.isdigit`` is true for "²" and "١" (Unicode digits),
+  which ``int`` refuses or reads as another number: a request id, list index or size written so
+  was a 500 at both doors (or another spelling of an id). Only ASCII digits are numbers.
+- OCCI's ``dev``, ``ip`` and sizes. OpenNebula 1.4's oned writes a DISK's TARGET into the
+  libvirt deployment file unescaped (``src/vmm/LibVirtDriverKVM.cc``:
+  ``file << "\\t\\t\\t<target dev='" << target``), so a ``dev`` is a device name and nothing
+  else; an ``ip`` is an IPv4 address; a SWAP or FS size is bounded (the disk is made on the
+  server, and one larger than its file system takes was a prolog failure answered 500).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import httpx
+import pytest
+
+from cloud.occi.xml import MAX_VOLATILE_MIB
+from imagekit.run import run
+from tests.cloud.tenancy import Doors, error_code, open_doors
+
+pytestmark = pytest.mark.timeout(120)
+
+SUPERSCRIPT_TWO, ARABIC_ONE = "\u00b2", "\u0661"
+
+
+@pytest.fixture
+def doors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Doors]:
+    with open_doors(tmp_path, monkeypatch) as both:
+        yield both
+
+
+def _occi(doors: Doors, method: str, path: str, body: str = "") -> httpx.Response:
+    response: httpx.Response = doors.occi.request(
+        method, path, content=body.encode(), auth=("alice", "alice-pw")
+    )
+    return response
+
+
+def _compute(storage: str = "", network: str = "") -> str:
+    return (
+        f"<COMPUTE><NAME>c</NAME><INSTANCE_TYPE>small</INSTANCE_TYPE><STORAGE>{storage}</STORAGE>"
+        f"<NETWORK>{network}</NETWORK></COMPUTE>"
+    )
+
+
+def test_ec2_numbers_in_other_digits_are_refused(doors: Doors) -> None:
+    """A list index, a count or a tag index in Unicode digits was a 500: an index so written is
+    no index (the parameter is not one EC2 knows, and is ignored as such), a count is a 400."""
+    image = doors.tmp / "disk.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", image, "1M"])
+    ami = ET.fromstring(doors.ec2_upload("alice", image).content).findtext("{*}imageId") or ""
+    answers = [
+        doors.ec2_call("alice", "DescribeInstances", **{f"InstanceId.{SUPERSCRIPT_TWO}": "i-00000001"}),
+        doors.ec2_call("alice", "TerminateInstances", **{f"InstanceId.{ARABIC_ONE}": "i-00000001"}),
+        doors.ec2_call(
+            "alice", "CreateTags", **{"ResourceId.1": "i-00000001", f"Tag.{SUPERSCRIPT_TWO}.Key": "k"}
+        ),
+        doors.ec2_call("alice", "DescribeImages", **{f"ImageId.{SUPERSCRIPT_TWO}": "ami-00000001"}),
+        doors.ec2_call("alice", "RunInstances", ImageId=ami, MinCount=SUPERSCRIPT_TWO, MaxCount="1"),
+    ]
+    assert [r.status_code for r in answers] == [200, 400, 400, 200, 400], [r.text for r in answers]
+    assert [error_code(r) for r in answers[1:3]] == ["MissingParameter", "InvalidInstanceID.NotFound"]
+    assert "MinCount must be a number" in answers[-1].text
+
+
+def test_occi_ids_in_other_digits_are_no_id(doors: Doors) -> None:
+    """``/network/١`` is not network 1, ``/compute/²`` is no 500: every such id is missing."""
+    made = _occi(doors, "POST", "/network", "<NIC><NAME>lan</NAME><ADDRESS>10.40.0.0</ADDRESS></NIC>")
+    assert made.status_code == 201, made.text
+    number = int(ET.fromstring(made.content).findtext("ID") or "")
+    assert _occi(doors, "GET", f"/network/{number}").status_code == 200
+    other = "".join(chr(0x0660 + int(d)) for d in str(number))  # the same id in Arabic-Indic digits
+    for path in (f"/network/{other}", f"/compute/{SUPERSCRIPT_TWO}", f"/storage/{SUPERSCRIPT_TWO}"):
+        for method in ("GET", "DELETE"):
+            assert _occi(doors, method, path).status_code == 404, (method, path)
+    assert _occi(doors, "GET", f"/network/{number}").status_code == 200  # not deleted by another spelling
+
+
+@pytest.mark.parametrize(
+    "storage, network",
+    [
+        (f'<DISK image="{SUPERSCRIPT_TWO}"/>', ""),
+        (f'<SWAP size="{SUPERSCRIPT_TWO}" dev="vdb"/>', ""),
+        ("", f'<NIC network="{SUPERSCRIPT_TWO}"/>'),
+        ("", f'<NIC network="{ARABIC_ONE}"/>'),
+    ],
+)
+def test_occi_numbers_in_other_digits_are_400(doors: Doors, storage: str, network: str) -> None:
+    answer = _occi(doors, "POST", "/compute", _compute(storage, network))
+    assert answer.status_code == 400, answer.text
+    assert "must be a number" in answer.text
+
+
+@pytest.mark.parametrize(
+    "storage, network, refusal",
+    [
+        ('<SWAP size="8" dev="vdb\'/&gt;&lt;source file=\'/etc/shadow"/>', "", "device name"),
+        ('<SWAP size="8" dev="vdb&quot;, SOURCE=&quot;/etc/passwd"/>', "", "device name"),
+        ('<FS size="8" dev="hd b"/>', "", "device name"),
+        ('<SWAP size="8" dev="$NIC[IP]"/>', "", "device name"),
+        (f'<SWAP size="{MAX_VOLATILE_MIB + 1}" dev="vdb"/>', "", "at most"),
+        (f'<FS size="{MAX_VOLATILE_MIB * 1000}" dev="vdb"/>', "", "at most"),
+        ("", '<NIC network="0" ip="10.8.0.7\'/&gt;&lt;x"/>', "IPv4"),
+        ("", '<NIC network="0" ip="$NIC[IP]"/>', "IPv4"),
+    ],
+)
+def test_occi_dev_ip_and_sizes_are_what_they_say(
+    doors: Doors, storage: str, network: str, refusal: str
+) -> None:
+    """A ``dev`` that would add XML to 1.4's libvirt deployment file, an ``ip`` that is no
+    address, a volatile disk larger than the bound: 400, and no VM is made."""
+    answer = _occi(doors, "POST", "/compute", _compute(storage, network))
+    assert answer.status_code == 400, answer.text
+    assert refusal in answer.text
+    assert ET.fromstring(_occi(doors, "GET", "/compute").content).findall("COMPUTE") == []
+
+
+def test_occi_device_names_and_addresses_still_work(doors: Doors) -> None:
+    answer = _occi(
+        doors, "POST", "/compute", _compute('<SWAP size="8" dev="vdb"/>', '<NIC network="0" ip="10.8.0.7"/>')
+    )
+    assert answer.status_code == 201, answer.text
+    assert 'dev="vdb"' in answer.text
