@@ -2,7 +2,7 @@
 
     fmt = detect_format(path)              # from the bytes, as this module reads them
     check_standalone(path, fmt)            # qemu-img info -f FMT: no backing, data file or extent
-    make_standalone(upload, dest)          # the upload converted once to qcow2; only that is kept
+    make_standalone(upload, dest, max_bytes=n)  # converted once to qcow2 (at most n bytes); only that kept
     check_chain(overlay, base)             # at deploy: the overlay's chain is overlay → base
 
 qcow2 (backing file, external data file), QED (backing file), VMDK (a descriptor's extents and
@@ -21,6 +21,7 @@ server path: the messages go to the network.
 from __future__ import annotations
 
 import json
+import signal
 import struct
 from pathlib import Path
 from typing import Any
@@ -143,16 +144,38 @@ def check_standalone(path: Path, fmt: str) -> None:
         )
 
 
-def make_standalone(upload: Path, dest: Path) -> Path:
-    """Check ``upload`` and convert it once to the site's format at ``dest``; ``upload`` is
-    removed either way, and ``dest`` exists only when all went well."""
+def _convert(upload: Path, fmt: str, dest: Path, max_bytes: int | None) -> None:
+    """``qemu-img convert`` to the site's format; with ``max_bytes``, under a file-size limit
+    (RLIMIT_FSIZE): a small compressed image, or one whose clusters all point at the same
+    data, expands to its whole virtual size, which would fill the server's disk before any
+    quota saw the result."""
+    convert: list[str | Path] = ["qemu-img", "convert", "-q", "-f", fmt, "-O", SITE_FORMAT, upload, dest]
+    bounded = convert if max_bytes is None else ["prlimit", f"--fsize={max(max_bytes, 1)}", "--", *convert]
+    proc = run(bounded, check=False)
+    if proc.returncode == 0:
+        return
+    # Past the limit, the write fails with EFBIG, or SIGXFSZ ends qemu-img.
+    if max_bytes is not None and (proc.returncode == -signal.SIGXFSZ or b"File too large" in proc.stderr):
+        raise NotStandalone(
+            f"the {fmt} image expands past the {max_bytes} bytes an image may be kept in here",
+            hint="upload a smaller image, or ask for a larger storage quota",
+        )
+    raise NotStandalone(f"the {fmt} image could not be converted (damaged or encrypted?)")
+
+
+def kept_bound(*limits: int | None) -> int | None:
+    """The least of ``limits`` that are set (an upload limit, a quota's bytes left), or None."""
+    return min((n for n in limits if n is not None), default=None)
+
+
+def make_standalone(upload: Path, dest: Path, *, max_bytes: int | None = None) -> Path:
+    """Check ``upload`` and convert it once to the site's format at ``dest``, at most
+    ``max_bytes`` long (None: unbounded); ``upload`` is removed either way, and ``dest``
+    exists only when all went well."""
     try:
         fmt = detect_format(upload)
         check_standalone(upload, fmt)
-        try:
-            run(["qemu-img", "convert", "-q", "-f", fmt, "-O", SITE_FORMAT, upload, dest], step="convert")
-        except CommandError:
-            raise NotStandalone(f"the {fmt} image could not be converted (damaged or encrypted?)") from None
+        _convert(upload, fmt, dest, max_bytes)
         if references(_info(dest, SITE_FORMAT)):  # cannot happen: a plain convert; checked anyway
             raise NotStandalone("the converted image refers to another file")
         dest.chmod(0o600)  # qemu-img makes it with the umask's mode; it is a user's disk

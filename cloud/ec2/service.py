@@ -33,7 +33,7 @@ from cloud.ec2.views import InstanceView, reservation, state_change
 from cloud.image_sources import SiteSources
 from cloud.quotas import Quotas
 from cloud.siteconfig import SiteConfig, load_site
-from cloud.standalone import make_standalone
+from cloud.standalone import kept_bound, make_standalone
 from cloud.users import User
 from imagekit.state import State
 
@@ -291,11 +291,13 @@ class Ec2Service:
         """The image quota's check, in the transaction that catalogues the image."""
         return lambda db, number: self.quotas.admit_image(db, user, image_id(number), size)
 
-    def upload_image(self, user: User, upload: Path, name: str) -> Body:
+    def upload_image(self, user: User, upload: Path, name: str, *, max_bytes: int | None = None) -> Body:
         """econe's ``UploadImage``: the server stored the file at ``upload``; it is converted
         once to a standalone qcow2 (``cloud/standalone.py``: no backing or data file, no
-        extents elsewhere), which alone is kept and catalogued."""
-        standalone = make_standalone(upload, upload.with_suffix(".qcow2"))
+        extents elsewhere), at most ``max_bytes`` and the user's storage left, which alone is
+        kept and catalogued."""
+        bound = kept_bound(max_bytes, self.quotas.upload_allowance(user).room)
+        standalone = make_standalone(upload, upload.with_suffix(".qcow2"), max_bytes=bound)
         try:
             admit = self._admit_image(user, standalone.stat().st_size)
             image = self.images.register(user, name or upload.name, str(standalone), admit=admit)

@@ -8,6 +8,10 @@
   ``file << "\\t\\t\\t<target dev='" << target``), so a ``dev`` is a device name and nothing
   else; an ``ip`` is an IPv4 address; a SWAP or FS size is bounded (the disk is made on the
   server, and one larger than its file system takes was a prolog failure answered 500).
+- Image bombs. A compressed qcow2 (or one whose clusters all point at one data cluster)
+  expands to its whole virtual size when converted: the conversion was unbounded, so a small
+  upload filled the server's disk before any quota looked at the result. It is now bounded by
+  ``--max-upload`` and the user's storage left (RLIMIT_FSIZE on ``qemu-img convert``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import httpx
 import pytest
 
 from cloud.occi.xml import MAX_VOLATILE_MIB
+from cloud.quotas import QuotaChange, Quotas
 from imagekit.run import run
 from tests.cloud.tenancy import Doors, error_code, open_doors
 
@@ -126,3 +131,45 @@ def test_occi_device_names_and_addresses_still_work(doors: Doors) -> None:
     )
     assert answer.status_code == 201, answer.text
     assert 'dev="vdb"' in answer.text
+
+
+# --- image bombs ----------------------------------------------------------------------------
+
+
+def _bomb(work: Path, expanded_mib: int) -> Path:
+    """A qcow2 of a few hundred KiB that converts to ``expanded_mib`` MiB (compressed clusters)."""
+    raw, bomb = work / "bomb.raw", work / "bomb.qcow2"
+    raw.write_bytes(b"A" * (expanded_mib << 20))
+    run(["qemu-img", "convert", "-q", "-c", "-f", "raw", "-O", "qcow2", raw, bomb])
+    raw.unlink()
+    return bomb
+
+
+@pytest.mark.parametrize("door", ["ec2", "occi"])
+def test_an_image_bomb_is_not_kept_past_the_upload_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, door: str
+) -> None:
+    """Under a 4 MiB ``--max-upload``, a 16 MiB image sent as ~100 KiB is refused (it was kept
+    whole), and nothing of it stays; an image that fits is still taken."""
+    with open_doors(tmp_path, monkeypatch, max_upload=4 << 20) as doors:
+        bomb = _bomb(tmp_path, 16)
+        assert bomb.stat().st_size < 1 << 20
+        refused = doors.upload(door, "alice", bomb)
+        assert refused.status_code == 400, refused.text
+        assert "expands past the 4194304 bytes" in refused.text
+        assert doors.kept_files() == [] and doors.images(door, "alice") == []
+        assert doors.upload(door, "alice", _bomb(tmp_path, 2)).status_code in (200, 201)
+
+
+@pytest.mark.parametrize("door", ["ec2", "occi"])
+def test_an_image_bomb_stops_at_the_storage_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, door: str
+) -> None:
+    """With 3 MiB of storage left, the conversion stops there: it never wrote the whole 16 MiB
+    to find the quota exceeded afterwards."""
+    with open_doors(tmp_path, monkeypatch) as doors:
+        Quotas(doors.state).set("alice", QuotaChange(storage_bytes=3 << 20))
+        refused = doors.upload(door, "alice", _bomb(tmp_path, 16))
+        assert refused.status_code == 400, refused.text
+        assert "expands past the 3145728 bytes" in refused.text
+        assert doors.kept_files() == []
