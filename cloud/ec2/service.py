@@ -361,7 +361,14 @@ class Ec2Service:
                 self.images.visible(user, [parse_image_id(resource)])
             else:
                 raise Ec2Error("InvalidID", f"The ID '{resource[:64]}' is not valid")
-        return resources
+        # Tags are kept under the id as this server writes it (i-000000001 is i-00000001): one
+        # resource, one set of tags, counted and forgotten together.
+        return [
+            instance_id(parse_instance_id(r))
+            if resource_type(r) == "instance"
+            else image_id(parse_image_id(r))
+            for r in resources
+        ]
 
     def create_tags(self, user: User, params: Params) -> Body:
         resources, tags = self._own_resources(user, params), parse_tags(params, "Tag")

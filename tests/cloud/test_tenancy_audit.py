@@ -173,3 +173,29 @@ def test_an_image_bomb_stops_at_the_storage_left(
         assert refused.status_code == 400, refused.text
         assert "expands past the 3145728 bytes" in refused.text
         assert doors.kept_files() == []
+
+
+# --- one resource, one spelling ---------------------------------------------------------------
+
+
+def test_a_tag_is_kept_under_the_id_the_server_writes(doors: Doors) -> None:
+    """``ami-000000001`` (nine digits) names image 1 as ``ami-00000001`` does: its tags are the
+    image's (shown, counted toward the 50, forgotten with it), not a second set under another
+    spelling that outlives the image and escapes the bound."""
+    image = doors.tmp / "disk.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", image, "1M"])
+    ami = ET.fromstring(doors.ec2_upload("alice", image).content).findtext("{*}imageId") or ""
+    other = ami.replace("ami-", "ami-0")
+    tagged = doors.ec2_call(
+        "alice", "CreateTags", **{"ResourceId.1": other, "Tag.1.Key": "Name", "Tag.1.Value": "x"}
+    )
+    assert tagged.status_code == 200, tagged.text
+    shown = doors.ec2_call("alice", "DescribeTags").text
+    assert f"<resourceId>{ami}</resourceId>" in shown and "<key>Name</key>" in shown
+    many = {f"Tag.{n}.Key": f"k{n}" for n in range(1, 50)}  # with Name: the 50 an image may have
+    assert doors.ec2_call("alice", "CreateTags", **{"ResourceId.1": ami, **many}).status_code == 200
+    over = doors.ec2_call("alice", "CreateTags", **{"ResourceId.1": other, "Tag.1.Key": "one-more"})
+    assert over.status_code == 400, over.text
+    assert doors.ec2_call("alice", "DeregisterImage", ImageId=other).status_code == 200
+    with doors.state.read() as db:
+        assert db.execute("SELECT COUNT(*) FROM ec2_tags").fetchone()[0] == 0
