@@ -22,6 +22,7 @@ the site made).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 
 from cloud.users import User as CloudUser
@@ -47,17 +48,25 @@ def cloud_identity(user: CloudUser) -> User:
 
 
 def check_resource_name(kind: str, name: str, *, taken: Iterable[str] = (), admin: bool = False) -> str:
-    """``name`` for a new ``kind`` of a cloud user, or an InputError: never all digits, and,
-    unless an administrator names it, neither reserved nor one of the site's ``taken`` names
-    (compared without case or surrounding blanks, which a reader would not notice)."""
-    if name.strip().isdigit():
+    """``name`` for a new ``kind`` of a cloud user, or an InputError: no control or invisible
+    characters, never all digits, and, unless an administrator names it, neither reserved nor
+    one of the site's ``taken`` names (compared as a reader sees them: :func:`_as_read`)."""
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise InputError(f"a {kind} name cannot hold control or invisible characters")
+    if _as_read(name).isdigit():
         raise InputError(f"a {kind} name cannot be a number: it would read as an id")
     if admin:
         return name
-    folded = name.strip().casefold()
-    if any(folded == reserved.strip().casefold() for reserved in (*RESERVED_NAMES, *taken)):
+    folded = _as_read(name)
+    if any(folded == _as_read(reserved) for reserved in (*RESERVED_NAMES, *taken)):
         raise InputError(f"the {kind} name {name!r} is reserved by the site")
     return name
+
+
+def _as_read(name: str) -> str:
+    """``name`` as a reader would not tell it apart: compatibility forms folded (NFKC: a
+    no-break space or full-width letters), blanks collapsed, case ignored."""
+    return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
 
 
 def network_owners(state: State) -> dict[int, int | None]:

@@ -16,12 +16,15 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloud.occi.xml import MAX_VOLATILE_MIB
 from cloud.quotas import QuotaChange, Quotas
@@ -199,3 +202,40 @@ def test_a_tag_is_kept_under_the_id_the_server_writes(doors: Doors) -> None:
     assert doors.ec2_call("alice", "DeregisterImage", ImageId=other).status_code == 200
     with doors.state.read() as db:
         assert db.execute("SELECT COUNT(*) FROM ec2_tags").fetchone()[0] == 0
+
+
+# --- names that look like the site's ------------------------------------------------------------
+
+LOOKALIKES = [
+    "Public\u00a0EC2",  # a no-break space
+    "Public  EC2",  # two spaces
+    "\uff30\uff55\uff42\uff4c\uff49\uff43 \uff25\uff23\uff12",  # full-width letters
+    "Public EC2\u200b",  # a zero-width space
+    "Public\u2028EC2",  # a line separator
+    "Public\nEC2",
+    "\uff17",  # a full-width 7: an id to a reader
+]
+
+
+@pytest.mark.parametrize("name", LOOKALIKES)
+def test_a_name_that_reads_as_the_sites_is_refused_at_both_doors(doors: Doors, name: str) -> None:
+    """What ``Public EC2`` (or an id) looks like to a reader is refused as it is, at OCCI's
+    ``POST /network`` and EC2's ``ImportKeyPair`` and ``RegisterImage``."""
+    escaped = name.replace("\n", "&#10;")
+    body = f"<NIC><NAME>{escaped}</NAME><ADDRESS>10.40.0.0</ADDRESS></NIC>"
+    occi = _occi(doors, "POST", "/network", body)
+    assert occi.status_code == 400, occi.text
+    openssh = serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    key = base64.b64encode(ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(*openssh))
+    imported = doors.ec2_call("alice", "ImportKeyPair", KeyName=name, PublicKeyMaterial=key.decode())
+    registered = doors.ec2_call("alice", "RegisterImage", ImageLocation="marketplace:debian-12", Name=name)
+    assert (imported.status_code, registered.status_code) == (400, 400), (imported.text, registered.text)
+    pool = ET.fromstring(_occi(doors, "GET", "/network").content)
+    assert [n.get("href") for n in pool] == ["http://testserver/network/0"]  # the site's alone
+
+
+def test_names_of_other_scripts_are_still_names(doors: Doors) -> None:
+    made = _occi(
+        doors, "POST", "/network", "<NIC><NAME>réseau öffentlich</NAME><ADDRESS>10.40.0.0</ADDRESS></NIC>"
+    )
+    assert made.status_code == 201, made.text
