@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloud.occi.xml import MAX_VOLATILE_MIB
 from cloud.quotas import QuotaChange, Quotas
+from cloud.refusals import public_message
 from imagekit.run import run
 from tests.cloud.tenancy import Doors, error_code, open_doors
 
@@ -239,3 +240,25 @@ def test_names_of_other_scripts_are_still_names(doors: Doors) -> None:
         doors, "POST", "/network", "<NIC><NAME>réseau öffentlich</NAME><ADDRESS>10.40.0.0</ADDRESS></NIC>"
     )
     assert made.status_code == 201, made.text
+
+
+# --- no path of this host in a refusal ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message, public",
+    [
+        ("cannot open file:/srv/cloud/state/state.db", "cannot open file:state.db"),
+        (
+            "Could not open 'file:///srv/cloud/state/ec2-secrets.key'",
+            "Could not open 'file:ec2-secrets.key'",
+        ),
+        ("nbd:unix:/run/imagekit/vm3.sock: refused", "nbd:unix:vm3.sock: refused"),
+        ("http://127.0.0.1:8081/registry/metadata/x: 404", "http://127.0.0.1:8081/registry/metadata/x: 404"),
+        ("see http://[::1]:80/a/b", "see http://[::1]:80/a/b"),
+    ],
+)
+def test_a_path_after_a_scheme_is_cut_too(message: str, public: str) -> None:
+    """qemu and the marketplace name files as ``file:/x``, ``file:///x`` and ``unix:/x``: those
+    are this host's paths as much as ``/x`` (the filter took them for URLs); URLs stay whole."""
+    assert public_message(message) == public
