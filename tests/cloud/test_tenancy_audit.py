@@ -262,3 +262,33 @@ def test_a_path_after_a_scheme_is_cut_too(message: str, public: str) -> None:
     """qemu and the marketplace name files as ``file:/x``, ``file:///x`` and ``unix:/x``: those
     are this host's paths as much as ``/x`` (the filter took them for URLs); URLs stay whole."""
     assert public_message(message) == public
+
+
+# --- values XML cannot carry ----------------------------------------------------------------------
+
+
+def test_a_value_xml_cannot_carry_is_refused_not_a_failure(doors: Doors) -> None:
+    """A NUL or control character in a key name, an id or a tag: lxml refuses such text, so an
+    error echoing it was no answer at all (the request failed), and a tag value holding it
+    would have broken every later listing of it, the administrator's included."""
+    image = doors.tmp / "disk.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", image, "1M"])
+    ami = ET.fromstring(doors.ec2_upload("alice", image).content).findtext("{*}imageId") or ""
+    refused = [
+        doors.ec2_call("alice", "RunInstances", ImageId=ami, MinCount="1", MaxCount="1", KeyName="k\x00"),
+        doors.ec2_call("alice", "DescribeKeyPairs", **{"KeyName.1": "\x01"}),
+        doors.ec2_call("alice", "DeleteTags", **{"ResourceId.1": "x\x1b[2J"}),
+        doors.ec2_call(
+            "alice", "CreateTags", **{"ResourceId.1": ami, "Tag.1.Key": "k", "Tag.1.Value": "v\x00"}
+        ),
+    ]
+    assert [r.status_code for r in refused] == [400] * len(refused), [r.text for r in refused]
+    assert [error_code(r) for r in refused] == [
+        "InvalidKeyPair.NotFound",
+        "InvalidKeyPair.NotFound",
+        "InvalidID",
+        "InvalidParameterValue",
+    ]
+    for name in ("alice", "root"):
+        listed = doors.ec2_call(name, "DescribeTags")
+        assert listed.status_code == 200, listed.text
