@@ -105,6 +105,14 @@ def test_occi_numbers_in_other_digits_are_400(doors: Doors, storage: str, networ
     assert "must be a number" in answer.text
 
 
+@pytest.mark.parametrize("size", [SUPERSCRIPT_TWO, ARABIC_ONE * 2])
+def test_an_occi_network_size_in_other_digits_is_400(doors: Doors, size: str) -> None:
+    body = f"<NIC><NAME>lan</NAME><ADDRESS>10.40.0.0</ADDRESS><SIZE>{size}</SIZE></NIC>"
+    answer = _occi(doors, "POST", "/network", body)
+    assert answer.status_code == 400, answer.text
+    assert "NETWORK_SIZE: expected a number" in answer.text
+
+
 @pytest.mark.parametrize(
     "storage, network, refusal",
     [
