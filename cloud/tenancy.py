@@ -25,6 +25,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 
+from cloud.quotas import QuotaExceeded
 from cloud.users import User as CloudUser
 from context.leases import NetworkStore
 from context.model import Attribute, Template, Vector, VirtualNetwork
@@ -40,6 +41,7 @@ ADMIN_GROUP = (0, "oneadmin")
 USERS_GROUP = (1, "users")
 # Names the site's own templates use whether or not the network exists yet.
 RESERVED_NAMES = frozenset({"Public EC2"})
+MAX_OWN_NETWORKS = 100  # a cloud user's own networks at once (OCCI POST /network; 1.4 had no bound)
 
 
 def cloud_identity(user: CloudUser) -> User:
@@ -74,6 +76,16 @@ def network_owners(state: State) -> dict[int, int | None]:
     nobody's); networks not listed are the site's."""
     with state.read() as db:
         return {r["id"]: r["owner_id"] for r in db.execute("SELECT id, owner_id FROM occi_networks")}
+
+
+def check_network_room(state: State, user: CloudUser) -> None:
+    """Refuse (QuotaExceeded: OCCI's 403) a new network of ``user`` past MAX_OWN_NETWORKS."""
+    if user.admin:
+        return
+    with state.read() as db:
+        own = db.execute("SELECT COUNT(*) FROM occi_networks WHERE owner_id = ?", (user.id,)).fetchone()[0]
+    if own >= MAX_OWN_NETWORKS:
+        raise QuotaExceeded("networks", f"a user has at most {MAX_OWN_NETWORKS} networks of their own")
 
 
 def site_networks(state: State) -> list[VirtualNetwork]:

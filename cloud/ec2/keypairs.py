@@ -23,6 +23,9 @@ from cloud.users import User
 from imagekit.errors import InputError
 from imagekit.state import State
 
+# AWS's bounds: 5000 key pairs per user and region (its default quota, refused with
+# KeyPairLimitExceeded), a public key of at most 16 KiB (an RSA key of 16384 bits is 2.8 KiB).
+MAX_KEY_PAIRS, MAX_PUBLIC_KEY = 5000, 16 << 10
 _KEY_TYPES = {
     "ssh-rsa": "rsa",
     "ssh-ed25519": "ed25519",
@@ -48,6 +51,8 @@ class KeyPair:
 
 def parse_public_key(material: bytes) -> tuple[str, str, str]:
     """``(public key line, key type, fingerprint)`` of an OpenSSH public key line."""
+    if len(material) > MAX_PUBLIC_KEY:
+        raise invalid_parameter(f"PublicKeyMaterial is longer than {MAX_PUBLIC_KEY} bytes")
     try:
         fields = material.decode("ascii").split()
         blob = base64.b64decode(fields[1], validate=True)
@@ -100,6 +105,11 @@ class KeyPairStore:
             except sqlite3.IntegrityError:
                 raise Ec2Error("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists.") from None
             assert cur.lastrowid is not None
+            count = db.execute("SELECT COUNT(*) FROM ec2_keypairs WHERE user_id = ?", (user.id,)).fetchone()[
+                0
+            ]
+            if count > MAX_KEY_PAIRS:  # rolls the insert back
+                raise Ec2Error("KeyPairLimitExceeded", f"A user has at most {MAX_KEY_PAIRS} key pairs")
         return KeyPair(cur.lastrowid, name, line, key_type, fingerprint, created)
 
     def describe(self, user: User, names: Sequence[str] = ()) -> list[KeyPair]:

@@ -38,6 +38,7 @@ from cloud.siteconfig import SiteConfig, load_site
 from cloud.standalone import kept_bound, make_standalone
 from cloud.store import VmRecord
 from cloud.tenancy import (
+    check_network_room,
     check_resource_name,
     cloud_identity,
     network_owners,
@@ -180,6 +181,7 @@ class OcciService:
             check_resource_name("network", request.name, taken=site_network_names(self.state))
         except InputError as err:
             raise bad_request(err.reason) from None
+        check_network_room(self.state, user)
         text = (
             f"NAME = {one_value(request.name)}\nTYPE = RANGED\n"
             f"NETWORK_ADDRESS = {one_value(request.address)}\n"

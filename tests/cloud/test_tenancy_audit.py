@@ -26,6 +26,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from cloud import tenancy
+from cloud.ec2 import keypairs
 from cloud.occi.xml import MAX_VOLATILE_MIB
 from cloud.quotas import QuotaChange, Quotas
 from cloud.refusals import public_message
@@ -300,3 +302,55 @@ def test_a_value_xml_cannot_carry_is_refused_not_a_failure(doors: Doors) -> None
     for name in ("alice", "root"):
         listed = doors.ec2_call(name, "DescribeTags")
         assert listed.status_code == 200, listed.text
+
+
+# --- bounds on what a user keeps ------------------------------------------------------------------
+
+
+def _public_key() -> str:
+    openssh = serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    line = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(*openssh)
+    return base64.b64encode(line).decode()
+
+
+def test_key_pairs_are_bounded_per_user(doors: Doors, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS's 5000 key pairs per user (3 here) and 16 KiB per public key: past them,
+    ``KeyPairLimitExceeded`` and ``InvalidParameterValue``; another user keeps their own room."""
+    monkeypatch.setattr(keypairs, "MAX_KEY_PAIRS", 3)
+    made = [
+        doors.ec2_call("alice", "ImportKeyPair", KeyName=f"k{n}", PublicKeyMaterial=_public_key())
+        for n in range(4)
+    ]
+    assert [r.status_code for r in made] == [200, 200, 200, 400]
+    assert error_code(made[-1]) == "KeyPairLimitExceeded"
+    listed = doors.ec2_call("alice", "DescribeKeyPairs").text
+    assert listed.count("<keyName>") == 3
+    assert (
+        doors.ec2_call("bob", "ImportKeyPair", KeyName="k", PublicKeyMaterial=_public_key()).status_code
+        == 200
+    )
+    huge = base64.b64encode(b"ssh-ed25519 " + base64.b64encode(b"\0\0\0\x0bssh-ed25519" + b"A" * (16 << 10)))
+    refused = doors.ec2_call("bob", "ImportKeyPair", KeyName="big", PublicKeyMaterial=huge.decode())
+    assert refused.status_code == 400 and "longer than 16384 bytes" in refused.text
+
+
+def test_a_users_own_networks_are_bounded(doors: Doors, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OCCI's ``POST /network`` makes at most MAX_OWN_NETWORKS per user (2 here): 403 past them,
+    as a quota; deleting one makes room; an administrator is not bounded."""
+    monkeypatch.setattr(tenancy, "MAX_OWN_NETWORKS", 2)
+
+    def network(name: str, who: str = "alice") -> httpx.Response:
+        body = f"<NIC><NAME>{name}</NAME><ADDRESS>10.40.0.0</ADDRESS></NIC>"
+        response: httpx.Response = doors.occi.post(
+            "/network", content=body.encode(), auth=(who, f"{who}-pw")
+        )
+        return response
+
+    made = [network(f"n{n}") for n in range(3)]
+    assert [r.status_code for r in made] == [201, 201, 403], made[-1].text
+    assert "at most 2 networks" in made[-1].text
+    assert network("b1", "bob").status_code == 201
+    first = ET.fromstring(made[0].content).findtext("ID")
+    assert _occi(doors, "DELETE", f"/network/{first}").status_code == 204
+    assert network("n3").status_code == 201
+    assert [network(f"r{n}", "root").status_code for n in range(3)] == [201] * 3
