@@ -14,7 +14,6 @@ multipart body the server stores first (``server.py``), then ``upload_image`` ca
 from __future__ import annotations
 
 import base64
-import binascii
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -201,7 +200,7 @@ class Ec2Service:
         name = required(params, "KeyName")
         try:
             material = base64.b64decode(required(params, "PublicKeyMaterial"), validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or text that is not ASCII
             raise invalid_parameter("PublicKeyMaterial must be base64 encoded") from None
         key = self.keypairs.import_key(user, name, material)
         return {"keyFingerprint": key.fingerprint, "keyName": key.name, "keyPairId": key.key_pair_id}
@@ -443,7 +442,7 @@ def _user_data(text: str | None) -> str | None:
         return None
     try:
         base64.b64decode(text.replace("\r", "").replace("\n", ""), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         raise invalid_parameter("Invalid BASE64 encoding of user data.") from None
     return text
 

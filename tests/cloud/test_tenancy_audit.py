@@ -61,7 +61,8 @@ def _compute(storage: str = "", network: str = "") -> str:
 
 def test_ec2_numbers_in_other_digits_are_refused(doors: Doors) -> None:
     """A list index, a count or a tag index in Unicode digits was a 500: an index so written is
-    no index (the parameter is not one EC2 knows, and is ignored as such), a count is a 400."""
+    no index (the parameter is not one EC2 knows, and is ignored as such), a count is a 400.
+    So was base64 (a public key, user data) holding a character that is not ASCII."""
     image = doors.tmp / "disk.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", image, "1M"])
     ami = ET.fromstring(doors.ec2_upload("alice", image).content).findtext("{*}imageId") or ""
@@ -74,9 +75,19 @@ def test_ec2_numbers_in_other_digits_are_refused(doors: Doors) -> None:
         doors.ec2_call("alice", "DescribeImages", **{f"ImageId.{SUPERSCRIPT_TWO}": "ami-00000001"}),
         doors.ec2_call("alice", "RunInstances", ImageId=ami, MinCount=SUPERSCRIPT_TWO, MaxCount="1"),
     ]
-    assert [r.status_code for r in answers] == [200, 400, 400, 200, 400], [r.text for r in answers]
+    answers += [
+        doors.ec2_call("alice", "ImportKeyPair", KeyName="k", PublicKeyMaterial=SUPERSCRIPT_TWO),
+        doors.ec2_call("alice", "ImportKeyPair", KeyName="k", PublicKeyMaterial="\ufeffc3NoLXJzYQ=="),
+        doors.ec2_call(
+            "alice", "RunInstances", ImageId=ami, MinCount="1", MaxCount="1", UserData="aGk=\u00e9"
+        ),
+    ]
+    assert [r.status_code for r in answers] == [200, 400, 400, 200, 400, 400, 400, 400], [
+        r.text for r in answers
+    ]
+    assert [error_code(r) for r in answers[-3:]] == ["InvalidParameterValue"] * 3
     assert [error_code(r) for r in answers[1:3]] == ["MissingParameter", "InvalidInstanceID.NotFound"]
-    assert "MinCount must be a number" in answers[-1].text
+    assert "MinCount must be a number" in answers[4].text
 
 
 def test_occi_ids_in_other_digits_are_no_id(doors: Doors) -> None:
