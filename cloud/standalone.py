@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import signal
 import struct
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from imagekit.errors import CommandError, InputError
@@ -196,14 +196,25 @@ def check_chain(overlay: Path, base: Path) -> None:
         check=False,
         timeout=60,
     )
+    check_chain_answer(proc.stdout if proc.returncode == 0 else b"", str(base))
+
+
+def check_chain_answer(answer: bytes, base: str) -> None:
+    """:func:`check_chain` on ``qemu-img info --backing-chain --output=json -f qcow2``'s
+    ``answer``, wherever it ran (this host, or a host the ssh transfer driver made the overlay
+    on, ``base`` being a path there)."""
     try:
-        chain = json.loads(proc.stdout) if proc.returncode == 0 else None
+        chain = json.loads(answer) if answer else None
     except ValueError:
         chain = None
     if not isinstance(chain, list) or len(chain) != 2:
         raise NotStandalone("the disk's backing chain is not exactly its overlay and the verified base")
     top, bottom = chain
-    if Path(str(top.get("full-backing-filename"))) != base or Path(str(bottom.get("filename"))) != base:
+    wanted = PurePosixPath(base)
+    if (
+        PurePosixPath(str(top.get("full-backing-filename"))) != wanted
+        or PurePosixPath(str(bottom.get("filename"))) != wanted
+    ):
         raise NotStandalone("the disk's backing chain does not end at the verified base")
     top_only = {k: v for k, v in top.items() if k not in ("backing-filename", "full-backing-filename")}
     if references(top_only) or references(bottom):

@@ -31,6 +31,9 @@ from cloud.ec2 import keypairs
 from cloud.occi.xml import MAX_VOLATILE_MIB
 from cloud.quotas import QuotaChange, Quotas
 from cloud.refusals import public_message
+from cloud.remote import LocalRunner
+from cloud.standalone import NotStandalone
+from cloud.transfer import FrontEndTransfer, SshTransfer
 from imagekit.run import run
 from tests.cloud.tenancy import Doors, error_code, open_doors
 
@@ -365,3 +368,34 @@ def test_a_users_own_networks_are_bounded(doors: Doors, monkeypatch: pytest.Monk
     assert _occi(doors, "DELETE", f"/network/{first}").status_code == 204
     assert network("n3").status_code == 201
     assert [network(f"r{n}", "root").status_code for n in range(3)] == [201] * 3
+
+
+# --- the chain re-checked wherever a transfer driver makes the overlay ---------------------------
+
+
+def _based(tmp_path: Path, backed: bool) -> Path:
+    """A base image; ``backed``: one that grew a backing file (a host file) after it was verified."""
+    secret = tmp_path / "host-secret.raw"
+    secret.write_bytes(b"secret" * 1024)
+    base = tmp_path / ("backed.qcow2" if backed else "base.qcow2")
+    if backed:
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", secret, base])
+    else:
+        run(["qemu-img", "create", "-q", "-f", "qcow2", base, "1M"])
+    return base
+
+
+@pytest.mark.parametrize("driver", ["local", "ssh"])
+def test_every_transfer_driver_checks_the_overlays_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, driver: str
+) -> None:
+    """The pipeline that places VMs on hosts makes overlays through the transfer drivers
+    (``cloud/transfer.py``), not ``deploy.py``: each now checks the chain is overlay → the
+    verified base (the ssh driver on the host, with ``qemu-img info --backing-chain`` there),
+    so a base that reads a host file stops the prolog there too."""
+    monkeypatch.chdir(tmp_path)  # the ssh driver's "host" is this machine, its home the cwd
+    tm = FrontEndTransfer(tmp_path / "vms") if driver == "local" else SshTransfer(LocalRunner())
+    assert tm.clone(1, 0, _based(tmp_path, backed=False), "qcow2").endswith("disk0.qcow2")
+    with pytest.raises(NotStandalone, match="backing chain"):
+        tm.clone(2, 0, _based(tmp_path, backed=True), "qcow2")
+
