@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cloud import tenancy
+from cloud.accounts import delete_user
 from cloud.ec2 import keypairs
 from cloud.occi.xml import MAX_VOLATILE_MIB
 from cloud.quotas import QuotaChange, Quotas
@@ -399,3 +400,24 @@ def test_every_transfer_driver_checks_the_overlays_chain(
     with pytest.raises(NotStandalone, match="backing chain"):
         tm.clone(2, 0, _based(tmp_path, backed=True), "qcow2")
 
+
+# --- nothing of a deleted user passes to the next ------------------------------------------------
+
+
+def test_a_deleted_users_image_tags_pass_to_no_one(doors: Doors) -> None:
+    """Image ids are handed out again (``MAX(id) + 1``): ``DeregisterImage`` forgets an image's
+    tags and quota for that reason, and so must ``user delete --cascade``, or the next user's
+    image with the same id shows the deleted user's tags (and counts toward their 50)."""
+    image = doors.tmp / "disk.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", image, "1M"])
+    ami = ET.fromstring(doors.ec2_upload("alice", image).content).findtext("{*}imageId") or ""
+    tag = {"ResourceId.1": ami, "Tag.1.Key": "Name", "Tag.1.Value": "alice-private"}
+    assert doors.ec2_call("alice", "CreateTags", **tag).status_code == 200
+    delete_user(doors.state, "alice", cascade=True)
+    again = ET.fromstring(doors.ec2_upload("bob", image).content).findtext("{*}imageId") or ""
+    assert again == ami  # the id is handed out again…
+    for call in ("DescribeTags", "DescribeImages"):
+        assert "alice-private" not in doors.ec2_call("bob", call).text  # …without alice's tags
+    with doors.state.read() as db:
+        owners = {r[0] for r in db.execute("SELECT owner FROM cloud_quota_images")}
+    assert owners == {"bob"}
