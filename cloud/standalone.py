@@ -40,6 +40,7 @@ _REFUSED = {
     "qed": "QED images are not taken",
     "qcow": "qcow version 1 images are not taken",
 }
+QCOW2_TABLES = 4 << 20  # qcow2's header, L1, refcount table and blocks for a small image
 QCOW2_EXTERNAL_DATA_FILE = 1 << 2  # incompatible feature bit (qcow2 spec, version 3)
 _UPLOAD_HINT = "upload one self-contained image file (qemu-img convert -O qcow2 IMAGE standalone.qcow2)"
 
@@ -148,10 +149,14 @@ def _convert(upload: Path, fmt: str, dest: Path, max_bytes: int | None) -> None:
     """``qemu-img convert`` to the site's format; with ``max_bytes``, under a file-size limit
     (RLIMIT_FSIZE): a small compressed image, or one whose clusters all point at the same
     data, expands to its whole virtual size, which would fill the server's disk before any
-    quota saw the result."""
+    quota saw the result. The limit leaves room for qcow2's own tables (a few clusters, and
+    about 1/4096 of the data for L2 and refcounts): the quota, checked on the result, is the
+    exact bound; this one only keeps the disk from filling."""
     convert: list[str | Path] = ["qemu-img", "convert", "-q", "-f", fmt, "-O", SITE_FORMAT, upload, dest]
-    bounded = convert if max_bytes is None else ["prlimit", f"--fsize={max(max_bytes, 1)}", "--", *convert]
-    proc = run(bounded, check=False)
+    if max_bytes is not None:
+        fsize = max_bytes + max_bytes // 1024 + QCOW2_TABLES
+        convert = ["prlimit", f"--fsize={fsize}", "--", *convert]
+    proc = run(convert, check=False)
     if proc.returncode == 0:
         return
     # Past the limit, the write fails with EFBIG, or SIGXFSZ ends qemu-img.
