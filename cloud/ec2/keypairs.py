@@ -9,7 +9,6 @@ section 4); ED25519 and ECDSA, the base64 SHA-256 of the blob.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import sqlite3
 from collections.abc import Sequence
@@ -54,11 +53,16 @@ def parse_public_key(material: bytes) -> tuple[str, str, str]:
     if len(material) > MAX_PUBLIC_KEY:
         raise invalid_parameter(f"PublicKeyMaterial is longer than {MAX_PUBLIC_KEY} bytes")
     try:
-        fields = material.decode("ascii").split()
-        blob = base64.b64decode(fields[1], validate=True)
-    except (UnicodeDecodeError, IndexError, binascii.Error):
-        raise invalid_parameter("PublicKeyMaterial is not an OpenSSH public key") from None
-    algorithm = fields[0]
+        lines = [line.strip() for line in material.decode("ascii").splitlines() if line.strip()]
+        # One key, its comment kept whole (blanks and all) as the VM will get it, never a
+        # second line: that would be a second authorised key.
+        [line] = lines
+        algorithm, encoded, *comment = line.split(None, 2)
+        blob = base64.b64decode(encoded, validate=True)
+    except (UnicodeDecodeError, ValueError):  # not ASCII, not one line, not base64
+        raise invalid_parameter("PublicKeyMaterial is not one OpenSSH public key line") from None
+    if not line.isprintable():
+        raise invalid_parameter("PublicKeyMaterial holds control characters")
     if algorithm not in _KEY_TYPES:
         raise invalid_parameter(f"Unsupported key type {algorithm[:30]!r}")
     # The blob starts with its own algorithm name: a key labelled with another type is refused.
@@ -70,7 +74,7 @@ def parse_public_key(material: bytes) -> tuple[str, str, str]:
         fingerprint = ":".join(digest[i : i + 2] for i in range(0, 32, 2))
     else:
         fingerprint = base64.b64encode(hashlib.sha256(blob).digest()).decode()
-    return " ".join(fields[:3]), _KEY_TYPES[algorithm], fingerprint
+    return " ".join([algorithm, encoded, *comment]), _KEY_TYPES[algorithm], fingerprint
 
 
 def _check_name(name: str) -> str:

@@ -35,6 +35,7 @@ from cloud.refusals import public_message
 from cloud.remote import LocalRunner
 from cloud.standalone import NotStandalone
 from cloud.transfer import FrontEndTransfer, SshTransfer
+from context.render import stored_context
 from imagekit.run import run
 from tests.cloud.tenancy import Doors, error_code, open_doors
 
@@ -421,3 +422,33 @@ def test_a_deleted_users_image_tags_pass_to_no_one(doors: Doors) -> None:
     with doors.state.read() as db:
         owners = {r[0] for r in db.execute("SELECT owner FROM cloud_quota_images")}
     assert owners == {"bob"}
+
+
+# --- a key comment reaches the VM whole ------------------------------------------------------------
+
+
+def test_a_key_comment_reaches_the_vm_whole_and_one_key_is_one_key(doors: Doors) -> None:
+    """OpenSSH comments hold blanks ("alice laptop $UNAME"): the VM gets the line exactly as
+    sent (it got only the first word). Material of two lines is refused: the second would be
+    another authorised key, taken in silence (it was dropped in silence)."""
+    image = doors.tmp / "disk.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", image, "1M"])
+    ami = ET.fromstring(doors.ec2_upload("alice", image).content).findtext("{*}imageId") or ""
+    line = base64.b64decode(_public_key()).decode() + ' alice  laptop $UNAME $NIC[IP] "x"'
+    material = base64.b64encode(line.encode() + b"\n").decode()
+    assert (
+        doors.ec2_call("alice", "ImportKeyPair", KeyName="k", PublicKeyMaterial=material).status_code == 200
+    )
+    run_one = doors.ec2_call("alice", "RunInstances", ImageId=ami, MinCount="1", MaxCount="1", KeyName="k")
+    vmid = int((ET.fromstring(run_one.content).findtext(".//{*}instanceId") or "")[2:], 16)
+    context = stored_context(doors.state, vmid)
+    assert context is not None and context["SSH_PUBLIC_KEY"] == context["EC2_PUBLIC_KEY"] == line
+    second = base64.b64decode(_public_key()).decode()
+    for text in (f"{line}\n{second}\n", f"{line}\r{second}", line.replace("alice", "alice\x1b[2J")):
+        answer = doors.ec2_call(
+            "alice",
+            "ImportKeyPair",
+            KeyName="k2",
+            PublicKeyMaterial=base64.b64encode(text.encode()).decode(),
+        )
+        assert answer.status_code == 400, answer.text
