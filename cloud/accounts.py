@@ -20,8 +20,10 @@ from cloud import lifecycle
 from cloud.ec2.ids import image_id
 from cloud.ec2.images import ImageStore
 from cloud.ec2.keypairs import KeyPairStore
+from cloud.ec2.tags import TagStore
 from cloud.model import VmState
 from cloud.occi.service import OcciService
+from cloud.quotas import Quotas
 from cloud.users import User, UserStore
 from imagekit.errors import InputError
 from imagekit.state import State
@@ -94,8 +96,13 @@ def delete_user(state: State, ref: str | int, *, cascade: bool = False) -> Holdi
         occi.delete_storage(owner, number)
     for number in held.networks:
         occi.delete_network(owner, number)
+    tags, quotas = TagStore(state), Quotas(state)
     for number in held.images:
         images.deregister(owner, number)
+        # Image ids are handed out again: the next image of that id is someone else's, so its
+        # tags and stored bytes go too, as Ec2Service.deregister_image does.
+        tags.forget(image_id(number))
+        quotas.release_image(image_id(number))
     for name in held.key_pairs:
         keys.delete(owner, name)
     shutil.rmtree(state.root / "ec2" / "uploads" / user.name, ignore_errors=True)

@@ -244,7 +244,7 @@ class _Checker:
         return attr.value
 
     def number(self, attr: Attribute, path: str, text: str, *, minimum: int = 0) -> int:
-        if not text.strip().isdigit() or int(text) < minimum:
+        if not (text.strip().isascii() and text.strip().isdigit()) or int(text) < minimum:
             raise self.fail(attr, path, f"expected a whole number ≥ {minimum}, got {text!r}")
         return int(text)
 

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import re
 
-# An absolute path: a "/" not preceded by a word character, ":" (a URL's scheme), "/", "." or
-# "~", then components up to a character that ends a path in prose (space, quote, bracket, ":").
-_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/+(?:[^\s'\"<>:,;()\[\]{}/]+/+)*([^\s'\"<>:,;()\[\]{}/]+)")
+# An absolute path: a "/" not preceded by a word character, "/", "." or "~", nor by the ":" of
+# a URL's "scheme://" (a "file:/x" or "unix:/x" is a path), then components up to a character
+# that ends a path in prose (space, quote, bracket, ":").
+_ABSOLUTE_PATH = re.compile(
+    r"(?:(?<=:)(?!//)|(?<![\w:/.~-]))/+(?:[^\s'\"<>:,;()\[\]{}/]+/+)*([^\s'\"<>:,;()\[\]{}/]+)"
+)
+
+_FILE_URL = re.compile(r"\bfile://(?=/)", re.IGNORECASE)
 
 
 def public_message(message: str) -> str:
     """``message`` with every absolute path replaced by its last component."""
-    return _ABSOLUTE_PATH.sub(lambda m: m.group(1), message)
+    local = _FILE_URL.sub("file:", message)  # file:///x names a path of this host, as /x does
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1), local)

@@ -2,7 +2,7 @@
 
     fmt = detect_format(path)              # from the bytes, as this module reads them
     check_standalone(path, fmt)            # qemu-img info -f FMT: no backing, data file or extent
-    make_standalone(upload, dest)          # the upload converted once to qcow2; only that is kept
+    make_standalone(upload, dest, max_bytes=n)  # converted once to qcow2 (at most n bytes); only that kept
     check_chain(overlay, base)             # at deploy: the overlay's chain is overlay → base
 
 qcow2 (backing file, external data file), QED (backing file), VMDK (a descriptor's extents and
@@ -21,8 +21,9 @@ server path: the messages go to the network.
 from __future__ import annotations
 
 import json
+import signal
 import struct
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from imagekit.errors import CommandError, InputError
@@ -39,6 +40,7 @@ _REFUSED = {
     "qed": "QED images are not taken",
     "qcow": "qcow version 1 images are not taken",
 }
+QCOW2_TABLES = 4 << 20  # qcow2's header, L1, refcount table and blocks for a small image
 QCOW2_EXTERNAL_DATA_FILE = 1 << 2  # incompatible feature bit (qcow2 spec, version 3)
 _UPLOAD_HINT = "upload one self-contained image file (qemu-img convert -O qcow2 IMAGE standalone.qcow2)"
 
@@ -143,16 +145,42 @@ def check_standalone(path: Path, fmt: str) -> None:
         )
 
 
-def make_standalone(upload: Path, dest: Path) -> Path:
-    """Check ``upload`` and convert it once to the site's format at ``dest``; ``upload`` is
-    removed either way, and ``dest`` exists only when all went well."""
+def _convert(upload: Path, fmt: str, dest: Path, max_bytes: int | None) -> None:
+    """``qemu-img convert`` to the site's format; with ``max_bytes``, under a file-size limit
+    (RLIMIT_FSIZE): a small compressed image, or one whose clusters all point at the same
+    data, expands to its whole virtual size, which would fill the server's disk before any
+    quota saw the result. The limit leaves room for qcow2's own tables (a few clusters, and
+    about 1/4096 of the data for L2 and refcounts): the quota, checked on the result, is the
+    exact bound; this one only keeps the disk from filling."""
+    convert: list[str | Path] = ["qemu-img", "convert", "-q", "-f", fmt, "-O", SITE_FORMAT, upload, dest]
+    if max_bytes is not None:
+        fsize = max_bytes + max_bytes // 1024 + QCOW2_TABLES
+        convert = ["prlimit", f"--fsize={fsize}", "--", *convert]
+    proc = run(convert, check=False)
+    if proc.returncode == 0:
+        return
+    # Past the limit, the write fails with EFBIG, or SIGXFSZ ends qemu-img.
+    if max_bytes is not None and (proc.returncode == -signal.SIGXFSZ or b"File too large" in proc.stderr):
+        raise NotStandalone(
+            f"the {fmt} image expands past the {max_bytes} bytes an image may be kept in here",
+            hint="upload a smaller image, or ask for a larger storage quota",
+        )
+    raise NotStandalone(f"the {fmt} image could not be converted (damaged or encrypted?)")
+
+
+def kept_bound(*limits: int | None) -> int | None:
+    """The least of ``limits`` that are set (an upload limit, a quota's bytes left), or None."""
+    return min((n for n in limits if n is not None), default=None)
+
+
+def make_standalone(upload: Path, dest: Path, *, max_bytes: int | None = None) -> Path:
+    """Check ``upload`` and convert it once to the site's format at ``dest``, at most
+    ``max_bytes`` long (None: unbounded); ``upload`` is removed either way, and ``dest``
+    exists only when all went well."""
     try:
         fmt = detect_format(upload)
         check_standalone(upload, fmt)
-        try:
-            run(["qemu-img", "convert", "-q", "-f", fmt, "-O", SITE_FORMAT, upload, dest], step="convert")
-        except CommandError:
-            raise NotStandalone(f"the {fmt} image could not be converted (damaged or encrypted?)") from None
+        _convert(upload, fmt, dest, max_bytes)
         if references(_info(dest, SITE_FORMAT)):  # cannot happen: a plain convert; checked anyway
             raise NotStandalone("the converted image refers to another file")
         dest.chmod(0o600)  # qemu-img makes it with the umask's mode; it is a user's disk
@@ -173,14 +201,25 @@ def check_chain(overlay: Path, base: Path) -> None:
         check=False,
         timeout=60,
     )
+    check_chain_answer(proc.stdout if proc.returncode == 0 else b"", str(base))
+
+
+def check_chain_answer(answer: bytes, base: str) -> None:
+    """:func:`check_chain` on ``qemu-img info --backing-chain --output=json -f qcow2``'s
+    ``answer``, wherever it ran (this host, or a host the ssh transfer driver made the overlay
+    on, ``base`` being a path there)."""
     try:
-        chain = json.loads(proc.stdout) if proc.returncode == 0 else None
+        chain = json.loads(answer) if answer else None
     except ValueError:
         chain = None
     if not isinstance(chain, list) or len(chain) != 2:
         raise NotStandalone("the disk's backing chain is not exactly its overlay and the verified base")
     top, bottom = chain
-    if Path(str(top.get("full-backing-filename"))) != base or Path(str(bottom.get("filename"))) != base:
+    wanted = PurePosixPath(base)
+    if (
+        PurePosixPath(str(top.get("full-backing-filename"))) != wanted
+        or PurePosixPath(str(bottom.get("filename"))) != wanted
+    ):
         raise NotStandalone("the disk's backing chain does not end at the verified base")
     top_only = {k: v for k, v in top.items() if k not in ("backing-filename", "full-backing-filename")}
     if references(top_only) or references(bottom):

@@ -22,8 +22,10 @@ the site made).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 
+from cloud.quotas import QuotaExceeded
 from cloud.users import User as CloudUser
 from context.leases import NetworkStore
 from context.model import Attribute, Template, Vector, VirtualNetwork
@@ -39,6 +41,7 @@ ADMIN_GROUP = (0, "oneadmin")
 USERS_GROUP = (1, "users")
 # Names the site's own templates use whether or not the network exists yet.
 RESERVED_NAMES = frozenset({"Public EC2"})
+MAX_OWN_NETWORKS = 100  # a cloud user's own networks at once (OCCI POST /network; 1.4 had no bound)
 
 
 def cloud_identity(user: CloudUser) -> User:
@@ -47,17 +50,25 @@ def cloud_identity(user: CloudUser) -> User:
 
 
 def check_resource_name(kind: str, name: str, *, taken: Iterable[str] = (), admin: bool = False) -> str:
-    """``name`` for a new ``kind`` of a cloud user, or an InputError: never all digits, and,
-    unless an administrator names it, neither reserved nor one of the site's ``taken`` names
-    (compared without case or surrounding blanks, which a reader would not notice)."""
-    if name.strip().isdigit():
+    """``name`` for a new ``kind`` of a cloud user, or an InputError: no control or invisible
+    characters, never all digits, and, unless an administrator names it, neither reserved nor
+    one of the site's ``taken`` names (compared as a reader sees them: :func:`_as_read`)."""
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise InputError(f"a {kind} name cannot hold control or invisible characters")
+    if _as_read(name).isdigit():
         raise InputError(f"a {kind} name cannot be a number: it would read as an id")
     if admin:
         return name
-    folded = name.strip().casefold()
-    if any(folded == reserved.strip().casefold() for reserved in (*RESERVED_NAMES, *taken)):
+    folded = _as_read(name)
+    if any(folded == _as_read(reserved) for reserved in (*RESERVED_NAMES, *taken)):
         raise InputError(f"the {kind} name {name!r} is reserved by the site")
     return name
+
+
+def _as_read(name: str) -> str:
+    """``name`` as a reader would not tell it apart: compatibility forms folded (NFKC: a
+    no-break space or full-width letters), blanks collapsed, case ignored."""
+    return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
 
 
 def network_owners(state: State) -> dict[int, int | None]:
@@ -65,6 +76,16 @@ def network_owners(state: State) -> dict[int, int | None]:
     nobody's); networks not listed are the site's."""
     with state.read() as db:
         return {r["id"]: r["owner_id"] for r in db.execute("SELECT id, owner_id FROM occi_networks")}
+
+
+def check_network_room(state: State, user: CloudUser) -> None:
+    """Refuse (QuotaExceeded: OCCI's 403) a new network of ``user`` past MAX_OWN_NETWORKS."""
+    if user.admin:
+        return
+    with state.read() as db:
+        own = db.execute("SELECT COUNT(*) FROM occi_networks WHERE owner_id = ?", (user.id,)).fetchone()[0]
+    if own >= MAX_OWN_NETWORKS:
+        raise QuotaExceeded("networks", f"a user has at most {MAX_OWN_NETWORKS} networks of their own")
 
 
 def site_networks(state: State) -> list[VirtualNetwork]:
@@ -102,7 +123,7 @@ def pin_networks(template: Template, state: State, user: CloudUser) -> Template:
 def _pinned(nic: Vector, usable: set[int], by_site_name: dict[str, int | None]) -> Vector:
     net_id, name = nic.get("NETWORK_ID"), nic.get("NETWORK")
     if net_id:
-        if not net_id.isdigit() or int(net_id) not in usable:
+        if not (net_id.isascii() and net_id.isdigit()) or int(net_id) not in usable:
             raise InputError(f"NIC: no network {net_id!r} this user may use")
         number = int(net_id)
     elif name:

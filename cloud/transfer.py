@@ -36,6 +36,7 @@ from cloud.hosts import Host, TransferDriver
 from cloud.images import BaseImage
 from cloud.model import DiskKind, VmTemplate, filesystem_maker
 from cloud.remote import Runner, SshSettings, runner_for
+from cloud.standalone import check_chain, check_chain_answer
 from imagekit.errors import DataError, ImagekitError, InputError, VerificationError
 from imagekit.run import run
 
@@ -109,6 +110,7 @@ class FrontEndTransfer:
             step="prolog",
         )
         overlay.chmod(0o600)
+        check_chain(overlay, base)  # overlay → the verified base, nothing else (issue 17, point 1)
         return str(overlay)
 
     def image(self, vmid: int, base: Path) -> str:
@@ -218,6 +220,8 @@ class SshTransfer:
             'umask 077; mkdir -p -- "$1" && qemu-img create -q -f qcow2 -F "$2" -b "$3" "$4"',
             directory, _format(fmt), cached, overlay,
         )  # fmt: skip
+        chain = ["qemu-img", "info", "--backing-chain", "--output=json", "-f", "qcow2", overlay]
+        check_chain_answer(self.runner.run(chain, step="prolog").stdout, cached)  # as on the front end
         return overlay
 
     def image(self, vmid: int, base: Path) -> str:

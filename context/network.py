@@ -109,7 +109,7 @@ def _required_single(t: Template, name: str) -> tuple[str, Attribute]:
 def _size(text: str, where: str) -> int:
     size = NAMED_SIZES.get(text.upper())
     if size is None:
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # not "²", which int() refuses
             raise InputError(f"NETWORK_SIZE: expected a number, B or C, got {text!r}", where=where)
         size = int(text)
     if not 1 <= size <= MAX_NETWORK_SIZE:

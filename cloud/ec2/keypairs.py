@@ -9,7 +9,6 @@ section 4); ED25519 and ECDSA, the base64 SHA-256 of the blob.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import sqlite3
 from collections.abc import Sequence
@@ -23,6 +22,9 @@ from cloud.users import User
 from imagekit.errors import InputError
 from imagekit.state import State
 
+# AWS's bounds: 5000 key pairs per user and region (its default quota, refused with
+# KeyPairLimitExceeded), a public key of at most 16 KiB (an RSA key of 16384 bits is 2.8 KiB).
+MAX_KEY_PAIRS, MAX_PUBLIC_KEY = 5000, 16 << 10
 _KEY_TYPES = {
     "ssh-rsa": "rsa",
     "ssh-ed25519": "ed25519",
@@ -48,12 +50,19 @@ class KeyPair:
 
 def parse_public_key(material: bytes) -> tuple[str, str, str]:
     """``(public key line, key type, fingerprint)`` of an OpenSSH public key line."""
+    if len(material) > MAX_PUBLIC_KEY:
+        raise invalid_parameter(f"PublicKeyMaterial is longer than {MAX_PUBLIC_KEY} bytes")
     try:
-        fields = material.decode("ascii").split()
-        blob = base64.b64decode(fields[1], validate=True)
-    except (UnicodeDecodeError, IndexError, binascii.Error):
-        raise invalid_parameter("PublicKeyMaterial is not an OpenSSH public key") from None
-    algorithm = fields[0]
+        lines = [line.strip() for line in material.decode("ascii").splitlines() if line.strip()]
+        # One key, its comment kept whole (blanks and all) as the VM will get it, never a
+        # second line: that would be a second authorised key.
+        [line] = lines
+        algorithm, encoded, *comment = line.split(None, 2)
+        blob = base64.b64decode(encoded, validate=True)
+    except (UnicodeDecodeError, ValueError):  # not ASCII, not one line, not base64
+        raise invalid_parameter("PublicKeyMaterial is not one OpenSSH public key line") from None
+    if not line.isprintable():
+        raise invalid_parameter("PublicKeyMaterial holds control characters")
     if algorithm not in _KEY_TYPES:
         raise invalid_parameter(f"Unsupported key type {algorithm[:30]!r}")
     # The blob starts with its own algorithm name: a key labelled with another type is refused.
@@ -65,7 +74,7 @@ def parse_public_key(material: bytes) -> tuple[str, str, str]:
         fingerprint = ":".join(digest[i : i + 2] for i in range(0, 32, 2))
     else:
         fingerprint = base64.b64encode(hashlib.sha256(blob).digest()).decode()
-    return " ".join(fields[:3]), _KEY_TYPES[algorithm], fingerprint
+    return " ".join([algorithm, encoded, *comment]), _KEY_TYPES[algorithm], fingerprint
 
 
 def _check_name(name: str) -> str:
@@ -100,6 +109,11 @@ class KeyPairStore:
             except sqlite3.IntegrityError:
                 raise Ec2Error("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists.") from None
             assert cur.lastrowid is not None
+            count = db.execute("SELECT COUNT(*) FROM ec2_keypairs WHERE user_id = ?", (user.id,)).fetchone()[
+                0
+            ]
+            if count > MAX_KEY_PAIRS:  # rolls the insert back
+                raise Ec2Error("KeyPairLimitExceeded", f"A user has at most {MAX_KEY_PAIRS} key pairs")
         return KeyPair(cur.lastrowid, name, line, key_type, fingerprint, created)
 
     def describe(self, user: User, names: Sequence[str] = ()) -> list[KeyPair]:

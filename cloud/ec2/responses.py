@@ -22,6 +22,10 @@ from lxml import etree as ET
 API_VERSION = "2016-11-15"
 _VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
+# What XML 1.0 cannot carry (NUL, most control characters): lxml refuses such text, which made
+# an answer echoing a request's key name, or listing a stored value, a failure instead of XML.
+XML_UNSAFE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
 Node: TypeAlias = "str | int | bool | datetime | None | Mapping[str, Node] | Sequence[Node]"
 
 
@@ -38,9 +42,14 @@ def _text(value: str | int | bool | datetime) -> str:
     return str(value)
 
 
+def xml_text(text: str) -> str:
+    """``text`` as XML can carry it: each character it cannot, as U+FFFD."""
+    return XML_UNSAFE.sub("\ufffd", text)
+
+
 def _fill(element: ET._Element, value: Node) -> None:
     if isinstance(value, str):
-        element.text = value
+        element.text = xml_text(value)
     elif isinstance(value, Mapping):
         sub = ET.SubElement
         for key, child in value.items():
@@ -70,7 +79,7 @@ def error_xml(code: str, message: str, request_id: str) -> bytes:
     root = ET.Element("Response")
     error = ET.SubElement(ET.SubElement(root, "Errors"), "Error")
     ET.SubElement(error, "Code").text = code
-    ET.SubElement(error, "Message").text = message
+    ET.SubElement(error, "Message").text = xml_text(message)
     ET.SubElement(root, "RequestID").text = request_id
     return _serialised(root)
 

@@ -19,6 +19,7 @@ plain text.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import uuid
@@ -206,7 +207,8 @@ class Ec2App:
                         f"The file's SHA-256 is not the signed {HASH_FIELD}: the upload is discarded"
                     )
                 target = await sink.keep(self.uploads / user.name / f"{uuid.uuid4()}.img")
-                body = await run_in_threadpool(self.service.upload_image, user, target, Path(filename).name)
+                upload = functools.partial(self.service.upload_image, max_bytes=self.max_upload)
+                body = await run_in_threadpool(upload, user, target, Path(filename).name)
             except BaseException:
                 sink.discard()
                 raise

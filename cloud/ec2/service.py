@@ -14,7 +14,6 @@ multipart body the server stores first (``server.py``), then ``upload_image`` ca
 from __future__ import annotations
 
 import base64
-import binascii
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from cloud.ec2.views import InstanceView, reservation, state_change
 from cloud.image_sources import SiteSources
 from cloud.quotas import Quotas
 from cloud.siteconfig import SiteConfig, load_site
-from cloud.standalone import make_standalone
+from cloud.standalone import kept_bound, make_standalone
 from cloud.users import User
 from imagekit.state import State
 
@@ -119,7 +118,7 @@ def indexed(params: Params, prefix: str) -> list[str]:
     found: list[tuple[int, str]] = []
     for key, value in params.items():
         head, _, number = key.rpartition(".")
-        if head == prefix and number.isdigit():
+        if head == prefix and number.isascii() and number.isdigit():  # not "²": int() refuses it
             found.append((int(number), value))
     return [value for _, value in sorted(found)]
 
@@ -201,7 +200,7 @@ class Ec2Service:
         name = required(params, "KeyName")
         try:
             material = base64.b64decode(required(params, "PublicKeyMaterial"), validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or text that is not ASCII
             raise invalid_parameter("PublicKeyMaterial must be base64 encoded") from None
         key = self.keypairs.import_key(user, name, material)
         return {"keyFingerprint": key.fingerprint, "keyName": key.name, "keyPairId": key.key_pair_id}
@@ -291,11 +290,13 @@ class Ec2Service:
         """The image quota's check, in the transaction that catalogues the image."""
         return lambda db, number: self.quotas.admit_image(db, user, image_id(number), size)
 
-    def upload_image(self, user: User, upload: Path, name: str) -> Body:
+    def upload_image(self, user: User, upload: Path, name: str, *, max_bytes: int | None = None) -> Body:
         """econe's ``UploadImage``: the server stored the file at ``upload``; it is converted
         once to a standalone qcow2 (``cloud/standalone.py``: no backing or data file, no
-        extents elsewhere), which alone is kept and catalogued."""
-        standalone = make_standalone(upload, upload.with_suffix(".qcow2"))
+        extents elsewhere), at most ``max_bytes`` and the user's storage left, which alone is
+        kept and catalogued."""
+        bound = kept_bound(max_bytes, self.quotas.upload_allowance(user).room)
+        standalone = make_standalone(upload, upload.with_suffix(".qcow2"), max_bytes=bound)
         try:
             admit = self._admit_image(user, standalone.stat().st_size)
             image = self.images.register(user, name or upload.name, str(standalone), admit=admit)
@@ -359,7 +360,14 @@ class Ec2Service:
                 self.images.visible(user, [parse_image_id(resource)])
             else:
                 raise Ec2Error("InvalidID", f"The ID '{resource[:64]}' is not valid")
-        return resources
+        # Tags are kept under the id as this server writes it (i-000000001 is i-00000001): one
+        # resource, one set of tags, counted and forgotten together.
+        return [
+            instance_id(parse_instance_id(r))
+            if resource_type(r) == "instance"
+            else image_id(parse_image_id(r))
+            for r in resources
+        ]
 
     def create_tags(self, user: User, params: Params) -> Body:
         resources, tags = self._own_resources(user, params), parse_tags(params, "Tag")
@@ -434,14 +442,14 @@ def _user_data(text: str | None) -> str | None:
         return None
     try:
         base64.b64decode(text.replace("\r", "").replace("\n", ""), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         raise invalid_parameter("Invalid BASE64 encoding of user data.") from None
     return text
 
 
 def _number(params: Params, name: str) -> int:
     text = required(params, name)
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise invalid_parameter(f"{name} must be a number, not {text[:20]!r}")
     return int(text)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import cloud.store  # noqa: F401  (the pool version table the triggers below move)
 from cloud.ec2.errors import Ec2Error, invalid_parameter
+from cloud.ec2.responses import XML_UNSAFE
 from imagekit.state import State
 
 MAX_KEY, MAX_VALUE, MAX_PER_RESOURCE = 128, 256, 50
@@ -40,6 +41,8 @@ def check_tag(key: str, value: str) -> Tag:
         raise invalid_parameter("Tag keys starting with 'aws:' are reserved for internal use")
     if len(value) > MAX_VALUE:
         raise invalid_parameter(f"Tag values must be at most {MAX_VALUE} characters")
+    if XML_UNSAFE.search(value):  # it could never be listed (DescribeTags, DescribeInstances)
+        raise invalid_parameter("Tag values cannot hold NUL or control characters")
     return Tag(key, value)
 
 
@@ -49,7 +52,7 @@ def _numbered_keys(params: Mapping[str, str], prefix: str) -> list[tuple[int, st
     for name in params:
         head, _, field = name.rpartition(".")
         stem, _, number = head.rpartition(".")
-        if stem == prefix and field == "Key" and number.isdigit():
+        if stem == prefix and field == "Key" and number.isascii() and number.isdigit():
             found.append((int(number), head))
     return sorted(found)
 

@@ -12,6 +12,7 @@ one-line ``text/plain`` body. A bug is logged and answered 500; the service stay
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
@@ -92,7 +93,7 @@ def _refusal(err: HttpError | InputError | DataError | VerificationError) -> tup
 
 def _id(request: Request) -> int:
     text = str(request.path_params["id"])
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:  # "²" is a digit to isdigit
         raise HttpError(404, f"{request.url.path} not found")
     return int(text)
 
@@ -223,7 +224,8 @@ class OcciApp:
             if occixml is None or sink is None:
                 raise bad_request("a STORAGE upload has an occixml field and a file part")
             wanted = parse_storage(occixml.encode())
-            disk = await run_in_threadpool(self.service.create_storage, user, wanted, await sink.finish())
+            create = functools.partial(self.service.create_storage, max_bytes=self.max_upload)
+            disk = await run_in_threadpool(create, user, wanted, await sink.finish())
         finally:
             if sink is not None:
                 sink.discard()  # moved into the pool when all went well; else removed here

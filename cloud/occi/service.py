@@ -35,9 +35,10 @@ from cloud.occi.xml import (
 )
 from cloud.quotas import Quotas
 from cloud.siteconfig import SiteConfig, load_site
-from cloud.standalone import make_standalone
+from cloud.standalone import kept_bound, make_standalone
 from cloud.store import VmRecord
 from cloud.tenancy import (
+    check_network_room,
     check_resource_name,
     cloud_identity,
     network_owners,
@@ -113,9 +114,12 @@ class OcciService:
             raise not_found("STORAGE", number)
         return found
 
-    def create_storage(self, user: User, request: StorageRequest, upload: Path) -> Storage:
+    def create_storage(
+        self, user: User, request: StorageRequest, upload: Path, *, max_bytes: int | None = None
+    ) -> Storage:
         """Keep ``upload``, converted once to a standalone qcow2 (``cloud/standalone.py``; the
-        upload itself is removed), as the image of a new STORAGE."""
+        upload itself is removed) of at most ``max_bytes`` and the user's storage left, as the
+        image of a new STORAGE."""
         with self.state.read() as db:
             site = db.execute(
                 "SELECT s.name FROM occi_storage s JOIN cloud_users u ON u.id = s.owner_id WHERE u.admin = 1"
@@ -126,7 +130,8 @@ class OcciService:
             raise bad_request(err.reason) from None
         directory = self.root / "storage"
         directory.mkdir(parents=True, exist_ok=True)
-        path = make_standalone(upload, directory / f"{uuid.uuid4()}.qcow2")
+        bound = kept_bound(max_bytes, self.quotas.upload_allowance(user).room)
+        path = make_standalone(upload, directory / f"{uuid.uuid4()}.qcow2", max_bytes=bound)
         size = path.stat().st_size
         size_mb = -(-size // (1024 * 1024))
         try:
@@ -176,6 +181,7 @@ class OcciService:
             check_resource_name("network", request.name, taken=site_network_names(self.state))
         except InputError as err:
             raise bad_request(err.reason) from None
+        check_network_room(self.state, user)
         text = (
             f"NAME = {one_value(request.name)}\nTYPE = RANGED\n"
             f"NETWORK_ADDRESS = {one_value(request.address)}\n"

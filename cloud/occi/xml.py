@@ -13,6 +13,8 @@ no DOCTYPE, no entities, no network, bounded size); anything missing or malforme
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,11 @@ from marketplace import xmlsafe
 
 MAX_XML = 64 * 1024  # an OCCI document is a handful of elements
 FS_FORMAT = "ext3"  # occi-server.conf's FS_FORMAT default
+# A device name as a guest knows it (hda, vdb, sdc, xvda1): 1.4's oned writes TARGET unescaped
+# into the libvirt deployment file (src/vmm/LibVirtDriverKVM.cc, `<target dev='" << target`), so a
+# quote there would add XML of the user's choosing. Anything else is refused.
+_DEVICE = re.compile(r"[a-z]{1,8}[0-9]{0,3}")
+MAX_VOLATILE_MIB = 1 << 20  # a SWAP or FS disk: at most 1 TiB, made on the server's disk
 
 
 @dataclass(frozen=True)
@@ -84,16 +91,22 @@ def _text(element: Any, name: str, *, required: bool = True) -> str:
     return text
 
 
-def _number(element: Any, attribute: str) -> int:
+def _number(element: Any, attribute: str, *, most: int | None = None) -> int:
+    """A whole number in ASCII digits (``str.isdigit`` also takes "²", which ``int`` refuses)."""
     text = (element.get(attribute) or "").strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise bad_request(f"{element.tag}/@{attribute} must be a number, got {text[:20]!r}")
+    if most is not None and int(text) > most:
+        raise bad_request(f"{element.tag}/@{attribute} is at most {most}")
     return int(text)
 
 
 def _dev(element: Any) -> str:
-    """The ``dev`` asked for; empty when left out (``assign_devices`` gives it one)."""
-    return (element.get("dev") or "").strip()
+    """The ``dev`` asked for, a device name; empty when left out (``assign_devices`` gives one)."""
+    dev = (element.get("dev") or "").strip()
+    if dev and not _DEVICE.fullmatch(dev):
+        raise bad_request(f"{element.tag}/@dev must be a device name such as hda or vdb, got {dev[:20]!r}")
+    return dev
 
 
 def assign_devices(disks: tuple[DiskRef, ...], prefix: str) -> tuple[DiskRef, ...]:
@@ -118,19 +131,27 @@ def _disk(element: Any) -> DiskRef:
     if tag == "DISK":
         return DiskRef("disk", _dev(element), storage=_number(element, "image"))
     if tag == "SWAP":
-        return DiskRef("swap", _dev(element), size=_number(element, "size"))
+        return DiskRef("swap", _dev(element), size=_number(element, "size", most=MAX_VOLATILE_MIB))
     if tag == "FS":
         fs_format = (element.get("format") or FS_FORMAT).strip()
         if fs_format not in FILESYSTEM_MAKERS:  # a program is picked from the list, never named
             raise bad_request(f"STORAGE/FS format: one of {', '.join(FILESYSTEM_MAKERS)}")
-        return DiskRef("fs", _dev(element), size=_number(element, "size"), format=fs_format)
+        return DiskRef(
+            "fs", _dev(element), size=_number(element, "size", most=MAX_VOLATILE_MIB), format=fs_format
+        )
     raise bad_request(f"STORAGE/{tag}: expected DISK, SWAP or FS")
 
 
 def _nic(element: Any) -> NicRef:
     if element.tag != "NIC":
         raise bad_request(f"NETWORK/{element.tag}: expected NIC")
-    return NicRef(_number(element, "network"), (element.get("ip") or "").strip() or None)
+    ip = (element.get("ip") or "").strip() or None
+    if ip is not None:
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise bad_request(f"NIC/@ip must be an IPv4 address, got {ip[:20]!r}") from None
+    return NicRef(_number(element, "network"), ip)
 
 
 def _children(element: Any, name: str) -> list[Any]:

@@ -23,6 +23,7 @@ from cloud.ec2.server import create_app as ec2_app
 from cloud.ec2.service import Region
 from cloud.image_sources import SiteSources
 from cloud.occi.server import create_app as occi_app
+from cloud.upload import DEFAULT_MAX_UPLOAD
 from cloud.users import CreatedUser, UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
@@ -109,8 +110,11 @@ def names_no_server_path(text: str, *paths: Path) -> bool:
 
 
 @contextlib.contextmanager
-def open_doors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Doors]:
-    """alice, bob and the administrator root; a "Public EC2" network; both apps, held VMs."""
+def open_doors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, max_upload: int = DEFAULT_MAX_UPLOAD
+) -> Iterator[Doors]:
+    """alice, bob and the administrator root; a "Public EC2" network; both apps, held VMs;
+    ``max_upload``: both servers' ``--max-upload``."""
     monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
     state = State.open(tmp_path / "state")
     users = UserStore(state)
@@ -120,6 +124,9 @@ def open_doors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Door
     site_dir.mkdir()
     sources = SiteSources(registries=(REGISTRY,), image_dirs=(site_dir,))
     region = Region("default", URL)
-    ec2 = ec2_app(state, region, compute=CoreBackend(state, hold=True), sources=sources)
-    with TestClient(ec2, base_url=URL) as ec2_client, TestClient(occi_app(state, hold=True)) as occi:
-        yield Doors(state, accounts, ec2_client, occi, site_dir, tmp_path)
+    ec2 = ec2_app(
+        state, region, compute=CoreBackend(state, hold=True), sources=sources, max_upload=max_upload
+    )
+    occi = occi_app(state, hold=True, max_upload=max_upload)
+    with TestClient(ec2, base_url=URL) as ec2_client, TestClient(occi) as occi_client:
+        yield Doors(state, accounts, ec2_client, occi_client, site_dir, tmp_path)
