@@ -51,6 +51,7 @@ from cloud.hostvm import (
     REPRESS,
     HostVm,
     deploy_with,
+    end_placed,
     host_of,
     host_spec,
     hostvm_of,
@@ -286,19 +287,7 @@ class LibvirtHostCore:
         return finish(state, vmid, reason=reason, allowed=(VmState.SHUTDOWN,))
 
     def _end(self, state: State, vmid: int, reason: str, allowed: Sequence[VmState]) -> VmRecord:
-        record = VmStore(state).get(vmid)
-        if record.state not in allowed:
-            raise InputError(
-                f"VM {vmid} is {record.state.value}, not {' or '.join(s.value for s in allowed)}"
-            )
-        if "host_dir" in record.info:
-            try:
-                end_on_libvirt(state, record)
-            except HostUnreachable:
-                if reason != "deleted":
-                    raise
-                log.warning("VM %d deleted while its host does not answer: its domain stays there", vmid)
-        return finish(state, vmid, reason=reason, allowed=allowed)
+        return end_placed(state, vmid, reason, allowed, tear_down=end_on_libvirt)
 
     def cancel(self, state: State, vmid: int) -> VmRecord:
         return self._end(state, vmid, "cancelled", LIVE)

@@ -422,6 +422,29 @@ def poll_on_host(state: State, vmid: int) -> str:
     return str(status.get("status", ""))
 
 
+def end_placed(
+    state: State,
+    vmid: int,
+    reason: str,
+    allowed: Sequence[VmState],
+    *,
+    tear_down: Callable[[State, VmRecord], None],
+) -> VmRecord:
+    """End a VM on another host: ``tear_down`` removes it there (its QEMU or domain, its files),
+    then its record is finished. A host that does not answer stops everything but a delete."""
+    record = VmStore(state).get(vmid)
+    if record.state not in allowed:
+        raise InputError(f"VM {vmid} is {record.state.value}, not {' or '.join(s.value for s in allowed)}")
+    if "host_dir" in record.info:
+        try:
+            tear_down(state, record)
+        except HostUnreachable:
+            if reason != "deleted":
+                raise
+            log.warning("VM %d deleted while its host does not answer: what it left there stays", vmid)
+    return finish(state, vmid, reason=reason, allowed=allowed)
+
+
 class HostCore:
     """The Core protocol for an embedded VM on another host (``cloud/lifecycle.py`` picks it)."""
 
@@ -445,19 +468,7 @@ class HostCore:
         return finish(state, vmid, reason=reason, allowed=(VmState.SHUTDOWN,))
 
     def _end(self, state: State, vmid: int, reason: str, allowed: Sequence[VmState]) -> VmRecord:
-        record = VmStore(state).get(vmid)
-        if record.state not in allowed:
-            raise InputError(
-                f"VM {vmid} is {record.state.value}, not {' or '.join(s.value for s in allowed)}"
-            )
-        if "host_dir" in record.info:
-            try:
-                end_on_host(state, record)
-            except HostUnreachable:
-                if reason != "deleted":
-                    raise
-                log.warning("VM %d deleted while its host does not answer: its files stay there", vmid)
-        return finish(state, vmid, reason=reason, allowed=allowed)
+        return end_placed(state, vmid, reason, allowed, tear_down=end_on_host)
 
     def cancel(self, state: State, vmid: int) -> VmRecord:
         return self._end(state, vmid, "cancelled", LIVE)
