@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import sys
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,9 +79,17 @@ def _reaches(function: object, starters: set[int], seen: set[int]) -> bool:
         return False
     seen.add(id(function))
     module_globals = getattr(function, "__globals__", {})
-    for name in _code_names(code):
+    names = list(_code_names(code))
+    for name in names:
         found = module_globals.get(name)
+        if found is None and name.startswith("tests."):  # imported inside the function
+            found = sys.modules.get(name)
         if found is None:
+            continue
+        if isinstance(found, types.ModuleType):  # `from tests.x import y` in the body names both
+            found_names = [getattr(found, n) for n in names if hasattr(found, n)]
+            if any(id(f) in starters for f in found_names):
+                return True
             continue
         if id(found) in starters:
             return True
