@@ -37,15 +37,16 @@ builds were not run there): warm build 22.6 s locally, 28.0 s through the servic
 local 5.1 s, service 5.5 s (+8 %); ten builds 50.6 s sequential, 51.2 s on one worker (mean
 queue wait 22.5 s), 26.0 s on two (0.51, mean wait 9.6 s).
 
-The fetch and the service's CPU, measured again (``--overhead-only``, the code before and after
-alternating, load average 12-18): each HTTP Basic request cost a ~50 ms scrypt check (the
-client's polls during the build, then one per artifact: 2.5-3.1 s of CPU in this process for
-one build), Starlette sent an artifact in 64 KiB pieces (a thread hop each) and httpx read it
-in 64 KiB ``bytes`` copied through h11. Now a verified password is remembered (``UserStore``),
-artifacts go out 1 MiB at a time and are read with ``http.client`` into one 1 MiB buffer:
-service process CPU 2.82 → 0.85 s (medians of 3), fetch 1.45 → 0.56 s (6 artifacts, 186 MB),
-overhead with the fetch 25.8 → 0.0 % (medians of 3; the single figures range from -13 % to
-+34 % at this load, the builds' own times varying by ±25 %).
+The fetch and the service's CPU, measured again (``--rounds 3 --overhead-only``, the code
+before and after one after the other, load average 6-8): each HTTP Basic request cost a ~50 ms
+scrypt check (the client's polls during the build, then one per artifact), Starlette sent an
+artifact in 64 KiB pieces (a thread hop each) and httpx read it in 64 KiB ``bytes`` copied
+through h11. Now a verified password is remembered (``UserStore``), artifacts go out 1 MiB at a
+time and are read with ``http.client`` into one 1 MiB buffer. Medians of 3: warm build 10.5 s
+before / 7.6 s after locally; overhead with the fetch 28.7 % → 1.4 %, without 15.0 % → -3.6 %;
+fetch (6 artifacts, 186 MB) 1.44 → 0.40 s; service process CPU 2.68 → 0.64 s. A second pair at
+load 6-12: 30.5 % → 6.4 %, fetch 0.92 → 0.75 s, CPU 2.28 → 0.78 s. Single runs range from
+-13 % to +46 % at this load: compare medians, and the CPU figure.
 """
 
 from __future__ import annotations
