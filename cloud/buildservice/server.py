@@ -32,6 +32,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cloud.buildservice import ui
 from cloud.buildservice.archive import choose_recipe, tar_of, unpack_recipe
 from cloud.buildservice.provenance import PROVENANCE_NAME, ProvenanceSigner, service_key
 from cloud.buildservice.queue import (
@@ -71,12 +72,35 @@ class ServiceConfig:
     lease: float = DEFAULT_LEASE
 
 
+class ArtifactResponse(FileResponse):
+    """An artifact sent 1 MiB at a time: Starlette's 64 KiB pieces each cost a hop to a thread
+    and back, and that was most of a download's time on a loaded machine
+    (``bench/buildservice.py``)."""
+
+    chunk_size = 1 << 20
+
+
 def _error(status: int, message: str) -> Response:
     return JSONResponse({"error": public_message(message)}, status, headers=_challenge(status))
 
 
 def _challenge(status: int) -> dict[str, str]:
     return {"www-authenticate": 'Basic realm="imagekit builds"'} if status == 401 else {}
+
+
+def refuse_cross_site(request: Request) -> None:
+    """A browser that signed in to the pages sends their credentials with any site's form too:
+    a change (submit, cancel) coming from another origin is refused (403)."""
+    if request.method in ("GET", "HEAD"):
+        return
+    site = request.headers.get("sec-fetch-site")  # sent by today's browsers; programs send neither
+    origin = request.headers.get("origin")
+    if site is not None:
+        foreign = site not in ("same-origin", "none")
+    else:
+        foreign = origin is not None and origin.partition("://")[2] != request.headers.get("host")
+    if foreign:
+        raise HttpError(403, "cross-site requests are refused")
 
 
 def parse_options(query: Mapping[str, str]) -> BuildOptions:
@@ -126,6 +150,7 @@ class BuildService:
     def endpoint(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
             try:
+                refuse_cross_site(request)
                 user = await run_in_threadpool(self.authenticate, request)
                 return await handler(request, user)
             except ClientDisconnect:
@@ -239,12 +264,13 @@ class BuildService:
 
     def _artifact_file(self, job: BuildJob, name: str) -> Response:
         found = next((a for a in job.artifacts if a.name == name), None)
-        if found is None:
-            raise HttpError(404, f"build {job.id} has no artifact {name!r}")
         # The path is the recorded artifact's name (written by the build, a plain file name),
-        # not the request's text.
-        return FileResponse(
-            self.workspaces.artifacts(job.id, job.attempt) / found.name,
+        # not the request's text; the file may have expired since the build was read.
+        path = None if found is None else self.workspaces.artifacts(job.id, job.attempt) / found.name
+        if found is None or path is None or not path.is_file():
+            raise HttpError(404, f"build {job.id} has no artifact {name!r}")
+        return ArtifactResponse(
+            path,
             headers={"x-checksum-sha256": found.sha256},
             media_type="application/octet-stream",
         )
@@ -252,7 +278,11 @@ class BuildService:
     async def log(self, request: Request, user: User) -> Response:
         job = await run_in_threadpool(self.job, request, user)
         follow = request.query_params.get("follow", "1") not in ("0", "false", "no")
-        return StreamingResponse(self._follow(job.id, follow), media_type="text/plain; charset=utf-8")
+        return StreamingResponse(
+            self._follow(job.id, follow),
+            media_type="text/plain; charset=utf-8",
+            headers={"x-content-type-options": "nosniff"},  # a log line is never read as HTML
+        )
 
     async def _follow(self, job_id: int, follow: bool) -> AsyncIterator[bytes]:
         """The build's log as it grows, until the build has finished and all of it was sent
@@ -311,6 +341,7 @@ def create_app(
         Route("/builds/{id}/artifacts/{name}", e(service.artifact), methods=["GET"]),
         Route("/builds/{id}/provenance", e(service.provenance), methods=["GET"]),
         Route("/provenance-key", service.provenance_key, methods=["GET"]),
+        *ui.routes(service),
     ]
     app = Starlette(routes=routes, lifespan=service.lifespan)
     app.state.service = service

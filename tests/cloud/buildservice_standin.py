@@ -24,7 +24,8 @@ DISK = b"\x00stand-in disk image\x00" * 100
 class StandIn:
     """The runner seam: writes ``disk.qcow2`` and ``manifest.json``; a recipe containing
     ``fail`` fails with an error naming a server path; a recipe containing ``wait`` waits for
-    ``release`` (watching for cancellation) after its first log line."""
+    ``release`` (watching for cancellation) after its first log lines; the recipe's
+    ``echo: TEXT`` lines are logged after the first line."""
 
     def __init__(self) -> None:
         self.started = threading.Event()
@@ -35,6 +36,9 @@ class StandIn:
         self.seen.append(request)
         text = request.recipe.read_text()
         request.log.write(b"installing packages\n")
+        for line in text.splitlines():
+            if line.startswith("echo: "):
+                request.log.write(line.removeprefix("echo: ").encode() + b"\n")
         request.log.flush()
         self.started.set()
         if "wait" in text:

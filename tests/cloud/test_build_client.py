@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
-from collections.abc import Iterator
+import random
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from starlette.testclient import TestClient
 
-from cloud.buildservice.client import BuildClient, pack_recipe
-from cloud.buildservice.server import ServiceConfig, create_app
+from cloud.buildservice.client import DOWNLOAD_BUFFER, BuildClient, pack_recipe
+from cloud.buildservice.server import ArtifactResponse, ServiceConfig, create_app
 from cloud.buildservice.tokens import TokenStore
 from cloud.users import UserStore
 from imagekit.cli import main
-from imagekit.errors import DataError, VerificationError
+from imagekit.errors import DataError, InputError, VerificationError
 from imagekit.state import State
-from tests.cloud.buildservice_standin import DISK, StandIn, basic, running, workspace_of
+from tests.cloud.buildservice_standin import DISK, StandIn, running, workspace_of
 
 
 @pytest.fixture
@@ -40,11 +44,11 @@ def recipe(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def service(state: State) -> Iterator[tuple[BuildClient, StandIn]]:
+    """A real uvicorn: artifacts are read with ``http.client``, the rest through httpx."""
     stand_in = StandIn()
-    with TestClient(create_app(state, ServiceConfig(log_poll=0.01), stand_in)) as http:
-        http.headers.update(basic("alice", "alice-password"))
-        yield BuildClient(http), stand_in
-    stand_in.release.set()
+    with running(create_app(state, ServiceConfig(log_poll=0.01), stand_in), stand_in) as url:
+        with httpx.Client(base_url=url, auth=httpx.BasicAuth("alice", "alice-password")) as http:
+            yield BuildClient(http), stand_in
 
 
 def test_submit_sends_the_directory_and_fetch_checks_every_artifact(
@@ -74,6 +78,49 @@ def test_a_download_not_matching_the_services_checksum_is_not_kept(
         client.fetch(build["id"], tmp_path / "out")
     assert not (tmp_path / "out" / "disk.qcow2").exists()
     assert list((tmp_path / "out").glob(".*.part")) == []
+
+
+def test_a_multi_mib_artifact_arrives_whole_and_a_vanished_one_is_the_services_refusal(
+    service: tuple[BuildClient, StandIn], recipe: Path, state: State, tmp_path: Path
+) -> None:
+    """Across the 1 MiB read buffer's edges; an artifact gone after the listing (expired) is the
+    service's 404 message, not a checksum mismatch."""
+    client, _ = service
+    build = client.wait(client.submit(recipe, {})["id"], on_change=lambda b: None, poll=0.01)
+    artifacts = workspace_of(state.root, build["id"]) / "artifacts"
+    image = random.Random(7).randbytes(3 * DOWNLOAD_BUFFER + 5)
+    (artifacts / "disk.qcow2").write_bytes(image)
+    listed = {"name": "disk.qcow2", "sha256": hashlib.sha256(image).hexdigest()}
+    assert client._download(build["id"], tmp_path, listed).read_bytes() == image
+    (artifacts / "disk.qcow2").unlink()
+    (tmp_path / "again").mkdir()
+    with pytest.raises(InputError, match="^404: build .* has no artifact 'disk.qcow2'"):
+        client._download(build["id"], tmp_path / "again", listed)
+    assert list((tmp_path / "again").iterdir()) == []
+
+
+def test_an_artifact_is_sent_in_mib_pieces(tmp_path: Path) -> None:
+    """Starlette's default is 64 KiB a piece, each a hop to a thread: 48 for 3 MiB, not 3."""
+    path = tmp_path / "disk.qcow2"
+    path.write_bytes(bytes(3 << 20))
+    pieces = asyncio.run(_body_pieces(ArtifactResponse(path)))
+    assert [len(p) for p in pieces if p] == [1 << 20] * 3
+
+
+async def _body_pieces(response: ArtifactResponse) -> list[bytes]:
+    sent: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never disconnects
+        return {}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            sent.append(bytes(message.get("body", b"")))
+
+    scope = {"type": "http", "method": "GET", "headers": [], "path": "/", "query_string": b""}
+    await response(scope, receive, send)
+    return sent
 
 
 @pytest.mark.parametrize("name", ["../evil", "/etc/passwd", ".hidden", ""])

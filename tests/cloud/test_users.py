@@ -94,6 +94,31 @@ def test_names_passwords_and_duplicates(users: UserStore) -> None:
     assert users.authenticate("alice", "b") is None and users.authenticate("nobody", "a") is None
 
 
+def test_a_verified_password_is_checked_once_until_it_changes(
+    users: UserStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP Basic on every request costs one scrypt per password, not one per request; a
+    changed password or a deleted user is not let in by what was remembered."""
+    users.create("alice", "first-password")
+    checks: list[str] = []
+    real_check = users_module.check_password
+
+    def counted(password: str, stored: str) -> bool:
+        checks.append(password)
+        return real_check(password, stored)
+
+    monkeypatch.setattr(users_module, "check_password", counted)
+    assert users.authenticate("alice", "first-password") is not None
+    assert users.authenticate("alice", "first-password") is not None
+    assert users.authenticate("alice", "wrong-password") is None
+    assert checks == ["first-password", "wrong-password"]
+    users.set_password("alice", "second-password")
+    assert users.authenticate("alice", "first-password") is None
+    assert users.authenticate("alice", "second-password") is not None
+    users.delete("alice")
+    assert users.authenticate("alice", "second-password") is None
+
+
 def test_cli_create_list_show_passwd_delete(
     users: UserStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
