@@ -81,9 +81,9 @@ def sha256_hex(data: bytes) -> str:
 @dataclass(frozen=True)
 class Staged:
     key: EntryKey
-    tmp: Path
+    tmp: str
     data: bytes
-    created_dirs: tuple[Path, ...]
+    created_dirs: tuple[str, ...]  # deepest first
 
 
 def discard(staged: Staged) -> None:
@@ -91,19 +91,19 @@ def discard(staged: Staged) -> None:
         os.unlink(staged.tmp)
 
 
-def _make_entry_dirs(id_dir: str, email_dir: str) -> tuple[Path, ...]:
+def _make_entry_dirs(id_dir: str, email_dir: str) -> tuple[str, ...]:
     """``metadata/ID/EMAIL`` (``metadata/`` exists): the directories made, deepest first."""
-    made: list[Path] = []
+    made: list[str] = []
     for directory in (id_dir, email_dir):
         try:
             os.mkdir(directory)
         except FileExistsError:
             continue
-        made.insert(0, Path(directory))
+        made.insert(0, directory)
     return tuple(made)
 
 
-def _write_temp(directory: str, data: bytes) -> Path:
+def _write_temp(directory: str, data: bytes) -> str:
     """``data`` in a new temporary file in ``directory``, not yet synced (the caller syncs the
     whole batch at once)."""
     while True:
@@ -123,7 +123,7 @@ def _write_temp(directory: str, data: bytes) -> Path:
         os.unlink(name)
         raise
     os.close(fd)
-    return Path(name)
+    return name
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class Store:
     def stage(self, key: EntryKey, data: bytes) -> Staged:
         directory = self.path(key).parent
         created = make_parents(directory)
-        return Staged(key, durable_temp(directory, data), data, tuple(created))
+        return Staged(key, str(durable_temp(directory, data)), data, tuple(str(d) for d in created))
 
     def stage_many(self, items: list[tuple[EntryKey, bytes]]) -> list[Staged]:
         """Stage a batch with one file-system sync instead of one fsync per file (replication:
@@ -181,7 +181,7 @@ class Store:
             os.makedirs(self.metadata_dir, exist_ok=True)
             for key, data in items:
                 directory = f"{self.root}/metadata/{key.identifier}/{key.email}"
-                created: tuple[Path, ...] = ()
+                created: tuple[str, ...] = ()
                 if directory not in known:
                     created = _make_entry_dirs(f"{self.root}/metadata/{key.identifier}", directory)
                     known.add(directory)
@@ -211,11 +211,11 @@ class Store:
 
     @staticmethod
     def sync_dirs(staged: list[Staged]) -> None:
-        directories = {s.tmp.parent for s in staged}
+        directories = {os.path.dirname(s.tmp) for s in staged}
         for s in staged:
-            directories.update(made.parent for made in s.created_dirs)
-        for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
-            fsync_directory(directory, strict=True)
+            directories.update(os.path.dirname(made) for made in s.created_dirs)
+        for directory in sorted(directories, key=lambda d: d.count("/"), reverse=True):
+            fsync_directory(Path(directory), strict=True)
 
     def _file(self, key: EntryKey) -> str:
         # A string path, not self.path(): every read request of the registry passes here.

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from imagekit.errors import InputError
 from marketplace.config import load_config
 from marketplace.registry import Outcome, Registry
 from marketplace.replicate import cursor_path, follow, replicate
@@ -180,11 +181,12 @@ def test_kill_9_mid_run_then_a_second_run_loses_and_duplicates_nothing(
 ) -> None:
     src, src_conf, dst, dst_conf = pair
     source = _open(src, src_conf)
-    source.replicate(_entries("killed", 450))  # three pages
+    source.replicate(_entries("killed", 450))  # three pages of 150
     source.close()
     with running_server(src / "data", src_conf) as url, flaky_proxy(url, delay=0.3) as (proxy, _):
         argv = [str(IMAGEKIT), "market", "replicate", "--from", proxy, "--data", str(dst / "data")]
-        proc = subprocess.Popen([*argv, "--config", str(dst_conf)], stdout=subprocess.DEVNULL)
+        argv += ["--page", "150", "--config", str(dst_conf)]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         log = dst / "data" / "audit.log"
         wait_until(lambda: log.exists() and log.stat().st_size > 0, timeout=60, what="a page", process=proc)
         os.kill(proc.pid, signal.SIGKILL)
@@ -196,6 +198,20 @@ def test_kill_9_mid_run_then_a_second_run_loses_and_duplicates_nothing(
     paths = _log_paths(dst / "data")
     assert len(paths) == len(set(paths)) == 450
     _audit_ok(dst, dst_conf)
+
+
+@pytest.mark.parametrize("page", [0, 1001])
+def test_a_page_size_outside_what_a_feed_serves_is_refused_before_any_request(
+    pair: tuple[Path, Path, Path, Path], page: int
+) -> None:
+    """--page is refused up front (port 9, discard, would fail the probe otherwise)."""
+    _, _, dst, dst_conf = pair
+    registry = _open(dst, dst_conf)
+    try:
+        with pytest.raises(InputError, match="--page: expected 1 to 1000 entries"):
+            replicate(registry, "http://127.0.0.1:9", page=page)
+    finally:
+        registry.close()
 
 
 def test_two_registries_following_each_other_converge(tmp_path: Path) -> None:
