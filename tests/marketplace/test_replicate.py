@@ -134,6 +134,7 @@ def test_every_copied_entry_is_verified_again_and_a_forgery_is_refused(tmp_path:
     twice = registry.replicate([good, good])  # a hostile feed repeating itself
     assert [r.outcome for r in twice] == [Outcome.ACCEPTED, Outcome.EXISTING]
     assert len(_log_paths(tmp_path / "data")) == 2 and registry.audit().ok
+    assert not list((tmp_path / "data").rglob(".tmp-*"))  # every staged file linked or removed
     registry.close()
 
 
@@ -161,14 +162,14 @@ def test_a_crash_between_file_log_and_index_is_completed_by_the_next_run(tmp_pat
 def test_replication_survives_connections_dropped_mid_transfer(pair: tuple[Path, Path, Path, Path]) -> None:
     src, src_conf, dst, dst_conf = pair
     source = _open(src, src_conf)
-    source.replicate(_entries("flaky", 210))  # more than one page of the feed
+    source.replicate(_entries("flaky", 210))  # three pages of the feed
     source.close()
     with (
         running_server(src / "data", src_conf) as url,
         flaky_proxy(url, drops=3, cut_after=3000) as (proxy, s),
     ):
         replica = _open(dst, dst_conf)
-        report = replicate(replica, proxy)
+        report = replicate(replica, proxy, page=100)
         replica.close()
     assert s.dropped == 3
     assert (report.copied, report.refused) == (210, [])
