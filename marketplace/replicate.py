@@ -132,7 +132,9 @@ def replicate(
 
     with MarketClient(source) as probe:
         if stratuslab.lacks_change_feed(probe, retries):  # a StratusLab registry: its own listing
-            return stratuslab.replicate_stratuslab(registry, source, pending=pending, retries=retries)
+            return stratuslab.replicate_stratuslab(
+                registry, source, pending=pending, retries=retries, page=page
+            )
     cursor = Cursor(since, "") if since is not None else load_cursor(registry, source)
     report = ReplicationReport(source, cursor)
     with MarketClient(source) as client, concurrent.futures.ThreadPoolExecutor(1) as fetcher:
