@@ -13,7 +13,8 @@ uploading the same entries through the normal upload API in the same run.
 Both steps also report the CPU seconds they cost (every process involved: the uploading client
 and the server's tree; the replicating process with its verifying workers, and the source
 server's tree): on a machine other work keeps busy, the wall-clock ratio follows the share of
-the cores each step gets, while ``cpu_speedup`` (the ratio of CPU costs) does not.
+the cores each step gets, while ``cpu_speedup`` (the ratio of CPU costs) depends on it less
+(file-system work still costs more kernel time when others write: repeat, take medians).
 
 Every result is one JSON line on stdout.
 """
