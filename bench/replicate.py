@@ -10,6 +10,12 @@ uploading the same entries through the normal upload API in the same run.
    signature verified again on arrival, files fsynced, audit log, index): entries/s, and the
    ratio to step 2 (target: >= 5x). The copy is then audited and compared file by file.
 
+Both steps also report the CPU seconds they cost (every process involved: the uploading client
+and the server's tree; the replicating process with its verifying workers, and the source
+server's tree): on a machine other work keeps busy, the wall-clock ratio follows the share of
+the cores each step gets, while ``cpu_speedup`` (the ratio of CPU costs) depends on it less
+(file-system work still costs more kernel time when others write: repeat, take medians).
+
 Every result is one JSON line on stdout.
 """
 
@@ -17,6 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +35,44 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.market import ENDORSERS, IMAGEKIT, emit, generate, start_server, upload_all  # noqa: E402
+
+
+def _tree_ticks(pid: int) -> dict[int, int]:
+    """CPU clock ticks (user + system) of ``pid`` and each of its descendants."""
+    found: dict[int, int] = {}
+    pids = [pid]
+    while pids:
+        pid = pids.pop()
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            found[pid] = int(fields[11]) + int(fields[12])
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as children:
+                    pids.extend(int(c) for c in children.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+def _run_measured(argv: list[str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``argv``; its result, and the CPU seconds of its process tree (sampled every 50 ms:
+    a worker's last 50 ms before it exits may be missed)."""
+    seen: dict[int, int] = {}
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        reader = concurrent.futures.ThreadPoolExecutor(1).submit(proc.communicate)
+        while proc.poll() is None:
+            for pid, ticks in _tree_ticks(proc.pid).items():
+                seen[pid] = max(seen.get(pid, 0), ticks)
+            time.sleep(0.05)
+        out, err = reader.result()
+    done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return done, sum(seen.values()) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _files(data: Path) -> dict[str, bytes]:
@@ -49,18 +96,23 @@ def main() -> int:
         (root / "source").mkdir()
         server = start_server(root / "source" / "data", config, args.workers)
         try:
+            cpu = server.tree_cpu() + _own_cpu()
             start = time.monotonic()
             failures = asyncio.run(upload_all(server.port, entries, args.upload_concurrency))
             upload_s = time.monotonic() - start
+            upload_cpu = server.tree_cpu() + _own_cpu() - cpu
             emit(metric="upload", entries=len(entries), failed=len(failures), seconds=round(upload_s, 1),
-                 entries_per_s=round(len(entries) / upload_s, 1))  # fmt: skip
+                 entries_per_s=round(len(entries) / upload_s, 1), cpu_s=round(upload_cpu, 1),
+                 load=round(os.getloadavg()[0], 2))  # fmt: skip
             replica = root / "replica" / "data"
             source = f"http://127.0.0.1:{server.port}"
             argv = [str(IMAGEKIT), "--json", "market", "replicate", "--from", source,
                     "--data", str(replica), "--config", str(config)]  # fmt: skip
+            cpu = server.tree_cpu()
             start = time.monotonic()
-            done = subprocess.run(argv, capture_output=True, text=True, check=False)
+            done, replica_cpu = _run_measured(argv)
             replicate_s = time.monotonic() - start
+            replicate_cpu = replica_cpu + server.tree_cpu() - cpu
         finally:
             server.stop = True
             server.proc.terminate()
@@ -73,7 +125,8 @@ def main() -> int:
         emit(metric="replicate", entries=len(entries), seconds=round(replicate_s, 1),
              entries_per_s=round(len(entries) / replicate_s, 1),
              speedup=round(upload_s / replicate_s, 1), target_speedup=5,
-             identical=same, audit_ok=audit.returncode == 0)  # fmt: skip
+             cpu_s=round(replicate_cpu, 1), cpu_speedup=round(upload_cpu / replicate_cpu, 1),
+             identical=same, audit_ok=audit.returncode == 0, load=round(os.getloadavg()[0], 2))  # fmt: skip
     return 0
 
 

@@ -21,7 +21,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from imagekit.errors import DataError
@@ -102,6 +102,8 @@ class Row:
 
 _COLUMNS = tuple(f.name for f in fields(Row))
 _SELECT = ", ".join(_COLUMNS)
+_LOCATIONS = _COLUMNS.index("locations")
+_LATEST = _COLUMNS.index("latest")
 
 
 @dataclass(frozen=True)
@@ -281,9 +283,11 @@ class SqlIndex:
 
     @staticmethod
     def _values(row: Row) -> tuple[Any, ...]:
-        values = list(astuple(row))
-        values[_COLUMNS.index("locations")] = "\n".join(row.locations)
-        values[_COLUMNS.index("latest")] = 1 if row.latest else 0
+        # Not dataclasses.astuple: it deep-copies every field, which was a tenth of what
+        # committing a replicated page cost.
+        values = [getattr(row, name) for name in _COLUMNS]
+        values[_LOCATIONS] = "\n".join(row.locations)
+        values[_LATEST] = 1 if row.latest else 0
         return (*values, location_kind(row.locations))
 
     # Reads.

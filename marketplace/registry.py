@@ -252,7 +252,8 @@ class Registry:
         except DataError as err:
             job.error = ConflictError(str(err))
         finally:
-            discard(job.staged)
+            if job.outcome is None:  # a check refused it before publish, which removes it itself
+                discard(job.staged)
 
     def _stored(self, key: EntryKey, data: bytes) -> bool:
         """The very same entry again: idempotent, even when newer ones followed it."""

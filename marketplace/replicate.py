@@ -34,7 +34,8 @@ from marketplace.registry import Outcome, PendingQuotaError, Registry, Replicate
 
 log = logging.getLogger(__name__)
 
-PAGE = 200
+PAGE = 1000  # entries per feed request and per commit (the most a feed serves): each commit costs
+# two syncfs(2), a log fsync and an index transaction, whatever its size
 RETRIES = 8  # attempts per request when the network drops us
 
 
@@ -101,8 +102,8 @@ def _decode(record: dict[str, Any]) -> bytes:
     return data
 
 
-def _page(client: MarketClient, cursor: Cursor, retries: int) -> tuple[int, list[dict[str, Any]]]:
-    params = {"after": str(cursor.seq), "limit": str(PAGE)}
+def _page(client: MarketClient, cursor: Cursor, retries: int, size: int) -> tuple[int, list[dict[str, Any]]]:
+    params = {"after": str(cursor.seq), "limit": str(size)}
     body = _with_retries("change feed", lambda: client.json("/changes", params), retries)
     try:
         head, entries = int(body["head"]), list(body["entries"])
@@ -121,18 +122,24 @@ def replicate(
     since: int | None = None,
     pending: bool = False,
     retries: int = RETRIES,
+    page: int = PAGE,
 ) -> ReplicationReport:
-    """Apply every record of ``source``'s feed after the saved cursor (or after ``since``)."""
+    """Apply every record of ``source``'s feed after the saved cursor (or after ``since``),
+    ``page`` entries per request and commit."""
+    if not 1 <= page <= PAGE:
+        raise InputError(f"--page: expected 1 to {PAGE} entries, got {page}")
     from marketplace import replicate_stratuslab as stratuslab  # it builds on this module
 
     with MarketClient(source) as probe:
         if stratuslab.lacks_change_feed(probe, retries):  # a StratusLab registry: its own listing
-            return stratuslab.replicate_stratuslab(registry, source, pending=pending, retries=retries)
+            return stratuslab.replicate_stratuslab(
+                registry, source, pending=pending, retries=retries, page=page
+            )
     cursor = Cursor(since, "") if since is not None else load_cursor(registry, source)
     report = ReplicationReport(source, cursor)
     with MarketClient(source) as client, concurrent.futures.ThreadPoolExecutor(1) as fetcher:
         fetched = cursor  # the feed position of the last page read, committed or not
-        upcoming = fetcher.submit(_page, client, fetched, retries)
+        upcoming = fetcher.submit(_page, client, fetched, retries, page)
         checking: _Checking | None = None  # read, being verified, committed next
         while True:
             head, entries = upcoming.result()
@@ -145,12 +152,12 @@ def replicate(
                     raise DataError(f"{source}: its change feed does not start its log's chain")
                 log.warning("%s: its log does not continue the one followed so far: reading it all", source)
                 cursor = fetched = Cursor(0, GENESIS)
-                upcoming = fetcher.submit(_page, client, fetched, retries)
+                upcoming = fetcher.submit(_page, client, fetched, retries, page)
                 continue
             if not entries:
                 break
             fetched = Cursor(int(entries[-1]["seq"]), str(entries[-1]["hash"]))
-            upcoming = fetcher.submit(_page, client, fetched, retries)  # read while these are checked
+            upcoming = fetcher.submit(_page, client, fetched, retries, page)  # read while these are checked
             items = [_decode(r) for r in entries]
             # This page is verified in the worker processes while the previous one commits.
             following = _Checking(items, registry.check_replicated(items), fetched)
@@ -213,6 +220,7 @@ def follow(
     pending: bool,
     on_report: Callable[[ReplicationReport], None],
     rounds: int | None = None,
+    page: int = PAGE,
 ) -> None:
     """Replicate again every ``interval`` seconds (until interrupted, or ``rounds`` times);
     an unreachable source is waited for, not fatal."""
@@ -221,7 +229,7 @@ def follow(
     done = 0
     while rounds is None or done < rounds:
         try:
-            on_report(replicate(registry, source, pending=pending))
+            on_report(replicate(registry, source, pending=pending, page=page))
         except RegistryUnreachable as err:
             log.warning("%s", err)
         done += 1

@@ -143,9 +143,10 @@ def _named(results: list[Replicated], batch: list[tuple[EntryKey, bytes]]) -> li
 
 
 def replicate_stratuslab(
-    registry: Registry, source: str, *, pending: bool = False, retries: int = RETRIES
+    registry: Registry, source: str, *, pending: bool = False, retries: int = RETRIES, page: int = PAGE
 ) -> ReplicationReport:
-    """Copy every entry ``source`` lists that is not here yet, verified again on arrival."""
+    """Copy every entry ``source`` lists that is not here yet, verified again on arrival,
+    committed ``page`` entries at a time."""
     report = ReplicationReport(source, Cursor(0, ""))
     if pending:
         log.warning("%s: a StratusLab registry shares no pending queue: --pending ignored", source)
@@ -153,9 +154,9 @@ def replicate_stratuslab(
         keys = listed_entries(client, retries)
         missing = [k for k in keys if registry.get(k) is None]
         report.existing = len(keys) - len(missing)
-        for start in range(0, len(missing), PAGE):
+        for start in range(0, len(missing), page):
             batch: list[tuple[EntryKey, bytes]] = []
-            for key in missing[start : start + PAGE]:
+            for key in missing[start : start + page]:
                 try:
                     batch.append((key, _fetch(client, key, retries)))
                 except RegistryUnreachable:

@@ -296,8 +296,13 @@ def _certificates(signature: etree._Element) -> list[x509.Certificate]:
 @functools.lru_cache(maxsize=256)
 def _certificate_key(der: bytes) -> xmlsec.Key:
     """The xmlsec key of a certificate, loaded once per certificate (a registry sees a few
-    endorsers' certificates over and over): the context takes a copy of it, never this one."""
-    return xmlsec.Key.from_memory(der, xmlsec.constants.KeyDataFormatCertDer)
+    endorsers' certificates over and over): the context takes a copy of it, never this one.
+    Only the certificate's public key: the certificate itself is checked here, not by xmlsec,
+    and a key carrying its X.509 data cost more to copy into each context than the signature
+    check itself."""
+    public = x509.load_der_x509_certificate(der).public_key()
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return xmlsec.Key.from_memory(pem, xmlsec.constants.KeyDataFormatPem)
 
 
 def _check_signature(

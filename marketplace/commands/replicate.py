@@ -15,7 +15,7 @@ from pathlib import Path
 from imagekit.output import print_json
 from marketplace.config import load_config
 from marketplace.registry import Registry
-from marketplace.replicate import ReplicationReport, follow, replicate
+from marketplace.replicate import PAGE, ReplicationReport, follow, replicate
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmd.add_argument("--pending", action="store_true", help="also copy its pending queue (if it shares it)")
     cmd.add_argument("--follow", action="store_true", help="keep following its change feed")
     cmd.add_argument("--interval", type=float, default=10.0, metavar="S", help="seconds between rounds")
+    cmd.add_argument(
+        "--page", type=int, default=PAGE, metavar="N", help=f"entries per request and commit (1-{PAGE})"
+    )
     cmd.add_argument("--data", type=Path, metavar="DIR", help="data directory (overrides the config)")
     cmd.add_argument("--config", type=Path, metavar="FILE", help="marketplace.conf (default etc/)")
     cmd.set_defaults(func=_replicate)
@@ -56,9 +59,12 @@ def _replicate(args: argparse.Namespace) -> int:
 
     try:
         if args.follow:
-            follow(registry, args.source, interval=args.interval, pending=args.pending, on_report=show)
+            follow(
+                registry, args.source, interval=args.interval, pending=args.pending, on_report=show,
+                page=args.page,
+            )  # fmt: skip
         else:
-            show(replicate(registry, args.source, since=args.since, pending=args.pending))
+            show(replicate(registry, args.source, since=args.since, pending=args.pending, page=args.page))
     except KeyboardInterrupt:
         pass
     finally:

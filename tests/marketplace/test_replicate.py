@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from imagekit.errors import InputError
 from marketplace.config import load_config
 from marketplace.registry import Outcome, Registry
 from marketplace.replicate import cursor_path, follow, replicate
@@ -133,6 +134,7 @@ def test_every_copied_entry_is_verified_again_and_a_forgery_is_refused(tmp_path:
     twice = registry.replicate([good, good])  # a hostile feed repeating itself
     assert [r.outcome for r in twice] == [Outcome.ACCEPTED, Outcome.EXISTING]
     assert len(_log_paths(tmp_path / "data")) == 2 and registry.audit().ok
+    assert not list((tmp_path / "data").rglob(".tmp-*"))  # every staged file linked or removed
     registry.close()
 
 
@@ -160,14 +162,14 @@ def test_a_crash_between_file_log_and_index_is_completed_by_the_next_run(tmp_pat
 def test_replication_survives_connections_dropped_mid_transfer(pair: tuple[Path, Path, Path, Path]) -> None:
     src, src_conf, dst, dst_conf = pair
     source = _open(src, src_conf)
-    source.replicate(_entries("flaky", 210))  # more than one page of the feed
+    source.replicate(_entries("flaky", 210))  # three pages of the feed
     source.close()
     with (
         running_server(src / "data", src_conf) as url,
         flaky_proxy(url, drops=3, cut_after=3000) as (proxy, s),
     ):
         replica = _open(dst, dst_conf)
-        report = replicate(replica, proxy)
+        report = replicate(replica, proxy, page=100)
         replica.close()
     assert s.dropped == 3
     assert (report.copied, report.refused) == (210, [])
@@ -180,11 +182,12 @@ def test_kill_9_mid_run_then_a_second_run_loses_and_duplicates_nothing(
 ) -> None:
     src, src_conf, dst, dst_conf = pair
     source = _open(src, src_conf)
-    source.replicate(_entries("killed", 450))  # three pages
+    source.replicate(_entries("killed", 450))  # three pages of 150
     source.close()
     with running_server(src / "data", src_conf) as url, flaky_proxy(url, delay=0.3) as (proxy, _):
         argv = [str(IMAGEKIT), "market", "replicate", "--from", proxy, "--data", str(dst / "data")]
-        proc = subprocess.Popen([*argv, "--config", str(dst_conf)], stdout=subprocess.DEVNULL)
+        argv += ["--page", "150", "--config", str(dst_conf)]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         log = dst / "data" / "audit.log"
         wait_until(lambda: log.exists() and log.stat().st_size > 0, timeout=60, what="a page", process=proc)
         os.kill(proc.pid, signal.SIGKILL)
@@ -196,6 +199,20 @@ def test_kill_9_mid_run_then_a_second_run_loses_and_duplicates_nothing(
     paths = _log_paths(dst / "data")
     assert len(paths) == len(set(paths)) == 450
     _audit_ok(dst, dst_conf)
+
+
+@pytest.mark.parametrize("page", [0, 1001])
+def test_a_page_size_outside_what_a_feed_serves_is_refused_before_any_request(
+    pair: tuple[Path, Path, Path, Path], page: int
+) -> None:
+    """--page is refused up front (port 9, discard, would fail the probe otherwise)."""
+    _, _, dst, dst_conf = pair
+    registry = _open(dst, dst_conf)
+    try:
+        with pytest.raises(InputError, match="--page: expected 1 to 1000 entries"):
+            replicate(registry, "http://127.0.0.1:9", page=page)
+    finally:
+        registry.close()
 
 
 def test_two_registries_following_each_other_converge(tmp_path: Path) -> None:
