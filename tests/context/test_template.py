@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from context.model import Attribute, Template, Vector
@@ -198,6 +198,7 @@ def test_serialise_values_ending_in_backslash() -> None:
 
 def test_attribute_name() -> None:
     assert attribute_name("XMLfoo") == "ONE_XMLFOO"
+    assert attribute_name("xMLfoo") == "XMLFOO" and attribute_name("XMLFOO") == "ONE_XMLFOO"
     assert attribute_name("9") == "ONE_9"
     assert attribute_name("context") == "CONTEXT"
 
@@ -216,6 +217,9 @@ _vectors = st.lists(st.tuples(_names.map(str.upper), _values), max_size=4).map(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(_names, st.one_of(_values, _vectors)), max_size=6))
 def test_generated_templates_round_trip(attrs: list[tuple[str, str | Vector]]) -> None:
+    # Not for names like ``xMl1``: oned stores them as ``XML1`` (its test is on the name as
+    # written), and ``XML1`` read back is ``ONE_XML1``, in oned as here (test_attribute_name).
+    assume(not any(attribute_name(n).startswith("XML") for n, _ in attrs))
     tmpl = Template(tuple(Attribute(attribute_name(n), v) for n, v in attrs))
     text = serialise(tmpl)
     again = parse_template(text)
