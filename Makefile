@@ -8,6 +8,11 @@ BIN := $(VENV)/bin
 # order (costliest first): image builds and boots overlap, and the workers finish together.
 PARALLEL := -n auto --dist load --maxschedchunk 1
 
+# Python caches compiled modules (and pytest its rewritten tests) in __pycache__ unless told not
+# to: a shell that sets PYTHONDONTWRITEBYTECODE makes every process, each test worker and each
+# `imagekit` a test starts, compile everything again.
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: setup demo test check lint typecheck docs unit fast bench clean
 FAST := not slow and not vm and not browser and not postgres and not server and not sshd
 
