@@ -77,7 +77,7 @@ exec 3<&-
             kill -KILL "$child"; exit 0
         fi
         ticks=$((ticks + 1))
-        sleep 0.5
+        sleep 0.5 </dev/null >/dev/null 2>&1  # holds no pipe of ours: run() need not wait for it
     done
 ) &
 watcher=$!
