@@ -117,14 +117,16 @@ class Guests:
 
 
 def _place_and_boot(state: State, site: SiteConfig, tmp_path: Path, image: Path) -> Guests:
-    """The target placed on nodea by its REQUIREMENTS and deployed; then the peer, which may run
-    on either host, placed by its RANK on the one running fewer VMs (nodeb); both booted, the
-    peer reaching the target across the hosts."""
+    """The target placed on nodea and deployed: its REQUIREMENTS allow both lab hosts (it is
+    migrated to the other one later, which checks them again) and, with no RANK, equal ranks go
+    to the lowest HID. Then the peer, which may run on either host too, placed by its RANK on
+    the one running fewer VMs (nodeb); both booted, the peer reaching the target across the
+    hosts."""
     (tmp_path / "alive.sh").write_text(ALIVE_SCRIPT)
     nodea, nodeb = (HostStore(state).get(name).hid for name in ("nodea", "nodeb"))
-    on_a = _template(tmp_path / "target.one", "target", image, 'REQUIREMENTS = "NAME = \\"nodea\\""\n')
+    on_a = _template(tmp_path / "target.one", "target", image, 'REQUIREMENTS = "NAME = \\"node*\\""\n')
     target = create_vm(CreateRequest.from_file(on_a, site=site), state=state)
-    assert target.hid == nodea
+    assert target.hid == nodea < nodeb
     assert [(r.vmid, r.state) for r in dispatch(state, site).records] == [(target.vmid, VmState.RUNNING)]
     monitoring.monitor(state, "nodea", settings=site.ssh)  # RUNNING_VMS=1 there now
     (lease,) = NetworkStore(state).leases()
