@@ -8,13 +8,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from cloud.buildservice.server import ServiceConfig, create_app
 from cloud.users import UserStore
 from imagekit.state import State
+from tests.chromium import chromium
 from tests.cloud.buildservice_standin import StandIn, basic, recipe_tar, running
-from tests.marketplace.test_browser import CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
@@ -24,10 +24,8 @@ MARKUP_LINE = "<script>window.pwned = 1</script>"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
