@@ -198,9 +198,9 @@ def _insert(
     """The VM's row, in the transaction that takes its id, leases and context, and admitted by
     the owner's quota there too (so parallel requests cannot overshoot it); a refused VM, or a
     process killed before the row, leaves no lease or context behind (they roll back)."""
-    store.insert_in(
-        db,
+    store.insert(
         ctx.vmid,
+        db=db,
         name=vm.name or f"one-{ctx.vmid}",
         owner=request.owner,
         owner_id=request.owner_id,

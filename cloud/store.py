@@ -124,33 +124,20 @@ class VmStore:
         info: Mapping[str, Any] | None = None,
         admit: Callable[[sqlite3.Connection], None] | None = None,
         owner_id: int | None = None,
+        db: sqlite3.Connection | None = None,
     ) -> VmRecord:
         """A new VM row (``pending``) of ``owner`` (a name, shown) and ``owner_id`` (the cloud
         user's id, what ownership is checked by; None: a local account's); ``admit`` (a quota
         check: ``cloud/quotas.py``) runs first in the same transaction, so what it counted still
-        holds when the row is written."""
-        with self.state.transaction() as db:
-            return self.insert_in(
-                db, vmid, name=name, owner=owner, core=core, template=template, directory=directory,
-                info=info, admit=admit, owner_id=owner_id,
-            )  # fmt: skip
-
-    def insert_in(
-        self,
-        db: sqlite3.Connection,
-        vmid: int,
-        *,
-        name: str,
-        owner: str,
-        core: CoreKind,
-        template: str,
-        directory: Path,
-        info: Mapping[str, Any] | None = None,
-        admit: Callable[[sqlite3.Connection], None] | None = None,
-        owner_id: int | None = None,
-    ) -> VmRecord:
-        """:meth:`insert` inside the caller's transaction ``db`` (``vm create`` writes the row in
-        the one that takes the VM's leases: a process killed in between leaves neither)."""
+        holds when the row is written. Written in the caller's transaction ``db`` when given
+        (``vm create`` writes the row in the one that takes the VM's leases: a process killed in
+        between leaves neither), else in one of its own."""
+        if db is None:
+            with self.state.transaction() as own:
+                return self.insert(
+                    vmid, name=name, owner=owner, core=core, template=template, directory=directory,
+                    info=info, admit=admit, owner_id=owner_id, db=own,
+                )  # fmt: skip
         now = time.time()
         if admit is not None:
             admit(db)

@@ -195,7 +195,7 @@ def test_the_vm_row_is_written_with_its_leases_or_neither_is(
     def dies(*args: object, **kwargs: object) -> None:
         raise SystemError("killed here")
 
-    monkeypatch.setattr(VmStore, "insert_in", dies)
+    monkeypatch.setattr(VmStore, "insert", dies)
     with pytest.raises(SystemError):
         create_vm(CreateRequest.from_file(lab.template, hold=True), state=lab.state)
     assert NetworkStore(lab.state).leases() == [] and VmStore(lab.state).list() == []
