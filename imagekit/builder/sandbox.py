@@ -196,7 +196,12 @@ class Sandbox:
             "--setgid=0",
         ]
         argv += ["--mount", "--propagation=private", "--pid", "--fork", "--kill-child", "--ipc", "--uts"]
-        return argv if network else [*argv, "--net"]
+        if not network:
+            argv.append("--net")
+        # unshare sets --kill-child's death signal before --setuid, which clears it: set again,
+        # the namespace's init dies with unshare and takes every process in it along (without a
+        # pids cgroup to empty, a killed command's namespace would otherwise live on).
+        return [*argv, "setpriv", "--pdeathsig=KILL"]
 
     def wrap(self, command: Sequence[str | os.PathLike[str]], *, watch: Path) -> list[str]:
         """``command`` (already inside :meth:`namespaces` or ``mmdebstrap --mode=unshare``) as
