@@ -140,7 +140,10 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: 
             recipe, firmware, layout, packages, inputs, dataclasses.asdict(outcome), distro=stage.suite
         )
         base = options.output_dir / safe_name(recipe.name)
-        published = publish_outputs(raw, fmts, base, built, timings=timings, started=started)
+        clusters = stage_cache.clusters(outcome.key) if stage_cache is not None else None
+        published = publish_outputs(
+            raw, fmts, base, built, timings=timings, started=started, clusters=clusters
+        )
     return BuildResult(
         recipe.name,
         firmware,

@@ -96,6 +96,15 @@ def start_checksums(path: Path, pool: ThreadPoolExecutor | None = None) -> Pendi
     return PendingChecksums({name: (pool or _POOL).submit(_digest, path, name) for name in ALGORITHMS})
 
 
+def start_checksums_of(data: bytes | bytearray) -> PendingChecksums:
+    """:func:`start_checksums` of bytes in memory (a file about to be written)."""
+    return PendingChecksums({name: _POOL.submit(_digest_bytes, data, name) for name in ALGORITHMS})
+
+
+def _digest_bytes(data: bytes | bytearray, name: str) -> str:
+    return hashlib.new(name, data).hexdigest()
+
+
 def _digest(path: Path, name: str) -> str:
     h = hashlib.new(name)
     with open(path, "rb") as fh:
