@@ -23,6 +23,7 @@ import logging
 import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,8 @@ class ClusterStore:
         if self.current():
             return
         stored = written.stored()
-        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
+        # pid and thread: a build service may run two builds of one stage in one process
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
             with open(partial, "wb") as fh:
                 fh.write(_first_line() + _COUNT.pack(len(stored)))
