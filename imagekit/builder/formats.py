@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from imagekit.recipe.model import OutputFormat
 from imagekit.run import run
 
 from .clusters import ClusterStore
-from .qcow2 import write_qcow2
+from .qcow2 import Buffer, write_qcow2
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def convert(
     dest: Path,
     *,
     clusters: ClusterStore | None = None,
-    on_bytes: Callable[[bytearray], None] | None = None,
+    on_bytes: Callable[[Sequence[Buffer]], None] | None = None,
 ) -> Staged:
     """``on_bytes`` gets the whole output before it is written, when the writer has it in
     memory (qcow2): then it is called, else not."""

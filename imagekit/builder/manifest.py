@@ -25,6 +25,7 @@ from imagekit.run import run
 
 from .disk import PartitionPlan
 from .formats import Staged
+from .qcow2 import Buffer
 
 ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -96,13 +97,16 @@ def start_checksums(path: Path, pool: ThreadPoolExecutor | None = None) -> Pendi
     return PendingChecksums({name: (pool or _POOL).submit(_digest, path, name) for name in ALGORITHMS})
 
 
-def start_checksums_of(data: bytes | bytearray) -> PendingChecksums:
-    """:func:`start_checksums` of bytes in memory (a file about to be written)."""
-    return PendingChecksums({name: _POOL.submit(_digest_bytes, data, name) for name in ALGORITHMS})
+def start_checksums_of(pieces: Sequence[Buffer]) -> PendingChecksums:
+    """:func:`start_checksums` of a file about to be written, from its pieces in memory."""
+    return PendingChecksums({name: _POOL.submit(_digest_pieces, pieces, name) for name in ALGORITHMS})
 
 
-def _digest_bytes(data: bytes | bytearray, name: str) -> str:
-    return hashlib.new(name, data).hexdigest()
+def _digest_pieces(pieces: Sequence[Buffer], name: str) -> str:
+    h = hashlib.new(name)
+    for piece in pieces:
+        h.update(piece)
+    return h.hexdigest()
 
 
 def _digest(path: Path, name: str) -> str:

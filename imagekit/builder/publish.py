@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from imagekit.recipe.model import Firmware, OutputFormat, Recipe
 from . import formats, manifest, sbom
 from .clusters import ClusterStore
 from .disk import DiskLayout
+from .qcow2 import Buffer
 from .reproducible import BuildInputs
 
 
@@ -134,7 +135,9 @@ def _convert_all(
             dest = base.with_name(f"{base.name}.{fmt.value}")
             in_memory: list[manifest.PendingChecksums] = []
 
-            def hash_bytes(data: bytearray, into: list[manifest.PendingChecksums] = in_memory) -> None:
+            def hash_bytes(
+                data: Sequence[Buffer], into: list[manifest.PendingChecksums] = in_memory
+            ) -> None:
                 into.append(manifest.start_checksums_of(data))  # beside the write and its fsync
 
             with step(fmt.value):

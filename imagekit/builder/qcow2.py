@@ -14,8 +14,8 @@ number of compressed clusters whose sectors touch it.
 
 Given ``known`` clusters (SHA-256 of the raw cluster → what this writer made of it before, see
 :mod:`.clusters`), a cluster found there is not compressed again: a rebuild's disk is mostly
-the clusters of the last one. The whole file is laid out in memory and handed to ``on_bytes``
-(the checksums) before it is written, so nothing reads it back.
+the clusters of the last one. The file's pieces are handed to ``on_bytes`` (the checksums) before they are
+written, so nothing reads the file back.
 
     write_qcow2(Path("disk.raw"), Path("disk.qcow2"))
 """
@@ -26,7 +26,7 @@ import hashlib
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,8 @@ _ZSTD = 1
 _HEADER_LENGTH = 112
 _BATCH = 64  # clusters per task: 4 MiB read and compressed at once
 _ZERO = bytes(CLUSTER)
+
+Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
@@ -248,26 +250,29 @@ def write_qcow2(
     *,
     threads: int | None = None,
     known: Mapping[bytes, Stored] | None = None,
-    on_bytes: Callable[[bytearray], None] | None = None,
+    on_bytes: Callable[[Sequence[Buffer]], None] | None = None,
 ) -> Written:
     """Write ``raw`` as a new qcow2 file ``dest`` (zstd-compressed clusters, no backing file).
 
-    ``on_bytes`` gets the file's whole content before it is written (it must not keep it
-    longer than it needs)."""
+    ``on_bytes`` gets the file's whole content, as pieces in file order, before they are written
+    (it must not keep them longer than it needs)."""
     size, clusters = compress_clusters(raw, threads=threads, known=known)
-    image = _lay_out(size, clusters)
+    pieces = _lay_out(size, clusters)
     if on_bytes is not None:
-        on_bytes(image)
+        on_bytes(pieces)
     with open(dest, "wb") as out:
-        out.write(image)
+        for piece in pieces:
+            out.write(piece)
     reused = 0
     if known is not None:
         reused = sum(1 for c in clusters if known.get(c.digest) is not None)
     return Written(tuple(clusters), reused)
 
 
-def _lay_out(size: int, clusters: list[_Cluster]) -> bytearray:
-    """The file's bytes: header, tables, data, refcount blocks, in the module's fixed order."""
+def _lay_out(size: int, clusters: list[_Cluster]) -> list[Buffer]:
+    """The file's bytes in the module's fixed order, as pieces: the header and tables, each
+    cluster's data (not copied into one buffer: a rebuild's is mostly mapped from the
+    cluster cache), and the refcount blocks."""
     l1_size, layout = _plan(size, clusters)
     offsets, data_end = _place_data(layout, clusters)
     counts = _refcounts(layout, clusters, offsets, data_end)
@@ -276,19 +281,20 @@ def _lay_out(size: int, clusters: list[_Cluster]) -> bytearray:
     if blocks * _REFS_PER_BLOCK < len(counts) or blocks > CLUSTER // 8:
         raise AssertionError(f"qcow2: {len(counts)} host clusters do not fit {blocks} refcount blocks")
 
-    image = bytearray((data_clusters + blocks) * CLUSTER)
+    head = bytearray(layout.data_offset)
     header = _header(size, l1_size, layout)
-    image[: len(header)] = header
+    head[: len(header)] = header
     for table, l2_offset in layout.l2_offsets.items():
-        struct.pack_into(">Q", image, layout.l1_offset + table * 8, l2_offset | _COPIED)
+        struct.pack_into(">Q", head, layout.l1_offset + table * 8, l2_offset | _COPIED)
     first_l2 = layout.refcount_table_offset + CLUSTER
     slots = {table: n for n, table in enumerate(layout.l2_offsets)}
     for cluster, offset in zip(clusters, offsets, strict=True):
         table, entry = divmod(cluster.index, _L2_ENTRIES)
         entry_at = first_l2 + slots[table] * CLUSTER + entry * 8
-        struct.pack_into(">Q", image, entry_at, _l2_entry(cluster, offset))
-        image[offset : offset + len(cluster.data)] = cluster.data
+        struct.pack_into(">Q", head, entry_at, _l2_entry(cluster, offset))
     for n in range(blocks):
-        struct.pack_into(">Q", image, layout.refcount_table_offset + n * 8, (data_clusters + n) * CLUSTER)
-    struct.pack_into(f">{len(counts)}H", image, data_clusters * CLUSTER, *counts)
-    return image
+        struct.pack_into(">Q", head, layout.refcount_table_offset + n * 8, (data_clusters + n) * CLUSTER)
+    tail = bytearray((data_clusters + blocks) * CLUSTER - data_end)  # padding, then refcounts
+    struct.pack_into(f">{len(counts)}H", tail, data_clusters * CLUSTER - data_end, *counts)
+    in_file_order = sorted(range(len(clusters)), key=offsets.__getitem__)
+    return [head, *(clusters[n].data for n in in_file_order), tail]
