@@ -9,9 +9,10 @@ Prints JSON lines, measured one after the other on this machine:
   ``--repeat`` above 1, ``cold_vs_floor`` gives the medians and the median of the ratios.
 - ``warm_post_only``: again after changing only a post-command (package stage from the cache),
   ``--repeat`` times with another command each time; ``warm_post_only_median`` after them.
-- ``reproducibility_check``: the second build of ``--check-reproducible`` (no cache, another
-  workspace, pinned to the cold build's archive state), against the cold one, and whether
-  their outputs are identical.
+- ``reproducibility_check``: a build of the last warm rebuild's recipe as ``--check-reproducible``
+  makes its second one (no cache at all: neither the package stage nor the qcow2 clusters,
+  another workspace, pinned to the cold build's archive state), and whether its outputs are
+  byte-identical to that warm rebuild's.
 - ``sizes``: the qcow2 and the raw image's allocation.
 - ``boot``: QEMU start → the agent's "context applied" line, via ``cloud.boottest`` (TCG).
 
@@ -99,16 +100,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="imagekit-bench-build-") as tmp:
         work = Path(tmp)
         cold, state = cold_pairs(recipe, work, max(1, args.repeat))
-        warm_rebuilds(recipe, work, state, max(1, args.repeat))
+        changed, warm = warm_rebuilds(recipe, work, state, max(1, args.repeat))
         if not args.no_check:
             check_s, check_cpu, check = timed_build(
-                recipe,
+                changed,
                 BuildOptions(output_dir=work / "check", use_cache=False, expect_archive=cold.inputs.archive),
                 state,
             )
             emit(
                 what="reproducibility_check", seconds=round(check_s, 1), cpu_seconds=round(check_cpu, 1),
-                identical=[o.checksums for o in check.outputs] == [o.checksums for o in cold.outputs],
+                against="warm_post_only",
+                identical=[o.checksums for o in check.outputs] == [o.checksums for o in warm.outputs],
             )  # fmt: skip
             shutil.rmtree(work / "check", ignore_errors=True)
 
@@ -168,10 +170,13 @@ def cold_pairs(recipe: Recipe, work: Path, repeat: int) -> tuple[BuildResult, St
     return kept
 
 
-def warm_rebuilds(recipe: Recipe, work: Path, state: State, repeat: int) -> None:
-    """Rebuilds that change only a post-command (the package stage comes from the cache)."""
+def warm_rebuilds(recipe: Recipe, work: Path, state: State, repeat: int) -> tuple[Recipe, BuildResult]:
+    """Rebuilds that change only a post-command (the package stage comes from the cache); the
+    last one's recipe and result (its outputs kept) are returned."""
     seconds = []
+    last: tuple[Recipe, BuildResult] | None = None
     for n in range(repeat):
+        shutil.rmtree(work / "warm", ignore_errors=True)
         post = (
             *recipe.post_commands,
             Command("bench", ContentSource.RAW, f"echo {time.time()} > /etc/bench"),
@@ -184,7 +189,7 @@ def warm_rebuilds(recipe: Recipe, work: Path, state: State, repeat: int) -> None
             target_seconds=3, cache_hit=warm.cache.hit, formats=[o.format.value for o in warm.outputs],
             steps=warm.timings,
         )  # fmt: skip
-        shutil.rmtree(work / "warm", ignore_errors=True)
+        last = (changed, warm)
     if repeat > 1:
         emit(
             what="warm_post_only_median",
@@ -192,6 +197,8 @@ def warm_rebuilds(recipe: Recipe, work: Path, state: State, repeat: int) -> None
             seconds=round(statistics.median(seconds), 1),
             target_seconds=3,
         )
+    assert last is not None
+    return last
 
 
 def boot(image: Path, state: State) -> None:

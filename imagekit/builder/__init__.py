@@ -140,7 +140,10 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: 
             recipe, firmware, layout, packages, inputs, dataclasses.asdict(outcome), distro=stage.suite
         )
         base = options.output_dir / safe_name(recipe.name)
-        published = publish_outputs(raw, fmts, base, built, timings=timings, started=started)
+        clusters = stage_cache.clusters(outcome.key) if stage_cache is not None else None
+        published = publish_outputs(
+            raw, fmts, base, built, timings=timings, started=started, clusters=clusters
+        )
     return BuildResult(
         recipe.name,
         firmware,
@@ -251,15 +254,16 @@ def package_stage(
 def assemble_disk(
     recipe: Recipe, layout: disk.DiskLayout, ws: Workspace, raw: Path, inputs: BuildInputs
 ) -> None:
-    reproducible.pin_tree(ws.root, inputs.source_date_epoch)
+    usage = reproducible.pin_tree(ws.root, inputs.source_date_epoch)
     trees = split_partitions(layout, ws, inputs.source_date_epoch)
+    sizes = disk.partition_usage_mib(usage, trees)
     images: dict[str, Path | Future[Path]] = {}
     for part in layout.partitions:
         if part.role is disk.Role.SWAP:
             swap = images[part.mount] = ws.path(f"part{part.number}.swap")
             disk.make_swap(part, swap)
         if part.mount in trees:
-            disk.check_fits(part, trees[part.mount])
+            disk.check_fits(part, trees[part.mount], size_mib=sizes[part.mount])
     # The boot partition (a dozen mtools runs) is made while mkfs.ext4 fills the others.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagekit-boot") as pool:
         images[disk.BOOT_MOUNT] = pool.submit(

@@ -25,6 +25,8 @@ from imagekit.locks import exclusive
 from imagekit.run import run
 from imagekit.state import State
 
+from .clusters import ClusterStore
+
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +62,10 @@ class StageCache:
 
     def tarball(self, key: str) -> Path:
         return self.directory / f"{key}.tar"
+
+    def clusters(self, key: str) -> ClusterStore:
+        """The qcow2 clusters builds from the stage ``key`` compressed (gone with the stage)."""
+        return ClusterStore(self.directory / f"{key}.clusters")
 
     def building(self, key: str) -> contextlib.AbstractContextManager[None]:
         """Held while the stage ``key`` is looked up, and built on a miss: one builder per key."""
@@ -137,6 +143,7 @@ class StageCache:
                 doomed.append(entry)
         for entry in doomed:
             entry.path.unlink(missing_ok=True)
+            self.clusters(entry.key).path.unlink(missing_ok=True)
             self._forget(entry.key)
         # Partial tarballs from interrupted builds (another process may still be writing one
         # that is fresh, so only old ones go).

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import StrEnum
@@ -339,8 +339,24 @@ def tree_size_mib(tree: Path) -> int:
     return total // MIB + 1
 
 
-def check_fits(part: PartitionPlan, tree: Path) -> None:
-    need = tree_size_mib(tree) * 11 // 10 + 64
+def partition_usage_mib(usage: Mapping[str, int], mounts: Collection[str]) -> dict[str, int]:
+    """:func:`tree_size_mib` of each partition's tree, from the per-directory byte counts of
+    :func:`.reproducible.clamp_times` over the whole root (so without another walk): each
+    directory counts for the deepest of ``mounts`` holding it."""
+    prefixes = sorted(((m.strip("/") or "."), m) for m in mounts)
+    totals = dict.fromkeys(mounts, 0)
+    for directory, size in usage.items():
+        owner = "/"
+        for prefix, mount in prefixes:  # sorted: a deeper mount point comes after its parent
+            if directory == prefix or directory.startswith(prefix + "/"):
+                owner = mount
+        totals[owner] = totals.get(owner, 0) + size
+    return {mount: total // MIB + 1 for mount, total in totals.items()}
+
+
+def check_fits(part: PartitionPlan, tree: Path, *, size_mib: int | None = None) -> None:
+    """Refuse a tree too big for its partition (``size_mib``: the tree's size when known)."""
+    need = (tree_size_mib(tree) if size_mib is None else size_mib) * 11 // 10 + 64
     have = part.size_bytes // MIB
     if need > have:
         raise InputError(

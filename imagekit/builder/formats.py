@@ -1,7 +1,8 @@
 """Raw disk → the requested formats, each written atomically into the output directory.
 
 qcow2 is zstd-compressed (fast, and about 40 % of the raw allocation) and written by
-:mod:`.qcow2` itself; the others by ``qemu-img convert``: vmdk is a monolithic sparse disk, vdi
+:mod:`.qcow2` itself, reusing the clusters an earlier build compressed (:mod:`.clusters`); the
+others by ``qemu-img convert``: vmdk is a monolithic sparse disk, vdi
 dynamic, and vhd is qemu-img's ``vpc`` with ``force_size`` so its virtual size is exactly the
 raw size (what Azure and Hyper-V expect).
 
@@ -11,14 +12,19 @@ raw size (what Azure and Hyper-V expect).
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from imagekit.recipe.model import OutputFormat
 from imagekit.run import run
 
-from .qcow2 import write_qcow2
+from .clusters import ClusterStore
+from .qcow2 import Buffer, write_qcow2
+
+log = logging.getLogger(__name__)
 
 OPTIONS: dict[OutputFormat, tuple[str, ...]] = {
     OutputFormat.RAW: (),
@@ -41,7 +47,16 @@ def partial_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{os.getpid()}.part")
 
 
-def convert(raw: Path, fmt: OutputFormat, dest: Path) -> Staged:
+def convert(
+    raw: Path,
+    fmt: OutputFormat,
+    dest: Path,
+    *,
+    clusters: ClusterStore | None = None,
+    on_bytes: Callable[[Sequence[Buffer]], None] | None = None,
+) -> Staged:
+    """``on_bytes`` gets the whole output before it is written, when the writer has it in
+    memory (qcow2): then it is called, else not."""
     partial = partial_name(dest)
     if fmt is OutputFormat.RAW:
         try:
@@ -49,7 +64,14 @@ def convert(raw: Path, fmt: OutputFormat, dest: Path) -> Staged:
         except OSError:
             run(["cp", "--sparse=always", raw, partial], step="write raw")
     elif fmt is OutputFormat.QCOW2:
-        write_qcow2(raw, partial)
+        written = write_qcow2(raw, partial, known=clusters.load() if clusters else None, on_bytes=on_bytes)
+        if clusters is not None:
+            log.info(
+                "qcow2: %d of %d clusters as an earlier build compressed them",
+                written.reused,
+                len(written.clusters),
+            )
+            clusters.save_if_missing(written)
     else:
         run(
             ["qemu-img", "convert", "-f", "raw", "-O", fmt.qemu_img_name, *OPTIONS[fmt], raw, partial],

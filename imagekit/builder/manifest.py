@@ -25,6 +25,7 @@ from imagekit.run import run
 
 from .disk import PartitionPlan
 from .formats import Staged
+from .qcow2 import Buffer
 
 ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -94,6 +95,18 @@ class PendingChecksums:
 def start_checksums(path: Path, pool: ThreadPoolExecutor | None = None) -> PendingChecksums:
     """Hash ``path`` with every algorithm in the background; ``.result()`` waits."""
     return PendingChecksums({name: (pool or _POOL).submit(_digest, path, name) for name in ALGORITHMS})
+
+
+def start_checksums_of(pieces: Sequence[Buffer]) -> PendingChecksums:
+    """:func:`start_checksums` of a file about to be written, from its pieces in memory."""
+    return PendingChecksums({name: _POOL.submit(_digest_pieces, pieces, name) for name in ALGORITHMS})
+
+
+def _digest_pieces(pieces: Sequence[Buffer], name: str) -> str:
+    h = hashlib.new(name)
+    for piece in pieces:
+        h.update(piece)
+    return h.hexdigest()
 
 
 def _digest(path: Path, name: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,9 @@ from imagekit.output import to_json
 from imagekit.recipe.model import Firmware, OutputFormat, Recipe
 
 from . import formats, manifest, sbom
+from .clusters import ClusterStore
 from .disk import DiskLayout
+from .qcow2 import Buffer
 from .reproducible import BuildInputs
 
 
@@ -88,10 +90,12 @@ def publish_outputs(
     *,
     timings: StepTimings,
     started: float,
+    clusters: ClusterStore | None = None,
 ) -> Published:
-    """Convert ``raw`` to ``fmts`` as ``base.EXT`` and write the files that describe them."""
+    """Convert ``raw`` to ``fmts`` as ``base.EXT`` and write the files that describe them
+    (qcow2 with the ``clusters`` an earlier build compressed)."""
     with _all_or_nothing() as staging:
-        outputs = _convert_all(raw, fmts, base, built.layout.size_bytes, staging, timings)
+        outputs = _convert_all(raw, fmts, base, built.layout.size_bytes, staging, timings, clusters)
         for staged in staging.staged:
             staging.written.append(formats.publish(staged))
         primary = next((o for o in outputs if o.format is OutputFormat.QCOW2), outputs[0])
@@ -123,15 +127,26 @@ def _convert_all(
     virtual_size: int,
     staging: _Staging,
     timings: StepTimings,
+    clusters: ClusterStore | None,
 ) -> list[manifest.OutputFile]:
     # Raw first: it is a hard link, and its (long) checksums then run beside the conversions.
     with step("convert", timings):
         for fmt in sorted(fmts, key=lambda f: f is not OutputFormat.RAW):
+            dest = base.with_name(f"{base.name}.{fmt.value}")
+            in_memory: list[manifest.PendingChecksums] = []
+
+            def hash_bytes(
+                data: Sequence[Buffer], into: list[manifest.PendingChecksums] = in_memory
+            ) -> None:
+                into.append(manifest.start_checksums_of(data))  # beside the write and its fsync
+
             with step(fmt.value):
-                done = formats.convert(raw, fmt, base.with_name(f"{base.name}.{fmt.value}"))
+                done = formats.convert(raw, fmt, dest, clusters=clusters, on_bytes=hash_bytes)
             staging.staged.append(done)
-            # Hash each output while the next one converts.
-            staging.pending[done.partial] = manifest.start_checksums(done.partial)
+            # Else hash each output (from the page cache) while the next one converts.
+            staging.pending[done.partial] = (
+                in_memory[0] if in_memory else manifest.start_checksums(done.partial)
+            )
     with step("checksums", timings):
         staging.staged.sort(key=lambda s: fmts.index(s.format))  # the order asked for
         return [

@@ -12,15 +12,21 @@ A cluster that does not shrink is stored uncompressed, ahead of the compressed o
 are what ``qemu-img check`` expects: one per metadata cluster, and for each host cluster the
 number of compressed clusters whose sectors touch it.
 
+Given ``known`` clusters (SHA-256 of the raw cluster → what this writer made of it before, see
+:mod:`.clusters`), a cluster found there is not compressed again: a rebuild's disk is mostly
+the clusters of the last one. The file's pieces are handed to ``on_bytes`` (the checksums) before they are
+written, so nothing reads the file back.
+
     write_qcow2(Path("disk.raw"), Path("disk.qcow2"))
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +50,35 @@ _HEADER_LENGTH = 112
 _BATCH = 64  # clusters per task: 4 MiB read and compressed at once
 _ZERO = bytes(CLUSTER)
 
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a raw cluster becomes in the file."""
+
+    data: bytes | memoryview  # compressed, or the raw cluster when compressing did not shrink it
+    compressed: bool
+
 
 @dataclass(frozen=True)
 class _Cluster:
     index: int  # in the virtual disk
-    data: bytes  # compressed, or the raw cluster when compressing did not shrink it
+    data: bytes | memoryview
     compressed: bool
+    digest: bytes = b""  # SHA-256 of the raw cluster, when looking clusters up
+
+
+@dataclass(frozen=True)
+class Written:
+    """The clusters written (their digests, when ``known`` was given) and how many of them
+    were found in ``known`` rather than compressed."""
+
+    clusters: tuple[_Cluster, ...]
+    reused: int
+
+    def stored(self) -> dict[bytes, Stored]:
+        return {c.digest: Stored(c.data, c.compressed) for c in self.clusters if c.digest}
 
 
 def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
@@ -75,10 +104,9 @@ def _batches(fd: int, size: int) -> Iterator[tuple[int, int]]:
         last_end = max(last_end, end)
 
 
-def _compress_batch(fd: int, first: int, count: int, local: threading.local) -> list[_Cluster]:
-    compressor: zstandard.ZstdCompressor | None = getattr(local, "compressor", None)
-    if compressor is None:
-        compressor = local.compressor = zstandard.ZstdCompressor(level=LEVEL, write_checksum=False)
+def _compress_batch(
+    fd: int, first: int, count: int, local: threading.local, known: Mapping[bytes, Stored] | None
+) -> list[_Cluster]:
     data = os.pread(fd, count * CLUSTER, first * CLUSTER)
     out = []
     for n in range(-(-len(data) // CLUSTER)):
@@ -87,23 +115,42 @@ def _compress_batch(fd: int, first: int, count: int, local: threading.local) -> 
             chunk += bytes(CLUSTER - len(chunk))
         if chunk == _ZERO:
             continue
-        packed = compressor.compress(chunk)
+        digest = b""
+        if known is not None:
+            digest = hashlib.sha256(chunk).digest()
+            if (found := known.get(digest)) is not None:
+                out.append(_Cluster(first + n, found.data, found.compressed, digest))
+                continue
+        packed = _compressor(local).compress(chunk)
         if len(packed) < CLUSTER:
-            out.append(_Cluster(first + n, packed, True))
+            out.append(_Cluster(first + n, packed, True, digest))
         else:
-            out.append(_Cluster(first + n, chunk, False))
+            out.append(_Cluster(first + n, chunk, False, digest))
     return out
 
 
-def compress_clusters(raw: Path, *, threads: int | None = None) -> tuple[int, list[_Cluster]]:
-    """The raw disk's size and its non-zero clusters, in order, each compressed on its own."""
+def _compressor(local: threading.local) -> zstandard.ZstdCompressor:
+    """This thread's compressor (made when first needed: a rebuild may need none)."""
+    compressor: zstandard.ZstdCompressor | None = getattr(local, "compressor", None)
+    if compressor is None:
+        compressor = local.compressor = zstandard.ZstdCompressor(level=LEVEL, write_checksum=False)
+    return compressor
+
+
+def compress_clusters(
+    raw: Path, *, threads: int | None = None, known: Mapping[bytes, Stored] | None = None
+) -> tuple[int, list[_Cluster]]:
+    """The raw disk's size and its non-zero clusters, in order, each compressed on its own
+    (or taken from ``known``)."""
     local = threading.local()
     with open(raw, "rb") as fh:
         fd = fh.fileno()
         size = os.fstat(fd).st_size
         workers = threads or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imagekit-qcow2") as pool:
-            done = [pool.submit(_compress_batch, fd, first, n, local) for first, n in _batches(fd, size)]
+            done = [
+                pool.submit(_compress_batch, fd, first, n, local, known) for first, n in _batches(fd, size)
+            ]
             clusters = [cluster for future in done for cluster in future.result()]
     return size, clusters
 
@@ -197,9 +244,35 @@ def _header(size: int, l1_size: int, layout: _Layout) -> bytes:
     return header + bytes(8)  # the end of the (empty) header extension list
 
 
-def write_qcow2(raw: Path, dest: Path, *, threads: int | None = None) -> None:
-    """Write ``raw`` as a new qcow2 file ``dest`` (zstd-compressed clusters, no backing file)."""
-    size, clusters = compress_clusters(raw, threads=threads)
+def write_qcow2(
+    raw: Path,
+    dest: Path,
+    *,
+    threads: int | None = None,
+    known: Mapping[bytes, Stored] | None = None,
+    on_bytes: Callable[[Sequence[Buffer]], None] | None = None,
+) -> Written:
+    """Write ``raw`` as a new qcow2 file ``dest`` (zstd-compressed clusters, no backing file).
+
+    ``on_bytes`` gets the file's whole content, as pieces in file order, before they are written
+    (it must not keep them longer than it needs)."""
+    size, clusters = compress_clusters(raw, threads=threads, known=known)
+    pieces = _lay_out(size, clusters)
+    if on_bytes is not None:
+        on_bytes(pieces)
+    with open(dest, "wb") as out:
+        for piece in pieces:
+            out.write(piece)
+    reused = 0
+    if known is not None:
+        reused = sum(1 for c in clusters if known.get(c.digest) is not None)
+    return Written(tuple(clusters), reused)
+
+
+def _lay_out(size: int, clusters: list[_Cluster]) -> list[Buffer]:
+    """The file's bytes in the module's fixed order, as pieces: the header and tables, each
+    cluster's data (not copied into one buffer: a rebuild's is mostly mapped from the
+    cluster cache), and the refcount blocks."""
     l1_size, layout = _plan(size, clusters)
     offsets, data_end = _place_data(layout, clusters)
     counts = _refcounts(layout, clusters, offsets, data_end)
@@ -208,29 +281,20 @@ def write_qcow2(raw: Path, dest: Path, *, threads: int | None = None) -> None:
     if blocks * _REFS_PER_BLOCK < len(counts) or blocks > CLUSTER // 8:
         raise AssertionError(f"qcow2: {len(counts)} host clusters do not fit {blocks} refcount blocks")
 
-    l1 = bytearray(l1_size * 8)
+    head = bytearray(layout.data_offset)
+    header = _header(size, l1_size, layout)
+    head[: len(header)] = header
     for table, l2_offset in layout.l2_offsets.items():
-        struct.pack_into(">Q", l1, table * 8, l2_offset | _COPIED)
-    l2 = bytearray(len(layout.l2_offsets) * CLUSTER)
+        struct.pack_into(">Q", head, layout.l1_offset + table * 8, l2_offset | _COPIED)
+    first_l2 = layout.refcount_table_offset + CLUSTER
     slots = {table: n for n, table in enumerate(layout.l2_offsets)}
     for cluster, offset in zip(clusters, offsets, strict=True):
         table, entry = divmod(cluster.index, _L2_ENTRIES)
-        struct.pack_into(">Q", l2, slots[table] * CLUSTER + entry * 8, _l2_entry(cluster, offset))
-    refcount_table = bytearray(CLUSTER)
+        entry_at = first_l2 + slots[table] * CLUSTER + entry * 8
+        struct.pack_into(">Q", head, entry_at, _l2_entry(cluster, offset))
     for n in range(blocks):
-        struct.pack_into(">Q", refcount_table, n * 8, (data_clusters + n) * CLUSTER)
-    refcount_blocks = struct.pack(
-        f">{blocks * _REFS_PER_BLOCK}H", *counts, *[0] * (blocks * _REFS_PER_BLOCK - len(counts))
-    )
-
-    with open(dest, "wb") as out:
-        out.write(_header(size, l1_size, layout))
-        out.seek(layout.l1_offset)
-        out.write(l1)
-        out.seek(layout.refcount_table_offset)
-        out.write(refcount_table)
-        out.write(l2)
-        for _, n in sorted((offset, n) for n, offset in enumerate(offsets)):
-            out.write(clusters[n].data)
-        out.seek(data_clusters * CLUSTER)
-        out.write(refcount_blocks)
+        struct.pack_into(">Q", head, layout.refcount_table_offset + n * 8, (data_clusters + n) * CLUSTER)
+    tail = bytearray((data_clusters + blocks) * CLUSTER - data_end)  # padding, then refcounts
+    struct.pack_into(f">{len(counts)}H", tail, data_clusters * CLUSTER - data_end, *counts)
+    in_file_order = sorted(range(len(clusters)), key=offsets.__getitem__)
+    return [head, *(clusters[n].data for n in in_file_order), tail]

@@ -151,25 +151,32 @@ def parse_epoch(text: str, *, where: str) -> int:
     return int(text)
 
 
-def pin_tree(root: Path, epoch: int) -> None:
-    """Remove what varies from run to run, then clamp every timestamp to ``epoch``."""
+def pin_tree(root: Path, epoch: int) -> dict[str, int]:
+    """Remove what varies from run to run, then clamp every timestamp to ``epoch``; returns
+    what :func:`clamp_times` does."""
     for pattern in VOLATILE:
         for path in root.glob(pattern):
             if path.is_file() or path.is_symlink():
                 path.unlink()
-    clamp_times(root, epoch)
+    return clamp_times(root, epoch)
 
 
-def clamp_times(tree: Path, epoch: int) -> None:
+def clamp_times(tree: Path, epoch: int) -> dict[str, int]:
     """No mtime after ``epoch`` (package files keep theirs), and atime = mtime everywhere.
 
     ``mkfs.ext4 -d`` copies both into the inodes; ctime it does not take from the tree.
+    Returns, from the same walk, the bytes the entries of each directory take (its path
+    relative to ``tree``, ``.`` for ``tree`` → apparent size plus a 4 KiB block per entry,
+    subdirectories' entries not counted): what :func:`.disk.partition_usage_mib` adds up.
     """
     limit = epoch * 1_000_000_000
+    usage: dict[str, int] = {}
     for dirpath, dirnames, filenames in os.walk(tree):
-        for name in (*dirnames, *filenames):
-            _clamp(os.path.join(dirpath, name), limit)
+        usage[os.path.relpath(dirpath, tree)] = sum(
+            _clamp(os.path.join(dirpath, name), limit) for name in (*dirnames, *filenames)
+        )
     _clamp(os.fspath(tree), limit)
+    return usage
 
 
 def clamp_entries(paths: Iterable[Path], epoch: int) -> None:
@@ -178,6 +185,11 @@ def clamp_entries(paths: Iterable[Path], epoch: int) -> None:
         _clamp(os.fspath(path), epoch * 1_000_000_000)
 
 
-def _clamp(path: str, limit: int) -> None:
-    mtime = min(os.lstat(path).st_mtime_ns, limit)
-    os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
+def _clamp(path: str, limit: int) -> int:
+    """Clamp one entry's times (no system call when they are right already); its apparent
+    size plus a 4 KiB block."""
+    st = os.lstat(path)
+    mtime = min(st.st_mtime_ns, limit)
+    if st.st_mtime_ns != mtime or st.st_atime_ns != mtime:
+        os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
+    return st.st_size + 4096

@@ -214,3 +214,27 @@ def test_check_fits(tmp_path: Path) -> None:
     small = disk.PartitionPlan(2, Role.ROOT, "/", "ext4", 2048, 2048, "root", "u")
     with pytest.raises(InputError, match="need about"):
         disk.check_fits(small, tmp_path)
+
+
+def test_partition_sizes_come_from_the_clamping_walk_as_from_walking_each_tree(tmp_path: Path) -> None:
+    """The size check uses the byte counts of the walk that clamps the times (one walk of the
+    root, issue 20 point 2): each partition's tree as :func:`disk.tree_size_mib` sees it once
+    the partitions are split off, nested mount points included."""
+    from imagekit.builder import reproducible
+
+    root = tmp_path / "root"
+    for rel, mib in (("etc/big", 3), ("home/ann/file", 5), ("var/log/old/x", 7), ("var/lib/y", 11)):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        with open(root / rel, "wb") as fh:
+            fh.truncate(mib * MIB)
+    usage = reproducible.clamp_times(root, 1_700_000_000)
+    sizes = disk.partition_usage_mib(usage, {"/", "/home", "/var", "/var/log"})
+    apart = {}
+    for mount in ("/var/log", "/var", "/home"):  # split off as build_image does, deepest first
+        moved = tmp_path / mount.strip("/").replace("/", "-")
+        os.rename(root / mount.strip("/"), moved)
+        (root / mount.strip("/")).mkdir()
+        apart[mount] = disk.tree_size_mib(moved)
+    apart["/"] = disk.tree_size_mib(root)
+    # whole MiB of content, plus a MiB for the 4 KiB per entry and the rounding up
+    assert sizes == apart == {"/": 3 + 1, "/home": 5 + 1, "/var": 11 + 1, "/var/log": 7 + 1}
