@@ -26,6 +26,30 @@ def test_checksums_match_hashlib(tmp_path: Path) -> None:
         assert sums[name] == hashlib.new(name, f.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize(
+    "extents",
+    [
+        [(0, b"head")],  # data, then a long hole to the end
+        [(5 << 20, b"x" * 70_000), (5 << 20 | 100_000, b"y" * 3)],  # two extents in one cluster
+        [(12 << 20, b"tail")],  # a hole first, data last
+        [],  # all hole
+    ],
+)
+def test_checksums_of_a_sparse_file_cover_its_holes(
+    tmp_path: Path, extents: list[tuple[int, bytes]]
+) -> None:
+    """Holes are hashed as the zeros they read as, whatever the extents and their order."""
+    f = tmp_path / "sparse.raw"
+    with open(f, "wb") as out:
+        out.truncate(13 << 20)
+        for offset, data in extents:
+            out.seek(offset)
+            out.write(data)
+    sums = manifest.checksums(f)
+    for name in ("md5", "sha1", "sha256", "sha512"):
+        assert sums[name] == hashlib.new(name, f.read_bytes()).hexdigest()
+
+
 def test_describe_output_uses_the_final_path(tmp_path: Path) -> None:
     dest = tmp_path / "x.raw"
     partial = formats.partial_name(dest)
