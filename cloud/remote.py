@@ -13,8 +13,15 @@ syntax. A script (a probe) goes over stdin to ``sh -s``: nothing is left on the 
 The SSH options come from ``ETC/hosts.conf`` (oned's template syntax), parsed once into
 :class:`SshSettings`: ``SSH_IDENTITY`` (a private key file), ``SSH_KNOWN_HOSTS`` (a known_hosts
 file), ``SSH_STRICT_HOST_KEY_CHECKING`` (``yes``, ``accept-new`` or ``no``; default ``yes``) and
-``SSH_CONNECT_TIMEOUT`` (seconds, default 10), and ``LIBVIRT_DAEMON`` (``system`` or ``session``:
-the libvirt daemon a ``--vmm kvm`` host's ``qemu+ssh://`` URI names, ``cloud/hostlibvirt.py``).
+``SSH_CONNECT_TIMEOUT`` (seconds, default 10), ``SSH_CONTROL_PERSIST`` (seconds an idle shared
+connection stays open, default 60; 0: a connection per command) and ``LIBVIRT_DAEMON``
+(``system`` or ``session``: the libvirt daemon a ``--vmm kvm`` host's ``qemu+ssh://`` URI
+names, ``cloud/hostlibvirt.py``).
+
+Commands to one host share one connection (OpenSSH's ``ControlMaster``, as OpenNebula's own
+``~oneadmin/.ssh/config`` sets up): a deployment's dozen commands pay one key exchange instead
+of a dozen. The sockets live in :data:`CONTROL_DIR`, a directory only this user may enter; one
+that is not (made by someone else first) turns sharing off rather than trusting it.
 
     runner = runner_for(host, site.ssh)
     runner.run(["sha256sum", "--", ".imagekit/images/" + digest])
@@ -23,7 +30,10 @@ the libvirt daemon a ``--vmm kvm`` host's ``qemu+ssh://`` URI names, ``cloud/hos
 from __future__ import annotations
 
 import enum
+import logging
+import os
 import shlex
+import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +45,11 @@ from context.template import load_template
 from imagekit.errors import CommandError, InputError
 from imagekit.run import run
 
+log = logging.getLogger(__name__)
+
 CONFIG_NAME = "hosts.conf"
+# Short (a socket path holds 108 bytes; %C adds 40) and per user: never a directory others share.
+CONTROL_DIR = Path(f"/tmp/imagekit-ssh-{os.getuid()}")
 DEFAULT_TIMEOUT = 120.0  # a whole command on a host (a copy of an image gets its own)
 SSH_UNREACHABLE = 255  # ssh's own exit status: the connection (not the command) failed
 _CHECKING = ("yes", "accept-new", "no")
@@ -60,6 +74,7 @@ class SshSettings:
     strict_host_key_checking: str = "yes"
     connect_timeout: int = 10
     libvirt: LibvirtDaemon = LibvirtDaemon.SYSTEM
+    control_persist: int = 60  # seconds; 0: no shared connections
 
     def options(self) -> list[str]:
         """The ``-o`` options every ssh and scp call gets."""
@@ -70,11 +85,30 @@ class SshSettings:
             "-o", "ServerAliveInterval=15",
             "-o", "ServerAliveCountMax=2",
         ]  # fmt: skip
+        if self.control_persist and _private_dir(CONTROL_DIR):
+            options += ["-o", "ControlMaster=auto", "-o", f"ControlPath={CONTROL_DIR}/%C",
+                        "-o", f"ControlPersist={self.control_persist}s"]  # fmt: skip
         if self.known_hosts is not None:
             options += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
         if self.identity is not None:
             options += ["-o", "IdentitiesOnly=yes", "-i", str(self.identity)]
         return options
+
+
+def _private_dir(path: Path) -> bool:
+    """``path`` is (made now if missing) a directory of this user that nobody else may enter."""
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+    except OSError as err:
+        log.warning("%s: %s: each SSH command opens its own connection", path, err.strerror)
+        return False
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
+        return True
+    log.warning(
+        "%s is not a private directory of this user: each SSH command opens its own connection", path
+    )
+    return False
 
 
 def _value(path: Path, name: str) -> tuple[str, str] | None:
@@ -95,7 +129,7 @@ def load_ssh_settings(etc: Path) -> SshSettings:
     if not path.exists():
         return SshSettings()
     names = ("SSH_IDENTITY", "SSH_KNOWN_HOSTS", "SSH_STRICT_HOST_KEY_CHECKING", "SSH_CONNECT_TIMEOUT",
-             "LIBVIRT_DAEMON")  # fmt: skip
+             "SSH_CONTROL_PERSIST", "LIBVIRT_DAEMON")  # fmt: skip
     values = {n: _value(path, n) for n in names}
     paths: dict[str, Path | None] = {}
     for name in ("SSH_IDENTITY", "SSH_KNOWN_HOSTS"):
@@ -115,12 +149,17 @@ def load_ssh_settings(etc: Path) -> SshSettings:
         if not found[0].isdigit() or not 1 <= int(found[0]) <= 300:
             raise InputError(f"SSH_CONNECT_TIMEOUT: seconds, 1-300, got {found[0]!r}", where=found[1])
         timeout = int(found[0])
+    persist = SshSettings.control_persist
+    if (found := values["SSH_CONTROL_PERSIST"]) is not None:
+        if not found[0].isdigit() or not 0 <= int(found[0]) <= 3600:
+            raise InputError(f"SSH_CONTROL_PERSIST: seconds, 0-3600, got {found[0]!r}", where=found[1])
+        persist = int(found[0])
     daemon = SshSettings.libvirt
     if (found := values["LIBVIRT_DAEMON"]) is not None:
         if found[0] not in tuple(LibvirtDaemon):
             raise InputError(f"LIBVIRT_DAEMON: one of {', '.join(LibvirtDaemon)}", where=found[1])
         daemon = LibvirtDaemon(found[0])
-    return SshSettings(paths["SSH_IDENTITY"], paths["SSH_KNOWN_HOSTS"], checking, timeout, daemon)
+    return SshSettings(paths["SSH_IDENTITY"], paths["SSH_KNOWN_HOSTS"], checking, timeout, daemon, persist)
 
 
 class HostUnreachable(CommandError):

@@ -14,6 +14,7 @@ Needs root (useradd); :meth:`SshLab.close` removes the users and their homes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -61,9 +62,15 @@ class SshLab:
         _wait_listening(self.port, self.process)
 
     def stop(self) -> None:
+        """The host stops answering: no new connection, and the open ones (the front end's
+        shared connections) are cut, as a host that goes down cuts them."""
         if self.process is not None and self.process.poll() is None:
+            connections = _children(self.process.pid)
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=10)
+            for pid in connections:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self.process = None
 
     def ssh(self, host: SimulatedHost, command: str, *, check: bool = True) -> str:
@@ -82,6 +89,22 @@ class SshLab:
         for host in self.hosts:
             run(["userdel", "--force", host.user], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    """sshd's per-connection processes (each connection's monitor, its session process as the
+    user, what runs there), all of them: a session outlives its monitor for a while."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        try:
+            lists = [f.read_text() for f in Path(f"/proc/{pending.pop()}/task").glob("*/children")]
+        except FileNotFoundError:
+            continue
+        children = [int(c) for listing in lists for c in listing.split()]
+        found += children
+        pending += children
+    return found
 
 
 def _free_port() -> int:

@@ -3,6 +3,7 @@ that need no host (the interval, the probe interpreters, reconciling a host's VM
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -38,8 +39,8 @@ def test_hosts_conf_is_parsed_once_into_settings(tmp_path: Path) -> None:
     assert load_ssh_settings(tmp_path / "none") == SshSettings()
     etc = _conf(tmp_path, 'SSH_IDENTITY = "/k/id"\nSSH_KNOWN_HOSTS = "/k/kh"\n'
                 'SSH_STRICT_HOST_KEY_CHECKING = "accept-new"\nSSH_CONNECT_TIMEOUT = "3"\n'
-                'LIBVIRT_DAEMON = "session"\n')  # fmt: skip
-    expected = SshSettings(Path("/k/id"), Path("/k/kh"), "accept-new", 3, LibvirtDaemon.SESSION)
+                'LIBVIRT_DAEMON = "session"\nSSH_CONTROL_PERSIST = "0"\n')  # fmt: skip
+    expected = SshSettings(Path("/k/id"), Path("/k/kh"), "accept-new", 3, LibvirtDaemon.SESSION, 0)
     assert load_ssh_settings(etc) == expected
     assert SshSettings().libvirt is LibvirtDaemon.SYSTEM  # 1.4's qemu:///system
 
@@ -52,6 +53,8 @@ def test_hosts_conf_is_parsed_once_into_settings(tmp_path: Path) -> None:
         ('SSH_CONNECT_TIMEOUT = "0"', "SSH_CONNECT_TIMEOUT: seconds, 1-300"),
         ("SSH_CONNECT_TIMEOUT = [ A = 1 ]", "expected a single value"),
         ('LIBVIRT_DAEMON = "user"', "LIBVIRT_DAEMON: one of system, session"),
+        ('SSH_CONTROL_PERSIST = "-1"', "SSH_CONTROL_PERSIST: seconds, 0-3600"),
+        ('SSH_CONTROL_PERSIST = "1h"', "SSH_CONTROL_PERSIST: seconds, 0-3600"),
     ],
 )
 def test_hosts_conf_errors_are_located(tmp_path: Path, text: str, message: str) -> None:
@@ -88,6 +91,30 @@ def test_the_ssh_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     host, command = argv[argv.index("--") + 1 :]
     assert host == "::1"  # brackets are the address syntax, not the host's name
     assert shlex.split(command)[-3:] == ["echo", "a b", "$(x)"]  # the remote shell's words
+
+
+def test_commands_to_a_host_share_one_connection_in_a_private_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ControlMaster with its sockets in a directory only this user may enter (made 0700 when
+    missing); 0 seconds, or a directory someone else could reach, means a connection per command."""
+    control = tmp_path / "control"
+    monkeypatch.setattr(remote, "CONTROL_DIR", control)
+    shared = SshSettings(control_persist=45).options()
+    assert ["-o", f"ControlPath={control}/%C"] == shared[shared.index(f"ControlPath={control}/%C") - 1 :][:2]
+    assert "ControlMaster=auto" in shared and "ControlPersist=45s" in shared
+    assert control.stat().st_mode & 0o777 == 0o700
+    assert not any(o.startswith("Control") for o in SshSettings(control_persist=0).options())
+    control.chmod(0o755)  # others may enter: a socket there could be someone else's
+    assert not any(o.startswith("Control") for o in SshSettings().options())
+    control.chmod(0o700)
+    os.chown(control, 1, 1)  # made by another user first
+    assert not any(o.startswith("Control") for o in SshSettings().options())
+    decoy = tmp_path / "decoy"
+    decoy.mkdir(mode=0o700)
+    os.rmdir(control)
+    control.symlink_to(decoy)  # a link to a private directory is not one
+    assert not any(o.startswith("Control") for o in SshSettings().options())
 
 
 def test_ssh_failing_itself_is_an_unreachable_host(monkeypatch: pytest.MonkeyPatch) -> None:
