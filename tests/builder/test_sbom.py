@@ -105,6 +105,12 @@ def test_manifests_compare_apart_from_the_run(tmp_path: Path) -> None:
     assert verify.compare_manifests(a, b) == ()
     b.write_text(json.dumps({"outputs": [2], "timings": {}, "cache": {}, "name": "x"}))
     assert verify.compare_manifests(a, b) == ("outputs",)
+    # An output's blocks on disk are the file system's: the same bytes, one extent block more.
+    a.write_text(json.dumps({"outputs": [{"sha256": "s", "size": 8192, "allocated": 8192}]}))
+    b.write_text(json.dumps({"outputs": [{"sha256": "s", "size": 8192, "allocated": 12288}]}))
+    assert verify.compare_manifests(a, b) == ()
+    b.write_text(json.dumps({"outputs": [{"sha256": "t", "size": 8192, "allocated": 8192}]}))
+    assert verify.compare_manifests(a, b) == ("outputs",)
 
 
 def test_differing_partitions_are_named(tmp_path: Path) -> None:
