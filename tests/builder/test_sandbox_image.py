@@ -1,10 +1,13 @@
-"""One real sandboxed build through ``mmdebstrap --mode=unshare`` (slow: Debian's archive, a
-couple of minutes), then the same recipe with a fork bomb as a post-command, from the package
-stage the session's minimal image cached.
+"""Real sandboxed builds through ``mmdebstrap --mode=unshare`` (slow: Debian's archive, a
+couple of minutes): the shipped webserver recipe, with a pre-command, twice from scratch as
+``--check-reproducible`` builds it (its package set is no other build's: both builds are cold,
+and two independent mmdebstrap runs, both in the sandbox, must give the same bytes); then, from
+the package stage the session's minimal image cached, post-commands that try to get out, and a
+fork bomb.
 
-The first build's commands try to get out and record what happened; the build succeeds, the
-image shows the commands ran as root of the namespace, and the host saw nothing. The second
-fails with the sandbox's one-line error. Needs root and the build user (test_sandbox.py)."""
+The pre-command runs as root of the namespace. The post-commands' attempts fail and are
+recorded in the image, and the host saw nothing. The bomb fails the build with the sandbox's
+one-line error. Needs root and the build user (test_sandbox.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import pytest
 
 from imagekit.builder import BuildOptions, build_image
 from imagekit.builder.sandbox import BuildUser, Limits, Sandbox
+from imagekit.builder.verify import check_reproducible
 from imagekit.errors import CommandError
 from imagekit.recipe import load_recipe
 from imagekit.recipe.model import Command, ContentSource, OutputFormat
@@ -49,16 +53,46 @@ def attempt(label: str, command: str) -> str:
     return f"if {command} 2>/dev/null; then echo {label}-escaped; else echo {label}; fi >> /root/r"
 
 
-def test_a_real_sandboxed_build(
+def test_the_webserver_recipe_rebuilds_byte_identical_in_the_sandbox(
+    build_user: BuildUser,  # noqa: F811
+    tmp_path: Path,
+    work: Path,
+) -> None:
+    """The inheriting lighttpd appliance (files:, post:, variables) and a pre-command, built
+    cold twice in the sandbox by ``--check-reproducible`` (issue 12 points 1 and 4)."""
+    webserver = load_recipe(REPO / "recipes" / "webserver" / "webserver.appl")
+    recipe = dataclasses.replace(
+        webserver, pre_commands=(Command("pre", ContentSource.RAW, "id -u > /pre-uid"),)
+    )
+    sandbox = Sandbox(build_user, Limits(processes=256))
+    options = BuildOptions(
+        output_dir=tmp_path / "out", formats=(OutputFormat.RAW,), work_dir=work, sandbox=sandbox
+    )
+    report = check_reproducible(recipe, options, state=State.open(tmp_path / "state"))
+    assert report.identical, (report.differences, report.manifest_keys, report.diffoscope)
+    assert not report.first.cache.hit  # cold against cold: mmdebstrap's own output is compared
+    raw = report.first.output(OutputFormat.RAW)
+    assert raw_file(raw, report.first.manifest, "/pre-uid") == "0\n"
+    assert "server.port = 8080" in raw_file(raw, report.first.manifest, "/etc/lighttpd/lighttpd.conf")
+    assert not list(work.iterdir())
+
+
+def test_post_commands_cannot_get_out_of_the_sandbox(
     build_user: BuildUser,  # noqa: F811
     minimal_image: BuiltImage,
     build_state_dir: Path,
     tmp_path: Path,
     work: Path,
 ) -> None:
+    """From the run's package cache (the minimal recipe's stage, made by the session's
+    unsandboxed build: a site's own, trusted), post-commands run in the sandbox."""
     victim = Path(tempfile.mkdtemp(prefix="imagekit-victim-", dir="/tmp"))
     victim.chmod(0o1777)
     minimal = load_recipe(REPO / "recipes" / "debian-12-minimal.appl")
+    sandbox = Sandbox(build_user, Limits(processes=256))
+    options = BuildOptions(
+        output_dir=tmp_path / "out", formats=(OutputFormat.RAW,), work_dir=work, sandbox=sandbox
+    )
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         attempts = (
@@ -69,27 +103,22 @@ def test_a_real_sandboxed_build(
         )
         recipe = dataclasses.replace(
             minimal,
-            pre_commands=(Command("pre", ContentSource.RAW, "id -u > /pre-uid"),),
             post_commands=tuple(Command(f"try{n}", ContentSource.RAW, s) for n, s in enumerate(attempts)),
         )
-        sandbox = Sandbox(build_user, Limits(processes=256))
-        out = tmp_path / "out"
-        options = BuildOptions(output_dir=out, formats=(OutputFormat.RAW,), work_dir=work, sandbox=sandbox)
-        result = build_image(recipe, options, state=State.open(tmp_path / "state"))
+        result = build_image(recipe, options, state=State.open(build_state_dir))
         listener.setblocking(False)
         with pytest.raises(BlockingIOError):
             listener.accept()
+    assert result.cache.hit
     raw = result.output(OutputFormat.RAW)
     assert raw_file(raw, result.manifest, "/root/r").split() == ["proc", "net", "mknod", "0"]
-    assert raw_file(raw, result.manifest, "/pre-uid") == "0\n"
     assert list(victim.iterdir()) == []
     victim.rmdir()
 
-    # The bomb goes off in the sandbox of a build from the run's package cache (the minimal
-    # recipe's stage, made by the session's unsandboxed build: a site's own, trusted).
+    # The bomb goes off in the same sandbox.
     bomb = Command("bomb", ContentSource.RAW, "bomb() { bomb | bomb & }\nbomb\nsleep 600\n")
     with pytest.raises(CommandError) as caught:
-        build_image(dataclasses.replace(recipe, pre_commands=(), post_commands=(bomb,)), options,
+        build_image(dataclasses.replace(recipe, post_commands=(bomb,)), options,
                     state=State.open(build_state_dir))  # fmt: skip
     assert str(caught.value).startswith("command 'bomb': sandbox exited with status ")
     assert "process limit: " in str(caught.value) and "\n" not in str(caught.value)

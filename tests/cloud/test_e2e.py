@@ -6,6 +6,7 @@ second at the second's context IP over the multicast L2 segment, both shut down,
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -144,10 +145,15 @@ def test_two_vms_on_one_network_reach_each_other(minimal_image: Any, tmp_path: P
         reached = _wait_for(consoles["vm-a"], r"IMAGEKIT-E2E-PEER-(REACHED|UNREACHABLE) .*", deadline)
         assert reached == "IMAGEKIT-E2E-PEER-REACHED 10.9.0.2 -> 10.9.0.1"
     finally:
-        for vm in (a, b):
-            # systemd-logind (dbus is in every image) powers the guest off on the ACPI button.
-            out = _imagekit(state, "vm", "shutdown", str(vm["id"]), "--timeout", "300")
-            assert out.strip() == f"VM {vm['id']}: done (shut down)"
+        # systemd-logind (dbus is in every image) powers each guest off on the ACPI button; both
+        # are asked at once, as two users would.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            shutdowns = {
+                vm["id"]: pool.submit(_imagekit, state, "vm", "shutdown", str(vm["id"]), "--timeout", "300")
+                for vm in (a, b)
+            }
+        for vmid, out in shutdowns.items():
+            assert out.result().strip() == f"VM {vmid}: done (shut down)"
     listing = _imagekit(state, "vm", "list").splitlines()
     assert [line.split()[3] for line in listing[1:]] == ["done", "done"]
     assert json.loads(_imagekit(state, "net", "show", "lan", "--json"))["leases"] == []

@@ -226,7 +226,7 @@ def test_the_scenario_boots(cloud: dict[str, Any], minimal_image: BuiltImage, tm
         ec2, minimal_image.path, _public_key(tmp_path), f"#!/bin/sh\necho {marker} > /dev/ttyS0\n"
     )
     wait_until(
-        lambda: find_report(ec2.console(vm)) is not None, timeout=BOOT_TIMEOUT, what="agent", interval=10
+        lambda: find_report(ec2.console(vm)) is not None, timeout=BOOT_TIMEOUT, what="agent", interval=2
     )
     console = ec2.console(vm)
     report = find_report(console)
