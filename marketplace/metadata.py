@@ -99,6 +99,19 @@ def parse_time(text: str) -> datetime:
     """Inverse of :func:`format_time`; raises ``ValueError`` for any other shape."""
     if _TIME.fullmatch(text) is None:
         raise ValueError(f"expected yyyy-MM-ddTHH:mm:ssZ, got {text!r}")
+    try:
+        # The shape is checked: the fields are digits where the format says (a tenth of strptime's cost).
+        return datetime(
+            int(text[0:4]),
+            int(text[5:7]),
+            int(text[8:10]),
+            int(text[11:13]),
+            int(text[14:16]),
+            int(text[17:19]),
+            tzinfo=UTC,
+        )
+    except ValueError:
+        pass  # out of range: strptime's message says which field
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
@@ -171,6 +184,9 @@ _TERMS = (
     _Term("deprecated", q(SLTERMS, "deprecated")),
 )
 _BY_ELEMENT = {t.element: t for t in _TERMS}
+# The required terms' tags, compared with every element of every entry read.
+_IDENTIFIER, _BYTES, _CHECKSUM = q(DCTERMS, "identifier"), q(SLREQ, "bytes"), q(SLREQ, "checksum")
+_ENDORSEMENT, _RDF_TYPE, _PARSE_TYPE = q(SLREQ, "endorsement"), q(RDF, "type"), q(RDF, "parseType")
 
 
 @dataclass(frozen=True)
@@ -296,7 +312,14 @@ def _children(el: etree._Element, src: str) -> Iterator[etree._Element]:
             yield child
 
 
+def _where(el: etree._Element, src: str) -> str:
+    """``SOURCE:LINE: prefix:name``, the start of an error message (only built for one)."""
+    return f"{src}:{el.sourceline}: {_name(el)}"
+
+
 def _text(el: etree._Element, src: str) -> str:
+    if not len(el):  # no child node at all (the common case): its text is all there is
+        return (el.text or "").strip()
     if any(isinstance(c.tag, str) for c in el):
         raise DataError(f"{src}:{el.sourceline}: {_name(el)}: expected text, got child elements")
     # itertext() joins the pieces around comments and PIs without their content.
@@ -305,26 +328,25 @@ def _text(el: etree._Element, src: str) -> str:
 
 def _value(term: _Term, el: etree._Element, src: str) -> object:
     text = _text(el, src)
-    where = f"{src}:{el.sourceline}: {_name(el)}"
     if term.kind is _Kind.TEXT:
         return text
     if term.kind is _Kind.TIME:
         try:
             return parse_time(text)
         except ValueError:
-            raise DataError(f"{where}: expected {term.kind.value}, got {text!r}") from None
+            raise DataError(f"{_where(el, src)}: expected {term.kind.value}, got {text!r}") from None
     if term.kind is _Kind.URI:
         if text and _URI.fullmatch(text) is None:
-            raise DataError(f"{where}: expected {term.kind.value}, got {text!r}")
+            raise DataError(f"{_where(el, src)}: expected {term.kind.value}, got {text!r}")
         return text
     limit = {_Kind.COUNT: None, _Kind.PORT: 65535, _Kind.ICMP: 255}[term.kind]
     if not text.isascii() or not text.isdigit() or (limit is not None and int(text) > limit):
-        raise DataError(f"{where}: expected {term.kind.value}, got {text!r}")
+        raise DataError(f"{_where(el, src)}: expected {term.kind.value}, got {text!r}")
     return int(text)
 
 
 def _resource(el: etree._Element, src: str) -> list[etree._Element]:
-    if el.get(q(RDF, "parseType")) != "Resource":
+    if el.get(_PARSE_TYPE) != "Resource":
         raise DataError(f'{src}:{el.sourceline}: {_name(el)}: expected rdf:parseType="Resource"')
     return list(_children(el, src))
 
@@ -460,26 +482,25 @@ def _description(desc: etree._Element, src: str) -> Metadata:
     size_el: etree._Element | None = None
     for el in _children(desc, src):
         tag = str(el.tag)
-        where = f"{src}:{el.sourceline}: {_name(el)}"
-        if tag == q(DCTERMS, "identifier"):
+        if tag == _IDENTIFIER:
             if identifier_el is not None:
-                raise DataError(f"{where}: expected exactly one, got a second")
+                raise DataError(f"{_where(el, src)}: expected exactly one, got a second")
             identifier_el = el
-        elif tag == q(SLREQ, "bytes"):
+        elif tag == _BYTES:
             if size_el is not None:
-                raise DataError(f"{where}: expected exactly one, got a second")
+                raise DataError(f"{_where(el, src)}: expected exactly one, got a second")
             size_el = el
-        elif tag == q(SLREQ, "checksum"):
+        elif tag == _CHECKSUM:
             algorithm, value = _checksum(el, src)
             if algorithm in checksums:
-                raise DataError(f"{where}: expected one {algorithm} checksum, got a second")
+                raise DataError(f"{_where(el, src)}: expected one {algorithm} checksum, got a second")
             checksums[algorithm] = value
-        elif tag == q(SLREQ, "endorsement"):
+        elif tag == _ENDORSEMENT:
             endorsements.append(_endorsement(el, src))
-        elif tag == q(RDF, "type"):
+        elif tag == _RDF_TYPE:
             rdf_type = el.get(q(RDF, "resource"))
             if rdf_type is None or len(el) or "rdf_type" in values:
-                raise DataError(f"{where}: expected one empty element with rdf:resource")
+                raise DataError(f"{_where(el, src)}: expected one empty element with rdf:resource")
             values["rdf_type"] = rdf_type
         elif tag in _BY_ELEMENT:
             term = _BY_ELEMENT[tag]
@@ -488,13 +509,13 @@ def _description(desc: etree._Element, src: str) -> Metadata:
                 if item != "":  # xs:anyURI may be empty: an empty location is no download hint
                     values.setdefault(term.field, []).append(item)  # type: ignore[attr-defined]
             elif term.field in values and term.field in ("title", "description"):
-                log.warning("%s: a second %s is ignored (the first one counts)", where, _name(el))
+                log.warning("%s: a second %s is ignored (the first one counts)", _where(el, src), _name(el))
             elif term.field in values:
-                raise DataError(f"{where}: expected at most one, got a second")
+                raise DataError(f"{_where(el, src)}: expected at most one, got a second")
             else:
                 values[term.field] = item
         else:
-            extensions.append(_canonical(el, where))
+            extensions.append(_canonical(el, _where(el, src)))
     if identifier_el is None:
         raise DataError(f"{src}:{desc.sourceline}: rdf:Description: expected dcterms:identifier, got none")
     if size_el is None:
