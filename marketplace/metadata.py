@@ -187,6 +187,7 @@ _BY_ELEMENT = {t.element: t for t in _TERMS}
 # The required terms' tags, compared with every element of every entry read.
 _IDENTIFIER, _BYTES, _CHECKSUM = q(DCTERMS, "identifier"), q(SLREQ, "bytes"), q(SLREQ, "checksum")
 _ENDORSEMENT, _RDF_TYPE, _PARSE_TYPE = q(SLREQ, "endorsement"), q(RDF, "type"), q(RDF, "parseType")
+_SIZE = _Term("size", _BYTES, _Kind.COUNT)
 
 
 @dataclass(frozen=True)
@@ -480,7 +481,9 @@ def _description(desc: etree._Element, src: str) -> Metadata:
     extensions: list[str] = []
     identifier_el: etree._Element | None = None
     size_el: etree._Element | None = None
+    children: list[etree._Element] = []  # walked (and their text between checked) once
     for el in _children(desc, src):
+        children.append(el)
         tag = str(el.tag)
         if tag == _IDENTIFIER:
             if identifier_el is not None:
@@ -532,8 +535,8 @@ def _description(desc: etree._Element, src: str) -> Metadata:
     about = desc.get(q(RDF, "about"))
     if about != "#" + identifier:
         raise DataError(f"{src}:{desc.sourceline}: rdf:about: expected '#{identifier}', got {about!r}")
-    size = _value(_Term("size", q(SLREQ, "bytes"), _Kind.COUNT), size_el, src)
-    for el in _children(desc, src):  # after the terms' own checks, whose messages say more
+    size = _value(_SIZE, size_el, src)
+    for el in children:  # after the terms' own checks, whose messages say more
         check_property(el, src)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return Metadata(
