@@ -1,4 +1,4 @@
-"""StratusLab image metadata: the :class:`Metadata` model, its RDF/XML form, and RDF exports.
+"""StratusLab image metadata: the :class:`Metadata` model and its RDF/XML form.
 
 One entry describes one image (by its 27-character identifier, derived from the SHA-1) as
 vouched for by one endorser at one time; ``(identifier, email, created)`` is the entry's key
@@ -9,7 +9,6 @@ downstream reads raw XML. Parsing does **not** check a signature: use
 >>> m = parse_metadata(Path("entry.xml").read_bytes(), source="entry.xml")
 >>> m.identifier, m.endorsement.endorser.email, m.is_expired(datetime.now(UTC))
 >>> metadata_to_rdfxml(m)             # unsigned, fixed element order, xml:base set
->>> metadata_to_turtle(m); metadata_to_jsonld(m)
 
 Terms (research §1.3): ``dcterms:identifier`` (1), ``slreq:bytes`` (1, field :attr:`size`),
 ``slreq:checksum`` (+, exactly one SHA-1 equal to the identifier), ``slreq:endorsement`` (1,
@@ -29,7 +28,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import rdflib
 from lxml import etree
 
 from imagekit.errors import DataError
@@ -50,7 +48,7 @@ NSMAP = {"rdf": RDF, "dcterms": DCTERMS, "slreq": SLREQ, "slterms": SLTERMS}
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
-_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+")
 _HEX = re.compile(r"[A-Fa-f0-9]+")
 _URI = re.compile(r"[^\s<>\"{}|\\^`]+")
@@ -97,19 +95,12 @@ def format_time(moment: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     """Inverse of :func:`format_time`; raises ``ValueError`` for any other shape."""
-    if _TIME.fullmatch(text) is None:
+    match = _TIME.fullmatch(text)
+    if match is None:
         raise ValueError(f"expected yyyy-MM-ddTHH:mm:ssZ, got {text!r}")
-    try:
-        # The shape is checked: the fields are digits where the format says (a tenth of strptime's cost).
-        return datetime(
-            int(text[0:4]),
-            int(text[5:7]),
-            int(text[8:10]),
-            int(text[11:13]),
-            int(text[14:16]),
-            int(text[17:19]),
-            tzinfo=UTC,
-        )
+    year, month, day, hour, minute, second = map(int, match.groups())
+    try:  # the shape is checked, so are the digits: a tenth of strptime's cost
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError:
         pass  # out of range: strptime's message says which field
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
@@ -187,7 +178,6 @@ _BY_ELEMENT = {t.element: t for t in _TERMS}
 # The required terms' tags, compared with every element of every entry read.
 _IDENTIFIER, _BYTES, _CHECKSUM = q(DCTERMS, "identifier"), q(SLREQ, "bytes"), q(SLREQ, "checksum")
 _ENDORSEMENT, _RDF_TYPE, _PARSE_TYPE = q(SLREQ, "endorsement"), q(RDF, "type"), q(RDF, "parseType")
-_SIZE = _Term("size", _BYTES, _Kind.COUNT)
 
 
 @dataclass(frozen=True)
@@ -535,7 +525,7 @@ def _description(desc: etree._Element, src: str) -> Metadata:
     about = desc.get(q(RDF, "about"))
     if about != "#" + identifier:
         raise DataError(f"{src}:{desc.sourceline}: rdf:about: expected '#{identifier}', got {about!r}")
-    size = _value(_SIZE, size_el, src)
+    size = _value(_Term("size", q(SLREQ, "bytes"), _Kind.COUNT), size_el, src)
     for el in children:  # after the terms' own checks, whose messages say more
         check_property(el, src)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
@@ -650,23 +640,3 @@ def metadata_to_element(m: Metadata) -> etree._Element:
 def metadata_to_rdfxml(m: Metadata) -> bytes:
     """Unsigned RDF/XML with ``xml:base``; stable bytes for equal entries."""
     return XML_DECLARATION + etree.tostring(metadata_to_element(m), encoding="UTF-8") + b"\n"
-
-
-def metadata_to_graph(m: Metadata) -> rdflib.Graph:
-    """The entry as RDF triples; the subject is ``http://mp.stratuslab.eu/#<identifier>``."""
-    graph = rdflib.Graph()
-    for prefix, ns in NSMAP.items():
-        graph.bind(prefix, ns)
-    try:
-        graph.parse(data=metadata_to_rdfxml(m), format="xml", publicID=XML_BASE)
-    except Exception as exc:  # rdflib raises many kinds; parsed entries never get here
-        raise DataError(f"<{m.identifier}>:0: cannot be read as RDF: {exc}") from None
-    return graph
-
-
-def metadata_to_turtle(m: Metadata) -> str:
-    return metadata_to_graph(m).serialize(format="turtle")
-
-
-def metadata_to_jsonld(m: Metadata) -> str:
-    return metadata_to_graph(m).serialize(format="json-ld", context=dict(NSMAP), indent=2)

@@ -4,6 +4,8 @@ over and over), and the faster paths of the metadata reader: the same answers as
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -85,3 +87,11 @@ def test_times_read_as_strptime_reads_them(text: str) -> None:
         assert str(info.value) == str(err)
     else:
         assert parse_time(text) == expected
+
+
+def test_verifying_never_loads_rdflib() -> None:
+    """A replica's verifying workers import the gate for arriving entries and nothing of the
+    RDF exports (rdflib is a tenth of a second of CPU in every process that loads it)."""
+    probe = "import sys, marketplace.admission, marketplace.registry; print('rdflib' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
