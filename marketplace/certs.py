@@ -44,12 +44,16 @@ def dn(name: x509.Name) -> str:
 
 
 _SEPARATOR_SPACES = re.compile(r"\s*([,+=])\s*")
+_SPACED_SEPARATOR = re.compile(r"\s[,+=]|[,+=]\s")
 
 
 def normal_dn(text: str) -> str:
     """A DN string with the spaces around separators dropped (Java and OpenSSL renderings
     differ there, never in the values)."""
-    return _SEPARATOR_SPACES.sub(r"\1", text.strip())
+    text = text.strip()
+    if _SPACED_SEPARATOR.search(text) is None:  # nothing to drop (the common case): no substitution
+        return text
+    return _SEPARATOR_SPACES.sub(r"\1", text)
 
 
 def same_dn(text: str, name: x509.Name) -> bool:

@@ -1,4 +1,4 @@
-"""StratusLab image metadata: the :class:`Metadata` model, its RDF/XML form, and RDF exports.
+"""StratusLab image metadata: the :class:`Metadata` model and its RDF/XML form.
 
 One entry describes one image (by its 27-character identifier, derived from the SHA-1) as
 vouched for by one endorser at one time; ``(identifier, email, created)`` is the entry's key
@@ -9,7 +9,6 @@ downstream reads raw XML. Parsing does **not** check a signature: use
 >>> m = parse_metadata(Path("entry.xml").read_bytes(), source="entry.xml")
 >>> m.identifier, m.endorsement.endorser.email, m.is_expired(datetime.now(UTC))
 >>> metadata_to_rdfxml(m)             # unsigned, fixed element order, xml:base set
->>> metadata_to_turtle(m); metadata_to_jsonld(m)
 
 Terms (research §1.3): ``dcterms:identifier`` (1), ``slreq:bytes`` (1, field :attr:`size`),
 ``slreq:checksum`` (+, exactly one SHA-1 equal to the identifier), ``slreq:endorsement`` (1,
@@ -29,7 +28,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import rdflib
 from lxml import etree
 
 from imagekit.errors import DataError
@@ -50,7 +48,7 @@ NSMAP = {"rdf": RDF, "dcterms": DCTERMS, "slreq": SLREQ, "slterms": SLTERMS}
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
-_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+")
 _HEX = re.compile(r"[A-Fa-f0-9]+")
 _URI = re.compile(r"[^\s<>\"{}|\\^`]+")
@@ -97,8 +95,14 @@ def format_time(moment: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     """Inverse of :func:`format_time`; raises ``ValueError`` for any other shape."""
-    if _TIME.fullmatch(text) is None:
+    match = _TIME.fullmatch(text)
+    if match is None:
         raise ValueError(f"expected yyyy-MM-ddTHH:mm:ssZ, got {text!r}")
+    year, month, day, hour, minute, second = map(int, match.groups())
+    try:  # the shape is checked, so are the digits: a tenth of strptime's cost
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        pass  # out of range: strptime's message says which field
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
@@ -171,6 +175,9 @@ _TERMS = (
     _Term("deprecated", q(SLTERMS, "deprecated")),
 )
 _BY_ELEMENT = {t.element: t for t in _TERMS}
+# The required terms' tags, compared with every element of every entry read.
+_IDENTIFIER, _BYTES, _CHECKSUM = q(DCTERMS, "identifier"), q(SLREQ, "bytes"), q(SLREQ, "checksum")
+_ENDORSEMENT, _RDF_TYPE, _PARSE_TYPE = q(SLREQ, "endorsement"), q(RDF, "type"), q(RDF, "parseType")
 
 
 @dataclass(frozen=True)
@@ -296,7 +303,14 @@ def _children(el: etree._Element, src: str) -> Iterator[etree._Element]:
             yield child
 
 
+def _where(el: etree._Element, src: str) -> str:
+    """``SOURCE:LINE: prefix:name``, the start of an error message (only built for one)."""
+    return f"{src}:{el.sourceline}: {_name(el)}"
+
+
 def _text(el: etree._Element, src: str) -> str:
+    if not len(el):  # no child node at all (the common case): its text is all there is
+        return (el.text or "").strip()
     if any(isinstance(c.tag, str) for c in el):
         raise DataError(f"{src}:{el.sourceline}: {_name(el)}: expected text, got child elements")
     # itertext() joins the pieces around comments and PIs without their content.
@@ -305,26 +319,25 @@ def _text(el: etree._Element, src: str) -> str:
 
 def _value(term: _Term, el: etree._Element, src: str) -> object:
     text = _text(el, src)
-    where = f"{src}:{el.sourceline}: {_name(el)}"
     if term.kind is _Kind.TEXT:
         return text
     if term.kind is _Kind.TIME:
         try:
             return parse_time(text)
         except ValueError:
-            raise DataError(f"{where}: expected {term.kind.value}, got {text!r}") from None
+            raise DataError(f"{_where(el, src)}: expected {term.kind.value}, got {text!r}") from None
     if term.kind is _Kind.URI:
         if text and _URI.fullmatch(text) is None:
-            raise DataError(f"{where}: expected {term.kind.value}, got {text!r}")
+            raise DataError(f"{_where(el, src)}: expected {term.kind.value}, got {text!r}")
         return text
     limit = {_Kind.COUNT: None, _Kind.PORT: 65535, _Kind.ICMP: 255}[term.kind]
     if not text.isascii() or not text.isdigit() or (limit is not None and int(text) > limit):
-        raise DataError(f"{where}: expected {term.kind.value}, got {text!r}")
+        raise DataError(f"{_where(el, src)}: expected {term.kind.value}, got {text!r}")
     return int(text)
 
 
 def _resource(el: etree._Element, src: str) -> list[etree._Element]:
-    if el.get(q(RDF, "parseType")) != "Resource":
+    if el.get(_PARSE_TYPE) != "Resource":
         raise DataError(f'{src}:{el.sourceline}: {_name(el)}: expected rdf:parseType="Resource"')
     return list(_children(el, src))
 
@@ -458,28 +471,29 @@ def _description(desc: etree._Element, src: str) -> Metadata:
     extensions: list[str] = []
     identifier_el: etree._Element | None = None
     size_el: etree._Element | None = None
+    children: list[etree._Element] = []  # walked (and their text between checked) once
     for el in _children(desc, src):
+        children.append(el)
         tag = str(el.tag)
-        where = f"{src}:{el.sourceline}: {_name(el)}"
-        if tag == q(DCTERMS, "identifier"):
+        if tag == _IDENTIFIER:
             if identifier_el is not None:
-                raise DataError(f"{where}: expected exactly one, got a second")
+                raise DataError(f"{_where(el, src)}: expected exactly one, got a second")
             identifier_el = el
-        elif tag == q(SLREQ, "bytes"):
+        elif tag == _BYTES:
             if size_el is not None:
-                raise DataError(f"{where}: expected exactly one, got a second")
+                raise DataError(f"{_where(el, src)}: expected exactly one, got a second")
             size_el = el
-        elif tag == q(SLREQ, "checksum"):
+        elif tag == _CHECKSUM:
             algorithm, value = _checksum(el, src)
             if algorithm in checksums:
-                raise DataError(f"{where}: expected one {algorithm} checksum, got a second")
+                raise DataError(f"{_where(el, src)}: expected one {algorithm} checksum, got a second")
             checksums[algorithm] = value
-        elif tag == q(SLREQ, "endorsement"):
+        elif tag == _ENDORSEMENT:
             endorsements.append(_endorsement(el, src))
-        elif tag == q(RDF, "type"):
+        elif tag == _RDF_TYPE:
             rdf_type = el.get(q(RDF, "resource"))
             if rdf_type is None or len(el) or "rdf_type" in values:
-                raise DataError(f"{where}: expected one empty element with rdf:resource")
+                raise DataError(f"{_where(el, src)}: expected one empty element with rdf:resource")
             values["rdf_type"] = rdf_type
         elif tag in _BY_ELEMENT:
             term = _BY_ELEMENT[tag]
@@ -488,13 +502,13 @@ def _description(desc: etree._Element, src: str) -> Metadata:
                 if item != "":  # xs:anyURI may be empty: an empty location is no download hint
                     values.setdefault(term.field, []).append(item)  # type: ignore[attr-defined]
             elif term.field in values and term.field in ("title", "description"):
-                log.warning("%s: a second %s is ignored (the first one counts)", where, _name(el))
+                log.warning("%s: a second %s is ignored (the first one counts)", _where(el, src), _name(el))
             elif term.field in values:
-                raise DataError(f"{where}: expected at most one, got a second")
+                raise DataError(f"{_where(el, src)}: expected at most one, got a second")
             else:
                 values[term.field] = item
         else:
-            extensions.append(_canonical(el, where))
+            extensions.append(_canonical(el, _where(el, src)))
     if identifier_el is None:
         raise DataError(f"{src}:{desc.sourceline}: rdf:Description: expected dcterms:identifier, got none")
     if size_el is None:
@@ -512,7 +526,7 @@ def _description(desc: etree._Element, src: str) -> Metadata:
     if about != "#" + identifier:
         raise DataError(f"{src}:{desc.sourceline}: rdf:about: expected '#{identifier}', got {about!r}")
     size = _value(_Term("size", q(SLREQ, "bytes"), _Kind.COUNT), size_el, src)
-    for el in _children(desc, src):  # after the terms' own checks, whose messages say more
+    for el in children:  # after the terms' own checks, whose messages say more
         check_property(el, src)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return Metadata(
@@ -626,23 +640,3 @@ def metadata_to_element(m: Metadata) -> etree._Element:
 def metadata_to_rdfxml(m: Metadata) -> bytes:
     """Unsigned RDF/XML with ``xml:base``; stable bytes for equal entries."""
     return XML_DECLARATION + etree.tostring(metadata_to_element(m), encoding="UTF-8") + b"\n"
-
-
-def metadata_to_graph(m: Metadata) -> rdflib.Graph:
-    """The entry as RDF triples; the subject is ``http://mp.stratuslab.eu/#<identifier>``."""
-    graph = rdflib.Graph()
-    for prefix, ns in NSMAP.items():
-        graph.bind(prefix, ns)
-    try:
-        graph.parse(data=metadata_to_rdfxml(m), format="xml", publicID=XML_BASE)
-    except Exception as exc:  # rdflib raises many kinds; parsed entries never get here
-        raise DataError(f"<{m.identifier}>:0: cannot be read as RDF: {exc}") from None
-    return graph
-
-
-def metadata_to_turtle(m: Metadata) -> str:
-    return metadata_to_graph(m).serialize(format="turtle")
-
-
-def metadata_to_jsonld(m: Metadata) -> str:
-    return metadata_to_graph(m).serialize(format="json-ld", context=dict(NSMAP), indent=2)

@@ -25,6 +25,9 @@ _SYNTAX_TERMS = {
     "aboutEach", "aboutEachPrefix", "bagID", "li",
 }  # fmt: skip
 _NODE_ONLY = {"about", "Description"}
+_NOT_PROPERTIES = _SYNTAX_TERMS - {"li"}
+_NOT_ON_PROPERTIES = _NODE_ONLY | {"aboutEach", "aboutEachPrefix", "bagID", "li", "RDF"}
+_RDF_PREFIX = f"{{{RDF}}}"
 
 
 def _rdf(name: str) -> str:
@@ -66,12 +69,14 @@ def _syntax_attributes(el: etree._Element) -> set[str]:
 
 def check_property(el: etree._Element, src: str) -> None:
     """``el`` is a well-formed RDF/XML property element, recursively; DataError otherwise."""
-    qname = etree.QName(el)
-    if qname.namespace == RDF and qname.localname in _SYNTAX_TERMS - {"li"}:
+    tag = str(el.tag)
+    if tag.startswith(_RDF_PREFIX) and tag[len(_RDF_PREFIX) :] in _NOT_PROPERTIES:
         raise _fail(el, src, "expected a property, got an RDF syntax name")
+    if not el.attrib and not len(el):  # most properties: text only (a comment is a child)
+        return
     syntax = _syntax_attributes(el)
     props = _property_attributes(el, src)
-    misplaced = syntax & (_NODE_ONLY | {"aboutEach", "aboutEachPrefix", "bagID", "li", "RDF"})
+    misplaced = syntax & _NOT_ON_PROPERTIES
     if misplaced:
         raise _fail(el, src, f"rdf:{sorted(misplaced)[0]} is not allowed on a property element")
     children = [c for c in el if isinstance(c.tag, str)]

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import functools
 import hashlib
 import hmac
@@ -75,6 +74,7 @@ _C14N_METHODS = {
     EXC_C14N: (True, False),
     EXC_C14N + "WithComments": (True, True),
 }
+_CACHED_CHARS = 16 * 1024  # longer certificate texts and endorser fields are not cached: memory
 _REFERENCE_TRANSFORMS = (
     xmlsec.constants.TransformEnveloped,
     xmlsec.constants.TransformInclC14N,
@@ -152,19 +152,12 @@ def verify_entry(
     cert = certs[0]
     endorsement = metadata.endorsement
     endorser = endorsement.endorser
-    emails = certificate_emails(cert)
-    if emails and endorser.email not in emails:
-        raise _fail(
-            "endorser-email", f"slreq:email {endorser.email} is not the certificate's {', '.join(emails)}"
-        )
-    if not same_dn(endorser.subject, cert.subject):
-        raise _fail(
-            "endorser-subject", f"slreq:subject {endorser.subject!r} != certificate {dn(cert.subject)!r}"
-        )
-    if not same_dn(endorser.issuer, cert.issuer):
-        raise _fail(
-            "endorser-issuer", f"slreq:issuer {endorser.issuer!r} != certificate {dn(cert.issuer)!r}"
-        )
+    fields = (cert, endorser.email, endorser.subject, endorser.issuer)
+    # Hostile input may make them long: only short ones are kept (an entry is at most max_bytes).
+    short = len(endorser.email) + len(endorser.subject) + len(endorser.issuer) <= _CACHED_CHARS
+    failure = _known_endorser_failure(*fields) if short else _endorser_failure(*fields)
+    if failure is not None:
+        raise _fail(*failure)
     when = (at or endorsement.created).astimezone(UTC)
     if not valid_at(cert, when):
         raise _fail(
@@ -191,6 +184,25 @@ def verify_entry(
         legacy=_legacy(algorithm, digest, chain),
         signed_content=canonical,
     )
+
+
+def _endorser_failure(
+    cert: x509.Certificate, email: str, subject: str, issuer: str
+) -> tuple[str, str] | None:
+    """``(rule, message)`` when the endorser fields do not name ``cert``, else None."""
+    emails = certificate_emails(cert)
+    if emails and email not in emails:
+        return "endorser-email", f"slreq:email {email} is not the certificate's {', '.join(emails)}"
+    if not same_dn(subject, cert.subject):
+        return "endorser-subject", f"slreq:subject {subject!r} != certificate {dn(cert.subject)!r}"
+    if not same_dn(issuer, cert.issuer):
+        return "endorser-issuer", f"slreq:issuer {issuer!r} != certificate {dn(cert.issuer)!r}"
+    return None
+
+
+# An endorser signs entry after entry with the same certificate and fields, and the answer
+# depends on nothing else: parsing and comparing the names once per endorser, not per entry.
+_known_endorser_failure = functools.lru_cache(maxsize=1024)(_endorser_failure)
 
 
 def _with_input_lines(root: etree._Element, source: str, exc: DataError) -> str:
@@ -287,20 +299,29 @@ def _certificates(signature: etree._Element) -> list[x509.Certificate]:
     texts = [el.text or "" for el in signature.iterfind(path)]
     if not texts:
         raise _fail("signature", "KeyInfo carries no X509Certificate")
+    return [_known_certificate(t) if len(t) <= _CACHED_CHARS else _certificate(t) for t in texts]
+
+
+def _certificate(text: str) -> x509.Certificate:
     try:
-        return [x509.load_der_x509_certificate(_b64(t, "X509Certificate")) for t in texts]
+        return x509.load_der_x509_certificate(_b64(text, "X509Certificate"))
     except ValueError as exc:
         raise _fail("signature", f"bad X509Certificate: {exc}") from None
 
 
+# A registry sees a few endorsers' certificates over and over (and a certificate object never
+# changes): each text is decoded once.
+_known_certificate = functools.lru_cache(maxsize=256)(_certificate)
+
+
 @functools.lru_cache(maxsize=256)
-def _certificate_key(der: bytes) -> xmlsec.Key:
+def _certificate_key(cert: x509.Certificate) -> xmlsec.Key:
     """The xmlsec key of a certificate, loaded once per certificate (a registry sees a few
     endorsers' certificates over and over): the context takes a copy of it, never this one.
     Only the certificate's public key: the certificate itself is checked here, not by xmlsec,
     and a key carrying its X.509 data cost more to copy into each context than the signature
     check itself."""
-    public = x509.load_der_x509_certificate(der).public_key()
+    public = cert.public_key()
     pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return xmlsec.Key.from_memory(pem, xmlsec.constants.KeyDataFormatPem)
 
@@ -311,7 +332,7 @@ def _check_signature(
     ctx = xmlsec.SignatureContext()
     # The key comes from the certificate we then check, never from a key manager or KeyInfo
     # lookup; only the transforms of our profile may run.
-    ctx.key = _certificate_key(cert.public_bytes(serialization.Encoding.DER))
+    ctx.key = _certificate_key(cert)
     for transform in _REFERENCE_TRANSFORMS:
         ctx.enable_reference_transform(transform)
     ctx.enable_signature_transform(algorithm.transform)
@@ -332,18 +353,17 @@ def _check_signature(
 
 def _signed_content(root: etree._Element, signature: etree._Element, c14n: tuple[bool, bool]) -> bytes:
     """The document minus the Signature, canonicalised as the Reference says. ``URI=""``
-    selects the document without comments (XML-DSig §4.3.3.3), whatever the C14N variant."""
+    selects the document without comments (XML-DSig §4.3.3.3), whatever the C14N variant.
+    The Signature (checked by now) leaves ``root`` itself, :func:`verify_entry`'s own tree:
+    a copy of the whole document cost a tenth of the signature check."""
     exclusive, _ = c14n
-    doc = copy.deepcopy(root.getroottree())
-    sig = doc.getroot()[list(root).index(signature)]
-    previous = sig.getprevious()
+    previous = signature.getprevious()
     if previous is not None:
-        previous.tail = (previous.tail or "") + (sig.tail or "")
+        previous.tail = (previous.tail or "") + (signature.tail or "")
     else:
-        parent = sig.getparent()
-        assert parent is not None
-        parent.text = (parent.text or "") + (sig.tail or "")
-    doc.getroot().remove(sig)
+        root.text = (root.text or "") + (signature.tail or "")
+    root.remove(signature)
+    doc = root.getroottree()
     try:
         return etree.tostring(doc, method="c14n", exclusive=exclusive, with_comments=False)
     except etree.C14NError:

@@ -31,12 +31,11 @@ from marketplace.metadata import (
     ChecksumAlgorithm,
     Metadata,
     format_time,
-    metadata_to_jsonld,
     metadata_to_rdfxml,
-    metadata_to_turtle,
     parse_metadata,
 )
 from marketplace.provenance_link import link_element, read_link
+from marketplace.rdfexport import metadata_to_jsonld, metadata_to_turtle
 from marketplace.signing import Profile, SignatureAlgorithm, load_p12, load_signer, sign_entry
 from marketplace.verify import verify_entry
 

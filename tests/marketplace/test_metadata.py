@@ -25,15 +25,13 @@ from marketplace.metadata import (
     Metadata,
     Status,
     format_time,
-    metadata_to_graph,
-    metadata_to_jsonld,
     metadata_to_rdfxml,
-    metadata_to_turtle,
     parse_metadata,
     parse_metadata_list,
     parse_time,
     split_metadata_list,
 )
+from marketplace.rdfexport import metadata_to_graph, metadata_to_jsonld, metadata_to_turtle
 
 from .conftest import UNSIGNED_FIXTURE
 
