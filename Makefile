@@ -40,9 +40,14 @@ unit: setup
 fast: setup
 	$(BIN)/pytest $(PARALLEL) -m "$(FAST)"
 
-test: lint typecheck docs unit
+# The static checks are each one process on one core: they run side by side, then the tests.
+test: setup
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck docs
+	@$(MAKE) --no-print-directory unit
 
-check: lint typecheck fast
+check: setup
+	@$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck
+	@$(MAKE) --no-print-directory fast
 
 bench: setup
 	@for b in bench/*.py; do $(BIN)/python $$b; done
