@@ -189,9 +189,38 @@ iface_by_mac() {  # the interface whose permanent or current address is MAC
     return 1
 }
 
+# The image's ifupdown file as the builder wrote it (imagekit/builder/firstboot.py) asks DHCP
+# for eth0, for clouds without a context. An interface the context configures is this agent's:
+# ifupdown must not ask DHCP for it too, or the boot and the shutdown each wait a minute on a
+# network without a DHCP server. Rewritten at each boot (the context may change); a file that
+# does not start with the builder's first line (an admin's, cloud-init's) is left alone.
+IFUPDOWN_HEADER="# written by imagekit"
+
+leave_to_context() {  # $@: the interfaces the context configured
+    local file="$ROOT/etc/network/interfaces" tmp dev method
+    [ -f "$file" ] && [ "$(head -n 1 "$file")" = "$IFUPDOWN_HEADER" ] || return 0
+    tmp=$(mktemp "$ROOT/etc/network/.interfaces.XXXXXX") || { err "network: cannot write interfaces"; return; }
+    {
+        printf '%s\n%s\n\n%s\n%s\n' "$IFUPDOWN_HEADER" "source /etc/network/interfaces.d/*" \
+            "auto lo" "iface lo inet loopback"
+        method=dhcp
+        case " $* " in *" eth0 "*) method=manual;; esac
+        printf '\nallow-hotplug eth0\niface eth0 inet %s\n' "$method"
+        for dev in "$@"; do
+            [ "$dev" = eth0 ] || printf '\nallow-hotplug %s\niface %s inet manual\n' "$dev" "$dev"
+        done
+    } > "$tmp"
+    chmod 0644 "$tmp"
+    if cmp -s "$tmp" "$file"; then
+        rm -f "$tmp"
+    else
+        mv "$tmp" "$file" || err "network: cannot replace interfaces"
+    fi
+}
+
 apply_network() {
     local key n mac dev ip mask prefix gw mtu dns got
-    local -a nameservers=()
+    local -a nameservers=() configured=()
     for key in $(printf '%s\n' "${!CTX[@]}" | grep -E '^ETH[0-9]+_MAC$' | sort -V); do
         n=${key%_MAC}
         mac=$(ctx "${n}_MAC")
@@ -205,6 +234,7 @@ apply_network() {
                 NICS_JSON+=("{\"name\":$(json_str "$n"),\"device\":$(json_str "$dev"),\"mac\":$(json_str "$mac"),\"ip\":\"\",\"method\":$(json_str "$(ctx "${n}_METHOD")")}")
                 continue;;
         esac
+        configured+=("$dev")
         ip=$(ctx "${n}_IP"); mask=$(ctx "${n}_MASK"); gw=$(ctx "${n}_GATEWAY"); mtu=$(ctx "${n}_MTU")
         prefix=$(mask_to_prefix "${mask:-255.255.255.0}")
         ip link set dev "$dev" up || err "$n: cannot bring $dev up"
@@ -220,6 +250,7 @@ apply_network() {
         got=$(ip -o -4 addr show dev "$dev" 2>/dev/null | awk '{print $4}' | grep -F "$ip/" | head -n1)
         NICS_JSON+=("{\"name\":$(json_str "$n"),\"device\":$(json_str "$dev"),\"mac\":$(json_str "$mac"),\"ip\":$(json_str "${got%/*}"),\"prefix\":${prefix:-null},\"gateway\":$(json_str "$gw"),\"mtu\":$(json_str "$(cat "$SYS_NET/$dev/mtu" 2>/dev/null)")}")
     done
+    leave_to_context "${configured[@]}"
     for dns in $(ctx DNS); do nameservers+=("$dns"); done
     if [ "${#nameservers[@]}" -gt 0 ]; then
         local resolv="$ROOT/etc/resolv.conf" tmp

@@ -60,8 +60,10 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=multi-user.target ssh.service
 """
 
-# Without cloud-init, eth0 (net.ifnames=0) asks DHCP; allow-hotplug does not make the boot
-# wait for it. The context agent configures static addresses from the CONTEXT CD instead.
+# Without cloud-init, eth0 (net.ifnames=0) asks DHCP, for a cloud without a context. The context
+# agent configures addresses from the CONTEXT CD instead and rewrites this file with those
+# interfaces "manual" (imagekit-context.sh, leave_to_context): ifup and ifdown would otherwise
+# wait about a minute each for a DHCP server on a network that has none.
 INTERFACES_DHCP = """# written by imagekit
 source /etc/network/interfaces.d/*
 

@@ -198,6 +198,40 @@ def test_agent_applies_a_context(tmp_path: Path) -> None:
     assert keys.read_text().count("key1") == 1
 
 
+def test_interfaces_the_context_configures_are_left_to_the_agent(tmp_path: Path) -> None:
+    """The builder's ifupdown file asks DHCP for eth0; an interface the context configures
+    becomes ``manual`` there (ifup would otherwise wait for a DHCP server the network may not
+    have, at boot and again at shutdown), back to DHCP when the context no longer configures it;
+    a file somebody else wrote is left alone."""
+    from imagekit.builder.firstboot import INTERFACES_DHCP, INTERFACES_LOOPBACK
+
+    env = _fake_host(tmp_path)
+    root = Path(env["IMAGEKIT_CONTEXT_ROOT"])
+    (root / "etc/network").mkdir()
+    interfaces = root / "etc/network/interfaces"
+    interfaces.write_text(INTERFACES_DHCP.replace("eth0", "enp0s1"))
+    cd = tmp_path / "cd"
+    cd.mkdir()
+    env["IMAGEKIT_CONTEXT_DIR"] = str(cd)
+    static = {"ETH0_MAC": MAC, "ETH0_IP": "192.168.122.10", "ETH0_MASK": "255.255.255.0"}
+
+    (cd / "context.sh").write_text(render_context_sh(static))
+    _run_agent(env)
+    expected = INTERFACES_DHCP + "\nallow-hotplug enp0s1\niface enp0s1 inet manual\n"
+    assert interfaces.read_text() == expected  # eth0 is not this host's: still DHCP
+
+    (cd / "context.sh").write_text(render_context_sh({**static, "ETH0_METHOD": "dhcp"}))
+    _run_agent(env)
+    assert interfaces.read_text() == INTERFACES_DHCP
+
+    for theirs in (INTERFACES_LOOPBACK, "# my own\nauto enp0s1\niface enp0s1 inet dhcp\n"):
+        interfaces.write_text(theirs)
+        (cd / "context.sh").write_text(render_context_sh(static))
+        _run_agent(env)
+        assert interfaces.read_text() == theirs
+    assert not list((root / "etc/network").glob(".interfaces.*"))
+
+
 def test_agent_without_a_cd_reports_no_context(tmp_path: Path) -> None:
     env = _fake_host(tmp_path)
     if any(Path("/dev").glob("sr*")):
