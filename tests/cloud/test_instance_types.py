@@ -87,7 +87,8 @@ def test_request_values_cannot_inject_attributes(evil: str) -> None:
             nics=(NicRequest(evil, network_id=3, ip=evil),),
         ),
     )
-    assert [a.name for a in occi] == ["CPU", "MEMORY", "NAME", "DISK", "NIC"]
+    assert [a.name for a in occi] == ["CPU", "MEMORY", "NAME", "DISK", "NIC", "CONTEXT"]
+    assert occi.vectors("CONTEXT") == [Vector((("NETWORK", "YES"),))]  # the guest configures its lease
     assert occi.vectors("NIC") == [Vector((("NETWORK_ID", "3"), ("IP", evil)))]
     assert occi.vectors("DISK")[0].as_dict() == {"TYPE": "fs", "SIZE": "10", "FORMAT": evil, "TARGET": evil}
 
