@@ -41,6 +41,8 @@ DEMO_MARKER = "IMAGEKIT-BOOT-TEST-MARKER"
 CLOUD_INIT_DONE = re.compile(r"Cloud-init v\. \S+ finished at")
 _AGENT_LINE = re.compile(re.escape(REPORT_PREFIX) + r"\{")
 _ETH_MAC = re.compile(r"ETH(\d+)_MAC\Z")
+MAX_CPUS = 64
+MIN_MEMORY_MIB = 64
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,10 @@ def boot_test(test: BootTest, *, state: State, site: SiteConfig | None = None) -
     if test.keep_log is not None and not test.keep_log.parent.is_dir():
         # Checked first: finding out after a five-minute boot would lose the log it was for.
         raise InputError("--serial-log: no such directory", where=str(test.keep_log.parent))
+    if not 1 <= test.cpus <= MAX_CPUS:
+        raise InputError(f"--cpus: expected 1 to {MAX_CPUS}, got {test.cpus}")
+    if test.memory_mib < MIN_MEMORY_MIB:
+        raise InputError(f"--memory: expected at least {MIN_MEMORY_MIB} MiB, got {test.memory_mib}")
     fmt = image_format(test.image)
     with tempfile.TemporaryDirectory(prefix="imagekit-boot-") as tmp, interruptible():
         workdir = Path(tmp)

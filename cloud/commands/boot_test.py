@@ -41,6 +41,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--memory", type=int, default=1024, metavar="MIB", help="guest memory (default: 1024)"
     )
+    parser.add_argument("--cpus", type=int, default=2, metavar="N", help="guest virtual CPUs (default: 2)")
     parser.add_argument("--serial-log", type=Path, metavar="FILE", help="keep the guest's console here")
     parser.set_defaults(func=cmd_boot_test)
 
@@ -53,6 +54,7 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
         flavor=IsoFlavor(args.flavor),
         timeout=args.timeout,
         memory_mib=args.memory,
+        cpus=args.cpus,
         keep_log=args.serial_log,
     )
     result = boot_test(test, state=State.open(state_dir(args.state)))
