@@ -50,6 +50,7 @@ ALGORITHMS = (
 )
 MAGIC_BYTES = 6  # enough for every signature below
 _GZIP_TRAILER = 8  # CRC-32 and size of a gzip member's data: the listed checksums cover both
+_SHORT_GZIP_HEADER = 64  # most: 10 bytes and a file name
 _MAX_GZIP_HEADER = 1 << 16  # a name or comment longer than that is not an image's
 _MAGIC = (
     (b"\x1f\x8b", Compression.GZIP),
@@ -166,12 +167,12 @@ class _Gzip(enum.Enum):
     ENDED = enum.auto()  # between members, or at the end of the stream
 
 
-def gzip_header_length(head: Buffer) -> int | None:
+def gzip_header_length(head: bytes | bytearray) -> int | None:
     """The length of the gzip member header ``head`` starts with (RFC 1952 §2.3), or None when
     ``head`` holds only part of it."""
     if len(head) < 10:
         return None
-    if bytes(head[:3]) != b"\x1f\x8b\x08" or head[3] & 0xE0:
+    if head[:3] != b"\x1f\x8b\x08" or head[3] & 0xE0:
         raise VerificationError("not a gzip member header (or an unknown gzip method)", rule="compression")
     flags, end = head[3], 10
     if flags & 4:  # FEXTRA: a length, then that many bytes
@@ -180,7 +181,7 @@ def gzip_header_length(head: Buffer) -> int | None:
         end = 12 + int.from_bytes(head[10:12], "little")
     for flag in (8, 16):  # FNAME, FCOMMENT: zero-terminated
         if flags & flag:
-            zero = bytes(head).find(b"\0", end)
+            zero = head.find(b"\0", end)
             if zero < 0:
                 return None
             end = zero + 1
@@ -253,22 +254,29 @@ class Inflater:
         if self._gzip is _Gzip.ENDED:
             self._next_member(data, b"\x1f\x8b")
             self._gzip = _Gzip.HEADER
-        wanted = _GZIP_TRAILER if self._gzip is _Gzip.TRAILER else _MAX_GZIP_HEADER
-        take = min(len(data), wanted - len(self._pending))
+        if self._gzip is _Gzip.HEADER:
+            return self._gzip_header(data)
+        take = min(len(data), _GZIP_TRAILER - len(self._pending))
         self._pending += data[:take]
-        if self._gzip is _Gzip.TRAILER:
-            if len(self._pending) == _GZIP_TRAILER:
-                self._gzip, self._pending = _Gzip.ENDED, bytearray()
-            return data[take:]
-        length = gzip_header_length(self._pending)
-        if length is None:
-            if len(self._pending) >= _MAX_GZIP_HEADER:
-                raise VerificationError("the gzip header is too long", rule="compression")
-            return data[take:]
-        # The header's bytes are parsed; the deflate stream starts right after them.
-        rest = bytes(self._pending[length:]) + bytes(data[take:])
-        self._zlib, self._gzip, self._pending = zlib.decompressobj(wbits=-15), _Gzip.BODY, bytearray()
-        return rest
+        if len(self._pending) == _GZIP_TRAILER:
+            self._gzip, self._pending = _Gzip.ENDED, bytearray()
+        return data[take:]
+
+    def _gzip_header(self, data: Buffer) -> Buffer:
+        """Collect a member's header; return what follows it (nothing while it is not whole).
+        Only a few dozen bytes are copied for a usual header, however much ``data`` holds."""
+        start = len(self._pending)  # header bytes from earlier input: data[i] is _pending[start + i]
+        for limit in (_SHORT_GZIP_HEADER, _MAX_GZIP_HEADER):
+            if len(self._pending) < limit:
+                self._pending += data[len(self._pending) - start : limit - start]
+            length = gzip_header_length(self._pending)
+            if length is not None:
+                self._gzip, self._pending = _Gzip.BODY, bytearray()
+                self._zlib = zlib.decompressobj(wbits=-15)
+                return data[length - start :]
+            if len(self._pending) < limit:
+                return b""  # all of data is in the header so far
+        raise VerificationError("the gzip header is too long", rule="compression")
 
     def _gzip_body(self, data: Buffer) -> Buffer:
         """Inflate ``data`` (until the output limit); return what follows the deflate stream."""

@@ -90,9 +90,10 @@ def gzip_member(content: bytes, flags: int, extra: bytes) -> bytes:
 
 @pytest.mark.parametrize("piece", [1, 7, 4096])
 def test_gzip_headers_with_every_optional_field_are_read_in_any_slicing(piece: int) -> None:
-    """FEXTRA, FNAME, FCOMMENT and FHCRC, split anywhere between two reads."""
+    """FEXTRA, FNAME, FCOMMENT and FHCRC, split anywhere between two reads; a header longer than
+    the few dozen bytes first looked at."""
     content = os.urandom(2000) + b"\0" * 50_000
-    fields = b"\x04\x00abcd" + b"image.raw\0" + b"a comment\0" + b"\x12\x34"
+    fields = b"\x04\x00abcd" + b"i" * 300 + b".raw\0" + b"a comment\0" + b"\x12\x34"
     packed = gzip_member(content, 2 | 4 | 8 | 16, fields) + gzip_member(b"end", 8, b"n\0")
     assert inflate(packed, len(content) + 3, piece=piece) == content + b"end"
 
