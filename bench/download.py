@@ -30,7 +30,11 @@ Where a plain download's CPU goes (``perf record`` of 256 MiB downloads, 2 cores
 file's page cache), 3 % Python; ``plain_cpu_vs_floor_plus_transport_cpu`` came out at 1.03. Reading
 the socket with ``splice(2)`` into the ``.part`` and hashing it through ``mmap`` cost more CPU than
 ``recv_into`` + ``write`` (0.73 against 0.61 CPU-second for 512 MiB with SHA-1), so the transport
-line is what a download costs beyond its hashes.
+line is what a download costs beyond its hashes. Measured again (512 MiB, December 2026): the
+socket's copy alone 0.10-0.14 CPU-second, writing 512 MiB into /dev/shm alone 0.20-0.22 (a page
+allocated and charged per 4 KiB: the machine's tmpfs has no huge pages), ``recv_into`` straight
+into an ``mmap`` of the preallocated ``.part`` 0.39-0.52 (131072 page faults, each page zeroed
+before the copy; ``MAP_POPULATE`` the same) against 0.26-0.34 for ``recv_into`` + ``write``.
 
 The file server's CPU is reported beside each line (``median_server_cpu_s``): on loopback it
 also does the TCP work of delivering to the client's socket, on the same cores as the hashes. So
@@ -39,7 +43,10 @@ transport + its server) / floor`` times the floor (``plain_time_vs_floor_least``
 
 gzip: zlib's gzip mode computed a CRC-32 of the output that cost more than inflating a level-1
 image (mostly stored blocks); members are now inflated raw, the listed checksums checking the
-bytes (512 MiB, 2 cores: about 0.1 CPU-second less per download).
+bytes (512 MiB, 2 cores: the gzip download's median CPU went from 2.69-2.74 to 2.53-2.60
+seconds). Tried and dropped: copying the inflated pieces into a second ring of 8 MiB buffers
+(+0.3 CPU-second: 150000 page faults instead of 25000-40000) and smaller decompressor pieces
+(256 or 128 KiB: no change).
 
 Every result is one JSON line on stdout, with the load average when it was printed; the last
 one holds the ratios against the targets (issue 20: plain <= 1.15x the floor, gzip <= 1.1x
