@@ -43,7 +43,7 @@ transport + its server) / floor`` times the floor (``plain_time_vs_floor_least``
 
 gzip: zlib's gzip mode computed a CRC-32 of the output that cost more than inflating a level-1
 image (mostly stored blocks); members are now inflated raw, the listed checksums checking the
-bytes (512 MiB, 2 cores: the gzip download's median CPU went from 2.69-2.74 to 2.53-2.60
+bytes (512 MiB, 2 cores: the gzip download's median CPU went from 2.66-2.74 to 2.46-2.60
 seconds). Tried and dropped: copying the inflated pieces into a second ring of 8 MiB buffers
 (+0.3 CPU-second: 150000 page faults instead of 25000-40000) and smaller decompressor pieces
 (256 or 128 KiB: no change).
