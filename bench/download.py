@@ -30,7 +30,23 @@ Where a plain download's CPU goes (``perf record`` of 256 MiB downloads, 2 cores
 file's page cache), 3 % Python; ``plain_cpu_vs_floor_plus_transport_cpu`` came out at 1.03. Reading
 the socket with ``splice(2)`` into the ``.part`` and hashing it through ``mmap`` cost more CPU than
 ``recv_into`` + ``write`` (0.73 against 0.61 CPU-second for 512 MiB with SHA-1), so the transport
-line is what a download costs beyond its hashes.
+line is what a download costs beyond its hashes. Measured again (512 MiB, December 2026): the
+socket's copy alone 0.10-0.14 CPU-second, writing 512 MiB into /dev/shm alone 0.20-0.22 (a page
+allocated and charged per 4 KiB: the machine's tmpfs has no huge pages), ``recv_into`` straight
+into an ``mmap`` of the preallocated ``.part`` 0.39-0.52 (131072 page faults, each page zeroed
+before the copy; ``MAP_POPULATE`` the same) against 0.26-0.34 for ``recv_into`` + ``write``.
+
+The file server's CPU is reported beside each line (``median_server_cpu_s``): on loopback it
+also does the TCP work of delivering to the client's socket, on the same cores as the hashes. So
+with a floor that keeps both cores busy, a plain download cannot take less than ``(floor +
+transport + its server) / floor`` times the floor (``plain_time_vs_floor_least``).
+
+gzip: zlib's gzip mode computed a CRC-32 of the output that cost more than inflating a level-1
+image (mostly stored blocks); members are now inflated raw, the listed checksums checking the
+bytes (512 MiB, 2 cores: the gzip download's median CPU went from 2.66-2.74 to 2.46-2.60
+seconds). Tried and dropped: copying the inflated pieces into a second ring of 8 MiB buffers
+(+0.3 CPU-second: 150000 page faults instead of 25000-40000) and smaller decompressor pieces
+(256 or 128 KiB: no change).
 
 Every result is one JSON line on stdout, with the load average when it was printed; the last
 one holds the ratios against the targets (issue 20: plain <= 1.15x the floor, gzip <= 1.1x
@@ -172,6 +188,13 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time of a running process, all its threads (the file server: on loopback it also
+    does the TCP work of delivering to the client's socket, on the same 2 cores)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
     """(wall, CPU) seconds. On a shared machine the CPU time is the steadier figure: the wall
     time also counts the time the scheduler gave to other processes."""
@@ -197,7 +220,7 @@ def main() -> int:
         digests = four_hashes_serial(image)
         server, url = serve(work)
         try:
-            measure(work, image, packed, url, digests, size, args.rounds)
+            measure(work, image, packed, url, digests, size, args.rounds, server.pid)
         finally:
             server.terminate()
             server.wait()
@@ -214,6 +237,7 @@ def measure(
     digests: dict[ChecksumAlgorithm, str],
     size: int,
     rounds: int,
+    server_pid: int,
 ) -> None:
     policy = SitePolicy(schemes=frozenset({Scheme.HTTP}), retries=0, timeout=60.0)
 
@@ -251,16 +275,20 @@ def measure(
     }
     times: dict[str, list[float]] = {k: [] for k in kinds}
     cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    served_cpu: dict[str, list[float]] = {k: [] for k in kinds}  # the file server's
     loads: dict[str, list[float]] = {k: [] for k in kinds}  # 1-minute load average before each run
     for _ in range(rounds):
         for kind, fn in kinds.items():
             loads[kind].append(round(os.getloadavg()[0], 2))
+            serving = process_cpu_seconds(server_pid)
             wall, used = timed(fn)
+            served_cpu[kind].append(process_cpu_seconds(server_pid) - serving)
             (work / "downloaded.img").unlink(missing_ok=True)  # freeing its pages is no part of a download
             times[kind].append(wall)
             cpu[kind].append(used)
     median = {k: statistics.median(v) for k, v in times.items()}
     median_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    median_served = {k: statistics.median(v) for k, v in served_cpu.items()}
     for kind, seconds in median.items():
         source = packed if kind.endswith("gzip") or kind.startswith("gunzip") else image
         emit(
@@ -268,6 +296,7 @@ def measure(
             median_s=round(seconds, 3),
             runs_s=[round(t, 3) for t in times[kind]],
             median_cpu_s=round(median_cpu[kind], 3),
+            median_server_cpu_s=round(median_served[kind], 3),
             image_mib_per_s=round(size / seconds / 2**20, 1),
             input_mib=round(source.stat().st_size / 2**20, 1),
             load_avg_1m_runs=loads[kind],
@@ -289,6 +318,13 @@ def measure(
             median_cpu["download-plain"] / (median_cpu["hash-floor"] + median_cpu["transport"]), 2
         ),
         transport_cpu_vs_floor_cpu=round(median_cpu["transport"] / median_cpu["hash-floor"], 2),
+        # The least plain_time_vs_floor can be when the floor keeps every core busy: the hashes,
+        # the client's copies and the file server's sending, all on the same cores.
+        plain_time_vs_floor_least=round(
+            (median_cpu["hash-floor"] + median_cpu["transport"] + median_served["transport"])
+            / median_cpu["hash-floor"],
+            2,
+        ),
         gzip_cpu_vs_plain_cpu=round(median_cpu["download-gzip"] / median_cpu["download-plain"], 2),
         sha512_only_cpu_vs_sha512sum_cpu=round(median_cpu["download-sha512"] / median_cpu["sha512sum"], 2),
         targets={

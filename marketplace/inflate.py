@@ -9,11 +9,16 @@ over 2 KiB, so the hashes run side by side instead of one after the other as in 
 storage service). Work is handed to the threads in :data:`CHUNK`-sized pieces, and
 :class:`BufferRing` recycles the buffers the network reads into, so a plain image is never
 copied in Python: socket → ring buffer → ``.part`` file and, by reference, the hash threads.
+
+gzip members are parsed here and their deflate data inflated raw: zlib's gzip mode also
+computes the CRC-32 of the output, which cost more CPU than the inflating (level-1 disk images
+are mostly stored blocks) and checks nothing the listed checksums do not, before the rename.
 """
 
 from __future__ import annotations
 
 import bz2
+import enum
 import hashlib
 import lzma
 import queue
@@ -44,6 +49,9 @@ ALGORITHMS = (
     ChecksumAlgorithm.SHA512,
 )
 MAGIC_BYTES = 6  # enough for every signature below
+_GZIP_TRAILER = 8  # CRC-32 and size of a gzip member's data: the listed checksums cover both
+_SHORT_GZIP_HEADER = 64  # most: 10 bytes and a file name
+_MAX_GZIP_HEADER = 1 << 16  # a name or comment longer than that is not an image's
 _MAGIC = (
     (b"\x1f\x8b", Compression.GZIP),
     (b"BZh", Compression.BZIP2),
@@ -150,6 +158,37 @@ class BufferRing:
         self._turn = (self._turn + 1) % len(self._buffers)
 
 
+class _Gzip(enum.Enum):
+    """Where in a gzip member the stream is."""
+
+    HEADER = enum.auto()
+    BODY = enum.auto()
+    TRAILER = enum.auto()
+    ENDED = enum.auto()  # between members, or at the end of the stream
+
+
+def gzip_header_length(head: bytes | bytearray) -> int | None:
+    """The length of the gzip member header ``head`` starts with (RFC 1952 §2.3), or None when
+    ``head`` holds only part of it."""
+    if len(head) < 10:
+        return None
+    if head[:3] != b"\x1f\x8b\x08" or head[3] & 0xE0:
+        raise VerificationError("not a gzip member header (or an unknown gzip method)", rule="compression")
+    flags, end = head[3], 10
+    if flags & 4:  # FEXTRA: a length, then that many bytes
+        if len(head) < 12:
+            return None
+        end = 12 + int.from_bytes(head[10:12], "little")
+    for flag in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+        if flags & flag:
+            zero = head.find(b"\0", end)
+            if zero < 0:
+                return None
+            end = zero + 1
+    end += 2 if flags & 2 else 0  # FHCRC
+    return end if len(head) >= end else None
+
+
 class Inflater:
     """Push compressed bytes in with :meth:`feed`; the image comes out through ``emit``.
 
@@ -162,7 +201,9 @@ class Inflater:
         self.size = size
         self.produced = 0
         self._emit = emit
-        self._zlib = zlib.decompressobj(wbits=31)
+        self._zlib = zlib.decompressobj(wbits=-15)
+        self._gzip = _Gzip.HEADER
+        self._pending = bytearray()  # a gzip header or trailer not yet whole
         self._stream = self._new_stream()
         sink = cast(IO[bytes], self)  # the writer only calls write()
         self._zstd = zstandard.ZstdDecompressor().stream_writer(sink, write_size=PIECE, closefd=False)
@@ -202,23 +243,53 @@ class Inflater:
     def _feed_gzip(self, data: Buffer) -> None:
         whole = memoryview(data)
         for start in range(0, len(whole), PIECE):
-            self._feed_gzip_piece(whole[start : start + PIECE])
+            piece: Buffer = whole[start : start + PIECE]
+            while piece:
+                piece = self._gzip_step(piece)
 
-    def _feed_gzip_piece(self, data: Buffer) -> None:
-        while data:
-            if self._ended:
-                self._next_member(data, b"\x1f\x8b")
-                self._zlib = zlib.decompressobj(wbits=31)
-                self._ended = False
-            self.write(self._zlib.decompress(data, self._room()))
-            data = self._zlib.unconsumed_tail
+    def _gzip_step(self, data: Buffer) -> Buffer:
+        """Consume the start of ``data`` in the current part of a member; return the rest."""
+        if self._gzip is _Gzip.BODY:
+            return self._gzip_body(data)
+        if self._gzip is _Gzip.ENDED:
+            self._next_member(data, b"\x1f\x8b")
+            self._gzip = _Gzip.HEADER
+        if self._gzip is _Gzip.HEADER:
+            return self._gzip_header(data)
+        take = min(len(data), _GZIP_TRAILER - len(self._pending))
+        self._pending += data[:take]
+        if len(self._pending) == _GZIP_TRAILER:
+            self._gzip, self._pending = _Gzip.ENDED, bytearray()
+        return data[take:]
+
+    def _gzip_header(self, data: Buffer) -> Buffer:
+        """Collect a member's header; return what follows it (nothing while it is not whole).
+        Only a few dozen bytes are copied for a usual header, however much ``data`` holds."""
+        start = len(self._pending)  # header bytes from earlier input: data[i] is _pending[start + i]
+        for limit in (_SHORT_GZIP_HEADER, _MAX_GZIP_HEADER):
+            if len(self._pending) < limit:
+                self._pending += data[len(self._pending) - start : limit - start]
+            length = gzip_header_length(self._pending)
+            if length is not None:
+                self._gzip, self._pending = _Gzip.BODY, bytearray()
+                self._zlib = zlib.decompressobj(wbits=-15)
+                return data[length - start :]
+            if len(self._pending) < limit:
+                return b""  # all of data is in the header so far
+        raise VerificationError("the gzip header is too long", rule="compression")
+
+    def _gzip_body(self, data: Buffer) -> Buffer:
+        """Inflate ``data`` (until the output limit); return what follows the deflate stream."""
+        while True:
+            room = self._room()
+            out = self._zlib.decompress(data, room)
+            self.write(out)
             if self._zlib.eof:
-                self._ended = True
-                data = self._zlib.unused_data
-        if not self._ended:
-            # Input may still hold output the size limit kept back.
-            while not self._zlib.eof and (out := self._zlib.decompress(b"", self._room())):
-                self.write(out)
+                self._gzip = _Gzip.TRAILER
+                return self._zlib.unused_data
+            data = self._zlib.unconsumed_tail
+            if not data and len(out) < room:
+                return b""
 
     def _feed_stream(self, data: Buffer) -> None:
         while data:
@@ -246,7 +317,7 @@ class Inflater:
     def finish(self) -> None:
         if self.compression is Compression.ZSTD:
             self._zstd.flush()  # type: ignore[no-untyped-call]
-        truncated = (self.compression is Compression.GZIP and not self._zlib.eof) or (
+        truncated = (self.compression is Compression.GZIP and self._gzip is not _Gzip.ENDED) or (
             self.compression in (Compression.BZIP2, Compression.XZ) and not self._stream.eof
         )
         if truncated:

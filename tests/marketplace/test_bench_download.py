@@ -32,4 +32,6 @@ def test_download_bench_reports_the_floor_the_downloads_and_the_load(tmp_path: P
         "plain_time_vs_floor", "gzip_time_vs_plain", "sha512_only_time_vs_sha512sum",
     }  # fmt: skip
     assert summary["plain_cpu_vs_floor_plus_transport_cpu"] > 0
+    assert summary["plain_time_vs_floor_least"] >= 1
+    assert all(x["median_server_cpu_s"] >= 0 for x in measured.values())
     assert list(tmp_path.iterdir()) == []  # the bench cleans up after itself

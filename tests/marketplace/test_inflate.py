@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import lzma
 import os
+import zlib
 from collections.abc import Callable
 
 import pytest
@@ -77,6 +78,37 @@ def test_trailing_garbage_and_truncation_are_refused() -> None:
         inflate(packed + b"garbage", 10_000)
     with pytest.raises(VerificationError, match="compression: the xz stream is truncated"):
         inflate(lzma.compress(b"x" * 10_000)[:-20], 10_000)
+
+
+def gzip_member(content: bytes, flags: int, extra: bytes) -> bytes:
+    """A gzip member with a header built by hand: ``extra`` holds the fields ``flags`` names."""
+    deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
+    body = deflate.compress(content) + deflate.flush()
+    trailer = zlib.crc32(content).to_bytes(4, "little") + len(content).to_bytes(4, "little")
+    return b"\x1f\x8b\x08" + bytes([flags]) + bytes(6) + extra + body + trailer
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096])
+def test_gzip_headers_with_every_optional_field_are_read_in_any_slicing(piece: int) -> None:
+    """FEXTRA, FNAME, FCOMMENT and FHCRC, split anywhere between two reads; a header longer than
+    the few dozen bytes first looked at."""
+    content = os.urandom(2000) + b"\0" * 50_000
+    fields = b"\x04\x00abcd" + b"i" * 300 + b".raw\0" + b"a comment\0" + b"\x12\x34"
+    packed = gzip_member(content, 2 | 4 | 8 | 16, fields) + gzip_member(b"end", 8, b"n\0")
+    assert inflate(packed, len(content) + 3, piece=piece) == content + b"end"
+
+
+def test_bad_gzip_headers_and_truncated_members_are_refused() -> None:
+    member = gzip_member(b"x" * 1000, 0, b"")
+    with pytest.raises(VerificationError, match="compression: not a gzip member header"):
+        inflate(member[:2] + b"\x07" + member[3:], 1000)  # method 7, not deflate
+    with pytest.raises(VerificationError, match="compression: not a gzip member header"):
+        inflate(member[:3] + b"\x20" + member[4:], 1000)  # a reserved flag
+    with pytest.raises(VerificationError, match="compression: the gzip header is too long"):
+        inflate(gzip_member(b"", 8, b"n" * (1 << 17) + b"\0"), 0)
+    for cut in (5, len(member) // 2, len(member) - 3):  # in the header, the data, the trailer
+        with pytest.raises(VerificationError, match="compression: the gzip stream is truncated"):
+            inflate(member[:cut], 1000)
 
 
 def test_parallel_hasher_matches_hashlib() -> None:
