@@ -131,8 +131,6 @@ def test_guest_size_out_of_range_fails_before_booting(
 
 
 # --- real boots (TCG): the shipped recipes' images, built once per session by tests/builder ---
-# Each boots one vCPU: under TCG a second vCPU cost a fifth more CPU time to reach the login
-# prompt (42.5 s against 34–36 s), on two cores another test worker needs too.
 
 
 @pytest.mark.slow
@@ -149,8 +147,6 @@ def test_boot_test_bios_default_context(minimal_image: Any, tmp_path: Path) -> N
             minimal_image.path,
             "--firmware",
             "bios",
-            "--cpus",
-            "1",
             "--json",
             "--serial-log",
             log,
@@ -203,8 +199,6 @@ def test_boot_test_uefi_with_a_template(
             str(tmp_path / "vm.one"),
             "--firmware",
             "uefi",
-            "--cpus",
-            "1",
             "--serial-log",
             str(log),
         ]
@@ -259,9 +253,7 @@ def _boot_demo(image: Path, flavor: str, tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")
     log = tmp_path / "serial.log"
-    test = BootTest(
-        image=image, flavor=IsoFlavor(flavor), firmware=Firmware.BIOS, keep_log=log, timeout=900, cpus=1
-    )
+    test = BootTest(image=image, flavor=IsoFlavor(flavor), firmware=Firmware.BIOS, keep_log=log, timeout=900)
     result = boot_test(test, state=State.open(tmp_path / "state"))
     return result, " ".join(log.read_text(errors="replace").split())
 
