@@ -52,7 +52,7 @@ MAGIC_BYTES = 6  # enough for every signature below
 _GZIP_TRAILER = 8  # CRC-32 and size of a gzip member's data: the listed checksums cover both
 _SHORT_GZIP_HEADER = 64  # most: 10 bytes and a file name
 _MAX_GZIP_HEADER = 1 << 16  # a name or comment longer than that is not an image's
-_FIRST_WINDOW = 256  # a member's first input to zlib; doubled up to PIECE while it goes on
+_FIRST_WINDOW = 256  # a member's first input to its decompressor; doubled up to PIECE as it goes on
 _MAGIC = (
     (b"\x1f\x8b", Compression.GZIP),
     (b"BZh", Compression.BZIP2),
@@ -307,20 +307,24 @@ class Inflater:
                 return b""
 
     def _feed_stream(self, data: Buffer) -> None:
-        while data:
+        """bz2 and xz streams, in windows as :meth:`_gzip_body` hands zlib its input, and for
+        the same reason: each decompressor copies what follows its stream's end."""
+        view = memoryview(data)
+        while view:
             if self._ended:
-                self._next_member(
-                    data, _MAGIC[1][0] if self.compression is Compression.BZIP2 else _MAGIC[2][0]
-                )
-                self._stream = self._new_stream()
-                self._ended = False
-            self.write(self._stream.decompress(data, self._room()))
+                magic = _MAGIC[1][0] if self.compression is Compression.BZIP2 else _MAGIC[2][0]
+                self._next_member(view, magic)
+                self._stream, self._ended, self._window = self._new_stream(), False, _FIRST_WINDOW
+            window = view[: self._window]
+            self.write(self._stream.decompress(window, self._room()))
             while not self._stream.eof and not self._stream.needs_input:
                 self.write(self._stream.decompress(b"", self._room()))
-            data = b""
-            if self._stream.eof:
+            if self._stream.eof:  # unused_data: the window's end
                 self._ended = True
-                data = self._stream.unused_data
+                view = view[len(window) - len(self._stream.unused_data) :]
+            else:
+                view = view[len(window) :]
+                self._window = min(2 * self._window, PIECE)
 
     def _next_member(self, data: Buffer, magic: bytes) -> None:
         # Concatenated members (pigz, pbzip2, pixz) are one stream; anything else is not.

@@ -9,6 +9,7 @@ import lzma
 import os
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import zstandard
@@ -49,28 +50,41 @@ def test_concatenated_gzip_members_are_one_stream() -> None:
     assert inflate(gzip.compress(b"a" * 5000) + gzip.compress(b"b" * 7), 5007) == b"a" * 5000 + b"b" * 7
 
 
-def test_tiny_gzip_members_cost_zlib_input_linear_in_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
-    """zlib copies what follows a member's end: a hostile stream of 20-byte members, handed to
-    zlib a whole piece at a time, made that copy quadratic in the piece (13,107 members in
-    256 KiB: 1.7 GB of copies). Each member is now given a window that grows only while it
-    goes on, so the input zlib sees stays a small multiple of the stream."""
+@pytest.mark.parametrize(
+    ("compression", "decompressor"),
+    [
+        (Compression.GZIP, "zlib.decompressobj"),
+        (Compression.BZIP2, "bz2.BZ2Decompressor"),
+        (Compression.XZ, "lzma.LZMADecompressor"),
+    ],
+)
+def test_tiny_members_cost_decompressor_input_linear_in_the_stream(
+    compression: Compression, decompressor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each decompressor copies what follows a member's end: a hostile stream of 14–32-byte
+    members, handed over a whole piece (or chunk) at a time, made that copy quadratic (13,107
+    gzip members in 256 KiB: 1.7 GB of copies). Each member is now given a window that grows
+    only while it goes on, so the input the decompressors see stays a small multiple of the
+    stream."""
     handed: list[int] = []
-    real = zlib.decompressobj
+    module, name = decompressor.split(".")
+    real = getattr(globals()[module], name)
 
     class Counting:
-        def __init__(self, wbits: int) -> None:
-            self._inner = real(wbits=wbits)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._inner = real(*args, **kwargs)
 
-        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+        def decompress(self, data: bytes, max_length: int = -1) -> bytes:
             handed.append(len(data))
-            return self._inner.decompress(data, max_length)
+            return bytes(self._inner.decompress(data, max_length))
 
-        def __getattr__(self, name: str) -> object:
-            return getattr(self._inner, name)
+        def __getattr__(self, attribute: str) -> object:
+            return getattr(self._inner, attribute)
 
-    monkeypatch.setattr("marketplace.inflate.zlib.decompressobj", Counting)
-    tiny = gzip.compress(b"", mtime=0) * 13_107
-    big = gzip.compress(os.urandom(1 << 20), mtime=0)
+    monkeypatch.setattr(f"marketplace.inflate.{decompressor}", Counting)
+    pack = PACKERS[compression]
+    tiny = pack(b"") * (256 * 1024 // len(pack(b"")))
+    big = pack(os.urandom(1 << 20))
     stream = tiny + big + tiny
     assert inflate(stream, 1 << 20, piece=len(stream)) == inflate(big, 1 << 20)
     assert sum(handed) < 16 * len(stream)
