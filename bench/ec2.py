@@ -94,6 +94,9 @@ def _measure(
     lock = threading.Lock()
     ready = threading.Barrier(clients + 1)
     parsed = urllib3.util.parse_url(url)
+    host, port = parsed.host, parsed.port
+    if host is None:
+        raise SystemExit(f"{url}: no host")
 
     def call(http: urllib3.HTTPConnectionPool) -> tuple[float, int, bytes]:
         req = AWSRequest(method="POST", url=url, data=urlencode(params()), headers=dict(FORM))
@@ -104,7 +107,7 @@ def _measure(
         return time.perf_counter() - start, response.status, response.data
 
     def client() -> None:
-        with urllib3.HTTPConnectionPool(parsed.host, parsed.port, maxsize=1, timeout=120) as http:
+        with urllib3.HTTPConnectionPool(host, port, maxsize=1, timeout=120) as http:
             call(http)  # untimed: the connection, and any first-call work
             ready.wait()
             for _ in range(per_client):
