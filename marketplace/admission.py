@@ -20,6 +20,7 @@ import concurrent.futures
 import functools
 import multiprocessing
 import os
+import select
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -107,6 +108,23 @@ def check(data: bytes, config: MarketConfig, now: datetime) -> Checked | str:
     return Checked(EntryKey(*entry.metadata.key), row_of(entry.metadata, sha256_hex(data)), Claim.of(entry))
 
 
+def _end_with(parent: int) -> None:
+    """A pool worker's initializer: the worker ends when ``parent``, the process whose pool it
+    is, ends, even killed with SIGKILL. Each worker holds its call queue's writing end, so it
+    would wait for work forever, and keep the forkserver (which waits for every client to go)
+    alive with it: a replication killed mid-run left four processes behind for good."""
+    try:
+        parent_fd = os.pidfd_open(parent)
+    except ProcessLookupError:
+        os._exit(0)
+
+    def wait() -> None:
+        select.select([parent_fd], [], [])  # a pidfd reads ready once its process has ended
+        os._exit(0)
+
+    threading.Thread(target=wait, name="end-with-parent", daemon=True).start()
+
+
 class CheckPool:
     """Worker processes for :func:`check`, started on the first batch of :data:`POOL_FROM`
     entries or more (forkserver: the replicating process has threads, which fork would copy
@@ -128,7 +146,9 @@ class CheckPool:
         with self._lock:
             if self._pool is None:
                 context = multiprocessing.get_context("forkserver")
-                self._pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    self.workers, mp_context=context, initializer=_end_with, initargs=(os.getpid(),)
+                )
             pool = self._pool
         chunk = max(1, len(items) // (self.workers * 4))
         # The config and the time travel once per chunk, inside the partial, not once per entry.
