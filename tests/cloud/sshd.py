@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagekit.run import run
+from tests.processes import descendants
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")  # Debian's sshd refuses to start without it
@@ -65,7 +66,8 @@ class SshLab:
         """The host stops answering: no new connection, and the open ones (the front end's
         shared connections) are cut, as a host that goes down cuts them."""
         if self.process is not None and self.process.poll() is None:
-            connections = _children(self.process.pid)
+            # sshd's per-connection processes, all of them: a session outlives its monitor.
+            connections = descendants(self.process.pid)
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=10)
             for pid in connections:
@@ -89,22 +91,6 @@ class SshLab:
         for host in self.hosts:
             run(["userdel", "--force", host.user], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _children(pid: int) -> list[int]:
-    """sshd's per-connection processes (each connection's monitor, its session process as the
-    user, what runs there), all of them: a session outlives its monitor for a while."""
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        try:
-            lists = [f.read_text() for f in Path(f"/proc/{pending.pop()}/task").glob("*/children")]
-        except FileNotFoundError:
-            continue
-        children = [int(c) for listing in lists for c in listing.split()]
-        found += children
-        pending += children
-    return found
 
 
 def _free_port() -> int:

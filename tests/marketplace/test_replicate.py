@@ -23,6 +23,7 @@ from marketplace.registry import Outcome, Registry
 from marketplace.replicate import cursor_path, follow, replicate
 from marketplace.store import EntryKey, sha256_hex
 
+from ..processes import descendants, running
 from ..waiting import wait_until
 from .entries import Identity, ago, image_metadata, make_ca, make_endorser, signed
 from .flaky import flaky_proxy
@@ -52,23 +53,6 @@ def _entries(prefix: str, count: int, who: Identity = ALICE) -> list[bytes]:
     return [
         signed(image_metadata(f"{prefix}-{n}"), who, created=ago(minutes=count - n)) for n in range(count)
     ]
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, from the kernel's per-thread children lists."""
-    found: list[int] = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in map(int, children.read_text().split()):
-            found += [child, *_descendants(child)]
-    return found
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` runs: not gone, not a zombie waiting for a parent to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _files(data: Path) -> dict[str, bytes]:
@@ -207,13 +191,13 @@ def test_kill_9_mid_run_then_a_second_run_loses_and_duplicates_nothing(
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         log = dst / "data" / "audit.log"
         wait_until(lambda: log.exists() and log.stat().st_size > 0, timeout=60, what="a page", process=proc)
-        helpers = _descendants(proc.pid)  # the pool checking the pages, its forkserver
+        helpers = descendants(proc.pid)  # the pool checking the pages, its forkserver
         assert len(helpers) >= 3 or (os.cpu_count() or 1) < 2  # one core: no pool
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert 0 < len(_log_paths(dst / "data")) < 450  # killed mid-run
         wait_until(
-            lambda: not any(map(_running, helpers)), timeout=30, what="the killed run's helpers to end"
+            lambda: not any(map(running, helpers)), timeout=30, what="the killed run's helpers to end"
         )
         done = _cli(dst, dst_conf, "--from", url)
     assert done.returncode == 0, done.stderr
