@@ -9,8 +9,9 @@ each word is then substituted by the context stage's resolver against the VM as 
 blanks, quotes or ``;`` (a VM name a cloud user chose) stays inside its one argument, and the
 hook runs with that argv, never through a shell. The substitution happens once, at
 ``vm create``: a hook at DONE still sees the addresses the VM had. Hooks run in a thread with
-a time limit; their output and exit status go to the VM's ``hooks.log``; a failing hook is
-logged and never changes the VM.
+a time limit, one VM's hooks one after another in the order of their events (a DONE hook that
+removes what the CREATE hook registered must not overtake it); their output and exit status go
+to the VM's ``hooks.log``; a failing hook is logged and never changes the VM.
 Hooks run here, on the front end, for a VM on another host too (``cloud/hostvm.py`` fires the
 same events), as 1.4's hook manager ran them; ``remote = "yes"`` is ignored: every hook runs here.
 """
@@ -39,6 +40,8 @@ HOOK_TIMEOUT = 60.0
 HOOK_LOG = "hooks.log"
 _BLANKS = re.compile(r"\s+")
 _PENDING: list[threading.Thread] = []
+_LAST: dict[int, threading.Thread] = {}  # per VM: the hook a newly fired one waits for
+_FIRING = threading.Lock()
 
 
 class HookEvent(StrEnum):
@@ -130,11 +133,15 @@ def hook_arguments(arguments: str, resolver: Resolver) -> list[str]:
 def fire(event: HookEvent, hooks: Mapping[str, list[list[str]]], vmid: int, directory: Path) -> None:
     """Start the VM's hooks for ``event`` in the background (see the module docstring)."""
     for name, command, *arguments in hooks.get(event.value, []):
-        thread = threading.Thread(
-            target=_run_hook, args=(event, name, [command, *arguments], vmid, directory), name=f"hook-{name}"
-        )
-        _PENDING.append(thread)
-        thread.start()
+        with _FIRING:
+            thread = threading.Thread(
+                target=_run_hook,
+                args=(_LAST.get(vmid), event, name, [command, *arguments], vmid, directory),
+                name=f"hook-{name}",
+            )
+            _LAST[vmid] = thread
+            _PENDING.append(thread)
+            thread.start()
 
 
 def wait_for_hooks(timeout: float | None = None) -> None:
@@ -143,7 +150,11 @@ def wait_for_hooks(timeout: float | None = None) -> None:
         _PENDING.pop().join(timeout)
 
 
-def _run_hook(event: HookEvent, name: str, argv: list[str], vmid: int, directory: Path) -> None:
+def _run_hook(
+    after: threading.Thread | None, event: HookEvent, name: str, argv: list[str], vmid: int, directory: Path
+) -> None:
+    if after is not None:
+        after.join()
     started = time.time()
     try:
         proc = run(argv, timeout=HOOK_TIMEOUT, check=False, step=f"hook {name}")
@@ -160,3 +171,6 @@ def _run_hook(event: HookEvent, name: str, argv: list[str], vmid: int, directory
             out.write(line + "\n" + "".join(f"  {o}\n" for o in output.splitlines()))
     except OSError as exc:
         log.warning("VM %d: cannot write %s: %s", vmid, directory / HOOK_LOG, exc.strerror)
+    with _FIRING:
+        if _LAST.get(vmid) is threading.current_thread():
+            del _LAST[vmid]

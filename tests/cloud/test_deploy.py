@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,23 @@ def test_a_failing_step_rolls_back(lab: dict[str, Any], monkeypatch: pytest.Monk
     assert not list(record.directory.glob("*.qcow2")) and not list(record.directory.glob("*.iso"))
     if step != "hooks":  # a broken hook configuration cannot run the FAILED hook either
         assert _hook_calls(lab)[-1] == f"failed {record.vmid}"
+
+
+def test_one_vms_hooks_run_in_the_order_of_their_events(tmp_path: Path) -> None:
+    """A DONE hook that undoes what the CREATE hook did must not overtake a slow CREATE hook."""
+    calls = tmp_path / "calls"
+    slow = f"import sys, time; time.sleep(0.3); open({str(calls)!r}, 'a').write(sys.argv[1] + chr(10))"
+    fast = f"import sys; open({str(calls)!r}, 'a').write(sys.argv[1] + chr(10))"
+    fire = {
+        hooks.HookEvent.CREATE: {"CREATE": [["register", sys.executable, "-c", slow, "create"]]},
+        hooks.HookEvent.DONE: {"DONE": [["unregister", sys.executable, "-c", fast, "done"]]},
+    }
+    for event, table in fire.items():
+        hooks.fire(event, table, 7, tmp_path)
+    hooks.wait_for_hooks()
+    assert calls.read_text().split() == ["create", "done"]
+    logged = (tmp_path / hooks.HOOK_LOG).read_text().splitlines()
+    assert [line.split()[1] for line in logged] == ["CREATE", "DONE"]
 
 
 def test_swap_and_fs_disks_are_made_on_the_fly(lab: dict[str, Any]) -> None:
