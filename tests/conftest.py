@@ -139,7 +139,7 @@ def costliest_first(items: list[pytest.Item]) -> list[pytest.Item]:
     """The run's order under pytest-xdist (`make test` hands out one test at a time): the first
     test to use each built image (its build), the other boots of built images, the builds that
     reuse a cached package stage (SHARES_PACKAGE_STAGE), the rest of the
-    slow tier (builds, loads), the other VM tests (blank disks), the browser and database tiers,
+    slow tier (builds, loads), the other VM tests (stand-in disks), the browser and database tiers,
     then the quick tests, each group in collection order. The workers start the builds and
     boots at once and finish together, the quick tests filling the gaps."""
     built: set[str] = set()

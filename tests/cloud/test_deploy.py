@@ -27,6 +27,7 @@ from context.network import network_from_template
 from context.template import parse_template
 from imagekit.errors import CommandError, ImagekitError, InputError, VerificationError
 from imagekit.state import State
+from tests.cloud.blank import halting_disk
 
 NET = 'NAME = "lan"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.9.0.0"\nNETWORK_SIZE = "C"\n'
 
@@ -38,7 +39,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     state = State.open(tmp_path / "state")
     NetworkStore(state).create(network_from_template(parse_template(NET, "lan.net")))
     base = tmp_path / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"], check=True)
+    halting_disk(base)
     etc = tmp_path / "etc"
     etc.mkdir()
     hook_log = tmp_path / "hook-calls"

@@ -28,7 +28,7 @@ from context.leases import NetworkStore
 from imagekit.cli import main
 from imagekit.state import State
 
-from .blank import BlankLab
+from .blank import BlankLab, halting_disk
 from .test_scheduler import _host
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,7 +165,7 @@ def test_a_server_answers_pending_and_deploys_after(tmp_path: Path, monkeypatch:
     state = State.open(tmp_path / "state")
     UserStore(state).create("alice", PASSWORDS["alice"])
     image = tmp_path / "blank.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "16M"], check=True)
+    halting_disk(image)
     with (
         cloud_server("occi", state.root, None, "--hold") as url,
         client(url) as alice,

@@ -27,8 +27,8 @@ from context.leases import NetworkStore
 from context.network import network_from_template
 from context.render import stored_context
 from context.template import parse_template
-from imagekit.run import run
 from imagekit.state import State
+from tests.cloud.blank import halting_disk
 from tests.cloud.serving import ec2_client, ec2_server
 
 pytestmark = pytest.mark.timeout(180)
@@ -47,7 +47,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     for net in (NET, PUBLIC):
         NetworkStore(state).create(network_from_template(parse_template(net, "x.net")))
     base = root / "base.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"])
+    halting_disk(base)
     template = root / "vm.one"
     template.write_text(
         f'NAME = "web"\nMEMORY = 64\nDISK = [ SOURCE = "{base}" ]\nNIC = [ NETWORK = "lan" ]\n'
@@ -193,7 +193,7 @@ def test_register_run_and_describe(cloud: dict[str, Any], tmp_path: Path) -> Non
 def test_a_failed_run_leaves_no_vm(cloud: dict[str, Any], tmp_path: Path) -> None:
     alice, state = ec2(cloud, "alice"), cloud["state"]
     doomed = tmp_path / "doomed.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", doomed, "16M"])
+    halting_disk(doomed)
     ami = upload(cloud, "alice", doomed)
     before = _vm_count(state)
     with pytest.raises(ClientError) as err:

@@ -1,6 +1,6 @@
 """StartInstances and StopInstances on the embedded core: QEMU really starts, saves and resumes.
 
-The VM boots from a blank disk (nothing to boot, so firmware waits: a live QEMU process is what
+The VM boots a stand-in disk that halts (tests/cloud/blank.py: a live QEMU process is what
 ``running`` means to the core). econe's mapping, OpenNebula/one
 ``src/cloud/ec2/lib/EC2QueryServer.rb`` ``EC2_ACTIONS``: start → resume, stop → poweroff; here
 stop is ``vm stop`` (memory saved), start is ``vm release`` for a held VM, else ``vm resume``;
@@ -25,8 +25,8 @@ from cloud.users import UserStore
 from context.leases import NetworkStore
 from context.network import network_from_template
 from context.template import parse_template
-from imagekit.run import run
 from imagekit.state import State
+from tests.cloud.blank import halting_disk
 from tests.cloud.serving import ec2_client, ec2_server
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(300)]
@@ -40,7 +40,7 @@ def held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, 
     state = State.open(root / "state")
     alice = UserStore(state).create("alice", "pw")
     NetworkStore(state).create(network_from_template(parse_template(NET, "lan.net")))
-    run(["qemu-img", "create", "-q", "-f", "qcow2", root / "blank.qcow2", "16M"])
+    halting_disk(root / "blank.qcow2")
     template = root / "vm.one"
     template.write_text(f'NAME = "idle"\nMEMORY = 64\nDISK = [ SOURCE = "{root}/blank.qcow2" ]\n')
     monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")

@@ -2,7 +2,7 @@
 
 Against the lab's real sshd (tests/cloud/sshd.py): each host a Unix user of its own, so a VM's
 QEMU really runs as that user, in that user's ``~/.imagekit/vms/<id>/``. The VM is the blank lab's
-(tests/cloud/blank.py: a blank disk, firmware only), deployed as the dispatcher would
+(tests/cloud/blank.py: a stand-in disk whose boot sector halts), deployed as the dispatcher would
 (tests/cloud/hostlab.py). 1.4 ran ``virsh --connect qemu:///system migrate --live`` on the
 source (OpenNebula ``src/vmm_mad/kvm/one_vmm_kvm.rb`` at release-1.4, ``migrate``) and
 save/restore for a cold ``onevm migrate`` (``save``, ``restore`` in the same driver); here QMP

@@ -5,7 +5,7 @@ release-1.4 ``src/hm/HookManager.cc`` and ``share/etc/oned.conf``'s VM_HOOK exam
 
 The "host" is this machine reached without SSH, its SSH user's home a temporary directory
 (:class:`HomeRunner`, standing in for ``cloud.remote.SshRunner``), and the VM the blank lab's
-(firmware on a blank disk); the real SSH path is ``tests/cloud/test_hostvm.py``'s."""
+(a stand-in disk whose boot sector halts); the real SSH path is ``tests/cloud/test_hostvm.py``'s."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def _fired(tmp_path: Path, vmid: int) -> list[str]:
     return [line.split()[0] for line in lines if line.split()[1:2] == [str(vmid)]]
 
 
-@pytest.mark.vm  # a QEMU (firmware on a blank disk) really runs, is saved and restored
+@pytest.mark.vm  # a QEMU (a stand-in disk that halts) really runs, is saved and restored
 def test_a_vm_on_a_host_fires_its_hooks_and_stops_and_resumes_there(
     blank_lab: BlankLab, node1: Path, site_etc: Path, tmp_path: Path
 ) -> None:

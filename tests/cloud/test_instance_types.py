@@ -37,8 +37,8 @@ from context.template import load_template, parse_template
 from context.vm import User, instantiate
 from imagekit.cli import main
 from imagekit.errors import InputError
-from imagekit.run import run
 from imagekit.state import State
+from tests.cloud.blank import halting_disk
 
 REPO = Path(__file__).resolve().parents[2]
 TYPES = load_instance_types(REPO / "etc")
@@ -218,7 +218,7 @@ def test_vm_create_with_a_type(
     state = State.open(_isolated_state)
     lan = 'NAME = "lan"\nTYPE = "RANGED"\nNETWORK_ADDRESS = "10.7.0.0"\nNETWORK_SIZE = "C"\n'
     NetworkStore(state).create(network_from_template(parse_template(lan, "lan.net")))
-    run(["qemu-img", "create", "-q", "-f", "qcow2", tmp_path / "disk.qcow2", "16M"])
+    halting_disk(tmp_path / "disk.qcow2")
     user = tmp_path / "web.one"
     user.write_text('NAME = "web"\nDISK = [ SOURCE = "disk.qcow2" ]\nNIC = [ NETWORK = "lan" ]\n')
     assert main(["vm", "create", str(user), "--type", "m1.large", "--hold"]) == 0

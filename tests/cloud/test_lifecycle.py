@@ -1,4 +1,4 @@
-"""onevm's verbs on real QEMU processes (a blank disk: SeaBIOS finds nothing to boot, which is
+"""onevm's verbs on real QEMU processes (a stand-in disk whose boot sector halts: tests/cloud/blank.py,
 enough for QMP, pause, save/restore and the process bookkeeping). Guest boots are in test_e2e.py."""
 
 from __future__ import annotations

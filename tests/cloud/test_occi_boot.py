@@ -16,8 +16,8 @@ from cloud import lifecycle
 from cloud.cores import SAVED_STATE
 from cloud.model import VmState
 from cloud.users import UserStore
-from imagekit.run import run
 from imagekit.state import State
+from tests.cloud.blank import halting_disk
 from tests.cloud.serving import cloud_server
 from tests.cloud.test_occi_server import client, compute_body, upload, xml
 
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.timeout(300)]
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
     path = tmp_path / "blank.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"])
+    halting_disk(path)
     return path
 
 

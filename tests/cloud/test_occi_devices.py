@@ -8,7 +8,6 @@ the request names is never handed out twice. The COMPUTE is created in-process a
 from __future__ import annotations
 
 import base64
-import subprocess
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -22,6 +21,7 @@ from cloud.users import UserStore
 from context.template import parse_template
 from imagekit.httperror import HttpError
 from imagekit.state import State
+from tests.cloud.blank import halting_disk
 
 
 def test_assign_devices_skips_the_named_ones() -> None:
@@ -48,7 +48,7 @@ def test_a_compute_whose_disks_have_no_dev_is_created(
     auth = {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
     http = TestClient(create_app(state, hold=True), headers=auth)
     image = tmp_path / "blank.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "16M"], check=True)
+    halting_disk(image)
     made = http.post(
         "/storage",
         data={"occixml": "<DISK><NAME>blank</NAME></DISK>"},

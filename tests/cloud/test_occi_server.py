@@ -28,6 +28,7 @@ import pytest
 from cloud.users import UserStore
 from imagekit.run import run
 from imagekit.state import State
+from tests.cloud.blank import halting_disk
 from tests.cloud.serving import IMAGEKIT, cloud_server, make_tls
 
 pytestmark = pytest.mark.timeout(120)
@@ -53,7 +54,7 @@ def url(state: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("image") / "blank.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"])
+    halting_disk(path)
     return path
 
 

@@ -25,6 +25,7 @@ from cloud.model import VmState
 from context.template import parse_template
 from imagekit.errors import CommandError
 from imagekit.state import State
+from tests.cloud.blank import halting_disk
 
 SESSION = "oneadmin:secret"
 ACTIONS = {
@@ -110,10 +111,9 @@ def auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _template(tmp_path: Path) -> Path:
-    import subprocess
 
     base = tmp_path / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"], check=True)
+    halting_disk(base)
     path = tmp_path / "web.one"
     path.write_text(
         f'NAME = "web"\nMEMORY = 512\nDISK = [ SOURCE = "{base}", TARGET = "vda" ]\n'

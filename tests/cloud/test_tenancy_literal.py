@@ -50,8 +50,8 @@ from context.vm import User as VmUser
 from context.vm import instantiate
 from imagekit.errors import InputError
 from imagekit.httperror import HttpError
-from imagekit.run import run
 from imagekit.state import State
+from tests.cloud.blank import halting_disk
 from tests.cloud.serving import cloud_server, ec2_client, ec2_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,7 +129,7 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cloud:
         '  arguments = "$VMID $NAME $UNAME $CONTEXT[EC2_KEYNAME]" ]\n'
     )
     base = tmp_path / "base.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"])
+    halting_disk(base)
     ec2, occi = _front_doors(state, etc)
     cloud = Cloud(state, etc, ec2, occi, users, accounts, base, hook_log, tmp_path)
     cloud = cloud.add_type("probe", PROBE)

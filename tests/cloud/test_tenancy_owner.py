@@ -45,11 +45,10 @@ from context.template import parse_template
 from context.vm import User as VmUser
 from imagekit.cli import main
 from imagekit.locations import etc_dir
-from imagekit.run import run
 from imagekit.state import State
 from tests.cloud.tenancy import PUBLIC, URL, Doors, error_code, open_doors
 
-from .blank import an_ec2_upload
+from .blank import an_ec2_upload, halting_disk
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -111,7 +110,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
         table.write('VM_TYPE = [ NAME = "peer", TEMPLATE = "peer.j2" ]\n')
     (etc / "instance-types" / "peer.j2").write_text(PEER.replace("@PEERS@", ""))
     base = tmp_path / "base.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"])
+    halting_disk(base)
     local = {"root": _local_vm(tmp_path, "root", base)}
     with monkeypatch.context() as as_daemon:
         as_daemon.setattr(cloud.deploy, "invoking_user", lambda: DAEMON)
@@ -167,7 +166,7 @@ def test_the_local_accounts_vms_count_against_no_cloud_users_quota(lab: Lab) -> 
         quotas.set(name, QuotaChange(vms=1))
         assert quotas.usage(name).vms == 0
     image = doors.tmp / "mine.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", image, "16M"])
+    halting_disk(image)
     assert doors.occi_upload("root", image).status_code == 201
     storage = ET.fromstring(lab.occi("root", "GET", "/storage").content)[0].get("href", "").rsplit("/")[-1]
     body = (
@@ -315,7 +314,7 @@ def test_no_answer_of_either_door_names_a_path_of_this_host(
     alice and to the administrator) names a file here."""
     with open_doors(tmp_path, monkeypatch) as doors:
         image = tmp_path / "mine.qcow2"
-        run(["qemu-img", "create", "-q", "-f", "qcow2", image, "16M"])
+        halting_disk(image)
         answers = _ec2_answers(doors, image) + _occi_answers(doors, image)
         # An administrator's site image, registered by its path and no name, is shown by name.
         shutil.copy(image, doors.site_dir / "site.qcow2")
