@@ -180,7 +180,8 @@ def test_ext_partition_stays_sparse_with_the_same_bytes(tmp_path: Path) -> None:
     run(["mkfs.ext4", "-q", "-F", "-L", part.label, "-U", part.uuid, "-d", tree, "-E",
          f"offset={part.offset_bytes},hash_seed={part.hash_seed}", zeroed, f"{part.size_bytes // 1024}k"],
         env={"E2FSPROGS_FAKE_TIME": "1700000000"})  # fmt: skip
-    assert zeroed.stat().st_blocks * 512 > 4 * MIB
+    # (On a disk file system this plain mkfs.ext4 allocates the 4 MiB journal; on a tmpfs it
+    # punches holes instead, so only the bytes are compared.)
     ext4pin.pin_inode_times(zeroed, part.offset_bytes, 1_700_000_000)
     ext4pin.zero_lifetime_writes(zeroed, part.offset_bytes)
     # The same bytes: compared where either file has data (both read zeros elsewhere; reading

@@ -36,8 +36,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def work() -> Iterator[Path]:
-    """A work directory others may search (pytest's tmp is closed): the build user's way in."""
-    path = Path(tempfile.mkdtemp(prefix="imagekit-sandbox-work-", dir="/var/tmp"))
+    """A work directory others may search (pytest's tmp is closed): the build user's way in,
+    in the temporary directory (sticky and searchable; make test's is a tmpfs)."""
+    path = Path(tempfile.mkdtemp(prefix="imagekit-sandbox-work-"))
     path.chmod(0o711)
     yield path
     path.rmdir()

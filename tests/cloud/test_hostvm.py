@@ -8,7 +8,7 @@ source (OpenNebula ``src/vmm_mad/kvm/one_vmm_kvm.rb`` at release-1.4, ``migrate`
 save/restore for a cold ``onevm migrate`` (``save``, ``restore`` in the same driver); here QMP
 ``migrate`` does both, with the disks mirrored to the target over NBD for the live one. A booted
 guest on one network across hosts, reachable through both migrations, is
-tests/cloud/test_hosts_e2e.py's.
+tests/cloud/test_e2e.py's.
 """
 
 from __future__ import annotations

@@ -135,7 +135,8 @@ def test_opennebula_iso(tmp_path: Path, payload: tuple[Path, ...]) -> None:
     )
     joliet = _tool(["isoinfo", "-J", "-f", "-i", str(iso_path)]).split()
     assert set(joliet) >= {"/context.sh", "/init.sh", "/conf/app.conf"}
-    found = _tool(["xorriso", "-indev", str(iso_path), "-find", "/", "-type", "f"])
+    # stdio: a file, wherever it is (xorriso takes a path under /dev/, as /dev/shm, for a drive).
+    found = _tool(["xorriso", "-indev", f"stdio:{iso_path}", "-find", "/", "-type", "f"])
     assert "'/conf/sub/Deep File.TXT'" in found
     blkid = _tool(["blkid", "-p", "-o", "export", str(iso_path)]).splitlines()
     assert "LABEL=CONTEXT" in blkid and "TYPE=iso9660" in blkid
