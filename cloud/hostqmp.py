@@ -37,11 +37,17 @@ try:
 except OSError as e:
     print(json.dumps({"gone": e.strerror or str(e)}))
     sys.exit(0)
-f = s.makefile("rb")
+buf = bytearray()
 def read():
-    line = f.readline()
-    if not line:
-        raise EOFError("QEMU closed the QMP socket")
+    # recv into a buffer of our own: a makefile() reader refuses every read after one timed out,
+    # and the wait for the power button times out between presses on purpose.
+    while b"\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError("QEMU closed the QMP socket")
+        buf.extend(chunk)
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
     return json.loads(line)
 def call(name, args=None):
     s.sendall(json.dumps({"execute": name, "arguments": args or {}}).encode() + b"\n")
