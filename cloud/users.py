@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import sqlite3
+import string
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +54,9 @@ class ScryptCost:
 # be raised later and old hashes still verify. (The test suite lowers it: tests/conftest.py.)
 PASSWORD_COST = ScryptCost(2**14, 8, 1)
 _ACCESS_KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+# Letters and digits (238 bits in 40 characters): a secret key is given as ``-S SECRET`` to
+# econe-style tools, which take one starting with "-" for an option (token_urlsafe's could).
+_SECRET_KEY_ALPHABET = string.ascii_letters + string.digits
 _SHA1_HEX = re.compile(r"[0-9a-fA-F]{40}")
 
 
@@ -204,7 +208,7 @@ class UserStore:
         _check_name(name)
         hashed = hash_password(_check_password_text(password))
         access_key = "AKIK" + "".join(secrets.choice(_ACCESS_KEY_ALPHABET) for _ in range(16))
-        secret_key = secrets.token_urlsafe(30)
+        secret_key = "".join(secrets.choice(_SECRET_KEY_ALPHABET) for _ in range(40))
         sealed = self.box.seal(secret_key, access_key)
         created = datetime.now(UTC).replace(microsecond=0).isoformat()
         with self.state.transaction() as db:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -58,6 +59,13 @@ def test_create_returns_keys_once_and_stores_the_secret_sealed(users: UserStore)
     assert created.secret_key.encode() not in stored[1] and "pw" not in stored[0].split("$")
     key = users.state.root / KEY_FILE
     assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+
+
+def test_secret_keys_are_40_letters_and_digits(users: UserStore) -> None:
+    """Never a leading "-", which ``-S SECRET`` (econe's option, ours) takes for an option: CI
+    once drew such a key and ``imagekit ec2 describe-images -S -…`` failed."""
+    secrets = [users.create(f"user{n}", "pw").secret_key for n in range(8)]
+    assert all(re.fullmatch(r"[A-Za-z0-9]{40}", secret) for secret in secrets), secrets
 
 
 def test_a_sealed_secret_is_bound_to_its_access_key(users: UserStore) -> None:
