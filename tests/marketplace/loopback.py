@@ -33,6 +33,9 @@ class Served:
     if_range: str | None
     status: int
     sent: int
+    # Set once the handler is done with the request (or stalls on purpose): the client can have
+    # read the last byte before the handler thread counted it.
+    answered: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
 @dataclass
@@ -44,7 +47,10 @@ class Loopback:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def requests(self, path: str) -> list[Served]:
-        return [s for s in self.log if s.path == path]
+        found = [s for s in self.log if s.path == path]
+        for served in found:
+            served.answered.wait(10)
+        return found
 
 
 def _handler(state: Loopback) -> type[BaseHTTPRequestHandler]:
@@ -59,6 +65,12 @@ def _handler(state: Loopback) -> type[BaseHTTPRequestHandler]:
             how = state.behaviour.get(path, Behaviour())
             served = Served(path, self.headers.get("Range"), self.headers.get("If-Range"), 0, 0)
             state.log.append(served)
+            try:
+                self._answer(path, how, served)
+            finally:
+                served.answered.set()
+
+        def _answer(self, path: str, how: Behaviour, served: Served) -> None:
             if how.redirect is not None:
                 served.status = 302
                 self._head(302, 0, {"Location": how.redirect})
@@ -90,6 +102,7 @@ def _handler(state: Loopback) -> type[BaseHTTPRequestHandler]:
                 extra["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
             self._head(served.status, how.length if how.length is not None else len(body), extra)
             if how.stall:
+                served.answered.set()
                 state.stop.wait()
                 return
             if how.drop_after is not None and how.drops > 0:
