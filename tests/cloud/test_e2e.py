@@ -110,18 +110,17 @@ NIC = [ NETWORK = "lan" ]
 
 @dataclass(frozen=True)
 class Site:
-    """The scenario's site: its state directory (the CLI's --state) and the lab's etc/."""
+    """The scenario's site: its state directory (the CLI's --state), opened once, and the lab's
+    etc/, parsed once."""
 
     root: Path
     lab: SshLab
+    state: State
+    config: SiteConfig
 
-    @property
-    def state(self) -> State:
-        return State.open(self.root)
-
-    @property
-    def config(self) -> SiteConfig:
-        return load_site(self.lab.etc)
+    @classmethod
+    def open(cls, root: Path, lab: SshLab) -> Site:
+        return cls(root, lab, State.open(root), load_site(lab.etc))
 
     def imagekit(self, *args: str, env: dict[str, str] | None = None) -> str:
         proc = subprocess.run(
@@ -322,7 +321,7 @@ def test_two_vms_from_the_registry_on_two_hosts_through_migrations_an_outage_and
 ) -> None:
     monkeypatch.setenv("IMAGEKIT_ACCEL", "tcg")  # the dispatcher's and migrations' QEMUs
     started = time.monotonic()
-    site = Site(tmp_path / "state", ssh_hosts)
+    site = Site.open(tmp_path / "state", ssh_hosts)
     (tmp_path / "lan.net").write_text(NET)
     (tmp_path / "alive.sh").write_text(ALIVE_SCRIPT)
     site.imagekit("net", "create", str(tmp_path / "lan.net"))

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,6 @@ from cloud.hostqmp import QMP_SCRIPT
 def _serve(listener: socket.socket, presses_until_off: int, pressed: list[float]) -> None:
     """QEMU as QMP shows it: the greeting, then answers; the guest powers off (the socket
     closes) on the ``presses_until_off``-th ACPI button press."""
-    import time
-
     conn, _ = listener.accept()
     with conn, conn.makefile("rb") as requests:
         conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\n')
