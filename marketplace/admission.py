@@ -108,6 +108,10 @@ def check(data: bytes, config: MarketConfig, now: datetime) -> Checked | str:
     return Checked(EntryKey(*entry.metadata.key), row_of(entry.metadata, sha256_hex(data)), Claim.of(entry))
 
 
+def _ready() -> None:
+    """A worker's first task when the pool is warmed: nothing (starting is the work)."""
+
+
 def _end_with(parent: int) -> None:
     """A pool worker's initializer: the worker ends when ``parent``, the process whose pool it
     is, ends, even killed with SIGKILL. Each worker holds its call queue's writing end, so it
@@ -138,18 +142,32 @@ class CheckPool:
     def check_many(self, items: list[bytes], config: MarketConfig, *, now: datetime) -> list[Checked | str]:
         return list(self.start(items, config, now=now))
 
+    def warm(self) -> None:
+        """Start the workers now, in the background (a second's work on a busy host), while the
+        caller does something else: a replica, while it asks the source for the first page."""
+        if self.workers >= 2:
+            pool = self._started()
+            for _ in range(self.workers):  # the executor forks a worker per task while none is idle
+                pool.submit(_ready)
+
+    def _started(self) -> concurrent.futures.ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                context = multiprocessing.get_context("forkserver")
+                # The forkserver imports the checking code once (besides __main__, its default),
+                # and each worker forked from it starts with it loaded.
+                context.set_forkserver_preload(["__main__", __name__])
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    self.workers, mp_context=context, initializer=_end_with, initargs=(os.getpid(),)
+                )
+            return self._pool
+
     def start(self, items: list[bytes], config: MarketConfig, *, now: datetime) -> Iterator[Checked | str]:
         """Start checking ``items`` (in the pool: the workers go on while the caller does
         something else); the verdicts come in order as the iterator is read."""
         if len(items) < POOL_FROM or self.workers < 2:
             return iter([check(data, config, now) for data in items])
-        with self._lock:
-            if self._pool is None:
-                context = multiprocessing.get_context("forkserver")
-                self._pool = concurrent.futures.ProcessPoolExecutor(
-                    self.workers, mp_context=context, initializer=_end_with, initargs=(os.getpid(),)
-                )
-            pool = self._pool
+        pool = self._started()
         chunk = max(1, len(items) // (self.workers * 4))
         # The config and the time travel once per chunk, inside the partial, not once per entry.
         return pool.map(functools.partial(check, config=config, now=now), items, chunksize=chunk)

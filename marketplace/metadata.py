@@ -90,7 +90,8 @@ def format_time(moment: datetime) -> str:
     """``yyyy-MM-ddTHH:mm:ssZ`` in UTC (StratusLab's only date format; compares as a string)."""
     if moment.tzinfo is None:
         raise ValueError("naive datetime: metadata times are UTC")
-    return moment.astimezone(UTC).strftime(TIME_FORMAT)
+    t = moment.astimezone(UTC)  # not strftime: a quarter of its cost, and %Y does not pad year 999
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}Z"
 
 
 def parse_time(text: str) -> datetime:

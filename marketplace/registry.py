@@ -319,6 +319,10 @@ class Registry:
 
     # Replication (marketplace/replicate.py): entries another registry accepted.
 
+    def warm_replication(self) -> None:
+        """Start the workers that :meth:`check_replicated` uses, in the background."""
+        self._checks.warm()
+
     def check_replicated(self, items: list[bytes]) -> Iterator[Checked | str]:
         """Start verifying a page of copied entries (on every core) for :meth:`replicate`."""
         return self._checks.start(items, self.config, now=self._clock())

@@ -130,6 +130,7 @@ def replicate(
         raise InputError(f"--page: expected 1 to {PAGE} entries, got {page}")
     from marketplace import replicate_stratuslab as stratuslab  # it builds on this module
 
+    registry.warm_replication()  # the workers start while the source answers
     with MarketClient(source) as probe:
         if stratuslab.lacks_change_feed(probe, retries):  # a StratusLab registry: its own listing
             return stratuslab.replicate_stratuslab(

@@ -37,3 +37,20 @@ def test_a_pool_gives_the_verdicts_of_checking_here(tmp_path: Path) -> None:
     assert len(accepted) == 38
     assert {v.claim.email for v in accepted} == {"alice@example.org", "bob@example.org"}
     assert all(v.row.identifier == v.key.identifier for v in accepted)
+
+
+def test_warmed_workers_are_running_before_the_first_batch(tmp_path: Path) -> None:
+    pool = CheckPool(workers=2)
+    try:
+        pool.warm()  # what a replica does before it asks the source for the first page
+        started = pool._started()
+        assert len(started._processes) == 2  # both forked, before any batch
+        assert started.submit(sum, [1, 2]).result(timeout=60) == 3
+        items = [signed(image_metadata(f"warm-{n}"), ALICE, created=ago(hours=n)) for n in range(POOL_FROM)]
+        config = MarketConfig(data_dir=tmp_path / "data")
+        assert pool.check_many(items, config, now=NOW) == [check(d, config, NOW) for d in items]
+    finally:
+        pool.close()
+    single = CheckPool(workers=1)
+    single.warm()  # one core: checked in this process, no pool to start
+    assert single._pool is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -245,6 +245,10 @@ def test_time_format() -> None:
     assert parse_time("2024-05-06T07:08:09Z") == moment
     with pytest.raises(ValueError):
         format_time(datetime(2024, 5, 6))
+    # Any time parse_time reads comes back as the same text: four-digit years, other zones in UTC.
+    assert format_time(parse_time("0999-01-02T03:04:05Z")) == "0999-01-02T03:04:05Z"
+    east = timezone(timedelta(hours=2))
+    assert format_time(datetime(2024, 5, 6, 9, 8, 9, tzinfo=east)) == "2024-05-06T07:08:09Z"
     for bad in ("2024-05-06T07:08:09", "2024-05-06T07:08:09.5Z", "2024-13-06T07:08:09Z"):
         with pytest.raises(ValueError):
             parse_time(bad)
