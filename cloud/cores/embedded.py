@@ -40,11 +40,16 @@ from imagekit.state import State
 QMP_TIMEOUT = 15.0
 
 
+def state_tag(state: State) -> str:
+    """Ten hex digits that tell this state directory's VMs from another's on the same host."""
+    return hashlib.sha1(str(state.root.resolve()).encode()).hexdigest()[:10]
+
+
 def runtime_dir(state: State) -> Path:
-    """A short directory for the QMP sockets (a socket path must fit in 108 bytes)."""
-    tag = hashlib.sha1(str(state.root.resolve()).encode()).hexdigest()[:10]
+    """A short directory for the QMP sockets (a socket path must fit in 108 bytes). Made when a
+    VM is set up or started; removed when the state's last VM ends (cloud/cores/local.py)."""
     # In the shared temporary directory anyone may make it first: refused unless ours, 0700.
-    return private_directory(Path(tempfile.gettempdir()) / f"imagekit-{os.getuid()}-{tag}")
+    return private_directory(Path(tempfile.gettempdir()) / f"imagekit-{os.getuid()}-{state_tag(state)}")
 
 
 def segment(state: State, network_id: int) -> str:
@@ -212,6 +217,7 @@ class EmbeddedCore(LocalCore):
     def start(self, record: VmRecord, *, incoming: bool) -> tuple[int | None, int | None]:
         saved = record.directory / SAVED_STATE
         argv = list(record.info["argv"])
+        private_directory(Path(record.info["qmp"]).parent)  # gone if every other VM had ended
         pid, start = launch(argv, record.directory / "qemu.pid", incoming=saved if incoming else None)
         password = record.info.get("vnc_password")
         if password:  # GRAPHICS PASSWD; a VM whose password cannot be set does not run

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.cores import SAVED_STATE, CoreKind
-from cloud.cores.embedded import runtime_dir
+from cloud.cores.embedded import state_tag
 from cloud.cores.local import LocalCore
 from cloud.model import QEMU_XMLNS, VmTemplate
 from cloud.qemu import OVMF_CODE, QEMU, Accel, VmSpec
@@ -162,7 +162,7 @@ class LibvirtCore(LocalCore):
     ) -> dict[str, Any]:
         """The transient domain's name and XML; a kvm RAW goes into it as it is (its
         ``<qemu:commandline>`` included), a qemu RAW as arguments."""
-        name = f"imagekit-{runtime_dir(state).name.rsplit('-', 1)[1]}-{vmid}"
+        name = f"imagekit-{state_tag(state)}-{vmid}"
         plain = dataclasses.replace(
             spec, extra_args=tuple(a for r in vm.raw if r.type == "qemu" for a in r.qemu_args())
         )

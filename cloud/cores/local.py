@@ -252,6 +252,19 @@ def _clean_up(state: State, record: VmRecord) -> None:
     qmp = record.info.get("qmp")
     if qmp:
         Path(qmp).unlink(missing_ok=True)
+        _remove_runtime_dir(state, Path(qmp).parent, record.vmid)
+
+
+def _remove_runtime_dir(state: State, directory: Path, vmid: int) -> None:
+    """The state's QMP directory in the shared temporary directory goes with its last VM (a
+    VM that starts again makes it again); kept while any other VM has not ended."""
+    ended = (VmState.DONE, VmState.FAILED)
+    if any(r.vmid != vmid and r.state not in ended for r in VmStore(state).list()):
+        return
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # not empty, or gone already: left as it is
 
 
 def _kill(record: VmRecord) -> None:

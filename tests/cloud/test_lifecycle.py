@@ -83,6 +83,26 @@ def test_a_dead_qemu_is_unknown_then_deleted(lab: Any) -> None:
     assert NetworkStore(state).leases() == []
 
 
+def test_the_qmp_directory_goes_with_the_state_s_last_vm(lab: Any) -> None:
+    """The sockets' directory in the shared temporary directory is not left behind per state."""
+    state, template = lab
+    first, second = (create_vm(CreateRequest.from_file(template), state=state) for _ in range(2))
+    runtime = Path(first.info["qmp"]).parent
+    assert runtime == embedded.runtime_dir(state) == Path(second.info["qmp"]).parent
+    assert lifecycle.delete(state, first.vmid).state is VmState.DONE
+    assert runtime.is_dir() and _status(second) == "running"  # another VM still uses it
+    lifecycle.delete(state, second.vmid)
+    assert not runtime.exists()
+    third = create_vm(CreateRequest.from_file(template), state=state)  # made again
+    assert _status(third) == "running"
+    assert lifecycle.stop(state, third.vmid).state is VmState.STOPPED
+    runtime.rmdir()  # emptied by QEMU's exit; gone as if another VM had ended meanwhile
+    resumed = lifecycle.resume(state, third.vmid)  # starting QEMU makes it again
+    assert resumed.state is VmState.RUNNING and _status(resumed) == "running"
+    lifecycle.delete(state, third.vmid)
+    assert not runtime.exists()
+
+
 def _cli(state: State, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imagekit", "--state", str(state.root), "vm", *args],
