@@ -63,7 +63,6 @@ from marketplace.certs import (
     valid_at,
 )
 from marketplace.metadata import DSIG, RDF, SLREQ, Metadata, metadata_from_element, q
-from marketplace.signedinfo import signed_info_verified
 from marketplace.signing import C14N, C14N_WITH_COMMENTS, ENVELOPED, DigestAlgorithm, SignatureAlgorithm
 
 __all__ = ["LEGACY_SHA1_BEFORE", "TrustStore", "VerifiedEntry", "verify_entry"]
@@ -134,7 +133,13 @@ def verify_entry(
     signature, signed_info = _check_structure(root)
     algorithm, digest, c14n = _check_algorithms(signed_info, allow_sha1=allow_sha1)
     certs = _certificates(signature)
-    canonical = _checked_content(root, signature, signed_info, certs[0], algorithm, digest, c14n)
+    _check_signature(signature, certs[0], algorithm)
+    canonical = _signed_content(root, signature, c14n)
+    claimed = signed_info.findtext(f"{q(DSIG, 'Reference')}/{q(DSIG, 'DigestValue')}") or ""
+    if not hmac.compare_digest(
+        _b64(claimed, "DigestValue"), hashlib.new(digest.hashlib_name, canonical).digest()
+    ):
+        raise _fail("structure", "the signed Reference does not cover the interpreted document")
     try:
         metadata = metadata_from_element(
             xmlsafe.parse(canonical, source=source, max_bytes=max_bytes), source=source
@@ -344,45 +349,6 @@ def _check_signature(
         ctx.verify(signature)
     except xmlsec.Error as exc:
         raise _fail("signature", f"the signature does not match the content ({exc})") from None
-
-
-def _checked_content(
-    root: etree._Element,
-    signature: etree._Element,
-    signed_info: etree._Element,
-    cert: x509.Certificate,
-    algorithm: SignatureAlgorithm,
-    digest: DigestAlgorithm,
-    c14n: tuple[bool, bool],
-) -> bytes:
-    """The signed content, once ``cert``'s key is known to have signed SignedInfo and its
-    Reference's digest is that of the content. SignedInfo is checked without xmlsec when it has
-    the shape entries are signed in (signedinfo.py); xmlsec checks every other shape and every
-    failure, so that the rule is xmlsec's: ``signature`` for tampering, ``structure`` when
-    xmlsec accepts a Reference that covers other content than the one interpreted (wrapping)."""
-    confirmed = signed_info_verified(signature, signed_info, cert, algorithm)
-    if not confirmed:
-        _check_signature(signature, cert, algorithm)
-    previous = signature.getprevious()
-    text_before = root.text if previous is None else previous.tail
-    canonical = _signed_content(root, signature, c14n)
-    claimed = signed_info.findtext(f"{q(DSIG, 'Reference')}/{q(DSIG, 'DigestValue')}") or ""
-    try:
-        if hmac.compare_digest(
-            _b64(claimed, "DigestValue"), hashlib.new(digest.hashlib_name, canonical).digest()
-        ):
-            return canonical
-        failure = _fail("structure", "the signed Reference does not cover the interpreted document")
-    except VerificationError as err:
-        failure = err
-    if confirmed:  # the document as it came, for xmlsec to tell tampering from wrapping
-        if previous is None:
-            root.text = text_before
-        else:
-            previous.tail = text_before
-        root.append(signature)
-        _check_signature(signature, cert, algorithm)
-    raise failure
 
 
 def _signed_content(root: etree._Element, signature: etree._Element, c14n: tuple[bool, bool]) -> bytes:
