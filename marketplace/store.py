@@ -103,13 +103,27 @@ def _make_entry_dirs(id_dir: str, email_dir: str) -> tuple[str, ...]:
     return tuple(made)
 
 
-def _write_temp(directory: str, data: bytes) -> str:
+def _umask() -> int:
+    """The process's umask, read rather than set and restored (``os.umask`` sets it, for
+    every thread at once); when unknown, one that masks everything."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777
+
+
+def _write_temp(directory: str, data: bytes, *, chmod: bool) -> str:
     """``data`` in a new temporary file in ``directory``, not yet synced (the caller syncs the
-    whole batch at once)."""
+    whole batch at once); mode 0644, set again after creating it when ``chmod`` (the umask
+    masks part of it)."""
     while True:
         name = f"{directory}/.tmp-{secrets.token_hex(8)}.part"
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             break
         except FileExistsError:
             continue
@@ -117,7 +131,8 @@ def _write_temp(directory: str, data: bytes) -> str:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fchmod(fd, 0o644)
+        if chmod:
+            os.fchmod(fd, 0o644)
     except BaseException:
         os.close(fd)
         os.unlink(name)
@@ -177,6 +192,7 @@ class Store:
         System calls only, no pathlib: per file, at most two mkdirs, a create and a write."""
         staged: list[Staged] = []
         known: set[str] = set()  # directories this batch made or found
+        chmod = _umask() & 0o644 != 0
         try:
             os.makedirs(self.metadata_dir, exist_ok=True)
             for key, data in items:
@@ -185,7 +201,7 @@ class Store:
                 if directory not in known:
                     created = _make_entry_dirs(f"{self.root}/metadata/{key.identifier}", directory)
                     known.add(directory)
-                staged.append(Staged(key, _write_temp(directory, data), data, created))
+                staged.append(Staged(key, _write_temp(directory, data, chmod=chmod), data, created))
             self.sync_all()
         except BaseException:
             for item in staged:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,19 @@ def test_put_is_byte_exact_idempotent_and_never_overwrites(tmp_path: Path) -> No
         store.put(key(), data + b" ")
     assert store.read(key()) == data
     assert not [p for p in store.path(key()).parent.iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_staged_entries_are_published_0644_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    store = Store(tmp_path)
+    old = os.umask(umask)
+    try:
+        staged = store.stage_many([(key(), b"<a/>"), (key(email="b@example.org"), b"<b/>")])
+    finally:
+        os.umask(old)
+    assert [store.publish(s) for s in staged] == [PutOutcome.NEW, PutOutcome.NEW]
+    assert [stat.S_IMODE(store.path(s.key).stat().st_mode) for s in staged] == [0o644, 0o644]
+    assert store.read(key(email="b@example.org")) == b"<b/>"
 
 
 def test_keys_and_latest_come_from_the_files(tmp_path: Path) -> None:
