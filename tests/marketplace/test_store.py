@@ -151,5 +151,16 @@ def test_audit_reports_files_that_bypassed_the_log(tmp_path: Path) -> None:
     assert audit(log, store).problems == (f"not in the audit log: {sneaky.relpath}",)
 
 
+@pytest.mark.parametrize(
+    "path", [f"{ID}/a@example.org/2024-01-01T00:00:00Z", 'q"uote\\back/\u00e9\u2603\n\x00/\U0001f600']
+)
+def test_log_lines_are_the_json_of_their_records(tmp_path: Path, path: str) -> None:
+    log = AuditLog(tmp_path / "audit.log")
+    records = log.append_many([(path, "ab" * 32), (path + "x", "cd" * 32)], at="2024-01-01T00:00:01Z")
+    expected = "".join(json.dumps(r.__dict__, separators=(",", ":")) + "\n" for r in records)
+    assert (tmp_path / "audit.log").read_text() == expected
+    assert log.head() == Head(2, records[-1].hash) and log.paths() == {path, path + "x"}
+
+
 def test_head_of_an_empty_log(tmp_path: Path) -> None:
     assert AuditLog(tmp_path / "audit.log").head() == Head(0, "0" * 64)
