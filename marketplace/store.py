@@ -116,17 +116,17 @@ def _umask() -> int:
     return 0o777
 
 
-def _write_temp(directory: str, data: bytes, *, chmod: bool) -> str:
-    """``data`` in a new temporary file in ``directory``, not yet synced (the caller syncs the
-    whole batch at once); mode 0644, set again after creating it when ``chmod`` (the umask
-    masks part of it)."""
+def _write_temp(directory: str, data: bytes, *, unique: str, chmod: bool) -> str:
+    """``data`` in a new temporary file in ``directory`` (named after ``unique``, or at
+    random if that name is taken), not yet synced (the caller syncs the whole batch at once);
+    mode 0644, set again after creating it when ``chmod`` (the umask masks part of it)."""
+    name = f"{directory}/.tmp-{unique}.part"
     while True:
-        name = f"{directory}/.tmp-{secrets.token_hex(8)}.part"
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             break
         except FileExistsError:
-            continue
+            name = f"{directory}/.tmp-{secrets.token_hex(8)}.part"
     try:
         view = memoryview(data)
         while view:
@@ -193,15 +193,17 @@ class Store:
         staged: list[Staged] = []
         known: set[str] = set()  # directories this batch made or found
         chmod = _umask() & 0o644 != 0
+        batch = secrets.token_hex(8)  # the temporary names: this, and a number
         try:
             os.makedirs(self.metadata_dir, exist_ok=True)
-            for key, data in items:
+            for number, (key, data) in enumerate(items):
                 directory = f"{self.root}/metadata/{key.identifier}/{key.email}"
                 created: tuple[str, ...] = ()
                 if directory not in known:
                     created = _make_entry_dirs(f"{self.root}/metadata/{key.identifier}", directory)
                     known.add(directory)
-                staged.append(Staged(key, _write_temp(directory, data, chmod=chmod), data, created))
+                temp = _write_temp(directory, data, unique=f"{batch}-{number}", chmod=chmod)
+                staged.append(Staged(key, temp, data, created))
             self.sync_all()
         except BaseException:
             for item in staged:

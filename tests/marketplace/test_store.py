@@ -11,7 +11,7 @@ import pytest
 
 from imagekit.errors import DataError, InputError
 from marketplace.auditlog import AuditLog, Head, audit
-from marketplace.store import EntryKey, PutOutcome, Store, sha256_hex
+from marketplace.store import EntryKey, PutOutcome, Store, _write_temp, sha256_hex
 
 ID = "MMZu9WvwKIro-rtBQfDk4PsKO7_"
 
@@ -60,6 +60,12 @@ def test_staged_entries_are_published_0644_whatever_the_umask(tmp_path: Path, um
     assert [store.publish(s) for s in staged] == [PutOutcome.NEW, PutOutcome.NEW]
     assert [stat.S_IMODE(store.path(s.key).stat().st_mode) for s in staged] == [0o644, 0o644]
     assert store.read(key(email="b@example.org")) == b"<b/>"
+
+
+def test_a_temporary_name_already_taken_is_not_reused(tmp_path: Path) -> None:
+    first = _write_temp(str(tmp_path), b"one", unique="same", chmod=False)
+    second = _write_temp(str(tmp_path), b"two", unique="same", chmod=True)
+    assert first != second and Path(first).read_bytes() == b"one" and Path(second).read_bytes() == b"two"
 
 
 def test_keys_and_latest_come_from_the_files(tmp_path: Path) -> None:
