@@ -27,7 +27,7 @@ from typing import Any
 
 from imagekit.atomic import write_atomically
 from imagekit.errors import DataError, InputError, VerificationError
-from marketplace.admission import Checked
+from marketplace.admission import POOL_FROM, Checked
 from marketplace.auditlog import GENESIS
 from marketplace.client import MarketClient, RegistryUnreachable
 from marketplace.registry import Outcome, PendingQuotaError, Registry, Replicated
@@ -140,7 +140,10 @@ def replicate(
     report = ReplicationReport(source, cursor)
     with MarketClient(source) as client, concurrent.futures.ThreadPoolExecutor(1) as fetcher:
         fetched = cursor  # the feed position of the last page read, committed or not
-        upcoming = fetcher.submit(_page, client, fetched, retries, page)
+        # A smaller first page: nothing commits until it is checked, so the pipeline (this
+        # page committed while the next is checked) fills sooner.
+        first = min(page, max(POOL_FROM, page // 8))
+        upcoming = fetcher.submit(_page, client, fetched, retries, first)
         checking: _Checking | None = None  # read, being verified, committed next
         while True:
             head, entries = upcoming.result()

@@ -9,6 +9,7 @@ replica that refuses uploads over HTTP.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -37,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _replicate(args: argparse.Namespace) -> int:
     registry = Registry.open(load_config(args.config, data_dir=args.data, state=args.state))
+    # The command is this process's only work, and the cyclic collector was a sixth of its
+    # CPU: what is alive now (the modules) lives to the end, so full collections need not walk
+    # it again, and the thousands of objects each page makes and frees need not start a
+    # collection every 700 allocations (what few cycles there are are still collected).
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
     refused = 0
 
     def show(report: ReplicationReport) -> None:

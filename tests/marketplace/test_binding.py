@@ -91,6 +91,21 @@ def test_first_use_binds_in_one_group_commit(registry: Registry) -> None:
     assert isinstance(jobs[1].error, VerificationError) and jobs[1].error.rule == "endorser-binding"
 
 
+def test_replication_keeps_the_binding_and_its_idempotence(registry: Registry) -> None:
+    """Copied entries: the first use binds within the page, a borrowed e-mail is refused (and
+    again when it comes again), the same bytes again are already here, and a certificate that
+    carries the e-mail passes without any check."""
+    alice = signed(image_metadata("copied-1"), ALICE, created=ago(days=2))
+    borrowed = signed(image_metadata("copied-2"), BOB_AS_ALICE, created=ago(days=1))
+    proven = signed(image_metadata("copied-3"), ALICE_WITH_SAN, created=ago(days=1))
+    first = registry.replicate([alice, borrowed, proven])
+    assert [r.outcome for r in first] == [Outcome.ACCEPTED, None, Outcome.ACCEPTED]
+    assert first[1].error is not None and "bound to the certificate" in first[1].error
+    again = registry.replicate([borrowed, alice, proven])
+    assert [r.outcome for r in again] == [None, Outcome.EXISTING, Outcome.EXISTING]
+    assert len(registry.log.paths()) == 2 and registry.audit().ok
+
+
 def test_reindex_rebuilds_the_binding(tmp_path: Path) -> None:
     config = config_for(tmp_path)
     registry = Registry(config)

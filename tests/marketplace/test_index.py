@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,6 +182,41 @@ def check_generation_and_next_change(index: Index) -> None:
     assert index.next_change(Query(), at="2025-10-01T00:00:00Z") is None
 
 
+def check_a_page_moves_latest_as_rows_one_by_one(index: Index) -> None:
+    """One add_many, as replication commits a page: two rows of a stored timeline, one older
+    and one newer than its latest, a newer one still, a timeline new in the page out of order,
+    and a row equal to a stored latest (skipped, so not counted for its endorser)."""
+    fill(index)
+    a, c = "alice@example.org", "carol@example.org"
+    page = [
+        row(IDS[0], a, "2025-01-20T00:00:00Z"),  # older than the stored latest (02-01)
+        row(IDS[0], a, "2025-03-01T00:00:00Z"),
+        row(IDS[6], c, "2025-05-01T00:00:00Z"),
+        row(IDS[0], a, "2025-04-01T00:00:00Z"),
+        row(IDS[6], c, "2025-04-01T00:00:00Z"),
+        row(IDS[0], a, "2025-03-15T00:00:00Z"),
+        row(IDS[1], a, "2025-03-01T00:00:00Z"),  # the stored latest again
+        row(IDS[6], c, "2025-05-01T00:00:00Z"),  # the page's own latest again
+    ]
+    index.add_many(page, Head(20, "a" * 64))
+    history = index.search(Query(identifier=IDS[0], email=a, history=True, status=Status.ALL), at=AT)
+    assert [(r.created[:10], r.latest) for r in history.rows] == [
+        ("2025-04-01", True),
+        ("2025-03-15", False),
+        ("2025-03-01", False),
+        ("2025-02-01", False),
+        ("2025-01-20", False),
+        ("2025-01-01", False),
+    ]
+    carol = index.search(Query(identifier=IDS[6], history=True, status=Status.ALL), at=AT)
+    assert [(r.created[:10], r.latest) for r in carol.rows] == [("2025-05-01", True), ("2025-04-01", False)]
+    assert index.latest_created(IDS[1], a) == "2025-03-01T00:00:00Z"
+    endorsers = {e.email: e for e in index.endorsers()}
+    assert endorsers[a].entries == 4 + 4 and endorsers[a].last_created == "2025-04-01T00:00:00Z"
+    assert endorsers[c].entries == 2 and endorsers[c].last_created == "2025-05-01T00:00:00Z"
+    assert index.audit_head() == Head(20, "a" * 64)
+
+
 CONTRACT: list[Callable[[Index], None]] = [
     check_generation_and_next_change,
     check_timeline_and_latest,
@@ -189,6 +225,7 @@ CONTRACT: list[Callable[[Index], None]] = [
     check_sort_and_paging,
     check_tags_endorsers_and_rebuild,
     check_first_uses_of_an_email,
+    check_a_page_moves_latest_as_rows_one_by_one,
 ]
 
 
@@ -252,3 +289,41 @@ def test_a_rebuild_keeps_the_schema_version(sqlite_index: Index, tmp_path: Path)
     fill(sqlite_index)
     sqlite_index.rebuild([], Head(0, ""))
     assert _schema_row(tmp_path / "index.sqlite") == str(len(MIGRATIONS))
+
+
+def _everything(index: SqliteIndex) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    conn = sqlite3.connect(index.path)
+    try:
+        entries = conn.execute("SELECT * FROM entries ORDER BY identifier, email, created").fetchall()
+        endorsers = conn.execute("SELECT * FROM endorsers ORDER BY email, subject, issuer").fetchall()
+    finally:
+        conn.close()
+    return entries, endorsers
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_page_is_indexed_as_its_rows_one_by_one(seed: int, tmp_path: Path) -> None:
+    """Random pages (repeated keys, timelines older and newer than what is stored, several
+    signers of one e-mail) leave the tables as adding their rows one at a time does."""
+    rng = random.Random(seed)
+    emails = ["alice@example.org", "bob@example.org"]
+
+    def some_row() -> Row:
+        email = rng.choice(emails)
+        return row(
+            rng.choice(IDS[:3]), email, f"2025-0{rng.randint(1, 9)}-01T00:00:00Z",
+            subject=f"CN={rng.choice('xy')}{email[0]},C=EU",
+        )  # fmt: skip
+
+    one_by_one = SqliteIndex(tmp_path / "one.sqlite")
+    paged = SqliteIndex(tmp_path / "paged.sqlite")
+    for _ in range(4):
+        page = [some_row() for _ in range(rng.randint(1, 12))]
+        for item in page:
+            one_by_one.add(item)
+        paged.add_many(page)
+    try:
+        assert _everything(paged) == _everything(one_by_one)
+    finally:
+        one_by_one.close()
+        paged.close()

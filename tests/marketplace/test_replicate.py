@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from imagekit.errors import InputError
+from marketplace.binding import Claim
 from marketplace.config import load_config
 from marketplace.registry import Outcome, Registry
 from marketplace.replicate import cursor_path, follow, replicate
@@ -136,6 +137,22 @@ def test_every_copied_entry_is_verified_again_and_a_forgery_is_refused(tmp_path:
     assert [r.outcome for r in twice] == [Outcome.ACCEPTED, Outcome.EXISTING]
     assert len(_log_paths(tmp_path / "data")) == 2 and registry.audit().ok
     assert not list((tmp_path / "data").rglob(".tmp-*"))  # every staged file linked or removed
+    registry.close()
+
+
+def test_a_copied_entry_never_replaces_other_bytes_under_its_key(tmp_path: Path) -> None:
+    """An entry whose certificate proves its e-mail is linked without looking first: link()
+    refusing is what finds the other bytes already stored."""
+    registry = _open(tmp_path, _config(tmp_path))
+    data = _entries("clash", 1)[0]
+    assert Claim.of(registry._verify(data)).proven
+    key = EntryKey(*registry._verify(data).metadata.key)
+    registry.store.put(key, b"<other/>")
+    [result] = registry.replicate([data])
+    assert result.outcome is None and result.error is not None and "different content" in result.error
+    assert registry.store.read(key) == b"<other/>"
+    assert not (tmp_path / "data" / "audit.log").exists() and registry.get(key) is None
+    assert not list((tmp_path / "data").rglob(".tmp-*"))
     registry.close()
 
 

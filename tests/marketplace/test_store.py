@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from imagekit.errors import DataError, InputError
 from marketplace.auditlog import AuditLog, Head, audit
-from marketplace.store import EntryKey, PutOutcome, Store, sha256_hex
+from marketplace.store import EntryKey, PutOutcome, Store, _write_temp, sha256_hex
 
 ID = "MMZu9WvwKIro-rtBQfDk4PsKO7_"
 
@@ -45,6 +47,25 @@ def test_put_is_byte_exact_idempotent_and_never_overwrites(tmp_path: Path) -> No
         store.put(key(), data + b" ")
     assert store.read(key()) == data
     assert not [p for p in store.path(key()).parent.iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_staged_entries_are_published_0644_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    store = Store(tmp_path)
+    old = os.umask(umask)
+    try:
+        staged = store.stage_many([(key(), b"<a/>"), (key(email="b@example.org"), b"<b/>")])
+    finally:
+        os.umask(old)
+    assert [store.publish(s) for s in staged] == [PutOutcome.NEW, PutOutcome.NEW]
+    assert [stat.S_IMODE(store.path(s.key).stat().st_mode) for s in staged] == [0o644, 0o644]
+    assert store.read(key(email="b@example.org")) == b"<b/>"
+
+
+def test_a_temporary_name_already_taken_is_not_reused(tmp_path: Path) -> None:
+    first = _write_temp(str(tmp_path), b"one", unique="same", chmod=False)
+    second = _write_temp(str(tmp_path), b"two", unique="same", chmod=True)
+    assert first != second and Path(first).read_bytes() == b"one" and Path(second).read_bytes() == b"two"
 
 
 def test_keys_and_latest_come_from_the_files(tmp_path: Path) -> None:
@@ -134,6 +155,17 @@ def test_audit_reports_files_that_bypassed_the_log(tmp_path: Path) -> None:
     sneaky = key("2025-01-01T00:00:00Z")
     store.put(sneaky, b"x")
     assert audit(log, store).problems == (f"not in the audit log: {sneaky.relpath}",)
+
+
+@pytest.mark.parametrize(
+    "path", [f"{ID}/a@example.org/2024-01-01T00:00:00Z", 'q"uote\\back/\u00e9\u2603\n\x00/\U0001f600']
+)
+def test_log_lines_are_the_json_of_their_records(tmp_path: Path, path: str) -> None:
+    log = AuditLog(tmp_path / "audit.log")
+    records = log.append_many([(path, "ab" * 32), (path + "x", "cd" * 32)], at="2024-01-01T00:00:01Z")
+    expected = "".join(json.dumps(r.__dict__, separators=(",", ":")) + "\n" for r in records)
+    assert (tmp_path / "audit.log").read_text() == expected
+    assert log.head() == Head(2, records[-1].hash) and log.paths() == {path, path + "x"}
 
 
 def test_head_of_an_empty_log(tmp_path: Path) -> None:
