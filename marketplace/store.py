@@ -37,7 +37,6 @@ IDENTIFIER_RE = re.compile(r"[A-Za-z0-9_-]{27}")
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+")
 CREATED_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 PENDING_RE = re.compile(r"[0-9a-f]{64}")
-_READ = 1 << 16  # bytes per read(2): an entry is a few kilobytes
 
 
 @dataclass(frozen=True, order=True)
@@ -104,27 +103,14 @@ def _make_entry_dirs(id_dir: str, email_dir: str) -> tuple[str, ...]:
     return tuple(made)
 
 
-def _umask() -> int:
-    """The process's umask, read rather than set and restored (``os.umask`` sets it, for
-    every thread at once); when unknown, one that masks everything."""
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o777
-
-
-def _write_temp(directory: str, data: bytes, *, unique: str, chmod: bool) -> str:
+def _write_temp(directory: str, data: bytes, *, unique: str) -> str:
     """``data`` in a new temporary file in ``directory`` (named after ``unique``, or at
-    random if that name is taken), not yet synced (the caller syncs the whole batch at once);
-    mode 0644, set again after creating it when ``chmod`` (the umask masks part of it)."""
+    random if that name is taken), mode 0644 whatever the umask, not yet synced (the caller
+    syncs the whole batch at once)."""
     name = f"{directory}/.tmp-{unique}.part"
     while True:
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             break
         except FileExistsError:
             name = f"{directory}/.tmp-{secrets.token_hex(8)}.part"
@@ -132,8 +118,7 @@ def _write_temp(directory: str, data: bytes, *, unique: str, chmod: bool) -> str
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        if chmod:
-            os.fchmod(fd, 0o644)
+        os.fchmod(fd, 0o644)
     except BaseException:
         os.close(fd)
         os.unlink(name)
@@ -193,7 +178,6 @@ class Store:
         System calls only, no pathlib: per file, at most two mkdirs, a create and a write."""
         staged: list[Staged] = []
         known: set[str] = set()  # directories this batch made or found
-        chmod = _umask() & 0o644 != 0
         batch = secrets.token_hex(8)  # the temporary names: this, and a number
         try:
             os.makedirs(self.metadata_dir, exist_ok=True)
@@ -203,7 +187,7 @@ class Store:
                 if directory not in known:
                     created = _make_entry_dirs(f"{self.root}/metadata/{key.identifier}", directory)
                     known.add(directory)
-                temp = _write_temp(directory, data, unique=f"{batch}-{number}", chmod=chmod)
+                temp = _write_temp(directory, data, unique=f"{batch}-{number}")
                 staged.append(Staged(key, temp, data, created))
             self.sync_all()
         except BaseException:
@@ -241,19 +225,11 @@ class Store:
         return f"{self.root}/metadata/{key.identifier}/{key.email}/{key.created}.xml"
 
     def read(self, key: EntryKey) -> bytes:
-        # os.read, not open(): no buffered file object, no fstat or seek (the change feed
-        # reads a thousand files per page).
         try:
-            fd = os.open(self._file(key), os.O_RDONLY | os.O_CLOEXEC)
+            with open(self._file(key), "rb") as f:
+                return f.read()
         except FileNotFoundError:
             raise DataError(f"entry {key.relpath} not found in the store") from None
-        try:
-            chunks = [os.read(fd, _READ)]
-            while chunks[-1]:
-                chunks.append(os.read(fd, _READ))
-        finally:
-            os.close(fd)
-        return chunks[0] if len(chunks) == 2 else b"".join(chunks)
 
     def exists(self, key: EntryKey) -> bool:
         return os.path.isfile(self._file(key))

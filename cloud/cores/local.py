@@ -257,9 +257,9 @@ def _clean_up(state: State, record: VmRecord) -> None:
 
 def _remove_runtime_dir(state: State, directory: Path, vmid: int) -> None:
     """The state's QMP directory in the shared temporary directory goes with its last VM (a
-    VM that starts again makes it again); kept while any other VM has not ended."""
-    ended = (VmState.DONE, VmState.FAILED)
-    if any(r.vmid != vmid and r.state not in ended for r in VmStore(state).list()):
+    VM that starts again makes it again); kept while any other VM on this host has not ended."""
+    live = [s for s in VmState if s not in (VmState.DONE, VmState.FAILED)]
+    if any(r.vmid != vmid for r in VmStore(state).worked(live)):  # a query, not every VM ever made
         return
     try:
         directory.rmdir()

@@ -63,8 +63,8 @@ def test_staged_entries_are_published_0644_whatever_the_umask(tmp_path: Path, um
 
 
 def test_a_temporary_name_already_taken_is_not_reused(tmp_path: Path) -> None:
-    first = _write_temp(str(tmp_path), b"one", unique="same", chmod=False)
-    second = _write_temp(str(tmp_path), b"two", unique="same", chmod=True)
+    first = _write_temp(str(tmp_path), b"one", unique="same")
+    second = _write_temp(str(tmp_path), b"two", unique="same")
     assert first != second and Path(first).read_bytes() == b"one" and Path(second).read_bytes() == b"two"
 
 
