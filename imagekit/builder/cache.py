@@ -73,10 +73,19 @@ class StageCache:
 
     def restore(self, key: str, root: Path) -> bool:
         """Extract the stage ``key`` into the empty directory ``root``; False on a miss."""
-        tarball = self.tarball(key)
-        if not tarball.is_file():
+        if not self.hit(key):
             return False
-        run(["tar", *_TAR_OPTIONS, "-xpf", tarball, "-C", root], step="restore cached packages (tar)")
+        run(
+            ["tar", *_TAR_OPTIONS, "-xpf", self.tarball(key), "-C", root],
+            step="restore cached packages (tar)",
+        )
+        return True
+
+    def hit(self, key: str) -> bool:
+        """Whether the stage ``key`` is cached, counted as used when it is (a build that has the
+        tree already, kept by :mod:`.overlay`, does not extract it)."""
+        if not self.tarball(key).is_file():
+            return False
         with self.state.transaction() as db:
             db.execute(
                 "UPDATE build_cache SET last_used = ?, hits = hits + 1 WHERE key = ?", (time.time(), key)

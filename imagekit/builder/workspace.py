@@ -2,12 +2,14 @@
 
     with Workspace.create(parent) as ws:
         ws.root        # the image's root tree
+        ws.layer(lower)  # …or an overlay of an upper directory here over ``lower``
         ws.path("disk.raw")
 
 On any exit (success, error, Ctrl-C, or SIGTERM turned into ``Interrupted`` by
 ``imagekit.interrupt.interruptible``) the workspace first stops the build's child processes, then
-removes the tree without crossing into other filesystems, so a mount left in it (there should be none:
-chroots run in private mount namespaces) can never take host files with it.
+unmounts the root if :meth:`Workspace.layer` mounted it, and removes the tree without crossing into
+other filesystems, so a mount left in it (there should be none: chroots run in private mount
+namespaces) can never take host files with it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 class Workspace:
     base: Path
     _background: list[threading.Thread] = field(default_factory=list, repr=False, compare=False)
+    _mounts: list[Path] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     @contextlib.contextmanager
@@ -49,6 +52,7 @@ class Workspace:
             stop_children(exclude=before)
             raise
         finally:
+            ws.unmount()
             for thread in ws._background:
                 thread.join()
             remove_tree(base)
@@ -60,11 +64,48 @@ class Workspace:
     def path(self, name: str) -> Path:
         return self.base / name
 
+    def layer(self, lower: Path) -> bool:
+        """Mount the root as an overlay of a new upper directory over ``lower`` (never written);
+        False when no overlay could be mounted here (the root is left as it was)."""
+        upper, work = self.path("upper"), self.path("overlay-work")
+        # The option string separates with , and : (and escapes with \): such paths cannot go in.
+        if any(ch in os.fspath(p) for p in (lower, upper, work) for ch in ",:\\"):
+            return False
+        upper.mkdir()
+        work.mkdir()
+        options = f"lowerdir={lower},upperdir={upper},workdir={work},index=on"
+        proc = run(["mount", "-t", "overlay", "imagekit-root", "-o", options, self.root], check=False)
+        if proc.returncode != 0:
+            log.info("no overlay for the root: %s", proc.stderr.decode(errors="replace").strip())
+            return False
+        self._mounts.append(self.root)
+        return True
+
+    def unmount(self) -> None:
+        """Unmount what :meth:`layer` mounted (lazily if something still holds it)."""
+        while self._mounts:
+            target = self._mounts.pop()
+            if run(["umount", target], check=False).returncode != 0:
+                run(["umount", "--lazy", target], check=False)
+
     def drop_root(self) -> None:
         """Remove the root tree in the background (it is in the disk image now); joined on exit."""
-        trash = self.path("root.removing")
-        os.rename(self.root, trash)
-        thread = threading.Thread(target=remove_tree, args=(trash,), name="imagekit-drop-root", daemon=True)
+        self.unmount()
+        trash = []
+        for name in ("root", "upper", "overlay-work"):
+            if self.path(name).exists():
+                trash.append(self.path(f"{name}.removing"))
+                os.rename(self.path(name), trash[-1])
+
+        def remove() -> None:
+            for path in trash:
+                remove_tree(path)
+
+        self.in_background(remove, name="imagekit-drop-root")
+
+    def in_background(self, work: Callable[[], object], *, name: str) -> None:
+        """Run ``work`` in a thread the workspace joins before it goes."""
+        thread = threading.Thread(target=work, name=name, daemon=True)
         thread.start()
         self._background.append(thread)
 
