@@ -142,10 +142,11 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: 
         raw = ws.path("disk.raw")
         with step("assemble disk", timings):
             assemble_disk(recipe, layout, ws, raw, inputs)
-        ws.drop_root()  # its removal overlaps the conversions
-        if kept is not None and ws.path("stage").is_dir():  # made by this build: keep it, or not
-            keep = kept if stage_cache is not None else None
-            ws.in_background(lambda: keep_stage(keep, outcome.key, ws), name="imagekit-keep-stage")
+        # Its unmounting and removal overlap the conversions; then a stage this build made is
+        # kept for the next one (or removed).
+        made = kept is not None and ws.path("stage").is_dir()
+        keep = kept if stage_cache is not None else None
+        ws.drop_root(then=(lambda: keep_stage(keep, outcome.key, ws)) if made else None)
         built = BuiltImage(
             recipe, firmware, layout, packages, inputs, dataclasses.asdict(outcome), distro=stage.suite
         )

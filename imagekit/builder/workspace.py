@@ -52,9 +52,9 @@ class Workspace:
             stop_children(exclude=before)
             raise
         finally:
-            ws.unmount()
             for thread in ws._background:
                 thread.join()
+            ws.unmount()
             remove_tree(base)
 
     @property
@@ -88,24 +88,18 @@ class Workspace:
             if run(["umount", target], check=False).returncode != 0:
                 run(["umount", "--lazy", target], check=False)
 
-    def drop_root(self) -> None:
-        """Remove the root tree in the background (it is in the disk image now); joined on exit."""
-        self.unmount()
-        trash = []
-        for name in ("root", "upper", "overlay-work"):
-            if self.path(name).exists():
-                trash.append(self.path(f"{name}.removing"))
-                os.rename(self.path(name), trash[-1])
+    def drop_root(self, then: Callable[[], object] | None = None) -> None:
+        """Unmount and remove the root tree in the background (it is in the disk image now),
+        then run ``then`` there; joined on exit."""
 
-        def remove() -> None:
-            for path in trash:
-                remove_tree(path)
+        def drop() -> None:
+            self.unmount()
+            for name in ("root", "upper", "overlay-work"):
+                remove_tree(self.path(name))
+            if then is not None:
+                then()
 
-        self.in_background(remove, name="imagekit-drop-root")
-
-    def in_background(self, work: Callable[[], object], *, name: str) -> None:
-        """Run ``work`` in a thread the workspace joins before it goes."""
-        thread = threading.Thread(target=work, name=name, daemon=True)
+        thread = threading.Thread(target=drop, name="imagekit-drop-root", daemon=True)
         thread.start()
         self._background.append(thread)
 
