@@ -46,7 +46,7 @@ from . import bootloader, cache, customize, disk, manifest, overlay, reproducibl
 from .publish import BuiltImage, publish_outputs
 from .reproducible import BuildInputs
 from .sandbox import Sandbox, check_recipe_sources, check_tree
-from .workspace import Workspace, remove_tree
+from .workspace import Workspace, reclaim, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: 
     stage_cache = cache.StageCache.open(state) if shared else None
 
     box = options.sandbox
-    kept = overlay.KeptStages.beside(work_parent) if overlay.layered(layout, box) else None
+    kept = prepare_work_parent(work_parent, state, layered=overlay.layered(layout, box))
     # The stage held (a kept one is not removed while it is mounted) until the workspace is gone.
     with interruptible(), contextlib.ExitStack() as held, Workspace.create(work_parent) as ws:
         if box is not None:
@@ -146,7 +146,8 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: 
         # kept for the next one (or removed).
         made = kept is not None and ws.path("stage").is_dir()
         keep = kept if stage_cache is not None else None
-        ws.drop_root(then=(lambda: keep_stage(keep, outcome.key, ws)) if made else None)
+        need_mib = space.estimate(layout.size_bytes // disk.MIB, fmts)[0]
+        ws.drop_root(then=(lambda: keep_stage(keep, outcome.key, ws, need_mib)) if made else None)
         built = BuiltImage(
             recipe, firmware, layout, packages, inputs, dataclasses.asdict(outcome), distro=stage.suite
         )
@@ -223,6 +224,17 @@ def prepare_space(layout: disk.DiskLayout, fmts: tuple[OutputFormat, ...], optio
     return work_parent
 
 
+def prepare_work_parent(work_parent: Path, state: State, *, layered: bool) -> overlay.KeptStages | None:
+    """Clean up after builds killed outright there (their root still mounted), record the place
+    for ``cache gc``; the stages kept there (None when the build is not layered)."""
+    reclaim(work_parent)
+    cache.note_work_parent(state, work_parent)
+    kept = overlay.KeptStages.beside(work_parent, limit=overlay.kept_limit()) if layered else None
+    if kept is not None and kept.limit == 0:
+        kept.evict(keep=0)  # the site keeps none (any more)
+    return kept
+
+
 def package_stage(
     stage: rootfs.PackageStage,
     recipe: Recipe,
@@ -296,8 +308,11 @@ def layered_stage(
     return outcome
 
 
-def keep_stage(kept: overlay.KeptStages | None, key: str, ws: Workspace) -> None:
-    if kept is None or not kept.keep(key, ws.path("stage")):
+def keep_stage(kept: overlay.KeptStages | None, key: str, ws: Workspace, need_mib: int) -> None:
+    """Keep the stage this build made for the next one, within the site's limit and while the
+    place has room for the next build besides it (:func:`.space.room_to_keep`), else remove it."""
+    room = kept is not None and space.room_to_keep(ws.base.parent, need_mib)
+    if kept is None or not room or not kept.keep(key, ws.path("stage")):
         remove_tree(ws.path("stage"))
 
 

@@ -14,6 +14,7 @@ records when each was made and last used, for ``imagekit cache list`` and ``gc``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -165,3 +166,30 @@ class StageCache:
     def _forget(self, key: str) -> None:
         with self.state.transaction() as db:
             db.execute("DELETE FROM build_cache WHERE key = ?", (key,))
+
+
+def note_work_parent(state: State, parent: Path) -> None:
+    """Record that builds work in ``parent``, for ``cache list`` and ``gc`` to find the stages
+    kept there and the workspaces of builds that died there (one small file per place)."""
+    record = _places(state) / hashlib.sha256(os.fsencode(parent.resolve())).hexdigest()[:16]
+    if not record.exists():
+        record.parent.mkdir(parents=True, exist_ok=True)
+        partial = record.with_name(f".{record.name}.{os.getpid()}")
+        partial.write_text(f"{parent.resolve()}\n")
+        os.replace(partial, record)
+
+
+def work_parents(state: State) -> list[Path]:
+    """The places :func:`note_work_parent` recorded that still exist."""
+    found = []
+    for record in sorted(_places(state).glob("[0-9a-f]*")):
+        place = Path(record.read_text().strip())
+        if place.is_dir():
+            found.append(place)
+        else:
+            record.unlink(missing_ok=True)
+    return found
+
+
+def _places(state: State) -> Path:
+    return state.root / "cache" / "work-parents"

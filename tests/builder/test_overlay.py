@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from imagekit.builder import disk, overlay
+from imagekit.builder import cache, disk, overlay, space
 from imagekit.builder.workspace import Workspace
+from imagekit.cli import main
+from imagekit.errors import InputError
 from imagekit.recipe.model import Disk, Firmware, Partition
+from imagekit.state import State
 
 
 def _stage(path: Path, marker: str) -> Path:
@@ -42,7 +46,7 @@ def test_a_stage_a_build_holds_is_not_removed(tmp_path: Path) -> None:
         assert found is not None
         assert kept.keep("b", _stage(tmp_path / "stage-b", "b"))  # evicts what it can
         assert (found / "etc/marker").read_text() == "a"
-    assert kept.evict(but="b") == ["a"]
+    assert [e.key for e in kept.evict(keep=1)] == ["a"]
 
 
 def test_a_directory_that_is_not_private_is_not_used(tmp_path: Path) -> None:
@@ -91,3 +95,83 @@ def test_a_failed_build_unmounts_its_root(tmp_path: Path) -> None:
     assert str(ws.root) not in Path("/proc/mounts").read_text()
     assert not ws.base.exists()
     assert (lower / "etc" / "marker").read_text() == "stage"
+
+
+def _used(kept: overlay.KeptStages, key: str, when: float) -> None:
+    os.utime(kept.directory / f".{key}.lock", (when, when))
+
+
+def test_the_least_recently_used_beyond_the_limit_go(tmp_path: Path) -> None:
+    kept = overlay.KeptStages.beside(tmp_path, limit=2)
+    for n, key in enumerate("abc"):
+        assert kept.keep(key, _stage(tmp_path / f"stage-{key}", key))
+        _used(kept, key, 1000 + n)
+    assert [e.key for e in kept.entries()] == ["c", "b"]  # a went when c came
+    with kept.hold("b") as found:  # a build of b: now the most recently used
+        assert found is not None
+    assert kept.keep("d", _stage(tmp_path / "stage-d", "d"))
+    assert [e.key for e in kept.entries()] == ["d", "b"]
+
+
+def test_a_limit_of_zero_keeps_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEKIT_KEPT_STAGES", "0")
+    kept = overlay.KeptStages.beside(tmp_path, limit=overlay.kept_limit())
+    assert not kept.keep("a", _stage(tmp_path / "stage-a", "a"))
+    assert (tmp_path / "stage-a").is_dir()  # left to its build to remove
+    monkeypatch.setenv("IMAGEKIT_KEPT_STAGES", "3")
+    assert overlay.kept_limit() == 3
+    monkeypatch.setenv("IMAGEKIT_KEPT_STAGES", "-1")
+    with pytest.raises(InputError, match="IMAGEKIT_KEPT_STAGES"):
+        overlay.kept_limit()
+    monkeypatch.delenv("IMAGEKIT_KEPT_STAGES")
+    assert overlay.kept_limit() == overlay.DEFAULT_LIMIT == 1
+
+
+def test_evict_by_age_and_key_never_a_held_one(tmp_path: Path) -> None:
+    kept = overlay.KeptStages.beside(tmp_path, limit=5)
+    for key in "abcd":
+        assert kept.keep(key, _stage(tmp_path / f"stage-{key}", key))
+    _used(kept, "a", 1000)
+    _used(kept, "b", 1000)
+    (kept.directory / ".x.removing").mkdir()  # a build killed while removing x
+    with kept.hold("b"):
+        [entry] = [e for e in kept.entries() if e.key == "b"]
+        assert entry.in_use and entry.size > 0 and entry.last_used > 1000  # holding is a use
+        _used(kept, "b", 1000)
+        removed = kept.evict(older_than=2000, keys={"c"})
+        assert sorted(e.key for e in removed) == ["a", "c"]  # b is held
+    assert [e.key for e in kept.entries()] == ["d", "b"] and not (kept.directory / ".x.removing").exists()
+
+
+def test_a_stage_is_kept_only_with_room_for_the_next_build(tmp_path: Path) -> None:
+    assert space.room_to_keep(tmp_path, 1)
+    assert not space.room_to_keep(tmp_path, 2**40)  # a mebibyte count no disk here has
+
+
+def test_cache_list_and_gc_know_the_kept_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = State.open(tmp_path / "state")
+    work = tmp_path / "work"
+    work.mkdir()
+    cache.note_work_parent(state, work)
+    kept = overlay.KeptStages.beside(work, limit=5)
+    for key in ("a" * 64, "b" * 64):
+        assert kept.keep(key, _stage(work / f"stage-{key[0]}", key))
+    _used(kept, "a" * 64, 1000)
+    argv = ["--state", str(state.root), "cache"]
+    assert main([*argv, "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["kept"]
+    assert [(k["key"], k["path"], k["in_use"]) for k in listed] == [
+        ("b" * 64, str(work / "imagekit-stages" / ("b" * 64)), False),
+        ("a" * 64, str(work / "imagekit-stages" / ("a" * 64)), False),
+    ]
+    assert listed[0]["size"] > 0
+    assert main([*argv, "list"]) == 0
+    assert f"kept tree {work / 'imagekit-stages'}" in capsys.readouterr().out
+    with kept.hold("b" * 64):  # a build uses it: gc leaves it
+        assert main([*argv, "gc", "--kept", "0", "--json"]) == 0
+    gc = json.loads(capsys.readouterr().out)
+    assert [k["key"] for k in gc["kept_removed"]] == ["a" * 64] and gc["freed"] > 0
+    assert main([*argv, "gc", "--older-than", "0", "--json"]) == 0
+    assert [k["key"] for k in json.loads(capsys.readouterr().out)["kept_removed"]] == ["b" * 64]
+    assert kept.entries() == []
+    assert main([*argv, "gc", "--kept", "-1"]) == 1
