@@ -142,6 +142,7 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: 
         raw = ws.path("disk.raw")
         with step("assemble disk", timings):
             assemble_disk(recipe, layout, ws, raw, inputs)
+        ws.settle()  # a new stage cached beside customize and assembly (or the build fails here)
         # Its unmounting and removal overlap the conversions; then a stage this build made is
         # kept for the next one (or removed).
         made = kept is not None and ws.path("stage").is_dir()
@@ -246,7 +247,12 @@ def package_stage(
     sandbox: Sandbox | None = None,
     into: Path | None = None,
 ) -> CacheOutcome:
-    """Fill ``into`` (default ``ws.root``) from the cache, or with mmdebstrap (and then cache it)."""
+    """Fill ``into`` (default ``ws.root``) from the cache, or with mmdebstrap (and then cache it).
+
+    With ``into`` (a layered build's stage, which the build never writes) the tree is clamped
+    to the epoch here, and a new stage is cached beside the next steps (:meth:`.Workspace.beside`,
+    the package set's lock held until it is stored): the build settles it before its disk image
+    is converted, so a failure to cache still fails the build before any output."""
     key = stage.key(inputs.archive, inputs.source_date_epoch)
     tree = ws.root if into is None else into
 
@@ -261,18 +267,35 @@ def package_stage(
             sandbox=sandbox,
         )
 
+    def clamp() -> None:
+        if into is not None:  # once here rather than by every build through the overlay
+            reproducible.clamp_times(tree, inputs.source_date_epoch)
+
     if stage_cache is None:
         bootstrap()
+        clamp()
         return CacheOutcome(key, hit=False, used=False)
     # Builds of one package set at once (a build service's workers, a test session's images)
     # bootstrap it once: the others wait here and restore what the first one stored.
-    with stage_cache.building(key):
+    with contextlib.ExitStack() as building:
+        building.enter_context(stage_cache.building(key))
         if stage_cache.restore(key, tree):
             log.info("package cache hit: %s", key[:16])
+            clamp()
             return CacheOutcome(key, hit=True, used=True)
         bootstrap()
         log.info("package cache miss: %s", key[:16])
-        stage_cache.store(key, tree, summary=stage.summary())
+        clamp()
+        if into is None:
+            stage_cache.store(key, tree, summary=stage.summary())
+            return CacheOutcome(key, hit=False, used=True)
+        held = building.pop_all()
+
+    def store() -> None:
+        with held:
+            stage_cache.store(key, tree, summary=stage.summary())
+
+    ws.beside(store)
     return CacheOutcome(key, hit=False, used=True)
 
 
@@ -296,13 +319,12 @@ def layered_stage(
         lower = ws.path("stage")
         lower.mkdir()
         outcome = package_stage(stage, recipe, ws, stage_cache, inputs, runner=runner, into=lower)
-        # Clamped once here rather than by every build through the overlay (copying each file up).
-        reproducible.clamp_times(lower, inputs.source_date_epoch)
     if not ws.layer(lower):
         if lower == kept:
             # No overlay here: a copy to write in, as before there were kept stages.
             run(["cp", "-a", "--", f"{lower}/.", ws.root], step="copy the package stage")
         else:
+            ws.settle()  # the stage is cached before it is written in
             ws.root.rmdir()
             os.rename(lower, ws.root)
     return outcome

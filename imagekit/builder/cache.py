@@ -97,8 +97,11 @@ class StageCache:
         tarball = self.tarball(key)
         partial = tarball.with_name(f".{tarball.name}.{os.getpid()}.part")
         try:
+            # O_NOATIME: reading leaves the tree's access times as they are (clamped already
+            # when a build goes on beside this, see ``builder.package_stage``).
             run(
-                ["tar", *_TAR_OPTIONS, "-cf", partial, "-C", root, "."], step="cache the package stage (tar)"
+                ["tar", *_TAR_OPTIONS, "--atime-preserve=system", "-cf", partial, "-C", root, "."],
+                step="cache the package stage (tar)",
             )
             os.replace(partial, tarball)
         finally:

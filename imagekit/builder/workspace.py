@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -47,6 +48,7 @@ class Workspace:
     base: Path
     _background: list[threading.Thread] = field(default_factory=list, repr=False, compare=False)
     _mounts: list[Path] = field(default_factory=list, repr=False, compare=False)
+    _pending: list[Future[object]] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     @contextlib.contextmanager
@@ -102,6 +104,27 @@ class Workspace:
             target = self._mounts.pop()
             if run(["umount", target], check=False).returncode != 0:
                 run(["umount", "--lazy", target], check=False)
+
+    def beside(self, work: Callable[[], object]) -> None:
+        """Run ``work`` in a thread beside the build's steps until :meth:`settle` (or the
+        workspace's end, which waits for it but ignores its failure: the build failed anyway)."""
+        future: Future[object] = Future()
+
+        def go() -> None:
+            try:
+                future.set_result(work())
+            except BaseException as exc:  # noqa: BLE001 - the build's thread raises it
+                future.set_exception(exc)
+
+        thread = threading.Thread(target=go, name="imagekit-beside", daemon=True)
+        thread.start()
+        self._background.append(thread)
+        self._pending.append(future)
+
+    def settle(self) -> None:
+        """Wait for the work :meth:`beside` started; its first failure is raised here."""
+        while self._pending:
+            self._pending.pop(0).result()
 
     def drop_root(self, then: Callable[[], object] | None = None) -> None:
         """Unmount and remove the root tree in the background (it is in the disk image now),
