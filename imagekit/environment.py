@@ -34,6 +34,11 @@ class Environment:
     data_home: str | None = _variable("XDG_DATA_HOME", "the state directory's parent", "~/.local/share")
     etc: str | None = _variable("IMAGEKIT_ETC", "the configuration directory", "/etc/imagekit, else etc/")
     tmpdir: str | None = _variable("TMPDIR", "where builds work (--workdir wins)", "/dev/shm or /tmp")
+    kept_stages: str | None = _variable(
+        "IMAGEKIT_KEPT_STAGES",
+        "package stages builds keep beside their work directory for the next build (0: none)",
+        "1",
+    )
     snapshot: str | None = _variable(
         "IMAGEKIT_SNAPSHOT", "pins the Debian archive state of a build", "the InRelease files' hash"
     )

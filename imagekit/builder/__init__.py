@@ -24,6 +24,7 @@ Everything temporary lives in a :class:`~.workspace.Workspace`, removed on any e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -41,11 +42,11 @@ from imagekit.recipe.model import Firmware, OutputFormat, Recipe
 from imagekit.run import Runner, run
 from imagekit.state import State
 
-from . import bootloader, cache, customize, disk, manifest, reproducible, rootfs, space
+from . import bootloader, cache, customize, disk, manifest, overlay, reproducible, rootfs, space
 from .publish import BuiltImage, publish_outputs
 from .reproducible import BuildInputs
 from .sandbox import Sandbox, check_recipe_sources, check_tree
-from .workspace import Workspace
+from .workspace import Workspace, reclaim, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,17 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: 
     stage_cache = cache.StageCache.open(state) if shared else None
 
     box = options.sandbox
-    with interruptible(), Workspace.create(work_parent) as ws:
+    kept = prepare_work_parent(work_parent, state, layered=overlay.layered(layout, box))
+    # The stage held (a kept one is not removed while it is mounted) until the workspace is gone.
+    with interruptible(), contextlib.ExitStack() as held, Workspace.create(work_parent) as ws:
         if box is not None:
             box.prepare_workspace(ws.base)
         with step("install packages", timings):
-            outcome = package_stage(stage, recipe, ws, stage_cache, inputs, runner=runner, sandbox=box)
+            if kept is None:
+                outcome = package_stage(stage, recipe, ws, stage_cache, inputs, runner=runner, sandbox=box)
+            else:
+                lower = held.enter_context(kept.hold(stage.key(inputs.archive, inputs.source_date_epoch)))
+                outcome = layered_stage(stage, recipe, ws, stage_cache, inputs, lower, runner=runner)
         with step("customize", timings):
             install_agent = recipe.context_agent.wants_imagekit()
             customize.customize(
@@ -135,7 +142,13 @@ def build_image(recipe: Recipe, options: BuildOptions, *, state: State, runner: 
         raw = ws.path("disk.raw")
         with step("assemble disk", timings):
             assemble_disk(recipe, layout, ws, raw, inputs)
-        ws.drop_root()  # its removal overlaps the conversions
+        ws.settle()  # a new stage cached beside customize and assembly (or the build fails here)
+        # Its unmounting and removal overlap the conversions; then a stage this build made is
+        # kept for the next one (or removed).
+        made = kept is not None and ws.path("stage").is_dir()
+        keep = kept if stage_cache is not None else None
+        need_mib = space.estimate(layout.size_bytes // disk.MIB, fmts)[0]
+        ws.drop_root(then=(lambda: keep_stage(keep, outcome.key, ws, need_mib)) if made else None)
         built = BuiltImage(
             recipe, firmware, layout, packages, inputs, dataclasses.asdict(outcome), distro=stage.suite
         )
@@ -212,6 +225,17 @@ def prepare_space(layout: disk.DiskLayout, fmts: tuple[OutputFormat, ...], optio
     return work_parent
 
 
+def prepare_work_parent(work_parent: Path, state: State, *, layered: bool) -> overlay.KeptStages | None:
+    """Clean up after builds killed outright there (their root still mounted), record the place
+    for ``cache gc``; the stages kept there (None when the build is not layered)."""
+    reclaim(work_parent)
+    cache.note_work_parent(state, work_parent)
+    kept = overlay.KeptStages.beside(work_parent, limit=overlay.kept_limit()) if layered else None
+    if kept is not None and kept.limit == 0:
+        kept.evict(keep=0)  # the site keeps none (any more)
+    return kept
+
+
 def package_stage(
     stage: rootfs.PackageStage,
     recipe: Recipe,
@@ -221,14 +245,21 @@ def package_stage(
     *,
     runner: Runner = run,
     sandbox: Sandbox | None = None,
+    into: Path | None = None,
 ) -> CacheOutcome:
-    """Fill ``ws.root`` from the cache, or with mmdebstrap (and then cache it)."""
+    """Fill ``into`` (default ``ws.root``) from the cache, or with mmdebstrap (and then cache it).
+
+    With ``into`` (a layered build's stage, which the build never writes) the tree is clamped
+    to the epoch here, and a new stage is cached beside the next steps (:meth:`.Workspace.beside`,
+    the package set's lock held until it is stored): the build settles it before its disk image
+    is converted, so a failure to cache still fails the build before any output."""
     key = stage.key(inputs.archive, inputs.source_date_epoch)
+    tree = ws.root if into is None else into
 
     def bootstrap() -> None:
         rootfs.bootstrap(
             stage,
-            ws.root,
+            tree,
             ws.base,
             recipe_repos=recipe.repositories,
             env=inputs.env(),
@@ -236,19 +267,75 @@ def package_stage(
             sandbox=sandbox,
         )
 
+    def clamp() -> None:
+        if into is not None:  # once here rather than by every build through the overlay
+            reproducible.clamp_times(tree, inputs.source_date_epoch)
+
     if stage_cache is None:
         bootstrap()
+        clamp()
         return CacheOutcome(key, hit=False, used=False)
     # Builds of one package set at once (a build service's workers, a test session's images)
     # bootstrap it once: the others wait here and restore what the first one stored.
-    with stage_cache.building(key):
-        if stage_cache.restore(key, ws.root):
+    with contextlib.ExitStack() as building:
+        building.enter_context(stage_cache.building(key))
+        if stage_cache.restore(key, tree):
             log.info("package cache hit: %s", key[:16])
+            clamp()
             return CacheOutcome(key, hit=True, used=True)
         bootstrap()
         log.info("package cache miss: %s", key[:16])
-        stage_cache.store(key, ws.root, summary=stage.summary())
+        clamp()
+        if into is None:
+            stage_cache.store(key, tree, summary=stage.summary())
+            return CacheOutcome(key, hit=False, used=True)
+        held = building.pop_all()
+
+    def store() -> None:
+        with held:
+            stage_cache.store(key, tree, summary=stage.summary())
+
+    ws.beside(store)
     return CacheOutcome(key, hit=False, used=True)
+
+
+def layered_stage(
+    stage: rootfs.PackageStage,
+    recipe: Recipe,
+    ws: Workspace,
+    stage_cache: cache.StageCache | None,
+    inputs: BuildInputs,
+    kept: Path | None,
+    *,
+    runner: Runner = run,
+) -> CacheOutcome:
+    """:func:`package_stage` into ``ws.path("stage")`` (unless the stage is ``kept`` already),
+    clamped to the epoch, then the root an overlay over it (see :mod:`.overlay`)."""
+    key = stage.key(inputs.archive, inputs.source_date_epoch)
+    if kept is not None and stage_cache is not None and stage_cache.hit(key):
+        log.info("package cache hit: %s (kept in %s)", key[:16], kept.parent)
+        lower, outcome = kept, CacheOutcome(key, hit=True, used=True)
+    else:
+        lower = ws.path("stage")
+        lower.mkdir()
+        outcome = package_stage(stage, recipe, ws, stage_cache, inputs, runner=runner, into=lower)
+    if not ws.layer(lower):
+        if lower == kept:
+            # No overlay here: a copy to write in, as before there were kept stages.
+            run(["cp", "-a", "--", f"{lower}/.", ws.root], step="copy the package stage")
+        else:
+            ws.settle()  # the stage is cached before it is written in
+            ws.root.rmdir()
+            os.rename(lower, ws.root)
+    return outcome
+
+
+def keep_stage(kept: overlay.KeptStages | None, key: str, ws: Workspace, need_mib: int) -> None:
+    """Keep the stage this build made for the next one, within the site's limit and while the
+    place has room for the next build besides it (:func:`.space.room_to_keep`), else remove it."""
+    room = kept is not None and space.room_to_keep(ws.base.parent, need_mib)
+    if kept is None or not room or not kept.keep(key, ws.path("stage")):
+        remove_tree(ws.path("stage"))
 
 
 def assemble_disk(
@@ -322,6 +409,7 @@ def safe_name(name: str) -> str:
 
 TOOLS = (
     "unshare",
+    "mount",
     "mmdebstrap",
     "tar",
     "sfdisk",

@@ -14,6 +14,7 @@ records when each was made and last used, for ``imagekit cache list`` and ``gc``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -73,10 +74,19 @@ class StageCache:
 
     def restore(self, key: str, root: Path) -> bool:
         """Extract the stage ``key`` into the empty directory ``root``; False on a miss."""
-        tarball = self.tarball(key)
-        if not tarball.is_file():
+        if not self.hit(key):
             return False
-        run(["tar", *_TAR_OPTIONS, "-xpf", tarball, "-C", root], step="restore cached packages (tar)")
+        run(
+            ["tar", *_TAR_OPTIONS, "-xpf", self.tarball(key), "-C", root],
+            step="restore cached packages (tar)",
+        )
+        return True
+
+    def hit(self, key: str) -> bool:
+        """Whether the stage ``key`` is cached, counted as used when it is (a build that has the
+        tree already, kept by :mod:`.overlay`, does not extract it)."""
+        if not self.tarball(key).is_file():
+            return False
         with self.state.transaction() as db:
             db.execute(
                 "UPDATE build_cache SET last_used = ?, hits = hits + 1 WHERE key = ?", (time.time(), key)
@@ -87,8 +97,11 @@ class StageCache:
         tarball = self.tarball(key)
         partial = tarball.with_name(f".{tarball.name}.{os.getpid()}.part")
         try:
+            # O_NOATIME: reading leaves the tree's access times as they are (clamped already
+            # when a build goes on beside this, see ``builder.package_stage``).
             run(
-                ["tar", *_TAR_OPTIONS, "-cf", partial, "-C", root, "."], step="cache the package stage (tar)"
+                ["tar", *_TAR_OPTIONS, "--atime-preserve=system", "-cf", partial, "-C", root, "."],
+                step="cache the package stage (tar)",
             )
             os.replace(partial, tarball)
         finally:
@@ -156,3 +169,30 @@ class StageCache:
     def _forget(self, key: str) -> None:
         with self.state.transaction() as db:
             db.execute("DELETE FROM build_cache WHERE key = ?", (key,))
+
+
+def note_work_parent(state: State, parent: Path) -> None:
+    """Record that builds work in ``parent``, for ``cache list`` and ``gc`` to find the stages
+    kept there and the workspaces of builds that died there (one small file per place)."""
+    record = _places(state) / hashlib.sha256(os.fsencode(parent.resolve())).hexdigest()[:16]
+    if not record.exists():
+        record.parent.mkdir(parents=True, exist_ok=True)
+        partial = record.with_name(f".{record.name}.{os.getpid()}")
+        partial.write_text(f"{parent.resolve()}\n")
+        os.replace(partial, record)
+
+
+def work_parents(state: State) -> list[Path]:
+    """The places :func:`note_work_parent` recorded that still exist."""
+    found = []
+    for record in sorted(_places(state).glob("[0-9a-f]*")):
+        place = Path(record.read_text().strip())
+        if place.is_dir():
+            found.append(place)
+        else:
+            record.unlink(missing_ok=True)
+    return found
+
+
+def _places(state: State) -> Path:
+    return state.root / "cache" / "work-parents"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Collection, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -243,8 +243,9 @@ def assemble(
     """Write ``layout`` into the new sparse file ``image``.
 
     ``trees`` maps the mount point of each ext partition to the directory that fills it;
-    ``images`` maps the others (boot, swap) to filesystem images of the partition's size, or to
-    the futures of images still being made (copied in once the ext partitions are written).
+    ``images`` maps the others (boot, swap) to filesystem images of the partition's size (copied
+    in once the ext partitions are written), or to the futures of images still being made
+    (copied in as soon as they are, while the ext partitions are written).
     ``env`` carries ``SOURCE_DATE_EPOCH`` (mke2fs takes its own times from it).
     """
     with open(image, "wb") as fh:
@@ -257,13 +258,22 @@ def assemble(
     for part in layout.partitions:
         if part.mount not in images and part.fstype not in EXT_TYPES:
             raise AssertionError(f"no content for partition {part.mount}")
+    # An image still being made is copied in as soon as it is, beside mkfs (another part of
+    # the file); the others after the ext partitions.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagekit-copy-in") as pool:
+        copies = [
+            pool.submit(lambda p, f: copy_into(f.result(), image, p.offset_bytes, p.size_bytes), part, made)
+            for part in layout.partitions
+            if isinstance(made := images.get(part.mount), Future)
+        ]
+        for part in layout.partitions:
+            if part.mount not in images:
+                make_ext(part, image, trees[part.mount], env=env)
+        for copied in copies:
+            copied.result()
     for part in layout.partitions:
-        if part.mount not in images:
-            make_ext(part, image, trees[part.mount], env=env)
-    for part in layout.partitions:
-        if (made := images.get(part.mount)) is not None:
-            source = made.result() if isinstance(made, Future) else made
-            copy_into(source, image, part.offset_bytes, part.size_bytes)
+        if isinstance(made := images.get(part.mount), Path):
+            copy_into(made, image, part.offset_bytes, part.size_bytes)
 
 
 def make_ext(part: PartitionPlan, image: Path, tree: Path, *, env: Mapping[str, str] | None = None) -> None:

@@ -54,6 +54,27 @@ def choose_work_parent(explicit: Path | None, need_mib: int, *, ram: Path = RAM_
     return Path("/tmp")
 
 
+def room_to_keep(parent: Path, need_mib: int) -> bool:
+    """Whether ``parent`` may keep a package stage after a build (:mod:`.overlay`): only while
+    the next build, needing ``need_mib``, would still work there — on a tmpfs with the memory to
+    spare that :func:`choose_work_parent` asks for, so a kept stage never pushes a build out of
+    RAM (nor holds memory the machine is short of)."""
+    if _on_tmpfs(parent):
+        return _tmpfs_with_room(parent, need_mib)
+    try:
+        return shutil.disk_usage(parent).free // MIB >= need_mib
+    except OSError:
+        return False
+
+
+def _on_tmpfs(path: Path) -> bool:
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split()[1:3] == [str(path), "tmpfs"] for line in mounts)
+
+
 def _tmpfs_with_room(path: Path, need_mib: int) -> bool:
     try:
         mounts = Path("/proc/self/mounts").read_text().splitlines()

@@ -67,3 +67,23 @@ def test_work_parent_explicit_then_tmpdir_then_ram_then_tmp(
     assert space.choose_work_parent(None, 5000, ram=tmp_path) == Path("/tmp")
     monkeypatch.setenv("TMPDIR", str(tmp_path / "t"))
     assert space.choose_work_parent(None, 100, ram=tmp_path) == tmp_path / "t"
+
+
+def test_work_beside_the_build_is_settled_and_its_failure_raised(tmp_path: Path) -> None:
+    done: list[str] = []
+    with Workspace.create(tmp_path) as ws:
+        ws.beside(lambda: done.append("stored"))
+        ws.settle()
+        assert done == ["stored"]
+
+        def fail() -> None:
+            raise OSError("disk full")
+
+        ws.beside(fail)
+        with pytest.raises(OSError, match="disk full"):
+            ws.settle()
+        ws.settle()  # nothing pending any more
+    with pytest.raises(RuntimeError), Workspace.create(tmp_path) as ws2:
+        ws2.beside(lambda: done.append("still there" if (ws2.base / "root").is_dir() else "gone"))
+        raise RuntimeError("the build failed: its workspace waits for the work before it goes")
+    assert done[-1] == "still there" and not ws2.base.exists()
