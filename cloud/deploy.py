@@ -22,7 +22,7 @@ from typing import Any
 
 from cloud import deployment, dispatch, hooks, images, quotas, scheduler
 from cloud.cores import CoreKind, core_of
-from cloud.cores.embedded import runtime_dir, segment
+from cloud.cores.embedded import runtime_path, segment
 from cloud.cores.local import LocalCore, boot, fail
 from cloud.deployment import Deployment
 from cloud.hosts import LOCALHOST_ID
@@ -257,7 +257,7 @@ def prolog(
         initrd=Path(vm.os.initrd) if vm.os.initrd else None,
         append=" ".join(p for p in (f"root={vm.os.root}" if vm.os.root else "", vm.os.kernel_cmd) if p),
         drives=drives,
-        qmp=runtime_dir(state) / f"{ctx.vmid}.qmp",
+        qmp=runtime_path(state) / f"{ctx.vmid}.qmp",
         vnc_display=(vm.graphics.port or 5900 + 100 + ctx.vmid) - 5900 if vm.graphics else None,
         vnc_password=vm.graphics.passwd if vm.graphics else None,
         extra_args=tuple(a for raw in vm.raw for a in raw.qemu_args()),

@@ -45,11 +45,17 @@ def state_tag(state: State) -> str:
     return hashlib.sha1(str(state.root.resolve()).encode()).hexdigest()[:10]
 
 
+def runtime_path(state: State) -> Path:
+    """A short directory for the QMP sockets (a socket path must fit in 108 bytes), named, not
+    made: a VM's QEMU start makes it (:func:`runtime_dir`), and the state's last VM to end
+    removes it (cloud/cores/local.py), so a VM set up but never started leaves nothing behind."""
+    return Path(tempfile.gettempdir()) / f"imagekit-{os.getuid()}-{state_tag(state)}"
+
+
 def runtime_dir(state: State) -> Path:
-    """A short directory for the QMP sockets (a socket path must fit in 108 bytes). Made when a
-    VM is set up or started; removed when the state's last VM ends (cloud/cores/local.py)."""
+    """:func:`runtime_path`, made if missing."""
     # In the shared temporary directory anyone may make it first: refused unless ours, 0700.
-    return private_directory(Path(tempfile.gettempdir()) / f"imagekit-{os.getuid()}-{state_tag(state)}")
+    return private_directory(runtime_path(state))
 
 
 def segment(state: State, network_id: int) -> str:

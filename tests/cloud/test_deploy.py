@@ -132,6 +132,7 @@ def test_a_failing_step_rolls_back(lab: dict[str, Any], monkeypatch: pytest.Monk
     with pytest.raises(ImagekitError):
         create_vm(CreateRequest.from_file(template, site=load_site(lab["etc"])), state=lab["state"])
     assert _leases(lab) == []
+    assert not embedded.runtime_path(lab["state"]).exists()  # no QMP directory left in $TMPDIR
     records = VmStore(lab["state"]).list()
     if step in ("parse", "images", "context"):
         assert records == []
@@ -171,6 +172,9 @@ def test_swap_and_fs_disks_are_made_on_the_fly(lab: dict[str, Any]) -> None:
     fs = (record.directory / "disk2.raw").read_bytes()
     assert fs[1080:1082] == b"\x53\xef"  # ext2/3/4 superblock magic
     assert f"file={record.directory / 'disk1.raw'},format=raw,if=virtio,id=disk1" in record.info["argv"]
+    # Set up, never started: its QMP socket's directory in $TMPDIR is named, not made.
+    assert Path(record.info["qmp"]).parent == embedded.runtime_path(lab["state"])
+    assert not embedded.runtime_path(lab["state"]).exists()
 
 
 def _manifest(lab: dict[str, Any], sha256: str) -> Path:
