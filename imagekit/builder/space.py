@@ -8,6 +8,7 @@ holds one image per format; compressed formats are smaller than the tree, the ra
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +60,7 @@ def room_to_keep(parent: Path, need_mib: int) -> bool:
     the next build, needing ``need_mib``, would still work there — on a tmpfs with the memory to
     spare that :func:`choose_work_parent` asks for, so a kept stage never pushes a build out of
     RAM (nor holds memory the machine is short of)."""
-    if _on_tmpfs(parent):
+    if _is_tmpfs(parent):
         return _tmpfs_with_room(parent, need_mib)
     try:
         return shutil.disk_usage(parent).free // MIB >= need_mib
@@ -67,25 +68,37 @@ def room_to_keep(parent: Path, need_mib: int) -> bool:
         return False
 
 
-def _on_tmpfs(path: Path) -> bool:
+def mount_table() -> list[tuple[Path, str]]:
+    """(mount point, filesystem type) of every mount in this mount namespace. Raises OSError."""
+    table = []
+    with open("/proc/self/mountinfo", "rb") as fh:
+        for line in fh:
+            fields = line.split()
+            # Field 5 is the mount point, its spaces and backslashes escaped as octal; the type
+            # follows the "-" that ends the optional fields.
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            table.append((Path(os.fsdecode(point)), fields[fields.index(b"-") + 1].decode()))
+    return table
+
+
+def _is_tmpfs(path: Path) -> bool:
     try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
+        return (path, "tmpfs") in mount_table()
+    except (OSError, ValueError, IndexError):
         return False
-    return any(line.split()[1:3] == [str(path), "tmpfs"] for line in mounts)
 
 
 def _tmpfs_with_room(path: Path, need_mib: int) -> bool:
     try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-        on_tmpfs = any(line.split()[1:3] == [str(path), "tmpfs"] for line in mounts)
         free_mib = shutil.disk_usage(path).free // MIB
         meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
         available_mib = int(meminfo["MemAvailable"].split()[0]) // 1024
     except (OSError, KeyError, ValueError, IndexError):
         return False
     return (
-        on_tmpfs and os.access(path, os.W_OK) and min(free_mib, available_mib) >= need_mib + RAM_HEADROOM_MIB
+        _is_tmpfs(path)
+        and os.access(path, os.W_OK)
+        and min(free_mib, available_mib) >= need_mib + RAM_HEADROOM_MIB
     )
 
 

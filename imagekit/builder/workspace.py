@@ -24,7 +24,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import signal
 import tempfile
 import threading
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import IO
 
 from imagekit.run import run
+
+from .space import mount_table
 
 log = logging.getLogger(__name__)
 
@@ -196,15 +197,7 @@ def _stale(base: Path) -> bool:
 
 def mounts_under(path: Path) -> list[Path]:
     """The mount points at or below ``path`` in this mount namespace."""
-    found = []
-    with open("/proc/self/mountinfo", "rb") as fh:
-        for line in fh:
-            # Field 5 is the mount point, its spaces and backslashes escaped as octal.
-            raw = line.split()[4].decode(errors="surrogateescape")
-            point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), raw))
-            if point == path or path in point.parents:
-                found.append(point)
-    return found
+    return [point for point, _ in mount_table() if point == path or path in point.parents]
 
 
 def _children_of(pid: int) -> list[int]:
