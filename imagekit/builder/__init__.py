@@ -341,15 +341,21 @@ def keep_stage(kept: overlay.KeptStages | None, key: str, ws: Workspace, need_mi
 def assemble_disk(
     recipe: Recipe, layout: disk.DiskLayout, ws: Workspace, raw: Path, inputs: BuildInputs
 ) -> None:
-    usage = reproducible.pin_tree(ws.root, inputs.source_date_epoch)
+    # A layered root walks only what the build wrote over the stage: whether its tree fits is
+    # then measured only when mkfs finds it does not.
+    usage = None
+    if ws.upper is None:
+        usage = reproducible.pin_tree(ws.root, inputs.source_date_epoch)
+    else:
+        reproducible.pin_layer(ws.root, ws.upper, inputs.source_date_epoch)
     trees = split_partitions(layout, ws, inputs.source_date_epoch)
-    sizes = disk.partition_usage_mib(usage, trees)
+    sizes = None if usage is None else disk.partition_usage_mib(usage, trees)
     images: dict[str, Path | Future[Path]] = {}
     for part in layout.partitions:
         if part.role is disk.Role.SWAP:
             swap = images[part.mount] = ws.path(f"part{part.number}.swap")
             disk.make_swap(part, swap)
-        if part.mount in trees:
+        if part.mount in trees and sizes is not None:
             disk.check_fits(part, trees[part.mount], size_mib=sizes[part.mount])
     # The boot partition (a dozen mtools runs) is made while mkfs.ext4 fills the others.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagekit-boot") as pool:
@@ -362,7 +368,14 @@ def assemble_disk(
             kernel_params=recipe.os.kernel_params,
             env=inputs.env(),
         )
-        disk.assemble(layout, raw, trees=trees, images=images, env=inputs.env())
+        try:
+            disk.assemble(layout, raw, trees=trees, images=images, env=inputs.env())
+        except CommandError:
+            if sizes is None:  # the reason a person reads, when it is that
+                for part in layout.partitions:
+                    if part.mount in trees:
+                        disk.check_fits(part, trees[part.mount])
+            raise
     bootloader.install_boot_code(layout, raw)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,15 +72,24 @@ def convert(
                 written.reused,
                 len(written.clusters),
             )
-            clusters.save_if_missing(written)
+            # Both are mostly waiting for the disk: the cache's file is written beside the fsync.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagekit-clusters") as pool:
+                saved = pool.submit(clusters.save_if_stale, written)
+                _sync(partial)
+                saved.result()
+            return Staged(partial, dest, fmt)
     else:
         run(
             ["qemu-img", "convert", "-f", "raw", "-O", fmt.qemu_img_name, *OPTIONS[fmt], raw, partial],
             step=f"convert to {fmt.value} (qemu-img)",
         )
-    with open(partial, "rb+") as fh:
-        os.fsync(fh.fileno())
+    _sync(partial)
     return Staged(partial, dest, fmt)
+
+
+def _sync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
 
 
 def publish(staged: Staged) -> Path:

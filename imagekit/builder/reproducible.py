@@ -19,6 +19,7 @@ time-dependent in a build is derived from them (see reproducible-builds.org's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -154,11 +155,31 @@ def parse_epoch(text: str, *, where: str) -> int:
 def pin_tree(root: Path, epoch: int) -> dict[str, int]:
     """Remove what varies from run to run, then clamp every timestamp to ``epoch``; returns
     what :func:`clamp_times` does."""
+    _remove_volatile(root)
+    return clamp_times(root, epoch)
+
+
+def pin_layer(root: Path, upper: Path, epoch: int) -> None:
+    """:func:`pin_tree` for a root mounted as an overlay of ``upper`` over a stage clamped
+    already: only what the build wrote (the entries in ``upper``) is clamped, through ``root``.
+
+    An entry of the stage alone keeps its clamped mtime (writing to it copies it up); its atime
+    may move as the build reads it, which :func:`.ext4pin.pin_inode_times` sets in the image."""
+    _remove_volatile(root)
+    limit = epoch * 1_000_000_000
+    for dirpath, dirnames, filenames in os.walk(upper):
+        merged = os.path.join(root, os.path.relpath(dirpath, upper))
+        for name in (*dirnames, *filenames):
+            with contextlib.suppress(FileNotFoundError):  # a whiteout: removed from the root
+                _clamp(os.path.join(merged, name), limit)
+    _clamp(os.fspath(root), limit)
+
+
+def _remove_volatile(root: Path) -> None:
     for pattern in VOLATILE:
         for path in root.glob(pattern):
             if path.is_file() or path.is_symlink():
                 path.unlink()
-    return clamp_times(root, epoch)
 
 
 def clamp_times(tree: Path, epoch: int) -> dict[str, int]:

@@ -79,6 +79,11 @@ class Workspace:
     def root(self) -> Path:
         return self.base / "root"
 
+    @property
+    def upper(self) -> Path | None:
+        """What the build wrote over the stage, while the root is an overlay (:meth:`layer`)."""
+        return self.path("upper") if self.root in self._mounts else None
+
     def path(self, name: str) -> Path:
         return self.base / name
 

@@ -54,7 +54,7 @@ def test_known_clusters_give_the_same_bytes_without_compressing_again(
     plain = tmp_path / "plain.qcow2"
     first = qcow2.write_qcow2(raw, plain)
     store = ClusterStore(tmp_path / "k.clusters")
-    store.save_if_missing(qcow2.write_qcow2(raw, tmp_path / "first.qcow2", known=store.load()))
+    store.save_if_stale(qcow2.write_qcow2(raw, tmp_path / "first.qcow2", known=store.load()))
     assert first.reused == 0 and (tmp_path / "first.qcow2").read_bytes() == plain.read_bytes()
 
     monkeypatch.setattr(zstandard, "ZstdCompressor", _NoCompression)
@@ -67,7 +67,7 @@ def test_known_clusters_give_the_same_bytes_without_compressing_again(
 def test_a_changed_cluster_alone_is_compressed(tmp_path: Path) -> None:
     raw = _raw(tmp_path / "disk.raw")
     store = ClusterStore(tmp_path / "k.clusters")
-    store.save_if_missing(qcow2.write_qcow2(raw, tmp_path / "a.qcow2", known=store.load()))
+    store.save_if_stale(qcow2.write_qcow2(raw, tmp_path / "a.qcow2", known=store.load()))
     with open(raw, "r+b") as fh:  # one byte in the second cluster, and a new cluster in a hole
         fh.seek(qcow2.CLUSTER + 17)
         fh.write(b"X")
@@ -79,13 +79,37 @@ def test_a_changed_cluster_alone_is_compressed(tmp_path: Path) -> None:
     assert rebuilt.reused == len(rebuilt.clusters) - 2
 
 
+def test_the_clusters_follow_a_new_file_set_and_stay_for_small_changes(tmp_path: Path) -> None:
+    """A new file moves every cluster after it (mkfs.ext4 -d): the next rebuilds are made of
+    the clusters of the build that moved them, not of the first build's."""
+    raw = _raw(tmp_path / "disk.raw")
+    store = ClusterStore(tmp_path / "k.clusters")
+    store.save_if_stale(qcow2.write_qcow2(raw, tmp_path / "a.qcow2", known=store.load()))
+    content = raw.read_bytes()
+    raw.write_bytes(b"+" * 4096 + content[:-4096])  # everything shifted by a block
+    shifted = qcow2.write_qcow2(raw, tmp_path / "b.qcow2", known=store.load())
+    assert shifted.reused * 2 < len(shifted.clusters)
+    store.save_if_stale(shifted)
+    again = qcow2.write_qcow2(raw, tmp_path / "c.qcow2", known=store.load())
+    assert again.reused == len(again.clusters)
+
+    with open(raw, "r+b") as fh:  # a small change: the file is not written again
+        fh.write(b"-")
+    before = store.path.stat()
+    small = qcow2.write_qcow2(raw, tmp_path / "d.qcow2", known=store.load())
+    store.save_if_stale(small)
+    assert small.reused == len(small.clusters) - 1
+    after = store.path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
 def test_a_cluster_file_from_another_writer_or_damaged_is_ignored_and_replaced(tmp_path: Path) -> None:
     raw = _raw(tmp_path / "disk.raw")
     written = qcow2.write_qcow2(raw, tmp_path / "a.qcow2")
     store = ClusterStore(tmp_path / "k.clusters")
     store.path.write_bytes(b"imagekit qcow2 clusters 2 " + json.dumps({"zstd": "0.0.1"}).encode() + b"\n")
     assert store.load() == {} and not store.current()
-    store.save_if_missing(qcow2.write_qcow2(raw, tmp_path / "b.qcow2", known=store.load()))
+    store.save_if_stale(qcow2.write_qcow2(raw, tmp_path / "b.qcow2", known=store.load()))
     assert store.current() and set(store.load()) == {
         hashlib.sha256(_cluster(raw, c.index)).digest() for c in written.clusters
     }
@@ -118,7 +142,7 @@ def test_a_stage_and_its_clusters_go_together(tmp_path: Path) -> None:
     key = "d" * 64
     cache.store(key, tmp_path / "tree", summary="s")
     store = cache.clusters(key)
-    store.save_if_missing(qcow2.write_qcow2(_raw(tmp_path / "disk.raw"), tmp_path / "a.qcow2"))
+    store.save_if_stale(qcow2.write_qcow2(_raw(tmp_path / "disk.raw"), tmp_path / "a.qcow2"))
     assert store.path.parent == cache.directory and store.current()
     assert [e.key for e in cache.gc(keep=0)] == [key]
     assert not store.path.exists()

@@ -175,3 +175,36 @@ def test_cache_list_and_gc_know_the_kept_stages(tmp_path: Path, capsys: pytest.C
     assert [k["key"] for k in json.loads(capsys.readouterr().out)["kept_removed"]] == ["b" * 64]
     assert kept.entries() == []
     assert main([*argv, "gc", "--kept", "-1"]) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting an overlay needs root")
+@pytest.mark.parametrize("too_big", [True, False])
+def test_a_layered_tree_that_mkfs_cannot_fit_is_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, too_big: bool
+) -> None:
+    """A layered build walks only what it wrote, so the tree's size is measured only when
+    mkfs fails: then a tree too big for its partition is said so, any other failure kept."""
+    from imagekit.builder import assemble_disk, bootloader
+    from imagekit.builder.reproducible import BuildInputs, EpochOrigin
+    from imagekit.errors import CommandError
+    from imagekit.recipe import load_recipe
+
+    from ..conftest import REPO
+
+    recipe = load_recipe(REPO / "recipes" / "debian-12-minimal.appl")
+    layout = disk.plan_layout(Disk(1024, (Partition("/", 1024),)), Firmware.BIOS, seed="s")
+    inputs = BuildInputs("h" * 64, "inrelease:abc", 1_700_000_000, EpochOrigin.ARCHIVE, "0", "bios", "m")
+    lower = _stage(tmp_path / "stage", "stage")
+
+    def mkfs_fails(*_: object, **__: object) -> None:
+        raise CommandError(["mkfs.ext4"], 1, "Could not allocate block", step="make the / filesystem")
+
+    monkeypatch.setattr(disk, "assemble", mkfs_fails)
+    monkeypatch.setattr(bootloader, "make_boot_partition", lambda *_, **__: tmp_path / "boot.fat")
+    with Workspace.create(tmp_path / "work") as ws:
+        assert ws.layer(lower)
+        with open(ws.root / "etc" / "big", "wb") as big:  # apparent size alone is enough to say so
+            big.truncate((layout.root.size_bytes if too_big else 0) + 1)
+        expected = InputError if too_big else CommandError
+        with pytest.raises(expected, match="partition holds" if too_big else "Could not allocate"):
+            assemble_disk(recipe, layout, ws, tmp_path / "disk.raw", inputs)

@@ -17,6 +17,7 @@ import pytest
 
 from imagekit.builder import bootloader, customize, disk, ext4pin, formats, reproducible, rootfs
 from imagekit.builder.reproducible import BuildInputs, EpochOrigin
+from imagekit.builder.workspace import Workspace
 from imagekit.errors import InputError
 from imagekit.recipe.model import Disk, Firmware, OutputFormat
 from imagekit.run import run
@@ -166,6 +167,33 @@ def test_clamp_times_never_follows_symlinks_and_sets_atime(tmp_path: Path) -> No
     assert (tree / "link").lstat().st_mtime == EPOCH and target.stat().st_mtime > EPOCH
     assert (tree / "file").stat().st_atime == 5 == (tree / "file").stat().st_mtime
     assert tree.stat().st_mtime == EPOCH
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting an overlay needs root")
+def test_pin_layer_clamps_what_the_build_wrote_over_the_stage_and_nothing_else(tmp_path: Path) -> None:
+    lower = tmp_path / "stage"
+    for name in ("etc/kept", "etc/changed", "etc/removed", "usr/share/doc/a/x", "var/log/dpkg.log"):
+        (lower / name).parent.mkdir(parents=True, exist_ok=True)
+        (lower / name).write_text(name)
+    reproducible.clamp_times(lower, EPOCH - 10)  # a stage is clamped when it is made
+    before = {p: p.lstat().st_mtime_ns for p in lower.rglob("*")}
+    with Workspace.create(tmp_path / "work") as ws:
+        assert ws.layer(lower) and ws.upper is not None
+        root = ws.root
+        (root / "etc/new").write_text("new")
+        (root / "etc/changed").write_text("changed")
+        (root / "etc/removed").unlink()  # a whiteout in the upper layer
+        shutil.rmtree(root / "usr/share/doc/a")
+        (root / "opt/app").mkdir(parents=True)
+        (root / "opt/app/run").symlink_to("/nowhere")
+        reproducible.pin_layer(root, ws.upper, EPOCH)
+        for path in (root, *root.rglob("*")):
+            st = path.lstat()
+            assert st.st_mtime <= EPOCH, path
+        assert not (root / "var/log/dpkg.log").exists()
+        assert (root / "etc/kept").lstat().st_mtime == EPOCH - 10
+        assert (root / "etc/new").stat().st_atime == (root / "etc/new").stat().st_mtime == EPOCH
+    assert {p: p.lstat().st_mtime_ns for p in lower.rglob("*")} == before
 
 
 def test_pin_tree_removes_what_package_scripts_and_apt_leave(tmp_path: Path) -> None:
