@@ -22,7 +22,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from imagekit import environment
-from imagekit.errors import CommandError
+from imagekit.errors import CommandError, DataError
 from imagekit.recipe.buildable import BUILT_ARCHES, GROUPS, KERNELS, debian_suite
 from imagekit.recipe.model import Recipe, Repository
 from imagekit.run import Runner, run
@@ -31,7 +31,7 @@ from .sandbox import Sandbox, check_tree, confined_hook, explain
 from .sources import content_bytes, fetch
 
 # Bump when the stage's output changes for the same inputs (new hooks, other defaults).
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
@@ -54,6 +54,29 @@ BOOT_PACKAGES = (
     "openssh-server",
     "cloud-guest-utils",
     "e2fsprogs",
+)
+# linux-image's postinst makes an initramfs (its /etc/kernel/postinst.d hook), and the
+# initramfs-tools trigger at the end of the same install makes it again, for the packages
+# configured after the kernel: 5 s of a cold build thrown away. With INITRD=No the hook makes
+# none (nor does the trigger: there is none to update, and linux-update-symlinks links none),
+# and this customize hook makes each kernel's once, after every package is configured, then
+# links it as the postinst would have: the same tree, the initramfs made once.
+ONE_INITRAMFS_ENV = {"INITRD": "No"}
+_ONE_INITRAMFS = """\
+[ -x /usr/sbin/update-initramfs ] || exit 0
+for v in $(linux-version list | linux-version sort); do
+    [ ! -e "/boot/initrd.img-$v" ] || continue
+    update-initramfs -c -k "$v"
+    INITRD=Yes linux-update-symlinks install "$v" "/boot/vmlinuz-$v"
+done
+"""
+ONE_INITRAMFS_HOOK = f'chroot "$1" /bin/sh -ec {shlex.quote(_ONE_INITRAMFS)}'
+# openssh-server's postinst makes the host keys that are missing (RSA 3072: 0.3-0.7 s), which
+# customize.clean removes from every image (each VM makes its own at first boot): empty files
+# in their place, made before the author's pre-commands, are removed the same way.
+NO_HOST_KEYS_HOOK = (
+    'chroot "$1" /bin/sh -ec \'mkdir -p /etc/ssh; '
+    'for t in rsa ecdsa ed25519; do : > "/etc/ssh/ssh_host_${t}_key"; done\''
 )
 # cloud-init's OpenNebula datasource sources context.sh as `nobody` through `sudo -u nobody
 # bash -e`; Debian's cloud-init only Recommends sudo, and without it the datasource fails
@@ -165,7 +188,7 @@ def bootstrap(
     limits, the pre-commands confined as post-commands are (no network); the tree's owners are
     then shifted back to the image's and the tree checked before the builder touches it.
     """
-    hooks: list[str] = []
+    hooks = [f"--essential-hook={NO_HOST_KEYS_HOOK}"]
     # Recipe repositories go to their own list files so that non-persisted ones can be removed
     # after the build; the setup hook writes them before apt's first update.
     for repo, line in zip(recipe_repos, stage.sources[3:], strict=True):
@@ -191,6 +214,7 @@ def bootstrap(
         '--aptopt=Acquire::Retries "3"',
         f"--include={','.join(stage.packages)}",
         *hooks,
+        f"--customize-hook={ONE_INITRAMFS_HOOK}",
         stage.suite,
         str(root),
         *stage.sources[:3],
@@ -198,9 +222,10 @@ def bootstrap(
     # SOURCE_DATE_EPOCH (in ``env``) reaches dpkg and the package scripts through mmdebstrap:
     # initramfs-tools clamps its cpio's times to it, mmdebstrap drops ldconfig's aux-cache.
     step = "install packages (mmdebstrap)"
-    full_env = {"DEBIAN_FRONTEND": "noninteractive", **(env or {})}
+    full_env = {"DEBIAN_FRONTEND": "noninteractive", **ONE_INITRAMFS_ENV, **(env or {})}
     if sandbox is None:
         runner(argv, step=step, env=full_env)
+        check_initramfs(root)
         return
     os.chown(root, sandbox.user.subuid, sandbox.user.subgid)  # the namespace's root fills it
     try:
@@ -210,6 +235,17 @@ def bootstrap(
     finally:
         sandbox.unshift(root)
     check_tree(root)
+    check_initramfs(root)
+
+
+def check_initramfs(root: Path) -> None:
+    """Every kernel in the tree has its initramfs (made by ``ONE_INITRAMFS_HOOK``)."""
+    if not (root / "usr/sbin/update-initramfs").exists():
+        return
+    for kernel in sorted((root / "boot").glob("vmlinuz-*")):
+        version = kernel.name.removeprefix("vmlinuz-")
+        if not (root / "boot" / f"initrd.img-{version}").is_file():
+            raise DataError(f"install packages: kernel {version} has no initramfs in the package stage")
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from imagekit.builder import rootfs
 from imagekit.builder.sources import content_bytes
-from imagekit.errors import InputError, NetworkError
+from imagekit.errors import DataError, InputError, NetworkError
 from imagekit.recipe.buildable import check_buildable
 from imagekit.recipe.model import (
     Command,
@@ -169,3 +171,105 @@ def test_content_sources(tmp_path: Path) -> None:
         content_bytes(ContentSource.BASE64, "***", what="f")
     with pytest.raises(InputError, match="cannot read"):
         content_bytes(ContentSource.LOCAL, str(tmp_path / "missing"), what="f")
+
+
+def _chroot_with(root: Path, programs: dict[str, str]) -> Path:
+    """A chroot holding the host's dash and mkdir (with the libraries they load) and the
+    given programs as shell scripts."""
+    for binary in ("/bin/sh", "/bin/mkdir"):
+        real = Path(binary).resolve()
+        for needed in (real, *_libraries(real)):
+            target = root / str(needed).lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(needed.read_bytes())
+            target.chmod(0o755)
+        (root / "bin").mkdir(exist_ok=True)
+        if not (root / binary.lstrip("/")).exists():
+            (root / binary.lstrip("/")).symlink_to(real)
+    (root / "usr" / "sbin").mkdir(parents=True, exist_ok=True)
+    for name, script in programs.items():
+        (root / "usr" / "sbin" / name).write_text("#!/bin/sh\n" + script)
+        (root / "usr" / "sbin" / name).chmod(0o755)
+    (root / "boot").mkdir()
+    return root
+
+
+def _libraries(binary: Path) -> list[Path]:
+    listed = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
+    return [Path(word) for line in listed.splitlines() for word in line.split() if word.startswith("/")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_the_initramfs_is_made_once_per_kernel_after_the_install_and_linked(tmp_path: Path) -> None:
+    """The kernel's own hook is told not to make one (INITRD=No, as linux-update-symlinks is):
+    the customize hook makes each kernel's that is missing, in version order, and links it as
+    the kernel's postinst would (/etc/kernel/postinst.d/initramfs-tools, linux-update-symlinks)."""
+    root = _chroot_with(
+        tmp_path / "root",
+        {
+            "linux-version": 'case "$1" in list) echo 6.1.0-9; echo 6.1.0-10; echo 6.1.0-8;;\n'
+            'sort) while read -r v; do echo "$v"; done | { read -r a; read -r b; read -r c; '
+            'echo "$c"; echo "$a"; echo "$b"; };; esac\n',
+            "update-initramfs": 'echo "update-initramfs $*" >> /calls; : > "/boot/initrd.img-$3"\n',
+            "linux-update-symlinks": 'echo "INITRD=$INITRD linux-update-symlinks $*" >> /calls\n',
+        },
+    )
+    (root / "boot" / "initrd.img-6.1.0-9").write_text("made already")
+    env = {**rootfs.ONE_INITRAMFS_ENV, "PATH": "/bin:/usr/sbin:/usr/bin"}
+    subprocess.run(["/bin/sh", "-c", rootfs.ONE_INITRAMFS_HOOK, "sh", str(root)], env=env, check=True)
+    assert (root / "calls").read_text().splitlines() == [
+        "update-initramfs -c -k 6.1.0-8",
+        "INITRD=Yes linux-update-symlinks install 6.1.0-8 /boot/vmlinuz-6.1.0-8",
+        "update-initramfs -c -k 6.1.0-10",
+        "INITRD=Yes linux-update-symlinks install 6.1.0-10 /boot/vmlinuz-6.1.0-10",
+    ]
+    assert rootfs.ONE_INITRAMFS_ENV == {"INITRD": "No"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_no_host_keys_are_made_into_the_stage(tmp_path: Path) -> None:
+    """Empty files stand where openssh-server's postinst would make keys (it makes only those
+    missing); customize.clean removes them as it removed the keys."""
+    root = _chroot_with(tmp_path / "root", {})
+    subprocess.run(
+        ["/bin/sh", "-c", rootfs.NO_HOST_KEYS_HOOK, "sh", str(root)],
+        env={"PATH": "/bin:/usr/sbin:/usr/bin"},
+        check=True,
+    )
+    keys = sorted(p.name for p in (root / "etc" / "ssh").iterdir())
+    assert keys == ["ssh_host_ecdsa_key", "ssh_host_ed25519_key", "ssh_host_rsa_key"]
+    assert all((root / "etc" / "ssh" / k).stat().st_size == 0 for k in keys)
+
+
+def test_the_stage_hooks_come_before_the_authors_and_the_kernel_hook_is_off(tmp_path: Path) -> None:
+    stage = rootfs.plan_stage(
+        dataclasses.replace(BASE, pre_commands=(Command("pre", ContentSource.RAW, "true"),)),
+        agent_packages=(),
+    )
+    seen: dict[str, object] = {}
+
+    def record(argv: list[object], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        seen.update(argv=[str(a) for a in argv], **kwargs)
+        return subprocess.CompletedProcess([], 0)
+
+    rootfs.bootstrap(
+        stage, tmp_path / "root", tmp_path, recipe_repos=(), env={"SOURCE_DATE_EPOCH": "1"}, runner=record
+    )
+    argv = seen["argv"]
+    assert isinstance(argv, list)
+    essential = [a for a in argv if a.startswith("--essential-hook=")]
+    assert essential[0] == f"--essential-hook={rootfs.NO_HOST_KEYS_HOOK}" and "pre-01.sh" in essential[1]
+    assert f"--customize-hook={rootfs.ONE_INITRAMFS_HOOK}" in argv
+    assert seen["env"] == {"DEBIAN_FRONTEND": "noninteractive", "INITRD": "No", "SOURCE_DATE_EPOCH": "1"}
+
+
+def test_a_kernel_without_its_initramfs_fails_the_stage(tmp_path: Path) -> None:
+    (tmp_path / "usr/sbin").mkdir(parents=True)
+    (tmp_path / "usr/sbin/update-initramfs").write_text("")
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot/vmlinuz-6.1.0-8").write_text("")
+    (tmp_path / "boot/initrd.img-6.1.0-8").write_text("")
+    rootfs.check_initramfs(tmp_path)
+    (tmp_path / "boot/vmlinuz-6.1.0-9").write_text("")
+    with pytest.raises(DataError, match="kernel 6.1.0-9 has no initramfs"):
+        rootfs.check_initramfs(tmp_path)
