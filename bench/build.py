@@ -7,6 +7,10 @@ Prints JSON lines, measured one after the other on this machine:
   imagekit installs (the recipe's packages, kernel, boot and agent packages) into a directory —
   the floor — then ``build_image`` with an empty cache (all of the recipe's formats). With
   ``--repeat`` above 1, ``cold_vs_floor`` gives the medians and the median of the ratios.
+  The floor is a plain mmdebstrap, which makes the initramfs twice (the kernel's postinst, then
+  the initramfs-tools trigger) and SSH host keys; imagekit's install does neither (the image is
+  the same bytes). ``--lean-floor`` adds ``mmdebstrap_lean_floor`` to each pair: mmdebstrap with
+  imagekit's hooks, the same work as imagekit's install step, and its ratio in ``cold_vs_floor``.
 - ``warm_post_only``: again after changing only a post-command (package stage from the cache),
   ``--repeat`` times with another command each time; ``warm_post_only_median`` after them.
 - ``reproducibility_check``: a build of the last warm rebuild's recipe as ``--check-reproducible``
@@ -19,7 +23,7 @@ Prints JSON lines, measured one after the other on this machine:
 Every timed line also gives ``cpu_seconds``: the CPU time of this process and its children
 over the same span, which the machine's load does not inflate the way it does the wall time.
 
-    .venv/bin/python bench/build.py [--no-boot] [--repeat 3] [--no-check]
+    .venv/bin/python bench/build.py [--no-boot] [--repeat 3] [--no-check] [--lean-floor]
 """
 
 from __future__ import annotations
@@ -64,16 +68,19 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def floor(stage: rootfs.PackageStage, parent: Path) -> tuple[float, float]:
-    """mmdebstrap alone, into the same place imagekit builds in (RAM or disk alike)."""
+def floor(stage: rootfs.PackageStage, parent: Path, *, lean: bool = False) -> tuple[float, float]:
+    """mmdebstrap alone, into the same place imagekit builds in (RAM or disk alike); ``lean``:
+    with the work imagekit's install leaves out left out too (the kernel's postinst initramfs
+    that the trigger makes again, the host keys customize removes)."""
     target = Path(tempfile.mkdtemp(prefix="imagekit-bench-floor-", dir=parent)) / "root"
+    hooks = [f"--essential-hook={rootfs.NO_HOST_KEYS_HOOK}", f"--customize-hook={rootfs.ONE_INITRAMFS_HOOK}"]
     start, cpu = time.monotonic(), cpu_seconds()
     try:
         run(
             ["unshare", "--mount", "--propagation", "private",
              "mmdebstrap", "--mode=root", "--variant=minbase", f"--include={','.join(stage.packages)}",
-             stage.suite, target, *stage.sources[:3]],
-            env={"DEBIAN_FRONTEND": "noninteractive"},
+             *(hooks if lean else ()), stage.suite, target, *stage.sources[:3]],
+            env={"DEBIAN_FRONTEND": "noninteractive", **(rootfs.ONE_INITRAMFS_ENV if lean else {})},
         )  # fmt: skip
         return time.monotonic() - start, cpu_seconds() - cpu
     finally:
@@ -95,11 +102,15 @@ def main() -> int:
     parser.add_argument(
         "--no-check", action="store_true", help="skip the reproducibility check's cold build"
     )
+    parser.add_argument(
+        "--lean-floor", action="store_true",
+        help="also measure mmdebstrap leaving out what imagekit's install leaves out, in each pair",
+    )  # fmt: skip
     args = parser.parse_args()
     recipe = load_recipe(RECIPE)
     with tempfile.TemporaryDirectory(prefix="imagekit-bench-build-") as tmp:
         work = Path(tmp)
-        cold, state = cold_pairs(recipe, work, max(1, args.repeat))
+        cold, state = cold_pairs(recipe, work, max(1, args.repeat), lean_floor=args.lean_floor)
         changed, warm = warm_rebuilds(recipe, work, state, max(1, args.repeat))
         if not args.no_check:
             check_s, check_cpu, check = timed_build(
@@ -129,7 +140,7 @@ def main() -> int:
     return 0
 
 
-def cold_pairs(recipe: Recipe, work: Path, repeat: int) -> tuple[BuildResult, State]:
+def cold_pairs(recipe: Recipe, work: Path, repeat: int, *, lean_floor: bool) -> tuple[BuildResult, State]:
     """``repeat`` pairs of (floor, cold build), each build with a state of its own (an empty cache);
     the first build and its state are kept for what follows."""
     stage = rootfs.plan_stage(recipe, agent_packages=AGENT_PACKAGES)
@@ -137,6 +148,7 @@ def cold_pairs(recipe: Recipe, work: Path, repeat: int) -> tuple[BuildResult, St
     work_mib, _ = space.estimate(layout.size_bytes // disk.MIB, recipe.formats)
     parent = space.choose_work_parent(None, work_mib)
     floors: list[float] = []
+    leans: list[float] = []
     colds: list[float] = []
     kept: tuple[BuildResult, State] | None = None
     for n in range(repeat):
@@ -146,6 +158,15 @@ def cold_pairs(recipe: Recipe, work: Path, repeat: int) -> tuple[BuildResult, St
             what="mmdebstrap_floor", pair=n + 1, seconds=round(floor_s, 1), cpu_seconds=round(floor_cpu, 1),
             packages=len(stage.packages), workdir=str(parent),
         )  # fmt: skip
+        if lean_floor:
+            lean_s, lean_cpu = floor(stage, parent, lean=True)
+            leans.append(lean_s)
+            emit(
+                what="mmdebstrap_lean_floor",
+                pair=n + 1,
+                seconds=round(lean_s, 1),
+                cpu_seconds=round(lean_cpu, 1),
+            )
         state = State.open(work / f"state{n}")
         cold_s, cold_cpu, cold = timed_build(recipe, BuildOptions(output_dir=work / f"cold{n}"), state)
         colds.append(cold_s)
@@ -165,6 +186,9 @@ def cold_pairs(recipe: Recipe, work: Path, repeat: int) -> tuple[BuildResult, St
             cold_median=round(statistics.median(colds), 1),
             median_ratio=round(statistics.median(c / f for c, f in zip(colds, floors, strict=True)), 3),
             target_ratio=1.1,
+            **({"lean_floor_median": round(statistics.median(leans), 1),
+                "median_ratio_to_lean_floor": round(statistics.median(
+                    c / f for c, f in zip(colds, leans, strict=True)), 3)} if leans else {}),
         )  # fmt: skip
     assert kept is not None
     return kept
