@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from imagekit.atomic import fsync_directory
@@ -47,6 +47,7 @@ from marketplace.inflate import (
 )
 from marketplace.metadata import ChecksumAlgorithm
 from marketplace.origins import within
+from marketplace.partfile import PartFile
 from marketplace.policy import Compression, Scheme, SitePolicy
 
 log = logging.getLogger(__name__)
@@ -121,20 +122,23 @@ class _Pipeline:
     head: bytes = b""
     validator: str | None = None  # ETag or Last-Modified of the transfer in .part
     _ring: BufferRing = field(default_factory=BufferRing)
-    _batch: list[Buffer] = field(default_factory=list)  # decompressed, not yet handed off
-    _batched: int = 0
-    _part_out: IO[bytes] | None = None
-    _image_out: IO[bytes] | None = None
+    # Decompressed bytes are gathered into buffers of their own, written whole (O_DIRECT) and
+    # hashed from there: one copy, and the pieces a decompressor gives out are freed at once.
+    _inflated_ring: BufferRing | None = None
+    _staged: memoryview | None = None
+    _filled: int = 0
+    _part_out: PartFile | None = None
+    _image_out: PartFile | None = None
     resumed_at: list[int] = field(default_factory=list)
 
     def open(self, *, keep: bool) -> None:
         """Start over, or (``keep``) replay the existing ``.part`` through the verifier first."""
         self.close()
         self.served, self.head, self.inflater = 0, b"", None
-        self._batch, self._batched = [], 0
+        self._staged, self._filled = None, 0
         self.inflated.unlink(missing_ok=True)
         existing = self.part.stat().st_size if keep and self.part.exists() else 0
-        self._part_out = open(self.part, "ab" if existing else "wb")  # noqa: SIM115 (closed by close())
+        self._part_out = PartFile(self.part, append=bool(existing))
         if existing:
             with open(self.part, "rb", buffering=0) as replay:
                 while count := replay.readinto(view := self.buffer()):
@@ -171,7 +175,8 @@ class _Pipeline:
             raise VerificationError(f"{compression} compression is not allowed here", rule="compression")
         self.hasher = ParallelHasher(self.metadata.checksums)
         if compression is not Compression.NONE:
-            self._image_out = open(self.inflated, "wb")  # noqa: SIM115 (closed by close())
+            self._image_out = PartFile(self.inflated, append=False)
+            self._inflated_ring = self._inflated_ring or BufferRing()
         self.inflater = Inflater(compression, self.metadata.size, self._inflated)
 
     def _inflated(self, data: Buffer) -> None:
@@ -179,17 +184,28 @@ class _Pipeline:
         if self._image_out is None:
             self.hasher.update(data)
             return
-        self._image_out.write(data)  # while the piece is still in the cache
-        # Decompressors give out pieces of at most 1 MiB: the hash threads get CHUNK at a time.
-        self._batch.append(data)
-        self._batched += len(data)
-        if self._batched >= CHUNK:
-            self._hand_off()
+        assert self._inflated_ring is not None
+        piece = memoryview(data)
+        while piece:
+            if self._staged is None:
+                self._staged, self._filled = self._inflated_ring.take(), 0
+            count = min(len(piece), CHUNK - self._filled)
+            self._staged[self._filled : self._filled + count] = piece[:count]
+            self._filled += count
+            piece = piece[count:]
+            if self._filled == CHUNK:
+                self._hand_off()
 
     def _hand_off(self) -> None:
-        if self._batch and self.hasher is not None:
-            self.hasher.update_batch(self._batch)
-            self._batch, self._batched = [], 0
+        """The gathered decompressed bytes to the image file and the hash threads."""
+        if self._staged is None or self.hasher is None or self._image_out is None:
+            return
+        assert self._inflated_ring is not None
+        whole = self._staged[: self._filled]
+        self._image_out.write(whole)
+        self.hasher.update(whole)
+        self._inflated_ring.passed(self.hasher)
+        self._staged = None
 
     def finish(self, dest: Path, url: str) -> Fetched:
         if self.inflater is None:  # fewer bytes than a magic number
@@ -213,8 +229,7 @@ class _Pipeline:
         source = self.inflated if compressed else self.part
         out = self._image_out if compressed else self._part_out
         assert out is not None
-        out.flush()
-        os.fsync(out.fileno())
+        out.sync()
         self.close()
         os.replace(source, dest)
         fsync_directory(dest.parent)
