@@ -47,7 +47,7 @@ from marketplace.inflate import (
 )
 from marketplace.metadata import ChecksumAlgorithm
 from marketplace.origins import within
-from marketplace.partfile import PartFile
+from marketplace.partfile import BackgroundWriter, PartFile
 from marketplace.policy import Compression, Scheme, SitePolicy
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,8 @@ class _Pipeline:
     _inflated_ring: BufferRing | None = None
     _staged: memoryview | None = None
     _filled: int = 0
-    _part_out: PartFile | None = None
-    _image_out: PartFile | None = None
+    _part_out: BackgroundWriter | None = None
+    _image_out: BackgroundWriter | None = None
     resumed_at: list[int] = field(default_factory=list)
 
     def open(self, *, keep: bool) -> None:
@@ -138,7 +138,7 @@ class _Pipeline:
         self._staged, self._filled = None, 0
         self.inflated.unlink(missing_ok=True)
         existing = self.part.stat().st_size if keep and self.part.exists() else 0
-        self._part_out = PartFile(self.part, append=bool(existing))
+        self._part_out = BackgroundWriter(PartFile(self.part, append=bool(existing)))
         if existing:
             with open(self.part, "rb", buffering=0) as replay:
                 while count := replay.readinto(view := self.buffer()):
@@ -150,32 +150,37 @@ class _Pipeline:
         return self._ring.take()
 
     def feed(self, data: memoryview) -> None:
-        """Written at once (what was written counts for resuming), then verified."""
+        """Written (in the background: :meth:`drain` before counting on :attr:`served` being in
+        the ``.part``), and verified."""
         assert self._part_out is not None
         self._part_out.write(data)
         self.served += len(data)
         self._verify(data)
+
+    def drain(self) -> None:
+        if self._part_out is not None:
+            self._part_out.drain()
 
     def _verify(self, data: memoryview) -> None:
         if self.inflater is None:
             if self.head or len(data) < MAGIC_BYTES:
                 self.head += data
                 if len(self.head) < MAGIC_BYTES:
-                    self._ring.passed(None)  # copied into head
+                    self._ring.passed(self._part_out)  # copied into head
                     return
                 data, self.head = memoryview(self.head), b""
             self._start(magic_compression(bytes(data[:MAGIC_BYTES])))
         assert self.inflater is not None
         self.inflater.feed(data)
         # A plain image's buffer is still being hashed; decompressors consume theirs at once.
-        self._ring.passed(self.hasher if self._image_out is None else None)
+        self._ring.passed(self.hasher if self._image_out is None else None, self._part_out)
 
     def _start(self, compression: Compression) -> None:
         if compression not in self.allowed:
             raise VerificationError(f"{compression} compression is not allowed here", rule="compression")
         self.hasher = ParallelHasher(self.metadata.checksums)
         if compression is not Compression.NONE:
-            self._image_out = PartFile(self.inflated, append=False)
+            self._image_out = BackgroundWriter(PartFile(self.inflated, append=False))
             self._inflated_ring = self._inflated_ring or BufferRing()
         self.inflater = Inflater(compression, self.metadata.size, self._inflated)
 
@@ -204,7 +209,7 @@ class _Pipeline:
         whole = self._staged[: self._filled]
         self._image_out.write(whole)
         self.hasher.update(whole)
-        self._inflated_ring.passed(self.hasher)
+        self._inflated_ring.passed(self.hasher, self._image_out)
         self._staged = None
 
     def finish(self, dest: Path, url: str) -> Fetched:
@@ -229,7 +234,8 @@ class _Pipeline:
         source = self.inflated if compressed else self.part
         out = self._image_out if compressed else self._part_out
         assert out is not None
-        out.sync()
+        out.drain()
+        out.out.sync()
         self.close()
         os.replace(source, dest)
         fsync_directory(dest.parent)
@@ -401,6 +407,7 @@ def _one_request(
     policy: SitePolicy,
     progress: Progress | None,
 ) -> None:
+    pipeline.drain()  # the .part holds every byte counted, the offset asked for
     offset = pipeline.served
     validator = pipeline.validator
     headers = {"Accept-Encoding": "identity"}

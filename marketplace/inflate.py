@@ -139,28 +139,37 @@ class _Digest(Protocol):
     def update(self, data: Buffer, /) -> None: ...
 
 
+class Reader(Protocol):
+    """What may still be reading a buffer handed to it: :class:`ParallelHasher`, or the
+    :class:`~marketplace.partfile.BackgroundWriter` of a file."""
+
+    @property
+    def mark(self) -> int: ...  # hand-offs so far
+
+    def wait(self, mark: int) -> None: ...  # until the first ``mark`` hand-offs are done
+
+
 class BufferRing:
     """:data:`RING` buffers of :data:`CHUNK` bytes, taken in turn to read into.
 
-    A buffer is handed out again only once the hash threads have read what it held: after
-    filling the one from :meth:`take` and passing it on, call :meth:`passed` with the hasher
-    it went to (``None`` when nothing kept a reference, e.g. a decompressor consumed it).
+    A buffer is handed out again only once every reader has done with what it held: after
+    filling the one from :meth:`take` and passing it on, call :meth:`passed` with the readers
+    it went to (none when nothing kept a reference, e.g. a decompressor consumed it).
     """
 
     def __init__(self) -> None:
         # Page-aligned (anonymous maps): the .part is written from them with O_DIRECT.
         self._buffers = [memoryview(mmap.mmap(-1, CHUNK)) for _ in range(RING)]
-        self._owed: list[tuple[ParallelHasher | None, int]] = [(None, 0)] * RING
+        self._owed: list[tuple[tuple[Reader, int], ...]] = [()] * RING
         self._turn = 0
 
     def take(self) -> memoryview:
-        hasher, mark = self._owed[self._turn]
-        if hasher is not None:
-            hasher.wait(mark)
+        for reader, mark in self._owed[self._turn]:
+            reader.wait(mark)
         return self._buffers[self._turn]
 
-    def passed(self, hasher: ParallelHasher | None) -> None:
-        self._owed[self._turn] = (hasher, hasher.mark) if hasher is not None else (None, 0)
+    def passed(self, *readers: Reader | None) -> None:
+        self._owed[self._turn] = tuple((r, r.mark) for r in readers if r is not None)
         self._turn = (self._turn + 1) % len(self._buffers)
 
 

@@ -11,9 +11,14 @@ are page-aligned and filled whole, but for the last): the first write that is no
 write the filesystem refuses, turns ``O_DIRECT`` off for the rest of the file. A filesystem
 that cannot open files for direct I/O gets the page cache from the start.
 
-    with PartFile(part, append=resuming) as out:
-        out.write(view)
-        out.sync()
+:class:`BackgroundWriter` makes those writes in a thread of their own, so the download reads
+on while the device works.
+
+    writer = BackgroundWriter(PartFile(part, append=resuming))
+    writer.write(view)      # the buffer is the writer's until writer.wait(writer.mark)
+    writer.drain()
+    writer.out.sync()
+    writer.close()
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import queue
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -76,3 +83,56 @@ class PartFile:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class BackgroundWriter:
+    """Writes the buffers given to :meth:`write` to a :class:`PartFile`, in order, in a thread of
+    its own: a direct write waits for the device, and the network and the hashes go on
+    meanwhile. :attr:`mark` and :meth:`wait` as :class:`~marketplace.inflate.BufferRing` asks; a
+    failed write is raised by the next call here (:meth:`write`, :meth:`wait`, :meth:`drain`)."""
+
+    def __init__(self, out: PartFile) -> None:
+        self.out = out
+        self.mark = 0
+        self._done = 0
+        self._error: BaseException | None = None
+        self._work: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._progress = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="part-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, data: memoryview) -> None:
+        self._raise()
+        self.mark += 1
+        self._work.put(data)
+
+    def wait(self, mark: int) -> None:
+        with self._progress:
+            self._progress.wait_for(lambda: self._done >= mark or self._error is not None)
+        self._raise()
+
+    def drain(self) -> None:
+        """Until everything given is in the file."""
+        self.wait(self.mark)
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread, close the file (a failure is not raised)."""
+        if self._thread.is_alive():
+            self._work.put(None)
+            self._thread.join()
+        self.out.close()
+
+    def _loop(self) -> None:
+        while (data := self._work.get()) is not None:
+            if self._error is None:
+                try:
+                    self.out.write(data)
+                except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                    self._error = exc
+            with self._progress:
+                self._done += 1
+                self._progress.notify_all()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error

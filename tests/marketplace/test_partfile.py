@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.partfile import BLOCK, PartFile
+from marketplace.partfile import BLOCK, BackgroundWriter, PartFile
 
 
 def _aligned(data: bytes) -> memoryview:
@@ -83,3 +83,30 @@ def test_a_write_the_filesystem_refuses_is_made_again_through_the_page_cache(
         out.write(_aligned(b"f" * BLOCK))
     assert calls == [True, False, False]
     assert (tmp_path / "x.part").read_bytes() == b"e" * BLOCK + b"f" * BLOCK
+
+
+def test_the_background_writer_keeps_order_and_raises_a_failed_write_in_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "x.part"
+    writer = BackgroundWriter(PartFile(path, append=False))
+    pieces = [_aligned(bytes([n]) * BLOCK) for n in range(1, 9)]
+    for piece in pieces:
+        writer.write(piece)
+    writer.wait(3)  # the first three at least are in the file
+    assert path.stat().st_size >= 3 * BLOCK
+    writer.drain()
+    writer.close()
+    assert path.read_bytes() == b"".join(bytes(p) for p in pieces)
+
+    def full(fd: int, data: memoryview) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    failing = BackgroundWriter(PartFile(tmp_path / "y.part", append=False))
+    monkeypatch.setattr(os, "write", full)
+    failing.write(_aligned(b"z" * BLOCK))
+    with pytest.raises(OSError, match="No space left"):
+        failing.drain()
+    with pytest.raises(OSError, match="No space left"):
+        failing.write(_aligned(b"z" * BLOCK))
+    failing.close()  # stops the thread; the failure was raised already
