@@ -25,7 +25,7 @@ import mmap
 import queue
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import IO, Protocol, cast
 
 import zstandard
@@ -73,70 +73,88 @@ def magic_compression(head: bytes) -> Compression:
     return Compression.NONE
 
 
-class ParallelHasher:
-    """Several hashes of one byte stream, one thread each.
+class InOrder:
+    """One thread applying ``consume`` to the buffers handed to :meth:`put`, in order.
 
-    :meth:`update` keeps a reference to ``data``, not a copy: a mutable buffer must stay as it
-    is until :meth:`wait` for the :attr:`mark` taken after it returns (see :class:`BufferRing`).
+    It keeps a reference to each buffer, not a copy: a mutable buffer must stay as it is until
+    :meth:`wait` for the :attr:`mark` taken after :meth:`put` returns (see :class:`BufferRing`).
+    A failure of ``consume`` is raised by the next :meth:`put` or :meth:`wait`, in the caller's
+    thread; the buffers after it are passed over.
     """
+
+    def __init__(self, consume: Callable[[Buffer], object], *, name: str) -> None:
+        self.mark = 0  # buffers handed over so far
+        self._consume = consume
+        self._done = 0
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._work: queue.SimpleQueue[Buffer | None] = queue.SimpleQueue()
+        self._progress = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, data: Buffer) -> None:
+        self._raise()
+        self.mark += 1
+        self._work.put(data)
+
+    def wait(self, mark: int) -> None:
+        """Until the first ``mark`` buffers are done with (or the thread was stopped)."""
+        with self._progress:
+            self._progress.wait_for(lambda: self._done >= mark or self._error is not None or self._stopped)
+        self._raise()
+
+    def close(self) -> None:
+        """Finish what was handed over and stop the thread (idempotent; a failure is not raised)."""
+        if self._thread.is_alive():
+            self._work.put(None)
+            self._thread.join()
+        with self._progress:
+            self._stopped = True
+            self._progress.notify_all()
+
+    def _loop(self) -> None:
+        while (data := self._work.get()) is not None:
+            if self._error is None:
+                try:
+                    self._consume(data)
+                except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                    self._error = exc
+            with self._progress:
+                self._done += 1
+                self._progress.notify_all()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+class ParallelHasher:
+    """Several hashes of one byte stream, one :class:`InOrder` thread each: :meth:`update`
+    keeps a reference to ``data`` until :meth:`wait` for the :attr:`mark` taken after it."""
 
     def __init__(self, algorithms: Iterable[ChecksumAlgorithm] = ALGORITHMS) -> None:
         self._hashes = {a: hashlib.new(a.hashlib_name) for a in dict.fromkeys(algorithms)}
-        self._queues: list[queue.Queue[Sequence[Buffer] | None]] = []
-        self._threads = []
-        self._done = [0] * len(self._hashes)  # batches each thread has hashed
-        self._progress = threading.Condition()
-        self.mark = 0  # batches handed to the threads so far
-        for index, (algorithm, digest) in enumerate(self._hashes.items()):
-            work: queue.Queue[Sequence[Buffer] | None] = queue.Queue(maxsize=RING)
-            thread = threading.Thread(
-                target=self._hash_loop, args=(index, digest, work), name=f"hash-{algorithm}"
-            )
-            thread.start()
-            self._queues.append(work)
-            self._threads.append(thread)
+        self._threads = [InOrder(h.update, name=f"hash-{a}") for a, h in self._hashes.items()]
+        self.mark = 0
 
     def update(self, data: Buffer) -> None:
-        self.update_batch((data,))
-
-    def update_batch(self, batch: Sequence[Buffer]) -> None:
-        """Several pieces in one hand-off (decompressors give out pieces smaller than CHUNK)."""
         self.mark += 1
-        for work in self._queues:
-            work.put(batch)
+        for thread in self._threads:
+            thread.put(data)
 
     def wait(self, mark: int) -> None:
-        """Block until every thread has hashed the first ``mark`` batches (or was stopped)."""
-        with self._progress:
-            self._progress.wait_for(lambda: not self._threads or min(self._done) >= mark)
-
-    def _hash_loop(self, index: int, digest: _Digest, work: queue.Queue[Sequence[Buffer] | None]) -> None:
-        while (batch := work.get()) is not None:
-            for data in batch:
-                digest.update(data)
-            with self._progress:
-                self._done[index] += 1
-                self._progress.notify_all()
+        for thread in self._threads:
+            thread.wait(mark)
 
     def close(self) -> None:
         """Stop the threads (idempotent); called by :meth:`hexdigests` and on failure."""
-        if not self._threads:
-            return
-        for work in self._queues:
-            work.put(None)
         for thread in self._threads:
-            thread.join()
-        with self._progress:
-            self._threads = []
-            self._progress.notify_all()
+            thread.close()
 
     def hexdigests(self) -> dict[ChecksumAlgorithm, str]:
         self.close()
         return {a: h.hexdigest() for a, h in self._hashes.items()}
-
-
-class _Digest(Protocol):
-    def update(self, data: Buffer, /) -> None: ...
 
 
 class Reader(Protocol):

@@ -26,10 +26,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import queue
-import threading
 from pathlib import Path
 from types import TracebackType
+
+from marketplace.inflate import Buffer, InOrder
 
 BLOCK = 4096  # the largest logical block size direct I/O may ask alignment to
 
@@ -49,7 +49,8 @@ class PartFile:
                 self.direct = False
         self.fd = fd if fd >= 0 else os.open(path, flags, 0o666)
 
-    def write(self, data: memoryview) -> None:
+    def write(self, buffer: Buffer) -> None:
+        data = memoryview(buffer)
         if self.direct and len(data) % BLOCK:
             self._through_page_cache()
         while data:
@@ -85,31 +86,18 @@ class PartFile:
         self.close()
 
 
-class BackgroundWriter:
+class BackgroundWriter(InOrder):
     """Writes the buffers given to :meth:`write` to a :class:`PartFile`, in order, in a thread of
-    its own: a direct write waits for the device, and the network and the hashes go on
-    meanwhile. :attr:`mark` and :meth:`wait` as :class:`~marketplace.inflate.BufferRing` asks; a
-    failed write is raised by the next call here (:meth:`write`, :meth:`wait`, :meth:`drain`)."""
+    its own (an :class:`~marketplace.inflate.InOrder`): a direct write waits for the device,
+    and the network and the hashes go on meanwhile. A failed write is raised by the next
+    :meth:`write`, :meth:`wait` or :meth:`drain`."""
 
     def __init__(self, out: PartFile) -> None:
+        super().__init__(out.write, name="part-writer")
         self.out = out
-        self.mark = 0
-        self._done = 0
-        self._error: BaseException | None = None
-        self._work: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
-        self._progress = threading.Condition()
-        self._thread = threading.Thread(target=self._loop, name="part-writer", daemon=True)
-        self._thread.start()
 
     def write(self, data: memoryview) -> None:
-        self._raise()
-        self.mark += 1
-        self._work.put(data)
-
-    def wait(self, mark: int) -> None:
-        with self._progress:
-            self._progress.wait_for(lambda: self._done >= mark or self._error is not None)
-        self._raise()
+        self.put(data)
 
     def drain(self) -> None:
         """Until everything given is in the file."""
@@ -117,22 +105,5 @@ class BackgroundWriter:
 
     def close(self) -> None:
         """Write what is queued, stop the thread, close the file (a failure is not raised)."""
-        if self._thread.is_alive():
-            self._work.put(None)
-            self._thread.join()
+        super().close()
         self.out.close()
-
-    def _loop(self) -> None:
-        while (data := self._work.get()) is not None:
-            if self._error is None:
-                try:
-                    self.out.write(data)
-                except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
-                    self._error = exc
-            with self._progress:
-                self._done += 1
-                self._progress.notify_all()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
